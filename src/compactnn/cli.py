@@ -1,0 +1,214 @@
+"""The ``compactnn`` command line.
+
+    compactnn inspect lenet-caffe                 # per-layer table + totals of a reference model
+    compactnn inspect ckpt.safetensors            # ... or of a saved checkpoint
+    compactnn train lenet-caffe --dataset mnist --epochs 5 --out lenet.safetensors
+    compactnn demo                                # train (or load cached) LeNet on MNIST, report
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from compactnn.errors import CompactnnError
+
+__all__ = ["main", "build_parser", "cache_dir"]
+
+
+def cache_dir() -> Path:
+    """``$COMPACTNN_CACHE`` or ``~/.cache/compactnn``."""
+    return Path(os.environ.get("COMPACTNN_CACHE", Path.home() / ".cache" / "compactnn"))
+
+
+def _input_shape_for(model_name: str, dataset: str | None) -> tuple[int, ...]:
+    from compactnn.models import default_input_shape
+
+    return tuple(default_input_shape(model_name))
+
+
+def _resolve_model(spec: str) -> tuple[Any, dict[str, Any], tuple[int, ...]]:
+    """A reference model name or a checkpoint path -> (model, meta, input shape)."""
+    from compactnn import models
+    from compactnn.train import load_checkpoint
+
+    path = Path(spec)
+    if path.suffix in (".safetensors", ".pt", ".pth") or path.is_file():
+        model, meta = load_checkpoint(path)
+        shape = tuple(meta.get("input_shape") or models.default_input_shape(meta["model"]))
+        return model, meta, shape
+    model = models.create(spec)
+    return model, {"model": spec}, tuple(models.default_input_shape(spec))
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from compactnn.metrics import report
+
+    model, meta, shape = _resolve_model(args.model)
+    if args.input_shape:
+        shape = tuple(int(s) for s in args.input_shape.split(","))
+    rep = report(
+        model, shape, latency=not args.no_latency, batch_size=args.batch_size, threads=args.threads
+    )
+    print(rep.format(title=f"{meta.get('model', args.model)} input {shape}"))
+    return 0
+
+
+def _train_model(
+    model_name: str,
+    dataset: str,
+    *,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+    optimizer: str = "sgd",
+    progress: bool = True,
+    max_steps_per_epoch: int | None = None,
+    **data_kwargs: Any,
+) -> tuple[Any, Any, Any, Any]:
+    from compactnn import data, models
+    from compactnn.train import TrainConfig, train
+
+    info = data.dataset_info(dataset)
+    in_shape = models.default_input_shape(model_name)
+    model = models.create(
+        model_name, in_channels=in_shape[0] if len(in_shape) == 3 else None,
+        num_classes=info.num_classes, seed=seed,
+    )
+    train_loader, test_loader = data.get_loaders(
+        dataset, batch_size=batch_size, seed=seed, **data_kwargs
+    )
+    cfg = TrainConfig(
+        epochs=epochs, lr=lr, seed=seed, optimizer=optimizer,
+        weight_decay=5e-4 if optimizer == "sgd" else 0.0,
+        max_steps_per_epoch=max_steps_per_epoch,
+    )
+    hist = train(model, train_loader, config=cfg, progress=progress, desc=f"train {model_name}")
+    return model, hist, train_loader, test_loader
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from compactnn.metrics import report
+    from compactnn.train import save_checkpoint
+
+    model, hist, _, test_loader = _train_model(
+        args.model, args.dataset, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+        seed=args.seed, optimizer=args.optimizer, progress=not args.quiet,
+    )
+    shape = _input_shape_for(args.model, args.dataset)
+    rep = report(model, shape, data=test_loader, batch_size=1)
+    print(rep.format(title=f"{args.model} trained on {args.dataset}"))
+    if args.out:
+        p = save_checkpoint(
+            model, args.out, model=args.model, dataset=args.dataset, input_shape=list(shape),
+            epochs=args.epochs, seed=args.seed, top1=rep.accuracy["top1"] if rep.accuracy else None,
+        )
+        print(f"saved {p}")
+    return 0
+
+
+def demo_baseline(*, seed: int = 0, progress: bool = True, retrain: bool = False) -> Any:
+    """Train LeNet (Caffe 20-50-500-10) on MNIST once and cache it; return (model, test loader)."""
+    from compactnn import data, models
+    from compactnn.train import load_checkpoint, save_checkpoint
+
+    ckpt = cache_dir() / "checkpoints" / f"lenet-caffe-mnist-seed{seed}.safetensors"
+    if ckpt.is_file() and not retrain:
+        model, _ = load_checkpoint(ckpt, models.create("lenet-caffe"))
+        _, test_loader = data.get_loaders("mnist", batch_size=64, seed=seed)
+        print(f"loaded cached baseline {ckpt}")
+        return model, test_loader, ckpt
+    model, _, _, test_loader = _train_model(
+        "lenet-caffe", "mnist", epochs=DEMO_EPOCHS, lr=0.05, batch_size=64, seed=seed,
+        progress=progress,
+    )
+    save_checkpoint(model, ckpt, model="lenet-caffe", dataset="mnist", input_shape=[1, 28, 28],
+                    seed=seed, epochs=DEMO_EPOCHS)
+    print(f"trained baseline, cached at {ckpt}")
+    return model, test_loader, ckpt
+
+
+DEMO_EPOCHS = 6
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    import torch
+
+    from compactnn.metrics import report
+
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    model, test_loader, _ = demo_baseline(seed=args.seed, retrain=args.retrain)
+    rep = report(model, (1, 28, 28), data=test_loader, batch_size=100, threads=1, repeats=30)
+    print(rep.format(title="lenet-caffe on MNIST (baseline)"))
+    return 0
+
+
+def cmd_data_prepare(args: argparse.Namespace) -> int:
+    """Convert the bundled MNIST pickle to the cached .npz once (fast afterwards)."""
+    from compactnn import data
+
+    x, y = data.load_arrays("mnist", "train")
+    xt, yt = data.load_arrays("mnist", "test")
+    print(f"mnist ready: train {tuple(x.shape)}, test {tuple(xt.shape)}")
+    try:
+        xf, _ = data.load_arrays("fashion-mnist", "test")
+        print(f"fashion-mnist ready: test {tuple(xf.shape)}")
+    except CompactnnError as exc:
+        print(f"fashion-mnist not available: {exc}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="compactnn",
+        description="Compress a trained PyTorch CNN/MLP into a physically smaller, faster model.",
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    pi = sub.add_parser("inspect", help="per-layer table and totals of a model or checkpoint")
+    pi.add_argument("model", help="reference model name (see `compactnn inspect --list`) or checkpoint path")
+    pi.add_argument("--input-shape", help="per-sample input shape, e.g. 1,28,28")
+    pi.add_argument("--batch-size", type=int, default=1, help="batch size for the latency measurement")
+    pi.add_argument("--threads", type=int, default=1, help="torch threads for the latency measurement")
+    pi.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
+    pi.set_defaults(func=cmd_inspect)
+
+    pt = sub.add_parser("train", help="train a reference model on a bundled dataset")
+    pt.add_argument("model")
+    pt.add_argument("--dataset", default="mnist")
+    pt.add_argument("--epochs", type=int, default=5)
+    pt.add_argument("--lr", type=float, default=0.05)
+    pt.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd")
+    pt.add_argument("--batch-size", type=int, default=64)
+    pt.add_argument("--seed", type=int, default=0)
+    pt.add_argument("--out", help="checkpoint path (.safetensors or .pt)")
+    pt.add_argument("--quiet", action="store_true", help="no progress bar")
+    pt.set_defaults(func=cmd_train)
+
+    pd = sub.add_parser("demo", help="train (or load cached) LeNet on MNIST and print its report")
+    pd.add_argument("--seed", type=int, default=0)
+    pd.add_argument("--retrain", action="store_true", help="ignore the cached baseline")
+    pd.set_defaults(func=cmd_demo)
+
+    pp = sub.add_parser("data-prepare", help="convert bundled datasets to the cache (used by make)")
+    pp.set_defaults(func=cmd_data_prepare)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except CompactnnError as exc:
+        print(f"compactnn: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

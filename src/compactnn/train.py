@@ -1,0 +1,360 @@
+"""Train, evaluate and fine-tune (with a fixed zero structure), deterministically.
+
+Checkpoints are written with safetensors (``.safetensors``, with a JSON sidecar of metadata) or
+``torch.save`` (``.pt``) and always read back with ``weights_only=True`` semantics: nothing but
+tensors and plain metadata is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from compactnn._validation import check_choice, check_float, check_int
+from compactnn.errors import CheckpointError
+from compactnn.metrics import accuracy
+
+__all__ = [
+    "TrainConfig",
+    "TrainHistory",
+    "evaluate",
+    "finetune",
+    "load_checkpoint",
+    "save_checkpoint",
+    "seed_everything",
+    "train",
+    "zero_masks",
+    "apply_masks",
+]
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU) so that training is reproducible."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings.
+
+    Attributes:
+        epochs: passes over the training loader.
+        lr: initial learning rate.
+        optimizer: ``"sgd"`` (momentum, Nesterov) or ``"adam"``.
+        momentum: SGD momentum.
+        weight_decay: L2 weight decay.
+        schedule: ``"cosine"`` (per step), ``"step"`` (x0.1 at 50 % and 75 %) or ``"constant"``.
+        seed: seeds everything at the start of :func:`train`.
+        max_steps_per_epoch: cap on batches per epoch (None = whole loader); for quick runs.
+        grad_clip: max gradient norm (None = off).
+    """
+
+    epochs: int = 10
+    lr: float = 0.01
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    seed: int = 0
+    max_steps_per_epoch: int | None = None
+    grad_clip: float | None = None
+
+    def __post_init__(self) -> None:
+        check_int(self.epochs, "epochs", "TrainConfig", min_value=0)
+        check_float(self.lr, "lr", "TrainConfig", min_value=0.0, min_inclusive=False)
+        check_choice(self.optimizer, "optimizer", "TrainConfig", ("sgd", "adam"))
+        check_float(self.momentum, "momentum", "TrainConfig", min_value=0.0, max_value=1.0)
+        check_float(self.weight_decay, "weight_decay", "TrainConfig", min_value=0.0)
+        check_choice(self.schedule, "schedule", "TrainConfig", ("cosine", "step", "constant"))
+        check_int(self.seed, "seed", "TrainConfig", min_value=0)
+        if self.max_steps_per_epoch is not None:
+            check_int(self.max_steps_per_epoch, "max_steps_per_epoch", "TrainConfig", min_value=1)
+        if self.grad_clip is not None:
+            check_float(self.grad_clip, "grad_clip", "TrainConfig", min_value=0.0, min_inclusive=False)
+
+
+@dataclass
+class TrainHistory:
+    """Per-epoch training loss / accuracy and (optional) validation accuracy."""
+
+    train_loss: list[float] = field(default_factory=list)
+    train_acc: list[float] = field(default_factory=list)
+    val_acc: list[float] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, list[float]]:
+        return asdict(self)
+
+
+def zero_masks(model: nn.Module, *, min_zero_fraction: float = 0.0) -> dict[str, torch.Tensor]:
+    """Boolean masks (True = trainable/kept) of the non-zero entries of every weight.
+
+    Only weights (``*.weight`` with dim >= 2) that contain zeros (more than
+    ``min_zero_fraction`` of them) get a mask.
+    """
+    masks: dict[str, torch.Tensor] = {}
+    for name, p in model.named_parameters():
+        if p.dim() < 2 or not name.endswith("weight"):
+            continue
+        nz = p.detach() != 0
+        if (~nz).float().mean().item() > min_zero_fraction:
+            masks[name] = nz.clone()
+    return masks
+
+
+@torch.no_grad()
+def apply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
+    """Zero every masked-out entry in place (masks from :func:`zero_masks`)."""
+    params = dict(model.named_parameters())
+    for name, m in masks.items():
+        if name not in params:
+            raise CheckpointError(
+                f"Mask for parameter '{name}' does not match any parameter of the model; "
+                "rebuild the masks from this model with zero_masks(model)."
+            )
+        params[name].mul_(m.to(params[name].dtype))
+
+
+def _make_optimizer(params: Iterable[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(
+        params,
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay,
+        nesterov=cfg.momentum > 0,
+    )
+
+
+def _lr_at(cfg: TrainConfig, step: int, total: int) -> float:
+    if cfg.schedule == "constant" or total <= 0:
+        return cfg.lr
+    frac = step / total
+    if cfg.schedule == "cosine":
+        return 0.5 * cfg.lr * (1.0 + math.cos(math.pi * frac))
+    return cfg.lr * (0.1 ** (int(frac >= 0.5) + int(frac >= 0.75)))
+
+
+def train(
+    model: nn.Module,
+    train_loader: Iterable[Any],
+    *,
+    config: TrainConfig | None = None,
+    val_loader: Iterable[Any] | None = None,
+    masks: Mapping[str, torch.Tensor] | None = None,
+    extra_loss: Callable[[], torch.Tensor] | None = None,
+    params: Iterable[nn.Parameter] | None = None,
+    progress: bool = True,
+    desc: str = "train",
+) -> TrainHistory:
+    """Train ``model`` in place with cross-entropy (plus an optional regulariser).
+
+    Args:
+        model: the model (modified in place).
+        train_loader: iterable of ``(x, y)`` batches.
+        config: optimisation settings (defaults: :class:`TrainConfig`).
+        val_loader: evaluated (top-1) after every epoch when given.
+        masks: parameter-name -> bool mask; masked-out entries are zero after every step
+            (fixed zero structure for fine-tuning).
+        extra_loss: closure returning a scalar added to the loss at every step (e.g. the ADMM
+            augmented-Lagrangian term rho/2 ||W - F + Y/rho||^2).
+        params: parameters to optimise (default: all).
+        progress: show a tqdm bar.
+        desc: label of the progress bar.
+
+    Returns:
+        TrainHistory with per-epoch loss and accuracies.
+    """
+    cfg = config or TrainConfig()
+    seed_everything(cfg.seed)
+    opt = _make_optimizer(list(params) if params is not None else model.parameters(), cfg)
+    loss_fn = nn.CrossEntropyLoss()
+    hist = TrainHistory()
+    try:
+        steps_per_epoch = len(train_loader)  # type: ignore[arg-type]
+    except TypeError:
+        steps_per_epoch = cfg.max_steps_per_epoch or 0
+    if cfg.max_steps_per_epoch is not None and steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
+    total = steps_per_epoch * cfg.epochs
+    device = next(model.parameters()).device
+    if masks:
+        apply_masks(model, masks)
+    step = 0
+    bar = tqdm(total=total or None, desc=desc, disable=not progress, leave=False)
+    try:
+        for _epoch in range(cfg.epochs):
+            model.train()
+            sum_loss, correct, seen = 0.0, 0, 0
+            for i, (x, y) in enumerate(train_loader):
+                if cfg.max_steps_per_epoch is not None and i >= cfg.max_steps_per_epoch:
+                    break
+                for g in opt.param_groups:
+                    g["lr"] = _lr_at(cfg, step, total)
+                x, y = x.to(device), y.to(device)
+                out = model(x)
+                loss = loss_fn(out, y)
+                if extra_loss is not None:
+                    loss = loss + extra_loss()
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(
+                        f"Training loss became {loss.item()} at step {step}; lower the learning "
+                        f"rate (lr={cfg.lr}) or check the data for NaNs."
+                    )
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip is not None:
+                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                opt.step()
+                if masks:
+                    apply_masks(model, masks)
+                step += 1
+                bs = int(y.numel())
+                sum_loss += float(loss.detach()) * bs
+                correct += int((out.detach().argmax(1) == y).sum())
+                seen += bs
+                bar.update(1)
+                bar.set_postfix(loss=f"{sum_loss / seen:.4f}", acc=f"{100.0 * correct / seen:.2f}")
+            hist.train_loss.append(sum_loss / max(seen, 1))
+            hist.train_acc.append(100.0 * correct / max(seen, 1))
+            if val_loader is not None:
+                hist.val_acc.append(accuracy(model, val_loader, topk=(1,))["top1"])
+    finally:
+        bar.close()
+    return hist
+
+
+def evaluate(
+    model: nn.Module, loader: Iterable[Any], *, topk: tuple[int, ...] = (1, 5)
+) -> dict[str, float]:
+    """Top-1 / top-5 accuracy in % (see :func:`compactnn.metrics.accuracy`)."""
+    return accuracy(model, loader, topk=topk)
+
+
+def finetune(
+    model: nn.Module,
+    train_loader: Iterable[Any],
+    *,
+    config: TrainConfig | None = None,
+    masks: Mapping[str, torch.Tensor] | None = None,
+    val_loader: Iterable[Any] | None = None,
+    progress: bool = True,
+) -> TrainHistory:
+    """Fine-tune with the current zero structure held fixed.
+
+    Args:
+        masks: masks to hold; default: the zeros present in the model now
+            (:func:`zero_masks`), so that pruned weights stay exactly zero.
+    """
+    cfg = config or TrainConfig(epochs=1, lr=1e-3, schedule="cosine")
+    m = dict(masks) if masks is not None else zero_masks(model)
+    return train(
+        model, train_loader, config=cfg, val_loader=val_loader, masks=m, progress=progress,
+        desc="fine-tune",
+    )
+
+
+# --------------------------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(model: nn.Module, path: str | os.PathLike[str], **meta: Any) -> Path:
+    """Save the state dict (+ JSON-serialisable ``meta``, e.g. ``model="lenet-caffe"``).
+
+    ``.safetensors`` -> safetensors file with metadata in its header; anything else -> torch.save
+    of ``{"state_dict": ..., "meta": ...}`` (plain tensors and JSON types only).
+    """
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    meta_json = json.dumps(meta, sort_keys=True)
+    if p.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file(state, str(p), metadata={"compactnn": meta_json})
+    else:
+        torch.save({"state_dict": state, "meta": meta_json}, p)
+    return p
+
+
+def read_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read a checkpoint written by :func:`save_checkpoint` (or a plain state dict).
+
+    Raises:
+        CheckpointError: missing, truncated or corrupt file, or one with non-tensor content.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"Checkpoint '{p}' does not exist. Check the path.")
+    try:
+        if p.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(p), framework="pt") as f:
+                state = {k: f.get_tensor(k) for k in f.keys()}
+                meta_raw = (f.metadata() or {}).get("compactnn", "{}")
+        else:
+            obj = torch.load(p, map_location="cpu", weights_only=True)
+            if isinstance(obj, dict) and "state_dict" in obj:
+                state, meta_raw = obj["state_dict"], obj.get("meta", "{}")
+            else:
+                state, meta_raw = obj, "{}"
+        meta = json.loads(meta_raw) if isinstance(meta_raw, str) else dict(meta_raw)
+    except CheckpointError:
+        raise
+    except Exception as exc:  # corrupt zip / header / pickle refused by weights_only
+        raise CheckpointError(
+            f"Checkpoint '{p}' could not be read ({type(exc).__name__}: {exc}). It is corrupt, "
+            "truncated or not a compactnn/torch checkpoint; re-save it with "
+            "compactnn.train.save_checkpoint."
+        ) from exc
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(
+            f"Checkpoint '{p}' does not hold a state dict of tensors; save model.state_dict()."
+        )
+    return state, meta
+
+
+def load_checkpoint(
+    path: str | os.PathLike[str], model: nn.Module | None = None, *, strict: bool = True
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Load a checkpoint into ``model`` (or build the reference model named in its metadata).
+
+    Returns:
+        ``(model, meta)``.
+
+    Raises:
+        CheckpointError: unreadable file, or tensors that do not fit the model (names the keys).
+    """
+    state, meta = read_checkpoint(path)
+    if model is None:
+        name = meta.get("model")
+        if not name:
+            raise CheckpointError(
+                f"Checkpoint '{path}' does not name its model; pass model= (an nn.Module) to "
+                "load_checkpoint."
+            )
+        from compactnn.models import create
+
+        model = create(name, **meta.get("model_kwargs", {}))
+    try:
+        result = model.load_state_dict(state, strict=strict)
+    except RuntimeError as exc:
+        raise CheckpointError(
+            f"Checkpoint '{path}' does not match {type(model).__name__}: {exc}"
+        ) from exc
+    if strict and (result.missing_keys or result.unexpected_keys):  # pragma: no cover - torch raises
+        raise CheckpointError(f"Checkpoint '{path}' keys mismatch: {result}")
+    return model, meta

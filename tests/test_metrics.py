@@ -1,0 +1,105 @@
+"""Metrics on hand-checked tiny models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from compactnn import metrics
+from compactnn.errors import InputShapeError
+
+
+def tiny_cnn() -> nn.Module:
+    # conv 1->4 3x3 on 8x8 -> 4x6x6 ; flatten 144 ; fc 144->3
+    return nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(144, 3))
+
+
+def test_params_hand_count() -> None:
+    m = tiny_cnn()
+    assert metrics.count_params(m) == (4 * 9 + 4) + (144 * 3 + 3) == 475
+
+
+def test_flops_hand_count() -> None:
+    m = tiny_cnn()
+    conv_macs = 4 * 6 * 6 * 9  # out channels * positions * (c*k*k)
+    fc_macs = 144 * 3
+    assert metrics.count_flops(m, (1, 8, 8)) == 2 * (conv_macs + fc_macs)
+
+
+def test_memory_mb() -> None:
+    m = nn.Linear(1024, 256, bias=False)  # 262,144 params = 1 MiB in fp32
+    assert metrics.memory_mb(m) == pytest.approx(1.0)
+
+
+def test_layer_table_rows() -> None:
+    m = tiny_cnn()
+    rows = metrics.layer_table(m, (1, 8, 8))
+    assert [r.name for r in rows] == ["0", "3"]
+    assert [r.units for r in rows] == [4, 3]
+    assert [r.params for r in rows] == [40, 435]
+    assert [r.macs for r in rows] == [4 * 36 * 9, 144 * 3]
+    assert sum(r.params for r in rows) == metrics.count_params(m)
+
+
+def test_stored_param_count_protocol() -> None:
+    class Sparse(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = nn.Parameter(torch.zeros(10, 10))
+
+        def stored_param_count(self) -> int:
+            return 3 * 7
+
+    m = nn.Sequential(nn.Linear(2, 2), Sparse())
+    assert metrics.count_params(m) == 6 + 21
+
+
+def test_compression_ratio_ma_eq15() -> None:
+    assert metrics.compression_ratio(225, 1000) == pytest.approx(22.5)
+    with pytest.raises(ValueError):
+        metrics.compression_ratio(1, 0)
+
+
+def test_latency_measured_and_threads_restored() -> None:
+    before = torch.get_num_threads()
+    lat = metrics.measure_latency(tiny_cnn(), (1, 8, 8), batch_size=4, threads=1, warmup=2, repeats=7)
+    assert lat.repeats == 7 and lat.batch_size == 4
+    assert 0 < lat.p10_ms <= lat.median_ms <= lat.p90_ms
+    assert torch.get_num_threads() == before
+
+
+def test_accuracy_topk() -> None:
+    class Fixed(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x  # logits are the inputs
+
+    logits = torch.tensor([[3.0, 2.0, 1.0], [1.0, 3.0, 2.0], [3.0, 1.0, 2.0], [1.0, 2.0, 3.0]])
+    y = torch.tensor([0, 2, 1, 0])
+    m = nn.Sequential(Fixed(), nn.Identity())
+    m.register_parameter("dummy", nn.Parameter(torch.zeros(1)))
+    acc = metrics.accuracy(m, [(logits, y)], topk=(1, 2))
+    assert acc["top1"] == pytest.approx(25.0)  # only sample 0
+    assert acc["top2"] == pytest.approx(50.0)  # samples 0 and 1
+    assert acc["n"] == 4
+
+
+def test_report_consistent_and_formats() -> None:
+    m = tiny_cnn()
+    rep = metrics.report(m, (1, 8, 8), latency=True, repeats=3, warmup=1)
+    assert rep.params == 475 and rep.macs == 4 * 36 * 9 + 432
+    text = rep.format("tiny")
+    assert "475" in text and "latency" in text
+    cmp = metrics.format_comparison(rep, rep)
+    assert "1.00x" in cmp
+
+
+def test_wrong_input_shape_is_clear() -> None:
+    with pytest.raises(InputShapeError, match="input of shape"):
+        metrics.count_flops(tiny_cnn(), (3, 8, 8))
+
+
+def test_model_mode_restored() -> None:
+    m = tiny_cnn().train()
+    metrics.count_flops(m, (1, 8, 8))
+    assert m.training

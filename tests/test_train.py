@@ -1,0 +1,107 @@
+"""Training utilities: determinism, fixed masks, checkpoints."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from compactnn.errors import CheckpointError, ConfigError
+from compactnn.train import (
+    TrainConfig,
+    evaluate,
+    finetune,
+    load_checkpoint,
+    save_checkpoint,
+    train,
+    zero_masks,
+)
+
+
+def _data(n: int = 256) -> DataLoader:
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(n, 10, generator=g)
+    y = (x[:, 0] + x[:, 1] > 0).long()
+    return DataLoader(TensorDataset(x, y), batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(0))
+
+
+def _mlp() -> nn.Module:
+    torch.manual_seed(3)
+    return nn.Sequential(nn.Linear(10, 16), nn.ReLU(), nn.Linear(16, 2))
+
+
+def test_training_learns_and_is_deterministic() -> None:
+    cfg = TrainConfig(epochs=5, lr=0.1, seed=7)
+    a, b = _mlp(), _mlp()
+    ha = train(a, _data(), config=cfg, progress=False)
+    hb = train(b, _data(), config=cfg, progress=False)
+    assert ha.train_loss == hb.train_loss
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert torch.equal(pa, pb)
+    assert ha.train_loss[-1] < ha.train_loss[0]
+    assert evaluate(a, _data(), topk=(1,))["top1"] > 90.0
+
+
+def test_finetune_keeps_zero_structure() -> None:
+    m = _mlp()
+    with torch.no_grad():
+        m[0].weight[::2] = 0.0
+        m[2].weight[:, 3] = 0.0
+    zeros0 = m[0].weight == 0
+    zeros2 = m[2].weight == 0
+    before = m[0].weight.detach().clone()
+    finetune(m, _data(), config=TrainConfig(epochs=2, lr=0.1), progress=False)
+    assert torch.all(m[0].weight[zeros0] == 0) and torch.all(m[2].weight[zeros2] == 0)
+    assert not torch.equal(m[0].weight[~zeros0], before[~zeros0])  # the rest did train
+
+
+def test_zero_masks_only_for_weights_with_zeros() -> None:
+    m = _mlp()
+    with torch.no_grad():
+        m[2].weight[0, 0] = 0.0
+    masks = zero_masks(m)
+    assert list(masks) == ["2.weight"] and masks["2.weight"].sum() == 31
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+def test_checkpoint_roundtrip(tmp_path, suffix: str) -> None:
+    m = _mlp()
+    p = save_checkpoint(m, tmp_path / f"m{suffix}", note="x", input_shape=[10])
+    m2, meta = load_checkpoint(p, _mlp().apply(lambda mod: None))
+    assert meta["note"] == "x"
+    for (k, v), (k2, v2) in zip(m.state_dict().items(), m2.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2)
+
+
+def test_corrupt_checkpoint_is_clear(tmp_path) -> None:
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x00\x01not a checkpoint")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_checkpoint(bad, _mlp())
+    badpt = tmp_path / "bad.pt"
+    badpt.write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_checkpoint(badpt, _mlp())
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.pt", _mlp())
+
+
+def test_checkpoint_refuses_pickled_code(tmp_path) -> None:
+    p = tmp_path / "evil.pt"
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "meta": "{}", "obj": _mlp()}, p)
+    with pytest.raises(CheckpointError):
+        load_checkpoint(p, _mlp())
+
+
+def test_checkpoint_wrong_model(tmp_path) -> None:
+    p = save_checkpoint(_mlp(), tmp_path / "m.safetensors")
+    with pytest.raises(CheckpointError, match="does not match"):
+        load_checkpoint(p, nn.Linear(3, 3))
+
+
+def test_bad_config() -> None:
+    with pytest.raises(ConfigError, match="'lr' parameter of TrainConfig"):
+        TrainConfig(lr=-1.0)
+    with pytest.raises(ConfigError, match="optimizer"):
+        TrainConfig(optimizer="lbfgs")
