@@ -1,0 +1,120 @@
+"""Filter-importance criteria of the baselines (SSR paper sec. IV-A) and top-t selection.
+
+Every criterion maps a layer to one score per output filter/neuron; *higher = more important*.
+
+* ``random``     -- seeded random scores (Random baseline).
+* ``l1-norm``    -- ``s_i = ||K(i,:)||_1`` (Li et al., "Pruning filters for efficient ConvNets").
+* ``apoz``       -- ``s_i = 1 - APoZ_i``: fraction of non-zero post-ReLU activations of channel i
+  (Hu et al.; SSR sec. IV-A item 3). Needs data.
+* ``magnitude``  -- ``s_i = ||K(i,:)||_2``: plain filter magnitude (prune + fine-tune, no
+  regulariser) -- the unregularised counterpart of SSR-L2,1.
+
+References:
+    Lin et al. 2019 (SSR), sec. IV-A "Alternative ... Approaches"; Zhou et al. 2016 appendix
+    sec. 4 ("top t").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from compactnn._validation import check_int, raise_unknown
+from compactnn.errors import UnsupportedLayerError
+
+__all__ = ["CRITERIA", "filter_scores", "select_top", "apoz_scores"]
+
+CRITERIA = ("random", "l1-norm", "apoz", "magnitude")
+
+
+def _rows(weight: torch.Tensor) -> torch.Tensor:
+    return weight.detach().reshape(weight.shape[0], -1)
+
+
+@torch.no_grad()
+def apoz_scores(
+    model: nn.Module, layer: str, batches: Iterable[torch.Tensor], *, max_batches: int = 10
+) -> torch.Tensor:
+    """``1 - APoZ`` per output channel of ``layer``: mean fraction of positive activations.
+
+    The layer's output is passed through ReLU (APoZ is defined on post-ReLU maps; for a
+    layer followed by BatchNorm the BN output is used when the BN is the layer's direct
+    successor in module order).
+    """
+    mods = dict(model.named_modules())
+    if layer not in mods:
+        raise raise_unknown("layer", layer, [n for n, m in mods.items() if isinstance(m, (nn.Conv2d, nn.Linear))])
+    target = mods[layer]
+    # use the BatchNorm that directly follows (module order) if any: APoZ is on post-BN-ReLU maps
+    names = list(mods)
+    idx = names.index(layer)
+    for nxt in names[idx + 1 : idx + 2]:
+        if isinstance(mods[nxt], (nn.BatchNorm1d, nn.BatchNorm2d)):
+            target = mods[nxt]
+    pos = None
+    count = 0
+
+    def hook(_m: nn.Module, _i: object, out: torch.Tensor) -> None:
+        nonlocal pos, count
+        o = out.detach()
+        dims = [d for d in range(o.dim()) if d != 1]
+        frac = (o > 0).float().mean(dim=dims)
+        pos = frac if pos is None else pos + frac
+        count += 1
+
+    h = target.register_forward_hook(hook)
+    was = model.training
+    model.eval()
+    try:
+        for i, x in enumerate(batches):
+            if i >= max_batches:
+                break
+            model(x)
+    finally:
+        h.remove()
+        model.train(was)
+    if pos is None:
+        raise ValueError(f"APoZ of layer '{layer}' needs data: the calibration batches were empty.")
+    return pos / count
+
+
+def filter_scores(
+    criterion: str,
+    model: nn.Module,
+    layer: str,
+    *,
+    batches: Iterable[torch.Tensor] | None = None,
+    seed: int = 0,
+) -> torch.Tensor:
+    """Importance of every output filter/neuron of ``layer`` under ``criterion``."""
+    if criterion not in CRITERIA:
+        raise raise_unknown("criterion", criterion, CRITERIA)
+    mods = dict(model.named_modules())
+    if layer not in mods:
+        raise raise_unknown("layer", layer, [n for n, m in mods.items() if isinstance(m, (nn.Conv2d, nn.Linear))])
+    m = mods[layer]
+    if not isinstance(m, (nn.Conv2d, nn.Linear)):
+        raise UnsupportedLayerError(
+            f"Layer '{layer}' is a {type(m).__name__}; filter criteria apply to Conv2d/Linear."
+        )
+    w = m.weight
+    if criterion == "random":
+        g = torch.Generator().manual_seed(seed)
+        return torch.rand(w.shape[0], generator=g)
+    if criterion == "l1-norm":
+        return _rows(w).abs().sum(dim=1)
+    if criterion == "magnitude":
+        return _rows(w).norm(dim=1)
+    if batches is None:
+        raise ValueError(f"Criterion 'apoz' for layer '{layer}' needs data (batches=...).")
+    return apoz_scores(model, layer, batches)
+
+
+def select_top(scores: torch.Tensor, n_keep: int) -> tuple[int, ...]:
+    """Indices (ascending) of the ``n_keep`` highest scores; ties broken by lower index."""
+    n = int(scores.numel())
+    check_int(n_keep, "n_keep", "select_top", min_value=1, max_value=n)
+    order = sorted(range(n), key=lambda i: (-float(scores[i]), i))
+    return tuple(sorted(order[:n_keep]))
