@@ -1,0 +1,513 @@
+"""ADMM / AULM engine for training-based structured sparsity.
+
+The engine solves, inside an ordinary training loop, the split problem shared by Kiaee et al.
+(2016) and Lin et al. (2019, AULM):
+
+.. math::
+
+    \\min_{W, F}\\; \\mathcal{L}(W) + \\sum_l \\lambda_l\\, g(F_l)
+    \\quad\\text{s.t.}\\quad W_l = F_l,
+
+with the augmented Lagrangian
+:math:`\\mathcal{L}(W) + \\sum_l \\lambda_l g(F_l) + \\langle Y_l, W_l - F_l\\rangle
++ \\tfrac{\\rho}{2}\\|W_l - F_l\\|_F^2`, minimised by alternating
+
+1. **W-step** (performance promoting, a user closure doing SGD):
+   :math:`\\min_W \\mathcal{L}(W) + \\tfrac{\\rho}{2}\\sum_l \\|W_l - \\hat F_l + \\hat Y_l/\\rho\\|_F^2`
+   (the second term is :meth:`ADMMEngine.penalty_loss`);
+2. **F-step** (sparsity promoting, closed form):
+   :math:`F_l = \\operatorname{prox}_{(\\lambda_l/\\rho) g}(W_l + \\hat Y_l/\\rho)`;
+3. **dual step**: :math:`Y_l \\leftarrow \\hat Y_l + \\rho (W_l - F_l)`;
+4. optional **over-relaxation** (AULM, Nesterov):
+   :math:`\\hat Y^{k+1} = Y^{k+1} + \\gamma_{k+1}(Y^{k+1} - Y^k)`,
+   :math:`\\hat F^{k+1} = F^{k+1} + \\gamma_{k+1}(F^{k+1} - F^k)`, :math:`\\gamma_{k+1} = k/(k+r)`.
+
+Without over-relaxation :math:`\\hat F = F` and :math:`\\hat Y = Y` (plain ADMM, Kiaee).
+
+References:
+    Kiaee, Gagné, Abbasi (2016), "Alternating Direction Method of Multipliers for Sparse
+    Convolutional Neural Networks", sec. 3, eqs. (2)-(10), Algorithm 1.
+    Lin et al. (2019), "Toward Compact ConvNets via Structure-Sparsity Regularized Filter
+    Pruning", sec. III-D, eqs. (3)-(18), Algorithm 1 (AULM).
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from compactnn._validation import check_bool, check_choice, check_float, check_int
+from compactnn.errors import CompactnnError, ConfigError, SolverError, UnknownNameError
+
+__all__ = [
+    "PENALTIES",
+    "STRUCTURES",
+    "ADMMConfig",
+    "ADMMState",
+    "ADMMEngine",
+]
+
+PENALTIES: tuple[str, ...] = ("l0", "l1", "l20", "l21")
+"""Penalty names: element-wise ``l1``/``l0``, group ``l21``/``l20`` (prox keys of compactnn.prox)."""
+
+STRUCTURES: tuple[str, ...] = ("filters", "channels", "columns", "kernels", "elements")
+"""Group structures understood by :func:`compactnn.structure.group_dims`."""
+
+_ELEMENTWISE = ("l0", "l1")
+_OWNER = "ADMMConfig"
+
+LamSpec = float | Mapping[str, float] | Sequence[float]
+
+
+@dataclass(frozen=True)
+class ADMMConfig:
+    """Hyper-parameters of the ADMM / AULM engine.
+
+    Attributes:
+        rho: penalty parameter ρ > 0 of the augmented Lagrangian. Lin et al. set ρ = 1
+            (sec. III-D-2); Kiaee et al. only ask for a "sufficiently large" ρ.
+        penalty: regulariser g: ``"l21"`` (group lasso, Kiaee eq. (9) / Lin eq. (14)),
+            ``"l20"`` (group cardinality, Kiaee eq. (10) / Lin eq. (15)), ``"l1"``
+            (element-wise, Lin eq. (16)) or ``"l0"`` (element-wise hard threshold).
+        lam: regularisation factor (μ in Kiaee, λ in Lin): one float for every regularised
+            parameter, a mapping ``{param name: value}`` covering each of them, or a sequence
+            with one value per parameter (in the order of the ``params`` mapping).
+        structure: the sparsity groups, see :func:`compactnn.structure.group_dims`:
+            ``"filters"`` (Lin), ``"kernels"`` (Kiaee's filter blocks W_ij), ``"channels"``,
+            ``"columns"`` or ``"elements"``. ``None`` (default) picks ``"filters"`` for group
+            penalties and ``"elements"`` for ``"l1"``/``"l0"``.
+        overrelax: Nesterov over-relaxation of F and Y (AULM, Lin eqs. (8)-(9)).
+        r: over-relaxation constant in γ_{k+1} = k/(k+r); r >= 3, 3 is standard (Lin).
+        restart: (not in the papers; off by default) restart the over-relaxation, i.e. drop
+            the momentum and count k from 0 again, whenever the combined residual
+            c_k = ‖Y^k − Ŷ^{k−1}‖²/ρ + ρ‖F^k − F̂^{k−1}‖² fails to decrease by the factor
+            ``restart_eta`` (Goldstein et al., 2014, "Fast ADMM", Alg. 8). Without it the
+            over-relaxed iteration can fail to converge when the W-problem is not strongly
+            convex.
+        restart_eta: the restart factor η in (0, 1] (Goldstein et al.: 0.999).
+        eps: stopping threshold ε on ‖W − F‖_F and ‖F^{k+1} − F^k‖_F (global over the layers).
+        stop_rule: ``"both"`` stops when both distances are ≤ ε (Kiaee, Alg. 1 line 10);
+            ``"either"`` when one of them is (Lin, Alg. 1 line 9).
+        max_outer: maximal number of outer iterations ξ (Kiaee suggests ξ = 10).
+        w_epochs: epochs the W-step closure should run per outer iteration (read by
+            :func:`compactnn.solvers.training.sgd_w_step`; Kiaee's schedule is in
+            :mod:`compactnn.solvers.training.schedule`).
+    """
+
+    rho: float = 1.0
+    penalty: str = "l21"
+    lam: LamSpec = 1e-3
+    structure: str | None = None
+    overrelax: bool = False
+    r: int = 3
+    restart: bool = False
+    restart_eta: float = 0.999
+    eps: float = 1e-3
+    stop_rule: str = "both"
+    max_outer: int = 10
+    w_epochs: int = 1
+
+    def __post_init__(self) -> None:
+        check_float(self.rho, "rho", _OWNER, min_value=0.0, min_inclusive=False)
+        check_choice(self.penalty, "penalty", _OWNER, PENALTIES)
+        if self.structure is None:
+            default = "elements" if self.penalty in _ELEMENTWISE else "filters"
+            object.__setattr__(self, "structure", default)
+        check_choice(self.structure, "structure", _OWNER, STRUCTURES)
+        if self.penalty in _ELEMENTWISE and self.structure != "elements":
+            group = "l21" if self.penalty == "l1" else "l20"
+            raise ConfigError(
+                f"The 'penalty' parameter of {_OWNER} is element-wise ({self.penalty!r}) but "
+                f"'structure' is {self.structure!r}. Use penalty={group!r} for group sparsity "
+                f"on {self.structure} (Kiaee's l1/l0 on filter blocks W_ij is "
+                f"penalty='l21'/'l20' with structure='kernels'), or structure='elements'."
+            )
+        check_bool(self.overrelax, "overrelax", _OWNER)
+        check_int(self.r, "r", _OWNER, min_value=3)
+        check_bool(self.restart, "restart", _OWNER)
+        check_float(
+            self.restart_eta,
+            "restart_eta",
+            _OWNER,
+            min_value=0.0,
+            max_value=1.0,
+            min_inclusive=False,
+        )
+        check_float(self.eps, "eps", _OWNER, min_value=0.0, min_inclusive=False)
+        check_choice(self.stop_rule, "stop_rule", _OWNER, ("both", "either"))
+        check_int(self.max_outer, "max_outer", _OWNER, min_value=1)
+        check_int(self.w_epochs, "w_epochs", _OWNER, min_value=1)
+        object.__setattr__(self, "lam", _freeze_lam(self.lam))
+
+
+def _check_lam_value(value: Any, where: str) -> float:
+    return check_float(value, where, _OWNER, min_value=0.0)
+
+
+def _freeze_lam(lam: Any) -> LamSpec:
+    if isinstance(lam, Mapping):
+        out: dict[str, float] = {}
+        for key, value in lam.items():
+            if not isinstance(key, str):
+                raise ConfigError(
+                    f"The 'lam' parameter of {_OWNER} must map parameter names (str) to "
+                    f"floats. Got key {key!r} instead."
+                )
+            out[key] = _check_lam_value(value, f"lam[{key!r}]")
+        return MappingProxyType(out)
+    if isinstance(lam, (str, bytes)) or not isinstance(lam, (Sequence, int, float)):
+        raise ConfigError(
+            f"The 'lam' parameter of {_OWNER} must be a float >= 0, a mapping "
+            f"{{param name: float}} or a sequence of floats. Got {lam!r} instead."
+        )
+    if isinstance(lam, Sequence):
+        return tuple(_check_lam_value(v, f"lam[{i}]") for i, v in enumerate(lam))
+    return _check_lam_value(lam, "lam")
+
+
+@dataclass
+class ADMMState:
+    """The engine's state (tensors are detached copies; parameters are never stored here).
+
+    Attributes:
+        F: sparse auxiliary variables F_l (Kiaee's F, Lin's F).
+        Y: dual variables Y_l (Kiaee's Γ, Lin's Y).
+        F_hat: over-relaxed F̂ used in the W-step (equals F without over-relaxation).
+        Y_hat: over-relaxed Ŷ used in the W- and F-steps (equals Y without over-relaxation).
+        F_prev: F of the previous iteration (for ‖F^{k+1} − F^k‖).
+        Y_prev: Y of the previous iteration.
+        k: completed outer iterations.
+        k_momentum: iterations since the last restart (the k of γ = k/(k+r)).
+        c_prev: last combined residual (restart rule), ``inf`` before the first iteration.
+        history: one dict per completed iteration, see :meth:`ADMMEngine.dual_step`.
+        phase: ``"w"`` (next: W-step then :meth:`ADMMEngine.f_step`) or ``"dual"``
+            (next: :meth:`ADMMEngine.dual_step`).
+    """
+
+    F: dict[str, Tensor]
+    Y: dict[str, Tensor]
+    F_hat: dict[str, Tensor]
+    Y_hat: dict[str, Tensor]
+    F_prev: dict[str, Tensor]
+    Y_prev: dict[str, Tensor]
+    k: int = 0
+    k_momentum: int = 0
+    c_prev: float = math.inf
+    history: list[dict[str, Any]] = field(default_factory=list)
+    phase: str = "w"
+
+
+def _ops() -> tuple[Mapping[str, Callable[..., Tensor]], Callable[..., Tensor]]:
+    prox = importlib.import_module("compactnn.prox")
+    return prox.PROX, prox.penalty
+
+
+def _group_dims(kind: str, name: str, weight: Tensor) -> tuple[int, ...]:
+    structure = importlib.import_module("compactnn.structure")
+    try:
+        dims = structure.group_dims(kind, weight)
+    except CompactnnError as exc:
+        raise type(exc)(f"Parameter '{name}' (shape {tuple(weight.shape)}): {exc}") from exc
+    return tuple(int(d) % max(weight.dim(), 1) for d in dims)
+
+
+def _group_mask(x: Tensor, gdims: tuple[int, ...]) -> Tensor:
+    """Boolean tensor over the groups: True where the group has a non-zero entry."""
+    nz = x != 0
+    other = tuple(d for d in range(x.dim()) if d not in gdims)
+    return nz.any(dim=other, keepdim=True) if other else nz
+
+
+def _resolve_lam(lam: LamSpec, names: Sequence[str]) -> dict[str, float]:
+    if isinstance(lam, Mapping):
+        unknown = [k for k in lam if k not in names]
+        if unknown:
+            raise UnknownNameError(
+                f"The 'lam' mapping of {_OWNER} names parameters that are not regularised: "
+                f"{', '.join(repr(u) for u in unknown)}. Regularised parameters: "
+                f"{', '.join(repr(n) for n in names)}. Fix the keys or add those parameters."
+            )
+        missing = [n for n in names if n not in lam]
+        if missing:
+            raise ConfigError(
+                f"The 'lam' mapping of {_OWNER} has no value for "
+                f"{', '.join(repr(m) for m in missing)}. Give one value per regularised "
+                "parameter, or a single float for all of them."
+            )
+        return {n: float(lam[n]) for n in names}
+    if isinstance(lam, Sequence):
+        if len(lam) != len(names):
+            raise ConfigError(
+                f"The 'lam' parameter of {_OWNER} has {len(lam)} values but there are "
+                f"{len(names)} regularised parameters ({', '.join(repr(n) for n in names)}). "
+                "Give one value per parameter, a mapping, or a single float."
+            )
+        return {n: float(v) for n, v in zip(names, lam)}
+    return {n: float(lam) for n in names}
+
+
+class ADMMEngine:
+    """Stateful ADMM / AULM engine over a set of regularised parameters.
+
+    Typical use, inside a training loop::
+
+        engine = ADMMEngine({"conv1.weight": model.conv1.weight}, ADMMConfig(lam=1e-2))
+        for _ in range(config.max_outer):
+            def w_step():
+                for x, y in loader:
+                    opt.zero_grad()
+                    (loss_fn(model(x), y) + engine.penalty_loss()).backward()
+                    opt.step()
+            engine.step_outer(w_step)
+            if engine.converged():
+                break
+        masks = engine.masks()
+
+    The engine never writes to the parameters: only the closure (the W-step) does.
+
+    Args:
+        params: ``{dotted name: parameter}`` of the regularised weights (W_l / K^l).
+        config: the hyper-parameters.
+
+    Raises:
+        ConfigError: empty or non-floating parameters, a ``lam`` of the wrong length.
+        UnknownNameError: ``lam`` mapping keys that are not in ``params``.
+
+    References:
+        Kiaee et al. (2016) sec. 3, Algorithm 1; Lin et al. (2019) sec. III-D, Algorithm 1.
+    """
+
+    def __init__(self, params: Mapping[str, nn.Parameter | Tensor], config: ADMMConfig) -> None:
+        if not isinstance(config, ADMMConfig):
+            raise ConfigError(
+                f"ADMMEngine expects an ADMMConfig as 'config'. Got {type(config).__name__}."
+            )
+        if not isinstance(params, Mapping) or len(params) == 0:
+            raise ConfigError(
+                "The 'params' argument of ADMMEngine must be a non-empty mapping "
+                "{dotted name: parameter} of the weights to regularise."
+            )
+        for name, p in params.items():
+            if not isinstance(p, Tensor) or not p.is_floating_point():
+                raise ConfigError(
+                    f"Parameter '{name}' passed to ADMMEngine must be a floating-point tensor. "
+                    f"Got {type(p).__name__}."
+                )
+        self.config = config
+        self.params: dict[str, Tensor] = dict(params)
+        names = list(self.params)
+        self.lam: dict[str, float] = _resolve_lam(config.lam, names)
+        structure = str(config.structure)  # resolved from None in ADMMConfig.__post_init__
+        self.group_dims: dict[str, tuple[int, ...]] = {
+            n: _group_dims(structure, n, p) for n, p in self.params.items()
+        }
+        self.state: ADMMState = self.init_state()
+
+    # ------------------------------------------------------------------ state
+    def init_state(self) -> ADMMState:
+        """Initial state of both papers: F = F̂ = W, Y = Ŷ = 0 (Kiaee Alg. 1 l. 3, Lin l. 1)."""
+        with torch.no_grad():
+            w = {n: p.detach().clone() for n, p in self.params.items()}
+            z = {n: torch.zeros_like(v) for n, v in w.items()}
+        return ADMMState(
+            F=w,
+            Y=z,
+            F_hat=dict(w),
+            Y_hat=dict(z),
+            F_prev=dict(w),
+            Y_prev=dict(z),
+        )
+
+    def _gamma(self) -> float:
+        if not self.config.overrelax:
+            return 0.0
+        k = self.state.k_momentum
+        return k / (k + self.config.r)
+
+    # ------------------------------------------------------------------ steps
+    def w_targets(self) -> dict[str, Tensor]:
+        """U_l = F̂_l − Ŷ_l/ρ, the targets of the W-step (Kiaee eq. (7), Lin's T_1 eq. (10)).
+
+        Useful when the W-step has a closed form (e.g. a least-squares loss).
+        """
+        rho = self.config.rho
+        return {n: self.state.F_hat[n] - self.state.Y_hat[n] / rho for n in self.params}
+
+    def penalty_loss(self) -> Tensor:
+        """Augmented term to add to the task loss in the W-step (differentiable in W).
+
+        .. math:: \\frac{\\rho}{2}\\sum_l \\|W_l - \\hat F_l + \\hat Y_l/\\rho\\|_F^2
+
+        References:
+            Kiaee et al. (2016) eq. (7); Lin et al. (2019) eqs. (10)-(11).
+        """
+        rho = self.config.rho
+        terms = [
+            (p - (self.state.F_hat[n] - self.state.Y_hat[n] / rho)).pow(2).sum()
+            for n, p in self.params.items()
+        ]
+        return 0.5 * rho * sum(terms[1:], terms[0])
+
+    @torch.no_grad()
+    def f_step(self) -> None:
+        """Sparsity-promoting step: F_l = prox_{(λ_l/ρ) g}(W_l + Ŷ_l/ρ).
+
+        The over-relaxed F̂ (Lin eq. (9)) is formed in :meth:`dual_step`, after the restart
+        test; nothing reads F̂ in between.
+
+        .. math:: F_l = \\arg\\min_F \\lambda_l g(F) + \\frac{\\rho}{2}\\|F - W_l - \\hat Y_l/\\rho\\|_F^2
+
+        References:
+            Kiaee et al. (2016) eqs. (8)-(10); Lin et al. (2019) eqs. (12)-(16), (9).
+        """
+        prox_table, _ = _ops()
+        prox = prox_table[self.config.penalty]
+        rho = self.config.rho
+        st = self.state
+        for n, p in self.params.items():
+            v = p.detach() + st.Y_hat[n] / rho
+            f_new = prox(v, self.lam[n] / rho, self.group_dims[n])
+            if not bool(torch.isfinite(f_new).all()):
+                raise SolverError(
+                    f"ADMM F-step produced non-finite values for parameter '{n}'; lower the "
+                    "learning rate of the W-step or increase rho."
+                )
+            st.F_prev[n] = st.F[n]
+            st.F[n] = f_new
+        st.phase = "dual"
+
+    @torch.no_grad()
+    def dual_step(self) -> None:
+        """Dual ascent Y_l = Ŷ_l + ρ (W_l − F_l), then F̂, Ŷ (AULM); records one history entry.
+
+        History entry keys: ``k`` (1-based iteration), ``primal_residual`` ‖W − F‖_F,
+        ``f_change`` ‖F^{k+1} − F^k‖_F, ``dual_residual`` ρ‖F^{k+1} − F^k‖_F, ``penalty``
+        Σ_l λ_l g(F_l), ``nnz_groups`` / ``total_groups`` (summed over layers),
+        ``nnz_groups_per_layer``, ``gamma``, ``restarted``. Norms are global over all regularised layers.
+
+        Raises:
+            SolverError: when called without a preceding :meth:`f_step`.
+
+        References:
+            Kiaee et al. (2016) eq. (6); Lin et al. (2019) eqs. (7)-(8).
+        """
+        st = self.state
+        if st.phase != "dual":
+            raise SolverError(
+                "ADMMEngine.dual_step() was called without a preceding f_step(); call "
+                "f_step() after the W-step and before dual_step()."
+            )
+        cfg = self.config
+        rho = cfg.rho
+        gamma = self._gamma()
+        y_new = {n: st.Y_hat[n] + rho * (p.detach() - st.F[n]) for n, p in self.params.items()}
+        restarted = False
+        if cfg.overrelax and cfg.restart:
+            c = sum(
+                float((y_new[n] - st.Y_hat[n]).pow(2).sum()) / rho
+                + rho * float((st.F[n] - st.F_hat[n]).pow(2).sum())
+                for n in self.params
+            )
+            if c < cfg.restart_eta * st.c_prev or st.k_momentum == 0:
+                st.c_prev = c
+            else:
+                restarted = True
+                st.c_prev = st.c_prev / cfg.restart_eta
+                gamma = 0.0
+        for n in self.params:
+            st.Y_prev[n] = st.Y[n]
+            st.Y[n] = y_new[n]
+            if gamma:
+                st.Y_hat[n] = y_new[n] + gamma * (y_new[n] - st.Y_prev[n])
+                st.F_hat[n] = st.F[n] + gamma * (st.F[n] - st.F_prev[n])
+            else:
+                st.Y_hat[n] = y_new[n]
+                st.F_hat[n] = st.F[n]
+        st.k += 1
+        st.k_momentum = 0 if restarted else st.k_momentum + 1
+        st.phase = "w"
+        stats = self._stats(gamma)
+        stats["restarted"] = restarted
+        st.history.append(stats)
+
+    def _stats(self, gamma: float) -> dict[str, Any]:
+        _, penalty = _ops()
+        st = self.state
+        primal = 0.0
+        change = 0.0
+        pen = 0.0
+        per_layer: dict[str, int] = {}
+        total = 0
+        for n, p in self.params.items():
+            w = p.detach()
+            primal += float((w - st.F[n]).pow(2).sum())
+            change += float((st.F[n] - st.F_prev[n]).pow(2).sum())
+            pen += float(penalty(self.config.penalty, st.F[n], self.lam[n], self.group_dims[n]))
+            g = _group_mask(st.F[n], self.group_dims[n])
+            per_layer[n] = int(g.sum())
+            total += g.numel()
+        f_change = math.sqrt(change)
+        return {
+            "k": st.k,
+            "primal_residual": math.sqrt(primal),
+            "f_change": f_change,
+            "dual_residual": self.config.rho * f_change,
+            "penalty": pen,
+            "nnz_groups": sum(per_layer.values()),
+            "total_groups": total,
+            "nnz_groups_per_layer": per_layer,
+            "gamma": gamma,
+        }
+
+    def converged(self) -> bool:
+        """Stopping rule on the last completed iteration.
+
+        ``"both"``: ‖W − F‖_F ≤ ε and ‖F^{k+1} − F^k‖_F ≤ ε (Kiaee Alg. 1 line 10);
+        ``"either"``: one of them ≤ ε (Lin Alg. 1 line 9). False before the first iteration.
+        """
+        if not self.state.history:
+            return False
+        last = self.state.history[-1]
+        eps = self.config.eps
+        ok_primal = last["primal_residual"] <= eps
+        ok_change = last["f_change"] <= eps
+        if self.config.stop_rule == "both":
+            return ok_primal and ok_change
+        return ok_primal or ok_change
+
+    def masks(self) -> dict[str, Tensor]:
+        """Boolean element masks (True = kept) of the non-zero groups of F.
+
+        A whole group is kept as soon as F has a non-zero entry in it, so an element of a kept
+        group that happens to be zero is not masked.
+        """
+        out: dict[str, Tensor] = {}
+        for n, f in self.state.F.items():
+            out[n] = _group_mask(f, self.group_dims[n]).expand_as(f).clone()
+        return out
+
+    def step_outer(self, w_step: Callable[[], None]) -> dict[str, Any]:
+        """One outer iteration: ``w_step()`` (W-step), :meth:`f_step`, :meth:`dual_step`.
+
+        Args:
+            w_step: closure minimising the task loss + :meth:`penalty_loss` in the parameters.
+
+        Returns:
+            The history entry of this iteration (see :meth:`dual_step`).
+        """
+        if self.state.phase != "w":
+            raise SolverError(
+                "ADMMEngine.step_outer() was called between f_step() and dual_step(); "
+                "finish the iteration with dual_step() first."
+            )
+        w_step()
+        self.f_step()
+        self.dual_step()
+        return self.state.history[-1]
