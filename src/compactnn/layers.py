@@ -1,0 +1,523 @@
+"""Deployable compressed layers produced by :mod:`compactnn.surgery`.
+
+Every layer here is a plain :class:`torch.nn.Module` built from standard ops, traceable by
+``torch.fx``, trainable (the sparsity pattern / rank is held fixed, the values are parameters),
+and carries ``is_compactnn_layer = True`` so :mod:`compactnn.metrics` lists it as one layer.
+
+- :class:`LowRankLinear` -- ``y = B (A x) + b`` (rank ``r``), DDLR / PGT / SLR low-rank part.
+- :class:`LowRankConv2d` -- ``k x k`` conv to ``r`` channels, then ``1 x 1`` conv to ``n``.
+- :class:`SparseLinear`, :class:`SparseConv2d` -- l1-sparse weights stored in COO format.
+- :class:`SparsePlusLowRank` -- ``y = S x + L x + b``: Ma et al.'s two parallel branches.
+- :class:`SelectInputs` -- ``layer(x[:, index])`` in front of a layer whose inputs were cut.
+- :func:`stored_param_count` -- the uniform parameter count the metrics use.
+
+References:
+    Papadimitriou & Jain 2021 (DDLR), eq. (1)-(4) and Sec. 4 (Net-Trim counted as 3 x nnz);
+    Ma et al. 2019, Sec. 3 and Fig. 2 (sparse + low-rank branches summed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.fx
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from compactnn._validation import check_int
+from compactnn.errors import ConfigError
+
+__all__ = [
+    "LowRankLinear",
+    "LowRankConv2d",
+    "SparseLinear",
+    "SparseConv2d",
+    "SparsePlusLowRank",
+    "SelectInputs",
+    "stored_param_count",
+]
+
+
+def _coo_mm(indices: Tensor, values: Tensor, shape: tuple[int, int], dense: Tensor) -> Tensor:
+    """``W @ dense`` with ``W`` the COO matrix (indices, values); a leaf for ``torch.fx``."""
+    w = torch.sparse_coo_tensor(indices, values, shape, is_coalesced=True, check_invariants=False)
+    return torch.sparse.mm(w, dense)
+
+
+torch.fx.wrap("_coo_mm")
+
+
+def _pair(v: int | tuple[int, ...]) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+def _check_tensor(t: object, name: str, owner: str, ndim: tuple[int, ...]) -> Tensor:
+    if not isinstance(t, Tensor):
+        raise ConfigError(
+            f"The '{name}' parameter of {owner} must be a torch.Tensor. Got {type(t).__name__}."
+        )
+    if t.dim() not in ndim:
+        raise ConfigError(
+            f"The '{name}' parameter of {owner} must have {' or '.join(map(str, ndim))} "
+            f"dimensions. Got shape {tuple(t.shape)}."
+        )
+    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        raise ConfigError(f"The '{name}' parameter of {owner} contains NaN or Inf values.")
+    return t
+
+
+class LowRankLinear(nn.Module):
+    r"""Rank-``r`` factorized fully connected layer.
+
+    .. math:: y = B (A x) + b, \quad A \in \mathbb{R}^{r \times d_{in}},\;
+              B \in \mathbb{R}^{d_{out} \times r}
+
+    ``first`` (no bias) holds ``A``, ``second`` (with bias) holds ``B`` and ``b``. Stored
+    parameters: ``r (d_in + d_out) + d_out``.
+
+    Args:
+        in_features: ``d_in``.
+        out_features: ``d_out``.
+        rank: ``r >= 1``.
+        bias: whether ``second`` has a bias.
+
+    References:
+        Papadimitriou & Jain 2021 (DDLR), eq. (1): W = U V^T; Ma et al. 2019, eq. (2).
+    """
+
+    is_compactnn_layer = True
+
+    def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = True) -> None:
+        super().__init__()
+        owner = "LowRankLinear"
+        self.in_features = check_int(in_features, "in_features", owner, min_value=1)
+        self.out_features = check_int(out_features, "out_features", owner, min_value=1)
+        self.rank = check_int(rank, "rank", owner, min_value=1)
+        self.first = nn.Linear(self.in_features, self.rank, bias=False)
+        self.second = nn.Linear(self.rank, self.out_features, bias=bias)
+
+    @classmethod
+    def from_factors(cls, first: Tensor, second: Tensor, bias: Tensor | None) -> LowRankLinear:
+        """Build from ``A = first`` (r x d_in), ``B = second`` (d_out x r) and bias (d_out,)."""
+        owner = "LowRankLinear.from_factors"
+        first = _check_tensor(first, "first", owner, (2,))
+        second = _check_tensor(second, "second", owner, (2,))
+        if second.shape[1] != first.shape[0]:
+            raise ConfigError(
+                f"The factors of {owner} do not chain: first is {tuple(first.shape)} (r x in), "
+                f"second is {tuple(second.shape)} (out x r); their r must agree."
+            )
+        if bias is not None:
+            bias = _check_tensor(bias, "bias", owner, (1,))
+            if bias.shape[0] != second.shape[0]:
+                raise ConfigError(
+                    f"The 'bias' of {owner} has {bias.shape[0]} entries; expected "
+                    f"{second.shape[0]} (out features)."
+                )
+        layer = cls(first.shape[1], second.shape[0], first.shape[0], bias=bias is not None)
+        with torch.no_grad():
+            layer.first.weight.copy_(first)
+            layer.second.weight.copy_(second)
+            if bias is not None:
+                layer.second.bias.copy_(bias)
+        return layer
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.second(self.first(x))
+
+    def dense_weight(self) -> Tensor:
+        """The equivalent dense weight ``B A`` (d_out x d_in)."""
+        return self.second.weight @ self.first.weight
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}"
+
+
+class LowRankConv2d(nn.Module):
+    r"""Rank-``r`` factorized 2-D convolution (groups = 1).
+
+    With the lowered weight :math:`W \in \mathbb{R}^{n \times c k_h k_w}` factorized as
+    :math:`W = Q P`, :math:`P \in \mathbb{R}^{r \times c k_h k_w}`,
+    :math:`Q \in \mathbb{R}^{n \times r}`, the layer is ``first``: a ``k_h x k_w`` conv
+    ``c -> r`` with weight ``P`` reshaped to ``(r, c, k_h, k_w)`` and the original
+    stride/padding/dilation (no bias), then ``second``: a ``1 x 1`` conv ``r -> n`` with weight
+    ``Q`` and the bias. Stored parameters: ``r (c k_h k_w + n) + n``.
+
+    References:
+        Papadimitriou & Jain 2021 (DDLR), Sec. 3.2 (conv layers lowered by im2col);
+        Ma et al. 2019, Fig. 2.
+    """
+
+    is_compactnn_layer = True
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        rank: int,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] = 0,
+        dilation: int | tuple[int, int] = 1,
+        bias: bool = True,
+    ) -> None:
+        super().__init__()
+        owner = "LowRankConv2d"
+        self.in_channels = check_int(in_channels, "in_channels", owner, min_value=1)
+        self.out_channels = check_int(out_channels, "out_channels", owner, min_value=1)
+        self.rank = check_int(rank, "rank", owner, min_value=1)
+        self.kernel_size = _pair(kernel_size)
+        self.first = nn.Conv2d(
+            self.in_channels,
+            self.rank,
+            self.kernel_size,
+            stride=stride,
+            padding=padding,
+            dilation=dilation,
+            bias=False,
+        )
+        self.second = nn.Conv2d(self.rank, self.out_channels, 1, bias=bias)
+
+    @classmethod
+    def from_factors(
+        cls,
+        first_weight: Tensor,
+        second_weight: Tensor,
+        bias: Tensor | None,
+        *,
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] = 0,
+        dilation: int | tuple[int, int] = 1,
+    ) -> LowRankConv2d:
+        """Build from ``first_weight`` (r, c, kh, kw), ``second_weight`` (n, r) or (n, r, 1, 1)."""
+        owner = "LowRankConv2d.from_factors"
+        first_weight = _check_tensor(first_weight, "first_weight", owner, (4,))
+        second_weight = _check_tensor(second_weight, "second_weight", owner, (2, 4))
+        if second_weight.dim() == 4:
+            if tuple(second_weight.shape[2:]) != (1, 1):
+                raise ConfigError(
+                    f"The 'second_weight' of {owner} must be (n, r) or (n, r, 1, 1). Got "
+                    f"{tuple(second_weight.shape)}."
+                )
+            second_weight = second_weight.reshape(second_weight.shape[0], second_weight.shape[1])
+        r, c, kh, kw = first_weight.shape
+        n = second_weight.shape[0]
+        if second_weight.shape[1] != r:
+            raise ConfigError(
+                f"The factors of {owner} do not chain: first_weight has r={r} output channels, "
+                f"second_weight is {tuple(second_weight.shape)} (n x r)."
+            )
+        if bias is not None:
+            bias = _check_tensor(bias, "bias", owner, (1,))
+            if bias.shape[0] != n:
+                raise ConfigError(
+                    f"The 'bias' of {owner} has {bias.shape[0]} entries; expected {n}."
+                )
+        layer = cls(c, n, r, (kh, kw), stride, padding, dilation, bias=bias is not None)
+        with torch.no_grad():
+            layer.first.weight.copy_(first_weight)
+            layer.second.weight.copy_(second_weight.reshape(n, r, 1, 1))
+            if bias is not None:
+                layer.second.bias.copy_(bias)
+        return layer
+
+    @classmethod
+    def from_lowered(
+        cls, conv: nn.Conv2d, q: Tensor, p: Tensor, bias: Tensor | None
+    ) -> LowRankConv2d:
+        """Build from the lowered factorization ``W_low = Q P`` of ``conv`` (n x c kh kw)."""
+        owner = "LowRankConv2d.from_lowered"
+        p = _check_tensor(p, "p", owner, (2,))
+        kh, kw = conv.kernel_size
+        if p.shape[1] != conv.in_channels * kh * kw:
+            raise ConfigError(
+                f"The 'p' factor of {owner} must have c*kh*kw = {conv.in_channels * kh * kw} "
+                f"columns. Got {tuple(p.shape)}."
+            )
+        return cls.from_factors(
+            p.reshape(p.shape[0], conv.in_channels, kh, kw),
+            q,
+            bias,
+            stride=conv.stride,
+            padding=conv.padding,
+            dilation=conv.dilation,
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.second(self.first(x))
+
+    def dense_weight(self) -> Tensor:
+        """The equivalent dense conv weight ``(n, c, kh, kw)``."""
+        q = self.second.weight.reshape(self.out_channels, self.rank)
+        p = self.first.weight.reshape(self.rank, -1)
+        return (q @ p).reshape(self.out_channels, self.in_channels, *self.kernel_size)
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_channels={self.in_channels}, out_channels={self.out_channels}, "
+            f"rank={self.rank}, kernel_size={self.kernel_size}"
+        )
+
+
+class _SparseBase(nn.Module):
+    """COO storage shared by the sparse layers: ``indices`` buffer (2, nnz), ``values`` param."""
+
+    is_compactnn_layer = True
+    indices: Tensor
+
+    def _init_coo(self, dense2d: Tensor, bias: Tensor | None) -> None:
+        idx = dense2d.nonzero(as_tuple=False).t().contiguous()
+        self.register_buffer("indices", idx.to(torch.long))
+        self.values = nn.Parameter(dense2d[idx[0], idx[1]].detach().clone())
+        self.shape2d = (int(dense2d.shape[0]), int(dense2d.shape[1]))
+        if bias is not None:
+            self.bias: nn.Parameter | None = nn.Parameter(bias.detach().clone())
+        else:
+            self.register_parameter("bias", None)
+
+    @property
+    def nnz(self) -> int:
+        """Number of stored non-zero weights."""
+        return int(self.values.numel())
+
+    def coo_param_count(self) -> int:
+        """``3 * nnz``: row index, column index and value per non-zero (DDLR, Sec. 4)."""
+        return 3 * self.nnz
+
+    def stored_param_count(self) -> int:
+        """COO count of the weight plus the dense bias."""
+        return self.coo_param_count() + (0 if self.bias is None else int(self.bias.numel()))
+
+    def weight_matrix(self) -> Tensor:
+        """The sparse weight as a ``torch.sparse_coo_tensor`` (differentiable in ``values``)."""
+        return torch.sparse_coo_tensor(
+            self.indices, self.values, self.shape2d, is_coalesced=True, check_invariants=False
+        )
+
+    def dense_matrix(self) -> Tensor:
+        """The weight as a dense 2-D matrix (rows = outputs)."""
+        out = torch.zeros(self.shape2d, dtype=self.values.dtype, device=self.values.device)
+        return out.index_put((self.indices[0], self.indices[1]), self.values)
+
+
+class SparseLinear(_SparseBase):
+    r"""Fully connected layer with an l1-sparse weight stored in COO format.
+
+    .. math:: y = W x + b, \quad W \text{ stored as } (\text{row}, \text{col}, \text{value})
+              \text{ triplets}
+
+    Runs with ``torch.sparse.mm``; ``stored_param_count() = 3 nnz(W) + d_out``.
+
+    References:
+        Papadimitriou & Jain 2021 (DDLR), Sec. 4 (Net-Trim baseline, COO counting).
+    """
+
+    def __init__(self, weight: Tensor, bias: Tensor | None = None) -> None:
+        super().__init__()
+        weight = _check_tensor(weight, "weight", "SparseLinear", (2,))
+        if bias is not None and tuple(bias.shape) != (weight.shape[0],):
+            raise ConfigError(
+                f"The 'bias' of SparseLinear must have shape ({weight.shape[0]},). "
+                f"Got {tuple(bias.shape)}."
+            )
+        self.out_features, self.in_features = int(weight.shape[0]), int(weight.shape[1])
+        self._init_coo(weight.detach(), bias)
+
+    @classmethod
+    def from_dense(cls, linear: nn.Linear) -> SparseLinear:
+        """Sparse copy of ``linear`` (its zero weights are not stored)."""
+        return cls(linear.weight.detach(), None if linear.bias is None else linear.bias.detach())
+
+    def to_dense(self) -> nn.Linear:
+        """An equivalent dense :class:`nn.Linear`."""
+        lin = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None)
+        with torch.no_grad():
+            lin.weight.copy_(self.dense_matrix())
+            if self.bias is not None:
+                lin.bias.copy_(self.bias)
+        return lin
+
+    def forward(self, x: Tensor) -> Tensor:
+        flat = x.reshape(-1, self.in_features)
+        y = _coo_mm(self.indices, self.values, self.shape2d, flat.t()).t()
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(x.shape[:-1] + (self.out_features,))
+
+    def flops_per_sample(self, x: Tensor) -> int:
+        """``2 nnz`` multiply-adds per input vector."""
+        return 2 * self.nnz * max(1, x[0].numel() // self.in_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, nnz={self.nnz}"
+
+
+class SparseConv2d(_SparseBase):
+    r"""2-D convolution whose lowered weight (n x c k_h k_w) is stored in COO format.
+
+    Grouped convolutions are stored as their block-diagonal lowered weight (only the non-zeros
+    are stored, so nothing is lost). Forward: ``unfold`` (im2col), ``torch.sparse.mm``, reshape.
+    ``padding_mode`` must be ``"zeros"``.
+
+    References:
+        Papadimitriou & Jain 2021 (DDLR), Sec. 3.2 (lowering) and Sec. 4 (COO counting).
+    """
+
+    def __init__(
+        self,
+        weight: Tensor,
+        bias: Tensor | None = None,
+        *,
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] = 0,
+        dilation: int | tuple[int, int] = 1,
+        groups: int = 1,
+    ) -> None:
+        super().__init__()
+        weight = _check_tensor(weight, "weight", "SparseConv2d", (4,))
+        groups = check_int(groups, "groups", "SparseConv2d", min_value=1)
+        n, cg, kh, kw = (int(s) for s in weight.shape)
+        if n % groups:
+            raise ConfigError(
+                f"SparseConv2d: out channels {n} are not divisible by groups={groups}."
+            )
+        if bias is not None and tuple(bias.shape) != (n,):
+            raise ConfigError(
+                f"The 'bias' of SparseConv2d must have shape ({n},). Got {tuple(bias.shape)}."
+            )
+        self.out_channels, self.in_channels = n, cg * groups
+        self.kernel_size = (kh, kw)
+        self.stride, self.padding, self.dilation = _pair(stride), _pair(padding), _pair(dilation)
+        dense = torch.zeros(n, self.in_channels, kh, kw, dtype=weight.dtype)
+        ng = n // groups
+        for g in range(groups):
+            dense[g * ng : (g + 1) * ng, g * cg : (g + 1) * cg] = weight[g * ng : (g + 1) * ng]
+        self._init_coo(dense.reshape(n, -1), bias)
+
+    @classmethod
+    def from_dense(cls, conv: nn.Conv2d) -> SparseConv2d:
+        """Sparse copy of ``conv`` (zeros and the off-diagonal blocks of groups not stored)."""
+        if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+            raise ConfigError(
+                "SparseConv2d supports padding_mode='zeros' with numeric padding only. "
+                f"Got padding={conv.padding!r}, padding_mode={conv.padding_mode!r}."
+            )
+        return cls(
+            conv.weight.detach(),
+            None if conv.bias is None else conv.bias.detach(),
+            stride=conv.stride,  # type: ignore[arg-type]
+            padding=conv.padding,  # type: ignore[arg-type]
+            dilation=conv.dilation,  # type: ignore[arg-type]
+            groups=conv.groups,
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, h, w = x.shape[0], x.shape[2], x.shape[3]
+        kh, kw = self.kernel_size
+        ho = (h + 2 * self.padding[0] - self.dilation[0] * (kh - 1) - 1) // self.stride[0] + 1
+        wo = (w + 2 * self.padding[1] - self.dilation[1] * (kw - 1) - 1) // self.stride[1] + 1
+        cols = F.unfold(x, self.kernel_size, self.dilation, self.padding, self.stride)
+        cols = cols.transpose(0, 1).reshape(cols.shape[1], -1)  # (c kh kw, B L)
+        y = _coo_mm(self.indices, self.values, self.shape2d, cols)  # (n, B L)
+        y = y.reshape(self.out_channels, b, -1).transpose(0, 1)
+        if self.bias is not None:
+            y = y + self.bias.reshape(1, -1, 1)
+        return y.reshape(b, self.out_channels, ho, wo)
+
+    def flops_per_sample(self, x: Tensor) -> int:
+        """``2 nnz`` multiply-adds per output position."""
+        h, w = int(x.shape[-2]), int(x.shape[-1])
+        kh, kw = self.kernel_size
+        ho = (h + 2 * self.padding[0] - self.dilation[0] * (kh - 1) - 1) // self.stride[0] + 1
+        wo = (w + 2 * self.padding[1] - self.dilation[1] * (kw - 1) - 1) // self.stride[1] + 1
+        return 2 * self.nnz * ho * wo
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_channels={self.in_channels}, out_channels={self.out_channels}, "
+            f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
+            f"nnz={self.nnz}"
+        )
+
+
+class SparsePlusLowRank(nn.Module):
+    r"""Two parallel branches summed: ``y = S x + L x`` (Ma et al. Fig. 2).
+
+    ``sparse`` holds the (column-)sparse part ``A`` and must have no bias; ``lowrank`` holds
+    ``B = Q P`` and carries the layer's bias, so the bias is added once. Stored parameters are
+    the sum of the branches' :func:`stored_param_count`.
+
+    References:
+        Ma et al. 2019, eq. (2) (W = A + B) and Fig. 2.
+    """
+
+    is_compactnn_layer = True
+
+    def __init__(self, sparse: nn.Module, lowrank: nn.Module) -> None:
+        super().__init__()
+        for name, m in (("sparse", sparse), ("lowrank", lowrank)):
+            if not isinstance(m, nn.Module):
+                raise ConfigError(
+                    f"The '{name}' parameter of SparsePlusLowRank must be an nn.Module. "
+                    f"Got {type(m).__name__}."
+                )
+        if getattr(sparse, "bias", None) is not None:
+            raise ConfigError(
+                "The 'sparse' branch of SparsePlusLowRank must have no bias (the bias belongs to "
+                "the low-rank branch, so it is added once). Build it with bias=None."
+            )
+        self.sparse = sparse
+        self.lowrank = lowrank
+        for attr in ("in_features", "out_features", "in_channels", "out_channels"):
+            if hasattr(lowrank, attr):
+                setattr(self, attr, getattr(lowrank, attr))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.sparse(x) + self.lowrank(x)
+
+    def stored_param_count(self) -> int:
+        """Stored parameters of both branches."""
+        return stored_param_count(self.sparse) + stored_param_count(self.lowrank)
+
+
+class SelectInputs(nn.Module):
+    """``layer(x[:, index])``: a channel selection in front of a layer whose inputs were cut.
+
+    Inserted by :class:`~compactnn.plan.KeepInputs` when the removed input channels also feed
+    other layers (so the producers cannot drop them).
+    """
+
+    is_compactnn_layer = True
+    index: Tensor
+
+    def __init__(self, index: Sequence[int], layer: nn.Module) -> None:
+        super().__init__()
+        self.register_buffer("index", torch.as_tensor(list(index), dtype=torch.long))
+        self.layer = layer
+        for attr in ("in_features", "out_features", "in_channels", "out_channels"):
+            if hasattr(layer, attr):
+                setattr(self, attr, getattr(layer, attr))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.layer(torch.index_select(x, 1, self.index))
+
+
+def stored_param_count(module: nn.Module) -> int:
+    """Stored parameter values of ``module`` and its children.
+
+    Modules defining ``stored_param_count()`` (the sparse layers: COO count ``3 nnz`` + bias,
+    :class:`SparsePlusLowRank`) are counted by it and their subtree is skipped; every other
+    module counts the elements of its own parameters.
+    """
+    total = 0
+    stack: list[nn.Module] = [module]
+    while stack:
+        m = stack.pop()
+        fn = getattr(m, "stored_param_count", None)
+        if callable(fn):
+            total += int(fn())
+            continue
+        total += sum(p.numel() for p in m.parameters(recurse=False))
+        stack.extend(m.children())
+    return total

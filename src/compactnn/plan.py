@@ -1,0 +1,442 @@
+"""Compression plans: the contract between solvers/criteria and :mod:`compactnn.surgery`.
+
+A :class:`CompressionPlan` is an ordered list of actions plus free-form JSON metadata. Actions
+are applied in order, each to the model produced by the previous one, so indices and shapes in
+an action refer to the layer *as it is at that point* (after earlier cuts). Layers are named by
+their dotted path in ``model.named_modules()``.
+
+Actions:
+
+- :class:`KeepOutputs` -- keep only some output channels (Conv2d) / neurons (Linear); every
+  coupled layer follows (BN, consumers' inputs, residual partners, concat, flatten -> linear
+  spatial blocks, depthwise / grouped convs).
+- :class:`KeepInputs` -- keep only some input channels / features of a layer (column sparsity);
+  the producers' outputs that feed only this layer are removed too, otherwise an input selection
+  is inserted in front of the layer.
+- :class:`LowRank` -- replace a layer by its rank-``r`` factorization.
+- :class:`SparseLowRank` -- replace a layer by sparse + low-rank parallel branches.
+- :class:`SetWeights` -- overwrite a layer's weight and bias (optionally as a sparse COO layer).
+- :class:`GapHead` -- SSR "-GAP" head: the FC classifier is replaced by global average pooling.
+
+Plans are saved as a JSON file (actions, meta, tensor keys) next to a ``.safetensors`` file.
+
+References:
+    Lin et al. 2019 (SSR), Sec. III-E and Table I ("-GAP" variants);
+    Ma et al. 2019, Fig. 2; Papadimitriou & Jain 2021 (DDLR), eq. (1).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from compactnn.errors import CheckpointError, PlanError
+
+__all__ = [
+    "Action",
+    "KeepOutputs",
+    "KeepInputs",
+    "LowRank",
+    "SparseLowRank",
+    "SetWeights",
+    "GapHead",
+    "CompressionPlan",
+]
+
+_FORMAT_VERSION = 1
+
+
+def _check_layer(layer: Any, kind: str) -> str:
+    if not isinstance(layer, str) or not layer:
+        raise PlanError(
+            f"{kind}.layer must be the dotted name of a layer in model.named_modules(), e.g. "
+            f"'features.0'. Got {layer!r}."
+        )
+    return layer
+
+
+def _check_keep(layer: str, keep: Any, kind: str) -> tuple[int, ...]:
+    try:
+        items = list(keep)
+    except TypeError:
+        raise PlanError(
+            f"{kind}(layer={layer!r}): 'keep' must be a sequence of channel indices. Got {keep!r}."
+        ) from None
+    out: list[int] = []
+    for i in items:
+        if isinstance(i, Tensor) and i.numel() == 1 and not i.is_floating_point():
+            i = int(i.item())
+        if isinstance(i, bool) or not isinstance(i, int):
+            raise PlanError(
+                f"{kind}(layer={layer!r}): 'keep' must contain ints. Got {i!r}; pass e.g. "
+                "tensor.tolist()."
+            )
+        out.append(int(i))
+    if not out:
+        raise PlanError(
+            f"{kind}(layer={layer!r}) keeps no channels, which would remove the layer's whole "
+            "output; keep at least one index."
+        )
+    if len(set(out)) != len(out):
+        dup = sorted({i for i in out if out.count(i) > 1})
+        raise PlanError(
+            f"{kind}(layer={layer!r}): duplicate indices {dup} in 'keep'; list each once."
+        )
+    if min(out) < 0:
+        raise PlanError(
+            f"{kind}(layer={layer!r}): negative index {min(out)} in 'keep'; use indices >= 0."
+        )
+    return tuple(out)
+
+
+def _check_t(layer: str, t: Any, name: str, kind: str, optional: bool = False) -> Tensor | None:
+    if t is None and optional:
+        return None
+    if not isinstance(t, Tensor):
+        raise PlanError(f"{kind}(layer={layer!r}): '{name}' must be a torch.Tensor. Got {t!r}.")
+    if not t.is_floating_point():
+        raise PlanError(f"{kind}(layer={layer!r}): '{name}' must be a floating-point tensor.")
+    if not bool(torch.isfinite(t).all()):
+        raise PlanError(f"{kind}(layer={layer!r}): '{name}' contains NaN or Inf values.")
+    return t.detach().cpu().contiguous()
+
+
+class _TensorEq:
+    """Equality for frozen dataclasses holding tensors (exact, via ``torch.equal``)."""
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        for f in fields(self):  # type: ignore[arg-type]
+            a, b = getattr(self, f.name), getattr(other, f.name)
+            if isinstance(a, Tensor) or isinstance(b, Tensor):
+                if not (
+                    isinstance(a, Tensor)
+                    and isinstance(b, Tensor)
+                    and a.dtype == b.dtype
+                    and torch.equal(a, b)
+                ):
+                    return False
+            elif a != b:
+                return False
+        return True
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+@dataclass(frozen=True)
+class KeepOutputs:
+    """Keep only output channels (Conv2d) / neurons (Linear) ``keep`` of ``layer``.
+
+    All coupled structures follow: the BN after it, the inputs of its consumers (flatten ->
+    linear: the ``H W`` block of each channel), residual partners of an add, concat offsets,
+    depthwise convs. Kept channels stay in their original (ascending) order whatever the
+    order of ``keep``.
+    """
+
+    layer: str
+    keep: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        _check_layer(self.layer, "KeepOutputs")
+        object.__setattr__(self, "keep", _check_keep(self.layer, self.keep, "KeepOutputs"))
+
+
+@dataclass(frozen=True)
+class KeepInputs:
+    """Keep only input channels (Conv2d) / features (Linear) ``keep`` of ``layer``.
+
+    Removed input channels are dead for this layer (column sparsity, SSR / Ma et al.). If the
+    producing channels feed only this layer they are removed too; otherwise a channel selection
+    is inserted in front of the layer.
+    """
+
+    layer: str
+    keep: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        _check_layer(self.layer, "KeepInputs")
+        object.__setattr__(self, "keep", _check_keep(self.layer, self.keep, "KeepInputs"))
+
+
+@dataclass(frozen=True, eq=False)
+class LowRank(_TensorEq):
+    """Replace ``layer`` by its factorization ``W = second @ first`` (+ ``bias``).
+
+    Linear: ``first`` (r, d_in), ``second`` (d_out, r). Conv2d (groups = 1): ``first``
+    (r, c, kh, kw) or lowered (r, c kh kw), ``second`` (n, r) or (n, r, 1, 1).
+    """
+
+    layer: str
+    first: Tensor
+    second: Tensor
+    bias: Tensor | None
+
+    def __post_init__(self) -> None:
+        _check_layer(self.layer, "LowRank")
+        for name in ("first", "second"):
+            object.__setattr__(
+                self, name, _check_t(self.layer, getattr(self, name), name, "LowRank")
+            )
+        object.__setattr__(self, "bias", _check_t(self.layer, self.bias, "bias", "LowRank", True))
+
+
+@dataclass(frozen=True, eq=False)
+class SparseLowRank(_TensorEq):
+    """Replace ``layer`` by ``sparse`` (same shape as its weight, stored COO) + low rank.
+
+    The low-rank branch is ``second @ first`` as in :class:`LowRank` and carries ``bias``.
+    """
+
+    layer: str
+    sparse: Tensor
+    first: Tensor
+    second: Tensor
+    bias: Tensor | None
+
+    def __post_init__(self) -> None:
+        _check_layer(self.layer, "SparseLowRank")
+        for name in ("sparse", "first", "second"):
+            object.__setattr__(
+                self, name, _check_t(self.layer, getattr(self, name), name, "SparseLowRank")
+            )
+        object.__setattr__(
+            self, "bias", _check_t(self.layer, self.bias, "bias", "SparseLowRank", True)
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class SetWeights(_TensorEq):
+    """Overwrite the weight (same shape) and bias of ``layer``.
+
+    With ``sparse=True`` the layer is replaced by :class:`~compactnn.layers.SparseLinear` /
+    :class:`~compactnn.layers.SparseConv2d` storing only the non-zeros. ``bias=None`` removes
+    the bias (it must then be absent or zero in the layer's function).
+    """
+
+    layer: str
+    weight: Tensor
+    bias: Tensor | None
+    sparse: bool = False
+
+    def __post_init__(self) -> None:
+        _check_layer(self.layer, "SetWeights")
+        object.__setattr__(
+            self, "weight", _check_t(self.layer, self.weight, "weight", "SetWeights")
+        )
+        object.__setattr__(
+            self, "bias", _check_t(self.layer, self.bias, "bias", "SetWeights", True)
+        )
+        if not isinstance(self.sparse, bool):
+            raise PlanError(
+                f"SetWeights(layer={self.layer!r}): 'sparse' must be a bool. Got {self.sparse!r}."
+            )
+
+
+@dataclass(frozen=True)
+class GapHead:
+    """SSR "-GAP" head: replace the FC classifier by global average pooling.
+
+    The module at ``flatten`` (an ``nn.Flatten`` following the last conv stage) becomes
+    ``AdaptiveAvgPool2d(1)`` + ``Flatten``, and every module named in ``classifier`` (the FC
+    layers and their activations / dropouts) becomes ``nn.Identity``. The last conv before the
+    flatten must therefore have as many output channels as the model has classes: the output
+    is the spatial mean of its feature maps, ``y_k = mean_{h,w} z_{k,h,w}``. Surgery checks that
+    the model's output width is unchanged. The new model needs fine-tuning (the map is not
+    equivalent to the FC head).
+
+    References:
+        Lin et al. 2019 (SSR), Sec. IV (LeNet/AlexNet "-GAP" variants, Table I-III).
+    """
+
+    flatten: str
+    classifier: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        _check_layer(self.flatten, "GapHead")
+        cls = (self.classifier,) if isinstance(self.classifier, str) else self.classifier
+        try:
+            names = tuple(cls)
+        except TypeError:
+            raise PlanError(
+                f"GapHead(flatten={self.flatten!r}): 'classifier' must be a sequence of layer "
+                f"names. Got {self.classifier!r}."
+            ) from None
+        if not names or not all(isinstance(n, str) and n for n in names):
+            raise PlanError(
+                f"GapHead(flatten={self.flatten!r}): 'classifier' must name at least one layer to "
+                f"drop. Got {self.classifier!r}."
+            )
+        if self.flatten in names:
+            raise PlanError(
+                f"GapHead: the flatten layer {self.flatten!r} must not also be in 'classifier'."
+            )
+        object.__setattr__(self, "classifier", names)
+
+    @property
+    def layer(self) -> str:
+        """The flatten layer (for uniform error messages)."""
+        return self.flatten
+
+
+Action = KeepOutputs | KeepInputs | LowRank | SparseLowRank | SetWeights | GapHead
+_ACTIONS: dict[str, type] = {
+    c.__name__: c for c in (KeepOutputs, KeepInputs, LowRank, SparseLowRank, SetWeights, GapHead)
+}
+
+
+def _paths(path: str | Path) -> tuple[Path, Path]:
+    p = Path(path)
+    if p.suffix in (".json", ".safetensors"):
+        p = p.with_suffix("")
+    return p.with_name(p.name + ".json"), p.with_name(p.name + ".safetensors")
+
+
+@dataclass
+class CompressionPlan:
+    """An ordered list of surgery actions plus JSON-serializable metadata.
+
+    ``meta["input_shape"]`` (per-sample shape, e.g. ``[3, 32, 32]``) is used by surgery when no
+    ``example_inputs`` are given.
+    """
+
+    actions: list[Action] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    ACTION_TYPES: ClassVar[dict[str, type]] = _ACTIONS
+
+    def __post_init__(self) -> None:
+        self.actions = list(self.actions)
+        for i, a in enumerate(self.actions):
+            if not isinstance(a, tuple(_ACTIONS.values())):
+                raise PlanError(
+                    f"CompressionPlan action #{i} is a {type(a).__name__}; actions must be one of "
+                    f"{', '.join(_ACTIONS)} from compactnn.plan."
+                )
+        if not isinstance(self.meta, dict):
+            raise PlanError(f"CompressionPlan.meta must be a dict. Got {type(self.meta).__name__}.")
+
+    # ------------------------------------------------------------------ serialization
+    def save(self, path: str | Path) -> Path:
+        """Write ``<path>.json`` (actions, meta, tensor keys) and ``<path>.safetensors``.
+
+        Returns:
+            The path of the JSON file.
+
+        Raises:
+            PlanError: if ``meta`` is not JSON-serializable.
+        """
+        from safetensors.torch import save_file
+
+        json_path, st_path = _paths(path)
+        tensors: dict[str, Tensor] = {}
+        records: list[dict[str, Any]] = []
+        for i, a in enumerate(self.actions):
+            rec: dict[str, Any] = {"type": type(a).__name__}
+            for f in fields(a):
+                v = getattr(a, f.name)
+                if isinstance(v, Tensor):
+                    key = f"{i}.{f.name}"
+                    tensors[key] = v.detach().cpu().contiguous()
+                    rec[f.name] = {"tensor": key}
+                elif isinstance(v, tuple):
+                    rec[f.name] = list(v)
+                else:
+                    rec[f.name] = v
+            records.append(rec)
+        doc = {"format": "compactnn-plan", "version": _FORMAT_VERSION, "actions": records}
+        try:
+            doc["meta"] = json.loads(json.dumps(self.meta))
+        except (TypeError, ValueError) as exc:
+            raise PlanError(
+                f"CompressionPlan.meta must be JSON-serializable to save the plan ({exc}); store "
+                "tensors as actions or convert them with .tolist()."
+            ) from exc
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        save_file(tensors, str(st_path), metadata={"format": "compactnn-plan"})
+        json_path.write_text(json.dumps(doc, indent=1))
+        return json_path
+
+    @classmethod
+    def load(cls, path: str | Path) -> CompressionPlan:
+        """Read a plan written by :meth:`save` (``path`` with or without suffix).
+
+        Raises:
+            CheckpointError: if a file is missing or corrupt.
+        """
+        from safetensors.torch import load_file
+
+        json_path, st_path = _paths(path)
+        for p in (json_path, st_path):
+            if not p.is_file():
+                raise CheckpointError(
+                    f"Plan file {p} does not exist; a plan is saved as <name>.json + "
+                    "<name>.safetensors by CompressionPlan.save(path)."
+                )
+        try:
+            doc = json.loads(json_path.read_text())
+            tensors = load_file(str(st_path))
+        except Exception as exc:  # noqa: BLE001 - any parse failure is a corrupt file
+            raise CheckpointError(f"Plan {json_path} is corrupt ({exc}); save it again.") from exc
+        if not isinstance(doc, dict) or doc.get("format") != "compactnn-plan":
+            raise CheckpointError(f"{json_path} is not a compactnn plan (missing format tag).")
+        actions: list[Action] = []
+        for i, rec in enumerate(doc.get("actions", [])):
+            kind = _ACTIONS.get(rec.get("type", ""))
+            if kind is None:
+                raise CheckpointError(
+                    f"{json_path}: action #{i} has unknown type {rec.get('type')!r}; known: "
+                    f"{', '.join(_ACTIONS)}."
+                )
+            kwargs: dict[str, Any] = {}
+            for f in fields(kind):
+                if f.name not in rec:
+                    continue
+                v = rec[f.name]
+                if isinstance(v, dict) and "tensor" in v:
+                    if v["tensor"] not in tensors:
+                        raise CheckpointError(
+                            f"{st_path} lacks tensor {v['tensor']!r} of action #{i}; the two "
+                            "plan files do not belong together."
+                        )
+                    v = tensors[v["tensor"]]
+                elif isinstance(v, list):
+                    v = tuple(v)
+                kwargs[f.name] = v
+            try:
+                actions.append(kind(**kwargs))
+            except TypeError as exc:
+                raise CheckpointError(f"{json_path}: action #{i} is malformed ({exc}).") from exc
+        return cls(actions=actions, meta=dict(doc.get("meta", {})))
+
+    # ------------------------------------------------------------------ use
+    def validate(
+        self, model: nn.Module, *, example_inputs: Tensor | Sequence[Tensor] | None = None
+    ) -> None:
+        """Check that the plan applies cleanly to ``model`` (a dry run on a copy).
+
+        Raises:
+            PlanError: naming the first inadmissible action's layer and what to do.
+        """
+        self.apply(model, inplace=False, example_inputs=example_inputs)
+
+    def apply(
+        self,
+        model: nn.Module,
+        inplace: bool = False,
+        *,
+        example_inputs: Tensor | Sequence[Tensor] | None = None,
+    ) -> nn.Module:
+        """Apply the plan; same as :func:`compactnn.surgery.apply`."""
+        from compactnn.surgery import apply
+
+        return apply(self, model, inplace=inplace, example_inputs=example_inputs)
+
+    def __len__(self) -> int:
+        return len(self.actions)

@@ -1,0 +1,135 @@
+"""Module lookup/replacement, example inputs and the post-surgery model check."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from compactnn.errors import PlanError
+
+__all__ = ["get_module", "set_module", "example_inputs_for", "verify_model", "run_model"]
+
+
+def get_module(model: nn.Module, name: str, action: str = "plan") -> nn.Module:
+    """The submodule at dotted path ``name``; PlanError with suggestions if it does not exist."""
+    mods = dict(model.named_modules())
+    if name in mods and name != "":
+        return mods[name]
+    close = difflib.get_close_matches(name, [n for n in mods if n], n=3)
+    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    raise PlanError(
+        f"{action}: layer {name!r} does not exist in {type(model).__name__}.{hint} Use a dotted "
+        "name from model.named_modules() of the model the action is applied to (after the "
+        "plan's earlier actions)."
+    )
+
+
+def set_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    """Replace the submodule at dotted path ``name`` by ``new``."""
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+def example_inputs_for(
+    model: nn.Module, example_inputs: Tensor | Sequence[Tensor] | None, meta: dict[str, Any]
+) -> tuple[Tensor, ...] | None:
+    """Normalize ``example_inputs`` or build a batch of 2 from ``meta["input_shape"]``."""
+    if example_inputs is not None:
+        if isinstance(example_inputs, Tensor):
+            return (example_inputs,)
+        if isinstance(example_inputs, (list, tuple)) and all(
+            isinstance(t, Tensor) for t in example_inputs
+        ):
+            return tuple(example_inputs)
+        raise PlanError(
+            "example_inputs must be a Tensor or a tuple of Tensors (a batch the model accepts). "
+            f"Got {type(example_inputs).__name__}."
+        )
+    shape = meta.get("input_shape")
+    if shape is None:
+        return None
+    try:
+        dims = tuple(int(s) for s in shape)
+    except (TypeError, ValueError):
+        raise PlanError(
+            f"plan.meta['input_shape'] must be the per-sample input shape, e.g. [3, 32, 32]. "
+            f"Got {shape!r}."
+        ) from None
+    if not dims or min(dims) < 1:
+        raise PlanError(f"plan.meta['input_shape'] must be positive dims. Got {shape!r}.")
+    p = next(model.parameters(), None)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn((2, *dims), generator=gen)
+    if p is not None:
+        x = x.to(device=p.device, dtype=p.dtype)
+    return (x,)
+
+
+def run_model(model: nn.Module, inputs: tuple[Tensor, ...]) -> Any:
+    """Forward in eval mode without grad, restoring every module's training flag."""
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        with torch.no_grad():
+            return model(*inputs)
+    finally:
+        for m, t in modes:
+            m.train(t)
+
+
+def verify_model(model: nn.Module, inputs: tuple[Tensor, ...] | None, context: str) -> None:
+    """Check every Conv2d/Linear/BN is self-consistent and the model runs on ``inputs``.
+
+    Raises:
+        PlanError: naming the first inconsistent layer and ``context`` (the action applied).
+    """
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Conv2d):
+            g = m.groups
+            if m.in_channels % g or m.out_channels % g:
+                raise PlanError(
+                    f"{context} left grouped conv {name!r} with in_channels={m.in_channels}, "
+                    f"out_channels={m.out_channels} not divisible by groups={g}. Remove the same "
+                    "number of channels from every group."
+                )
+            expect = (m.out_channels, m.in_channels // g, *m.kernel_size)
+            if tuple(m.weight.shape) != expect or (
+                m.bias is not None and tuple(m.bias.shape) != (m.out_channels,)
+            ):
+                raise PlanError(
+                    f"{context} left conv {name!r} with weight {tuple(m.weight.shape)} but "
+                    f"attributes implying {expect}."
+                )
+        elif isinstance(m, nn.Linear):
+            if tuple(m.weight.shape) != (m.out_features, m.in_features):
+                raise PlanError(
+                    f"{context} left linear {name!r} with weight {tuple(m.weight.shape)} but "
+                    f"in/out features ({m.in_features}, {m.out_features})."
+                )
+        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+            sizes = {m.num_features}
+            for t in (m.weight, m.bias, m.running_mean, m.running_var):
+                if t is not None:
+                    sizes.add(int(t.shape[0]))
+            if len(sizes) != 1:
+                raise PlanError(
+                    f"{context} left BatchNorm {name!r} with inconsistent sizes {sorted(sizes)}."
+                )
+    if inputs is None:
+        return
+    try:
+        out = run_model(model, inputs)
+    except Exception as exc:  # noqa: BLE001 - any failure means a broken model
+        raise PlanError(
+            f"{context} produced a model that no longer runs on the example input ({exc}). The "
+            "plan is inadmissible for this graph; check the layer names and indices."
+        ) from exc
+    outs = out if isinstance(out, (tuple, list)) else (out,)
+    for o in outs:
+        if isinstance(o, Tensor) and o.is_floating_point() and not bool(torch.isfinite(o).all()):
+            raise PlanError(f"{context} produced a model whose output contains NaN/Inf.")
