@@ -124,7 +124,7 @@ def demo_baseline(*, seed: int = 0, progress: bool = True, retrain: bool = False
         print(f"loaded cached baseline {ckpt}")
         return model, test_loader, ckpt
     model, _, _, test_loader = _train_model(
-        "lenet-caffe", "mnist", epochs=DEMO_EPOCHS, lr=0.05, batch_size=64, seed=seed,
+        "lenet-caffe", "mnist", epochs=DEMO_EPOCHS, lr=0.01, batch_size=64, seed=seed,
         progress=progress,
     )
     save_checkpoint(model, ckpt, model="lenet-caffe", dataset="mnist", input_shape=[1, 28, 28],
@@ -133,7 +133,7 @@ def demo_baseline(*, seed: int = 0, progress: bool = True, retrain: bool = False
     return model, test_loader, ckpt
 
 
-DEMO_EPOCHS = 6
+DEMO_EPOCHS = 8
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -145,6 +145,91 @@ def cmd_demo(args: argparse.Namespace) -> int:
     model, test_loader, _ = demo_baseline(seed=args.seed, retrain=args.retrain)
     rep = report(model, (1, 28, 28), data=test_loader, batch_size=100, threads=1, repeats=30)
     print(rep.format(title="lenet-caffe on MNIST (baseline)"))
+    return 0
+
+
+def _parse_options(pairs: Sequence[str] | None) -> dict[str, Any]:
+    """``key=value`` pairs; values parsed as YAML scalars/lists (``lam=[0.1,0.2]``)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise CompactnnError(f"Option '{pair}' must look like key=value (e.g. lam=0.5).")
+        k, v = pair.split("=", 1)
+        out[k.strip().replace("-", "_")] = yaml.safe_load(v)
+    return out
+
+
+def _load_user_model(factory: str, checkpoint: str | None) -> Any:
+    """``package.module:factory`` (+ checkpoint) -> model."""
+    import importlib
+
+    from compactnn.train import load_checkpoint
+
+    if ":" not in factory:
+        raise CompactnnError(
+            f"--factory '{factory}' must look like package.module:function (a callable that "
+            "returns the nn.Module)."
+        )
+    mod_name, fn_name = factory.split(":", 1)
+    try:
+        fn = getattr(importlib.import_module(mod_name), fn_name)
+    except (ImportError, AttributeError) as exc:
+        raise CompactnnError(f"Cannot import --factory '{factory}': {exc}") from exc
+    model = fn()
+    if checkpoint:
+        model, _ = load_checkpoint(checkpoint, model)
+    return model
+
+
+def cmd_compress(args: argparse.Namespace) -> int:
+    import json
+
+    import yaml
+
+    from compactnn.api import compress
+    from compactnn.train import load_checkpoint
+
+    recipe: dict[str, Any] = {}
+    if args.recipe:
+        with open(args.recipe, encoding="utf-8") as fh:
+            recipe = yaml.safe_load(fh) or {}
+        if not isinstance(recipe, dict):
+            raise CompactnnError(f"Recipe '{args.recipe}' must be a YAML mapping.")
+    method = args.method or recipe.get("method")
+    dataset = args.data or recipe.get("data")
+    if not method:
+        raise CompactnnError("Choose a method: --method NAME or 'method:' in the recipe.")
+    options = dict(recipe.get("options") or {})
+    options.update(_parse_options(args.opt))
+    if args.factory:
+        model = _load_user_model(args.factory, args.checkpoint)
+    else:
+        if not args.model:
+            raise CompactnnError("Give a reference model name, a checkpoint, or --factory.")
+        model, _, _ = _resolve_model(args.model)
+        if args.checkpoint:
+            model, _ = load_checkpoint(args.checkpoint, model)
+    shape = tuple(int(s) for s in args.input_shape.split(",")) if args.input_shape else None
+    result = compress(
+        model, method, dataset, input_shape=shape, progress=not args.quiet,
+        latency_batch_size=args.batch_size, **options,
+    )
+    print(result.summary())
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        result.plan.save(out / "plan")
+        rep = {
+            "method": method,
+            "data": dataset,
+            "options": options,
+            "before": result.report_before.to_dict() if result.report_before else None,
+            "after": result.report_after.to_dict() if result.report_after else None,
+        }
+        (out / "report.json").write_text(json.dumps(rep, indent=2, default=str))
+        print(f"wrote {out / 'plan'}.json/.safetensors and {out / 'report.json'}")
     return 0
 
 
@@ -182,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("model")
     pt.add_argument("--dataset", default="mnist")
     pt.add_argument("--epochs", type=int, default=5)
-    pt.add_argument("--lr", type=float, default=0.05)
+    pt.add_argument("--lr", type=float, default=0.01)
     pt.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd")
     pt.add_argument("--batch-size", type=int, default=64)
     pt.add_argument("--seed", type=int, default=0)
@@ -194,6 +279,20 @@ def build_parser() -> argparse.ArgumentParser:
     pd.add_argument("--seed", type=int, default=0)
     pd.add_argument("--retrain", action="store_true", help="ignore the cached baseline")
     pd.set_defaults(func=cmd_demo)
+
+    pc = sub.add_parser("compress", help="compress a model with a registered method")
+    pc.add_argument("model", nargs="?", help="reference model name or checkpoint path")
+    pc.add_argument("--method", help="method name, e.g. ssr, admm-sparse, ddlr, net-trim")
+    pc.add_argument("--data", help="dataset name (mnist, fashion-mnist, digits, spiral, cifar10)")
+    pc.add_argument("--factory", help="user model as package.module:factory")
+    pc.add_argument("--checkpoint", help="weights to load into the model")
+    pc.add_argument("--recipe", help="YAML file: {method: ..., data: ..., options: {...}}")
+    pc.add_argument("--opt", action="append", metavar="KEY=VALUE", help="method option (repeatable)")
+    pc.add_argument("--input-shape", help="per-sample input shape, e.g. 1,28,28")
+    pc.add_argument("--batch-size", type=int, default=100, help="batch size of the latency measurement")
+    pc.add_argument("--out", help="directory for plan + report.json")
+    pc.add_argument("--quiet", action="store_true", help="no progress bars")
+    pc.set_defaults(func=cmd_compress)
 
     pp = sub.add_parser("data-prepare", help="convert bundled datasets to the cache (used by make)")
     pp.set_defaults(func=cmd_data_prepare)

@@ -270,7 +270,7 @@ def finetune(
 # --------------------------------------------------------------------------------- checkpoints
 
 
-def save_checkpoint(model: nn.Module, path: str | os.PathLike[str], **meta: Any) -> Path:
+def save_checkpoint(model: nn.Module, path: str | os.PathLike[str], /, **meta: Any) -> Path:
     """Save the state dict (+ JSON-serialisable ``meta``, e.g. ``model="lenet-caffe"``).
 
     ``.safetensors`` -> safetensors file with metadata in its header; anything else -> torch.save

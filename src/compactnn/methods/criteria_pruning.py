@@ -1,0 +1,157 @@
+"""Criterion baselines: prune filters by a fixed importance score, then fine-tune.
+
+Used to compare SSR / ADMM-sparse *at the same per-layer budget*: pass ``keep`` = the filter
+counts another method ended with (``{"conv1": 2, "conv2": 8, "fc1": 77}``), or ``ratio`` =
+fraction of filters kept in every pruned layer.
+
+References:
+    Lin et al. 2019 (SSR), sec. IV-A: Random, L1-norm (Li et al. 2017), APoZ (Hu et al. 2016).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from torch import nn
+
+from compactnn._validation import check_float, check_int
+from compactnn.criteria import filter_scores, select_top
+from compactnn.errors import ConfigError
+from compactnn.methods._common import prunable_layers, prune_filters, replay_plan
+from compactnn.methods.base import CompressionData, CompressionResult, Method, MethodConfig
+from compactnn.train import TrainConfig, train
+
+__all__ = ["CriterionConfig", "RandomPruning", "L1NormPruning", "APoZPruning", "MagnitudePruning"]
+
+
+@dataclass(frozen=True)
+class CriterionConfig(MethodConfig):
+    """Budget and fine-tuning of a criterion baseline.
+
+    Attributes:
+        keep: filters/neurons to keep per layer (dict layer -> count, or a list in layer order);
+            overrides ``ratio``.
+        ratio: fraction of filters kept in every pruned layer (ceil, at least 1).
+        layers: layers to prune (default: as SSR, see ``prunable_layers``).
+        finetune_epochs, lr, momentum, weight_decay, finetune_steps_per_epoch: fine-tuning.
+        calib_batches: batches used by data-driven criteria (APoZ).
+        seed: seeds the random criterion and fine-tuning.
+    """
+
+    keep: Any = None
+    ratio: float = 0.5
+    layers: tuple[str, ...] | None = None
+    finetune_epochs: int = 2
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    finetune_steps_per_epoch: int | None = None
+    calib_batches: int = 10
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_float(self.ratio, "ratio", "criterion pruning", min_value=0.0, max_value=1.0,
+                    min_inclusive=False)
+        check_int(self.finetune_epochs, "finetune_epochs", "criterion pruning", min_value=0)
+        check_int(self.calib_batches, "calib_batches", "criterion pruning", min_value=1)
+
+
+class _CriterionPruning(Method):
+    Config = CriterionConfig
+    criterion: ClassVar[str] = ""
+
+    def _budget(self, model: nn.Module, layers: list[str]) -> dict[str, int]:
+        cfg: CriterionConfig = self.config  # type: ignore[assignment]
+        mods = dict(model.named_modules())
+        units = {n: mods[n].weight.shape[0] for n in layers}
+        if cfg.keep is None:
+            return {n: max(1, math.ceil(cfg.ratio * u)) for n, u in units.items()}
+        if isinstance(cfg.keep, dict):
+            unknown = [k for k in cfg.keep if k not in units]
+            if unknown:
+                raise ConfigError(
+                    f"The 'keep' parameter of {self.name} names layer(s) {unknown} that are not "
+                    f"pruned; pruned layers: {layers}."
+                )
+            budget = {n: int(cfg.keep.get(n, units[n])) for n in layers}
+        elif isinstance(cfg.keep, (list, tuple)):
+            if len(cfg.keep) != len(layers):
+                raise ConfigError(
+                    f"The 'keep' parameter of {self.name} must have one count per pruned layer "
+                    f"({len(layers)}: {layers}). Got {len(cfg.keep)}."
+                )
+            budget = {n: int(k) for n, k in zip(layers, cfg.keep, strict=True)}
+        else:
+            raise ConfigError(
+                f"The 'keep' parameter of {self.name} must be a dict layer -> count or a list. "
+                f"Got {cfg.keep!r}."
+            )
+        for n, k in budget.items():
+            check_int(k, f"keep['{n}']", self.name, min_value=1, max_value=units[n])
+        return budget
+
+    def run(
+        self, model: nn.Module, data: CompressionData, *, progress: bool = True
+    ) -> CompressionResult:
+        cfg: CriterionConfig = self.config  # type: ignore[assignment]
+        assert data.input_shape is not None
+        layers = list(cfg.layers) if cfg.layers is not None else prunable_layers(model)
+        self._check_layers(model, layers)
+        budget = self._budget(model, layers)
+        keep: dict[str, tuple[int, ...]] = {}
+        for i, layer in enumerate(layers):
+            batches = (
+                list(data.calib_batches(cfg.calib_batches)) if self.criterion == "apoz" else None
+            )
+            scores = filter_scores(self.criterion, model, layer, batches=batches, seed=cfg.seed + i)
+            keep[layer] = select_top(scores, budget[layer])
+        pruned, plan = prune_filters(model, keep, data.input_shape)
+        if cfg.finetune_epochs > 0:
+            train(
+                pruned,
+                data.require_train(self.name),
+                config=TrainConfig(
+                    epochs=cfg.finetune_epochs, lr=cfg.lr, momentum=cfg.momentum,
+                    weight_decay=cfg.weight_decay, seed=cfg.seed,
+                    max_steps_per_epoch=cfg.finetune_steps_per_epoch,
+                ),
+                progress=progress,
+                desc=f"{self.name} fine-tune",
+            )
+        return CompressionResult(
+            model=pruned,
+            plan=replay_plan(plan, pruned, data.input_shape),
+            method=self.name,
+            config=cfg,
+            history={"keep": {k: len(v) for k, v in keep.items()}, "criterion": self.criterion},
+        )
+
+
+class RandomPruning(_CriterionPruning):
+    """Random filter selection (seeded)."""
+
+    name = "random"
+    criterion = "random"
+
+
+class L1NormPruning(_CriterionPruning):
+    """Smallest-l1-norm filters removed (Li et al. 2017)."""
+
+    name = "l1-norm"
+    criterion = "l1-norm"
+
+
+class APoZPruning(_CriterionPruning):
+    """Filters with the highest Average Percentage of Zeros removed (Hu et al. 2016)."""
+
+    name = "apoz"
+    criterion = "apoz"
+
+
+class MagnitudePruning(_CriterionPruning):
+    """Smallest-l2-norm filters removed, then fine-tuned (plain magnitude baseline)."""
+
+    name = "magnitude"
+    criterion = "magnitude"

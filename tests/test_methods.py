@@ -1,0 +1,140 @@
+"""Registry conformance: every filter-pruning method runs end to end on a tiny model."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import compactnn
+from compactnn import metrics
+from compactnn.errors import ConfigError, UnknownNameError
+from compactnn.methods import get_method, list_methods
+
+TRAINING_METHODS = ["ssr", "admm-sparse", "random", "l1-norm", "apoz", "magnitude"]
+
+
+def tiny_cnn() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(8, 12, 3, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(12 * 4 * 4, 16),
+        nn.ReLU(),
+        nn.Linear(16, 3),
+    )
+
+
+@pytest.fixture(scope="module")
+def loaders() -> tuple[DataLoader, DataLoader]:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(192, 1, 8, 8, generator=g)
+    y = (x[:, 0, :4].mean(dim=(1, 2)) > 0).long() + (x[:, 0, 4:].mean(dim=(1, 2)) > 0.3).long()
+    ds = TensorDataset(x, y)
+    train = DataLoader(ds, batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(0))
+    test = DataLoader(ds, batch_size=64)
+    return train, test
+
+
+FAST = {
+    "ssr": dict(lam=0.3, max_outer=2, w_steps=3, finetune_epochs=1, finetune_steps_per_epoch=3),
+    "admm-sparse": dict(mus=(0.05, 0.2), xi=2, steps_per_epoch=3, finetune_epochs=1),
+    "random": dict(ratio=0.5, finetune_epochs=1, finetune_steps_per_epoch=3),
+    "l1-norm": dict(ratio=0.5, finetune_epochs=1, finetune_steps_per_epoch=3),
+    "apoz": dict(ratio=0.5, finetune_epochs=1, finetune_steps_per_epoch=3, calib_batches=2),
+    "magnitude": dict(ratio=0.5, finetune_epochs=1, finetune_steps_per_epoch=3),
+}
+
+
+def test_registry_lists_methods() -> None:
+    names = list_methods()
+    for m in TRAINING_METHODS:
+        assert m in names
+    with pytest.raises(UnknownNameError, match="Unknown method 'nope'"):
+        get_method("nope")
+
+
+@pytest.mark.parametrize("method", TRAINING_METHODS)
+def test_method_end_to_end(method: str, loaders) -> None:
+    model = tiny_cnn()
+    original = copy.deepcopy(model.state_dict())
+    res = compactnn.compress(
+        model, method, loaders, progress=False, latency_batch_size=4, **FAST[method]
+    )
+    # the user's model is untouched
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, original[k]), k
+    small = res.model
+    assert small is not model
+    # report is consistent with the model it describes
+    assert res.report_after.params == metrics.count_params(small)
+    assert res.report_before.params == metrics.count_params(model)
+    assert res.report_after.params <= res.report_before.params
+    assert res.report_after.accuracy is not None
+    out = small(torch.randn(2, 1, 8, 8))
+    assert out.shape == (2, 3) and torch.isfinite(out).all()
+    # the plan replays on the original model to the same function
+    replayed = res.plan.apply(copy.deepcopy(model))
+    x = torch.randn(4, 1, 8, 8)
+    small.eval()
+    replayed.eval()
+    torch.testing.assert_close(replayed(x), small(x), atol=1e-5, rtol=1e-5)
+
+
+def test_baseline_budget_is_exact(loaders) -> None:
+    res = compactnn.compress(
+        tiny_cnn(), "l1-norm", loaders, progress=False, measure=False,
+        keep={"0": 3, "3": 5, "6": 7}, finetune_epochs=0,
+    )
+    convs = [m for m in res.model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    assert [c.weight.shape[0] for c in convs] == [3, 5, 7, 3]
+
+
+def test_ssr_removes_filters_with_large_lambda(loaders) -> None:
+    res = compactnn.compress(
+        tiny_cnn(), "ssr", loaders, progress=False, measure=False,
+        lam=[2.0, 2.0, 2.0], max_outer=3, w_steps=2, finetune_epochs=0,
+    )
+    hist = res.history["layers"]
+    assert all(h["filters_after"] < h["filters_before"] for h in hist.values())
+    convs = [m for m in res.model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    assert [c.weight.shape[0] for c in convs[:3]] == [h["filters_after"] for h in hist.values()]
+
+
+def test_admm_sparse_path_records_every_mu(loaders) -> None:
+    res = compactnn.compress(
+        tiny_cnn(), "admm-sparse", loaders, progress=False, measure=False, **FAST["admm-sparse"]
+    )
+    path = res.history["path"]
+    assert [p["mu"] for p in path] == [0.05, 0.2]
+    assert all("top1" in p and 0 <= p["sparsity_percent"] <= 100 for p in path)
+    assert path[-1]["sparsity_percent"] > 0.0  # the larger mu zeroes kernels W_ij
+    # the reported non-zeros are those of the returned model (masked fine-tuning held the zeros)
+    nnz = sum(int((p != 0).sum()) for p in res.model.parameters())
+    assert res.history["nonzero_params"] == nnz
+
+
+@pytest.mark.parametrize(
+    ("method", "options", "match"),
+    [
+        ("ssr", {"rho": -1.0}, "'rho' parameter of SSR"),
+        ("ssr", {"penalty": "l3"}, "'penalty' parameter of SSR"),
+        ("ssr", {"lam": [0.1, 0.2]}, "one value per pruned layer"),
+        ("ssr", {"layers": ("nope",)}, "Layer 'nope' does not exist"),
+        ("ssr", {"bogus": 1}, "Unknown option"),
+        ("admm-sparse", {"penalty": "l2"}, "'penalty' parameter of ADMM-sparse"),
+        ("admm-sparse", {"mus": (0.2, 0.1)}, "increasing"),
+        ("random", {"keep": [1, 2]}, "one count per pruned layer"),
+        ("l1-norm", {"keep": {"0": 99}}, "keep"),
+    ],
+)
+def test_bad_options_are_clear(method, options, match, loaders) -> None:
+    with pytest.raises((ConfigError, UnknownNameError), match=match):
+        compactnn.compress(tiny_cnn(), method, loaders, progress=False, measure=False, **options)
