@@ -90,8 +90,13 @@ def test_method_end_to_end(method: str, loaders) -> None:
 
 def test_baseline_budget_is_exact(loaders) -> None:
     res = compactnn.compress(
-        tiny_cnn(), "l1-norm", loaders, progress=False, measure=False,
-        keep={"0": 3, "3": 5, "6": 7}, finetune_epochs=0,
+        tiny_cnn(),
+        "l1-norm",
+        loaders,
+        progress=False,
+        measure=False,
+        keep={"0": 3, "3": 5, "6": 7},
+        finetune_epochs=0,
     )
     convs = [m for m in res.model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     assert [c.weight.shape[0] for c in convs] == [3, 5, 7, 3]
@@ -99,8 +104,15 @@ def test_baseline_budget_is_exact(loaders) -> None:
 
 def test_ssr_removes_filters_with_large_lambda(loaders) -> None:
     res = compactnn.compress(
-        tiny_cnn(), "ssr", loaders, progress=False, measure=False,
-        lam=[2.0, 2.0, 2.0], max_outer=3, w_steps=2, finetune_epochs=0,
+        tiny_cnn(),
+        "ssr",
+        loaders,
+        progress=False,
+        measure=False,
+        lam=[2.0, 2.0, 2.0],
+        max_outer=3,
+        w_steps=2,
+        finetune_epochs=0,
     )
     hist = res.history["layers"]
     assert all(h["filters_after"] < h["filters_before"] for h in hist.values())

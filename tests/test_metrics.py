@@ -63,7 +63,9 @@ def test_compression_ratio_ma_eq15() -> None:
 
 def test_latency_measured_and_threads_restored() -> None:
     before = torch.get_num_threads()
-    lat = metrics.measure_latency(tiny_cnn(), (1, 8, 8), batch_size=4, threads=1, warmup=2, repeats=7)
+    lat = metrics.measure_latency(
+        tiny_cnn(), (1, 8, 8), batch_size=4, threads=1, warmup=2, repeats=7
+    )
     assert lat.repeats == 7 and lat.batch_size == 4
     assert 0 < lat.p10_ms <= lat.median_ms <= lat.p90_ms
     assert torch.get_num_threads() == before

@@ -23,7 +23,9 @@ def _data(n: int = 256) -> DataLoader:
     g = torch.Generator().manual_seed(1)
     x = torch.randn(n, 10, generator=g)
     y = (x[:, 0] + x[:, 1] > 0).long()
-    return DataLoader(TensorDataset(x, y), batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(0))
+    return DataLoader(
+        TensorDataset(x, y), batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(0)
+    )
 
 
 def _mlp() -> nn.Module:

@@ -21,7 +21,9 @@ __all__ = [
 
 
 def _fail(name: str, owner: str, expected: str, value: Any) -> ConfigError:
-    return ConfigError(f"The '{name}' parameter of {owner} must be {expected}. Got {value!r} instead.")
+    return ConfigError(
+        f"The '{name}' parameter of {owner} must be {expected}. Got {value!r} instead."
+    )
 
 
 def check_int(
@@ -36,7 +38,9 @@ def check_int(
     expected = "an int" + (" " + " and ".join(bounds) if bounds else "")
     if isinstance(value, bool) or not isinstance(value, int):
         raise _fail(name, owner, expected, value)
-    if (min_value is not None and value < min_value) or (max_value is not None and value > max_value):
+    if (min_value is not None and value < min_value) or (
+        max_value is not None and value > max_value
+    ):
         raise _fail(name, owner, expected, value)
     return int(value)
 

@@ -101,14 +101,20 @@ def compress(
     before = None
     if measure:
         before = report(
-            model, cd.input_shape, data=cd.test, batch_size=latency_batch_size,
+            model,
+            cd.input_shape,
+            data=cd.test,
+            batch_size=latency_batch_size,
             threads=latency_threads,
         )
     result = algo.run(work, cd, progress=progress)
     if measure:
         result.report_before = before
         result.report_after = report(
-            result.model, cd.input_shape, data=cd.test, batch_size=latency_batch_size,
+            result.model,
+            cd.input_shape,
+            data=cd.test,
+            batch_size=latency_batch_size,
             threads=latency_threads,
         )
     return result

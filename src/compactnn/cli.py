@@ -1,9 +1,9 @@
 """The ``compactnn`` command line.
 
-    compactnn inspect lenet-caffe                 # per-layer table + totals of a reference model
-    compactnn inspect ckpt.safetensors            # ... or of a saved checkpoint
-    compactnn train lenet-caffe --dataset mnist --epochs 5 --out lenet.safetensors
-    compactnn demo                                # train (or load cached) LeNet on MNIST, report
+compactnn inspect lenet-caffe                 # per-layer table + totals of a reference model
+compactnn inspect ckpt.safetensors            # ... or of a saved checkpoint
+compactnn train lenet-caffe --dataset mnist --epochs 5 --out lenet.safetensors
+compactnn demo                                # train (or load cached) LeNet on MNIST, report
 """
 
 from __future__ import annotations
@@ -77,14 +77,19 @@ def _train_model(
     info = data.dataset_info(dataset)
     in_shape = models.default_input_shape(model_name)
     model = models.create(
-        model_name, in_channels=in_shape[0] if len(in_shape) == 3 else None,
-        num_classes=info.num_classes, seed=seed,
+        model_name,
+        in_channels=in_shape[0] if len(in_shape) == 3 else None,
+        num_classes=info.num_classes,
+        seed=seed,
     )
     train_loader, test_loader = data.get_loaders(
         dataset, batch_size=batch_size, seed=seed, **data_kwargs
     )
     cfg = TrainConfig(
-        epochs=epochs, lr=lr, seed=seed, optimizer=optimizer,
+        epochs=epochs,
+        lr=lr,
+        seed=seed,
+        optimizer=optimizer,
         weight_decay=5e-4 if optimizer == "sgd" else 0.0,
         max_steps_per_epoch=max_steps_per_epoch,
     )
@@ -97,16 +102,28 @@ def cmd_train(args: argparse.Namespace) -> int:
     from compactnn.train import save_checkpoint
 
     model, hist, _, test_loader = _train_model(
-        args.model, args.dataset, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-        seed=args.seed, optimizer=args.optimizer, progress=not args.quiet,
+        args.model,
+        args.dataset,
+        epochs=args.epochs,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        optimizer=args.optimizer,
+        progress=not args.quiet,
     )
     shape = _input_shape_for(args.model, args.dataset)
     rep = report(model, shape, data=test_loader, batch_size=1)
     print(rep.format(title=f"{args.model} trained on {args.dataset}"))
     if args.out:
         p = save_checkpoint(
-            model, args.out, model=args.model, dataset=args.dataset, input_shape=list(shape),
-            epochs=args.epochs, seed=args.seed, top1=rep.accuracy["top1"] if rep.accuracy else None,
+            model,
+            args.out,
+            model=args.model,
+            dataset=args.dataset,
+            input_shape=list(shape),
+            epochs=args.epochs,
+            seed=args.seed,
+            top1=rep.accuracy["top1"] if rep.accuracy else None,
         )
         print(f"saved {p}")
     return 0
@@ -124,11 +141,23 @@ def demo_baseline(*, seed: int = 0, progress: bool = True, retrain: bool = False
         print(f"loaded cached baseline {ckpt}")
         return model, test_loader, ckpt
     model, _, _, test_loader = _train_model(
-        "lenet-caffe", "mnist", epochs=DEMO_EPOCHS, lr=0.01, batch_size=64, seed=seed,
+        "lenet-caffe",
+        "mnist",
+        epochs=DEMO_EPOCHS,
+        lr=0.01,
+        batch_size=64,
+        seed=seed,
         progress=progress,
     )
-    save_checkpoint(model, ckpt, model="lenet-caffe", dataset="mnist", input_shape=[1, 28, 28],
-                    seed=seed, epochs=DEMO_EPOCHS)
+    save_checkpoint(
+        model,
+        ckpt,
+        model="lenet-caffe",
+        dataset="mnist",
+        input_shape=[1, 28, 28],
+        seed=seed,
+        epochs=DEMO_EPOCHS,
+    )
     print(f"trained baseline, cached at {ckpt}")
     return model, test_loader, ckpt
 
@@ -136,15 +165,43 @@ def demo_baseline(*, seed: int = 0, progress: bool = True, retrain: bool = False
 DEMO_EPOCHS = 8
 
 
+# SSR-L2,1 settings of the demo and of benchmarks/bench_ssr_lenet.py (CPU scale of SSR Table I).
+DEMO_SSR: dict[str, Any] = {
+    "penalty": "l21",
+    "lam": [0.6, 0.9, 0.4],
+    "max_outer": 10,
+    "w_steps": 150,
+    "train_all": True,
+    "finetune_epochs": 4,
+    "finetune_lr": 0.01,
+}
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     import torch
 
-    from compactnn.metrics import report
+    from compactnn import data
+    from compactnn.api import compress
+    from compactnn.methods import CompressionData
 
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     model, test_loader, _ = demo_baseline(seed=args.seed, retrain=args.retrain)
-    rep = report(model, (1, 28, 28), data=test_loader, batch_size=100, threads=1, repeats=30)
-    print(rep.format(title="lenet-caffe on MNIST (baseline)"))
+    if args.no_compress:
+        from compactnn.metrics import report
+
+        rep = report(model, (1, 28, 28), data=test_loader, batch_size=100, threads=1, repeats=30)
+        print(rep.format(title="lenet-caffe on MNIST (baseline)"))
+        return 0
+    train_loader, _ = data.get_loaders("mnist", batch_size=64, seed=args.seed)
+    cd = CompressionData(
+        train=train_loader, test=test_loader, input_shape=(1, 28, 28), name="mnist"
+    )
+    print("compressing with SSR-L2,1 (AULM, layer by layer), then fine-tuning ...")
+    result = compress(model, "ssr", cd, latency_batch_size=100, latency_threads=1, **DEMO_SSR)
+    print(result.report_after.format(title="lenet-caffe after SSR-L2,1 (physically pruned)"))
+    print()
+    print("latency: median of 50 runs, batch 100, 1 thread (SSR Table I protocol)")
+    print(result.summary())
     return 0
 
 
@@ -213,8 +270,13 @@ def cmd_compress(args: argparse.Namespace) -> int:
             model, _ = load_checkpoint(args.checkpoint, model)
     shape = tuple(int(s) for s in args.input_shape.split(",")) if args.input_shape else None
     result = compress(
-        model, method, dataset, input_shape=shape, progress=not args.quiet,
-        latency_batch_size=args.batch_size, **options,
+        model,
+        method,
+        dataset,
+        input_shape=shape,
+        progress=not args.quiet,
+        latency_batch_size=args.batch_size,
+        **options,
     )
     print(result.summary())
     if args.out:
@@ -256,10 +318,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     pi = sub.add_parser("inspect", help="per-layer table and totals of a model or checkpoint")
-    pi.add_argument("model", help="reference model name (see `compactnn inspect --list`) or checkpoint path")
+    pi.add_argument(
+        "model", help="reference model name (see `compactnn inspect --list`) or checkpoint path"
+    )
     pi.add_argument("--input-shape", help="per-sample input shape, e.g. 1,28,28")
-    pi.add_argument("--batch-size", type=int, default=1, help="batch size for the latency measurement")
-    pi.add_argument("--threads", type=int, default=1, help="torch threads for the latency measurement")
+    pi.add_argument(
+        "--batch-size", type=int, default=1, help="batch size for the latency measurement"
+    )
+    pi.add_argument(
+        "--threads", type=int, default=1, help="torch threads for the latency measurement"
+    )
     pi.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
     pi.set_defaults(func=cmd_inspect)
 
@@ -275,9 +343,13 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--quiet", action="store_true", help="no progress bar")
     pt.set_defaults(func=cmd_train)
 
-    pd = sub.add_parser("demo", help="train (or load cached) LeNet on MNIST and print its report")
+    pd = sub.add_parser(
+        "demo",
+        help="train (or load cached) LeNet on MNIST, compress it with SSR, print before/after",
+    )
     pd.add_argument("--seed", type=int, default=0)
     pd.add_argument("--retrain", action="store_true", help="ignore the cached baseline")
+    pd.add_argument("--no-compress", action="store_true", help="only train/report the baseline")
     pd.set_defaults(func=cmd_demo)
 
     pc = sub.add_parser("compress", help="compress a model with a registered method")
@@ -287,9 +359,13 @@ def build_parser() -> argparse.ArgumentParser:
     pc.add_argument("--factory", help="user model as package.module:factory")
     pc.add_argument("--checkpoint", help="weights to load into the model")
     pc.add_argument("--recipe", help="YAML file: {method: ..., data: ..., options: {...}}")
-    pc.add_argument("--opt", action="append", metavar="KEY=VALUE", help="method option (repeatable)")
+    pc.add_argument(
+        "--opt", action="append", metavar="KEY=VALUE", help="method option (repeatable)"
+    )
     pc.add_argument("--input-shape", help="per-sample input shape, e.g. 1,28,28")
-    pc.add_argument("--batch-size", type=int, default=100, help="batch size of the latency measurement")
+    pc.add_argument(
+        "--batch-size", type=int, default=100, help="batch size of the latency measurement"
+    )
     pc.add_argument("--out", help="directory for plan + report.json")
     pc.add_argument("--quiet", action="store_true", help="no progress bars")
     pc.set_defaults(func=cmd_compress)

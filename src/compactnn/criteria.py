@@ -45,7 +45,9 @@ def apoz_scores(
     """
     mods = dict(model.named_modules())
     if layer not in mods:
-        raise raise_unknown("layer", layer, [n for n, m in mods.items() if isinstance(m, (nn.Conv2d, nn.Linear))])
+        raise raise_unknown(
+            "layer", layer, [n for n, m in mods.items() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        )
     target = mods[layer]
     # use the BatchNorm that directly follows (module order) if any: APoZ is on post-BN-ReLU maps
     names = list(mods)
@@ -93,7 +95,9 @@ def filter_scores(
         raise raise_unknown("criterion", criterion, CRITERIA)
     mods = dict(model.named_modules())
     if layer not in mods:
-        raise raise_unknown("layer", layer, [n for n, m in mods.items() if isinstance(m, (nn.Conv2d, nn.Linear))])
+        raise raise_unknown(
+            "layer", layer, [n for n, m in mods.items() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        )
     m = mods[layer]
     if not isinstance(m, (nn.Conv2d, nn.Linear)):
         raise UnsupportedLayerError(

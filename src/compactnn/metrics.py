@@ -192,7 +192,9 @@ class LayerRow:
 def _is_leaf_layer(m: nn.Module) -> bool:
     if isinstance(m, (nn.Conv2d, nn.Linear)):
         return True
-    return callable(getattr(m, "stored_param_count", None)) or getattr(m, "is_compactnn_layer", False)
+    return callable(getattr(m, "stored_param_count", None)) or getattr(
+        m, "is_compactnn_layer", False
+    )
 
 
 def _units(m: nn.Module) -> int:

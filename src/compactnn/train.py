@@ -42,7 +42,7 @@ __all__ = [
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (CPU) so that training is reproducible."""
     random.seed(seed)
-    np.random.seed(seed % 2**32)
+    np.random.seed(seed % 2**32)  # noqa: NPY002 - seeds legacy global users (third-party code)
     torch.manual_seed(seed)
 
 
@@ -83,7 +83,9 @@ class TrainConfig:
         if self.max_steps_per_epoch is not None:
             check_int(self.max_steps_per_epoch, "max_steps_per_epoch", "TrainConfig", min_value=1)
         if self.grad_clip is not None:
-            check_float(self.grad_clip, "grad_clip", "TrainConfig", min_value=0.0, min_inclusive=False)
+            check_float(
+                self.grad_clip, "grad_clip", "TrainConfig", min_value=0.0, min_inclusive=False
+            )
 
 
 @dataclass
@@ -262,7 +264,12 @@ def finetune(
     cfg = config or TrainConfig(epochs=1, lr=1e-3, schedule="cosine")
     m = dict(masks) if masks is not None else zero_masks(model)
     return train(
-        model, train_loader, config=cfg, val_loader=val_loader, masks=m, progress=progress,
+        model,
+        train_loader,
+        config=cfg,
+        val_loader=val_loader,
+        masks=m,
+        progress=progress,
         desc="fine-tune",
     )
 
@@ -355,6 +362,8 @@ def load_checkpoint(
         raise CheckpointError(
             f"Checkpoint '{path}' does not match {type(model).__name__}: {exc}"
         ) from exc
-    if strict and (result.missing_keys or result.unexpected_keys):  # pragma: no cover - torch raises
+    if strict and (
+        result.missing_keys or result.unexpected_keys
+    ):  # pragma: no cover - torch raises
         raise CheckpointError(f"Checkpoint '{path}' keys mismatch: {result}")
     return model, meta

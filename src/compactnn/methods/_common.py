@@ -51,9 +51,7 @@ def residual_coupled_layers(model: nn.Module) -> set[str]:
                     coupled.add(str(node.target))
                 elif user.op == "call_module" and isinstance(mods[user.target], _PASS_THROUGH):
                     frontier.append(user)
-                elif user.op == "call_function" and user.target in (
-                    torch.relu, nn.functional.relu
-                ):
+                elif user.op == "call_function" and user.target in (torch.relu, nn.functional.relu):
                     frontier.append(user)
     return coupled
 

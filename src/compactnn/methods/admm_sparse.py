@@ -119,7 +119,9 @@ class ADMMSparseConfig(MethodConfig):
     def mu_path(self) -> tuple[float, ...]:
         from compactnn.solvers.training.schedule import log_schedule
 
-        return self.mus if self.mus is not None else log_schedule(self.mu_min, self.mu_max, self.n_mu)
+        return (
+            self.mus if self.mus is not None else log_schedule(self.mu_min, self.mu_max, self.n_mu)
+        )
 
 
 def _guard(engine: Any, rho: float) -> dict[str, bool]:
@@ -171,11 +173,18 @@ class ADMMSparse(Method):
         path: list[dict[str, Any]] = []
         masks: dict[str, torch.Tensor] = {}
         engine = None
-        for i, mu in enumerate(tqdm(cfg.mu_path(), desc="ADMM-sparse mu path", disable=not progress)):
+        for i, mu in enumerate(
+            tqdm(cfg.mu_path(), desc="ADMM-sparse mu path", disable=not progress)
+        ):
             t0 = time.perf_counter()
             acfg = ADMMConfig(
-                rho=cfg.rho, penalty=penalty, lam=mu, structure=cfg.structure, eps=cfg.eps,
-                stop_rule="both", max_outer=cfg.xi,
+                rho=cfg.rho,
+                penalty=penalty,
+                lam=mu,
+                structure=cfg.structure,
+                eps=cfg.eps,
+                stop_rule="both",
+                max_outer=cfg.xi,
             )
             new = ADMMEngine(params, acfg)
             if engine is not None:  # warm start: keep F and the duals of the previous mu
@@ -186,13 +195,19 @@ class ADMMSparse(Method):
             guard_fired: dict[str, bool] = {}
             for k in range(cfg.xi):
                 train(
-                    model, loader,
+                    model,
+                    loader,
                     config=TrainConfig(
-                        epochs=epochs, lr=cfg.lr, momentum=cfg.momentum,
-                        weight_decay=cfg.weight_decay, schedule="constant",
-                        seed=cfg.seed + 97 * i + k, max_steps_per_epoch=cfg.steps_per_epoch,
+                        epochs=epochs,
+                        lr=cfg.lr,
+                        momentum=cfg.momentum,
+                        weight_decay=cfg.weight_decay,
+                        schedule="constant",
+                        seed=cfg.seed + 97 * i + k,
+                        max_steps_per_epoch=cfg.steps_per_epoch,
                     ),
-                    extra_loss=engine.penalty_loss, progress=False,
+                    extra_loss=engine.penalty_loss,
+                    progress=False,
                 )
                 engine.f_step()
                 if cfg.overprune_guard:
@@ -206,13 +221,19 @@ class ADMMSparse(Method):
             apply_masks(model, masks)
             if cfg.finetune_epochs > 0:
                 train(
-                    model, loader,
+                    model,
+                    loader,
                     config=TrainConfig(
-                        epochs=cfg.finetune_epochs, lr=cfg.lr, momentum=cfg.momentum,
-                        weight_decay=cfg.weight_decay, schedule="constant", seed=cfg.seed + i,
+                        epochs=cfg.finetune_epochs,
+                        lr=cfg.lr,
+                        momentum=cfg.momentum,
+                        weight_decay=cfg.weight_decay,
+                        schedule="constant",
+                        seed=cfg.seed + i,
                         max_steps_per_epoch=cfg.steps_per_epoch,
                     ),
-                    masks=masks, progress=False,
+                    masks=masks,
+                    progress=False,
                 )
             entry: dict[str, Any] = {
                 "mu": mu,
@@ -235,7 +256,9 @@ class ADMMSparse(Method):
                 zero_w += int((~m).sum())
             entry["sparsity_percent"] = 100.0 * zero_w / max(total_w, 1)
             if data.test is not None:
-                entry["top1"] = accuracy(model, data.test, topk=(1,), max_batches=cfg.eval_batches)["top1"]
+                entry["top1"] = accuracy(model, data.test, topk=(1,), max_batches=cfg.eval_batches)[
+                    "top1"
+                ]
             path.append(entry)
         # physical removal of filters whose blocks are all zero; the rest stays masked (dense)
         keep: dict[str, list[int]] = {}
@@ -255,7 +278,12 @@ class ADMMSparse(Method):
             plan=replay_plan(plan, result_model, data.input_shape),
             method=self.name,
             config=cfg,
-            history={"path": path, "nonzero_params": nonzero, "removed_filters": {
-                k: len(dict(model.named_modules())[k].weight) - len(v) for k, v in keep.items()
-            }, "mu_path": list(cfg.mu_path())},
+            history={
+                "path": path,
+                "nonzero_params": nonzero,
+                "removed_filters": {
+                    k: len(dict(model.named_modules())[k].weight) - len(v) for k, v in keep.items()
+                },
+                "mu_path": list(cfg.mu_path()),
+            },
         )

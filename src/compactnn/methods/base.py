@@ -121,14 +121,18 @@ class Method:
     def __init__(self, config: MethodConfig | None = None, **options: Any) -> None:
         if config is not None and options:
             raise ConfigError(f"Pass either config= or keyword options to '{self.name}', not both.")
-        self.config = config if config is not None else self.Config.from_options(self.name, **options)
+        self.config = (
+            config if config is not None else self.Config.from_options(self.name, **options)
+        )
         if not isinstance(self.config, self.Config):
             raise ConfigError(
                 f"Method '{self.name}' expects a {self.Config.__name__}; got "
                 f"{type(self.config).__name__}."
             )
 
-    def run(self, model: nn.Module, data: CompressionData, *, progress: bool = True) -> CompressionResult:
+    def run(
+        self, model: nn.Module, data: CompressionData, *, progress: bool = True
+    ) -> CompressionResult:
         raise NotImplementedError
 
     def _check_layers(self, model: nn.Module, layers: Iterable[str]) -> None:

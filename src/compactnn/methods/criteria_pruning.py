@@ -52,8 +52,14 @@ class CriterionConfig(MethodConfig):
     seed: int = 0
 
     def __post_init__(self) -> None:
-        check_float(self.ratio, "ratio", "criterion pruning", min_value=0.0, max_value=1.0,
-                    min_inclusive=False)
+        check_float(
+            self.ratio,
+            "ratio",
+            "criterion pruning",
+            min_value=0.0,
+            max_value=1.0,
+            min_inclusive=False,
+        )
         check_int(self.finetune_epochs, "finetune_epochs", "criterion pruning", min_value=0)
         check_int(self.calib_batches, "calib_batches", "criterion pruning", min_value=1)
 
@@ -113,8 +119,11 @@ class _CriterionPruning(Method):
                 pruned,
                 data.require_train(self.name),
                 config=TrainConfig(
-                    epochs=cfg.finetune_epochs, lr=cfg.lr, momentum=cfg.momentum,
-                    weight_decay=cfg.weight_decay, seed=cfg.seed,
+                    epochs=cfg.finetune_epochs,
+                    lr=cfg.lr,
+                    momentum=cfg.momentum,
+                    weight_decay=cfg.weight_decay,
+                    seed=cfg.seed,
                     max_steps_per_epoch=cfg.finetune_steps_per_epoch,
                 ),
                 progress=progress,
