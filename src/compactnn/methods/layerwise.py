@@ -1,0 +1,508 @@
+r"""DDLR and Net-Trim as registry methods: data-driven, layer-local, convex, **no retraining**.
+
+For every target layer :math:`\ell` with captured input :math:`X \in \mathbb{R}^{N\times d}`
+(im2col patches for a conv), original pre-activation :math:`Y = XW_0^T + \mathbf{1}b^T` and masks
+:math:`M = [Y > 0]`, :math:`M' = 1 - M`, both methods solve
+
+.. math::
+
+    \hat U = \operatorname*{argmin}_{U \in \mathbb{R}^{d\times n}} f(U) \quad\text{s.t.}\quad
+    \|(XU + \mathbf{1}b^T - Y)\circ M\|_F \le \epsilon_\ell,\qquad
+    (XU + \mathbf{1}b^T)\circ M' \le 0,
+
+with :math:`\epsilon_\ell = \text{eps\_frac}\cdot\|X\|_F` (the paper's :math:`C=\|Y_{\ell-1}\|_F`),
+:math:`f = \|\cdot\|_*` for DDLR and :math:`f = \|\cdot\|_1` for Net-Trim. DDLR then keeps the
+rank :math:`r` chosen by the elbow rule and deploys :math:`W \approx B A` as a
+:class:`~compactnn.layers.LowRankLinear` / :class:`~compactnn.layers.LowRankConv2d`
+(:math:`r(d+n)` weights); Net-Trim deploys :math:`\hat U^T` as a COO
+:class:`~compactnn.layers.SparseLinear` / :class:`~compactnn.layers.SparseConv2d`
+(:math:`3\,\mathrm{nnz}` stored numbers). Layers are independent (Algorithm 1, sec. 3.2), so they
+can be solved in parallel; with ``asymmetric=True`` they are solved in forward order with
+inputs captured from the already-compressed model instead (Ma et al. 2019, sec. V-B).
+
+References:
+    Papadimitriou & Jain (2021), "Data-Driven Low-Rank Neural Network Compression", eqs. (2)-(4),
+    Algorithm 1, sec. 3.2, sec. 4 (elbow rule, eps = frac * C, Net-Trim counted as 3 nnz);
+    Aghasi et al. (2017), Net-Trim; Ma et al. (2019), sec. V-B (asymmetric reconstruction).
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from compactnn._validation import check_bool, check_choice, check_float, check_int
+from compactnn.errors import ConfigError, UnsupportedLayerError
+from compactnn.methods.base import CompressionData, CompressionResult, Method, MethodConfig
+
+__all__ = ["LayerwiseConfig", "DDLRConfig", "NetTrimConfig", "DDLR", "NetTrim", "default_layers"]
+
+_PARALLEL = ("serial", "joblib", "dask")
+_BACKENDS = ("admm", "cvxpy")
+
+
+def default_layers(model: nn.Module) -> list[str]:
+    """Every Conv2d/Linear whose output feeds only a ReLU, except the final classifier.
+
+    Raises:
+        UnsupportedLayerError: the model has no such layer.
+    """
+    from compactnn.capture import following_activation
+
+    names = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    if not names:
+        raise UnsupportedLayerError(f"{type(model).__name__} has no Conv2d/Linear layers.")
+    out = [n for n in names[:-1] if following_activation(model, n) == "relu"]
+    if not out:
+        raise UnsupportedLayerError(
+            f"{type(model).__name__} has no Conv2d/Linear layer followed by a ReLU (besides the "
+            "classifier). Pass layers=[...] explicitly, with linear=True for layers without ReLU."
+        )
+    return out
+
+
+@dataclass(frozen=True)
+class LayerwiseConfig(MethodConfig):
+    r"""Hyper-parameters shared by DDLR and Net-Trim.
+
+    Attributes:
+        layers: dotted names of the layers to compress (default: every Linear/Conv2d followed by
+            a ReLU, except the classifier).
+        eps_frac: :math:`\epsilon_\ell = \text{eps\_frac}\cdot\|X_\ell\|_F` (paper: values in
+            ``[0.01, 0.6]``); a float, a list with one value per layer or a dict layer -> value.
+        backend: ``"admm"`` (own first-order solver, default) or ``"cvxpy"`` (CVXPY + SCS).
+        options: :class:`~compactnn.solvers.layerwise.ADMMOptions` or
+            :class:`~compactnn.solvers.layerwise.CvxpyOptions` matching ``backend`` (``None``:
+            the backend's defaults).
+        n_jobs: worker processes for ``parallel="joblib"`` / ``"dask"``.
+        parallel: ``"serial"``, ``"joblib"`` or ``"dask"`` (a local cluster with ``n_jobs``
+            single-threaded workers is started and closed); ignored when ``asymmetric``.
+        max_rows: rows (samples, or sample x output positions for conv) captured per layer, a
+            uniform random subset: the paper's :math:`N`. ``None`` keeps all.
+        calib_batches: calibration batches run through the model (``None``: the whole loader).
+        linear: accept target layers not followed by a ReLU, with the linear variant
+            :math:`\|XU + \mathbf{1}b^T - Y\|_F \le \epsilon` (no mask, no inequality).
+        asymmetric: solve layers in forward order, capturing :math:`X_\ell` from the model whose
+            earlier target layers are already compressed (targets :math:`Y_\ell` from the
+            original).
+        seed: seed of the row subsampling.
+    """
+
+    layers: tuple[str, ...] | None = None
+    eps_frac: Any = 0.1
+    backend: str = "admm"
+    options: Any = None
+    n_jobs: int = 1
+    parallel: str = "serial"
+    max_rows: int | None = 4096
+    calib_batches: int | None = 8
+    linear: bool = False
+    asymmetric: bool = False
+    seed: int = 0
+
+    owner: ClassVar[str] = "layer-wise method"
+
+    def __post_init__(self) -> None:
+        o = self.owner
+        if self.layers is not None:
+            layers = (self.layers,) if isinstance(self.layers, str) else tuple(self.layers)
+            if not layers or not all(isinstance(n, str) for n in layers):
+                raise ConfigError(
+                    f"The 'layers' parameter of {o} must be a non-empty sequence of dotted layer "
+                    f"names. Got {self.layers!r} instead."
+                )
+            if len(set(layers)) != len(layers):
+                raise ConfigError(f"The 'layers' parameter of {o} has duplicates: {layers}.")
+            object.__setattr__(self, "layers", layers)
+        if isinstance(self.eps_frac, (int, float)) and not isinstance(self.eps_frac, bool):
+            check_float(self.eps_frac, "eps_frac", o, min_value=0.0, min_inclusive=False)
+        elif isinstance(self.eps_frac, (list, tuple, dict)):
+            vals = self.eps_frac.values() if isinstance(self.eps_frac, dict) else self.eps_frac
+            for v in vals:
+                check_float(v, "eps_frac", o, min_value=0.0, min_inclusive=False)
+            if isinstance(self.eps_frac, list):
+                object.__setattr__(self, "eps_frac", tuple(self.eps_frac))
+        else:
+            raise ConfigError(
+                f"The 'eps_frac' parameter of {o} must be a float > 0, a list with one value per "
+                f"layer or a dict layer -> value. Got {self.eps_frac!r} instead."
+            )
+        check_choice(self.backend, "backend", o, _BACKENDS)
+        if self.options is not None:
+            from compactnn.solvers.layerwise import ADMMOptions, CvxpyOptions
+
+            want = ADMMOptions if self.backend == "admm" else CvxpyOptions
+            if not isinstance(self.options, want):
+                raise ConfigError(
+                    f"The 'options' parameter of {o} must be a {want.__name__} for backend="
+                    f"'{self.backend}' (or None). Got {type(self.options).__name__} instead."
+                )
+        check_int(self.n_jobs, "n_jobs", o, min_value=1)
+        check_choice(self.parallel, "parallel", o, _PARALLEL)
+        if self.max_rows is not None:
+            check_int(self.max_rows, "max_rows", o, min_value=1)
+        if self.calib_batches is not None:
+            check_int(self.calib_batches, "calib_batches", o, min_value=1)
+        check_bool(self.linear, "linear", o)
+        check_bool(self.asymmetric, "asymmetric", o)
+        check_int(self.seed, "seed", o, min_value=0)
+
+
+@dataclass(frozen=True)
+class DDLRConfig(LayerwiseConfig):
+    r"""DDLR hyper-parameters (see :class:`LayerwiseConfig` for the shared ones).
+
+    Attributes:
+        rank: keep exactly this rank :math:`r` in every layer (clipped to ``min(d, n)``)
+            instead of the elbow rule.
+        energy: keep the smallest :math:`r` with
+            :math:`\sum_{i\le r}\sigma_i^2 \ge \text{energy}\sum_i\sigma_i^2`.
+        dense_fallback: when :math:`r(d+n) \ge dn` the factorization would be larger than the
+            dense layer; store the rank-:math:`r` weight densely instead (``False``: always
+            factorize).
+
+    With neither ``rank`` nor ``energy`` the paper's elbow rule is used (sec. 4.1).
+    """
+
+    rank: int | None = None
+    energy: float | None = None
+    dense_fallback: bool = True
+
+    owner: ClassVar[str] = "DDLR"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.rank is not None and self.energy is not None:
+            raise ConfigError("DDLR: pass either 'rank' or 'energy' (or neither: elbow), not both.")
+        if self.rank is not None:
+            check_int(self.rank, "rank", "DDLR", min_value=1)
+        if self.energy is not None:
+            check_float(
+                self.energy, "energy", "DDLR", min_value=0.0, max_value=1.0, min_inclusive=False
+            )
+        check_bool(self.dense_fallback, "dense_fallback", "DDLR")
+
+
+@dataclass(frozen=True)
+class NetTrimConfig(LayerwiseConfig):
+    """Net-Trim hyper-parameters (see :class:`LayerwiseConfig` for the shared ones).
+
+    Attributes:
+        zero_tol: entries with ``|U_ij| <= zero_tol * max|U|`` are set to 0 after solving
+            (``None``: 1e-6 for cvxpy, 0 for admm, whose soft thresholding gives exact zeros).
+    """
+
+    zero_tol: float | None = None
+
+    owner: ClassVar[str] = "Net-Trim"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.zero_tol is not None:
+            check_float(self.zero_tol, "zero_tol", "Net-Trim", min_value=0.0, max_value=1.0)
+
+
+def _solve_one(
+    X: Tensor,
+    Y: Tensor,
+    bias: Tensor | None,
+    *,
+    linear: bool,
+    layer: str,
+    method: str,
+    eps: dict[str, float],
+    backend: str,
+    options: Any,
+    zero_tol: float | None,
+) -> Any:
+    """Picklable per-layer solver for :func:`~compactnn.solvers.layerwise.solve_layers`."""
+    from compactnn.solvers.layerwise import solve_ddlr, solve_net_trim
+
+    kw: dict[str, Any] = {
+        "eps_frac": eps[layer],
+        "backend": backend,
+        "options": options,
+        "linear": linear,
+        "layer": layer,
+    }
+    if method == "ddlr":
+        return solve_ddlr(X, Y, bias, **kw)
+    return solve_net_trim(X, Y, bias, zero_tol=zero_tol, **kw)
+
+
+class _Layerwise(Method):
+    """Shared flow: capture -> one LayerProblem per layer -> solve -> plan -> surgery."""
+
+    needs_training_data: ClassVar[bool] = True
+    solver_name: ClassVar[str] = ""
+
+    # ------------------------------------------------------------------ checks
+    def _targets(self, model: nn.Module) -> tuple[list[str], dict[str, bool]]:
+        from compactnn.capture import following_activation
+
+        cfg: LayerwiseConfig = self.config  # type: ignore[assignment]
+        layers = list(cfg.layers) if cfg.layers is not None else default_layers(model)
+        self._check_layers(model, layers)
+        mods = dict(model.named_modules())
+        order = {n: i for i, n in enumerate(mods)}
+        layers.sort(key=order.__getitem__)
+        linear: dict[str, bool] = {}
+        for n in layers:
+            m = mods[n]
+            if not isinstance(m, (nn.Linear, nn.Conv2d)):
+                raise UnsupportedLayerError(
+                    f"Layer '{n}' is a {type(m).__name__}; {self.name} compresses only Linear and "
+                    "Conv2d layers. Remove it from layers=."
+                )
+            if isinstance(m, nn.Conv2d) and m.groups != 1:
+                raise UnsupportedLayerError(
+                    f"Layer '{n}' is a grouped conv (groups={m.groups}); {self.name} needs "
+                    "groups=1. Remove it from layers=."
+                )
+            relu = following_activation(model, n) == "relu"
+            if not relu and not cfg.linear:
+                raise UnsupportedLayerError(
+                    f"Layer '{n}' is not followed by a ReLU, so the constraint of eq. (4) does "
+                    f"not apply. Remove it from layers= or pass linear=True to {self.name} to use "
+                    "the linear variant (||XU + b - Y||_F <= eps)."
+                )
+            linear[n] = not relu
+        return layers, linear
+
+    def _eps(self, layers: list[str]) -> dict[str, float]:
+        from compactnn.methods._common import per_layer_values
+
+        cfg: LayerwiseConfig = self.config  # type: ignore[assignment]
+        # a list of eps values follows the user's order of layers=, not the forward order
+        order = list(cfg.layers) if cfg.layers is not None else layers
+        return per_layer_values(cfg.eps_frac, order, "eps_frac", self.name)
+
+    # ------------------------------------------------------------------ solve
+    def _solver(self, eps: dict[str, float]) -> Any:
+        cfg: LayerwiseConfig = self.config  # type: ignore[assignment]
+        return functools.partial(
+            _solve_one,
+            method=self.solver_name,
+            eps=eps,
+            backend=cfg.backend,
+            options=cfg.options,
+            zero_tol=getattr(cfg, "zero_tol", None),
+        )
+
+    def _solve_all(self, problems: dict[str, Any], solver: Any, progress: bool) -> dict[str, Any]:
+        from compactnn.solvers.layerwise import solve_layers
+
+        cfg: LayerwiseConfig = self.config  # type: ignore[assignment]
+        if cfg.parallel != "dask":
+            return solve_layers(
+                problems, solver, n_jobs=cfg.n_jobs, backend=cfg.parallel, progress=progress
+            )
+        try:
+            from distributed import Client, LocalCluster
+        except ImportError as exc:  # pragma: no cover - optional dependency
+            raise ConfigError(
+                f"{self.name}: parallel='dask' needs the 'distributed' package "
+                "(pip install distributed), or use parallel='joblib'."
+            ) from exc
+        with (
+            LocalCluster(
+                n_workers=cfg.n_jobs, threads_per_worker=1, processes=True, dashboard_address=None
+            ) as cluster,
+            Client(cluster) as client,
+        ):
+            return solve_layers(
+                problems, solver, backend="dask", dask_client=client, progress=progress
+            )
+
+    # ------------------------------------------------------------------ plan
+    def _action(
+        self, name: str, module: nn.Module, res: Any, prob: Any
+    ) -> tuple[Any, dict[str, Any]]:
+        raise NotImplementedError
+
+    def run(
+        self, model: nn.Module, data: CompressionData, *, progress: bool = True
+    ) -> CompressionResult:
+        from compactnn.capture import collect
+        from compactnn.plan import CompressionPlan
+        from compactnn.solvers.layerwise import LayerProblem
+
+        cfg: LayerwiseConfig = self.config  # type: ignore[assignment]
+        layers, linear = self._targets(model)
+        eps = self._eps(layers)
+        batches: list[Tensor] = list(data.calib_batches(cfg.calib_batches))
+        if not batches:
+            raise ConfigError(
+                f"{self.name} got no calibration batch: the calibration/training loader is empty."
+            )
+        mods = dict(model.named_modules())
+        solver = self._solver(eps)
+        meta: dict[str, Any] = {"method": self.name}
+        if data.input_shape is not None:
+            meta["input_shape"] = list(data.input_shape)
+
+        def problem(name: str, io: Any) -> Any:
+            b = mods[name].bias
+            return LayerProblem(
+                X=io.X, Y=io.Y, bias=None if b is None else b.detach(), linear=linear[name]
+            )
+
+        results: dict[str, Any] = {}
+        rows: dict[str, int] = {}
+        if not cfg.asymmetric:
+            ios = collect(model, layers, batches, max_rows=cfg.max_rows, seed=cfg.seed)
+            problems = {n: problem(n, ios[n]) for n in layers}
+            rows = {n: int(ios[n].X.shape[0]) for n in layers}
+            del ios
+            results = self._solve_all(problems, solver, progress)
+            actions, stats = [], {}
+            for n in layers:
+                act, stats[n] = self._action(n, mods[n], results[n], problems[n])
+                actions.append(act)
+            plan = CompressionPlan(actions=actions, meta=meta)
+            new_model = plan.apply(model)
+        else:
+            from compactnn.solvers.layerwise import solve_layers
+
+            actions, stats = [], {}
+            current = model
+            for n in layers:
+                io = collect(
+                    current,
+                    [n],
+                    batches,
+                    max_rows=cfg.max_rows,
+                    seed=cfg.seed,
+                    asymmetric_from=None if current is model else model,
+                )[n]
+                rows[n] = int(io.X.shape[0])
+                prob = problem(n, io)
+                res = solve_layers({n: prob}, solver, backend="serial", progress=False)[n]
+                act, stats[n] = self._action(n, mods[n], res, prob)
+                actions.append(act)
+                results[n] = res
+                current = CompressionPlan(actions=list(actions), meta=meta).apply(model)
+            plan = CompressionPlan(actions=actions, meta=meta)
+            new_model = current
+        for n in layers:
+            stats[n]["rows"] = rows[n]
+            if not results[n].ok:
+                warnings.warn(
+                    f"{self.name}: layer '{n}' finished with status '{results[n].status}' "
+                    f"(relative constraint violation {results[n].constraint_violation:.3g}); "
+                    "increase the solver's max_iter or eps_frac.",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+        return CompressionResult(
+            model=new_model,
+            plan=plan,
+            method=self.name,
+            config=cfg,
+            history={"layers": stats, "eps_frac": eps, "retrained": False},
+        )
+
+
+def _deployed_violation(prob: Any, Ut: Tensor, eps: float) -> float:
+    """Relative violation of eq. (4) by the *deployed* weight ``Ut`` (d x n), e.g. after the
+    rank truncation (the solver's ``violation`` is measured before it)."""
+    from compactnn.solvers.layerwise import constraint_violation
+
+    X = prob.X.detach().to("cpu", torch.float64)
+    Y = prob.Y.detach().to("cpu", torch.float64)
+    b = (
+        torch.zeros(Y.shape[1], dtype=torch.float64)
+        if prob.bias is None
+        else prob.bias.detach().to("cpu", torch.float64).reshape(-1)
+    )
+    return float(constraint_violation(X @ Ut.to(torch.float64), Y, b, eps, prob.linear)[0])
+
+
+def _stats(res: Any) -> dict[str, Any]:
+    return {
+        "status": res.status,
+        "objective": float(res.objective),
+        "violation": float(res.constraint_violation),
+        "iterations": int(res.iterations),
+        "seconds": float(res.seconds),
+        "eps": float(res.extras.get("eps", float("nan"))),
+        "backend": res.backend,
+    }
+
+
+class DDLR(_Layerwise):
+    r"""Data-Driven Low-Rank compression (Papadimitriou & Jain 2021), no retraining.
+
+    Per layer: :math:`\min \|U\|_*` s.t. eq. (4); rank by the elbow rule; the layer becomes
+    ``LowRankLinear`` / ``LowRankConv2d`` with :math:`r(d+n)` weights (+ the unchanged bias).
+
+    References:
+        Papadimitriou & Jain (2021), eqs. (2)-(4), Algorithm 1, sec. 4.1.
+    """
+
+    name = "ddlr"
+    Config = DDLRConfig
+    solver_name = "ddlr"
+    description = "DDLR: convex nuclear-norm layer re-fit + elbow rank, no retraining"
+
+    def _action(
+        self, name: str, module: nn.Module, res: Any, prob: Any
+    ) -> tuple[Any, dict[str, Any]]:
+        from compactnn.plan import LowRank, SetWeights
+        from compactnn.solvers.layerwise import choose_rank, factorize
+
+        cfg: DDLRConfig = self.config  # type: ignore[assignment]
+        U = res.U
+        d, n = U.shape
+        rank = None if cfg.rank is None else min(cfg.rank, d, n)
+        r = choose_rank(U, rank=rank, energy=cfg.energy)
+        first, second = factorize(U, r)
+        dtype = module.weight.dtype
+        bias = None if module.bias is None else module.bias.detach().clone()
+        st = _stats(res)
+        st.update(rank=r, full_rank=min(d, n), original_weights=d * n)
+        st["deployed_violation"] = _deployed_violation(prob, (second @ first).T, st["eps"])
+        if cfg.dense_fallback and r * (d + n) >= d * n:
+            w = (second @ first).to(dtype).reshape(module.weight.shape)
+            st.update(form="dense", stored_weights=d * n)
+            return SetWeights(layer=name, weight=w, bias=bias), st
+        st.update(form="lowrank", stored_weights=r * (d + n))
+        return LowRank(layer=name, first=first.to(dtype), second=second.to(dtype), bias=bias), st
+
+
+class NetTrim(_Layerwise):
+    r"""Net-Trim (Aghasi et al. 2017), the DDLR paper's baseline, no retraining.
+
+    Per layer: :math:`\min \|U\|_1` s.t. eq. (4); the layer becomes ``SparseLinear`` /
+    ``SparseConv2d`` storing :math:`3\,\mathrm{nnz}` numbers (COO, as counted in the paper).
+
+    References:
+        Papadimitriou & Jain (2021), sec. 4 (Net-Trim baseline); Aghasi et al. (2017).
+    """
+
+    name = "net-trim"
+    Config = NetTrimConfig
+    solver_name = "net-trim"
+    description = "Net-Trim: convex l1 layer re-fit (sparse COO layers), no retraining"
+
+    def _action(
+        self, name: str, module: nn.Module, res: Any, prob: Any
+    ) -> tuple[Any, dict[str, Any]]:
+        from compactnn.plan import SetWeights
+
+        U = res.U
+        d, n = U.shape
+        w = U.T.to(module.weight.dtype).reshape(module.weight.shape).contiguous()
+        nnz = int((w != 0).sum())
+        st = _stats(res)
+        st.update(nnz=nnz, form="sparse", original_weights=d * n, stored_weights=3 * nnz)
+        st["deployed_violation"] = _deployed_violation(
+            prob, w.reshape(n, d).T.to(torch.float64), st["eps"]
+        )
+        bias = None if module.bias is None else module.bias.detach().clone()
+        return SetWeights(layer=name, weight=w, bias=bias, sparse=True), st

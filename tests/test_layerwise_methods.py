@@ -1,0 +1,275 @@
+"""DDLR / Net-Trim registry methods (compactnn.methods.layerwise): tiny models, admm backend."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import compactnn
+from compactnn.errors import ConfigError, SolverError, UnsupportedLayerError
+from compactnn.layers import LowRankConv2d, LowRankLinear, SparseConv2d, SparseLinear
+from compactnn.methods import get_method
+from compactnn.methods.layerwise import DDLR, DDLRConfig, NetTrim, default_layers
+from compactnn.plan import CompressionPlan
+
+
+def _mlp() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Linear(6, 12), nn.ReLU(), nn.Linear(12, 10), nn.ReLU(), nn.Linear(10, 3)
+    )
+
+
+def _cnn() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(2, 5, 3), nn.ReLU(), nn.Flatten(), nn.Linear(5 * 4 * 4, 3))
+
+
+def _loader(shape: tuple[int, ...], n: int = 64, nan: bool = False) -> DataLoader:
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(n, *shape, generator=g)
+    if nan:
+        x[3, 0] = float("nan")
+    return DataLoader(TensorDataset(x, torch.zeros(n, dtype=torch.long)), batch_size=32)
+
+
+def _run(model: nn.Module, method: str, data: DataLoader, **kw: object) -> object:
+    return compactnn.compress(model, method, (data, data), progress=False, measure=False, **kw)
+
+
+def _state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_registry_and_default_layers() -> None:
+    assert get_method("ddlr") is DDLR and get_method("net-trim") is NetTrim
+    assert DDLR.needs_training_data and NetTrim.needs_training_data
+    # every Linear followed by ReLU except the classifier
+    assert default_layers(_mlp()) == ["0", "2"]
+    assert default_layers(_cnn()) == ["0"]
+
+
+def test_ddlr_lowrank_param_count_replay_and_untouched() -> None:
+    model, data = _mlp(), _loader((6,))
+    before = _state(model)
+    res = _run(model, "ddlr", data, eps_frac=0.3, dense_fallback=False)
+    # user model untouched (same values, same module types)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert type(model[0]) is nn.Linear and type(model[2]) is nn.Linear
+    hist = res.history["layers"]
+    assert set(hist) == {"0", "2"} and res.history["retrained"] is False
+    for name, (d, n) in {"0": (6, 12), "2": (12, 10)}.items():
+        layer = res.model.get_submodule(name)
+        assert isinstance(layer, LowRankLinear)
+        r = hist[name]["rank"]
+        assert layer.rank == r and 1 <= r <= min(d, n)
+        assert sum(p.numel() for p in layer.parameters()) == r * (d + n) + n
+        assert hist[name]["stored_weights"] == r * (d + n)
+        assert hist[name]["status"] in ("optimal", "optimal_inaccurate")
+        for key in ("objective", "violation", "iterations", "seconds", "deployed_violation"):
+            assert key in hist[name]
+    # bias kept exactly (eq. 4 keeps b fixed)
+    assert torch.equal(res.model[2].second.bias, model[2].bias)
+    # the plan replays on the original model: identical outputs
+    replay = res.plan.apply(model)
+    x = next(iter(data))[0]
+    assert torch.equal(replay(x), res.model(x))
+    # the returned model is smaller
+    n_orig = sum(p.numel() for p in model.parameters())
+    n_new = sum(p.numel() for p in res.model.parameters())
+    assert n_new == n_orig - 6 * 12 - 12 * 10 + sum(
+        hist[k]["rank"] * (d + n) for k, (d, n) in {"0": (6, 12), "2": (12, 10)}.items()
+    )
+
+
+def test_ddlr_plan_save_load_roundtrip(tmp_path: object) -> None:
+    model, data = _mlp(), _loader((6,))
+    res = _run(model, "ddlr", data, eps_frac=0.3, layers=["2"], dense_fallback=False)
+    path = res.plan.save(tmp_path / "plan")  # type: ignore[operator]
+    loaded = CompressionPlan.load(path)
+    x = next(iter(data))[0]
+    assert torch.equal(loaded.apply(model)(x), res.model(x))
+
+
+def test_ddlr_small_eps_keeps_outputs_close() -> None:
+    model, data = _mlp(), _loader((6,))
+    x = torch.cat([b[0] for b in data])
+    res = _run(model, "ddlr", data, eps_frac=0.01, energy=0.999999, layers=["2"])
+    h = res.history["layers"]["2"]
+    assert h["status"] == "optimal" and h["violation"] <= 1e-3
+    # layer-level guarantee of eq. (4) for the deployed weight: ||(XU + b - Y) o M|| <= eps
+    assert h["deployed_violation"] <= 0.05
+    with torch.no_grad():
+        y0, y1 = model(x), res.model(x)
+    rel = float((y1 - y0).norm() / y0.norm())
+    assert rel < 0.05
+
+
+def test_refuses_layer_not_followed_by_relu_and_linear_accepts() -> None:
+    model, data = _mlp(), _loader((6,))
+    with pytest.raises(UnsupportedLayerError, match="'4'") as e:
+        _run(model, "ddlr", data, layers=["4"])
+    assert "linear=True" in str(e.value)
+    res = _run(
+        model, "ddlr", data, layers=["4"], linear=True, eps_frac=0.05, rank=2, dense_fallback=False
+    )
+    layer = res.model[4]
+    assert isinstance(layer, LowRankLinear) and layer.rank == 2
+    assert sum(p.numel() for p in layer.parameters()) == 2 * (10 + 3) + 3
+
+
+def test_refuses_other_layer_types_and_grouped_conv() -> None:
+    model, data = _mlp(), _loader((6,))
+    with pytest.raises(UnsupportedLayerError, match="'1'"):
+        _run(model, "net-trim", data, layers=["1"])
+    grouped = nn.Sequential(
+        nn.Conv2d(2, 4, 3, groups=2), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 2)
+    )
+    with pytest.raises(UnsupportedLayerError, match="'0'.*groups=2"):
+        _run(grouped, "ddlr", _loader((2, 6, 6)), layers=["0"])
+
+
+def test_nan_calibration_data_raises_no_partial_result() -> None:
+    model, data = _mlp(), _loader((6,), nan=True)
+    before = _state(model)
+    with pytest.raises(SolverError, match="NaN"):
+        _run(model, "ddlr", data, max_rows=None)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_empty_loader_raises() -> None:
+    model = _mlp()
+    empty = DataLoader(TensorDataset(torch.zeros(0, 6), torch.zeros(0, dtype=torch.long)))
+    with pytest.raises(ConfigError, match="no calibration batch"):
+        DDLR().run(model, compactnn.methods.CompressionData(train=empty, input_shape=(6,)))
+
+
+def test_net_trim_coo_param_count() -> None:
+    model, data = _mlp(), _loader((6,))
+    res = _run(model, "net-trim", data, eps_frac=0.2)
+    for name, (d, n) in {"0": (6, 12), "2": (12, 10)}.items():
+        layer = res.model.get_submodule(name)
+        assert isinstance(layer, SparseLinear)
+        h = res.history["layers"][name]
+        nnz = int((layer.dense_matrix() != 0).sum())
+        assert layer.nnz == nnz == h["nnz"] and 0 < nnz < d * n
+        assert layer.stored_param_count() == 3 * nnz + n
+        assert h["stored_weights"] == 3 * nnz
+        # the deployed sparse weight is the solver's U^T (no re-fit)
+        assert h["deployed_violation"] <= 1e-2
+    x = next(iter(data))[0]
+    assert torch.equal(res.plan.apply(model)(x), res.model(x))
+
+
+def test_conv_layer_path_ddlr_and_net_trim() -> None:
+    model, data = _cnn(), _loader((2, 6, 6))
+    x = next(iter(data))[0]
+    res = _run(model, "ddlr", data, eps_frac=0.2, rank=3, dense_fallback=False, max_rows=256)
+    conv = res.model[0]
+    assert isinstance(conv, LowRankConv2d) and conv.rank == 3
+    # r (c k k + n) weights + n bias
+    assert sum(p.numel() for p in conv.parameters()) == 3 * (2 * 9 + 5) + 5
+    # equivalent dense conv gives the same outputs
+    dense = copy.deepcopy(model[0])
+    with torch.no_grad():
+        dense.weight.copy_(conv.dense_weight())
+        torch.testing.assert_close(dense(x), conv(x), rtol=1e-5, atol=1e-5)
+    assert torch.equal(res.plan.apply(model)(x), res.model(x))
+    nt = _run(model, "net-trim", data, eps_frac=0.2, max_rows=256)
+    sconv = nt.model[0]
+    assert isinstance(sconv, SparseConv2d)
+    assert sconv.stored_param_count() == 3 * sconv.nnz + 5
+    assert sconv.nnz == nt.history["layers"]["0"]["nnz"]
+
+
+def test_dense_fallback_when_factorization_is_larger() -> None:
+    model, data = _mlp(), _loader((6,))
+    # rank 5 of a 12x10 layer: 5 * 22 = 110 < 120 -> low rank; rank 6: 132 >= 120 -> dense
+    lo = _run(model, "ddlr", data, layers=["2"], rank=5)
+    hi = _run(model, "ddlr", data, layers=["2"], rank=6)
+    assert isinstance(lo.model[2], LowRankLinear) and lo.history["layers"]["2"]["form"] == "lowrank"
+    assert type(hi.model[2]) is nn.Linear and hi.history["layers"]["2"]["form"] == "dense"
+    s = torch.linalg.svdvals(hi.model[2].weight.detach().double())
+    assert float(s[5]) > 1e-3 * float(s[0]) and float(s[6]) < 1e-5 * float(s[0])  # rank 6
+
+
+def test_asymmetric_single_layer_equals_symmetric() -> None:
+    model, data = _mlp(), _loader((6,))
+    a = _run(model, "ddlr", data, layers=["0"], eps_frac=0.2, asymmetric=True)
+    s = _run(model, "ddlr", data, layers=["0"], eps_frac=0.2)
+    x = next(iter(data))[0]
+    # the first layer's input does not depend on compression: same problem, same answer
+    assert torch.equal(a.model(x), s.model(x))
+    both = _run(model, "ddlr", data, eps_frac=0.2, asymmetric=True, dense_fallback=False)
+    assert isinstance(both.model[0], LowRankLinear) and isinstance(both.model[2], LowRankLinear)
+    assert torch.equal(both.plan.apply(model)(x), both.model(x))
+
+
+def test_config_validation() -> None:
+    with pytest.raises(ConfigError, match="eps_frac"):
+        DDLRConfig(eps_frac=0.0)
+    with pytest.raises(ConfigError, match="not both"):
+        DDLRConfig(rank=2, energy=0.9)
+    with pytest.raises(ConfigError, match="parallel"):
+        DDLRConfig(parallel="threads")
+    with pytest.raises(ConfigError, match="CvxpyOptions"):
+        from compactnn.solvers.layerwise import ADMMOptions
+
+        DDLRConfig(backend="cvxpy", options=ADMMOptions())
+    with pytest.raises(ConfigError, match="Unknown option"):
+        DDLR(eps=0.1)
+    with pytest.raises(ConfigError, match="one value per"):
+        _run(_mlp(), "ddlr", _loader((6,)), eps_frac=[0.1])
+
+
+def test_per_layer_eps_recorded() -> None:
+    model, data = _mlp(), _loader((6,))
+    res = _run(model, "net-trim", data, eps_frac={"0": 0.1, "2": 0.3})
+    h = res.history["layers"]
+    assert res.history["eps_frac"] == {"0": 0.1, "2": 0.3}
+    # larger eps -> sparser (both layers solved with their own epsilon)
+    tight = _run(model, "net-trim", data, eps_frac=0.1, layers=["2"])
+    assert h["2"]["nnz"] <= tight.history["layers"]["2"]["nnz"]
+
+
+def test_cvxpy_backend_agrees_with_admm_on_tiny_layer() -> None:
+    pytest.importorskip("cvxpy")
+    model, data = _mlp(), _loader((6,), n=32)
+    kw = {"layers": ["2"], "eps_frac": 0.2, "max_rows": 32, "rank": 3}
+    a = _run(model, "ddlr", data, **kw)
+    c = _run(model, "ddlr", data, backend="cvxpy", **kw)
+    oa, oc = a.history["layers"]["2"]["objective"], c.history["layers"]["2"]["objective"]
+    assert c.history["layers"]["2"]["backend"] == "cvxpy"
+    assert abs(oa - oc) <= 2e-3 * max(oc, 1.0)
+
+
+def test_report_counts_match_model() -> None:
+    from compactnn.metrics import count_params
+
+    model, data = _mlp(), _loader((6,))
+    res = compactnn.compress(
+        model, "net-trim", (data, data), progress=False, eps_frac=0.3, latency_batch_size=4
+    )
+    nnz = {n: res.model.get_submodule(n).nnz for n in ("0", "2")}
+    expected = 3 * nnz["0"] + 12 + 3 * nnz["2"] + 10 + (10 * 3 + 3)
+    assert res.report_after.params == count_params(res.model) == expected
+    assert res.report_before.params == sum(p.numel() for p in model.parameters())
+
+
+def test_eps_list_follows_user_layer_order() -> None:
+    model, data = _mlp(), _loader((6,))
+    res = _run(model, "net-trim", data, layers=["2", "0"], eps_frac=[0.3, 0.1])
+    assert res.history["eps_frac"] == {"2": 0.3, "0": 0.1}
+
+
+@pytest.mark.slow
+def test_joblib_parallel_matches_serial() -> None:
+    model, data = _mlp(), _loader((6,))
+    s = _run(model, "ddlr", data, eps_frac=0.2)
+    p = _run(model, "ddlr", data, eps_frac=0.2, parallel="joblib", n_jobs=2)
+    x = next(iter(data))[0]
+    assert torch.equal(s.model(x), p.model(x))
