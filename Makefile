@@ -47,8 +47,12 @@ test-all: data
 demo: data
 	$(PY) -m compactnn.cli demo
 
+# Reproductions (long: tens of minutes on 2 cores). Results -> benchmarks/results/*.json + *.md
 bench: data
-	$(PY) -m compactnn.cli bench
+	$(PY) benchmarks/bench_ssr_lenet.py
+	$(PY) benchmarks/bench_kiaee_fashion.py
+	$(PY) benchmarks/bench_ddlr_repro.py
+	$(PY) benchmarks/bench_solvers.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -96,13 +96,13 @@ def compress(
     cls = get_method(method)
     algo = cls(**options)
     cd = as_compression_data(data, input_shape=input_shape)
-    assert cd.input_shape is not None  # set by as_compression_data
+    shape = cd.require_input_shape(method)
     work = model if inplace else copy.deepcopy(model)
     before = None
     if measure:
         before = report(
             model,
-            cd.input_shape,
+            shape,
             data=cd.test,
             batch_size=latency_batch_size,
             threads=latency_threads,
@@ -112,7 +112,7 @@ def compress(
         result.report_before = before
         result.report_after = report(
             result.model,
-            cd.input_shape,
+            shape,
             data=cd.test,
             batch_size=latency_batch_size,
             threads=latency_threads,

@@ -223,7 +223,10 @@ class _LayerBuffer:
             self._write("X", slots, xs[rows])
             self._write("Y", slots, ys[rows])
             return
-        assert isinstance(m, nn.Conv2d)
+        if not isinstance(m, nn.Conv2d):  # the store only registers Linear / Conv2d hooks
+            raise UnsupportedLayerError(
+                f"Layer '{self.name}' is a {type(m).__name__}; capture supports Linear and Conv2d."
+            )
         if x.dim() == 3:
             x, y = x.unsqueeze(0), y.unsqueeze(0)
         b, n, ho, wo = y.shape

@@ -162,7 +162,7 @@ class ADMMSparse(Method):
 
         cfg: ADMMSparseConfig = self.config  # type: ignore[assignment]
         loader = data.require_train(self.name)
-        assert data.input_shape is not None
+        data.require_input_shape(self.name)
         layers = list(cfg.layers) if cfg.layers is not None else prunable_layers(model)
         self._check_layers(model, layers)
         mods = dict(model.named_modules())
@@ -216,7 +216,14 @@ class ADMMSparse(Method):
                 if engine.converged():
                     break
             # fix the identified structure: W <- F on zero blocks, masks held during fine-tuning
-            masks = {n: m for n, m in engine.masks().items()}
+            masks = dict(engine.masks())
+            # a filter whose blocks are all zero must also lose its bias: otherwise it outputs a
+            # constant channel and removing it (below) would change the function
+            for layer in layers:
+                m = masks[f"{layer}.weight"]
+                rows = m.reshape(m.shape[0], -1).any(dim=1)
+                if mods[layer].bias is not None and not bool(rows.all()):
+                    masks[f"{layer}.bias"] = rows.clone()
             named = dict(model.named_parameters())
             apply_masks(model, masks)
             if cfg.finetune_epochs > 0:
@@ -246,6 +253,8 @@ class ADMMSparse(Method):
             }
             total_w = zero_w = 0
             for n, m in masks.items():
+                if not n.endswith(".weight"):
+                    continue
                 w = named[n]
                 gd = group_dims(cfg.structure, w)
                 other = tuple(d for d in range(w.dim()) if d not in gd)

@@ -53,6 +53,14 @@ class CompressionData:
                 break
             yield b[0] if isinstance(b, (tuple, list)) else b
 
+    def require_input_shape(self, method: str) -> tuple[int, ...]:
+        if self.input_shape is None:
+            raise ConfigError(
+                f"Method '{method}' needs the per-sample input shape: pass input_shape= to "
+                "compactnn.compress (e.g. (1, 28, 28))."
+            )
+        return self.input_shape
+
     def require_train(self, method: str) -> DataLoader:
         if self.train is None:
             raise ConfigError(

@@ -102,7 +102,7 @@ class _CriterionPruning(Method):
         self, model: nn.Module, data: CompressionData, *, progress: bool = True
     ) -> CompressionResult:
         cfg: CriterionConfig = self.config  # type: ignore[assignment]
-        assert data.input_shape is not None
+        data.require_input_shape(self.name)
         layers = list(cfg.layers) if cfg.layers is not None else prunable_layers(model)
         self._check_layers(model, layers)
         budget = self._budget(model, layers)

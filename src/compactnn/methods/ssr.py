@@ -108,7 +108,7 @@ class SSR(Method):
 
         cfg: SSRConfig = self.config  # type: ignore[assignment]
         loader = data.require_train(self.name)
-        assert data.input_shape is not None
+        data.require_input_shape(self.name)
         layers = list(cfg.layers) if cfg.layers is not None else prunable_layers(model)
         self._check_layers(model, layers)
         lam = per_layer_values(cfg.lam, layers, "lam", "SSR")
