@@ -140,37 +140,32 @@ def main() -> None:
     )
     q = args.quick
     ft = dict(
-        finetune_epochs=1 if q else 4, finetune_steps_per_epoch=20 if q else None, finetune_lr=0.01
+        finetune_epochs=1 if q else DEMO_SSR["finetune_epochs"],
+        finetune_steps_per_epoch=20 if q else None,
+        finetune_lr=0.01,
     )
     ssr_common = dict(max_outer=2 if q else 10, w_steps=10 if q else 150, train_all=True, **ft)
+    admm = dict(
+        xi=2 if q else 3,
+        steps_per_epoch=10 if q else 100,
+        lr=0.01,
+        finetune_epochs=1,
+        structure="filters",
+    )
     runs: list[tuple[str, str, dict[str, Any]]] = [
         ("SSR-L2,1", "ssr", {**DEMO_SSR, **ssr_common} if q else dict(DEMO_SSR)),
-        ("SSR-L2,0", "ssr", dict(penalty="l20", lam=[0.5, 0.6, 0.05], **ssr_common)),
-        ("SSR-L1", "ssr", dict(penalty="l1", lam=[0.005, 0.005, 0.005], **ssr_common)),
         (
-            "ADMM-S l0 (filters)",
-            "admm-sparse",
-            dict(
-                penalty="l0",
-                structure="filters",
-                mus=(0.05, 0.2) if q else (0.02, 0.05, 0.1, 0.2),
-                xi=2 if q else 5,
-                steps_per_epoch=10 if q else 150,
-                finetune_epochs=1,
-            ),
+            "SSR-L2,0",
+            "ssr",
+            {**DEMO_SSR, **(ssr_common if q else {}), "penalty": "l20", "lam": [0.9, 1.0, 0.6]},
         ),
         (
-            "ADMM-S l1 (filters)",
-            "admm-sparse",
-            dict(
-                penalty="l1",
-                structure="filters",
-                mus=(0.05, 0.2) if q else (0.02, 0.05, 0.1, 0.2),
-                xi=2 if q else 5,
-                steps_per_epoch=10 if q else 150,
-                finetune_epochs=1,
-            ),
+            "SSR-L1",
+            "ssr",
+            {**DEMO_SSR, **(ssr_common if q else {}), "penalty": "l1", "lam": [0.01, 0.005, 0.002]},
         ),
+        ("ADMM-S l0 (filters)", "admm-sparse", dict(penalty="l0", mus=(0.3, 0.6, 0.9), **admm)),
+        ("ADMM-S l1 (filters)", "admm-sparse", dict(penalty="l1", mus=(0.05, 0.1, 0.15), **admm)),
     ]
     rows: list[dict[str, Any]] = []
     base_row = _row("LeNet (ours)", baseline, {}, test_loader, 0.0)
