@@ -1,0 +1,88 @@
+"""The command line: inspect, compress, clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from torch import nn
+
+from compactnn.cli import main
+from compactnn.train import save_checkpoint
+
+
+def test_inspect_reference_model(capsys) -> None:
+    assert main(["inspect", "lenet-caffe", "--no-latency"]) == 0
+    out = capsys.readouterr().out
+    assert "431,080" in out and "2,293,000" in out  # params, MACs per sample
+    assert "conv1" in out and "fc2" in out
+
+
+def test_inspect_checkpoint(tmp_path, capsys) -> None:
+    from compactnn.models import create
+
+    p = save_checkpoint(
+        create("spiral-mlp", seed=0), tmp_path / "s.safetensors", model="spiral-mlp"
+    )
+    assert main(["inspect", str(p), "--no-latency"]) == 0
+    assert "6,882" in capsys.readouterr().out
+
+
+def test_unknown_model_is_one_clear_error(capsys) -> None:
+    assert main(["inspect", "resnet-9000", "--no-latency"]) == 2
+    err = capsys.readouterr().err
+    assert "Unknown model 'resnet-9000'" in err and "lenet-caffe" in err
+
+
+def tiny_factory() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 12), nn.ReLU(), nn.Linear(12, 10))
+
+
+def test_compress_user_factory_with_options(tmp_path, capsys) -> None:
+    out = tmp_path / "out"
+    rc = main(
+        [
+            "compress",
+            "--factory",
+            "tests.test_cli:tiny_factory",
+            "--method",
+            "l1-norm",
+            "--data",
+            "digits",
+            "--opt",
+            "keep=[5]",
+            "--opt",
+            "finetune_epochs=0",
+            "--batch-size",
+            "4",
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
+    assert rc == 0
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["before"]["params"] == 64 * 12 + 12 + 12 * 10 + 10
+    assert rep["after"]["params"] == 64 * 5 + 5 + 5 * 10 + 10
+    assert (out / "plan.json").is_file() and (out / "plan.safetensors").is_file()
+    assert "params" in capsys.readouterr().out
+
+
+def test_compress_bad_option_is_clear(capsys) -> None:
+    rc = main(
+        [
+            "compress",
+            "--factory",
+            "tests.test_cli:tiny_factory",
+            "--method",
+            "ssr",
+            "--data",
+            "digits",
+            "--opt",
+            "rho=-1",
+            "--quiet",
+        ]
+    )
+    assert rc == 2
+    assert "'rho' parameter of SSR" in capsys.readouterr().err
