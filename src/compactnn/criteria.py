@@ -29,6 +29,16 @@ __all__ = ["CRITERIA", "filter_scores", "select_top", "apoz_scores"]
 CRITERIA = ("random", "l1-norm", "apoz", "magnitude")
 
 
+def _modules_with(model: nn.Module, layer: str) -> dict[str, nn.Module]:
+    """``named_modules`` as a dict; an unknown ``layer`` raises one clear error listing the layers."""
+    mods = dict(model.named_modules())
+    if layer not in mods:
+        raise raise_unknown(
+            "layer", layer, [n for n, m in mods.items() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        )
+    return mods
+
+
 def _rows(weight: torch.Tensor) -> torch.Tensor:
     return weight.detach().reshape(weight.shape[0], -1)
 
@@ -43,11 +53,7 @@ def apoz_scores(
     layer followed by BatchNorm the BN output is used when the BN is the layer's direct
     successor in module order).
     """
-    mods = dict(model.named_modules())
-    if layer not in mods:
-        raise raise_unknown(
-            "layer", layer, [n for n, m in mods.items() if isinstance(m, (nn.Conv2d, nn.Linear))]
-        )
+    mods = _modules_with(model, layer)
     target = mods[layer]
     # use the BatchNorm that directly follows (module order) if any: APoZ is on post-BN-ReLU maps
     names = list(mods)
@@ -93,11 +99,7 @@ def filter_scores(
     """Importance of every output filter/neuron of ``layer`` under ``criterion``."""
     if criterion not in CRITERIA:
         raise raise_unknown("criterion", criterion, CRITERIA)
-    mods = dict(model.named_modules())
-    if layer not in mods:
-        raise raise_unknown(
-            "layer", layer, [n for n, m in mods.items() if isinstance(m, (nn.Conv2d, nn.Linear))]
-        )
+    mods = _modules_with(model, layer)
     m = mods[layer]
     if not isinstance(m, (nn.Conv2d, nn.Linear)):
         raise UnsupportedLayerError(

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from compactnn._validation import check_choice, check_float, check_int
 from compactnn.errors import CheckpointError
 from compactnn.metrics import accuracy
+from compactnn.solvers.training.masks import apply_masks as _apply_param_masks
 
 __all__ = [
     "TrainConfig",
@@ -116,17 +117,13 @@ def zero_masks(model: nn.Module, *, min_zero_fraction: float = 0.0) -> dict[str,
     return masks
 
 
-@torch.no_grad()
 def apply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
-    """Zero every masked-out entry in place (masks from :func:`zero_masks`)."""
-    params = dict(model.named_parameters())
-    for name, m in masks.items():
-        if name not in params:
-            raise CheckpointError(
-                f"Mask for parameter '{name}' does not match any parameter of the model; "
-                "rebuild the masks from this model with zero_masks(model)."
-            )
-        params[name].mul_(m.to(params[name].dtype))
+    """Zero every masked-out entry of ``model``'s parameters in place (masks by parameter name).
+
+    Thin wrapper over :func:`compactnn.solvers.training.masks.apply_masks` (which checks names and
+    shapes) for callers that hold a model rather than a parameter mapping.
+    """
+    _apply_param_masks(dict(model.named_parameters()), masks)
 
 
 def _make_optimizer(params: Iterable[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
