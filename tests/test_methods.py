@@ -120,6 +120,45 @@ def test_ssr_removes_filters_with_large_lambda(loaders) -> None:
     assert [c.weight.shape[0] for c in convs[:3]] == [h["filters_after"] for h in hist.values()]
 
 
+def test_ssr_lambda_path_prunes_in_stages_and_replays(loaders) -> None:
+    """Algorithm 1's set S: each stage prunes the already-pruned net; the plan composes them."""
+    model = tiny_cnn()
+    with torch.no_grad():  # spread the filter norms so that each lambda cuts a few more
+        for i, n in ((0, 8), (3, 12), (6, 16)):
+            w = model[i].weight
+            w.mul_(torch.linspace(0.1, 2.0, n).view(-1, *([1] * (w.dim() - 1))))
+    res = compactnn.compress(
+        model,
+        "ssr",
+        loaders,
+        progress=False,
+        measure=False,
+        lam_path=[[0.0, 0.0, 0.6], [0.0, 0.0, 1.2], [0.6, 0.6, 1.2]],
+        max_outer=3,
+        w_steps=2,
+        path_finetune_epochs=0,  # nothing but layer l moves: the classifier stays original
+        finetune_epochs=0,
+    )
+    stages = res.history["stages"]
+    assert len(stages) == 3 and all("top1" in s for s in stages)
+    fc = [s["filters"]["6"] for s in stages]
+    assert 16 > fc[0] > fc[1], fc  # layer "6" loses neurons in two different stages
+    counts = stages[-1]["filters"]
+    assert counts["0"] < 8 and counts["3"] < 12
+    convs = [m for m in res.model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    assert [c.weight.shape[0] for c in convs[:3]] == [counts[k] for k in ("0", "3", "6")]
+    # the composed keep indices point at the original neurons: the untouched classifier's
+    # columns are exactly the original classifier's columns at those indices
+    keep = {a.layer: a.keep for a in res.plan.actions if type(a).__name__ == "KeepOutputs"}
+    assert len(keep["6"]) == fc[-1] and len(set(keep["6"])) == fc[-1] and max(keep["6"]) < 16
+    torch.testing.assert_close(convs[3].weight, model[8].weight[:, list(keep["6"])])
+    replayed = res.plan.apply(copy.deepcopy(model))
+    x = torch.randn(4, 1, 8, 8)
+    res.model.eval()
+    replayed.eval()
+    torch.testing.assert_close(replayed(x), res.model(x), atol=1e-5, rtol=1e-5)
+
+
 def test_admm_sparse_path_records_every_mu(loaders) -> None:
     res = compactnn.compress(
         tiny_cnn(), "admm-sparse", loaders, progress=False, measure=False, **FAST["admm-sparse"]
@@ -141,6 +180,9 @@ def test_admm_sparse_path_records_every_mu(loaders) -> None:
         ("ssr", {"lam": [0.1, 0.2]}, "one value per pruned layer"),
         ("ssr", {"layers": ("nope",)}, "Layer 'nope' does not exist"),
         ("ssr", {"bogus": 1}, "Unknown option"),
+        ("ssr", {"lam_path": []}, "'lam_path' parameter of SSR"),
+        ("ssr", {"lam_path": [0.1, [0.1, 0.2]]}, r"'lam_path\[1\]' parameter of SSR"),
+        ("ssr", {"lam_path": [0.1, -0.2]}, r"lam_path\[1\]\['0'\]"),
         ("admm-sparse", {"penalty": "l2"}, "'penalty' parameter of ADMM-sparse"),
         ("admm-sparse", {"mus": (0.2, 0.1)}, "increasing"),
         ("random", {"keep": [1, 2]}, "one count per pruned layer"),

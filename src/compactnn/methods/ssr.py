@@ -27,6 +27,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from compactnn._validation import check_choice, check_float, check_int
+from compactnn.errors import ConfigError
 from compactnn.methods._common import per_layer_values, prunable_layers, prune_filters, replay_plan
 from compactnn.methods.base import CompressionData, CompressionResult, Method, MethodConfig
 from compactnn.train import TrainConfig, apply_masks, train, zero_masks
@@ -57,6 +58,11 @@ class SSRConfig(MethodConfig):
         min_keep: never keep fewer filters than this in a layer.
         finetune_epochs, finetune_lr: global fine-tuning after pruning.
         finetune_steps_per_epoch: cap on batches per fine-tuning epoch (None = all).
+        lam_path: Algorithm 1's set S: a sequence of lambda settings (each like ``lam``: a
+            float, a per-layer list or a dict) run in order; after each setting the layers are
+            pruned and the network is fine-tuned (``path_finetune_epochs``), the last setting
+            is followed by the global fine-tuning. ``lam`` is ignored when this is given.
+        path_finetune_epochs: fine-tuning epochs between two lambda settings of ``lam_path``.
         seed: seeds the SGD steps.
     """
 
@@ -77,6 +83,8 @@ class SSRConfig(MethodConfig):
     finetune_epochs: int = 2
     finetune_lr: float = 1e-3
     finetune_steps_per_epoch: int | None = None
+    lam_path: tuple[Any, ...] | None = None
+    path_finetune_epochs: int = 1
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -90,6 +98,16 @@ class SSRConfig(MethodConfig):
         check_float(self.lr, "lr", "SSR", min_value=0.0, min_inclusive=False)
         check_int(self.min_keep, "min_keep", "SSR", min_value=1)
         check_int(self.finetune_epochs, "finetune_epochs", "SSR", min_value=0)
+        check_int(self.path_finetune_epochs, "path_finetune_epochs", "SSR", min_value=0)
+        if self.lam_path is not None and (
+            isinstance(self.lam_path, (str, bytes, dict))
+            or not hasattr(self.lam_path, "__len__")
+            or len(self.lam_path) == 0
+        ):
+            raise ConfigError(
+                "The 'lam_path' parameter of SSR must be a non-empty list of lambda settings "
+                f"(each a float, a per-layer list or a dict). Got {self.lam_path!r}."
+            )
         if isinstance(self.lam, (int, float)) and not isinstance(self.lam, bool):
             check_float(self.lam, "lam", "SSR", min_value=0.0)
 
@@ -101,26 +119,39 @@ class SSR(Method):
     Config = SSRConfig
     description = "SSR (Lin et al. 2019): l2,1 / l2,0 / l1 on filters via AULM, filters removed"
 
-    def run(
-        self, model: nn.Module, data: CompressionData, *, progress: bool = True
-    ) -> CompressionResult:
+    @staticmethod
+    def _lam_stages(cfg: SSRConfig, layers: list[str]) -> list[dict[str, float]]:
+        """The lambda settings to run: ``lam_path`` (Algorithm 1's S) or the single ``lam``."""
+        raw = list(cfg.lam_path) if cfg.lam_path is not None else [cfg.lam]
+        stages = []
+        for i, value in enumerate(raw):
+            name = "lam" if cfg.lam_path is None else f"lam_path[{i}]"
+            lam = per_layer_values(value, layers, name, "SSR")
+            for k, v in lam.items():
+                check_float(v, f"{name}['{k}']", "SSR", min_value=0.0)
+            stages.append(lam)
+        return stages
+
+    def _stage(
+        self,
+        current: nn.Module,
+        layers: list[str],
+        lam: dict[str, float],
+        cfg: SSRConfig,
+        loader: Any,
+        data: CompressionData,
+        si: int,
+        keep_all: dict[str, tuple[int, ...]],
+        record: dict[str, Any],
+        progress: bool,
+    ) -> nn.Module:
+        """One lambda setting: AULM on every layer in turn, pruning after each (lines 3-11)."""
         from compactnn.solvers.training import ADMMConfig, ADMMEngine
 
-        cfg: SSRConfig = self.config  # type: ignore[assignment]
-        loader = data.require_train(self.name)
-        data.require_input_shape(self.name)
-        layers = list(cfg.layers) if cfg.layers is not None else prunable_layers(model)
-        self._check_layers(model, layers)
-        lam = per_layer_values(cfg.lam, layers, "lam", "SSR")
-        for k, v in lam.items():
-            check_float(v, f"lam['{k}']", "SSR", min_value=0.0)
         penalty = _PENALTIES[cfg.penalty]
         structured = penalty != "l1"
-        history: dict[str, Any] = {"layers": {}, "lam": lam, "penalty": penalty}
-        keep_all: dict[str, tuple[int, ...]] = {}
-        current = model
-        plan = None
-        for li, layer in enumerate(tqdm(layers, desc="SSR layers", disable=not progress)):
+        desc = "SSR layers" if si == 0 else f"SSR layers (lambda stage {si + 1})"
+        for li, layer in enumerate(tqdm(layers, desc=desc, disable=not progress)):
             mod = dict(current.named_modules())[layer]
             pname = f"{layer}.weight"
             engine = ADMMEngine(
@@ -148,11 +179,12 @@ class SSR(Method):
                         momentum=cfg.momentum,
                         weight_decay=cfg.weight_decay,
                         schedule="constant",
-                        seed=cfg.seed + 1000 * li + k,
+                        seed=cfg.seed + 100_000 * si + 1000 * li + k,
                         max_steps_per_epoch=cfg.w_steps,
                     ),
                     extra_loss=engine.penalty_loss,
                     params=None if cfg.train_all else list(mod.parameters()),
+                    masks=zero_masks(current) if not structured and si > 0 else None,
                     progress=False,
                 )
                 engine.f_step()
@@ -166,7 +198,7 @@ class SSR(Method):
                 keep = [i for i in range(F.shape[0]) if norms[i] > 0]
                 if len(keep) < cfg.min_keep:
                     keep = sorted(norms.argsort(descending=True)[: cfg.min_keep].tolist())
-                history["layers"][layer] = {
+                record[layer] = {
                     "outer_iterations": len(stats),
                     "filters_before": int(F.shape[0]),
                     "filters_after": len(keep),
@@ -174,16 +206,73 @@ class SSR(Method):
                 }
                 if len(keep) < F.shape[0]:
                     current, _ = prune_filters(current, {layer: keep}, data.input_shape)
-                keep_all[layer] = tuple(keep)
+                # indices into the original model's filters (stages compose)
+                prev = keep_all.get(layer)
+                keep_all[layer] = tuple(keep) if prev is None else tuple(prev[i] for i in keep)
             else:  # l1: unstructured zeros, held fixed during fine-tuning
                 with torch.no_grad():
                     mod.weight.copy_(F)
-                history["layers"][layer] = {
+                record[layer] = {
                     "outer_iterations": len(stats),
                     "nonzero_after": int((F != 0).sum()),
                     "weights": int(F.numel()),
                     "trace": stats,
                 }
+        return current
+
+    def run(
+        self, model: nn.Module, data: CompressionData, *, progress: bool = True
+    ) -> CompressionResult:
+
+        cfg: SSRConfig = self.config  # type: ignore[assignment]
+        loader = data.require_train(self.name)
+        data.require_input_shape(self.name)
+        layers = list(cfg.layers) if cfg.layers is not None else prunable_layers(model)
+        self._check_layers(model, layers)
+        stages = self._lam_stages(cfg, layers)
+        penalty = _PENALTIES[cfg.penalty]
+        structured = penalty != "l1"
+        history: dict[str, Any] = {
+            "layers": {},
+            "lam": stages[-1],
+            "penalty": penalty,
+            "stages": [],
+        }
+        keep_all: dict[str, tuple[int, ...]] = {}
+        current = model
+        plan = None
+        for si, lam in enumerate(stages):
+            stage_layers: dict[str, Any] = {}
+            current = self._stage(
+                current, layers, lam, cfg, loader, data, si, keep_all, stage_layers, progress
+            )
+            history["layers"] = stage_layers
+            stage_rec: dict[str, Any] = {"lam": lam, "layers": stage_layers}
+            if si < len(stages) - 1 and cfg.path_finetune_epochs > 0:
+                # Algorithm 1, line 12: fine-tune the pruned network before the next lambda
+                train(
+                    current,
+                    loader,
+                    config=TrainConfig(
+                        epochs=cfg.path_finetune_epochs,
+                        lr=cfg.finetune_lr,
+                        momentum=cfg.momentum,
+                        weight_decay=cfg.weight_decay,
+                        schedule="cosine",
+                        seed=cfg.seed + 7 + 31 * (si + 1),
+                        max_steps_per_epoch=cfg.finetune_steps_per_epoch,
+                    ),
+                    masks=zero_masks(current) if not structured else None,
+                    progress=progress,
+                    desc=f"SSR fine-tune (lambda stage {si + 1}/{len(stages)})",
+                )
+            if data.test is not None and len(stages) > 1:
+                from compactnn.metrics import accuracy
+
+                stage_rec["top1"] = accuracy(current, data.test, topk=(1,))["top1"]
+            if structured:
+                stage_rec["filters"] = {k: len(v) for k, v in keep_all.items()}
+            history["stages"].append(stage_rec)
         if structured:
             from compactnn.plan import CompressionPlan, KeepOutputs
 
