@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import pytest
 import torch
@@ -183,6 +184,8 @@ def test_admm_sparse_path_records_every_mu(loaders) -> None:
         ("ssr", {"lam_path": []}, "'lam_path' parameter of SSR"),
         ("ssr", {"lam_path": [0.1, [0.1, 0.2]]}, r"'lam_path\[1\]' parameter of SSR"),
         ("ssr", {"lam_path": [0.1, -0.2]}, r"lam_path\[1\]\['0'\]"),
+        ("ssr", {"finetune_distill": 2.0}, "'finetune_distill' parameter of SSR"),
+        ("random", {"finetune_distill": -0.1}, "'finetune_distill' parameter of criterion"),
         ("admm-sparse", {"penalty": "l2"}, "'penalty' parameter of ADMM-sparse"),
         ("admm-sparse", {"mus": (0.2, 0.1)}, "increasing"),
         ("random", {"keep": [1, 2]}, "one count per pruned layer"),
@@ -192,3 +195,53 @@ def test_admm_sparse_path_records_every_mu(loaders) -> None:
 def test_bad_options_are_clear(method, options, match, loaders) -> None:
     with pytest.raises((ConfigError, UnknownNameError), match=match):
         compactnn.compress(tiny_cnn(), method, loaders, progress=False, measure=False, **options)
+
+
+@pytest.mark.parametrize(
+    ("method", "options"),
+    [
+        ("ssr", {"penalty": "l1", "lam": 0.5, "max_outer": 2, "w_steps": 3}),
+        ("ssr", {"lam": [2.0, 2.0, 2.0], "max_outer": 2, "w_steps": 3}),
+        ("l1-norm", {"ratio": 0.5}),
+    ],
+)
+def test_finetune_distill_teaches_from_the_uncompressed_model(
+    method, options, loaders, monkeypatch
+) -> None:
+    """The teacher is the model as given, even when the method trained its copy in place."""
+    import compactnn.methods.criteria_pruning as crit_mod
+    import compactnn.methods.ssr as ssr_mod
+
+    model = tiny_cnn()
+    original = copy.deepcopy(model.state_dict())
+    seen: list[tuple[Any, float]] = []
+    mod = ssr_mod if method == "ssr" else crit_mod
+    real_train = mod.train
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("teacher") is not None:
+            seen.append(
+                (
+                    {k: v.clone() for k, v in kwargs["teacher"].state_dict().items()},
+                    kwargs["config"].distill_weight,
+                )
+            )
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(mod, "train", spy)
+    res = compactnn.compress(
+        model,
+        method,
+        loaders,
+        progress=False,
+        measure=False,
+        finetune_epochs=1,
+        finetune_distill=0.7,
+        **options,
+    )
+    assert len(seen) == 1  # only the final fine-tuning distils
+    state, weight = seen[0]
+    assert weight == 0.7
+    for k, v in original.items():
+        assert torch.equal(state[k], v), k
+    assert res.config.finetune_distill == 0.7

@@ -107,3 +107,68 @@ def test_bad_config() -> None:
         TrainConfig(lr=-1.0)
     with pytest.raises(ConfigError, match="optimizer"):
         TrainConfig(optimizer="lbfgs")
+    with pytest.raises(ConfigError, match="'distill_weight' parameter of TrainConfig"):
+        TrainConfig(distill_weight=1.5)
+    with pytest.raises(ConfigError, match="'distill_temperature' parameter of TrainConfig"):
+        TrainConfig(distill_temperature=0.0)
+
+
+def _kl(student: nn.Module, teacher: nn.Module, loader: DataLoader, t: float = 4.0) -> float:
+    with torch.no_grad():
+        x = torch.cat([b[0] for b in loader])
+        return float(
+            nn.functional.kl_div(
+                nn.functional.log_softmax(student(x) / t, 1),
+                nn.functional.log_softmax(teacher(x) / t, 1),
+                reduction="batchmean",
+                log_target=True,
+            )
+        )
+
+
+@pytest.mark.parametrize("cached", [True, False])
+def test_teacher_logits_match_the_teacher_on_every_sample(cached: bool) -> None:
+    from compactnn.train import _with_teacher_logits
+
+    teacher = nn.Sequential(nn.Linear(10, 8), nn.Dropout(0.5), nn.Linear(8, 3)).train()
+    loader = _data(100) if cached else list(_data(100))  # DataLoader -> one pass; list -> per batch
+    wrapped = _with_teacher_logits(loader, teacher, seed=0)
+    assert (type(wrapped).__name__ == "DataLoader") is cached
+    seen = 0
+    for x, y, soft in wrapped:
+        teacher.eval()
+        assert torch.allclose(soft, teacher(x), atol=1e-6)  # eval-mode logits of these samples
+        teacher.train()
+        assert y.shape == (x.shape[0],)
+        seen += x.shape[0]
+    assert seen == 100
+    assert teacher.training  # mode restored
+
+
+def test_distillation_from_itself_is_a_fixed_point_and_pulls_a_student_to_the_teacher() -> None:
+    import copy
+
+    m = _mlp()
+    before = [p.detach().clone() for p in m.parameters()]
+    cfg = TrainConfig(epochs=2, lr=0.1, weight_decay=0.0, distill_weight=1.0)
+    train(m, _data(), config=cfg, teacher=copy.deepcopy(m), progress=False)
+    for p, q in zip(m.parameters(), before):
+        assert torch.allclose(p, q, atol=1e-6)  # KL(m || m) = 0 and so is its gradient
+
+    teacher = _mlp()
+    train(teacher, _data(), config=TrainConfig(epochs=5, lr=0.1), progress=False)
+
+    def student() -> nn.Module:
+        torch.manual_seed(11)
+        return nn.Sequential(nn.Linear(10, 4), nn.ReLU(), nn.Linear(4, 2))
+
+    distilled, plain = student(), student()
+    kl0 = _kl(distilled, teacher, _data())
+    teacher_state = {k: v.clone() for k, v in teacher.state_dict().items()}
+    finetune(distilled, _data(), config=cfg, teacher=teacher, progress=False)
+    finetune(plain, _data(), config=cfg, progress=False)
+    kl_distilled = _kl(distilled, teacher, _data())
+    assert kl_distilled < 0.5 * kl0
+    assert kl_distilled < _kl(plain, teacher, _data())  # closer than cross-entropy alone gets
+    for k, v in teacher.state_dict().items():
+        assert torch.equal(v, teacher_state[k])  # the teacher is not trained

@@ -61,6 +61,10 @@ class TrainConfig:
         seed: seeds everything at the start of :func:`train`.
         max_steps_per_epoch: cap on batches per epoch (None = whole loader); for quick runs.
         grad_clip: max gradient norm (None = off).
+        distill_weight: alpha of knowledge distillation when :func:`train` gets a ``teacher``:
+            loss = (1 - alpha) * CE + alpha * T^2 * KL(teacher || student) at temperature T
+            (Hinton et al. 2015).
+        distill_temperature: T of knowledge distillation.
     """
 
     epochs: int = 10
@@ -72,6 +76,8 @@ class TrainConfig:
     seed: int = 0
     max_steps_per_epoch: int | None = None
     grad_clip: float | None = None
+    distill_weight: float = 0.5
+    distill_temperature: float = 4.0
 
     def __post_init__(self) -> None:
         check_int(self.epochs, "epochs", "TrainConfig", min_value=0)
@@ -87,6 +93,16 @@ class TrainConfig:
             check_float(
                 self.grad_clip, "grad_clip", "TrainConfig", min_value=0.0, min_inclusive=False
             )
+        check_float(
+            self.distill_weight, "distill_weight", "TrainConfig", min_value=0.0, max_value=1.0
+        )
+        check_float(
+            self.distill_temperature,
+            "distill_temperature",
+            "TrainConfig",
+            min_value=0.0,
+            min_inclusive=False,
+        )
 
 
 @dataclass
@@ -147,6 +163,81 @@ def _lr_at(cfg: TrainConfig, step: int, total: int) -> float:
     return cfg.lr * (0.1 ** (int(frac >= 0.5) + int(frac >= 0.75)))
 
 
+class _SoftTargets(torch.utils.data.Dataset):
+    """``dataset[i]`` followed by the teacher's logits of sample ``i``."""
+
+    def __init__(self, dataset: Any, logits: torch.Tensor) -> None:
+        self.dataset, self.logits = dataset, logits
+
+    def __len__(self) -> int:
+        return len(self.logits)
+
+    def __getitem__(self, i: int) -> tuple[Any, ...]:
+        x, y = self.dataset[i][:2]
+        return x, y, self.logits[i]
+
+
+class _TeacherPerBatch:
+    """Wraps any iterable of ``(x, y)``: yields ``(x, y, teacher(x))``."""
+
+    def __init__(self, loader: Iterable[Any], teacher: nn.Module) -> None:
+        self.loader, self.teacher = loader, teacher
+
+    def __len__(self) -> int:
+        return len(self.loader)  # type: ignore[arg-type]
+
+    def __iter__(self) -> Any:
+        dev = next(self.teacher.parameters()).device
+        was_training = self.teacher.training
+        try:
+            for x, y, *_ in self.loader:
+                self.teacher.eval()
+                with torch.no_grad():
+                    t = self.teacher(x.to(dev)).detach()
+                yield x, y, t
+        finally:
+            self.teacher.train(was_training)
+
+
+def _with_teacher_logits(loader: Iterable[Any], teacher: nn.Module, seed: int) -> Iterable[Any]:
+    """The loader with the teacher's logits as a third item of every batch.
+
+    A ``DataLoader`` over a map-style dataset gets the logits of every sample computed once (one
+    pass in eval mode) and is rebuilt with the same batch size, shuffling (seeded by ``seed``),
+    ``drop_last`` and workers; anything else gets the teacher run on every batch.
+    """
+    from torch.utils.data import DataLoader, IterableDataset, RandomSampler
+
+    ds = getattr(loader, "dataset", None)
+    if (
+        not isinstance(loader, DataLoader)
+        or ds is None
+        or isinstance(ds, IterableDataset)
+        or loader.batch_size is None
+    ):
+        return _TeacherPerBatch(loader, teacher)
+    dev = next(teacher.parameters()).device
+    was_training = teacher.training
+    teacher.eval()
+    chunks = []
+    try:
+        with torch.no_grad():
+            for x, *_ in DataLoader(ds, batch_size=512, shuffle=False):
+                chunks.append(teacher(x.to(dev)).detach().cpu())
+    finally:
+        teacher.train(was_training)
+    logits = torch.cat(chunks)
+    shuffle = isinstance(loader.sampler, RandomSampler)
+    return DataLoader(
+        _SoftTargets(ds, logits),
+        batch_size=loader.batch_size,
+        shuffle=shuffle,
+        generator=torch.Generator().manual_seed(seed) if shuffle else None,
+        drop_last=loader.drop_last,
+        num_workers=loader.num_workers,
+    )
+
+
 def train(
     model: nn.Module,
     train_loader: Iterable[Any],
@@ -158,6 +249,7 @@ def train(
     params: Iterable[nn.Parameter] | None = None,
     progress: bool = True,
     desc: str = "train",
+    teacher: nn.Module | None = None,
 ) -> TrainHistory:
     """Train ``model`` in place with cross-entropy (plus an optional regulariser).
 
@@ -173,6 +265,11 @@ def train(
         params: parameters to optimise (default: all).
         progress: show a tqdm bar.
         desc: label of the progress bar.
+        teacher: distil from this model's logits (``config.distill_weight``,
+            ``config.distill_temperature``); typically the uncompressed model. Its logits are
+            computed once per sample when ``train_loader`` is a ``DataLoader`` over a map-style
+            dataset, else per batch. The teacher is not modified (its train/eval mode is
+            restored).
 
     Returns:
         TrainHistory with per-epoch loss and accuracies.
@@ -192,13 +289,16 @@ def train(
     device = next(model.parameters()).device
     if masks:
         apply_masks(model, masks)
+    if teacher is not None:
+        train_loader = _with_teacher_logits(train_loader, teacher, cfg.seed)
+    kd_w, kd_t = cfg.distill_weight, cfg.distill_temperature
     step = 0
     bar = tqdm(total=total or None, desc=desc, disable=not progress, leave=False)
     try:
         for _epoch in range(cfg.epochs):
             model.train()
             sum_loss, correct, seen = 0.0, 0, 0
-            for i, (x, y) in enumerate(train_loader):
+            for i, (x, y, *soft) in enumerate(train_loader):
                 if cfg.max_steps_per_epoch is not None and i >= cfg.max_steps_per_epoch:
                     break
                 for g in opt.param_groups:
@@ -206,6 +306,14 @@ def train(
                 x, y = x.to(device), y.to(device)
                 out = model(x)
                 loss = loss_fn(out, y)
+                if soft:
+                    kd = nn.functional.kl_div(
+                        nn.functional.log_softmax(out / kd_t, dim=1),
+                        nn.functional.log_softmax(soft[0].to(device) / kd_t, dim=1),
+                        reduction="batchmean",
+                        log_target=True,
+                    )
+                    loss = (1.0 - kd_w) * loss + kd_w * kd_t * kd_t * kd
                 if extra_loss is not None:
                     loss = loss + extra_loss()
                 if not torch.isfinite(loss):
@@ -251,12 +359,14 @@ def finetune(
     masks: Mapping[str, torch.Tensor] | None = None,
     val_loader: Iterable[Any] | None = None,
     progress: bool = True,
+    teacher: nn.Module | None = None,
 ) -> TrainHistory:
     """Fine-tune with the current zero structure held fixed.
 
     Args:
         masks: masks to hold; default: the zeros present in the model now
             (:func:`zero_masks`), so that pruned weights stay exactly zero.
+        teacher: distil from this model (see :func:`train`).
     """
     cfg = config or TrainConfig(epochs=1, lr=1e-3, schedule="cosine")
     m = dict(masks) if masks is not None else zero_masks(model)
@@ -268,6 +378,7 @@ def finetune(
         masks=m,
         progress=progress,
         desc="fine-tune",
+        teacher=teacher,
     )
 
 

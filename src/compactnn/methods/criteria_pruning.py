@@ -10,6 +10,7 @@ References:
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -36,6 +37,7 @@ class CriterionConfig(MethodConfig):
         ratio: fraction of filters kept in every pruned layer (ceil, at least 1).
         layers: layers to prune (default: as SSR, see ``prunable_layers``).
         finetune_epochs, lr, momentum, weight_decay, finetune_steps_per_epoch: fine-tuning.
+        finetune_distill: weight of knowledge distillation from the unpruned model (0 = off).
         calib_batches: batches used by data-driven criteria (APoZ).
         seed: seeds the random criterion and fine-tuning.
     """
@@ -48,6 +50,7 @@ class CriterionConfig(MethodConfig):
     momentum: float = 0.9
     weight_decay: float = 5e-4
     finetune_steps_per_epoch: int | None = None
+    finetune_distill: float = 0.0
     calib_batches: int = 10
     seed: int = 0
 
@@ -62,6 +65,13 @@ class CriterionConfig(MethodConfig):
         )
         check_int(self.finetune_epochs, "finetune_epochs", "criterion pruning", min_value=0)
         check_int(self.calib_batches, "calib_batches", "criterion pruning", min_value=1)
+        check_float(
+            self.finetune_distill,
+            "finetune_distill",
+            "criterion pruning",
+            min_value=0.0,
+            max_value=1.0,
+        )
 
 
 class _CriterionPruning(Method):
@@ -106,6 +116,7 @@ class _CriterionPruning(Method):
         layers = list(cfg.layers) if cfg.layers is not None else prunable_layers(model)
         self._check_layers(model, layers)
         budget = self._budget(model, layers)
+        teacher = copy.deepcopy(model).eval() if cfg.finetune_distill > 0 else None
         keep: dict[str, tuple[int, ...]] = {}
         for i, layer in enumerate(layers):
             batches = (
@@ -125,9 +136,11 @@ class _CriterionPruning(Method):
                     weight_decay=cfg.weight_decay,
                     seed=cfg.seed,
                     max_steps_per_epoch=cfg.finetune_steps_per_epoch,
+                    distill_weight=cfg.finetune_distill,
                 ),
                 progress=progress,
                 desc=f"{self.name} fine-tune",
+                teacher=teacher,
             )
         return CompressionResult(
             model=pruned,

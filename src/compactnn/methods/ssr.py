@@ -19,6 +19,7 @@ References:
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,6 +59,8 @@ class SSRConfig(MethodConfig):
         min_keep: never keep fewer filters than this in a layer.
         finetune_epochs, finetune_lr: global fine-tuning after pruning.
         finetune_steps_per_epoch: cap on batches per fine-tuning epoch (None = all).
+        finetune_distill: weight alpha of knowledge distillation from the uncompressed model
+            during the final fine-tuning (0 = plain cross-entropy; see ``TrainConfig``).
         lam_path: Algorithm 1's set S: a sequence of lambda settings (each like ``lam``: a
             float, a per-layer list or a dict) run in order; after each setting the layers are
             pruned and the network is fine-tuned (``path_finetune_epochs``), the last setting
@@ -83,6 +86,7 @@ class SSRConfig(MethodConfig):
     finetune_epochs: int = 2
     finetune_lr: float = 1e-3
     finetune_steps_per_epoch: int | None = None
+    finetune_distill: float = 0.0
     lam_path: tuple[Any, ...] | None = None
     path_finetune_epochs: int = 1
     seed: int = 0
@@ -99,6 +103,7 @@ class SSRConfig(MethodConfig):
         check_int(self.min_keep, "min_keep", "SSR", min_value=1)
         check_int(self.finetune_epochs, "finetune_epochs", "SSR", min_value=0)
         check_int(self.path_finetune_epochs, "path_finetune_epochs", "SSR", min_value=0)
+        check_float(self.finetune_distill, "finetune_distill", "SSR", min_value=0.0, max_value=1.0)
         if self.lam_path is not None and (
             isinstance(self.lam_path, (str, bytes, dict))
             or not hasattr(self.lam_path, "__len__")
@@ -223,7 +228,6 @@ class SSR(Method):
     def run(
         self, model: nn.Module, data: CompressionData, *, progress: bool = True
     ) -> CompressionResult:
-
         cfg: SSRConfig = self.config  # type: ignore[assignment]
         loader = data.require_train(self.name)
         data.require_input_shape(self.name)
@@ -241,6 +245,8 @@ class SSR(Method):
         keep_all: dict[str, tuple[int, ...]] = {}
         current = model
         plan = None
+        # the uncompressed network, frozen before any training, is the distillation teacher
+        teacher = copy.deepcopy(model).eval() if cfg.finetune_distill > 0 else None
         for si, lam in enumerate(stages):
             stage_layers: dict[str, Any] = {}
             current = self._stage(
@@ -293,10 +299,12 @@ class SSR(Method):
                     schedule="cosine",
                     seed=cfg.seed + 7,
                     max_steps_per_epoch=cfg.finetune_steps_per_epoch,
+                    distill_weight=cfg.finetune_distill,
                 ),
                 masks=masks,
                 progress=progress,
                 desc="SSR fine-tune",
+                teacher=teacher,
             )
         if masks:
             apply_masks(current, masks)
