@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -134,11 +136,10 @@ def test_teacher_logits_match_the_teacher_on_every_sample(cached: bool) -> None:
     loader = _data(100) if cached else list(_data(100))  # DataLoader -> one pass; list -> per batch
     wrapped = _with_teacher_logits(loader, teacher, seed=0)
     assert (type(wrapped).__name__ == "DataLoader") is cached
+    reference = copy.deepcopy(teacher).eval()
     seen = 0
     for x, y, soft in wrapped:
-        teacher.eval()
-        assert torch.allclose(soft, teacher(x), atol=1e-6)  # eval-mode logits of these samples
-        teacher.train()
+        assert torch.allclose(soft, reference(x), atol=1e-6)  # eval-mode logits of these samples
         assert y.shape == (x.shape[0],)
         seen += x.shape[0]
     assert seen == 100
@@ -146,7 +147,6 @@ def test_teacher_logits_match_the_teacher_on_every_sample(cached: bool) -> None:
 
 
 def test_distillation_from_itself_is_a_fixed_point_and_pulls_a_student_to_the_teacher() -> None:
-    import copy
 
     m = _mlp()
     before = [p.detach().clone() for p in m.parameters()]
@@ -172,3 +172,10 @@ def test_distillation_from_itself_is_a_fixed_point_and_pulls_a_student_to_the_te
     assert kl_distilled < _kl(plain, teacher, _data())  # closer than cross-entropy alone gets
     for k, v in teacher.state_dict().items():
         assert torch.equal(v, teacher_state[k])  # the teacher is not trained
+
+
+def test_a_third_item_in_plain_batches_is_not_taken_for_soft_targets() -> None:
+    x = torch.randn(8, 10)
+    batches = [(x, torch.zeros(8, dtype=torch.long), torch.randn(8, 2))]
+    with pytest.raises(ValueError, match="unpack"):
+        train(_mlp(), batches, config=TrainConfig(epochs=1), progress=False)

@@ -189,9 +189,9 @@ class _TeacherPerBatch:
     def __iter__(self) -> Any:
         dev = next(self.teacher.parameters()).device
         was_training = self.teacher.training
+        self.teacher.eval()
         try:
             for x, y, *_ in self.loader:
-                self.teacher.eval()
                 with torch.no_grad():
                     t = self.teacher(x.to(dev)).detach()
                 yield x, y, t
@@ -298,18 +298,24 @@ def train(
         for _epoch in range(cfg.epochs):
             model.train()
             sum_loss, correct, seen = 0.0, 0, 0
-            for i, (x, y, *soft) in enumerate(train_loader):
+            for i, batch in enumerate(train_loader):
                 if cfg.max_steps_per_epoch is not None and i >= cfg.max_steps_per_epoch:
                     break
+                # (x, y), or (x, y, teacher logits) from _with_teacher_logits: a third item in
+                # the user's own batches is never mistaken for soft targets
+                if teacher is None:
+                    x, y = batch
+                else:
+                    x, y, soft = batch
                 for g in opt.param_groups:
                     g["lr"] = _lr_at(cfg, step, total)
                 x, y = x.to(device), y.to(device)
                 out = model(x)
                 loss = loss_fn(out, y)
-                if soft:
+                if teacher is not None:
                     kd = nn.functional.kl_div(
                         nn.functional.log_softmax(out / kd_t, dim=1),
-                        nn.functional.log_softmax(soft[0].to(device) / kd_t, dim=1),
+                        nn.functional.log_softmax(soft.to(device) / kd_t, dim=1),
                         reduction="batchmean",
                         log_target=True,
                     )

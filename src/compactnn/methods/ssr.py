@@ -225,6 +225,39 @@ class SSR(Method):
                 }
         return current
 
+    def _finetune(
+        self,
+        model: nn.Module,
+        loader: Any,
+        *,
+        epochs: int,
+        seed: int,
+        masks: dict[str, torch.Tensor] | None,
+        desc: str,
+        progress: bool,
+        teacher: nn.Module | None = None,
+    ) -> None:
+        """Global fine-tuning of the pruned network (cosine lr from ``finetune_lr``)."""
+        cfg: SSRConfig = self.config  # type: ignore[assignment]
+        train(
+            model,
+            loader,
+            config=TrainConfig(
+                epochs=epochs,
+                lr=cfg.finetune_lr,
+                momentum=cfg.momentum,
+                weight_decay=cfg.weight_decay,
+                schedule="cosine",
+                seed=seed,
+                max_steps_per_epoch=cfg.finetune_steps_per_epoch,
+                distill_weight=cfg.finetune_distill,
+            ),
+            masks=masks,
+            progress=progress,
+            desc=desc,
+            teacher=teacher,
+        )
+
     def run(
         self, model: nn.Module, data: CompressionData, *, progress: bool = True
     ) -> CompressionResult:
@@ -256,21 +289,14 @@ class SSR(Method):
             stage_rec: dict[str, Any] = {"lam": lam, "layers": stage_layers}
             if si < len(stages) - 1 and cfg.path_finetune_epochs > 0:
                 # Algorithm 1, line 12: fine-tune the pruned network before the next lambda
-                train(
+                self._finetune(
                     current,
                     loader,
-                    config=TrainConfig(
-                        epochs=cfg.path_finetune_epochs,
-                        lr=cfg.finetune_lr,
-                        momentum=cfg.momentum,
-                        weight_decay=cfg.weight_decay,
-                        schedule="cosine",
-                        seed=cfg.seed + 7 + 31 * (si + 1),
-                        max_steps_per_epoch=cfg.finetune_steps_per_epoch,
-                    ),
+                    epochs=cfg.path_finetune_epochs,
+                    seed=cfg.seed + 7 + 31 * (si + 1),
                     masks=zero_masks(current) if not structured else None,
-                    progress=progress,
                     desc=f"SSR fine-tune (lambda stage {si + 1}/{len(stages)})",
+                    progress=progress,
                 )
             if data.test is not None and len(stages) > 1:
                 from compactnn.metrics import accuracy
@@ -288,22 +314,14 @@ class SSR(Method):
             )
         masks = zero_masks(current) if not structured else None
         if cfg.finetune_epochs > 0:
-            train(
+            self._finetune(
                 current,
                 loader,
-                config=TrainConfig(
-                    epochs=cfg.finetune_epochs,
-                    lr=cfg.finetune_lr,
-                    momentum=cfg.momentum,
-                    weight_decay=cfg.weight_decay,
-                    schedule="cosine",
-                    seed=cfg.seed + 7,
-                    max_steps_per_epoch=cfg.finetune_steps_per_epoch,
-                    distill_weight=cfg.finetune_distill,
-                ),
+                epochs=cfg.finetune_epochs,
+                seed=cfg.seed + 7,
                 masks=masks,
-                progress=progress,
                 desc="SSR fine-tune",
+                progress=progress,
                 teacher=teacher,
             )
         if masks:
