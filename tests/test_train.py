@@ -147,7 +147,6 @@ def test_teacher_logits_match_the_teacher_on_every_sample(cached: bool) -> None:
 
 
 def test_distillation_from_itself_is_a_fixed_point_and_pulls_a_student_to_the_teacher() -> None:
-
     m = _mlp()
     before = [p.detach().clone() for p in m.parameters()]
     cfg = TrainConfig(epochs=2, lr=0.1, weight_decay=0.0, distill_weight=1.0)
