@@ -178,3 +178,53 @@ def test_a_third_item_in_plain_batches_is_not_taken_for_soft_targets() -> None:
     batches = [(x, torch.zeros(8, dtype=torch.long), torch.randn(8, 2))]
     with pytest.raises(ValueError, match="unpack"):
         train(_mlp(), batches, config=TrainConfig(epochs=1), progress=False)
+
+
+@pytest.mark.parametrize("teacher", [False, True])
+def test_batch_order_depends_on_the_seed_not_on_earlier_uses_of_the_loader(teacher: bool) -> None:
+    cfg = TrainConfig(epochs=2, lr=0.1, seed=5)
+    t = _mlp() if teacher else None
+    fresh, used = _data(), _data()
+    for _ in range(3):  # advance the shared generator of `used`
+        list(used)
+    a, b = _mlp(), _mlp()
+    ha = train(a, fresh, config=cfg, teacher=t, progress=False)
+    hb = train(b, used, config=cfg, teacher=t, progress=False)
+    assert ha.train_loss == hb.train_loss
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert torch.equal(pa, pb)
+    # another seed gives another order (so training differs)
+    c = _mlp()
+    train(c, _data(), config=TrainConfig(epochs=2, lr=0.1, seed=6), teacher=t, progress=False)
+    assert not torch.equal(a[0].weight, c[0].weight)
+
+
+def test_reseeded_loader_keeps_batching_and_a_custom_sampler_is_left_alone() -> None:
+    from torch.utils.data import WeightedRandomSampler
+
+    from compactnn.train import _seeded, _with_teacher_logits
+
+    loader = DataLoader(
+        TensorDataset(torch.arange(10.0).unsqueeze(1), torch.zeros(10, dtype=torch.long)),
+        batch_size=3,
+        shuffle=True,
+        drop_last=True,
+    )
+    r1, r2 = _seeded(loader, 4), _seeded(loader, 4)
+    assert r1 is not loader and r1.batch_size == 3 and r1.drop_last
+    o1 = [x.flatten().tolist() for x, _ in r1]
+    assert o1 == [x.flatten().tolist() for x, _ in r2]  # same seed, same order
+    assert len(o1) == 3 and sorted(sum(o1, [])) != list(range(10))  # drop_last held
+    ordered = DataLoader(loader.dataset, batch_size=3, shuffle=False)
+    assert [x.flatten().tolist() for x, _ in _seeded(ordered, 4)] == [
+        x.flatten().tolist() for x, _ in ordered
+    ]
+    weighted = DataLoader(
+        loader.dataset, batch_size=3, sampler=WeightedRandomSampler(torch.ones(10), 10)
+    )
+    assert _seeded(weighted, 4) is weighted  # the user's sampler decides the order
+    assert type(_with_teacher_logits(weighted, _mlp_1(), 0)).__name__ == "_TeacherPerBatch"
+
+
+def _mlp_1() -> nn.Module:
+    return nn.Sequential(nn.Linear(1, 2))

@@ -58,7 +58,9 @@ class TrainConfig:
         momentum: SGD momentum.
         weight_decay: L2 weight decay.
         schedule: ``"cosine"`` (per step), ``"step"`` (x0.1 at 50 % and 75 %) or ``"constant"``.
-        seed: seeds everything at the start of :func:`train`.
+        seed: seeds everything at the start of :func:`train`, including the shuffling of a
+            ``DataLoader(..., shuffle=True)`` train loader (rebuilt with a generator seeded by
+            ``seed``), so a call's batch order does not depend on earlier uses of the loader.
         max_steps_per_epoch: cap on batches per epoch (None = whole loader); for quick runs.
         grad_clip: max gradient norm (None = off).
         distill_weight: alpha of knowledge distillation when :func:`train` gets a ``teacher``:
@@ -202,20 +204,16 @@ class _TeacherPerBatch:
 def _with_teacher_logits(loader: Iterable[Any], teacher: nn.Module, seed: int) -> Iterable[Any]:
     """The loader with the teacher's logits as a third item of every batch.
 
-    A ``DataLoader`` over a map-style dataset gets the logits of every sample computed once (one
-    pass in eval mode) and is rebuilt with the same batch size, shuffling (seeded by ``seed``),
-    ``drop_last`` and workers; anything else gets the teacher run on every batch.
+    A ``DataLoader`` over a map-style dataset with the default sampler and collation gets the
+    logits of every sample computed once (one pass in eval mode) and is rebuilt with the same
+    batch size, shuffling (seeded by ``seed``), ``drop_last`` and workers; anything else gets the
+    teacher run on every batch.
     """
-    from torch.utils.data import DataLoader, IterableDataset, RandomSampler
+    from torch.utils.data import DataLoader, default_collate
 
-    ds = getattr(loader, "dataset", None)
-    if (
-        not isinstance(loader, DataLoader)
-        or ds is None
-        or isinstance(ds, IterableDataset)
-        or loader.batch_size is None
-    ):
+    if not _rebuildable(loader) or loader.collate_fn is not default_collate:  # type: ignore[attr-defined]
         return _TeacherPerBatch(loader, teacher)
+    ds = loader.dataset  # type: ignore[attr-defined]
     dev = next(teacher.parameters()).device
     was_training = teacher.training
     teacher.eval()
@@ -227,14 +225,61 @@ def _with_teacher_logits(loader: Iterable[Any], teacher: nn.Module, seed: int) -
     finally:
         teacher.train(was_training)
     logits = torch.cat(chunks)
+    return _rebuilt(loader, _SoftTargets(ds, logits), seed)
+
+
+def _rebuilt(loader: Any, dataset: Any, seed: int) -> Any:
+    """``loader`` over ``dataset`` with its batching, workers and collation, reshuffled by a fresh
+    generator seeded with ``seed`` (no generator when the loader does not shuffle)."""
+    from torch.utils.data import DataLoader, RandomSampler
+
     shuffle = isinstance(loader.sampler, RandomSampler)
     return DataLoader(
-        _SoftTargets(ds, logits),
+        dataset,
         batch_size=loader.batch_size,
         shuffle=shuffle,
         generator=torch.Generator().manual_seed(seed) if shuffle else None,
         drop_last=loader.drop_last,
         num_workers=loader.num_workers,
+        collate_fn=loader.collate_fn,
+        pin_memory=loader.pin_memory,
+        worker_init_fn=loader.worker_init_fn,
+        timeout=loader.timeout,
+        persistent_workers=loader.persistent_workers,
+    )
+
+
+def _seeded(loader: Iterable[Any], seed: int) -> Iterable[Any]:
+    """``loader`` with its shuffling reseeded by ``seed``, so that a :func:`train` call sees the
+    same batch order whatever the loader was used for before.
+
+    Only a ``DataLoader`` over a map-style dataset with the default shuffling sampler
+    (``shuffle=True``) is rebuilt; a sequential loader, a custom sampler or batch sampler, an
+    iterable dataset or any other iterable is used as given (its order is the caller's).
+    """
+    from torch.utils.data import RandomSampler
+
+    if _rebuildable(loader) and isinstance(loader.sampler, RandomSampler):
+        return _rebuilt(loader, loader.dataset, seed)
+    return loader
+
+
+def _rebuildable(loader: Any) -> bool:
+    """A ``DataLoader`` over a map-style dataset with the default samplers (``shuffle=True`` or
+    ``False``, automatic batching): one that :func:`_rebuilt` reproduces exactly."""
+    from torch.utils.data import DataLoader, IterableDataset, RandomSampler, SequentialSampler
+
+    if not isinstance(loader, DataLoader) or isinstance(loader.dataset, IterableDataset):
+        return False
+    if loader.batch_size is None:
+        return False
+    s = loader.sampler
+    if type(s) is SequentialSampler:
+        return True
+    return (
+        type(s) is RandomSampler
+        and not s.replacement
+        and s.num_samples == len(loader.dataset)  # type: ignore[arg-type]
     )
 
 
@@ -291,6 +336,8 @@ def train(
         apply_masks(model, masks)
     if teacher is not None:
         train_loader = _with_teacher_logits(train_loader, teacher, cfg.seed)
+    else:
+        train_loader = _seeded(train_loader, cfg.seed)
     kd_w, kd_t = cfg.distill_weight, cfg.distill_temperature
     step = 0
     bar = tqdm(total=total or None, desc=desc, disable=not progress, leave=False)

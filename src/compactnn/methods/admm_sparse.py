@@ -236,7 +236,7 @@ class ADMMSparse(Method):
                         momentum=cfg.momentum,
                         weight_decay=cfg.weight_decay,
                         schedule="constant",
-                        seed=cfg.seed + i,
+                        seed=cfg.seed + 97 * i + 50_000,  # distinct from the W-step seeds
                         max_steps_per_epoch=cfg.steps_per_epoch,
                     ),
                     masks=masks,
