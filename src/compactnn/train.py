@@ -277,9 +277,7 @@ def _rebuildable(loader: Any) -> bool:
     if type(s) is SequentialSampler:
         return True
     return (
-        type(s) is RandomSampler
-        and not s.replacement
-        and s.num_samples == len(loader.dataset)  # type: ignore[arg-type]
+        type(s) is RandomSampler and not s.replacement and s.num_samples == len(loader.dataset)  # type: ignore[arg-type]
     )
 
 
