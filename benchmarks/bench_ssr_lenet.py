@@ -3,17 +3,20 @@
 Rows: SSR-L2,1 at the demo lambda and at the paper's size (<= 11K params, ``BUDGET_SSR``),
 SSR-L2,0, SSR-L1, ADMM-S (l0 / l1 on filters), and Random / L1-norm / APoZ / magnitude at exactly
 the filter counts each SSR-L2,1 row ended with, fine-tuned exactly as that row (epochs, lr,
-distillation; random:
-mean of three seeds). Every number is measured here on the physically pruned model: filters, MACs
-("FLOPs" in the paper), params, CPU ms for a batch of 100 on one thread (median), speed-up, top-1
-error increase over our own baseline.
+distillation; random: mean of three seeds). Every number is measured here on the physically
+pruned model: filters, MACs ("FLOPs" in the paper), params, CPU ms for a batch of 100 on one
+thread (median), speed-up, top-1 error increase over our own baseline.
 
-    .venv/bin/python benchmarks/bench_ssr_lenet.py            # full run (61 min here, 1 training thread)
+    .venv/bin/python benchmarks/bench_ssr_lenet.py            # full run (~32 min here, 2 jobs)
     .venv/bin/python benchmarks/bench_ssr_lenet.py --quick    # smoke run (subset of steps)
+    .venv/bin/python benchmarks/bench_ssr_lenet.py --jobs 1   # one process (~61 min here)
 
-Training runs on ``--threads`` torch threads (default 1, as in the lambda tuning of
-``ssr_point.py``): which filters cross the threshold depends on float summation order, so the
-filter counts are reproducible for a fixed thread count only.
+Compressions run in ``--jobs`` worker processes (default 2, one per core here), each training on
+``--threads`` torch threads (default 1, as in the lambda tuning of ``ssr_point.py``): which
+filters cross the threshold depends on float summation order, so the filter counts are
+reproducible for a fixed thread count only (not for the number of jobs, which does not change
+any one run's arithmetic). Latency is measured afterwards, in the main process, one model at a
+time on one thread with no training running beside it.
 
 Writes benchmarks/results/ssr_lenet_mnist.json and .md.
 """
@@ -21,9 +24,11 @@ Writes benchmarks/results/ssr_lenet_mnist.json and .md.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures as futures
 import copy
 import datetime as dt
 import json
+import multiprocessing as mp
 import platform
 import time
 from pathlib import Path
@@ -160,20 +165,58 @@ def _keep_counts(model: nn.Module) -> dict[str, int]:
     return {n: int(m.weight.shape[0]) for n, m in layers[:-1]}
 
 
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(seed: int, threads: int) -> None:
+    """Load the cached baseline and MNIST once per process; training on ``threads`` threads."""
+    torch.set_num_threads(threads)
+    baseline, test_loader, ckpt = demo_baseline(seed=seed)
+    _WORKER["ckpt"] = ckpt
+    train_loader, _ = cdata.get_loaders("mnist", batch_size=64, seed=seed)
+    _WORKER["baseline"] = baseline
+    _WORKER["cd"] = CompressionData(
+        train=train_loader, test=test_loader, input_shape=(1, 28, 28), name="mnist"
+    )
+
+
+def _compress(method: str, opts: dict[str, Any]) -> tuple[nn.Module, float, dict[str, Any]]:
+    """One compression of (a copy of) the baseline: the pruned model, seconds, history extras."""
+    t0 = time.perf_counter()
+    res = compactnn.compress(
+        copy.deepcopy(_WORKER["baseline"]), method, _WORKER["cd"], measure=False, **opts
+    )
+    extra: dict[str, Any] = {}
+    if method == "ssr" and opts["penalty"] == "l1":
+        extra["nonzero_params"] = res.history.get("nonzero_params")
+    if method == "ssr" and len(res.history.get("stages", [])) > 1:
+        extra["stages"] = [
+            {"filters": st.get("filters"), "top1": st.get("top1")} for st in res.history["stages"]
+        ]
+    if method == "admm-sparse":
+        extra["mu_path"] = res.history["path"]
+    return res.model, time.perf_counter() - t0, extra
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="few steps: checks the pipeline only")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1, help="torch threads for training")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per training process")
+    ap.add_argument(
+        "--jobs",
+        type=int,
+        default=2,
+        help="training processes in parallel (latency is measured afterwards, one model at a "
+        "time, with nothing else running)",
+    )
     ap.add_argument("--only", nargs="*", help="run only these rows (by method label)")
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
     t_all = time.perf_counter()
-    baseline, test_loader, ckpt = demo_baseline(seed=args.seed)
-    train_loader, _ = cdata.get_loaders("mnist", batch_size=64, seed=args.seed)
-    cd = CompressionData(
-        train=train_loader, test=test_loader, input_shape=(1, 28, 28), name="mnist"
-    )
+    _init_worker(args.seed, args.threads)
+    baseline = _WORKER["baseline"]
+    test_loader = _WORKER["cd"].test
+    ckpt = _WORKER["ckpt"]
     q = args.quick
     quick = dict(max_outer=2, w_steps=10, finetune_epochs=1, finetune_steps_per_epoch=20)
     admm = dict(
@@ -187,6 +230,7 @@ def main() -> None:
     def ssr(**over: Any) -> dict[str, Any]:
         return {**DEMO_SSR, **over, **(quick if q else {})}
 
+    # longest first, so that two processes finish together
     runs: list[tuple[str, str, dict[str, Any]]] = [
         ("SSR-L2,1 (demo lambda)", "ssr", ssr()),
         ("SSR-L2,1 (<= 11K params)", "ssr", ssr(**BUDGET_SSR)),
@@ -196,61 +240,78 @@ def main() -> None:
         ("ADMM-S l0 (filters)", "admm-sparse", dict(penalty="l0", mus=(0.3, 0.6, 0.9), **admm)),
         ("ADMM-S l1 (filters)", "admm-sparse", dict(penalty="l1", mus=(0.05, 0.1, 0.15), **admm)),
     ]
+    runs = [r for r in runs if not args.only or r[0] in args.only]
+    order = sorted(runs, key=lambda r: -int(r[2].get("finetune_epochs", 0)))
+    crits = ("random", "l1-norm", "apoz", "magnitude")
+
+    # phase 1: every compression, in `jobs` processes; the criteria at an SSR row's filter
+    # counts start as soon as that row is done
+    done: dict[Any, tuple[nn.Module, float, dict[str, Any]]] = {}
+    if args.jobs > 1:
+        pool: Any = futures.ProcessPoolExecutor(
+            max_workers=args.jobs,
+            mp_context=mp.get_context("spawn"),
+            initializer=_init_worker,
+            initargs=(args.seed, args.threads),
+        )
+        submit = pool.submit
+    else:
+        pool = None
+
+        def submit(fn: Any, *a: Any) -> Any:
+            f: futures.Future = futures.Future()
+            f.set_result(fn(*a))
+            return f
+
+    pending = {submit(_compress, m, o): (label, None, None) for label, m, o in order}
+    opts_of = {label: o for label, _, o in runs}
+    while pending:
+        finished, _ = futures.wait(list(pending), return_when=futures.FIRST_COMPLETED)
+        for f in finished:
+            key = pending.pop(f)
+            done[key] = f.result()
+            label, crit, _seed = key
+            print(f"done: {label}" + (f" / {crit} seed {_seed}" if crit else ""), flush=True)
+            if crit is not None or label not in COMPARED:
+                continue
+            keep = _keep_counts(done[key][0])
+            opts = opts_of[label]
+            for c in crits:
+                if args.only and f"{c} @ {label}" not in args.only and c not in args.only:
+                    continue
+                for seed in (0, 1, 2) if c == "random" and not q else (0,):
+                    copts = dict(
+                        keep=keep,
+                        finetune_epochs=opts["finetune_epochs"],
+                        lr=opts["finetune_lr"],
+                        finetune_steps_per_epoch=opts.get("finetune_steps_per_epoch"),
+                        finetune_distill=opts.get("finetune_distill", 0.0),
+                        seed=seed,
+                    )
+                    pending[submit(_compress, c, copts)] = (label, c, seed)
+    if pool is not None:
+        pool.shutdown()
+
+    # phase 2: measure every model here, one at a time (latency on 1 thread, nothing else running)
+    torch.set_num_threads(1)
     rows: list[dict[str, Any]] = []
     base_row = _row("LeNet (ours)", baseline, {}, test_loader, 0.0)
     rows.append(base_row)
     print(f"baseline: top1 {base_row['top1']:.2f} %  {base_row['cpu_ms_batch100']:.2f} ms")
-    for label, method, opts in runs:
-        if args.only and label not in args.only:
-            continue
-        t0 = time.perf_counter()
-        res = compactnn.compress(copy.deepcopy(baseline), method, cd, measure=False, **opts)
-        extra: dict[str, Any] = {"options": dict(opts)}
-        if method == "ssr" and opts["penalty"] == "l1":
-            extra["nonzero_params"] = res.history.get("nonzero_params")
-        if method == "ssr" and len(res.history.get("stages", [])) > 1:
-            extra["stages"] = [
-                {"filters": st.get("filters"), "top1": st.get("top1")}
-                for st in res.history["stages"]
-            ]
-        if method == "admm-sparse":
-            extra["mu_path"] = res.history["path"]
-        rows.append(_row(label, res.model, base_row, test_loader, time.perf_counter() - t0, extra))
+    for label, _method, opts in runs:
+        model, seconds, extra = done[(label, None, None)]
+        rows.append(_row(label, model, base_row, test_loader, seconds, {"options": opts, **extra}))
         print(json.dumps({k: v for k, v in rows[-1].items() if k not in ("options", "mu_path")}))
-        if label not in COMPARED:
-            continue
-        # the criteria at exactly these filter counts, with the same fine-tuning budget
-        keep = _keep_counts(res.model)
         ssr_row = rows[-1]
-        for crit in ("random", "l1-norm", "apoz", "magnitude"):
-            if args.only and f"{crit} @ {label}" not in args.only and crit not in args.only:
+        for c in crits:
+            keys = sorted(k for k in done if k[0] == label and k[1] == c)
+            if not keys:
                 continue
-            seeds = (0, 1, 2) if crit == "random" and not q else (0,)
-            per_seed = []
-            t0 = time.perf_counter()
-            for seed in seeds:
-                r = compactnn.compress(
-                    copy.deepcopy(baseline),
-                    crit,
-                    cd,
-                    measure=False,
-                    keep=keep,
-                    finetune_epochs=opts["finetune_epochs"],
-                    lr=opts["finetune_lr"],
-                    finetune_steps_per_epoch=opts.get("finetune_steps_per_epoch"),
-                    finetune_distill=opts.get("finetune_distill", 0.0),
-                    seed=seed,
-                )
-                per_seed.append(
-                    _row(
-                        f"{crit} @ {label} filters",
-                        r.model,
-                        base_row,
-                        test_loader,
-                        time.perf_counter() - t0,
-                        {"seed": seed},
-                    )
-                )
+            per_seed = [
+                _row(f"{c} @ {label} filters", done[k][0], base_row, test_loader, done[k][1])
+                | {"seed": k[2]}
+                for k in keys
+            ]
             row = per_seed[0]
             if len(per_seed) > 1:
                 top1s = [r["top1"] for r in per_seed]
@@ -261,6 +322,7 @@ def main() -> None:
                     err_inc=base_row["top1"] - mean,
                     seeds=[r["seed"] for r in per_seed],
                     top1_per_seed=top1s,
+                    compress_seconds=sum(r["compress_seconds"] for r in per_seed),
                 )
             row["compared_with"] = ssr_row["method"]
             rows.append(row)
@@ -269,10 +331,11 @@ def main() -> None:
         "benchmark": "SSR Table I (LeNet on MNIST), CPU scale",
         "command": "python benchmarks/bench_ssr_lenet.py"
         + (" --quick" if q else "")
-        + (f" --threads {args.threads}" if args.threads != 1 else ""),
+        + (f" --threads {args.threads}" if args.threads != 1 else "")
+        + (f" --jobs {args.jobs}" if args.jobs != 2 else ""),
         "date": dt.date.today().isoformat(),
-        "machine": f"{platform.processor() or platform.machine()}, {args.threads} torch "
-        "thread(s) for training, latency on 1 thread",
+        "machine": f"{platform.processor() or platform.machine()}, {args.jobs} training "
+        f"process(es) x {args.threads} torch thread(s), latency on 1 thread afterwards",
         "baseline_checkpoint": str(ckpt),
         "total_seconds": time.perf_counter() - t_all,
         "rows": rows,
