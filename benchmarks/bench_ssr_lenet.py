@@ -1,9 +1,10 @@
 """SSR Table I at CPU scale: LeNet (20-50-500-10) on MNIST, every method on the same baseline.
 
-Rows: SSR-L2,1 at the demo lambda and at the paper's size (<= 11K params, ``BUDGET_SSR``),
-SSR-L2,0, SSR-L1, ADMM-S (l0 / l1 on filters), and Random / L1-norm / APoZ / magnitude at exactly
-the filter counts each SSR-L2,1 row ended with, fine-tuned exactly as that row (epochs, lr,
-distillation; random: mean of three seeds). Every number is measured here on the physically
+Rows: SSR-L2,1 at the paper's size (<= 11K params; the setting of ``make demo``) and with a short
+fine-tuning (``SHORT_FT_SSR``), SSR-L2,1 with more filters, SSR-L2,0, SSR-L1, ADMM-S (l0 / l1 on
+filters), and Random / L1-norm / APoZ / magnitude at exactly the filter counts of the first two
+SSR-L2,1 rows, fine-tuned exactly as that row (epochs, lr, distillation; random: mean of three
+seeds). Every number is measured here on the physically
 pruned model: filters, MACs ("FLOPs" in the paper), params, CPU ms for a batch of 100 on one
 thread (median), speed-up, top-1 error increase over our own baseline.
 
@@ -43,22 +44,21 @@ from compactnn import metrics
 from compactnn.cli import DEMO_SSR, demo_baseline
 from compactnn.methods import CompressionData
 
-# SSR-L2,1 at the paper's size (<= 11K params): lambda chosen from the points recorded in
-# results/ssr_lenet_points.jsonl (benchmarks/ssr_point.py, 1 training thread); 30 fine-tuning
-# epochs as in the paper (sec. IV-A), here at lr 0.01 with a cosine schedule, distilling from the
-# unpruned LeNet (weight 0.5, T = 4). The criteria rows compared with it get the same fine-tuning.
-BUDGET_SSR: dict[str, Any] = {
-    "lam": [0.14, 0.07, 0.045],
-    "finetune_epochs": 30,
-    "finetune_distill": 0.5,
+# SSR-L2,1 at the paper's size (<= 11K params) is the demo's setting, ``compactnn.cli.DEMO_SSR``
+# (lambda from results/ssr_lenet_points.jsonl, 30 fine-tuning epochs + distillation).
+# The same lambda schedule with the short fine-tuning of earlier demos (8 epochs, no distillation,
+# a weaker conv2 lambda): a second point for the criteria comparison.
+SHORT_FT_SSR: dict[str, Any] = {
+    "lam": [0.14, 0.055, 0.045],
+    "finetune_epochs": 8,
+    "finetune_distill": 0.0,
 }
-# SSR-L2,1 with a weaker lambda on conv2 (0.038): the speed-up of the budget row at no accuracy
-# cost, but far more parameters (from the same tuning log); no criteria comparison for this row.
-ACCURATE_SSR: dict[str, Any] = {**BUDGET_SSR, "lam": [0.14, 0.038, 0.045]}
-COMPARED = ("SSR-L2,1 (demo lambda)", "SSR-L2,1 (<= 11K params)")
+# SSR-L2,1 with a weaker lambda on conv2 (0.038): more filters and parameters, less error.
+ACCURATE_SSR: dict[str, Any] = {"lam": [0.14, 0.038, 0.045]}
+COMPARED = ("SSR-L2,1 (8 fine-tuning epochs)", "SSR-L2,1 (<= 11K params)")
 # SSR-L2,0: lambda per layer from the same tuning log (the l2,0 prox is a hard threshold at
 # sqrt(2 lambda / rho) on the filter norm, so lambda scales with the norms that remain after the
-# layers before were pruned), same fine-tuning as BUDGET_SSR.
+# layers before were pruned), same fine-tuning as the <= 11K row.
 L20_SSR: dict[str, Any] = {
     "penalty": "l20",
     "lam": [0.9, 0.15, 0.1],
@@ -160,6 +160,34 @@ def _row(
     return row
 
 
+def _target(rows: list[dict[str, Any]], n_test: int) -> dict[str, Any] | None:
+    """Issue #4's bar for the <= 11K row: <= 11,000 params, >= 5x measured, <= +0.2 % top-1 error.
+
+    The error increase is compared in test images (0.2 % of 10,000 = 20), not as a float
+    difference of two percentages (99.24 - 99.04 is 0.2000000000000028).
+    """
+    row = next((r for r in rows if r["method"] == "SSR-L2,1 (<= 11K params)"), None)
+    if row is None:  # --only without that row
+        return None
+    extra_errors = round(row["err_inc"] * n_test / 100)
+    checks = {
+        "params <= 11,000": row["params"] <= 11_000,
+        "speed-up >= 5x": row["speedup"] >= 5.0,
+        f"error increase <= 0.2 % ({round(0.002 * n_test)} of {n_test:,} test images)": (
+            extra_errors <= round(0.002 * n_test)
+        ),
+    }
+    return {
+        "row": row["method"],
+        "filters": row["filters"],
+        "params": row["params"],
+        "speedup": row["speedup"],
+        "extra_test_errors": extra_errors,
+        "checks": checks,
+        "met": all(checks.values()),
+    }
+
+
 def _keep_counts(model: nn.Module) -> dict[str, int]:
     layers = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     return {n: int(m.weight.shape[0]) for n, m in layers[:-1]}
@@ -227,16 +255,18 @@ def main() -> None:
         structure="filters",
     )
 
+    SHORT_FT = {k: SHORT_FT_SSR[k] for k in ("finetune_epochs", "finetune_distill")}
+
     def ssr(**over: Any) -> dict[str, Any]:
         return {**DEMO_SSR, **over, **(quick if q else {})}
 
     # longest first, so that two processes finish together
     runs: list[tuple[str, str, dict[str, Any]]] = [
-        ("SSR-L2,1 (demo lambda)", "ssr", ssr()),
-        ("SSR-L2,1 (<= 11K params)", "ssr", ssr(**BUDGET_SSR)),
+        ("SSR-L2,1 (<= 11K params)", "ssr", ssr()),
+        ("SSR-L2,1 (8 fine-tuning epochs)", "ssr", ssr(**SHORT_FT_SSR)),
         ("SSR-L2,1 (accuracy first)", "ssr", ssr(**ACCURATE_SSR)),
         ("SSR-L2,0", "ssr", ssr(**L20_SSR)),
-        ("SSR-L1", "ssr", ssr(penalty="l1", lam=[0.01, 0.005, 0.002])),
+        ("SSR-L1", "ssr", ssr(penalty="l1", lam=[0.01, 0.005, 0.002], **SHORT_FT)),
         ("ADMM-S l0 (filters)", "admm-sparse", dict(penalty="l0", mus=(0.3, 0.6, 0.9), **admm)),
         ("ADMM-S l1 (filters)", "admm-sparse", dict(penalty="l1", mus=(0.05, 0.1, 0.15), **admm)),
     ]
@@ -327,6 +357,7 @@ def main() -> None:
             row["compared_with"] = ssr_row["method"]
             rows.append(row)
             print(json.dumps(rows[-1]))
+    target = _target(rows, len(test_loader.dataset)) if not q else None
     out = {
         "benchmark": "SSR Table I (LeNet on MNIST), CPU scale",
         "command": "python benchmarks/bench_ssr_lenet.py"
@@ -339,6 +370,7 @@ def main() -> None:
         "baseline_checkpoint": str(ckpt),
         "total_seconds": time.perf_counter() - t_all,
         "rows": rows,
+        "target": target,
         "paper": PAPER,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -367,6 +399,17 @@ def main() -> None:
             f"| {r['method']} | {r['filters']} | {r['macs']:,} | {params} | "
             f"{r['cpu_ms_batch100']:.2f} | {r['speedup']:.2f}x | {top1} | {r['err_inc']:+.2f} % |"
         )
+    if target:
+        md += [
+            "",
+            "## Issue #4 target on the <= 11K row: " + ("met" if target["met"] else "NOT met"),
+            "",
+            f"{target['row']}: {target['filters']}, {target['params']:,} params, "
+            f"{target['speedup']:.2f}x measured, {target['extra_test_errors']:+d} test errors "
+            "over the baseline.",
+            "",
+        ]
+        md += [f"- {k}: {'yes' if v else 'no'}" for k, v in target["checks"].items()]
     md += [
         "",
         "## Paper (Lin et al. 2019, Table I)",
