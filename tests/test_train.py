@@ -202,7 +202,7 @@ def test_batch_order_depends_on_the_seed_not_on_earlier_uses_of_the_loader(teach
 def test_reseeded_loader_keeps_batching_and_a_custom_sampler_is_left_alone() -> None:
     from torch.utils.data import WeightedRandomSampler
 
-    from compactnn.train import _seeded, _with_teacher_logits
+    from compactnn.train import _seeded, _TeacherPerBatch, _with_teacher_logits
 
     loader = DataLoader(
         TensorDataset(torch.arange(10.0).unsqueeze(1), torch.zeros(10, dtype=torch.long)),
@@ -223,7 +223,7 @@ def test_reseeded_loader_keeps_batching_and_a_custom_sampler_is_left_alone() -> 
         loader.dataset, batch_size=3, sampler=WeightedRandomSampler(torch.ones(10), 10)
     )
     assert _seeded(weighted, 4) is weighted  # the user's sampler decides the order
-    assert type(_with_teacher_logits(weighted, _mlp_1(), 0)).__name__ == "_TeacherPerBatch"
+    assert isinstance(_with_teacher_logits(weighted, _mlp_1(), 0), _TeacherPerBatch)
 
 
 def _mlp_1() -> nn.Module:

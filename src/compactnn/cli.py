@@ -206,8 +206,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         train=train_loader, test=test_loader, input_shape=(1, 28, 28), name="mnist"
     )
     print(
-        "compressing with SSR-L2,1 (AULM, layer by layer), then 30 epochs of fine-tuning, on "
-        f"{DEMO_TRAIN_THREADS} torch thread (as benchmarks/bench_ssr_lenet.py) ..."
+        "compressing with SSR-L2,1 (AULM, layer by layer), then "
+        f"{DEMO_SSR['finetune_epochs']} epochs of fine-tuning, on {DEMO_TRAIN_THREADS} torch "
+        "thread(s) (as benchmarks/bench_ssr_lenet.py) ..."
     )
     torch.set_num_threads(DEMO_TRAIN_THREADS)
     result = compress(model, "ssr", cd, latency_batch_size=100, latency_threads=1, **DEMO_SSR)
