@@ -2,7 +2,8 @@
 
 Public entry points (imported lazily so that ``import compactnn`` does no heavy work):
 
-- :func:`compactnn.compress` -- compress a model with a registered method.
+- :func:`compactnn.compress` -- compress a model with a registered method, optionally to a
+  budget (:class:`compactnn.Target`, e.g. ``target={"macs": 0.1}``).
 - :mod:`compactnn.models` -- reference architectures of the papers (``create``, ``list_models``).
 - :mod:`compactnn.data` -- offline datasets (MNIST, Fashion-MNIST, digits, spiral, CIFAR-10).
 - :mod:`compactnn.metrics` -- params, FLOPs, memory, latency, accuracy, per-layer tables.
@@ -18,10 +19,12 @@ from typing import Any
 from compactnn.errors import CompactnnError
 
 __version__ = "0.1.0"
-__all__ = ["CompactnnError", "__version__", "compress"]
+__all__ = ["CompactnnError", "Target", "__version__", "compress"]
 
 
 def __getattr__(name: str) -> Any:
     if name == "compress":
         return importlib.import_module("compactnn.api").compress
+    if name == "Target":
+        return importlib.import_module("compactnn.budget").Target
     raise AttributeError(f"module 'compactnn' has no attribute {name!r}")

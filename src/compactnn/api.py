@@ -2,17 +2,78 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from collections.abc import Sequence
+import random
+import warnings
+from collections.abc import Iterator, Sequence
 from typing import Any
 
+import numpy as np
+import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from compactnn.errors import ConfigError
+from compactnn._validation import check_choice, check_float, check_int
+from compactnn.budget import Target
+from compactnn.errors import AccuracyDropError, ConfigError
 from compactnn.methods import CompressionData, CompressionResult, get_method
 
-__all__ = ["compress", "as_compression_data"]
+__all__ = ["compress", "as_compression_data", "split_loader", "DEFAULT_MAX_DROP"]
+
+#: accuracy points on validation a run may lose before :func:`compress` refuses its result
+DEFAULT_MAX_DROP = 5.0
+
+
+def split_loader(
+    loader: Any, fraction: float, seed: int
+) -> tuple[DataLoader, DataLoader] | None:
+    """Carve a seeded validation split out of a training ``DataLoader``.
+
+    Works for a ``DataLoader`` over a map-style dataset with the default samplers (shuffled or
+    sequential); the two new loaders keep its batch size, collate function and workers, the
+    training one reshuffles with a generator seeded by ``seed``. Returns ``None`` for anything
+    else (iterable datasets, custom samplers), where the caller must pass a validation loader.
+    The global RNG is not used.
+    """
+    from torch.utils.data import IterableDataset, RandomSampler, SequentialSampler, Subset
+
+    if not isinstance(loader, DataLoader) or isinstance(loader.dataset, IterableDataset):
+        return None
+    if not isinstance(loader.sampler, (RandomSampler, SequentialSampler)):
+        return None
+    if loader.batch_size is None:
+        return None
+    try:
+        n = len(loader.dataset)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+    n_val = int(round(fraction * n))
+    if n < 2 or n_val < 1 or n_val >= n:
+        return None
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    val_idx, train_idx = sorted(perm[:n_val]), sorted(perm[n_val:])
+    shuffle = isinstance(loader.sampler, RandomSampler)
+    common = {
+        "num_workers": loader.num_workers,
+        "collate_fn": loader.collate_fn,
+        "pin_memory": loader.pin_memory,
+    }
+    train = DataLoader(
+        Subset(loader.dataset, train_idx),
+        batch_size=loader.batch_size,
+        shuffle=shuffle,
+        generator=torch.Generator().manual_seed(seed) if shuffle else None,
+        drop_last=loader.drop_last,
+        **common,
+    )
+    val = DataLoader(
+        Subset(loader.dataset, val_idx),
+        batch_size=max(int(loader.batch_size), 256),
+        shuffle=False,
+        **common,
+    )
+    return train, val
 
 
 def as_compression_data(
@@ -21,15 +82,22 @@ def as_compression_data(
     input_shape: Sequence[int] | None = None,
     batch_size: int = 128,
     seed: int = 0,
+    val_fraction: float = 0.1,
     dataset_kwargs: dict[str, Any] | None = None,
 ) -> CompressionData:
-    """Normalise the ``data`` argument of :func:`compress`.
+    """Normalise the ``data`` argument of :func:`compress` and carve the validation split.
 
-    Accepted: a dataset name (``"mnist"``), a ``(train_loader, test_loader)`` pair, a single
-    training ``DataLoader``, or a :class:`CompressionData`.
+    Accepted: a dataset name (``"mnist"``), a ``(train_loader, test_loader)`` pair, a
+    ``(train_loader, val_loader, test_loader)`` triple, a single training ``DataLoader``, or a
+    :class:`CompressionData` (never modified: a new one is returned). Without an explicit
+    validation loader, ``val_fraction`` of the training samples (seeded by ``seed``) become
+    the validation split and are removed from training.
     """
+    val_fraction = check_float(
+        val_fraction, "val_fraction", "compress", min_value=0.0, max_value=0.5
+    )
     if isinstance(data, CompressionData):
-        cd = data
+        cd = copy.copy(data)
     elif isinstance(data, str):
         from compactnn import data as data_mod
 
@@ -39,6 +107,8 @@ def as_compression_data(
         cd = CompressionData(train=train, test=test, name=data)
     elif isinstance(data, (tuple, list)) and len(data) == 2:
         cd = CompressionData(train=data[0], test=data[1])
+    elif isinstance(data, (tuple, list)) and len(data) == 3:
+        cd = CompressionData(train=data[0], val=data[1], test=data[2])
     elif isinstance(data, DataLoader):
         cd = CompressionData(train=data)
     elif data is None:
@@ -46,18 +116,105 @@ def as_compression_data(
     else:
         raise ConfigError(
             "The 'data' argument of compress must be a dataset name, a (train_loader, "
-            f"test_loader) pair, a DataLoader or a CompressionData. Got {type(data).__name__}."
+            "test_loader) pair, a (train, val, test) triple, a DataLoader or a CompressionData. "
+            f"Got {type(data).__name__}."
         )
+    if cd.val is None and cd.train is not None and val_fraction > 0:
+        split = split_loader(cd.train, val_fraction, seed)
+        if split is not None:
+            cd.train, cd.val = split
     if input_shape is not None:
         cd.input_shape = tuple(int(s) for s in input_shape)
     if cd.input_shape is None:
-        src = cd.train if cd.train is not None else cd.test
+        src = next((x for x in (cd.train, cd.val, cd.test, cd.calib) if x is not None), None)
         if src is None:
             raise ConfigError("compress needs input_shape= when no data is given.")
-        first = next(iter(src))
+        first = next(iter(src), None)
+        if first is None:
+            raise ConfigError(
+                "The data loader is empty, so the input shape cannot be inferred: pass "
+                "input_shape= (e.g. (1, 28, 28)) and data with at least one batch."
+            )
         x = first[0] if isinstance(first, (tuple, list)) else first
         cd.input_shape = tuple(int(s) for s in x.shape[1:])
     return cd
+
+
+@contextlib.contextmanager
+def _global_rng_preserved() -> Iterator[None]:
+    """Restore torch's, numpy's and Python's global RNG states on exit."""
+    py, npy = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        try:
+            yield
+        finally:
+            random.setstate(py)
+            np.random.set_state(npy)
+
+
+def _collapsed(original: nn.Module, new: nn.Module, classifier: str | None) -> dict[str, int]:
+    """Conv/Linear layers with more than one unit before and at most one after."""
+    old = {
+        n: m.weight.shape[0]
+        for n, m in original.named_modules()
+        if isinstance(m, (nn.Conv2d, nn.Linear)) and n != classifier
+    }
+    out = {}
+    for n, m in new.named_modules():
+        if n in old and isinstance(m, (nn.Conv2d, nn.Linear)):
+            if old[n] > 1 and m.weight.shape[0] <= 1:
+                out[n] = int(m.weight.shape[0])
+    return out
+
+
+def _guard(
+    result: CompressionResult,
+    model: nn.Module,
+    cd: CompressionData,
+    *,
+    max_drop: float,
+    on_drop: str,
+    val_before: float | None,
+) -> None:
+    """No silent destruction: validation drop and collapsed layers raise (or warn)."""
+    from compactnn.metrics import accuracy
+
+    problems = []
+    if val_before is not None and cd.val is not None:
+        after = accuracy(result.model, cd.val, topk=(1,))
+        result.validation = {
+            "before": val_before,
+            "after": after["top1"],
+            "drop": val_before - after["top1"],
+            "n": after["n"],
+        }
+        if result.validation["drop"] > max_drop:
+            problems.append(
+                f"validation top-1 fell from {val_before:.2f} % to {after['top1']:.2f} % "
+                f"({result.validation['drop']:.2f} points > max_drop={max_drop:g})"
+            )
+    collapsed = _collapsed(model, result.model, result.history.get("classifier"))
+    if collapsed:
+        problems.append(
+            "layer(s) collapsed to <= 1 unit: "
+            + ", ".join(f"'{n}' ({u})" for n, u in collapsed.items())
+        )
+    if not problems:
+        return
+    advice = (
+        "pass a budget (target={'macs': 0.1}) so the strength is chosen on validation, lower "
+        "the method's strength (lam / mu / ratio), or fine-tune longer (finetune_epochs)"
+        if result.target is None
+        else "relax the target or fine-tune longer (finetune_epochs)"
+    )
+    msg = (
+        f"{result.method}: " + "; ".join(problems) + f". To fix: {advice}; "
+        "on_drop='warn' returns such a result with a warning."
+    )
+    if on_drop == "warn":
+        warnings.warn(msg, RuntimeWarning, stacklevel=3)
+        return
+    raise AccuracyDropError(msg, result=result)
 
 
 def compress(
@@ -65,6 +222,11 @@ def compress(
     method: str,
     data: Any = None,
     *,
+    target: Any = None,
+    max_drop: float | None = None,
+    on_drop: str = "raise",
+    val_fraction: float = 0.1,
+    seed: int = 0,
     inplace: bool = False,
     input_shape: Sequence[int] | None = None,
     measure: bool = True,
@@ -73,13 +235,24 @@ def compress(
     progress: bool = True,
     **options: Any,
 ) -> CompressionResult:
-    """Compress a trained model with a registered method.
+    """Compress a trained model with a registered method, optionally to a budget.
 
     Args:
         model: a trained ``nn.Module`` (never modified unless ``inplace=True``).
         method: registry name (``compactnn.methods.list_methods()``), e.g. ``"ssr"``, ``"ddlr"``.
-        data: dataset name, ``(train_loader, test_loader)``, a ``DataLoader`` or
-            :class:`~compactnn.methods.CompressionData`.
+        data: dataset name, ``(train_loader, test_loader)``, ``(train, val, test)``, a
+            ``DataLoader`` or :class:`~compactnn.methods.CompressionData`.
+        target: a budget, :class:`~compactnn.budget.Target` or mapping such as
+            ``{"macs": 0.1}`` (fractions of the original kept: params, macs, latency). The
+            method's strength (λ, μ, ratio, rank ...) is then chosen by a search on the
+            training/validation data; the result records the choice in ``result.chosen``.
+        max_drop: accuracy points the model may lose on the validation split (default
+            ``DEFAULT_MAX_DROP`` = 5). Exceeding it, or a layer collapsing to <= 1 unit, raises
+            :class:`~compactnn.errors.AccuracyDropError` (which carries the result).
+        on_drop: ``"raise"`` (default) or ``"warn"``.
+        val_fraction: share of the training data held out for validation (seeded by ``seed``)
+            when no validation loader is given; 0 disables the split and the drop guard.
+        seed: seed of the validation split (and of the loaders built for a dataset name).
         inplace: let the method train/modify ``model`` itself instead of a deep copy.
         input_shape: per-sample input shape (inferred from the data when omitted).
         measure: measure before/after reports (params, FLOPs, latency, accuracy on ``test``).
@@ -89,32 +262,72 @@ def compress(
         **options: the method's hyper-parameters (see ``get_method(method).Config``).
 
     Returns:
-        CompressionResult with the smaller model, its plan, history and both reports.
-    """
-    from compactnn.metrics import report
+        CompressionResult with the smaller model, its plan, history, both reports, the
+        resolved options (``chosen``), the budget record (``target``) and ``validation``.
 
+    Raises:
+        ConfigError: a bad option or target (before any expensive work).
+        AccuracyDropError: the result lost more than ``max_drop`` points on validation or a
+            layer collapsed (``on_drop="raise"``).
+    """
     cls = get_method(method)
     algo = cls(**options)
-    cd = as_compression_data(data, input_shape=input_shape)
+    tgt = None if target is None else Target.parse(target)
+    max_drop = DEFAULT_MAX_DROP if max_drop is None else max_drop
+    check_float(max_drop, "max_drop", "compress", min_value=0.0)
+    check_choice(on_drop, "on_drop", "compress", ("raise", "warn"))
+    check_int(seed, "seed", "compress", min_value=0)
+    cd = as_compression_data(data, input_shape=input_shape, seed=seed, val_fraction=val_fraction)
     shape = cd.require_input_shape(method)
+    with _global_rng_preserved():
+        return _compress(
+            model, algo, cd, shape, tgt, max_drop, on_drop, inplace, measure,
+            latency_batch_size, latency_threads, progress,
+        )  # fmt: skip
+
+
+def _compress(
+    model: nn.Module,
+    algo: Any,
+    cd: CompressionData,
+    shape: tuple[int, ...],
+    tgt: Target | None,
+    max_drop: float,
+    on_drop: str,
+    inplace: bool,
+    measure: bool,
+    latency_batch_size: int,
+    latency_threads: int,
+    progress: bool,
+) -> CompressionResult:
+    from compactnn.budget import measure as measure_size
+    from compactnn.metrics import accuracy, report
+
+    lat = {"batch_size": latency_batch_size, "threads": latency_threads}
+    before = report(model, shape, data=cd.test, **lat) if measure else None
+    val_before = accuracy(model, cd.val, topk=(1,))["top1"] if cd.val is not None else None
     work = model if inplace else copy.deepcopy(model)
-    before = None
-    if measure:
-        before = report(
-            model,
-            shape,
-            data=cd.test,
-            batch_size=latency_batch_size,
-            threads=latency_threads,
-        )
+    record = None
+    if tgt is not None:
+        algo, record = algo.calibrate(work, cd, tgt, progress=progress)
     result = algo.run(work, cd, progress=progress)
+    result.chosen = algo.options()
+    if tgt is not None:
+        base = measure_size(model, shape, tgt.keys, latency_batch_size=latency_batch_size)
+        got = measure_size(result.model, shape, tgt.keys, latency_batch_size=latency_batch_size)
+        kept = got.fractions(base)
+        record = dict(record or {})
+        record.update(kept=kept, met=tgt.met(kept))
+        result.target = record
+        if not record["met"]:
+            warnings.warn(
+                f"{result.method}: the returned model keeps {kept} of the original, outside "
+                f"the target {tgt.as_dict()} (tolerance {tgt.tolerance:g}).",
+                RuntimeWarning,
+                stacklevel=3,
+            )
     if measure:
         result.report_before = before
-        result.report_after = report(
-            result.model,
-            shape,
-            data=cd.test,
-            batch_size=latency_batch_size,
-            threads=latency_threads,
-        )
+        result.report_after = report(result.model, shape, data=cd.test, **lat)
+    _guard(result, model, cd, max_drop=max_drop, on_drop=on_drop, val_before=val_before)
     return result

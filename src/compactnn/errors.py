@@ -17,6 +17,7 @@ __all__ = [
     "PlanError",
     "SolverError",
     "InfeasibleError",
+    "AccuracyDropError",
 ]
 
 
@@ -61,3 +62,14 @@ class SolverError(CompactnnError, RuntimeError):
 
 class InfeasibleError(SolverError):
     """The optimization problem is infeasible (e.g. epsilon too small)."""
+
+
+class AccuracyDropError(CompactnnError, RuntimeError):
+    """A compression run lost more accuracy on validation than allowed (or a layer collapsed).
+
+    The finished result is kept in ``.result`` so nothing computed is lost.
+    """
+
+    def __init__(self, message: str, *, result: object = None) -> None:
+        super().__init__(message)
+        self.result = result

@@ -1,0 +1,285 @@
+"""Budgets: what the user asks for (``Target``), how it is measured, and the calibration search.
+
+A :class:`Target` is a fraction of the original model *kept*: ``Target(macs=0.1)`` asks for a
+model with at most 10 % of the original multiply-accumulates ("10x fewer MACs"). Keys:
+
+* ``params``  -- stored parameters (:func:`compactnn.metrics.count_params`: sparse layers count
+  their COO storage);
+* ``macs``    -- multiply-accumulates per sample (``torch.utils.flop_counter`` / 2);
+* ``latency`` -- median wall-clock of a forward pass (batch 100, one thread by default).
+
+Several keys may be given: all must hold. Every measurement is taken on a *physically* compressed
+candidate model, never estimated from a mask.
+
+:func:`search` is the one calibration loop: given a monotone map ``strength -> kept fraction``
+(a larger strength removes more), it brackets and bisects for the *weakest* strength whose model
+meets the target (the largest model within budget), on a log or linear scale. Methods supply the
+map (run a cheap proxy of themselves at a strength, measure the candidate); the search never sees
+a model and never looks at accuracy, so nothing in it can peek at the test set.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from compactnn._validation import check_float
+from compactnn.errors import ConfigError
+
+__all__ = [
+    "TARGET_KEYS",
+    "Target",
+    "Measure",
+    "measure",
+    "Strength",
+    "SearchResult",
+    "search",
+]
+
+TARGET_KEYS = ("params", "macs", "latency")
+
+
+@dataclass(frozen=True)
+class Target:
+    """A budget: fractions of the original model kept (each in ``(0, 1]``).
+
+    Attributes:
+        params: fraction of stored parameters kept (``0.1`` = 10x smaller).
+        macs: fraction of multiply-accumulates per sample kept.
+        latency: fraction of the measured latency kept (batch ``latency_batch_size``,
+            ``latency_threads`` threads).
+        tolerance: relative slack with which a result still counts as meeting the target
+            (``met`` is ``kept <= value * (1 + tolerance)`` for every key). The search itself
+            aims at ``kept <= value``.
+    """
+
+    params: float | None = None
+    macs: float | None = None
+    latency: float | None = None
+    tolerance: float = 0.1
+
+    def __post_init__(self) -> None:
+        given = [k for k in TARGET_KEYS if getattr(self, k) is not None]
+        if not given:
+            raise ConfigError(
+                "A target needs at least one of params=, macs=, latency= (the fraction of the "
+                "original kept, e.g. Target(macs=0.1) for 10x fewer MACs)."
+            )
+        for k in given:
+            v = check_float(
+                getattr(self, k), k, "Target", min_value=0.0, max_value=1.0, min_inclusive=False
+            )
+            object.__setattr__(self, k, v)
+        check_float(self.tolerance, "tolerance", "Target", min_value=0.0, max_value=1.0)
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return tuple(k for k in TARGET_KEYS if getattr(self, k) is not None)
+
+    def as_dict(self) -> dict[str, float]:
+        return {k: float(getattr(self, k)) for k in self.keys}
+
+    @classmethod
+    def parse(cls, value: Any) -> Target:
+        """A ``Target``, a mapping ``{"macs": 0.1}`` or a string ``"macs=0.1[,params=0.2]"``."""
+        if isinstance(value, Target):
+            return value
+        if isinstance(value, str):
+            items: dict[str, Any] = {}
+            for part in value.replace(";", ",").split(","):
+                if not part.strip():
+                    continue
+                key, sep, raw = part.partition("=")
+                if not sep:
+                    raise ConfigError(
+                        f"Cannot read the target {value!r}: write KEY=FRACTION pairs such as "
+                        "'macs=0.1' or 'params=0.2,macs=0.1' (keys: params, macs, latency)."
+                    )
+                try:
+                    items[key.strip()] = float(raw)
+                except ValueError:
+                    raise ConfigError(
+                        f"The target value for '{key.strip()}' must be a number (a fraction "
+                        f"kept, e.g. 0.1). Got {raw.strip()!r} instead."
+                    ) from None
+            value = items
+        if not isinstance(value, Mapping):
+            raise ConfigError(
+                "The 'target' argument must be a compactnn.Target, a mapping such as "
+                f"{{'macs': 0.1}} or a string 'macs=0.1'. Got {type(value).__name__} instead."
+            )
+        unknown = sorted(set(value) - {*TARGET_KEYS, "tolerance"})
+        if unknown:
+            raise ConfigError(
+                f"Unknown target key(s) {unknown}; use params, macs or latency (fractions kept)."
+            )
+        return cls(**dict(value))
+
+    def slack(self, kept: Mapping[str, float]) -> float:
+        """``max_k kept[k] / target[k]``: <= 1 means within budget."""
+        return max(kept[k] / getattr(self, k) for k in self.keys)
+
+    def met(self, kept: Mapping[str, float]) -> bool:
+        return self.slack(kept) <= 1.0 + self.tolerance + 1e-12
+
+
+@dataclass(frozen=True)
+class Measure:
+    """Absolute size of a model under the target's keys (``latency`` in ms)."""
+
+    values: dict[str, float]
+
+    def fractions(self, original: Measure) -> dict[str, float]:
+        return {k: self.values[k] / original.values[k] for k in self.values}
+
+
+def measure(
+    model: nn.Module,
+    input_shape: Sequence[int],
+    keys: Sequence[str],
+    *,
+    latency_batch_size: int = 100,
+    latency_threads: int = 1,
+) -> Measure:
+    """Measure ``model`` under ``keys`` (params, macs, latency) on the model as it is."""
+    from compactnn.metrics import count_flops, count_params, measure_latency
+
+    out: dict[str, float] = {}
+    for k in keys:
+        if k == "params":
+            out[k] = float(count_params(model))
+        elif k == "macs":
+            out[k] = count_flops(model, input_shape) / 2.0
+        elif k == "latency":
+            out[k] = measure_latency(
+                model,
+                input_shape,
+                batch_size=latency_batch_size,
+                threads=latency_threads,
+                warmup=5,
+                repeats=30,
+            ).median_ms
+        else:  # pragma: no cover - keys come from Target
+            raise ConfigError(f"Unknown target key {k!r}.")
+    return Measure(out)
+
+
+@dataclass(frozen=True)
+class Strength:
+    """The scalar a method's budget search moves (larger = smaller model).
+
+    Attributes:
+        option: what the scalar means for the method (for logs), e.g. ``"lam scale"``.
+        lo, hi: the initial bracket (the search widens it when the target lies outside).
+        log: bisect on a log scale (regularisation weights) or a linear one (ratios).
+        bound_lo, bound_hi: hard limits of the scalar (the bracket never crosses them).
+    """
+
+    option: str
+    lo: float
+    hi: float
+    log: bool = True
+    bound_lo: float = 0.0
+    bound_hi: float = math.inf
+
+
+@dataclass
+class SearchResult:
+    """Outcome of :func:`search`.
+
+    Attributes:
+        strength: the weakest strength found whose candidate meets the target (or the strongest
+            tried, with ``met=False``, when the target cannot be reached).
+        kept: fractions kept at ``strength``.
+        met: whether ``kept`` is within the target (``slack <= 1``).
+        trace: every evaluation ``{"strength", "kept", "slack", "seconds"}`` in order.
+    """
+
+    strength: float
+    kept: dict[str, float]
+    met: bool
+    trace: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _mid(a: float, b: float, log: bool) -> float:
+    return math.sqrt(a * b) if log and a > 0 else 0.5 * (a + b)
+
+
+def search(
+    evaluate: Callable[[float], Mapping[str, float]],
+    target: Target,
+    strength: Strength,
+    *,
+    max_evals: int = 12,
+    rel_tol: float = 0.02,
+) -> SearchResult:
+    """Weakest strength ``s`` with ``target.slack(evaluate(s)) <= 1``, by bracketing + bisection.
+
+    ``evaluate(s)`` returns the fractions kept by the method at strength ``s``; it is assumed
+    non-increasing in ``s`` (more strength, smaller model), which the trace lets one check.
+    The bracket ``[strength.lo, strength.hi]`` is widened (x4 on a log scale, towards the bounds
+    on a linear one) until it straddles the target, then bisected until the two ends are within
+    ``rel_tol`` of each other or ``max_evals`` evaluations were spent.
+
+    Raises:
+        ConfigError: ``max_evals`` < 2.
+    """
+    if max_evals < 2:
+        raise ConfigError(f"search needs max_evals >= 2. Got {max_evals} instead.")
+    t0 = time.perf_counter()
+    trace: list[dict[str, Any]] = []
+    cache: dict[float, dict[str, float]] = {}
+
+    def ev(s: float) -> float:
+        if s not in cache:
+            t = time.perf_counter()
+            cache[s] = dict(evaluate(s))
+            trace.append(
+                {
+                    "strength": s,
+                    "kept": cache[s],
+                    "slack": target.slack(cache[s]),
+                    "seconds": time.perf_counter() - t,
+                }
+            )
+        return target.slack(cache[s])
+
+    def widen(s: float, up: bool) -> float:
+        if strength.log:
+            s = s * 4.0 if up else s / 4.0
+        else:
+            s = s + (strength.hi - strength.lo) if up else s - (strength.hi - strength.lo)
+        return min(max(s, strength.bound_lo), strength.bound_hi)
+
+    lo, hi = strength.lo, strength.hi
+    # widen the bracket until hi meets the target and lo does not
+    while ev(hi) > 1.0 and len(trace) < max_evals:
+        nxt = widen(hi, up=True)
+        if nxt == hi:
+            break
+        lo, hi = hi, nxt
+    if ev(hi) > 1.0:  # cannot reach the target
+        return SearchResult(hi, cache[hi], False, trace, time.perf_counter() - t0)
+    while ev(lo) <= 1.0 and len(trace) < max_evals:
+        nxt = widen(lo, up=False)
+        if nxt == lo:
+            break
+        lo, hi = nxt, lo
+    if ev(lo) <= 1.0:  # even the weakest strength meets it
+        return SearchResult(lo, cache[lo], True, trace, time.perf_counter() - t0)
+    while len(trace) < max_evals:
+        width = (hi / lo - 1.0) if strength.log and lo > 0 else (hi - lo) / max(abs(hi), 1e-12)
+        if width <= rel_tol:
+            break
+        mid = _mid(lo, hi, strength.log)
+        if ev(mid) <= 1.0:
+            hi = mid
+        else:
+            lo = mid
+    return SearchResult(hi, cache[hi], True, trace, time.perf_counter() - t0)

@@ -1,0 +1,126 @@
+"""The budget search shared by every method: strength -> proxy run -> physical measurement."""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from compactnn.budget import Measure, Target, measure, search
+from compactnn.errors import ConfigError
+
+__all__ = ["search_strength", "layer_scales", "target_record"]
+
+
+def layer_scales(
+    model: nn.Module, layers: Sequence[str], *, stat: str = "median_row_norm"
+) -> dict[str, float]:
+    """Per-layer normalisers so that one global strength acts alike on every layer.
+
+    ``median_row_norm``: the median l2 norm of a layer's filters/neurons (rows of the lowered
+    weight). A group soft/hard threshold of ``s * scale`` then removes about the same share of
+    every layer at the start, whatever the layer's fan-in and initialisation.
+    """
+    mods = dict(model.named_modules())
+    out: dict[str, float] = {}
+    for n in layers:
+        w = mods[n].weight.detach()
+        rows = w.reshape(w.shape[0], -1).norm(dim=1)
+        if stat == "median_row_norm":
+            v = float(rows.median())
+        elif stat == "rms_row_norm":
+            v = float(rows.pow(2).mean().sqrt())
+        else:  # pragma: no cover - internal
+            raise ConfigError(f"Unknown layer statistic {stat!r}.")
+        if not math.isfinite(v) or v <= 0:
+            raise ConfigError(
+                f"Layer '{n}' has all-zero or non-finite weights (median filter norm {v}); a "
+                "budget search cannot normalise its strength. Exclude it with layers=."
+            )
+        out[n] = v
+    return out
+
+
+def target_record(
+    target: Target,
+    kept: dict[str, float],
+    *,
+    option: str | None = None,
+    strength: float | None = None,
+    trace: list[dict[str, Any]] | None = None,
+    seconds: float = 0.0,
+    **extra: Any,
+) -> dict[str, Any]:
+    """The ``CompressionResult.target`` record."""
+    rec = {
+        "target": target.as_dict(),
+        "tolerance": target.tolerance,
+        "kept": dict(kept),
+        "met": target.met(kept),
+        "option": option,
+        "strength": strength,
+        "trace": list(trace or []),
+        "seconds": float(seconds),
+    }
+    rec.update(extra)
+    return rec
+
+
+def search_strength(
+    method: Any,
+    model: nn.Module,
+    data: Any,
+    target: Target,
+    *,
+    progress: bool = False,
+    max_evals: int = 12,
+) -> tuple[Any, dict[str, Any]]:
+    """Bracket + bisect the method's strength with proxy runs on copies of ``model``.
+
+    Each trial runs ``method.at_strength(s, model, data).proxy()`` on a deep copy of ``model``
+    (global RNG state restored afterwards) and measures the returned, physically compressed
+    model. The chosen method is the one at the weakest strength that meets the target.
+
+    Raises:
+        ConfigError: the method has no budget strength, or the target cannot be reached.
+    """
+    strength = method.strength()
+    if strength is None:
+        raise ConfigError(
+            f"Method '{method.name}' does not take a target; set its options directly."
+        )
+    shape = data.require_input_shape(method.name)
+    base: Measure = measure(model, shape, target.keys)
+
+    def evaluate(s: float) -> dict[str, float]:
+        trial = method.at_strength(s, model, data).proxy()
+        with torch.random.fork_rng(devices=[]):
+            res = trial.run(copy.deepcopy(model), data, progress=False)
+        return measure(res.model, shape, target.keys).fractions(base)
+
+    found = search(evaluate, target, strength, max_evals=max_evals)
+    if progress:
+        for t in found.trace:
+            kept = ", ".join(f"{k} {100 * v:.2f} %" for k, v in t["kept"].items())
+            print(f"  {method.name} {strength.option} = {t['strength']:.4g}: kept {kept}")
+    if not found.met:
+        raise ConfigError(
+            f"Method '{method.name}' cannot reach the target {target.as_dict()}: at the "
+            f"strongest {strength.option} tried ({found.strength:.4g}) it keeps "
+            f"{ {k: round(v, 4) for k, v in found.kept.items()} }. Relax the target, or prune "
+            "more layers (layers=)."
+        )
+    chosen = method.at_strength(found.strength, model, data)
+    rec = target_record(
+        target,
+        found.kept,
+        option=strength.option,
+        strength=found.strength,
+        trace=found.trace,
+        seconds=found.seconds,
+    )
+    return chosen, rec
