@@ -10,6 +10,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import compactnn
+from compactnn import surgery
 from compactnn.errors import ConfigError, SolverError, UnsupportedLayerError
 from compactnn.layers import LowRankConv2d, LowRankLinear, SparseConv2d, SparseLinear
 from compactnn.methods import get_method
@@ -75,7 +76,7 @@ def test_ddlr_lowrank_param_count_replay_and_untouched() -> None:
     # bias kept exactly (eq. 4 keeps b fixed)
     assert torch.equal(res.model[2].second.bias, model[2].bias)
     # the plan replays on the original model: identical outputs
-    replay = res.plan.apply(model)
+    replay = surgery.apply(res.plan, model)
     x = next(iter(data))[0]
     assert torch.equal(replay(x), res.model(x))
     # the returned model is smaller
@@ -92,7 +93,7 @@ def test_ddlr_plan_save_load_roundtrip(tmp_path: object) -> None:
     path = res.plan.save(tmp_path / "plan")  # type: ignore[operator]
     loaded = CompressionPlan.load(path)
     x = next(iter(data))[0]
-    assert torch.equal(loaded.apply(model)(x), res.model(x))
+    assert torch.equal(surgery.apply(loaded, model)(x), res.model(x))
 
 
 def test_ddlr_small_eps_keeps_outputs_close() -> None:
@@ -162,7 +163,7 @@ def test_net_trim_coo_param_count() -> None:
         # the deployed sparse weight is the solver's U^T (no re-fit)
         assert h["deployed_violation"] <= 1e-2
     x = next(iter(data))[0]
-    assert torch.equal(res.plan.apply(model)(x), res.model(x))
+    assert torch.equal(surgery.apply(res.plan, model)(x), res.model(x))
 
 
 def test_conv_layer_path_ddlr_and_net_trim() -> None:
@@ -178,7 +179,7 @@ def test_conv_layer_path_ddlr_and_net_trim() -> None:
     with torch.no_grad():
         dense.weight.copy_(conv.dense_weight())
         torch.testing.assert_close(dense(x), conv(x), rtol=1e-5, atol=1e-5)
-    assert torch.equal(res.plan.apply(model)(x), res.model(x))
+    assert torch.equal(surgery.apply(res.plan, model)(x), res.model(x))
     nt = _run(model, "net-trim", data, eps_frac=0.2, max_rows=256)
     sconv = nt.model[0]
     assert isinstance(sconv, SparseConv2d)
@@ -206,7 +207,7 @@ def test_asymmetric_single_layer_equals_symmetric() -> None:
     assert torch.equal(a.model(x), s.model(x))
     both = _run(model, "ddlr", data, eps_frac=0.2, asymmetric=True, dense_fallback=False)
     assert isinstance(both.model[0], LowRankLinear) and isinstance(both.model[2], LowRankLinear)
-    assert torch.equal(both.plan.apply(model)(x), both.model(x))
+    assert torch.equal(surgery.apply(both.plan, model)(x), both.model(x))
 
 
 def test_config_validation() -> None:

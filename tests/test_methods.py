@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import compactnn
-from compactnn import metrics
+from compactnn import metrics, surgery
 from compactnn.errors import ConfigError, UnknownNameError
 from compactnn.methods import get_method, list_methods
 
@@ -82,7 +82,7 @@ def test_method_end_to_end(method: str, loaders) -> None:
     out = small(torch.randn(2, 1, 8, 8))
     assert out.shape == (2, 3) and torch.isfinite(out).all()
     # the plan replays on the original model to the same function
-    replayed = res.plan.apply(copy.deepcopy(model))
+    replayed = surgery.apply(res.plan, copy.deepcopy(model))
     x = torch.randn(4, 1, 8, 8)
     small.eval()
     replayed.eval()
@@ -153,7 +153,7 @@ def test_ssr_lambda_path_prunes_in_stages_and_replays(loaders) -> None:
     keep = {a.layer: a.keep for a in res.plan.actions if type(a).__name__ == "KeepOutputs"}
     assert len(keep["6"]) == fc[-1] and len(set(keep["6"])) == fc[-1] and max(keep["6"]) < 16
     torch.testing.assert_close(convs[3].weight, model[8].weight[:, list(keep["6"])])
-    replayed = res.plan.apply(copy.deepcopy(model))
+    replayed = surgery.apply(res.plan, copy.deepcopy(model))
     x = torch.randn(4, 1, 8, 8)
     res.model.eval()
     replayed.eval()

@@ -10,6 +10,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _zoo import build  # noqa: E402
+from compactnn import surgery  # noqa: E402
 from compactnn.errors import CheckpointError, PlanError  # noqa: E402
 from compactnn.plan import (  # noqa: E402
     CompressionPlan,
@@ -127,14 +128,14 @@ def test_validate_names_layer(action, match: str) -> None:  # noqa: ANN001
     model = build("seq")
     plan = CompressionPlan([action], meta={"input_shape": [3, 8, 8]})
     with pytest.raises(PlanError, match=match):
-        plan.validate(model)
+        surgery.validate(plan, model)
 
 
 def test_channel_action_needs_example_inputs() -> None:
     with pytest.raises(PlanError, match="input_shape"):
-        CompressionPlan([KeepOutputs("fc1", [0])]).apply(build("mlp"))
-    new = CompressionPlan([KeepOutputs("fc1", [0])]).apply(
-        build("mlp"), example_inputs=torch.randn(2, 10)
+        surgery.apply(CompressionPlan([KeepOutputs("fc1", [0])]), build("mlp"))
+    new = surgery.apply(
+        CompressionPlan([KeepOutputs("fc1", [0])]), build("mlp"), example_inputs=torch.randn(2, 10)
     )
     assert new.fc1.out_features == 1
 
@@ -142,7 +143,7 @@ def test_channel_action_needs_example_inputs() -> None:
 def test_validate_passes_and_leaves_model_unchanged() -> None:
     model = build("seq")
     plan = CompressionPlan([KeepOutputs("conv1", [0, 1])], meta={"input_shape": [3, 8, 8]})
-    plan.validate(model)
+    surgery.validate(plan, model)
     assert model.conv1.out_channels == 6
 
 
@@ -151,7 +152,7 @@ def test_gap_head_outputs_spatial_mean_of_last_conv() -> None:
     plan = CompressionPlan(
         [GapHead("flatten", ("fc1", "relu3", "fc2"))], meta={"input_shape": [3, 8, 8]}
     )
-    new = plan.apply(model)
+    new = surgery.apply(plan, model)
     x = torch.randn(2, 3, 8, 8)
     with torch.no_grad():
         feats = model.pool2(

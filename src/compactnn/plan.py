@@ -17,8 +17,12 @@ Actions:
 - :class:`SparseLowRank` -- replace a layer by sparse + low-rank parallel branches.
 - :class:`SetWeights` -- overwrite a layer's weight and bias (optionally as a sparse COO layer).
 - :class:`GapHead` -- SSR "-GAP" head: the FC classifier is replaced by global average pooling.
+- :class:`SetState` -- load every parameter and buffer of the compressed model (strict keys and
+  shapes), so that the plan replays exactly on a fresh, untrained instance of the architecture.
 
 Plans are saved as a JSON file (actions, meta, tensor keys) next to a ``.safetensors`` file.
+A plan is applied by :func:`compactnn.surgery.apply` (``surgery.apply(plan, model)``); this
+module does not import :mod:`compactnn.surgery` (imports point one way: plan -> surgery).
 
 References:
     Lin et al. 2019 (SSR), Sec. III-E and Table I ("-GAP" variants);
@@ -28,7 +32,7 @@ References:
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
@@ -46,6 +50,7 @@ __all__ = [
     "SparseLowRank",
     "SetWeights",
     "GapHead",
+    "SetState",
     "CompressionPlan",
 ]
 
@@ -285,9 +290,98 @@ class GapHead:
         return self.flatten
 
 
-Action = KeepOutputs | KeepInputs | LowRank | SparseLowRank | SetWeights | GapHead
+def _under(key: str, layers: tuple[str, ...]) -> bool:
+    return any(key == p or key.startswith(p + ".") for p in layers)
+
+
+@dataclass(frozen=True, eq=False)
+class SetState:
+    """Load every parameter and persistent buffer of the model from ``state`` (strictly).
+
+    Applied after the structural actions, it makes a plan self-contained: replayed on a fresh,
+    untrained instance of the architecture it gives the compressed model exactly, BatchNorm
+    statistics and any other buffer included. The model's ``state_dict()`` must have exactly the
+    keys of ``state`` plus the keys under the layers in ``skip`` (layers whose tensors come from
+    earlier :class:`LowRank` / :class:`SparseLowRank` / :class:`SetWeights` actions, stored once),
+    with the same shapes; otherwise surgery raises one :class:`~compactnn.errors.PlanError`
+    naming the first mismatching key and its shapes.
+
+    Build it with :meth:`from_model`.
+    """
+
+    state: dict[str, Tensor]
+    skip: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.state, Mapping):
+            raise PlanError(
+                "SetState: 'state' must be a dict key -> Tensor (a model's state_dict()). Got "
+                f"{type(self.state).__name__}."
+            )
+        skip = (self.skip,) if isinstance(self.skip, str) else self.skip
+        try:
+            skip = tuple(skip)
+        except TypeError:
+            raise PlanError(
+                f"SetState: 'skip' must be a sequence of layer names. Got {self.skip!r}."
+            ) from None
+        if not all(isinstance(n, str) and n for n in skip):
+            raise PlanError(f"SetState: 'skip' must contain layer names. Got {self.skip!r}.")
+        state: dict[str, Tensor] = {}
+        for k, v in self.state.items():
+            if not isinstance(k, str) or not k:
+                raise PlanError(f"SetState: state keys must be non-empty strings. Got {k!r}.")
+            if not isinstance(v, Tensor):
+                raise PlanError(f"SetState: state[{k!r}] must be a torch.Tensor. Got {v!r}.")
+            if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+                raise PlanError(f"SetState: state[{k!r}] contains NaN or Inf values.")
+            if _under(k, skip):
+                raise PlanError(
+                    f"SetState: state[{k!r}] lies under a skipped layer {skip}; a skipped layer's "
+                    "tensors come from an earlier action, so leave them out of 'state'."
+                )
+            state[k] = v.detach().to("cpu", copy=True).contiguous()
+        object.__setattr__(self, "state", state)
+        object.__setattr__(self, "skip", skip)
+
+    @classmethod
+    def from_model(cls, model: nn.Module, skip: tuple[str, ...] = ()) -> SetState:
+        """The state of ``model`` (copied), leaving out the tensors under the ``skip`` layers."""
+        skip = tuple(skip)
+        state = {
+            k: v
+            for k, v in model.state_dict().items()
+            if isinstance(v, Tensor) and not _under(k, skip)
+        }
+        return cls(state=state, skip=skip)
+
+    @property
+    def layer(self) -> str:
+        """The whole model (``""``; for uniform error messages)."""
+        return ""
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        return (
+            self.skip == other.skip
+            and list(self.state) == list(other.state)
+            and all(
+                a.dtype == b.dtype and torch.equal(a, b)
+                for a, b in zip(self.state.values(), other.state.values(), strict=True)
+            )
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+# layers whose tensors a plan action carries itself (SetState.skip lists them)
+LAYER_STATE_ACTIONS = (LowRank, SparseLowRank, SetWeights)
+
+Action = KeepOutputs | KeepInputs | LowRank | SparseLowRank | SetWeights | GapHead | SetState
 _ACTIONS: dict[str, type] = {
-    c.__name__: c for c in (KeepOutputs, KeepInputs, LowRank, SparseLowRank, SetWeights, GapHead)
+    c.__name__: c
+    for c in (KeepOutputs, KeepInputs, LowRank, SparseLowRank, SetWeights, GapHead, SetState)
 }
 
 
@@ -345,6 +439,12 @@ class CompressionPlan:
                     key = f"{i}.{f.name}"
                     tensors[key] = v.detach().cpu().contiguous()
                     rec[f.name] = {"tensor": key}
+                elif isinstance(v, Mapping):  # SetState.state: key -> tensor, in order
+                    keys: dict[str, str] = {}
+                    for k, t in v.items():
+                        keys[k] = f"{i}.{f.name}.{k}"
+                        tensors[keys[k]] = t.detach().cpu().contiguous()
+                    rec[f.name] = {"tensors": keys}
                 elif isinstance(v, tuple):
                     rec[f.name] = list(v)
                 else:
@@ -406,6 +506,14 @@ class CompressionPlan:
                             "plan files do not belong together."
                         )
                     v = tensors[v["tensor"]]
+                elif isinstance(v, dict) and "tensors" in v:
+                    missing = [t for t in v["tensors"].values() if t not in tensors]
+                    if missing:
+                        raise CheckpointError(
+                            f"{st_path} lacks tensor {missing[0]!r} of action #{i}; the two "
+                            "plan files do not belong together."
+                        )
+                    v = {k: tensors[t] for k, t in v["tensors"].items()}
                 elif isinstance(v, list):
                     v = tuple(v)
                 kwargs[f.name] = v
@@ -416,27 +524,28 @@ class CompressionPlan:
         return cls(actions=actions, meta=dict(doc.get("meta", {})))
 
     # ------------------------------------------------------------------ use
-    def validate(
-        self, model: nn.Module, *, example_inputs: Tensor | Sequence[Tensor] | None = None
-    ) -> None:
-        """Check that the plan applies cleanly to ``model`` (a dry run on a copy).
+    def with_state(self, model: nn.Module) -> CompressionPlan:
+        """This plan plus a final :class:`SetState` holding the state of ``model``.
 
-        Raises:
-            PlanError: naming the first inadmissible action's layer and what to do.
+        ``model`` is the result of applying this plan (then possibly trained with its structure
+        fixed). The returned plan replays ``model`` exactly on a fresh, untrained instance of
+        the original architecture. Layers replaced or overwritten by a :class:`LowRank` /
+        :class:`SparseLowRank` / :class:`SetWeights` action keep their tensors in that action
+        only (``SetState.skip``), so use this only when ``model`` did not change them since.
+        Any earlier :class:`SetState` is dropped (the new one overrides it).
         """
-        self.apply(model, inplace=False, example_inputs=example_inputs)
+        actions = [a for a in self.actions if not isinstance(a, SetState)]
+        skip = tuple(dict.fromkeys(a.layer for a in actions if isinstance(a, LAYER_STATE_ACTIONS)))
+        state = SetState.from_model(model, skip=skip)
+        return CompressionPlan(actions=[*actions, state], meta=dict(self.meta))
 
-    def apply(
-        self,
-        model: nn.Module,
-        inplace: bool = False,
-        *,
-        example_inputs: Tensor | Sequence[Tensor] | None = None,
-    ) -> nn.Module:
-        """Apply the plan; same as :func:`compactnn.surgery.apply`."""
-        from compactnn.surgery import apply
-
-        return apply(self, model, inplace=inplace, example_inputs=example_inputs)
+    def __getattr__(self, name: str) -> Any:
+        if name in ("apply", "validate"):
+            raise AttributeError(
+                f"CompressionPlan.{name} was removed (plan no longer imports surgery); use "
+                f"compactnn.surgery.{name}(plan, model, ...) instead."
+            )
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def __len__(self) -> int:
         return len(self.actions)

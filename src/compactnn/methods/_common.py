@@ -113,27 +113,34 @@ def prune_filters(
 
     Returns ``(new_model, plan)``; the input model is not modified.
     """
+    from compactnn import surgery
     from compactnn.plan import CompressionPlan, KeepOutputs
 
     plan = CompressionPlan(
         actions=[KeepOutputs(layer=k, keep=tuple(int(i) for i in v)) for k, v in keep.items()],
         meta={"input_shape": list(input_shape)},
     )
-    return plan.apply(model), plan
+    return surgery.apply(plan, model), plan
 
 
-def replay_plan(structure_plan: Any, final: nn.Module, input_shape: Sequence[int]) -> Any:
-    """A plan replayable on the *original* model: the structural cuts, then the trained weights."""
-    from compactnn.plan import CompressionPlan, SetWeights
+def replay_plan(
+    structure_plan: Any, final: nn.Module, input_shape: Sequence[int] | None = None
+) -> Any:
+    """A self-contained plan: the structural actions, then the complete state of ``final``.
 
-    actions = list(structure_plan.actions) if structure_plan is not None else []
-    for name, m in final.named_modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            actions.append(
-                SetWeights(
-                    layer=name,
-                    weight=m.weight.detach().clone(),
-                    bias=None if m.bias is None else m.bias.detach().clone(),
-                )
-            )
-    return CompressionPlan(actions=actions, meta={"input_shape": list(input_shape)})
+    Replayed with :func:`compactnn.surgery.apply` on a fresh, untrained instance of the original
+    architecture it gives ``final`` exactly (every parameter and buffer, BN statistics
+    included; see :class:`~compactnn.plan.SetState`). ``final`` must be the structure plan's
+    result, possibly trained since; the tensors of layers replaced by LowRank / SparseLowRank /
+    SetWeights actions are taken from those actions, so ``final`` must not have changed them.
+    ``input_shape`` (per sample) is stored in ``meta`` (``None``: keep the plan's).
+    """
+    from compactnn.plan import CompressionPlan
+
+    if structure_plan is None:
+        structure_plan = CompressionPlan()
+    meta = dict(structure_plan.meta)
+    if input_shape is not None:
+        meta["input_shape"] = list(input_shape)
+    plan = CompressionPlan(actions=list(structure_plan.actions), meta=meta)
+    return plan.with_state(final)

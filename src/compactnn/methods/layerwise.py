@@ -328,6 +328,7 @@ class _Layerwise(Method):
     def run(
         self, model: nn.Module, data: CompressionData, *, progress: bool = True
     ) -> CompressionResult:
+        from compactnn import surgery
         from compactnn.capture import collect
         from compactnn.plan import CompressionPlan
         from compactnn.solvers.layerwise import LayerProblem
@@ -364,8 +365,7 @@ class _Layerwise(Method):
             for n in layers:
                 act, stats[n] = self._action(n, mods[n], results[n], problems[n])
                 actions.append(act)
-            plan = CompressionPlan(actions=actions, meta=meta)
-            new_model = plan.apply(model)
+            new_model = surgery.apply(CompressionPlan(actions=actions, meta=meta), model)
         else:
             from compactnn.solvers.layerwise import solve_layers
 
@@ -386,9 +386,10 @@ class _Layerwise(Method):
                 act, stats[n] = self._action(n, mods[n], res, prob)
                 actions.append(act)
                 results[n] = res
-                current = CompressionPlan(actions=list(actions), meta=meta).apply(model)
-            plan = CompressionPlan(actions=actions, meta=meta)
+                current = surgery.apply(CompressionPlan(actions=list(actions), meta=meta), model)
             new_model = current
+        # self-contained: replays new_model exactly on a fresh instance (SetState)
+        plan = CompressionPlan(actions=actions, meta=meta).with_state(new_model)
         for n in layers:
             stats[n]["rows"] = rows[n]
             if not results[n].ok:

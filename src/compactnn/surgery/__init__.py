@@ -28,6 +28,7 @@ from compactnn.plan import (
     KeepInputs,
     KeepOutputs,
     LowRank,
+    SetState,
     SetWeights,
     SparseLowRank,
 )
@@ -39,9 +40,10 @@ from compactnn.surgery._replace import (
     apply_set_weights,
     apply_sparse_lowrank,
 )
+from compactnn.surgery._state import apply_set_state
 from compactnn.surgery._util import example_inputs_for, verify_model
 
-__all__ = ["apply", "fold_batchnorm", "verify_model", "SelectInputs"]
+__all__ = ["apply", "validate", "fold_batchnorm", "verify_model", "SelectInputs"]
 
 
 def apply(
@@ -98,8 +100,24 @@ def apply(
             apply_set_weights(out, a)
         elif isinstance(a, GapHead):
             apply_gap_head(out, a, inputs)
+        elif isinstance(a, SetState):
+            apply_set_state(out, a)
         else:  # pragma: no cover - CompressionPlan validates action types
             raise PlanError(f"{context}: unknown action type.")
     if plan.actions:
         verify_model(out, inputs, "The plan")
     return out
+
+
+def validate(
+    plan: CompressionPlan,
+    model: nn.Module,
+    *,
+    example_inputs: Tensor | Sequence[Tensor] | None = None,
+) -> None:
+    """Check that ``plan`` applies cleanly to ``model`` (a dry run on a copy; see :func:`apply`).
+
+    Raises:
+        PlanError: naming the first inadmissible action's layer and what to do.
+    """
+    apply(plan, model, inplace=False, example_inputs=example_inputs)

@@ -33,7 +33,6 @@ References:
 
 from __future__ import annotations
 
-import importlib
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -45,6 +44,9 @@ from torch import Tensor, nn
 
 from compactnn._validation import check_bool, check_choice, check_float, check_int
 from compactnn.errors import CompactnnError, ConfigError, SolverError, UnknownNameError
+from compactnn.prox import PROX as _PROX
+from compactnn.prox import penalty as _penalty
+from compactnn.structure import group_dims as _structure_group_dims
 
 __all__ = [
     "PENALTIES",
@@ -205,14 +207,12 @@ class ADMMState:
 
 
 def _ops() -> tuple[Mapping[str, Callable[..., Tensor]], Callable[..., Tensor]]:
-    prox = importlib.import_module("compactnn.prox")
-    return prox.PROX, prox.penalty
+    return _PROX, _penalty
 
 
 def _group_dims(kind: str, name: str, weight: Tensor) -> tuple[int, ...]:
-    structure = importlib.import_module("compactnn.structure")
     try:
-        dims = structure.group_dims(kind, weight)
+        dims = _structure_group_dims(kind, weight)
     except CompactnnError as exc:
         raise type(exc)(f"Parameter '{name}' (shape {tuple(weight.shape)}): {exc}") from exc
     return tuple(int(d) % max(weight.dim(), 1) for d in dims)

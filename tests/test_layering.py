@@ -1,0 +1,150 @@
+"""Imports inside compactnn point one way: down the ordered list of DESIGN.md's package layout.
+
+Every module under ``src/compactnn/`` is parsed with :mod:`ast`; every import of a compactnn
+module -- at module level or inside a function (lazy), ``importlib.import_module("compactnn.x")``
+and registry strings such as ``"compactnn.methods.ssr:SSR"`` included -- must point to a module
+at the same or a lower level of :data:`LEVELS`. A package (``prox/``, ``solvers/``, ``surgery/``,
+``methods/``) is one level, and a module may import anything within its own package.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "compactnn"
+
+# Lowest first (levels may name modules not written yet): DESIGN.md's order, except that graph sits below capture (which finds each
+# layer's consumers with it) and metrics (which imports only errors and _validation) below budget
+# (which measures params / MACs / latency with it).
+LEVELS: list[str] = [
+    "errors",
+    "_validation",
+    "prox",
+    "structure",
+    "graph",
+    "capture",
+    "solvers",
+    "metrics",
+    "budget",
+    "criteria",
+    "plan",
+    "layers",  # the deployable layer classes (LowRank*, Sparse*); built by surgery
+    "surgery",
+    "data",
+    "models",
+    "train",
+    "methods",
+    "api",
+    "export",  # DESIGN.md; not written yet
+    "cli",
+    "__init__",  # the package facade: `import compactnn`
+]
+
+# Known violations, each with the reason it is tolerated: (importing module, imported module).
+ALLOWED: set[tuple[str, str]] = set()
+
+# Calls of importlib.import_module with a non-literal name (cannot be checked statically).
+DYNAMIC_ALLOWED = {
+    "compactnn.cli",  # --factory package.module:function, the user's own model code
+    "compactnn.methods",  # registry values "compactnn.methods.x:Cls", checked as strings below
+}
+
+_NAME = re.compile(r"compactnn(\.\w+)+(:\w+)?")
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(SRC.parent).with_suffix("").parts
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def _is_module(name: str) -> bool:
+    rel = Path(*name.split(".")[1:]) if "." in name else Path()
+    return (SRC / rel).with_suffix(".py").is_file() or (SRC / rel / "__init__.py").is_file()
+
+
+def _level_name(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def _imports(path: Path) -> tuple[list[tuple[int, str]], list[int]]:
+    """(line, imported compactnn module) pairs and the lines of dynamic non-literal imports."""
+    me = _module_name(path)
+    package = me if path.name == "__init__.py" else me.rpartition(".")[0]
+    found: list[tuple[int, str]] = []
+    dynamic: list[int] = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, a.name) for a in node.names if a.name.startswith("compactnn")]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")
+                anchor = anchor[: len(anchor) - (node.level - 1)]
+                base = ".".join([*anchor, base] if base else anchor)
+            if base != "compactnn" and not base.startswith("compactnn."):
+                continue
+            for a in node.names:
+                sub = f"{base}.{a.name}"
+                found.append((node.lineno, sub if _is_module(sub) else base))
+        elif isinstance(node, ast.Call):
+            fn = node.func
+            name = fn.attr if isinstance(fn, ast.Attribute) else getattr(fn, "id", "")
+            if name in ("import_module", "__import__") and node.args:
+                arg = node.args[0]
+                if not (isinstance(arg, ast.Constant) and isinstance(arg.value, str)):
+                    dynamic.append(node.lineno)
+        elif (
+            isinstance(node, ast.Constant)
+            and isinstance(node.value, str)
+            and _NAME.fullmatch(node.value)
+        ):
+            found.append((node.lineno, node.value.split(":")[0]))
+    return found, dynamic
+
+
+def _modules() -> list[Path]:
+    return sorted(SRC.rglob("*.py"))
+
+
+def test_every_module_has_a_level() -> None:
+    tops = {_level_name(_module_name(p)) for p in _modules()}
+    assert tops - set(LEVELS) == set(), "add the new module/package to LEVELS"
+
+
+def test_the_parser_sees_lazy_and_dynamic_imports() -> None:
+    found, _ = _imports(SRC / "__init__.py")
+    assert ("compactnn.api" in {m for _, m in found}) and (
+        "compactnn.errors" in dict(found).values()
+    )
+    found, _ = _imports(SRC / "methods" / "layerwise.py")
+    assert {"compactnn.capture", "compactnn.plan", "compactnn.surgery"} <= {m for _, m in found}
+
+
+@pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(SRC)))
+def test_imports_point_down(path: Path) -> None:
+    me = _module_name(path)
+    my_level = LEVELS.index(_level_name(me))
+    found, dynamic = _imports(path)
+    bad = []
+    for line, target in sorted(set(found)):
+        assert _is_module(target), f"{me}:{line} imports {target!r}, which does not exist"
+        top = _level_name(target)
+        if top == _level_name(me) or (me, target) in ALLOWED:
+            continue
+        if LEVELS.index(top) > my_level:
+            bad.append(
+                f"{path.relative_to(SRC)}:{line} ({_level_name(me)}) imports {target} ({top})"
+            )
+    assert not bad, "imports must point down LEVELS:\n" + "\n".join(bad)
+    if dynamic:
+        assert me in DYNAMIC_ALLOWED, (
+            f"{me} lines {dynamic}: importlib.import_module with a computed name cannot be "
+            "checked; use a literal module name"
+        )
