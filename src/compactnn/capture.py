@@ -115,13 +115,20 @@ def _sequential_next(model: nn.Module, name: str) -> str | None:
     return None
 
 
-def _following_activations(model: nn.Module, names: Sequence[str]) -> dict[str, str | None]:
+def _following_activations(
+    model: nn.Module, names: Sequence[str], example_input: Tensor | None = None
+) -> dict[str, str | None]:
     mods = dict(model.named_modules())
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             graph = torch.fx.symbolic_trace(model).graph
-    except Exception:  # noqa: BLE001 - any tracing failure falls back to module order
+    except Exception:  # noqa: BLE001 - any tracing failure falls back to hooks / module order
+        if example_input is not None:
+            from compactnn.graph import discover  # autograd consumers of each layer's output
+
+            acts = discover(model, example_input).activations
+            return {n: acts.get(n) for n in names}
         return {n: _sequential_next(model, n) for n in names}
     out: dict[str, str | None] = {}
     for n in names:
@@ -133,18 +140,22 @@ def _following_activations(model: nn.Module, names: Sequence[str]) -> dict[str, 
     return out
 
 
-def following_activation(model: nn.Module, layer_name: str) -> str | None:
+def following_activation(
+    model: nn.Module, layer_name: str, example_input: Tensor | None = None
+) -> str | None:
     """``"relu"`` if the output of ``layer_name`` is consumed only by a ReLU, else ``None``.
 
-    Uses ``torch.fx.symbolic_trace`` (``nn.ReLU``, ``F.relu``, ``torch.relu``, ``.relu()``);
-    when the model cannot be traced, looks at the next module of the enclosing
+    Uses ``torch.fx.symbolic_trace`` (``nn.ReLU``, ``F.relu``, ``torch.relu``, ``.relu()``).
+    When the model cannot be traced: with ``example_input``, one forward pass and the autograd
+    nodes consuming the layer's output (all ``ReluBackward0``: ``"relu"``; see
+    :func:`compactnn.graph.discover`); without it, the next module of the enclosing
     ``nn.Sequential``.
 
     Raises:
         UnknownNameError: ``layer_name`` is not a module of ``model``.
     """
     _resolve_layers(model, [layer_name], need_weights=False)
-    return _following_activations(model, [layer_name])[layer_name]
+    return _following_activations(model, [layer_name], example_input)[layer_name]
 
 
 # ----------------------------------------------------------------------------- storage

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Sequence
 from typing import Any
 
-import torch
-from torch import fx, nn
+from torch import nn
 
-from compactnn.errors import ConfigError, UnsupportedLayerError
+from compactnn.errors import ConfigError
 
 __all__ = [
     "prunable_layers",
@@ -19,61 +17,28 @@ __all__ = [
     "replay_plan",
 ]
 
-_PASS_THROUGH = (nn.BatchNorm1d, nn.BatchNorm2d, nn.ReLU, nn.ReLU6, nn.Identity, nn.Dropout)
-_ADD_TARGETS = {operator.add, operator.iadd, torch.add}
-
 
 def residual_coupled_layers(model: nn.Module) -> set[str]:
-    """Conv/Linear layers whose output reaches a residual ``add`` through BN/ReLU/identity only.
+    """Layers whose output reaches a residual ``add`` (fx rule; see :mod:`compactnn.graph`)."""
+    from compactnn.graph import discover
 
-    Their output channels are tied to the other branch of the add; SSR's ResNet rule (sec.
-    III-E) leaves them alone and prunes only the layers inside each block.
+    return set(discover(model).residual_coupled)
+
+
+def prunable_layers(model: nn.Module, input_shape: Sequence[int] | None = None) -> list[str]:
+    """Default layers whose filters/neurons may be removed, in execution order.
+
+    Every Conv2d/Linear except the classifier (found from the output), layers whose outputs
+    feed a residual add (SSR sec. III-E) and depthwise convs; see
+    :func:`compactnn.graph.prunable_layers`. With ``input_shape`` (per-sample) the layers are
+    found by one forward pass on a zero batch, so untraceable models work; without it,
+    ``torch.fx`` is used.
     """
-    try:
-        gm = fx.symbolic_trace(model)
-    except Exception as exc:  # noqa: BLE001 - report any tracing failure the same way
-        raise UnsupportedLayerError(
-            f"{type(model).__name__} cannot be traced by torch.fx ({exc}); pass layers= "
-            "explicitly to choose which layers to prune."
-        ) from exc
-    mods = dict(gm.named_modules())
-    coupled: set[str] = set()
-    for node in gm.graph.nodes:
-        if node.op != "call_module" or not isinstance(mods[node.target], (nn.Conv2d, nn.Linear)):
-            continue
-        frontier = [node]
-        while frontier:
-            cur = frontier.pop()
-            for user in cur.users:
-                if user.op == "call_function" and user.target in _ADD_TARGETS:
-                    coupled.add(str(node.target))
-                elif user.op == "call_method" and user.target in ("add", "add_"):
-                    coupled.add(str(node.target))
-                elif user.op == "call_module" and isinstance(mods[user.target], _PASS_THROUGH):
-                    frontier.append(user)
-                elif user.op == "call_function" and user.target in (torch.relu, nn.functional.relu):
-                    frontier.append(user)
-    return coupled
+    from compactnn.graph import example_input_for
+    from compactnn.graph import prunable_layers as _prunable
 
-
-def prunable_layers(model: nn.Module) -> list[str]:
-    """Default layers whose filters/neurons may be removed, in forward order.
-
-    Every Conv2d/Linear except the final classifier (its outputs are the classes) and except
-    layers whose outputs feed a residual add (SSR sec. III-E: only the inner convs of a block).
-    Depthwise convs (groups == in_channels) are skipped: their channels follow their input.
-    """
-    coupled = residual_coupled_layers(model)
-    layers = [
-        n
-        for n, m in model.named_modules()
-        if isinstance(m, (nn.Conv2d, nn.Linear))
-        and not (isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels)
-    ]
-    if not layers:
-        raise UnsupportedLayerError(f"{type(model).__name__} has no Conv2d/Linear layers to prune.")
-    last = layers[-1]
-    return [n for n in layers if n != last and n not in coupled]
+    x = None if input_shape is None else example_input_for(model, input_shape)
+    return _prunable(model, x)
 
 
 def per_layer_values(value: Any, layers: Sequence[str], name: str, owner: str) -> dict[str, float]:

@@ -162,8 +162,8 @@ class ADMMSparse(Method):
 
         cfg: ADMMSparseConfig = self.config  # type: ignore[assignment]
         loader = data.require_train(self.name)
-        data.require_input_shape(self.name)
-        layers = list(cfg.layers) if cfg.layers is not None else prunable_layers(model)
+        shape = data.require_input_shape(self.name)
+        layers = list(cfg.layers) if cfg.layers is not None else prunable_layers(model, shape)
         self._check_layers(model, layers)
         mods = dict(model.named_modules())
         params = {f"{n}.weight": mods[n].weight for n in layers}

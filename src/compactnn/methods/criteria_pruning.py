@@ -112,8 +112,8 @@ class _CriterionPruning(Method):
         self, model: nn.Module, data: CompressionData, *, progress: bool = True
     ) -> CompressionResult:
         cfg: CriterionConfig = self.config  # type: ignore[assignment]
-        data.require_input_shape(self.name)
-        layers = list(cfg.layers) if cfg.layers is not None else prunable_layers(model)
+        shape = data.require_input_shape(self.name)
+        layers = list(cfg.layers) if cfg.layers is not None else prunable_layers(model, shape)
         self._check_layers(model, layers)
         budget = self._budget(model, layers)
         teacher = copy.deepcopy(model).eval() if cfg.finetune_distill > 0 else None

@@ -46,18 +46,25 @@ _PARALLEL = ("serial", "joblib", "dask")
 _BACKENDS = ("admm", "cvxpy")
 
 
-def default_layers(model: nn.Module) -> list[str]:
-    """Every Conv2d/Linear whose output feeds only a ReLU, except the final classifier.
+def default_layers(model: nn.Module, example_input: Tensor | None = None) -> list[str]:
+    """Every executed Conv2d/Linear whose output feeds only a ReLU, except the classifier.
+
+    Layers, their order and the classifier come from :func:`compactnn.graph.discover` (one
+    forward pass on ``example_input``; ``torch.fx`` only when it is ``None``).
 
     Raises:
         UnsupportedLayerError: the model has no such layer.
     """
-    from compactnn.capture import following_activation
+    from compactnn.capture import _following_activations
+    from compactnn.graph import discover
 
-    names = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    g = discover(model, example_input)
+    mods = dict(model.named_modules())
+    names = [n for n in g.order if isinstance(mods[n], (nn.Conv2d, nn.Linear))]
     if not names:
         raise UnsupportedLayerError(f"{type(model).__name__} has no Conv2d/Linear layers.")
-    out = [n for n in names[:-1] if following_activation(model, n) == "relu"]
+    acts = _following_activations(model, names, example_input)
+    out = [n for n in names if n != g.classifier and acts[n] == "relu"]
     if not out:
         raise UnsupportedLayerError(
             f"{type(model).__name__} has no Conv2d/Linear layer followed by a ReLU (besides the "
@@ -242,11 +249,13 @@ class _Layerwise(Method):
     solver_name: ClassVar[str] = ""
 
     # ------------------------------------------------------------------ checks
-    def _targets(self, model: nn.Module) -> tuple[list[str], dict[str, bool]]:
+    def _targets(
+        self, model: nn.Module, example: Tensor | None = None
+    ) -> tuple[list[str], dict[str, bool]]:
         from compactnn.capture import following_activation
 
         cfg: LayerwiseConfig = self.config  # type: ignore[assignment]
-        layers = list(cfg.layers) if cfg.layers is not None else default_layers(model)
+        layers = list(cfg.layers) if cfg.layers is not None else default_layers(model, example)
         self._check_layers(model, layers)
         mods = dict(model.named_modules())
         order = {n: i for i, n in enumerate(mods)}
@@ -264,7 +273,7 @@ class _Layerwise(Method):
                     f"Layer '{n}' is a grouped conv (groups={m.groups}); {self.name} needs "
                     "groups=1. Remove it from layers=."
                 )
-            relu = following_activation(model, n) == "relu"
+            relu = following_activation(model, n, example) == "relu"
             if not relu and not cfg.linear:
                 raise UnsupportedLayerError(
                     f"Layer '{n}' is not followed by a ReLU, so the constraint of eq. (4) does "
@@ -334,13 +343,13 @@ class _Layerwise(Method):
         from compactnn.solvers.layerwise import LayerProblem
 
         cfg: LayerwiseConfig = self.config  # type: ignore[assignment]
-        layers, linear = self._targets(model)
-        eps = self._eps(layers)
         batches: list[Tensor] = list(data.calib_batches(cfg.calib_batches))
         if not batches:
             raise ConfigError(
                 f"{self.name} got no calibration batch: the calibration/training loader is empty."
             )
+        layers, linear = self._targets(model, batches[0])
+        eps = self._eps(layers)
         mods = dict(model.named_modules())
         solver = self._solver(eps)
         meta: dict[str, Any] = {"method": self.name}

@@ -263,8 +263,8 @@ class SSR(Method):
     ) -> CompressionResult:
         cfg: SSRConfig = self.config  # type: ignore[assignment]
         loader = data.require_train(self.name)
-        data.require_input_shape(self.name)
-        layers = list(cfg.layers) if cfg.layers is not None else prunable_layers(model)
+        shape = data.require_input_shape(self.name)
+        layers = list(cfg.layers) if cfg.layers is not None else prunable_layers(model, shape)
         self._check_layers(model, layers)
         stages = self._lam_stages(cfg, layers)
         penalty = _PENALTIES[cfg.penalty]

@@ -41,7 +41,13 @@ from compactnn.surgery._replace import (
     apply_sparse_lowrank,
 )
 from compactnn.surgery._state import apply_set_state
-from compactnn.surgery._util import example_inputs_for, verify_model
+from compactnn.surgery._util import (
+    check_output,
+    example_inputs_for,
+    output_shapes,
+    run_model,
+    verify_model,
+)
 
 __all__ = ["apply", "validate", "fold_batchnorm", "verify_model", "SelectInputs"]
 
@@ -52,6 +58,7 @@ def apply(
     *,
     inplace: bool = False,
     example_inputs: Tensor | Sequence[Tensor] | None = None,
+    allow_output_change: bool = False,
 ) -> nn.Module:
     """Apply ``plan`` to ``model`` and return the compressed model.
 
@@ -64,6 +71,9 @@ def apply(
         example_inputs: a batch the model accepts; needed by channel actions and
             :class:`~compactnn.plan.GapHead`. Defaults to a random batch of 2 of shape
             ``plan.meta["input_shape"]``.
+        allow_output_change: accept a plan that changes the shape of the model's output (e.g.
+            removes classifier outputs). By default such a plan is refused; checked on the
+            example inputs (none: not checked).
 
     Returns:
         The compressed model (``model`` itself when ``inplace``).
@@ -71,7 +81,8 @@ def apply(
     Raises:
         PlanError: an inadmissible action (unknown layer, index out of range, duplicates,
             removing every channel, factor shapes that do not match, group-inconsistent cut of a
-            grouped conv, or a graph the surgery cannot cut), naming the layer.
+            grouped conv, or a graph the surgery cannot cut), naming the layer; a plan that
+            changes the output shape without ``allow_output_change=True``.
     """
     if not isinstance(plan, CompressionPlan):
         raise PlanError(
@@ -81,6 +92,9 @@ def apply(
         raise PlanError(f"surgery.apply expects an nn.Module. Got {type(model).__name__}.")
     out = model if inplace else copy.deepcopy(model)
     inputs = example_inputs_for(out, example_inputs, plan.meta)
+    ref = None  # output shapes of the original, the reference of the output width guard
+    if plan.actions and inputs is not None and not allow_output_change:
+        ref = output_shapes(run_model(out, inputs))
     for i, a in enumerate(plan.actions):
         context = f"Action #{i} {type(a).__name__}(layer={a.layer!r})"
         if isinstance(a, (KeepOutputs, KeepInputs)):
@@ -91,7 +105,7 @@ def apply(
                 )
             fn = keep_outputs if isinstance(a, KeepOutputs) else keep_inputs
             fn(out, a.layer, a.keep, inputs)
-            verify_model(out, inputs, context)
+            check_output(ref, verify_model(out, inputs, context), context)
         elif isinstance(a, LowRank):
             apply_lowrank(out, a)
         elif isinstance(a, SparseLowRank):
@@ -105,7 +119,7 @@ def apply(
         else:  # pragma: no cover - CompressionPlan validates action types
             raise PlanError(f"{context}: unknown action type.")
     if plan.actions:
-        verify_model(out, inputs, "The plan")
+        check_output(ref, verify_model(out, inputs, "The plan"), "The plan")
     return out
 
 

@@ -11,7 +11,15 @@ from torch import Tensor, nn
 
 from compactnn.errors import PlanError
 
-__all__ = ["get_module", "set_module", "example_inputs_for", "verify_model", "run_model"]
+__all__ = [
+    "get_module",
+    "set_module",
+    "example_inputs_for",
+    "verify_model",
+    "run_model",
+    "output_shapes",
+    "check_output",
+]
 
 
 def get_module(model: nn.Module, name: str, action: str = "plan") -> nn.Module:
@@ -82,8 +90,11 @@ def run_model(model: nn.Module, inputs: tuple[Tensor, ...]) -> Any:
             m.train(t)
 
 
-def verify_model(model: nn.Module, inputs: tuple[Tensor, ...] | None, context: str) -> None:
+def verify_model(model: nn.Module, inputs: tuple[Tensor, ...] | None, context: str) -> Any:
     """Check every Conv2d/Linear/BN is self-consistent and the model runs on ``inputs``.
+
+    Returns:
+        The model's output on ``inputs`` (``None`` without inputs).
 
     Raises:
         PlanError: naming the first inconsistent layer and ``context`` (the action applied).
@@ -121,7 +132,7 @@ def verify_model(model: nn.Module, inputs: tuple[Tensor, ...] | None, context: s
                     f"{context} left BatchNorm {name!r} with inconsistent sizes {sorted(sizes)}."
                 )
     if inputs is None:
-        return
+        return None
     try:
         out = run_model(model, inputs)
     except Exception as exc:  # noqa: BLE001 - any failure means a broken model
@@ -133,3 +144,37 @@ def verify_model(model: nn.Module, inputs: tuple[Tensor, ...] | None, context: s
     for o in outs:
         if isinstance(o, Tensor) and o.is_floating_point() and not bool(torch.isfinite(o).all()):
             raise PlanError(f"{context} produced a model whose output contains NaN/Inf.")
+    return out
+
+
+def output_shapes(out: Any) -> list[tuple[int, ...]]:
+    """Shapes of the tensors of a model output (a tensor, or nested tuples/lists/dicts)."""
+    if isinstance(out, Tensor):
+        return [tuple(out.shape)]
+    if isinstance(out, dict):
+        out = list(out.values())
+    if isinstance(out, (tuple, list)):
+        return [s for o in out for s in output_shapes(o)]
+    return []
+
+
+def check_output(ref: list[tuple[int, ...]] | None, out: Any, context: str) -> None:
+    """Output width guard: PlanError when ``out``'s shapes differ from ``ref`` (``None``: skip)."""
+    if ref is None or out is None:
+        return
+    new = output_shapes(out)
+    if new == ref:
+        return
+    width = ""
+    for a, b in zip(ref, new, strict=False):
+        if a != b:
+            dims = [d for d in range(min(len(a), len(b))) if a[d] != b[d]]
+            if dims and len(a) == len(b):
+                width = f" (dim {dims[0]}: width {a[dims[0]]} -> {b[dims[0]]})"
+            break
+    old_s, new_s = (s[0] if len(s) == 1 else s for s in (ref, new))
+    raise PlanError(
+        f"{context} changes the shape of the model's output from {old_s} to {new_s}"
+        f"{width}. Such a plan is refused because the outputs are the model's classes/targets; "
+        "pass allow_output_change=True to surgery.apply if this is intended."
+    )
