@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import functools
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -221,25 +222,19 @@ def _solve_one(
     *,
     linear: bool,
     layer: str,
-    method: str,
-    eps: dict[str, float],
+    solver: Any,
+    per_layer: Mapping[str, Mapping[str, Any]],
     backend: str,
     options: Any,
-    zero_tol: float | None,
 ) -> Any:
-    """Picklable per-layer solver for :func:`~compactnn.solvers.layerwise.solve_layers`."""
-    from compactnn.solvers.layerwise import solve_ddlr, solve_net_trim
+    """Picklable per-layer solve for :func:`~compactnn.solvers.layerwise.solve_layers`: the
+    method's :class:`~compactnn.solvers.layerwise.LayerSolver` with this layer's
+    hyper-parameters (``per_layer[layer]``, e.g. its ``eps_frac``)."""
+    from compactnn.solvers.layerwise import LayerProblem
 
-    kw: dict[str, Any] = {
-        "eps_frac": eps[layer],
-        "backend": backend,
-        "options": options,
-        "linear": linear,
-        "layer": layer,
-    }
-    if method == "ddlr":
-        return solve_ddlr(X, Y, bias, **kw)
-    return solve_net_trim(X, Y, bias, zero_tol=zero_tol, **kw)
+    return solver.with_params(**per_layer.get(layer, {})).solve(
+        LayerProblem(X, Y, bias, linear), backend=backend, options=options, layer=layer
+    )
 
 
 class _Layerwise(Method):
@@ -293,14 +288,25 @@ class _Layerwise(Method):
 
     # ------------------------------------------------------------------ solve
     def _solver(self, eps: dict[str, float]) -> Any:
+        """The registry's ``solver_name`` solver as a picklable per-layer callable.
+
+        Config fields named like a solver hyper-parameter are passed to it (e.g. Net-Trim's
+        ``zero_tol``); ``eps_frac`` is set per layer from ``eps``.
+        """
+        from compactnn.solvers.layerwise import get_layer_solver
+
         cfg: LayerwiseConfig = self.config  # type: ignore[assignment]
+        per_layer = {n: {"eps_frac": e} for n, e in eps.items()}
+        solver = get_layer_solver(self.solver_name)
+        shared = {
+            k: getattr(cfg, k) for k in solver.params() if k != "eps_frac" and hasattr(cfg, k)
+        }
         return functools.partial(
             _solve_one,
-            method=self.solver_name,
-            eps=eps,
+            solver=solver.with_params(**shared),
+            per_layer=per_layer,
             backend=cfg.backend,
             options=cfg.options,
-            zero_tol=getattr(cfg, "zero_tol", None),
         )
 
     def _solve_all(self, problems: dict[str, Any], solver: Any, progress: bool) -> dict[str, Any]:

@@ -12,6 +12,7 @@ function                    f                                      reference
 :func:`group_hard_threshold` λ #{g : x_g ≠ 0}                      Lin eq. (15)
 :func:`topk_groups`         indicator of ≤ k non-zero groups      Zhou suppl. sec. 4
 :func:`svt`                 τ‖X‖_*                                 Ma eq. (12)
+:func:`svt_values`          τ‖X‖_* (+ kept spectrum, SVD choices)  Ma eq. (12), DDLR eq. (4)
 :func:`project_rank`        indicator of rank ≤ r                 Eckart-Young
 :func:`lrtc_step`           tensor low rank (LRTC averaging)      Zhou suppl. Algorithm 1
 ==========================  =====================================  ==========================
@@ -24,12 +25,21 @@ from compactnn.prox.group import (
     group_soft_threshold,
     topk_groups,
 )
-from compactnn.prox.lowrank import fold, lrtc_step, project_rank, svt, unfold
+from compactnn.prox.lowrank import (
+    SVT_METHODS,
+    fold,
+    lrtc_step,
+    project_rank,
+    svt,
+    svt_values,
+    unfold,
+)
 from compactnn.prox.penalty import PENALTY_NAMES, PROX, penalty
 
 __all__ = [
     "PENALTY_NAMES",
     "PROX",
+    "SVT_METHODS",
     "fold",
     "group_hard_threshold",
     "group_norms",
@@ -40,6 +50,7 @@ __all__ = [
     "project_rank",
     "soft_threshold",
     "svt",
+    "svt_values",
     "topk_groups",
     "unfold",
 ]

@@ -8,11 +8,14 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from compactnn._validation import check_int
+from compactnn._validation import check_choice, check_int
 from compactnn.errors import ConfigError
 from compactnn.prox._common import check_tensor, check_threshold
 
-__all__ = ["svt", "project_rank", "unfold", "fold", "lrtc_step"]
+__all__ = ["svt", "svt_values", "SVT_METHODS", "project_rank", "unfold", "fold", "lrtc_step"]
+
+SVT_METHODS: tuple[str, ...] = ("auto", "full", "gram", "lowrank")
+"""Strategies of :func:`svt_values`."""
 
 
 def svt(m: Tensor, tau: float) -> Tensor:
@@ -42,6 +45,71 @@ def svt(m: Tensor, tau: float) -> Tensor:
     u, s, vh = torch.linalg.svd(m, full_matrices=False)
     s = torch.clamp(s - tau, min=0)
     return (u * s.unsqueeze(-2)) @ vh
+
+
+def svt_values(
+    m: Tensor, tau: float, mode: str = "auto", rank_hint: int | None = None
+) -> tuple[Tensor, Tensor]:
+    r"""Singular value thresholding of one matrix that also returns the kept singular values.
+
+    Same operator as :func:`svt`, :math:`\mathcal D_\tau(M) = \arg\min_X \tau\|X\|_* +
+    \tfrac12\|X - M\|_F^2`, for solvers that iterate it (ADMM Z-steps) and need the spectrum
+    (objective, rank of the iterate) and a cheaper strategy on large matrices.
+
+    Args:
+        m: matrix ``(m, n)``.
+        tau: τ >= 0.
+        mode: ``"full"`` (LAPACK SVD), ``"gram"`` (eigendecomposition of the smaller Gram
+            matrix; fast for large matrices), ``"lowrank"`` (``torch.svd_lowrank`` sized by
+            ``rank_hint``, verified: falls back to an exact method if the smallest computed
+            singular value is still above ``tau``) or ``"auto"`` (randomised when ``rank_hint``
+            is small, Gram for ``min(m, n) >= 400``, full SVD otherwise).
+        rank_hint: rank of the previous iterate (for the randomised path).
+
+    Returns:
+        ``(X, s)``: the thresholded matrix and its positive singular values ``s`` (descending).
+
+    Raises:
+        ConfigError: ``m`` is not a floating matrix, ``tau`` negative or not finite, or an
+            unknown ``mode``.
+
+    References:
+        Ma et al. (2019) eqs. (11)-(12); Papadimitriou & Jain (2021) eq. (4) (nuclear norm).
+    """
+    check_tensor(m, "m", "svt_values", min_dim=2)
+    tau = float(check_threshold(tau, "tau", "svt_values", allow_tensor=False))
+    check_choice(mode, "mode", "svt_values", SVT_METHODS)
+    if m.dim() != 2:
+        raise ConfigError(
+            f"The 'm' argument of svt_values must be a matrix (2 dims). Got shape "
+            f"{tuple(m.shape)} instead; use svt for batches."
+        )
+    rows, cols = m.shape
+    p = min(rows, cols)
+    if mode in ("auto", "lowrank") and rank_hint is not None:
+        q = rank_hint + max(10, rank_hint // 10)
+        if q <= (p // 4 if mode == "auto" else p - 1):
+            Uq, S, Vq = torch.svd_lowrank(m, q=q, niter=4)
+            if float(S[-1]) < tau:
+                keep = S > tau
+                s = S[keep] - tau
+                return (Uq[:, keep] * s) @ Vq[:, keep].T, s
+    if mode == "gram" or (mode in ("auto", "lowrank") and p >= 400):
+        if rows <= cols:
+            lam, E = torch.linalg.eigh(m @ m.T)
+        else:
+            lam, E = torch.linalg.eigh(m.T @ m)
+        sig = lam.clamp_min(0).sqrt()
+        keep = sig > tau
+        sk = sig[keep]
+        Ek = E[:, keep]
+        shrink = (sk - tau) / sk
+        X = (Ek * shrink) @ (Ek.T @ m) if rows <= cols else (m @ Ek) @ (Ek * shrink).T
+        return X, torch.flip(sk - tau, dims=(0,))
+    Uf, S, Vh = torch.linalg.svd(m, full_matrices=False)
+    keep = S > tau
+    s = S[keep] - tau
+    return (Uf[:, keep] * s) @ Vh[keep], s
 
 
 def project_rank(m: Tensor, r: int) -> Tensor:

@@ -1,4 +1,6 @@
-"""Convex layer-wise solvers: DDLR (nuclear norm) and Net-Trim (l1), backends "admm" and "cvxpy".
+"""Layer-wise solvers behind one interface (:class:`LayerSolver`, declared :class:`Capabilities`,
+registry :func:`get_layer_solver` / :func:`list_layer_solvers`): DDLR (nuclear norm) and
+Net-Trim (l1), backends "admm" and "cvxpy".
 
 References:
     Papadimitriou & Jain (2021), "Data-Driven Low-Rank Neural Network Compression", eqs. (2)-(4),
@@ -8,15 +10,22 @@ References:
 from __future__ import annotations
 
 from compactnn.solvers.layerwise._admm import ADMMOptions, ADMMState, soft_threshold, svt
-from compactnn.solvers.layerwise._solve import BACKENDS, CvxpyOptions
+from compactnn.solvers.layerwise._solve import (
+    BACKENDS,
+    CONVEX_BACKENDS,
+    CvxpyOptions,
+    EpsConstrainedSolver,
+)
+from compactnn.solvers.layerwise.base import CONSTRAINTS, Backend, Capabilities, LayerSolver
 from compactnn.solvers.layerwise.ddlr import (
     DDLR_EPS_FRACS,
+    DDLRSolver,
     choose_rank,
     eps_path,
     factorize,
     solve_ddlr,
 )
-from compactnn.solvers.layerwise.net_trim import solve_net_trim
+from compactnn.solvers.layerwise.net_trim import NetTrimSolver, solve_net_trim
 from compactnn.solvers.layerwise.parallel import solve_layers
 from compactnn.solvers.layerwise.problem import (
     STATUSES,
@@ -24,20 +33,36 @@ from compactnn.solvers.layerwise.problem import (
     LayerSolveResult,
     constraint_violation,
 )
+from compactnn.solvers.layerwise.registry import (
+    LAYER_SOLVERS,
+    get_layer_solver,
+    list_layer_solvers,
+)
 
 __all__ = [
     "BACKENDS",
+    "CONSTRAINTS",
+    "CONVEX_BACKENDS",
     "DDLR_EPS_FRACS",
+    "LAYER_SOLVERS",
     "STATUSES",
     "ADMMOptions",
     "ADMMState",
+    "Backend",
+    "Capabilities",
     "CvxpyOptions",
+    "DDLRSolver",
+    "EpsConstrainedSolver",
     "LayerProblem",
     "LayerSolveResult",
+    "LayerSolver",
+    "NetTrimSolver",
     "choose_rank",
     "constraint_violation",
     "eps_path",
     "factorize",
+    "get_layer_solver",
+    "list_layer_solvers",
     "soft_threshold",
     "solve_ddlr",
     "solve_layers",

@@ -16,7 +16,7 @@ step is exact:
 * :math:`V`-step: projection onto :math:`\mathcal C`;
 * :math:`Z`-step: :math:`\operatorname{prox}_{f/\rho}` -- singular value thresholding (nuclear
   norm; full SVD, Gram eigendecomposition or randomised ``torch.svd_lowrank`` when the rank is
-  small) or soft thresholding (:math:`\ell_1`);
+  small) or soft thresholding (:math:`\ell_1`), both from :mod:`compactnn.prox`;
 * scaled duals :math:`\Lambda_{1,2}`, over-relaxation :math:`\alpha`, residual balancing of
   :math:`\rho` (no refactorisation needed: both blocks share :math:`\rho`).
 
@@ -44,10 +44,12 @@ import torch
 from torch import Tensor
 
 from compactnn._validation import check_bool, check_choice, check_float, check_int
+from compactnn.prox import SVT_METHODS, soft_threshold, svt_values
 
 __all__ = ["ADMMOptions", "ADMMState", "run_admm", "svt", "soft_threshold"]
 
-_SVD_MODES = ("auto", "full", "gram", "lowrank")
+#: The Z-step proximal operators are :mod:`compactnn.prox`'s; re-exported under their old names.
+svt = svt_values
 
 
 @dataclass(frozen=True)
@@ -96,7 +98,7 @@ class ADMMOptions:
         check_bool(self.adaptive_rho, "adaptive_rho", o)
         check_int(self.check_every, "check_every", o, min_value=1)
         check_choice(self.dtype, "dtype", o, ("float32", "float64"))
-        check_choice(self.svd, "svd", o, _SVD_MODES)
+        check_choice(self.svd, "svd", o, SVT_METHODS)
         if self.time_limit is not None:
             check_float(self.time_limit, "time_limit", o, min_value=0.0, min_inclusive=False)
         check_bool(self.raise_on_infeasible, "raise_on_infeasible", o)
@@ -114,56 +116,6 @@ class ADMMState:
     L2: Tensor
     rho: float
     scale: float  # t / sigma_max: U_original = scale * (basis @ Z)
-
-
-def soft_threshold(W: Tensor, tau: float) -> Tensor:
-    r""":math:`\operatorname{argmin}_Z \tau\|Z\|_1 + \tfrac12\|Z - W\|_F^2 = \operatorname{sign}(W)(|W|-\tau)_+`."""
-    return torch.sign(W) * (W.abs() - tau).clamp_min(0)
-
-
-def svt(
-    W: Tensor, tau: float, mode: str = "auto", rank_hint: int | None = None
-) -> tuple[Tensor, Tensor]:
-    r"""Singular value thresholding :math:`\operatorname{argmin}_Z \tau\|Z\|_* + \tfrac12\|Z-W\|_F^2`.
-
-    Args:
-        W: Matrix ``(m, n)``.
-        tau: Threshold :math:`\tau \ge 0`.
-        mode: ``"full"`` (LAPACK SVD), ``"gram"`` (eigendecomposition of the smaller Gram
-            matrix; fast for large matrices), ``"lowrank"`` (``torch.svd_lowrank`` sized by
-            ``rank_hint``, verified: falls back to an exact method if the smallest computed
-            singular value is still above ``tau``) or ``"auto"``.
-        rank_hint: Rank of the previous iterate (for the randomised path).
-
-    Returns:
-        ``(Z, s)`` with ``s`` the positive singular values of ``Z`` (descending).
-    """
-    m, n = W.shape
-    p = min(m, n)
-    if mode in ("auto", "lowrank") and rank_hint is not None:
-        q = rank_hint + max(10, rank_hint // 10)
-        if q <= (p // 4 if mode == "auto" else p - 1):
-            Uq, S, Vq = torch.svd_lowrank(W, q=q, niter=4)
-            if float(S[-1]) < tau:
-                keep = S > tau
-                s = S[keep] - tau
-                return (Uq[:, keep] * s) @ Vq[:, keep].T, s
-    if mode == "gram" or (mode in ("auto", "lowrank") and p >= 400):
-        if m <= n:
-            lam, E = torch.linalg.eigh(W @ W.T)
-        else:
-            lam, E = torch.linalg.eigh(W.T @ W)
-        sig = lam.clamp_min(0).sqrt()
-        keep = sig > tau
-        sk = sig[keep]
-        Ek = E[:, keep]
-        shrink = (sk - tau) / sk
-        Z = (Ek * shrink) @ (Ek.T @ W) if m <= n else (W @ Ek) @ (Ek * shrink).T
-        return Z, torch.flip(sk - tau, dims=(0,))
-    Uf, S, Vh = torch.linalg.svd(W, full_matrices=False)
-    keep = S > tau
-    s = S[keep] - tau
-    return (Uf[:, keep] * s) @ Vh[keep], s
 
 
 @dataclass
@@ -257,7 +209,7 @@ def run_admm(
         V_old, Z_old = V, Z
         V = _project(P, AUh + L1)
         if prox == "nuclear":
-            Z, sv = svt(Uh + L2, 1.0 / rho, opts.svd, rank_hint)
+            Z, sv = svt_values(Uh + L2, 1.0 / rho, opts.svd, rank_hint)
             rank_hint = int(sv.numel())
         else:
             Z = soft_threshold(Uh + L2, 1.0 / rho)

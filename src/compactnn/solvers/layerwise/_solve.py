@@ -1,5 +1,6 @@
-"""Shared front end of :func:`solve_ddlr` and :func:`solve_net_trim`: validation, epsilon,
-infeasibility pre-check, backend dispatch and the result (measured on the returned ``U``).
+"""Shared front end of the eps-constrained layer solvers (DDLR, Net-Trim): validation, epsilon,
+infeasibility pre-check, the backend table (:data:`CONVEX_BACKENDS`) and the result (measured on
+the returned ``U``).
 
 References:
     Papadimitriou & Jain (2021), eq. (4), sec. 4 (epsilon = frac * ||Y_{l-1}||_F).
@@ -8,16 +9,20 @@ References:
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import Any, cast
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
-from compactnn._validation import check_bool, check_choice, check_float, check_int
+from compactnn._validation import check_bool, check_float, check_int
 from compactnn.errors import ConfigError, InfeasibleError
 from compactnn.solvers.layerwise._admm import ADMMOptions, ADMMState, ScaledProblem, run_admm
+from compactnn.solvers.layerwise.base import Backend, LayerSolver
 from compactnn.solvers.layerwise.problem import (
+    LayerProblem,
     LayerSolveResult,
     check_problem,
     constraint_violation,
@@ -25,9 +30,7 @@ from compactnn.solvers.layerwise.problem import (
     masked_ls_residual,
 )
 
-__all__ = ["CvxpyOptions", "solve_layer", "BACKENDS"]
-
-BACKENDS: tuple[str, ...] = ("admm", "cvxpy")
+__all__ = ["BACKENDS", "CONVEX_BACKENDS", "CvxpyOptions", "EpsConstrainedSolver", "solve_layer"]
 
 
 @dataclass(frozen=True)
@@ -176,34 +179,140 @@ def _warm(
     return Z0.to(dtype)
 
 
-def solve_layer(
+@dataclass(frozen=True)
+class _Raw:
+    """What a backend hands back: ``U`` (float64, original units) and how the run ended.
+
+    ``outcome``: ``"solved"``, ``"inaccurate"`` (solved to a loose accuracy), ``"stalled"`` (no
+    progress: infeasible if the returned ``U`` is), ``"infeasible"`` (certified) or
+    ``"max_iter"``.
+    """
+
+    U: Tensor
+    iterations: int
+    native: str
+    outcome: str
+    sv: Tensor | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+def _run_admm(
     X: Tensor,
     Y: Tensor,
-    bias: Tensor | None,
+    b: Tensor,
+    eps: float,
+    *,
+    objective: str,
+    linear: bool,
+    options: ADMMOptions,
+    warm_start: Any,
+) -> _Raw:
+    dtype = torch.float64 if options.dtype == "float64" else torch.float32
+    prob, basis, scale = _build_admm(X, Y, b, eps, objective, linear, dtype)
+    init = _warm(warm_start, basis, scale, prob, dtype, X.shape[1])
+    out = run_admm(prob, objective, options, init, scale)
+    Z = out["Z"].to(torch.float64)
+    U = scale * (basis.to(torch.float64) @ Z if basis is not None else Z)
+    sv = out["sv"].to(torch.float64) * scale if objective == "nuclear" else None
+    extras = {key: out[key] for key in ("r_prim", "r_dual", "rho")}
+    if out["state"] is not None:
+        extras["admm_state"] = out["state"]
+    native = "converged" if out["converged"] else ("stalled" if out["stalled"] else "max_iter")
+    outcome = "solved" if native == "converged" else native
+    return _Raw(U, int(out["iterations"]), native, outcome, sv, extras)
+
+
+def _run_cvxpy(
+    X: Tensor,
+    Y: Tensor,
+    b: Tensor,
+    eps: float,
+    *,
+    objective: str,
+    linear: bool,
+    options: CvxpyOptions,
+    warm_start: Any,
+) -> _Raw:
+    from compactnn.solvers.layerwise._cvxpy import solve_cvxpy
+
+    out = solve_cvxpy(
+        X,
+        Y,
+        b,
+        eps,
+        objective=objective,
+        linear=linear,
+        scs_eps=options.eps,
+        max_iters=options.max_iters,
+        time_limit=options.time_limit,
+        verbose=options.verbose,
+    )
+    native = out["status"]
+    d, n = X.shape[1], Y.shape[1]
+    if out["U"] is None:
+        U = torch.zeros(d, n, dtype=torch.float64)
+        outcome = "infeasible" if native.startswith("infeasible") else "max_iter"
+    else:
+        U = torch.from_numpy(out["U"])
+        outcome = {"optimal": "solved", "optimal_inaccurate": "inaccurate"}.get(native)
+        if outcome is None:
+            outcome = "infeasible" if native.startswith("infeasible") else "max_iter"
+    extras = {"scs_solve_time": out["solve_time"]}
+    return _Raw(U, out["iterations"], native, outcome, None, extras)
+
+
+def _keep_state(options: ADMMOptions) -> ADMMOptions:
+    return replace(options, keep_state=True)
+
+
+CONVEX_BACKENDS: Mapping[str, Backend] = MappingProxyType(
+    {
+        "admm": Backend(
+            "admm",
+            ADMMOptions,
+            _run_admm,
+            warm_start=True,
+            exact_zeros=True,
+            keep_state=_keep_state,
+        ),
+        "cvxpy": Backend("cvxpy", CvxpyOptions, _run_cvxpy),
+    }
+)
+"""The backend table of the eps-constrained problem (DDLR, Net-Trim): the one place where a
+backend name becomes code."""
+
+BACKENDS: tuple[str, ...] = tuple(CONVEX_BACKENDS)
+
+#: status of the result from (backend outcome, returned ``U`` feasible within ``feas_tol``)
+_STATUS: Mapping[str, tuple[str, str]] = MappingProxyType(
+    {
+        "solved": ("optimal", "optimal_inaccurate"),
+        "inaccurate": ("optimal_inaccurate", "optimal_inaccurate"),
+        "stalled": ("max_iter", "infeasible"),
+        "infeasible": ("infeasible", "infeasible"),
+        "max_iter": ("max_iter", "max_iter"),
+    }
+)
+
+
+def solve_layer(
+    problem: LayerProblem,
     *,
     objective: str,
     owner: str,
     eps_frac: float,
-    backend: str,
-    options: ADMMOptions | CvxpyOptions | None,
-    linear: bool,
+    backend: Backend,
+    options: Any,
     warm_start: Any,
     layer: str | None,
     zero_tol: float = 0.0,
 ) -> LayerSolveResult:
-    """Solve one layer problem (see :mod:`compactnn.solvers.layerwise.problem`)."""
+    """Solve one eps-constrained layer problem (see :mod:`compactnn.solvers.layerwise.problem`)
+    with a backend row of :data:`CONVEX_BACKENDS` and its (checked) options."""
     t0 = time.perf_counter()
-    check_choice(backend, "backend", owner, BACKENDS)
+    linear = problem.linear
     check_bool(linear, "linear", owner)
-    if options is None:
-        options = ADMMOptions() if backend == "admm" else CvxpyOptions()
-    want = ADMMOptions if backend == "admm" else CvxpyOptions
-    if not isinstance(options, want):
-        raise ConfigError(
-            f"The 'options' parameter of {owner} must be a {want.__name__} for backend="
-            f"'{backend}'. Got {type(options).__name__} instead."
-        )
-    X, Y, b = check_problem(X, Y, bias, owner, layer)
+    X, Y, b = check_problem(problem.X, problem.Y, problem.bias, owner, layer)
     eps = epsilon_from_frac(X, eps_frac, owner)
     where = owner + (f" (layer '{layer}')" if layer else "")
     lb = masked_ls_residual(X, Y, b, linear)
@@ -216,47 +325,18 @@ def solve_layer(
             f"{lb / float(torch.linalg.vector_norm(X)):.4g}, or check that Y belongs to X."
         )
     d, n = X.shape[1], Y.shape[1]
-    sv = None
-    if backend == "admm":
-        options = cast(ADMMOptions, options)
-        dtype = torch.float64 if options.dtype == "float64" else torch.float32
-        prob, basis, scale = _build_admm(X, Y, b, eps, objective, linear, dtype)
-        init = _warm(warm_start, basis, scale, prob, dtype, d)
-        out = run_admm(prob, objective, options, init, scale)
-        Z = out["Z"].to(torch.float64)
-        U = scale * (basis.to(torch.float64) @ Z if basis is not None else Z)
-        if objective == "nuclear":
-            sv = out["sv"].to(torch.float64) * scale
-        iterations = int(out["iterations"])
-        for key in ("r_prim", "r_dual", "rho"):
-            extras[key] = out[key]
-        if out["state"] is not None:
-            extras["admm_state"] = out["state"]
-        native = "converged" if out["converged"] else ("stalled" if out["stalled"] else "max_iter")
-    else:
-        from compactnn.solvers.layerwise._cvxpy import solve_cvxpy
-
-        options = cast(CvxpyOptions, options)
-        out = solve_cvxpy(
-            X,
-            Y,
-            b,
-            eps,
-            objective=objective,
-            linear=linear,
-            scs_eps=options.eps,
-            max_iters=options.max_iters,
-            time_limit=options.time_limit,
-            verbose=options.verbose,
-        )
-        native = out["status"]
-        iterations = out["iterations"]
-        U = (
-            torch.zeros(d, n, dtype=torch.float64)
-            if out["U"] is None
-            else torch.from_numpy(out["U"])
-        )
-        extras["scs_solve_time"] = out["solve_time"]
+    raw: _Raw = backend.run(
+        X,
+        Y,
+        b,
+        eps,
+        objective=objective,
+        linear=linear,
+        options=options,
+        warm_start=warm_start if backend.warm_start else None,
+    )
+    U, sv, native = raw.U, raw.sv, raw.native
+    extras.update(raw.extras)
     extras["native_status"] = native
     if objective == "l1" and zero_tol > 0:
         U = torch.where(
@@ -273,23 +353,10 @@ def solve_layer(
         objective_value = float(U.abs().sum())
         extras["nnz"] = int((U != 0).sum())
     feasible = viol <= options.feas_tol
-    if backend == "admm":
-        if native == "converged":
-            status = "optimal" if feasible else "optimal_inaccurate"
-        else:
-            status = "infeasible" if (native == "stalled" and not feasible) else "max_iter"
-    else:
-        if native == "optimal" and out["U"] is not None:
-            status = "optimal" if feasible else "optimal_inaccurate"
-        elif native == "optimal_inaccurate" and out["U"] is not None:
-            status = "optimal_inaccurate"
-        elif native.startswith("infeasible"):
-            status = "infeasible"
-        else:
-            status = "max_iter"
+    status = _STATUS[raw.outcome][0 if feasible else 1]
     if status == "infeasible" and options.raise_on_infeasible:
         raise InfeasibleError(
-            f"{where}: the constraint set of eq. (4) looks empty (backend '{backend}': "
+            f"{where}: the constraint set of eq. (4) looks empty (backend '{backend.name}': "
             f"{native}; relative violation {viol:.3g} at the last iterate, epsilon {eps:.4g}). "
             "Increase eps_frac or check the inputs (a sample with Y <= 0 that the bias alone "
             "forces positive cannot be matched)."
@@ -299,8 +366,46 @@ def solve_layer(
         status=status,
         objective=objective_value,
         constraint_violation=viol,
-        iterations=iterations,
+        iterations=raw.iterations,
         seconds=time.perf_counter() - t0,
-        backend=backend,
+        backend=backend.name,
         extras=extras,
     )
+
+
+@dataclass(frozen=True)
+class EpsConstrainedSolver(LayerSolver):
+    r"""Base of the solvers of :math:`\min f(U)` s.t. eq. (4) (DDLR, Net-Trim).
+
+    Attributes:
+        eps_frac: :math:`\epsilon = \text{eps\_frac}\cdot\|X\|_F` (checked when solving).
+    """
+
+    eps_frac: float = 0.1
+
+    backend_table: ClassVar[Mapping[str, Backend]] = CONVEX_BACKENDS
+
+    def _zero_tol(self, backend: Backend) -> float:
+        """Clean-up threshold of the l1 solution (0: none)."""
+        return 0.0
+
+    def _solve(
+        self,
+        problem: LayerProblem,
+        *,
+        backend: Backend,
+        options: Any,
+        warm_start: Any,
+        layer: str | None,
+    ) -> LayerSolveResult:
+        return solve_layer(
+            problem,
+            objective=self.capabilities.objective,
+            owner=self.owner,
+            eps_frac=self.eps_frac,
+            backend=backend,
+            options=options,
+            warm_start=warm_start,
+            layer=layer,
+            zero_tol=self._zero_tol(backend),
+        )

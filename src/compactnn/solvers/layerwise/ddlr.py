@@ -17,8 +17,8 @@ References:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -26,13 +26,41 @@ from torch import Tensor
 from compactnn._validation import check_float, check_int
 from compactnn.errors import ConfigError, InputShapeError
 from compactnn.solvers.layerwise._admm import ADMMOptions
-from compactnn.solvers.layerwise._solve import CvxpyOptions, solve_layer
-from compactnn.solvers.layerwise.problem import LayerSolveResult
+from compactnn.solvers.layerwise._solve import CONVEX_BACKENDS, CvxpyOptions, EpsConstrainedSolver
+from compactnn.solvers.layerwise.base import Capabilities
+from compactnn.solvers.layerwise.problem import LayerProblem, LayerSolveResult
 
-__all__ = ["solve_ddlr", "choose_rank", "factorize", "eps_path", "DDLR_EPS_FRACS"]
+__all__ = [
+    "DDLRSolver",
+    "solve_ddlr",
+    "choose_rank",
+    "factorize",
+    "eps_path",
+    "DDLR_EPS_FRACS",
+]
 
 DDLR_EPS_FRACS: tuple[float, ...] = (0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.12, 0.14, 0.16, 0.2, 0.3)
 """The eps fractions of the paper's MNIST / CIFAR-10 experiments (sec. 4.2-4.3)."""
+
+
+@dataclass(frozen=True)
+class DDLRSolver(EpsConstrainedSolver):
+    r"""DDLR as a :class:`~compactnn.solvers.layerwise.base.LayerSolver`: :math:`\min \|U\|_*`
+    s.t. eq. (4); deployed as rank-``r`` factors (:func:`choose_rank`, :func:`factorize`).
+
+    Attributes:
+        eps_frac: :math:`\epsilon = \text{eps\_frac}\cdot\|X\|_F`.
+    """
+
+    name: ClassVar[str] = "ddlr"
+    owner: ClassVar[str] = "DDLR"
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        objective="nuclear",
+        constraints=("fit_ball", "relu_inactive"),
+        backends=tuple(CONVEX_BACKENDS),
+        warm_start=True,
+        factor_output=True,
+    )
 
 
 def solve_ddlr(
@@ -70,16 +98,10 @@ def solve_ddlr(
         SolverError: Empty data or NaN/Inf (message names the tensor).
         InputShapeError: Shape mismatch.
     """
-    return solve_layer(
-        X,
-        Y_pre,
-        bias,
-        objective="nuclear",
-        owner="DDLR",
-        eps_frac=eps_frac,
+    return DDLRSolver(eps_frac=eps_frac).solve(
+        LayerProblem(X, Y_pre, bias, linear),
         backend=backend,
         options=options,
-        linear=linear,
         warm_start=warm_start,
         layer=layer,
     )
@@ -165,28 +187,24 @@ def eps_path(
     Returns:
         One result per eps fraction, in increasing order of ``eps_frac``.
     """
-    from compactnn.solvers.layerwise.net_trim import solve_net_trim
+    from compactnn.solvers.layerwise.registry import LAYER_SOLVERS
 
-    solver = {"ddlr": solve_ddlr, "net-trim": solve_net_trim}.get(method)
-    if solver is None:
+    cls = LAYER_SOLVERS.get(method) if isinstance(method, str) else None
+    if cls is None or not issubclass(cls, EpsConstrainedSolver):
+        known = [n for n, c in LAYER_SOLVERS.items() if issubclass(c, EpsConstrainedSolver)]
         raise ConfigError(
-            f"eps_path: 'method' must be 'ddlr' or 'net-trim'. Got {method!r} instead."
+            f"eps_path: 'method' must be one of {', '.join(map(repr, known))} (a layer solver "
+            f"with an eps_frac). Got {method!r} instead."
         )
-    if backend == "admm":
-        options = replace(options or ADMMOptions(), keep_state=True)
+    solver = cls()
+    row, options = solver.check(backend, options)
+    options = row.path_options(options)
+    problem = LayerProblem(X, Y_pre, bias, linear)
     results: list[LayerSolveResult] = []
     prev: LayerSolveResult | None = None
     for frac in sorted(eps_fracs):
-        res = solver(
-            X,
-            Y_pre,
-            bias,
-            eps_frac=frac,
-            backend=backend,
-            options=options,
-            linear=linear,
-            warm_start=prev if backend == "admm" else None,
-            layer=layer,
+        res = solver.with_params(eps_frac=frac).solve(
+            problem, backend=backend, options=options, warm_start=prev, layer=layer
         )
         results.append(res)
         prev = res

@@ -17,16 +17,51 @@ References:
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from torch import Tensor
 
 from compactnn._validation import check_float
 from compactnn.solvers.layerwise._admm import ADMMOptions
-from compactnn.solvers.layerwise._solve import CvxpyOptions, solve_layer
-from compactnn.solvers.layerwise.problem import LayerSolveResult
+from compactnn.solvers.layerwise._solve import CONVEX_BACKENDS, CvxpyOptions, EpsConstrainedSolver
+from compactnn.solvers.layerwise.base import Backend, Capabilities
+from compactnn.solvers.layerwise.problem import LayerProblem, LayerSolveResult
 
-__all__ = ["solve_net_trim"]
+__all__ = ["NetTrimSolver", "solve_net_trim"]
+
+#: default clean-up threshold for backends that do not return exact zeros (SCS)
+DEFAULT_ZERO_TOL = 1e-6
+
+
+@dataclass(frozen=True)
+class NetTrimSolver(EpsConstrainedSolver):
+    r"""Net-Trim as a :class:`~compactnn.solvers.layerwise.base.LayerSolver`:
+    :math:`\min \|U\|_1` s.t. eq. (4); deployed as a sparse weight.
+
+    Attributes:
+        eps_frac: :math:`\epsilon = \text{eps\_frac}\cdot\|X\|_F`.
+        zero_tol: Entries with ``|U_ij| <= zero_tol * max|U|`` are set to 0 after solving
+            (``None``: 0 for a backend with exact zeros (admm), 1e-6 otherwise (cvxpy)).
+    """
+
+    zero_tol: float | None = None
+
+    name: ClassVar[str] = "net-trim"
+    owner: ClassVar[str] = "Net-Trim"
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        objective="l1",
+        constraints=("fit_ball", "relu_inactive"),
+        backends=tuple(CONVEX_BACKENDS),
+        warm_start=True,
+        factor_output=False,
+    )
+
+    def _zero_tol(self, backend: Backend) -> float:
+        tol = self.zero_tol
+        if tol is None:
+            tol = 0.0 if backend.exact_zeros else DEFAULT_ZERO_TOL
+        return check_float(tol, "zero_tol", self.owner, min_value=0.0, max_value=1.0)
 
 
 def solve_net_trim(
@@ -46,25 +81,15 @@ def solve_net_trim(
 
     Args:
         zero_tol: Entries with ``|U_ij| <= zero_tol * max|U|`` are set to 0 after solving
-            (``None``: 1e-6 for cvxpy, 0 for admm).
+            (``None``: 1e-6 for cvxpy, 0 for admm, whose soft thresholding gives exact zeros).
 
     Returns:
         :class:`LayerSolveResult` with ``objective = ||U||_1`` and ``extras["nnz"]``.
     """
-    if zero_tol is None:
-        zero_tol = 1e-6 if backend == "cvxpy" else 0.0
-    zero_tol = check_float(zero_tol, "zero_tol", "Net-Trim", min_value=0.0, max_value=1.0)
-    return solve_layer(
-        X,
-        Y_pre,
-        bias,
-        objective="l1",
-        owner="Net-Trim",
-        eps_frac=eps_frac,
+    return NetTrimSolver(eps_frac=eps_frac, zero_tol=zero_tol).solve(
+        LayerProblem(X, Y_pre, bias, linear),
         backend=backend,
         options=options,
-        linear=linear,
         warm_start=warm_start,
         layer=layer,
-        zero_tol=zero_tol,
     )

@@ -2,8 +2,10 @@
 
 Backends: ``"serial"``, ``"joblib"`` (loky worker processes) and ``"dask"`` (a
 ``distributed.Client``). Each worker runs with one torch thread; only the layer's own tensors are
-sent to it (the solver must be a picklable callable, e.g. ``functools.partial(solve_ddlr,
-eps_frac=0.1)``), and the ADMM warm-start state is not sent back unless asked for.
+sent to it (the solver must be picklable: a registry name, a
+:class:`~compactnn.solvers.layerwise.base.LayerSolver` or a callable such as
+``functools.partial(solve_ddlr, eps_frac=0.1)``), and the ADMM warm-start state is not sent back
+unless asked for.
 
 References:
     Papadimitriou & Jain (2021), Algorithm 1 and sec. 3.2 ("allows for parallel implementation").
@@ -11,11 +13,13 @@ References:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from compactnn._validation import check_bool, check_choice, check_int
-from compactnn.errors import CompactnnError, ConfigError, SolverError
+from compactnn.errors import CompactnnError, ConfigError, SolverError, UnknownNameError
+from compactnn.solvers.layerwise.base import LayerSolver
 from compactnn.solvers.layerwise.problem import LayerProblem, LayerSolveResult
 
 __all__ = ["solve_layers", "PARALLEL_BACKENDS"]
@@ -25,20 +29,37 @@ PARALLEL_BACKENDS: tuple[str, ...] = ("serial", "joblib", "dask")
 Solver = Callable[..., LayerSolveResult]
 
 
-def _resolve(solver: Solver | str) -> Solver:
-    if isinstance(solver, str):
-        from compactnn.solvers.layerwise.ddlr import solve_ddlr
-        from compactnn.solvers.layerwise.net_trim import solve_net_trim
+def _with_defaults(
+    solver: LayerSolver,
+    X: Any,
+    Y: Any,
+    bias: Any,
+    *,
+    linear: bool,
+    layer: str | None = None,
+) -> LayerSolveResult:
+    """A :class:`LayerSolver` on its default backend and options (picklable via partial)."""
+    return solver.solve(LayerProblem(X, Y, bias, linear), layer=layer)
 
-        table: dict[str, Solver] = {"ddlr": solve_ddlr, "net-trim": solve_net_trim}
-        if solver not in table:
+
+def _resolve(solver: Solver | LayerSolver | str) -> Solver:
+    if isinstance(solver, str):
+        from compactnn.solvers.layerwise.registry import LAYER_SOLVERS, get_layer_solver
+
+        try:
+            solver = get_layer_solver(solver)
+        except UnknownNameError:
             raise ConfigError(
-                f"The 'solver' parameter of solve_layers must be 'ddlr', 'net-trim' or a callable. "
+                f"The 'solver' parameter of solve_layers must be a registered layer solver "
+                f"({', '.join(repr(n) for n in LAYER_SOLVERS)}), a LayerSolver or a callable. "
                 f"Got {solver!r} instead."
-            )
-        return table[solver]
+            ) from None
+    if isinstance(solver, LayerSolver):
+        return functools.partial(_with_defaults, solver)
     if not callable(solver):
-        raise ConfigError("The 'solver' parameter of solve_layers must be a callable or a name.")
+        raise ConfigError(
+            "The 'solver' parameter of solve_layers must be a callable, a LayerSolver or a name."
+        )
     return solver
 
 
@@ -57,7 +78,7 @@ def _run_one(solver: Solver, name: str, problem: LayerProblem) -> LayerSolveResu
 
 def solve_layers(
     problems: Mapping[str, LayerProblem],
-    solver: Solver | str,
+    solver: Solver | LayerSolver | str,
     *,
     n_jobs: int = 1,
     backend: str = "joblib",
@@ -68,7 +89,9 @@ def solve_layers(
 
     Args:
         problems: ``{dotted layer name: LayerProblem}``.
-        solver: ``"ddlr"``, ``"net-trim"`` or a picklable callable
+        solver: A registered layer-solver name (``"ddlr"``, ``"net-trim"``, ...) or a
+            :class:`~compactnn.solvers.layerwise.base.LayerSolver` (both run on their default
+            backend and options), or a picklable callable
             ``solver(X, Y, bias, *, linear, layer) -> LayerSolveResult``.
         n_jobs: Worker processes for joblib (``1`` runs serially in-process).
         backend: ``"serial"``, ``"joblib"`` or ``"dask"``.
