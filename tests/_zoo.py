@@ -292,3 +292,23 @@ def build(name: str, seed: int = 0, **widths: int) -> nn.Module:
 
 def n_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+class ShapeCheckedNet(nn.Module):
+    """Classifier registered first; forward checks and branches on the input shape (fx fails)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(16, 3)
+        self.conv1 = nn.Conv2d(1, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 12, 3, padding=1)
+        self.fc = nn.Linear(12 * 4 * 4, 16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1:] != (1, 8, 8):
+            raise ValueError(f"expected (N, 1, 8, 8) inputs, got {tuple(x.shape)}")
+        x = torch.relu(self.conv1(x))
+        x = nn.functional.max_pool2d(x, 2)
+        x = torch.relu(self.conv2(x))
+        x = x.flatten(1) if x.shape[0] > 1 else x.reshape(1, -1)
+        return self.head(torch.relu(self.fc(x)))

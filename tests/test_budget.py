@@ -15,6 +15,8 @@ import compactnn
 from compactnn.api import as_compression_data, split_loader
 from compactnn.budget import Strength, Target, measure, search
 from compactnn.errors import AccuracyDropError, ConfigError
+from compactnn.train import TrainConfig
+from compactnn.train import train as train_model
 
 
 # ---------------------------------------------------------------- Target
@@ -73,9 +75,7 @@ def test_search_on_a_step_function_returns_a_point_inside_the_budget() -> None:
     def kept(s: float) -> dict[str, float]:  # discrete: like counts of filters
         return {"params": max(1, math.ceil(10 * (1 - s))) / 10}
 
-    res = search(
-        kept, Target(params=0.33), Strength("s", 0.1, 0.5, log=False, bound_hi=0.999)
-    )
+    res = search(kept, Target(params=0.33), Strength("s", 0.1, 0.5, log=False, bound_hi=0.999))
     assert res.met and res.kept["params"] == pytest.approx(0.3)
 
 
@@ -208,23 +208,21 @@ def test_compress_leaves_every_global_rng_untouched() -> None:
     model = _cnn()  # seeds torch itself
     torch.manual_seed(5)
     random.seed(5)
-    np.random.seed(5)
-    states = (torch.get_rng_state(), random.getstate(), np.random.get_state()[1].copy())
+    np.random.seed(5)  # noqa: NPY002
+    states = (torch.get_rng_state(), random.getstate(), np.random.get_state()[1].copy())  # noqa: NPY002
     compactnn.compress(
         model, "random", (train, test), ratio=0.5, finetune_epochs=1, measure=False,
         progress=False, on_drop="warn",
     )  # fmt: skip
     assert torch.equal(states[0], torch.get_rng_state())
     assert states[1] == random.getstate()
-    assert np.array_equal(states[2], np.random.get_state()[1])
+    assert np.array_equal(states[2], np.random.get_state()[1])  # noqa: NPY002
 
 
 def test_silent_destruction_is_refused_with_the_numbers() -> None:
     train, test = _data()
     model = _cnn()
-    compactnn.train.train(
-        model, train, config=compactnn.train.TrainConfig(epochs=8, lr=0.05), progress=False
-    )
+    train_model(model, train, config=TrainConfig(epochs=8, lr=0.05), progress=False)
     with pytest.raises(AccuracyDropError, match=r"collapsed to <= 1 unit: '0' \(1\)") as info:
         compactnn.compress(
             model, "l1-norm", (train, test), keep={"0": 1, "3": 1, "6": 1},
@@ -242,9 +240,7 @@ def test_silent_destruction_is_refused_with_the_numbers() -> None:
 def test_drop_guard_uses_max_drop() -> None:
     train, test = _data()
     model = _cnn()
-    compactnn.train.train(
-        model, train, config=compactnn.train.TrainConfig(epochs=8, lr=0.05), progress=False
-    )
+    train_model(model, train, config=TrainConfig(epochs=8, lr=0.05), progress=False)
     res = compactnn.compress(
         model, "magnitude", (train, test), ratio=0.75, finetune_epochs=0, measure=False,
         progress=False, max_drop=100.0,

@@ -54,6 +54,8 @@ def test_compress_user_factory_with_options(tmp_path, capsys) -> None:
             "keep=[5]",
             "--opt",
             "finetune_epochs=0",
+            "--on-drop",
+            "warn",
             "--batch-size",
             "4",
             "--out",

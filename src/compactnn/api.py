@@ -25,9 +25,7 @@ __all__ = ["compress", "as_compression_data", "split_loader", "DEFAULT_MAX_DROP"
 DEFAULT_MAX_DROP = 5.0
 
 
-def split_loader(
-    loader: Any, fraction: float, seed: int
-) -> tuple[DataLoader, DataLoader] | None:
+def split_loader(loader: Any, fraction: float, seed: int) -> tuple[DataLoader, DataLoader] | None:
     """Carve a seeded validation split out of a training ``DataLoader``.
 
     Works for a ``DataLoader`` over a map-style dataset with the default samplers (shuffled or
@@ -143,13 +141,13 @@ def as_compression_data(
 @contextlib.contextmanager
 def _global_rng_preserved() -> Iterator[None]:
     """Restore torch's, numpy's and Python's global RNG states on exit."""
-    py, npy = random.getstate(), np.random.get_state()
+    py, npy = random.getstate(), np.random.get_state()  # noqa: NPY002 - restoring it
     with torch.random.fork_rng(devices=[]):
         try:
             yield
         finally:
             random.setstate(py)
-            np.random.set_state(npy)
+            np.random.set_state(npy)  # noqa: NPY002
 
 
 def _collapsed(original: nn.Module, new: nn.Module, classifier: str | None) -> dict[str, int]:

@@ -254,6 +254,21 @@ def _load_user_model(factory: str, checkpoint: str | None) -> Any:
     return model
 
 
+def _plain(options: dict[str, Any]) -> dict[str, Any]:
+    """Options as YAML-safe plain values (tuples -> lists); unset (None) options dropped."""
+
+    def conv(v: Any) -> Any:
+        if isinstance(v, (list, tuple)):
+            return [conv(x) for x in v]
+        if isinstance(v, dict):
+            return {str(k): conv(x) for k, x in v.items()}
+        if v is None or isinstance(v, (bool, int, float, str)):
+            return v
+        return repr(v)
+
+    return {k: conv(v) for k, v in options.items() if v is not None}
+
+
 def cmd_compress(args: argparse.Namespace) -> int:
     import json
 
@@ -283,10 +298,16 @@ def cmd_compress(args: argparse.Namespace) -> int:
         if args.checkpoint:
             model, _ = load_checkpoint(args.checkpoint, model)
     shape = tuple(int(s) for s in args.input_shape.split(",")) if args.input_shape else None
+    target = args.target if args.target is not None else recipe.get("target")
+    max_drop = args.max_drop if args.max_drop is not None else recipe.get("max_drop")
     result = compress(
         model,
         method,
         dataset,
+        target=target,
+        max_drop=max_drop,
+        on_drop=args.on_drop,
+        val_fraction=args.val_fraction,
         input_shape=shape,
         progress=not args.quiet,
         latency_batch_size=args.batch_size,
@@ -297,15 +318,23 @@ def cmd_compress(args: argparse.Namespace) -> int:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         result.plan.save(out / "plan")
+        replay = {"method": method, "data": dataset, "options": _plain(result.chosen)}
+        (out / "recipe.yaml").write_text(yaml.safe_dump(replay, sort_keys=False))
         rep = {
             "method": method,
             "data": dataset,
             "options": options,
+            "chosen": _plain(result.chosen),
+            "target": result.target,
+            "validation": result.validation,
             "before": result.report_before.to_dict() if result.report_before else None,
             "after": result.report_after.to_dict() if result.report_after else None,
         }
         (out / "report.json").write_text(json.dumps(rep, indent=2, default=str))
-        print(f"wrote {out / 'plan'}.json/.safetensors and {out / 'report.json'}")
+        print(
+            f"wrote {out / 'plan'}.json/.safetensors, {out / 'report.json'} and "
+            f"{out / 'recipe.yaml'} (replays this run without search: --recipe)"
+        )
     return 0
 
 
@@ -380,7 +409,30 @@ def build_parser() -> argparse.ArgumentParser:
     pc.add_argument(
         "--batch-size", type=int, default=100, help="batch size of the latency measurement"
     )
-    pc.add_argument("--out", help="directory for plan + report.json")
+    pc.add_argument(
+        "--target",
+        metavar="KEY=FRACTION",
+        help="budget: fraction of the original kept, e.g. macs=0.1 or params=0.2,macs=0.1 "
+        "(keys: params, macs, latency); the method's strength is chosen on validation",
+    )
+    pc.add_argument(
+        "--max-drop",
+        type=float,
+        help="accuracy points the model may lose on the validation split (default 5)",
+    )
+    pc.add_argument(
+        "--on-drop",
+        choices=("raise", "warn"),
+        default="raise",
+        help="what to do when --max-drop is exceeded or a layer collapses",
+    )
+    pc.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.1,
+        help="share of the training data held out for validation (seeded; default 0.1)",
+    )
+    pc.add_argument("--out", help="directory for plan, report.json and recipe.yaml")
     pc.add_argument("--quiet", action="store_true", help="no progress bars")
     pc.set_defaults(func=cmd_compress)
 

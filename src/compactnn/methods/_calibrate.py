@@ -13,7 +13,7 @@ from torch import nn
 from compactnn.budget import Measure, Target, measure, search
 from compactnn.errors import ConfigError
 
-__all__ = ["search_strength", "layer_scales", "target_record"]
+__all__ = ["search_strength", "layer_scales", "layer_units", "target_record"]
 
 
 def layer_scales(
@@ -42,6 +42,15 @@ def layer_scales(
                 "budget search cannot normalise its strength. Exclude it with layers=."
             )
         out[n] = v
+    return out
+
+
+def layer_units(model: nn.Module) -> dict[str, int]:
+    """Output units (filters / neurons / rank of factorized layers) of every layer."""
+    out = {}
+    for n, m in model.named_modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            out[n] = int(m.weight.shape[0])
     return out
 
 
@@ -95,18 +104,22 @@ def search_strength(
         )
     shape = data.require_input_shape(method.name)
     base: Measure = measure(model, shape, target.keys)
+    units: dict[float, dict[str, int]] = {}
 
     def evaluate(s: float) -> dict[str, float]:
         trial = method.at_strength(s, model, data).proxy()
         with torch.random.fork_rng(devices=[]):
             res = trial.run(copy.deepcopy(model), data, progress=False)
-        return measure(res.model, shape, target.keys).fractions(base)
+        units[s] = layer_units(res.model)
+        kept = measure(res.model, shape, target.keys).fractions(base)
+        if progress:
+            txt = ", ".join(f"{k} {100 * v:.2f} %" for k, v in kept.items())
+            print(f"  {method.name} {strength.option} = {s:.4g}: kept {txt}", flush=True)
+        return kept
 
     found = search(evaluate, target, strength, max_evals=max_evals)
-    if progress:
-        for t in found.trace:
-            kept = ", ".join(f"{k} {100 * v:.2f} %" for k, v in t["kept"].items())
-            print(f"  {method.name} {strength.option} = {t['strength']:.4g}: kept {kept}")
+    for t in found.trace:
+        t["units"] = units.get(t["strength"])
     if not found.met:
         raise ConfigError(
             f"Method '{method.name}' cannot reach the target {target.as_dict()}: at the "

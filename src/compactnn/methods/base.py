@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from compactnn.budget import Strength
 from compactnn.errors import ConfigError, UnknownNameError
 
 __all__ = ["CompressionData", "CompressionResult", "Method", "MethodConfig"]
@@ -28,7 +29,11 @@ class CompressionData:
 
     Attributes:
         train: loader of ``(x, y)`` batches for training-based methods and fine-tuning.
-        test: loader for accuracy in the report (optional).
+        test: loader for accuracy in the final report only (optional): no automatic choice
+            ever looks at it.
+        val: validation loader, carved from the training data by :func:`compactnn.compress`
+            (``val_fraction``, seeded) unless given; every automatic choice (strength search,
+            accuracy-drop guard, elbows, early stopping) is made on it.
         calib: batches for layer-local methods (activation capture); defaults to ``train``.
         input_shape: per-sample input shape, e.g. ``(1, 28, 28)``.
         name: dataset name when known (for reports).
@@ -36,13 +41,24 @@ class CompressionData:
 
     train: DataLoader | None
     test: DataLoader | None = None
+    val: DataLoader | None = None
     calib: Iterable[Any] | None = None
     input_shape: tuple[int, ...] | None = None
     name: str | None = None
 
-    def calib_batches(self, max_batches: int | None = None) -> Iterator[torch.Tensor]:
-        """Input tensors for activation capture (labels dropped)."""
+    def calib_batches(
+        self, max_batches: int | None = None, *, seed: int = 0
+    ) -> Iterator[torch.Tensor]:
+        """Input tensors for activation capture (labels dropped).
+
+        A shuffling training loader is reseeded with ``seed`` first, so every call yields the
+        same batches (a budget search's trials and the final run calibrate on the same data).
+        """
+        from compactnn.train import _seeded
+
         src = self.calib if self.calib is not None else self.train
+        if src is not None and self.calib is None:
+            src = _seeded(src, seed)
         if src is None:
             raise ConfigError(
                 "This method needs calibration data: pass data=(train_loader, test_loader) or a "
@@ -61,6 +77,15 @@ class CompressionData:
             )
         return self.input_shape
 
+    def require_val(self, what: str) -> DataLoader:
+        if self.val is None:
+            raise ConfigError(
+                f"{what} needs a validation split: pass data=(train_loader, val_loader, "
+                "test_loader), or a map-style training DataLoader / dataset name with "
+                "val_fraction > 0 so compactnn can carve one from the training data."
+            )
+        return self.val
+
     def require_train(self, method: str) -> DataLoader:
         if self.train is None:
             raise ConfigError(
@@ -77,13 +102,21 @@ class CompressionResult:
     Attributes:
         model: the physically smaller model.
         plan: the :class:`~compactnn.plan.CompressionPlan` that maps the original to ``model``
-            (replayable with ``plan.apply(original)``; for training-based methods the plan also
+            (replayable with ``compactnn.surgery.apply(plan, model)`` on the original or on a
+            fresh instance of its architecture; for training-based methods the plan also
             carries the trained weights).
         method: registry name.
         config: the method's configuration (frozen dataclass).
         report_before / report_after: :class:`~compactnn.metrics.Report` of the original and of
             the returned model (filled by the API).
         history: method-specific trace (ADMM residuals, mu path, per-layer solver stats, ...).
+        chosen: the options the run used, with every automatic choice resolved (e.g. the
+            per-layer ``lam`` an SSR budget search picked): ``compress(model, method, data,
+            **result.chosen)`` replays the run without any search.
+        target: the budget record (``None`` without ``target=``): the target, the fractions
+            kept measured on ``model``, whether it is met, and the search trace.
+        validation: validation accuracy before / after and the drop in points (``None`` when
+            no validation split was available).
     """
 
     model: nn.Module
@@ -93,13 +126,38 @@ class CompressionResult:
     report_before: Any = None
     report_after: Any = None
     history: dict[str, Any] = field(default_factory=dict)
+    chosen: dict[str, Any] = field(default_factory=dict)
+    target: dict[str, Any] | None = None
+    validation: dict[str, float] | None = None
 
     def summary(self) -> str:
         from compactnn.metrics import format_comparison
 
+        lines = [f"== {self.method} =="]
+        if self.target is not None:
+            kept = ", ".join(
+                f"{k} {100 * v:.2f} % (target {100 * self.target['target'][k]:.2f} %)"
+                for k, v in self.target["kept"].items()
+            )
+            verdict = "met" if self.target["met"] else "NOT met"
+            lines.append(f"target {verdict}: kept {kept}")
+            if self.target.get("strength") is not None:
+                lines.append(
+                    f"  chosen on validation: {self.target['option']} = "
+                    f"{self.target['strength']:.4g} after {len(self.target['trace'])} trial "
+                    f"run(s), {self.target['seconds']:.1f} s of search"
+                )
+        if self.validation is not None:
+            v = self.validation
+            lines.append(
+                f"validation top-1 {v['before']:.2f} % -> {v['after']:.2f} % "
+                f"({-v['drop']:+.2f} points, {int(v['n'])} samples)"
+            )
         if self.report_before is None or self.report_after is None:
-            return f"{self.method}: (no reports measured)"
-        return f"== {self.method} ==\n" + format_comparison(self.report_before, self.report_after)
+            lines.append("(no reports measured)")
+        else:
+            lines.append(format_comparison(self.report_before, self.report_after))
+        return "\n".join(lines)
 
 
 @dataclass(frozen=True)
@@ -142,6 +200,46 @@ class Method:
         self, model: nn.Module, data: CompressionData, *, progress: bool = True
     ) -> CompressionResult:
         raise NotImplementedError
+
+    # ------------------------------------------------------------------ budget contract
+    def strength(self) -> Strength | None:
+        """The scalar a budget search moves for this method (``None``: no budget support).
+
+        A larger strength must give a smaller model. Methods that choose their structure from
+        one solve (``ddlr``) override :meth:`calibrate` instead.
+        """
+        return None
+
+    def at_strength(self, s: float, model: nn.Module, data: CompressionData) -> Method:
+        """A copy of this method whose options realise strength ``s`` on ``model``."""
+        raise NotImplementedError(f"Method '{self.name}' has no budget strength.")
+
+    def proxy(self) -> Method:
+        """A cheaper variant that selects the *same structure* (e.g. without fine-tuning)."""
+        return self
+
+    def with_options(self, **changes: Any) -> Method:
+        """A new instance of this method with some options replaced (validated again)."""
+        opts = {f.name: getattr(self.config, f.name) for f in fields(self.config)}
+        opts.update(changes)
+        return type(self)(**opts)
+
+    def options(self) -> dict[str, Any]:
+        """The options of this instance, as keyword arguments that rebuild it."""
+        return {f.name: getattr(self.config, f.name) for f in fields(self.config)}
+
+    def calibrate(
+        self, model: nn.Module, data: CompressionData, target: Any, *, progress: bool = False
+    ) -> tuple[Method, dict[str, Any]]:
+        """Choose this method's strength so that ``model`` compressed meets ``target``.
+
+        Default: :func:`compactnn.budget.search` over :meth:`strength`, each trial a run of
+        :meth:`proxy` at that strength on a copy of ``model`` (training data only, the
+        candidate measured physically). Returns the method to run and the search record.
+        """
+        from compactnn.methods._calibrate import search_strength
+
+        return search_strength(self, model, data, target, progress=progress)
 
     def _check_layers(self, model: nn.Module, layers: Iterable[str]) -> None:
         """Raise a clear error for layer names that do not exist in ``model``."""

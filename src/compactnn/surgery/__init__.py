@@ -128,10 +128,17 @@ def validate(
     model: nn.Module,
     *,
     example_inputs: Tensor | Sequence[Tensor] | None = None,
+    allow_output_change: bool = False,
 ) -> None:
     """Check that ``plan`` applies cleanly to ``model`` (a dry run on a copy; see :func:`apply`).
 
     Raises:
         PlanError: naming the first inadmissible action's layer and what to do.
     """
-    apply(plan, model, inplace=False, example_inputs=example_inputs)
+    apply(
+        plan,
+        model,
+        inplace=False,
+        example_inputs=example_inputs,
+        allow_output_change=allow_output_change,
+    )
