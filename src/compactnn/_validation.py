@@ -6,7 +6,7 @@ Example message: ``The 'rank' parameter of DDLR must be an int >= 1. Got -3 inst
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any
 
 from compactnn.errors import ConfigError, UnknownNameError
@@ -16,8 +16,16 @@ __all__ = [
     "check_float",
     "check_choice",
     "check_bool",
+    "check_names",
+    "check_per_layer",
+    "Rule",
     "raise_unknown",
+    "rule",
+    "validate_options",
 ]
+
+Rule = Callable[[Any, str, str], Any]
+"""A declarative check ``rule(value, name, owner) -> normalised value`` (see :func:`rule`)."""
 
 
 def _fail(name: str, owner: str, expected: str, value: Any) -> ConfigError:
@@ -79,6 +87,100 @@ def check_bool(value: Any, name: str, owner: str) -> bool:
     if not isinstance(value, bool):
         raise _fail(name, owner, "a bool", value)
     return value
+
+
+def check_names(value: Any, name: str, owner: str) -> tuple[str, ...]:
+    """Validate a non-empty sequence of distinct dotted layer names (one str = one name)."""
+    names = (value,) if isinstance(value, str) else value
+    if (
+        not isinstance(names, (list, tuple))
+        or not names
+        or not all(isinstance(n, str) and n for n in names)
+        or len(set(names)) != len(names)
+    ):
+        raise _fail(name, owner, "a non-empty sequence of distinct dotted layer names", value)
+    return tuple(names)
+
+
+def check_per_layer(
+    value: Any,
+    name: str,
+    owner: str,
+    check: Callable[..., Any] = check_float,
+    *,
+    forms: Collection[str] = ("one", "list", "dict"),
+    **bounds: Any,
+) -> Any:
+    """Validate a per-layer option: one value for every layer (``"one"``), a list with one
+    value per layer (``"list"``, returned as a tuple) or a mapping ``{layer name: value}``
+    (``"dict"``, returned as a dict), among the accepted ``forms``.
+
+    Every value is checked by ``check`` (:func:`check_float` or :func:`check_int`) with
+    ``bounds``, under the name ``name[i]`` / ``name['layer']``. The number of values can only
+    be compared with the layers at run time.
+    """
+    kind = "an int" if check is check_int else "a float"
+    wording = {
+        "one": kind,
+        "list": "a list with one value per layer",
+        "dict": "a dict layer -> value",
+    }
+    parts = [wording[f] for f in wording if f in forms]
+    expected = parts[-1] if len(parts) == 1 else ", ".join(parts[:-1]) + " or " + parts[-1]
+    form = (
+        "dict"
+        if isinstance(value, Mapping)
+        else "list"
+        if isinstance(value, (list, tuple))
+        else "one"
+    )
+    if form not in forms:
+        raise _fail(name, owner, expected, value)
+    if isinstance(value, Mapping):
+        out = {}
+        for key, v in value.items():
+            if not isinstance(key, str):
+                raise _fail(name, owner, "a mapping {layer name (str): value}", value)
+            out[key] = check(v, f"{name}[{key!r}]", owner, **bounds)
+        return out
+    if isinstance(value, (list, tuple)):
+        return tuple(check(v, f"{name}[{i}]", owner, **bounds) for i, v in enumerate(value))
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _fail(name, owner, expected, value)
+    return check(value, name, owner, **bounds)
+
+
+def rule(check: Callable[..., Any], /, *, optional: bool = False, **kwargs: Any) -> Rule:
+    """A declarative option check: ``check(value, name, owner, **kwargs)``.
+
+    Args:
+        check: one of the ``check_*`` functions of this module.
+        optional: ``None`` is accepted (and kept).
+        kwargs: the bounds / choices passed to ``check``.
+
+    Example::
+
+        RULES = {"rho": rule(check_float, min_value=0.0, min_inclusive=False),
+                 "layers": rule(check_names, optional=True)}
+    """
+
+    def run(value: Any, name: str, owner: str) -> Any:
+        if value is None and optional:
+            return None
+        return check(value, name, owner, **kwargs)
+
+    return run
+
+
+def validate_options(obj: Any, owner: str, rules: Mapping[str, Rule]) -> None:
+    """Apply a table ``{option: rule}`` to the attributes of ``obj`` (a frozen dataclass),
+    storing each normalised value back (e.g. a list of per-layer values becomes a tuple).
+
+    Raises:
+        ConfigError: from the first rule that fails, in the table's order.
+    """
+    for name, check in rules.items():
+        object.__setattr__(obj, name, check(getattr(obj, name), name, owner))
 
 
 def check_choice(value: Any, name: str, owner: str, choices: Collection[str]) -> str:

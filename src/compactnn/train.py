@@ -293,6 +293,7 @@ def train(
     progress: bool = True,
     desc: str = "train",
     teacher: nn.Module | None = None,
+    step_hook: Callable[[float], None] | None = None,
 ) -> TrainHistory:
     """Train ``model`` in place with cross-entropy (plus an optional regulariser).
 
@@ -313,6 +314,10 @@ def train(
             computed once per sample when ``train_loader`` is a ``DataLoader`` over a map-style
             dataset, else per batch. The teacher is not modified (its train/eval mode is
             restored).
+        step_hook: called as ``step_hook(lr)`` right after every optimizer step (before the
+            ``masks`` are re-applied) with the learning rate of that step, e.g. the proximal
+            step of :func:`compactnn.solvers.training.prox_step_hook` (forward-backward
+            splitting: gradient step, then prox with η = lr).
 
     Returns:
         TrainHistory with per-epoch loss and accuracies.
@@ -352,8 +357,9 @@ def train(
                     x, y = batch
                 else:
                     x, y, soft = batch
+                lr = _lr_at(cfg, step, total)
                 for g in opt.param_groups:
-                    g["lr"] = _lr_at(cfg, step, total)
+                    g["lr"] = lr
                 x, y = x.to(device), y.to(device)
                 out = model(x)
                 loss = loss_fn(out, y)
@@ -377,6 +383,8 @@ def train(
                 if cfg.grad_clip is not None:
                     nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                 opt.step()
+                if step_hook is not None:
+                    step_hook(lr)
                 if masks:
                     apply_masks(model, masks)
                 step += 1

@@ -26,7 +26,6 @@ from compactnn.solvers.training import (
     attach_masks,
     kiaee_epochs,
     log_schedule,
-    resolve_params,
     run_admm,
     sgd_w_step,
 )
@@ -154,8 +153,9 @@ def _run_lasso(A, b, lam, *, rho=1.0, overrelax=False, eps=1e-9, max_outer=5000,
         eps=eps,
         max_outer=max_outer,
     )
-    res = run_admm(nn.Module(), {"w": w}, cfg, _exact_w_step(A, b, w, rho), progress=False)
-    return w, res
+    eng = ADMMEngine({"w": w}, cfg)
+    step = _exact_w_step(A, b, w, rho)
+    return w, run_admm(eng, lambda k: step(eng))
 
 
 # --------------------------------------------------------------------------------------------
@@ -176,7 +176,7 @@ def test_lasso_matches_cvxpy_and_kkt() -> None:
     obj = 0.5 * float((A @ f - b).pow(2).sum()) + lam * float(f.abs().sum())
     assert obj == pytest.approx(ref_obj, abs=1e-6)
     # the recorded penalty is lam ||F||_1 at the final iterate
-    assert res.history[-1]["penalty"] == pytest.approx(lam * float(f.abs().sum()), rel=1e-12)
+    assert res.trace[-1]["penalty"] == pytest.approx(lam * float(f.abs().sum()), rel=1e-12)
     assert res.masks["w"].dtype == torch.bool and torch.equal(res.masks["w"], on)
 
 
@@ -188,7 +188,9 @@ def test_group_lasso_matches_cvxpy_and_kkt() -> None:
     lam = 0.5 * float((A.T @ b).reshape(groups, d).norm(dim=1).max())
     w = nn.Parameter(torch.zeros(groups, d, dtype=DT))
     cfg = ADMMConfig(rho=1.0, penalty="l21", structure="filters", lam=lam, eps=1e-9, max_outer=5000)
-    res = run_admm(nn.Module(), {"w": w}, cfg, _exact_w_step(A, b, w, 1.0), progress=False)
+    eng = ADMMEngine({"w": w}, cfg)
+    step = _exact_w_step(A, b, w, 1.0)
+    res = run_admm(eng, lambda k: step(eng))
     assert res.converged
     f = res.engine.state.F["w"]
     ref, _ = _cvxpy_lasso(A, b, lam, groups=groups)
@@ -201,7 +203,7 @@ def test_group_lasso_matches_cvxpy_and_kkt() -> None:
     assert bool((grad[~kept].norm(dim=1) <= lam + 1e-6).all())
     # whole rows are zero (structure), the masks expand the row pattern to every element
     assert torch.equal(res.masks["w"], kept[:, None].expand(groups, d))
-    last = res.history[-1]
+    last = res.trace[-1]
     assert last["nnz_groups"] == int(kept.sum()) and last["total_groups"] == groups
     assert last["penalty"] == pytest.approx(lam * float(norms.sum()), rel=1e-12)
 
@@ -259,7 +261,8 @@ def test_gradient_descent_w_step_reaches_lasso_optimum() -> None:
             (0.5 * (A @ w - b).pow(2).sum() + engine.penalty_loss()).backward()
             opt.step()
 
-    res = run_admm(nn.Module(), {"w": w}, cfg, w_step, progress=False)
+    eng = ADMMEngine({"w": w}, cfg)
+    res = run_admm(eng, lambda k: w_step(eng))
     assert res.converged
     ref, _ = _cvxpy_lasso(A, b, lam)
     assert torch.allclose(res.engine.state.F["w"], ref, atol=1e-4)
@@ -277,7 +280,7 @@ def test_overrelaxation_needs_fewer_iterations(capsys: pytest.CaptureFixture[str
         w, res = _run_lasso(A, b, lam, overrelax=over, eps=1e-8)
         assert res.converged
         assert torch.allclose(res.engine.state.F["w"], ref, atol=1e-4)
-        gammas = [h["gamma"] for h in res.history]
+        gammas = [h["gamma"] for h in res.trace]
         if over:  # γ_{k+1} = k / (k + 3)
             assert gammas[:4] == [0.0, 1 / 4, 2 / 5, 3 / 6]
         else:
@@ -295,7 +298,7 @@ def test_overrelaxation_with_restart(capsys: pytest.CaptureFixture[str]) -> None
     A, b, lam = _lasso_problem()
     _, plain = _run_lasso(A, b, lam, eps=1e-8)
     _, fast = _run_lasso(A, b, lam, overrelax=True, eps=1e-8, restart=True)
-    assert fast.converged and any(h["restarted"] for h in fast.history)
+    assert fast.converged and any(h["restarted"] for h in fast.trace)
     g = torch.Generator().manual_seed(0)
     Aw = torch.randn(20, 40, generator=g, dtype=DT)
     bw = torch.randn(20, generator=g, dtype=DT)
@@ -358,8 +361,7 @@ def test_steps_never_modify_parameters() -> None:
 
 def test_masks_stay_fixed_during_finetuning() -> None:
     model = nn.Sequential(nn.Conv2d(2, 6, 3), nn.ReLU(), nn.Flatten(), nn.Linear(6 * 4 * 4, 5))
-    params = resolve_params(model, None)
-    assert list(params) == ["0.weight", "3.weight"]
+    params = {"0.weight": model[0].weight, "3.weight": model[3].weight}
     norms0 = model[0].weight.detach().flatten(1).norm(dim=1)
     norms3 = model[3].weight.detach().norm(dim=1)
     # lam per layer chosen so that the median filter/neuron norm is the l20 threshold
@@ -424,14 +426,15 @@ def test_run_admm_on_tiny_cnn_with_sgd_w_step() -> None:
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 3))
     data = [(torch.randn(8, 1, 6, 6), torch.randint(0, 3, (8,))) for _ in range(2)]
     cfg = ADMMConfig(rho=1.0, penalty="l21", lam=0.05, overrelax=True, max_outer=3)
-    w_step = sgd_w_step(model, data, nn.functional.cross_entropy, lr=0.01)
-    res = run_admm(model, ["0.weight"], cfg, w_step, progress=False)
-    assert res.n_iter == len(res.history) == 3 and not res.converged
-    assert [h["k"] for h in res.history] == [1, 2, 3]
+    eng = ADMMEngine({"0.weight": model[0].weight}, cfg)
+    w_step = sgd_w_step(model, data, nn.functional.cross_entropy, eng, lr=0.01)
+    res = run_admm(eng, w_step)
+    assert res.n_iter == len(res.trace) == 3 and not res.converged
+    assert [h["k"] for h in res.trace] == [1, 2, 3]
     assert list(res.masks) == ["0.weight"] and res.masks["0.weight"].shape == (4, 1, 3, 3)
     # the W-step moved the weights towards F: the penalty loss is finite and positive
     assert res.engine.penalty_loss().item() > 0
-    assert all(math.isfinite(h["primal_residual"]) for h in res.history)
+    assert all(math.isfinite(h["primal_residual"]) for h in res.trace)
 
 
 # --------------------------------------------------------------------------------------------
@@ -491,8 +494,6 @@ def test_bad_lam_for_params() -> None:
         ADMMEngine({}, ADMMConfig())
     with pytest.raises(ConfigError, match="'x'.*floating"):
         ADMMEngine({"x": torch.ones(2, 2, dtype=torch.long)}, ADMMConfig())
-    with pytest.raises(UnknownNameError, match="'nope'"):
-        resolve_params(nn.Linear(2, 2), ["nope"])
 
 
 def test_protocol_errors_and_stop_rules() -> None:

@@ -15,6 +15,10 @@ __all__ = [
     "per_layer_values",
     "prune_filters",
     "replay_plan",
+    "nonzero_filters",
+    "kept_filters",
+    "finetune_model",
+    "admm_w_step",
 ]
 
 
@@ -109,3 +113,115 @@ def replay_plan(
         meta["input_shape"] = list(input_shape)
     plan = CompressionPlan(actions=list(structure_plan.actions), meta=meta)
     return plan.with_state(final)
+
+
+# ------------------------------------------------------------------ shared training pieces
+def nonzero_filters(t: Any) -> Any:
+    """Boolean vector over the filters / neurons (axis 0) of ``t``: True where a row of the
+    lowered weight (or mask) has a non-zero entry."""
+    return t.detach().reshape(t.shape[0], -1).ne(0).any(dim=1)
+
+
+def kept_filters(t: Any, min_keep: int = 1) -> list[int]:
+    """Indices of the filters / neurons of ``t`` (a weight, an F or a mask) that are not all
+    zero, at least ``min_keep`` of them: with fewer, the ``min_keep`` rows of largest l2 norm
+    (ties: lowest index), in increasing order."""
+    import torch
+
+    keep = [int(i) for i in torch.nonzero(nonzero_filters(t)).flatten()]
+    if len(keep) >= min_keep:
+        return keep
+    rows = t.detach().reshape(t.shape[0], -1)
+    norms = (rows.float() if rows.dtype == torch.bool else rows).norm(dim=1)
+    order = torch.sort(norms, descending=True, stable=True).indices
+    return sorted(int(i) for i in order[:min_keep])
+
+
+def finetune_model(
+    model: nn.Module,
+    loader: Any,
+    *,
+    epochs: int,
+    lr: float,
+    momentum: float,
+    weight_decay: float,
+    seed: int,
+    steps_per_epoch: int | None = None,
+    schedule: str = "cosine",
+    distill: float = 0.0,
+    masks: Any = None,
+    teacher: nn.Module | None = None,
+    progress: bool = False,
+    desc: str = "fine-tune",
+) -> None:
+    """The methods' fine-tuning: :func:`compactnn.train.train` with their SGD settings.
+
+    ``masks`` (parameter name -> bool) hold a zero structure fixed; ``teacher`` distils with
+    weight ``distill`` (see :class:`~compactnn.train.TrainConfig`).
+    """
+    from compactnn import train as training
+
+    training.train(
+        model,
+        loader,
+        config=training.TrainConfig(
+            epochs=epochs,
+            lr=lr,
+            momentum=momentum,
+            weight_decay=weight_decay,
+            schedule=schedule,
+            seed=seed,
+            max_steps_per_epoch=steps_per_epoch,
+            distill_weight=distill,
+        ),
+        masks=masks,
+        progress=progress,
+        desc=desc,
+        teacher=teacher,
+    )
+
+
+def admm_w_step(
+    model: nn.Module,
+    loader: Any,
+    engine: Any,
+    *,
+    epochs: int,
+    lr: float,
+    momentum: float,
+    weight_decay: float,
+    seed: Any,
+    steps_per_epoch: int | None = None,
+    params: Any = None,
+    masks: Any = None,
+) -> Any:
+    """The W-step ``w_step(k)`` of :func:`compactnn.solvers.training.run_admm` for a method:
+    ``epochs`` of constant-lr SGD on the task loss + ``engine.penalty_loss()``.
+
+    Every call is one :func:`compactnn.train.train` run, so it builds a fresh optimizer
+    (momentum starts at zero in each outer iteration: the driver's rule) seeded with
+    ``seed(k)``. ``params``: the parameters to update (``None``: all); ``masks``: a callable
+    returning the masks to hold in this W-step (or ``None``).
+    """
+    from compactnn import train as training
+
+    def w_step(k: int) -> None:
+        training.train(
+            model,
+            loader,
+            config=training.TrainConfig(
+                epochs=epochs,
+                lr=lr,
+                momentum=momentum,
+                weight_decay=weight_decay,
+                schedule="constant",
+                seed=seed(k),
+                max_steps_per_epoch=steps_per_epoch,
+            ),
+            extra_loss=engine.penalty_loss,
+            params=None if params is None else list(params),
+            masks=masks() if masks is not None else None,
+            progress=False,
+        )
+
+    return w_step

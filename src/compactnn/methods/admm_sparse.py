@@ -26,47 +26,89 @@ References:
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from types import MappingProxyType
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from compactnn._validation import check_choice, check_float, check_int
+from compactnn._validation import (
+    Rule,
+    check_bool,
+    check_choice,
+    check_float,
+    check_int,
+    check_names,
+    rule,
+    validate_options,
+)
 from compactnn.errors import ConfigError
-from compactnn.methods._common import prunable_layers, prune_filters, replay_plan
+from compactnn.methods._common import (
+    admm_w_step,
+    finetune_model,
+    kept_filters,
+    nonzero_filters,
+    prunable_layers,
+    prune_filters,
+    replay_plan,
+)
 from compactnn.methods.base import CompressionData, CompressionResult, Method, MethodConfig
 from compactnn.metrics import accuracy
-from compactnn.train import TrainConfig, apply_masks, train
+from compactnn.train import apply_masks
 
 __all__ = ["ADMMSparse", "ADMMSparseConfig"]
 
 _GROUP_PENALTY = {"l1": "l21", "l0": "l20"}  # l1 / l0 of the block norms = group penalties
 
 
+def _check_mus(value: Any, name: str, owner: str) -> tuple[float, ...]:
+    """The μ path S: a non-empty increasing sequence of floats >= 0."""
+    if not isinstance(value, (list, tuple)) or len(value) == 0:
+        raise ConfigError(
+            f"The '{name}' parameter of {owner} must be a non-empty increasing sequence of "
+            f"floats >= 0. Got {value!r} instead."
+        )
+    mus = tuple(check_float(m, f"{name}[{i}]", owner, min_value=0.0) for i, m in enumerate(value))
+    if any(b < a for a, b in zip(mus, mus[1:])):
+        raise ConfigError(
+            f"The '{name}' parameter of {owner} must be a non-empty increasing sequence of "
+            f"floats >= 0. Got {list(mus)} instead."
+        )
+    return mus
+
+
+_POSITIVE = {"min_value": 0.0, "min_inclusive": False}
+
+
 @dataclass(frozen=True)
 class ADMMSparseConfig(MethodConfig):
-    """Hyper-parameters of ADMM-sparse.
+    """Hyper-parameters of ADMM-sparse, validated on construction (``rules``).
 
     Attributes:
-        penalty: ``"l0"`` (hard threshold, eq. 10) or ``"l1"`` (soft threshold, eq. 9).
+        penalty: the sparsity function f: ``"l0"`` (hard threshold b = sqrt(2μ/ρ), eq. 10) or
+            ``"l1"`` (soft threshold a = μ/ρ, eq. 9).
         structure: sparsity block: ``"kernels"`` (W_ij, the paper's choice), ``"filters"``
             or ``"elements"``.
-        mus: the mu path (increasing). Default: ``n_mu`` log-spaced values in
-            ``[mu_min, mu_max]``.
-        mu_min, mu_max, n_mu: the default log-spaced path.
-        rho: rho of the augmented Lagrangian.
-        eps: stopping threshold on ||W - F||_F and ||F_k - F_{k-1}||_F.
-        xi: at most this many ADMM iterations per mu.
-        delta, nu: epoch schedule (epochs per W-step = min(1 + delta*i, delta*nu)).
+        mus: the μ path S of Algorithm 1 (μ of eq. 1, increasing floats >= 0). Default:
+            ``n_mu`` log-spaced values in ``[mu_min, mu_max]``.
+        mu_min, mu_max, n_mu: the default log-spaced path (0 < mu_min <= mu_max, n_mu >= 1).
+        rho: ρ > 0 of the augmented Lagrangian, eq. (3).
+        eps: ε > 0, the stopping threshold on ||W - F||_F and ||F_k - F_{k-1}||_F (Algorithm 1
+            line 10).
+        xi: ξ, at most this many ADMM iterations per μ (paper: 10).
+        delta, nu: δ and ν of the epoch schedule: epochs per W-step = min(1 + δ i, δ ν) for
+            the i-th μ (sec. 4; paper: 1, 15).
         steps_per_epoch: cap on SGD steps per "epoch" (CPU-scale runs; None = whole loader).
-        lr, momentum, weight_decay: SGD of the W-step and of the fine-tuning (paper lr 1e-3).
-        finetune_epochs: masked fine-tuning epochs after each mu.
-        overprune_guard: apply the 50 % guard.
+        lr, momentum, weight_decay: SGD of the W-step (eq. 7) and of the fine-tuning (paper lr
+            1e-3).
+        finetune_epochs: masked fine-tuning epochs after each μ (Algorithm 1 line 11).
+        overprune_guard: apply the 50 % guard of sec. 4.1.
         layers: regularised layers (default: all Conv2d/Linear but the classifier).
-        eval_batches: test batches used for the accuracy of each mu (None = all).
-        seed: seeds SGD.
+        eval_batches: test batches used for the accuracy of each μ (None = all).
+        seed: seeds SGD (int >= 0).
     """
 
     penalty: str = "l0"
@@ -90,31 +132,39 @@ class ADMMSparseConfig(MethodConfig):
     eval_batches: int | None = None
     seed: int = 0
 
+    owner: ClassVar[str] = "ADMM-sparse"
+    rules: ClassVar[Mapping[str, Rule]] = MappingProxyType(
+        {
+            "penalty": rule(check_choice, choices=tuple(_GROUP_PENALTY)),
+            "structure": rule(check_choice, choices=("kernels", "filters", "elements")),
+            "mus": rule(_check_mus, optional=True),
+            "mu_min": rule(check_float, **_POSITIVE),
+            "mu_max": rule(check_float, **_POSITIVE),
+            "n_mu": rule(check_int, min_value=1),
+            "rho": rule(check_float, **_POSITIVE),
+            "eps": rule(check_float, **_POSITIVE),
+            "xi": rule(check_int, min_value=1),
+            "delta": rule(check_int, min_value=1),
+            "nu": rule(check_int, min_value=1),
+            "steps_per_epoch": rule(check_int, optional=True, min_value=1),
+            "lr": rule(check_float, **_POSITIVE),
+            "momentum": rule(check_float, min_value=0.0, max_value=1.0),
+            "weight_decay": rule(check_float, min_value=0.0),
+            "finetune_epochs": rule(check_int, min_value=0),
+            "overprune_guard": rule(check_bool),
+            "layers": rule(check_names, optional=True),
+            "eval_batches": rule(check_int, optional=True, min_value=1),
+            "seed": rule(check_int, min_value=0),
+        }
+    )
+
     def __post_init__(self) -> None:
-        check_choice(self.penalty, "penalty", "ADMM-sparse", tuple(_GROUP_PENALTY))
-        check_choice(self.structure, "structure", "ADMM-sparse", ("kernels", "filters", "elements"))
-        check_float(self.rho, "rho", "ADMM-sparse", min_value=0.0, min_inclusive=False)
-        check_float(self.eps, "eps", "ADMM-sparse", min_value=0.0, min_inclusive=False)
-        check_int(self.xi, "xi", "ADMM-sparse", min_value=1)
-        check_int(self.delta, "delta", "ADMM-sparse", min_value=1)
-        check_int(self.nu, "nu", "ADMM-sparse", min_value=1)
-        check_int(self.finetune_epochs, "finetune_epochs", "ADMM-sparse", min_value=0)
-        if self.steps_per_epoch is not None:
-            check_int(self.steps_per_epoch, "steps_per_epoch", "ADMM-sparse", min_value=1)
-        if self.mus is None:
-            check_float(self.mu_min, "mu_min", "ADMM-sparse", min_value=0.0, min_inclusive=False)
-            check_float(self.mu_max, "mu_max", "ADMM-sparse", min_value=self.mu_min)
-            check_int(self.n_mu, "n_mu", "ADMM-sparse", min_value=1)
-        else:
-            mus = tuple(float(m) for m in self.mus)
-            for i, m in enumerate(mus):
-                check_float(m, f"mus[{i}]", "ADMM-sparse", min_value=0.0)
-            if not mus or any(b < a for a, b in zip(mus, mus[1:])):
-                raise ConfigError(
-                    "The 'mus' parameter of ADMM-sparse must be a non-empty increasing sequence "
-                    f"of floats >= 0. Got {list(mus)} instead."
-                )
-            object.__setattr__(self, "mus", mus)
+        validate_options(self, self.owner, self.rules)
+        if self.mu_max < self.mu_min:
+            raise ConfigError(
+                f"The 'mu_max' parameter of ADMM-sparse must be a finite float >= mu_min "
+                f"({self.mu_min}). Got {self.mu_max!r} instead."
+            )
 
     def mu_path(self) -> tuple[float, ...]:
         from compactnn.solvers.training.schedule import log_schedule
@@ -124,27 +174,26 @@ class ADMMSparseConfig(MethodConfig):
         )
 
 
-def _guard(engine: Any, rho: float) -> dict[str, bool]:
-    """Kiaee sec. 4.1: > 50 % of a layer's blocks pruned -> threshold at the mean block norm."""
+def _overprune_guard(fired: dict[str, bool]) -> Callable[[Any], None]:
+    """Kiaee sec. 4.1 as an ``after_f_step`` hook of the driver: when the F-step zeroes more
+    than 50 % of a layer's blocks, that layer's F keeps instead the blocks of V = W + Y/rho
+    whose norm is above the mean block norm. ``fired[layer weight]`` records each decision."""
     from compactnn.prox import group_norms
 
-    st = engine.state
-    fired: dict[str, bool] = {}
-    for n, p in engine.params.items():
-        gd = engine.group_dims[n]
-        fn = group_norms(st.F[n], gd)
-        if float((fn == 0).float().mean()) <= 0.5:
-            fired[n] = False
-            continue
-        v = p.detach() + st.Y_hat[n] / rho
-        vn = group_norms(v, gd)
-        keep = (vn > vn.mean()).to(v.dtype)
-        shape = [v.shape[d] if d in gd else 1 for d in range(v.dim())]
-        f_new = v * keep.reshape(shape)
-        st.F[n] = f_new
-        st.F_hat[n] = f_new
-        fired[n] = True
-    return fired
+    def guard(engine: Any) -> None:
+        for n in engine.params:
+            gd = engine.group_dims[n]
+            if float((group_norms(engine.state.F[n], gd) == 0).float().mean()) <= 0.5:
+                fired[n] = False
+                continue
+            v = engine.prox_input(n)
+            vn = group_norms(v, gd)
+            keep = (vn > vn.mean()).to(v.dtype)
+            shape = [v.shape[d] if d in gd else 1 for d in range(v.dim())]
+            engine.set_f(n, v * keep.reshape(shape))
+            fired[n] = True
+
+    return guard
 
 
 class ADMMSparse(Method):
@@ -154,12 +203,140 @@ class ADMMSparse(Method):
     Config = ADMMSparseConfig
     description = "ADMM sparse CNN (Kiaee et al. 2016): l0/l1 on filter blocks W_ij, mu path"
 
+    def _structure(self) -> tuple[str, str]:
+        """The sparsity blocks and the engine's penalty (l1 / l0 of the block norms)."""
+        cfg: ADMMSparseConfig = self.config  # type: ignore[assignment]
+        structure = cfg.structure
+        penalty = cfg.penalty if structure == "elements" else _GROUP_PENALTY[cfg.penalty]
+        return structure, penalty
+
+    def _solve_mu(
+        self,
+        model: nn.Module,
+        loader: Any,
+        params: dict[str, torch.Tensor],
+        mu: float,
+        i: int,
+        previous: Any,
+    ) -> tuple[Any, dict[str, bool]]:
+        """Algorithm 1 lines 5-10 for the ``i``-th mu, warm-started from the previous engine;
+        returns the engine and the guard's last decision per layer."""
+        from compactnn.solvers.training import ADMMConfig, ADMMEngine, run_admm
+
+        cfg: ADMMSparseConfig = self.config  # type: ignore[assignment]
+        structure, penalty = self._structure()
+        engine = ADMMEngine(
+            params,
+            ADMMConfig(
+                rho=cfg.rho,
+                penalty=penalty,
+                lam=mu,
+                structure=structure,
+                eps=cfg.eps,
+                stop_rule="both",
+                max_outer=cfg.xi,
+            ),
+        )
+        w_step = admm_w_step(
+            model,
+            loader,
+            engine,
+            epochs=self._epochs(i),
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            weight_decay=cfg.weight_decay,
+            seed=lambda k: cfg.seed + 97 * i + k,
+            steps_per_epoch=cfg.steps_per_epoch,
+        )
+        fired: dict[str, bool] = {}
+        guard = _overprune_guard(fired) if cfg.overprune_guard else None
+        run_admm(engine, w_step, warm_start=previous, after_f_step=guard)
+        return engine, fired
+
+    def _epochs(self, i: int) -> int:
+        """W-step epochs for the ``i``-th mu: ``min(1 + delta i, delta nu)`` (sec. 4)."""
+        from compactnn.solvers.training import kiaee_epochs
+
+        cfg: ADMMSparseConfig = self.config  # type: ignore[assignment]
+        return kiaee_epochs(i, delta=cfg.delta, nu=cfg.nu)
+
+    @staticmethod
+    def _fix_structure(model: nn.Module, engine: Any, layers: list[str]) -> dict[str, Any]:
+        """Masks of F's non-zero blocks (W <- F on the zero ones, Algorithm 1 line 11), with
+        the bias of every all-zero filter masked too: otherwise it outputs a constant channel
+        and removing it would change the function."""
+        mods = dict(model.named_modules())
+        masks = dict(engine.masks())
+        for layer in layers:
+            rows = nonzero_filters(masks[f"{layer}.weight"])
+            if mods[layer].bias is not None and not bool(rows.all()):
+                masks[f"{layer}.bias"] = rows.clone()
+        apply_masks(model, masks)
+        return masks
+
+    def _path_entry(
+        self, model: nn.Module, masks: dict[str, Any], data: CompressionData, **entry: Any
+    ) -> dict[str, Any]:
+        """The record of one mu (Kiaee Tables 3-6): zero blocks per layer, sparsity, accuracy."""
+        from compactnn.structure import group_dims
+
+        cfg: ADMMSparseConfig = self.config  # type: ignore[assignment]
+        named = dict(model.named_parameters())
+        entry.update(zero_blocks={}, blocks={})
+        total_w = zero_w = 0
+        for n, m in masks.items():
+            if not n.endswith(".weight"):
+                continue
+            w = named[n]
+            gd = group_dims(self._structure()[0], w)
+            other = tuple(d for d in range(w.dim()) if d not in gd)
+            g = m.any(dim=other) if other else m
+            entry["zero_blocks"][n[: -len(".weight")]] = int((~g).sum())
+            entry["blocks"][n[: -len(".weight")]] = int(g.numel())
+            total_w += w.numel()
+            zero_w += int((~m).sum())
+        entry["sparsity_percent"] = 100.0 * zero_w / max(total_w, 1)
+        if data.test is not None:
+            entry["top1"] = accuracy(model, data.test, topk=(1,), max_batches=cfg.eval_batches)[
+                "top1"
+            ]
+        return entry
+
+    def _result(
+        self,
+        model: nn.Module,
+        layers: list[str],
+        masks: dict[str, Any],
+        path: list[dict[str, Any]],
+        data: CompressionData,
+    ) -> CompressionResult:
+        """Filters whose blocks are all zero physically removed; the rest stays masked."""
+        keep = {
+            layer: kept_filters(masks[f"{layer}.weight"])
+            for layer in layers
+            if not bool(nonzero_filters(masks[f"{layer}.weight"]).all())
+        }
+        plan = None
+        result_model = model
+        if keep:
+            result_model, plan = prune_filters(model, keep, data.input_shape)
+        mods = dict(model.named_modules())
+        return CompressionResult(
+            model=result_model,
+            plan=replay_plan(plan, result_model, data.input_shape),
+            method=self.name,
+            config=self.config,
+            history={
+                "path": path,
+                "nonzero_params": sum(int((p != 0).sum()) for p in result_model.parameters()),
+                "removed_filters": {k: len(mods[k].weight) - len(v) for k, v in keep.items()},
+                "mu_path": list(self.config.mu_path()),  # type: ignore[attr-defined]
+            },
+        )
+
     def run(
         self, model: nn.Module, data: CompressionData, *, progress: bool = True
     ) -> CompressionResult:
-        from compactnn.solvers.training import ADMMConfig, ADMMEngine
-        from compactnn.structure import group_dims
-
         cfg: ADMMSparseConfig = self.config  # type: ignore[assignment]
         loader = data.require_train(self.name)
         shape = data.require_input_shape(self.name)
@@ -167,132 +344,30 @@ class ADMMSparse(Method):
         self._check_layers(model, layers)
         mods = dict(model.named_modules())
         params = {f"{n}.weight": mods[n].weight for n in layers}
-        penalty = _GROUP_PENALTY[cfg.penalty]
-        if cfg.structure == "elements":
-            penalty = cfg.penalty
         path: list[dict[str, Any]] = []
-        masks: dict[str, torch.Tensor] = {}
+        masks: dict[str, Any] = {}
         engine = None
-        for i, mu in enumerate(
-            tqdm(cfg.mu_path(), desc="ADMM-sparse mu path", disable=not progress)
-        ):
+        mus = cfg.mu_path()
+        for i, mu in enumerate(tqdm(mus, desc="ADMM-sparse mu path", disable=not progress)):
             t0 = time.perf_counter()
-            acfg = ADMMConfig(
-                rho=cfg.rho,
-                penalty=penalty,
-                lam=mu,
-                structure=cfg.structure,
-                eps=cfg.eps,
-                stop_rule="both",
-                max_outer=cfg.xi,
-            )
-            new = ADMMEngine(params, acfg)
-            if engine is not None:  # warm start: keep F and the duals of the previous mu
-                new.state.F, new.state.F_hat = dict(engine.state.F), dict(engine.state.F)
-                new.state.Y, new.state.Y_hat = dict(engine.state.Y), dict(engine.state.Y)
-            engine = new
-            epochs = min(1 + cfg.delta * i, cfg.delta * cfg.nu)
-            guard_fired: dict[str, bool] = {}
-            for k in range(cfg.xi):
-                train(
-                    model,
-                    loader,
-                    config=TrainConfig(
-                        epochs=epochs,
-                        lr=cfg.lr,
-                        momentum=cfg.momentum,
-                        weight_decay=cfg.weight_decay,
-                        schedule="constant",
-                        seed=cfg.seed + 97 * i + k,
-                        max_steps_per_epoch=cfg.steps_per_epoch,
-                    ),
-                    extra_loss=engine.penalty_loss,
-                    progress=False,
-                )
-                engine.f_step()
-                if cfg.overprune_guard:
-                    guard_fired = _guard(engine, cfg.rho)
-                engine.dual_step()
-                if engine.converged():
-                    break
-            # fix the identified structure: W <- F on zero blocks, masks held during fine-tuning
-            masks = dict(engine.masks())
-            # a filter whose blocks are all zero must also lose its bias: otherwise it outputs a
-            # constant channel and removing it (below) would change the function
-            for layer in layers:
-                m = masks[f"{layer}.weight"]
-                rows = m.reshape(m.shape[0], -1).any(dim=1)
-                if mods[layer].bias is not None and not bool(rows.all()):
-                    masks[f"{layer}.bias"] = rows.clone()
-            named = dict(model.named_parameters())
-            apply_masks(model, masks)
+            engine, fired = self._solve_mu(model, loader, params, mu, i, engine)
+            masks = self._fix_structure(model, engine, layers)
             if cfg.finetune_epochs > 0:
-                train(
+                finetune_model(
                     model,
                     loader,
-                    config=TrainConfig(
-                        epochs=cfg.finetune_epochs,
-                        lr=cfg.lr,
-                        momentum=cfg.momentum,
-                        weight_decay=cfg.weight_decay,
-                        schedule="constant",
-                        seed=cfg.seed + 97 * i + 50_000,  # distinct from the W-step seeds
-                        max_steps_per_epoch=cfg.steps_per_epoch,
-                    ),
+                    epochs=cfg.finetune_epochs,
+                    lr=cfg.lr,
+                    momentum=cfg.momentum,
+                    weight_decay=cfg.weight_decay,
+                    seed=cfg.seed + 97 * i + 50_000,  # distinct from the W-step seeds
+                    steps_per_epoch=cfg.steps_per_epoch,
+                    schedule="constant",
                     masks=masks,
-                    progress=False,
                 )
-            entry: dict[str, Any] = {
-                "mu": mu,
-                "admm_iterations": engine.state.k,
-                "epochs": epochs * engine.state.k + cfg.finetune_epochs,
-                "guard": {k: v for k, v in guard_fired.items() if v},
-                "seconds": time.perf_counter() - t0,
-                "zero_blocks": {},
-                "blocks": {},
-            }
-            total_w = zero_w = 0
-            for n, m in masks.items():
-                if not n.endswith(".weight"):
-                    continue
-                w = named[n]
-                gd = group_dims(cfg.structure, w)
-                other = tuple(d for d in range(w.dim()) if d not in gd)
-                g = m.any(dim=other) if other else m
-                entry["zero_blocks"][n[: -len(".weight")]] = int((~g).sum())
-                entry["blocks"][n[: -len(".weight")]] = int(g.numel())
-                total_w += w.numel()
-                zero_w += int((~m).sum())
-            entry["sparsity_percent"] = 100.0 * zero_w / max(total_w, 1)
-            if data.test is not None:
-                entry["top1"] = accuracy(model, data.test, topk=(1,), max_batches=cfg.eval_batches)[
-                    "top1"
-                ]
-            path.append(entry)
-        # physical removal of filters whose blocks are all zero; the rest stays masked (dense)
-        keep: dict[str, list[int]] = {}
-        for layer in layers:
-            m = masks[f"{layer}.weight"]
-            rows = m.reshape(m.shape[0], -1).any(dim=1)
-            if not bool(rows.all()):
-                idx = [int(j) for j in torch.nonzero(rows).flatten()]
-                keep[layer] = idx or [0]
-        plan = None
-        result_model = model
-        if keep:
-            result_model, plan = prune_filters(model, keep, data.input_shape)
-        nonzero = sum(int((p != 0).sum()) for p in result_model.parameters())
-        return CompressionResult(
-            model=result_model,
-            plan=replay_plan(plan, result_model, data.input_shape),
-            method=self.name,
-            config=cfg,
-            history={
-                "path": path,
-                "nonzero_params": nonzero,
-                "removed_filters": {
-                    k: len(dict(model.named_modules())[k].weight) - len(v) for k, v in keep.items()
-                },
-                "mu_path": list(cfg.mu_path()),
-            },
-        )
+            k = engine.state.k
+            entry = dict(mu=mu, admm_iterations=k, epochs=self._epochs(i) * k + cfg.finetune_epochs)
+            entry["guard"] = {n: True for n, v in fired.items() if v}
+            entry["seconds"] = time.perf_counter() - t0
+            path.append(self._path_entry(model, masks, data, **entry))
+        return self._result(model, layers, masks, path, data)

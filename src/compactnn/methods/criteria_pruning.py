@@ -12,34 +12,64 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 from torch import nn
 
-from compactnn._validation import check_float, check_int
+from compactnn._validation import (
+    Rule,
+    check_float,
+    check_int,
+    check_names,
+    check_per_layer,
+    rule,
+    validate_options,
+)
 from compactnn.criteria import filter_scores, select_top
 from compactnn.errors import ConfigError
-from compactnn.methods._common import prunable_layers, prune_filters, replay_plan
+from compactnn.methods._common import (
+    finetune_model,
+    prunable_layers,
+    prune_filters,
+    replay_plan,
+)
 from compactnn.methods.base import CompressionData, CompressionResult, Method, MethodConfig
-from compactnn.train import TrainConfig, train
 
-__all__ = ["CriterionConfig", "RandomPruning", "L1NormPruning", "APoZPruning", "MagnitudePruning"]
+__all__ = [
+    "CriterionConfig",
+    "RandomConfig",
+    "L1NormConfig",
+    "APoZConfig",
+    "MagnitudeConfig",
+    "RandomPruning",
+    "L1NormPruning",
+    "APoZPruning",
+    "MagnitudePruning",
+]
+
+
+_POSITIVE = {"min_value": 0.0, "min_inclusive": False}
+_FRACTION = {"min_value": 0.0, "max_value": 1.0}
 
 
 @dataclass(frozen=True)
 class CriterionConfig(MethodConfig):
-    """Budget and fine-tuning of a criterion baseline.
+    """Budget and fine-tuning of a criterion baseline, validated on construction (``rules``).
 
     Attributes:
-        keep: filters/neurons to keep per layer (dict layer -> count, or a list in layer order);
-            overrides ``ratio``.
-        ratio: fraction of filters kept in every pruned layer (ceil, at least 1).
+        keep: filters/neurons to keep per layer (ints >= 1: a dict layer -> count, or a list
+            in layer order); overrides ``ratio``.
+        ratio: fraction in (0, 1] of filters kept in every pruned layer (ceil, at least 1).
         layers: layers to prune (default: as SSR, see ``prunable_layers``).
-        finetune_epochs, lr, momentum, weight_decay, finetune_steps_per_epoch: fine-tuning.
-        finetune_distill: weight of knowledge distillation from the unpruned model (0 = off).
+        finetune_epochs, lr, momentum, weight_decay, finetune_steps_per_epoch: fine-tuning
+            (SGD, cosine schedule; SSR paper sec. IV: lr 1e-3, momentum 0.9, decay 5e-4).
+        finetune_distill: weight alpha in [0, 1] of knowledge distillation from the unpruned
+            model (0 = off).
         calib_batches: batches used by data-driven criteria (APoZ).
-        seed: seeds the random criterion and fine-tuning.
+        seed: seeds the random criterion and fine-tuning (int >= 0).
     """
 
     keep: Any = None
@@ -54,24 +84,55 @@ class CriterionConfig(MethodConfig):
     calib_batches: int = 10
     seed: int = 0
 
+    owner: ClassVar[str] = "criterion pruning"
+    rules: ClassVar[Mapping[str, Rule]] = MappingProxyType(
+        {
+            "keep": rule(
+                check_per_layer, optional=True, check=check_int, forms=("list", "dict"), min_value=1
+            ),
+            "ratio": rule(check_float, max_value=1.0, **_POSITIVE),
+            "layers": rule(check_names, optional=True),
+            "finetune_epochs": rule(check_int, min_value=0),
+            "lr": rule(check_float, **_POSITIVE),
+            "momentum": rule(check_float, **_FRACTION),
+            "weight_decay": rule(check_float, min_value=0.0),
+            "finetune_steps_per_epoch": rule(check_int, optional=True, min_value=1),
+            "finetune_distill": rule(check_float, **_FRACTION),
+            "calib_batches": rule(check_int, min_value=1),
+            "seed": rule(check_int, min_value=0),
+        }
+    )
+
     def __post_init__(self) -> None:
-        check_float(
-            self.ratio,
-            "ratio",
-            "criterion pruning",
-            min_value=0.0,
-            max_value=1.0,
-            min_inclusive=False,
-        )
-        check_int(self.finetune_epochs, "finetune_epochs", "criterion pruning", min_value=0)
-        check_int(self.calib_batches, "calib_batches", "criterion pruning", min_value=1)
-        check_float(
-            self.finetune_distill,
-            "finetune_distill",
-            "criterion pruning",
-            min_value=0.0,
-            max_value=1.0,
-        )
+        validate_options(self, self.owner, self.rules)
+
+
+@dataclass(frozen=True)
+class RandomConfig(CriterionConfig):
+    """:class:`CriterionConfig` of ``random`` (its errors name the method)."""
+
+    owner: ClassVar[str] = "criterion pruning (random)"
+
+
+@dataclass(frozen=True)
+class L1NormConfig(CriterionConfig):
+    """:class:`CriterionConfig` of ``l1-norm`` (its errors name the method)."""
+
+    owner: ClassVar[str] = "criterion pruning (l1-norm)"
+
+
+@dataclass(frozen=True)
+class APoZConfig(CriterionConfig):
+    """:class:`CriterionConfig` of ``apoz`` (its errors name the method)."""
+
+    owner: ClassVar[str] = "criterion pruning (apoz)"
+
+
+@dataclass(frozen=True)
+class MagnitudeConfig(CriterionConfig):
+    """:class:`CriterionConfig` of ``magnitude`` (its errors name the method)."""
+
+    owner: ClassVar[str] = "criterion pruning (magnitude)"
 
 
 class _CriterionPruning(Method):
@@ -79,6 +140,8 @@ class _CriterionPruning(Method):
     criterion: ClassVar[str] = ""
 
     def _budget(self, model: nn.Module, layers: list[str]) -> dict[str, int]:
+        """Filters kept per layer; ``keep`` (validated on construction) is matched with the
+        layers here, before any work."""
         cfg: CriterionConfig = self.config  # type: ignore[assignment]
         mods = dict(model.named_modules())
         units = {n: mods[n].weight.shape[0] for n in layers}
@@ -88,24 +151,19 @@ class _CriterionPruning(Method):
             unknown = [k for k in cfg.keep if k not in units]
             if unknown:
                 raise ConfigError(
-                    f"The 'keep' parameter of {self.name} names layer(s) {unknown} that are not "
+                    f"The 'keep' parameter of {cfg.owner} names layer(s) {unknown} that are not "
                     f"pruned; pruned layers: {layers}."
                 )
             budget = {n: int(cfg.keep.get(n, units[n])) for n in layers}
-        elif isinstance(cfg.keep, (list, tuple)):
+        else:
             if len(cfg.keep) != len(layers):
                 raise ConfigError(
-                    f"The 'keep' parameter of {self.name} must have one count per pruned layer "
+                    f"The 'keep' parameter of {cfg.owner} must have one count per pruned layer "
                     f"({len(layers)}: {layers}). Got {len(cfg.keep)}."
                 )
-            budget = {n: int(k) for n, k in zip(layers, cfg.keep, strict=True)}
-        else:
-            raise ConfigError(
-                f"The 'keep' parameter of {self.name} must be a dict layer -> count or a list. "
-                f"Got {cfg.keep!r}."
-            )
+            budget = dict(zip(layers, cfg.keep, strict=True))
         for n, k in budget.items():
-            check_int(k, f"keep['{n}']", self.name, min_value=1, max_value=units[n])
+            check_int(k, f"keep['{n}']", cfg.owner, min_value=1, max_value=units[n])
         return budget
 
     def run(
@@ -126,21 +184,19 @@ class _CriterionPruning(Method):
             keep[layer] = select_top(scores, budget[layer])
         pruned, plan = prune_filters(model, keep, data.input_shape)
         if cfg.finetune_epochs > 0:
-            train(
+            finetune_model(
                 pruned,
                 data.require_train(self.name),
-                config=TrainConfig(
-                    epochs=cfg.finetune_epochs,
-                    lr=cfg.lr,
-                    momentum=cfg.momentum,
-                    weight_decay=cfg.weight_decay,
-                    seed=cfg.seed,
-                    max_steps_per_epoch=cfg.finetune_steps_per_epoch,
-                    distill_weight=cfg.finetune_distill,
-                ),
+                epochs=cfg.finetune_epochs,
+                lr=cfg.lr,
+                momentum=cfg.momentum,
+                weight_decay=cfg.weight_decay,
+                seed=cfg.seed,
+                steps_per_epoch=cfg.finetune_steps_per_epoch,
+                distill=cfg.finetune_distill,
+                teacher=teacher,
                 progress=progress,
                 desc=f"{self.name} fine-tune",
-                teacher=teacher,
             )
         return CompressionResult(
             model=pruned,
@@ -155,6 +211,7 @@ class RandomPruning(_CriterionPruning):
     """Random filter selection (seeded)."""
 
     name = "random"
+    Config = RandomConfig
     criterion = "random"
 
 
@@ -162,6 +219,7 @@ class L1NormPruning(_CriterionPruning):
     """Smallest-l1-norm filters removed (Li et al. 2017)."""
 
     name = "l1-norm"
+    Config = L1NormConfig
     criterion = "l1-norm"
 
 
@@ -169,6 +227,7 @@ class APoZPruning(_CriterionPruning):
     """Filters with the highest Average Percentage of Zeros removed (Hu et al. 2016)."""
 
     name = "apoz"
+    Config = APoZConfig
     criterion = "apoz"
 
 
@@ -176,4 +235,5 @@ class MagnitudePruning(_CriterionPruning):
     """Smallest-l2-norm filters removed, then fine-tuned (plain magnitude baseline)."""
 
     name = "magnitude"
+    Config = MagnitudeConfig
     criterion = "magnitude"

@@ -32,12 +32,23 @@ import functools
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from compactnn._validation import check_bool, check_choice, check_float, check_int
+from compactnn._validation import (
+    Rule,
+    check_bool,
+    check_choice,
+    check_float,
+    check_int,
+    check_names,
+    check_per_layer,
+    rule,
+    validate_options,
+)
 from compactnn.errors import ConfigError, UnsupportedLayerError
 from compactnn.methods.base import CompressionData, CompressionResult, Method, MethodConfig
 
@@ -45,6 +56,20 @@ __all__ = ["LayerwiseConfig", "DDLRConfig", "NetTrimConfig", "DDLR", "NetTrim", 
 
 _PARALLEL = ("serial", "joblib", "dask")
 _BACKENDS = ("admm", "cvxpy")
+
+
+def _check_options(value: Any, name: str, owner: str) -> Any:
+    """``None`` or a solver options object (matched with ``backend`` in ``__post_init__``)."""
+    if value is None:
+        return None
+    from compactnn.solvers.layerwise import ADMMOptions, CvxpyOptions
+
+    if not isinstance(value, (ADMMOptions, CvxpyOptions)):
+        raise ConfigError(
+            f"The '{name}' parameter of {owner} must be an ADMMOptions or a CvxpyOptions "
+            f"(matching 'backend'), or None. Got {value!r} instead."
+        )
+    return value
 
 
 def default_layers(model: nn.Module, example_input: Tensor | None = None) -> list[str]:
@@ -81,8 +106,9 @@ class LayerwiseConfig(MethodConfig):
     Attributes:
         layers: dotted names of the layers to compress (default: every Linear/Conv2d followed by
             a ReLU, except the classifier).
-        eps_frac: :math:`\epsilon_\ell = \text{eps\_frac}\cdot\|X_\ell\|_F` (paper: values in
-            ``[0.01, 0.6]``); a float, a list with one value per layer or a dict layer -> value.
+        eps_frac: :math:`\epsilon_\ell = \text{eps\_frac}\cdot\|X_\ell\|_F`, the tolerance
+            of the constraint of eq. (4) (paper: values in ``[0.01, 0.6]``); a float > 0, a
+            list with one value per layer or a dict layer -> value.
         backend: ``"admm"`` (own first-order solver, default) or ``"cvxpy"`` (CVXPY + SCS).
         options: :class:`~compactnn.solvers.layerwise.ADMMOptions` or
             :class:`~compactnn.solvers.layerwise.CvxpyOptions` matching ``backend`` (``None``:
@@ -114,51 +140,34 @@ class LayerwiseConfig(MethodConfig):
     seed: int = 0
 
     owner: ClassVar[str] = "layer-wise method"
+    rules: ClassVar[Mapping[str, Rule]] = MappingProxyType(
+        {
+            "layers": rule(check_names, optional=True),
+            "eps_frac": rule(check_per_layer, min_value=0.0, min_inclusive=False),
+            "backend": rule(check_choice, choices=_BACKENDS),
+            "options": rule(_check_options),
+            "n_jobs": rule(check_int, min_value=1),
+            "parallel": rule(check_choice, choices=_PARALLEL),
+            "max_rows": rule(check_int, optional=True, min_value=1),
+            "calib_batches": rule(check_int, optional=True, min_value=1),
+            "linear": rule(check_bool),
+            "asymmetric": rule(check_bool),
+            "seed": rule(check_int, min_value=0),
+        }
+    )
 
     def __post_init__(self) -> None:
-        o = self.owner
-        if self.layers is not None:
-            layers = (self.layers,) if isinstance(self.layers, str) else tuple(self.layers)
-            if not layers or not all(isinstance(n, str) for n in layers):
-                raise ConfigError(
-                    f"The 'layers' parameter of {o} must be a non-empty sequence of dotted layer "
-                    f"names. Got {self.layers!r} instead."
-                )
-            if len(set(layers)) != len(layers):
-                raise ConfigError(f"The 'layers' parameter of {o} has duplicates: {layers}.")
-            object.__setattr__(self, "layers", layers)
-        if isinstance(self.eps_frac, (int, float)) and not isinstance(self.eps_frac, bool):
-            check_float(self.eps_frac, "eps_frac", o, min_value=0.0, min_inclusive=False)
-        elif isinstance(self.eps_frac, (list, tuple, dict)):
-            vals = self.eps_frac.values() if isinstance(self.eps_frac, dict) else self.eps_frac
-            for v in vals:
-                check_float(v, "eps_frac", o, min_value=0.0, min_inclusive=False)
-            if isinstance(self.eps_frac, list):
-                object.__setattr__(self, "eps_frac", tuple(self.eps_frac))
-        else:
-            raise ConfigError(
-                f"The 'eps_frac' parameter of {o} must be a float > 0, a list with one value per "
-                f"layer or a dict layer -> value. Got {self.eps_frac!r} instead."
-            )
-        check_choice(self.backend, "backend", o, _BACKENDS)
+        validate_options(self, self.owner, self.rules)
         if self.options is not None:
             from compactnn.solvers.layerwise import ADMMOptions, CvxpyOptions
 
             want = ADMMOptions if self.backend == "admm" else CvxpyOptions
             if not isinstance(self.options, want):
                 raise ConfigError(
-                    f"The 'options' parameter of {o} must be a {want.__name__} for backend="
-                    f"'{self.backend}' (or None). Got {type(self.options).__name__} instead."
+                    f"The 'options' parameter of {self.owner} must be a {want.__name__} for "
+                    f"backend='{self.backend}' (or None). Got {type(self.options).__name__} "
+                    "instead."
                 )
-        check_int(self.n_jobs, "n_jobs", o, min_value=1)
-        check_choice(self.parallel, "parallel", o, _PARALLEL)
-        if self.max_rows is not None:
-            check_int(self.max_rows, "max_rows", o, min_value=1)
-        if self.calib_batches is not None:
-            check_int(self.calib_batches, "calib_batches", o, min_value=1)
-        check_bool(self.linear, "linear", o)
-        check_bool(self.asymmetric, "asymmetric", o)
-        check_int(self.seed, "seed", o, min_value=0)
 
 
 @dataclass(frozen=True)
@@ -182,18 +191,21 @@ class DDLRConfig(LayerwiseConfig):
     dense_fallback: bool = True
 
     owner: ClassVar[str] = "DDLR"
+    rules: ClassVar[Mapping[str, Rule]] = MappingProxyType(
+        {
+            **LayerwiseConfig.rules,
+            "rank": rule(check_int, optional=True, min_value=1),
+            "energy": rule(
+                check_float, optional=True, min_value=0.0, max_value=1.0, min_inclusive=False
+            ),
+            "dense_fallback": rule(check_bool),
+        }
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.rank is not None and self.energy is not None:
             raise ConfigError("DDLR: pass either 'rank' or 'energy' (or neither: elbow), not both.")
-        if self.rank is not None:
-            check_int(self.rank, "rank", "DDLR", min_value=1)
-        if self.energy is not None:
-            check_float(
-                self.energy, "energy", "DDLR", min_value=0.0, max_value=1.0, min_inclusive=False
-            )
-        check_bool(self.dense_fallback, "dense_fallback", "DDLR")
 
 
 @dataclass(frozen=True)
@@ -208,11 +220,12 @@ class NetTrimConfig(LayerwiseConfig):
     zero_tol: float | None = None
 
     owner: ClassVar[str] = "Net-Trim"
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.zero_tol is not None:
-            check_float(self.zero_tol, "zero_tol", "Net-Trim", min_value=0.0, max_value=1.0)
+    rules: ClassVar[Mapping[str, Rule]] = MappingProxyType(
+        {
+            **LayerwiseConfig.rules,
+            "zero_tol": rule(check_float, optional=True, min_value=0.0, max_value=1.0),
+        }
+    )
 
 
 def _solve_one(

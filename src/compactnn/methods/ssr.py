@@ -20,36 +20,75 @@ References:
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from types import MappingProxyType
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from compactnn._validation import check_choice, check_float, check_int
+from compactnn._validation import (
+    Rule,
+    check_bool,
+    check_choice,
+    check_float,
+    check_int,
+    check_names,
+    check_per_layer,
+    rule,
+    validate_options,
+)
 from compactnn.errors import ConfigError
-from compactnn.methods._common import per_layer_values, prunable_layers, prune_filters, replay_plan
+from compactnn.methods._common import (
+    admm_w_step,
+    finetune_model,
+    kept_filters,
+    per_layer_values,
+    prunable_layers,
+    prune_filters,
+    replay_plan,
+)
 from compactnn.methods.base import CompressionData, CompressionResult, Method, MethodConfig
-from compactnn.train import TrainConfig, apply_masks, train, zero_masks
+from compactnn.train import apply_masks, zero_masks
 
 __all__ = ["SSR", "SSRConfig"]
 
 _PENALTIES = {"l21": "l21", "l2,1": "l21", "l20": "l20", "l2,0": "l20", "l1": "l1"}
 
 
+def _check_lam_path(value: Any, name: str, owner: str) -> tuple[Any, ...]:
+    """Algorithm 1's set S: a non-empty list of lambda settings, each checked like ``lam``."""
+    if not isinstance(value, (list, tuple)) or len(value) == 0:
+        raise ConfigError(
+            f"The '{name}' parameter of {owner} must be a non-empty list of lambda settings "
+            f"(each a float, a per-layer list or a dict). Got {value!r} instead."
+        )
+    return tuple(
+        check_per_layer(v, f"{name}[{i}]", owner, min_value=0.0) for i, v in enumerate(value)
+    )
+
+
+_POSITIVE = {"min_value": 0.0, "min_inclusive": False}
+_FRACTION = {"min_value": 0.0, "max_value": 1.0}
+
+
 @dataclass(frozen=True)
 class SSRConfig(MethodConfig):
-    """Hyper-parameters of SSR (paper defaults).
+    """Hyper-parameters of SSR (paper defaults), validated on construction (``rules``).
 
     Attributes:
-        penalty: ``"l21"`` (eq. 14), ``"l20"`` (eq. 15) or ``"l1"`` (eq. 16, unstructured).
-        lam: lambda, the structured-sparsity weight: one float, one per pruned layer, or a dict.
-        rho: rho, the augmented-Lagrangian penalty (paper: 1).
-        overrelax: AULM's Nesterov over-relaxation (False = plain ADMM).
-        r: over-relaxation constant in gamma_k = k / (k + r) (paper: 3).
-        eps: epsilon of the stopping rules ||K - F||_F <= eps or ||F_k - F_{k-1}||_F <= eps.
-        max_outer: xi, at most this many AULM iterations per layer.
+        penalty: the regulariser g: ``"l21"`` (eq. 14), ``"l20"`` (eq. 15) or ``"l1"``
+            (eq. 16, unstructured).
+        lam: λ of eq. (3), the structured-sparsity weight: one float >= 0, one per pruned
+            layer (list) or a dict layer -> float.
+        rho: ρ > 0 of the augmented Lagrangian, eq. (4) (paper: 1).
+        overrelax: AULM's Nesterov over-relaxation, eqs. (8)-(9) (False = plain ADMM).
+        r: the constant r >= 3 of γ_k = k / (k + r) in eqs. (8)-(9) (paper: 3).
+        eps: ε > 0 of the stopping rules ||K - F||_F <= ε or ||F_k - F_{k-1}||_F <= ε
+            (Algorithm 1 line 9).
+        max_outer: ξ, at most this many AULM iterations per layer.
         w_steps: SGD steps per K-step (eq. 11).
         lr, momentum, weight_decay: SGD of the K-step (paper: 1e-3, 0.9, 5e-4).
         layers: layers to prune (default: every Conv2d/Linear but the classifier and layers
@@ -57,16 +96,17 @@ class SSRConfig(MethodConfig):
         train_all: the K-step updates every parameter (default False: only layer l's weight
             and bias, as eq. (11) minimises over K^l alone).
         min_keep: never keep fewer filters than this in a layer.
-        finetune_epochs, finetune_lr: global fine-tuning after pruning.
+        finetune_epochs, finetune_lr: global fine-tuning after pruning (Algorithm 1 line 12).
         finetune_steps_per_epoch: cap on batches per fine-tuning epoch (None = all).
-        finetune_distill: weight alpha of knowledge distillation from the uncompressed model
-            during the final fine-tuning (0 = plain cross-entropy; see ``TrainConfig``).
-        lam_path: Algorithm 1's set S: a sequence of lambda settings (each like ``lam``: a
-            float, a per-layer list or a dict) run in order; after each setting the layers are
-            pruned and the network is fine-tuned (``path_finetune_epochs``), the last setting
-            is followed by the global fine-tuning. ``lam`` is ignored when this is given.
-        path_finetune_epochs: fine-tuning epochs between two lambda settings of ``lam_path``.
-        seed: seeds the SGD steps.
+        finetune_distill: weight alpha in [0, 1] of knowledge distillation from the
+            uncompressed model during the final fine-tuning (0 = plain cross-entropy; see
+            ``TrainConfig``).
+        lam_path: Algorithm 1's set S: a sequence of λ settings (each like ``lam``: a float, a
+            per-layer list or a dict) run in order; after each setting the layers are pruned
+            and the network is fine-tuned (``path_finetune_epochs``), the last setting is
+            followed by the global fine-tuning. ``lam`` is ignored when this is given.
+        path_finetune_epochs: fine-tuning epochs between two λ settings of ``lam_path``.
+        seed: seeds the SGD steps (int >= 0).
     """
 
     penalty: str = "l21"
@@ -91,30 +131,35 @@ class SSRConfig(MethodConfig):
     path_finetune_epochs: int = 1
     seed: int = 0
 
+    owner: ClassVar[str] = "SSR"
+    rules: ClassVar[Mapping[str, Rule]] = MappingProxyType(
+        {
+            "penalty": rule(check_choice, choices=tuple(_PENALTIES)),
+            "lam": rule(check_per_layer, min_value=0.0),
+            "rho": rule(check_float, **_POSITIVE),
+            "overrelax": rule(check_bool),
+            "r": rule(check_int, min_value=3),
+            "eps": rule(check_float, **_POSITIVE),
+            "max_outer": rule(check_int, min_value=1),
+            "w_steps": rule(check_int, min_value=1),
+            "lr": rule(check_float, **_POSITIVE),
+            "momentum": rule(check_float, **_FRACTION),
+            "weight_decay": rule(check_float, min_value=0.0),
+            "layers": rule(check_names, optional=True),
+            "train_all": rule(check_bool),
+            "min_keep": rule(check_int, min_value=1),
+            "finetune_epochs": rule(check_int, min_value=0),
+            "finetune_lr": rule(check_float, **_POSITIVE),
+            "finetune_steps_per_epoch": rule(check_int, optional=True, min_value=1),
+            "finetune_distill": rule(check_float, **_FRACTION),
+            "lam_path": rule(_check_lam_path, optional=True),
+            "path_finetune_epochs": rule(check_int, min_value=0),
+            "seed": rule(check_int, min_value=0),
+        }
+    )
+
     def __post_init__(self) -> None:
-        if self.penalty not in _PENALTIES:
-            check_choice(self.penalty, "penalty", "SSR", tuple(_PENALTIES))
-        check_float(self.rho, "rho", "SSR", min_value=0.0, min_inclusive=False)
-        check_int(self.r, "r", "SSR", min_value=3)
-        check_float(self.eps, "eps", "SSR", min_value=0.0)
-        check_int(self.max_outer, "max_outer", "SSR", min_value=1)
-        check_int(self.w_steps, "w_steps", "SSR", min_value=1)
-        check_float(self.lr, "lr", "SSR", min_value=0.0, min_inclusive=False)
-        check_int(self.min_keep, "min_keep", "SSR", min_value=1)
-        check_int(self.finetune_epochs, "finetune_epochs", "SSR", min_value=0)
-        check_int(self.path_finetune_epochs, "path_finetune_epochs", "SSR", min_value=0)
-        check_float(self.finetune_distill, "finetune_distill", "SSR", min_value=0.0, max_value=1.0)
-        if self.lam_path is not None and (
-            isinstance(self.lam_path, (str, bytes, dict))
-            or not hasattr(self.lam_path, "__len__")
-            or len(self.lam_path) == 0
-        ):
-            raise ConfigError(
-                "The 'lam_path' parameter of SSR must be a non-empty list of lambda settings "
-                f"(each a float, a per-layer list or a dict). Got {self.lam_path!r}."
-            )
-        if isinstance(self.lam, (int, float)) and not isinstance(self.lam, bool):
-            check_float(self.lam, "lam", "SSR", min_value=0.0)
+        validate_options(self, self.owner, self.rules)
 
 
 class SSR(Method):
@@ -126,104 +171,112 @@ class SSR(Method):
 
     @staticmethod
     def _lam_stages(cfg: SSRConfig, layers: list[str]) -> list[dict[str, float]]:
-        """The lambda settings to run: ``lam_path`` (Algorithm 1's S) or the single ``lam``."""
-        raw = list(cfg.lam_path) if cfg.lam_path is not None else [cfg.lam]
-        stages = []
-        for i, value in enumerate(raw):
-            name = "lam" if cfg.lam_path is None else f"lam_path[{i}]"
-            lam = per_layer_values(value, layers, name, "SSR")
-            for k, v in lam.items():
-                check_float(v, f"{name}['{k}']", "SSR", min_value=0.0)
-            stages.append(lam)
-        return stages
+        """The lambda settings to run: ``lam_path`` (Algorithm 1's S) or the single ``lam``,
+        each broadcast to the layers (the values were validated on construction; the number of
+        per-layer values is checked here, before any training)."""
+        if cfg.lam_path is None:
+            return [per_layer_values(cfg.lam, layers, "lam", "SSR")]
+        return [
+            per_layer_values(v, layers, f"lam_path[{i}]", "SSR") for i, v in enumerate(cfg.lam_path)
+        ]
+
+    def _aulm_layer(
+        self,
+        current: nn.Module,
+        layer: str,
+        lam: float,
+        loader: Any,
+        seed: int,
+        masks: Any,
+    ) -> Any:
+        """AULM on layer ``layer`` alone (Algorithm 1 lines 4-9): K-step eq. (11), F-step
+        eqs. (14)-(16), dual and over-relaxation eqs. (7)-(9), until the stopping rule."""
+        from compactnn.solvers.training import ADMMConfig, ADMMEngine, run_admm
+
+        cfg: SSRConfig = self.config  # type: ignore[assignment]
+        penalty = _PENALTIES[cfg.penalty]
+        mod = dict(current.named_modules())[layer]
+        engine = ADMMEngine(
+            {f"{layer}.weight": mod.weight},
+            ADMMConfig(
+                rho=cfg.rho,
+                penalty=penalty,
+                lam=lam,
+                structure="elements" if penalty == "l1" else "filters",
+                overrelax=cfg.overrelax,
+                r=cfg.r,
+                eps=cfg.eps,
+                stop_rule="either",
+                max_outer=cfg.max_outer,
+            ),
+        )
+        w_step = admm_w_step(
+            current,
+            loader,
+            engine,
+            epochs=1,
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            weight_decay=cfg.weight_decay,
+            seed=lambda k: seed + k,
+            steps_per_epoch=cfg.w_steps,
+            params=None if cfg.train_all else list(mod.parameters()),
+            masks=masks,
+        )
+        return run_admm(engine, w_step)
+
+    def _prune_layer(
+        self,
+        current: nn.Module,
+        layer: str,
+        res: Any,
+        input_shape: tuple[int, ...],
+        keep_all: dict[str, tuple[int, ...]],
+    ) -> tuple[nn.Module, dict[str, Any]]:
+        """Remove the filters whose rows of F are zero (l2,1 / l2,0), or copy F into the weight
+        (l1: unstructured zeros, held fixed later); returns the model and the layer's record."""
+        cfg: SSRConfig = self.config  # type: ignore[assignment]
+        F = res.engine.state.F[f"{layer}.weight"].detach()
+        record: dict[str, Any] = {"outer_iterations": res.n_iter}
+        if _PENALTIES[cfg.penalty] == "l1":
+            with torch.no_grad():
+                dict(current.named_modules())[layer].weight.copy_(F)
+            record.update(nonzero_after=int((F != 0).sum()), weights=int(F.numel()))
+        else:
+            keep = kept_filters(F, cfg.min_keep)
+            record.update(filters_before=int(F.shape[0]), filters_after=len(keep))
+            if len(keep) < F.shape[0]:
+                current, _ = prune_filters(current, {layer: keep}, input_shape)
+            # indices into the original model's filters (stages compose)
+            prev = keep_all.get(layer)
+            keep_all[layer] = tuple(keep) if prev is None else tuple(prev[i] for i in keep)
+        record["trace"] = list(res.trace)
+        return current, record
 
     def _stage(
         self,
         current: nn.Module,
         layers: list[str],
         lam: dict[str, float],
-        cfg: SSRConfig,
         loader: Any,
         data: CompressionData,
         si: int,
         keep_all: dict[str, tuple[int, ...]],
-        record: dict[str, Any],
         progress: bool,
-    ) -> nn.Module:
+    ) -> tuple[nn.Module, dict[str, Any]]:
         """One lambda setting: AULM on every layer in turn, pruning after each (lines 3-11)."""
-        from compactnn.solvers.training import ADMMConfig, ADMMEngine
-
-        penalty = _PENALTIES[cfg.penalty]
-        structured = penalty != "l1"
+        cfg: SSRConfig = self.config  # type: ignore[assignment]
+        l1_later = _PENALTIES[cfg.penalty] == "l1" and si > 0
         desc = "SSR layers" if si == 0 else f"SSR layers (lambda stage {si + 1})"
+        record: dict[str, Any] = {}
         for li, layer in enumerate(tqdm(layers, desc=desc, disable=not progress)):
-            mod = dict(current.named_modules())[layer]
-            pname = f"{layer}.weight"
-            engine = ADMMEngine(
-                {pname: mod.weight},
-                ADMMConfig(
-                    rho=cfg.rho,
-                    penalty=penalty,
-                    lam=lam[layer],
-                    structure="filters" if structured else "elements",
-                    overrelax=cfg.overrelax,
-                    r=cfg.r,
-                    eps=cfg.eps,
-                    stop_rule="either",
-                    max_outer=cfg.max_outer,
-                ),
+            masks = (lambda m=current: zero_masks(m)) if l1_later else None
+            seed = cfg.seed + 100_000 * si + 1000 * li
+            res = self._aulm_layer(current, layer, lam[layer], loader, seed, masks)
+            current, record[layer] = self._prune_layer(
+                current, layer, res, data.input_shape, keep_all
             )
-            stats: list[dict[str, Any]] = []
-            for k in range(cfg.max_outer):
-                train(
-                    current,
-                    loader,
-                    config=TrainConfig(
-                        epochs=1,
-                        lr=cfg.lr,
-                        momentum=cfg.momentum,
-                        weight_decay=cfg.weight_decay,
-                        schedule="constant",
-                        seed=cfg.seed + 100_000 * si + 1000 * li + k,
-                        max_steps_per_epoch=cfg.w_steps,
-                    ),
-                    extra_loss=engine.penalty_loss,
-                    params=None if cfg.train_all else list(mod.parameters()),
-                    masks=zero_masks(current) if not structured and si > 0 else None,
-                    progress=False,
-                )
-                engine.f_step()
-                engine.dual_step()
-                stats.append(engine.state.history[-1] if engine.state.history else {})
-                if engine.converged():
-                    break
-            F = engine.state.F[pname].detach()
-            if structured:
-                norms = F.reshape(F.shape[0], -1).norm(dim=1)
-                keep = [i for i in range(F.shape[0]) if norms[i] > 0]
-                if len(keep) < cfg.min_keep:
-                    keep = sorted(norms.argsort(descending=True)[: cfg.min_keep].tolist())
-                record[layer] = {
-                    "outer_iterations": len(stats),
-                    "filters_before": int(F.shape[0]),
-                    "filters_after": len(keep),
-                    "trace": stats,
-                }
-                if len(keep) < F.shape[0]:
-                    current, _ = prune_filters(current, {layer: keep}, data.input_shape)
-                # indices into the original model's filters (stages compose)
-                prev = keep_all.get(layer)
-                keep_all[layer] = tuple(keep) if prev is None else tuple(prev[i] for i in keep)
-            else:  # l1: unstructured zeros, held fixed during fine-tuning
-                with torch.no_grad():
-                    mod.weight.copy_(F)
-                record[layer] = {
-                    "outer_iterations": len(stats),
-                    "nonzero_after": int((F != 0).sum()),
-                    "weights": int(F.numel()),
-                    "trace": stats,
-                }
-        return current
+        return current, record
 
     def _finetune(
         self,
@@ -239,24 +292,62 @@ class SSR(Method):
     ) -> None:
         """Global fine-tuning of the pruned network (cosine lr from ``finetune_lr``)."""
         cfg: SSRConfig = self.config  # type: ignore[assignment]
-        train(
+        finetune_model(
             model,
             loader,
-            config=TrainConfig(
-                epochs=epochs,
-                lr=cfg.finetune_lr,
-                momentum=cfg.momentum,
-                weight_decay=cfg.weight_decay,
-                schedule="cosine",
-                seed=seed,
-                max_steps_per_epoch=cfg.finetune_steps_per_epoch,
-                distill_weight=cfg.finetune_distill,
-            ),
+            epochs=epochs,
+            lr=cfg.finetune_lr,
+            momentum=cfg.momentum,
+            weight_decay=cfg.weight_decay,
+            seed=seed,
+            steps_per_epoch=cfg.finetune_steps_per_epoch,
+            distill=cfg.finetune_distill,
             masks=masks,
+            teacher=teacher,
             progress=progress,
             desc=desc,
-            teacher=teacher,
         )
+
+    def _run_stages(
+        self,
+        model: nn.Module,
+        layers: list[str],
+        stages: list[dict[str, float]],
+        loader: Any,
+        data: CompressionData,
+        progress: bool,
+    ) -> tuple[nn.Module, dict[str, Any], dict[str, tuple[int, ...]]]:
+        """Every lambda setting of Algorithm 1's S in turn, fine-tuning between two (line 12)."""
+        cfg: SSRConfig = self.config  # type: ignore[assignment]
+        penalty = _PENALTIES[cfg.penalty]
+        history: dict[str, Any] = {"layers": {}, "lam": stages[-1], "penalty": penalty}
+        history["stages"] = []
+        keep_all: dict[str, tuple[int, ...]] = {}
+        current = model
+        for si, lam in enumerate(stages):
+            current, layer_rec = self._stage(
+                current, layers, lam, loader, data, si, keep_all, progress
+            )
+            history["layers"] = layer_rec
+            stage_rec: dict[str, Any] = {"lam": lam, "layers": layer_rec}
+            if si < len(stages) - 1 and cfg.path_finetune_epochs > 0:
+                self._finetune(
+                    current,
+                    loader,
+                    epochs=cfg.path_finetune_epochs,
+                    seed=cfg.seed + 7 + 31 * (si + 1),
+                    masks=zero_masks(current) if penalty == "l1" else None,
+                    desc=f"SSR fine-tune (lambda stage {si + 1}/{len(stages)})",
+                    progress=progress,
+                )
+            if data.test is not None and len(stages) > 1:
+                from compactnn.metrics import accuracy
+
+                stage_rec["top1"] = accuracy(current, data.test, topk=(1,))["top1"]
+            if penalty != "l1":
+                stage_rec["filters"] = {k: len(v) for k, v in keep_all.items()}
+            history["stages"].append(stage_rec)
+        return current, history, keep_all
 
     def run(
         self, model: nn.Module, data: CompressionData, *, progress: bool = True
@@ -267,52 +358,19 @@ class SSR(Method):
         layers = list(cfg.layers) if cfg.layers is not None else prunable_layers(model, shape)
         self._check_layers(model, layers)
         stages = self._lam_stages(cfg, layers)
-        penalty = _PENALTIES[cfg.penalty]
-        structured = penalty != "l1"
-        history: dict[str, Any] = {
-            "layers": {},
-            "lam": stages[-1],
-            "penalty": penalty,
-            "stages": [],
-        }
-        keep_all: dict[str, tuple[int, ...]] = {}
-        current = model
-        plan = None
+        structured = _PENALTIES[cfg.penalty] != "l1"
         # the uncompressed network, frozen before any training, is the distillation teacher
         teacher = copy.deepcopy(model).eval() if cfg.finetune_distill > 0 else None
-        for si, lam in enumerate(stages):
-            stage_layers: dict[str, Any] = {}
-            current = self._stage(
-                current, layers, lam, cfg, loader, data, si, keep_all, stage_layers, progress
-            )
-            history["layers"] = stage_layers
-            stage_rec: dict[str, Any] = {"lam": lam, "layers": stage_layers}
-            if si < len(stages) - 1 and cfg.path_finetune_epochs > 0:
-                # Algorithm 1, line 12: fine-tune the pruned network before the next lambda
-                self._finetune(
-                    current,
-                    loader,
-                    epochs=cfg.path_finetune_epochs,
-                    seed=cfg.seed + 7 + 31 * (si + 1),
-                    masks=zero_masks(current) if not structured else None,
-                    desc=f"SSR fine-tune (lambda stage {si + 1}/{len(stages)})",
-                    progress=progress,
-                )
-            if data.test is not None and len(stages) > 1:
-                from compactnn.metrics import accuracy
-
-                stage_rec["top1"] = accuracy(current, data.test, topk=(1,))["top1"]
-            if structured:
-                stage_rec["filters"] = {k: len(v) for k, v in keep_all.items()}
-            history["stages"].append(stage_rec)
+        current, history, keep_all = self._run_stages(model, layers, stages, loader, data, progress)
+        plan = None
         if structured:
             from compactnn.plan import CompressionPlan, KeepOutputs
 
             plan = CompressionPlan(
                 actions=[KeepOutputs(layer=k, keep=v) for k, v in keep_all.items()],
-                meta={"input_shape": list(data.input_shape)},
+                meta={"input_shape": list(shape)},
             )
-        masks = zero_masks(current) if not structured else None
+        masks = None if structured else zero_masks(current)
         if cfg.finetune_epochs > 0:
             self._finetune(
                 current,
@@ -326,12 +384,10 @@ class SSR(Method):
             )
         if masks:
             apply_masks(current, masks)
-            history["nonzero_params"] = int(
-                sum(int((p != 0).sum()) for n, p in current.named_parameters())
-            )
+            history["nonzero_params"] = sum(int((p != 0).sum()) for p in current.parameters())
         return CompressionResult(
             model=current,
-            plan=replay_plan(plan, current, data.input_shape),
+            plan=replay_plan(plan, current, shape),
             method=self.name,
             config=cfg,
             history=history,

@@ -331,6 +331,99 @@ class ADMMEngine:
         k = self.state.k_momentum
         return k / (k + self.config.r)
 
+    @torch.no_grad()
+    def warm_start(self, previous: ADMMEngine | ADMMState) -> None:
+        """Start from the F and Y of a previous run instead of F = W, Y = 0.
+
+        F = F̂ = F_prev ← previous F, Y = Ŷ = Y_prev ← previous Y (copies); the iteration
+        count, the over-relaxation momentum, the restart memory and the history start afresh.
+        Kiaee et al. warm-start each μ of the path from the previous μ (Alg. 1 line 5).
+
+        Args:
+            previous: an engine (or its state) over the same parameter names and shapes.
+
+        Raises:
+            ConfigError: different parameter names or shapes.
+            SolverError: this engine is between :meth:`f_step` and :meth:`dual_step`.
+        """
+        if self.state.phase != "w":
+            raise SolverError(
+                "ADMMEngine.warm_start() was called between f_step() and dual_step(); "
+                "warm-start before the first W-step."
+            )
+        st = previous.state if isinstance(previous, ADMMEngine) else previous
+        if not isinstance(st, ADMMState):
+            raise ConfigError(
+                "The 'previous' argument of ADMMEngine.warm_start must be an ADMMEngine or an "
+                f"ADMMState. Got {type(previous).__name__} instead."
+            )
+        for n, p in self.params.items():
+            for what, src in (("F", st.F), ("Y", st.Y)):
+                t = src.get(n)
+                if t is None or tuple(t.shape) != tuple(p.shape):
+                    got = "missing" if t is None else f"shape {tuple(t.shape)}"
+                    raise ConfigError(
+                        f"Cannot warm-start parameter '{n}' (shape {tuple(p.shape)}): the "
+                        f"previous {what} is {got}. Warm-start only from an engine over the "
+                        "same parameters."
+                    )
+        if set(st.F) != set(self.params):
+            extra = sorted(set(st.F) - set(self.params))
+            raise ConfigError(
+                f"Cannot warm-start: the previous state has parameter(s) {extra} that this "
+                "engine does not regularise. Use an engine over the same parameters."
+            )
+        f = {n: st.F[n].detach().clone() for n in self.params}
+        y = {n: st.Y[n].detach().clone() for n in self.params}
+        self.state = ADMMState(
+            F=f, Y=y, F_hat=dict(f), Y_hat=dict(y), F_prev=dict(f), Y_prev=dict(y)
+        )
+
+    @torch.no_grad()
+    def prox_input(self, name: str) -> Tensor:
+        """V_l = W_l + Ŷ_l/ρ, the point whose prox the F-step takes (a new tensor).
+
+        Lets an :meth:`f_step` variant (e.g. Kiaee's over-pruning guard) re-threshold V_l and
+        store the result with :meth:`set_f`.
+        """
+        return self.params[self._known(name)].detach() + self.state.Y_hat[name] / self.config.rho
+
+    @torch.no_grad()
+    def set_f(self, name: str, value: Tensor) -> None:
+        """Replace F_l after :meth:`f_step` and before :meth:`dual_step`.
+
+        For F-step variants that select groups differently from the prox (Kiaee sec. 4.1's
+        over-pruning guard). F_prev keeps the value before :meth:`f_step`; F̂ is formed from
+        the new F in :meth:`dual_step`.
+
+        Raises:
+            UnknownNameError: ``name`` is not a regularised parameter.
+            ConfigError: ``value`` has the wrong shape or non-finite entries.
+            SolverError: not called between :meth:`f_step` and :meth:`dual_step`.
+        """
+        if self.state.phase != "dual":
+            raise SolverError(
+                "ADMMEngine.set_f() must be called after f_step() and before dual_step()."
+            )
+        p = self.params[self._known(name)]
+        if not isinstance(value, Tensor) or tuple(value.shape) != tuple(p.shape):
+            shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+            raise ConfigError(
+                f"The new F of parameter '{name}' must be a tensor of shape {tuple(p.shape)}. "
+                f"Got {shape} instead."
+            )
+        if not bool(torch.isfinite(value).all()):
+            raise ConfigError(f"The new F of parameter '{name}' has non-finite entries.")
+        self.state.F[name] = value.detach().to(dtype=p.dtype, device=p.device)
+
+    def _known(self, name: str) -> str:
+        if name not in self.params:
+            raise UnknownNameError(
+                f"'{name}' is not a regularised parameter of this ADMMEngine; known: "
+                f"{', '.join(repr(n) for n in self.params)}."
+            )
+        return name
+
     # ------------------------------------------------------------------ steps
     def w_targets(self) -> dict[str, Tensor]:
         """U_l = F̂_l − Ŷ_l/ρ, the targets of the W-step (Kiaee eq. (7), Lin's T_1 eq. (10)).
@@ -493,11 +586,20 @@ class ADMMEngine:
             out[n] = _group_mask(f, self.group_dims[n]).expand_as(f).clone()
         return out
 
-    def step_outer(self, w_step: Callable[[], None]) -> dict[str, Any]:
-        """One outer iteration: ``w_step()`` (W-step), :meth:`f_step`, :meth:`dual_step`.
+    def step_outer(
+        self,
+        w_step: Callable[[], None],
+        *,
+        after_f_step: Callable[[ADMMEngine], None] | None = None,
+    ) -> dict[str, Any]:
+        """One outer iteration: ``w_step()`` (W-step), :meth:`f_step`, ``after_f_step(self)``,
+        :meth:`dual_step`.
 
         Args:
             w_step: closure minimising the task loss + :meth:`penalty_loss` in the parameters.
+            after_f_step: optional F-step variant run between :meth:`f_step` and
+                :meth:`dual_step`; it may read :meth:`prox_input` and replace F with
+                :meth:`set_f` (e.g. Kiaee's over-pruning guard).
 
         Returns:
             The history entry of this iteration (see :meth:`dual_step`).
@@ -509,5 +611,7 @@ class ADMMEngine:
             )
         w_step()
         self.f_step()
+        if after_f_step is not None:
+            after_f_step(self)
         self.dual_step()
         return self.state.history[-1]

@@ -1,21 +1,31 @@
-"""Outer loop of the ADMM / AULM engine: :func:`run_admm` and parameter selection.
+"""The one ADMM / AULM driver: :func:`run_admm`, shared by every training-based method.
+
+``ssr`` runs it once per layer (Lin et al., Algorithm 1 lines 4-9), ``admm-sparse`` once per μ
+of its path, warm-started from the previous μ (Kiaee et al., Algorithm 1 lines 5-10).
+
+Optimizer state across outer iterations (one rule for every W-step of the package): **each
+W-step starts from a fresh optimizer**, so SGD momentum buffers are zero at the start of every
+outer iteration. The W-subproblem changes after every F- and dual step (its target
+F̂ − Ŷ/ρ moves), so a velocity accumulated on the previous subproblem is not carried over.
+:func:`compactnn.solvers.training.sgd_w_step` and the methods' W-steps (one
+:func:`compactnn.train.train` call per outer iteration) follow it.
 
 References:
-    Kiaee et al. (2016) Algorithm 1 lines 6-10; Lin et al. (2019) Algorithm 1 lines 4-9.
+    Kiaee et al. (2016) Algorithm 1 lines 5-10; Lin et al. (2019) Algorithm 1 lines 4-9.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from torch import Tensor, nn
+from torch import Tensor
 
-from compactnn.errors import ConfigError, UnknownNameError
-from compactnn.solvers.training.admm import ADMMConfig, ADMMEngine
+from compactnn.errors import ConfigError
+from compactnn.solvers.training.admm import ADMMEngine, ADMMState
 
-__all__ = ["ADMMResult", "resolve_params", "run_admm"]
+__all__ = ["ADMMResult", "run_admm"]
 
 
 @dataclass(frozen=True)
@@ -23,114 +33,92 @@ class ADMMResult:
     """Outcome of :func:`run_admm`.
 
     Attributes:
-        masks: boolean element masks of the non-zero groups of F (True = kept).
-        history: one dict per outer iteration (see :meth:`ADMMEngine.dual_step`).
-        converged: whether the stopping rule was met before ``max_outer``.
+        trace: one history entry per outer iteration of this run (see
+            :meth:`ADMMEngine.dual_step`), the stopping test made on the last one.
         n_iter: outer iterations run.
+        converged: whether the stopping rule was met before ``config.max_outer``.
         engine: the engine (its state holds F, Y).
     """
 
-    masks: dict[str, Tensor]
-    history: tuple[dict[str, Any], ...]
-    converged: bool
+    trace: tuple[dict[str, Any], ...]
     n_iter: int
+    converged: bool
     engine: ADMMEngine
 
-
-def resolve_params(
-    model: nn.Module, params: Mapping[str, Tensor] | Sequence[str] | None
-) -> dict[str, Tensor]:
-    """The regularised parameters by dotted name.
-
-    Args:
-        model: the network.
-        params: a mapping (used as is), a sequence of parameter names of ``model``, or ``None``
-            for the weights of every ``nn.Conv*d`` and ``nn.Linear`` module.
-
-    Raises:
-        UnknownNameError: a name that is not a parameter of ``model``.
-        ConfigError: no parameter to regularise.
-    """
-    if isinstance(params, Mapping):
-        return dict(params)
-    named = dict(model.named_parameters())
-    if params is None:
-        out = {
-            f"{mname}.weight" if mname else "weight": m.weight
-            for mname, m in model.named_modules()
-            if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))
-        }
-        if not out:
-            raise ConfigError(
-                f"{type(model).__name__} has no Conv/Linear weight to regularise; pass 'params' "
-                "explicitly as {name: parameter}."
-            )
-        return out
-    if isinstance(params, str):
-        params = [params]
-    unknown = [p for p in params if p not in named]
-    if unknown:
-        raise UnknownNameError(
-            f"Unknown parameter(s) {', '.join(repr(u) for u in unknown)} of "
-            f"{type(model).__name__}; use names from model.named_parameters(), e.g. "
-            f"{', '.join(repr(n) for n in list(named)[:4])}."
-        )
-    return {p: named[p] for p in params}
+    @property
+    def masks(self) -> dict[str, Tensor]:
+        """Boolean element masks of the non-zero groups of F (True = kept)."""
+        return self.engine.masks()
 
 
 def run_admm(
-    model: nn.Module,
-    params: Mapping[str, Tensor] | Sequence[str] | None,
-    config: ADMMConfig,
-    w_step_fn: Callable[[ADMMEngine], None],
+    engine: ADMMEngine,
+    w_step: Callable[[int], None],
     *,
-    progress: bool = True,
-    engine: ADMMEngine | None = None,
+    warm_start: ADMMEngine | ADMMState | None = None,
+    after_f_step: Callable[[ADMMEngine], None] | None = None,
+    on_iteration: Callable[[ADMMEngine, dict[str, Any]], None] | None = None,
+    progress: bool = False,
+    desc: str = "ADMM",
 ) -> ADMMResult:
     """Run outer ADMM / AULM iterations until the stopping rule or ``config.max_outer``.
 
-    The parameters are left as the last W-step made them; to prune, apply the returned masks
-    (:func:`compactnn.solvers.training.apply_masks`) and fine-tune with the masks attached
-    (Kiaee Alg. 1 line 11, Lin Alg. 1 lines 10-12).
+    Iteration ``k`` (0-based within this call) is ``w_step(k)``, :meth:`ADMMEngine.f_step`,
+    ``after_f_step(engine)``, :meth:`ADMMEngine.dual_step`, ``on_iteration(engine, stats)``,
+    then the stopping test :meth:`ADMMEngine.converged`. The parameters are left as the last
+    W-step made them; to prune, apply the masks (:func:`compactnn.solvers.training.apply_masks`)
+    and fine-tune with them attached (Kiaee Alg. 1 line 11, Lin Alg. 1 lines 10-12).
 
     Args:
-        model: the network (put in train mode before each W-step).
-        params: regularised parameters (see :func:`resolve_params`).
-        config: the hyper-parameters.
-        w_step_fn: ``w_step_fn(engine)`` minimises task loss + ``engine.penalty_loss()``.
+        engine: the engine (parameters + :class:`ADMMConfig`); a used engine continues from
+            its state.
+        w_step: ``w_step(k)`` approximately minimises the task loss + ``engine.penalty_loss()``
+            in the parameters; ``k`` lets it derive per-iteration seeds. Build a fresh
+            optimizer in every call (the module's momentum rule).
+        warm_start: start from this engine's (or state's) F and Y instead of F = W, Y = 0
+            (:meth:`ADMMEngine.warm_start`; Kiaee Alg. 1 line 5).
+        after_f_step: F-step variant between the F- and the dual step, acting through
+            :meth:`ADMMEngine.prox_input` / :meth:`ADMMEngine.set_f` (Kiaee's over-pruning
+            guard, sec. 4.1).
+        on_iteration: called with the engine and the iteration's history entry (statistics,
+            traces, logging).
         progress: show a tqdm bar.
-        engine: continue from an existing engine (e.g. warm start for the next λ of a
-            schedule, Kiaee Alg. 1 line 5); its parameters and config are used as they are.
+        desc: label of the bar.
 
     Returns:
         An :class:`ADMMResult`.
 
+    Raises:
+        ConfigError: ``engine`` is not an :class:`ADMMEngine` or ``w_step`` is not callable.
+
     References:
-        Kiaee et al. (2016) Algorithm 1 lines 6-10; Lin et al. (2019) Algorithm 1 lines 4-9.
+        Kiaee et al. (2016) Algorithm 1 lines 5-10; Lin et al. (2019) Algorithm 1 lines 4-9.
     """
     from tqdm.auto import tqdm
 
-    eng = engine if engine is not None else ADMMEngine(resolve_params(model, params), config)
-    n_max = eng.config.max_outer
-    start = eng.state.k
+    if not isinstance(engine, ADMMEngine):
+        raise ConfigError(
+            f"run_admm expects an ADMMEngine as 'engine'. Got {type(engine).__name__} instead."
+        )
+    if not callable(w_step):
+        raise ConfigError("The 'w_step' argument of run_admm must be callable as w_step(k).")
+    if warm_start is not None:
+        engine.warm_start(warm_start)
+    trace: list[dict[str, Any]] = []
     done = False
-    with tqdm(total=n_max, desc="ADMM", disable=not progress, leave=False) as bar:
-        for _ in range(n_max):
-            model.train()
-            stats = eng.step_outer(lambda: w_step_fn(eng))
+    with tqdm(total=engine.config.max_outer, desc=desc, disable=not progress, leave=False) as bar:
+        for k in range(engine.config.max_outer):
+            stats = engine.step_outer(lambda k=k: w_step(k), after_f_step=after_f_step)
+            trace.append(stats)
+            if on_iteration is not None:
+                on_iteration(engine, stats)
             bar.update(1)
             bar.set_postfix(
                 primal=f"{stats['primal_residual']:.3g}",
                 dF=f"{stats['f_change']:.3g}",
                 nnz=f"{stats['nnz_groups']}/{stats['total_groups']}",
             )
-            if eng.converged():
+            if engine.converged():
                 done = True
                 break
-    return ADMMResult(
-        masks=eng.masks(),
-        history=tuple(eng.state.history),
-        converged=done,
-        n_iter=eng.state.k - start,
-        engine=eng,
-    )
+    return ADMMResult(trace=tuple(trace), n_iter=len(trace), converged=done, engine=engine)

@@ -1,8 +1,10 @@
-"""A ready-made SGD W-step closure for :func:`compactnn.solvers.training.run_admm`.
+"""A ready-made SGD W-step for :func:`compactnn.solvers.training.run_admm`.
 
 .. math:: \\min_W \\mathcal{L}_{net}(W) + \\frac{\\rho}{2}\\sum_l \\|W_l - \\hat F_l + \\hat Y_l/\\rho\\|_F^2
 
-solved approximately by ``engine.config.w_epochs`` epochs of SGD (momentum), as both papers do.
+solved approximately by ``engine.config.w_epochs`` epochs of SGD (momentum), as both papers do,
+from a fresh optimizer at every outer iteration (the driver's momentum rule, see
+:mod:`compactnn.solvers.training.run`).
 
 References:
     Kiaee et al. (2016) eq. (7) and sec. 4 (SGD, lr 0.001, batch 128); Lin et al. (2019)
@@ -27,19 +29,21 @@ def sgd_w_step(
     model: nn.Module,
     loader: Iterable[Any],
     loss_fn: Callable[[Tensor, Tensor], Tensor],
+    engine: ADMMEngine,
     *,
     lr: float = 1e-3,
     momentum: float = 0.9,
     weight_decay: float = 0.0,
     epochs: int | None = None,
     train_all: bool = False,
-) -> Callable[[ADMMEngine], None]:
-    """Build ``w_step(engine)`` running SGD epochs on ``loss_fn(model(x), y) + penalty_loss``.
+) -> Callable[[int], None]:
+    """Build ``w_step(k)`` running SGD epochs on ``loss_fn(model(x), y) + engine.penalty_loss()``.
 
     Args:
         model: the network.
         loader: iterable of ``(x, y)`` batches.
         loss_fn: task loss ``L_net``.
+        engine: the ADMM engine whose augmented term is added.
         lr: learning rate (papers: 0.001).
         momentum: SGD momentum (Lin: 0.9).
         weight_decay: L2 weight decay (Lin: 5e-4).
@@ -48,23 +52,18 @@ def sgd_w_step(
             the regularised ones (Lin, layer by layer).
 
     Returns:
-        The closure; its SGD optimizer is created on the first call and kept (momentum
-        carries over between outer iterations).
+        The closure ``w_step(k)`` for :func:`~compactnn.solvers.training.run_admm`; every call
+        builds a new SGD optimizer, so momentum starts at zero in each outer iteration.
     """
     check_float(lr, "lr", "sgd_w_step", min_value=0.0, min_inclusive=False)
     check_float(momentum, "momentum", "sgd_w_step", min_value=0.0, max_value=1.0)
     check_float(weight_decay, "weight_decay", "sgd_w_step", min_value=0.0)
     if epochs is not None:
         check_int(epochs, "epochs", "sgd_w_step", min_value=1)
-    holder: dict[str, torch.optim.Optimizer] = {}
+    params = list(model.parameters()) if train_all else list(engine.params.values())
 
-    def w_step(engine: ADMMEngine) -> None:
-        if "opt" not in holder:
-            params = list(model.parameters()) if train_all else list(engine.params.values())
-            holder["opt"] = torch.optim.SGD(
-                params, lr=lr, momentum=momentum, weight_decay=weight_decay
-            )
-        opt = holder["opt"]
+    def w_step(k: int) -> None:
+        opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
         n_epochs = epochs if epochs is not None else engine.config.w_epochs
         model.train()
         for _ in range(n_epochs):
