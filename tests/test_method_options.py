@@ -103,6 +103,7 @@ BAD: dict[str, tuple[str, dict[str, list]]] = {
             "finetune_epochs": _NONNEG_INT,
             "overprune_guard": _BOOL,
             "eval_batches": _OPT_POS_INT,
+            "mu_scale": [[1.0], 1.0, {"a": 0.0}, {"a": "x"}],
             **{k: COMMON_FT[k] for k in ("lr", "momentum", "weight_decay", "layers", "seed")},
         },
     ),
@@ -114,7 +115,7 @@ BAD: dict[str, tuple[str, dict[str, list]]] = {
         "DDLR",
         {
             **LAYERWISE,
-            "rank": [0, 1.5, [2, 3], "x"],
+            "rank": [0, 1.5, [2, 3], {"a": 0}, "x"],
             "energy": [0.0, 1.5, "x"],
             "dense_fallback": _BOOL,
         },
@@ -165,6 +166,7 @@ def test_per_layer_values_are_normalised() -> None:
     assert methods.SSR(lam_path=[0.1, [0.2, 0.3]]).config.lam_path == (0.1, (0.2, 0.3))
     assert methods.ADMMSparse(mus=[0.1, 1]).config.mus == (0.1, 1.0)
     assert methods.L1NormPruning(keep=[1, 2]).config.keep == (1, 2)
+    assert methods.DDLR(rank={"a": 2}).config.rank == {"a": 2}
 
 
 def test_old_late_failures_now_fail_at_construction() -> None:

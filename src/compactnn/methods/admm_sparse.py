@@ -42,9 +42,11 @@ from compactnn._validation import (
     check_float,
     check_int,
     check_names,
+    check_per_layer,
     rule,
     validate_options,
 )
+from compactnn.budget import Strength
 from compactnn.errors import ConfigError
 from compactnn.methods._common import (
     admm_w_step,
@@ -91,7 +93,8 @@ class ADMMSparseConfig(MethodConfig):
         penalty: the sparsity function f: ``"l0"`` (hard threshold b = sqrt(2μ/ρ), eq. 10) or
             ``"l1"`` (soft threshold a = μ/ρ, eq. 9).
         structure: sparsity block: ``"kernels"`` (W_ij, the paper's choice), ``"filters"``
-            or ``"elements"``.
+            or ``"elements"``; ``None`` (default) = ``"kernels"``, or ``"filters"`` when a
+            budget target is given (only removed filters shrink the stored model).
         mus: the μ path S of Algorithm 1 (μ of eq. 1, increasing floats >= 0). Default:
             ``n_mu`` log-spaced values in ``[mu_min, mu_max]``.
         mu_min, mu_max, n_mu: the default log-spaced path (0 < mu_min <= mu_max, n_mu >= 1).
@@ -107,12 +110,15 @@ class ADMMSparseConfig(MethodConfig):
         finetune_epochs: masked fine-tuning epochs after each μ (Algorithm 1 line 11).
         overprune_guard: apply the 50 % guard of sec. 4.1.
         layers: regularised layers (default: all Conv2d/Linear but the classifier).
-        eval_batches: test batches used for the accuracy of each μ (None = all).
+        eval_batches: validation batches used for the accuracy of each μ (None = all).
         seed: seeds SGD (int >= 0).
+        mu_scale: per-layer multipliers of μ (dict layer -> float > 0; None = 1 everywhere).
+            A budget search sets them from each layer's median block norm so that one global
+            μ acts alike on every layer.
     """
 
     penalty: str = "l0"
-    structure: str = "kernels"
+    structure: str | None = None
     mus: tuple[float, ...] | None = None
     mu_min: float = 1e-3
     mu_max: float = 1e-1
@@ -131,12 +137,15 @@ class ADMMSparseConfig(MethodConfig):
     layers: tuple[str, ...] | None = None
     eval_batches: int | None = None
     seed: int = 0
+    mu_scale: Any = None
 
     owner: ClassVar[str] = "ADMM-sparse"
     rules: ClassVar[Mapping[str, Rule]] = MappingProxyType(
         {
             "penalty": rule(check_choice, choices=tuple(_GROUP_PENALTY)),
-            "structure": rule(check_choice, choices=("kernels", "filters", "elements")),
+            "structure": rule(
+                check_choice, optional=True, choices=("kernels", "filters", "elements")
+            ),
             "mus": rule(_check_mus, optional=True),
             "mu_min": rule(check_float, **_POSITIVE),
             "mu_max": rule(check_float, **_POSITIVE),
@@ -155,6 +164,7 @@ class ADMMSparseConfig(MethodConfig):
             "layers": rule(check_names, optional=True),
             "eval_batches": rule(check_int, optional=True, min_value=1),
             "seed": rule(check_int, min_value=0),
+            "mu_scale": rule(check_per_layer, optional=True, forms=("dict",), **_POSITIVE),
         }
     )
 
@@ -203,10 +213,46 @@ class ADMMSparse(Method):
     Config = ADMMSparseConfig
     description = "ADMM sparse CNN (Kiaee et al. 2016): l0/l1 on filter blocks W_ij, mu path"
 
+    # ------------------------------------------------------------------ budget
+    def strength(self) -> Strength:
+        """Global s: the F-step threshold is ``s x`` the layer's median block norm.
+
+        l0 (eq. 10) zeroes blocks below ``b = sqrt(2 mu / rho)``, so ``mu_l = rho/2 (s m_l)^2``;
+        l1 (eq. 9) shrinks by ``a = mu / rho``, so ``mu_l = rho s m_l`` (``m_l``: median norm).
+        Under a params / MACs target the blocks are whole filters (``structure="filters"``):
+        zero kernels W_ij are stored densely, so only removed filters make the model smaller.
+        """
+        return Strength("mu scale (threshold / median block norm)", 0.5, 1.5, bound_lo=1e-3)
+
+    def at_strength(self, s: float, model: nn.Module, data: CompressionData) -> Method:
+        from compactnn.methods._calibrate import layer_scales
+
+        cfg: ADMMSparseConfig = self.config  # type: ignore[assignment]
+        if cfg.structure not in (None, "filters"):
+            raise ConfigError(
+                f"ADMM-sparse with structure='{cfg.structure}' keeps its zero blocks stored "
+                "densely, so a params/MACs target cannot be met by it: pass "
+                "structure='filters' with target=, or set mus= without a target."
+            )
+        layers = (
+            list(cfg.layers) if cfg.layers is not None else prunable_layers(model, data.input_shape)
+        )
+        m = layer_scales(model, layers)
+        if cfg.penalty == "l0":
+            scale = {n: 0.5 * cfg.rho * (float(s) * m[n]) ** 2 for n in layers}
+        else:
+            scale = {n: cfg.rho * float(s) * m[n] for n in layers}
+        return self.with_options(
+            mus=(1.0,), mu_scale=scale, layers=tuple(layers), structure="filters"
+        )
+
+    def proxy(self) -> Method:
+        return self.with_options(finetune_epochs=0)
+
     def _structure(self) -> tuple[str, str]:
         """The sparsity blocks and the engine's penalty (l1 / l0 of the block norms)."""
         cfg: ADMMSparseConfig = self.config  # type: ignore[assignment]
-        structure = cfg.structure
+        structure = cfg.structure or "kernels"
         penalty = cfg.penalty if structure == "elements" else _GROUP_PENALTY[cfg.penalty]
         return structure, penalty
 
@@ -225,12 +271,15 @@ class ADMMSparse(Method):
 
         cfg: ADMMSparseConfig = self.config  # type: ignore[assignment]
         structure, penalty = self._structure()
+        lam: Any = mu
+        if cfg.mu_scale is not None:
+            lam = {p: mu * float(cfg.mu_scale.get(p[: -len(".weight")], 1.0)) for p in params}
         engine = ADMMEngine(
             params,
             ADMMConfig(
                 rho=cfg.rho,
                 penalty=penalty,
-                lam=mu,
+                lam=lam,
                 structure=structure,
                 eps=cfg.eps,
                 stop_rule="both",
@@ -277,7 +326,8 @@ class ADMMSparse(Method):
     def _path_entry(
         self, model: nn.Module, masks: dict[str, Any], data: CompressionData, **entry: Any
     ) -> dict[str, Any]:
-        """The record of one mu (Kiaee Tables 3-6): zero blocks per layer, sparsity, accuracy."""
+        """The record of one mu (Kiaee Tables 3-6): zero blocks per layer, sparsity, accuracy
+        on the validation split (never on test)."""
         from compactnn.structure import group_dims
 
         cfg: ADMMSparseConfig = self.config  # type: ignore[assignment]
@@ -296,8 +346,8 @@ class ADMMSparse(Method):
             total_w += w.numel()
             zero_w += int((~m).sum())
         entry["sparsity_percent"] = 100.0 * zero_w / max(total_w, 1)
-        if data.test is not None:
-            entry["top1"] = accuracy(model, data.test, topk=(1,), max_batches=cfg.eval_batches)[
+        if data.val is not None:
+            entry["val_top1"] = accuracy(model, data.val, topk=(1,), max_batches=cfg.eval_batches)[
                 "top1"
             ]
         return entry

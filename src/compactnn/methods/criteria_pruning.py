@@ -28,6 +28,7 @@ from compactnn._validation import (
     rule,
     validate_options,
 )
+from compactnn.budget import Strength
 from compactnn.criteria import filter_scores, select_top
 from compactnn.errors import ConfigError
 from compactnn.methods._common import (
@@ -205,6 +206,21 @@ class _CriterionPruning(Method):
             config=cfg,
             history={"keep": {k: len(v) for k, v in keep.items()}, "criterion": self.criterion},
         )
+
+    # ------------------------------------------------------------------ budget
+    def strength(self) -> Strength:
+        """The pruned fraction of every layer (uniform allocation): ``ratio = 1 - s``."""
+        return Strength("pruned fraction per layer", 0.5, 0.9, log=False, bound_hi=0.999)
+
+    def at_strength(self, s: float, model: nn.Module, data: CompressionData) -> Method:
+        if self.config.keep is not None:  # type: ignore[attr-defined]
+            raise ConfigError(
+                f"{self.name}: pass either keep= (a fixed per-layer budget) or target=, not both."
+            )
+        return self.with_options(ratio=max(1.0 - float(s), 1e-3))
+
+    def proxy(self) -> Method:
+        return self.with_options(finetune_epochs=0)
 
 
 class RandomPruning(_CriterionPruning):

@@ -176,7 +176,8 @@ class DDLRConfig(LayerwiseConfig):
 
     Attributes:
         rank: keep exactly this rank :math:`r` in every layer (clipped to ``min(d, n)``)
-            instead of the elbow rule.
+            instead of the elbow rule; or a dict layer -> rank (layers not in it use the elbow
+            rule). A budget target sets this dict.
         energy: keep the smallest :math:`r` with
             :math:`\sum_{i\le r}\sigma_i^2 \ge \text{energy}\sum_i\sigma_i^2`.
         dense_fallback: when :math:`r(d+n) \ge dn` the factorization would be larger than the
@@ -186,7 +187,7 @@ class DDLRConfig(LayerwiseConfig):
     With neither ``rank`` nor ``energy`` the paper's elbow rule is used (sec. 4.1).
     """
 
-    rank: int | None = None
+    rank: Any = None
     energy: float | None = None
     dense_fallback: bool = True
 
@@ -194,7 +195,9 @@ class DDLRConfig(LayerwiseConfig):
     rules: ClassVar[Mapping[str, Rule]] = MappingProxyType(
         {
             **LayerwiseConfig.rules,
-            "rank": rule(check_int, optional=True, min_value=1),
+            "rank": rule(
+                check_per_layer, optional=True, check=check_int, forms=("one", "dict"), min_value=1
+            ),
             "energy": rule(
                 check_float, optional=True, min_value=0.0, max_value=1.0, min_inclusive=False
             ),
@@ -388,7 +391,11 @@ class _Layerwise(Method):
             problems = {n: problem(n, ios[n]) for n in layers}
             rows = {n: int(ios[n].X.shape[0]) for n in layers}
             del ios
-            results = self._solve_all(problems, solver, progress)
+            presolved = getattr(self, "_presolved", None)  # set by a budget search (same solve)
+            if presolved is not None and list(presolved) == layers:
+                results = presolved
+            else:
+                results = self._solve_all(problems, solver, progress)
             actions, stats = [], {}
             for n in layers:
                 act, stats[n] = self._action(n, mods[n], results[n], problems[n])
@@ -488,7 +495,8 @@ class DDLR(_Layerwise):
         cfg: DDLRConfig = self.config  # type: ignore[assignment]
         U = res.U
         d, n = U.shape
-        rank = None if cfg.rank is None else min(cfg.rank, d, n)
+        want = cfg.rank.get(name) if isinstance(cfg.rank, dict) else cfg.rank
+        rank = None if want is None else min(want, d, n)
         r = choose_rank(U, rank=rank, energy=cfg.energy)
         first, second = factorize(U, r)
         dtype = module.weight.dtype
@@ -502,6 +510,84 @@ class DDLR(_Layerwise):
             return SetWeights(layer=name, weight=w, bias=bias), st
         st.update(form="lowrank", stored_weights=r * (d + n))
         return LowRank(layer=name, first=first.to(dtype), second=second.to(dtype), bias=bias), st
+
+    # ------------------------------------------------------------------ budget
+    def calibrate(
+        self, model: nn.Module, data: CompressionData, target: Any, *, progress: bool = False
+    ) -> tuple[Method, dict[str, Any]]:
+        """One convex solve per layer, then the ranks that meet the target.
+
+        The ranks follow one global energy threshold ``1 - s`` (each layer keeps the smallest
+        rank holding that share of its squared singular values), ``s`` bisected on the exact
+        size of the factorized candidate. The solve is done once and reused by the run.
+        """
+        from compactnn.budget import Strength, measure, search
+        from compactnn.methods._calibrate import target_record
+        from compactnn.solvers.layerwise import choose_rank
+
+        cfg: DDLRConfig = self.config  # type: ignore[assignment]
+        if cfg.asymmetric:
+            raise ConfigError(
+                "DDLR: a target is supported with asymmetric=False (the ranks are chosen from "
+                "one solve of every layer); set the ranks with rank= for asymmetric runs."
+            )
+        shape = data.require_input_shape(self.name)
+        solved = _Presolve(self).solve(model, data, progress)
+        base = measure(model, shape, target.keys)
+
+        def ranks_at(s: float) -> dict[str, int]:
+            e = min(max(1.0 - float(s), 1e-9), 1.0)
+            return {n: choose_rank(r.U, energy=e) for n, r in solved.items()}
+
+        def evaluate(s: float) -> dict[str, float]:
+            trial = self.with_options(rank=ranks_at(s), energy=None)
+            trial._presolved = solved  # type: ignore[attr-defined]
+            res = trial.run(model, data, progress=False)
+            return measure(res.model, shape, target.keys).fractions(base)
+
+        found = search(
+            evaluate, target, Strength("1 - energy kept", 1e-3, 0.1, bound_lo=1e-9, bound_hi=1.0)
+        )
+        if not found.met:
+            raise ConfigError(
+                f"DDLR cannot reach the target {target.as_dict()}: even rank 1 in every "
+                f"compressed layer keeps {found.kept}. Compress more layers (layers=) or relax it."
+            )
+        chosen = self.with_options(rank=ranks_at(found.strength), energy=None)
+        chosen._presolved = solved  # type: ignore[attr-defined]
+        rec = target_record(
+            target, found.kept, option="1 - energy kept", strength=found.strength,
+            trace=found.trace, seconds=found.seconds,
+        )  # fmt: skip
+        return chosen, rec
+
+
+class _Presolve:
+    """The capture + solve half of :meth:`_Layerwise.run` (symmetric), for budget searches."""
+
+    def __init__(self, method: _Layerwise) -> None:
+        self.method = method
+
+    def solve(self, model: nn.Module, data: CompressionData, progress: bool) -> dict[str, Any]:
+        from compactnn.capture import collect
+        from compactnn.solvers.layerwise import LayerProblem
+
+        m = self.method
+        cfg: LayerwiseConfig = m.config  # type: ignore[assignment]
+        batches = list(data.calib_batches(cfg.calib_batches))
+        if not batches:
+            raise ConfigError(f"{m.name} got no calibration batch: the loader is empty.")
+        layers, linear = m._targets(model, batches[0])
+        mods = dict(model.named_modules())
+        ios = collect(model, layers, batches, max_rows=cfg.max_rows, seed=cfg.seed)
+        problems = {}
+        for n in layers:
+            b = mods[n].bias
+            problems[n] = LayerProblem(
+                X=ios[n].X, Y=ios[n].Y, bias=None if b is None else b.detach(), linear=linear[n]
+            )
+        del ios
+        return m._solve_all(problems, m._solver(m._eps(layers)), progress)
 
 
 class NetTrim(_Layerwise):
@@ -518,6 +604,16 @@ class NetTrim(_Layerwise):
     Config = NetTrimConfig
     solver_name = "net-trim"
     description = "Net-Trim: convex l1 layer re-fit (sparse COO layers), no retraining"
+
+    # ------------------------------------------------------------------ budget
+    def strength(self) -> Any:
+        """The constraint slack eps_frac (eq. 4, one value for every layer): looser = sparser."""
+        from compactnn.budget import Strength
+
+        return Strength("eps_frac", 0.05, 0.3, bound_lo=1e-4, bound_hi=2.0)
+
+    def at_strength(self, s: float, model: nn.Module, data: CompressionData) -> Method:
+        return self.with_options(eps_frac=float(s))
 
     def _action(
         self, name: str, module: nn.Module, res: Any, prob: Any
