@@ -11,7 +11,6 @@ from compactnn.errors import ConfigError
 
 __all__ = [
     "prunable_layers",
-    "residual_coupled_layers",
     "per_layer_values",
     "prune_filters",
     "replay_plan",
@@ -20,13 +19,6 @@ __all__ = [
     "finetune_model",
     "admm_w_step",
 ]
-
-
-def residual_coupled_layers(model: nn.Module) -> set[str]:
-    """Layers whose output reaches a residual ``add`` (fx rule; see :mod:`compactnn.graph`)."""
-    from compactnn.graph import discover
-
-    return set(discover(model).residual_coupled)
 
 
 def prunable_layers(model: nn.Module, input_shape: Sequence[int] | None = None) -> list[str]:

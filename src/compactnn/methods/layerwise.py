@@ -356,77 +356,110 @@ class _Layerwise(Method):
     ) -> tuple[Any, dict[str, Any]]:
         raise NotImplementedError
 
-    def run(
-        self, model: nn.Module, data: CompressionData, *, progress: bool = True
-    ) -> CompressionResult:
-        from compactnn import surgery
-        from compactnn.capture import collect
-        from compactnn.plan import CompressionPlan
-        from compactnn.solvers.layerwise import LayerProblem
-
+    def _batches(self, data: CompressionData) -> list[Tensor]:
         cfg: LayerwiseConfig = self.config  # type: ignore[assignment]
         batches: list[Tensor] = list(data.calib_batches(cfg.calib_batches))
         if not batches:
             raise ConfigError(
                 f"{self.name} got no calibration batch: the calibration/training loader is empty."
             )
-        layers, linear = self._targets(model, batches[0])
-        eps = self._eps(layers)
+        return batches
+
+    def _problem(self, module: nn.Module, io: Any, linear: bool) -> Any:
+        from compactnn.solvers.layerwise import LayerProblem
+
+        b = module.bias
+        return LayerProblem(X=io.X, Y=io.Y, bias=None if b is None else b.detach(), linear=linear)
+
+    def _problems(
+        self, model: nn.Module, layers: list[str], linear: dict[str, bool], batches: list[Tensor]
+    ) -> dict[str, Any]:
+        """One :class:`LayerProblem` per layer, all captured from the original model."""
+        from compactnn.capture import collect
+
+        cfg: LayerwiseConfig = self.config  # type: ignore[assignment]
         mods = dict(model.named_modules())
-        solver = self._solver(eps)
+        ios = collect(model, layers, batches, max_rows=cfg.max_rows, seed=cfg.seed)
+        return {n: self._problem(mods[n], ios[n], linear[n]) for n in layers}
+
+    def solve_layers(
+        self, model: nn.Module, data: CompressionData, progress: bool = False
+    ) -> dict[str, Any]:
+        """Capture + solve every target layer (symmetric): the expensive half of :meth:`run`,
+        reused by budget searches (``_presolved``)."""
+        batches = self._batches(data)
+        layers, linear = self._targets(model, batches[0])
+        problems = self._problems(model, layers, linear, batches)
+        return self._solve_all(problems, self._solver(self._eps(layers)), progress)
+
+    def _symmetric(
+        self, model: nn.Module, layers: list[str], linear: dict[str, bool], batches: list[Tensor],
+        progress: bool,
+    ) -> tuple[list[Any], dict[str, Any], dict[str, Any], dict[str, Any]]:  # fmt: skip
+        problems = self._problems(model, layers, linear, batches)
+        presolved = getattr(self, "_presolved", None)  # set by a budget search (same solve)
+        if presolved is not None and list(presolved) == layers:
+            results = presolved
+        else:
+            results = self._solve_all(problems, self._solver(self._eps(layers)), progress)
+        mods = dict(model.named_modules())
+        actions, stats = [], {}
+        for n in layers:
+            act, stats[n] = self._action(n, mods[n], results[n], problems[n])
+            stats[n]["rows"] = int(problems[n].X.shape[0])
+            actions.append(act)
+        return actions, stats, results, problems
+
+    def _asymmetric(
+        self, model: nn.Module, layers: list[str], linear: dict[str, bool], batches: list[Tensor],
+        meta: dict[str, Any],
+    ) -> tuple[list[Any], dict[str, Any], dict[str, Any], nn.Module]:  # fmt: skip
+        """Layers in forward order, X captured from the partly compressed model (Ma et al.)."""
+        from compactnn import surgery
+        from compactnn.capture import collect
+        from compactnn.plan import CompressionPlan
+        from compactnn.solvers.layerwise import solve_layers
+
+        cfg: LayerwiseConfig = self.config  # type: ignore[assignment]
+        mods = dict(model.named_modules())
+        solver = self._solver(self._eps(layers))
+        actions: list[Any] = []
+        stats: dict[str, Any] = {}
+        results: dict[str, Any] = {}
+        current = model
+        for n in layers:
+            io = collect(
+                current, [n], batches, max_rows=cfg.max_rows, seed=cfg.seed,
+                asymmetric_from=None if current is model else model,
+            )[n]  # fmt: skip
+            prob = self._problem(mods[n], io, linear[n])
+            results[n] = solve_layers({n: prob}, solver, backend="serial", progress=False)[n]
+            act, stats[n] = self._action(n, mods[n], results[n], prob)
+            stats[n]["rows"] = int(io.X.shape[0])
+            actions.append(act)
+            current = surgery.apply(CompressionPlan(actions=list(actions), meta=meta), model)
+        return actions, stats, results, current
+
+    def run(
+        self, model: nn.Module, data: CompressionData, *, progress: bool = True
+    ) -> CompressionResult:
+        from compactnn import surgery
+        from compactnn.plan import CompressionPlan
+
+        cfg: LayerwiseConfig = self.config  # type: ignore[assignment]
+        batches = self._batches(data)
+        layers, linear = self._targets(model, batches[0])
         meta: dict[str, Any] = {"method": self.name}
         if data.input_shape is not None:
             meta["input_shape"] = list(data.input_shape)
-
-        def problem(name: str, io: Any) -> Any:
-            b = mods[name].bias
-            return LayerProblem(
-                X=io.X, Y=io.Y, bias=None if b is None else b.detach(), linear=linear[name]
-            )
-
-        results: dict[str, Any] = {}
-        rows: dict[str, int] = {}
         if not cfg.asymmetric:
-            ios = collect(model, layers, batches, max_rows=cfg.max_rows, seed=cfg.seed)
-            problems = {n: problem(n, ios[n]) for n in layers}
-            rows = {n: int(ios[n].X.shape[0]) for n in layers}
-            del ios
-            presolved = getattr(self, "_presolved", None)  # set by a budget search (same solve)
-            if presolved is not None and list(presolved) == layers:
-                results = presolved
-            else:
-                results = self._solve_all(problems, solver, progress)
-            actions, stats = [], {}
-            for n in layers:
-                act, stats[n] = self._action(n, mods[n], results[n], problems[n])
-                actions.append(act)
+            actions, stats, results, _ = self._symmetric(model, layers, linear, batches, progress)
             new_model = surgery.apply(CompressionPlan(actions=actions, meta=meta), model)
         else:
-            from compactnn.solvers.layerwise import solve_layers
-
-            actions, stats = [], {}
-            current = model
-            for n in layers:
-                io = collect(
-                    current,
-                    [n],
-                    batches,
-                    max_rows=cfg.max_rows,
-                    seed=cfg.seed,
-                    asymmetric_from=None if current is model else model,
-                )[n]
-                rows[n] = int(io.X.shape[0])
-                prob = problem(n, io)
-                res = solve_layers({n: prob}, solver, backend="serial", progress=False)[n]
-                act, stats[n] = self._action(n, mods[n], res, prob)
-                actions.append(act)
-                results[n] = res
-                current = surgery.apply(CompressionPlan(actions=list(actions), meta=meta), model)
-            new_model = current
-        # self-contained: replays new_model exactly on a fresh instance (SetState)
-        plan = CompressionPlan(actions=actions, meta=meta).with_state(new_model)
+            actions, stats, results, new_model = self._asymmetric(
+                model, layers, linear, batches, meta
+            )
         for n in layers:
-            stats[n]["rows"] = rows[n]
             if not results[n].ok:
                 warnings.warn(
                     f"{self.name}: layer '{n}' finished with status '{results[n].status}' "
@@ -437,10 +470,11 @@ class _Layerwise(Method):
                 )
         return CompressionResult(
             model=new_model,
-            plan=plan,
+            # self-contained: replays new_model exactly on a fresh instance (SetState)
+            plan=CompressionPlan(actions=actions, meta=meta).with_state(new_model),
             method=self.name,
             config=cfg,
-            history={"layers": stats, "eps_frac": eps, "retrained": False},
+            history={"layers": stats, "eps_frac": self._eps(layers), "retrained": False},
         )
 
 
@@ -532,7 +566,7 @@ class DDLR(_Layerwise):
                 "one solve of every layer); set the ranks with rank= for asymmetric runs."
             )
         shape = data.require_input_shape(self.name)
-        solved = _Presolve(self).solve(model, data, progress)
+        solved = self.solve_layers(model, data, progress)
         base = measure(model, shape, target.keys)
 
         def ranks_at(s: float) -> dict[str, int]:
@@ -560,34 +594,6 @@ class DDLR(_Layerwise):
             trace=found.trace, seconds=found.seconds,
         )  # fmt: skip
         return chosen, rec
-
-
-class _Presolve:
-    """The capture + solve half of :meth:`_Layerwise.run` (symmetric), for budget searches."""
-
-    def __init__(self, method: _Layerwise) -> None:
-        self.method = method
-
-    def solve(self, model: nn.Module, data: CompressionData, progress: bool) -> dict[str, Any]:
-        from compactnn.capture import collect
-        from compactnn.solvers.layerwise import LayerProblem
-
-        m = self.method
-        cfg: LayerwiseConfig = m.config  # type: ignore[assignment]
-        batches = list(data.calib_batches(cfg.calib_batches))
-        if not batches:
-            raise ConfigError(f"{m.name} got no calibration batch: the loader is empty.")
-        layers, linear = m._targets(model, batches[0])
-        mods = dict(model.named_modules())
-        ios = collect(model, layers, batches, max_rows=cfg.max_rows, seed=cfg.seed)
-        problems = {}
-        for n in layers:
-            b = mods[n].bias
-            problems[n] = LayerProblem(
-                X=ios[n].X, Y=ios[n].Y, bias=None if b is None else b.detach(), linear=linear[n]
-            )
-        del ios
-        return m._solve_all(problems, m._solver(m._eps(layers)), progress)
 
 
 class NetTrim(_Layerwise):
