@@ -18,6 +18,7 @@ __all__ = [
     "SolverError",
     "InfeasibleError",
     "AccuracyDropError",
+    "ExportError",
 ]
 
 
@@ -73,3 +74,7 @@ class AccuracyDropError(CompactnnError, RuntimeError):
     def __init__(self, message: str, *, result: object = None) -> None:
         super().__init__(message)
         self.result = result
+
+
+class ExportError(CompactnnError, RuntimeError):
+    """Exporting a model (ONNX, TorchScript) failed or its outputs differ from PyTorch's."""
