@@ -105,3 +105,25 @@ def test_model_mode_restored() -> None:
     m = tiny_cnn().train()
     metrics.count_flops(m, (1, 8, 8))
     assert m.training
+
+
+def test_memory_counts_sparse_indices_and_latency_uses_real_samples() -> None:
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from compactnn.layers import SparseLinear
+    from compactnn.metrics import memory_bytes, real_batch, report, stored_values
+
+    w = torch.zeros(4, 10)
+    w[0, 1], w[2, 3], w[3, 9] = 1.0, 2.0, 3.0
+    model = torch.nn.Sequential(torch.nn.Flatten(), SparseLinear(w, torch.zeros(4)))
+    # 3 values + 4 bias fp32, 2 x 3 int64 indices
+    assert memory_bytes(model) == 7 * 4 + 6 * 8
+    assert stored_values(model) == 7
+    data = DataLoader(TensorDataset(torch.full((6, 10), 2.0), torch.zeros(6).long()), batch_size=4)
+    x = real_batch(data, 10)
+    assert x.shape == (10, 10) and bool((x == 2.0).all())
+    rep = report(model, (10,), data=data, batch_size=5, repeats=2, warmup=0, topk=(1,))
+    assert rep.latency_inputs == "real" and rep.memory_bytes == 7 * 4 + 6 * 8
+    assert report(model, (10,), repeats=2, warmup=0).latency_inputs == "random"
+    with pytest.raises(InputShapeError, match="'inputs' must be a batch"):
+        metrics.measure_latency(model, (10,), inputs=torch.zeros(3, 5), repeats=1, warmup=0)

@@ -9,7 +9,13 @@ Conventions:
       ``torch.utils.flop_counter`` (a multiply-add = 2 FLOPs, biases/activations not counted).
     * ``macs`` = ``flops / 2``. The papers (SSR Table I, Zhou, Kiaee) report multiply-accumulates
       under the name "FLOPs"; compare paper numbers with ``macs``.
-    * ``memory_mb`` = stored parameters x 4 bytes / 2**20 (fp32).
+    * ``memory_mb`` = stored parameters x 4 bytes / 2**20 (fp32; COO convention: a sparse
+      non-zero counts 3 values, row, column and value).
+    * ``memory_bytes`` = the bytes the model really holds: every parameter and buffer
+      (``numel x element size``), so the int64 indices of sparse layers count 8 bytes each.
+      ``stored_values`` = parameter elements (a sparse non-zero counts once).
+    * Latency is measured on real samples when data is given (``latency_inputs="real"``),
+      otherwise on N(0, 1) inputs (``"random"``).
     * Compression ratio (Ma et al. eq. 15): ``CR = approximated layer size / original size x 100 %``.
 """
 
@@ -40,6 +46,9 @@ __all__ = [
     "layer_table",
     "measure_latency",
     "memory_mb",
+    "memory_bytes",
+    "real_batch",
+    "stored_values",
     "report",
     "format_comparison",
     "stored_params",
@@ -82,6 +91,43 @@ def memory_mb(model_or_params: nn.Module | int) -> float:
     """fp32 storage of the parameters in MB (2**20 bytes)."""
     n = count_params(model_or_params) if isinstance(model_or_params, nn.Module) else model_or_params
     return n * _BYTES_FP32 / _MB
+
+
+def memory_bytes(model: nn.Module) -> int:
+    """Bytes held by every parameter and buffer of ``model`` (sparse indices included)."""
+    seen: set[int] = set()
+    total = 0
+    for t in [*model.parameters(), *model.buffers()]:
+        if id(t) in seen:
+            continue
+        seen.add(id(t))
+        total += t.numel() * t.element_size()
+    return int(total)
+
+
+def stored_values(model: nn.Module) -> int:
+    """Parameter elements of ``model`` (values only: a sparse non-zero counts once)."""
+    return int(sum(p.numel() for p in model.parameters()))
+
+
+def real_batch(data: Iterable[Any], batch_size: int) -> torch.Tensor | None:
+    """The first ``batch_size`` inputs of ``(x, y)`` batches (cycled if there are fewer)."""
+    parts: list[torch.Tensor] = []
+    n = 0
+    for batch in data:
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        if not isinstance(x, torch.Tensor):
+            return None
+        parts.append(x)
+        n += int(x.shape[0])
+        if n >= batch_size:
+            break
+    if not parts:
+        return None
+    x = torch.cat(parts)
+    if x.shape[0] < batch_size:
+        x = x.repeat((batch_size + x.shape[0] - 1) // x.shape[0], *([1] * (x.dim() - 1)))
+    return x[:batch_size]
 
 
 def compression_ratio(approximated_size: int, original_size: int) -> float:
@@ -280,6 +326,7 @@ def measure_latency(
     warmup: int = 10,
     repeats: int = 50,
     min_time_s: float = 0.0,
+    inputs: torch.Tensor | None = None,
 ) -> LatencyResult:
     """Median wall-clock time of ``model(x)`` for a batch, in eval mode without autograd.
 
@@ -291,6 +338,8 @@ def measure_latency(
         warmup: untimed forward passes first.
         repeats: timed forward passes; the median is reported.
         min_time_s: keep repeating until at least this much time was measured.
+        inputs: real samples to time on (their first ``batch_size`` rows, cycled if fewer);
+            default: a N(0, 1) batch.
 
     Returns:
         LatencyResult with median / 10th / 90th percentile in milliseconds.
@@ -299,7 +348,17 @@ def measure_latency(
     check_int(threads, "threads", "measure_latency", min_value=1)
     check_int(warmup, "warmup", "measure_latency", min_value=0)
     check_int(repeats, "repeats", "measure_latency", min_value=1)
-    x = _example_input(model, input_shape, batch_size).normal_()
+    x = _example_input(model, input_shape, batch_size)
+    if inputs is None:
+        x.normal_()
+    else:
+        real = real_batch([inputs], batch_size)
+        if real is None or tuple(real.shape) != tuple(x.shape):
+            raise InputShapeError(
+                f"measure_latency: 'inputs' must be a batch of samples of shape "
+                f"{tuple(input_shape)}. Got {None if real is None else tuple(real.shape[1:])}."
+            )
+        x.copy_(real)
     times: list[float] = []
     with _threads(threads), _eval_no_grad(model):
         for _ in range(warmup):
@@ -369,6 +428,9 @@ class Report:
     layers: list[LayerRow] = field(default_factory=list)
     latency: LatencyResult | None = None
     accuracy: dict[str, float] | None = None
+    memory_bytes: int = 0
+    stored_values: int = 0
+    latency_inputs: str = "random"
 
     @property
     def macs(self) -> int:
@@ -393,11 +455,17 @@ class Report:
             f"total params {self.params:,}  |  {self.memory_mb:.3f} MB (fp32)  |  "
             f"MACs {self.macs:,} (FLOPs {self.flops:,}) per sample"
         )
+        if self.memory_bytes:
+            lines.append(
+                f"in memory {self.memory_bytes / 1024:.1f} KiB (parameters + buffers, sparse "
+                f"indices included)  |  {self.stored_values:,} stored values"
+            )
         if self.latency is not None:
             lat = self.latency
             lines.append(
                 f"latency {lat.median_ms:.3f} ms median (p10 {lat.p10_ms:.3f}, p90 {lat.p90_ms:.3f}) "
-                f"at batch {lat.batch_size}, {lat.threads} thread(s), {lat.repeats} repeats"
+                f"at batch {lat.batch_size}, {lat.threads} thread(s), {lat.repeats} repeats, "
+                f"{self.latency_inputs} inputs"
             )
         if self.accuracy is not None:
             acc = ", ".join(f"{k} {v:.2f} %" for k, v in self.accuracy.items() if k != "n")
@@ -426,11 +494,21 @@ def report(
         memory_mb=memory_mb(model),
         input_shape=shape,
         layers=layer_table(model, shape),
+        memory_bytes=memory_bytes(model),
+        stored_values=stored_values(model),
     )
     if latency:
+        real = real_batch(data, batch_size) if data is not None else None
         rep.latency = measure_latency(
-            model, shape, batch_size=batch_size, threads=threads, repeats=repeats, warmup=warmup
+            model,
+            shape,
+            batch_size=batch_size,
+            threads=threads,
+            repeats=repeats,
+            warmup=warmup,
+            inputs=real,
         )
+        rep.latency_inputs = "random" if real is None else "real"
     if data is not None:
         rep.accuracy = accuracy(model, data, topk=topk)
     return rep
@@ -463,11 +541,17 @@ def format_comparison(before: Report, after: Report) -> str:
         f"MACs     {before.macs:>14,} -> {after.macs:>12,}   ({ratio(before.macs, after.macs)} fewer)"
     )
     lines.append(f"memory   {before.memory_mb:>12.3f}MB -> {after.memory_mb:>10.3f}MB")
+    if before.memory_bytes and after.memory_bytes:
+        lines.append(
+            f"in RAM   {before.memory_bytes / 1024:>11.1f}KiB -> {after.memory_bytes / 1024:>9.1f}KiB"
+            "   (parameters + buffers, sparse indices included)"
+        )
     if before.latency and after.latency:
         lines.append(
             f"latency  {before.latency.median_ms:>12.3f}ms -> {after.latency.median_ms:>10.3f}ms   "
             f"({ratio(before.latency.median_ms, after.latency.median_ms)} measured speed-up, batch "
-            f"{after.latency.batch_size}, {after.latency.threads} thread(s))"
+            f"{after.latency.batch_size}, {after.latency.threads} thread(s), "
+            f"{after.latency_inputs} inputs)"
         )
     if before.accuracy and after.accuracy:
         b1, a1 = before.accuracy["top1"], after.accuracy["top1"]
