@@ -23,6 +23,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "compactnn"
 LEVELS: list[str] = [
     "errors",
     "_validation",
+    "_progress",  # progress bars / per-epoch log lines (tqdm only)
     "prox",
     "structure",
     "graph",
@@ -39,7 +40,7 @@ LEVELS: list[str] = [
     "train",
     "methods",
     "api",
-    "export",  # DESIGN.md; not written yet
+    "export",  # ONNX, TorchScript, compact checkpoint
     "cli",
     "__init__",  # the package facade: `import compactnn`
 ]

@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
+from compactnn._progress import Progress
 from compactnn._validation import check_choice, check_float, check_int
 from compactnn.errors import CheckpointError
 from compactnn.metrics import accuracy
@@ -307,7 +307,7 @@ def train(
         extra_loss: closure returning a scalar added to the loss at every step (e.g. the ADMM
             augmented-Lagrangian term rho/2 ||W - F + Y/rho||^2).
         params: parameters to optimise (default: all).
-        progress: show a tqdm bar.
+        progress: show progress (a bar on a terminal, one line per epoch otherwise).
         desc: label of the progress bar.
         teacher: distil from this model's logits (``config.distill_weight``,
             ``config.distill_temperature``); typically the uncompressed model. Its logits are
@@ -343,7 +343,7 @@ def train(
         train_loader = _seeded(train_loader, cfg.seed)
     kd_w, kd_t = cfg.distill_weight, cfg.distill_temperature
     step = 0
-    bar = tqdm(total=total or None, desc=desc, disable=not progress, leave=False)
+    bar = Progress(total, desc, enabled=progress)
     try:
         for _epoch in range(cfg.epochs):
             model.train()
@@ -392,12 +392,14 @@ def train(
                 sum_loss += float(loss.detach()) * bs
                 correct += int((out.detach().argmax(1) == y).sum())
                 seen += bs
-                bar.update(1)
-                bar.set_postfix(loss=f"{sum_loss / seen:.4f}", acc=f"{100.0 * correct / seen:.2f}")
+                bar.step(loss=f"{sum_loss / seen:.4f}", acc=f"{100.0 * correct / seen:.2f}")
             hist.train_loss.append(sum_loss / max(seen, 1))
             hist.train_acc.append(100.0 * correct / max(seen, 1))
+            stats = {"loss": hist.train_loss[-1], "train top-1": hist.train_acc[-1]}
             if val_loader is not None:
                 hist.val_acc.append(accuracy(model, val_loader, topk=(1,))["top1"])
+                stats["val top-1"] = hist.val_acc[-1]
+            bar.epoch(_epoch + 1, cfg.epochs, **stats)
     finally:
         bar.close()
     return hist
