@@ -121,6 +121,24 @@ BAD: dict[str, tuple[str, dict[str, list]]] = {
         },
     ),
     "net-trim": ("Net-Trim", {**LAYERWISE, "zero_tol": [-0.1, 2.0, "x"]}),
+    "pgt": (
+        "PGT",
+        {
+            "penalty": ["l21", "l0", None, 1],
+            "lam": _PER_LAYER,
+            "keep": [[2, 0], [1.5], {"a": 0}, 0, "x", True],
+            "epochs": _POS_INT,
+            "steps_per_epoch": _OPT_POS_INT,
+            "schedule": ["linear", None],
+            "init": ["random", None, True],
+            "lrtc_iter": _POS_INT,
+            "lrtc_tol": [-0.1, "x", NAN, None],
+            "hold_zeros": _BOOL,
+            "min_keep": _POS_INT,
+            "finetune_lr": _POS_FLOAT,
+            **COMMON_FT,
+        },
+    ),
 }
 
 CASES = [

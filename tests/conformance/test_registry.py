@@ -39,6 +39,7 @@ FAST: dict[str, dict[str, Any]] = {
     "magnitude": dict(finetune_epochs=1, finetune_steps_per_epoch=3),
     "ddlr": dict(calib_batches=2, max_rows=512),
     "net-trim": dict(calib_batches=2, max_rows=512),
+    "pgt": dict(epochs=1, steps_per_epoch=3, finetune_epochs=1, finetune_steps_per_epoch=3),
 }
 # options at which the method removes nothing: the function must stay (almost) the same
 ZERO: dict[str, tuple[dict[str, Any], float]] = {
@@ -50,6 +51,7 @@ ZERO: dict[str, tuple[dict[str, Any], float]] = {
     "magnitude": (dict(ratio=1.0, finetune_epochs=0), 1e-6),
     "ddlr": (dict(eps_frac=1e-4, rank=10**6, dense_fallback=True, calib_batches=2), 5e-2),
     "net-trim": (dict(eps_frac=1e-4, calib_batches=2), 5e-2),
+    "pgt": (dict(lam=0.0, lr=1e-9, epochs=1, steps_per_epoch=1, finetune_epochs=0), 1e-4),
 }
 
 

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
         NetTrim,
         NetTrimConfig,
     )
+    from compactnn.methods.pgt import PGT, PGTConfig
     from compactnn.methods.ssr import SSR, SSRConfig
 
 # public class -> defining module (imported on first attribute access)
@@ -57,6 +58,8 @@ _LAZY: dict[str, str] = {
     "NetTrim": "compactnn.methods.layerwise",
     "NetTrimConfig": "compactnn.methods.layerwise",
     "LayerwiseConfig": "compactnn.methods.layerwise",
+    "PGT": "compactnn.methods.pgt",
+    "PGTConfig": "compactnn.methods.pgt",
 }
 
 __all__ = [
@@ -85,6 +88,8 @@ __all__ = [
     "NetTrim",
     "NetTrimConfig",
     "LayerwiseConfig",
+    "PGT",
+    "PGTConfig",
 ]
 
 
@@ -112,6 +117,7 @@ _REGISTRY: dict[str, str] = {
     "magnitude": "compactnn.methods.criteria_pruning:MagnitudePruning",
     "ddlr": "compactnn.methods.layerwise:DDLR",
     "net-trim": "compactnn.methods.layerwise:NetTrim",
+    "pgt": "compactnn.methods.pgt:PGT",
 }
 
 

@@ -181,6 +181,7 @@ def lrtc_step(
     *,
     n_iter: int = 1,
     tol: float = 0.0,
+    batch_dims: int = 0,
 ) -> Tensor:
     r"""Backward (low-rank) step of Zhou et al. for a tensor, by LRTC averaging of mode SVTs.
 
@@ -199,13 +200,19 @@ def lrtc_step(
         weights: one weight >= 0 per mode (positive sum); ``None`` = all ones. A zero weight
             drops that mode from the average.
         n_iter: maximal number of iterations of Algorithm 1's loop (>= 1).
-        tol: stop early when ``‖w^{k+1} - w^k‖_F <= tol ‖w^k‖_F`` (0 = run ``n_iter``).
+        tol: stop early when ``‖w^{k+1} - w^k‖_F <= tol ‖w^k‖_F`` (0 = run ``n_iter``); with
+            a batch, when this holds for every tensor of the batch.
+        batch_dims: the leading ``batch_dims`` axes index independent tensors (e.g. axis 0 =
+            the neurons of a layer, each an order-3 tensor): every one gets its own step, as
+            by a loop over them, with batched SVDs. ``weights`` then has one value per mode of
+            the per-item tensor.
 
     Returns:
         A new tensor of ``t``'s shape.
 
     Raises:
-        ConfigError: negative ``tau``/``tol``, wrong number or negative ``weights``.
+        ConfigError: negative ``tau``/``tol``/``batch_dims``, wrong number or negative
+            ``weights``.
 
     References:
         Zhou et al. (2016) supplement sec. 2, eq. (6) and Algorithm 1; Liu et al. (LRTC).
@@ -214,7 +221,8 @@ def lrtc_step(
     tau = float(check_threshold(tau, "tau", "lrtc_step", allow_tensor=False))
     n_iter = check_int(n_iter, "n_iter", "lrtc_step", min_value=1)
     tol = float(check_threshold(tol, "tol", "lrtc_step", allow_tensor=False))
-    n = t.dim()
+    nb = check_int(batch_dims, "batch_dims", "lrtc_step", min_value=0, max_value=t.dim() - 1)
+    n = t.dim() - nb
     if weights is None:
         w = [1.0] * n
     else:
@@ -232,19 +240,27 @@ def lrtc_step(
     if tau == 0.0:  # every mode's SVT is the identity, hence so is their average
         return t.clone()
     shape = tuple(t.shape)
-    cur = t
+    batch, item = shape[:nb], shape[nb:]
+    flat = t.reshape(-1, *item)  # (B, *item): one batch axis
+    cur = flat
     for _ in range(n_iter):
-        avg = t if cur is t else (cur + t) / 2
-        new = torch.zeros_like(t)
+        avg = flat if cur is flat else (cur + flat) / 2
+        new = torch.zeros_like(flat)
         for i, wi in enumerate(w):
             if wi == 0:
                 continue
-            mi = fold(svt(unfold(avg, i), tau * wi), i, shape)
+            # batched mode-i unfolding (B, item[i], prod(other)), SVT per item, folded back
+            mat = torch.movedim(avg, i + 1, 1).reshape(avg.shape[0], item[i], -1)
+            other = [s for j, s in enumerate(item) if j != i]
+            mi = torch.movedim(svt(mat, tau * wi).reshape(avg.shape[0], item[i], *other), 1, i + 1)
             new = new + (wi / total) * mi
-        done = tol > 0 and float(torch.linalg.vector_norm(new - cur)) <= tol * float(
-            torch.linalg.vector_norm(cur)
+        done = tol > 0 and bool(
+            (
+                torch.linalg.vector_norm((new - cur).reshape(new.shape[0], -1), dim=1)
+                <= tol * torch.linalg.vector_norm(cur.reshape(cur.shape[0], -1), dim=1)
+            ).all()
         )
         cur = new
         if done:
             break
-    return cur
+    return cur.reshape(*batch, *item)

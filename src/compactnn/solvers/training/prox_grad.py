@@ -66,6 +66,11 @@ class ProxGroup:
         prox: a custom proximal operator ``prox(v, t)`` returning
             :math:`\\arg\\min_x t\\,g(x) + \\tfrac12\\|x - v\\|^2` with ``t = η·λ`` (e.g. a
             low-rank step); replaces ``penalty``.
+        joint: the group's parameters are *one* variable of the prox, e.g. a layer's weight and
+            bias for Zhou et al.'s neurons (a neuron = its weights and its bias): each is viewed
+            as a matrix ``(n, -1)`` (same ``n``: axis 0 = the neurons / filters), in the
+            mapping's order, and the prox runs on their column concatenation ``(n, D)``
+            (built-in penalties: groups = rows, i.e. ``structure="filters"``).
     """
 
     params: Mapping[str, Tensor]
@@ -73,6 +78,7 @@ class ProxGroup:
     penalty: str = "l21"
     structure: str = "filters"
     prox: Callable[[Tensor, float], Tensor] | None = None
+    joint: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.params, Mapping) or not self.params:
@@ -88,6 +94,23 @@ class ProxGroup:
                 )
         object.__setattr__(self, "params", dict(self.params))
         object.__setattr__(self, "lam", check_float(self.lam, "lam", _OWNER, min_value=0.0))
+        if not isinstance(self.joint, bool):
+            raise ConfigError(
+                f"The 'joint' parameter of {_OWNER} must be a bool. Got {self.joint!r}."
+            )
+        if self.joint:
+            rows = {int(p.shape[0]) if p.dim() else -1 for p in self.params.values()}
+            if len(rows) != 1 or -1 in rows:
+                shapes = {n: tuple(p.shape) for n, p in self.params.items()}
+                raise ConfigError(
+                    f"A joint {_OWNER} needs parameters with the same size of axis 0 (the "
+                    f"neurons / filters). Got shapes {shapes}."
+                )
+            if self.prox is None and self.structure != "filters":
+                raise ConfigError(
+                    f"A joint {_OWNER} with a built-in penalty groups the rows of the "
+                    f"concatenated matrix: structure must be 'filters'. Got {self.structure!r}."
+                )
         if self.prox is not None:
             if not callable(self.prox):
                 raise ConfigError(
@@ -141,6 +164,8 @@ class ProxGradient:
 
     @staticmethod
     def _group_dims(g: ProxGroup, name: str, p: Tensor) -> tuple[int, ...]:
+        if g.joint:
+            return (0,) if g.prox is None and g.penalty not in _ELEMENTWISE else (0, 1)
         if g.prox is not None or g.penalty in _ELEMENTWISE:
             return tuple(range(p.dim()))
         return tuple(int(d) % max(p.dim(), 1) for d in group_dims(g.structure, p))
@@ -151,6 +176,9 @@ class ProxGradient:
         eta = check_float(lr, "lr", "ProxGradient", min_value=0.0)
         for g, dims in zip(self.groups, self._dims, strict=True):
             t = eta * g.lam
+            if g.joint:
+                self._joint_step(g, t)
+                continue
             for name, p in g.params.items():
                 if g.prox is not None:
                     new = g.prox(p.detach(), t)
@@ -165,6 +193,29 @@ class ProxGradient:
                 p.copy_(new)
         self.steps += 1
 
+    @staticmethod
+    def _joint_matrix(g: ProxGroup) -> Tensor:
+        n = next(iter(g.params.values())).shape[0]
+        return torch.cat([p.detach().reshape(n, -1) for p in g.params.values()], dim=1)
+
+    def _joint_step(self, g: ProxGroup, t: float) -> None:
+        v = self._joint_matrix(g)
+        if g.prox is not None:
+            new = g.prox(v, t)
+        else:
+            new = PROX[g.penalty](v, t, (0,) if g.penalty not in _ELEMENTWISE else (0, 1))
+        if not isinstance(new, Tensor) or new.shape != v.shape:
+            raise ConfigError(
+                f"The prox of the joint group {list(g.params)} returned "
+                f"{getattr(new, 'shape', type(new).__name__)}; it must return a tensor of "
+                f"shape {tuple(v.shape)}."
+            )
+        col = 0
+        for p in g.params.values():
+            width = p[0].numel() if p.dim() > 1 else 1
+            p.copy_(new[:, col : col + width].reshape(p.shape))
+            col += width
+
     def penalty(self) -> float:
         """Σ_j λ_j g_j(W_{G_j}) at the current parameters (built-in penalties only)."""
         total = 0.0
@@ -173,6 +224,11 @@ class ProxGradient:
                 raise ConfigError(
                     "ProxGradient.penalty() needs built-in penalties; a group has a custom prox."
                 )
+            if g.joint:
+                v = self._joint_matrix(g)
+                gd = (0,) if g.penalty not in _ELEMENTWISE else (0, 1)
+                total += float(penalty(g.penalty, v, g.lam, gd))
+                continue
             for name, p in g.params.items():
                 total += float(penalty(g.penalty, p.detach(), g.lam, dims[name]))
         return total
@@ -181,6 +237,11 @@ class ProxGradient:
         """``{name: {"nonzero": ..., "total": ...}}``: the groups of every parameter."""
         out: dict[str, dict[str, int]] = {}
         for g, dims_of in zip(self.groups, self._dims, strict=True):
+            if g.joint:
+                nz = self._joint_matrix(g).ne(0).any(dim=1)
+                for name in g.params:
+                    out[name] = {"nonzero": int(nz.sum()), "total": int(nz.numel())}
+                continue
             for name, p in g.params.items():
                 other = tuple(d for d in range(p.dim()) if d not in dims_of[name])
                 nz = (p.detach() != 0).any(dim=other) if other else p.detach() != 0

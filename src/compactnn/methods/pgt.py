@@ -1,0 +1,514 @@
+r"""PGT: proximal-gradient training that removes whole neurons (Zhou, Alvarez & Porikli 2016).
+
+The network is trained on
+
+.. math::
+
+    \min_W\; \psi(W) + \sum_l \lambda_l\, g(W_l),
+
+:math:`\psi` the training loss and :math:`g` a neuron-level regulariser of layer :math:`l`, by
+forward-backward splitting: every SGD step on :math:`\psi` (the forward step, learning rate
+:math:`\eta`) is followed by the backward step :math:`W_l \leftarrow
+\operatorname{prox}_{\eta\lambda_l g}(W_l)` per constrained layer
+(:class:`~compactnn.solvers.training.ProxGradient` as the ``step_hook`` of
+:func:`compactnn.train.train`). A *neuron* is the order-3 tensor of one output of a layer with
+its bias (supplement sec. 3): ``(c_in, kh, kw)`` for a convolution, and for a fully connected
+layer the ``(c, h, w)`` of its flattened input (supplement Table 2: "fc3 500 filters 4x4"),
+``(d, 1, 1)`` when the input was never an image. The backward steps (``penalty``):
+
+* ``"group"``: group soft threshold of every neuron (weights and bias together),
+  :math:`w_j \leftarrow (1 - \eta\lambda_l/\|w_j\|_2)_+\, w_j`;
+* ``"lowrank"``: the tensor low-rank step of supplement Algorithm 1 (LRTC): the average over
+  the three mode unfoldings of their singular value thresholding, iterated ``lrtc_iter``
+  times (:func:`compactnn.prox.lrtc_step`); a neuron whose unfoldings all fall under the
+  threshold becomes zero, its bias with it (the bias is not penalised otherwise);
+* ``"topk"``: the l0 baseline of supplement sec. 4: keep the ``t`` neurons of largest norm,
+  zero the others (:func:`compactnn.prox.topk_groups`).
+
+A neuron that reaches zero stays zero (``hold_zeros``; zero is a local minimum under ReLU,
+supplement sec. 3). After training the zero neurons are removed physically together with the
+next layer's inputs (masked = pruned exactly), and the network is optionally fine-tuned.
+Training starts from the given (trained) model or, with ``init="scratch"``, from a fresh
+initialisation as in the paper.
+
+References:
+    Zhou, Alvarez, Porikli, "Less Is More: Towards Compact CNNs", ECCV 2016, sec. 3-4, and its
+    supplement: sec. 1 (parameter accounting), sec. 2 (Algorithm 1, LRTC), sec. 3 (zero neurons
+    are local minima), sec. 4 (l0 "top t" comparison), Tables 2-3.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from compactnn._validation import (
+    Rule,
+    check_bool,
+    check_choice,
+    check_float,
+    check_int,
+    check_names,
+    check_per_layer,
+    rule,
+    validate_options,
+)
+from compactnn.budget import Strength
+from compactnn.errors import ConfigError
+from compactnn.methods._common import (
+    finetune_model,
+    kept_filters,
+    per_layer_values,
+    prunable_layers,
+    prune_filters,
+    replay_plan,
+)
+from compactnn.methods.base import CompressionData, CompressionResult, Method, MethodConfig
+
+__all__ = ["PGT", "PGTConfig", "neuron_shapes", "neuron_prox"]
+
+PENALTIES: tuple[str, ...] = ("group", "lowrank", "topk")
+
+_POSITIVE = {"min_value": 0.0, "min_inclusive": False}
+_FRACTION = {"min_value": 0.0, "max_value": 1.0}
+
+
+@dataclass(frozen=True)
+class PGTConfig(MethodConfig):
+    """Hyper-parameters of PGT, validated on construction (``rules``).
+
+    Attributes:
+        penalty: the neuron regulariser g: ``"group"`` (group sparsity, l2,1 over neurons),
+            ``"lowrank"`` (tensor low rank, supplement Algorithm 1) or ``"topk"`` (the l0
+            "top t" baseline, supplement sec. 4).
+        lam: λ_l >= 0 of each constrained layer (``group`` / ``lowrank``): the backward step
+            thresholds at η·λ_l (η the step's learning rate). One float, one per layer
+            (list) or a dict layer -> float.
+        keep: t, neurons kept per layer by ``topk`` (ints >= 1: one for all, a list or a
+            dict layer -> count); required with ``penalty="topk"``.
+        layers: the constrained layers (default: every Conv2d/Linear but the classifier, see
+            :func:`~compactnn.methods._common.prunable_layers`).
+        epochs: epochs of proximal-gradient training.
+        steps_per_epoch: cap on SGD steps per epoch (None = the whole loader).
+        lr, momentum, weight_decay: SGD of the forward step (η = lr under ``schedule``).
+        schedule: learning-rate schedule of the training (``"cosine"``, ``"step"``,
+            ``"constant"``); the backward step uses each step's η.
+        init: ``"trained"`` (start from the given model) or ``"scratch"`` (re-initialise every
+            layer first, seeded, as the paper trains).
+        lrtc_iter: iterations of Algorithm 1's "while not converged" loop per backward step
+            (``lowrank``; 1 = the single averaged SVT step).
+        lrtc_tol: stop Algorithm 1's loop earlier when the relative change of every neuron is
+            <= this (0 = run ``lrtc_iter``).
+        hold_zeros: a neuron that became zero stays zero for the rest of the training
+            (supplement sec. 3); False lets the forward step revive it.
+        min_keep: never keep fewer neurons than this in a layer (the largest ones).
+        finetune_epochs, finetune_lr, finetune_steps_per_epoch: fine-tuning of the pruned
+            network (structure fixed; cosine schedule).
+        finetune_distill: weight α in [0, 1] of distillation from the model before PGT
+            during the fine-tuning (0 = cross-entropy only).
+        seed: seeds initialisation, SGD and fine-tuning (int >= 0).
+    """
+
+    penalty: str = "group"
+    lam: Any = 0.05
+    keep: Any = None
+    layers: tuple[str, ...] | None = None
+    epochs: int = 2
+    steps_per_epoch: int | None = None
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    init: str = "trained"
+    lrtc_iter: int = 1
+    lrtc_tol: float = 0.0
+    hold_zeros: bool = True
+    min_keep: int = 1
+    finetune_epochs: int = 1
+    finetune_lr: float = 0.01
+    finetune_steps_per_epoch: int | None = None
+    finetune_distill: float = 0.0
+    seed: int = 0
+
+    owner: ClassVar[str] = "PGT"
+    rules: ClassVar[Mapping[str, Rule]] = MappingProxyType(
+        {
+            "penalty": rule(check_choice, choices=PENALTIES),
+            "lam": rule(check_per_layer, min_value=0.0),
+            "keep": rule(check_per_layer, optional=True, check=check_int, min_value=1),
+            "layers": rule(check_names, optional=True),
+            "epochs": rule(check_int, min_value=1),
+            "steps_per_epoch": rule(check_int, optional=True, min_value=1),
+            "lr": rule(check_float, **_POSITIVE),
+            "momentum": rule(check_float, **_FRACTION),
+            "weight_decay": rule(check_float, min_value=0.0),
+            "schedule": rule(check_choice, choices=("cosine", "step", "constant")),
+            "init": rule(check_choice, choices=("trained", "scratch")),
+            "lrtc_iter": rule(check_int, min_value=1),
+            "lrtc_tol": rule(check_float, min_value=0.0),
+            "hold_zeros": rule(check_bool),
+            "min_keep": rule(check_int, min_value=1),
+            "finetune_epochs": rule(check_int, min_value=0),
+            "finetune_lr": rule(check_float, **_POSITIVE),
+            "finetune_steps_per_epoch": rule(check_int, optional=True, min_value=1),
+            "finetune_distill": rule(check_float, **_FRACTION),
+            "seed": rule(check_int, min_value=0),
+        }
+    )
+
+    def __post_init__(self) -> None:
+        validate_options(self, self.owner, self.rules)
+        if self.penalty == "topk" and self.keep is None:
+            raise ConfigError(
+                "The 'keep' parameter of PGT must be given with penalty='topk' (t, the neurons "
+                "kept per layer: an int, a list or a dict layer -> int). Got None instead."
+            )
+
+
+# ---------------------------------------------------------------------------------- neurons
+def neuron_shapes(
+    model: nn.Module, layers: list[str], input_shape: tuple[int, ...]
+) -> dict[str, tuple[int, int, int]]:
+    """The order-3 tensor shape of one neuron of every layer (supplement sec. 1 and Table 2).
+
+    Conv2d: ``(c_in / groups, kh, kw)``. Linear: the ``(c, h, w)`` of the image its input was
+    flattened from (found by one forward pass: the last module output before the layer with
+    ``c*h*w = in_features`` elements per sample), ``(in_features, 1, 1)`` when there is none.
+    """
+    from compactnn.graph import example_input_for
+
+    mods = dict(model.named_modules())
+    out: dict[str, tuple[int, int, int]] = {}
+    linear = [n for n in layers if isinstance(mods[n], nn.Linear)]
+    for n in layers:
+        m = mods[n]
+        if isinstance(m, nn.Conv2d):
+            c, kh, kw = m.weight.shape[1:]
+            out[n] = (int(c), int(kh), int(kw))
+        elif not isinstance(m, nn.Linear):
+            raise ConfigError(
+                f"PGT constrains Conv2d and Linear layers; layer '{n}' is {type(m).__name__}. "
+                "Pass layers= without it."
+            )
+    if not linear:
+        return out
+    seen: list[tuple[int, ...]] = []
+    found: dict[str, tuple[int, ...]] = {}
+    targets = {id(mods[n]): n for n in linear}
+
+    def record(mod: nn.Module, inputs: Any, output: Any) -> None:
+        if isinstance(output, Tensor):
+            seen.append(tuple(output.shape[1:]))
+
+    def before(mod: nn.Module, inputs: Any) -> None:
+        n = targets[id(mod)]
+        d = mod.in_features
+        for shp in reversed(seen):
+            if len(shp) == 3 and shp[0] * shp[1] * shp[2] == d:
+                found.setdefault(n, shp)
+                return
+        found.setdefault(n, (d, 1, 1))
+
+    handles = []
+    for m in model.modules():
+        if id(m) in targets:
+            handles.append(m.register_forward_pre_hook(before))
+        if not list(m.children()):
+            handles.append(m.register_forward_hook(record))
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(example_input_for(model, input_shape))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    for n in linear:
+        out[n] = tuple(int(s) for s in found.get(n, (mods[n].in_features, 1, 1)))  # type: ignore[assignment]
+    return out
+
+
+def neuron_prox(
+    penalty: str,
+    shape: tuple[int, int, int],
+    *,
+    keep: int | None = None,
+    lrtc_iter: int = 1,
+    lrtc_tol: float = 0.0,
+) -> Any:
+    r"""The backward step on a layer's neurons as ``prox(v, t)`` of a joint ProxGroup.
+
+    ``v`` is the ``(n, D + 1)`` matrix of the layer: row j = neuron j's weights (reshaped to
+    ``shape`` = (c, h, w), D = c·h·w) followed by its bias (a column of zeros when the layer
+    has none is not added: ``v`` is then ``(n, D)``). Returns:
+
+    * ``"group"``: :math:`\arg\min_x t\sum_j\|x_j\|_2 + \tfrac12\|x - v\|^2`, the block soft
+      threshold of every row (weights and bias);
+    * ``"lowrank"``: the weights of each row by supplement Algorithm 1 with threshold t
+      (:func:`compactnn.prox.lrtc_step`, ``n_iter=lrtc_iter``); the bias is kept, and zeroed
+      for the neurons whose weights became zero;
+    * ``"topk"``: the projection onto at most ``keep`` non-zero rows (t is ignored).
+    """
+    from compactnn.prox import group_soft_threshold, lrtc_step, topk_groups
+
+    d = shape[0] * shape[1] * shape[2]
+
+    if penalty == "group":
+        return lambda v, t: group_soft_threshold(v, t, (0,))
+    if penalty == "topk":
+        k = int(keep) if keep is not None else 0
+        return lambda v, t: topk_groups(v, k, (0,))
+
+    def lowrank(v: Tensor, t: float) -> Tensor:
+        w = v[:, :d].reshape(v.shape[0], *shape)
+        new = lrtc_step(w, t, n_iter=lrtc_iter, tol=lrtc_tol, batch_dims=1).reshape(v.shape[0], d)
+        if v.shape[1] == d:
+            return new
+        dead = ~new.ne(0).any(dim=1, keepdim=True)
+        bias = torch.where(dead, torch.zeros_like(v[:, d:]), v[:, d:])
+        return torch.cat([new, bias], dim=1)
+
+    return lowrank
+
+
+class _NeuronStep:
+    """``step_hook(lr)``: the proximal step, then dead neurons held at zero (weights + bias)."""
+
+    def __init__(self, prox: Any, layers: dict[str, nn.Module], hold: bool) -> None:
+        self.prox = prox
+        self.layers = layers
+        self.hold = hold
+        self.alive = {n: torch.ones(m.weight.shape[0], dtype=torch.bool) for n, m in layers.items()}
+
+    @staticmethod
+    def rows_nonzero(m: nn.Module) -> Tensor:
+        nz = m.weight.detach().reshape(m.weight.shape[0], -1).ne(0).any(dim=1)
+        if m.bias is not None:
+            nz = nz | m.bias.detach().ne(0)
+        return nz
+
+    @torch.no_grad()
+    def __call__(self, lr: float) -> None:
+        self.prox(lr)
+        for n, m in self.layers.items():
+            nz = self.rows_nonzero(m)
+            if not self.hold:
+                self.alive[n] = nz
+                continue
+            self.alive[n] &= nz
+            dead = ~self.alive[n]
+            if bool(dead.any()):
+                m.weight[dead] = 0
+                if m.bias is not None:
+                    m.bias[dead] = 0
+
+    def counts(self) -> dict[str, int]:
+        return {n: int(self.rows_nonzero(m).sum()) for n, m in self.layers.items()}
+
+
+class PGT(Method):
+    """Forward-backward splitting with group-sparse / tensor low-rank / top-t neuron steps."""
+
+    name = "pgt"
+    Config = PGTConfig
+    description = (
+        "PGT (Zhou et al. 2016): proximal-gradient training, group-sparse or tensor low-rank "
+        "neurons (or the l0 top-t baseline), zero neurons removed"
+    )
+
+    # ------------------------------------------------------------------ budget
+    def strength(self) -> Strength:
+        """``group`` / ``lowrank``: s = the total threshold of the run in units of the layer's
+        median neuron norm, ``lam_l = s * m_l / sum_k eta_k`` (the backward steps of a run
+        shrink a neuron by at most ``sum_k eta_k lam_l``); ``topk``: the share of every layer's
+        neurons removed, ``t_l = round((1 - s) n_l)``."""
+        cfg: PGTConfig = self.config  # type: ignore[assignment]
+        if cfg.penalty == "topk":
+            return Strength("pruned fraction per layer", 0.5, 0.9, log=False, bound_hi=0.999)
+        return Strength("lam scale (total threshold / median neuron norm)", 0.5, 2.0, bound_lo=1e-3)
+
+    def _layers(self, model: nn.Module, input_shape: Any) -> list[str]:
+        cfg: PGTConfig = self.config  # type: ignore[assignment]
+        return list(cfg.layers) if cfg.layers is not None else prunable_layers(model, input_shape)
+
+    def total_step(self, data: CompressionData) -> float:
+        """Σ_k η_k over the training steps of a run (the schedule's learning rates)."""
+        from compactnn.train import TrainConfig, _lr_at
+
+        cfg: PGTConfig = self.config  # type: ignore[assignment]
+        steps = len(data.require_train(self.name))
+        if cfg.steps_per_epoch is not None:
+            steps = min(steps, cfg.steps_per_epoch)
+        total = steps * cfg.epochs
+        tc = TrainConfig(epochs=cfg.epochs, lr=cfg.lr, schedule=cfg.schedule)
+        return float(sum(_lr_at(tc, k, total) for k in range(total)))
+
+    def at_strength(self, s: float, model: nn.Module, data: CompressionData) -> Method:
+        from compactnn.methods._calibrate import layer_scales
+
+        cfg: PGTConfig = self.config  # type: ignore[assignment]
+        layers = self._layers(model, data.input_shape)
+        mods = dict(model.named_modules())
+        if cfg.penalty == "topk":
+            keep = {
+                n: max(cfg.min_keep, round((1.0 - float(s)) * mods[n].weight.shape[0]))
+                for n in layers
+            }
+            return self.with_options(keep=keep, layers=tuple(layers))
+        scales = layer_scales(model, layers)
+        eta = max(self.total_step(data), 1e-12)
+        lam = {n: float(s) * scales[n] / eta for n in layers}
+        return self.with_options(lam=lam, layers=tuple(layers))
+
+    def proxy(self) -> Method:
+        """Same training (hence the same neurons), without the fine-tuning."""
+        return self.with_options(finetune_epochs=0)
+
+    # ------------------------------------------------------------------ steps
+    def _hook(
+        self, model: nn.Module, layers: list[str], input_shape: tuple[int, ...]
+    ) -> _NeuronStep:
+        """The backward step of every constrained layer, as one ``step_hook``."""
+        from compactnn.solvers.training import ProxGradient, ProxGroup
+
+        cfg: PGTConfig = self.config  # type: ignore[assignment]
+        mods = dict(model.named_modules())
+        shapes = neuron_shapes(model, layers, input_shape)
+        lam = per_layer_values(cfg.lam, layers, "lam", "PGT") if cfg.penalty != "topk" else {}
+        keep: dict[str, int] = {}
+        if cfg.penalty == "topk":
+            keep = {n: int(v) for n, v in per_layer_values(cfg.keep, layers, "keep", "PGT").items()}
+        groups = []
+        for n in layers:
+            m = mods[n]
+            params = {f"{n}.weight": m.weight}
+            if m.bias is not None:
+                params[f"{n}.bias"] = m.bias
+            prox = neuron_prox(
+                cfg.penalty,
+                shapes[n],
+                keep=max(keep.get(n, 0), cfg.min_keep),
+                lrtc_iter=cfg.lrtc_iter,
+                lrtc_tol=cfg.lrtc_tol,
+            )
+            groups.append(ProxGroup(params, lam=lam.get(n, 0.0), prox=prox, joint=True))
+        return _NeuronStep(ProxGradient(groups), {n: mods[n] for n in layers}, cfg.hold_zeros)
+
+    def train_sparse(
+        self, model: nn.Module, data: CompressionData, *, progress: bool = False
+    ) -> tuple[list[str], dict[str, Any]]:
+        """Forward-backward training of ``model`` in place (zero neurons still in place).
+
+        Returns the constrained layers and the training record (neurons left per layer).
+        """
+        from compactnn import train as training
+
+        cfg: PGTConfig = self.config  # type: ignore[assignment]
+        loader = data.require_train(self.name)
+        shape = data.require_input_shape(self.name)
+        layers = self._layers(model, shape)
+        self._check_layers(model, layers)
+        if cfg.init == "scratch":
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(cfg.seed)
+                for m in model.modules():
+                    if hasattr(m, "reset_parameters") and m is not model:
+                        m.reset_parameters()
+        hook = self._hook(model, layers, shape)
+        before = hook.counts()
+        training.train(
+            model,
+            loader,
+            config=training.TrainConfig(
+                epochs=cfg.epochs,
+                lr=cfg.lr,
+                momentum=cfg.momentum,
+                weight_decay=cfg.weight_decay,
+                schedule=cfg.schedule,
+                seed=cfg.seed,
+                max_steps_per_epoch=cfg.steps_per_epoch,
+            ),
+            step_hook=hook,
+            progress=progress,
+            desc=f"PGT ({cfg.penalty})",
+        )
+        record = {
+            "neurons_before": before,
+            "neurons_after_training": hook.counts(),
+            "steps": hook.prox.steps,
+        }
+        return layers, record
+
+    def remove(
+        self, model: nn.Module, layers: list[str], input_shape: tuple[int, ...]
+    ) -> tuple[nn.Module, Any, dict[str, tuple[int, ...]]]:
+        """Physically remove the zero neurons of ``layers`` (with the next layer's inputs)."""
+        cfg: PGTConfig = self.config  # type: ignore[assignment]
+        mods = dict(model.named_modules())
+        keep: dict[str, tuple[int, ...]] = {}
+        for n in layers:
+            m = mods[n]
+            rows = [m.weight.detach().reshape(m.weight.shape[0], -1)]
+            if m.bias is not None:
+                rows.append(m.bias.detach().reshape(-1, 1))
+            idx = kept_filters(torch.cat(rows, dim=1), cfg.min_keep)
+            if len(idx) < m.weight.shape[0]:
+                keep[n] = tuple(idx)
+        if not keep:
+            return model, None, keep
+        pruned, plan = prune_filters(model, keep, input_shape)
+        return pruned, plan, keep
+
+    def run(
+        self, model: nn.Module, data: CompressionData, *, progress: bool = True
+    ) -> CompressionResult:
+        cfg: PGTConfig = self.config  # type: ignore[assignment]
+        loader = data.require_train(self.name)
+        shape = data.require_input_shape(self.name)
+        layers = self._layers(model, shape)
+        self._check_layers(model, layers)
+        if cfg.penalty != "topk":
+            per_layer_values(cfg.lam, layers, "lam", "PGT")  # lengths checked before training
+        else:
+            per_layer_values(cfg.keep, layers, "keep", "PGT")
+        teacher = copy.deepcopy(model).eval() if cfg.finetune_distill > 0 else None
+        layers, history = self.train_sparse(model, data, progress=progress)
+        current, plan, keep = self.remove(model, layers, shape)
+        mods = dict(current.named_modules())
+        history.update(
+            penalty=cfg.penalty,
+            neurons={n: int(mods[n].weight.shape[0]) for n in layers},
+        )
+        if data.val is not None:  # validation only, never test
+            from compactnn.metrics import accuracy
+
+            history["val_top1_before_finetune"] = accuracy(current, data.val, topk=(1,))["top1"]
+        if cfg.finetune_epochs > 0:
+            finetune_model(
+                current,
+                loader,
+                epochs=cfg.finetune_epochs,
+                lr=cfg.finetune_lr,
+                momentum=cfg.momentum,
+                weight_decay=cfg.weight_decay,
+                seed=cfg.seed + 7,
+                steps_per_epoch=cfg.finetune_steps_per_epoch,
+                distill=cfg.finetune_distill,
+                teacher=teacher,
+                progress=progress,
+                desc="PGT fine-tune",
+            )
+        return CompressionResult(
+            model=current,
+            plan=replay_plan(plan, current, shape),
+            method=self.name,
+            config=cfg,
+            history=history,
+        )
