@@ -9,8 +9,11 @@ compactnn demo                                # train (or load cached) LeNet on 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
+import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -270,8 +273,6 @@ def _plain(options: dict[str, Any]) -> dict[str, Any]:
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
-    import json
-
     import yaml
 
     from compactnn.api import compress
@@ -300,24 +301,37 @@ def cmd_compress(args: argparse.Namespace) -> int:
     shape = tuple(int(s) for s in args.input_shape.split(",")) if args.input_shape else None
     target = args.target if args.target is not None else recipe.get("target")
     max_drop = args.max_drop if args.max_drop is not None else recipe.get("max_drop")
-    result = compress(
-        model,
-        method,
-        dataset,
-        target=target,
-        max_drop=max_drop,
-        on_drop=args.on_drop,
-        val_fraction=args.val_fraction,
-        input_shape=shape,
-        progress=not args.quiet,
-        latency_batch_size=args.batch_size,
-        **options,
-    )
+    if args.verbose:
+        os.environ["COMPACTNN_VERBOSE"] = "1"
+    data = dataset
+    if dataset:  # built here so that the exported model is checked on the same real samples
+        from compactnn.api import as_compression_data
+
+        data = as_compression_data(dataset, input_shape=shape, val_fraction=args.val_fraction)
+    t0 = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = compress(
+            model,
+            method,
+            data,
+            target=target,
+            max_drop=max_drop,
+            on_drop=args.on_drop,
+            val_fraction=args.val_fraction,
+            input_shape=shape,
+            progress=not args.quiet,
+            latency_batch_size=args.batch_size,
+            **options,
+        )
+    seconds = {"compress": time.perf_counter() - t0}
+    notes = list(dict.fromkeys(str(w.message) for w in caught))
+    for note in notes:
+        print(f"warning: {note}", file=sys.stderr)
     print(result.summary())
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        result.plan.save(out / "plan")
         replay = {"method": method, "data": dataset, "options": _plain(result.chosen)}
         (out / "recipe.yaml").write_text(yaml.safe_dump(replay, sort_keys=False))
         rep = {
@@ -329,12 +343,150 @@ def cmd_compress(args: argparse.Namespace) -> int:
             "validation": result.validation,
             "before": result.report_before.to_dict() if result.report_before else None,
             "after": result.report_after.to_dict() if result.report_after else None,
+            "model_spec": {"model": args.model, "factory": args.factory},
+            "warnings": notes,
+            "seconds": seconds,
         }
-        (out / "report.json").write_text(json.dumps(rep, indent=2, default=str))
+        _ship_result(args, out, result, model, data, rep)
         print(
-            f"wrote {out / 'plan'}.json/.safetensors, {out / 'report.json'} and "
-            f"{out / 'recipe.yaml'} (replays this run without search: --recipe)"
+            f"wrote {out}: model.onnx, model.pt, model.safetensors + plan.json (compactnn.load), "
+            "report.json, report.md, recipe.yaml (replays this run without search: --recipe)"
         )
+    return 0
+
+
+def _samples(data: Any, shape: tuple[int, ...], n: int = 100) -> tuple[Any, str]:
+    """Up to ``n`` real input samples (test, else validation, else training data) or N(0, 1)."""
+    import torch
+
+    from compactnn.metrics import real_batch
+
+    for split in ("test", "val", "train"):
+        loader = getattr(data, split, None)
+        if loader is not None:
+            x = real_batch(loader, n)
+            if x is not None:
+                return x.float(), f"{split} split"
+    return torch.randn(n, *shape, generator=torch.Generator().manual_seed(0)), "N(0, 1) (no data)"
+
+
+def _fresh_model(spec: dict[str, Any]) -> Any:
+    if spec.get("factory"):
+        return _load_user_model(spec["factory"], None)
+    if spec.get("model"):
+        return _resolve_model(spec["model"])[0]
+    raise CompactnnError("Name the original architecture: a reference model name or --factory.")
+
+
+def _ship_result(
+    args: argparse.Namespace, out: Path, result: Any, original: Any, data: Any, rep: dict[str, Any]
+) -> None:
+    """Write the artifacts (ONNX, TorchScript, compact checkpoint), report.json and report.md."""
+    from compactnn import export
+    from compactnn.metrics import report
+
+    shape = tuple(int(s) for s in (result.report_after.input_shape if result.report_after else ()))
+    if not shape:
+        shape = tuple(getattr(data, "input_shape", None) or ())
+    samples, source = _samples(data, shape)
+    model, plan = result.model, result.plan
+    densified: list[str] = []
+    if args.prefer == "speed":
+        model, plan, densified = export.prefer_speed(
+            model, plan, original, samples, threads=args.threads
+        )
+        if densified:  # measure what is now shipped
+            test = getattr(data, "test", None)
+            rep["after"] = report(model, shape, data=test, batch_size=args.batch_size).to_dict()
+    t0 = time.perf_counter()
+    deploy = export.ship(
+        model,
+        plan,
+        out,
+        samples,
+        input_shape=shape,
+        original=original,
+        fresh=_fresh_model(rep["model_spec"]),
+        sparse=args.sparse_form,
+        threads=args.threads,
+    )
+    deploy["densified"] = densified
+    deploy["check_samples_from"] = source
+    rep["deploy"] = deploy
+    rep["input_shape"] = list(shape)
+    rep["seconds"]["export + latency"] = time.perf_counter() - t0
+    rep["environment"] = export.environment(seed=0)
+    rep["plots"] = export.plot_layers(rep, out)
+    (out / "report.json").write_text(json.dumps(rep, indent=2, default=str))
+    (out / "report.md").write_text(export.render_report(rep))
+    fast = deploy["latency"]
+    print(
+        "deployed: "
+        + "; ".join(
+            f"{bs}: "
+            + ", ".join(f"{k} {v['median_ms']:.3f} ms" for k, v in row.items() if k != "fastest")
+            + f" (fastest: {row['fastest']})"
+            for bs, row in fast.items()
+        )
+    )
+    onnx_rec = deploy["artifacts"].get("model.onnx")
+    if onnx_rec:
+        print(
+            f"model.onnx {onnx_rec['bytes']:,} B, max |delta| vs PyTorch "
+            f"{onnx_rec['max_abs_diff']:.2e} on {onnx_rec['check_samples']} samples ({source})"
+        )
+    if deploy["slower_than_dense"]:
+        print(
+            "note: slower than the dense layer they replace: "
+            + ", ".join(deploy["slower_than_dense"])
+            + " (--prefer speed keeps them dense)"
+        )
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from compactnn import export
+
+    out = Path(args.result)
+    rep_path = out / "report.json"
+    rep = json.loads(rep_path.read_text()) if rep_path.is_file() else {}
+    spec = dict(rep.get("model_spec") or {})
+    if args.model or args.factory:
+        spec = {"model": args.model, "factory": args.factory}
+    model = export.load(out, model=_fresh_model(spec))
+    shape = tuple(rep.get("input_shape") or ())
+    if not shape:
+        doc = json.loads((out / "plan.json").read_text())
+        shape = tuple(doc["checkpoint"].get("input_shape") or ())
+    data = None
+    name = args.data or rep.get("data")
+    if name:
+        from compactnn.api import as_compression_data
+
+        data = as_compression_data(name, input_shape=shape, val_fraction=0.0)
+    samples, source = _samples(data, shape)
+    fn = export.to_onnx if args.format == "onnx" else export.to_torchscript
+    path = out / ("model.onnx" if args.format == "onnx" else "model.pt")
+    rec = fn(model, path, samples[:2], samples=samples, sparse=args.sparse_form)
+    print(
+        f"wrote {path} ({rec['bytes']:,} B), max |delta| vs PyTorch {rec['max_abs_diff']:.2e} on "
+        f"{rec['check_samples']} samples ({source})"
+    )
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from compactnn import export
+
+    out = Path(args.result)
+    path = out / "report.json"
+    if not path.is_file():
+        raise CompactnnError(
+            f"{path} does not exist; give a directory written by compactnn compress --out DIR."
+        )
+    rep = json.loads(path.read_text())
+    rep["plots"] = export.plot_layers(rep, out)
+    (out / "report.md").write_text(export.render_report(rep))
+    print(f"wrote {out / 'report.md'} ({', '.join(rep['plots']) or 'no plots'})")
     return 0
 
 
@@ -433,8 +585,42 @@ def build_parser() -> argparse.ArgumentParser:
         help="share of the training data held out for validation (seeded; default 0.1)",
     )
     pc.add_argument("--out", help="directory for plan, report.json and recipe.yaml")
-    pc.add_argument("--quiet", action="store_true", help="no progress bars")
+    pc.add_argument(
+        "--quiet", action="store_true", help="no progress output (the final summary stays)"
+    )
+    pc.add_argument("--verbose", action="store_true", help="one log line per training step")
+    pc.add_argument(
+        "--sparse-form",
+        choices=("dense", "gather"),
+        default="dense",
+        help="how sparse layers are exported to ONNX / TorchScript: dense matrices (fast on "
+        "CPU) or gathered non-zeros (small file); latency is measured on that form",
+    )
+    pc.add_argument(
+        "--prefer",
+        choices=("size", "speed"),
+        default="size",
+        help="speed: keep dense every compressed layer measured slower than the dense layer",
+    )
+    pc.add_argument(
+        "--threads", type=int, default=1, help="threads of the latency measurements (fixed)"
+    )
     pc.set_defaults(func=cmd_compress)
+
+    pe = sub.add_parser(
+        "export", help="write model.onnx / model.pt of an earlier result directory (--out DIR)"
+    )
+    pe.add_argument("result", help="result directory (model.safetensors + plan.json)")
+    pe.add_argument("--format", choices=("onnx", "torchscript"), required=True)
+    pe.add_argument("--model", help="reference model name of the original architecture")
+    pe.add_argument("--factory", help="original architecture as package.module:factory")
+    pe.add_argument("--data", help="dataset whose test samples check parity (default: random)")
+    pe.add_argument("--sparse-form", choices=("dense", "gather"), default="dense")
+    pe.set_defaults(func=cmd_export)
+
+    pr = sub.add_parser("report", help="render report.md (+ PNG plots) of a result directory")
+    pr.add_argument("result", help="result directory with report.json")
+    pr.set_defaults(func=cmd_report)
 
     pp = sub.add_parser("data-prepare", help="convert bundled datasets to the cache (used by make)")
     pp.set_defaults(func=cmd_data_prepare)

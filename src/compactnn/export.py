@@ -721,3 +721,300 @@ def densify(model: nn.Module, names: Sequence[str]) -> nn.Module:
             raise ConfigError(f"densify: layer {n!r} has no dense equivalent.")
         out = _set(out, n, dense)
     return out
+
+
+# ---------------------------------------------------------------------------- shipping
+def prefer_speed(
+    model: nn.Module, plan: Any, original: nn.Module, samples: Tensor, *, threads: int = 1
+) -> tuple[nn.Module, Any, list[str]]:
+    """Keep dense the compressed layers that are slower than the dense layer they replace.
+
+    The plan is rewritten so the checkpoint still restores: the layer's replacing action becomes
+    a dense :class:`~compactnn.plan.SetWeights`. When that plan does not replay on ``original``
+    (a later structural action reshaped the layer), nothing is changed.
+
+    Returns:
+        ``(model, plan, densified layer names)``.
+    """
+    from compactnn.plan import LAYER_STATE_ACTIONS, CompressionPlan, SetState, SetWeights
+    from compactnn.surgery import apply
+
+    slow = [r["name"] for r in layer_speed(model, samples, threads=threads) if r["slower"]]
+    if not slow:
+        return model, plan, []
+    new = densify(model, slow)
+    actions = []
+    for a in plan.actions:
+        if isinstance(a, SetState):
+            continue
+        if isinstance(a, LAYER_STATE_ACTIONS) and a.layer in slow:
+            m = new.get_submodule(a.layer)
+            b = None if m.bias is None else m.bias.detach()
+            a = SetWeights(a.layer, m.weight.detach(), b, sparse=False)
+        actions.append(a)
+    new_plan = CompressionPlan(actions=actions, meta=dict(plan.meta)).with_state(new)
+    try:
+        replay = apply(new_plan, original, example_inputs=samples[:2], allow_output_change=True)
+        with torch.no_grad():
+            ok = bool(torch.allclose(replay.eval()(samples), new.eval()(samples), atol=1e-4))
+    except Exception:  # noqa: BLE001 - any failure: keep the compressed layers
+        ok = False
+    if not ok:
+        warnings.warn(
+            f"--prefer speed: could not keep {slow} dense (the plan would not replay); the "
+            "compressed layers are kept.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return model, plan, []
+    return new, new_plan, slow
+
+
+def _lat(res: Any) -> dict[str, Any]:
+    return {
+        "median_ms": res.median_ms,
+        "p10_ms": res.p10_ms,
+        "p90_ms": res.p90_ms,
+        "per_sample_ms": res.per_sample_ms,
+        "repeats": res.repeats,
+    }
+
+
+def ship(
+    model: nn.Module,
+    plan: Any,
+    out: str | Path,
+    samples: Tensor,
+    *,
+    input_shape: Sequence[int],
+    original: nn.Module | None = None,
+    fresh: nn.Module | None = None,
+    sparse: str = "dense",
+    threads: int = 1,
+    batch_sizes: Sequence[int] = (1, 100),
+    repeats: int = 30,
+    formats: Sequence[str] = EXPORT_FORMATS,
+) -> dict[str, Any]:
+    """Write model.onnx, model.pt and the compact checkpoint into ``out`` and measure them.
+
+    Args:
+        model / plan: the compressed model and its plan.
+        out: the result directory.
+        samples: real input samples (parity checks and latency).
+        input_shape: per-sample input shape.
+        original: the uncompressed model: its eager latency is measured beside.
+        fresh: a fresh instance of the original architecture to check that the checkpoint
+            restores (``compactnn.load``) to the same outputs.
+        sparse: export form of sparse layers.
+        threads: torch / onnxruntime intra-op threads during timing.
+        batch_sizes: batch sizes timed.
+
+    Returns:
+        The ``deploy`` record of ``report.json``: artifacts (bytes, parity), latency per
+        backend and batch size, the fastest backend, per-layer speed checks.
+    """
+    from compactnn.metrics import measure_latency, real_batch
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    samples = _as_batch(samples, "ship: 'samples'")
+    example = samples[:2]
+    rec: dict[str, Any] = {"artifacts": {}, "latency": {}, "sparse_form": sparse}
+    t0 = time.perf_counter()
+    if "onnx" in formats:
+        rec["artifacts"]["model.onnx"] = to_onnx(
+            model, out / "model.onnx", example, samples=samples, sparse=sparse
+        )
+    if "torchscript" in formats:
+        rec["artifacts"]["model.pt"] = to_torchscript(
+            model, out / "model.pt", example, samples=samples, sparse=sparse
+        )
+    ck = save_checkpoint(model, plan, out, input_shape=input_shape)
+    ck["format"] = "compact checkpoint (compactnn.load(DIR, model=...))"
+    if fresh is not None:
+        back = load(out, model=fresh)
+        with torch.no_grad():
+            ck["max_abs_diff"] = float((back(samples) - _reference(model, samples)).abs().max())
+        _parity(ck["max_abs_diff"], PARITY_TOL, "restored checkpoint", out)
+    rec["artifacts"]["checkpoint"] = ck
+    rec["export_seconds"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    shape = tuple(int(s) for s in input_shape)
+    for bs in batch_sizes:
+        x = real_batch([samples], bs)
+        row: dict[str, Any] = {}
+        if original is not None:
+            row["eager_original"] = _lat(
+                measure_latency(original, shape, batch_size=bs, threads=threads, inputs=x)
+            )
+        row["eager"] = _lat(measure_latency(model, shape, batch_size=bs, threads=threads, inputs=x))
+        if (out / "model.onnx").is_file() and "onnx" in formats:
+            row["onnxruntime"] = _lat(onnx_latency(out / "model.onnx", x, threads=threads))
+        deployed = {k: v for k, v in row.items() if k != "eager_original"}
+        row["fastest"] = min(deployed, key=lambda k: deployed[k]["median_ms"])
+        rec["latency"][f"batch {bs}"] = row
+    rec["latency_threads"] = threads
+    rec["latency_inputs"] = "real samples"
+    rows = layer_speed(model, real_batch([samples], max(batch_sizes)), threads=threads)
+    rec["layers"] = rows
+    rec["slower_than_dense"] = [r["name"] for r in rows if r["slower"]]
+    rec["latency_seconds"] = time.perf_counter() - t0
+    return rec
+
+
+def _fmt_bytes(n: int) -> str:
+    return f"{n / 1024:.1f} KiB" if n < 2**20 else f"{n / 2**20:.2f} MiB"
+
+
+def render_report(doc: dict[str, Any]) -> str:
+    """``report.md`` from the ``report.json`` document of a result directory."""
+    lines = [f"# compactnn result: {doc.get('method')} on {doc.get('data')}", ""]
+    b, a = doc.get("before") or {}, doc.get("after") or {}
+    if b and a:
+        lines += ["| | before | after |", "|---|---:|---:|"]
+        lines.append(f"| params (COO convention) | {b['params']:,} | {a['params']:,} |")
+        if a.get("stored_values"):
+            lines.append(
+                f"| stored values | {b.get('stored_values', 0):,} | {a['stored_values']:,} |"
+            )
+        lines.append(f"| MACs / sample | {b['macs']:,} | {a['macs']:,} |")
+        if a.get("memory_bytes"):
+            lines.append(
+                f"| in memory (incl. sparse indices) | {_fmt_bytes(b['memory_bytes'])} | "
+                f"{_fmt_bytes(a['memory_bytes'])} |"
+            )
+        if b.get("accuracy") and a.get("accuracy"):
+            lines.append(
+                f"| test top-1 | {b['accuracy']['top1']:.2f} % | {a['accuracy']['top1']:.2f} % |"
+            )
+        lines.append("")
+    val = doc.get("validation")
+    if val:
+        lines += [
+            f"Validation top-1 {val['before']:.2f} % -> {val['after']:.2f} % "
+            f"({-val['drop']:+.2f} points, {int(val['n'])} samples).",
+            "",
+        ]
+    if a.get("layers"):
+        before = {r["name"]: r for r in b.get("layers", [])}
+        lines += [
+            "## Layers",
+            "",
+            "| layer | type | units before | units after | params before | params after |",
+            "|---|---|---:|---:|---:|---:|",
+        ]
+        for r in a["layers"]:
+            o = before.get(r["name"], {})
+            lines.append(
+                f"| {r['name']} | {r['type']} | {o.get('units', '-')} | {r['units']} | "
+                f"{o.get('params', '-')} | {r['params']} |"
+            )
+        lines.append("")
+    dep = doc.get("deploy")
+    if dep:
+        lines += [
+            "## Artifacts",
+            "",
+            "| file | bytes | max abs diff vs PyTorch |",
+            "|---|---:|---:|",
+        ]
+        for name, art in dep["artifacts"].items():
+            diff = art.get("max_abs_diff")
+            d = "-" if diff is None else f"{diff:.2e}"
+            lines.append(f"| {name} | {art['bytes']:,} | {d} |")
+        lines += [
+            "",
+            f"Sparse layers exported in **{dep['sparse_form']}** form. Latency on "
+            f"{dep['latency_inputs']}, {dep['latency_threads']} thread(s), median ms:",
+            "",
+            "| batch | eager original | eager | onnxruntime | fastest |",
+            "|---|---:|---:|---:|---|",
+        ]
+        for bs, row in dep["latency"].items():
+
+            def ms(key: str, _row: dict[str, Any] = row) -> str:
+                return f"{_row[key]['median_ms']:.3f}" if key in _row else "-"
+
+            lines.append(
+                f"| {bs.split()[-1]} | {ms('eager_original')} | {ms('eager')} | "
+                f"{ms('onnxruntime')} | {row['fastest']} |"
+            )
+        lines.append("")
+        if dep.get("slower_than_dense"):
+            lines.append(
+                "**Slower than the dense layer they replace** (eager): "
+                + ", ".join(dep["slower_than_dense"])
+                + ". `--prefer speed` keeps them dense."
+            )
+            lines.append("")
+        if dep.get("densified"):
+            lines += [f"Kept dense (--prefer speed): {', '.join(dep['densified'])}.", ""]
+    if doc.get("warnings"):
+        lines += ["## Warnings", "", *[f"- {w}" for w in doc["warnings"]], ""]
+    if doc.get("chosen"):
+        lines += ["## Chosen hyper-parameters", "", "```", json.dumps(doc["chosen"]), "```", ""]
+    env = doc.get("environment")
+    if env:
+        lines += [
+            "## Run",
+            "",
+            ", ".join(f"{k} {v}" for k, v in env.items()),
+            "",
+            ", ".join(f"{k}: {v:.1f} s" for k, v in (doc.get("seconds") or {}).items()),
+            "",
+        ]
+    if doc.get("plots"):
+        lines += ["## Plots", "", *[f"![{p}]({p})" for p in doc["plots"]], ""]
+    return "\n".join(lines)
+
+
+def plot_layers(doc: dict[str, Any], out: str | Path) -> list[str]:
+    """PNG: per-layer params before / after (log scale). Returns the file names written."""
+    b, a = doc.get("before") or {}, doc.get("after") or {}
+    if not (b.get("layers") and a.get("layers")):
+        return []
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    after = {r["name"]: r["params"] for r in a["layers"]}
+    names = [r["name"] for r in b["layers"]]
+    fig, ax = plt.subplots(figsize=(max(4, 0.6 * len(names) + 2), 3))
+    xs = range(len(names))
+    ax.bar([x - 0.2 for x in xs], [r["params"] for r in b["layers"]], 0.4, label="before")
+    ax.bar([x + 0.2 for x in xs], [after.get(n, 0) for n in names], 0.4, label="after")
+    ax.set_xticks(list(xs), names, rotation=30, ha="right")
+    ax.set_yscale("log")
+    ax.set_ylabel("stored params")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(Path(out) / "layers_params.png", dpi=100)
+    plt.close(fig)
+    return ["layers_params.png"]
+
+
+def environment(seed: int | None = None) -> dict[str, Any]:
+    """Versions (compactnn, torch, onnx, onnxruntime), machine and seed for report.json."""
+    import platform
+
+    import compactnn
+
+    env: dict[str, Any] = {
+        "compactnn": compactnn.__version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": f"{platform.machine()} {platform.system()} ({platform.processor() or '?'})",
+        "cpus": __import__("os").cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+    }
+    try:
+        import onnx
+        import onnxruntime
+
+        env["onnx"], env["onnxruntime"] = onnx.__version__, onnxruntime.__version__
+    except ImportError:  # pragma: no cover
+        pass
+    if seed is not None:
+        env["seed"] = seed
+    return env
