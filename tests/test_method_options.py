@@ -100,7 +100,7 @@ BAD: dict[str, tuple[str, dict[str, list]]] = {
             "delta": _POS_INT,
             "nu": _POS_INT,
             "steps_per_epoch": _OPT_POS_INT,
-            "finetune_epochs": _NONNEG_INT,
+            "finetune_epochs": [-1, 2.5, "abc"],  # None = the W-step schedule (Kiaee sec. 4)
             "overprune_guard": _BOOL,
             "eval_batches": _OPT_POS_INT,
             "mu_scale": [[1.0], 1.0, {"a": 0.0}, {"a": "x"}],

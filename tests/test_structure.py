@@ -25,7 +25,7 @@ LIN = (5, 7)
 
 EXPECTED_COUNTS = {
     CONV: {"filters": 6, "channels": 4, "columns": 4 * 3 * 2, "kernels": 24, "elements": 144},
-    LIN: {"filters": 5, "channels": 7, "columns": 7, "kernels": 35, "elements": 35},
+    LIN: {"filters": 5, "channels": 7, "columns": 7, "kernels": 5, "elements": 35},
 }
 
 
@@ -65,7 +65,8 @@ def test_group_dims_table() -> None:
     assert group_dims("elements", w) == (0, 1, 2, 3)
     lin = torch.randn(LIN)
     assert group_dims("columns", lin) == (1,)
-    assert group_dims("kernels", lin) == (0, 1)
+    # Kiaee sec. 2 footnote 1: an FC layer is one input map with n 1-dim filters -> rows
+    assert group_dims("kernels", lin) == (0,)
     bias = torch.randn(5)
     assert all(group_dims(k, bias) == (0,) for k in GROUP_KINDS)
     with pytest.raises(UnknownNameError, match="'rows'"):

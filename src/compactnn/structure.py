@@ -14,11 +14,15 @@ Conventions (all functions work on the weight *as stored*, no copy unless stated
   ``"filters"``    rows = output channels      ``(0,)``     ``(0,)`` output neurons
   ``"channels"``   input-channel slots         ``(1,)``     ``(1,)`` input features
   ``"columns"``    columns of the lowered W    ``(1,2,3)``  ``(1,)`` (= input features)
-  ``"kernels"``    Kiaee's W_ij (one kh x kw)  ``(0,1)``    ``(0,1)`` (1x1 kernels = elements)
+  ``"kernels"``    Kiaee's W_ij (one kh x kw)  ``(0,1)``    ``(0,)`` one block per row (*)
   ``"elements"``   single weights              all axes     all axes
   ===============  ==========================  ===========  ======================================
 
   A 1-D tensor (a bias) has one group per entry for every kind.
+
+  (*) Kiaee et al. (2016), sec. 2, footnote 1: a fully connected layer is *one* vectorised
+  input map (m = 1) convolved by n one-dimensional filters of the input's size, so its blocks
+  W_1j are the n rows of the weight (Table 3(c) counts 256 blocks for the 1024 x 256 fc1).
 
 * **Grouped / depthwise conv.** The weight is ``(n, c/g, kh, kw)``: the ``"channels"`` groups
   are the ``c/g`` *input slots per group*, so slot ``s`` gathers absolute input channels
@@ -118,6 +122,8 @@ def group_dims(kind: str, weight: Tensor) -> tuple[int, ...]:
         return (1,)
     if kind == "columns":
         return tuple(range(1, nd))
+    if nd == 2:  # kernels of a Linear: one block W_1j per row (Kiaee sec. 2, footnote 1)
+        return (0,)
     return (0, 1)  # kernels
 
 

@@ -84,7 +84,7 @@ def _local_structure() -> types.ModuleType:
             "filters": (0,),
             "channels": (1,),
             "columns": tuple(range(1, nd)),
-            "kernels": (0, 1),
+            "kernels": (0,) if nd == 2 else (0, 1),  # Linear: one block per row
         }[kind]
 
     mod = types.ModuleType("compactnn.structure")

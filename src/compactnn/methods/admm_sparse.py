@@ -10,12 +10,24 @@ W-step: SGD epochs on ``L_net(W) + rho/2 ||W - F + Gamma/rho||^2`` (eq. 7); F-st
 (eq. 9, a = mu/rho) or hard (eq. 10, b = sqrt(2 mu/rho)) thresholding; dual step (eq. 6); stop when
 ``||W - F||_F`` and ``||F_k - F_{k-1}||_F`` are both <= eps or after xi iterations. Over-pruning
 guard (sec. 4.1): if a layer would lose more than 50 % of its blocks, its threshold becomes the
-mean block norm. Then the identified structure is fixed and the network fine-tuned (masked).
-Epoch schedule (sec. 4): ``min(1 + delta*i, delta*nu)`` W-step epochs for the i-th mu.
+mean block norm, lowered further when needed so that never more than 50 % of its blocks are
+pruned (the intent of the rule; l1 keeps soft shrinkage with that threshold). Then the identified
+structure is fixed and the network fine-tuned (masked). Epoch schedule (sec. 4):
+``min(1 + delta*i, delta*nu)`` epochs for the i-th mu, for the W-step *and* the fine-tuning
+("delta nu xi + delta nu epochs" for the nu-th mu).
 
-The result model is the one at the last mu, with filters whose blocks are *all* zero physically
-removed and the remaining zero blocks held at zero; ``history["path"]`` holds, for every mu,
-accuracy, sparsity, zero blocks per layer and epochs (Kiaee Tables 3-6).
+Blocks: a conv's W_ij (one kh x kw kernel per input/output pair); a Linear layer is one input
+map with n one-dimensional filters (sec. 2, footnote 1), so one block per row. Default layers:
+the layers of the paper's tables, i.e. the convs with spatial kernels (> 1x1) and the hidden
+Linear layers (NIN's 1x1 convs and the classifier are not regularised).
+
+Every point of the path is returned (``history["path"]``, ``history["path_plans"]``): the dense
+start (mu = 0, the paper's baseline row) first, then one per mu, each with accuracy on
+validation, sparsity, zero blocks per layer and epochs (Kiaee Tables 3-6) and a self-contained
+plan that rebuilds that point's model. At every point the filters whose blocks are *all* zero
+are physically removed (with their bias and the following BatchNorm's gamma/beta, held at zero
+during the fine-tuning so that the removal is exact) and the accuracy is measured on that
+removed model; the result model is the last point's.
 
 References:
     Kiaee, Gagne, Abbasi, "Alternating Direction Method of Multipliers for Sparse Convolutional
@@ -107,9 +119,12 @@ class ADMMSparseConfig(MethodConfig):
         steps_per_epoch: cap on SGD steps per "epoch" (CPU-scale runs; None = whole loader).
         lr, momentum, weight_decay: SGD of the W-step (eq. 7) and of the fine-tuning (paper lr
             1e-3).
-        finetune_epochs: masked fine-tuning epochs after each μ (Algorithm 1 line 11).
+        finetune_epochs: masked fine-tuning epochs after each μ (Algorithm 1 line 11); ``None``
+            (default, the paper's) = the W-step schedule ``min(1 + δ i, δ ν)`` (sec. 4).
         overprune_guard: apply the 50 % guard of sec. 4.1.
-        layers: regularised layers (default: all Conv2d/Linear but the classifier).
+        layers: regularised layers (default: the paper's, i.e. every prunable Conv2d with a
+            spatial kernel larger than 1x1 and every hidden Linear; see
+            :func:`kiaee_layers`).
         eval_batches: validation batches used for the accuracy of each μ (None = all).
         seed: seeds SGD (int >= 0).
         mu_scale: per-layer multipliers of μ (dict layer -> float > 0; None = 1 everywhere).
@@ -132,7 +147,7 @@ class ADMMSparseConfig(MethodConfig):
     lr: float = 1e-3
     momentum: float = 0.9
     weight_decay: float = 0.0
-    finetune_epochs: int = 1
+    finetune_epochs: int | None = None
     overprune_guard: bool = True
     layers: tuple[str, ...] | None = None
     eval_batches: int | None = None
@@ -159,7 +174,7 @@ class ADMMSparseConfig(MethodConfig):
             "lr": rule(check_float, **_POSITIVE),
             "momentum": rule(check_float, min_value=0.0, max_value=1.0),
             "weight_decay": rule(check_float, min_value=0.0),
-            "finetune_epochs": rule(check_int, min_value=0),
+            "finetune_epochs": rule(check_int, optional=True, min_value=0),
             "overprune_guard": rule(check_bool),
             "layers": rule(check_names, optional=True),
             "eval_batches": rule(check_int, optional=True, min_value=1),
@@ -184,26 +199,99 @@ class ADMMSparseConfig(MethodConfig):
         )
 
 
+def guarded_threshold(v: torch.Tensor, gd: tuple[int, ...], soft: bool) -> torch.Tensor:
+    """Kiaee sec. 4.1's F-step for an over-pruned layer, as the paper means it.
+
+    The threshold becomes the mean block norm t of V (the paper's rule); when even t would
+    prune more than half of the blocks, it is lowered so that exactly the ``floor(N/2)``
+    smallest blocks (ties: lowest index) are pruned: never more than 50 % of the layer's
+    blocks. Hard threshold (l0, eq. 10) keeps the other blocks as they are; soft (l1, eq. 9)
+    shrinks them by the threshold (``(1 - t/||V_ij||) V_ij``).
+    """
+    from compactnn.prox import group_norms
+
+    vn = group_norms(v, gd)
+    flat = vn.reshape(-1)
+    t = flat.mean()
+    pruned = flat <= t
+    if int(pruned.sum()) > flat.numel() // 2:
+        k = flat.numel() // 2
+        pruned = torch.zeros_like(pruned)
+        pruned[torch.sort(flat, stable=True).indices[:k]] = True
+        t = flat[pruned].max() if k > 0 else flat.new_zeros(())
+    if soft:
+        safe = torch.where(flat > 0, flat, torch.ones_like(flat))
+        scale = torch.where(flat > t, 1 - t / safe, torch.ones_like(flat))  # ties: kept as is
+    else:
+        scale = torch.ones_like(flat)
+    scale = torch.where(pruned, torch.zeros_like(flat), scale)
+    shape = [v.shape[d] if d in gd else 1 for d in range(v.dim())]
+    return v * scale.reshape(shape).to(v.dtype)
+
+
 def _overprune_guard(fired: dict[str, bool]) -> Callable[[Any], None]:
     """Kiaee sec. 4.1 as an ``after_f_step`` hook of the driver: when the F-step zeroes more
-    than 50 % of a layer's blocks, that layer's F keeps instead the blocks of V = W + Y/rho
-    whose norm is above the mean block norm. ``fired[layer weight]`` records each decision."""
+    than 50 % of a layer's blocks, that layer's F is instead :func:`guarded_threshold` of
+    V = W + Y/rho (mean-norm threshold, never more than 50 % pruned, soft shrinkage kept for
+    l1). ``fired[layer weight]`` records each decision."""
     from compactnn.prox import group_norms
 
     def guard(engine: Any) -> None:
+        soft = engine.config.penalty in ("l1", "l21")
         for n in engine.params:
             gd = engine.group_dims[n]
             if float((group_norms(engine.state.F[n], gd) == 0).float().mean()) <= 0.5:
                 fired[n] = False
                 continue
-            v = engine.prox_input(n)
-            vn = group_norms(v, gd)
-            keep = (vn > vn.mean()).to(v.dtype)
-            shape = [v.shape[d] if d in gd else 1 for d in range(v.dim())]
-            engine.set_f(n, v * keep.reshape(shape))
+            engine.set_f(n, guarded_threshold(engine.prox_input(n), gd, soft))
             fired[n] = True
 
     return guard
+
+
+def kiaee_layers(model: nn.Module, input_shape: Any = None) -> list[str]:
+    """The layers Kiaee et al. regularise: the prunable convs whose kernel is larger than 1x1
+    and the hidden Linear layers (Table 3: NIN's conv1/4/5/8, the CNN's conv1-4 and fc1)."""
+    mods = dict(model.named_modules())
+    return [
+        n
+        for n in prunable_layers(model, input_shape)
+        if not (isinstance(mods[n], nn.Conv2d) and tuple(mods[n].kernel_size) == (1, 1))
+    ]
+
+
+def following_norms(model: nn.Module, layers: list[str], input_shape: Any) -> dict[str, list[str]]:
+    """Per layer, the per-channel norm modules (BatchNorm/InstanceNorm) that read its output
+    directly (one forward pass on a zero batch, in eval mode; the model is left as it was)."""
+    from compactnn.graph import example_input_for
+
+    mods = dict(model.named_modules())
+    norms = {n: m for n, m in mods.items() if isinstance(m, nn.modules.batchnorm._NormBase)}
+    outs: dict[int, tuple[torch.Tensor, str]] = {}  # the tensor is kept alive: ids stay unique
+    found: dict[str, list[str]] = {n: [] for n in layers}
+    handles = []
+    for n in layers:
+        handles.append(
+            mods[n].register_forward_hook(lambda _m, _i, o, n=n: outs.__setitem__(id(o), (o, n)))
+        )
+    for bn_name, bn in norms.items():
+
+        def pre(_m: nn.Module, inp: Any, bn_name: str = bn_name) -> None:
+            hit = outs.get(id(inp[0])) if inp else None
+            if hit is not None and hit[0] is inp[0] and bn_name not in found[hit[1]]:
+                found[hit[1]].append(bn_name)
+
+        handles.append(bn.register_forward_pre_hook(pre))
+    was = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(example_input_for(model, input_shape))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was)
+    return found
 
 
 class ADMMSparse(Method):
@@ -310,24 +398,38 @@ class ADMMSparse(Method):
         return kiaee_epochs(i, delta=cfg.delta, nu=cfg.nu)
 
     @staticmethod
-    def _fix_structure(model: nn.Module, engine: Any, layers: list[str]) -> dict[str, Any]:
-        """Masks of F's non-zero blocks (W <- F on the zero ones, Algorithm 1 line 11), with
-        the bias of every all-zero filter masked too: otherwise it outputs a constant channel
-        and removing it would change the function."""
+    def _fix_structure(
+        model: nn.Module, engine: Any, layers: list[str], norms: dict[str, list[str]]
+    ) -> dict[str, Any]:
+        """Masks of F's non-zero blocks (W <- F on the zero ones, Algorithm 1 line 11). For every
+        all-zero filter its bias and the gamma/beta of the BatchNorm reading it are masked too:
+        the channel is then exactly 0 (not a constant), so removing it changes nothing."""
         mods = dict(model.named_modules())
         masks = dict(engine.masks())
         for layer in layers:
             rows = nonzero_filters(masks[f"{layer}.weight"])
-            if mods[layer].bias is not None and not bool(rows.all()):
+            if bool(rows.all()):
+                continue
+            if mods[layer].bias is not None:
                 masks[f"{layer}.bias"] = rows.clone()
+            for bn in norms.get(layer, []):
+                for p in ("weight", "bias"):
+                    if getattr(mods[bn], p, None) is not None:
+                        masks[f"{bn}.{p}"] = rows.clone()
         apply_masks(model, masks)
         return masks
 
     def _path_entry(
-        self, model: nn.Module, masks: dict[str, Any], data: CompressionData, **entry: Any
+        self,
+        model: nn.Module,
+        masks: dict[str, Any],
+        data: CompressionData,
+        deployed: nn.Module,
+        **entry: Any,
     ) -> dict[str, Any]:
-        """The record of one mu (Kiaee Tables 3-6): zero blocks per layer, sparsity, accuracy
-        on the validation split (never on test)."""
+        """The record of one mu (Kiaee Tables 3-6): zero blocks per layer, sparsity (of the
+        masked model), accuracy on the validation split (never on test) of ``deployed``, the
+        model with the all-zero filters removed that this point returns."""
         from compactnn.structure import group_dims
 
         cfg: ADMMSparseConfig = self.config  # type: ignore[assignment]
@@ -347,42 +449,60 @@ class ADMMSparse(Method):
             zero_w += int((~m).sum())
         entry["sparsity_percent"] = 100.0 * zero_w / max(total_w, 1)
         if data.val is not None:
-            entry["val_top1"] = accuracy(model, data.val, topk=(1,), max_batches=cfg.eval_batches)[
-                "top1"
-            ]
+            entry["val_top1"] = accuracy(
+                deployed, data.val, topk=(1,), max_batches=cfg.eval_batches
+            )["top1"]
         return entry
 
-    def _result(
-        self,
-        model: nn.Module,
-        layers: list[str],
-        masks: dict[str, Any],
-        path: list[dict[str, Any]],
-        data: CompressionData,
-    ) -> CompressionResult:
-        """Filters whose blocks are all zero physically removed; the rest stays masked."""
+    def _deploy(
+        self, model: nn.Module, layers: list[str], masks: dict[str, Any], data: CompressionData
+    ) -> tuple[nn.Module, Any, dict[str, list[int]]]:
+        """This point's model: the filters whose blocks are all zero physically removed (the
+        rest stays masked), with its self-contained plan and the kept filters per layer."""
         keep = {
             layer: kept_filters(masks[f"{layer}.weight"])
             for layer in layers
             if not bool(nonzero_filters(masks[f"{layer}.weight"]).all())
         }
         plan = None
-        result_model = model
+        deployed = model
         if keep:
-            result_model, plan = prune_filters(model, keep, data.input_shape)
+            deployed, plan = prune_filters(model, keep, data.input_shape)
+        else:
+            import copy
+
+            deployed = copy.deepcopy(model)
+        return deployed, replay_plan(plan, deployed, data.input_shape), keep
+
+    def _result(
+        self,
+        model: nn.Module,
+        deployed: nn.Module,
+        plan: Any,
+        keep: dict[str, list[int]],
+        path: list[dict[str, Any]],
+        plans: list[Any],
+    ) -> CompressionResult:
         mods = dict(model.named_modules())
         return CompressionResult(
-            model=result_model,
-            plan=replay_plan(plan, result_model, data.input_shape),
+            model=deployed,
+            plan=plan,
             method=self.name,
             config=self.config,
             history={
                 "path": path,
-                "nonzero_params": sum(int((p != 0).sum()) for p in result_model.parameters()),
+                "path_plans": plans,
+                "nonzero_params": sum(int((p != 0).sum()) for p in deployed.parameters()),
                 "removed_filters": {k: len(mods[k].weight) - len(v) for k, v in keep.items()},
                 "mu_path": list(self.config.mu_path()),  # type: ignore[attr-defined]
             },
         )
+
+    def _finetune_epochs(self, i: int) -> int:
+        """Fine-tuning epochs after the ``i``-th mu: ``finetune_epochs``, or the W-step
+        schedule ``min(1 + delta i, delta nu)`` when it is ``None`` (sec. 4)."""
+        cfg: ADMMSparseConfig = self.config  # type: ignore[assignment]
+        return self._epochs(i) if cfg.finetune_epochs is None else cfg.finetune_epochs
 
     def run(
         self, model: nn.Module, data: CompressionData, *, progress: bool = True
@@ -390,23 +510,30 @@ class ADMMSparse(Method):
         cfg: ADMMSparseConfig = self.config  # type: ignore[assignment]
         loader = data.require_train(self.name)
         shape = data.require_input_shape(self.name)
-        layers = list(cfg.layers) if cfg.layers is not None else prunable_layers(model, shape)
+        layers = list(cfg.layers) if cfg.layers is not None else kiaee_layers(model, shape)
         self._check_layers(model, layers)
         mods = dict(model.named_modules())
         params = {f"{n}.weight": mods[n].weight for n in layers}
-        path: list[dict[str, Any]] = []
-        masks: dict[str, Any] = {}
+        norms = following_norms(model, layers, shape)
+        # the path's first point: the dense start, mu = 0 (the paper's baseline row)
+        masks: dict[str, Any] = {n: torch.ones_like(p, dtype=torch.bool) for n, p in params.items()}
+        deployed, plan, keep = self._deploy(model, layers, masks, data)
+        start = dict(mu=0.0, admm_iterations=0, epochs=0, guard={}, seconds=0.0)
+        path = [self._path_entry(model, masks, data, deployed, **start)]
+        plans = [plan]
         engine = None
-        mus = cfg.mu_path()
-        for i, mu in enumerate(tqdm(mus, desc="ADMM-sparse mu path", disable=not progress)):
+        for i, mu in enumerate(
+            tqdm(cfg.mu_path(), desc="ADMM-sparse mu path", disable=not progress)
+        ):
             t0 = time.perf_counter()
             engine, fired = self._solve_mu(model, loader, params, mu, i, engine)
-            masks = self._fix_structure(model, engine, layers)
-            if cfg.finetune_epochs > 0:
+            masks = self._fix_structure(model, engine, layers, norms)
+            ft = self._finetune_epochs(i)
+            if ft > 0:
                 finetune_model(
                     model,
                     loader,
-                    epochs=cfg.finetune_epochs,
+                    epochs=ft,
                     lr=cfg.lr,
                     momentum=cfg.momentum,
                     weight_decay=cfg.weight_decay,
@@ -415,9 +542,11 @@ class ADMMSparse(Method):
                     schedule="constant",
                     masks=masks,
                 )
+            deployed, plan, keep = self._deploy(model, layers, masks, data)
             k = engine.state.k
-            entry = dict(mu=mu, admm_iterations=k, epochs=self._epochs(i) * k + cfg.finetune_epochs)
+            entry = dict(mu=mu, admm_iterations=k, epochs=self._epochs(i) * k + ft)
             entry["guard"] = {n: True for n, v in fired.items() if v}
             entry["seconds"] = time.perf_counter() - t0
-            path.append(self._path_entry(model, masks, data, **entry))
-        return self._result(model, layers, masks, path, data)
+            path.append(self._path_entry(model, masks, data, deployed, **entry))
+            plans.append(plan)
+        return self._result(model, deployed, plan, keep, path, plans)
