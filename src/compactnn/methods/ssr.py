@@ -77,7 +77,14 @@ _FRACTION = {"min_value": 0.0, "max_value": 1.0}
 
 @dataclass(frozen=True)
 class SSRConfig(MethodConfig):
-    """Hyper-parameters of SSR (paper defaults), validated on construction (``rules``).
+    """Hyper-parameters of SSR, validated on construction (``rules``).
+
+    Paper defaults (Lin et al. sec. IV, "Implementations"): ρ = 1, r = 3, K-step SGD with lr
+    1e-3, momentum 0.9, weight decay 5e-4, batch 256 (LeNet/AlexNet; the batch is the user's
+    loader), λ in {0.1, ..., 0.8}; fine-tuning 30 epochs from lr 1e-4 scaled by 0.1 every 10
+    epochs. The defaults below follow the paper for the AULM part; the fine-tuning defaults are
+    a CPU-scale choice and **not** the paper's (2 epochs, lr 1e-3, cosine): pass
+    ``finetune_epochs=30, finetune_lr=1e-4, finetune_schedule="paper"`` for the paper's.
 
     Attributes:
         penalty: the regulariser g: ``"l21"`` (eq. 14), ``"l20"`` (eq. 15) or ``"l1"``
@@ -97,7 +104,12 @@ class SSRConfig(MethodConfig):
         train_all: the K-step updates every parameter (default False: only layer l's weight
             and bias, as eq. (11) minimises over K^l alone).
         min_keep: never keep fewer filters than this in a layer.
-        finetune_epochs, finetune_lr: global fine-tuning after pruning (Algorithm 1 line 12).
+        finetune_epochs, finetune_lr: global fine-tuning after pruning (Algorithm 1 line 12);
+            defaults 2 and 1e-3 (CPU scale; the paper: 30 and 1e-4).
+        finetune_schedule: learning-rate schedule of the fine-tuning: ``"cosine"`` (default,
+            not the paper's), ``"paper"`` (x0.1 every ``finetune_step_epochs`` epochs, Lin
+            sec. IV), ``"step"`` (x0.1 at 50 % and 75 %) or ``"constant"``.
+        finetune_step_epochs: epochs between two x0.1 drops of ``"paper"`` (paper: 10).
         finetune_steps_per_epoch: cap on batches per fine-tuning epoch (None = all).
         finetune_distill: weight alpha in [0, 1] of knowledge distillation from the
             uncompressed model during the final fine-tuning (0 = plain cross-entropy; see
@@ -128,6 +140,8 @@ class SSRConfig(MethodConfig):
     finetune_lr: float = 1e-3
     finetune_steps_per_epoch: int | None = None
     finetune_distill: float = 0.0
+    finetune_schedule: str = "cosine"
+    finetune_step_epochs: int = 10
     lam_path: tuple[Any, ...] | None = None
     path_finetune_epochs: int = 1
     seed: int = 0
@@ -153,6 +167,10 @@ class SSRConfig(MethodConfig):
             "finetune_lr": rule(check_float, **_POSITIVE),
             "finetune_steps_per_epoch": rule(check_int, optional=True, min_value=1),
             "finetune_distill": rule(check_float, **_FRACTION),
+            "finetune_schedule": rule(
+                check_choice, choices=("cosine", "paper", "step", "constant")
+            ),
+            "finetune_step_epochs": rule(check_int, min_value=1),
             "lam_path": rule(_check_lam_path, optional=True),
             "path_finetune_epochs": rule(check_int, min_value=0),
             "seed": rule(check_int, min_value=0),
@@ -161,6 +179,12 @@ class SSRConfig(MethodConfig):
 
     def __post_init__(self) -> None:
         validate_options(self, self.owner, self.rules)
+
+
+def _zero_masks_of(model: nn.Module, layers: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """:func:`~compactnn.train.zero_masks` restricted to the weights of ``layers``."""
+    wanted = {f"{n}.weight" for n in layers}
+    return {k: v for k, v in zero_masks(model).items() if k in wanted}
 
 
 class SSR(Method):
@@ -293,11 +317,14 @@ class SSR(Method):
     ) -> tuple[nn.Module, dict[str, Any]]:
         """One lambda setting: AULM on every layer in turn, pruning after each (lines 3-11)."""
         cfg: SSRConfig = self.config  # type: ignore[assignment]
-        l1_later = _PENALTIES[cfg.penalty] == "l1" and si > 0
+        l1 = _PENALTIES[cfg.penalty] == "l1"
         desc = "SSR layers" if si == 0 else f"SSR layers (lambda stage {si + 1})"
         record: dict[str, Any] = {}
         for li, layer in enumerate(tqdm(layers, desc=desc, disable=not progress)):
-            masks = (lambda m=current: zero_masks(m)) if l1_later else None
+            # l1: the zeros of the layers already processed (all of them after the first stage)
+            # stay zero, also when the K-step trains every parameter (train_all)
+            done = tuple(layers if si > 0 else layers[:li])
+            masks = (lambda m=current, done=done: _zero_masks_of(m, done)) if l1 and done else None
             seed = cfg.seed + 100_000 * si + 1000 * li
             res = self._aulm_layer(current, layer, lam[layer], loader, seed, masks)
             current, record[layer] = self._prune_layer(
@@ -317,23 +344,32 @@ class SSR(Method):
         progress: bool,
         teacher: nn.Module | None = None,
     ) -> None:
-        """Global fine-tuning of the pruned network (cosine lr from ``finetune_lr``)."""
+        """Global fine-tuning of the pruned network from ``finetune_lr`` with
+        ``finetune_schedule`` (``"paper"``: constant-lr chunks of ``finetune_step_epochs``,
+        lr x0.1 after each)."""
         cfg: SSRConfig = self.config  # type: ignore[assignment]
-        finetune_model(
-            model,
-            loader,
-            epochs=epochs,
-            lr=cfg.finetune_lr,
-            momentum=cfg.momentum,
-            weight_decay=cfg.weight_decay,
-            seed=seed,
-            steps_per_epoch=cfg.finetune_steps_per_epoch,
-            distill=cfg.finetune_distill,
-            masks=masks,
-            teacher=teacher,
-            progress=progress,
-            desc=desc,
-        )
+        if cfg.finetune_schedule == "paper":
+            step = cfg.finetune_step_epochs
+            chunks = [(min(step, epochs - e), e // step) for e in range(0, epochs, step)]
+        else:
+            chunks = [(epochs, 0)]
+        for j, (n_ep, drops) in enumerate(chunks):
+            finetune_model(
+                model,
+                loader,
+                epochs=n_ep,
+                lr=cfg.finetune_lr * 0.1**drops,
+                momentum=cfg.momentum,
+                weight_decay=cfg.weight_decay,
+                seed=seed + 7919 * j,
+                steps_per_epoch=cfg.finetune_steps_per_epoch,
+                schedule="constant" if cfg.finetune_schedule == "paper" else cfg.finetune_schedule,
+                distill=cfg.finetune_distill,
+                masks=masks,
+                teacher=teacher,
+                progress=progress,
+                desc=desc,
+            )
 
     def _run_stages(
         self,
