@@ -68,7 +68,33 @@ def test_compress_user_factory_with_options(tmp_path, capsys) -> None:
     assert rep["before"]["params"] == 64 * 12 + 12 + 12 * 10 + 10
     assert rep["after"]["params"] == 64 * 5 + 5 + 5 * 10 + 10
     assert (out / "plan.json").is_file() and (out / "plan.safetensors").is_file()
-    assert "params" in capsys.readouterr().out
+    assert "params" in capsys.readouterr().out  # --quiet keeps the final summary
+    # the shipped model: ONNX (parity recorded), TorchScript, compact checkpoint, report.md
+    for f in ("model.onnx", "model.pt", "model.safetensors", "report.md"):
+        assert (out / f).stat().st_size > 0, f
+    dep = rep["deploy"]
+    assert dep["artifacts"]["model.onnx"]["max_abs_diff"] <= 1e-4
+    assert dep["artifacts"]["model.pt"]["max_abs_diff"] <= 1e-4
+    assert dep["artifacts"]["checkpoint"]["max_abs_diff"] == 0.0
+    assert {"eager", "onnxruntime", "fastest"} <= set(dep["latency"]["batch 1"])
+    assert rep["environment"]["onnxruntime"] and rep["seconds"]["compress"] > 0
+    assert "onnxruntime" in (out / "report.md").read_text()
+    import compactnn
+
+    small = compactnn.load(out, model=tiny_factory())
+    assert small[1].out_features == 5
+    (out / "model.onnx").unlink()
+    assert main(["export", str(out), "--format", "onnx"]) == 0
+    assert (out / "model.onnx").is_file() and "max |delta|" in capsys.readouterr().out
+    assert main(["report", str(out)]) == 0
+    assert (out / "layers_params.png").is_file()
+
+
+def test_export_and_report_bad_dirs_are_clear(tmp_path, capsys) -> None:
+    assert main(["report", str(tmp_path)]) == 2
+    assert "report.json does not exist" in capsys.readouterr().err
+    assert main(["export", str(tmp_path), "--format", "onnx", "--model", "lenet-caffe"]) == 2
+    assert "plan.json does not exist" in capsys.readouterr().err
 
 
 def test_compress_bad_option_is_clear(capsys) -> None:
