@@ -506,7 +506,6 @@ def load(directory: str | Path, model: nn.Module) -> nn.Module:
     from safetensors.torch import load_file
 
     from compactnn.errors import PlanError
-    from compactnn.layers import _SparseBase
     from compactnn.surgery import apply
 
     if not isinstance(model, nn.Module):
@@ -542,14 +541,7 @@ def load(directory: str | Path, model: nn.Module) -> nn.Module:
             f"The checkpoint {directory} does not fit a {type(model).__name__}: {exc} Pass a "
             "fresh instance of the architecture that was compressed."
         ) from exc
-    for name, m in out.named_modules():
-        if isinstance(m, _SparseBase):
-            key = f"{name}.indices" if name else "indices"
-            if key not in state:
-                raise CheckpointError(f"{st_path} lacks {key!r} of sparse layer {name!r}.")
-            idx = state[key].to(torch.long)
-            m.indices = idx
-            m.values = nn.Parameter(torch.zeros(idx.shape[1], dtype=m.values.dtype))
+    _fit_data_dependent(out, state)
     own = out.state_dict()
     for k, v in list(state.items()):
         if k in own and isinstance(own[k], Tensor):
@@ -563,6 +555,29 @@ def load(directory: str | Path, model: nn.Module) -> nn.Module:
             "compressed, with the same configuration."
         ) from exc
     return out.eval()
+
+
+def _fit_data_dependent(model: nn.Module, state: dict[str, Tensor]) -> None:
+    """Resize the tensors of compactnn layers whose size depends on the data (non-zeros,
+    kept columns) to the sizes stored in the checkpoint, so the strict load can fill them.
+
+    The skeleton plan carries zero tensors, so a sparse layer comes out with no non-zeros;
+    only compactnn's own layers (``is_compactnn_layer``) are resized, any other mismatch is
+    left to ``load_state_dict`` to report.
+    """
+    for name, m in model.named_modules():
+        if not getattr(m, "is_compactnn_layer", False):
+            continue
+        prefix = f"{name}." if name else ""
+        for attr, t in [*m._parameters.items(), *m._buffers.items()]:
+            key = prefix + attr
+            if t is None or key not in state or tuple(state[key].shape) == tuple(t.shape):
+                continue
+            new = torch.zeros(state[key].shape, dtype=t.dtype, device=t.device)
+            if attr in m._parameters:
+                m._parameters[attr] = nn.Parameter(new, requires_grad=t.requires_grad)
+            else:
+                m._buffers[attr] = new
 
 
 # ---------------------------------------------------------------------------- latency
@@ -997,11 +1012,14 @@ def plot_layers(doc: dict[str, Any], out: str | Path) -> list[str]:
 def environment(seed: int | None = None) -> dict[str, Any]:
     """Versions (compactnn, torch, onnx, onnxruntime), machine and seed for report.json."""
     import platform
+    from importlib.metadata import PackageNotFoundError, version
 
-    import compactnn
-
+    try:
+        own = version("compactnn")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree
+        own = "unknown"
     env: dict[str, Any] = {
-        "compactnn": compactnn.__version__,
+        "compactnn": own,
         "torch": torch.__version__,
         "python": platform.python_version(),
         "machine": f"{platform.machine()} {platform.system()} ({platform.processor() or '?'})",
