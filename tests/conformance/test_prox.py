@@ -388,6 +388,27 @@ def test_lrtc_step() -> None:
         lrtc_step(v, 0.5, weights=(0.0, 0.0, 0.0))
 
 
+def test_lrtc_step_batch_equals_a_loop_over_the_items() -> None:
+    """batch_dims: every tensor of the batch gets its own Algorithm 1 step (PGT's neurons)."""
+    gen = torch.Generator().manual_seed(5)
+    v = torch.randn(4, 3, 5, 2, 2, generator=gen, dtype=DT)  # (batch 4 x 3) of (5, 2, 2)
+    for tau, n_iter in ((0.3, 1), (0.8, 4), (50.0, 2)):
+        got = lrtc_step(v, tau, n_iter=n_iter, batch_dims=2)
+        for i in range(4):
+            for j in range(3):
+                ref = lrtc_step(v[i, j], tau, n_iter=n_iter)
+                assert torch.allclose(got[i, j], ref, atol=1e-12)
+    assert not lrtc_step(v, 50.0, batch_dims=2).any()  # all unfoldings under the threshold
+    w = torch.stack([v[0, 0], v[0, 0] * 1e3])  # tol: stops when every item has converged
+    assert torch.allclose(
+        lrtc_step(w, 0.5, n_iter=200, tol=1e-12, batch_dims=1)[0],
+        lrtc_step(v[0, 0], 0.5, n_iter=200, tol=1e-12),
+        atol=1e-9,
+    )
+    with pytest.raises(ConfigError, match="'batch_dims'"):
+        lrtc_step(v, 0.5, batch_dims=5)
+
+
 # --------------------------------------------------------------------------- errors
 def test_bad_arguments_raise_config_error() -> None:
     v = torch.randn(SHAPE, dtype=DT)
