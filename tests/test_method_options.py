@@ -65,6 +65,8 @@ LAYERWISE = {
     "seed": _SEED,
 }
 
+ADMM_OPTS = __import__("compactnn.solvers.layerwise", fromlist=["ADMMOptions"]).ADMMOptions()
+
 BAD: dict[str, tuple[str, dict[str, list]]] = {
     "ssr": (
         "SSR",
@@ -121,6 +123,25 @@ BAD: dict[str, tuple[str, dict[str, list]]] = {
         },
     ),
     "net-trim": ("Net-Trim", {**LAYERWISE, "zero_tol": [-0.1, 2.0, "x"]}),
+    "slr": (
+        "SLR",
+        {
+            **{k: v for k, v in LAYERWISE.items() if k != "eps_frac"},
+            "options": [{"max_iter": 3}, "x", ADMM_OPTS],
+            "lam1": [-1.0, [0.1, -0.2], {"a": "x"}, "x", None, NAN, -math.inf],
+            "lam2": [-1.0, [0.1, NAN], "x"],
+            "lam2_ratio": [-1.0, "x", NAN, None],
+            "t": [0.0, -1.0, "x"],
+            "scale": ["relative", None],
+            "response": ["tanh", None],
+            "skip_first": _BOOL,
+            "fc_sparse_only": _BOOL,
+            "form": ["csr", None],
+            "finetune_epochs": _NONNEG_INT,
+            "finetune_lr": _POS_FLOAT,
+            "finetune_steps_per_epoch": _OPT_POS_INT,
+        },
+    ),
     "pgt": (
         "PGT",
         {

@@ -194,26 +194,46 @@ class LowRank(_TensorEq):
 
 @dataclass(frozen=True, eq=False)
 class SparseLowRank(_TensorEq):
-    """Replace ``layer`` by ``sparse`` (same shape as its weight, stored COO) + low rank.
+    """Replace ``layer`` by ``sparse`` (same shape as its weight) + low rank.
 
     The low-rank branch is ``second @ first`` as in :class:`LowRank` and carries ``bias``.
+    ``form`` is how the sparse branch is stored and run: ``"coo"`` (COO non-zeros,
+    :class:`~compactnn.layers.SparseConv2d`) or, for a column-sparse ``sparse`` (Ma et al.'s
+    structured ``A``), ``"gather"`` / ``"channels"`` / ``"dense"``
+    (:class:`~compactnn.layers.ColumnSparseConv2d` / ``ColumnSparseLinear``: kept columns only).
+    ``first = second = None`` (rank 0): the sparse branch alone, carrying ``bias``.
     """
 
     layer: str
     sparse: Tensor
-    first: Tensor
-    second: Tensor
+    first: Tensor | None
+    second: Tensor | None
     bias: Tensor | None
+    form: str = "coo"
+
+    FORMS: ClassVar[tuple[str, ...]] = ("coo", "gather", "channels", "dense")
 
     def __post_init__(self) -> None:
         _check_layer(self.layer, "SparseLowRank")
+        if (self.first is None) != (self.second is None):
+            raise PlanError(
+                f"SparseLowRank(layer={self.layer!r}): pass both 'first' and 'second' (the "
+                "low-rank factors) or neither (rank 0: the sparse branch alone)."
+            )
         for name in ("sparse", "first", "second"):
             object.__setattr__(
-                self, name, _check_t(self.layer, getattr(self, name), name, "SparseLowRank")
+                self,
+                name,
+                _check_t(self.layer, getattr(self, name), name, "SparseLowRank", name != "sparse"),
             )
         object.__setattr__(
             self, "bias", _check_t(self.layer, self.bias, "bias", "SparseLowRank", True)
         )
+        if self.form not in self.FORMS:
+            raise PlanError(
+                f"SparseLowRank(layer={self.layer!r}): 'form' must be one of {self.FORMS}. "
+                f"Got {self.form!r}."
+            )
 
 
 @dataclass(frozen=True, eq=False)

@@ -40,6 +40,7 @@ FAST: dict[str, dict[str, Any]] = {
     "ddlr": dict(calib_batches=2, max_rows=512),
     "net-trim": dict(calib_batches=2, max_rows=512),
     "pgt": dict(epochs=1, steps_per_epoch=3, finetune_epochs=1, finetune_steps_per_epoch=3),
+    "slr": dict(calib_batches=2, max_rows=512, finetune_epochs=1, finetune_steps_per_epoch=3),
 }
 # options at which the method removes nothing: the function must stay (almost) the same
 ZERO: dict[str, tuple[dict[str, Any], float]] = {
@@ -50,8 +51,10 @@ ZERO: dict[str, tuple[dict[str, Any], float]] = {
     "apoz": (dict(ratio=1.0, finetune_epochs=0, calib_batches=2), 1e-6),
     "magnitude": (dict(ratio=1.0, finetune_epochs=0), 1e-6),
     "ddlr": (dict(eps_frac=1e-4, rank=10**6, dense_fallback=True, calib_batches=2), 5e-2),
-    "net-trim": (dict(eps_frac=1e-4, calib_batches=2), 5e-2),
+    # N > d rows (8 x 32 > 192): with N < d the min-l1 interpolant is sparse even at eps -> 0
+    "net-trim": (dict(eps_frac=1e-4, calib_batches=8), 5e-2),
     "pgt": (dict(lam=0.0, lr=1e-9, epochs=1, steps_per_epoch=1, finetune_epochs=0), 1e-4),
+    "slr": (dict(lam1=0.0, lam2=0.0, calib_batches=2), 5e-2),
 }
 
 

@@ -95,6 +95,9 @@ def _deployed_support(U: Tensor) -> Tensor:
 KNOWN = {
     "nuclear": (_nuclear_known, _deployed_rank),
     "l1": (_l1_known, _deployed_support),
+    # SLR (penalised): orthonormal X, B only (lam1 = inf) => U* = SVT(U0, lam2 N / 2); SLR
+    # deploys every non-zero singular value
+    "f1+l21+nuclear": (_nuclear_known, _num_rank),
 }
 
 CASES = [(name, b) for name, caps in list_layer_solvers().items() for b in caps.backends]
@@ -137,7 +140,8 @@ def test_declarations_are_consistent_and_picklable(name: str) -> None:
     assert set(cls.capabilities.constraints) <= set(CONSTRAINTS)
     solver = get_layer_solver(name)
     assert pickle.loads(pickle.dumps(solver)) == solver
-    assert solver.with_params(eps_frac=0.3).eps_frac == 0.3  # type: ignore[attr-defined]
+    first = cls.params()[0]  # eps_frac for the eps-constrained solvers, lam1 for SLR
+    assert getattr(solver.with_params(**{first: 0.3}), first) == 0.3
     with pytest.raises(ConfigError, match="no parameter"):
         solver.with_params(lam=1.0)
 
@@ -151,6 +155,18 @@ def _solve_known(name: str, backend: str) -> tuple[LayerSolveResult, Tensor, Ten
     solver = get_layer_solver(name)
     make, _ = KNOWN[solver.capabilities.objective]
     U0, U_star, eps = make()
+    if "eps_frac" not in solver.params():  # penalised (SLR): the known answer is SVT(U0, TAU)
+        from compactnn.solvers.layerwise import SLRAdmmOptions, SLRCvxpyOptions
+
+        X = _orthonormal(20, U0.shape[0], 0)
+        slr = solver.with_params(lam1=math.inf, lam2=2 * TAU / 20, t=0.1, scale="absolute")
+        opts = (
+            SLRCvxpyOptions()
+            if backend == "cvxpy"
+            else SLRAdmmOptions(dtype="float64", tol=1e-10, max_iter=5000)
+        )
+        prob = LayerProblem(X, X @ U0, None, linear=True)
+        return slr.solve(prob, backend=backend, options=opts, layer="fc"), U0, U_star
     X = _orthonormal(20, U0.shape[0], 0)
     frac = eps / float(torch.linalg.vector_norm(X))
     options = CvxpyOptions(eps=1e-9) if backend == "cvxpy" else None

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
         NetTrimConfig,
     )
     from compactnn.methods.pgt import PGT, PGTConfig
+    from compactnn.methods.slr import SLR, SLRConfig
     from compactnn.methods.ssr import SSR, SSRConfig
 
 # public class -> defining module (imported on first attribute access)
@@ -60,6 +61,8 @@ _LAZY: dict[str, str] = {
     "LayerwiseConfig": "compactnn.methods.layerwise",
     "PGT": "compactnn.methods.pgt",
     "PGTConfig": "compactnn.methods.pgt",
+    "SLR": "compactnn.methods.slr",
+    "SLRConfig": "compactnn.methods.slr",
 }
 
 __all__ = [
@@ -90,6 +93,8 @@ __all__ = [
     "LayerwiseConfig",
     "PGT",
     "PGTConfig",
+    "SLR",
+    "SLRConfig",
 ]
 
 
@@ -118,6 +123,7 @@ _REGISTRY: dict[str, str] = {
     "ddlr": "compactnn.methods.layerwise:DDLR",
     "net-trim": "compactnn.methods.layerwise:NetTrim",
     "pgt": "compactnn.methods.pgt:PGT",
+    "slr": "compactnn.methods.slr:SLR",
 }
 
 

@@ -55,19 +55,41 @@ from compactnn.methods.base import CompressionData, CompressionResult, Method, M
 __all__ = ["LayerwiseConfig", "DDLRConfig", "NetTrimConfig", "DDLR", "NetTrim", "default_layers"]
 
 _PARALLEL = ("serial", "joblib", "dask")
-_BACKENDS = ("admm", "cvxpy")
+
+
+def _option_types() -> tuple[type, ...]:
+    """Options types of every backend of every registered layer solver."""
+    from compactnn.solvers.layerwise import LAYER_SOLVERS
+
+    out: dict[type, None] = {}
+    for cls in LAYER_SOLVERS.values():
+        for row in cls.backend_table.values():
+            if row.options_type is not None:
+                out[row.options_type] = None
+    return tuple(out)
 
 
 def _check_options(value: Any, name: str, owner: str) -> Any:
-    """``None`` or a solver options object (matched with ``backend`` in ``__post_init__``)."""
+    """``None`` or a layer-solver options object (matched with ``backend`` in
+    ``__post_init__`` against the solver's declared backend table)."""
     if value is None:
         return None
-    from compactnn.solvers.layerwise import ADMMOptions, CvxpyOptions
-
-    if not isinstance(value, (ADMMOptions, CvxpyOptions)):
+    types = _option_types()
+    if not isinstance(value, types):
         raise ConfigError(
-            f"The '{name}' parameter of {owner} must be an ADMMOptions or a CvxpyOptions "
-            f"(matching 'backend'), or None. Got {value!r} instead."
+            f"The '{name}' parameter of {owner} must be one of "
+            f"{', '.join(t.__name__ for t in types)} (matching 'backend'), or None. "
+            f"Got {value!r} instead."
+        )
+    return value
+
+
+def _check_backend(value: Any, name: str, owner: str) -> str:
+    """A backend name (checked against the solver's declared backends in ``__post_init__``)."""
+    if not isinstance(value, str) or not value:
+        raise ConfigError(
+            f"The '{name}' parameter of {owner} must be a backend name (str). Got {value!r} "
+            "instead."
         )
     return value
 
@@ -144,7 +166,7 @@ class LayerwiseConfig(MethodConfig):
         {
             "layers": rule(check_names, optional=True),
             "eps_frac": rule(check_per_layer, min_value=0.0, min_inclusive=False),
-            "backend": rule(check_choice, choices=_BACKENDS),
+            "backend": rule(_check_backend),
             "options": rule(_check_options),
             "n_jobs": rule(check_int, min_value=1),
             "parallel": rule(check_choice, choices=_PARALLEL),
@@ -156,18 +178,29 @@ class LayerwiseConfig(MethodConfig):
         }
     )
 
+    #: registry name of the layer solver whose declared backends/options are accepted
+    solver_name: ClassVar[str] = "ddlr"
+
     def __post_init__(self) -> None:
         validate_options(self, self.owner, self.rules)
-        if self.options is not None:
-            from compactnn.solvers.layerwise import ADMMOptions, CvxpyOptions
+        from compactnn.solvers.layerwise import LAYER_SOLVERS
 
-            want = ADMMOptions if self.backend == "admm" else CvxpyOptions
-            if not isinstance(self.options, want):
-                raise ConfigError(
-                    f"The 'options' parameter of {self.owner} must be a {want.__name__} for "
-                    f"backend='{self.backend}' (or None). Got {type(self.options).__name__} "
-                    "instead."
-                )
+        solver = LAYER_SOLVERS[self.solver_name]
+        backends = solver.capabilities.backends
+        if self.backend not in backends:
+            raise ConfigError(
+                f"The 'backend' parameter of {self.owner} must be one of "
+                f"{', '.join(repr(b) for b in backends)} (the backends the "
+                f"'{self.solver_name}' layer solver declares). Got {self.backend!r} instead."
+            )
+        want = solver.backend_table[self.backend].options_type
+        if self.options is not None and (want is None or not isinstance(self.options, want)):
+            need = "None" if want is None else f"a {want.__name__}"
+            raise ConfigError(
+                f"The 'options' parameter of {self.owner} must be {need} for "
+                f"backend='{self.backend}' (or None). Got {type(self.options).__name__} "
+                "instead."
+            )
 
 
 @dataclass(frozen=True)
@@ -183,6 +216,8 @@ class DDLRConfig(LayerwiseConfig):
         dense_fallback: when :math:`r(d+n) \ge dn` the factorization would be larger than the
             dense layer; store the rank-:math:`r` weight densely instead (``False``: always
             factorize).
+        conv: with ``layers=None``, compress the Conv2d layers too (default ``False``: the
+            dense layers only, as the paper does, sec. 4).
 
     With neither ``rank`` nor ``energy`` the paper's elbow rule is used (sec. 4.1).
     """
@@ -190,6 +225,7 @@ class DDLRConfig(LayerwiseConfig):
     rank: Any = None
     energy: float | None = None
     dense_fallback: bool = True
+    conv: bool = False
 
     owner: ClassVar[str] = "DDLR"
     rules: ClassVar[Mapping[str, Rule]] = MappingProxyType(
@@ -202,6 +238,7 @@ class DDLRConfig(LayerwiseConfig):
                 check_float, optional=True, min_value=0.0, max_value=1.0, min_inclusive=False
             ),
             "dense_fallback": rule(check_bool),
+            "conv": rule(check_bool),
         }
     )
 
@@ -217,16 +254,25 @@ class NetTrimConfig(LayerwiseConfig):
 
     Attributes:
         zero_tol: entries with ``|U_ij| <= zero_tol * max|U|`` are set to 0 after solving
-            (``None``: 1e-6 for cvxpy, 0 for admm, whose soft thresholding gives exact zeros).
+            (``None``: 3e-4 for every backend, so the deployed size does not depend on it).
+        refit_bias: re-fit the bias with the weights (Aghasi et al.: augmented ones column;
+            default ``True``); ``False`` holds the layer's bias fixed.
+        conv: with ``layers=None``, compress the Conv2d layers too (default ``False``: the
+            dense layers only, like DDLR in the paper it is the baseline of).
     """
 
     zero_tol: float | None = None
+    refit_bias: bool = True
+    conv: bool = False
 
     owner: ClassVar[str] = "Net-Trim"
+    solver_name: ClassVar[str] = "net-trim"
     rules: ClassVar[Mapping[str, Rule]] = MappingProxyType(
         {
             **LayerwiseConfig.rules,
             "zero_tol": rule(check_float, optional=True, min_value=0.0, max_value=1.0),
+            "refit_bias": rule(check_bool),
+            "conv": rule(check_bool),
         }
     )
 
@@ -267,8 +313,16 @@ class _Layerwise(Method):
 
         cfg: LayerwiseConfig = self.config  # type: ignore[assignment]
         layers = list(cfg.layers) if cfg.layers is not None else default_layers(model, example)
-        self._check_layers(model, layers)
         mods = dict(model.named_modules())
+        if cfg.layers is None and not getattr(cfg, "conv", True):
+            layers = [n for n in layers if not isinstance(mods[n], nn.Conv2d)]
+            if not layers:
+                raise UnsupportedLayerError(
+                    f"{type(model).__name__} has no dense (Linear) layer followed by a ReLU "
+                    f"besides the classifier; {self.name} compresses dense layers by default (as "
+                    "the paper). Pass conv=True to compress its Conv2d layers, or layers=[...]."
+                )
+        self._check_layers(model, layers)
         order = {n: i for i, n in enumerate(mods)}
         layers.sort(key=order.__getitem__)
         linear: dict[str, bool] = {}
@@ -478,17 +532,19 @@ class _Layerwise(Method):
         )
 
 
-def _deployed_violation(prob: Any, Ut: Tensor, eps: float) -> float:
+def _deployed_violation(prob: Any, Ut: Tensor, eps: float, bias: Tensor | None = None) -> float:
     """Relative violation of eq. (4) by the *deployed* weight ``Ut`` (d x n), e.g. after the
-    rank truncation (the solver's ``violation`` is measured before it)."""
+    rank truncation (the solver's ``violation`` is measured before it), with the deployed
+    ``bias`` (``None``: the problem's)."""
     from compactnn.solvers.layerwise import constraint_violation
 
     X = prob.X.detach().to("cpu", torch.float64)
     Y = prob.Y.detach().to("cpu", torch.float64)
+    bias = prob.bias if bias is None else bias
     b = (
         torch.zeros(Y.shape[1], dtype=torch.float64)
-        if prob.bias is None
-        else prob.bias.detach().to("cpu", torch.float64).reshape(-1)
+        if bias is None
+        else bias.detach().to("cpu", torch.float64).reshape(-1)
     )
     return float(constraint_violation(X @ Ut.to(torch.float64), Y, b, eps, prob.linear)[0])
 
@@ -632,8 +688,11 @@ class NetTrim(_Layerwise):
         nnz = int((w != 0).sum())
         st = _stats(res)
         st.update(nnz=nnz, form="sparse", original_weights=d * n, stored_weights=3 * nnz)
-        st["deployed_violation"] = _deployed_violation(
-            prob, w.reshape(n, d).T.to(torch.float64), st["eps"]
-        )
         bias = None if module.bias is None else module.bias.detach().clone()
+        if bias is not None and "bias" in res.extras:  # re-fit with the weights (Aghasi et al.)
+            bias = res.extras["bias"].to(bias.dtype).reshape(bias.shape).clone()
+            st["bias_refit"] = True
+        st["deployed_violation"] = _deployed_violation(
+            prob, w.reshape(n, d).T.to(torch.float64), st["eps"], bias
+        )
         return SetWeights(layer=name, weight=w, bias=bias, sparse=True), st

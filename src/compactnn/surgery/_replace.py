@@ -5,8 +5,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from compactnn.errors import PlanError
+from compactnn.errors import ConfigError, PlanError
 from compactnn.layers import (
+    ColumnSparseConv2d,
+    ColumnSparseLinear,
     LowRankConv2d,
     LowRankLinear,
     SparseConv2d,
@@ -145,8 +147,24 @@ def apply_sparse_lowrank(model: nn.Module, a: SparseLowRank) -> None:
             f"{action}(layer={a.layer!r}): 'sparse' must have the layer's weight shape "
             f"{_shape(w)} (or its lowered 2-D form). Got {_shape(a.sparse)}."
         )
-    lowrank = _lowrank_module(mod, a.first, a.second, a.bias, action, a.layer)
-    branch = _sparse_module(mod, sparse.to(dtype=w.dtype), None).to(device=w.device)
+    alone = a.first is None or a.second is None  # rank 0: the sparse branch carries the bias
+    bias = a.bias.to(dtype=w.dtype) if alone and a.bias is not None else None
+    sparse = sparse.to(dtype=w.dtype)
+    if a.form == "coo":
+        branch = _sparse_module(mod, sparse, bias)
+    elif isinstance(mod, nn.Linear):
+        form = "gather" if a.form == "channels" else a.form  # a Linear's columns are its inputs
+        branch = ColumnSparseLinear.from_dense(sparse, bias, form=form)
+    else:
+        try:
+            branch = ColumnSparseConv2d.from_dense(mod, sparse, bias, form=a.form)  # type: ignore[arg-type]
+        except ConfigError as exc:
+            raise PlanError(f"{action}(layer={a.layer!r}): {exc}") from exc
+    branch = branch.to(device=w.device)
+    if alone:
+        set_module(model, a.layer, branch)
+        return
+    lowrank = _lowrank_module(mod, a.first, a.second, a.bias, action, a.layer)  # type: ignore[arg-type]
     set_module(model, a.layer, SparsePlusLowRank(branch, lowrank))
 
 

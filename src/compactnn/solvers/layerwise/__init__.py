@@ -27,6 +27,7 @@ from compactnn.solvers.layerwise.ddlr import (
 )
 from compactnn.solvers.layerwise.net_trim import NetTrimSolver, solve_net_trim
 from compactnn.solvers.layerwise.parallel import solve_layers
+from compactnn.solvers.layerwise.slr import SLRAdmmOptions, SLRCvxpyOptions, SLRSolver
 from compactnn.solvers.layerwise.problem import (
     STATUSES,
     LayerProblem,
@@ -57,6 +58,9 @@ __all__ = [
     "LayerSolveResult",
     "LayerSolver",
     "NetTrimSolver",
+    "SLRAdmmOptions",
+    "SLRCvxpyOptions",
+    "SLRSolver",
     "choose_rank",
     "constraint_violation",
     "eps_path",

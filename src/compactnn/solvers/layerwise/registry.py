@@ -13,12 +13,14 @@ from compactnn.errors import ConfigError
 from compactnn.solvers.layerwise.base import Capabilities, LayerSolver
 from compactnn.solvers.layerwise.ddlr import DDLRSolver
 from compactnn.solvers.layerwise.net_trim import NetTrimSolver
+from compactnn.solvers.layerwise.slr import SLRSolver
 
 __all__ = ["LAYER_SOLVERS", "get_layer_solver", "list_layer_solvers"]
 
 LAYER_SOLVERS: dict[str, type[LayerSolver]] = {
     DDLRSolver.name: DDLRSolver,
     NetTrimSolver.name: NetTrimSolver,
+    SLRSolver.name: SLRSolver,
 }
 
 

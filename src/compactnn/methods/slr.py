@@ -1,0 +1,432 @@
+r"""SLR (Ma et al. 2019): every target layer becomes a column-sparse ``A`` plus a low-rank ``B``.
+
+Per layer (shallow to deep), the :class:`~compactnn.solvers.layerwise.slr.SLRSolver` solves
+
+.. math::
+
+    \min_{A,B}\ \tfrac1N\|Y - r(X(A+B)^T + \mathbf 1 b^T)\|_F^2 + \lambda_1\|A\|_{2,1}
+    + \lambda_2\|B\|_*
+
+(eq. 3; ``r = ReLU`` or identity with ``response="linear"``) by Algorithm 1. With
+``asymmetric=True`` (default, sec. V-B) ``X`` is captured from the network whose earlier layers
+are already approximated and ``Y`` from the original. As in the paper the first conv is not
+approximated (``skip_first``) and FC layers are sparse only (``fc_sparse_only``: ``λ2 = ∞``).
+
+Deployment (Fig. 2): the layer becomes two parallel branches summed,
+:class:`~compactnn.layers.ColumnSparseConv2d` / ``ColumnSparseLinear`` (kept columns only; its
+form -- gather + smaller GEMM, dropped input channels, or dense -- chosen per layer by measured
+latency at batch 100 on 1 thread) and :class:`~compactnn.layers.LowRankConv2d` /
+``LowRankLinear`` with ``r`` = the number of non-zero singular values of ``B̂``. ``B = 0``: the
+sparse branch alone; ``A = 0``: the low-rank layer alone; a layer whose two branches would
+store more than the dense weight is deployed dense (``A + B``). Fine-tuning afterwards
+(``finetune_epochs``; paper: 5 epochs, small lr) keeps this structure.
+
+Budget: ``strength`` = ``lam1`` with ``lam2 = lam2_ratio * lam1`` (paper: λ2 = 2.5-3 λ1), in
+the data scale of the solver (λ as a fraction of the smallest λ1 that zeroes every column).
+
+References:
+    Ma et al. (2019), eqs. (2)-(15), Algorithm 1, Fig. 2, sec. V (first conv kept, FC sparse
+    only, asymmetric reconstruction, 5 epochs of fine-tuning).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from compactnn._validation import (
+    Rule,
+    check_bool,
+    check_choice,
+    check_float,
+    check_int,
+    check_per_layer,
+    rule,
+)
+from compactnn.errors import ConfigError
+from compactnn.methods.base import CompressionData, CompressionResult, Method, MethodConfig
+from compactnn.methods.layerwise import LayerwiseConfig, _Layerwise, default_layers
+
+__all__ = ["SLR", "SLRConfig", "SLR_FORMS"]
+
+SLR_FORMS: tuple[str, ...] = ("auto", "gather", "channels", "dense", "coo")
+
+
+def _check_lam(value: Any, name: str, owner: str, **kw: Any) -> Any:
+    """A per-layer λ >= 0 where ``inf`` is allowed (forces that component to zero)."""
+
+    def is_inf(v: Any) -> bool:
+        return isinstance(v, float) and math.isinf(v) and v > 0
+
+    if is_inf(value):
+        return math.inf
+    if isinstance(value, Mapping):
+        out = check_per_layer({k: 0.0 if is_inf(v) else v for k, v in value.items()}, name,
+                              owner, min_value=0.0, **kw)  # fmt: skip
+        return {k: math.inf if is_inf(value[k]) else v for k, v in out.items()}
+    if isinstance(value, (list, tuple)):
+        out = check_per_layer([0.0 if is_inf(v) else v for v in value], name, owner,
+                              min_value=0.0, **kw)  # fmt: skip
+        return tuple(math.inf if is_inf(a) else b for a, b in zip(value, out))
+    return check_per_layer(value, name, owner, min_value=0.0, **kw)
+
+
+@dataclass(frozen=True)
+class SLRConfig(MethodConfig):
+    r"""SLR hyper-parameters (paper symbols in brackets).
+
+    Attributes:
+        layers: dotted names of the layers to approximate (default: every Conv2d/Linear
+            followed by a ReLU except the classifier, without the first conv if ``skip_first``).
+        lam1: λ1 of eq. (3) (column sparsity), in the solver's ``scale`` (default data scale: a
+            fraction of the λ1 that zeroes every column); float, list per layer or dict.
+        lam2: λ2 of eq. (3) (nuclear norm); ``None``: ``lam2_ratio * lam1``.
+        lam2_ratio: λ2 / λ1 when ``lam2`` is None (paper 2.5-3).
+        t: ADMM penalty (``None``: solver default: 1 x curvature, or 1e-3 in absolute scale).
+        scale: ``"data"`` or ``"absolute"`` (paper protocol) units of λ and t.
+        response: ``"relu"`` (non-linear response, eq. 3) or ``"linear"`` (Fig. 4 baseline).
+        skip_first: leave the first conv unapproximated (paper sec. V-B).
+        fc_sparse_only: FC layers get ``λ2 = ∞`` (sparse component only, paper sec. V-B).
+        form: sparse-branch form: ``"auto"`` (fastest measured), ``"gather"``, ``"channels"``,
+            ``"dense"`` or ``"coo"`` (COO non-zeros).
+        backend, options, n_jobs, parallel, max_rows, calib_batches, linear, seed: as for
+            :class:`~compactnn.methods.layerwise.LayerwiseConfig` (backend ``"admm"`` or
+            ``"cvxpy"``; options :class:`~compactnn.solvers.layerwise.SLRAdmmOptions` /
+            ``SLRCvxpyOptions``).
+        asymmetric: X from the partially approximated network (sec. V-B; default True).
+        finetune_epochs, finetune_lr, finetune_steps_per_epoch: fine-tuning after the
+            approximation with the structure fixed (paper: 5 epochs, lr 1e-5 in Caffe).
+    """
+
+    layers: tuple[str, ...] | None = None
+    lam1: Any = 0.02
+    lam2: Any = None
+    lam2_ratio: float = 2.75
+    t: float | None = None
+    scale: str = "data"
+    response: str = "relu"
+    skip_first: bool = True
+    fc_sparse_only: bool = True
+    form: str = "auto"
+    backend: str = "admm"
+    options: Any = None
+    n_jobs: int = 1
+    parallel: str = "serial"
+    max_rows: int | None = 2048
+    calib_batches: int | None = 8
+    linear: bool = False
+    asymmetric: bool = True
+    seed: int = 0
+    finetune_epochs: int = 0
+    finetune_lr: float = 1e-3
+    finetune_steps_per_epoch: int | None = None
+
+    owner: ClassVar[str] = "SLR"
+    solver_name: ClassVar[str] = "slr"
+    rules: ClassVar[Mapping[str, Rule]] = MappingProxyType(
+        {
+            **{k: v for k, v in LayerwiseConfig.rules.items() if k != "eps_frac"},
+            "lam1": rule(_check_lam),
+            "lam2": rule(_check_lam, optional=True),
+            "lam2_ratio": rule(check_float, min_value=0.0),
+            "t": rule(check_float, optional=True, min_value=0.0, min_inclusive=False),
+            "scale": rule(check_choice, choices=("data", "absolute")),
+            "response": rule(check_choice, choices=("relu", "linear")),
+            "skip_first": rule(check_bool),
+            "fc_sparse_only": rule(check_bool),
+            "form": rule(check_choice, choices=SLR_FORMS),
+            "finetune_epochs": rule(check_int, min_value=0),
+            "finetune_lr": rule(check_float, min_value=0.0, min_inclusive=False),
+            "finetune_steps_per_epoch": rule(check_int, optional=True, min_value=1),
+        }
+    )
+
+    def __post_init__(self) -> None:
+        LayerwiseConfig.__post_init__(self)  # type: ignore[arg-type]  # rules + backend table
+
+
+def _lowrank_factors(B: Tensor) -> tuple[Tensor, Tensor, int]:
+    """``B = second @ first`` with ``r`` = number of non-zero singular values."""
+    from compactnn.solvers.layerwise.slr import deployed_rank
+
+    r = deployed_rank(B)
+    if r == 0:
+        return B.new_zeros(0, B.shape[1]), B.new_zeros(B.shape[0], 0), 0
+    U, S, Vh = torch.linalg.svd(B, full_matrices=False)
+    root = S[:r].sqrt()
+    return root[:, None] * Vh[:r], U[:, :r] * root, r
+
+
+class SLR(_Layerwise):
+    r"""Unified sparse + low-rank approximation (Ma et al. 2019), see the module docstring.
+
+    References:
+        Ma et al. (2019), eqs. (3)-(15), Algorithm 1, Fig. 2, sec. V.
+    """
+
+    name = "slr"
+    Config = SLRConfig
+    solver_name = "slr"
+    description = "SLR: column-sparse + low-rank layer approximation by 3-block ADMM (Ma 2019)"
+
+    # ------------------------------------------------------------------ targets
+    def _targets(
+        self, model: nn.Module, example: Tensor | None = None
+    ) -> tuple[list[str], dict[str, bool]]:
+        cfg: SLRConfig = self.config  # type: ignore[assignment]
+        if cfg.layers is None and cfg.skip_first:
+            layers = default_layers(model, example)
+            mods = dict(model.named_modules())
+            convs = [n for n in layers if isinstance(mods[n], nn.Conv2d)]
+            if convs and len(layers) > 1:
+                layers = [n for n in layers if n != convs[0]]
+            trial = copy.copy(self)
+            trial.config = _replace_layers(cfg, tuple(layers))
+            return _Layerwise._targets(trial, model, example)
+        return super()._targets(model, example)
+
+    def _eps(self, layers: list[str]) -> dict[str, Any]:
+        """Per-layer ``{"lam1", "lam2"}`` (the shared flow calls this for its per-layer values)."""
+        from compactnn.methods._common import per_layer_values
+
+        cfg: SLRConfig = self.config  # type: ignore[assignment]
+        order = list(cfg.layers) if cfg.layers is not None else layers
+        lam1 = per_layer_values(cfg.lam1, order, "lam1", self.name)
+        lam2 = None if cfg.lam2 is None else per_layer_values(cfg.lam2, order, "lam2", self.name)
+        fc = self._fc
+        out: dict[str, Any] = {}
+        for n in layers:
+            l1 = float(lam1[n])
+            l2 = float(lam2[n]) if lam2 is not None else cfg.lam2_ratio * l1
+            if cfg.fc_sparse_only and fc.get(n, False):
+                l2 = math.inf
+            out[n] = {"lam1": l1, "lam2": l2}
+        return out
+
+    def _solver(self, eps: dict[str, Any]) -> Any:
+        import functools
+
+        from compactnn.methods.layerwise import _solve_one
+        from compactnn.solvers.layerwise import get_layer_solver
+
+        cfg: SLRConfig = self.config  # type: ignore[assignment]
+        relu = False if cfg.response == "linear" else None
+        solver = get_layer_solver("slr", t=cfg.t, scale=cfg.scale, relu=relu)
+        return functools.partial(
+            _solve_one, solver=solver, per_layer=eps, backend=cfg.backend, options=cfg.options
+        )
+
+    # ------------------------------------------------------------------ deployment
+    def _action(
+        self, name: str, module: nn.Module, res: Any, prob: Any
+    ) -> tuple[Any, dict[str, Any]]:
+        from compactnn.plan import LowRank, SetWeights, SparseLowRank
+
+        cfg: SLRConfig = self.config  # type: ignore[assignment]
+        A = res.extras["A"]
+        B = res.extras["B"]
+        n, d = A.shape
+        dtype = module.weight.dtype
+        shape = module.weight.shape
+        bias = None if module.bias is None else module.bias.detach().clone()
+        kept = int(res.extras["kept_columns"].numel())
+        first, second, r = _lowrank_factors(B)
+        sparse_params = n * kept
+        low_params = r * (n + d)
+        st: dict[str, Any] = {
+            "status": res.status,
+            "objective": float(res.objective),
+            "f1": float(res.extras["f1"]),
+            "iterations": int(res.iterations),
+            "seconds": float(res.seconds),
+            "backend": res.backend,
+            "lam1": float(res.extras["lam1"]),
+            "lam2": float(res.extras["lam2"]),
+            "kept_columns": kept,
+            "columns": d,
+            "rank": r,
+            "original_weights": n * d,
+            "primal_residual": float(res.extras.get("primal_residual", float("nan"))),
+            "dual_residual": float(res.extras.get("dual_residual", float("nan"))),
+            # eq. (15): values stored over kept columns for structured A, r(n + d) for B
+            "cr_A": sparse_params / (n * d),
+            "cr_B": low_params / (n * d),
+            "cr_AB": (sparse_params + low_params) / (n * d),
+            "nnz_A": int((A != 0).sum()),
+            "coo_A": 3 * int((A != 0).sum()),
+        }
+        W = (A + B).to(dtype)
+        st["input_shape"] = self._in_shapes.get(name)
+        if sparse_params + low_params >= n * d:
+            st.update(form="dense", stored_weights=n * d)
+            return SetWeights(layer=name, weight=W.reshape(shape), bias=bias), st
+        if kept == 0 and r > 0:
+            st.update(form="lowrank", stored_weights=low_params)
+            return LowRank(layer=name, first=first.to(dtype), second=second.to(dtype),
+                           bias=bias), st  # fmt: skip
+        form = cfg.form
+        if form == "auto":
+            form, timings = self._fastest_form(name, module, A.to(dtype), bias if r == 0 else None)
+            st["form_ms"] = timings
+        st.update(form=f"sparse+lowrank/{form}" if r else f"sparse/{form}")
+        st["stored_weights"] = (3 * st["nnz_A"] if form == "coo" else sparse_params) + low_params
+        act = SparseLowRank(
+            layer=name,
+            sparse=A.to(dtype).reshape(shape),
+            first=first.to(dtype) if r else None,
+            second=second.to(dtype) if r else None,
+            bias=bias,
+            form=form,
+        )
+        return act, st
+
+    def _fastest_form(
+        self, name: str, module: nn.Module, A: Tensor, bias: Tensor | None
+    ) -> tuple[str, dict[str, float]]:
+        """Time the sparse branch in each form at batch 100, 1 thread (the median of repeats)."""
+        from compactnn.layers import ColumnSparseConv2d, ColumnSparseLinear
+        from compactnn.metrics import measure_latency
+
+        shape = self._in_shapes.get(name)
+        if isinstance(module, nn.Linear):
+            forms = ("gather", "dense")
+        else:
+            forms = ("gather", "channels", "dense")
+        if shape is None:
+            return forms[0], {}
+        out: dict[str, float] = {}
+        for f in forms:
+            if isinstance(module, nn.Linear):
+                m = ColumnSparseLinear.from_dense(A, bias, form=f)
+            else:
+                m = ColumnSparseConv2d.from_dense(module, A.reshape(module.weight.shape), bias,
+                                                  form=f)  # fmt: skip
+            lat = measure_latency(m, shape, batch_size=100, threads=1, warmup=2, repeats=7)
+            out[f] = float(lat.median_ms)
+        return min(out, key=out.__getitem__), out
+
+    # ------------------------------------------------------------------ run
+    def run(
+        self, model: nn.Module, data: CompressionData, *, progress: bool = True
+    ) -> CompressionResult:
+        from compactnn.methods._common import finetune_model
+
+        cfg: SLRConfig = self.config  # type: ignore[assignment]
+        t0 = time.perf_counter()
+        batches = list(data.calib_batches(1))
+        if not batches:
+            raise ConfigError("slr got no calibration batch: the loader is empty.")
+        mods = dict(model.named_modules())
+        self._fc = {n: isinstance(m, nn.Linear) for n, m in mods.items()}
+        self._in_shapes = _input_shapes(model, batches[0][:2])
+        res = super().run(model, data, progress=progress)
+        res.history["lam"] = res.history.pop("eps_frac")
+        res.history["solve_seconds"] = time.perf_counter() - t0
+        if cfg.finetune_epochs > 0:
+            loader = data.require_train(self.name)
+            finetune_model(
+                res.model,
+                loader,
+                epochs=cfg.finetune_epochs,
+                lr=cfg.finetune_lr,
+                momentum=0.9,
+                weight_decay=0.0,
+                seed=cfg.seed,
+                steps_per_epoch=cfg.finetune_steps_per_epoch,
+                progress=progress,
+                desc="slr fine-tune",
+            )
+            res.plan = _refresh_plan(res.plan, res.model)
+            res.history["retrained"] = True
+        return res
+
+    # ------------------------------------------------------------------ budget
+    def strength(self) -> Any:
+        """λ1 in the data scale (λ2 follows as ``lam2_ratio * λ1``): larger = smaller model."""
+        from compactnn.budget import Strength
+
+        return Strength("lam1", 0.01, 0.05, bound_lo=1e-5, bound_hi=1.0)
+
+    def at_strength(self, s: float, model: nn.Module, data: CompressionData) -> Method:
+        return self.with_options(lam1=float(s), lam2=None)
+
+    def proxy(self) -> Method:
+        """Same structure without fine-tuning."""
+        return self.with_options(finetune_epochs=0)
+
+
+def _replace_layers(cfg: SLRConfig, layers: tuple[str, ...]) -> SLRConfig:
+    import dataclasses
+
+    return dataclasses.replace(cfg, layers=layers)
+
+
+def _input_shapes(model: nn.Module, x: Tensor) -> dict[str, tuple[int, ...]]:
+    """Per-sample input shape of every Conv2d/Linear (one hooked forward pass)."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    handles = []
+    for n, m in model.named_modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+
+            def hook(mod: nn.Module, inp: Any, out: Any, n: str = n) -> None:
+                shapes[n] = tuple(int(s) for s in inp[0].shape[1:])
+
+            handles.append(m.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            was = model.training
+            model.eval()
+            model(x)
+            model.train(was)
+    finally:
+        for h in handles:
+            h.remove()
+    return shapes
+
+
+def _refresh_plan(plan: Any, model: nn.Module) -> Any:
+    """The plan with its layer actions holding the (fine-tuned) tensors of ``model``."""
+    from compactnn.layers import ColumnSparseConv2d, ColumnSparseLinear, SparsePlusLowRank
+    from compactnn.plan import CompressionPlan, LowRank, SetWeights, SparseLowRank
+
+    mods = dict(model.named_modules())
+    actions = []
+    for a in plan.actions:
+        m = mods.get(getattr(a, "layer", ""), None)
+        if isinstance(a, SparseLowRank) and m is not None:
+            sp = m.sparse if isinstance(m, SparsePlusLowRank) else m
+            lr = m.lowrank if isinstance(m, SparsePlusLowRank) else None
+            if isinstance(sp, (ColumnSparseConv2d, ColumnSparseLinear)):
+                dense = sp.dense_matrix().detach().reshape(a.sparse.shape)
+            else:
+                dense = sp.dense_matrix().detach().reshape(a.sparse.shape)  # COO branch
+            bias_mod = lr.second if lr is not None else sp
+            b = None if bias_mod.bias is None else bias_mod.bias.detach().clone()
+            first = None if lr is None else lr.first.weight.detach().reshape(a.first.shape)
+            second = None if lr is None else lr.second.weight.detach().reshape(a.second.shape)
+            a = SparseLowRank(layer=a.layer, sparse=dense, first=first, second=second, bias=b,
+                              form=a.form)  # fmt: skip
+        elif isinstance(a, LowRank) and m is not None:
+            a = LowRank(
+                layer=a.layer,
+                first=m.first.weight.detach().reshape(a.first.shape),
+                second=m.second.weight.detach().reshape(a.second.shape),
+                bias=None if m.second.bias is None else m.second.bias.detach().clone(),
+            )
+        elif isinstance(a, SetWeights) and m is not None and isinstance(m, nn.Module):
+            a = SetWeights(
+                layer=a.layer,
+                weight=m.weight.detach().clone(),
+                bias=None if m.bias is None else m.bias.detach().clone(),
+                sparse=a.sparse,
+            )
+        actions.append(a)
+    return CompressionPlan(actions=actions, meta=dict(plan.meta)).with_state(model)
