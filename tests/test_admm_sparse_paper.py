@@ -172,3 +172,27 @@ def test_path_schedule_plans_and_warm_start(loaders, monkeypatch) -> None:
         rebuilt = surgery.apply(plan, copy.deepcopy(model))
         assert accuracy(rebuilt, val, topk=(1,))["top1"] == pytest.approx(entry["val_top1"])
     assert path[0]["val_top1"] == pytest.approx(accuracy(model, val, topk=(1,))["top1"])
+
+
+def test_input_channels_dead_for_every_filter_are_removed() -> None:
+    """Kernels W_ij zero for every filter j of input i: input channel i goes, and with it the
+    producing filter (and its BN) that feeds nothing else; the function is unchanged."""
+    from compactnn.methods.base import CompressionData
+
+    model = bn_net()
+    layers = ["0", "4"]
+    masks = {f"{n}.weight": torch.ones_like(model[int(n)].weight, dtype=torch.bool) for n in layers}
+    masks["4.weight"][:, [1, 3]] = False  # kernels from input channels 1 and 3: all zero
+    masks["4.weight"][2, 0] = False  # one more zero kernel: stays masked in the dense conv
+    am.ADMMSparse._fix_structure(model, _Masks(masks), layers, {"0": ["1"], "4": ["5"]})
+    data = CompressionData(train=None, input_shape=(1, 8, 8))
+    deployed, plan, keep = am.ADMMSparse()._deploy(model, layers, masks, data)
+    assert keep == {}
+    assert deployed[0].out_channels == 4 and deployed[1].num_features == 4
+    assert deployed[4].in_channels == 4
+    model.eval()
+    deployed.eval()
+    x = torch.randn(5, 1, 8, 8)
+    torch.testing.assert_close(deployed(x), model(x), atol=1e-6, rtol=1e-6)
+    rebuilt = surgery.apply(plan, copy.deepcopy(bn_net())).eval()
+    torch.testing.assert_close(rebuilt(x), deployed(x), atol=0, rtol=0)

@@ -457,21 +457,41 @@ class ADMMSparse(Method):
     def _deploy(
         self, model: nn.Module, layers: list[str], masks: dict[str, Any], data: CompressionData
     ) -> tuple[nn.Module, Any, dict[str, list[int]]]:
-        """This point's model: the filters whose blocks are all zero physically removed (the
-        rest stays masked), with its self-contained plan and the kept filters per layer."""
+        """This point's model, with its self-contained plan and the kept filters per layer.
+
+        1. Filters whose blocks are all zero are physically removed (``KeepOutputs``).
+        2. Input channels whose kernels W_ij are zero for *every* filter of a conv are removed
+           (``KeepInputs``; their producers' channels go too when they feed only that conv).
+        The remaining zero kernels stay masked inside the dense convs.
+        """
+        import copy
+
+        from compactnn import surgery
+        from compactnn.plan import CompressionPlan, KeepInputs
+
         keep = {
             layer: kept_filters(masks[f"{layer}.weight"])
             for layer in layers
             if not bool(nonzero_filters(masks[f"{layer}.weight"]).all())
         }
         plan = None
-        deployed = model
+        deployed = copy.deepcopy(model)
         if keep:
             deployed, plan = prune_filters(model, keep, data.input_shape)
-        else:
-            import copy
-
-            deployed = copy.deepcopy(model)
+        mods = dict(deployed.named_modules())
+        dead_in = []
+        for layer in layers:
+            m = mods[layer]
+            if not isinstance(m, nn.Conv2d) or m.groups != 1:
+                continue
+            used = m.weight.detach().ne(0).any(dim=(0, 2, 3))
+            if 0 < int(used.sum()) < used.numel():
+                dead_in.append(KeepInputs(layer=layer, keep=tuple(int(i) for i in used.nonzero())))
+        if dead_in:
+            meta = {"input_shape": list(data.input_shape)}
+            deployed = surgery.apply(CompressionPlan(actions=dead_in, meta=meta), deployed)
+            base = plan.actions if plan is not None else []
+            plan = CompressionPlan(actions=[*base, *dead_in], meta=meta)
         return deployed, replay_plan(plan, deployed, data.input_shape), keep
 
     def _result(
