@@ -170,7 +170,10 @@ def test_net_trim_coo_param_count() -> None:
 def test_conv_layer_path_ddlr_and_net_trim() -> None:
     model, data = _cnn(), _loader((2, 6, 6))
     x = next(iter(data))[0]
-    res = _run(model, "ddlr", data, eps_frac=0.2, rank=3, dense_fallback=False, max_rows=256)
+    with pytest.raises(UnsupportedLayerError, match="conv=True"):  # dense layers by default
+        _run(model, "ddlr", data, eps_frac=0.2, rank=3, max_rows=256)
+    kw = dict(eps_frac=0.2, rank=3, dense_fallback=False, max_rows=256, conv=True)
+    res = _run(model, "ddlr", data, **kw)
     conv = res.model[0]
     assert isinstance(conv, LowRankConv2d) and conv.rank == 3
     # r (c k k + n) weights + n bias
@@ -181,7 +184,7 @@ def test_conv_layer_path_ddlr_and_net_trim() -> None:
         dense.weight.copy_(conv.dense_weight())
         torch.testing.assert_close(dense(x), conv(x), rtol=1e-5, atol=1e-5)
     assert torch.equal(surgery.apply(res.plan, model)(x), res.model(x))
-    nt = _run(model, "net-trim", data, eps_frac=0.2, max_rows=256)
+    nt = _run(model, "net-trim", data, eps_frac=0.2, max_rows=256, conv=True)
     sconv = nt.model[0]
     assert isinstance(sconv, SparseConv2d)
     assert sconv.stored_param_count() == 3 * sconv.nnz + 5
@@ -275,3 +278,34 @@ def test_joblib_parallel_matches_serial() -> None:
     p = _run(model, "ddlr", data, eps_frac=0.2, parallel="joblib", n_jobs=2)
     x = next(iter(data))[0]
     assert torch.equal(s.model(x), p.model(x))
+
+
+def test_net_trim_refits_the_bias_and_deploys_it() -> None:
+    """Aghasi et al.: the bias is re-fit with the weights; the deployed layer carries it and
+    satisfies eq. (4) with it. refit_bias=False keeps the original bias."""
+    model, data = _mlp(), _loader((6,))
+    res = _run(model, "net-trim", data, layers=["0", "2"], eps_frac=0.1)
+    for n in ("0", "2"):
+        st = res.history["layers"][n]
+        assert st["bias_refit"] and st["deployed_violation"] <= 1e-3
+    assert not torch.equal(res.model[0].bias, model[0].bias)
+    x = next(iter(data))[0]
+    assert torch.equal(surgery.apply(res.plan, model)(x), res.model(x))
+    fixed = _run(model, "net-trim", data, layers=["0"], eps_frac=0.1, refit_bias=False)
+    assert torch.equal(fixed.model[0].bias, model[0].bias)
+    assert "bias_refit" not in fixed.history["layers"]["0"]
+
+
+def test_ddlr_and_net_trim_default_to_dense_layers() -> None:
+    """The paper compresses the dense layers; conv=True adds the convs."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(2, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 8), nn.ReLU(),
+        nn.Linear(8, 3),
+    )  # fmt: skip
+    data = _loader((2, 6, 6))
+    for method in ("ddlr", "net-trim"):
+        res = _run(model, method, data, eps_frac=0.3, max_rows=256)
+        assert list(res.history["layers"]) == ["3"]
+        both = _run(model, method, data, eps_frac=0.3, max_rows=256, conv=True)
+        assert list(both.history["layers"]) == ["0", "3"]
