@@ -304,23 +304,35 @@ def mod_out(mod: nn.Module) -> int:
     return int(getattr(mod, "out_features", 0) or getattr(mod, "out_channels", 0))
 
 
-def test_method_masked_equals_deployed(loaders: tuple[DataLoader, DataLoader]) -> None:
-    """The returned network computes exactly what the dense (A + B) weights compute."""
+def _dense(mod: nn.Module) -> torch.Tensor:
+    """The lowered dense weight a deployed SLR layer computes."""
+    if isinstance(mod, SparsePlusLowRank):
+        return _dense(mod.sparse) + _dense(mod.lowrank)
+    if isinstance(mod, (ColumnSparseConv2d, ColumnSparseLinear)):
+        return mod.dense_matrix()
+    if isinstance(mod, LowRankConv2d):
+        return mod.dense_weight().reshape(mod.out_channels, -1)
+    return mod.weight.reshape(mod.weight.shape[0], -1)
+
+
+@pytest.mark.parametrize("lam1", [0.03, 0.2])
+def test_method_masked_equals_deployed(loaders: tuple[DataLoader, DataLoader], lam1: float) -> None:
+    """The returned network computes exactly what the dense (A + B) weights compute, and those
+    are the solver's A + B."""
     model = _net()
     res = compactnn.compress(
-        model, "slr", loaders, lam1=0.03, layers=("conv2",), form="gather",
+        model, "slr", loaders, lam1=lam1, layers=("conv2",), form="gather",
         options=SLRAdmmOptions(max_iter=40), calib_batches=2, progress=False, on_drop="warn",
     )  # fmt: skip
     mod = res.model.conv2
     ref = _net()
     with torch.no_grad():
-        dense = mod.sparse.dense_matrix() if isinstance(mod, SparsePlusLowRank) else None
-        if dense is not None:
-            dense = dense + mod.lowrank.dense_weight().reshape(8, -1)
-            ref.conv2.weight.copy_(dense.reshape(8, 6, 3, 3))
-    x = next(iter(loaders[1]))[0]
-    if dense is not None:
+        ref.conv2.weight.copy_(_dense(mod).reshape(8, 6, 3, 3))
+        x = next(iter(loaders[1]))[0]
         assert float((ref(x) - res.model(x)).abs().max()) <= 1e-5
+    st = res.history["layers"]["conv2"]
+    n_params = sum(p.numel() for p in mod.parameters())
+    assert n_params == stored_param_count(mod) == st["stored_weights"] + 8
 
 
 def test_method_errors(loaders: tuple[DataLoader, DataLoader]) -> None:

@@ -518,7 +518,8 @@ class _Layerwise(Method):
                 warnings.warn(
                     f"{self.name}: layer '{n}' finished with status '{results[n].status}' "
                     f"(relative constraint violation {results[n].constraint_violation:.3g}); "
-                    "increase the solver's max_iter or eps_frac.",
+                    "increase the solver's max_iter"
+                    + (" or eps_frac." if hasattr(cfg, "eps_frac") else " (options=)."),
                     RuntimeWarning,
                     stacklevel=2,
                 )
