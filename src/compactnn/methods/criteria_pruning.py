@@ -34,7 +34,6 @@ from compactnn.errors import ConfigError
 from compactnn.methods._common import (
     finetune_model,
     prunable_layers,
-    prune_filters,
     replay_plan,
 )
 from compactnn.methods.base import CompressionData, CompressionResult, Method, MethodConfig
@@ -176,14 +175,7 @@ class _CriterionPruning(Method):
         self._check_layers(model, layers)
         budget = self._budget(model, layers)
         teacher = copy.deepcopy(model).eval() if cfg.finetune_distill > 0 else None
-        keep: dict[str, tuple[int, ...]] = {}
-        for i, layer in enumerate(layers):
-            batches = (
-                list(data.calib_batches(cfg.calib_batches)) if self.criterion == "apoz" else None
-            )
-            scores = filter_scores(self.criterion, model, layer, batches=batches, seed=cfg.seed + i)
-            keep[layer] = select_top(scores, budget[layer])
-        pruned, plan = prune_filters(model, keep, data.input_shape)
+        pruned, plan = self._select_and_cut(model, layers, budget, data)
         if cfg.finetune_epochs > 0:
             finetune_model(
                 pruned,
@@ -204,8 +196,60 @@ class _CriterionPruning(Method):
             plan=replay_plan(plan, pruned, data.input_shape),
             method=self.name,
             config=cfg,
-            history={"keep": {k: len(v) for k, v in keep.items()}, "criterion": self.criterion},
+            history={
+                "keep": {n: int(pruned.get_submodule(n).weight.shape[0]) for n in layers},
+                "criterion": self.criterion,
+            },
         )
+
+    def _select_and_cut(
+        self, model: nn.Module, layers: list[str], budget: dict[str, int], data: CompressionData
+    ) -> tuple[nn.Module, Any]:
+        """Score and cut one layer at a time, each on the model as the earlier cuts left it.
+
+        A cut removes channels from every coupled layer (residual partners, SE gates, shared
+        weights), so a later layer's keep-set is computed on its *current* filters; a layer
+        already at or under its budget is skipped. When a cut reaches a grouped conv, the same
+        number of filters is kept in each of its groups (best scores per group; the count
+        rounded down to a multiple of the groups, at least one per group).
+        """
+        from compactnn import surgery
+        from compactnn.errors import PlanError
+        from compactnn.plan import CompressionPlan, KeepOutputs
+
+        cfg: CriterionConfig = self.config  # type: ignore[assignment]
+        meta = {"input_shape": list(data.input_shape)}
+        current = copy.deepcopy(model)
+        actions: list[KeepOutputs] = []
+        for i, layer in enumerate(layers):
+            width = int(current.get_submodule(layer).weight.shape[0])
+            n_keep = min(budget[layer], width)
+            if n_keep >= width:
+                continue
+            batches = (
+                list(data.calib_batches(cfg.calib_batches)) if self.criterion == "apoz" else None
+            )
+            scores = filter_scores(
+                self.criterion, current, layer, batches=batches, seed=cfg.seed + i
+            )
+            keep = select_top(scores, n_keep)
+            try:
+                trial = surgery.apply(
+                    CompressionPlan([KeepOutputs(layer, keep)], meta=meta), current
+                )
+            except PlanError as exc:
+                groups = getattr(exc, "groups", None)
+                if not groups or width % groups:
+                    raise
+                keep = _grouped_top(scores, n_keep, groups)
+                if len(keep) >= width:
+                    continue
+                trial = surgery.apply(
+                    CompressionPlan([KeepOutputs(layer, keep)], meta=meta), current
+                )
+            current = trial
+            actions.append(KeepOutputs(layer, keep))
+        return current, CompressionPlan(actions, meta=meta)
 
     # ------------------------------------------------------------------ budget
     def strength(self) -> Strength:
@@ -221,6 +265,16 @@ class _CriterionPruning(Method):
 
     def proxy(self) -> Method:
         return self.with_options(finetune_epochs=0)
+
+
+def _grouped_top(scores: Any, n_keep: int, groups: int) -> tuple[int, ...]:
+    """The best ``n_keep // groups`` (at least 1) scores of each of ``groups`` equal blocks."""
+    per = int(scores.numel()) // groups
+    k = max(1, n_keep // groups)
+    out: list[int] = []
+    for g in range(groups):
+        out += [g * per + i for i in select_top(scores[g * per : (g + 1) * per], min(k, per))]
+    return tuple(sorted(out))
 
 
 class RandomPruning(_CriterionPruning):

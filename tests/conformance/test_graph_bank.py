@@ -1,0 +1,168 @@
+"""Graph bank (issue 13): every channel cut is exact or refused with a message naming the cause.
+
+Exactness is judged independently of the surgery's own self-check: the reference is the original
+model with the removed structure neutralised *by hand* (the consumers' weight columns of the
+removed channels zeroed, written out per case), and the parameter count removed is computed by
+hand from the layer shapes.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _graph_bank import build_graph  # noqa: E402
+from compactnn.errors import PlanError  # noqa: E402
+from compactnn.plan import CompressionPlan, KeepOutputs  # noqa: E402
+from compactnn.surgery import _channels, apply  # noqa: E402
+
+TOL = 1e-5
+SHAPE = [3, 8, 8]
+
+# id, model, kwargs, root, removed, neutralise [(layer, "in" columns | "out" rows, idx)], saved
+EXACT = [
+    ("chunk", "chunk", {}, "a", [1, 10], [("b", "in", [1]), ("c", "in", [2])], 155),
+    ("chunk-swapped", "chunk", {"swap": True}, "a", [1, 10], [("b", "in", [1]), ("c", "in", [2])], 155),
+    ("chunk-swapped-same-offset", "chunk", {"swap": True}, "a", [1, 9], [("b", "in", [1]), ("c", "in", [1])], 155),
+    ("groupnorm-whole-group", "groupnorm", {"affine": False}, "a", [0, 1, 2, 3], [("b", "in", [0, 1, 2, 3])], 328),
+    ("groupnorm-affine-whole-group", "groupnorm", {}, "a", [4, 5, 6, 7], [("b", "in", [4, 5, 6, 7])], 336),
+    ("lrn-holes", "lrn", {}, "a", [2], [("a", "out", [2]), ("b", "in", [2])], 82),
+    (
+        "se-resnet-stream",
+        "se",
+        {},
+        "a",
+        [2],
+        [("se_a.fc1", "in", [2]), ("b", "in", [2]), ("se_b.fc1", "in", [2]), ("fc", "in", [2])],
+        187,
+    ),
+    (
+        "se-resnet-stream-from-b",
+        "se",
+        {},
+        "b",
+        [5],
+        [("se_a.fc1", "in", [5]), ("b", "in", [5]), ("se_b.fc1", "in", [5]), ("fc", "in", [5])],
+        187,
+    ),
+    ("se-inner", "se", {}, "se_a.fc1", [3], [("se_a.fc2", "in", [3])], 17),
+    ("shuffle-branch", "shuffle", {}, "b1", [1], [("b3", "in", [1])], 27),
+    ("resnext-group-consistent", "resnext", {}, "reduce", [0, 2, 4, 6], [("grouped", "in", [0])], 108),
+    ("resnext-stream", "resnext", {}, "stem", [1], [("reduce", "in", [1]), ("fc", "in", [1])], 48),
+    ("depth-multiplier-whole-group", "depth_multiplier", {}, "stem", [1], [("pw", "in", [2, 3])], 60),
+    ("cbam-channel-attention", "cbam", {}, "ca1", [1], [("ca2", "in", [1])], 17),
+    ("view-sum-pair", "view_sum", {}, "a", [2, 10], [("b", "in", [2])], 110),
+    ("weight-shared-conv", "shared_conv", {}, "stem", [2], [("shared", "in", [2]), ("fc", "in", [2])], 131),
+    ("weight-shared-conv-root", "shared_conv", {}, "shared", [2], [("shared", "in", [2]), ("fc", "in", [2])], 131),
+    ("dict-output", "dict_out", {}, "a", [2], [("b", "in", [2])], 84),
+]  # fmt: skip
+
+# id, model, kwargs, root, removed, message regex
+REFUSED = [
+    ("split-hard-coded-sizes", "split", {}, "a", [7], r"split.*split sizes"),
+    ("groupnorm-part-of-group", "groupnorm", {"affine": False}, "a", [1], r"GroupNorm 'gn'.*whole groups of 4"),
+    ("groupnorm-affine-part-of-group", "groupnorm", {}, "a", [1, 5], r"GroupNorm 'gn'.*whole groups of 4"),
+    ("shuffle-unit-input", "shuffle", {}, "conv1.0", [1], r"channel shuffle"),
+    ("shuffle-branch-output", "shuffle", {}, "b3", [1], r"channel shuffle"),
+    ("resnext-group-inconsistent", "resnext", {}, "reduce", [1], r"group-inconsistent.*'grouped'"),
+    ("depth-multiplier-outputs", "depth_multiplier", {}, "dw", [2, 3], r"depth multiplier 2"),
+    ("cbam-spatial-attention", "cbam", {}, "a", [2], r"every input channel of Conv2d 'sa'.*mean"),
+    ("linear-view-conv", "linear_view", {}, "lin", [5], r"part of input channel.*'b' through view/reshape.*16 values"),
+    ("linear-view-conv-whole", "linear_view", {}, "lin", list(range(16, 32)), r"view/reshape"),
+    ("view-sum-half-pair", "view_sum", {}, "a", [2], r"view/reshape"),
+]  # fmt: skip
+
+
+def _neutralised(model: nn.Module, spec: list[tuple[str, str, list[int]]]) -> nn.Module:
+    ref = copy.deepcopy(model)
+    with torch.no_grad():
+        for layer, side, idx in spec:
+            m = ref.get_submodule(layer)
+            if side == "in":
+                m.weight[:, idx] = 0
+            else:
+                m.weight[idx] = 0
+                if m.bias is not None:
+                    m.bias[idx] = 0
+    return ref
+
+
+def _x() -> torch.Tensor:
+    return torch.randn(4, *SHAPE, generator=torch.Generator().manual_seed(7))
+
+
+def _n(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _logits(out: object) -> torch.Tensor:
+    return out["logits"] if isinstance(out, dict) else out  # type: ignore[index]
+
+
+def _plan(model: nn.Module, root: str, removed: list[int]) -> CompressionPlan:
+    size = model.get_submodule(root).weight.shape[0]
+    keep = [i for i in range(size) if i not in removed]
+    return CompressionPlan([KeepOutputs(root, keep)], meta={"input_shape": SHAPE})
+
+
+@pytest.mark.parametrize("case", EXACT, ids=[c[0] for c in EXACT])
+def test_cut_is_exact(case: tuple) -> None:
+    _, name, kwargs, root, removed, spec, saved = case
+    model = build_graph(name, **kwargs)
+    ref_model = _neutralised(model, spec)
+    new = apply(_plan(model, root, removed), model, allow_output_change=name == "dict_out")
+    x = _x()
+    with torch.no_grad():
+        ref, out = _logits(ref_model(x)), _logits(new(x))
+        assert not torch.allclose(ref, _logits(model(x)), atol=1e-6)  # the neutralising matters
+    assert (out - ref).abs().max().item() <= TOL
+    assert _n(model) - _n(new) == saved
+
+
+@pytest.mark.parametrize("case", REFUSED, ids=[c[0] for c in REFUSED])
+def test_cut_is_refused_naming_the_cause(case: tuple) -> None:
+    _, name, kwargs, root, removed, pattern = case
+    model = build_graph(name, **kwargs)
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(PlanError, match=pattern) as info:
+        apply(_plan(model, root, removed), model)
+    assert "out of range" not in str(info.value)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_lrn_cut_twice_keeps_original_neighbourhoods() -> None:
+    model = build_graph("lrn")
+    plan = CompressionPlan(
+        [KeepOutputs("a", [0, 1, 3, 4, 5, 6, 7]), KeepOutputs("a", [0, 1, 2, 4, 5, 6])],
+        meta={"input_shape": SHAPE},
+    )  # removes original channels 2, then 4 (index 3 of the cut model)
+    new = apply(plan, model)
+    ref = _neutralised(model, [("a", "out", [2, 4]), ("b", "in", [2, 4])])
+    x = _x()
+    with torch.no_grad():
+        assert (new(x) - ref(x)).abs().max().item() <= TOL
+    assert new.lrn.positions.tolist() == [0, 1, 3, 5, 6, 7]
+
+
+def test_self_check_refuses_a_wrong_index_mapping(monkeypatch: pytest.MonkeyPatch) -> None:
+    """If the mapping were wrong (chunk consumers swapped), the self-check must catch it."""
+    real = _channels._map_checked
+
+    def swapped(*args: object, **kwargs: object):  # noqa: ANN202
+        cuts, zero_in, res = real(*args, **kwargs)
+        model = args[0]
+        b, c = model.b, model.c  # type: ignore[attr-defined]
+        cuts[b]["in"], cuts[c]["in"] = {2}, {1}
+        zero_in[b], zero_in[c] = {1}, {2}  # the neutralisation the plan defines stays right
+        return cuts, zero_in, res
+
+    monkeypatch.setattr(_channels, "_map_checked", swapped)
+    model = build_graph("chunk")
+    with pytest.raises(PlanError, match=r"self-check failed.*\['a', 'b', 'c'\]"):
+        apply(_plan(model, "a", [1, 10]), model)
