@@ -285,7 +285,10 @@ class _NeuronStep:
         self.prox = prox
         self.layers = layers
         self.hold = hold
-        self.alive = {n: torch.ones(m.weight.shape[0], dtype=torch.bool) for n, m in layers.items()}
+        self.alive = {
+            n: torch.ones(m.weight.shape[0], dtype=torch.bool, device=m.weight.device)
+            for n, m in layers.items()
+        }
 
     @staticmethod
     def rows_nonzero(m: nn.Module) -> Tensor:
