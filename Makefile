@@ -53,6 +53,7 @@ bench: data
 	$(PY) benchmarks/bench_kiaee_fashion.py
 	$(PY) benchmarks/bench_ddlr_repro.py
 	$(PY) benchmarks/bench_solvers.py
+	$(PY) benchmarks/bench_pgt.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
