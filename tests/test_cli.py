@@ -113,4 +113,4 @@ def test_compress_bad_option_is_clear(capsys) -> None:
         ]
     )
     assert rc == 2
-    assert "'rho' parameter of SSR" in capsys.readouterr().err
+    assert "option 'rho' (--opt rho=...) of SSR" in capsys.readouterr().err  # CLI terms

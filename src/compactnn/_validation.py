@@ -6,6 +6,7 @@ Example message: ``The 'rank' parameter of DDLR must be an int >= 1. Got -3 inst
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any
 
@@ -18,6 +19,7 @@ __all__ = [
     "check_bool",
     "check_names",
     "check_per_layer",
+    "check_shape",
     "Rule",
     "raise_unknown",
     "rule",
@@ -100,6 +102,19 @@ def check_names(value: Any, name: str, owner: str) -> tuple[str, ...]:
     ):
         raise _fail(name, owner, "a non-empty sequence of distinct dotted layer names", value)
     return tuple(names)
+
+
+def check_shape(value: Any, name: str, owner: str) -> tuple[int, ...]:
+    """Validate a per-sample input shape: a non-empty sequence of ints >= 1 (not a string)."""
+    expected = "a sequence of ints >= 1 such as (1, 28, 28)"
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        raise _fail(name, owner, expected, value)
+    dims = tuple(value)
+    if not dims or not all(
+        not isinstance(d, bool) and isinstance(d, numbers.Integral) and d >= 1 for d in dims
+    ):
+        raise _fail(name, owner, expected, value)
+    return tuple(int(d) for d in dims)
 
 
 def check_per_layer(

@@ -14,7 +14,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from compactnn._validation import check_choice, check_float, check_int
+from compactnn._preflight import check_data, check_model_finite
+from compactnn._validation import check_choice, check_float, check_int, check_shape
 from compactnn.budget import Target
 from compactnn.errors import AccuracyDropError, ConfigError
 from compactnn.methods import CompressionData, CompressionResult, get_method
@@ -94,6 +95,9 @@ def as_compression_data(
     val_fraction = check_float(
         val_fraction, "val_fraction", "compress", min_value=0.0, max_value=0.5
     )
+    check_int(seed, "seed", "compress", min_value=0)
+    if input_shape is not None:
+        input_shape = check_shape(input_shape, "input_shape", "compress")
     if isinstance(data, CompressionData):
         cd = copy.copy(data)
     elif isinstance(data, str):
@@ -122,7 +126,7 @@ def as_compression_data(
         if split is not None:
             cd.train, cd.val = split
     if input_shape is not None:
-        cd.input_shape = tuple(int(s) for s in input_shape)
+        cd.input_shape = tuple(input_shape)
     if cd.input_shape is None:
         src = next((x for x in (cd.train, cd.val, cd.test, cd.calib) if x is not None), None)
         if src is None:
@@ -275,8 +279,11 @@ def compress(
     check_float(max_drop, "max_drop", "compress", min_value=0.0)
     check_choice(on_drop, "on_drop", "compress", ("raise", "warn"))
     check_int(seed, "seed", "compress", min_value=0)
+    check_model_finite(model)
     cd = as_compression_data(data, input_shape=input_shape, seed=seed, val_fraction=val_fraction)
     shape = cd.require_input_shape(method)
+    with _global_rng_preserved():  # reading a first batch may draw a loader seed
+        check_data(model, cd)
     with _global_rng_preserved():
         return _compress(
             model, algo, cd, shape, tgt, max_drop, on_drop, inplace, measure,

@@ -2,8 +2,14 @@
 
 compactnn inspect lenet-caffe                 # per-layer table + totals of a reference model
 compactnn inspect ckpt.safetensors            # ... or of a saved checkpoint
+compactnn inspect --factory mymodels:make --factory-kwargs num_classes=10 --input-shape 3,32,32
+compactnn inspect out/                        # a result of compactnn compress --out out/
+compactnn compress --method ssr --help        # the options of ssr, defaults and meaning
 compactnn train lenet-caffe --dataset mnist --epochs 5 --out lenet.safetensors
 compactnn demo                                # train (or load cached) LeNet on MNIST, report
+
+A bad input ends in one line ``compactnn: error: ...`` naming the flag, exit status 2 (the
+traceback with ``--debug``).
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from compactnn.errors import CompactnnError
+from compactnn.errors import CompactnnError, ConfigError
 
 __all__ = ["main", "build_parser", "cache_dir"]
 
@@ -48,16 +54,72 @@ def _resolve_model(spec: str) -> tuple[Any, dict[str, Any], tuple[int, ...]]:
     return model, {"model": spec}, tuple(models.default_input_shape(spec))
 
 
+def _inspect_target(args: argparse.Namespace) -> tuple[Any, str, tuple[int, ...] | None]:
+    """The model ``compactnn inspect`` describes: (model, title, input shape or None)."""
+    from compactnn.train import load_checkpoint
+
+    factory_kwargs = _parse_factory_kwargs(args.factory_kwargs)
+    if factory_kwargs and not args.factory:
+        raise ConfigError("--factory-kwargs needs --factory module:function.")
+    spec = args.model
+    if spec and Path(spec).is_dir():  # a result directory: model.safetensors + plan.json
+        from compactnn import export
+
+        out = Path(spec)
+        rep_path = out / "report.json"
+        rep = json.loads(rep_path.read_text()) if rep_path.is_file() else {}
+        orig = dict(rep.get("model_spec") or {})
+        if args.factory:
+            orig = {"factory": args.factory, "factory_kwargs": factory_kwargs}
+        if not orig.get("factory") and not orig.get("model"):
+            raise ConfigError(
+                f"{out} has no report.json naming the original architecture; pass --factory "
+                "module:function (and --factory-kwargs) that builds a fresh original model."
+            )
+        model = export.load(out, model=_fresh_model(orig))
+        shape = rep.get("input_shape")
+        if not shape and (out / "plan.json").is_file():
+            doc = json.loads((out / "plan.json").read_text())
+            shape = (doc.get("checkpoint") or {}).get("input_shape")
+        return model, f"compressed model in {out}", tuple(shape) if shape else None
+    if args.factory:
+        if spec:
+            raise ConfigError(
+                f"Give either a model ({spec!r}) or --factory, not both; load weights into the "
+                "--factory model with --checkpoint."
+            )
+        model = _load_user_model(args.factory, None, factory_kwargs)
+        shape = None
+        if args.checkpoint:
+            model, meta = load_checkpoint(args.checkpoint, model)
+            shape = meta.get("input_shape")
+        return model, args.factory, tuple(shape) if shape else None
+    if not spec:
+        raise ConfigError(
+            "Give what to inspect: a reference model name (e.g. lenet-caffe), a checkpoint file, "
+            "a result directory (compactnn compress --out DIR) or --factory module:function."
+        )
+    model, meta, shape = _resolve_model(spec)
+    if args.checkpoint:
+        model, _ = load_checkpoint(args.checkpoint, model)
+    return model, str(meta.get("model", spec)), shape
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     from compactnn.metrics import report
 
-    model, meta, shape = _resolve_model(args.model)
+    model, title, shape = _inspect_target(args)
     if args.input_shape:
-        shape = tuple(int(s) for s in args.input_shape.split(","))
+        shape = _parse_shape(args.input_shape)
+    if shape is None:
+        raise ConfigError(
+            f"The input shape of {title} is not recorded; pass --input-shape (e.g. "
+            "--input-shape 1,28,28)."
+        )
     rep = report(
         model, shape, latency=not args.no_latency, batch_size=args.batch_size, threads=args.threads
     )
-    print(rep.format(title=f"{meta.get('model', args.model)} input {shape}"))
+    print(rep.format(title=f"{title} input {shape}"))
     return 0
 
 
@@ -222,39 +284,182 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parse_options(pairs: Sequence[str] | None) -> dict[str, Any]:
-    """``key=value`` pairs; values parsed as YAML scalars/lists (``lam=[0.1,0.2]``)."""
+def _yaml_value(text: str, where: str) -> Any:
     import yaml
 
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(
+            f"{where}: {text!r} is not a valid YAML value ({first}); quote strings and close "
+            "brackets, e.g. lam=[0.1,0.2]."
+        ) from exc
+
+
+def _parse_options(pairs: Sequence[str] | None) -> dict[str, Any]:
+    """``key=value`` pairs; values parsed as YAML scalars/lists (``lam=[0.1,0.2]``)."""
     out: dict[str, Any] = {}
     for pair in pairs or []:
         if "=" not in pair:
-            raise CompactnnError(f"Option '{pair}' must look like key=value (e.g. lam=0.5).")
+            raise ConfigError(f"--opt '{pair}' must look like key=value (e.g. --opt lam=0.5).")
         k, v = pair.split("=", 1)
-        out[k.strip().replace("-", "_")] = yaml.safe_load(v)
+        out[k.strip().replace("-", "_")] = _yaml_value(v, f"--opt {k.strip()}")
     return out
 
 
-def _load_user_model(factory: str, checkpoint: str | None) -> Any:
-    """``package.module:factory`` (+ checkpoint) -> model."""
+def _split_top_level(text: str) -> list[str]:
+    """Split ``text`` at the commas outside brackets and quotes."""
+    parts, depth, quote, cur = [], 0, "", []
+    for ch in text:
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "[{(":
+            depth += 1
+        elif ch in "]})":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            parts.append("".join(cur))
+            cur = []
+            continue
+        cur.append(ch)
+    parts.append("".join(cur))
+    return [p for p in (q.strip() for q in parts) if p]
+
+
+def _parse_factory_kwargs(text: str | None) -> dict[str, Any]:
+    """``--factory-kwargs k=v,k2=[1,2]`` -> ``{"k": v, "k2": [1, 2]}`` (YAML-parsed values)."""
+    out: dict[str, Any] = {}
+    for pair in _split_top_level(text or ""):
+        k, sep, v = pair.partition("=")
+        if not sep or not k.strip().isidentifier():
+            raise ConfigError(
+                f"--factory-kwargs: '{pair}' must look like name=value (e.g. --factory-kwargs "
+                "num_classes=10,width=[16,32])."
+            )
+        out[k.strip()] = _yaml_value(v, f"--factory-kwargs {k.strip()}")
+    return out
+
+
+def _load_user_model(
+    factory: str, checkpoint: str | None, kwargs: dict[str, Any] | None = None
+) -> Any:
+    """``package.module:factory`` (+ constructor kwargs, + checkpoint) -> model.
+
+    The current directory is importable (as for ``python -m``), so a ``mymodels.py`` next to
+    the command line is found.
+    """
     import importlib
+
+    from torch import nn
 
     from compactnn.train import load_checkpoint
 
-    if ":" not in factory:
-        raise CompactnnError(
+    mod_name, sep, fn_name = factory.partition(":")
+    if not sep or not mod_name or not fn_name:
+        raise ConfigError(
             f"--factory '{factory}' must look like package.module:function (a callable that "
-            "returns the nn.Module)."
+            "returns the nn.Module), e.g. --factory mymodels:make_net."
         )
-    mod_name, fn_name = factory.split(":", 1)
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
     try:
         fn = getattr(importlib.import_module(mod_name), fn_name)
     except (ImportError, AttributeError) as exc:
-        raise CompactnnError(f"Cannot import --factory '{factory}': {exc}") from exc
-    model = fn()
+        raise ConfigError(
+            f"Cannot import --factory '{factory}' ({exc}); run from the directory that holds "
+            f"{mod_name.split('.')[0]} or put it on PYTHONPATH."
+        ) from exc
+    try:
+        model = fn(**(kwargs or {}))
+    except TypeError as exc:
+        raise ConfigError(
+            f"--factory '{factory}' could not be called with --factory-kwargs {kwargs or {}} "
+            f"({exc}); pass its constructor arguments as --factory-kwargs name=value,..."
+        ) from exc
+    if not isinstance(model, nn.Module):
+        raise ConfigError(
+            f"--factory '{factory}' returned a {type(model).__name__}, not a torch.nn.Module."
+        )
     if checkpoint:
         model, _ = load_checkpoint(checkpoint, model)
     return model
+
+
+_RECIPE_KEYS = ("method", "data", "options", "target", "max_drop")
+
+
+def _read_recipe(path: str) -> dict[str, Any]:
+    """A recipe YAML file, checked: a mapping with known keys, ``options`` a mapping."""
+    import difflib
+
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(
+            f"--recipe {path}: no such file; give the path of a YAML recipe (compactnn compress "
+            "--out DIR writes DIR/recipe.yaml)."
+        )
+    try:
+        recipe = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(
+            f"--recipe {path}: YAML syntax error{where} ({problem}); fix the file."
+        ) from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--recipe {path}: cannot read the file ({exc}).") from exc
+    if not isinstance(recipe, dict):
+        raise ConfigError(
+            f"--recipe {path} must be a YAML mapping such as 'method: ssr' / 'options: "
+            f"{{lam: 0.1}}'. Got a {type(recipe).__name__}."
+        )
+    for key in recipe:
+        if key not in _RECIPE_KEYS:
+            close = difflib.get_close_matches(str(key), _RECIPE_KEYS, n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(
+                f"--recipe {path}: unknown key {key!r}; a recipe has only "
+                f"{', '.join(_RECIPE_KEYS)}.{hint}"
+            )
+    options = recipe.get("options")
+    if options is not None and not isinstance(options, dict):
+        raise ConfigError(
+            f"--recipe {path}: 'options' must be a mapping option -> value (e.g. 'options: "
+            f"{{lam: 0.1, finetune_epochs: 2}}'). Got {options!r}."
+        )
+    return recipe
+
+
+def _parse_shape(text: str | None) -> tuple[int, ...] | None:
+    """``--input-shape 1,28,28`` -> ``(1, 28, 28)``."""
+    if not text:
+        return None
+    try:
+        shape = tuple(int(s) for s in text.replace("x", ",").split(",") if s.strip())
+    except ValueError:
+        shape = ()
+    if not shape or min(shape) < 1:
+        raise ConfigError(
+            f"--input-shape {text!r} must be the per-sample shape as positive ints separated by "
+            "commas, e.g. --input-shape 1,28,28."
+        )
+    return shape
+
+
+def _check_out(out: str | None) -> None:
+    """Refuse ``--out`` naming an existing file (before any work is done)."""
+    if out and Path(out).exists() and not Path(out).is_dir():
+        raise ConfigError(
+            f"--out {out} is an existing file; --out names a directory (created if missing) "
+            "for the model, plan and report. Choose another path."
+        )
 
 
 def _plain(options: dict[str, Any]) -> dict[str, Any]:
@@ -276,31 +481,36 @@ def cmd_compress(args: argparse.Namespace) -> int:
     import yaml
 
     from compactnn.api import compress
+    from compactnn.budget import Target
+    from compactnn.methods import get_method
     from compactnn.train import load_checkpoint
 
-    recipe: dict[str, Any] = {}
-    if args.recipe:
-        with open(args.recipe, encoding="utf-8") as fh:
-            recipe = yaml.safe_load(fh) or {}
-        if not isinstance(recipe, dict):
-            raise CompactnnError(f"Recipe '{args.recipe}' must be a YAML mapping.")
+    recipe: dict[str, Any] = _read_recipe(args.recipe) if args.recipe else {}
     method = args.method or recipe.get("method")
     dataset = args.data or recipe.get("data")
     if not method:
-        raise CompactnnError("Choose a method: --method NAME or 'method:' in the recipe.")
+        raise ConfigError("Choose a method: --method NAME or 'method:' in the recipe.")
     options = dict(recipe.get("options") or {})
     options.update(_parse_options(args.opt))
+    shape = _parse_shape(args.input_shape)
+    target = args.target if args.target is not None else recipe.get("target")
+    max_drop = args.max_drop if args.max_drop is not None else recipe.get("max_drop")
+    # everything the user typed is checked before a model, a dataset or a solver is touched
+    get_method(method)(**options)
+    if target is not None:
+        Target.parse(target)
+    _check_out(args.out)
+    factory_kwargs = _parse_factory_kwargs(args.factory_kwargs)
+    if factory_kwargs and not args.factory:
+        raise ConfigError("--factory-kwargs needs --factory module:function.")
     if args.factory:
-        model = _load_user_model(args.factory, args.checkpoint)
+        model = _load_user_model(args.factory, args.checkpoint, factory_kwargs)
     else:
         if not args.model:
-            raise CompactnnError("Give a reference model name, a checkpoint, or --factory.")
+            raise ConfigError("Give a reference model name, a checkpoint, or --factory.")
         model, _, _ = _resolve_model(args.model)
         if args.checkpoint:
             model, _ = load_checkpoint(args.checkpoint, model)
-    shape = tuple(int(s) for s in args.input_shape.split(",")) if args.input_shape else None
-    target = args.target if args.target is not None else recipe.get("target")
-    max_drop = args.max_drop if args.max_drop is not None else recipe.get("max_drop")
     if args.verbose:
         os.environ["COMPACTNN_VERBOSE"] = "1"
     data = dataset
@@ -343,7 +553,11 @@ def cmd_compress(args: argparse.Namespace) -> int:
             "validation": result.validation,
             "before": result.report_before.to_dict() if result.report_before else None,
             "after": result.report_after.to_dict() if result.report_after else None,
-            "model_spec": {"model": args.model, "factory": args.factory},
+            "model_spec": {
+                "model": args.model,
+                "factory": args.factory,
+                "factory_kwargs": factory_kwargs,
+            },
             "warnings": notes,
             "seconds": seconds,
         }
@@ -372,7 +586,7 @@ def _samples(data: Any, shape: tuple[int, ...], n: int = 100) -> tuple[Any, str]
 
 def _fresh_model(spec: dict[str, Any]) -> Any:
     if spec.get("factory"):
-        return _load_user_model(spec["factory"], None)
+        return _load_user_model(spec["factory"], None, spec.get("factory_kwargs") or {})
     if spec.get("model"):
         return _resolve_model(spec["model"])[0]
     raise CompactnnError("Name the original architecture: a reference model name or --factory.")
@@ -451,7 +665,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     rep = json.loads(rep_path.read_text()) if rep_path.is_file() else {}
     spec = dict(rep.get("model_spec") or {})
     if args.model or args.factory:
-        spec = {"model": args.model, "factory": args.factory}
+        spec = {
+            "model": args.model,
+            "factory": args.factory,
+            "factory_kwargs": _parse_factory_kwargs(args.factory_kwargs),
+        }
     model = export.load(out, model=_fresh_model(spec))
     shape = tuple(rep.get("input_shape") or ())
     if not shape:
@@ -510,12 +728,30 @@ def build_parser() -> argparse.ArgumentParser:
         prog="compactnn",
         description="Compress a trained PyTorch CNN/MLP into a physically smaller, faster model.",
     )
+    p.add_argument(
+        "--debug",
+        action="store_true",
+        help="show the full traceback of an error (anywhere on the command line)",
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
-    pi = sub.add_parser("inspect", help="per-layer table and totals of a model or checkpoint")
-    pi.add_argument(
-        "model", help="reference model name (see `compactnn inspect --list`) or checkpoint path"
+    pi = sub.add_parser(
+        "inspect",
+        help="per-layer table and totals of a model, a checkpoint or a compressed result",
     )
+    pi.add_argument(
+        "model",
+        nargs="?",
+        help="reference model name (e.g. lenet-caffe; names: compactnn.models.list_models()), "
+        "a checkpoint path, or a result directory of compactnn compress --out DIR",
+    )
+    pi.add_argument("--factory", help="user model as package.module:function")
+    pi.add_argument(
+        "--factory-kwargs",
+        metavar="K=V,...",
+        help="arguments of the --factory function, values read as YAML (e.g. num_classes=10)",
+    )
+    pi.add_argument("--checkpoint", help="weights to load into the model")
     pi.add_argument("--input-shape", help="per-sample input shape, e.g. 1,28,28")
     pi.add_argument(
         "--batch-size", type=int, default=1, help="batch size for the latency measurement"
@@ -549,9 +785,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     pc = sub.add_parser("compress", help="compress a model with a registered method")
     pc.add_argument("model", nargs="?", help="reference model name or checkpoint path")
-    pc.add_argument("--method", help="method name, e.g. ssr, admm-sparse, ddlr, net-trim")
+    pc.add_argument(
+        "--method",
+        help="method name, e.g. ssr, admm-sparse, ddlr, net-trim (--method M --help lists M's "
+        "options)",
+    )
     pc.add_argument("--data", help="dataset name (mnist, fashion-mnist, digits, spiral, cifar10)")
-    pc.add_argument("--factory", help="user model as package.module:factory")
+    pc.add_argument(
+        "--factory",
+        help="user model as package.module:function (the current directory is importable)",
+    )
+    pc.add_argument(
+        "--factory-kwargs",
+        metavar="K=V,...",
+        help="arguments of the --factory function, values read as YAML (e.g. "
+        "num_classes=10,widths=[16,32])",
+    )
     pc.add_argument("--checkpoint", help="weights to load into the model")
     pc.add_argument("--recipe", help="YAML file: {method: ..., data: ..., options: {...}}")
     pc.add_argument(
@@ -614,6 +863,9 @@ def build_parser() -> argparse.ArgumentParser:
     pe.add_argument("--format", choices=("onnx", "torchscript"), required=True)
     pe.add_argument("--model", help="reference model name of the original architecture")
     pe.add_argument("--factory", help="original architecture as package.module:factory")
+    pe.add_argument(
+        "--factory-kwargs", metavar="K=V,...", help="arguments of the --factory function"
+    )
     pe.add_argument("--data", help="dataset whose test samples check parity (default: random)")
     pe.add_argument("--sparse-form", choices=("dense", "gather"), default="dense")
     pe.set_defaults(func=cmd_export)
@@ -627,14 +879,152 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# API terms in messages -> the flags a command-line user types
+_CLI_TERMS: tuple[tuple[str, str], ...] = (
+    (r"input_shape=\s*(?:to compactnn\.compress\s*)?\(e\.g\. \(([\d, ]+)\)\)", "--input-shape"),
+    (r"The '(\w+)' parameter of Target", r"The \1 fraction of --target"),
+    (r"The '(input_shape|max_drop|on_drop|val_fraction)' parameter of compress", "--\\1"),
+    (r"\b(input_shape|max_drop|val_fraction)=", "--\\1 "),
+    (r"\bon_drop='(\w+)'", r"--on-drop \1"),
+    (
+        r"Pass the per-sample input shape the model expects, e\.g\. \(1, 28, 28\)",
+        "Pass the per-sample input shape the model expects with --input-shape (e.g. 1,28,28)",
+    ),
+    (r"\btarget=\{'(\w+)': ([\d.]+)\}", r"--target \1=\2"),
+    (
+        r"\bdata=\((?:train_loader|train)[^)]*\)(?: or a dataset name(?: such as '\w+')?)?",
+        "--data NAME",
+    ),
+    (
+        r"The '(\w+)((?:\[[^\]]*\])?)' parameter of (?!compress\b)",
+        r"The option '\1\2' (--opt \1=...) of ",
+    ),
+)
+
+
+def cli_terms(message: str) -> str:
+    """Rewrite an API error message in command-line terms (``input_shape=`` -> ``--input-shape``)."""
+    import re
+
+    for pattern, repl in _CLI_TERMS:
+        if repl == "--input-shape":
+            message = re.sub(
+                pattern,
+                lambda m: "--input-shape (e.g. --input-shape " + m.group(1).replace(" ", "") + ")",
+                message,
+            )
+            continue
+        message = re.sub(pattern, repl, message)
+    # flags are spelt with dashes
+    return re.sub(r"--(\w+)", lambda m: "--" + m.group(1).replace("_", "-"), message)
+
+
+def _field_docs(config: type) -> dict[str, str]:
+    """``name -> text`` from the ``Attributes:`` sections of ``config`` and its bases."""
+    import inspect
+    import re
+
+    docs: dict[str, str] = {}
+    for klass in reversed(config.__mro__):
+        doc = inspect.cleandoc(klass.__doc__ or "")
+        lines = doc.splitlines()
+        if "Attributes:" not in lines:
+            continue
+        entries: list[tuple[list[str], list[str]]] = []
+        for line in lines[lines.index("Attributes:") + 1 :]:
+            if line and not line.startswith(" "):
+                break  # next section
+            m = re.match(r"^ {4}([\w, ]+?)\s*(?:\([^)]*\))?:\s*(.*)$", line)
+            if m and not line.startswith("     "):
+                entries.append(([n.strip() for n in m.group(1).split(",")], [m.group(2)]))
+            elif entries and line.strip():
+                entries[-1][1].append(line.strip())
+        for names, text in entries:
+            for n in names:
+                docs[n] = " ".join(t for t in text if t)
+    return docs
+
+
+def _one_line(text: str, width: int = 100) -> str:
+    import re
+
+    # the first sentence: a period, then a capital (not after eq. / e.g. / i.e. / sec.)
+    end = r"(?<!\beq\.)(?<!\beqs\.)(?<!e\.g\.)(?<!i\.e\.)(?<!\bsec\.)(?<=\.)\s+(?=[A-Z])"
+    first = re.split(end, text, maxsplit=1)[0].replace("``", "")
+    return first if len(first) <= width else first[: width - 3].rstrip() + "..."
+
+
+def method_help(name: str) -> str:
+    """The options of method ``name``: default and one-line meaning, from its config dataclass."""
+    import dataclasses
+
+    from compactnn.methods import get_method
+
+    cls = get_method(name)
+    config = cls.Config
+    docs = _field_docs(config)
+    lines = [
+        f"options of method '{name}' ({config.__name__}); pass them as --opt KEY=VALUE (values "
+        "read as YAML) or under 'options:' in a --recipe:",
+    ]
+    for f in dataclasses.fields(config):
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = "(required)"
+        lines.append(f"  {f.name} = {default!r}")
+        meaning = docs.get(f.name)
+        lines.append(f"      {_one_line(meaning) if meaning else '(see ' + config.__name__ + ')'}")
+    return "\n".join(lines)
+
+
+def _method_in(argv: Sequence[str]) -> str | None:
+    for i, a in enumerate(argv):
+        if a == "--method" and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith("--method="):
+            return a.split("=", 1)[1]
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
     parser = build_parser()
-    args = parser.parse_args(argv)
     try:
+        if argv[:1] == ["compress"] and ({"-h", "--help"} & set(argv)) and _method_in(argv):
+            text = method_help(_method_in(argv) or "")
+            sub = next(
+                a.choices["compress"]
+                for a in parser._actions
+                if isinstance(a, argparse._SubParsersAction)
+            )
+            print(sub.format_help())
+            print(text)
+            return 0
+        args = parser.parse_args(argv)
         return int(args.func(args) or 0)
     except CompactnnError as exc:
-        print(f"compactnn: error: {exc}", file=sys.stderr)
+        if debug:
+            raise
+        print(f"compactnn: error: {cli_terms(str(exc))}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("compactnn: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - a bug: one line, the traceback with --debug
+        if debug:
+            raise
+        first = (str(exc).splitlines() or [""])[0]
+        print(
+            f"compactnn: internal error: {type(exc).__name__}: {first} (please report it; "
+            "rerun with --debug for the traceback)",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":

@@ -531,6 +531,14 @@ def load(directory: str | Path, model: nn.Module) -> nn.Module:
             f"{plan_path} is not a compact checkpoint's plan (no 'checkpoint' entry); write it "
             "with compactnn compress --out DIR or compactnn.export.save_checkpoint."
         )
+    from compactnn.plan import check_plan_doc
+
+    check_plan_doc(doc, plan_path, extra_keys=("checkpoint",))
+    if doc["checkpoint"].get("version") != 1:
+        raise CheckpointError(
+            f"{plan_path}: checkpoint version {doc['checkpoint'].get('version')!r} is not "
+            "supported (this compactnn reads version 1); write the checkpoint again."
+        )
     plan = _skeleton_plan(doc, plan_path)
     shape = doc["checkpoint"].get("input_shape")
     example = None if shape is None else torch.zeros(2, *shape)

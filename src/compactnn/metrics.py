@@ -33,7 +33,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from compactnn._validation import check_int
-from compactnn.errors import InputShapeError
+from compactnn.errors import ConfigError, InputShapeError
 
 __all__ = [
     "LatencyResult",
@@ -403,6 +403,11 @@ def accuracy(
         for i, (x, y) in enumerate(batches):
             if max_batches is not None and i >= max_batches:
                 break
+            if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+                raise ConfigError(
+                    f"accuracy(): batch {i} of the evaluation data holds NaN or Inf inputs; "
+                    "clean or impute the data (an accuracy measured on them is meaningless)."
+                )
             x, y = x.to(device), y.to(device)
             out = _run_checked(model, x)
             for k in topk:
@@ -411,7 +416,9 @@ def accuracy(
                 correct[k] += int((pred == y[:, None]).any(dim=1).sum())
             n += int(y.numel())
     if n == 0:
-        raise ValueError("accuracy() got no samples: the data loader is empty.")
+        raise ConfigError(
+            "accuracy() got no samples: the data loader is empty; pass one with at least one batch."
+        )
     res: dict[str, float] = {f"top{k}": 100.0 * c / n for k, c in correct.items()}
     res["n"] = float(n)
     return res

@@ -52,6 +52,7 @@ __all__ = [
     "GapHead",
     "SetState",
     "CompressionPlan",
+    "check_plan_doc",
 ]
 
 _FORMAT_VERSION = 1
@@ -405,6 +406,55 @@ _ACTIONS: dict[str, type] = {
 }
 
 
+_DOC_KEYS = ("format", "version", "actions", "meta")
+
+
+def check_plan_doc(doc: Any, path: Path, extra_keys: tuple[str, ...] = ()) -> None:
+    """Refuse a plan document of another format, another version or with unknown fields.
+
+    Args:
+        doc: the parsed JSON document.
+        path: its file (named in the messages).
+        extra_keys: further top-level keys allowed (a compact checkpoint's ``"checkpoint"``).
+
+    Raises:
+        CheckpointError: naming the file and the offending key or version.
+    """
+    if not isinstance(doc, dict) or doc.get("format") != "compactnn-plan":
+        raise CheckpointError(f"{path} is not a compactnn plan (missing format tag).")
+    version = doc.get("version")
+    if isinstance(version, bool) or version != _FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: plan format version {version!r} is not supported (this compactnn reads "
+            f"version {_FORMAT_VERSION}); write the plan again with this version of compactnn."
+        )
+    known = (*_DOC_KEYS, *extra_keys)
+    unknown = [k for k in doc if k not in known]
+    if unknown:
+        raise CheckpointError(
+            f"{path}: unknown top-level field(s) {', '.join(map(repr, unknown))}; a plan has "
+            f"only {', '.join(map(repr, known))}. Remove them (or fix their spelling)."
+        )
+    if not isinstance(doc.get("actions", []), list):
+        raise CheckpointError(f"{path}: 'actions' must be a list of action records.")
+    if not isinstance(doc.get("meta", {}), dict):
+        raise CheckpointError(f"{path}: 'meta' must be a mapping.")
+    for i, rec in enumerate(doc.get("actions", [])):
+        kind = _ACTIONS.get(rec.get("type", "")) if isinstance(rec, dict) else None
+        if kind is None:
+            got = rec.get("type") if isinstance(rec, dict) else rec
+            raise CheckpointError(
+                f"{path}: action #{i} has unknown type {got!r}; known: {', '.join(_ACTIONS)}."
+            )
+        names = {f.name for f in fields(kind)}
+        extra = [k for k in rec if k != "type" and k not in names]
+        if extra:
+            raise CheckpointError(
+                f"{path}: action #{i} ({rec['type']}) has unknown field(s) "
+                f"{', '.join(map(repr, extra))}; its fields are {', '.join(sorted(names))}."
+            )
+
+
 def _paths(path: str | Path) -> tuple[Path, Path]:
     p = Path(path)
     if p.suffix in (".json", ".safetensors"):
@@ -504,16 +554,10 @@ class CompressionPlan:
             tensors = load_file(str(st_path))
         except Exception as exc:  # noqa: BLE001 - any parse failure is a corrupt file
             raise CheckpointError(f"Plan {json_path} is corrupt ({exc}); save it again.") from exc
-        if not isinstance(doc, dict) or doc.get("format") != "compactnn-plan":
-            raise CheckpointError(f"{json_path} is not a compactnn plan (missing format tag).")
+        check_plan_doc(doc, json_path, extra_keys=("checkpoint",))
         actions: list[Action] = []
         for i, rec in enumerate(doc.get("actions", [])):
-            kind = _ACTIONS.get(rec.get("type", ""))
-            if kind is None:
-                raise CheckpointError(
-                    f"{json_path}: action #{i} has unknown type {rec.get('type')!r}; known: "
-                    f"{', '.join(_ACTIONS)}."
-                )
+            kind = _ACTIONS[rec["type"]]
             kwargs: dict[str, Any] = {}
             for f in fields(kind):
                 if f.name not in rec:

@@ -22,7 +22,7 @@ from torch import nn
 
 from compactnn._progress import Progress
 from compactnn._validation import check_choice, check_float, check_int
-from compactnn.errors import CheckpointError
+from compactnn.errors import CheckpointError, ConfigError, SolverError
 from compactnn.metrics import accuracy
 from compactnn.solvers.training.masks import apply_masks as _apply_param_masks
 
@@ -374,7 +374,7 @@ def train(
                 if extra_loss is not None:
                     loss = loss + extra_loss()
                 if not torch.isfinite(loss):
-                    raise FloatingPointError(
+                    raise SolverError(
                         f"Training loss became {loss.item()} at step {step}; lower the learning "
                         f"rate (lr={cfg.lr}) or check the data for NaNs."
                     )
@@ -393,6 +393,11 @@ def train(
                 correct += int((out.detach().argmax(1) == y).sum())
                 seen += bs
                 bar.step(loss=f"{sum_loss / seen:.4f}", acc=f"{100.0 * correct / seen:.2f}")
+            if seen == 0:
+                raise ConfigError(
+                    f"{desc}: the training loader yielded no batch, so nothing was trained; pass "
+                    "a training loader with data (or set the epochs / finetune_epochs to 0)."
+                )
             hist.train_loss.append(sum_loss / max(seen, 1))
             hist.train_acc.append(100.0 * correct / max(seen, 1))
             stats = {"loss": hist.train_loss[-1], "train top-1": hist.train_acc[-1]}

@@ -1,0 +1,152 @@
+"""Checks of the model and the data that :func:`compactnn.compress` runs before any expensive work.
+
+Each failure is one :class:`~compactnn.errors.ConfigError` naming the argument (``model``,
+``data``) and what to do: a model holding NaN/Inf, an empty loader, NaN/Inf inputs, labels
+outside the model's output width. The data are checked on their first batch (and completely
+when a loader reads a ``TensorDataset``, which costs one pass over tensors already in memory);
+:func:`compactnn.metrics.accuracy` and :func:`compactnn.train.train` also refuse non-finite
+inputs and empty loaders they meet later.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from compactnn.errors import ConfigError
+
+__all__ = ["check_model_finite", "check_data"]
+
+_SPLITS = ("train", "val", "test", "calib")
+
+
+def check_model_finite(model: Any, owner: str = "compress") -> None:
+    """Refuse a model that is not an ``nn.Module`` or holds NaN / Inf in a parameter or buffer."""
+    if not isinstance(model, nn.Module):
+        raise ConfigError(
+            f"The 'model' argument of {owner} must be a torch.nn.Module. Got "
+            f"{type(model).__name__}."
+        )
+    tensors = [*model.named_parameters(), *model.named_buffers()]
+    for name, t in tensors:
+        if t.is_floating_point() or t.is_complex():
+            bad = ~torch.isfinite(t.detach())
+            if bool(bad.any()):
+                raise ConfigError(
+                    f"The model passed to {owner} already holds NaN or Inf in '{name}' "
+                    f"({int(bad.sum())} of {t.numel()} values), so nothing can be measured or "
+                    "pruned on it; load a trained checkpoint with finite weights (re-train with a "
+                    "lower learning rate if training diverged)."
+                )
+
+
+def _tensor_dataset(loader: Any) -> tuple[torch.Tensor, ...] | None:
+    """The tensors behind a ``DataLoader`` over a ``TensorDataset`` (or a ``Subset`` of one)."""
+    from torch.utils.data import DataLoader, Subset, TensorDataset
+
+    if not isinstance(loader, DataLoader):
+        return None
+    ds, idx = loader.dataset, None
+    if isinstance(ds, Subset) and isinstance(ds.dataset, TensorDataset):
+        ds, idx = ds.dataset, torch.as_tensor(list(ds.indices), dtype=torch.long)
+    if not isinstance(ds, TensorDataset):
+        return None
+    return tuple(t if idx is None else t[idx] for t in ds.tensors)
+
+
+def _first_batch(loader: Any) -> Any:
+    """The first batch of ``loader`` without disturbing its shuffling (``None`` when empty);
+    ``...`` for a one-shot iterator, which is left unread."""
+    from compactnn.train import _seeded
+
+    if iter(loader) is loader:  # a generator / iterator: reading it would consume it
+        return ...
+    return next(iter(_seeded(loader, 0)), None)
+
+
+def _split_xy(batch: Any) -> tuple[Any, Any]:
+    if isinstance(batch, (tuple, list)):
+        return (batch[0] if batch else None), (batch[1] if len(batch) > 1 else None)
+    return batch, None
+
+
+def _check_finite(x: Any, split: str, where: str) -> None:
+    if isinstance(x, torch.Tensor) and x.is_floating_point():
+        bad = ~torch.isfinite(x)
+        if bool(bad.any()):
+            raise ConfigError(
+                f"The {split} data passed in 'data' hold NaN or Inf inputs ({int(bad.sum())} "
+                f"values in {where}); clean or impute them before compressing (accuracy and "
+                "training on them would be meaningless)."
+            )
+
+
+def _check_labels(y: Any, width: int, split: str, where: str) -> None:
+    if not isinstance(y, torch.Tensor) or y.is_floating_point() or y.dtype == torch.bool:
+        return
+    if y.numel() == 0:
+        return
+    lo, hi = int(y.min()), int(y.max())
+    if lo < 0 or hi >= width:
+        raise ConfigError(
+            f"The {split} data passed in 'data' have labels in [{lo}, {hi}] ({where}) but the "
+            f"model has {width} outputs, so labels must lie in [0, {width - 1}]; pass a model "
+            "built for this dataset's number of classes, or remap the labels."
+        )
+
+
+def check_data(model: nn.Module, data: Any) -> None:
+    """Check every loader of a :class:`~compactnn.methods.CompressionData` before compressing.
+
+    Raises:
+        ConfigError: an empty loader, NaN / Inf inputs, integer labels outside
+            ``[0, outputs)`` (the model's output width, measured on the first batch), or a
+            model whose outputs are not finite on finite inputs.
+    """
+    from compactnn.metrics import _eval_no_grad, _run_checked
+
+    width: int | None = None
+    for split in _SPLITS:
+        loader = getattr(data, split, None)
+        if loader is None:
+            continue
+        batch = _first_batch(loader)
+        if batch is ...:
+            continue
+        if batch is None:
+            raise ConfigError(
+                f"The {split} loader passed in 'data' is empty (it yields no batch); pass a "
+                "loader with at least one batch"
+                + (
+                    " (for a fine-tuning or training method the training loader must hold data)."
+                    if split == "train"
+                    else "."
+                )
+            )
+        x, y = _split_xy(batch)
+        _check_finite(x, split, "the first batch")
+        if not isinstance(x, torch.Tensor):
+            continue  # dict / custom batches: the method's own code reads them
+        if width is None:
+            with _eval_no_grad(model):
+                p = next(model.parameters(), None)
+                dev = p.device if p is not None else torch.device("cpu")
+                out = _run_checked(model, x[:64].to(dev))
+            if isinstance(out, torch.Tensor):
+                if out.is_floating_point() and not bool(torch.isfinite(out).all()):
+                    raise ConfigError(
+                        f"The model's outputs are NaN or Inf on the first {split} batch although "
+                        "its weights and inputs are finite (an overflow); check the input scaling "
+                        "and the model's numerics before compressing."
+                    )
+                if out.ndim == 2:
+                    width = int(out.shape[1])
+        if width is not None:
+            _check_labels(y, width, split, "the first batch")
+        full = _tensor_dataset(loader)
+        if full:
+            _check_finite(full[0], split, "its TensorDataset")
+            if width is not None and len(full) > 1:
+                _check_labels(full[1], width, split, "its TensorDataset")
