@@ -84,6 +84,8 @@ BAD: dict[str, tuple[str, dict[str, list]]] = {
             "finetune_lr": _POS_FLOAT,
             "lam_path": [[], 0.1, "x", [0.1, -0.2], [0.1, [0.1, "x"]], [{"a": NAN}]],
             "path_finetune_epochs": _NONNEG_INT,
+            "finetune_schedule": ["step", None, 1],
+            "finetune_step_epochs": _POS_INT,
             **COMMON_FT,
         },
     ),

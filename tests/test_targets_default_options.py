@@ -32,16 +32,28 @@ def setup() -> tuple[torch.nn.Module, tuple[DataLoader, DataLoader]]:
     return model, (train, DataLoader(ds, batch_size=320))
 
 
+# Methods whose paper rules cannot reach 20 % of THIS model's parameters, and why. They must
+# refuse with one clear error before returning anything, then meet the nearest budget.
+UNREACHABLE = {
+    # COO storage (3 numbers per non-zero) of the hidden layers stays above 25 % here
+    "net-trim": 0.3,
+    # dense layers only by default (the paper's setting): rank 1 on `fc` still keeps 30 %
+    "ddlr": 0.4,
+    # Kiaee's over-pruning guard: never more than half of a layer's filters
+    "admm-sparse": 0.4,
+    # Ma et al.: the first conv is kept and FC layers get the sparse part only
+    "slr": 0.4,
+}
+
+
 @pytest.mark.parametrize("method", list_methods())
 def test_default_options_meet_params_target(method: str, setup) -> None:  # type: ignore[no-untyped-def]
     model, data = setup
     goal = 0.2
-    if method == "net-trim":
-        # COO storage (3 numbers per non-zero) of the hidden layers cannot get under 25 % of
-        # this model: a clear refusal before any result, then the nearest reachable budget
+    if method in UNREACHABLE:
         with pytest.raises(compactnn.errors.ConfigError, match="cannot reach the target"):
             compactnn.compress(model, method, data, target={"params": goal}, progress=False)
-        goal = 0.3
+        goal = UNREACHABLE[method]
     res = compactnn.compress(
         model, method, data, target={"params": goal}, progress=False, on_drop="warn"
     )

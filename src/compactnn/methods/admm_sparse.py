@@ -323,7 +323,7 @@ class ADMMSparse(Method):
                 "structure='filters' with target=, or set mus= without a target."
             )
         layers = (
-            list(cfg.layers) if cfg.layers is not None else prunable_layers(model, data.input_shape)
+            list(cfg.layers) if cfg.layers is not None else kiaee_layers(model, data.input_shape)
         )
         m = layer_scales(model, layers)
         if cfg.penalty == "l0":
