@@ -281,6 +281,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print()
     print("latency: median of 50 runs, batch 100, 1 thread (SSR Table I protocol)")
     print(result.summary())
+    out = Path(args.out) if args.out else cache_dir() / "demo-result"
+    out.mkdir(parents=True, exist_ok=True)
+    ship_args = argparse.Namespace(prefer=None, threads=1, sparse_form="dense", batch_size=100)
+    rep = {
+        "method": "ssr",
+        "data": "mnist",
+        "options": DEMO_SSR,
+        "chosen": _plain(result.chosen),
+        "target": result.target,
+        "validation": result.validation,
+        "before": result.report_before.to_dict(),
+        "after": result.report_after.to_dict(),
+        "model_spec": {"model": "lenet-caffe", "factory": None, "factory_kwargs": {}},
+        "warnings": [],
+        "seconds": {},
+    }
+    _ship_result(ship_args, out, result, model, cd, rep)
+    print(f"wrote {out}: model.onnx, model.pt, model.safetensors + plan.json, report.md")
     return 0
 
 
@@ -781,6 +799,9 @@ def build_parser() -> argparse.ArgumentParser:
     pd.add_argument("--seed", type=int, default=0)
     pd.add_argument("--retrain", action="store_true", help="ignore the cached baseline")
     pd.add_argument("--no-compress", action="store_true", help="only train/report the baseline")
+    pd.add_argument(
+        "--out", help="directory for the shipped artifacts (default: CACHE/demo-result)"
+    )
     pd.set_defaults(func=cmd_demo)
 
     pc = sub.add_parser("compress", help="compress a model with a registered method")
