@@ -208,7 +208,7 @@ def main() -> None:
         "machine": f"{platform.machine()} {platform.processor()} 2-core CPU shared, no GPU, "
         "1 torch thread",
         "baseline": {"acc": base_acc, "latency_ms_b100": base_lat, "params": base_params},
-        "departures": __doc__.split("Departures")[1],
+        "departures": __doc__.split("(also written into the results):")[1],
         "table": [],
         "fig3": [],
         "fig4": [],
@@ -259,7 +259,7 @@ def main() -> None:
             save()
 
     # (c) Fig. 4: non-linear vs linear response, conv2 alone, CR vs accuracy
-    for lam1 in (0.005, 0.01, 0.02):
+    for lam1 in (0.005, 0.01, 0.02, 0.05, 0.1, 0.2):
         for resp in ("relu", "linear"):
             res, sec = _run(model, loaders, lam1=lam1, layers=("conv2",), response=resp)
             st = res.history["layers"]["conv2"]

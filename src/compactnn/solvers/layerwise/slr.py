@@ -155,13 +155,16 @@ def column_support(A: Tensor) -> Tensor:
     return torch.nonzero(A.abs().amax(dim=0) > 0, as_tuple=False).reshape(-1)
 
 
-def deployed_rank(B: Tensor, rtol: float = 0.0) -> int:
-    """Number of singular values of ``B`` above ``rtol * σ_max`` (and above 0)."""
+def deployed_rank(B: Tensor, rtol: float = 1e-6) -> int:
+    """Number of singular values of ``B`` above ``rtol * σ_max``.
+
+    The default ``1e-6`` sits above float32 round-off: an SVT iterate rebuilt in float32 has
+    spurious singular values ~1e-7 σ_max that must not count as rank.
+    """
     if not bool((B != 0).any()):
         return 0
     s = torch.linalg.svdvals(B.to(torch.float64))
-    cut = max(float(s[0]) * rtol, float(s[0]) * 1e-10)
-    return int((s > cut).sum())
+    return int((s > float(s[0]) * rtol).sum())
 
 
 def _f1(X: Tensor, Yt: Tensor, b: Tensor, M: Tensor, relu: bool) -> float:
