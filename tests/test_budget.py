@@ -174,20 +174,31 @@ def _cnn() -> nn.Module:
 
 def test_l1_norm_meets_a_params_target_chosen_without_the_test_set() -> None:
     train, test = _data()
-
-    class Spy(DataLoader):  # counts how often the test set is read
-        reads = 0
-
-        def __iter__(self):  # type: ignore[no-untyped-def]
-            Spy.reads += 1
-            return super().__iter__()
-
-    spy = Spy(test.dataset, batch_size=100)
-    res = compactnn.compress(
-        _cnn(), "l1-norm", (train, spy), target={"params": 0.4}, finetune_epochs=0,
-        measure=False, progress=False, on_drop="warn",
-    )  # fmt: skip
-    assert Spy.reads == 0
+    g = torch.Generator().manual_seed(7)
+    other = DataLoader(  # a different "test set": the choices must not change
+        TensorDataset(
+            torch.randn(100, 1, 8, 8, generator=g), torch.randint(0, 3, (100,), generator=g)
+        ),
+        batch_size=50,
+    )
+    runs = [
+        compactnn.compress(
+            _cnn(),
+            "l1-norm",
+            (train, t),
+            target={"params": 0.4},
+            finetune_epochs=0,
+            measure=False,
+            progress=False,
+            on_drop="warn",
+        )  # fmt: skip
+        for t in (test, other)
+    ]
+    res = runs[0]
+    assert runs[1].chosen == res.chosen
+    assert [t["strength"] for t in runs[1].target["trace"]] == [
+        t["strength"] for t in res.target["trace"]
+    ]
     assert res.target is not None and res.target["met"]
     kept = res.target["kept"]["params"]
     assert kept <= 0.4

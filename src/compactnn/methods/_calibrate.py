@@ -13,7 +13,7 @@ from torch import nn
 from compactnn.budget import Measure, Target, measure, search
 from compactnn.errors import ConfigError
 
-__all__ = ["search_strength", "layer_scales", "layer_units", "target_record"]
+__all__ = ["search_strength", "layer_scales", "layer_units", "target_record", "uniform_counts"]
 
 
 def layer_scales(
@@ -43,6 +43,41 @@ def layer_scales(
             )
         out[n] = v
     return out
+
+
+def uniform_counts(
+    model: nn.Module, layers: Sequence[str], target: Target, input_shape: Sequence[int]
+) -> tuple[dict[str, int], dict[str, float]]:
+    """Per-layer unit counts that meet ``target`` when every layer keeps the same share.
+
+    The share is bisected on the exact size of candidates cut by surgery (which filters are
+    kept does not change params / MACs), so couplings (next layers' inputs, BN) are counted.
+    Returns the counts and the fractions kept at them.
+    """
+    import math
+
+    from compactnn.budget import Strength
+    from compactnn.methods._common import prune_filters
+
+    mods = dict(model.named_modules())
+    units = {n: int(mods[n].weight.shape[0]) for n in layers}
+    base = measure(model, input_shape, target.keys)
+
+    def counts(s: float) -> dict[str, int]:
+        return {n: max(1, math.ceil((1.0 - s) * u)) for n, u in units.items()}
+
+    def evaluate(s: float) -> dict[str, float]:
+        keep = {n: list(range(k)) for n, k in counts(s).items() if k < units[n]}
+        cand = prune_filters(model, keep, input_shape)[0] if keep else model
+        return measure(cand, input_shape, target.keys).fractions(base)
+
+    found = search(evaluate, target, Strength("pruned share", 0.5, 0.9, log=False, bound_hi=0.999))
+    if not found.met:
+        raise ConfigError(
+            f"The target {target.as_dict()} cannot be reached by pruning {list(layers)}: one "
+            f"unit in each still keeps {found.kept}. Relax the target or prune more layers."
+        )
+    return counts(found.strength), found.kept
 
 
 def layer_units(model: nn.Module) -> dict[str, int]:

@@ -216,6 +216,94 @@ class SSR(Method):
         lam = {n: float(s) * cfg.rho * scales[n] for n in layers}
         return self.with_options(lam=lam, lam_path=None, layers=tuple(layers))
 
+    def calibrate(
+        self, model: nn.Module, data: CompressionData, target: Any, *, progress: bool = False
+    ) -> tuple[Method, dict[str, Any]]:
+        """Algorithm 1 layer by layer, each layer's lambda searched for its share of the budget.
+
+        The budget is first split into per-layer filter counts (the same share of every layer,
+        sized on physically cut candidates); then, in the order SSR prunes, lambda_l is
+        bisected (in units of rho x the layer's median filter norm) on AULM runs of that layer
+        alone, from the model the earlier layers left: the weakest lambda keeping at most its
+        count wins (a cliff that would keep under half of it falls back to the nearest count
+        above, at most 25 % over). The run then replays exactly these stages (same seeds, same
+        lambdas), so it selects the same filters. l1 (unstructured) and ``lam_path`` use the
+        generic global-scale search.
+        """
+        cfg: SSRConfig = self.config  # type: ignore[assignment]
+        if _PENALTIES[cfg.penalty] == "l1" or cfg.lam_path is not None:
+            return super().calibrate(model, data, target, progress=progress)
+        import time
+
+        from compactnn.budget import measure
+        from compactnn.methods._calibrate import target_record, uniform_counts
+
+        t0 = time.perf_counter()
+        shape = data.require_input_shape(self.name)
+        loader = data.require_train(self.name)
+        layers = list(cfg.layers) if cfg.layers is not None else prunable_layers(model, shape)
+        self._check_layers(model, layers)
+        counts, _ = uniform_counts(model, layers, target, shape)
+        lam: dict[str, float] = {}
+        trace: list[dict[str, Any]] = []
+        current = copy.deepcopy(model)
+        with torch.random.fork_rng(devices=[]):
+            for li, layer in enumerate(layers):
+                current, lam[layer], rows = self._calibrate_layer(
+                    current, layer, li, counts[layer], loader, shape
+                )
+                trace += rows
+                if progress:
+                    print(f"  ssr {layer}: lam {lam[layer]:.4g} keeps {rows[-1]['kept']} "
+                          f"(allotted {counts[layer]})", flush=True)  # fmt: skip
+        kept = measure(current, shape, target.keys).fractions(measure(model, shape, target.keys))
+        chosen = self.with_options(lam=lam, lam_path=None, layers=tuple(layers))
+        rec = target_record(
+            target, kept, option="lam per layer (layer by layer)", strength=None,
+            trace=trace, seconds=time.perf_counter() - t0, allotted=counts,
+        )  # fmt: skip
+        return chosen, rec
+
+    def _calibrate_layer(
+        self, current: nn.Module, layer: str, li: int, k: int, loader: Any, shape: tuple[int, ...]
+    ) -> tuple[nn.Module, float, list[dict[str, Any]]]:
+        """lambda of one layer keeping about ``k`` filters; returns the pruned model too."""
+        from compactnn.budget import Strength, Target, search
+        from compactnn.methods._calibrate import layer_scales
+
+        cfg: SSRConfig = self.config  # type: ignore[assignment]
+        n = int(dict(current.named_modules())[layer].weight.shape[0])
+        unit = cfg.rho * layer_scales(current, [layer])[layer]
+        trials: dict[float, tuple[int, nn.Module, Any]] = {}
+
+        def kept(s: float) -> dict[str, float]:
+            if s not in trials:
+                trial = copy.deepcopy(current)
+                res = self._aulm_layer(trial, layer, s * unit, loader, cfg.seed + 1000 * li, None)
+                trials[s] = (len(kept_filters(res.engine.state.F[f"{layer}.weight"],
+                                              cfg.min_keep)), trial, res)  # fmt: skip
+            return {"params": trials[s][0] / n}
+
+        if k < n:
+            search(kept, Target(params=k / n, tolerance=0.0),
+                   Strength("lam / (rho x median filter norm)", 0.03, 0.15, bound_lo=1e-4),
+                   max_evals=8, rel_tol=0.03)  # fmt: skip
+        else:
+            kept(0.0)
+        under = [s for s, t in trials.items() if t[0] <= k]
+        best = max(under, key=lambda s: (trials[s][0], -s)) if under else None
+        if best is None or trials[best][0] < max(1, k // 2):
+            over = [s for s, t in trials.items() if k < t[0] <= 1.25 * k]
+            if over:
+                best = min(over, key=lambda s: (trials[s][0], s))
+        if best is None:
+            best = max(trials, key=lambda s: s)
+        count, trial, res = trials[best]
+        pruned, _ = self._prune_layer(trial, layer, res, shape, {})
+        rows = [{"layer": layer, "lam": s * unit, "kept": t[0]} for s, t in sorted(trials.items())]
+        rows.append({"layer": layer, "lam": best * unit, "kept": count, "chosen": True})
+        return pruned, best * unit, rows
+
     def proxy(self) -> Method:
         """Same AULM stages (hence the same filters), without the final fine-tuning."""
         return self.with_options(finetune_epochs=0)
