@@ -67,6 +67,7 @@ def _run_one(solver: Solver, name: str, problem: LayerProblem) -> LayerSolveResu
     """Worker entry point: one thread, solve, raise errors that name the layer."""
     import torch
 
+    old = torch.get_num_threads()  # restored: the serial backend runs in the caller's process
     torch.set_num_threads(1)
     try:
         return solver(problem.X, problem.Y, problem.bias, linear=problem.linear, layer=name)
@@ -74,6 +75,8 @@ def _run_one(solver: Solver, name: str, problem: LayerProblem) -> LayerSolveResu
         raise
     except Exception as exc:  # a bug or an OOM in a worker: say which layer
         raise SolverError(f"Solving layer '{name}' failed: {type(exc).__name__}: {exc}") from exc
+    finally:
+        torch.set_num_threads(old)
 
 
 def solve_layers(
