@@ -174,6 +174,7 @@ def test_ddlr_runs_on_untraceable_model() -> None:
         progress=False,
         measure=False,
         eps_frac=0.3,
+        conv=True,  # DDLR compresses dense layers only by default (the paper's setting)
         max_rows=256,
     )
     lowrank = [a.layer for a in res.plan.actions if type(a).__name__ == "LowRank"]

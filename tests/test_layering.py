@@ -38,6 +38,7 @@ LEVELS: list[str] = [
     "data",
     "models",
     "train",
+    "_preflight",  # compress's up-front checks of the model and the data (uses train, metrics)
     "methods",
     "api",
     "export",  # ONNX, TorchScript, compact checkpoint

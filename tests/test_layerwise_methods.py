@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import compactnn
 from compactnn import surgery
-from compactnn.errors import ConfigError, SolverError, UnsupportedLayerError
+from compactnn.errors import ConfigError, UnsupportedLayerError
 from compactnn.layers import LowRankConv2d, LowRankLinear, SparseConv2d, SparseLinear
 from compactnn.methods import get_method
 from compactnn.methods.layerwise import DDLR, DDLRConfig, NetTrim, default_layers
@@ -138,7 +138,8 @@ def test_refuses_other_layer_types_and_grouped_conv() -> None:
 def test_nan_calibration_data_raises_no_partial_result() -> None:
     model, data = _mlp(), _loader((6,), nan=True)
     before = _state(model)
-    with pytest.raises(SolverError, match="NaN"):
+    # refused up front by compress's data checks, before any capture or solve
+    with pytest.raises(ConfigError, match="NaN"):
         _run(model, "ddlr", data, max_rows=None, val_fraction=0.0)  # every sample calibrates
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 

@@ -84,7 +84,7 @@ BAD: dict[str, tuple[str, dict[str, list]]] = {
             "finetune_lr": _POS_FLOAT,
             "lam_path": [[], 0.1, "x", [0.1, -0.2], [0.1, [0.1, "x"]], [{"a": NAN}]],
             "path_finetune_epochs": _NONNEG_INT,
-            "finetune_schedule": ["step", None, 1],
+            "finetune_schedule": ["linear", None, 1],
             "finetune_step_epochs": _POS_INT,
             **COMMON_FT,
         },
@@ -122,9 +122,13 @@ BAD: dict[str, tuple[str, dict[str, list]]] = {
             "rank": [0, 1.5, [2, 3], {"a": 0}, "x"],
             "energy": [0.0, 1.5, "x"],
             "dense_fallback": _BOOL,
+            "conv": _BOOL,
         },
     ),
-    "net-trim": ("Net-Trim", {**LAYERWISE, "zero_tol": [-0.1, 2.0, "x"]}),
+    "net-trim": (
+        "Net-Trim",
+        {**LAYERWISE, "zero_tol": [-0.1, 2.0, "x"], "refit_bias": _BOOL, "conv": _BOOL},
+    ),
     "slr": (
         "SLR",
         {
