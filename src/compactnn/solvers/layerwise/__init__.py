@@ -27,7 +27,6 @@ from compactnn.solvers.layerwise.ddlr import (
 )
 from compactnn.solvers.layerwise.net_trim import NetTrimSolver, solve_net_trim
 from compactnn.solvers.layerwise.parallel import solve_layers
-from compactnn.solvers.layerwise.slr import SLRAdmmOptions, SLRCvxpyOptions, SLRSolver
 from compactnn.solvers.layerwise.problem import (
     STATUSES,
     LayerProblem,
@@ -39,6 +38,7 @@ from compactnn.solvers.layerwise.registry import (
     get_layer_solver,
     list_layer_solvers,
 )
+from compactnn.solvers.layerwise.slr import SLRAdmmOptions, SLRCvxpyOptions, SLRSolver
 
 __all__ = [
     "BACKENDS",
