@@ -54,6 +54,8 @@ bench: data
 	$(PY) benchmarks/bench_ddlr_repro.py
 	$(PY) benchmarks/bench_solvers.py
 	$(PY) benchmarks/bench_pgt.py
+	$(PY) benchmarks/bench_slr.py
+	$(PY) benchmarks/bench_targets.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
