@@ -41,8 +41,6 @@ UNREACHABLE = {
     "ddlr": 0.4,
     # Kiaee's over-pruning guard: never more than half of a layer's filters
     "admm-sparse": 0.4,
-    # Ma et al.: the first conv is kept and FC layers get the sparse part only
-    "slr": 0.4,
 }
 
 
