@@ -43,6 +43,7 @@ from compactnn.layers import (
     SparseLinear,
     SparsePlusLowRank,
 )
+from compactnn.metrics import _eval_no_grad
 
 __all__ = [
     "CHECKPOINT_FILES",
@@ -225,13 +226,8 @@ def _as_batch(x: Any, what: str) -> Tensor:
 
 
 def _reference(model: nn.Module, x: Tensor) -> Tensor:
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            out = model(x)
-    finally:
-        model.train(was)
+    with _eval_no_grad(model):
+        out = model(x)
     if not isinstance(out, Tensor):
         raise ExportError(
             f"export supports models with one tensor output; {type(model).__name__} returned "
@@ -705,15 +701,12 @@ def layer_speed(
         m.register_forward_pre_hook(lambda mod, inp, _n=n: seen.__setitem__(_n, inp[0].detach()))
         for n, m in targets.items()
     ]
-    was = model.training
-    model.eval()
     try:
-        with torch.no_grad():
+        with _eval_no_grad(model):
             model(inputs)
     finally:
         for h in hooks:
             h.remove()
-        model.train(was)
     rows = []
     with _threads(threads):
         for n, m in targets.items():

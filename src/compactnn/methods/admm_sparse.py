@@ -264,6 +264,7 @@ def following_norms(model: nn.Module, layers: list[str], input_shape: Any) -> di
     """Per layer, the per-channel norm modules (BatchNorm/InstanceNorm) that read its output
     directly (one forward pass on a zero batch, in eval mode; the model is left as it was)."""
     from compactnn.graph import example_input_for
+    from compactnn.metrics import _eval_no_grad
 
     mods = dict(model.named_modules())
     norms = {n: m for n, m in mods.items() if isinstance(m, nn.modules.batchnorm._NormBase)}
@@ -282,15 +283,12 @@ def following_norms(model: nn.Module, layers: list[str], input_shape: Any) -> di
                 found[hit[1]].append(bn_name)
 
         handles.append(bn.register_forward_pre_hook(pre))
-    was = model.training
     try:
-        model.eval()
-        with torch.no_grad():
+        with _eval_no_grad(model):
             model(example_input_for(model, input_shape))
     finally:
         for h in handles:
             h.remove()
-        model.train(was)
     return found
 
 

@@ -182,6 +182,7 @@ def neuron_shapes(
     ``c*h*w = in_features`` elements per sample), ``(in_features, 1, 1)`` when there is none.
     """
     from compactnn.graph import example_input_for
+    from compactnn.metrics import _eval_no_grad
 
     mods = dict(model.named_modules())
     out: dict[str, tuple[int, int, int]] = {}
@@ -221,15 +222,12 @@ def neuron_shapes(
             handles.append(m.register_forward_pre_hook(before))
         if not list(m.children()):
             handles.append(m.register_forward_hook(record))
-    was_training = model.training
     try:
-        model.eval()
-        with torch.no_grad():
+        with _eval_no_grad(model):
             model(example_input_for(model, input_shape))
     finally:
         for h in handles:
             h.remove()
-        model.train(was_training)
     for n in linear:
         out[n] = tuple(int(s) for s in found.get(n, (mods[n].in_features, 1, 1)))  # type: ignore[assignment]
     return out

@@ -54,6 +54,7 @@ from compactnn._validation import (
 from compactnn.errors import ConfigError
 from compactnn.methods.base import CompressionData, CompressionResult, Method, MethodConfig
 from compactnn.methods.layerwise import LayerwiseConfig, _Layerwise, default_layers
+from compactnn.metrics import _eval_no_grad
 
 __all__ = ["SLR", "SLRConfig", "SLR_FORMS"]
 
@@ -381,11 +382,8 @@ def _input_shapes(model: nn.Module, x: Tensor) -> dict[str, tuple[int, ...]]:
 
             handles.append(m.register_forward_hook(hook))
     try:
-        with torch.no_grad():
-            was = model.training
-            model.eval()
+        with _eval_no_grad(model):  # train mode restored even if the forward raises
             model(x)
-            model.train(was)
     finally:
         for h in handles:
             h.remove()
