@@ -451,9 +451,18 @@ def save_checkpoint(
 
 def _skeleton_plan(doc: dict[str, Any], path: Path) -> Any:
     """The plan of ``plan.json`` with zero tensors of the recorded shapes, without SetState."""
-    from compactnn.plan import CompressionPlan, SetState
+    from compactnn.plan import CompressionPlan, SetState, decode_action
 
     shapes = doc["checkpoint"].get("shapes", {})
+
+    def zeros(name: str) -> Tensor:
+        if name not in shapes:
+            raise CheckpointError(
+                f"{path}: no shape recorded for tensor {name!r}; write the "
+                "checkpoint again with compactnn.export.save_checkpoint."
+            )
+        return torch.zeros(shapes[name])
+
     actions = []
     for i, rec in enumerate(doc.get("actions", [])):
         kind = CompressionPlan.ACTION_TYPES.get(rec.get("type", ""))
@@ -461,23 +470,10 @@ def _skeleton_plan(doc: dict[str, Any], path: Path) -> Any:
             raise CheckpointError(f"{path}: action #{i} has unknown type {rec.get('type')!r}.")
         if kind is SetState:
             continue
-        kwargs: dict[str, Any] = {}
-        for f in fields(kind):
-            if f.name not in rec:
-                continue
-            v = rec[f.name]
-            if isinstance(v, dict) and "tensor" in v:
-                if v["tensor"] not in shapes:
-                    raise CheckpointError(
-                        f"{path}: no shape recorded for tensor {v['tensor']!r}; write the "
-                        "checkpoint again with compactnn.export.save_checkpoint."
-                    )
-                v = torch.zeros(shapes[v["tensor"]])
-            elif isinstance(v, list):
-                v = tuple(v)
-            kwargs[f.name] = v
         try:
-            actions.append(kind(**kwargs))
+            actions.append(decode_action(kind, rec, zeros))
+        except CheckpointError:
+            raise
         except Exception as exc:  # noqa: BLE001
             raise CheckpointError(f"{path}: action #{i} is malformed ({exc}).") from exc
     return CompressionPlan(actions=actions, meta=dict(doc.get("meta", {})))
@@ -585,22 +581,6 @@ def _fit_data_dependent(model: nn.Module, state: dict[str, Tensor]) -> None:
 
 
 # ---------------------------------------------------------------------------- latency
-def _summary(times: list[float], batch_size: int, threads: int, warmup: int) -> Any:
-    from compactnn.metrics import LatencyResult
-
-    times = sorted(times)
-    q = statistics.quantiles(times, n=10) if len(times) >= 2 else [times[0]] * 9
-    return LatencyResult(
-        median_ms=statistics.median(times),
-        p10_ms=q[0],
-        p90_ms=q[-1],
-        batch_size=batch_size,
-        threads=threads,
-        repeats=len(times),
-        warmup=warmup,
-    )
-
-
 def onnx_latency(
     path: str | Path, inputs: Tensor, *, threads: int = 1, repeats: int = 30, warmup: int = 5
 ) -> Any:
@@ -618,7 +598,11 @@ def onnx_latency(
         t0 = time.perf_counter()
         sess.run(None, feed)
         times.append((time.perf_counter() - t0) * 1e3)
-    return _summary(times, int(inputs.shape[0]), threads, warmup)
+    from compactnn.metrics import LatencyResult
+
+    return LatencyResult.from_times(
+        times, batch_size=int(inputs.shape[0]), threads=threads, warmup=warmup
+    )
 
 
 def _time(fn: Any, x: Tensor, repeats: int, warmup: int) -> float:

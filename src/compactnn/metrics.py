@@ -306,6 +306,23 @@ class LatencyResult:
     def per_sample_ms(self) -> float:
         return self.median_ms / self.batch_size
 
+    @classmethod
+    def from_times(
+        cls, times_ms: Sequence[float], *, batch_size: int, threads: int, warmup: int
+    ) -> LatencyResult:
+        """Median and 10th / 90th percentiles of timed runs (milliseconds)."""
+        times = sorted(times_ms)
+        q = statistics.quantiles(times, n=10) if len(times) >= 2 else [times[0]] * 9
+        return cls(
+            median_ms=statistics.median(times),
+            p10_ms=q[0],
+            p90_ms=q[-1],
+            batch_size=batch_size,
+            threads=threads,
+            repeats=len(times),
+            warmup=warmup,
+        )
+
 
 @contextlib.contextmanager
 def _threads(n: int) -> Iterator[None]:
@@ -370,17 +387,7 @@ def measure_latency(
             dt = time.perf_counter() - t0
             times.append(dt * 1e3)
             spent += dt
-    times.sort()
-    q = statistics.quantiles(times, n=10) if len(times) >= 2 else [times[0]] * 9
-    return LatencyResult(
-        median_ms=statistics.median(times),
-        p10_ms=q[0],
-        p90_ms=q[-1],
-        batch_size=batch_size,
-        threads=threads,
-        repeats=len(times),
-        warmup=warmup,
-    )
+    return LatencyResult.from_times(times, batch_size=batch_size, threads=threads, warmup=warmup)
 
 
 def accuracy(

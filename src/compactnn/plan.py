@@ -44,6 +44,7 @@ from compactnn.errors import CheckpointError, PlanError
 
 __all__ = [
     "Action",
+    "decode_action",
     "KeepOutputs",
     "KeepInputs",
     "LowRank",
@@ -462,6 +463,24 @@ def _paths(path: str | Path) -> tuple[Path, Path]:
     return p.with_name(p.name + ".json"), p.with_name(p.name + ".safetensors")
 
 
+def decode_action(kind: type, rec: dict[str, Any], tensor: Any) -> Any:
+    """An action of type ``kind`` from its JSON record; ``tensor(name)`` resolves the tensors the
+    record names (``{"tensor": name}``, or ``{"tensors": {key: name}}`` for a state dict)."""
+    kwargs: dict[str, Any] = {}
+    for f in fields(kind):
+        if f.name not in rec:
+            continue
+        v = rec[f.name]
+        if isinstance(v, dict) and "tensor" in v:
+            v = tensor(v["tensor"])
+        elif isinstance(v, dict) and "tensors" in v:
+            v = {k: tensor(t) for k, t in v["tensors"].items()}
+        elif isinstance(v, list):
+            v = tuple(v)
+        kwargs[f.name] = v
+    return kind(**kwargs)
+
+
 @dataclass
 class CompressionPlan:
     """An ordered list of surgery actions plus JSON-serializable metadata.
@@ -557,32 +576,17 @@ class CompressionPlan:
         check_plan_doc(doc, json_path, extra_keys=("checkpoint",))
         actions: list[Action] = []
         for i, rec in enumerate(doc.get("actions", [])):
-            kind = _ACTIONS[rec["type"]]
-            kwargs: dict[str, Any] = {}
-            for f in fields(kind):
-                if f.name not in rec:
-                    continue
-                v = rec[f.name]
-                if isinstance(v, dict) and "tensor" in v:
-                    if v["tensor"] not in tensors:
-                        raise CheckpointError(
-                            f"{st_path} lacks tensor {v['tensor']!r} of action #{i}; the two "
-                            "plan files do not belong together."
-                        )
-                    v = tensors[v["tensor"]]
-                elif isinstance(v, dict) and "tensors" in v:
-                    missing = [t for t in v["tensors"].values() if t not in tensors]
-                    if missing:
-                        raise CheckpointError(
-                            f"{st_path} lacks tensor {missing[0]!r} of action #{i}; the two "
-                            "plan files do not belong together."
-                        )
-                    v = {k: tensors[t] for k, t in v["tensors"].items()}
-                elif isinstance(v, list):
-                    v = tuple(v)
-                kwargs[f.name] = v
+
+            def tensor(name: str, i: int = i) -> Tensor:
+                if name not in tensors:
+                    raise CheckpointError(
+                        f"{st_path} lacks tensor {name!r} of action #{i}; the two "
+                        "plan files do not belong together."
+                    )
+                return tensors[name]
+
             try:
-                actions.append(kind(**kwargs))
+                actions.append(decode_action(_ACTIONS[rec["type"]], rec, tensor))
             except TypeError as exc:
                 raise CheckpointError(f"{json_path}: action #{i} is malformed ({exc}).") from exc
         return cls(actions=actions, meta=dict(doc.get("meta", {})))
