@@ -117,6 +117,8 @@ def run_admm(
                 primal=f"{stats['primal_residual']:.3g}",
                 dF=f"{stats['f_change']:.3g}",
                 nnz=f"{stats['nnz_groups']}/{stats['total_groups']}",
+                refresh=False,  # update() redraws at most every mininterval; off a TTY a
+                # forced refresh would write one line per outer iteration
             )
             if engine.converged():
                 done = True
