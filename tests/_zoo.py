@@ -312,3 +312,19 @@ class ShapeCheckedNet(nn.Module):
         x = torch.relu(self.conv2(x))
         x = x.flatten(1) if x.shape[0] > 1 else x.reshape(1, -1)
         return self.head(torch.relu(self.fc(x)))
+
+
+def tiny_cnn() -> nn.Module:
+    """conv 8 -> pool -> conv 12 -> fc 16 -> 3 classes on 1x8x8 inputs (seeded)."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(8, 12, 3, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(12 * 4 * 4, 16),
+        nn.ReLU(),
+        nn.Linear(16, 3),
+    )

@@ -12,6 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import compactnn
+from _zoo import tiny_cnn  # tests/ is on sys.path (pytest prepend import mode)
 from compactnn.api import as_compression_data, split_loader
 from compactnn.budget import Strength, Target, measure, search
 from compactnn.errors import AccuracyDropError, ConfigError
@@ -157,21 +158,6 @@ def _data() -> tuple[DataLoader, DataLoader]:
     return train, DataLoader(ds, batch_size=100)
 
 
-def _cnn() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(1, 8, 3, padding=1),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(8, 12, 3, padding=1),
-        nn.ReLU(),
-        nn.Flatten(),
-        nn.Linear(12 * 4 * 4, 16),
-        nn.ReLU(),
-        nn.Linear(16, 3),
-    )
-
-
 def test_l1_norm_meets_a_params_target_chosen_without_the_test_set() -> None:
     train, test = _data()
     g = torch.Generator().manual_seed(7)
@@ -183,7 +169,7 @@ def test_l1_norm_meets_a_params_target_chosen_without_the_test_set() -> None:
     )
     runs = [
         compactnn.compress(
-            _cnn(),
+            tiny_cnn(),
             "l1-norm",
             (train, t),
             target={"params": 0.4},
@@ -203,11 +189,11 @@ def test_l1_norm_meets_a_params_target_chosen_without_the_test_set() -> None:
     kept = res.target["kept"]["params"]
     assert kept <= 0.4
     assert kept == pytest.approx(
-        compactnn.metrics.count_params(res.model) / compactnn.metrics.count_params(_cnn())
+        compactnn.metrics.count_params(res.model) / compactnn.metrics.count_params(tiny_cnn())
     )
     # the chosen options replay without search: same architecture
     again = compactnn.compress(
-        _cnn(), "l1-norm", (train, test), measure=False, progress=False, on_drop="warn",
+        tiny_cnn(), "l1-norm", (train, test), measure=False, progress=False, on_drop="warn",
         **res.chosen,
     )  # fmt: skip
     shapes = [p.shape for p in res.model.parameters()]
@@ -216,7 +202,7 @@ def test_l1_norm_meets_a_params_target_chosen_without_the_test_set() -> None:
 
 def test_compress_leaves_every_global_rng_untouched() -> None:
     train, test = _data()
-    model = _cnn()  # seeds torch itself
+    model = tiny_cnn()  # seeds torch itself
     torch.manual_seed(5)
     random.seed(5)
     np.random.seed(5)  # noqa: NPY002
@@ -232,7 +218,7 @@ def test_compress_leaves_every_global_rng_untouched() -> None:
 
 def test_silent_destruction_is_refused_with_the_numbers() -> None:
     train, test = _data()
-    model = _cnn()
+    model = tiny_cnn()
     train_model(model, train, config=TrainConfig(epochs=8, lr=0.05), progress=False)
     with pytest.raises(AccuracyDropError, match=r"collapsed to <= 1 unit: '0' \(1\)") as info:
         compactnn.compress(
@@ -250,7 +236,7 @@ def test_silent_destruction_is_refused_with_the_numbers() -> None:
 
 def test_drop_guard_uses_max_drop() -> None:
     train, test = _data()
-    model = _cnn()
+    model = tiny_cnn()
     train_model(model, train, config=TrainConfig(epochs=8, lr=0.05), progress=False)
     res = compactnn.compress(
         model, "magnitude", (train, test), ratio=0.75, finetune_epochs=0, measure=False,

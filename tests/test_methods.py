@@ -11,26 +11,12 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import compactnn
+from _zoo import tiny_cnn  # tests/ is on sys.path (pytest prepend import mode)
 from compactnn import metrics, surgery
 from compactnn.errors import ConfigError, UnknownNameError
 from compactnn.methods import get_method, list_methods
 
 TRAINING_METHODS = ["ssr", "admm-sparse", "random", "l1-norm", "apoz", "magnitude"]
-
-
-def tiny_cnn() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(1, 8, 3, padding=1),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(8, 12, 3, padding=1),
-        nn.ReLU(),
-        nn.Flatten(),
-        nn.Linear(12 * 4 * 4, 16),
-        nn.ReLU(),
-        nn.Linear(16, 3),
-    )
 
 
 @pytest.fixture(scope="module")
