@@ -220,9 +220,7 @@ class Method:
 
     def with_options(self, **changes: Any) -> Method:
         """A new instance of this method with some options replaced (validated again)."""
-        opts = {f.name: getattr(self.config, f.name) for f in fields(self.config)}
-        opts.update(changes)
-        return type(self)(**opts)
+        return type(self)(**{**self.options(), **changes})
 
     def options(self) -> dict[str, Any]:
         """The options of this instance, as keyword arguments that rebuild it."""
