@@ -186,7 +186,7 @@ def test_input_channels_dead_for_every_filter_are_removed() -> None:
     masks["4.weight"][2, 0] = False  # one more zero kernel: stays masked in the dense conv
     am.ADMMSparse._fix_structure(model, _Masks(masks), layers, {"0": ["1"], "4": ["5"]})
     data = CompressionData(train=None, input_shape=(1, 8, 8))
-    deployed, plan, keep = am.ADMMSparse()._deploy(model, layers, masks, data)
+    deployed, plan, keep, _ = am.ADMMSparse()._deploy(model, layers, masks, data)
     assert keep == {}
     assert deployed[0].out_channels == 4 and deployed[1].num_features == 4
     assert deployed[4].in_channels == 4
@@ -196,3 +196,153 @@ def test_input_channels_dead_for_every_filter_are_removed() -> None:
     torch.testing.assert_close(deployed(x), model(x), atol=1e-6, rtol=1e-6)
     rebuilt = surgery.apply(plan, copy.deepcopy(bn_net())).eval()
     torch.testing.assert_close(rebuilt(x), deployed(x), atol=0, rtol=0)
+
+
+# ------------------------------------------------- kernel sparsity deployed by measured latency
+def _kernel_sparse_model() -> tuple[nn.Module, list[str]]:
+    """bn_net with zero kernels W_ij in its second conv (no filter and no input fully zero)."""
+    model = bn_net().eval()
+    with torch.no_grad():
+        w = model[4].weight
+        keep = torch.rand(w.shape[:2], generator=torch.Generator().manual_seed(1)) > 0.5
+        keep[:, 0] = True  # every filter reads input 0: no filter is all zero
+        keep[0, :] = True  # filter 0 reads every input: no input is dead for every filter
+        w.mul_(keep[:, :, None, None])
+    return model, ["0", "4"]
+
+
+def test_kernel_sparse_conv_chosen_by_measured_latency_is_exact_and_replays() -> None:
+    from compactnn.layers import KernelSparseConv2d, stored_param_count
+    from compactnn.metrics import count_params
+    from compactnn.plan import CompressionPlan, KernelSparse
+
+    model, layers = _kernel_sparse_model()
+    samples = torch.randn(100, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+    actions, records = am.choose_kernel_forms(model, layers, samples, repeats=2)
+    assert [a.layer for a in actions] == ["4"] and list(records) == ["4"]  # conv "0" is dense
+    rec = records["4"]
+    w = model[4].weight.detach()
+    nnz = int(w.reshape(8, 6, -1).ne(0).any(2).sum())
+    assert rec["kernels"] == 48 and rec["zero_kernels"] == 48 - nnz
+    timed = [c for c in rec["candidates"] if not c.get("stopped")]
+    assert {c["form"] for c in rec["candidates"]} >= {"dense", "sparse"}
+    assert all(c["ms"] > 0 and c["ms_b1"] > 0 for c in timed) and rec["conv_ms"] > 0
+    assert rec["chosen"]["ms"] == min(c["ms"] for c in timed)  # the fastest at batch 100
+    assert rec["stored_values"] == nnz * 9 + 8 and rec["coo_count"] == nnz * 11 + 8
+    deployed = surgery.apply(
+        CompressionPlan(actions=actions, meta={"input_shape": [1, 8, 8]}), model
+    )
+    layer = deployed[4]
+    assert isinstance(layer, KernelSparseConv2d) and layer.form == rec["chosen"]["form"]
+    assert stored_param_count(layer) == rec["stored_values"]
+    assert count_params(deployed) == count_params(model) - (48 - nnz) * 9
+    x = torch.randn(7, 1, 8, 8)
+    torch.testing.assert_close(deployed.eval()(x), model(x), atol=1e-5, rtol=0)
+    # every form replays on a fresh, untrained instance (plan saved and loaded)
+    for form in ("dense", "grouped", "sparse"):
+        groups = ((0, 2, 4, 6), (1, 3, 5, 7)) if form == "grouped" else ()
+        act = KernelSparse(layer="4", weight=w, bias=model[4].bias.detach(), form=form,
+                           filter_groups=groups)  # fmt: skip
+        plan = am.replay_plan(
+            CompressionPlan(actions=[act]),
+            surgery.apply(CompressionPlan(actions=[act], meta={"input_shape": [1, 8, 8]}), model),
+            (1, 8, 8),
+        )
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as d:
+            plan.save(f"{d}/p")
+            loaded = CompressionPlan.load(f"{d}/p")
+        assert loaded.actions[0] == act
+        rebuilt = surgery.apply(loaded, bn_net()).eval()
+        assert rebuilt[4].form == form and rebuilt[4].filter_groups == (
+            groups or rebuilt[4].filter_groups
+        )
+        torch.testing.assert_close(rebuilt(x), model(x), atol=1e-5, rtol=0)
+
+
+def test_kernel_sparse_action_refuses_bad_targets() -> None:
+    from compactnn.errors import PlanError
+    from compactnn.plan import CompressionPlan, KernelSparse
+
+    model = bn_net()
+    w = model[4].weight.detach()
+    with pytest.raises(PlanError, match="names a Linear"):
+        surgery.apply(
+            CompressionPlan(actions=[KernelSparse("8", torch.zeros(12, 128, 1, 1), None)]), model
+        )
+    with pytest.raises(PlanError, match="weight has shape"):
+        surgery.apply(CompressionPlan(actions=[KernelSparse("4", w[:, :3], None)]), model)
+    with pytest.raises(PlanError, match="'form' must be one of"):
+        KernelSparse("4", w, None, form="csr")
+    with pytest.raises(PlanError, match="must partition"):
+        surgery.apply(
+            CompressionPlan(actions=[KernelSparse("4", w, None, "grouped", ((0, 1),))]), model
+        )
+
+
+@pytest.mark.parametrize("form", ["dense", "grouped", "sparse"])
+def test_kernel_sparse_conv_exports_to_onnx_and_torchscript(form: str, tmp_path) -> None:
+    from compactnn import export
+    from compactnn.layers import KernelSparseConv2d
+
+    pytest.importorskip("onnxruntime")
+    model, _ = _kernel_sparse_model()
+    deployed = copy.deepcopy(model)
+    deployed[4] = KernelSparseConv2d.from_conv(model[4], form=form, max_groups=3)
+    x = torch.randn(16, 1, 8, 8, generator=torch.Generator().manual_seed(3))
+    rec = export.to_onnx(deployed, tmp_path / "m.onnx", x[:2], samples=x)
+    assert rec["max_abs_diff"] <= 1e-4
+    out = export.ort_session(tmp_path / "m.onnx").run(None, {"input": x.numpy()})[0]
+    torch.testing.assert_close(torch.from_numpy(out), model(x).detach(), atol=1e-4, rtol=0)
+    ts = export.to_torchscript(deployed, tmp_path / "m.pt", x[:2], samples=x)
+    assert ts["max_abs_diff"] <= 1e-4
+    loaded = torch.jit.load(str(tmp_path / "m.pt"))
+    torch.testing.assert_close(loaded(x), model(x).detach(), atol=1e-4, rtol=0)
+    # the compact checkpoint (stored kernels only) restores it on a fresh instance
+    from compactnn.plan import CompressionPlan, KernelSparse
+
+    layer = deployed[4]
+    act = KernelSparse("4", layer.dense_weight().detach(), layer.bias.detach(), form,
+                       layer.filter_groups if form == "grouped" else ())  # fmt: skip
+    plan = CompressionPlan(actions=[act], meta={"input_shape": [1, 8, 8]}).with_state(deployed)
+    export.save_checkpoint(deployed, plan, tmp_path / "ckpt")
+    back = export.load(tmp_path / "ckpt", bn_net())
+    assert back[4].form == form and back[4].filter_groups == layer.filter_groups
+    torch.testing.assert_close(back(x), deployed.eval()(x), atol=0, rtol=0)
+
+
+def test_path_records_kernel_deployment_and_measured_speedup(tmp_path) -> None:
+    """structure='kernels' on a conv net: every path point records its kernel deployment
+    (candidates' times at batch 100 and 1) and its measured latency / speed-up over mu = 0;
+    every point's plan rebuilds its model exactly."""
+    from compactnn.layers import KernelSparseConv2d
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(192, 1, 8, 8, generator=g)
+    y = (x[:, 0, :4].mean((1, 2)) > 0).long() + (x[:, 0, 4:].mean((1, 2)) > 0).long()
+    train = DataLoader(TensorDataset(x[:128], y[:128]), batch_size=32, shuffle=True)
+    val = DataLoader(TensorDataset(x[128:], y[128:]), batch_size=64)
+    model = bn_net()
+    res = compactnn.compress(
+        copy.deepcopy(model), "admm-sparse", (train, val, val), progress=False, measure=False,
+        structure="kernels", mus=(0.05, 0.3), xi=1, steps_per_epoch=2, nu=1, on_drop="warn",
+    )  # fmt: skip
+    path = res.history["path"]
+    assert path[0]["speedup"] == 1.0 and path[0]["kernel_deploy"] == {}
+    assert all(p["latency_ms"] > 0 and p["latency_ms_b1"] > 0 and p["speedup"] > 0 for p in path)
+    last = path[-1]
+    assert last["kernel_deploy"], "mu = 0.3 leaves zero kernels in the second conv"
+    for name, rec in last["kernel_deploy"].items():
+        layer = res.model.get_submodule(name)
+        assert isinstance(layer, KernelSparseConv2d) and layer.form == rec["chosen"]["form"]
+    for entry, plan in zip(path, res.history["path_plans"], strict=True):
+        rebuilt = surgery.apply(plan, copy.deepcopy(model))
+        assert accuracy(rebuilt, val, topk=(1,))["top1"] == pytest.approx(entry["val_top1"])
+    # the compact checkpoint (values of the stored kernels only) restores the deployed model
+    from compactnn import export
+
+    export.save_checkpoint(res.model, res.plan, tmp_path / "ckpt", input_shape=(1, 8, 8))
+    back = export.load(tmp_path / "ckpt", bn_net())
+    xb = x[:16]
+    torch.testing.assert_close(back(xb), res.model.eval()(xb), atol=0, rtol=0)

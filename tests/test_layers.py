@@ -119,3 +119,77 @@ def test_fx_traceable_and_trainable(layer: nn.Module, shape: tuple[int, ...]) ->
     grads = [p.grad for p in layer.parameters()]
     assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
     assert getattr(layer, "is_compactnn_layer", False)
+
+
+# ---------------------------------------------------------------- kernel-sparse conv (Kiaee)
+def _kernel_sparse_weight(n: int, c: int, k: tuple[int, int], zero: float, seed: int = 0):
+    """A conv weight at a trained net's scale whose kernels W_ij are zero with prob. ``zero``."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(n, c, *k, generator=g) / (c * k[0] * k[1]) ** 0.5
+    keep = torch.rand(n, c, generator=g) >= zero
+    return w * keep[:, :, None, None], keep
+
+
+@pytest.mark.parametrize("form", ["dense", "grouped", "sparse"])
+@pytest.mark.parametrize(
+    "geom",
+    [dict(), dict(stride=2, padding=1), dict(padding=(2, 1), dilation=(2, 1))],
+    ids=["plain", "stride-pad", "dilation"],
+)
+@pytest.mark.parametrize("bias", [True, False])
+def test_kernel_sparse_conv_equals_masked_dense_conv(form: str, geom: dict, bias: bool) -> None:
+    from compactnn.layers import KernelSparseConv2d
+
+    w, keep = _kernel_sparse_weight(10, 7, (3, 2), zero=0.6)
+    b = torch.randn(10) if bias else None
+    layer = KernelSparseConv2d(w, b, form=form, max_groups=3, **geom)
+    x = torch.randn(4, 7, 11, 9)
+    ref = F.conv2d(x, w, b, geom.get("stride", 1), geom.get("padding", 0), geom.get("dilation", 1))
+    assert torch.allclose(layer(x), ref, atol=TOL, rtol=0)
+    assert torch.equal(layer.dense_weight(), w)
+    k = int(keep.sum())
+    assert layer.nnz_kernels == k
+    assert stored_param_count(layer) == k * 6 + (10 if bias else 0)  # stored values
+    assert layer.coo_param_count() == k * (6 + 2) + (10 if bias else 0)  # + (i, j) per kernel
+    assert 1 <= len(layer.filter_groups) <= 3
+    traced = fx.symbolic_trace(layer)
+    assert torch.allclose(traced(x), ref, atol=TOL, rtol=0)
+
+
+def test_kernel_sparse_conv_grouped_keeps_output_order_and_trains() -> None:
+    """Filters of two input supports, interleaved: two groups, outputs back in the original
+    order; the gradient reaches exactly the stored kernels."""
+    from compactnn.layers import KernelSparseConv2d, support_groups
+
+    w = torch.randn(6, 4, 3, 3)
+    w[0::2, 2:] = 0  # even filters read inputs 0, 1
+    w[1::2, :2] = 0  # odd filters read inputs 2, 3
+    support = w.reshape(6, 4, -1).ne(0).any(2)
+    assert support_groups(support, 4) == [[0, 2, 4], [1, 3, 5]]
+    assert support_groups(support, 1) == [list(range(6))]
+    layer = KernelSparseConv2d(w, torch.randn(6), padding=1, form="grouped")
+    assert layer.filter_groups == ((0, 2, 4), (1, 3, 5))
+    x = torch.randn(2, 4, 5, 5, requires_grad=True)
+    ref = F.conv2d(x, w, layer.bias, padding=1)
+    out = layer(x)
+    assert torch.allclose(out, ref, atol=TOL, rtol=0)
+    out.square().sum().backward()
+    assert layer.values.grad is not None and layer.values.grad.shape == (12, 3, 3)
+    assert layer.values.grad.abs().sum() > 0
+    assert stored_param_count(layer) == 12 * 9 + 6
+
+
+def test_kernel_sparse_conv_bad_arguments() -> None:
+    from compactnn.layers import KernelSparseConv2d
+
+    w, _ = _kernel_sparse_weight(4, 3, (3, 3), zero=0.5)
+    with pytest.raises(ConfigError, match="'form' parameter of KernelSparseConv2d"):
+        KernelSparseConv2d(w, form="csr")
+    with pytest.raises(ConfigError, match="must partition the 4 filters"):
+        KernelSparseConv2d(w, form="grouped", filter_groups=[[0, 1], [1, 2, 3]])
+    with pytest.raises(ConfigError, match="'bias' of KernelSparseConv2d"):
+        KernelSparseConv2d(w, torch.zeros(3))
+    with pytest.raises(ConfigError, match="dimensions"):
+        KernelSparseConv2d(w.reshape(4, -1))
+    with pytest.raises(ConfigError, match="groups=1"):
+        KernelSparseConv2d.from_conv(nn.Conv2d(4, 4, 3, groups=2))

@@ -16,6 +16,8 @@ Actions:
 - :class:`LowRank` -- replace a layer by its rank-``r`` factorization.
 - :class:`SparseLowRank` -- replace a layer by sparse + low-rank parallel branches.
 - :class:`SetWeights` -- overwrite a layer's weight and bias (optionally as a sparse COO layer).
+- :class:`KernelSparse` -- replace a conv by a kernel-sparse conv (zero kernels W_ij not stored)
+  run in a given form (dense / grouped by input support / sparse im2col GEMM).
 - :class:`GapHead` -- SSR "-GAP" head: the FC classifier is replaced by global average pooling.
 - :class:`SetState` -- load every parameter and buffer of the compressed model (strict keys and
   shapes), so that the plan replays exactly on a fresh, untrained instance of the architecture.
@@ -50,6 +52,7 @@ __all__ = [
     "LowRank",
     "SparseLowRank",
     "SetWeights",
+    "KernelSparse",
     "GapHead",
     "SetState",
     "CompressionPlan",
@@ -266,6 +269,57 @@ class SetWeights(_TensorEq):
             )
 
 
+@dataclass(frozen=True, eq=False)
+class KernelSparse(_TensorEq):
+    """Replace the Conv2d ``layer`` by :class:`~compactnn.layers.KernelSparseConv2d`.
+
+    ``weight`` (the conv's weight shape) holds zero kernels ``W_ij`` that are not stored;
+    ``bias`` the conv's bias (or None). ``form`` is how it runs (``"dense"``, ``"grouped"``,
+    ``"sparse"``: :data:`~compactnn.layers.KERNEL_FORMS`); ``filter_groups`` the filter groups of
+    the ``"grouped"`` form (a partition of the filters; empty = built from the input supports).
+
+    References:
+        Kiaee et al. 2016, sec. 3.2 (sparsity blocks W_ij).
+    """
+
+    layer: str
+    weight: Tensor
+    bias: Tensor | None
+    form: str = "dense"
+    filter_groups: tuple[tuple[int, ...], ...] = ()
+
+    FORMS: ClassVar[tuple[str, ...]] = ("dense", "grouped", "sparse")
+
+    def __post_init__(self) -> None:
+        _check_layer(self.layer, "KernelSparse")
+        object.__setattr__(
+            self, "weight", _check_t(self.layer, self.weight, "weight", "KernelSparse")
+        )
+        object.__setattr__(
+            self, "bias", _check_t(self.layer, self.bias, "bias", "KernelSparse", True)
+        )
+        if self.weight.dim() != 4:
+            raise PlanError(
+                f"KernelSparse(layer={self.layer!r}): 'weight' must be a conv weight (n, c, kh, "
+                f"kw). Got shape {tuple(self.weight.shape)}."
+            )
+        if self.form not in self.FORMS:
+            raise PlanError(
+                f"KernelSparse(layer={self.layer!r}): 'form' must be one of {self.FORMS}. "
+                f"Got {self.form!r}."
+            )
+        try:
+            groups = tuple(
+                tuple(_check_keep(self.layer, g, "KernelSparse")) for g in self.filter_groups
+            )
+        except TypeError:
+            raise PlanError(
+                f"KernelSparse(layer={self.layer!r}): 'filter_groups' must be a sequence of "
+                f"filter-index sequences. Got {self.filter_groups!r}."
+            ) from None
+        object.__setattr__(self, "filter_groups", groups)
+
+
 @dataclass(frozen=True)
 class GapHead:
     """SSR "-GAP" head: replace the FC classifier by global average pooling.
@@ -398,13 +452,19 @@ class SetState:
 
 
 # layers whose tensors a plan action carries itself (SetState.skip lists them)
-LAYER_STATE_ACTIONS = (LowRank, SparseLowRank, SetWeights)
+LAYER_STATE_ACTIONS = (LowRank, SparseLowRank, SetWeights, KernelSparse)
 
-Action = KeepOutputs | KeepInputs | LowRank | SparseLowRank | SetWeights | GapHead | SetState
+Action = (
+    KeepOutputs | KeepInputs | LowRank | SparseLowRank | SetWeights | KernelSparse | GapHead
+    | SetState
+)  # fmt: skip
 _ACTIONS: dict[str, type] = {
     c.__name__: c
-    for c in (KeepOutputs, KeepInputs, LowRank, SparseLowRank, SetWeights, GapHead, SetState)
-}
+    for c in (
+        KeepOutputs, KeepInputs, LowRank, SparseLowRank, SetWeights, KernelSparse, GapHead,
+        SetState,
+    )
+}  # fmt: skip
 
 
 _DOC_KEYS = ("format", "version", "actions", "meta")

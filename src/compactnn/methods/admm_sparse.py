@@ -130,6 +130,13 @@ class ADMMSparseConfig(MethodConfig):
         mu_scale: per-layer multipliers of μ (dict layer -> float > 0; None = 1 everywhere).
             A budget search sets them from each layer's median block norm so that one global
             μ acts alike on every layer.
+        deploy_kernels: deploy the zero kernels W_ij left after filter and input-channel
+            removal: each kernel-sparse conv becomes a
+            :class:`~compactnn.layers.KernelSparseConv2d` (zero kernels not stored) in the
+            form measured fastest on its real input (:func:`choose_kernel_forms`); False keeps
+            them as zeros inside dense convs.
+        measure_speed: time every path point's model (batch 100 and 1, one thread, real
+            validation samples) and record its speed-up over the dense start (mu = 0).
     """
 
     penalty: str = "l0"
@@ -153,6 +160,8 @@ class ADMMSparseConfig(MethodConfig):
     eval_batches: int | None = None
     seed: int = 0
     mu_scale: Any = None
+    deploy_kernels: bool = True
+    measure_speed: bool = True
 
     owner: ClassVar[str] = "ADMM-sparse"
     rules: ClassVar[Mapping[str, Rule]] = MappingProxyType(
@@ -180,6 +189,8 @@ class ADMMSparseConfig(MethodConfig):
             "eval_batches": rule(check_int, optional=True, min_value=1),
             "seed": rule(check_int, min_value=0),
             "mu_scale": rule(check_per_layer, optional=True, forms=("dict",), **_POSITIVE),
+            "deploy_kernels": rule(check_bool),
+            "measure_speed": rule(check_bool),
         }
     )
 
@@ -249,6 +260,41 @@ def _overprune_guard(fired: dict[str, bool]) -> Callable[[Any], None]:
     return guard
 
 
+def _samples(data: CompressionData, shape: Any, n: int = 100) -> torch.Tensor:
+    """``n`` real samples (validation, else training data) for the timings; N(0, 1) when the
+    loaders yield no tensors. Never the test split."""
+    from compactnn.metrics import real_batch
+
+    for loader in (data.val, data.train):
+        if loader is not None:
+            x = real_batch(loader, n)
+            if x is not None and tuple(x.shape[1:]) == tuple(shape):
+                return x
+    return torch.randn((n, *shape), generator=torch.Generator().manual_seed(0))
+
+
+def _timed(model: nn.Module, samples: torch.Tensor) -> dict[str, float]:
+    """Eager latency of ``model`` at batch ``len(samples)`` and 1, one thread (median ms)."""
+    from compactnn.metrics import measure_latency
+
+    shape = tuple(samples.shape[1:])
+    big = measure_latency(
+        model, shape, batch_size=len(samples), threads=1, warmup=2, repeats=7, inputs=samples
+    )
+    one = measure_latency(
+        model, shape, batch_size=1, threads=1, warmup=3, repeats=20, inputs=samples
+    )
+    return {"latency_ms": big.median_ms, "latency_ms_b1": one.median_ms}
+
+
+def _speedups(path: list[dict[str, Any]]) -> None:
+    """Speed-up of the last path point over the dense start (path[0]), batch 100 and 1."""
+    base, last = path[0], path[-1]
+    for key, out in (("latency_ms", "speedup"), ("latency_ms_b1", "speedup_b1")):
+        if key in base and key in last:
+            last[out] = base[key] / last[key]
+
+
 def kiaee_layers(model: nn.Module, input_shape: Any = None) -> list[str]:
     """The layers Kiaee et al. regularise: the prunable convs whose kernel is larger than 1x1
     and the hidden Linear layers (Table 3: NIN's conv1/4/5/8, the CNN's conv1-4 and fc1)."""
@@ -292,6 +338,130 @@ def following_norms(model: nn.Module, layers: list[str], input_shape: Any) -> di
     return found
 
 
+#: the candidates of :func:`choose_kernel_forms`: (form, max_groups of the grouped form)
+KERNEL_CANDIDATES: tuple[tuple[str, int | None], ...] = (
+    ("dense", None),
+    ("grouped", 2),
+    ("grouped", 4),
+    ("grouped", 8),
+    ("sparse", None),
+)
+
+
+def _kernel_sparse_convs(model: nn.Module, layers: list[str]) -> list[str]:
+    """The convs among ``layers`` (groups = 1, numeric zero padding) with a zero kernel W_ij."""
+    mods = dict(model.named_modules())
+    out = []
+    for n in layers:
+        m = mods.get(n)
+        if not isinstance(m, nn.Conv2d) or m.groups != 1 or m.padding_mode != "zeros":
+            continue
+        if isinstance(m.padding, str):
+            continue
+        w = m.weight.detach()
+        if bool(w.reshape(w.shape[0], w.shape[1], -1).ne(0).any(dim=2).all()):
+            continue
+        out.append(n)
+    return out
+
+
+def choose_kernel_forms(
+    model: nn.Module,
+    layers: list[str],
+    samples: torch.Tensor,
+    *,
+    threads: int = 1,
+    repeats: int = 5,
+    warmup: int = 1,
+    candidates: tuple[tuple[str, int | None], ...] = KERNEL_CANDIDATES,
+) -> tuple[list[Any], dict[str, dict[str, Any]]]:
+    """The fastest deployment of every kernel-sparse conv of ``layers`` in ``model``.
+
+    Each conv with zero kernels W_ij is timed (median of ``repeats`` eager forward passes after
+    ``warmup``, ``threads`` torch threads) on its real input, captured in one forward pass of
+    ``samples`` (the batch-100 timing; batch 1 is the first sample), as the original dense
+    ``nn.Conv2d`` (reference) and as every :data:`KERNEL_CANDIDATES` form of
+    :class:`~compactnn.layers.KernelSparseConv2d`: ``dense`` (dense conv of the rebuilt
+    weight), ``grouped`` (filters grouped by shared input support into at most 2 / 4 / 8
+    smaller convs, concat and a permutation back to the original output order) and ``sparse``
+    (im2col + COO GEMM of the non-zero kernels' entries). The fastest at the batch of
+    ``samples`` is chosen; a candidate whose first timed call is over 3x the best so far is not
+    timed further (recorded as ``stopped``).
+
+    Returns:
+        The :class:`~compactnn.plan.KernelSparse` actions (one per conv) and per conv the
+        record: zero / total kernels, the candidates' times at both batch sizes, the choice.
+    """
+    from compactnn.layers import KernelSparseConv2d
+    from compactnn.metrics import _eval_no_grad, measure_latency
+    from compactnn.plan import KernelSparse
+
+    targets = _kernel_sparse_convs(model, layers)
+    mods = dict(model.named_modules())
+    seen: dict[str, torch.Tensor] = {}
+    hooks = [
+        mods[n].register_forward_pre_hook(
+            lambda _m, inp, _n=n: seen.__setitem__(_n, inp[0].detach().clone())
+        )
+        for n in targets
+    ]
+    try:
+        with _eval_no_grad(model):
+            model(samples)
+    finally:
+        for h in hooks:
+            h.remove()
+
+    def ms(layer: nn.Module, x: torch.Tensor, reps: int, warm: int) -> float:
+        kw = dict(batch_size=int(x.shape[0]), threads=threads, warmup=warm, repeats=reps)
+        return measure_latency(layer, tuple(x.shape[1:]), inputs=x, **kw).median_ms
+
+    actions, records = [], {}
+    for n in targets:
+        conv, x = mods[n], seen[n]
+        w = conv.weight.detach()
+        support = w.reshape(w.shape[0], w.shape[1], -1).ne(0).any(dim=2)
+        rec: dict[str, Any] = {
+            "kernels": int(support.numel()),
+            "zero_kernels": int((~support).sum()),
+            "batch": int(x.shape[0]),
+            "conv_ms": ms(conv, x, repeats, warmup),
+            "conv_ms_b1": ms(conv, x[:1], repeats, warmup),
+            "candidates": [],
+        }
+        best: tuple[float, Any] | None = None
+        seen_groups: set[Any] = set()
+        for form, g in candidates:
+            layer = KernelSparseConv2d.from_conv(conv, form=form, max_groups=g or 4).eval()
+            if form == "grouped":
+                if len(layer.filter_groups) <= 1 or layer.filter_groups in seen_groups:
+                    continue  # one group = the dense form; the same partition: timed already
+                seen_groups.add(layer.filter_groups)
+            cand: dict[str, Any] = {"form": form}
+            if form == "grouped":
+                cand["groups"] = len(layer.filter_groups)
+            first = ms(layer, x, 1, warmup)
+            if best is not None and first > 3 * best[0]:
+                cand.update(ms=first, stopped=True)
+            else:
+                cand.update(ms=ms(layer, x, repeats, 0), ms_b1=ms(layer, x[:1], repeats, warmup))
+                if best is None or cand["ms"] < best[0]:
+                    best = (cand["ms"], (layer, cand))
+            rec["candidates"].append(cand)
+        assert best is not None
+        layer, cand = best[1]
+        rec["chosen"] = {k: v for k, v in cand.items() if k != "stopped"}
+        rec["stored_values"] = layer.stored_param_count()
+        rec["coo_count"] = layer.coo_param_count()
+        groups = layer.filter_groups if layer.form == "grouped" else ()
+        bias = None if conv.bias is None else conv.bias.detach()
+        actions.append(
+            KernelSparse(layer=n, weight=w, bias=bias, form=layer.form, filter_groups=groups)
+        )
+        records[n] = rec
+    return actions, records
+
+
 class ADMMSparse(Method):
     """Kiaee et al.'s ADMM sparse CNN along an increasing mu path."""
 
@@ -333,7 +503,7 @@ class ADMMSparse(Method):
         )
 
     def proxy(self) -> Method:
-        return self.with_options(finetune_epochs=0)
+        return self.with_options(finetune_epochs=0, measure_speed=False)
 
     def _structure(self) -> tuple[str, str]:
         """The sparsity blocks and the engine's penalty (l1 / l0 of the block norms)."""
@@ -423,11 +593,14 @@ class ADMMSparse(Method):
         masks: dict[str, Any],
         data: CompressionData,
         deployed: nn.Module,
+        samples: torch.Tensor | None = None,
         **entry: Any,
     ) -> dict[str, Any]:
         """The record of one mu (Kiaee Tables 3-6): zero blocks per layer, sparsity (of the
         masked model), accuracy on the validation split (never on test) of ``deployed``, the
-        model with the all-zero filters removed that this point returns."""
+        model this point returns (all-zero filters and dead inputs removed, zero kernels
+        deployed), and with ``measure_speed`` its latency at batch 100 and 1 (one thread, on
+        ``samples``: ``latency_ms``, ``latency_ms_b1``)."""
         from compactnn.structure import group_dims
 
         cfg: ADMMSparseConfig = self.config  # type: ignore[assignment]
@@ -446,6 +619,8 @@ class ADMMSparse(Method):
             total_w += w.numel()
             zero_w += int((~m).sum())
         entry["sparsity_percent"] = 100.0 * zero_w / max(total_w, 1)
+        if cfg.measure_speed and samples is not None:
+            entry.update(_timed(deployed, samples))
         if data.val is not None:
             entry["val_top1"] = accuracy(
                 deployed, data.val, topk=(1,), max_batches=cfg.eval_batches
@@ -453,14 +628,22 @@ class ADMMSparse(Method):
         return entry
 
     def _deploy(
-        self, model: nn.Module, layers: list[str], masks: dict[str, Any], data: CompressionData
-    ) -> tuple[nn.Module, Any, dict[str, list[int]]]:
-        """This point's model, with its self-contained plan and the kept filters per layer.
+        self,
+        model: nn.Module,
+        layers: list[str],
+        masks: dict[str, Any],
+        data: CompressionData,
+        samples: torch.Tensor | None = None,
+    ) -> tuple[nn.Module, Any, dict[str, list[int]], dict[str, Any]]:
+        """This point's model, with its self-contained plan, the kept filters per layer and the
+        kernel deployment record.
 
         1. Filters whose blocks are all zero are physically removed (``KeepOutputs``).
         2. Input channels whose kernels W_ij are zero for *every* filter of a conv are removed
            (``KeepInputs``; their producers' channels go too when they feed only that conv).
-        The remaining zero kernels stay masked inside the dense convs.
+        3. ``deploy_kernels``: every conv still holding zero kernels becomes a
+           :class:`~compactnn.layers.KernelSparseConv2d` in the form measured fastest on its
+           real input (``samples``; :func:`choose_kernel_forms`), a ``KernelSparse`` action.
         """
         import copy
 
@@ -485,12 +668,19 @@ class ADMMSparse(Method):
             used = m.weight.detach().ne(0).any(dim=(0, 2, 3))
             if 0 < int(used.sum()) < used.numel():
                 dead_in.append(KeepInputs(layer=layer, keep=tuple(int(i) for i in used.nonzero())))
+        meta = {"input_shape": list(data.input_shape)}
         if dead_in:
-            meta = {"input_shape": list(data.input_shape)}
             deployed = surgery.apply(CompressionPlan(actions=dead_in, meta=meta), deployed)
             base = plan.actions if plan is not None else []
             plan = CompressionPlan(actions=[*base, *dead_in], meta=meta)
-        return deployed, replay_plan(plan, deployed, data.input_shape), keep
+        kernel_record: dict[str, Any] = {}
+        cfg: ADMMSparseConfig = self.config  # type: ignore[assignment]
+        if cfg.deploy_kernels and samples is not None and _kernel_sparse_convs(deployed, layers):
+            actions, kernel_record = choose_kernel_forms(deployed, layers, samples)
+            deployed = surgery.apply(CompressionPlan(actions=actions, meta=meta), deployed)
+            base = plan.actions if plan is not None else []
+            plan = CompressionPlan(actions=[*base, *actions], meta=meta)
+        return deployed, replay_plan(plan, deployed, data.input_shape), keep, kernel_record
 
     def _result(
         self,
@@ -533,11 +723,13 @@ class ADMMSparse(Method):
         mods = dict(model.named_modules())
         params = {f"{n}.weight": mods[n].weight for n in layers}
         norms = following_norms(model, layers, shape)
+        samples = _samples(data, shape)
         # the path's first point: the dense start, mu = 0 (the paper's baseline row)
         masks: dict[str, Any] = {n: torch.ones_like(p, dtype=torch.bool) for n, p in params.items()}
-        deployed, plan, keep = self._deploy(model, layers, masks, data)
-        start = dict(mu=0.0, admm_iterations=0, epochs=0, guard={}, seconds=0.0)
-        path = [self._path_entry(model, masks, data, deployed, **start)]
+        deployed, plan, keep, kd = self._deploy(model, layers, masks, data, samples)
+        start = dict(mu=0.0, admm_iterations=0, epochs=0, guard={}, seconds=0.0, kernel_deploy=kd)
+        path = [self._path_entry(model, masks, data, deployed, samples, **start)]
+        _speedups(path)
         plans = [plan]
         engine = None
         for i, mu in enumerate(
@@ -560,11 +752,13 @@ class ADMMSparse(Method):
                     schedule="constant",
                     masks=masks,
                 )
-            deployed, plan, keep = self._deploy(model, layers, masks, data)
+            deployed, plan, keep, kd = self._deploy(model, layers, masks, data, samples)
             k = engine.state.k
             entry = dict(mu=mu, admm_iterations=k, epochs=self._epochs(i) * k + ft)
             entry["guard"] = {n: True for n, v in fired.items() if v}
             entry["seconds"] = time.perf_counter() - t0
-            path.append(self._path_entry(model, masks, data, deployed, **entry))
+            entry["kernel_deploy"] = kd
+            path.append(self._path_entry(model, masks, data, deployed, samples, **entry))
+            _speedups(path)
             plans.append(plan)
         return self._result(model, deployed, plan, keep, path, plans)

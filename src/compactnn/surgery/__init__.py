@@ -32,6 +32,7 @@ from compactnn.plan import (
     GapHead,
     KeepInputs,
     KeepOutputs,
+    KernelSparse,
     LowRank,
     SetState,
     SetWeights,
@@ -41,6 +42,7 @@ from compactnn.surgery._channels import SelectInputs, keep_inputs, keep_outputs
 from compactnn.surgery._fold import fold_batchnorm
 from compactnn.surgery._replace import (
     apply_gap_head,
+    apply_kernel_sparse,
     apply_lowrank,
     apply_set_weights,
     apply_sparse_lowrank,
@@ -129,6 +131,8 @@ def apply(
             apply_sparse_lowrank(out, a)
         elif isinstance(a, SetWeights):
             apply_set_weights(out, a)
+        elif isinstance(a, KernelSparse):
+            apply_kernel_sparse(out, a)
         elif isinstance(a, GapHead):
             apply_gap_head(out, a, inputs)
         elif isinstance(a, SetState):

@@ -9,16 +9,23 @@ from compactnn.errors import ConfigError, PlanError
 from compactnn.layers import (
     ColumnSparseConv2d,
     ColumnSparseLinear,
+    KernelSparseConv2d,
     LowRankConv2d,
     LowRankLinear,
     SparseConv2d,
     SparseLinear,
     SparsePlusLowRank,
 )
-from compactnn.plan import GapHead, LowRank, SetWeights, SparseLowRank
+from compactnn.plan import GapHead, KernelSparse, LowRank, SetWeights, SparseLowRank
 from compactnn.surgery._util import get_module, run_model, set_module
 
-__all__ = ["apply_lowrank", "apply_sparse_lowrank", "apply_set_weights", "apply_gap_head"]
+__all__ = [
+    "apply_lowrank",
+    "apply_sparse_lowrank",
+    "apply_set_weights",
+    "apply_kernel_sparse",
+    "apply_gap_head",
+]
 
 
 def _target(model: nn.Module, layer: str, action: str) -> nn.Module:
@@ -193,6 +200,37 @@ def apply_set_weights(model: nn.Module, a: SetWeights) -> None:
             mod.bias = nn.Parameter(a.bias.to(device=w.device, dtype=w.dtype).clone())
         else:
             mod.bias.copy_(a.bias)
+
+
+def apply_kernel_sparse(model: nn.Module, a: KernelSparse) -> None:
+    """Replace the conv ``a.layer`` by :class:`KernelSparseConv2d` (zero kernels not stored)."""
+    action = "KernelSparse"
+    mod = _target(model, a.layer, action)
+    if not isinstance(mod, nn.Conv2d) or mod.groups != 1:
+        raise PlanError(
+            f"{action}(layer={a.layer!r}) names a {type(mod).__name__}"
+            f"{'' if not isinstance(mod, nn.Conv2d) else f' with groups={mod.groups}'}; it "
+            "applies to nn.Conv2d layers with groups=1."
+        )
+    _check_sparse_conv(mod, action, a.layer)
+    w = mod.weight
+    if _shape(a.weight) != _shape(w):
+        raise PlanError(
+            f"{action}(layer={a.layer!r}): weight has shape {_shape(a.weight)} but the layer's "
+            f"weight is {_shape(w)} at this point of the plan; structural actions must come first."
+        )
+    _check_bias(a.bias, w.shape[0], action, a.layer)
+    try:
+        new = KernelSparseConv2d.from_conv(
+            mod, a.weight.to(dtype=w.dtype), form=a.form, filter_groups=a.filter_groups or None
+        )
+    except ConfigError as exc:
+        raise PlanError(f"{action}(layer={a.layer!r}): {exc}") from exc
+    if a.bias is None:
+        new.register_parameter("bias", None)
+    else:
+        new.bias = nn.Parameter(a.bias.to(dtype=w.dtype).clone())
+    set_module(model, a.layer, new.to(device=w.device))
 
 
 def _last_out(model: nn.Module, names: tuple[str, ...], a: GapHead) -> int:
