@@ -108,6 +108,8 @@ BAD: dict[str, tuple[str, dict[str, list]]] = {
             "overprune_guard": _BOOL,
             "eval_batches": _OPT_POS_INT,
             "mu_scale": [[1.0], 1.0, {"a": 0.0}, {"a": "x"}],
+            "deploy_kernels": _BOOL,
+            "measure_speed": _BOOL,
             **{k: COMMON_FT[k] for k in ("lr", "momentum", "weight_decay", "layers", "seed")},
         },
     ),

@@ -62,6 +62,36 @@ def _pair(v: int | tuple[int, ...]) -> tuple[int, int]:
     return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
+def _out_hw(conv: nn.Module, x: Tensor) -> tuple[int, int]:
+    """Output height and width of the conv geometry of ``conv`` (kernel_size, stride, padding,
+    dilation attributes) on input ``x``."""
+    (kh, kw), (sh, sw) = conv.kernel_size, conv.stride  # type: ignore[misc]
+    (ph, pw), (dh, dw) = conv.padding, conv.dilation  # type: ignore[misc]
+    h, w = x.shape[-2], x.shape[-1]  # no int(): torch.fx traces this with proxies
+    return (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+
+
+def _coo_conv(
+    conv: nn.Module,
+    x: Tensor,
+    indices: Tensor,
+    values: Tensor,
+    shape2d: tuple[int, int],
+    bias: Tensor | None,
+) -> Tensor:
+    """im2col (``F.unfold``) of ``x`` times the COO lowered weight (``shape2d`` = n x c kh kw),
+    with the conv geometry of ``conv``."""
+    b, n = x.shape[0], shape2d[0]
+    ho, wo = _out_hw(conv, x)
+    cols = F.unfold(x, conv.kernel_size, conv.dilation, conv.padding, conv.stride)  # type: ignore[arg-type]
+    cols = cols.transpose(0, 1).reshape(cols.shape[1], -1)  # (c kh kw, B L)
+    y = _coo_mm(indices, values, shape2d, cols)  # (n, B L)
+    y = y.reshape(n, b, -1).transpose(0, 1)
+    if bias is not None:
+        y = y + bias.reshape(1, -1, 1)
+    return y.reshape(b, n, ho, wo)
+
+
 def _check_tensor(t: object, name: str, owner: str, ndim: tuple[int, ...]) -> Tensor:
     if not isinstance(t, Tensor):
         raise ConfigError(
@@ -423,24 +453,11 @@ class SparseConv2d(_SparseBase):
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        b, h, w = x.shape[0], x.shape[2], x.shape[3]
-        kh, kw = self.kernel_size
-        ho = (h + 2 * self.padding[0] - self.dilation[0] * (kh - 1) - 1) // self.stride[0] + 1
-        wo = (w + 2 * self.padding[1] - self.dilation[1] * (kw - 1) - 1) // self.stride[1] + 1
-        cols = F.unfold(x, self.kernel_size, self.dilation, self.padding, self.stride)
-        cols = cols.transpose(0, 1).reshape(cols.shape[1], -1)  # (c kh kw, B L)
-        y = _coo_mm(self.indices, self.values, self.shape2d, cols)  # (n, B L)
-        y = y.reshape(self.out_channels, b, -1).transpose(0, 1)
-        if self.bias is not None:
-            y = y + self.bias.reshape(1, -1, 1)
-        return y.reshape(b, self.out_channels, ho, wo)
+        return _coo_conv(self, x, self.indices, self.values, self.shape2d, self.bias)
 
     def flops_per_sample(self, x: Tensor) -> int:
         """``2 nnz`` multiply-adds per output position."""
-        h, w = int(x.shape[-2]), int(x.shape[-1])
-        kh, kw = self.kernel_size
-        ho = (h + 2 * self.padding[0] - self.dilation[0] * (kh - 1) - 1) // self.stride[0] + 1
-        wo = (w + 2 * self.padding[1] - self.dilation[1] * (kw - 1) - 1) // self.stride[1] + 1
+        ho, wo = _out_hw(self, x)
         return 2 * self.nnz * ho * wo
 
     def extra_repr(self) -> str:
@@ -947,25 +964,13 @@ class KernelSparseConv2d(nn.Module):
                 outs.append(self._conv(torch.index_select(x, 1, chans), w, None))
             y = torch.index_select(torch.cat(outs, 1), 1, self.perm)
             return y if self.bias is None else y + self.bias.reshape(1, -1, 1, 1)
-        b, h, wd = x.shape[0], x.shape[2], x.shape[3]
-        kh, kw = self.kernel_size
-        ho = (h + 2 * self.padding[0] - self.dilation[0] * (kh - 1) - 1) // self.stride[0] + 1
-        wo = (wd + 2 * self.padding[1] - self.dilation[1] * (kw - 1) - 1) // self.stride[1] + 1
-        cols = F.unfold(x, self.kernel_size, self.dilation, self.padding, self.stride)
-        cols = cols.transpose(0, 1).reshape(cols.shape[1], -1)  # (c kh kw, B L)
-        shape = (self.out_channels, self.in_channels * kh * kw)
-        y = _coo_mm(self.lowered, self.values.reshape(-1), shape, cols)
-        y = y.reshape(self.out_channels, b, -1).transpose(0, 1)
-        if self.bias is not None:
-            y = y + self.bias.reshape(1, -1, 1)
-        return y.reshape(b, self.out_channels, ho, wo)
+        kk = self.kernel_size[0] * self.kernel_size[1]
+        shape = (self.out_channels, self.in_channels * kk)
+        return _coo_conv(self, x, self.lowered, self.values.reshape(-1), shape, self.bias)
 
     def flops_per_sample(self, x: Tensor) -> int:
         """``2 K kh kw`` FLOPs per output position (the non-zero kernels only)."""
-        h, w = int(x.shape[-2]), int(x.shape[-1])
-        kh, kw = self.kernel_size
-        ho = (h + 2 * self.padding[0] - self.dilation[0] * (kh - 1) - 1) // self.stride[0] + 1
-        wo = (w + 2 * self.padding[1] - self.dilation[1] * (kw - 1) - 1) // self.stride[1] + 1
+        ho, wo = _out_hw(self, x)
         return 2 * int(self.values.numel()) * ho * wo
 
     def extra_repr(self) -> str:

@@ -29,6 +29,16 @@ are physically removed (with their bias and the following BatchNorm's gamma/beta
 during the fine-tuning so that the removal is exact) and the accuracy is measured on that
 removed model; the result model is the last point's.
 
+Deployment of the zero kernels (``deploy_kernels``): after the all-zero filters and the input
+channels whose kernels are zero for every filter are removed, each conv still holding zero
+kernels W_ij becomes a :class:`~compactnn.layers.KernelSparseConv2d` (only the non-zero kernels
+stored) in the form measured fastest on its real input (:func:`choose_kernel_forms`: dense conv,
+filters grouped by shared input support into smaller convs + concat + permutation, or im2col +
+sparse GEMM; batch 100 and 1, one thread, every candidate's time recorded in
+``path[i]["kernel_deploy"]``). With ``measure_speed`` each point records the eager latency of
+its model (``latency_ms``, ``latency_ms_b1``) and its speed-up over mu = 0 (``speedup``,
+``speedup_b1``), the paper's speed-up column measured.
+
 References:
     Kiaee, Gagne, Abbasi, "Alternating Direction Method of Multipliers for Sparse Convolutional
     Neural Networks", 2016: eqs. (1)-(10), Algorithm 1, sec. 4 (lr 1e-3, batch 128, delta = 1,
@@ -279,10 +289,10 @@ def _timed(model: nn.Module, samples: torch.Tensor) -> dict[str, float]:
 
     shape = tuple(samples.shape[1:])
     big = measure_latency(
-        model, shape, batch_size=len(samples), threads=1, warmup=2, repeats=7, inputs=samples
+        model, shape, batch_size=len(samples), threads=1, warmup=1, repeats=5, inputs=samples
     )
     one = measure_latency(
-        model, shape, batch_size=1, threads=1, warmup=3, repeats=20, inputs=samples
+        model, shape, batch_size=1, threads=1, warmup=3, repeats=15, inputs=samples
     )
     return {"latency_ms": big.median_ms, "latency_ms_b1": one.median_ms}
 
@@ -371,7 +381,7 @@ def choose_kernel_forms(
     samples: torch.Tensor,
     *,
     threads: int = 1,
-    repeats: int = 5,
+    repeats: int = 3,
     warmup: int = 1,
     candidates: tuple[tuple[str, int | None], ...] = KERNEL_CANDIDATES,
 ) -> tuple[list[Any], dict[str, dict[str, Any]]]:

@@ -50,6 +50,16 @@ def _check_bias(bias: Tensor | None, n: int, action: str, layer: str) -> None:
         )
 
 
+def _check_weight(weight: Tensor, w: Tensor, bias: Tensor | None, action: str, layer: str) -> None:
+    """A replacement weight of the layer's shape at this point of the plan, and its bias."""
+    if _shape(weight) != _shape(w):
+        raise PlanError(
+            f"{action}(layer={layer!r}): weight has shape {_shape(weight)} but the layer's "
+            f"weight is {_shape(w)} at this point of the plan; structural actions must come first."
+        )
+    _check_bias(bias, w.shape[0], action, layer)
+
+
 def _lowrank_module(
     mod: nn.Module, first: Tensor, second: Tensor, bias: Tensor | None, action: str, layer: str
 ) -> nn.Module:
@@ -180,12 +190,7 @@ def apply_set_weights(model: nn.Module, a: SetWeights) -> None:
     action = "SetWeights"
     mod = _target(model, a.layer, action)
     w = mod.weight
-    if _shape(a.weight) != _shape(w):
-        raise PlanError(
-            f"{action}(layer={a.layer!r}): weight has shape {_shape(a.weight)} but the layer's "
-            f"weight is {_shape(w)} at this point of the plan; structural actions must come first."
-        )
-    _check_bias(a.bias, w.shape[0], action, a.layer)
+    _check_weight(a.weight, w, a.bias, action, a.layer)
     if a.sparse:
         _check_sparse_conv(mod, action, a.layer)
         bias = None if a.bias is None else a.bias.to(dtype=w.dtype)
@@ -214,12 +219,7 @@ def apply_kernel_sparse(model: nn.Module, a: KernelSparse) -> None:
         )
     _check_sparse_conv(mod, action, a.layer)
     w = mod.weight
-    if _shape(a.weight) != _shape(w):
-        raise PlanError(
-            f"{action}(layer={a.layer!r}): weight has shape {_shape(a.weight)} but the layer's "
-            f"weight is {_shape(w)} at this point of the plan; structural actions must come first."
-        )
-    _check_bias(a.bias, w.shape[0], action, a.layer)
+    _check_weight(a.weight, w, a.bias, action, a.layer)
     try:
         new = KernelSparseConv2d.from_conv(
             mod, a.weight.to(dtype=w.dtype), form=a.form, filter_groups=a.filter_groups or None
