@@ -224,8 +224,13 @@ def test_kernel_sparse_conv_chosen_by_measured_latency_is_exact_and_replays() ->
     w = model[4].weight.detach()
     nnz = int(w.reshape(8, 6, -1).ne(0).any(2).sum())
     assert rec["kernels"] == 48 and rec["zero_kernels"] == 48 - nnz
-    timed = [c for c in rec["candidates"] if not c.get("stopped")]
+    timed = [c for c in rec["candidates"] if not c.get("stopped") and not c.get("skipped")]
     assert {c["form"] for c in rec["candidates"]} >= {"dense", "sparse"}
+    # a form computing more than its share of the dense conv's multiply-adds is not timed
+    for c in rec["candidates"]:
+        assert c.get("skipped", False) == (c["macs_fraction"] > am._MAX_MACS_FRACTION[c["form"]])
+    sparse = next(c for c in rec["candidates"] if c["form"] == "sparse")
+    assert sparse["macs_fraction"] == pytest.approx(nnz / 48)
     assert all(c["ms"] > 0 and c["ms_b1"] > 0 for c in timed) and rec["conv_ms"] > 0
     assert rec["chosen"]["ms"] == min(c["ms"] for c in timed)  # the fastest at batch 100
     assert rec["stored_values"] == nnz * 9 + 8 and rec["coo_count"] == nnz * 11 + 8
