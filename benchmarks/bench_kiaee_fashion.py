@@ -172,11 +172,23 @@ def _timing(models_: dict[str, nn.Module], x: torch.Tensor, rounds: int = 3) -> 
     return {k: statistics.median(v) for k, v in out.items()}
 
 
-def _onnx_ms(model: nn.Module, x: torch.Tensor, d: str, name: str) -> dict[str, float]:
-    path = Path(d) / f"{name}.onnx"
-    rec = export.to_onnx(model, path, x[:2], samples=x[:64])
-    lat = export.onnx_latency(path, x, threads=1, repeats=15, warmup=3)
-    return {"ort_ms": lat.median_ms, "onnx_max_abs_diff": rec["max_abs_diff"]}
+def _onnx_pair(
+    models_: dict[str, nn.Module], x: torch.Tensor, rounds: int = 3
+) -> dict[str, dict[str, float]]:
+    """onnxruntime median ms at batch len(x), one thread; the models exported once (parity
+    checked by ``export.to_onnx``) and then timed alternately ``rounds`` times."""
+    out: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory() as d:
+        for k, m in models_.items():
+            rec = export.to_onnx(m, Path(d) / f"{k}.onnx", x[:2], samples=x[:64])
+            out[k] = {"onnx_max_abs_diff": rec["max_abs_diff"], "times": []}
+        for _ in range(rounds):
+            for k in models_:
+                lat = export.onnx_latency(Path(d) / f"{k}.onnx", x, threads=1, repeats=7, warmup=2)
+                out[k]["times"].append(lat.median_ms)
+    for v in out.values():
+        v["ort_ms"] = statistics.median(v.pop("times"))
+    return out
 
 
 def _choose(path: list[dict[str, Any]], max_drop: float) -> int:
@@ -231,9 +243,8 @@ def _run(
     chosen = surgery.apply(plans[k], fresh).eval()
     times = _timing({"baseline": baseline, "model": chosen}, x_val)
     times_b1 = _timing({"baseline": baseline, "model": chosen}, x_val[:1])
-    with tempfile.TemporaryDirectory() as d:
-        ort_b = _onnx_ms(baseline, x_val, d, "base")
-        ort_m = _onnx_ms(chosen, x_val, d, "model")
+    ort = _onnx_pair({"baseline": baseline, "model": chosen}, x_val)
+    ort_b, ort_m = ort["baseline"], ort["model"]
     rows = []
     for p in path:
         rows.append(
@@ -564,8 +575,7 @@ def main() -> None:
     x_val = metrics.real_batch(val_l, 100)
     assert x_val is not None
     t_b = _timing({"baseline": baseline}, x_val)["baseline"]
-    with tempfile.TemporaryDirectory() as d:
-        ort_b = _onnx_ms(baseline, x_val, d, "base")
+    ort_b = _onnx_pair({"baseline": baseline}, x_val, rounds=1)["baseline"]
     base = {
         "test_top1": metrics.accuracy(baseline, test_l, topk=(1,))["top1"],
         "val_top1": metrics.accuracy(baseline, val_l, topk=(1,))["top1"],
