@@ -656,7 +656,7 @@ def main() -> None:
             "paper's column counts full CIFAR-10 epochs.",
             "fc1 blocks are its rows (one per output unit, Kiaee sec. 2 fn. 1).",
             "Speed-ups are measured, eager PyTorch, batch 100 (and 1), one thread, real "
-            "validation samples, on a shared 2-core CPU: ratios within ~5 % of 1 are noise.",
+            "validation samples, on a shared 2-core CPU: two identical models timed in this run (a mu = 0 choice) show the noise level.",
             "The test set is read only for the reported numbers; mu (the path point) and the "
             "kernel deployment forms are chosen on validation samples.",
         ],
