@@ -135,9 +135,14 @@ def test_ssr_lambda_path_prunes_in_stages_and_replays(loaders) -> None:
     assert counts["0"] < 8 and counts["3"] < 12
     convs = [m for m in res.model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     assert [c.weight.shape[0] for c in convs[:3]] == [counts[k] for k in ("0", "3", "6")]
-    # the composed keep indices point at the original neurons: the untouched classifier's
-    # columns are exactly the original classifier's columns at those indices
-    keep = {a.layer: a.keep for a in res.plan.actions if type(a).__name__ == "KeepOutputs"}
+    # the plan is the sequence of cuts (each on the model the earlier ones left); composed,
+    # the keep indices point at the original neurons: the untouched classifier's columns are
+    # exactly the original classifier's columns at those indices
+    keep: dict[str, list[int]] = {}
+    for a in res.plan.actions:
+        if type(a).__name__ == "KeepOutputs":
+            prev = keep.get(a.layer)
+            keep[a.layer] = list(a.keep) if prev is None else [prev[i] for i in a.keep]
     assert len(keep["6"]) == fc[-1] and len(set(keep["6"])) == fc[-1] and max(keep["6"]) < 16
     torch.testing.assert_close(convs[3].weight, model[8].weight[:, list(keep["6"])])
     replayed = surgery.apply(res.plan, copy.deepcopy(model))

@@ -97,8 +97,18 @@ def _check_labels(y: Any, width: int, split: str, where: str) -> None:
         )
 
 
-def check_data(model: nn.Module, data: Any) -> None:
+#: samples of the first training batch kept for the surgery self-check (CompressionData.check_batch)
+CHECK_SAMPLES = 8
+
+
+def check_data(model: nn.Module, data: Any) -> torch.Tensor | None:
     """Check every loader of a :class:`~compactnn.methods.CompressionData` before compressing.
+
+    Returns:
+        The first :data:`CHECK_SAMPLES` inputs of the first batch of the training data (else
+        the calibration, else the validation data; never the test data), read by these checks
+        anyway: the batch of the user's data the surgery self-check runs on. ``None`` when no
+        such loader yields a tensor batch.
 
     Raises:
         ConfigError: an empty loader, NaN / Inf inputs, integer labels outside
@@ -108,6 +118,7 @@ def check_data(model: nn.Module, data: Any) -> None:
     from compactnn.metrics import _eval_no_grad, _run_checked
 
     width: int | None = None
+    real: dict[str, torch.Tensor] = {}
     for split in _SPLITS:
         loader = getattr(data, split, None)
         if loader is None:
@@ -129,6 +140,7 @@ def check_data(model: nn.Module, data: Any) -> None:
         _check_finite(x, split, "the first batch")
         if not isinstance(x, torch.Tensor):
             continue  # dict / custom batches: the method's own code reads them
+        real[split] = x[:CHECK_SAMPLES].detach().clone()
         if width is None:
             with _eval_no_grad(model):
                 p = next(model.parameters(), None)
@@ -150,3 +162,4 @@ def check_data(model: nn.Module, data: Any) -> None:
             _check_finite(full[0], split, "its TensorDataset")
             if width is not None and len(full) > 1:
                 _check_labels(full[1], width, split, "its TensorDataset")
+    return next((real[s] for s in ("train", "calib", "val") if s in real), None)

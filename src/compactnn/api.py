@@ -283,7 +283,9 @@ def compress(
     cd = as_compression_data(data, input_shape=input_shape, seed=seed, val_fraction=val_fraction)
     shape = cd.require_input_shape(method)
     with _global_rng_preserved():  # reading a first batch may draw a loader seed
-        check_data(model, cd)
+        real = check_data(model, cd)
+    if cd.check_batch is None:
+        cd.check_batch = real  # the surgery self-check also runs on these real samples
     with _global_rng_preserved():
         return _compress(
             model, algo, cd, shape, tgt, max_drop, on_drop, inplace, measure,

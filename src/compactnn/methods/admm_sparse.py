@@ -475,7 +475,7 @@ class ADMMSparse(Method):
         plan = None
         deployed = copy.deepcopy(model)
         if keep:
-            deployed, plan = prune_filters(model, keep, data.input_shape)
+            deployed, plan = prune_filters(model, keep, data.input_shape, check=data.check_batch)
         mods = dict(deployed.named_modules())
         dead_in = []
         for layer in layers:
@@ -487,7 +487,9 @@ class ADMMSparse(Method):
                 dead_in.append(KeepInputs(layer=layer, keep=tuple(int(i) for i in used.nonzero())))
         if dead_in:
             meta = {"input_shape": list(data.input_shape)}
-            deployed = surgery.apply(CompressionPlan(actions=dead_in, meta=meta), deployed)
+            deployed = surgery.apply(
+                CompressionPlan(actions=dead_in, meta=meta), deployed, check_inputs=data.check_batch
+            )
             base = plan.actions if plan is not None else []
             plan = CompressionPlan(actions=[*base, *dead_in], meta=meta)
         return deployed, replay_plan(plan, deployed, data.input_shape), keep

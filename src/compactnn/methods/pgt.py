@@ -448,9 +448,15 @@ class PGT(Method):
         return layers, record
 
     def remove(
-        self, model: nn.Module, layers: list[str], input_shape: tuple[int, ...]
+        self,
+        model: nn.Module,
+        layers: list[str],
+        input_shape: tuple[int, ...],
+        check: Any = None,
     ) -> tuple[nn.Module, Any, dict[str, tuple[int, ...]]]:
-        """Physically remove the zero neurons of ``layers`` (with the next layer's inputs)."""
+        """Physically remove the zero neurons of ``layers`` (with the next layer's inputs);
+        coupled layers are cut group-consistently (:func:`prune_filters`), ``check`` is a batch
+        of the user's inputs for the surgery self-check."""
         cfg: PGTConfig = self.config  # type: ignore[assignment]
         mods = dict(model.named_modules())
         keep: dict[str, tuple[int, ...]] = {}
@@ -464,7 +470,7 @@ class PGT(Method):
                 keep[n] = tuple(idx)
         if not keep:
             return model, None, keep
-        pruned, plan = prune_filters(model, keep, input_shape)
+        pruned, plan = prune_filters(model, keep, input_shape, check=check)
         return pruned, plan, keep
 
     def run(
@@ -481,7 +487,7 @@ class PGT(Method):
             per_layer_values(cfg.keep, layers, "keep", "PGT")
         teacher = copy.deepcopy(model).eval() if cfg.finetune_distill > 0 else None
         layers, history = self.train_sparse(model, data, progress=progress)
-        current, plan, keep = self.remove(model, layers, shape)
+        current, plan, keep = self.remove(model, layers, shape, data.check_batch)
         mods = dict(current.named_modules())
         history.update(
             penalty=cfg.penalty,

@@ -299,7 +299,7 @@ class SSR(Method):
         if best is None:
             best = max(trials, key=lambda s: s)
         count, trial, res = trials[best]
-        pruned, _ = self._prune_layer(trial, layer, res, shape, {})
+        pruned, _ = self._prune_layer(trial, layer, res, shape, [])
         rows = [{"layer": layer, "lam": s * unit, "kept": t[0]} for s, t in sorted(trials.items())]
         rows.append({"layer": layer, "lam": best * unit, "kept": count, "chosen": True})
         return pruned, best * unit, rows
@@ -370,10 +370,15 @@ class SSR(Method):
         layer: str,
         res: Any,
         input_shape: tuple[int, ...],
-        keep_all: dict[str, tuple[int, ...]],
+        actions: list[Any],
+        check: Any = None,
     ) -> tuple[nn.Module, dict[str, Any]]:
         """Remove the filters whose rows of F are zero (l2,1 / l2,0), or copy F into the weight
-        (l1: unstructured zeros, held fixed later); returns the model and the layer's record."""
+        (l1: unstructured zeros, held fixed later); returns the model and the layer's record.
+
+        The cut's action (indices into the model as the earlier cuts left it; coupled layers
+        follow) is appended to ``actions``: the run's plan is this sequence, so a layer already
+        cut as another's coupling partner is replayed exactly."""
         cfg: SSRConfig = self.config  # type: ignore[assignment]
         F = res.engine.state.F[f"{layer}.weight"].detach()
         record: dict[str, Any] = {"outer_iterations": res.n_iter}
@@ -385,10 +390,8 @@ class SSR(Method):
             keep = kept_filters(F, cfg.min_keep)
             record.update(filters_before=int(F.shape[0]), filters_after=len(keep))
             if len(keep) < F.shape[0]:
-                current, _ = prune_filters(current, {layer: keep}, input_shape)
-            # indices into the original model's filters (stages compose)
-            prev = keep_all.get(layer)
-            keep_all[layer] = tuple(keep) if prev is None else tuple(prev[i] for i in keep)
+                current, cut = prune_filters(current, {layer: keep}, input_shape, check=check)
+                actions.extend(cut.actions)
         record["trace"] = list(res.trace)
         return current, record
 
@@ -400,7 +403,7 @@ class SSR(Method):
         loader: Any,
         data: CompressionData,
         si: int,
-        keep_all: dict[str, tuple[int, ...]],
+        actions: list[Any],
         progress: bool,
     ) -> tuple[nn.Module, dict[str, Any]]:
         """One lambda setting: AULM on every layer in turn, pruning after each (lines 3-11)."""
@@ -416,7 +419,7 @@ class SSR(Method):
             seed = cfg.seed + 100_000 * si + 1000 * li
             res = self._aulm_layer(current, layer, lam[layer], loader, seed, masks)
             current, record[layer] = self._prune_layer(
-                current, layer, res, data.input_shape, keep_all
+                current, layer, res, data.input_shape, actions, data.check_batch
             )
         return current, record
 
@@ -467,17 +470,17 @@ class SSR(Method):
         loader: Any,
         data: CompressionData,
         progress: bool,
-    ) -> tuple[nn.Module, dict[str, Any], dict[str, tuple[int, ...]]]:
+    ) -> tuple[nn.Module, dict[str, Any], list[Any]]:
         """Every lambda setting of Algorithm 1's S in turn, fine-tuning between two (line 12)."""
         cfg: SSRConfig = self.config  # type: ignore[assignment]
         penalty = _PENALTIES[cfg.penalty]
         history: dict[str, Any] = {"layers": {}, "lam": stages[-1], "penalty": penalty}
         history["stages"] = []
-        keep_all: dict[str, tuple[int, ...]] = {}
+        actions: list[Any] = []
         current = model
         for si, lam in enumerate(stages):
             current, layer_rec = self._stage(
-                current, layers, lam, loader, data, si, keep_all, progress
+                current, layers, lam, loader, data, si, actions, progress
             )
             history["layers"] = layer_rec
             stage_rec: dict[str, Any] = {"lam": lam, "layers": layer_rec}
@@ -496,9 +499,11 @@ class SSR(Method):
 
                 stage_rec["val_top1"] = accuracy(current, data.val, topk=(1,))["top1"]
             if penalty != "l1":
-                stage_rec["filters"] = {k: len(v) for k, v in keep_all.items()}
+                stage_rec["filters"] = {  # the widths the model really has
+                    k: int(current.get_submodule(k).weight.shape[0]) for k in layers
+                }
             history["stages"].append(stage_rec)
-        return current, history, keep_all
+        return current, history, actions
 
     def run(
         self, model: nn.Module, data: CompressionData, *, progress: bool = True
@@ -512,15 +517,12 @@ class SSR(Method):
         structured = _PENALTIES[cfg.penalty] != "l1"
         # the uncompressed network, frozen before any training, is the distillation teacher
         teacher = copy.deepcopy(model).eval() if cfg.finetune_distill > 0 else None
-        current, history, keep_all = self._run_stages(model, layers, stages, loader, data, progress)
+        current, history, actions = self._run_stages(model, layers, stages, loader, data, progress)
         plan = None
         if structured:
-            from compactnn.plan import CompressionPlan, KeepOutputs
+            from compactnn.plan import CompressionPlan
 
-            plan = CompressionPlan(
-                actions=[KeepOutputs(layer=k, keep=v) for k, v in keep_all.items()],
-                meta={"input_shape": list(shape)},
-            )
+            plan = CompressionPlan(actions=actions, meta={"input_shape": list(shape)})
         masks = None if structured else zero_masks(current)
         if cfg.finetune_epochs > 0:
             self._finetune(

@@ -38,6 +38,7 @@ from compactnn.plan import (
     SparseLowRank,
 )
 from compactnn.surgery._channels import SelectInputs, keep_inputs, keep_outputs
+from compactnn.surgery._coupling import coupling
 from compactnn.surgery._fold import fold_batchnorm
 from compactnn.surgery._replace import (
     apply_gap_head,
@@ -50,11 +51,12 @@ from compactnn.surgery._util import (
     check_output,
     example_inputs_for,
     output_shapes,
+    with_user_batch,
     run_model,
     verify_model,
 )
 
-__all__ = ["apply", "validate", "fold_batchnorm", "verify_model", "SelectInputs"]
+__all__ = ["apply", "validate", "coupling", "fold_batchnorm", "verify_model", "SelectInputs"]
 
 
 def apply(
@@ -65,6 +67,7 @@ def apply(
     example_inputs: Tensor | Sequence[Tensor] | None = None,
     allow_output_change: bool = False,
     verify: bool = True,
+    check_inputs: Tensor | Sequence[Tensor] | None = None,
 ) -> nn.Module:
     """Apply ``plan`` to ``model`` and return the compressed model.
 
@@ -87,6 +90,11 @@ def apply(
             within ``1e-4 (1 + max |y|)``; otherwise a PlanError names the layer and the
             construct. ``False`` skips only this comparison (the index mapping is always
             measured).
+        check_inputs: a batch of the user's data (compress passes the first samples of the
+            training data). With ``verify`` it joins the example batch: the probe and the
+            self-check of every channel action then run on the seeded random samples and on
+            these real ones in one forward pass each (concatenated along the batch dimension;
+            when the per-sample shapes differ, the user's batch replaces the random one).
 
     Returns:
         The compressed model (``model`` itself when ``inplace``).
@@ -105,6 +113,8 @@ def apply(
         raise PlanError(f"surgery.apply expects an nn.Module. Got {type(model).__name__}.")
     out = model if inplace else copy.deepcopy(model)
     inputs = example_inputs_for(out, example_inputs, plan.meta)
+    if verify and check_inputs is not None:
+        inputs = with_user_batch(out, inputs, check_inputs)
     ref = None  # output shapes of the original, the reference of the output width guard
     if plan.actions and inputs is not None and not allow_output_change:
         ref = output_shapes(run_model(out, inputs))

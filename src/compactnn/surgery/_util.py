@@ -15,6 +15,7 @@ __all__ = [
     "get_module",
     "set_module",
     "example_inputs_for",
+    "with_user_batch",
     "verify_model",
     "run_model",
     "output_shapes",
@@ -76,6 +77,32 @@ def example_inputs_for(
     if p is not None:
         x = x.to(device=p.device, dtype=p.dtype)
     return (x,)
+
+
+def with_user_batch(
+    model: nn.Module, inputs: tuple[Tensor, ...] | None, user: Tensor | Sequence[Tensor]
+) -> tuple[Tensor, ...]:
+    """``inputs`` with the user's batch appended along dim 0 (moved to the model's device,
+    floating tensors cast to its dtype); the user's batch alone when ``inputs`` is ``None`` or
+    the per-sample shapes / dtypes differ."""
+    xs = example_inputs_for(model, user, {})
+    if xs is None:  # unreachable: a given batch is normalised or refused
+        return inputs or ()
+    p = next(model.parameters(), None)
+    if p is not None:
+        xs = tuple(
+            x.to(device=p.device, dtype=p.dtype) if x.is_floating_point() else x.to(p.device)
+            for x in xs
+        )
+    if inputs is None or len(inputs) != len(xs):
+        return xs
+    same = all(
+        a.shape[1:] == b.shape[1:] and a.dtype == b.dtype and a.dim() > 0 and b.dim() > 0
+        for a, b in zip(inputs, xs, strict=True)
+    )
+    if not same:
+        return xs
+    return tuple(torch.cat([a, b.detach()], 0) for a, b in zip(inputs, xs, strict=True))
 
 
 def run_model(model: nn.Module, inputs: tuple[Tensor, ...]) -> Any:
