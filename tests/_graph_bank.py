@@ -62,6 +62,25 @@ class Split(_Head):
         return self._head(torch.relu(self.b(h1) + self.c(h2)))
 
 
+class ChunkPool(nn.Module):
+    """conv a (16) -> chunk(2) (or ``torch.split(h, 8)``) -> sigmoid of the second part -> cat ->
+    pool -> fc: no layer consumes a part, so a cut that moves the boundary still runs (only the
+    self-check can see that channel 8 changed part)."""
+
+    input_shape = (3, 8, 8)
+
+    def __init__(self, op: str = "chunk") -> None:
+        super().__init__()
+        self.op = op
+        self.a = nn.Conv2d(3, 16, 3, padding=1)
+        self.fc = nn.Linear(16, K)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.relu(self.a(x))
+        h1, h2 = torch.chunk(h, 2, dim=1) if self.op == "chunk" else torch.split(h, 8, dim=1)
+        return self.fc(torch.cat([h1, torch.sigmoid(h2)], 1).mean((2, 3)))
+
+
 class GroupNormNet(_Head):
     """conv a (16) -> GroupNorm(4, 16) -> ReLU -> conv b -> fc."""
 
@@ -282,6 +301,7 @@ class DictOut(nn.Module):
 BANK: dict[str, type[nn.Module]] = {
     "chunk": Chunk,
     "split": Split,
+    "chunk_pool": ChunkPool,
     "groupnorm": GroupNormNet,
     "lrn": LRNNet,
     "se": SENet,

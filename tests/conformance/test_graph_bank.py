@@ -30,6 +30,9 @@ EXACT = [
     ("chunk", "chunk", {}, "a", [1, 10], [("b", "in", [1]), ("c", "in", [2])], 155),
     ("chunk-swapped", "chunk", {"swap": True}, "a", [1, 10], [("b", "in", [1]), ("c", "in", [2])], 155),
     ("chunk-swapped-same-offset", "chunk", {"swap": True}, "a", [1, 9], [("b", "in", [1]), ("c", "in", [1])], 155),
+    # one channel from the second chunk only: chunk(2) of 15 is 8 + 7, the boundary stays
+    ("chunk-boundary-kept", "chunk", {}, "a", [10], [("c", "in", [2])], 82),
+    ("chunk-boundary-kept-swapped", "chunk", {"swap": True}, "a", [10], [("c", "in", [2])], 82),
     ("groupnorm-whole-group", "groupnorm", {"affine": False}, "a", [0, 1, 2, 3], [("b", "in", [0, 1, 2, 3])], 328),
     ("groupnorm-affine-whole-group", "groupnorm", {}, "a", [4, 5, 6, 7], [("b", "in", [4, 5, 6, 7])], 336),
     ("lrn-holes", "lrn", {}, "a", [2], [("a", "out", [2]), ("b", "in", [2])], 82),
@@ -65,7 +68,15 @@ EXACT = [
 
 # id, model, kwargs, root, removed, message regex
 REFUSED = [
-    ("split-hard-coded-sizes", "split", {}, "a", [7], r"split.*split sizes"),
+    ("split-hard-coded-sizes", "split", {}, "a", [7], r"split.*split sizes.*same number of channels from every chunk"),
+    # cuts that move a chunk boundary: refused naming the chunk and what to do
+    ("chunk-boundary-moves", "chunk", {}, "a", [1], r"chunk.*same number of channels from every chunk"),
+    ("chunk-boundary-moves-swapped", "chunk", {"swap": True}, "a", [1], r"chunk.*same number of channels from every chunk"),
+    ("chunk-boundary-moves-two", "chunk", {}, "a", [1, 2], r"chunk.*same number of channels from every chunk"),
+    # parts that reach a cat with no layer in between: the dependency analysis cannot follow
+    # them (a Torch-Pruning limitation), refused before anything is cut, equal cut or not
+    ("chunk-pool", "chunk_pool", {}, "a", [1, 9], r"model runs, but the dependency analysis cannot follow.*exclude this layer"),
+    ("split-pool", "chunk_pool", {"op": "split"}, "a", [1, 2], r"model runs, but the dependency analysis cannot follow.*exclude this layer"),
     ("groupnorm-part-of-group", "groupnorm", {"affine": False}, "a", [1], r"GroupNorm 'gn'.*whole groups of 4"),
     ("groupnorm-affine-part-of-group", "groupnorm", {}, "a", [1, 5], r"GroupNorm 'gn'.*whole groups of 4"),
     ("shuffle-unit-input", "shuffle", {}, "conv1.0", [1], r"channel shuffle"),

@@ -116,10 +116,18 @@ def _build_graph(model: nn.Module, inputs: tuple[Tensor, ...], action: str, laye
     except PlanError:
         raise
     except Exception as exc:  # noqa: BLE001 - any tracing failure is reported the same way
+        try:
+            run_model(model, inputs)
+        except Exception:  # noqa: BLE001 - the model itself does not run on these inputs
+            raise PlanError(
+                f"{action}(layer={layer!r}): cannot build the dependency graph of "
+                f"{type(model).__name__} on the example input ({exc}). Check "
+                "plan.meta['input_shape'] or pass example_inputs."
+            ) from exc
         raise PlanError(
-            f"{action}(layer={layer!r}): cannot build the dependency graph of "
-            f"{type(model).__name__} on the example input ({exc}). Check plan.meta['input_shape'] "
-            "or pass example_inputs."
+            f"{action}(layer={layer!r}): the model runs, but the dependency analysis cannot "
+            f"follow its graph ({type(exc).__name__}: {exc}), so the layers coupled to this cut "
+            f"are unknown; {_EXCLUDE}."
         ) from exc
     finally:
         for m, t in modes:
@@ -369,6 +377,17 @@ def _describe(res: Probe | None, consumers: list[nn.Module]) -> str:
 
 
 _EXCLUDE = "exclude this layer from pruning (or cut a layer before/after the construct)"
+_CHUNK = (
+    "torch.chunk/torch.split cut the channels at fixed positions, so a cut that removes a "
+    "different number of channels from each part moves a boundary (channels would change part); "
+    "remove the same number of channels from every chunk (every split part keeping its size "
+    "rule), or "
+)
+
+
+def _todo(via: str) -> str:
+    """What the user can do, for a refusal whose removed channels pass ``via``."""
+    return (_CHUNK + _EXCLUDE) if "chunk" in via or "split" in via else _EXCLUDE
 
 
 def _map_checked(
@@ -507,7 +526,7 @@ def _execute(
         raise PlanError(
             f"{head}: after the cut the model no longer runs ({exc}); {what} forward pass "
             "hard-codes a channel count or layout (split sizes, chunk boundaries, a view/reshape, "
-            f"a channel shuffle) that the cut changes; {_EXCLUDE}."
+            f"a channel shuffle) that the cut changes; {_todo(via)}."
         ) from exc
     worst = compare(ref, out)
     if worst is not None and worst > TOLERANCE:
@@ -517,7 +536,7 @@ def _execute(
             f"{head}: surgery self-check failed: the pruned model differs from the model with the "
             f"removed channels neutralised by {worst:.3g} (relative; tolerance {TOLERANCE:g}). "
             f"The cut touches {where} and the removed channels pass{via}, which surgery cannot "
-            f"cut exactly here; {_EXCLUDE}."
+            f"cut exactly here; {_todo(via)}."
         )
     return out
 
