@@ -163,7 +163,9 @@ def _hand_apoz(model: nn.Module, bn: nn.Module, batches: list[torch.Tensor]) -> 
     return torch.stack(seen).mean(0)
 
 
-def _hand_scores(criterion: str, model: nn.Module, members: list[str], batches: list) -> torch.Tensor:
+def _hand_scores(
+    criterion: str, model: nn.Module, members: list[str], batches: list
+) -> torch.Tensor:
     """mean over the members of (score / its mean), written out per criterion."""
     per = []
     for name in members:
@@ -224,8 +226,10 @@ def test_criteria_cut_one_keep_set_per_group_exactly(name: str, criterion: str) 
     if criterion == "random":
         scores = torch.rand(8, generator=torch.Generator().manual_seed(0))
     else:
-        scores = _hand_scores(criterion, model, list(group), batches) if name == "resnet" else (
-            criteria.group_scores(criterion, model, group, batches=batches)
+        scores = (
+            _hand_scores(criterion, model, list(group), batches)
+            if name == "resnet"
+            else (criteria.group_scores(criterion, model, group, batches=batches))
         )
     keep = sorted(torch.argsort(-scores, stable=True)[:4].tolist())
     for m in members:
@@ -259,7 +263,11 @@ def _bns_of(model: nn.Module, members: list[str]) -> list[nn.Module]:
     names = [n for n, _ in model.named_modules()]
     out = []
     for m in members:
-        nxt = model.get_submodule(names[names.index(m) + 1]) if names.index(m) + 1 < len(names) else None
+        nxt = (
+            model.get_submodule(names[names.index(m) + 1])
+            if names.index(m) + 1 < len(names)
+            else None
+        )
         if isinstance(nxt, nn.BatchNorm2d):
             out.append(nxt)
     return out

@@ -134,6 +134,12 @@ def test_cut_is_exact(case: tuple) -> None:
         assert not torch.allclose(ref, _logits(model(x)), atol=1e-6)  # the neutralising matters
     assert (out - ref).abs().max().item() <= TOL
     assert _n(model) - _n(new) == saved
+    # the check on a batch of the user's data (once per plan, mapped back to the original's
+    # channel numbering) agrees: no false alarm, the same model
+    user = 3 * torch.rand(5, *SHAPE, generator=torch.Generator().manual_seed(11))
+    again = apply(_plan(model, root, removed), model, allow_output_change=name == "dict_out", check_inputs=user)  # fmt: skip
+    with torch.no_grad():
+        assert torch.equal(_logits(again(x)), out)
 
 
 @pytest.mark.parametrize("case", REFUSED, ids=[c[0] for c in REFUSED])
@@ -153,7 +159,8 @@ def test_lrn_cut_twice_keeps_original_neighbourhoods() -> None:
         [KeepOutputs("a", [0, 1, 3, 4, 5, 6, 7]), KeepOutputs("a", [0, 1, 2, 4, 5, 6])],
         meta={"input_shape": SHAPE},
     )  # removes original channels 2, then 4 (index 3 of the cut model)
-    new = apply(plan, model)
+    user = 3 * torch.rand(5, *SHAPE, generator=torch.Generator().manual_seed(11))
+    new = apply(plan, model, check_inputs=user)  # the user-data check maps both cuts back
     ref = _neutralised(model, [("a", "out", [2, 4]), ("b", "in", [2, 4])])
     x = _x()
     with torch.no_grad():
@@ -177,3 +184,91 @@ def test_self_check_refuses_a_wrong_index_mapping(monkeypatch: pytest.MonkeyPatc
     model = build_graph("chunk")
     with pytest.raises(PlanError, match=r"self-check failed.*\['a', 'b', 'c'\]"):
         apply(_plan(model, "a", [1, 10]), model)
+
+
+def _swap_chunk_consumers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Simulate a wrong index mapping: chunk consumers b and c get each other's columns."""
+    real = _channels._map_checked
+
+    def swapped(*args: object, **kwargs: object):  # noqa: ANN202
+        cuts, zero_in, res = real(*args, **kwargs)
+        model = args[0]
+        b, c = model.b, model.c  # type: ignore[attr-defined]
+        cuts[b]["in"], cuts[c]["in"] = {2}, {1}
+        zero_in[b], zero_in[c] = {1}, {2}
+        return cuts, zero_in, res
+
+    monkeypatch.setattr(_channels, "_map_checked", swapped)
+
+
+def _dormant_chunk() -> nn.Module:
+    """The chunk model with conv a silent on N(0, 1) inputs (bias -10, small positive weights):
+    on the seeded random batch every channel after the ReLU is 0, so a wrong mapping is
+    invisible there; on large positive inputs (images in 0..255) the channels are active."""
+    model = build_graph("chunk")
+    with torch.no_grad():
+        model.a.weight.copy_(torch.rand(model.a.weight.shape, generator=torch.Generator().manual_seed(1)) * 0.01 + 0.01)  # fmt: skip
+        model.a.bias.fill_(-10.0)
+        model.a.weight[[1, 10]] *= 0.5  # the two smallest l1 norms: one filter per chunk
+    return model
+
+
+def test_self_check_on_user_data_catches_what_the_random_batch_cannot(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _swap_chunk_consumers(monkeypatch)
+    model = _dormant_chunk()
+    apply(_plan(model, "a", [1, 10]), model)  # random batch only: the wrong model goes through
+    user = torch.full((3, *SHAPE), 100.0) + torch.randn(3, *SHAPE, generator=torch.Generator().manual_seed(2))  # fmt: skip
+    with pytest.raises(PlanError, match=r"self-check failed.*\['a', 'b', 'c'\]"):
+        apply(_plan(model, "a", [1, 10]), model, check_inputs=user)
+
+
+def test_compress_runs_the_self_check_on_the_users_data(monkeypatch: pytest.MonkeyPatch) -> None:
+    """compress keeps the first 8 training inputs (read by its up-front checks anyway) and every
+    surgery of the run self-checks on them: the same wrong mapping is refused through compress."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from compactnn import compress, surgery
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.full((32, *SHAPE), 100.0) + torch.randn(32, *SHAPE, generator=gen)
+    y = torch.randint(0, 3, (32,), generator=gen)
+    train = DataLoader(TensorDataset(x, y), batch_size=16)
+    seen: list[object] = []
+    real_apply = surgery.apply
+
+    def spy(*args: object, **kwargs: object):  # noqa: ANN202
+        seen.append(kwargs.get("check_inputs"))
+        return real_apply(*args, **kwargs)
+
+    monkeypatch.setattr(surgery, "apply", spy)
+    opts = {"input_shape": SHAPE, "layers": ["a"], "keep": [14], "finetune_epochs": 0}
+    res = compress(_dormant_chunk(), "l1-norm", (train, train), max_drop=None, val_fraction=0.0, measure=False, **opts)  # fmt: skip
+    assert seen and all(isinstance(t, torch.Tensor) for t in seen)
+    assert torch.equal(seen[0], x[:8])  # one batch of the user's data, no extra pass
+    assert res.model.a.out_channels == 14
+    _swap_chunk_consumers(monkeypatch)
+    with pytest.raises(PlanError, match=r"self-check failed"):
+        compress(_dormant_chunk(), "l1-norm", (train, train), max_drop=None, val_fraction=0.0, measure=False, **opts)  # fmt: skip
+
+
+def test_user_data_check_maps_repeated_cuts_back_to_the_original() -> None:
+    """Two cuts of the same producer: the plan-level check on the user's batch composes the
+    consumers' removed columns into the original numbering (a wrong composition would be a
+    false alarm here)."""
+    model = build_graph("chunk")
+    plan = CompressionPlan(
+        [
+            KeepOutputs("a", [i for i in range(16) if i not in (1, 10)]),
+            KeepOutputs("a", list(range(1, 7)) + list(range(8, 14))),  # original 0 and 8
+        ],
+        meta={"input_shape": SHAPE},
+    )
+    user = 3 * torch.rand(5, *SHAPE, generator=torch.Generator().manual_seed(11))
+    new = apply(plan, model, check_inputs=user)
+    ref = _neutralised(model, [("b", "in", [0, 1]), ("c", "in", [0, 2])])
+    x = _x()
+    with torch.no_grad():
+        assert (new(x) - ref(x)).abs().max().item() <= TOL
+    assert new.a.out_channels == 12 and new.b.in_channels == 6 and new.c.in_channels == 6

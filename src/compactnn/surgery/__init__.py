@@ -37,7 +37,14 @@ from compactnn.plan import (
     SetWeights,
     SparseLowRank,
 )
-from compactnn.surgery._channels import SelectInputs, keep_inputs, keep_outputs
+from compactnn.surgery._channels import (
+    TOLERANCE,
+    Neutralised,
+    SelectInputs,
+    keep_inputs,
+    keep_outputs,
+)
+from compactnn.surgery._check import compare, reference_output
 from compactnn.surgery._coupling import coupling
 from compactnn.surgery._fold import fold_batchnorm
 from compactnn.surgery._replace import (
@@ -51,9 +58,9 @@ from compactnn.surgery._util import (
     check_output,
     example_inputs_for,
     output_shapes,
-    with_user_batch,
     run_model,
     verify_model,
+    with_user_batch,
 )
 
 __all__ = ["apply", "validate", "coupling", "fold_batchnorm", "verify_model", "SelectInputs"]
@@ -111,14 +118,50 @@ def apply(
         )
     if not isinstance(model, nn.Module):
         raise PlanError(f"surgery.apply expects an nn.Module. Got {type(model).__name__}.")
+    return _apply(plan, model, inplace, example_inputs, allow_output_change, verify, check_inputs)
+
+
+def _apply(
+    plan: CompressionPlan,
+    model: nn.Module,
+    inplace: bool,
+    example_inputs: Tensor | Sequence[Tensor] | None,
+    allow_output_change: bool,
+    verify: bool,
+    check_inputs: Tensor | Sequence[Tensor] | None,
+    per_action: bool = False,
+) -> nn.Module:
+    """:func:`apply`; ``per_action``: check every channel action on the user's batch too
+    (instead of once for the plan's leading channel actions)."""
+    user = (
+        None if not verify or check_inputs is None else with_user_batch(model, None, check_inputs)
+    )
+    lead = next(
+        (i for i, a in enumerate(plan.actions) if not isinstance(a, (KeepOutputs, KeepInputs))),
+        len(plan.actions),
+    )
+    later = any(isinstance(a, (KeepOutputs, KeepInputs)) for a in plan.actions[lead:])
+    base = model if not inplace else None  # the original: the reference of the plan-level check
     out = model if inplace else copy.deepcopy(model)
     inputs = example_inputs_for(out, example_inputs, plan.meta)
-    if verify and check_inputs is not None:
-        inputs = with_user_batch(out, inputs, check_inputs)
+    trace = inputs  # the dependency graph is traced on the example batch alone
+    record: list[Neutralised] | None = None
+    mine: dict[nn.Module, nn.Module] = {}  # module of ``out`` -> the same module of ``base``
+    if user is not None:
+        same = inputs is not None and _same_samples(inputs, user)
+        if per_action or later or base is None or not same or lead == 0:
+            inputs = with_user_batch(out, inputs, user)  # joined, or replaced (other shape)
+            trace = trace if same else inputs
+            user = None
+        else:
+            record = []
+            mine = dict(zip(out.modules(), base.modules(), strict=True))  # before any cut
     ref = None  # output shapes of the original, the reference of the output width guard
     if plan.actions and inputs is not None and not allow_output_change:
         ref = output_shapes(run_model(out, inputs))
     for i, a in enumerate(plan.actions):
+        if i == lead and record:
+            _check_user_batch(plan, model, out, base, user, record, lead, check_inputs, mine)
         context = f"Action #{i} {type(a).__name__}(layer={a.layer!r})"
         if isinstance(a, (KeepOutputs, KeepInputs)):
             if inputs is None:
@@ -127,7 +170,7 @@ def apply(
                     "example_inputs=... or set plan.meta['input_shape'] (per-sample shape)."
                 )
             fn = keep_outputs if isinstance(a, KeepOutputs) else keep_inputs
-            got = fn(out, a.layer, a.keep, inputs, verify=verify)
+            got = fn(out, a.layer, a.keep, inputs, verify=verify, trace=trace, record=record)
             if got is None:  # not verified (or nothing removed): run the model here
                 got = verify_model(out, inputs, context)
             else:  # the self-check ran it already; layer consistency only
@@ -145,9 +188,67 @@ def apply(
             apply_set_state(out, a)
         else:  # pragma: no cover - CompressionPlan validates action types
             raise PlanError(f"{context}: unknown action type.")
+    if lead == len(plan.actions) and record:
+        _check_user_batch(plan, model, out, base, user, record, lead, check_inputs, mine)
     if plan.actions:
         check_output(ref, verify_model(out, inputs, "The plan"), "The plan")
     return out
+
+
+def _same_samples(a: tuple[Tensor, ...], b: tuple[Tensor, ...]) -> bool:
+    return len(a) == len(b) and all(
+        x.dim() > 0 and x.shape[1:] == y.shape[1:] and x.dtype == y.dtype
+        for x, y in zip(a, b, strict=True)
+    )
+
+
+def _check_user_batch(
+    plan: CompressionPlan,
+    model: nn.Module,
+    out: nn.Module,
+    base: nn.Module | None,
+    user: tuple[Tensor, ...] | None,
+    record: list[Neutralised],
+    lead: int,
+    check_inputs: Tensor | Sequence[Tensor] | None,
+    mine: dict[nn.Module, nn.Module],
+) -> None:
+    """The self-check on the user's batch, once for the plan's ``lead`` channel actions: ``out``
+    (cut so far) must equal the original ``base`` with every removed channel neutralised, the
+    cuts' neutralisations mapped back to the original's channel numbering. One forward of each
+    model; on a mismatch (or a neutralisation that cannot be mapped back) the plan is replayed
+    with the check after every action, whose error names the layer and the construct."""
+    if base is None or user is None:  # pragma: no cover - _apply checks per action then
+        return
+    named = dict(base.named_modules())
+    zero: dict[nn.Module, set[int]] = {}
+    cols: dict[nn.Module, list[int]] = {}
+    mapped = True
+    for m, name, size, removed in record:
+        orig = mine.get(m) or named.get(name)
+        if orig is None or len(cols.setdefault(orig, list(range(size)))) != size:
+            mapped = False
+            break
+        cur = cols[orig]
+        zero.setdefault(orig, set()).update(cur[z] for z in removed)
+        cols[orig] = [c for k, c in enumerate(cur) if k not in removed]
+    worst = None
+    if mapped:
+        worst = compare(reference_output(base, user, zero), run_model(out, user))
+    if mapped and (worst is None or worst <= TOLERANCE):
+        return
+    _apply(plan, model, False, None, True, True, check_inputs, per_action=True)  # names the cause
+    layers = sorted({a.layer for a in plan.actions[:lead]})
+    raise PlanError(
+        f"The plan's channel actions on {layers}: surgery self-check on a batch of the user's data "
+        + (
+            f"failed: the pruned model differs from the original with the removed channels "
+            f"neutralised by {worst:.3g} (relative; tolerance {TOLERANCE:g})."
+            if mapped
+            else "could not map the removed channels back to the original model."
+        )
+        + " Exclude these layers from pruning, or apply the plan with verify=False to inspect it."
+    )
 
 
 def validate(
