@@ -1,20 +1,24 @@
 """Cost of the surgery self-check (issue 13): share of ``surgery.apply`` time spent checking.
 
-With ``verify=True`` every channel action runs the model once with the removed channels
-neutralised (the reference) and compares it with the cut model's output; the cut model's forward
-replaces the plain forward ``verify=False`` runs anyway, so the self-check's own work is the
-reference forward plus the comparison. Two measurements, 1 torch thread, on the same plans:
+What ``verify=True`` adds to a channel action: the comparison of the cut model's output with the
+neutralised reference. The reference is the NaN probe's own output (the probe, which measures
+the index mapping, zeroes every consumer's removed input channels, so its pass *is* the model
+with the removed channels neutralised) and the cut model's forward replaces the plain forward
+``verify=False`` runs anyway. With ``check_inputs`` (compress passes the first training inputs)
+the plan's channel actions are checked once more on those samples: one forward of the original
+with every removed channel neutralised and one of the cut model.
 
-* **instrumented**: inside ``verify=True`` runs, the time of the reference forwards and the
-  comparisons divided by the run's total time (both measured in the same run, so the machine's
-  load largely cancels);
-* **paired**: ``verify=True`` vs ``verify=False`` wall time, the two settings interleaved,
-  median over repeats (sensitive to the load of this shared machine: reported with its spread).
+Two measurements, 1 torch thread, on the same plans:
 
-Each also with ``check_inputs`` = 8 real-looking samples (what compress passes), which join the
-random batch of 2. Writes benchmarks/results/surgery_self_check.json and .md.
+* **share**: inside ``verify=True`` runs, the time of the self-check's own calls (comparisons,
+  a fallback reference forward, the check on the user's batch) over the run's total time
+  (measured in the same run, so the machine's load largely cancels);
+* **paired**: ``verify=True`` vs ``verify=False`` wall time, interleaved, median over repeats
+  (sensitive to the load of this shared machine: reported with its quartiles).
 
-    python benchmarks/bench_surgery_check.py [--repeats 9]
+Writes benchmarks/results/surgery_self_check.json and .md.
+
+    python benchmarks/bench_surgery_check.py [--repeats 9] [--user 0 2 8]
 """
 
 from __future__ import annotations
@@ -56,14 +60,19 @@ def _cases() -> list[tuple[str, torch.nn.Module, list[int], list[KeepOutputs]]]:
 
 
 class _Timer:
-    """Accumulates the time of the self-check's own calls in ``_channels`` while active."""
+    """Accumulates the time of the self-check's own calls while active."""
 
     def __init__(self) -> None:
         self.spent = 0.0
-        self._orig = {k: getattr(_channels, k) for k in ("reference_output", "compare")}
+        self._targets = [
+            (_channels, "reference_output"),
+            (_channels, "compare"),
+            (surgery, "_check_user_batch"),
+        ]
+        self._orig = [getattr(mod, k) for mod, k in self._targets]
 
     def __enter__(self) -> _Timer:
-        for k, fn in self._orig.items():
+        for (mod, k), fn in zip(self._targets, self._orig, strict=True):
 
             def timed(*a, _fn=fn, **kw):  # noqa: ANN002, ANN003, ANN202
                 t0 = time.perf_counter()
@@ -72,12 +81,12 @@ class _Timer:
                 finally:
                     self.spent += time.perf_counter() - t0
 
-            setattr(_channels, k, timed)
+            setattr(mod, k, timed)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for k, fn in self._orig.items():
-            setattr(_channels, k, fn)
+        for (mod, k), fn in zip(self._targets, self._orig, strict=True):
+            setattr(mod, k, fn)
 
 
 def _stats(xs: list[float]) -> dict[str, float]:
@@ -121,18 +130,19 @@ def _uptime() -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=9)
+    ap.add_argument("--user", type=int, nargs="+", default=[0, 2, 8], help="user batch sizes")
     args = ap.parse_args()
     torch.set_num_threads(1)
     load_before = _uptime()
     started = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     rows = []
     for name, model, shape, acts in _cases():
-        user = torch.rand(8, *shape, generator=torch.Generator().manual_seed(0))
+        user = torch.rand(max(args.user), *shape, generator=torch.Generator().manual_seed(0))
         for n_act in (1, len(acts)):
             plan = CompressionPlan(acts[:n_act], meta={"input_shape": shape})
-            for with_user in (False, True):
-                r = _measure(plan, model, user if with_user else None, args.repeats)
-                r.update(model=name, actions=n_act, user_batch=8 if with_user else 0)
+            for k in args.user:
+                r = _measure(plan, model, user[:k] if k else None, args.repeats)
+                r.update(model=name, actions=n_act, user_batch=k)
                 rows.append(r)
                 print(
                     f"{name} actions={n_act} user={r['user_batch']}: share "
@@ -142,7 +152,10 @@ def main() -> None:
                 )
     load_after = _uptime()
     meta = {
-        "command": f"python benchmarks/bench_surgery_check.py --repeats {args.repeats}",
+        "command": (
+            f"python benchmarks/bench_surgery_check.py --repeats {args.repeats} "
+            f"--user {' '.join(map(str, args.user))}"
+        ),
         "date": started,
         "machine": f"{platform.processor() or platform.machine()}, shared 2-core CPU, 1 torch thread",
         "torch": torch.__version__,
@@ -159,11 +172,12 @@ def main() -> None:
         f"Load: before `{load_before}`; after `{load_after}` (the machine is shared with other jobs).",
         "",
         "Each action keeps every other output channel of one of the first 6 convs (batch of 2 from",
-        "`plan.meta['input_shape']`; `user` = 8 more samples given as `check_inputs`, as compress",
-        "does). **share** = time of the self-check's own work (reference forward with the removed",
-        "channels neutralised + comparison) / total `apply` time, measured inside the same",
-        "`verify=True` run; **paired** = (verify=True - verify=False) / verify=False over",
-        "interleaved runs. Median [q1, q3] over the repeats.",
+        "`plan.meta['input_shape']`; `user` = that many samples given as `check_inputs`, as",
+        "compress does). **share** = time of the self-check's own calls (comparisons; the check on",
+        "the user's batch: one forward of the neutralised original + one of the cut model) / total",
+        "`apply` time, inside the same `verify=True` run; **paired** = (verify=True - verify=False)",
+        "/ verify=False over interleaved runs. Median [q1, q3] over the repeats. The reference of",
+        "the per-action check is the NaN probe's own pass (no extra forward).",
         "",
         "| model | actions | user | verify=False (s) | verify=True (s) | share | paired |",
         "|---|---|---|---|---|---|---|",
@@ -181,6 +195,8 @@ def main() -> None:
         "The share is the number to read: the paired difference of two totals carries the noise",
         "of the shared machine (its quartiles show how much). The NaN probe (the measured index",
         "mapping) and the dependency graph run with and without `verify`; they are not counted.",
+        "`verify=False` ignores `check_inputs`, so a `user` row's paired column is the whole cost",
+        "of checking on the user's samples.",
     ]
     (OUT / "surgery_self_check.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

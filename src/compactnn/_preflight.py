@@ -97,8 +97,9 @@ def _check_labels(y: Any, width: int, split: str, where: str) -> None:
         )
 
 
-#: samples of the first training batch kept for the surgery self-check (CompressionData.check_batch)
-CHECK_SAMPLES = 8
+#: samples of the first training batch kept for the surgery self-check (CompressionData.check_batch):
+#: its cost grows with them (benchmarks/results/surgery_self_check.md)
+CHECK_SAMPLES = 2
 
 
 def check_data(model: nn.Module, data: Any) -> torch.Tensor | None:

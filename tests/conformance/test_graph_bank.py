@@ -18,6 +18,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _graph_bank import build_graph  # noqa: E402
+from compactnn._preflight import CHECK_SAMPLES  # noqa: E402
 from compactnn.errors import PlanError  # noqa: E402
 from compactnn.plan import CompressionPlan, KeepOutputs  # noqa: E402
 from compactnn.surgery import _channels, apply  # noqa: E402
@@ -225,7 +226,7 @@ def test_self_check_on_user_data_catches_what_the_random_batch_cannot(
 
 
 def test_compress_runs_the_self_check_on_the_users_data(monkeypatch: pytest.MonkeyPatch) -> None:
-    """compress keeps the first 8 training inputs (read by its up-front checks anyway) and every
+    """compress keeps the first training inputs (read by its up-front checks anyway) and every
     surgery of the run self-checks on them: the same wrong mapping is refused through compress."""
     from torch.utils.data import DataLoader, TensorDataset
 
@@ -246,7 +247,7 @@ def test_compress_runs_the_self_check_on_the_users_data(monkeypatch: pytest.Monk
     opts = {"input_shape": SHAPE, "layers": ["a"], "keep": [14], "finetune_epochs": 0}
     res = compress(_dormant_chunk(), "l1-norm", (train, train), max_drop=None, val_fraction=0.0, measure=False, **opts)  # fmt: skip
     assert seen and all(isinstance(t, torch.Tensor) for t in seen)
-    assert torch.equal(seen[0], x[:8])  # one batch of the user's data, no extra pass
+    assert torch.equal(seen[0], x[:CHECK_SAMPLES])  # from the first batch: no extra data pass
     assert res.model.a.out_channels == 14
     _swap_chunk_consumers(monkeypatch)
     with pytest.raises(PlanError, match=r"self-check failed"):

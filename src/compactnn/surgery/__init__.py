@@ -55,6 +55,7 @@ from compactnn.surgery._replace import (
 )
 from compactnn.surgery._state import apply_set_state
 from compactnn.surgery._util import (
+    check_finite_output,
     check_output,
     example_inputs_for,
     output_shapes,
@@ -95,13 +96,18 @@ def apply(
             columns zeroed) on the example inputs (a seeded random batch of
             ``plan.meta["input_shape"]``, or the user's batch given as ``example_inputs``),
             within ``1e-4 (1 + max |y|)``; otherwise a PlanError names the layer and the
-            construct. ``False`` skips only this comparison (the index mapping is always
-            measured).
+            construct. The reference is the NaN probe's own pass (it zeroes the consumers'
+            removed inputs), so the check adds a comparison, not a forward. ``False`` skips only
+            this comparison (the index mapping is always measured).
         check_inputs: a batch of the user's data (compress passes the first samples of the
-            training data). With ``verify`` it joins the example batch: the probe and the
-            self-check of every channel action then run on the seeded random samples and on
-            these real ones in one forward pass each (concatenated along the batch dimension;
-            when the per-sample shapes differ, the user's batch replaces the random one).
+            training data). With ``verify`` the plan's leading channel actions are also checked
+            on it, once: the cut model against the original with every removed channel
+            neutralised (the cuts' neutralisations mapped back to the original's channel
+            numbering; one forward of each model). A mismatch replays the plan with this check
+            after every action, so the PlanError names the layer and the construct. Channel
+            actions after other actions, ``inplace=True``, or samples of another per-sample
+            shape than the example batch: the samples join (or replace) the example batch of
+            every action's check instead. Ignored with ``verify=False``.
 
     Returns:
         The compressed model (``model`` itself when ``inplace``).
@@ -149,6 +155,8 @@ def _apply(
     mine: dict[nn.Module, nn.Module] = {}  # module of ``out`` -> the same module of ``base``
     if user is not None:
         same = inputs is not None and _same_samples(inputs, user)
+        # one check of all leading channel actions on the user's samples (joining them to the
+        # probe and the cut model's forward of every action was measured slower, even for one)
         if per_action or later or base is None or not same or lead == 0:
             inputs = with_user_batch(out, inputs, user)  # joined, or replaced (other shape)
             trace = trace if same else inputs
@@ -159,7 +167,9 @@ def _apply(
     ref = None  # output shapes of the original, the reference of the output width guard
     if plan.actions and inputs is not None and not allow_output_change:
         ref = output_shapes(run_model(out, inputs))
+    last = None  # the model's output after the last action, when a channel action ran it
     for i, a in enumerate(plan.actions):
+        last = None
         if i == lead and record:
             _check_user_batch(plan, model, out, base, user, record, lead, check_inputs, mine)
         context = f"Action #{i} {type(a).__name__}(layer={a.layer!r})"
@@ -176,6 +186,7 @@ def _apply(
             else:  # the self-check ran it already; layer consistency only
                 verify_model(out, None, context)
             check_output(ref, got, context)
+            last = got
         elif isinstance(a, LowRank):
             apply_lowrank(out, a)
         elif isinstance(a, SparseLowRank):
@@ -190,8 +201,9 @@ def _apply(
             raise PlanError(f"{context}: unknown action type.")
     if lead == len(plan.actions) and record:
         _check_user_batch(plan, model, out, base, user, record, lead, check_inputs, mine)
-    if plan.actions:
-        check_output(ref, verify_model(out, inputs, "The plan"), "The plan")
+    if plan.actions:  # the last channel action's forward is the plan's (model unchanged since)
+        got = verify_model(out, inputs, "The plan") if last is None else last
+        check_output(ref, check_finite_output(got, "The plan"), "The plan")
     return out
 
 

@@ -20,6 +20,7 @@ __all__ = [
     "run_model",
     "output_shapes",
     "check_output",
+    "check_finite_output",
 ]
 
 
@@ -167,7 +168,14 @@ def verify_model(model: nn.Module, inputs: tuple[Tensor, ...] | None, context: s
             f"{context} produced a model that no longer runs on the example input ({exc}). The "
             "plan is inadmissible for this graph; check the layer names and indices."
         ) from exc
+    return check_finite_output(out, context)
+
+
+def check_finite_output(out: Any, context: str) -> Any:
+    """``out`` unchanged; PlanError when a floating output tensor holds NaN/Inf."""
     outs = out if isinstance(out, (tuple, list)) else (out,)
+    if isinstance(out, dict):
+        outs = tuple(out.values())
     for o in outs:
         if isinstance(o, Tensor) and o.is_floating_point() and not bool(torch.isfinite(o).all()):
             raise PlanError(f"{context} produced a model whose output contains NaN/Inf.")
