@@ -97,6 +97,59 @@ class GroupNormNet(_Head):
         return self._head(torch.relu(self.b(torch.relu(self.gn(self.a(x))))))
 
 
+class InstanceNormNet(_Head):
+    """conv a (8) -> InstanceNorm2d(8, affine, running stats) -> ReLU -> conv b -> fc."""
+
+    input_shape = (3, 8, 8)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.inorm = nn.InstanceNorm2d(8, affine=True, track_running_stats=True)
+        self.b = nn.Conv2d(8, 6, 3, padding=1)
+        self.fc = nn.Linear(6, K)
+        gen = torch.Generator().manual_seed(3)
+        with torch.no_grad():
+            self.inorm.running_mean.copy_(torch.randn(8, generator=gen) * 0.1)
+            self.inorm.running_var.copy_(torch.rand(8, generator=gen) + 0.5)
+            self.inorm.weight.copy_(torch.rand(8, generator=gen) + 0.5)
+            self.inorm.bias.copy_(torch.randn(8, generator=gen) * 0.1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._head(torch.relu(self.b(torch.relu(self.inorm(self.a(x))))))
+
+
+class LayerNormNet(nn.Module):
+    """conv a (8) -> global pool -> LayerNorm(8) over the channels -> fc."""
+
+    input_shape = (3, 8, 8)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.ln = nn.LayerNorm(8)
+        self.fc = nn.Linear(8, K)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(self.ln(torch.relu(self.a(x)).mean((2, 3))))
+
+
+class DictIn(nn.Module):
+    """A model whose forward takes a dict batch ``{"image": x}`` (conv a -> conv b -> fc)."""
+
+    input_shape = (3, 8, 8)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.b = nn.Conv2d(8, 6, 3, padding=1)
+        self.fc = nn.Linear(6, K)
+
+    def forward(self, batch: dict[str, Tensor]) -> Tensor:
+        h = torch.relu(self.b(torch.relu(self.a(batch["image"]))))
+        return self.fc(h.mean((2, 3)))
+
+
 class LRNNet(_Head):
     """conv a (8) -> LocalResponseNorm(3, alpha=1) -> conv b -> fc."""
 
@@ -304,6 +357,9 @@ BANK: dict[str, type[nn.Module]] = {
     "chunk_pool": ChunkPool,
     "groupnorm": GroupNormNet,
     "lrn": LRNNet,
+    "instancenorm": InstanceNormNet,
+    "layernorm": LayerNormNet,
+    "dict_in": DictIn,
     "se": SENet,
     "shuffle": Shuffle,
     "resnext": ResNeXt,

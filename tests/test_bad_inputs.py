@@ -52,6 +52,14 @@ def _empty() -> DataLoader:
     )
 
 
+def _dict_batches(inputs_only: bool = False) -> tuple[DataLoader, DataLoader]:
+    """Loaders of ``{"image": x, "label": y}`` batches (or ``({"image": x}, y)`` pairs)."""
+    g = torch.Generator().manual_seed(0)
+    xs, ys = torch.randn(16, 1, 4, 4, generator=g), torch.randint(0, 3, (16,), generator=g)
+    items = [({"image": x}, y) if inputs_only else {"image": x, "label": y} for x, y in zip(xs, ys)]
+    return DataLoader(items, batch_size=8), DataLoader(items, batch_size=8)
+
+
 def _nan_model() -> nn.Module:
     m = tiny()
     with torch.no_grad():
@@ -110,6 +118,24 @@ API_CASES: list[tuple[str, Callable[[], nn.Module], str, Callable[[], Any], dict
     ("unknown-method", tiny, "nope", _pair, {}, CompactnnError, ("nope",)),
     ("not-a-model", lambda: "model", "l1-norm", _pair, {}, ConfigError, ("'model'",)),
     ("data-int", tiny, "l1-norm", lambda: 3, {}, ConfigError, ("'data'",)),
+    (
+        "dict-batches",
+        tiny,
+        "l1-norm",
+        _dict_batches,
+        {},
+        ConfigError,
+        ("dict batches", "'image'", "collate_fn"),
+    ),
+    (
+        "dict-inputs",
+        tiny,
+        "ssr",
+        lambda: _dict_batches(True),
+        {},
+        ConfigError,
+        ("are dicts", "collate_fn"),
+    ),
 ]
 
 

@@ -17,7 +17,7 @@ from torch import nn
 
 from compactnn.errors import ConfigError
 
-__all__ = ["check_model_finite", "check_data"]
+__all__ = ["check_model_finite", "check_data", "check_batch_form"]
 
 _SPLITS = ("train", "val", "test", "calib")
 
@@ -70,6 +70,38 @@ def _split_xy(batch: Any) -> tuple[Any, Any]:
     if isinstance(batch, (tuple, list)):
         return (batch[0] if batch else None), (batch[1] if len(batch) > 1 else None)
     return batch, None
+
+
+def check_batch_form(batch: Any, split: str) -> None:
+    """Refuse batches compactnn cannot read: dicts (or dict inputs), or no tensor at all."""
+    from collections.abc import Mapping
+
+    def keys(d: Mapping) -> str:
+        return ", ".join(repr(k) for k in list(d)[:6])
+
+    fix = (
+        "compactnn reads batches as (inputs, labels) with inputs a tensor (or a tuple of tensors) "
+        "that the model takes positionally, and traces and self-checks its surgery on such "
+        "tensors. Give the DataLoader a collate_fn that returns (inputs, labels), e.g. "
+        "collate_fn=lambda b: (torch.stack([s['image'] for s in b]), "
+        "torch.tensor([s['label'] for s in b])), and wrap a model whose forward takes a dict in "
+        "a module whose forward takes the tensor."
+    )
+    if isinstance(batch, Mapping):
+        raise ConfigError(
+            f"The {split} loader passed in 'data' yields dict batches (keys {keys(batch)}); {fix}"
+        )
+    x = batch[0] if isinstance(batch, (tuple, list)) and batch else batch
+    if isinstance(x, Mapping):
+        raise ConfigError(
+            f"The inputs of the {split} loader passed in 'data' are dicts (keys {keys(x)}); {fix}"
+        )
+    parts = x if isinstance(x, (tuple, list)) else (x,)
+    if not parts or not all(isinstance(t, torch.Tensor) for t in parts):
+        kinds = sorted({type(t).__name__ for t in parts})
+        raise ConfigError(
+            f"The inputs of the {split} loader passed in 'data' are {kinds}, not tensors; {fix}"
+        )
 
 
 def _check_finite(x: Any, split: str, where: str) -> None:
@@ -137,10 +169,11 @@ def check_data(model: nn.Module, data: Any) -> torch.Tensor | None:
                     else "."
                 )
             )
+        check_batch_form(batch, split)
         x, y = _split_xy(batch)
         _check_finite(x, split, "the first batch")
         if not isinstance(x, torch.Tensor):
-            continue  # dict / custom batches: the method's own code reads them
+            continue  # a tuple of input tensors (multi-input model): the method reads them
         real[split] = x[:CHECK_SAMPLES].detach().clone()
         if width is None:
             with _eval_no_grad(model):

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from compactnn._preflight import check_data, check_model_finite
+from compactnn._preflight import check_batch_form, check_data, check_model_finite
 from compactnn._validation import check_choice, check_float, check_int, check_shape
 from compactnn.budget import Target
 from compactnn.errors import AccuracyDropError, ConfigError
@@ -137,7 +137,9 @@ def as_compression_data(
                 "The data loader is empty, so the input shape cannot be inferred: pass "
                 "input_shape= (e.g. (1, 28, 28)) and data with at least one batch."
             )
+        check_batch_form(first, "first")
         x = first[0] if isinstance(first, (tuple, list)) else first
+        x = x[0] if isinstance(x, (tuple, list)) else x  # a multi-input model: the first input
         cd.input_shape = tuple(int(s) for s in x.shape[1:])
     return cd
 

@@ -37,6 +37,7 @@ EXACT = [
     ("groupnorm-whole-group", "groupnorm", {"affine": False}, "a", [0, 1, 2, 3], [("b", "in", [0, 1, 2, 3])], 328),
     ("groupnorm-affine-whole-group", "groupnorm", {}, "a", [4, 5, 6, 7], [("b", "in", [4, 5, 6, 7])], 336),
     ("lrn-holes", "lrn", {}, "a", [2], [("a", "out", [2]), ("b", "in", [2])], 82),
+    ("instancenorm-running-stats", "instancenorm", {}, "a", [1, 6], [("b", "in", [1, 6])], 168),
     (
         "se-resnet-stream",
         "se",
@@ -82,6 +83,8 @@ REFUSED = [
     ("groupnorm-affine-part-of-group", "groupnorm", {}, "a", [1, 5], r"GroupNorm 'gn'.*whole groups of 4"),
     ("shuffle-unit-input", "shuffle", {}, "conv1.0", [1], r"channel shuffle"),
     ("shuffle-branch-output", "shuffle", {}, "b3", [1], r"channel shuffle"),
+    ("layernorm-over-channels", "layernorm", {}, "a", [3], r"LayerNorm 'ln'.*across channels.*exclude this layer"),
+    ("dict-input-batches", "dict_in", {}, "a", [3], r"does not run on the example inputs.*dict"),
     ("resnext-group-inconsistent", "resnext", {}, "reduce", [1], r"group-inconsistent.*'grouped'"),
     ("depth-multiplier-outputs", "depth_multiplier", {}, "dw", [2, 3], r"depth multiplier 2"),
     ("cbam-spatial-attention", "cbam", {}, "a", [2], r"every input channel of Conv2d 'sa'.*mean"),

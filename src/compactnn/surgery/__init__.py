@@ -166,7 +166,7 @@ def _apply(
             mine = dict(zip(out.modules(), base.modules(), strict=True))  # before any cut
     ref = None  # output shapes of the original, the reference of the output width guard
     if plan.actions and inputs is not None and not allow_output_change:
-        ref = output_shapes(run_model(out, inputs))
+        ref = output_shapes(_run_original(out, inputs))
     last = None  # the model's output after the last action, when a channel action ran it
     for i, a in enumerate(plan.actions):
         last = None
@@ -205,6 +205,21 @@ def _apply(
         got = verify_model(out, inputs, "The plan") if last is None else last
         check_output(ref, check_finite_output(got, "The plan"), "The plan")
     return out
+
+
+def _run_original(model: nn.Module, inputs: tuple[Tensor, ...]) -> object:
+    """The model's output before any action; PlanError when it does not run on the inputs."""
+    try:
+        return run_model(model, inputs)
+    except Exception as exc:  # noqa: BLE001 - any failure: the inputs do not fit the model
+        shapes = [tuple(x.shape) for x in inputs]
+        raise PlanError(
+            f"The model does not run on the example inputs of shape {shapes} before any action "
+            f"({type(exc).__name__}: {exc}). Surgery traces and self-checks the model on tensor "
+            "inputs: set plan.meta['input_shape'] to the per-sample shape the model takes, pass "
+            "example_inputs=(a batch of tensors), or wrap a model whose forward takes a dict in "
+            "a module whose forward takes the tensor."
+        ) from exc
 
 
 def _same_samples(a: tuple[Tensor, ...], b: tuple[Tensor, ...]) -> bool:
