@@ -422,3 +422,13 @@ def test_inspect_a_saved_result_directory(tmp_path, capsys) -> None:
     (out / "plan.json").write_text(json.dumps(doc))
     assert main(["inspect", str(out), "--no-latency"]) == 2
     assert "version 99" in capsys.readouterr().err
+
+
+def test_inspect_help_names_only_flags_that_exist(capsys: Any) -> None:
+    """Issue 13 item 8: inspect's help named a --list flag that did not exist."""
+    from compactnn import cli
+
+    with pytest.raises(SystemExit):
+        cli.main(["inspect", "--help"])
+    text = capsys.readouterr().out
+    assert "--list" not in text and "--factory" in text and "--checkpoint" in text

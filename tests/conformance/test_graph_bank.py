@@ -276,3 +276,27 @@ def test_user_data_check_maps_repeated_cuts_back_to_the_original() -> None:
     with torch.no_grad():
         assert (new(x) - ref(x)).abs().max().item() <= TOL
     assert new.a.out_channels == 12 and new.b.in_channels == 6 and new.c.in_channels == 6
+
+
+@pytest.mark.parametrize("swap", [False, True], ids=["b-first", "c-first"])
+def test_compress_l1_norm_on_chunk_with_dead_filters_is_exact(swap: bool) -> None:
+    """Issue 13 case 1 through compress: filters 1 and 10 of a made dead (one per chunk),
+    l1-norm removes exactly them, so the pruned model equals the original in both orders."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from compactnn import compress
+
+    model = build_graph("chunk", swap=swap)
+    with torch.no_grad():
+        model.a.weight[[1, 10]] = 0
+        model.a.bias[[1, 10]] = 0
+    gen = torch.Generator().manual_seed(0)
+    data = TensorDataset(
+        torch.randn(16, *SHAPE, generator=gen), torch.randint(0, 3, (16,), generator=gen)
+    )
+    loader = DataLoader(data, batch_size=8)
+    res = compress(model, "l1-norm", (loader, loader), input_shape=SHAPE, layers=["a"], keep=[14], finetune_epochs=0, max_drop=None, measure=False)  # fmt: skip
+    assert res.plan.actions[0].keep == tuple(i for i in range(16) if i not in (1, 10))
+    x = _x()
+    with torch.no_grad():
+        assert (res.model(x) - model(x)).abs().max().item() <= TOL
