@@ -108,12 +108,6 @@ class InstanceNormNet(_Head):
         self.inorm = nn.InstanceNorm2d(8, affine=True, track_running_stats=True)
         self.b = nn.Conv2d(8, 6, 3, padding=1)
         self.fc = nn.Linear(6, K)
-        gen = torch.Generator().manual_seed(3)
-        with torch.no_grad():
-            self.inorm.running_mean.copy_(torch.randn(8, generator=gen) * 0.1)
-            self.inorm.running_var.copy_(torch.rand(8, generator=gen) + 0.5)
-            self.inorm.weight.copy_(torch.rand(8, generator=gen) + 0.5)
-            self.inorm.bias.copy_(torch.randn(8, generator=gen) * 0.1)
 
     def forward(self, x: Tensor) -> Tensor:
         return self._head(torch.relu(self.b(torch.relu(self.inorm(self.a(x))))))
@@ -373,13 +367,13 @@ BANK: dict[str, type[nn.Module]] = {
 
 
 def build_graph(name: str, seed: int = 0, **kwargs: object) -> nn.Module:
-    """Deterministic bank model in eval mode, BN statistics randomised."""
+    """Deterministic bank model in eval mode, BN / InstanceNorm statistics randomised."""
     torch.manual_seed(seed)
     model = BANK[name](**kwargs)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            if isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats:
                 n = m.num_features
                 m.running_mean.copy_(torch.randn(n, generator=gen) * 0.1)
                 m.running_var.copy_(torch.rand(n, generator=gen) + 0.5)

@@ -172,8 +172,8 @@ def test_lrn_cut_twice_keeps_original_neighbourhoods() -> None:
     assert new.lrn.positions.tolist() == [0, 1, 3, 5, 6, 7]
 
 
-def test_self_check_refuses_a_wrong_index_mapping(monkeypatch: pytest.MonkeyPatch) -> None:
-    """If the mapping were wrong (chunk consumers swapped), the self-check must catch it."""
+def _swap_chunk_consumers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Simulate a wrong index mapping: chunk consumers b and c get each other's columns."""
     real = _channels._map_checked
 
     def swapped(*args: object, **kwargs: object):  # noqa: ANN202
@@ -185,24 +185,14 @@ def test_self_check_refuses_a_wrong_index_mapping(monkeypatch: pytest.MonkeyPatc
         return cuts, zero_in, res
 
     monkeypatch.setattr(_channels, "_map_checked", swapped)
+
+
+def test_self_check_refuses_a_wrong_index_mapping(monkeypatch: pytest.MonkeyPatch) -> None:
+    """If the mapping were wrong (chunk consumers swapped), the self-check must catch it."""
+    _swap_chunk_consumers(monkeypatch)
     model = build_graph("chunk")
     with pytest.raises(PlanError, match=r"self-check failed.*\['a', 'b', 'c'\]"):
         apply(_plan(model, "a", [1, 10]), model)
-
-
-def _swap_chunk_consumers(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Simulate a wrong index mapping: chunk consumers b and c get each other's columns."""
-    real = _channels._map_checked
-
-    def swapped(*args: object, **kwargs: object):  # noqa: ANN202
-        cuts, zero_in, res = real(*args, **kwargs)
-        model = args[0]
-        b, c = model.b, model.c  # type: ignore[attr-defined]
-        cuts[b]["in"], cuts[c]["in"] = {2}, {1}
-        zero_in[b], zero_in[c] = {1}, {2}
-        return cuts, zero_in, res
-
-    monkeypatch.setattr(_channels, "_map_checked", swapped)
 
 
 def _dormant_chunk() -> nn.Module:
