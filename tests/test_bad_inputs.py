@@ -60,6 +60,19 @@ def _dict_batches(inputs_only: bool = False) -> tuple[DataLoader, DataLoader]:
     return DataLoader(items, batch_size=8), DataLoader(items, batch_size=8)
 
 
+class _DictOut(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = tiny()
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"logits": self.net(x)}
+
+
+def _dict_out_model() -> nn.Module:
+    return _DictOut()
+
+
 def _nan_model() -> nn.Module:
     m = tiny()
     with torch.no_grad():
@@ -118,6 +131,15 @@ API_CASES: list[tuple[str, Callable[[], nn.Module], str, Callable[[], Any], dict
     ("unknown-method", tiny, "nope", _pair, {}, CompactnnError, ("nope",)),
     ("not-a-model", lambda: "model", "l1-norm", _pair, {}, ConfigError, ("'model'",)),
     ("data-int", tiny, "l1-norm", lambda: 3, {}, ConfigError, ("'data'",)),
+    (
+        "dict-output",
+        _dict_out_model,
+        "l1-norm",
+        _pair,
+        {},
+        ConfigError,
+        ("returns a dict", "'logits'"),
+    ),
     (
         "dict-batches",
         tiny,

@@ -319,3 +319,20 @@ def test_training_methods_cut_coupled_layers_consistently(method: str, opts: dic
     new.eval()
     with torch.no_grad():
         assert (replay(x) - new(x)).abs().max().item() <= 1e-5
+
+
+def test_default_layers_of_a_resnext_block_prune_and_skip_clearly() -> None:
+    """Cutting 'reduce' to one input channel per group of 'grouped' makes it a depth-multiplier
+    conv whose outputs cannot be cut alone: it is skipped with a warning naming it, not refused."""
+    model = build_graph("resnext")
+    with pytest.warns(RuntimeWarning, match=r"\['grouped'\] not pruned.*depth multiplier 2"):
+        res = compress(
+            model, "l1-norm", (_loader(), _loader()), input_shape=SHAPE, ratio=0.5,
+            finetune_epochs=0, max_drop=None, measure=False,
+        )  # fmt: skip
+    assert list(res.history["skipped"]) == ["grouped"]
+    assert res.model.reduce.out_channels == 4 and res.model.grouped.groups == 4
+    x = torch.randn(4, *SHAPE, generator=torch.Generator().manual_seed(5))
+    replay = surgery.apply(res.plan, build_graph("resnext"))
+    with torch.no_grad():
+        assert (replay(x) - res.model(x)).abs().max().item() <= 1e-6

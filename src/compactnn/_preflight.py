@@ -180,6 +180,19 @@ def check_data(model: nn.Module, data: Any) -> torch.Tensor | None:
                 p = next(model.parameters(), None)
                 dev = p.device if p is not None else torch.device("cpu")
                 out = _run_checked(model, x[:64].to(dev))
+            if not isinstance(out, torch.Tensor):
+                what = (
+                    f"a dict (keys {', '.join(repr(k) for k in list(out)[:6])})"
+                    if isinstance(out, dict)
+                    else f"a {type(out).__name__}"
+                )
+                raise ConfigError(
+                    f"The model returns {what} on the first {split} batch, but compactnn measures "
+                    "accuracy and fine-tunes on the model's output as class scores (one tensor of "
+                    "shape [batch, classes]). Wrap the model in a module whose forward returns the "
+                    "logits (e.g. lambda x: model(x)['logits']); surgery.apply itself accepts "
+                    "dict and tuple outputs."
+                )
             if isinstance(out, torch.Tensor):
                 if out.is_floating_point() and not bool(torch.isfinite(out).all()):
                     raise ConfigError(

@@ -175,7 +175,7 @@ class _CriterionPruning(Method):
         self._check_layers(model, layers)
         budget = self._budget(model, layers)
         teacher = copy.deepcopy(model).eval() if cfg.finetune_distill > 0 else None
-        pruned, plan, groups = self._select_and_cut(model, layers, budget, data)
+        pruned, plan, groups, skipped = self._select_and_cut(model, layers, budget, data)
         if cfg.finetune_epochs > 0:
             finetune_model(
                 pruned,
@@ -200,12 +200,13 @@ class _CriterionPruning(Method):
                 "keep": {n: int(pruned.get_submodule(n).weight.shape[0]) for n in layers},
                 "criterion": self.criterion,
                 "groups": groups,
+                "skipped": skipped,
             },
         )
 
     def _select_and_cut(
         self, model: nn.Module, layers: list[str], budget: dict[str, int], data: CompressionData
-    ) -> tuple[nn.Module, Any, dict[str, list[str]]]:
+    ) -> tuple[nn.Module, Any, dict[str, list[str]], dict[str, str]]:
         """Score and cut one coupling group at a time, each on the model as the earlier cuts
         left it.
 
@@ -220,8 +221,12 @@ class _CriterionPruning(Method):
         each of its groups (best scores per group; the count rounded down to a multiple of the
         groups, at least one per group).
 
-        Returns the pruned model, the plan and the groups scored together (layer -> members,
-        only groups of more than one layer).
+        A layer that an earlier cut turned into a depthwise conv with a depth multiplier (one
+        input channel per group left) is skipped with a warning: its outputs go only with its
+        producer's channels.
+
+        Returns the pruned model, the plan, the groups scored together (layer -> members, only
+        groups of more than one layer) and the skipped layers with the reason.
         """
         from compactnn import surgery
         from compactnn.errors import PlanError
@@ -232,11 +237,22 @@ class _CriterionPruning(Method):
         current = copy.deepcopy(model)
         actions: list[KeepOutputs] = []
         groups: dict[str, list[str]] = {}
+        skipped: dict[str, str] = {}
         check = data.check_batch
         for i, layer in enumerate(layers):
-            width = int(current.get_submodule(layer).weight.shape[0])
+            mod = current.get_submodule(layer)
+            width = int(mod.weight.shape[0])
             n_keep = min(budget[layer], width)
             if n_keep >= width:
+                continue
+            if isinstance(mod, nn.Conv2d) and 1 < mod.groups == mod.in_channels < width:
+                # an earlier cut left one input channel per group (a depth multiplier): its
+                # outputs follow their input channel, so they went with the producer's cut
+                skipped[layer] = (
+                    f"after the earlier cuts it is a depthwise conv with depth multiplier "
+                    f"{width // mod.groups} (groups={mod.groups}); its outputs can only go with "
+                    "the channels of the layer that produces its input"
+                )
                 continue
             batches = (
                 list(data.calib_batches(cfg.calib_batches)) if self.criterion == "apoz" else None
@@ -268,7 +284,16 @@ class _CriterionPruning(Method):
                 )
             current = trial
             actions.append(KeepOutputs(layer, keep))
-        return current, CompressionPlan(actions, meta=meta), groups
+        if skipped:
+            import warnings
+
+            warnings.warn(
+                f"{self.name}: layer(s) {sorted(skipped)} not pruned: "
+                + "; ".join(f"{k}: {v}" for k, v in skipped.items()),
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        return current, CompressionPlan(actions, meta=meta), groups, skipped
 
     # ------------------------------------------------------------------ budget
     def strength(self) -> Strength:

@@ -514,6 +514,12 @@ def _execute(
         _check_cuts(cuts, names, action, layer)
     except PlanError as exc:
         via = _describe(res, [m for m in cuts if m not in seeds])
+        if via and "out of range" in str(exc):  # lead with the construct, not the symptom
+            raise PlanError(
+                f"{head}: the removed channels pass{via}, which regroups them: the layers coupled "
+                f"after it cannot be given matching channels ({exc}). This cut is refused; "
+                f"{_todo(via)}."
+            ) from None
         if via:
             raise PlanError(f"{exc} (The cut reaches it{via}.)") from None
         raise

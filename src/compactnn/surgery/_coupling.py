@@ -85,7 +85,7 @@ def coupling(
             f"coupling(layer={layer!r}) needs example inputs: pass example_inputs=... or "
             "meta={'input_shape': [...]}."
         )
-    _, mod = _resolve(model, layer, "coupling", "out")
+    _, mod = _resolve(model, layer, "KeepOutputs", "out")  # refused as the cut itself would be
     n = _size(mod, "out")
     own = {layer: tuple(range(n))}
     names = {m: k for k, m in model.named_modules()}
