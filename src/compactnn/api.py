@@ -198,22 +198,23 @@ def _dict_keys(cd: CompressionData, input_key: str | None, label_key: str | None
             raise ConfigError(
                 f"The 'input_key' parameter of compress ({input_key!r}) selects the input of "
                 "dict batches, but the batches are "
-                f"{type(first).__name__}s; drop it."
+                f"{type(first).__name__}s, not dicts; drop it."
             )
         return None
     keys = sorted(map(str, first))
     if input_key is None:
         raise ConfigError(
-            f"The batches are dicts with keys {keys}: pass input_key= (the key of the model's "
-            "input tensor) and, if the labels are not under one of "
-            f"{', '.join(LABEL_KEYS)}, label_key=."
+            f"The batches are dicts with keys {keys}: pass input_key=KEY (the key of the "
+            "model's input tensor) and, if the labels are not under one of "
+            f"{', '.join(LABEL_KEYS)}, label_key=KEY."
         )
+    _select(first, input_key, None)  # a missing input key is named first
     if label_key is None:
         label_key = next((k for k in LABEL_KEYS if k in first), None)
         if label_key is None:
             raise ConfigError(
                 f"The batches are dicts with keys {keys} and none of them is a label key "
-                f"({', '.join(LABEL_KEYS)}); pass label_key=."
+                f"({', '.join(LABEL_KEYS)}); pass label_key=KEY."
             )
     _select(first, input_key, label_key)  # a missing key fails here, before any work
     return input_key, label_key

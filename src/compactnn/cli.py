@@ -1176,7 +1176,7 @@ _CLI_TERMS: tuple[tuple[str, str], ...] = (
     (r"\b(input_shape|max_drop|val_fraction)=", "--\\1 "),
     (r"The '(\w+)' parameter of get_(?:dataset|loaders)", r"--data-opt \1"),
     (r"The '(input_key|label_key)' parameter of compress", r"--\1"),
-    (r"\b(input_key|label_key)=", "--\\1 "),
+    (r"\b(input_key|label_key)=KEY", r"--\1 KEY"),
     (r"\bon_drop='(\w+)'", r"--on-drop \1"),
     (
         r"Pass the per-sample input shape the model expects, e\.g\. \(1, 28, 28\)",
