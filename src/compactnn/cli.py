@@ -255,7 +255,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     import torch
 
     from compactnn import data
-    from compactnn.api import compress
+    from compactnn.api import as_compression_data, compress
     from compactnn.methods import CompressionData
 
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
@@ -276,6 +276,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         "thread(s) (as benchmarks/bench_ssr_lenet.py) ..."
     )
     torch.set_num_threads(DEMO_TRAIN_THREADS)
+    # the split compress would carve itself (10 %, seeded), made here so the report states it
+    cd = as_compression_data(cd, val_fraction=0.1, seed=args.seed)
     result = compress(model, "ssr", cd, latency_batch_size=100, latency_threads=1, **DEMO_SSR)
     print(result.report_after.format(title="lenet-caffe after SSR-L2,1 (physically pruned)"))
     print()
@@ -286,9 +288,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
     ship_args = argparse.Namespace(
         prefer=None, threads=1, sparse_form="dense", batch_size=100, compile=False, seed=args.seed
     )
+    from compactnn.api import describe_data
+
     rep = {
         "method": "ssr",
         "data": "mnist",
+        "data_fed": describe_data(
+            cd,
+            dataset="mnist",
+            kind="registry dataset (compactnn.data)",
+            normalisation=data.normalisation("mnist"),
+            val_fraction=0.1,
+            seed=args.seed,
+        ),
+        "history": _json_values(dict(result.history)),
         "options": DEMO_SSR,
         "chosen": _plain(result.chosen),
         "target": result.target,

@@ -57,6 +57,17 @@ def _save(fig: Any, out: str | Path, name: str) -> str:
     return name
 
 
+def _grid(n: int, height: float) -> tuple[Any, list[Any]]:
+    """A figure of ``n`` panels, at most 3 a row; the unused panels switched off."""
+    cols = min(n, 3)
+    rows = math.ceil(n / cols)
+    fig, axes = _pyplot().subplots(rows, cols, figsize=(4.2 * cols, height * rows), squeeze=False)
+    flat = list(axes.flat)
+    for ax in flat[n:]:
+        ax.axis("off")
+    return fig, flat[:n]
+
+
 # ---------------------------------------------------------------------------- data
 def _weight2d(m: nn.Module) -> torch.Tensor | None:
     w = getattr(m, "weight", None)
@@ -229,12 +240,8 @@ def plot_spectra(doc: dict[str, Any], out: str | Path) -> list[str]:
     spectra = (doc.get("figures") or {}).get("spectra") or []
     if not spectra:
         return []
-    plt = _pyplot()
-    n = len(spectra)
-    cols = min(n, 3)
-    rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False)
-    for ax, s in zip(axes.flat, spectra, strict=False):
+    fig, axes = _grid(len(spectra), 3.0)
+    for ax, s in zip(axes, spectra, strict=False):
         sv = s["singular_values"]
         ax.semilogy(range(1, len(sv) + 1), [max(v, 1e-12) for v in sv], ".-", markersize=3)
         ax.axvline(s["rank"], color="red", linestyle=":", linewidth=1.2)
@@ -242,8 +249,6 @@ def plot_spectra(doc: dict[str, Any], out: str | Path) -> list[str]:
         ax.set_xlabel("index")
         ax.set_ylabel(f"singular value ({s['of'].split()[0]})", fontsize=8)
         ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[n:]:
-        ax.axis("off")
     return [_save(fig, out, "spectra.png")]
 
 
@@ -252,12 +257,8 @@ def plot_sparsity(doc: dict[str, Any], out: str | Path) -> list[str]:
     maps = (doc.get("figures") or {}).get("sparsity") or []
     if not maps:
         return []
-    plt = _pyplot()
-    n = len(maps)
-    cols = min(n, 3)
-    rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
-    for ax, m in zip(axes.flat, maps, strict=False):
+    fig, axes = _grid(len(maps), 3.4)
+    for ax, m in zip(axes, maps, strict=False):
         r, c = m["shape"]
         im = ax.imshow(m["map"], aspect="auto", cmap="viridis", vmin=0, vmax=1,
                        extent=(0, c, r, 0), interpolation="nearest")  # fmt: skip
@@ -265,8 +266,6 @@ def plot_sparsity(doc: dict[str, Any], out: str | Path) -> list[str]:
         ax.set_xlabel("input (lowered)")
         ax.set_ylabel("output")
         fig.colorbar(im, ax=ax, fraction=0.046, label="density")
-    for ax in list(axes.flat)[n:]:
-        ax.axis("off")
     return [_save(fig, out, "sparsity.png")]
 
 
