@@ -152,6 +152,9 @@ def _keyed(loader: Any, input_key: str, label_key: str | None) -> Any:
         "collate_fn": collate,
         "num_workers": loader.num_workers,
         "pin_memory": loader.pin_memory,
+        "worker_init_fn": loader.worker_init_fn,
+        "timeout": loader.timeout,
+        "persistent_workers": loader.persistent_workers,
     }
     ds = loader.dataset
     if isinstance(ds, IterableDataset):

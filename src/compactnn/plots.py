@@ -262,7 +262,7 @@ def plot_sparsity(doc: dict[str, Any], out: str | Path) -> list[str]:
         r, c = m["shape"]
         im = ax.imshow(m["map"], aspect="auto", cmap="viridis", vmin=0, vmax=1,
                        extent=(0, c, r, 0), interpolation="nearest")  # fmt: skip
-        ax.set_title(f"{m['layer']} ({m['type']}): {100 * m['density']:.1f} % non-zero", fontsize=9)
+        ax.set_title(f"{m['layer']} ({m['type']}): {100 * m['density']:.3g} % non-zero", fontsize=9)
         ax.set_xlabel("input (lowered)")
         ax.set_ylabel("output")
         fig.colorbar(im, ax=ax, fraction=0.046, label="density")
