@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -138,6 +139,7 @@ def test_quiet_keeps_the_summary_and_verbose_logs_steps(tmp_path, capsys, monkey
     steps = [line for line in cap.err.splitlines() if "fine-tune: step" in line]
     assert rc == 0 and len(steps) >= 2  # one line per training step
     assert "epoch 1/1" in cap.err
+    assert "COMPACTNN_VERBOSE" not in os.environ  # set for that command only
 
 
 @pytest.mark.parametrize(

@@ -676,6 +676,20 @@ def _json_values(value: Any) -> Any:
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
+    """``compactnn compress``; ``--verbose`` sets COMPACTNN_VERBOSE for this command only."""
+    before = os.environ.get("COMPACTNN_VERBOSE")
+    if args.verbose:
+        os.environ["COMPACTNN_VERBOSE"] = "1"
+    try:
+        return _compress_command(args)
+    finally:
+        if before is None:
+            os.environ.pop("COMPACTNN_VERBOSE", None)
+        else:
+            os.environ["COMPACTNN_VERBOSE"] = before
+
+
+def _compress_command(args: argparse.Namespace) -> int:
     import yaml
 
     from compactnn.api import compress
@@ -717,8 +731,6 @@ def cmd_compress(args: argparse.Namespace) -> int:
         model, _, _ = _resolve_model(args.model)
         if args.checkpoint:
             model, _ = load_checkpoint(args.checkpoint, model)
-    if args.verbose:
-        os.environ["COMPACTNN_VERBOSE"] = "1"
     data, fed = dataset, None
     if (args.input_key or args.label_key) and not dataset:
         raise ConfigError("--input-key / --label-key select from dict batches of --data.")
