@@ -80,6 +80,18 @@ def test_dict_batches_from_a_function(tmp_path, capsys) -> None:
     assert rep["deploy"]["artifacts"]["model.onnx"]["max_abs_diff"] <= 1e-4
     md = (tmp_path / "res" / "report.md").read_text()
     assert "input 'pixels', label 'answer'" in md and "train 160" in md
+    # recipe.yaml replays the run with the same data (options and keys)
+    import yaml
+
+    recipe = yaml.safe_load((tmp_path / "res" / "recipe.yaml").read_text())
+    assert recipe["data_opts"] == {"n": 200} and recipe["input_key"] == "pixels"
+    assert recipe["label_key"] == "answer" and recipe["options"]["seed"] == 0
+    again = tmp_path / "again"
+    argv = ["compress", "--factory", "tests.test_cli_data:mlp", "--recipe",
+            str(tmp_path / "res" / "recipe.yaml"), "--val-fraction", "0.2", "--on-drop", "warn",
+            "--quiet", "--out", str(again)]  # fmt: skip
+    assert main(argv) == 0
+    assert json.loads((again / "report.json").read_text())["data_fed"] == fed
     # export of the earlier result rebuilds the same data (keys included)
     (tmp_path / "res" / "model.onnx").unlink()
     assert main(["export", str(tmp_path / "res"), "--format", "onnx"]) == 0

@@ -568,7 +568,9 @@ def _load_user_model(
     return model
 
 
-_RECIPE_KEYS = ("method", "data", "options", "target", "max_drop")
+_RECIPE_KEYS = (
+    "method", "data", "data_opts", "input_key", "label_key", "options", "target", "max_drop",
+)  # fmt: skip
 
 
 def _read_recipe(path: str) -> dict[str, Any]:
@@ -707,7 +709,12 @@ def _compress_command(args: argparse.Namespace) -> int:
     shape = _parse_shape(args.input_shape)
     target = args.target if args.target is not None else recipe.get("target")
     max_drop = args.max_drop if args.max_drop is not None else recipe.get("max_drop")
-    data_opts = _parse_data_opts(args.data_opt)
+    data_opts = dict(recipe.get("data_opts") or {})
+    if not isinstance(recipe.get("data_opts") or {}, dict):
+        raise ConfigError(f"--recipe {args.recipe}: 'data_opts' must be a mapping option -> value.")
+    data_opts.update(_parse_data_opts(args.data_opt))
+    args.input_key = args.input_key or recipe.get("input_key")
+    args.label_key = args.label_key or recipe.get("label_key")
     # one seed: --seed, else a recipe's / --opt seed (a replayed recipe.yaml carries it), else 0
     opt_seed = options.pop("seed", None)
     args.seed = args.seed if args.seed is not None else (0 if opt_seed is None else opt_seed)
@@ -773,6 +780,8 @@ def _compress_command(args: argparse.Namespace) -> int:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         replay = {"method": method, "data": dataset, "options": _plain(result.chosen)}
+        extra = {"data_opts": data_opts, "input_key": args.input_key, "label_key": args.label_key}
+        replay.update(_plain({k: v for k, v in extra.items() if v}))
         (out / "recipe.yaml").write_text(yaml.safe_dump(replay, sort_keys=False))
         rep = {
             "method": method,
