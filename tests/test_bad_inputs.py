@@ -147,7 +147,7 @@ API_CASES: list[tuple[str, Callable[[], nn.Module], str, Callable[[], Any], dict
         _dict_batches,
         {},
         ConfigError,
-        ("dict batches", "'image'", "collate_fn"),
+        ("dicts", "'image'", "input_key"),
     ),
     (
         "dict-inputs",
@@ -156,7 +156,7 @@ API_CASES: list[tuple[str, Callable[[], nn.Module], str, Callable[[], Any], dict
         lambda: _dict_batches(True),
         {},
         ConfigError,
-        ("are dicts", "collate_fn"),
+        ("are dicts", "input_key"),
     ),
 ]
 

@@ -82,10 +82,9 @@ def check_batch_form(batch: Any, split: str) -> None:
     fix = (
         "compactnn reads batches as (inputs, labels) with inputs a tensor (or a tuple of tensors) "
         "that the model takes positionally, and traces and self-checks its surgery on such "
-        "tensors. Give the DataLoader a collate_fn that returns (inputs, labels), e.g. "
-        "collate_fn=lambda b: (torch.stack([s['image'] for s in b]), "
-        "torch.tensor([s['label'] for s in b])), and wrap a model whose forward takes a dict in "
-        "a module whose forward takes the tensor."
+        "tensors. For dict batches pass input_key= (and label_key=) to compress; otherwise give "
+        "the DataLoader a collate_fn that returns (inputs, labels), and wrap a model whose "
+        "forward takes a dict in a module whose forward takes the tensor."
     )
     if isinstance(batch, Mapping):
         raise ConfigError(

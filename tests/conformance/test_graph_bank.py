@@ -290,3 +290,25 @@ def test_compress_l1_norm_on_chunk_with_dead_filters_is_exact(swap: bool) -> Non
     x = _x()
     with torch.no_grad():
         assert (res.model(x) - model(x)).abs().max().item() <= TOL
+
+
+def test_compress_on_dict_batches_cuts_exactly() -> None:
+    """Dict batches (``{"image": x, "label": y}``) through compress with input_key: the cut of
+    dead filters is exact and the self-check ran on the selected real inputs."""
+    from torch.utils.data import DataLoader
+
+    from compactnn import compress
+
+    model = build_graph("chunk")
+    with torch.no_grad():
+        model.a.weight[[1, 10]] = 0
+        model.a.bias[[1, 10]] = 0
+    gen = torch.Generator().manual_seed(0)
+    xs, ys = torch.randn(16, *SHAPE, generator=gen), torch.randint(0, 3, (16,), generator=gen)
+    items = [{"image": x, "label": y} for x, y in zip(xs, ys, strict=True)]
+    loader = DataLoader(items, batch_size=8)
+    res = compress(model, "l1-norm", (loader, loader), input_key="image", layers=["a"], keep=[14], finetune_epochs=0, max_drop=None, measure=False)  # fmt: skip
+    assert res.plan.actions[0].keep == tuple(i for i in range(16) if i not in (1, 10))
+    x = _x()
+    with torch.no_grad():
+        assert (res.model(x) - model(x)).abs().max().item() <= TOL
