@@ -89,6 +89,18 @@ def test_baseline_budget_is_exact(loaders) -> None:
     assert [c.weight.shape[0] for c in convs] == [3, 5, 7, 3]
 
 
+def test_compress_leaves_the_callers_compression_data_untouched(loaders) -> None:
+    from compactnn.methods import CompressionData
+
+    train, test = loaders
+    cd = CompressionData(train=train, val=test, test=test, input_shape=(1, 8, 8))
+    res = compactnn.compress(
+        tiny_cnn(), "l1-norm", cd, progress=False, measure=False, ratio=0.5, finetune_epochs=0
+    )
+    assert res.model is not None
+    assert cd.check_batch is None  # the self-check's real samples went into a copy
+
+
 def test_ssr_removes_filters_with_large_lambda(loaders) -> None:
     res = compactnn.compress(
         tiny_cnn(),
