@@ -496,7 +496,25 @@ def _plain(options: dict[str, Any]) -> dict[str, Any]:
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
+    """``compactnn compress``; under ``torchrun`` every rank runs it (DDP training, see
+    :mod:`compactnn.distributed`) and rank 0 alone prints and writes the outputs."""
+    from compactnn import distributed
+
+    started = distributed.init_from_env()
+    try:
+        return _compress_cmd(args)
+    finally:
+        if started:
+            import torch.distributed as dist
+
+            dist.barrier()  # rank 0 may still be writing the outputs
+            dist.destroy_process_group()
+
+
+def _compress_cmd(args: argparse.Namespace) -> int:
     import yaml
+
+    from compactnn import distributed
 
     from compactnn.api import compress
     from compactnn.budget import Target
@@ -550,9 +568,12 @@ def cmd_compress(args: argparse.Namespace) -> int:
             input_shape=shape,
             progress=not args.quiet,
             latency_batch_size=args.batch_size,
+            resume_dir=args.resume,
             **options,
         )
     seconds = {"compress": time.perf_counter() - t0}
+    if not distributed.is_main():
+        return 0  # rank 0 prints and writes
     notes = list(dict.fromkeys(str(w.message) for w in caught))
     for note in notes:
         print(f"warning: {note}", file=sys.stderr)
@@ -855,6 +876,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="share of the training data held out for validation (seeded; default 0.1)",
     )
     pc.add_argument("--out", help="directory for plan, report.json and recipe.yaml")
+    pc.add_argument(
+        "--resume",
+        metavar="DIR",
+        help="run directory: every stage is checkpointed there; rerunning the same command "
+        "continues after the last finished stage (a different run's directory is refused)",
+    )
     pc.add_argument(
         "--quiet", action="store_true", help="no progress output (the final summary stays)"
     )

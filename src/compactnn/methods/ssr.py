@@ -402,13 +402,23 @@ class SSR(Method):
         si: int,
         keep_all: dict[str, tuple[int, ...]],
         progress: bool,
+        start: int = 0,
+        record: dict[str, Any] | None = None,
+        saved: Any = None,
     ) -> tuple[nn.Module, dict[str, Any]]:
-        """One lambda setting: AULM on every layer in turn, pruning after each (lines 3-11)."""
+        """One lambda setting: AULM on every layer in turn, pruning after each (lines 3-11).
+
+        ``start``, ``record``: resume at layer ``start`` with the records of the layers before;
+        ``saved(current, si, next_li, record)`` checkpoints after every layer."""
+        from compactnn import distributed
+
         cfg: SSRConfig = self.config  # type: ignore[assignment]
         l1 = _PENALTIES[cfg.penalty] == "l1"
         desc = "SSR layers" if si == 0 else f"SSR layers (lambda stage {si + 1})"
-        record: dict[str, Any] = {}
+        record = dict(record or {})
         for li, layer in enumerate(tqdm(layers, desc=desc, disable=not progress)):
+            if li < start:
+                continue
             # l1: the zeros of the layers already processed (all of them after the first stage)
             # stay zero, also when the K-step trains every parameter (train_all)
             done = tuple(layers if si > 0 else layers[:li])
@@ -418,6 +428,9 @@ class SSR(Method):
             current, record[layer] = self._prune_layer(
                 current, layer, res, data.input_shape, keep_all
             )
+            distributed.check_values(keep_all, f"SSR filters kept after {layer} (stage {si})")
+            if saved is not None:
+                saved(current, si, li + 1, record)
         return current, record
 
     def _finetune(
@@ -469,16 +482,41 @@ class SSR(Method):
         progress: bool,
     ) -> tuple[nn.Module, dict[str, Any], dict[str, tuple[int, ...]]]:
         """Every lambda setting of Algorithm 1's S in turn, fine-tuning between two (line 12)."""
+        from compactnn import resume
+
         cfg: SSRConfig = self.config  # type: ignore[assignment]
         penalty = _PENALTIES[cfg.penalty]
         history: dict[str, Any] = {"layers": {}, "lam": stages[-1], "penalty": penalty}
         history["stages"] = []
         keep_all: dict[str, tuple[int, ...]] = {}
         current = model
+        store = resume.current()
+        start, partial = (0, 0), None
+        if store is not None and (ckpt := store.load("ssr stages")) is not None:
+            tensors, meta = ckpt
+            keep_all = {k: tuple(v) for k, v in meta["keep"].items()}
+            if keep_all:  # the architecture the kept filters give, then the saved weights
+                current, _ = prune_filters(model, keep_all, data.input_shape)
+            resume.load_model_state(current, tensors)
+            resume.set_rng_state(tensors, meta["rng"])
+            history, start, partial = meta["history"], tuple(meta["next"]), meta["record"]
+
+        def saved(cur: nn.Module, si: int, li: int, record: dict[str, Any]) -> None:
+            """Checkpoint: the next stage / layer to run and everything before it."""
+            if store is None:
+                return
+            r_t, r_m = resume.rng_state()
+            meta = {"next": [si, li], "keep": keep_all, "record": record, "history": history}
+            store.save("ssr stages", {**resume.model_state(cur), **r_t}, {**meta, "rng": r_m})
+
         for si, lam in enumerate(stages):
+            if si < start[0]:
+                continue
+            first = si == start[0]
             current, layer_rec = self._stage(
-                current, layers, lam, loader, data, si, keep_all, progress
-            )
+                current, layers, lam, loader, data, si, keep_all, progress,
+                start=start[1] if first else 0, record=partial if first else None, saved=saved,
+            )  # fmt: skip
             history["layers"] = layer_rec
             stage_rec: dict[str, Any] = {"lam": lam, "layers": layer_rec}
             if si < len(stages) - 1 and cfg.path_finetune_epochs > 0:
@@ -498,6 +536,7 @@ class SSR(Method):
             if penalty != "l1":
                 stage_rec["filters"] = {k: len(v) for k, v in keep_all.items()}
             history["stages"].append(stage_rec)
+            saved(current, si + 1, 0, {})
         return current, history, keep_all
 
     def run(
