@@ -63,7 +63,9 @@ def tiny_data(batch: int) -> tuple[DataLoader, DataLoader, DataLoader]:
 
 #: small runs of each training-based method (a few seconds on one CPU core)
 OPTIONS: dict[str, dict[str, Any]] = {
-    "ssr": dict(lam=(1.0, 0.65, 0.65), max_outer=3, w_steps=6, finetune_epochs=2, lr=0.01, finetune_lr=0.01),
+    "ssr": dict(
+        lam=(1.0, 0.65, 0.65), max_outer=3, w_steps=6, finetune_epochs=2, lr=0.01, finetune_lr=0.01
+    ),
     "admm-sparse": dict(mus=(0.05, 0.2), xi=2, steps_per_epoch=6, lr=0.01, finetune_epochs=1),
     "pgt": dict(lam=1.2, epochs=3, finetune_epochs=2, lr=0.05),
     "l1-norm": dict(ratio=0.5, finetune_epochs=3),

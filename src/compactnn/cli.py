@@ -515,7 +515,6 @@ def _compress_cmd(args: argparse.Namespace) -> int:
     import yaml
 
     from compactnn import distributed
-
     from compactnn.api import compress
     from compactnn.budget import Target
     from compactnn.methods import get_method

@@ -188,7 +188,6 @@ class RunStore:
             raise CheckpointError(f"resume_dir checkpoint '{p}' belongs to another stage.")
         return tensors, header["meta"]
 
-
     def save_plan(self, key: str, plan: Any) -> None:
         """Write a :class:`~compactnn.plan.CompressionPlan` (rank 0 only): saved under a
         temporary name, then both files moved into place. Save it before the checkpoint that
@@ -244,7 +243,9 @@ def rng_state(prefix: str = "rng.") -> tuple[dict[str, Tensor], dict[str, Any]]:
     return tensors, meta
 
 
-def set_rng_state(tensors: Mapping[str, Tensor], meta: Mapping[str, Any], prefix: str = "rng.") -> None:
+def set_rng_state(
+    tensors: Mapping[str, Tensor], meta: Mapping[str, Any], prefix: str = "rng."
+) -> None:
     """Restore what :func:`rng_state` saved."""
     torch.set_rng_state(tensors[f"{prefix}torch"])
     cuda = sorted(k for k in tensors if k.startswith(f"{prefix}cuda"))
