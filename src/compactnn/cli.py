@@ -548,6 +548,8 @@ def _compress_cmd(args: argparse.Namespace) -> int:
             model, _ = load_checkpoint(args.checkpoint, model)
     if args.verbose:
         os.environ["COMPACTNN_VERBOSE"] = "1"
+    if args.ddp_check:
+        os.environ["COMPACTNN_DDP_CHECK"] = "1"
     data = dataset
     if dataset:  # built here so that the exported model is checked on the same real samples
         from compactnn.api import as_compression_data
@@ -875,6 +877,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="share of the training data held out for validation (seeded; default 0.1)",
     )
     pc.add_argument("--out", help="directory for plan, report.json and recipe.yaml")
+    pc.add_argument(
+        "--ddp-check",
+        action="store_true",
+        help="under torchrun: compare checksums of every non-reduced step (F-steps, duals, "
+        "pruning decisions, weights) across ranks and stop naming the tensor that differs "
+        "(COMPACTNN_DDP_CHECK=1)",
+    )
     pc.add_argument(
         "--resume",
         metavar="DIR",
