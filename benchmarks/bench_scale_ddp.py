@@ -34,7 +34,7 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 GLOBAL_BATCH = 128
 SSR = {
-    "lam": [0.14, 0.043, 0.05],
+    "lam": [0.4, 0.15, 0.25],
     "lr": 0.01,
     "max_outer": 3,
     "w_steps": 40,
@@ -187,6 +187,12 @@ def main() -> None:
         "a DDP wrapper per K-step) against the halved per-rank batch, not what N machines or "
         "GPUs give. On real hardware the per-rank work is fixed and the ranks do not share "
         "cores.",
+        "",
+        "The rows agree on the architecture; their weights differ by float summation order "
+        "only (the per-rank means are averaged by the all-reduce instead of one mean over the "
+        "batch), amplified by some 460 SGD steps at lr 0.01: the 1-process row on 2 threads "
+        "differs from the 1-thread row by as much. On the tiny model of "
+        "tests/test_distributed.py (36 steps) the difference is below 1e-5.",
         "",
         f"Command: `{doc['command']}`",
     ]

@@ -90,3 +90,17 @@ def test_rank_shards_make_up_the_single_process_batches() -> None:
         for whole, *parts in zip(single, *shards, strict=True):
             got = torch.cat([p[0] for p in parts])
             assert sorted(got.tolist()) == sorted(whole[0].tolist())
+
+
+def test_python_dash_m_compactnn_runs_the_cli() -> None:
+    """``torchrun -m compactnn`` needs ``python -m compactnn`` (compactnn/__main__.py)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "compactnn", "compress", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "--resume DIR" in out and "--ddp-check" in out
