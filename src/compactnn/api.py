@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from compactnn import distributed
 from compactnn._preflight import check_batch_form, check_data, check_model_finite
 from compactnn._validation import check_choice, check_float, check_int, check_shape
 from compactnn.budget import Target
@@ -454,6 +455,7 @@ def compress(
     latency_batch_size: int = 100,
     latency_threads: int = 1,
     progress: bool = True,
+    resume_dir: Any = None,
     input_key: str | None = None,
     label_key: str | None = None,
     **options: Any,
@@ -482,7 +484,13 @@ def compress(
         measure: measure before/after reports (params, FLOPs, latency, accuracy on ``test``).
         latency_batch_size: batch size of the latency measurement (SSR Table I uses 100).
         latency_threads: torch threads during the latency measurement.
-        progress: tqdm progress bars.
+        progress: tqdm progress bars (rank 0 only under torch.distributed).
+        resume_dir: a run directory: every stage is checkpointed there atomically (each mu,
+            each SSR layer / lambda stage, every training and fine-tuning epoch, the budget
+            search's choice) and a rerun with the same arguments continues after the last
+            finished stage, ending with the same model as an uninterrupted run. A directory
+            written by a run with other options, model, data or world size is refused
+            (:mod:`compactnn.resume`).
         input_key / label_key: for dict batches, the keys of the model's input and of the
             labels (see :func:`as_compression_data`).
         **options: the method's hyper-parameters (see ``get_method(method).Config``).
@@ -490,6 +498,11 @@ def compress(
     Returns:
         CompressionResult with the smaller model, its plan, history, both reports, the
         resolved options (``chosen``), the budget record (``target``) and ``validation``.
+
+    Inside an initialised ``torch.distributed`` process group (e.g. under ``torchrun``) every
+    rank calls ``compress`` with the same arguments; training is data-parallel (DDP, global
+    batch = the loader's batch x world size), every other decision is made identically on each
+    rank, and every rank returns the same result (:mod:`compactnn.distributed`).
 
     Raises:
         ConfigError: a bad option or target (before any expensive work).
@@ -519,11 +532,73 @@ def compress(
         real = check_data(model, cd)
     if cd.check_batch is None:
         cd.check_batch = real  # the surgery self-check also runs on these real samples
+    store = None
+    if resume_dir is not None:
+        from compactnn.resume import RunStore
+
+        store = RunStore(resume_dir, _fingerprint(model, algo, cd, tgt, seed, val_fraction))
+    progress = progress and distributed.is_main()
     with _global_rng_preserved():
         return _compress(
             model, algo, cd, shape, tgt, max_drop, on_drop, inplace, measure,
-            latency_batch_size, latency_threads, progress,
+            latency_batch_size, latency_threads, progress, store,
         )  # fmt: skip
+
+
+def _loader_fingerprint(loader: Any) -> Any:
+    """Length, batching and a checksum of a few samples of a loader's dataset."""
+    from compactnn.resume import tensor_fingerprint
+
+    if loader is None:
+        return None
+    ds = getattr(loader, "dataset", None)
+    rec: dict[str, Any] = {
+        "type": type(loader).__name__,
+        "batch_size": getattr(loader, "batch_size", None),
+        "sampler": type(getattr(loader, "sampler", None)).__name__,
+    }
+    try:
+        n = len(ds)  # type: ignore[arg-type]
+    except TypeError:
+        return rec
+    rec["samples"] = n
+    picks = sorted({int(i * (n - 1) / 15) for i in range(16)}) if n else []
+    tensors, other = {}, []
+    for i in picks:
+        item = ds[i]
+        parts = (
+            sorted(item.items()) if isinstance(item, dict)
+            else enumerate(item if isinstance(item, (tuple, list)) else (item,))
+        )  # fmt: skip
+        for j, t in parts:
+            try:
+                tensors[f"{i}.{j}"] = torch.as_tensor(t)
+            except (TypeError, ValueError, RuntimeError):  # e.g. a PIL image, a string
+                other.append(f"{i}.{j}:{t!r}")
+    rec["checksum"] = tensor_fingerprint(tensors)
+    if other:
+        import hashlib
+
+        rec["other"] = hashlib.sha256("\n".join(other).encode()).hexdigest()
+    return rec
+
+
+def _fingerprint(
+    model: nn.Module, algo: Any, cd: CompressionData, tgt: Any, seed: int, val_fraction: float
+) -> dict[str, Any]:
+    """What makes a run: method + options, the model's weights, the data, the world size."""
+    from compactnn.resume import tensor_fingerprint
+
+    return {
+        "method": algo.name,
+        "options": algo.options(),
+        "target": None if tgt is None else tgt.as_dict(),
+        "seed": seed,
+        "val_fraction": val_fraction,
+        "model": {"class": type(model).__name__, "state": tensor_fingerprint(model.state_dict())},
+        "data": {k: _loader_fingerprint(getattr(cd, k)) for k in ("train", "val")},
+        "world_size": distributed.world_size(),
+    }
 
 
 def _compress(
@@ -539,7 +614,9 @@ def _compress(
     latency_batch_size: int,
     latency_threads: int,
     progress: bool,
+    store: Any = None,
 ) -> CompressionResult:
+    from compactnn import resume
     from compactnn.budget import measure as measure_size
     from compactnn.metrics import accuracy, report
 
@@ -549,8 +626,18 @@ def _compress(
     work = model if inplace else copy.deepcopy(model)
     record = None
     if tgt is not None:
-        algo, record = algo.calibrate(work, cd, tgt, progress=progress)
-    result = algo.run(work, cd, progress=progress)
+        saved = store.load("budget search") if store is not None else None
+        if saved is not None:  # the search's choice, as the interrupted run made it
+            algo, record = type(algo)(**saved[1]["options"]), saved[1]["record"]
+        else:
+            with resume.suspended():  # the search's trial runs are not checkpointed
+                algo, record = algo.calibrate(work, cd, tgt, progress=progress)
+            if store is not None:
+                store.save("budget search", {}, {"options": algo.options(), "record": record})
+        distributed.check_values(algo.options(), "budget search (chosen options)")
+    with resume.activate(store):
+        result = algo.run(work, cd, progress=progress)
+    distributed.check_synced(result.model.state_dict(), f"{result.method}: returned model")
     result.chosen = algo.options()
     if tgt is not None:
         base = measure_size(model, shape, tgt.keys, latency_batch_size=latency_batch_size)

@@ -678,10 +678,16 @@ def _json_values(value: Any) -> Any:
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
-    """``compactnn compress``; ``--verbose`` sets COMPACTNN_VERBOSE for this command only."""
+    """``compactnn compress``; ``--verbose`` sets COMPACTNN_VERBOSE for this command only.
+
+    Under ``torchrun`` every rank runs it (DDP training, see :mod:`compactnn.distributed`) and
+    rank 0 alone prints and writes the outputs."""
+    from compactnn import distributed
+
     before = os.environ.get("COMPACTNN_VERBOSE")
     if args.verbose:
         os.environ["COMPACTNN_VERBOSE"] = "1"
+    started = distributed.init_from_env()
     try:
         return _compress_command(args)
     finally:
@@ -689,11 +695,17 @@ def cmd_compress(args: argparse.Namespace) -> int:
             os.environ.pop("COMPACTNN_VERBOSE", None)
         else:
             os.environ["COMPACTNN_VERBOSE"] = before
+        if started:
+            import torch.distributed as dist
+
+            dist.barrier()  # rank 0 may still be writing the outputs
+            dist.destroy_process_group()
 
 
 def _compress_command(args: argparse.Namespace) -> int:
     import yaml
 
+    from compactnn import distributed
     from compactnn.api import compress
     from compactnn.budget import Target
     from compactnn.methods import get_method
@@ -738,6 +750,8 @@ def _compress_command(args: argparse.Namespace) -> int:
         model, _, _ = _resolve_model(args.model)
         if args.checkpoint:
             model, _ = load_checkpoint(args.checkpoint, model)
+    if args.ddp_check:
+        os.environ["COMPACTNN_DDP_CHECK"] = "1"
     data, fed = dataset, None
     if (args.input_key or args.label_key) and not dataset:
         raise ConfigError("--input-key / --label-key select from dict batches of --data.")
@@ -769,9 +783,12 @@ def _compress_command(args: argparse.Namespace) -> int:
             progress=not args.quiet,
             latency_batch_size=args.batch_size,
             latency_threads=args.threads,
+            resume_dir=args.resume,
             **options,
         )
     seconds["compress"] = time.perf_counter() - t0
+    if not distributed.is_main():
+        return 0  # rank 0 prints and writes
     notes = list(dict.fromkeys(str(w.message) for w in caught))
     for note in notes:
         print(f"warning: {note}", file=sys.stderr)
@@ -1149,6 +1166,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="share of the training data held out for validation (seeded; default 0.1)",
     )
     pc.add_argument("--out", help="directory for plan, report.json and recipe.yaml")
+    pc.add_argument(
+        "--ddp-check",
+        action="store_true",
+        help="under torchrun: compare checksums of every non-reduced step (F-steps, duals, "
+        "pruning decisions, weights) across ranks and stop naming the tensor that differs "
+        "(COMPACTNN_DDP_CHECK=1)",
+    )
+    pc.add_argument(
+        "--resume",
+        metavar="DIR",
+        help="run directory: every stage is checkpointed there; rerunning the same command "
+        "continues after the last finished stage (a different run's directory is refused)",
+    )
     pc.add_argument(
         "--quiet", action="store_true", help="no progress output (the final summary stays)"
     )

@@ -173,7 +173,8 @@ def finetune_model(
     """The methods' fine-tuning: :func:`compactnn.train.train` with their SGD settings.
 
     ``masks`` (parameter name -> bool) hold a zero structure fixed; ``teacher`` distils with
-    weight ``distill`` (see :class:`~compactnn.train.TrainConfig`).
+    weight ``distill`` (see :class:`~compactnn.train.TrainConfig`). In a resumable run every
+    epoch is checkpointed under the key ``"{desc}#{seed}"`` (distinct per fine-tuning of a run).
     """
     from compactnn import train as training
 
@@ -194,6 +195,7 @@ def finetune_model(
         progress=progress,
         desc=desc,
         teacher=teacher,
+        checkpoint=f"{desc}#{seed}",
     )
 
 

@@ -313,6 +313,17 @@ class _NeuronStep:
     def counts(self) -> dict[str, int]:
         return {n: int(self.rows_nonzero(m).sum()) for n, m in self.layers.items()}
 
+    def state_dict(self) -> dict[str, Tensor]:
+        """The neurons still alive and the steps taken (a resumed run holds the same zeros)."""
+        out = {f"alive.{n}": a for n, a in self.alive.items()}
+        out["steps"] = torch.tensor(self.prox.steps)
+        return out
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        for n in self.alive:
+            self.alive[n] = state[f"alive.{n}"].to(self.alive[n].device)
+        self.prox.steps = int(state["steps"])
+
 
 class PGT(Method):
     """Forward-backward splitting with group-sparse / tensor low-rank / top-t neuron steps."""
@@ -439,6 +450,7 @@ class PGT(Method):
             step_hook=hook,
             progress=progress,
             desc=f"PGT ({cfg.penalty})",
+            checkpoint="pgt proximal-gradient training",
         )
         record = {
             "neurons_before": before,

@@ -75,6 +75,20 @@ _POSITIVE = {"min_value": 0.0, "min_inclusive": False}
 _FRACTION = {"min_value": 0.0, "max_value": 1.0}
 
 
+def _cut_records(actions: list[Any]) -> list[dict[str, Any]]:
+    """JSON records of SSR's cuts (``KeepOutputs`` / ``KeepInputs``: a layer and kept indices),
+    for the resume checkpoint and the cross-rank check."""
+    return [{"type": type(a).__name__, "layer": a.layer, "keep": list(a.keep)} for a in actions]
+
+
+def _cuts_from_records(records: list[dict[str, Any]]) -> list[Any]:
+    """The cuts :func:`_cut_records` wrote, as plan actions again."""
+    from compactnn.plan import KeepInputs, KeepOutputs
+
+    kinds = {"KeepOutputs": KeepOutputs, "KeepInputs": KeepInputs}
+    return [kinds[r["type"]](r["layer"], tuple(r["keep"])) for r in records]
+
+
 @dataclass(frozen=True)
 class SSRConfig(MethodConfig):
     """Hyper-parameters of SSR, validated on construction (``rules``).
@@ -405,13 +419,23 @@ class SSR(Method):
         si: int,
         actions: list[Any],
         progress: bool,
+        start: int = 0,
+        record: dict[str, Any] | None = None,
+        saved: Any = None,
     ) -> tuple[nn.Module, dict[str, Any]]:
-        """One lambda setting: AULM on every layer in turn, pruning after each (lines 3-11)."""
+        """One lambda setting: AULM on every layer in turn, pruning after each (lines 3-11).
+
+        ``start``, ``record``: resume at layer ``start`` with the records of the layers before;
+        ``saved(current, si, next_li, record)`` checkpoints after every layer."""
+        from compactnn import distributed
+
         cfg: SSRConfig = self.config  # type: ignore[assignment]
         l1 = _PENALTIES[cfg.penalty] == "l1"
         desc = "SSR layers" if si == 0 else f"SSR layers (lambda stage {si + 1})"
-        record: dict[str, Any] = {}
+        record = dict(record or {})
         for li, layer in enumerate(tqdm(layers, desc=desc, disable=not progress)):
+            if li < start:
+                continue
             # l1: the zeros of the layers already processed (all of them after the first stage)
             # stay zero, also when the K-step trains every parameter (train_all)
             done = tuple(layers if si > 0 else layers[:li])
@@ -421,6 +445,11 @@ class SSR(Method):
             current, record[layer] = self._prune_layer(
                 current, layer, res, data.input_shape, actions, data.check_batch
             )
+            distributed.check_values(
+                _cut_records(actions), f"SSR filters kept after {layer} (stage {si})"
+            )
+            if saved is not None:
+                saved(current, si, li + 1, record)
         return current, record
 
     def _finetune(
@@ -472,16 +501,47 @@ class SSR(Method):
         progress: bool,
     ) -> tuple[nn.Module, dict[str, Any], list[Any]]:
         """Every lambda setting of Algorithm 1's S in turn, fine-tuning between two (line 12)."""
+        from compactnn import resume
+
         cfg: SSRConfig = self.config  # type: ignore[assignment]
         penalty = _PENALTIES[cfg.penalty]
         history: dict[str, Any] = {"layers": {}, "lam": stages[-1], "penalty": penalty}
         history["stages"] = []
         actions: list[Any] = []
         current = model
+        store = resume.current()
+        start, partial = (0, 0), None
+        if store is not None and (ckpt := store.load("ssr stages")) is not None:
+            tensors, meta = ckpt
+            actions = _cuts_from_records(meta["cuts"])
+            if actions:  # the architecture the cuts made so far give, then the saved weights
+                from compactnn import surgery
+                from compactnn.plan import CompressionPlan
+
+                shape = list(data.input_shape)
+                plan = CompressionPlan(actions=list(actions), meta={"input_shape": shape})
+                current = surgery.apply(plan, model)
+            resume.load_model_state(current, tensors)
+            resume.set_rng_state(tensors, meta["rng"])
+            history, start, partial = meta["history"], tuple(meta["next"]), meta["record"]
+
+        def saved(cur: nn.Module, si: int, li: int, record: dict[str, Any]) -> None:
+            """Checkpoint: the next stage / layer to run and everything before it."""
+            if store is None:
+                return
+            r_t, r_m = resume.rng_state()
+            meta = {"next": [si, li], "cuts": _cut_records(actions), "record": record}
+            meta["history"] = history
+            store.save("ssr stages", {**resume.model_state(cur), **r_t}, {**meta, "rng": r_m})
+
         for si, lam in enumerate(stages):
+            if si < start[0]:
+                continue
+            first = si == start[0]
             current, layer_rec = self._stage(
-                current, layers, lam, loader, data, si, actions, progress
-            )
+                current, layers, lam, loader, data, si, actions, progress,
+                start=start[1] if first else 0, record=partial if first else None, saved=saved,
+            )  # fmt: skip
             history["layers"] = layer_rec
             stage_rec: dict[str, Any] = {"lam": lam, "layers": layer_rec}
             if si < len(stages) - 1 and cfg.path_finetune_epochs > 0:
@@ -503,6 +563,7 @@ class SSR(Method):
                     k: int(current.get_submodule(k).weight.shape[0]) for k in layers
                 }
             history["stages"].append(stage_rec)
+            saved(current, si + 1, 0, {})
         return current, history, actions
 
     def run(
