@@ -62,6 +62,25 @@ class Split(_Head):
         return self._head(torch.relu(self.b(h1) + self.c(h2)))
 
 
+class ChunkPool(nn.Module):
+    """conv a (16) -> chunk(2) (or ``torch.split(h, 8)``) -> sigmoid of the second part -> cat ->
+    pool -> fc: no layer consumes a part, so a cut that moves the boundary still runs (only the
+    self-check can see that channel 8 changed part)."""
+
+    input_shape = (3, 8, 8)
+
+    def __init__(self, op: str = "chunk") -> None:
+        super().__init__()
+        self.op = op
+        self.a = nn.Conv2d(3, 16, 3, padding=1)
+        self.fc = nn.Linear(16, K)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.relu(self.a(x))
+        h1, h2 = torch.chunk(h, 2, dim=1) if self.op == "chunk" else torch.split(h, 8, dim=1)
+        return self.fc(torch.cat([h1, torch.sigmoid(h2)], 1).mean((2, 3)))
+
+
 class GroupNormNet(_Head):
     """conv a (16) -> GroupNorm(4, 16) -> ReLU -> conv b -> fc."""
 
@@ -76,6 +95,53 @@ class GroupNormNet(_Head):
 
     def forward(self, x: Tensor) -> Tensor:
         return self._head(torch.relu(self.b(torch.relu(self.gn(self.a(x))))))
+
+
+class InstanceNormNet(_Head):
+    """conv a (8) -> InstanceNorm2d(8, affine, running stats) -> ReLU -> conv b -> fc."""
+
+    input_shape = (3, 8, 8)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.inorm = nn.InstanceNorm2d(8, affine=True, track_running_stats=True)
+        self.b = nn.Conv2d(8, 6, 3, padding=1)
+        self.fc = nn.Linear(6, K)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._head(torch.relu(self.b(torch.relu(self.inorm(self.a(x))))))
+
+
+class LayerNormNet(nn.Module):
+    """conv a (8) -> global pool -> LayerNorm(8) over the channels -> fc."""
+
+    input_shape = (3, 8, 8)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.ln = nn.LayerNorm(8)
+        self.fc = nn.Linear(8, K)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(self.ln(torch.relu(self.a(x)).mean((2, 3))))
+
+
+class DictIn(nn.Module):
+    """A model whose forward takes a dict batch ``{"image": x}`` (conv a -> conv b -> fc)."""
+
+    input_shape = (3, 8, 8)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.b = nn.Conv2d(8, 6, 3, padding=1)
+        self.fc = nn.Linear(6, K)
+
+    def forward(self, batch: dict[str, Tensor]) -> Tensor:
+        h = torch.relu(self.b(torch.relu(self.a(batch["image"]))))
+        return self.fc(h.mean((2, 3)))
 
 
 class LRNNet(_Head):
@@ -282,8 +348,12 @@ class DictOut(nn.Module):
 BANK: dict[str, type[nn.Module]] = {
     "chunk": Chunk,
     "split": Split,
+    "chunk_pool": ChunkPool,
     "groupnorm": GroupNormNet,
     "lrn": LRNNet,
+    "instancenorm": InstanceNormNet,
+    "layernorm": LayerNormNet,
+    "dict_in": DictIn,
     "se": SENet,
     "shuffle": Shuffle,
     "resnext": ResNeXt,
@@ -297,13 +367,13 @@ BANK: dict[str, type[nn.Module]] = {
 
 
 def build_graph(name: str, seed: int = 0, **kwargs: object) -> nn.Module:
-    """Deterministic bank model in eval mode, BN statistics randomised."""
+    """Deterministic bank model in eval mode, BN / InstanceNorm statistics randomised."""
     torch.manual_seed(seed)
     model = BANK[name](**kwargs)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            if isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats:
                 n = m.num_features
                 m.running_mean.copy_(torch.randn(n, generator=gen) * 0.1)
                 m.running_var.copy_(torch.rand(n, generator=gen) + 0.5)

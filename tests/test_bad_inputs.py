@@ -52,6 +52,27 @@ def _empty() -> DataLoader:
     )
 
 
+def _dict_batches(inputs_only: bool = False) -> tuple[DataLoader, DataLoader]:
+    """Loaders of ``{"image": x, "label": y}`` batches (or ``({"image": x}, y)`` pairs)."""
+    g = torch.Generator().manual_seed(0)
+    xs, ys = torch.randn(16, 1, 4, 4, generator=g), torch.randint(0, 3, (16,), generator=g)
+    items = [({"image": x}, y) if inputs_only else {"image": x, "label": y} for x, y in zip(xs, ys)]
+    return DataLoader(items, batch_size=8), DataLoader(items, batch_size=8)
+
+
+class _DictOut(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = tiny()
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"logits": self.net(x)}
+
+
+def _dict_out_model() -> nn.Module:
+    return _DictOut()
+
+
 def _nan_model() -> nn.Module:
     m = tiny()
     with torch.no_grad():
@@ -110,6 +131,33 @@ API_CASES: list[tuple[str, Callable[[], nn.Module], str, Callable[[], Any], dict
     ("unknown-method", tiny, "nope", _pair, {}, CompactnnError, ("nope",)),
     ("not-a-model", lambda: "model", "l1-norm", _pair, {}, ConfigError, ("'model'",)),
     ("data-int", tiny, "l1-norm", lambda: 3, {}, ConfigError, ("'data'",)),
+    (
+        "dict-output",
+        _dict_out_model,
+        "l1-norm",
+        _pair,
+        {},
+        ConfigError,
+        ("returns a dict", "'logits'"),
+    ),
+    (
+        "dict-batches",
+        tiny,
+        "l1-norm",
+        _dict_batches,
+        {},
+        ConfigError,
+        ("dicts", "'image'", "input_key"),
+    ),
+    (
+        "dict-inputs",
+        tiny,
+        "ssr",
+        lambda: _dict_batches(True),
+        {},
+        ConfigError,
+        ("are dicts", "input_key"),
+    ),
 ]
 
 
@@ -396,3 +444,13 @@ def test_inspect_a_saved_result_directory(tmp_path, capsys) -> None:
     (out / "plan.json").write_text(json.dumps(doc))
     assert main(["inspect", str(out), "--no-latency"]) == 2
     assert "version 99" in capsys.readouterr().err
+
+
+def test_inspect_help_names_only_flags_that_exist(capsys: Any) -> None:
+    """Issue 13 item 8: inspect's help named a --list flag that did not exist."""
+    from compactnn import cli
+
+    with pytest.raises(SystemExit):
+        cli.main(["inspect", "--help"])
+    text = capsys.readouterr().out
+    assert "--list" not in text and "--factory" in text and "--checkpoint" in text

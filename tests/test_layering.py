@@ -24,6 +24,7 @@ LEVELS: list[str] = [
     "errors",
     "_validation",
     "_progress",  # progress bars / per-epoch log lines (tqdm only)
+    "distributed",  # torch.distributed: DDP wrapping, rank shards, cross-rank checksums
     "prox",
     "structure",
     "graph",
@@ -37,12 +38,15 @@ LEVELS: list[str] = [
     "surgery",
     "data",
     "models",
+    "resume",  # run directories of stage checkpoints (reads plans back)
     "train",
     "_preflight",  # compress's up-front checks of the model and the data (uses train, metrics)
     "methods",
     "api",
     "export",  # ONNX, TorchScript, compact checkpoint
+    "plots",  # PNGs of a result (report.json) and of the benchmarks
     "cli",
+    "__main__",  # python -m compactnn (torchrun -m compactnn)
     "__init__",  # the package facade: `import compactnn`
 ]
 

@@ -89,6 +89,18 @@ def test_baseline_budget_is_exact(loaders) -> None:
     assert [c.weight.shape[0] for c in convs] == [3, 5, 7, 3]
 
 
+def test_compress_leaves_the_callers_compression_data_untouched(loaders) -> None:
+    from compactnn.methods import CompressionData
+
+    train, test = loaders
+    cd = CompressionData(train=train, val=test, test=test, input_shape=(1, 8, 8))
+    res = compactnn.compress(
+        tiny_cnn(), "l1-norm", cd, progress=False, measure=False, ratio=0.5, finetune_epochs=0
+    )
+    assert res.model is not None
+    assert cd.check_batch is None  # the self-check's real samples went into a copy
+
+
 def test_ssr_removes_filters_with_large_lambda(loaders) -> None:
     res = compactnn.compress(
         tiny_cnn(),
@@ -135,9 +147,14 @@ def test_ssr_lambda_path_prunes_in_stages_and_replays(loaders) -> None:
     assert counts["0"] < 8 and counts["3"] < 12
     convs = [m for m in res.model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     assert [c.weight.shape[0] for c in convs[:3]] == [counts[k] for k in ("0", "3", "6")]
-    # the composed keep indices point at the original neurons: the untouched classifier's
-    # columns are exactly the original classifier's columns at those indices
-    keep = {a.layer: a.keep for a in res.plan.actions if type(a).__name__ == "KeepOutputs"}
+    # the plan is the sequence of cuts (each on the model the earlier ones left); composed,
+    # the keep indices point at the original neurons: the untouched classifier's columns are
+    # exactly the original classifier's columns at those indices
+    keep: dict[str, list[int]] = {}
+    for a in res.plan.actions:
+        if type(a).__name__ == "KeepOutputs":
+            prev = keep.get(a.layer)
+            keep[a.layer] = list(a.keep) if prev is None else [prev[i] for i in a.keep]
     assert len(keep["6"]) == fc[-1] and len(set(keep["6"])) == fc[-1] and max(keep["6"]) < 16
     torch.testing.assert_close(convs[3].weight, model[8].weight[:, list(keep["6"])])
     replayed = surgery.apply(res.plan, copy.deepcopy(model))

@@ -17,7 +17,7 @@ from torch import nn
 
 from compactnn.errors import ConfigError
 
-__all__ = ["check_model_finite", "check_data"]
+__all__ = ["check_model_finite", "check_data", "check_batch_form"]
 
 _SPLITS = ("train", "val", "test", "calib")
 
@@ -72,6 +72,37 @@ def _split_xy(batch: Any) -> tuple[Any, Any]:
     return batch, None
 
 
+def check_batch_form(batch: Any, split: str) -> None:
+    """Refuse batches compactnn cannot read: dicts (or dict inputs), or no tensor at all."""
+    from collections.abc import Mapping
+
+    def keys(d: Mapping) -> str:
+        return ", ".join(repr(k) for k in list(d)[:6])
+
+    fix = (
+        "compactnn reads batches as (inputs, labels) with inputs a tensor (or a tuple of tensors) "
+        "that the model takes positionally, and traces and self-checks its surgery on such "
+        "tensors. For dict batches pass input_key= (and label_key=) to compress; otherwise give "
+        "the DataLoader a collate_fn that returns (inputs, labels), and wrap a model whose "
+        "forward takes a dict in a module whose forward takes the tensor."
+    )
+    if isinstance(batch, Mapping):
+        raise ConfigError(
+            f"The {split} loader passed in 'data' yields dict batches (keys {keys(batch)}); {fix}"
+        )
+    x = batch[0] if isinstance(batch, (tuple, list)) and batch else batch
+    if isinstance(x, Mapping):
+        raise ConfigError(
+            f"The inputs of the {split} loader passed in 'data' are dicts (keys {keys(x)}); {fix}"
+        )
+    parts = x if isinstance(x, (tuple, list)) else (x,)
+    if not parts or not all(isinstance(t, torch.Tensor) for t in parts):
+        kinds = sorted({type(t).__name__ for t in parts})
+        raise ConfigError(
+            f"The inputs of the {split} loader passed in 'data' are {kinds}, not tensors; {fix}"
+        )
+
+
 def _check_finite(x: Any, split: str, where: str) -> None:
     if isinstance(x, torch.Tensor) and x.is_floating_point():
         bad = ~torch.isfinite(x)
@@ -97,8 +128,19 @@ def _check_labels(y: Any, width: int, split: str, where: str) -> None:
         )
 
 
-def check_data(model: nn.Module, data: Any) -> None:
+#: samples of the first training batch kept for the surgery self-check (CompressionData.check_batch):
+#: its cost grows with them (benchmarks/results/surgery_self_check.md)
+CHECK_SAMPLES = 2
+
+
+def check_data(model: nn.Module, data: Any) -> torch.Tensor | None:
     """Check every loader of a :class:`~compactnn.methods.CompressionData` before compressing.
+
+    Returns:
+        The first :data:`CHECK_SAMPLES` inputs of the first batch of the training data (else
+        the calibration, else the validation data; never the test data), read by these checks
+        anyway: the batch of the user's data the surgery self-check runs on. ``None`` when no
+        such loader yields a tensor batch.
 
     Raises:
         ConfigError: an empty loader, NaN / Inf inputs, integer labels outside
@@ -108,6 +150,7 @@ def check_data(model: nn.Module, data: Any) -> None:
     from compactnn.metrics import _eval_no_grad, _run_checked
 
     width: int | None = None
+    real: dict[str, torch.Tensor] = {}
     for split in _SPLITS:
         loader = getattr(data, split, None)
         if loader is None:
@@ -125,15 +168,30 @@ def check_data(model: nn.Module, data: Any) -> None:
                     else "."
                 )
             )
+        check_batch_form(batch, split)
         x, y = _split_xy(batch)
         _check_finite(x, split, "the first batch")
         if not isinstance(x, torch.Tensor):
-            continue  # dict / custom batches: the method's own code reads them
+            continue  # a tuple of input tensors (multi-input model): the method reads them
+        real[split] = x[:CHECK_SAMPLES].detach().clone()
         if width is None:
             with _eval_no_grad(model):
                 p = next(model.parameters(), None)
                 dev = p.device if p is not None else torch.device("cpu")
                 out = _run_checked(model, x[:64].to(dev))
+            if not isinstance(out, torch.Tensor):
+                what = (
+                    f"a dict (keys {', '.join(repr(k) for k in list(out)[:6])})"
+                    if isinstance(out, dict)
+                    else f"a {type(out).__name__}"
+                )
+                raise ConfigError(
+                    f"The model returns {what} on the first {split} batch, but compactnn measures "
+                    "accuracy and fine-tunes on the model's output as class scores (one tensor of "
+                    "shape [batch, classes]). Wrap the model in a module whose forward returns the "
+                    "logits (e.g. lambda x: model(x)['logits']); surgery.apply itself accepts "
+                    "dict and tuple outputs."
+                )
             if isinstance(out, torch.Tensor):
                 if out.is_floating_point() and not bool(torch.isfinite(out).all()):
                     raise ConfigError(
@@ -150,3 +208,4 @@ def check_data(model: nn.Module, data: Any) -> None:
             _check_finite(full[0], split, "its TensorDataset")
             if width is not None and len(full) > 1:
                 _check_labels(full[1], width, split, "its TensorDataset")
+    return next((real[s] for s in ("train", "calib", "val") if s in real), None)

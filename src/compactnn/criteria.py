@@ -9,6 +9,13 @@ Every criterion maps a layer to one score per output filter/neuron; *higher = mo
 * ``magnitude``  -- ``s_i = ||K(i,:)||_2``: plain filter magnitude (prune + fine-tune, no
   regulariser) -- the unregularised counterpart of SSR-L2,1.
 
+Coupled layers (a residual add, an SE gate, a following depthwise conv) lose the same channels,
+so they are scored as one **coupling group** (:func:`group_scores`, as Torch-Pruning's DepGraph
+``GroupMagnitudeImportance`` with its defaults ``normalizer="mean"``, ``group_reduction="mean"``):
+every member's scores are divided by their mean over its channels, and the score of channel
+``j`` is the mean over the members of the normalised score of the member's channel removed with
+``j``. ``random`` draws one score per channel of the group.
+
 References:
     Lin et al. 2019 (SSR), sec. IV-A "Alternative ... Approaches"; Zhou et al. 2016 appendix
     sec. 4 ("top t").
@@ -16,7 +23,7 @@ References:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -24,7 +31,7 @@ from torch import nn
 from compactnn._validation import check_int, raise_unknown
 from compactnn.errors import UnsupportedLayerError
 
-__all__ = ["CRITERIA", "filter_scores", "select_top", "apoz_scores"]
+__all__ = ["CRITERIA", "filter_scores", "group_scores", "select_top", "apoz_scores"]
 
 CRITERIA = ("random", "l1-norm", "apoz", "magnitude")
 
@@ -116,6 +123,49 @@ def filter_scores(
     if batches is None:
         raise ValueError(f"Criterion 'apoz' for layer '{layer}' needs data (batches=...).")
     return apoz_scores(model, layer, batches)
+
+
+def group_scores(
+    criterion: str,
+    model: nn.Module,
+    members: Mapping[str, Sequence[int]],
+    *,
+    batches: Iterable[torch.Tensor] | None = None,
+    seed: int = 0,
+) -> torch.Tensor:
+    """One importance per channel of a coupling group (see the module docstring).
+
+    Args:
+        criterion: one of :data:`CRITERIA`.
+        model: the model the members belong to.
+        members: ``{layer: phi}`` with ``phi[j]`` the layer's output channel removed together
+            with channel ``j`` of the group (the first member is the root, ``phi`` = identity);
+            e.g. :func:`compactnn.surgery.coupling`.
+        batches: data for ``apoz`` (reused for every member).
+        seed: seeds ``random``.
+
+    Returns:
+        ``s[j] = mean_m  s_m[phi_m[j]] / mean_i s_m[i]`` (a member with all-zero scores
+        contributes zeros); for a single member its raw scores; ``random``: ``n`` seeded draws.
+    """
+    if not members:
+        raise ValueError("group_scores needs at least one member layer.")
+    names = list(members)
+    n = len(members[names[0]])
+    if criterion == "random" or len(names) == 1:
+        return filter_scores(criterion, model, names[0], batches=batches, seed=seed)
+    data = list(batches) if batches is not None else None
+    total = torch.zeros(n, dtype=torch.float64)
+    for name in names:
+        phi = torch.as_tensor(list(members[name]), dtype=torch.long)
+        if phi.numel() != n:
+            raise ValueError(
+                f"group_scores: member '{name}' maps {phi.numel()} channels, the group has {n}."
+            )
+        s = filter_scores(criterion, model, name, batches=data, seed=seed).double()
+        mean = float(s.mean())
+        total += (s / mean if mean > 0 else torch.zeros_like(s))[phi]
+    return (total / len(names)).float()
 
 
 def select_top(scores: torch.Tensor, n_keep: int) -> tuple[int, ...]:

@@ -78,3 +78,8 @@ class AccuracyDropError(CompactnnError, RuntimeError):
 
 class ExportError(CompactnnError, RuntimeError):
     """Exporting a model (ONNX, TorchScript) failed or its outputs differ from PyTorch's."""
+
+
+class DistributedError(CompactnnError, RuntimeError):
+    """Ranks of a torch.distributed run disagree (a tensor or a decision differs across ranks),
+    or the process group / loader cannot be used for data-parallel training."""

@@ -212,7 +212,9 @@ def _with_teacher_logits(loader: Iterable[Any], teacher: nn.Module, seed: int) -
     from torch.utils.data import DataLoader, default_collate
 
     if not _rebuildable(loader) or loader.collate_fn is not default_collate:  # type: ignore[attr-defined]
-        return _TeacherPerBatch(loader, teacher)
+        from compactnn import distributed
+
+        return _TeacherPerBatch(_seeded(loader, seed) if distributed.active() else loader, teacher)
     ds = loader.dataset  # type: ignore[attr-defined]
     dev = next(teacher.parameters()).device
     was_training = teacher.training
@@ -231,14 +233,26 @@ def _with_teacher_logits(loader: Iterable[Any], teacher: nn.Module, seed: int) -
 def _rebuilt(loader: Any, dataset: Any, seed: int) -> Any:
     """``loader`` over ``dataset`` with its batching, workers and collation, reshuffled by a fresh
     generator seeded with ``seed`` (no generator when the loader does not shuffle)."""
-    from torch.utils.data import DataLoader, RandomSampler
+    from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
+
+    from compactnn import distributed
 
     shuffle = isinstance(loader.sampler, RandomSampler)
+    gen = torch.Generator().manual_seed(seed) if shuffle else None
+    order: dict[str, Any] = {"shuffle": shuffle}
+    if distributed.active():
+        # this rank's share of the single-process order (same generator, same draws): the
+        # per-rank batches of a step make up the single-process batch of size B x world size
+        base = RandomSampler(dataset, generator=gen) if shuffle else SequentialSampler(dataset)
+        sampler = distributed.RankShard(
+            base, num_replicas=distributed.world_size(), rank=distributed.rank()
+        )
+        order = {"sampler": sampler}
     return DataLoader(
         dataset,
         batch_size=loader.batch_size,
-        shuffle=shuffle,
-        generator=torch.Generator().manual_seed(seed) if shuffle else None,
+        **order,
+        generator=gen,
         drop_last=loader.drop_last,
         num_workers=loader.num_workers,
         collate_fn=loader.collate_fn,
@@ -258,7 +272,16 @@ def _seeded(loader: Iterable[Any], seed: int) -> Iterable[Any]:
     iterable dataset or any other iterable is used as given (its order is the caller's).
     """
     from torch.utils.data import RandomSampler
+    from torch.utils.data.distributed import DistributedSampler
 
+    from compactnn import distributed
+
+    if distributed.active():  # every rank reads its own share (sequential loaders too)
+        if _rebuildable(loader):
+            return _rebuilt(loader, loader.dataset, seed)
+        if isinstance(getattr(loader, "sampler", None), DistributedSampler):
+            return loader  # the caller's own split; train() calls set_epoch
+        distributed.require_shardable(loader, "train")
     if _rebuildable(loader) and isinstance(loader.sampler, RandomSampler):
         return _rebuilt(loader, loader.dataset, seed)
     return loader
@@ -294,6 +317,7 @@ def train(
     desc: str = "train",
     teacher: nn.Module | None = None,
     step_hook: Callable[[float], None] | None = None,
+    checkpoint: str | None = None,
 ) -> TrainHistory:
     """Train ``model`` in place with cross-entropy (plus an optional regulariser).
 
@@ -317,23 +341,33 @@ def train(
         step_hook: called as ``step_hook(lr)`` right after every optimizer step (before the
             ``masks`` are re-applied) with the learning rate of that step, e.g. the proximal
             step of :func:`compactnn.solvers.training.prox_step_hook` (forward-backward
-            splitting: gradient step, then prox with η = lr).
+            splitting: gradient step, then prox with η = lr). A hook with ``state_dict()`` /
+            ``load_state_dict()`` has its state checkpointed with the epoch (``checkpoint``).
+        checkpoint: a key unique within the run: inside a resumable run
+            (:func:`compactnn.resume.activate`, ``compress(resume_dir=...)``) every epoch is
+            checkpointed under it (model, optimizer, step, RNG and loader generator states,
+            history) and a rerun continues after the last finished epoch, ending with the same
+            model. Ignored outside such a run.
+
+    Under ``torch.distributed`` (an initialised process group of more than one rank) the
+    model is trained as :class:`~torch.nn.parallel.DistributedDataParallel` and every rank reads
+    its share of the loader (:class:`compactnn.distributed.RankShard`): the loader's batch size
+    is the per-rank batch, the global batch is it times the world size, and the ranks' batches
+    of a step are the single-process batch of that size. The history is all-reduced, so every
+    rank returns the same one (see :mod:`compactnn.distributed`).
 
     Returns:
         TrainHistory with per-epoch loss and accuracies.
     """
+    from torch.utils.data.distributed import DistributedSampler
+
+    from compactnn import distributed, resume
+
     cfg = config or TrainConfig()
     seed_everything(cfg.seed)
     opt = _make_optimizer(list(params) if params is not None else model.parameters(), cfg)
     loss_fn = nn.CrossEntropyLoss()
     hist = TrainHistory()
-    try:
-        steps_per_epoch = len(train_loader)  # type: ignore[arg-type]
-    except TypeError:
-        steps_per_epoch = cfg.max_steps_per_epoch or 0
-    if cfg.max_steps_per_epoch is not None and steps_per_epoch:
-        steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
-    total = steps_per_epoch * cfg.epochs
     device = next(model.parameters()).device
     if masks:
         apply_masks(model, masks)
@@ -341,11 +375,30 @@ def train(
         train_loader = _with_teacher_logits(train_loader, teacher, cfg.seed)
     else:
         train_loader = _seeded(train_loader, cfg.seed)
+    try:  # of the loader this rank reads
+        steps_per_epoch = len(train_loader)  # type: ignore[arg-type]
+    except TypeError:
+        steps_per_epoch = cfg.max_steps_per_epoch or 0
+    if cfg.max_steps_per_epoch is not None and steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
+    total = steps_per_epoch * cfg.epochs
     kd_w, kd_t = cfg.distill_weight, cfg.distill_temperature
-    step = 0
-    bar = Progress(total, desc, enabled=progress)
+    step, start_epoch = 0, 0
+    store = resume.current() if checkpoint is not None else None
+    key = f"train/{checkpoint}"
+    if store is not None and (saved := store.load(key)) is not None:
+        start_epoch, step = _restore_epoch(saved, model, opt, train_loader, step_hook, hist)
+    ddp = distributed.active()
+    net = model
+    if ddp:
+        distributed.check_synced(model.state_dict(), f"{desc}: before training")
+        net = distributed.wrap(model)
+    bar = Progress(total - step, desc, enabled=progress and distributed.is_main())
+    sampler = getattr(train_loader, "sampler", None)
     try:
-        for _epoch in range(cfg.epochs):
+        for _epoch in range(start_epoch, cfg.epochs):
+            if isinstance(sampler, DistributedSampler):
+                sampler.set_epoch(_epoch)  # a caller's own DistributedSampler
             model.train()
             sum_loss, correct, seen = 0.0, 0, 0
             for i, batch in enumerate(train_loader):
@@ -361,7 +414,7 @@ def train(
                 for g in opt.param_groups:
                     g["lr"] = lr
                 x, y = x.to(device), y.to(device)
-                out = model(x)
+                out = net(x)
                 loss = loss_fn(out, y)
                 if teacher is not None:
                     kd = nn.functional.kl_div(
@@ -373,7 +426,10 @@ def train(
                     loss = (1.0 - kd_w) * loss + kd_w * kd_t * kd_t * kd
                 if extra_loss is not None:
                     loss = loss + extra_loss()
-                if not torch.isfinite(loss):
+                finite = bool(torch.isfinite(loss))
+                if ddp:  # every rank stops together, or the others would wait forever
+                    finite = distributed.all_reduce_sum([0.0 if finite else 1.0])[0] == 0
+                if not finite:
                     raise SolverError(
                         f"Training loss became {loss.item()} at step {step}; lower the learning "
                         f"rate (lr={cfg.lr}) or check the data for NaNs."
@@ -398,16 +454,73 @@ def train(
                     f"{desc}: the training loader yielded no batch, so nothing was trained; pass "
                     "a training loader with data (or set the epochs / finetune_epochs to 0)."
                 )
+            if ddp:  # the global batch's statistics, the same on every rank
+                sum_loss, correct, seen = distributed.all_reduce_sum([sum_loss, correct, seen])
             hist.train_loss.append(sum_loss / max(seen, 1))
             hist.train_acc.append(100.0 * correct / max(seen, 1))
             stats = {"loss": hist.train_loss[-1], "train top-1": hist.train_acc[-1]}
-            if val_loader is not None:
+            if val_loader is not None:  # every rank, on the same (synchronised) model
                 hist.val_acc.append(accuracy(model, val_loader, topk=(1,))["top1"])
                 stats["val top-1"] = hist.val_acc[-1]
             bar.epoch(_epoch + 1, cfg.epochs, **stats)
+            if ddp:
+                distributed.check_synced(model.state_dict(), f"{desc}: epoch {_epoch + 1}")
+            if store is not None:
+                store.save(key, *_epoch_state(_epoch + 1, step, model, opt, train_loader,
+                                              step_hook, hist))  # fmt: skip
     finally:
         bar.close()
     return hist
+
+
+def _epoch_state(
+    epoch: int,
+    step: int,
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    loader: Any,
+    step_hook: Any,
+    hist: TrainHistory,
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """What :func:`train` needs to continue after ``epoch`` (see ``checkpoint``)."""
+    from compactnn import resume
+
+    tensors = resume.model_state(model)
+    o_t, o_m = resume.optimizer_state(opt)
+    r_t, r_m = resume.rng_state()
+    tensors.update(o_t, **r_t)
+    gen = getattr(loader, "generator", None)
+    if isinstance(gen, torch.Generator):
+        tensors["loader.generator"] = gen.get_state()
+    if hasattr(step_hook, "state_dict"):
+        tensors.update({f"hook.{k}": v for k, v in step_hook.state_dict().items()})
+    meta = {"epoch": epoch, "step": step, "history": hist.to_dict(), "opt": o_m, "rng": r_m}
+    return tensors, meta
+
+
+def _restore_epoch(
+    saved: tuple[dict[str, torch.Tensor], dict[str, Any]],
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    loader: Any,
+    step_hook: Any,
+    hist: TrainHistory,
+) -> tuple[int, int]:
+    """Load what :func:`_epoch_state` saved; returns ``(epochs done, steps done)``."""
+    from compactnn import resume
+
+    tensors, meta = saved
+    resume.load_model_state(model, tensors)
+    resume.load_optimizer(opt, tensors, meta["opt"])
+    resume.set_rng_state(tensors, meta["rng"])
+    gen = getattr(loader, "generator", None)
+    if "loader.generator" in tensors and isinstance(gen, torch.Generator):
+        gen.set_state(tensors["loader.generator"])
+    if hasattr(step_hook, "load_state_dict"):
+        step_hook.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("hook.")})
+    for k, v in meta["history"].items():
+        getattr(hist, k).extend(v)
+    return int(meta["epoch"]), int(meta["step"])
 
 
 def evaluate(
@@ -426,6 +539,7 @@ def finetune(
     val_loader: Iterable[Any] | None = None,
     progress: bool = True,
     teacher: nn.Module | None = None,
+    checkpoint: str | None = None,
 ) -> TrainHistory:
     """Fine-tune with the current zero structure held fixed.
 
@@ -433,6 +547,7 @@ def finetune(
         masks: masks to hold; default: the zeros present in the model now
             (:func:`zero_masks`), so that pruned weights stay exactly zero.
         teacher: distil from this model (see :func:`train`).
+        checkpoint: epoch checkpoints in a resumable run (see :func:`train`).
     """
     cfg = config or TrainConfig(epochs=1, lr=1e-3, schedule="cosine")
     m = dict(masks) if masks is not None else zero_masks(model)
@@ -445,6 +560,7 @@ def finetune(
         progress=progress,
         desc="fine-tune",
         teacher=teacher,
+        checkpoint=checkpoint,
     )
 
 

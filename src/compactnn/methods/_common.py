@@ -68,20 +68,44 @@ def per_layer_values(value: Any, layers: Sequence[str], name: str, owner: str) -
 
 
 def prune_filters(
-    model: nn.Module, keep: dict[str, Sequence[int]], input_shape: Sequence[int]
+    model: nn.Module,
+    keep: dict[str, Sequence[int]],
+    input_shape: Sequence[int],
+    *,
+    check: Any = None,
 ) -> tuple[nn.Module, Any]:
     """Physically keep only ``keep[layer]`` output filters/neurons (all couplings follow).
+
+    ``keep`` indexes the filters of ``model`` as given. Layers tied by a coupling group
+    (:func:`compactnn.surgery.coupling`: residual partners, SE gates, ...) lose the same
+    channels, so the group is cut **once**: a channel of the group goes only when every member
+    listed in ``keep`` drops it (their kept sets are united through the measured channel
+    correspondence), in one ``KeepOutputs`` on the group's first listed layer. Never two cuts
+    of one group with stale indices. ``check``: a batch of the user's inputs for the surgery
+    self-check (``CompressionData.check_batch``).
 
     Returns ``(new_model, plan)``; the input model is not modified.
     """
     from compactnn import surgery
     from compactnn.plan import CompressionPlan, KeepOutputs
 
-    plan = CompressionPlan(
-        actions=[KeepOutputs(layer=k, keep=tuple(int(i) for i in v)) for k, v in keep.items()],
-        meta={"input_shape": list(input_shape)},
-    )
-    return surgery.apply(plan, model), plan
+    meta = {"input_shape": list(input_shape)}
+    actions = []
+    done: set[str] = set()
+    for layer, kept in keep.items():
+        if layer in done:
+            continue
+        union = {int(i) for i in kept}
+        if len(keep) > 1:
+            members = surgery.coupling(model, layer, meta=meta)
+            for other, phi in members.items():
+                if other in keep and other != layer:
+                    where = {k: j for j, k in enumerate(phi)}
+                    union |= {where[int(k)] for k in keep[other] if int(k) in where}
+                    done.add(other)
+        actions.append(KeepOutputs(layer=layer, keep=tuple(sorted(union))))
+    plan = CompressionPlan(actions=actions, meta=meta)
+    return surgery.apply(plan, model, check_inputs=check), plan
 
 
 def replay_plan(
@@ -149,7 +173,8 @@ def finetune_model(
     """The methods' fine-tuning: :func:`compactnn.train.train` with their SGD settings.
 
     ``masks`` (parameter name -> bool) hold a zero structure fixed; ``teacher`` distils with
-    weight ``distill`` (see :class:`~compactnn.train.TrainConfig`).
+    weight ``distill`` (see :class:`~compactnn.train.TrainConfig`). In a resumable run every
+    epoch is checkpointed under the key ``"{desc}#{seed}"`` (distinct per fine-tuning of a run).
     """
     from compactnn import train as training
 
@@ -170,6 +195,7 @@ def finetune_model(
         progress=progress,
         desc=desc,
         teacher=teacher,
+        checkpoint=f"{desc}#{seed}",
     )
 
 

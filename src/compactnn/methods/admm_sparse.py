@@ -58,6 +58,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from compactnn import resume
 from compactnn._validation import (
     Rule,
     check_bool,
@@ -703,7 +704,7 @@ class ADMMSparse(Method):
         plan = None
         deployed = copy.deepcopy(model)
         if keep:
-            deployed, plan = prune_filters(model, keep, data.input_shape)
+            deployed, plan = prune_filters(model, keep, data.input_shape, check=data.check_batch)
         mods = dict(deployed.named_modules())
         dead_in = []
         for layer in layers:
@@ -715,7 +716,9 @@ class ADMMSparse(Method):
                 dead_in.append(KeepInputs(layer=layer, keep=tuple(int(i) for i in used.nonzero())))
         meta = {"input_shape": list(data.input_shape)}
         if dead_in:
-            deployed = surgery.apply(CompressionPlan(actions=dead_in, meta=meta), deployed)
+            deployed = surgery.apply(
+                CompressionPlan(actions=dead_in, meta=meta), deployed, check_inputs=data.check_batch
+            )
             base = plan.actions if plan is not None else []
             plan = CompressionPlan(actions=[*base, *dead_in], meta=meta)
         kernel_record: dict[str, Any] = {}
@@ -776,10 +779,17 @@ class ADMMSparse(Method):
         path = [self._path_entry(model, masks, data, deployed, samples, **start)]
         plans = [plan]
         reference = deployed  # the dense start: every point is timed against it
-        engine = None
+        engine: Any = None
+        store, start = resume.current(), 0
+        if store is not None and (ckpt := store.load("admm-sparse mu path")) is not None:
+            engine, masks, path, done_plans, start = self._restore(model, store, ckpt)
+            plans = plans[:1] + done_plans  # the dense start is recomputed, the rest loaded
+            deployed, plan, keep, _ = self._deploy(model, layers, masks, data, samples)
         for i, mu in enumerate(
             tqdm(cfg.mu_path(), desc="ADMM-sparse mu path", disable=not progress)
         ):
+            if i < start:
+                continue
             t0 = time.perf_counter()
             engine, fired = self._solve_mu(model, loader, params, mu, i, engine)
             masks = self._fix_structure(model, engine, layers, norms)
@@ -805,4 +815,40 @@ class ADMMSparse(Method):
             entry["kernel_deploy"] = kd
             path.append(self._path_entry(model, masks, data, deployed, samples, reference, **entry))
             plans.append(plan)
+            if store is not None:
+                self._checkpoint(store, model, engine, masks, path, plans, i + 1)
         return self._result(model, deployed, plan, keep, path, plans)
+
+    @staticmethod
+    def _checkpoint(
+        store: Any, model: nn.Module, engine: Any, masks: dict[str, Any], path: list[Any],
+        plans: list[Any], done: int,
+    ) -> None:  # fmt: skip
+        """After the ``done``-th mu: the weights, F and Y (the next mu's warm start), the
+        masks, the path records and this point's plan (its own files, written first)."""
+        plan_key = f"admm-sparse plan {done}"
+        store.save_plan(plan_key, plans[-1])
+        tensors = {**resume.model_state(model), **resume.rng_state()[0]}
+        tensors.update({f"F.{n}": t for n, t in engine.state.F.items()})
+        tensors.update({f"Y.{n}": t for n, t in engine.state.Y.items()})
+        tensors.update({f"masks.{n}": m for n, m in masks.items()})
+        meta = {"next": done, "path": path, "rng": resume.rng_state()[1]}
+        store.save("admm-sparse mu path", tensors, meta)
+
+    @staticmethod
+    def _restore(model: nn.Module, store: Any, ckpt: Any) -> tuple[Any, ...]:
+        """What :meth:`_checkpoint` saved: ``(warm start, masks, path, plans, next mu)``."""
+        from compactnn.solvers.training import ADMMState
+
+        tensors, meta = ckpt
+        resume.load_model_state(model, tensors)
+        resume.set_rng_state(tensors, meta["rng"])
+
+        def part(prefix: str) -> dict[str, Any]:
+            return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+        f, y = part("F."), part("Y.")
+        state = ADMMState(F=f, Y=y, F_hat=dict(f), Y_hat=dict(y), F_prev=dict(f), Y_prev=dict(y))
+        done = int(meta["next"])
+        plans = [store.load_plan(f"admm-sparse plan {i}") for i in range(1, done + 1)]
+        return state, part("masks."), meta["path"], plans, done

@@ -37,6 +37,9 @@ class CompressionData:
         calib: batches for layer-local methods (activation capture); defaults to ``train``.
         input_shape: per-sample input shape, e.g. ``(1, 28, 28)``.
         name: dataset name when known (for reports).
+        check_batch: a few real input samples (:func:`compactnn.compress` keeps the first
+            samples of the first training batch, which its up-front checks read anyway): every
+            surgery self-check of the run also runs on them (``surgery.apply(check_inputs=)``).
     """
 
     train: DataLoader | None
@@ -45,6 +48,7 @@ class CompressionData:
     calib: Iterable[Any] | None = None
     input_shape: tuple[int, ...] | None = None
     name: str | None = None
+    check_batch: Any = None
 
     def calib_batches(
         self, max_batches: int | None = None, *, seed: int = 0

@@ -29,7 +29,7 @@ from compactnn._validation import (
     validate_options,
 )
 from compactnn.budget import Strength
-from compactnn.criteria import filter_scores, select_top
+from compactnn.criteria import group_scores, select_top
 from compactnn.errors import ConfigError
 from compactnn.methods._common import (
     finetune_model,
@@ -175,7 +175,7 @@ class _CriterionPruning(Method):
         self._check_layers(model, layers)
         budget = self._budget(model, layers)
         teacher = copy.deepcopy(model).eval() if cfg.finetune_distill > 0 else None
-        pruned, plan = self._select_and_cut(model, layers, budget, data)
+        pruned, plan, groups, skipped = self._select_and_cut(model, layers, budget, data)
         if cfg.finetune_epochs > 0:
             finetune_model(
                 pruned,
@@ -199,19 +199,34 @@ class _CriterionPruning(Method):
             history={
                 "keep": {n: int(pruned.get_submodule(n).weight.shape[0]) for n in layers},
                 "criterion": self.criterion,
+                "groups": groups,
+                "skipped": skipped,
             },
         )
 
     def _select_and_cut(
         self, model: nn.Module, layers: list[str], budget: dict[str, int], data: CompressionData
-    ) -> tuple[nn.Module, Any]:
-        """Score and cut one layer at a time, each on the model as the earlier cuts left it.
+    ) -> tuple[nn.Module, Any, dict[str, list[str]], dict[str, str]]:
+        """Score and cut one coupling group at a time, each on the model as the earlier cuts
+        left it.
 
-        A cut removes channels from every coupled layer (residual partners, SE gates, shared
-        weights), so a later layer's keep-set is computed on its *current* filters; a layer
-        already at or under its budget is skipped. When a cut reaches a grouped conv, the same
-        number of filters is kept in each of its groups (best scores per group; the count
-        rounded down to a multiple of the groups, at least one per group).
+        The unit of selection is the layer's coupling group (:func:`compactnn.surgery.coupling`:
+        residual partners, SE gates, a following depthwise conv, with the channel
+        correspondence measured): one score per channel aggregated over the members
+        (:func:`compactnn.criteria.group_scores`), one keep-set, one cut that removes the same
+        channels from every member. A later layer's keep-set is computed on its *current*
+        filters; a layer already at or under its budget (e.g. cut as an earlier layer's
+        partner) is skipped, so a group ends with the smallest count asked for any of its
+        listed members. When a cut reaches a grouped conv, the same number of filters is kept in
+        each of its groups (best scores per group; the count rounded down to a multiple of the
+        groups, at least one per group).
+
+        A layer that an earlier cut turned into a depthwise conv with a depth multiplier (one
+        input channel per group left) is skipped with a warning: its outputs go only with its
+        producer's channels.
+
+        Returns the pruned model, the plan, the groups scored together (layer -> members, only
+        groups of more than one layer) and the skipped layers with the reason.
         """
         from compactnn import surgery
         from compactnn.errors import PlanError
@@ -221,35 +236,64 @@ class _CriterionPruning(Method):
         meta = {"input_shape": list(data.input_shape)}
         current = copy.deepcopy(model)
         actions: list[KeepOutputs] = []
+        groups: dict[str, list[str]] = {}
+        skipped: dict[str, str] = {}
+        check = data.check_batch
         for i, layer in enumerate(layers):
-            width = int(current.get_submodule(layer).weight.shape[0])
+            mod = current.get_submodule(layer)
+            width = int(mod.weight.shape[0])
             n_keep = min(budget[layer], width)
             if n_keep >= width:
+                continue
+            if isinstance(mod, nn.Conv2d) and 1 < mod.groups == mod.in_channels < width:
+                # an earlier cut left one input channel per group (a depth multiplier): its
+                # outputs follow their input channel, so they went with the producer's cut
+                skipped[layer] = (
+                    f"after the earlier cuts it is a depthwise conv with depth multiplier "
+                    f"{width // mod.groups} (groups={mod.groups}); its outputs can only go with "
+                    "the channels of the layer that produces its input"
+                )
                 continue
             batches = (
                 list(data.calib_batches(cfg.calib_batches)) if self.criterion == "apoz" else None
             )
-            scores = filter_scores(
-                self.criterion, current, layer, batches=batches, seed=cfg.seed + i
+            members = surgery.coupling(current, layer, meta=meta)
+            if len(members) > 1:
+                groups[layer] = list(members)
+            scores = group_scores(
+                self.criterion, current, members, batches=batches, seed=cfg.seed + i
             )
             keep = select_top(scores, n_keep)
             try:
                 trial = surgery.apply(
-                    CompressionPlan([KeepOutputs(layer, keep)], meta=meta), current
+                    CompressionPlan([KeepOutputs(layer, keep)], meta=meta),
+                    current,
+                    check_inputs=check,
                 )
             except PlanError as exc:
-                groups = getattr(exc, "groups", None)
-                if not groups or width % groups:
+                conv_groups = getattr(exc, "groups", None)
+                if not conv_groups or width % conv_groups:
                     raise
-                keep = _grouped_top(scores, n_keep, groups)
+                keep = _grouped_top(scores, n_keep, conv_groups)
                 if len(keep) >= width:
                     continue
                 trial = surgery.apply(
-                    CompressionPlan([KeepOutputs(layer, keep)], meta=meta), current
+                    CompressionPlan([KeepOutputs(layer, keep)], meta=meta),
+                    current,
+                    check_inputs=check,
                 )
             current = trial
             actions.append(KeepOutputs(layer, keep))
-        return current, CompressionPlan(actions, meta=meta)
+        if skipped:
+            import warnings
+
+            warnings.warn(
+                f"{self.name}: layer(s) {sorted(skipped)} not pruned: "
+                + "; ".join(f"{k}: {v}" for k, v in skipped.items()),
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        return current, CompressionPlan(actions, meta=meta), groups, skipped
 
     # ------------------------------------------------------------------ budget
     def strength(self) -> Strength:

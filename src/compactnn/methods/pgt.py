@@ -313,6 +313,17 @@ class _NeuronStep:
     def counts(self) -> dict[str, int]:
         return {n: int(self.rows_nonzero(m).sum()) for n, m in self.layers.items()}
 
+    def state_dict(self) -> dict[str, Tensor]:
+        """The neurons still alive and the steps taken (a resumed run holds the same zeros)."""
+        out = {f"alive.{n}": a for n, a in self.alive.items()}
+        out["steps"] = torch.tensor(self.prox.steps)
+        return out
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        for n in self.alive:
+            self.alive[n] = state[f"alive.{n}"].to(self.alive[n].device)
+        self.prox.steps = int(state["steps"])
+
 
 class PGT(Method):
     """Forward-backward splitting with group-sparse / tensor low-rank / top-t neuron steps."""
@@ -439,6 +450,7 @@ class PGT(Method):
             step_hook=hook,
             progress=progress,
             desc=f"PGT ({cfg.penalty})",
+            checkpoint="pgt proximal-gradient training",
         )
         record = {
             "neurons_before": before,
@@ -448,9 +460,15 @@ class PGT(Method):
         return layers, record
 
     def remove(
-        self, model: nn.Module, layers: list[str], input_shape: tuple[int, ...]
+        self,
+        model: nn.Module,
+        layers: list[str],
+        input_shape: tuple[int, ...],
+        check: Any = None,
     ) -> tuple[nn.Module, Any, dict[str, tuple[int, ...]]]:
-        """Physically remove the zero neurons of ``layers`` (with the next layer's inputs)."""
+        """Physically remove the zero neurons of ``layers`` (with the next layer's inputs);
+        coupled layers are cut group-consistently (:func:`prune_filters`), ``check`` is a batch
+        of the user's inputs for the surgery self-check."""
         cfg: PGTConfig = self.config  # type: ignore[assignment]
         mods = dict(model.named_modules())
         keep: dict[str, tuple[int, ...]] = {}
@@ -464,7 +482,7 @@ class PGT(Method):
                 keep[n] = tuple(idx)
         if not keep:
             return model, None, keep
-        pruned, plan = prune_filters(model, keep, input_shape)
+        pruned, plan = prune_filters(model, keep, input_shape, check=check)
         return pruned, plan, keep
 
     def run(
@@ -481,7 +499,7 @@ class PGT(Method):
             per_layer_values(cfg.keep, layers, "keep", "PGT")
         teacher = copy.deepcopy(model).eval() if cfg.finetune_distill > 0 else None
         layers, history = self.train_sparse(model, data, progress=progress)
-        current, plan, keep = self.remove(model, layers, shape)
+        current, plan, keep = self.remove(model, layers, shape, data.check_batch)
         mods = dict(current.named_modules())
         history.update(
             penalty=cfg.penalty,

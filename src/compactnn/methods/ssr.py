@@ -75,6 +75,20 @@ _POSITIVE = {"min_value": 0.0, "min_inclusive": False}
 _FRACTION = {"min_value": 0.0, "max_value": 1.0}
 
 
+def _cut_records(actions: list[Any]) -> list[dict[str, Any]]:
+    """JSON records of SSR's cuts (``KeepOutputs`` / ``KeepInputs``: a layer and kept indices),
+    for the resume checkpoint and the cross-rank check."""
+    return [{"type": type(a).__name__, "layer": a.layer, "keep": list(a.keep)} for a in actions]
+
+
+def _cuts_from_records(records: list[dict[str, Any]]) -> list[Any]:
+    """The cuts :func:`_cut_records` wrote, as plan actions again."""
+    from compactnn.plan import KeepInputs, KeepOutputs
+
+    kinds = {"KeepOutputs": KeepOutputs, "KeepInputs": KeepInputs}
+    return [kinds[r["type"]](r["layer"], tuple(r["keep"])) for r in records]
+
+
 @dataclass(frozen=True)
 class SSRConfig(MethodConfig):
     """Hyper-parameters of SSR, validated on construction (``rules``).
@@ -299,7 +313,7 @@ class SSR(Method):
         if best is None:
             best = max(trials, key=lambda s: s)
         count, trial, res = trials[best]
-        pruned, _ = self._prune_layer(trial, layer, res, shape, {})
+        pruned, _ = self._prune_layer(trial, layer, res, shape, [])
         rows = [{"layer": layer, "lam": s * unit, "kept": t[0]} for s, t in sorted(trials.items())]
         rows.append({"layer": layer, "lam": best * unit, "kept": count, "chosen": True})
         return pruned, best * unit, rows
@@ -370,10 +384,15 @@ class SSR(Method):
         layer: str,
         res: Any,
         input_shape: tuple[int, ...],
-        keep_all: dict[str, tuple[int, ...]],
+        actions: list[Any],
+        check: Any = None,
     ) -> tuple[nn.Module, dict[str, Any]]:
         """Remove the filters whose rows of F are zero (l2,1 / l2,0), or copy F into the weight
-        (l1: unstructured zeros, held fixed later); returns the model and the layer's record."""
+        (l1: unstructured zeros, held fixed later); returns the model and the layer's record.
+
+        The cut's action (indices into the model as the earlier cuts left it; coupled layers
+        follow) is appended to ``actions``: the run's plan is this sequence, so a layer already
+        cut as another's coupling partner is replayed exactly."""
         cfg: SSRConfig = self.config  # type: ignore[assignment]
         F = res.engine.state.F[f"{layer}.weight"].detach()
         record: dict[str, Any] = {"outer_iterations": res.n_iter}
@@ -385,10 +404,8 @@ class SSR(Method):
             keep = kept_filters(F, cfg.min_keep)
             record.update(filters_before=int(F.shape[0]), filters_after=len(keep))
             if len(keep) < F.shape[0]:
-                current, _ = prune_filters(current, {layer: keep}, input_shape)
-            # indices into the original model's filters (stages compose)
-            prev = keep_all.get(layer)
-            keep_all[layer] = tuple(keep) if prev is None else tuple(prev[i] for i in keep)
+                current, cut = prune_filters(current, {layer: keep}, input_shape, check=check)
+                actions.extend(cut.actions)
         record["trace"] = list(res.trace)
         return current, record
 
@@ -400,15 +417,25 @@ class SSR(Method):
         loader: Any,
         data: CompressionData,
         si: int,
-        keep_all: dict[str, tuple[int, ...]],
+        actions: list[Any],
         progress: bool,
+        start: int = 0,
+        record: dict[str, Any] | None = None,
+        saved: Any = None,
     ) -> tuple[nn.Module, dict[str, Any]]:
-        """One lambda setting: AULM on every layer in turn, pruning after each (lines 3-11)."""
+        """One lambda setting: AULM on every layer in turn, pruning after each (lines 3-11).
+
+        ``start``, ``record``: resume at layer ``start`` with the records of the layers before;
+        ``saved(current, si, next_li, record)`` checkpoints after every layer."""
+        from compactnn import distributed
+
         cfg: SSRConfig = self.config  # type: ignore[assignment]
         l1 = _PENALTIES[cfg.penalty] == "l1"
         desc = "SSR layers" if si == 0 else f"SSR layers (lambda stage {si + 1})"
-        record: dict[str, Any] = {}
+        record = dict(record or {})
         for li, layer in enumerate(tqdm(layers, desc=desc, disable=not progress)):
+            if li < start:
+                continue
             # l1: the zeros of the layers already processed (all of them after the first stage)
             # stay zero, also when the K-step trains every parameter (train_all)
             done = tuple(layers if si > 0 else layers[:li])
@@ -416,8 +443,13 @@ class SSR(Method):
             seed = cfg.seed + 100_000 * si + 1000 * li
             res = self._aulm_layer(current, layer, lam[layer], loader, seed, masks)
             current, record[layer] = self._prune_layer(
-                current, layer, res, data.input_shape, keep_all
+                current, layer, res, data.input_shape, actions, data.check_batch
             )
+            distributed.check_values(
+                _cut_records(actions), f"SSR filters kept after {layer} (stage {si})"
+            )
+            if saved is not None:
+                saved(current, si, li + 1, record)
         return current, record
 
     def _finetune(
@@ -467,18 +499,49 @@ class SSR(Method):
         loader: Any,
         data: CompressionData,
         progress: bool,
-    ) -> tuple[nn.Module, dict[str, Any], dict[str, tuple[int, ...]]]:
+    ) -> tuple[nn.Module, dict[str, Any], list[Any]]:
         """Every lambda setting of Algorithm 1's S in turn, fine-tuning between two (line 12)."""
+        from compactnn import resume
+
         cfg: SSRConfig = self.config  # type: ignore[assignment]
         penalty = _PENALTIES[cfg.penalty]
         history: dict[str, Any] = {"layers": {}, "lam": stages[-1], "penalty": penalty}
         history["stages"] = []
-        keep_all: dict[str, tuple[int, ...]] = {}
+        actions: list[Any] = []
         current = model
+        store = resume.current()
+        start, partial = (0, 0), None
+        if store is not None and (ckpt := store.load("ssr stages")) is not None:
+            tensors, meta = ckpt
+            actions = _cuts_from_records(meta["cuts"])
+            if actions:  # the architecture the cuts made so far give, then the saved weights
+                from compactnn import surgery
+                from compactnn.plan import CompressionPlan
+
+                shape = list(data.input_shape)
+                plan = CompressionPlan(actions=list(actions), meta={"input_shape": shape})
+                current = surgery.apply(plan, model)
+            resume.load_model_state(current, tensors)
+            resume.set_rng_state(tensors, meta["rng"])
+            history, start, partial = meta["history"], tuple(meta["next"]), meta["record"]
+
+        def saved(cur: nn.Module, si: int, li: int, record: dict[str, Any]) -> None:
+            """Checkpoint: the next stage / layer to run and everything before it."""
+            if store is None:
+                return
+            r_t, r_m = resume.rng_state()
+            meta = {"next": [si, li], "cuts": _cut_records(actions), "record": record}
+            meta["history"] = history
+            store.save("ssr stages", {**resume.model_state(cur), **r_t}, {**meta, "rng": r_m})
+
         for si, lam in enumerate(stages):
+            if si < start[0]:
+                continue
+            first = si == start[0]
             current, layer_rec = self._stage(
-                current, layers, lam, loader, data, si, keep_all, progress
-            )
+                current, layers, lam, loader, data, si, actions, progress,
+                start=start[1] if first else 0, record=partial if first else None, saved=saved,
+            )  # fmt: skip
             history["layers"] = layer_rec
             stage_rec: dict[str, Any] = {"lam": lam, "layers": layer_rec}
             if si < len(stages) - 1 and cfg.path_finetune_epochs > 0:
@@ -496,9 +559,12 @@ class SSR(Method):
 
                 stage_rec["val_top1"] = accuracy(current, data.val, topk=(1,))["top1"]
             if penalty != "l1":
-                stage_rec["filters"] = {k: len(v) for k, v in keep_all.items()}
+                stage_rec["filters"] = {  # the widths the model really has
+                    k: int(current.get_submodule(k).weight.shape[0]) for k in layers
+                }
             history["stages"].append(stage_rec)
-        return current, history, keep_all
+            saved(current, si + 1, 0, {})
+        return current, history, actions
 
     def run(
         self, model: nn.Module, data: CompressionData, *, progress: bool = True
@@ -512,15 +578,12 @@ class SSR(Method):
         structured = _PENALTIES[cfg.penalty] != "l1"
         # the uncompressed network, frozen before any training, is the distillation teacher
         teacher = copy.deepcopy(model).eval() if cfg.finetune_distill > 0 else None
-        current, history, keep_all = self._run_stages(model, layers, stages, loader, data, progress)
+        current, history, actions = self._run_stages(model, layers, stages, loader, data, progress)
         plan = None
         if structured:
-            from compactnn.plan import CompressionPlan, KeepOutputs
+            from compactnn.plan import CompressionPlan
 
-            plan = CompressionPlan(
-                actions=[KeepOutputs(layer=k, keep=v) for k, v in keep_all.items()],
-                meta={"input_shape": list(shape)},
-            )
+            plan = CompressionPlan(actions=actions, meta={"input_shape": list(shape)})
         masks = None if structured else zero_masks(current)
         if cfg.finetune_epochs > 0:
             self._finetune(

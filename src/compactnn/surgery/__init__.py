@@ -38,7 +38,15 @@ from compactnn.plan import (
     SetWeights,
     SparseLowRank,
 )
-from compactnn.surgery._channels import SelectInputs, keep_inputs, keep_outputs
+from compactnn.surgery._channels import (
+    TOLERANCE,
+    Neutralised,
+    SelectInputs,
+    keep_inputs,
+    keep_outputs,
+)
+from compactnn.surgery._check import compare, reference_output
+from compactnn.surgery._coupling import coupling
 from compactnn.surgery._fold import fold_batchnorm
 from compactnn.surgery._replace import (
     apply_gap_head,
@@ -49,14 +57,16 @@ from compactnn.surgery._replace import (
 )
 from compactnn.surgery._state import apply_set_state
 from compactnn.surgery._util import (
+    check_finite_output,
     check_output,
     example_inputs_for,
     output_shapes,
     run_model,
     verify_model,
+    with_user_batch,
 )
 
-__all__ = ["apply", "validate", "fold_batchnorm", "verify_model", "SelectInputs"]
+__all__ = ["apply", "validate", "coupling", "fold_batchnorm", "verify_model", "SelectInputs"]
 
 
 def apply(
@@ -67,6 +77,7 @@ def apply(
     example_inputs: Tensor | Sequence[Tensor] | None = None,
     allow_output_change: bool = False,
     verify: bool = True,
+    check_inputs: Tensor | Sequence[Tensor] | None = None,
 ) -> nn.Module:
     """Apply ``plan`` to ``model`` and return the compressed model.
 
@@ -87,8 +98,18 @@ def apply(
             columns zeroed) on the example inputs (a seeded random batch of
             ``plan.meta["input_shape"]``, or the user's batch given as ``example_inputs``),
             within ``1e-4 (1 + max |y|)``; otherwise a PlanError names the layer and the
-            construct. ``False`` skips only this comparison (the index mapping is always
-            measured).
+            construct. The reference is the NaN probe's own pass (it zeroes the consumers'
+            removed inputs), so the check adds a comparison, not a forward. ``False`` skips only
+            this comparison (the index mapping is always measured).
+        check_inputs: a batch of the user's data (compress passes the first samples of the
+            training data). With ``verify`` the plan's leading channel actions are also checked
+            on it, once: the cut model against the original with every removed channel
+            neutralised (the cuts' neutralisations mapped back to the original's channel
+            numbering; one forward of each model). A mismatch replays the plan with this check
+            after every action, so the PlanError names the layer and the construct. Channel
+            actions after other actions, ``inplace=True``, or samples of another per-sample
+            shape than the example batch: the samples join (or replace) the example batch of
+            every action's check instead. Ignored with ``verify=False``.
 
     Returns:
         The compressed model (``model`` itself when ``inplace``).
@@ -105,12 +126,54 @@ def apply(
         )
     if not isinstance(model, nn.Module):
         raise PlanError(f"surgery.apply expects an nn.Module. Got {type(model).__name__}.")
+    return _apply(plan, model, inplace, example_inputs, allow_output_change, verify, check_inputs)
+
+
+def _apply(
+    plan: CompressionPlan,
+    model: nn.Module,
+    inplace: bool,
+    example_inputs: Tensor | Sequence[Tensor] | None,
+    allow_output_change: bool,
+    verify: bool,
+    check_inputs: Tensor | Sequence[Tensor] | None,
+    per_action: bool = False,
+) -> nn.Module:
+    """:func:`apply`; ``per_action``: check every channel action on the user's batch too
+    (instead of once for the plan's leading channel actions)."""
+    user = (
+        None if not verify or check_inputs is None else with_user_batch(model, None, check_inputs)
+    )
+    lead = next(
+        (i for i, a in enumerate(plan.actions) if not isinstance(a, (KeepOutputs, KeepInputs))),
+        len(plan.actions),
+    )
+    later = any(isinstance(a, (KeepOutputs, KeepInputs)) for a in plan.actions[lead:])
+    base = model if not inplace else None  # the original: the reference of the plan-level check
     out = model if inplace else copy.deepcopy(model)
     inputs = example_inputs_for(out, example_inputs, plan.meta)
+    trace = inputs  # the dependency graph is traced on the example batch alone
+    record: list[Neutralised] | None = None
+    mine: dict[nn.Module, nn.Module] = {}  # module of ``out`` -> the same module of ``base``
+    if user is not None:
+        same = inputs is not None and _same_samples(inputs, user)
+        # one check of all leading channel actions on the user's samples (joining them to the
+        # probe and the cut model's forward of every action was measured slower, even for one)
+        if per_action or later or base is None or not same or lead == 0:
+            inputs = with_user_batch(out, inputs, user)  # joined, or replaced (other shape)
+            trace = trace if same else inputs
+            user = None
+        else:
+            record = []
+            mine = dict(zip(out.modules(), base.modules(), strict=True))  # before any cut
     ref = None  # output shapes of the original, the reference of the output width guard
     if plan.actions and inputs is not None and not allow_output_change:
-        ref = output_shapes(run_model(out, inputs))
+        ref = output_shapes(_run_original(out, inputs))
+    last = None  # the model's output after the last action, when a channel action ran it
     for i, a in enumerate(plan.actions):
+        last = None
+        if i == lead and record:
+            _check_user_batch(plan, model, out, base, user, record, lead, check_inputs, mine)
         context = f"Action #{i} {type(a).__name__}(layer={a.layer!r})"
         if isinstance(a, (KeepOutputs, KeepInputs)):
             if inputs is None:
@@ -119,12 +182,13 @@ def apply(
                     "example_inputs=... or set plan.meta['input_shape'] (per-sample shape)."
                 )
             fn = keep_outputs if isinstance(a, KeepOutputs) else keep_inputs
-            got = fn(out, a.layer, a.keep, inputs, verify=verify)
+            got = fn(out, a.layer, a.keep, inputs, verify=verify, trace=trace, record=record)
             if got is None:  # not verified (or nothing removed): run the model here
                 got = verify_model(out, inputs, context)
             else:  # the self-check ran it already; layer consistency only
                 verify_model(out, None, context)
             check_output(ref, got, context)
+            last = got
         elif isinstance(a, LowRank):
             apply_lowrank(out, a)
         elif isinstance(a, SparseLowRank):
@@ -139,9 +203,83 @@ def apply(
             apply_set_state(out, a)
         else:  # pragma: no cover - CompressionPlan validates action types
             raise PlanError(f"{context}: unknown action type.")
-    if plan.actions:
-        check_output(ref, verify_model(out, inputs, "The plan"), "The plan")
+    if lead == len(plan.actions) and record:
+        _check_user_batch(plan, model, out, base, user, record, lead, check_inputs, mine)
+    if plan.actions:  # the last channel action's forward is the plan's (model unchanged since)
+        got = verify_model(out, inputs, "The plan") if last is None else last
+        check_output(ref, check_finite_output(got, "The plan"), "The plan")
     return out
+
+
+def _run_original(model: nn.Module, inputs: tuple[Tensor, ...]) -> object:
+    """The model's output before any action; PlanError when it does not run on the inputs."""
+    try:
+        return run_model(model, inputs)
+    except Exception as exc:  # noqa: BLE001 - any failure: the inputs do not fit the model
+        shapes = [tuple(x.shape) for x in inputs]
+        raise PlanError(
+            f"The model does not run on the example inputs of shape {shapes} before any action "
+            f"({type(exc).__name__}: {exc}). Surgery traces and self-checks the model on tensor "
+            "inputs: set plan.meta['input_shape'] to the per-sample shape the model takes, pass "
+            "example_inputs=(a batch of tensors), or wrap a model whose forward takes a dict in "
+            "a module whose forward takes the tensor."
+        ) from exc
+
+
+def _same_samples(a: tuple[Tensor, ...], b: tuple[Tensor, ...]) -> bool:
+    return len(a) == len(b) and all(
+        x.dim() > 0 and x.shape[1:] == y.shape[1:] and x.dtype == y.dtype
+        for x, y in zip(a, b, strict=True)
+    )
+
+
+def _check_user_batch(
+    plan: CompressionPlan,
+    model: nn.Module,
+    out: nn.Module,
+    base: nn.Module | None,
+    user: tuple[Tensor, ...] | None,
+    record: list[Neutralised],
+    lead: int,
+    check_inputs: Tensor | Sequence[Tensor] | None,
+    mine: dict[nn.Module, nn.Module],
+) -> None:
+    """The self-check on the user's batch, once for the plan's ``lead`` channel actions: ``out``
+    (cut so far) must equal the original ``base`` with every removed channel neutralised, the
+    cuts' neutralisations mapped back to the original's channel numbering. One forward of each
+    model; on a mismatch (or a neutralisation that cannot be mapped back) the plan is replayed
+    with the check after every action, whose error names the layer and the construct."""
+    if base is None or user is None:  # pragma: no cover - _apply checks per action then
+        return
+    named = dict(base.named_modules())
+    zero: dict[nn.Module, set[int]] = {}
+    cols: dict[nn.Module, list[int]] = {}
+    mapped = True
+    for m, name, size, removed in record:
+        orig = mine.get(m) or named.get(name)
+        if orig is None or len(cols.setdefault(orig, list(range(size)))) != size:
+            mapped = False
+            break
+        cur = cols[orig]
+        zero.setdefault(orig, set()).update(cur[z] for z in removed)
+        cols[orig] = [c for k, c in enumerate(cur) if k not in removed]
+    worst = None
+    if mapped:
+        worst = compare(reference_output(base, user, zero), run_model(out, user))
+    if mapped and (worst is None or worst <= TOLERANCE):
+        return
+    _apply(plan, model, False, None, True, True, check_inputs, per_action=True)  # names the cause
+    layers = sorted({a.layer for a in plan.actions[:lead]})
+    raise PlanError(
+        f"The plan's channel actions on {layers}: surgery self-check on a batch of the user's data "
+        + (
+            f"failed: the pruned model differs from the original with the removed channels "
+            f"neutralised by {worst:.3g} (relative; tolerance {TOLERANCE:g})."
+            if mapped
+            else "could not map the removed channels back to the original model."
+        )
+        + " Exclude these layers from pruning, or apply the plan with verify=False to inspect it."
+    )
 
 
 def validate(

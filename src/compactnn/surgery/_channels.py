@@ -33,12 +33,13 @@ from compactnn.surgery._check import (
     is_consumer,
     is_lrn,
     probe,
+    probe_is_reference,
     reference_output,
 )
 from compactnn.surgery._lrn import cut_lrn
 from compactnn.surgery._util import get_module, run_model, set_module
 
-__all__ = ["keep_outputs", "keep_inputs", "SelectInputs", "TOLERANCE"]
+__all__ = ["keep_outputs", "keep_inputs", "SelectInputs", "TOLERANCE", "Neutralised"]
 
 #: relative tolerance of the self-check: max |y_pruned - y_ref| <= TOLERANCE * (1 + max |y_ref|)
 TOLERANCE = 1e-4
@@ -116,15 +117,27 @@ def _build_graph(model: nn.Module, inputs: tuple[Tensor, ...], action: str, laye
     except PlanError:
         raise
     except Exception as exc:  # noqa: BLE001 - any tracing failure is reported the same way
+        try:
+            run_model(model, inputs)
+        except Exception:  # noqa: BLE001 - the model itself does not run on these inputs
+            raise PlanError(
+                f"{action}(layer={layer!r}): cannot build the dependency graph of "
+                f"{type(model).__name__} on the example input ({exc}). Check "
+                "plan.meta['input_shape'] or pass example_inputs."
+            ) from exc
         raise PlanError(
-            f"{action}(layer={layer!r}): cannot build the dependency graph of "
-            f"{type(model).__name__} on the example input ({exc}). Check plan.meta['input_shape'] "
-            "or pass example_inputs."
+            f"{action}(layer={layer!r}): the model runs, but the dependency analysis cannot "
+            f"follow its graph ({type(exc).__name__}: {exc}), so the layers coupled to this cut "
+            f"are unknown; {_EXCLUDE}."
         ) from exc
     finally:
         for m, t in modes:
             m.train(t)
 
+
+#: one neutralisation of a cut: (module before the cut, its name, its input channel count
+#: before the cut, the input channels zeroed) -- see surgery.apply's check on the user's data
+Neutralised = tuple[nn.Module, str, int, set[int]]
 
 # per-module cut: {"out": set, "in": set, "chan": set}
 _Cuts = dict[nn.Module, dict[str, set[int]]]
@@ -369,6 +382,17 @@ def _describe(res: Probe | None, consumers: list[nn.Module]) -> str:
 
 
 _EXCLUDE = "exclude this layer from pruning (or cut a layer before/after the construct)"
+_CHUNK = (
+    "torch.chunk/torch.split cut the channels at fixed positions, so a cut that removes a "
+    "different number of channels from each part moves a boundary (channels would change part); "
+    "remove the same number of channels from every chunk (every split part keeping its size "
+    "rule), or "
+)
+
+
+def _todo(via: str) -> str:
+    """What the user can do, for a refusal whose removed channels pass ``via``."""
+    return (_CHUNK + _EXCLUDE) if "chunk" in via or "split" in via else _EXCLUDE
 
 
 def _map_checked(
@@ -478,20 +502,42 @@ def _execute(
     action: str,
     layer: str,
     verify: bool,
+    record: list[Neutralised] | None = None,
 ) -> Any:
     """Cut ``cuts`` in place; with ``verify`` check the result against the model before the
     cut with the consumers' removed input channels zeroed (``zero_in``) and return the cut
-    model's output on ``inputs`` (``None`` without ``verify``)."""
+    model's output on ``inputs`` (``None`` without ``verify``). ``record`` receives the
+    neutralisation of the cut (for the plan-level check on the user's data)."""
     head = f"{action}(layer={layer!r})"
     seeds = _seeds(cuts)
     try:
         _check_cuts(cuts, names, action, layer)
     except PlanError as exc:
         via = _describe(res, [m for m in cuts if m not in seeds])
+        if via and "out of range" in str(exc):  # lead with the construct, not the symptom
+            raise PlanError(
+                f"{head}: the removed channels pass{via}, which regroups them: the layers coupled "
+                f"after it cannot be given matching channels ({exc}). This cut is refused; "
+                f"{_todo(via)}."
+            ) from None
         if via:
             raise PlanError(f"{exc} (The cut reaches it{via}.)") from None
         raise
-    ref = reference_output(model, inputs, zero_in) if verify else None
+    ref = None
+    if verify:  # the probe pass already ran the neutralised model: reuse its output
+        same = res is not None and probe_is_reference(res, zero_in)
+        ref = res.output if same else reference_output(model, inputs, zero_in)  # type: ignore[union-attr]
+    if record is not None:
+        record += [
+            (
+                m,
+                names.get(m, ""),
+                res.sizes.get(m, 0) if res and is_lrn(m) else _size(m, "in"),
+                set(z),
+            )
+            for m, z in zero_in.items()
+            if z
+        ]
     for m, c in cuts.items():
         if is_lrn(m):
             set_module(model, names[m], cut_lrn(m, c["chan"], res.sizes[m] if res else 0))
@@ -507,7 +553,7 @@ def _execute(
         raise PlanError(
             f"{head}: after the cut the model no longer runs ({exc}); {what} forward pass "
             "hard-codes a channel count or layout (split sizes, chunk boundaries, a view/reshape, "
-            f"a channel shuffle) that the cut changes; {_EXCLUDE}."
+            f"a channel shuffle) that the cut changes; {_todo(via)}."
         ) from exc
     worst = compare(ref, out)
     if worst is not None and worst > TOLERANCE:
@@ -517,7 +563,7 @@ def _execute(
             f"{head}: surgery self-check failed: the pruned model differs from the model with the "
             f"removed channels neutralised by {worst:.3g} (relative; tolerance {TOLERANCE:g}). "
             f"The cut touches {where} and the removed channels pass{via}, which surgery cannot "
-            f"cut exactly here; {_EXCLUDE}."
+            f"cut exactly here; {_todo(via)}."
         )
     return out
 
@@ -529,11 +575,15 @@ def keep_outputs(
     inputs: tuple[Tensor, ...],
     *,
     verify: bool = True,
+    trace: tuple[Tensor, ...] | None = None,
+    record: list[Neutralised] | None = None,
 ) -> Any:
     """Keep output channels ``keep`` of ``layer`` in place; all coupled layers follow.
 
     With ``verify`` the cut is checked against the model with the removed channels neutralised
-    (see :mod:`compactnn.surgery._check`); a mismatch is a :class:`PlanError`.
+    (see :mod:`compactnn.surgery._check`); a mismatch is a :class:`PlanError`. ``trace``: the
+    batch the dependency graph is built on (default ``inputs``; the probe and the self-check
+    always run on ``inputs``).
 
     Returns:
         The cut model's output on ``inputs`` when ``verify`` (else ``None``).
@@ -544,14 +594,14 @@ def keep_outputs(
     if not removed:
         return None
     names = {m: n for n, m in model.named_modules()}
-    group = _group(model, inputs, mod, "out", removed, action, layer)
+    group = _group(model, trace or inputs, mod, "out", removed, action, layer)
     cuts = _collect(group, names, action, layer)
     key = "chan" if isinstance(mod, nn.Conv2d) and _is_depthwise(mod) else "out"
     # the dependency graph may tie the root to other channels through a reshape; the root
     # removes exactly what was asked, the probe and the self-check judge the rest
     cuts.setdefault(mod, {"out": set(), "in": set(), "chan": set()})[key] = set(removed)
     cuts, zero_in, res = _map_checked(model, inputs, cuts, names, f"KeepOutputs(layer={layer!r})")
-    return _execute(model, inputs, cuts, zero_in, res, names, action, layer, verify)
+    return _execute(model, inputs, cuts, zero_in, res, names, action, layer, verify, record)
 
 
 def keep_inputs(
@@ -561,6 +611,8 @@ def keep_inputs(
     inputs: tuple[Tensor, ...],
     *,
     verify: bool = True,
+    trace: tuple[Tensor, ...] | None = None,
+    record: list[Neutralised] | None = None,
 ) -> Any:
     """Keep input channels/features ``keep`` of ``layer`` in place.
 
@@ -577,11 +629,11 @@ def keep_inputs(
     names = {m: n for n, m in model.named_modules()}
     head = f"{action}(layer={layer!r})"
     if isinstance(mod, nn.Conv2d) and _is_depthwise(mod):
-        group = _group(model, inputs, mod, "out", removed, action, layer)
+        group = _group(model, trace or inputs, mod, "out", removed, action, layer)
         cuts = _collect(group, names, action, layer)
         cuts, zero_in, res = _map_checked(model, inputs, cuts, names, head)
-        return _execute(model, inputs, cuts, zero_in, res, names, action, layer, verify)
-    group = _group(model, inputs, mod, "in", removed, action, layer)
+        return _execute(model, inputs, cuts, zero_in, res, names, action, layer, verify, record)
+    group = _group(model, trace or inputs, mod, "in", removed, action, layer)
     cuts = _collect(group, names, action, layer)
     root = cuts.get(mod, {"in": set(), "out": set(), "chan": set()})
     private = False
@@ -594,10 +646,14 @@ def keep_inputs(
         produced += sum(len(c["out"]) for m, c in fixed.items() if isinstance(m, nn.Conv2d))
         private = zero_in == {mod: set(removed)} and produced == len(removed)
         if private:
-            return _execute(model, inputs, fixed, zero_in, res, names, action, layer, verify)
+            return _execute(
+                model, inputs, fixed, zero_in, res, names, action, layer, verify, record
+            )
     own = {mod: {"out": set(), "in": set(removed), "chan": set()}}
     _check_cuts(own, {mod: path}, action, layer)
     ref = reference_output(model, inputs, {mod: set(removed)}) if verify else None
+    if record is not None:
+        record.append((mod, path, _size(mod, "in"), set(removed)))
     _cut_module(mod, own[mod])
     set_module(model, path, SelectInputs(sorted(keep), mod))
     if not verify:

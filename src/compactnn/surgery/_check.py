@@ -32,6 +32,7 @@ __all__ = [
     "Probe",
     "probe",
     "reference_output",
+    "probe_is_reference",
     "compare",
     "constructs",
     "chan_dim",
@@ -95,6 +96,9 @@ class Probe:
         nodes: per leaf module, the autograd node of its (first) input, for :func:`constructs`.
         seeds: autograd nodes of the seeded producers' outputs.
         error: the exception of the probe's forward pass, if any.
+        output: the model's output in the probe pass (detached). Every consumer's NaN input
+            channels are zeroed before it runs, so this *is* the model with the removed channels
+            neutralised: the self-check's reference when the neutralisation equals ``full``.
     """
 
     full: dict[nn.Module, set[int]] = field(default_factory=dict)
@@ -105,6 +109,7 @@ class Probe:
     nodes: dict[nn.Module, Any] = field(default_factory=dict)
     seeds: list[Any] = field(default_factory=list)
     error: Exception | None = None
+    output: Any = None
 
 
 @contextlib.contextmanager
@@ -205,13 +210,33 @@ def probe(
                     x.detach().clone().requires_grad_(True) if x.is_floating_point() else x
                     for x in inputs
                 )
-            model(*xs)
+            res.output = _detached(model(*xs))
     except Exception as exc:  # noqa: BLE001 - reported by the caller
         res.error = exc
     finally:
         for h in handles:
             h.remove()
     return res
+
+
+def _detached(out: Any) -> Any:
+    if isinstance(out, Tensor):
+        return out.detach()
+    if isinstance(out, dict):
+        return {k: _detached(v) for k, v in out.items()}
+    if isinstance(out, (tuple, list)):
+        return type(out)(_detached(o) for o in out)
+    return out
+
+
+def probe_is_reference(res: Probe, zero_in: dict[nn.Module, set[int]]) -> bool:
+    """Whether the probe pass zeroed exactly ``zero_in`` (every consumer / LocalResponseNorm the
+    NaN reached, and nothing else): its output is then the neutralised model's output."""
+    if res.error is not None or res.output is None:
+        return False
+    zeroed = {m: full for m, full in res.full.items() if full and (is_consumer(m) or is_lrn(m))}
+    want = {m: z for m, z in zero_in.items() if z and m in res.sizes}
+    return zeroed == want and all(bool(z) and m in res.sizes for m, z in zero_in.items() if z)
 
 
 _CONSTRUCTS = {

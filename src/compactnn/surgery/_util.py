@@ -15,10 +15,12 @@ __all__ = [
     "get_module",
     "set_module",
     "example_inputs_for",
+    "with_user_batch",
     "verify_model",
     "run_model",
     "output_shapes",
     "check_output",
+    "check_finite_output",
 ]
 
 
@@ -76,6 +78,32 @@ def example_inputs_for(
     if p is not None:
         x = x.to(device=p.device, dtype=p.dtype)
     return (x,)
+
+
+def with_user_batch(
+    model: nn.Module, inputs: tuple[Tensor, ...] | None, user: Tensor | Sequence[Tensor]
+) -> tuple[Tensor, ...]:
+    """``inputs`` with the user's batch appended along dim 0 (moved to the model's device,
+    floating tensors cast to its dtype); the user's batch alone when ``inputs`` is ``None`` or
+    the per-sample shapes / dtypes differ."""
+    xs = example_inputs_for(model, user, {})
+    if xs is None:  # unreachable: a given batch is normalised or refused
+        return inputs or ()
+    p = next(model.parameters(), None)
+    if p is not None:
+        xs = tuple(
+            x.to(device=p.device, dtype=p.dtype) if x.is_floating_point() else x.to(p.device)
+            for x in xs
+        )
+    if inputs is None or len(inputs) != len(xs):
+        return xs
+    same = all(
+        a.shape[1:] == b.shape[1:] and a.dtype == b.dtype and a.dim() > 0 and b.dim() > 0
+        for a, b in zip(inputs, xs, strict=True)
+    )
+    if not same:
+        return xs
+    return tuple(torch.cat([a, b.detach()], 0) for a, b in zip(inputs, xs, strict=True))
 
 
 def run_model(model: nn.Module, inputs: tuple[Tensor, ...]) -> Any:
@@ -140,7 +168,14 @@ def verify_model(model: nn.Module, inputs: tuple[Tensor, ...] | None, context: s
             f"{context} produced a model that no longer runs on the example input ({exc}). The "
             "plan is inadmissible for this graph; check the layer names and indices."
         ) from exc
+    return check_finite_output(out, context)
+
+
+def check_finite_output(out: Any, context: str) -> Any:
+    """``out`` unchanged; PlanError when a floating output tensor holds NaN/Inf."""
     outs = out if isinstance(out, (tuple, list)) else (out,)
+    if isinstance(out, dict):
+        outs = tuple(out.values())
     for o in outs:
         if isinstance(o, Tensor) and o.is_floating_point() and not bool(torch.isfinite(o).all()):
             raise PlanError(f"{context} produced a model whose output contains NaN/Inf.")

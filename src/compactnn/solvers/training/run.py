@@ -22,6 +22,7 @@ from typing import Any
 
 from torch import Tensor
 
+from compactnn import distributed
 from compactnn.errors import ConfigError
 from compactnn.solvers.training.admm import ADMMEngine, ADMMState
 
@@ -88,8 +89,13 @@ def run_admm(
     Returns:
         An :class:`ADMMResult`.
 
+    Under torch.distributed the W-step is data-parallel (DDP, see :func:`compactnn.train.train`)
+    and the F- and dual steps run on every rank on the synchronised parameters; with
+    ``COMPACTNN_DDP_CHECK=1`` F, Y and W are compared across ranks after every iteration.
+
     Raises:
         ConfigError: ``engine`` is not an :class:`ADMMEngine` or ``w_step`` is not callable.
+        DistributedError: (checks on) F, Y or W differ across ranks.
 
     References:
         Kiaee et al. (2016) Algorithm 1 lines 5-10; Lin et al. (2019) Algorithm 1 lines 4-9.
@@ -112,6 +118,7 @@ def run_admm(
             trace.append(stats)
             if on_iteration is not None:
                 on_iteration(engine, stats)
+            _check_ranks(engine, f"{desc} iteration {k + 1}")
             bar.update(1)
             bar.set_postfix(
                 primal=f"{stats['primal_residual']:.3g}",
@@ -124,3 +131,15 @@ def run_admm(
                 done = True
                 break
     return ADMMResult(trace=tuple(trace), n_iter=len(trace), converged=done, engine=engine)
+
+
+def _check_ranks(engine: ADMMEngine, where: str) -> None:
+    """Under torch.distributed with checks on (``COMPACTNN_DDP_CHECK=1``): the F-step and dual
+    update (F, Y) and the parameters they act on are the same on every rank."""
+    if not distributed.check_enabled():
+        return
+    st = engine.state
+    tensors = {f"W[{n}]": p for n, p in engine.params.items()}
+    tensors.update({f"F[{n}]": t for n, t in st.F.items()})
+    tensors.update({f"Y[{n}]": t for n, t in st.Y.items()})
+    distributed.check_synced(tensors, where)
