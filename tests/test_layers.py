@@ -146,7 +146,7 @@ def test_kernel_sparse_conv_equals_masked_dense_conv(form: str, geom: dict, bias
     x = torch.randn(4, 7, 11, 9)
     ref = F.conv2d(x, w, b, geom.get("stride", 1), geom.get("padding", 0), geom.get("dilation", 1))
     assert torch.allclose(layer(x), ref, atol=TOL, rtol=0)
-    assert torch.equal(layer.dense_weight(), w)
+    assert torch.equal(layer.dense_weight(), w) and torch.equal(layer.weight, w)
     k = int(keep.sum())
     assert layer.nnz_kernels == k
     assert stored_param_count(layer) == k * 6 + (10 if bias else 0)  # stored values

@@ -928,6 +928,15 @@ class KernelSparseConv2d(nn.Module):
             form=form, filter_groups=filter_groups, max_groups=max_groups,
         )  # fmt: skip
 
+    @classmethod
+    def from_dense(cls, conv: nn.Conv2d, *, form: str = "dense") -> KernelSparseConv2d:
+        """Kernel-sparse copy of the dense ``conv`` (its zero kernels are not stored)."""
+        if not isinstance(conv, nn.Conv2d):
+            raise ConfigError(
+                f"KernelSparseConv2d.from_dense needs an nn.Conv2d. Got {type(conv).__name__}."
+            )
+        return cls.from_conv(conv, form=form)
+
     @property
     def nnz_kernels(self) -> int:
         """Number of stored (non-zero) kernels ``K``."""
@@ -947,6 +956,12 @@ class KernelSparseConv2d(nn.Module):
     def dense_weight(self) -> Tensor:
         """The equivalent dense weight ``(n, c, kh, kw)``."""
         return self._padded()[self.slots]
+
+    @property
+    def weight(self) -> Tensor:
+        """The dense weight ``(n, c, kh, kw)`` (read-only view for code that reads a conv's
+        ``weight``; the stored parameters are ``values``)."""
+        return self.dense_weight()
 
     def _conv(self, x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
         return F.conv2d(x, w, b, self.stride, self.padding, self.dilation)
