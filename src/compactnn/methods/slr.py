@@ -98,11 +98,14 @@ class SLRConfig(MethodConfig):
         fc_sparse_only: FC layers get ``λ2 = ∞`` (sparse component only, paper sec. V-B).
         form: sparse-branch form: ``"auto"`` (fastest measured), ``"gather"``, ``"channels"``,
             ``"dense"`` or ``"coo"`` (COO non-zeros).
-        backend, options, n_jobs, parallel, max_rows, calib_batches, linear, seed: as for
+        backend, options, n_jobs, parallel, scheduler, scheduler_timeout, max_in_flight,
+            max_rows, calib_batches, linear, seed: as for
             :class:`~compactnn.methods.layerwise.LayerwiseConfig` (backend ``"admm"`` or
             ``"cvxpy"``; options :class:`~compactnn.solvers.layerwise.SLRAdmmOptions` /
             ``SLRCvxpyOptions``).
-        asymmetric: X from the partially approximated network (sec. V-B; default True).
+        asymmetric: X from the partially approximated network (sec. V-B; default True). The
+            layers are then solved one after another, so ``parallel`` must be ``"serial"``;
+            ``asymmetric=False`` solves them independently (on Dask, joblib or serially).
         finetune_epochs, finetune_lr, finetune_steps_per_epoch: fine-tuning after the
             approximation with the structure fixed (paper: 5 epochs, lr 1e-5 in Caffe).
     """
@@ -121,6 +124,9 @@ class SLRConfig(MethodConfig):
     options: Any = None
     n_jobs: int = 1
     parallel: str = "serial"
+    scheduler: str | None = None
+    scheduler_timeout: float = 10.0
+    max_in_flight: int | None = None
     max_rows: int | None = 2048
     calib_batches: int | None = 8
     linear: bool = False
