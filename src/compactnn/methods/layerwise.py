@@ -480,9 +480,11 @@ class _Layerwise(Method):
     ) -> tuple[Any, dict[str, Any]]:
         raise NotImplementedError
 
-    def _batches(self, data: CompressionData) -> list[Tensor]:
+    def _batches(self, data: CompressionData, model: nn.Module) -> list[Tensor]:
+        from compactnn.structure import module_device
+
         cfg: LayerwiseConfig = self.config  # type: ignore[assignment]
-        batches: list[Tensor] = list(data.calib_batches(cfg.calib_batches))
+        batches = list(data.calib_batches(cfg.calib_batches, device=module_device(model)))
         if not batches:
             raise ConfigError(
                 f"{self.name} got no calibration batch: the calibration/training loader is empty."
@@ -511,7 +513,7 @@ class _Layerwise(Method):
     ) -> dict[str, Any]:
         """Capture + solve every target layer (symmetric): the expensive half of :meth:`run`,
         reused by budget searches (``_presolved``)."""
-        batches = self._batches(data)
+        batches = self._batches(data, model)
         layers, linear = self._targets(model, batches[0])
         with self._cluster():
             problems = self._problems(model, layers, linear, batches)
@@ -572,7 +574,7 @@ class _Layerwise(Method):
         from compactnn.plan import CompressionPlan
 
         cfg: LayerwiseConfig = self.config  # type: ignore[assignment]
-        batches = self._batches(data)
+        batches = self._batches(data, model)
         layers, linear = self._targets(model, batches[0])
         meta: dict[str, Any] = {"method": self.name}
         if data.input_shape is not None:

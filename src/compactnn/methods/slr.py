@@ -328,7 +328,9 @@ class SLR(_Layerwise):
 
         cfg: SLRConfig = self.config  # type: ignore[assignment]
         t0 = time.perf_counter()
-        batches = list(data.calib_batches(1))
+        from compactnn.structure import module_device
+
+        batches = list(data.calib_batches(1, device=module_device(model)))
         if not batches:
             raise ConfigError("slr got no calibration batch: the loader is empty.")
         mods = dict(model.named_modules())

@@ -26,7 +26,7 @@ from compactnn.solvers.layerwise.ddlr import (
     solve_ddlr,
 )
 from compactnn.solvers.layerwise.net_trim import NetTrimSolver, solve_net_trim
-from compactnn.solvers.layerwise.parallel import dask_client, solve_layers
+from compactnn.solvers.layerwise.parallel import dask_client, local_cluster, solve_layers
 from compactnn.solvers.layerwise.problem import (
     STATUSES,
     LayerProblem,
@@ -68,6 +68,7 @@ __all__ = [
     "factorize",
     "get_layer_solver",
     "list_layer_solvers",
+    "local_cluster",
     "soft_threshold",
     "solve_ddlr",
     "solve_layers",
