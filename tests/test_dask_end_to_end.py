@@ -233,3 +233,19 @@ def test_worker_errors_name_the_layer(cluster) -> None:
                              progress=False)  # fmt: skip
     finally:
         cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+
+
+def test_unguarded_script_is_refused_before_spawning(monkeypatch, tmp_path) -> None:
+    """Spawned local workers re-import the main script: without a __main__ guard Dask would
+    retry for ever, so compactnn refuses up front (a guarded script passes the check)."""
+    import types
+
+    from compactnn.solvers.layerwise.parallel import _check_main_guard
+
+    script = tmp_path / "run.py"
+    script.write_text("import compactnn\ncompactnn.compress(...)\n")
+    monkeypatch.setitem(sys.modules, "__main__", types.SimpleNamespace(__file__=str(script)))
+    with pytest.raises(ConfigError, match=r"run\.py.*if __name__ == \"__main__\":"):
+        _run("ddlr", parallel="dask")
+    script.write_text("import compactnn\nif __name__ == '__main__':\n    compactnn.compress(...)\n")
+    _check_main_guard("ddlr")

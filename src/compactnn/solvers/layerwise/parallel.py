@@ -105,6 +105,31 @@ def _import_distributed(owner: str) -> Any:
     return distributed
 
 
+def _check_main_guard(owner: str) -> None:
+    """Refuse to start worker processes from a script without an ``if __name__ ==
+    "__main__":`` guard: they are spawned, re-import the script and would start clusters of their
+    own (Dask then retries for ever instead of failing)."""
+    import ast
+    import sys
+
+    path = getattr(sys.modules.get("__main__"), "__file__", None)
+    if not path or not str(path).endswith(".py"):
+        return  # python -c, a notebook, an interactive session, a console entry point
+    try:
+        tree = ast.parse(open(path, encoding="utf-8").read())  # noqa: SIM115
+    except (OSError, SyntaxError, ValueError):
+        return
+    for node in tree.body:
+        if isinstance(node, ast.If) and "__name__" in ast.unparse(node.test):
+            return
+    raise ConfigError(
+        f"{owner}: parallel='dask' without 'scheduler' starts local worker processes, which "
+        f"re-import your script {path!r}; put the code that calls compactnn under "
+        '`if __name__ == "__main__":` (as for any multiprocessing), or pass scheduler= '
+        "the address of a running Dask scheduler."
+    )
+
+
 def local_cluster(n_workers: int, owner: str = "solve_layers") -> Any:
     """A :class:`distributed.LocalCluster` of ``n_workers`` single-threaded worker processes,
     every socket bound to ``127.0.0.1`` (scheduler, workers, nannies and the scheduler's
@@ -117,6 +142,7 @@ def local_cluster(n_workers: int, owner: str = "solve_layers") -> Any:
     import dask
 
     distributed = _import_distributed(owner)
+    _check_main_guard(owner)
     with dask.config.set({f"{_PRE_SPAWN}.{_TRIM}": None}):
         return distributed.LocalCluster(
             n_workers=n_workers,
