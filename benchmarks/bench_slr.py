@@ -190,8 +190,14 @@ def main() -> None:
     ap.add_argument("--kiaee-epochs", type=int, default=2)
     ap.add_argument("--kiaee-ft", type=int, default=2)
     ap.add_argument("--kiaee-lams", type=float, nargs="+", default=[0.01, 0.03])
+    ap.add_argument(
+        "--plots-only", action="store_true", help="redraw the PNGs from results/slr_lenet.json"
+    )
     args = ap.parse_args()
     torch.set_num_threads(1)
+    if args.plots_only:
+        _plots(json.loads((OUT / "slr_lenet.json").read_text()))
+        return
     if args.kiaee_only:
         kiaee(args)
         return
@@ -385,33 +391,24 @@ def _markdown(out: dict[str, Any]) -> None:
 
 
 def _plots(out: dict[str, Any]) -> None:
-    try:
-        import matplotlib
+    """Fig. 4 and Fig. 3 of the bench with compactnn's own plotting code (compactnn.plots,
+    the code of ``compactnn report``)."""
+    from compactnn.plots import curves
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:  # pragma: no cover
-        return
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for resp, mk in (("relu", "o-"), ("linear", "s--")):
-        rs = [r for r in out["fig4"] if r["response"] == resp]
-        ax.plot([100 * r["cr_AB"] for r in rs], [r["acc"] for r in rs], mk, label=resp)
-    ax.set_xlabel("CR(A+B) of conv2 (%)")
-    ax.set_ylabel("test top-1 (%)")
-    ax.set_title("SLR LeNet conv2: non-linear vs linear response")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(OUT / "slr_lenet_fig4.png", dpi=120)
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for asym, mk in ((False, "s--"), (True, "o-")):
-        rs = [r for r in out["fig3"] if r["asymmetric"] == asym]
-        ax.plot([len(r["layers"]) for r in rs], [r["acc"] for r in rs], mk,
-                label="asymmetric" if asym else "symmetric")  # fmt: skip
-    ax.set_xlabel("layers approximated")
-    ax.set_ylabel("test top-1 (%)")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(OUT / "slr_lenet_fig3.png", dpi=120)
+    fig4 = [
+        (resp, [100 * r["cr_AB"] for r in rs], [r["acc"] for r in rs])
+        for resp in ("relu", "linear")
+        for rs in [[r for r in out["fig4"] if r["response"] == resp]]
+    ]
+    curves(OUT / "slr_lenet_fig4.png", fig4, xlabel="CR(A+B) of conv2 (%)",
+           ylabel="test top-1 (%)", title="SLR LeNet conv2: non-linear vs linear response")  # fmt: skip
+    fig3 = [
+        ("asymmetric" if asym else "symmetric", [len(r["layers"]) for r in rs], [r["acc"] for r in rs])
+        for asym in (False, True)
+        for rs in [[r for r in out["fig3"] if r["asymmetric"] == asym]]
+    ]  # fmt: skip
+    curves(OUT / "slr_lenet_fig3.png", fig3, xlabel="layers approximated",
+           ylabel="test top-1 (%)", title="SLR LeNet: layers approximated one after another")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -102,6 +102,8 @@ def test_slr_asymmetric_is_refused_on_dask() -> None:
         compactnn.methods.get_method("slr")(parallel="dask")
     with pytest.raises(ConfigError, match="parallel='dask'"):
         compactnn.methods.get_method("ddlr")(scheduler="tcp://127.0.0.1:8786")
+    with pytest.raises(ConfigError, match="cascade=1.1 solves the layers one after another"):
+        compactnn.methods.get_method("net-trim")(cascade=1.1, parallel="joblib")
 
 
 def test_local_cluster_started_by_the_method() -> None:

@@ -42,6 +42,7 @@ LEVELS: list[str] = [
     "methods",
     "api",
     "export",  # ONNX, TorchScript, compact checkpoint
+    "plots",  # PNGs of a result (report.json) and of the benchmarks
     "cli",
     "__init__",  # the package facade: `import compactnn`
 ]

@@ -65,6 +65,7 @@ LAYERWISE = {
     "calib_batches": _OPT_POS_INT,
     "linear": _BOOL,
     "asymmetric": _BOOL,
+    "cascade": [0.5, 0.0, -1.0, "x", NAN, True],
     "seed": _SEED,
 }
 
@@ -135,7 +136,7 @@ BAD: dict[str, tuple[str, dict[str, list]]] = {
     "slr": (
         "SLR",
         {
-            **{k: v for k, v in LAYERWISE.items() if k != "eps_frac"},
+            **{k: v for k, v in LAYERWISE.items() if k not in ("eps_frac", "cascade")},
             "options": [{"max_iter": 3}, "x", ADMM_OPTS],
             "lam1": [-1.0, [0.1, -0.2], {"a": "x"}, "x", None, NAN, -math.inf],
             "lam2": [-1.0, [0.1, NAN], "x"],

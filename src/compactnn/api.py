@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import random
 import warnings
 from collections.abc import Iterator, Sequence
@@ -20,7 +21,13 @@ from compactnn.budget import Target
 from compactnn.errors import AccuracyDropError, ConfigError
 from compactnn.methods import CompressionData, CompressionResult, get_method
 
-__all__ = ["compress", "as_compression_data", "split_loader", "DEFAULT_MAX_DROP"]
+__all__ = [
+    "compress",
+    "as_compression_data",
+    "describe_data",
+    "split_loader",
+    "DEFAULT_MAX_DROP",
+]
 
 #: accuracy points on validation a run may lose before :func:`compress` refuses its result
 DEFAULT_MAX_DROP = 5.0
@@ -75,6 +82,147 @@ def split_loader(loader: Any, fraction: float, seed: int) -> tuple[DataLoader, D
     return train, val
 
 
+#: the splits a mapping given as ``data`` may hold
+DATA_SPLITS = ("train", "val", "test", "calib")
+#: label keys tried, in order, when dict batches are given without ``label_key``
+LABEL_KEYS = ("label", "labels", "target", "targets", "y")
+
+
+def _select(batch: Any, input_key: str, label_key: str | None) -> Any:
+    """A dict batch -> ``(batch[input_key], batch[label_key])`` (``batch[input_key]`` alone
+    when there is no label key); a tuple / tensor batch is returned unchanged."""
+    if not isinstance(batch, dict):
+        return batch
+    if input_key not in batch:
+        raise ConfigError(
+            f"The 'input_key' parameter of compress is {input_key!r}, but the batches are dicts "
+            f"with keys {sorted(map(str, batch))}; pass the key of the input tensor."
+        )
+    if label_key is None:
+        label_key = next((k for k in LABEL_KEYS if k in batch), None)
+        if label_key is None:
+            return batch[input_key]
+    if label_key not in batch:
+        raise ConfigError(
+            f"The 'label_key' parameter of compress is {label_key!r}, but the batches are dicts "
+            f"with keys {sorted(map(str, batch))}; pass the key of the labels."
+        )
+    return batch[input_key], batch[label_key]
+
+
+class _SelectCollate:
+    """``collate_fn`` wrapper: collate as before, then keep only the input (and label) key."""
+
+    def __init__(self, collate: Any, input_key: str, label_key: str | None) -> None:
+        self.collate, self.input_key, self.label_key = collate, input_key, label_key
+
+    def __call__(self, items: Any) -> Any:
+        return _select(self.collate(items), self.input_key, self.label_key)
+
+
+class _SelectIterable:
+    """An iterable of dict batches (not a DataLoader) seen as ``(x, y)`` batches."""
+
+    def __init__(self, source: Any, input_key: str, label_key: str | None) -> None:
+        self.source, self.input_key, self.label_key = source, input_key, label_key
+
+    def __iter__(self) -> Iterator[Any]:
+        for batch in self.source:
+            yield _select(batch, self.input_key, self.label_key)
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+
+def _keyed(loader: Any, input_key: str, label_key: str | None) -> Any:
+    """``loader`` yielding ``(batch[input_key], batch[label_key])`` instead of dict batches.
+
+    A ``DataLoader`` is rebuilt over the same dataset with the same sampler (or batch sampler)
+    and a collate function that selects the keys, so a validation split can still be carved
+    from it and its shuffling reseeded; any other iterable is wrapped.
+    """
+    from torch.utils.data import IterableDataset
+
+    if loader is None:
+        return None
+    if not isinstance(loader, DataLoader):
+        return _SelectIterable(loader, input_key, label_key)
+    collate = _SelectCollate(loader.collate_fn, input_key, label_key)
+    common: dict[str, Any] = {
+        "collate_fn": collate,
+        "num_workers": loader.num_workers,
+        "pin_memory": loader.pin_memory,
+        "worker_init_fn": loader.worker_init_fn,
+        "timeout": loader.timeout,
+        "persistent_workers": loader.persistent_workers,
+    }
+    ds = loader.dataset
+    if isinstance(ds, IterableDataset):
+        return DataLoader(ds, batch_size=loader.batch_size, drop_last=loader.drop_last, **common)
+    if loader.batch_size is None:
+        return DataLoader(ds, batch_sampler=loader.batch_sampler, **common)
+    return DataLoader(
+        ds,
+        batch_size=loader.batch_size,
+        sampler=loader.sampler,
+        drop_last=loader.drop_last,
+        **common,
+    )
+
+
+def _as_loader(obj: Any, split: str, batch_size: int, seed: int) -> Any:
+    """A ``torch.utils.data.Dataset`` -> a DataLoader (shuffled with a seeded generator for
+    training); loaders and other iterables are kept."""
+    from torch.utils.data import Dataset, IterableDataset
+
+    if isinstance(obj, Dataset) and not isinstance(obj, DataLoader):
+        shuffle = split == "train" and not isinstance(obj, IterableDataset)
+        gen = torch.Generator().manual_seed(seed) if shuffle else None
+        bs = batch_size if split == "train" else max(batch_size, 256)
+        return DataLoader(obj, batch_size=bs, shuffle=shuffle, generator=gen)
+    return obj
+
+
+def _first(loader: Any) -> Any:
+    from compactnn._preflight import _first_batch
+
+    with _global_rng_preserved():
+        return _first_batch(loader)
+
+
+def _dict_keys(cd: CompressionData, input_key: str | None, label_key: str | None) -> Any:
+    """``(input_key, label_key)`` to select from dict batches, ``None`` for tuple batches."""
+    src = next((x for x in (cd.train, cd.val, cd.test, cd.calib) if x is not None), None)
+    first = _first(src) if src is not None else None
+    if first is ... and input_key is not None:  # a one-shot iterator: selected as it is read
+        return input_key, label_key
+    if not isinstance(first, dict):
+        if input_key is not None:
+            raise ConfigError(
+                f"The 'input_key' parameter of compress ({input_key!r}) selects the input of "
+                "dict batches, but the batches are "
+                f"{type(first).__name__}s, not dicts; drop it."
+            )
+        return None
+    keys = sorted(map(str, first))
+    if input_key is None:
+        raise ConfigError(
+            f"The batches are dicts with keys {keys}: pass input_key=KEY (the key of the "
+            "model's input tensor) and, if the labels are not under one of "
+            f"{', '.join(LABEL_KEYS)}, label_key=KEY."
+        )
+    _select(first, input_key, None)  # a missing input key is named first
+    if label_key is None:
+        label_key = next((k for k in LABEL_KEYS if k in first), None)
+        if label_key is None:
+            raise ConfigError(
+                f"The batches are dicts with keys {keys} and none of them is a label key "
+                f"({', '.join(LABEL_KEYS)}); pass label_key=KEY."
+            )
+    _select(first, input_key, label_key)  # a missing key fails here, before any work
+    return input_key, label_key
+
+
 def as_compression_data(
     data: Any,
     *,
@@ -83,19 +231,39 @@ def as_compression_data(
     seed: int = 0,
     val_fraction: float = 0.1,
     dataset_kwargs: dict[str, Any] | None = None,
+    input_key: str | None = None,
+    label_key: str | None = None,
 ) -> CompressionData:
     """Normalise the ``data`` argument of :func:`compress` and carve the validation split.
 
-    Accepted: a dataset name (``"mnist"``), a ``(train_loader, test_loader)`` pair, a
-    ``(train_loader, val_loader, test_loader)`` triple, a single training ``DataLoader``, or a
-    :class:`CompressionData` (never modified: a new one is returned). Without an explicit
-    validation loader, ``val_fraction`` of the training samples (seeded by ``seed``) become
-    the validation split and are removed from training.
+    Accepted: a dataset name (``"mnist"``), a ``(train, test)`` pair, a ``(train, val, test)``
+    triple, a mapping with keys among ``train``, ``val``, ``test``, ``calib``, a single
+    training loader, or a :class:`CompressionData` (never modified: a new one is returned).
+    Each split may be a ``DataLoader`` (or any iterable of batches) or a
+    ``torch.utils.data.Dataset``, which is wrapped in a ``DataLoader`` of ``batch_size``
+    (training shuffled with a generator seeded by ``seed``). Without an explicit validation
+    loader, ``val_fraction`` of the training samples (seeded by ``seed``) become the validation
+    split and are removed from training.
+
+    Batches are ``(x, y)`` tuples or tensors; dict batches (``{"image": x, "label": y}``) need
+    ``input_key`` (and ``label_key`` unless the labels are under one of :data:`LABEL_KEYS`):
+    every loader is then rebuilt to yield ``(batch[input_key], batch[label_key])``, so
+    training, capture, metrics and export see plain tensors (the model's forward takes the
+    input tensor).
     """
     val_fraction = check_float(
         val_fraction, "val_fraction", "compress", min_value=0.0, max_value=0.5
     )
     check_int(seed, "seed", "compress", min_value=0)
+    batch_size = check_int(batch_size, "batch_size", "compress", min_value=1)
+    for key, name in ((input_key, "input_key"), (label_key, "label_key")):
+        if key is not None and not isinstance(key, str):
+            raise ConfigError(
+                f"The '{name}' parameter of compress must be a string (a key of the dict "
+                f"batches). Got {type(key).__name__}."
+            )
+    if label_key is not None and input_key is None:
+        raise ConfigError("The 'label_key' parameter of compress needs input_key= as well.")
     if input_shape is not None:
         input_shape = check_shape(input_shape, "input_shape", "compress")
     if isinstance(data, CompressionData):
@@ -107,20 +275,35 @@ def as_compression_data(
             data, batch_size=batch_size, seed=seed, **(dataset_kwargs or {})
         )
         cd = CompressionData(train=train, test=test, name=data)
+    elif isinstance(data, dict):
+        unknown = [k for k in data if k not in DATA_SPLITS]
+        if unknown or "train" not in data and "calib" not in data:
+            raise ConfigError(
+                f"The 'data' mapping of compress has keys {sorted(map(str, data))}; it needs "
+                f"'train' (or 'calib') and may hold only {', '.join(DATA_SPLITS)}."
+            )
+        cd = CompressionData(**{k: data.get(k) for k in DATA_SPLITS})
     elif isinstance(data, (tuple, list)) and len(data) == 2:
         cd = CompressionData(train=data[0], test=data[1])
     elif isinstance(data, (tuple, list)) and len(data) == 3:
         cd = CompressionData(train=data[0], val=data[1], test=data[2])
-    elif isinstance(data, DataLoader):
+    elif isinstance(data, (DataLoader, torch.utils.data.Dataset)):
         cd = CompressionData(train=data)
     elif data is None:
         cd = CompressionData(train=None)
     else:
         raise ConfigError(
             "The 'data' argument of compress must be a dataset name, a (train_loader, "
-            "test_loader) pair, a (train, val, test) triple, a DataLoader or a CompressionData. "
+            "test_loader) pair, a (train, val, test) triple, a mapping {'train': ..., 'test': "
+            "...}, a DataLoader, a Dataset or a CompressionData. "
             f"Got {type(data).__name__}."
         )
+    for split in DATA_SPLITS:
+        setattr(cd, split, _as_loader(getattr(cd, split), split, batch_size, seed))
+    keys = _dict_keys(cd, input_key, label_key)
+    if keys is not None:
+        for split in DATA_SPLITS:
+            setattr(cd, split, _keyed(getattr(cd, split), *keys))
     if cd.val is None and cd.train is not None and val_fraction > 0:
         split = split_loader(cd.train, val_fraction, seed)
         if split is not None:
@@ -140,6 +323,40 @@ def as_compression_data(
         x = first[0] if isinstance(first, (tuple, list)) else first
         cd.input_shape = tuple(int(s) for s in x.shape[1:])
     return cd
+
+
+def _n_samples(loader: Any) -> int | None:
+    try:
+        return int(len(loader.dataset))
+    except (AttributeError, TypeError):
+        return None
+
+
+def describe_data(cd: CompressionData, **extra: Any) -> dict[str, Any]:
+    """What was fed, for reports: per split the number of samples (or batches) and the batch
+    size, the input shape and ``extra`` (dataset, normalisation, input key ...)."""
+    splits: dict[str, Any] = {}
+    for split in DATA_SPLITS:
+        loader = getattr(cd, split)
+        if loader is None:
+            continue
+        row: dict[str, Any] = {"samples": _n_samples(loader)}
+        if getattr(loader, "batch_size", None):
+            row["batch_size"] = int(loader.batch_size)
+        if row["samples"] is None:
+            try:
+                row["batches"] = len(loader)
+            except TypeError:
+                pass
+        splits[split] = row
+    doc: dict[str, Any] = {"name": cd.name, "splits": splits}
+    sel = next((x for x in (cd.train, cd.val, cd.test, cd.calib) if x is not None), None)
+    sel = getattr(sel, "collate_fn", sel)
+    if isinstance(sel, (_SelectCollate, _SelectIterable)):
+        doc["input_key"], doc["label_key"] = sel.input_key, sel.label_key
+    doc["input_shape"] = None if cd.input_shape is None else list(cd.input_shape)
+    doc.update({k: v for k, v in extra.items() if v is not None and k not in doc})
+    return doc
 
 
 @contextlib.contextmanager
@@ -237,6 +454,8 @@ def compress(
     latency_batch_size: int = 100,
     latency_threads: int = 1,
     progress: bool = True,
+    input_key: str | None = None,
+    label_key: str | None = None,
     **options: Any,
 ) -> CompressionResult:
     """Compress a trained model with a registered method, optionally to a budget.
@@ -256,13 +475,16 @@ def compress(
         on_drop: ``"raise"`` (default) or ``"warn"``.
         val_fraction: share of the training data held out for validation (seeded by ``seed``)
             when no validation loader is given; 0 disables the split and the drop guard.
-        seed: seed of the validation split (and of the loaders built for a dataset name).
+        seed: seed of the validation split, of the loaders built for a dataset name and of
+            the method (its ``seed`` option, when it has one).
         inplace: let the method train/modify ``model`` itself instead of a deep copy.
         input_shape: per-sample input shape (inferred from the data when omitted).
         measure: measure before/after reports (params, FLOPs, latency, accuracy on ``test``).
         latency_batch_size: batch size of the latency measurement (SSR Table I uses 100).
         latency_threads: torch threads during the latency measurement.
         progress: tqdm progress bars.
+        input_key / label_key: for dict batches, the keys of the model's input and of the
+            labels (see :func:`as_compression_data`).
         **options: the method's hyper-parameters (see ``get_method(method).Config``).
 
     Returns:
@@ -275,6 +497,8 @@ def compress(
             layer collapsed (``on_drop="raise"``).
     """
     cls = get_method(method)
+    if "seed" in {f.name for f in dataclasses.fields(cls.Config)}:
+        options["seed"] = seed  # one seed for the split, the loaders and the method
     algo = cls(**options)
     tgt = None if target is None else Target.parse(target)
     max_drop = DEFAULT_MAX_DROP if max_drop is None else max_drop
@@ -282,7 +506,14 @@ def compress(
     check_choice(on_drop, "on_drop", "compress", ("raise", "warn"))
     check_int(seed, "seed", "compress", min_value=0)
     check_model_finite(model)
-    cd = as_compression_data(data, input_shape=input_shape, seed=seed, val_fraction=val_fraction)
+    cd = as_compression_data(
+        data,
+        input_shape=input_shape,
+        seed=seed,
+        val_fraction=val_fraction,
+        input_key=input_key,
+        label_key=label_key,
+    )
     shape = cd.require_input_shape(method)
     with _global_rng_preserved():  # reading a first batch may draw a loader seed
         check_data(model, cd)

@@ -255,7 +255,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     import torch
 
     from compactnn import data
-    from compactnn.api import compress
+    from compactnn.api import as_compression_data, compress
     from compactnn.methods import CompressionData
 
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
@@ -276,6 +276,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         "thread(s) (as benchmarks/bench_ssr_lenet.py) ..."
     )
     torch.set_num_threads(DEMO_TRAIN_THREADS)
+    # the split compress would carve itself (10 %, seeded), made here so the report states it
+    cd = as_compression_data(cd, val_fraction=0.1, seed=args.seed)
     result = compress(model, "ssr", cd, latency_batch_size=100, latency_threads=1, **DEMO_SSR)
     print(result.report_after.format(title="lenet-caffe after SSR-L2,1 (physically pruned)"))
     print()
@@ -283,10 +285,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(result.summary())
     out = Path(args.out) if args.out else cache_dir() / "demo-result"
     out.mkdir(parents=True, exist_ok=True)
-    ship_args = argparse.Namespace(prefer=None, threads=1, sparse_form="dense", batch_size=100)
+    ship_args = argparse.Namespace(
+        prefer=None, threads=1, sparse_form="dense", batch_size=100, compile=False, seed=args.seed
+    )
+    from compactnn.api import describe_data
+
     rep = {
         "method": "ssr",
         "data": "mnist",
+        "data_fed": describe_data(
+            cd,
+            dataset="mnist",
+            kind="registry dataset (compactnn.data)",
+            normalisation=data.normalisation("mnist"),
+            val_fraction=0.1,
+            seed=args.seed,
+        ),
+        "history": _json_values(dict(result.history)),
         "options": DEMO_SSR,
         "chosen": _plain(result.chosen),
         "target": result.target,
@@ -361,25 +376,15 @@ def _parse_factory_kwargs(text: str | None) -> dict[str, Any]:
     return out
 
 
-def _load_user_model(
-    factory: str, checkpoint: str | None, kwargs: dict[str, Any] | None = None
-) -> Any:
-    """``package.module:factory`` (+ constructor kwargs, + checkpoint) -> model.
-
-    The current directory is importable (as for ``python -m``), so a ``mymodels.py`` next to
-    the command line is found.
-    """
+def _import_callable(spec: str, flag: str, returns: str, example: str) -> Any:
+    """``package.module:function`` -> the function (the current directory is importable)."""
     import importlib
 
-    from torch import nn
-
-    from compactnn.train import load_checkpoint
-
-    mod_name, sep, fn_name = factory.partition(":")
+    mod_name, sep, fn_name = spec.partition(":")
     if not sep or not mod_name or not fn_name:
         raise ConfigError(
-            f"--factory '{factory}' must look like package.module:function (a callable that "
-            "returns the nn.Module), e.g. --factory mymodels:make_net."
+            f"{flag} '{spec}' must look like package.module:function (a callable that "
+            f"{returns}), e.g. {flag} {example}."
         )
     cwd = os.getcwd()
     if cwd not in sys.path and "" not in sys.path:
@@ -388,9 +393,165 @@ def _load_user_model(
         fn = getattr(importlib.import_module(mod_name), fn_name)
     except (ImportError, AttributeError) as exc:
         raise ConfigError(
-            f"Cannot import --factory '{factory}' ({exc}); run from the directory that holds "
+            f"Cannot import {flag} '{spec}' ({exc}); run from the directory that holds "
             f"{mod_name.split('.')[0]} or put it on PYTHONPATH."
         ) from exc
+    if not callable(fn):
+        raise ConfigError(f"{flag} '{spec}' names a {type(fn).__name__}, not a function.")
+    return fn
+
+
+#: --data-opt keys of a registry dataset (compactnn.data.get_loaders / get_dataset)
+DATASET_OPTS = (
+    "mean",
+    "std",
+    "normalize",
+    "batch_size",
+    "test_batch_size",
+    "limit",
+    "pad_to",
+    "channels",
+    "flatten",
+    "root",
+)
+
+
+def _parse_data_opts(pairs: Sequence[str] | None) -> dict[str, Any]:
+    """``--data-opt mean=0.5,std=0.25 --data-opt limit=1000`` -> a dict (YAML values)."""
+    out: dict[str, Any] = {}
+    for text in pairs or []:
+        for pair in _split_top_level(text):
+            k, sep, v = pair.partition("=")
+            key = k.strip().replace("-", "_")
+            if not sep or not key.isidentifier():
+                raise ConfigError(
+                    f"--data-opt '{pair}' must look like name=value (e.g. --data-opt "
+                    "mean=0.1307,std=0.3081 or --data-opt batch_size=64,limit=2000)."
+                )
+            out[key] = _yaml_value(v, f"--data-opt {key}")
+    return out
+
+
+def _check_data_spec(spec: str | None, opts: dict[str, Any]) -> None:
+    """--data / --data-opt checked before anything is loaded (registry datasets)."""
+    import difflib
+
+    from compactnn import data as data_mod
+
+    if not spec:
+        if opts:
+            raise ConfigError("--data-opt needs --data (a dataset name or module:function).")
+        return
+    if ":" in spec:
+        return
+    data_mod.dataset_info(spec)  # unknown name: one clear error listing the names
+    for key in opts:
+        if key not in DATASET_OPTS:
+            close = difflib.get_close_matches(key, DATASET_OPTS, n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(
+                f"--data-opt {key}: not an option of dataset {spec!r}; the options are "
+                f"{', '.join(DATASET_OPTS)}.{hint}"
+            )
+    if "batch_size" in opts and (not isinstance(opts["batch_size"], int) or opts["batch_size"] < 1):
+        raise ConfigError(
+            f"--data-opt batch_size must be a positive int. Got {opts['batch_size']!r}."
+        )
+    ds_opts = {k: v for k, v in opts.items() if k not in ("batch_size", "test_batch_size")}
+    data_mod.normalisation(spec, **ds_opts)  # mean / std: one per channel, std > 0
+
+
+def _build_data(
+    spec: str,
+    opts: dict[str, Any],
+    *,
+    shape: tuple[int, ...] | None,
+    val_fraction: float,
+    seed: int,
+    input_key: str | None = None,
+    label_key: str | None = None,
+) -> tuple[Any, dict[str, Any]]:
+    """``--data`` (a registry name or module:function) -> (CompressionData, what was fed).
+
+    A function is called with the ``--data-opt`` values as keyword arguments (``batch_size``
+    only if it takes one; compactnn also uses it for the loaders it builds around returned
+    datasets) and returns loaders or datasets: ``(train, test)``, ``(train, val, test)``, a
+    dict with keys among train / val / test / calib, one training loader, or a
+    CompressionData. Without a val split, ``--val-fraction`` of train is held out.
+    """
+    import inspect
+
+    from compactnn import data as data_mod
+    from compactnn.api import as_compression_data, describe_data
+
+    batch_size = int(opts.get("batch_size", 128))
+    common = {
+        "input_shape": shape,
+        "val_fraction": val_fraction,
+        "seed": seed,
+        "batch_size": batch_size,
+        "input_key": input_key,
+        "label_key": label_key,
+    }
+    if ":" not in spec:
+        ds_opts = {k: v for k, v in opts.items() if k != "batch_size"}
+        cd = as_compression_data(spec, dataset_kwargs=ds_opts, **common)
+        norm: Any = data_mod.normalisation(
+            spec, **{k: v for k, v in ds_opts.items() if k != "test_batch_size"}
+        )
+        kind = "registry dataset (compactnn.data)"
+    else:
+        fn = _import_callable(spec, "--data", "returns loaders or datasets", "mydata:loaders")
+        kwargs = dict(opts)
+        params = inspect.signature(fn).parameters.values()
+        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+        if "batch_size" in kwargs and not takes_any:
+            if "batch_size" not in inspect.signature(fn).parameters:
+                kwargs.pop("batch_size")
+        try:
+            got = fn(**kwargs)
+        except TypeError as exc:
+            raise ConfigError(
+                f"--data '{spec}' could not be called with --data-opt {kwargs} ({exc}); pass "
+                "its arguments as --data-opt name=value,..."
+            ) from exc
+        if isinstance(got, str) or got is None:
+            raise ConfigError(
+                f"--data '{spec}' returned {got!r}; it must return loaders or datasets: "
+                "(train, test), (train, val, test), {'train': ..., 'test': ...} or one "
+                "training loader."
+            )
+        cd = as_compression_data(got, **common)
+        cd.name = spec
+        norm = f"as returned by {spec} (compactnn does not change it)"
+        kind = "user function"
+    fed = describe_data(
+        cd,
+        dataset=spec,
+        kind=kind,
+        options=_plain(opts),
+        normalisation=norm,
+        val_fraction=val_fraction,
+        input_key=input_key,
+        label_key=label_key,
+        seed=seed,
+    )
+    return cd, fed
+
+
+def _load_user_model(
+    factory: str, checkpoint: str | None, kwargs: dict[str, Any] | None = None
+) -> Any:
+    """``package.module:factory`` (+ constructor kwargs, + checkpoint) -> model.
+
+    The current directory is importable (as for ``python -m``), so a ``mymodels.py`` next to
+    the command line is found.
+    """
+    from torch import nn
+
+    from compactnn.train import load_checkpoint
+
+    fn = _import_callable(factory, "--factory", "returns the nn.Module", "mymodels:make_net")
     try:
         model = fn(**(kwargs or {}))
     except TypeError as exc:
@@ -407,7 +568,9 @@ def _load_user_model(
     return model
 
 
-_RECIPE_KEYS = ("method", "data", "options", "target", "max_drop")
+_RECIPE_KEYS = (
+    "method", "data", "data_opts", "input_key", "label_key", "options", "target", "max_drop",
+)  # fmt: skip
 
 
 def _read_recipe(path: str) -> dict[str, Any]:
@@ -495,7 +658,40 @@ def _plain(options: dict[str, Any]) -> dict[str, Any]:
     return {k: conv(v) for k, v in options.items() if v is not None}
 
 
+_DROP = object()
+
+
+def _json_values(value: Any) -> Any:
+    """The JSON-plain part of a method's history (plans, tensors and modules left out)."""
+    if isinstance(value, dict):
+        out = {str(k): _json_values(v) for k, v in value.items()}
+        return {k: v for k, v in out.items() if v is not _DROP}
+    if isinstance(value, (list, tuple)):
+        items = [_json_values(v) for v in value]
+        kept = [v for v in items if v is not _DROP]
+        return kept if len(kept) == len(items) or kept else _DROP
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:  # a 0-d tensor / numpy scalar
+        return value.item()
+    return _DROP
+
+
 def cmd_compress(args: argparse.Namespace) -> int:
+    """``compactnn compress``; ``--verbose`` sets COMPACTNN_VERBOSE for this command only."""
+    before = os.environ.get("COMPACTNN_VERBOSE")
+    if args.verbose:
+        os.environ["COMPACTNN_VERBOSE"] = "1"
+    try:
+        return _compress_command(args)
+    finally:
+        if before is None:
+            os.environ.pop("COMPACTNN_VERBOSE", None)
+        else:
+            os.environ["COMPACTNN_VERBOSE"] = before
+
+
+def _compress_command(args: argparse.Namespace) -> int:
     import yaml
 
     from compactnn.api import compress
@@ -513,8 +709,21 @@ def cmd_compress(args: argparse.Namespace) -> int:
     shape = _parse_shape(args.input_shape)
     target = args.target if args.target is not None else recipe.get("target")
     max_drop = args.max_drop if args.max_drop is not None else recipe.get("max_drop")
+    data_opts = dict(recipe.get("data_opts") or {})
+    if not isinstance(recipe.get("data_opts") or {}, dict):
+        raise ConfigError(f"--recipe {args.recipe}: 'data_opts' must be a mapping option -> value.")
+    data_opts.update(_parse_data_opts(args.data_opt))
+    args.input_key = args.input_key or recipe.get("input_key")
+    args.label_key = args.label_key or recipe.get("label_key")
+    # one seed: --seed, else a recipe's / --opt seed (a replayed recipe.yaml carries it), else 0
+    opt_seed = options.pop("seed", None)
+    args.seed = args.seed if args.seed is not None else (0 if opt_seed is None else opt_seed)
+    if not isinstance(args.seed, int) or isinstance(args.seed, bool) or args.seed < 0:
+        raise ConfigError(f"--seed must be an int >= 0. Got {args.seed!r}.")
+    cls = get_method(method)
     # everything the user typed is checked before a model, a dataset or a solver is touched
-    get_method(method)(**options)
+    cls(**options)
+    _check_data_spec(dataset, data_opts)
     if target is not None:
         Target.parse(target)
     _check_out(args.out)
@@ -529,13 +738,21 @@ def cmd_compress(args: argparse.Namespace) -> int:
         model, _, _ = _resolve_model(args.model)
         if args.checkpoint:
             model, _ = load_checkpoint(args.checkpoint, model)
-    if args.verbose:
-        os.environ["COMPACTNN_VERBOSE"] = "1"
-    data = dataset
+    data, fed = dataset, None
+    if (args.input_key or args.label_key) and not dataset:
+        raise ConfigError("--input-key / --label-key select from dict batches of --data.")
+    t0 = time.perf_counter()
     if dataset:  # built here so that the exported model is checked on the same real samples
-        from compactnn.api import as_compression_data
-
-        data = as_compression_data(dataset, input_shape=shape, val_fraction=args.val_fraction)
+        data, fed = _build_data(
+            dataset,
+            data_opts,
+            shape=shape,
+            val_fraction=args.val_fraction,
+            seed=args.seed,
+            input_key=args.input_key,
+            label_key=args.label_key,
+        )
+    seconds = {"data": time.perf_counter() - t0}
     t0 = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -547,12 +764,14 @@ def cmd_compress(args: argparse.Namespace) -> int:
             max_drop=max_drop,
             on_drop=args.on_drop,
             val_fraction=args.val_fraction,
+            seed=args.seed,
             input_shape=shape,
             progress=not args.quiet,
             latency_batch_size=args.batch_size,
+            latency_threads=args.threads,
             **options,
         )
-    seconds = {"compress": time.perf_counter() - t0}
+    seconds["compress"] = time.perf_counter() - t0
     notes = list(dict.fromkeys(str(w.message) for w in caught))
     for note in notes:
         print(f"warning: {note}", file=sys.stderr)
@@ -561,10 +780,14 @@ def cmd_compress(args: argparse.Namespace) -> int:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         replay = {"method": method, "data": dataset, "options": _plain(result.chosen)}
+        extra = {"data_opts": data_opts, "input_key": args.input_key, "label_key": args.label_key}
+        replay.update(_plain({k: v for k, v in extra.items() if v}))
         (out / "recipe.yaml").write_text(yaml.safe_dump(replay, sort_keys=False))
         rep = {
             "method": method,
             "data": dataset,
+            "data_fed": fed,
+            "config": _resolved_config(args, method, dataset, data_opts, options, target),
             "options": options,
             "chosen": _plain(result.chosen),
             "target": result.target,
@@ -576,6 +799,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
                 "factory": args.factory,
                 "factory_kwargs": factory_kwargs,
             },
+            "history": _json_values(dict(result.history)),
             "warnings": notes,
             "seconds": seconds,
         }
@@ -585,6 +809,25 @@ def cmd_compress(args: argparse.Namespace) -> int:
             "report.json, report.md, recipe.yaml (replays this run without search: --recipe)"
         )
     return 0
+
+
+def _resolved_config(
+    args: argparse.Namespace,
+    method: str,
+    dataset: str | None,
+    data_opts: dict[str, Any],
+    options: dict[str, Any],
+    target: Any,
+) -> dict[str, Any]:
+    """The command line as resolved (recipe merged, defaults filled) for report.json."""
+    keys = (
+        "model", "factory", "factory_kwargs", "checkpoint", "recipe", "input_shape",
+        "batch_size", "max_drop", "on_drop", "val_fraction", "seed", "sparse_form", "prefer",
+        "threads", "compile", "input_key", "label_key", "quiet", "verbose",
+    )  # fmt: skip
+    doc = {k: getattr(args, k, None) for k in keys}
+    doc.update(method=method, data=dataset, data_opts=data_opts, options=options, target=target)
+    return _plain(doc)
 
 
 def _samples(data: Any, shape: tuple[int, ...], n: int = 100) -> tuple[Any, str]:
@@ -631,24 +874,34 @@ def _ship_result(
             test = getattr(data, "test", None)
             rep["after"] = report(model, shape, data=test, batch_size=args.batch_size).to_dict()
     t0 = time.perf_counter()
-    deploy = export.ship(
-        model,
-        plan,
-        out,
-        samples,
-        input_shape=shape,
-        original=original,
-        fresh=_fresh_model(rep["model_spec"]),
-        sparse=args.sparse_form,
-        threads=args.threads,
-    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        deploy = export.ship(
+            model,
+            plan,
+            out,
+            samples,
+            input_shape=shape,
+            original=original,
+            fresh=_fresh_model(rep["model_spec"]),
+            sparse=args.sparse_form,
+            threads=args.threads,
+            compile=getattr(args, "compile", False),
+        )
+    for w in caught:  # compactnn's own (torch.compile's internal deprecations left out)
+        if f"{os.sep}compactnn{os.sep}" in str(w.filename):
+            print(f"warning: {w.message}", file=sys.stderr)
+            rep["warnings"].append(str(w.message))
     deploy["densified"] = densified
     deploy["check_samples_from"] = source
     rep["deploy"] = deploy
     rep["input_shape"] = list(shape)
     rep["seconds"]["export + latency"] = time.perf_counter() - t0
-    rep["environment"] = export.environment(seed=0)
-    rep["plots"] = export.plot_layers(rep, out)
+    rep["environment"] = export.environment(seed=getattr(args, "seed", 0))
+    from compactnn.plots import layer_figures, plot_all
+
+    rep["figures"] = layer_figures(model, original)
+    rep["plots"] = plot_all(rep, out)
     (out / "report.json").write_text(json.dumps(rep, indent=2, default=str))
     (out / "report.md").write_text(export.render_report(rep))
     fast = deploy["latency"]
@@ -694,11 +947,19 @@ def cmd_export(args: argparse.Namespace) -> int:
         doc = json.loads((out / "plan.json").read_text())
         shape = tuple(doc["checkpoint"].get("input_shape") or ())
     data = None
+    fed = rep.get("data_fed") or {}
     name = args.data or rep.get("data")
-    if name:
-        from compactnn.api import as_compression_data
-
-        data = as_compression_data(name, input_shape=shape, val_fraction=0.0)
+    if name:  # the data of the run (its options and keys) unless --data names another
+        same = not args.data or args.data == rep.get("data")
+        data, _ = _build_data(
+            name,
+            dict(fed.get("options") or {}) if same else {},
+            shape=shape,
+            val_fraction=0.0,
+            seed=int(fed.get("seed", 0)) if same else 0,
+            input_key=fed.get("input_key") if same else None,
+            label_key=fed.get("label_key") if same else None,
+        )
     samples, source = _samples(data, shape)
     fn = export.to_onnx if args.format == "onnx" else export.to_torchscript
     path = out / ("model.onnx" if args.format == "onnx" else "model.pt")
@@ -719,8 +980,10 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise CompactnnError(
             f"{path} does not exist; give a directory written by compactnn compress --out DIR."
         )
+    from compactnn.plots import plot_all
+
     rep = json.loads(path.read_text())
-    rep["plots"] = export.plot_layers(rep, out)
+    rep["plots"] = plot_all(rep, out)
     (out / "report.md").write_text(export.render_report(rep))
     print(f"wrote {out / 'report.md'} ({', '.join(rep['plots']) or 'no plots'})")
     return 0
@@ -811,7 +1074,38 @@ def build_parser() -> argparse.ArgumentParser:
         help="method name, e.g. ssr, admm-sparse, ddlr, net-trim (--method M --help lists M's "
         "options)",
     )
-    pc.add_argument("--data", help="dataset name (mnist, fashion-mnist, digits, spiral, cifar10)")
+    pc.add_argument(
+        "--data",
+        help="dataset name (mnist, fashion-mnist, digits, spiral, cifar10) or "
+        "package.module:function returning loaders or datasets: (train, test), (train, val, "
+        "test), {'train': ..., 'val': ..., 'test': ...} or one training loader (the current "
+        "directory is importable)",
+    )
+    pc.add_argument(
+        "--data-opt",
+        action="append",
+        metavar="K=V,...",
+        help="options of --data, values read as YAML (repeatable). A dataset name takes "
+        + ", ".join(DATASET_OPTS)
+        + " (mean/std: normalisation, one value or one per channel; limit: a seeded subset "
+        "of each split); a function gets them as keyword arguments",
+    )
+    pc.add_argument(
+        "--input-key",
+        help="dict batches: the key of the model's input tensor (the model's forward takes "
+        "that tensor)",
+    )
+    pc.add_argument(
+        "--label-key",
+        help="dict batches: the key of the labels (default: the first of label, labels, "
+        "target, targets, y)",
+    )
+    pc.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="seeds the validation split, the loaders and the method (its 'seed' option)",
+    )
     pc.add_argument(
         "--factory",
         help="user model as package.module:function (the current directory is importable)",
@@ -858,7 +1152,9 @@ def build_parser() -> argparse.ArgumentParser:
     pc.add_argument(
         "--quiet", action="store_true", help="no progress output (the final summary stays)"
     )
-    pc.add_argument("--verbose", action="store_true", help="one log line per training step")
+    pc.add_argument(
+        "--verbose", action="store_true", help="one log line per training step (and per stage)"
+    )
     pc.add_argument(
         "--sparse-form",
         choices=("dense", "gather"),
@@ -874,6 +1170,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pc.add_argument(
         "--threads", type=int, default=1, help="threads of the latency measurements (fixed)"
+    )
+    pc.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time the deployed model under torch.compile (inductor; needs a C++ "
+        "compiler, skipped with a warning where it cannot work)",
     )
     pc.set_defaults(func=cmd_compress)
 
@@ -906,6 +1208,9 @@ _CLI_TERMS: tuple[tuple[str, str], ...] = (
     (r"The '(\w+)' parameter of Target", r"The \1 fraction of --target"),
     (r"The '(input_shape|max_drop|on_drop|val_fraction)' parameter of compress", "--\\1"),
     (r"\b(input_shape|max_drop|val_fraction)=", "--\\1 "),
+    (r"The '(\w+)' parameter of get_(?:dataset|loaders)", r"--data-opt \1"),
+    (r"The '(input_key|label_key)' parameter of compress", r"--\1"),
+    (r"\b(input_key|label_key)=KEY", r"--\1 KEY"),
     (r"\bon_drop='(\w+)'", r"--on-drop \1"),
     (
         r"Pass the per-sample input shape the model expects, e\.g\. \(1, 28, 28\)",

@@ -32,6 +32,7 @@ import tempfile
 import warnings
 import zipfile
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,7 @@ __all__ = [
     "list_datasets",
     "make_spiral",
     "load_arrays",
+    "normalisation",
 ]
 
 DATASETS: tuple[str, ...] = ("mnist", "fashion-mnist", "digits", "spiral", "cifar10")
@@ -604,13 +606,16 @@ def get_dataset(
     flatten: bool = False,
     limit: int | None = None,
     seed: int = 0,
+    mean: float | Sequence[float] | None = None,
+    std: float | Sequence[float] | None = None,
 ) -> TensorDataset:
     """Load a dataset split as a :class:`~torch.utils.data.TensorDataset` ``(x, y)``.
 
     Transforms, in order: ``limit`` (a random subset of ``min(limit, N)`` samples drawn with
     ``numpy.random.default_rng(seed)``, kept in the original order), ``pad_to`` (centered zero
     padding of the raw ``[0, 1]`` image, i.e. black border), ``normalize`` ((x - mean) / std per
-    channel with :func:`dataset_info`'s train statistics), ``channels`` (replicate a grey channel),
+    channel with :func:`dataset_info`'s train statistics, or with ``mean`` / ``std`` when
+    given), ``channels`` (replicate a grey channel),
     ``flatten`` (``(N, C*H*W)``, for MLPs).
 
     Args:
@@ -619,6 +624,8 @@ def get_dataset(
         root: dataset directory, see :func:`load_arrays`.
         cache_dir: cache directory, see :func:`load_arrays`.
         normalize: standardize with the dataset's mean/std.
+        mean, std: the statistics of ``normalize`` instead of the dataset's: one value, or one
+            per channel (per feature for vectors); ``std`` > 0.
         pad_to: target square size (e.g. 32 for LeNet-5 on 28x28 MNIST); images only.
         channels: output channels; ``3`` replicates a single grey channel. Images only.
         flatten: flatten each sample to a vector.
@@ -658,6 +665,15 @@ def get_dataset(
             )
     if limit is not None:
         limit = check_int(limit, "limit", owner, min_value=1)
+    norm_mean = _stat(mean, "mean", owner, info)
+    norm_std = _stat(std, "std", owner, info)
+    if norm_std is not None and min(norm_std) <= 0:
+        raise ConfigError(f"The 'std' parameter of {owner} must be > 0. Got {std!r} instead.")
+    if not normalize and (mean is not None or std is not None):
+        raise ConfigError(
+            f"{owner}: mean= / std= set the normalisation, but normalize=False turns it off; "
+            "drop one of them."
+        )
 
     x, y = load_arrays(key, split, root=root, cache_dir=cache_dir)
     if limit is not None and limit < x.shape[0]:
@@ -671,14 +687,52 @@ def get_dataset(
         xt = torch.nn.functional.pad(xt, pad, mode="constant", value=0.0)
     if normalize:
         shape = (1, -1) + (1,) * (xt.dim() - 2)
-        mean = torch.tensor(info.mean, dtype=torch.float32).view(shape)
-        std = torch.tensor(info.std, dtype=torch.float32).view(shape)
-        xt = (xt - mean) / std
+        m = torch.tensor(norm_mean or info.mean, dtype=torch.float32).view(shape)
+        s = torch.tensor(norm_std or info.std, dtype=torch.float32).view(shape)
+        xt = (xt - m) / s
     if channels is not None and channels != xt.shape[1]:
         xt = xt.expand(-1, channels, -1, -1)
     if flatten:
         xt = xt.reshape(xt.shape[0], -1)
     return TensorDataset(xt.contiguous(), torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64)))
+
+
+def _stat(
+    value: float | Sequence[float] | None, name: str, owner: str, info: DatasetInfo
+) -> tuple[float, ...] | None:
+    """``mean`` / ``std``: one number or one per channel -> a per-channel tuple."""
+    if value is None:
+        return None
+    n = info.input_shape[0]
+    vals = [value] if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+    try:
+        out = tuple(float(v) for v in vals)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        out = ()
+    if len(out) == 1:
+        out = out * n
+    if len(out) != n or not all(np.isfinite(out)):
+        raise ConfigError(
+            f"The '{name}' parameter of {owner} must be one finite number or {n} (one per "
+            f"channel of {info.name!r}). Got {value!r} instead."
+        )
+    return out
+
+
+def normalisation(name: str, **dataset_kwargs: Any) -> dict[str, Any]:
+    """The normalisation :func:`get_dataset` applies with these options (for reports)."""
+    info = dataset_info(name)
+    if not dataset_kwargs.get("normalize", True):
+        return {"normalize": False}
+    mean = _stat(dataset_kwargs.get("mean"), "mean", "get_dataset", info) or info.mean
+    std = _stat(dataset_kwargs.get("std"), "std", "get_dataset", info) or info.std
+    default = dataset_kwargs.get("mean") is None and dataset_kwargs.get("std") is None
+    return {
+        "normalize": True,
+        "mean": list(mean),
+        "std": list(std),
+        "source": f"{info.name} train statistics" if default else "given (mean=, std=)",
+    }
 
 
 def get_loaders(
@@ -694,7 +748,8 @@ def get_loaders(
 
     The train loader reshuffles every epoch with a ``torch.Generator`` seeded by ``seed``
     (deterministic); the test loader keeps the file order. ``dataset_kwargs`` (``root``,
-    ``cache_dir``, ``normalize``, ``pad_to``, ``channels``, ``flatten``, ``limit``) go to
+    ``cache_dir``, ``normalize``, ``mean``, ``std``, ``pad_to``, ``channels``, ``flatten``,
+    ``limit``) go to
     :func:`get_dataset` for both splits; ``seed`` also seeds ``limit``.
 
     Returns:

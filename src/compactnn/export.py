@@ -61,6 +61,7 @@ __all__ = [
     "layer_speed",
     "densify",
     "dense_equivalent",
+    "compiled_form",
     "file_bytes",
 ]
 
@@ -795,6 +796,7 @@ def ship(
     batch_sizes: Sequence[int] = (1, 100),
     repeats: int = 30,
     formats: Sequence[str] = EXPORT_FORMATS,
+    compile: bool = False,
 ) -> dict[str, Any]:
     """Write model.onnx, model.pt and the compact checkpoint into ``out`` and measure them.
 
@@ -809,6 +811,8 @@ def ship(
         sparse: export form of sparse layers.
         threads: torch / onnxruntime intra-op threads during timing.
         batch_sizes: batch sizes timed.
+        compile: also time the export form under ``torch.compile`` (:func:`compiled_form`);
+            where it cannot work a warning says why and the row is left out.
 
     Returns:
         The ``deploy`` record of ``report.json``: artifacts (bytes, parity), latency per
@@ -841,6 +845,9 @@ def ship(
     rec["export_seconds"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     shape = tuple(int(s) for s in input_shape)
+    compiled = None
+    if compile:
+        compiled, rec["torch_compile"] = compiled_form(model, samples, sparse=sparse)
     for bs in batch_sizes:
         x = real_batch([samples], bs)
         row: dict[str, Any] = {}
@@ -851,6 +858,10 @@ def ship(
         row["eager"] = _lat(measure_latency(model, shape, batch_size=bs, threads=threads, inputs=x))
         if (out / "model.onnx").is_file() and "onnx" in formats:
             row["onnxruntime"] = _lat(onnx_latency(out / "model.onnx", x, threads=threads))
+        if compiled is not None:
+            row["torch.compile"] = _lat(
+                measure_latency(compiled, shape, batch_size=bs, threads=threads, inputs=x)
+            )
         deployed = {k: v for k, v in row.items() if k != "eager_original"}
         row["fastest"] = min(deployed, key=lambda k: deployed[k]["median_ms"])
         rec["latency"][f"batch {bs}"] = row
@@ -861,6 +872,54 @@ def ship(
     rec["slower_than_dense"] = [r["name"] for r in rows if r["slower"]]
     rec["latency_seconds"] = time.perf_counter() - t0
     return rec
+
+
+def compiled_form(
+    model: nn.Module, samples: Tensor, *, sparse: str = "dense", tol: float = PARITY_TOL
+) -> tuple[nn.Module | None, dict[str, Any]]:
+    """``torch.compile`` (inductor) of the export form, checked against the PyTorch model.
+
+    torch.compile needs a working C++ compiler for inductor's CPU kernels; where compiling or
+    running fails (no compiler, an unsupported op, outputs that differ by more than ``tol``)
+    a ``RuntimeWarning`` says why and ``None`` is returned, so the latency table simply has
+    no torch.compile column.
+
+    Returns:
+        ``(compiled module or None, record)``; the record holds ``ok``, the backend, the
+        compile time and ``max_abs_diff`` (or the ``error``).
+    """
+    rec: dict[str, Any] = {"backend": "inductor", "ok": False}
+    samples = _as_batch(samples, "compiled_form: 'samples'")
+    form = export_form(model, sparse=sparse).float()
+    t0 = time.perf_counter()
+    try:
+        compiled = torch.compile(form, backend="inductor", dynamic=False)
+        with torch.no_grad():
+            got = compiled(samples)
+        diff = float((got - _reference(model.float(), samples)).abs().max())
+    except Exception as exc:  # noqa: BLE001 - any compiler / inductor failure degrades
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        rec["error"] = f"{type(exc).__name__}: {first}"
+        warnings.warn(
+            f"torch.compile latency skipped: compiling the deployed model failed ({rec['error']}). "
+            "Inductor needs a working C++ compiler (g++ or clang on PATH) on CPU; eager and "
+            "onnxruntime latency are still measured.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return None, rec
+    rec["compile_seconds"] = time.perf_counter() - t0
+    rec["max_abs_diff"] = diff
+    if not diff <= tol:
+        rec["error"] = f"outputs differ from PyTorch by max |delta| {diff:.3g} > {tol:g}"
+        warnings.warn(
+            f"torch.compile latency skipped: the compiled model's {rec['error']}.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return None, rec
+    rec["ok"] = True
+    return compiled, rec
 
 
 def _fmt_bytes(n: int) -> str:
@@ -928,8 +987,8 @@ def render_report(doc: dict[str, Any]) -> str:
             f"Sparse layers exported in **{dep['sparse_form']}** form. Latency on "
             f"{dep['latency_inputs']}, {dep['latency_threads']} thread(s), median ms:",
             "",
-            "| batch | eager original | eager | onnxruntime | fastest |",
-            "|---|---:|---:|---:|---|",
+            "| batch | eager original | eager | onnxruntime | torch.compile | fastest |",
+            "|---|---:|---:|---:|---:|---|",
         ]
         for bs, row in dep["latency"].items():
 
@@ -938,9 +997,12 @@ def render_report(doc: dict[str, Any]) -> str:
 
             lines.append(
                 f"| {bs.split()[-1]} | {ms('eager_original')} | {ms('eager')} | "
-                f"{ms('onnxruntime')} | {row['fastest']} |"
+                f"{ms('onnxruntime')} | {ms('torch.compile')} | {row['fastest']} |"
             )
         lines.append("")
+        tc = dep.get("torch_compile")
+        if tc and not tc.get("ok"):
+            lines += [f"torch.compile not timed: {tc.get('error')}.", ""]
         if dep.get("slower_than_dense"):
             lines.append(
                 "**Slower than the dense layer they replace** (eager): "
@@ -950,6 +1012,30 @@ def render_report(doc: dict[str, Any]) -> str:
             lines.append("")
         if dep.get("densified"):
             lines += [f"Kept dense (--prefer speed): {', '.join(dep['densified'])}.", ""]
+    fed = doc.get("data_fed")
+    if fed:
+        lines += ["## Data fed", ""]
+        lines.append(f"- dataset: {fed.get('dataset')} ({fed.get('kind', '?')})")
+        norm = fed.get("normalisation")
+        if isinstance(norm, dict):
+            norm = (
+                f"(x - {norm['mean']}) / {norm['std']} ({norm['source']})"
+                if norm.get("normalize")
+                else "none (raw [0, 1] pixels)"
+            )
+        lines.append(f"- normalisation: {norm}")
+        sizes = ", ".join(
+            f"{k} {v.get('samples') if v.get('samples') is not None else '?'}"
+            + (f" (batch {v['batch_size']})" if v.get("batch_size") else "")
+            for k, v in (fed.get("splits") or {}).items()
+        )
+        lines.append(f"- splits (samples): {sizes}; val_fraction {fed.get('val_fraction')}")
+        if fed.get("input_key"):
+            lines.append(f"- dict batches: input {fed['input_key']!r}, label {fed['label_key']!r}")
+        if fed.get("options"):
+            lines.append(f"- options: {json.dumps(fed['options'])}")
+        lines.append(f"- input shape {fed.get('input_shape')}, seed {fed.get('seed')}")
+        lines.append("")
     if doc.get("warnings"):
         lines += ["## Warnings", "", *[f"- {w}" for w in doc["warnings"]], ""]
     if doc.get("chosen"):
@@ -967,32 +1053,6 @@ def render_report(doc: dict[str, Any]) -> str:
     if doc.get("plots"):
         lines += ["## Plots", "", *[f"![{p}]({p})" for p in doc["plots"]], ""]
     return "\n".join(lines)
-
-
-def plot_layers(doc: dict[str, Any], out: str | Path) -> list[str]:
-    """PNG: per-layer params before / after (log scale). Returns the file names written."""
-    b, a = doc.get("before") or {}, doc.get("after") or {}
-    if not (b.get("layers") and a.get("layers")):
-        return []
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    after = {r["name"]: r["params"] for r in a["layers"]}
-    names = [r["name"] for r in b["layers"]]
-    fig, ax = plt.subplots(figsize=(max(4, 0.6 * len(names) + 2), 3))
-    xs = range(len(names))
-    ax.bar([x - 0.2 for x in xs], [r["params"] for r in b["layers"]], 0.4, label="before")
-    ax.bar([x + 0.2 for x in xs], [after.get(n, 0) for n in names], 0.4, label="after")
-    ax.set_xticks(list(xs), names, rotation=30, ha="right")
-    ax.set_yscale("log")
-    ax.set_ylabel("stored params")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(Path(out) / "layers_params.png", dpi=100)
-    plt.close(fig)
-    return ["layers_params.png"]
 
 
 def environment(seed: int | None = None) -> dict[str, Any]:

@@ -115,6 +115,13 @@ def check_parallel(cfg: Any) -> None:
             f"{owner}: 'scheduler' is the address of a Dask scheduler; pass parallel='dask' with "
             f"it (got parallel={cfg.parallel!r})."
         )
+    if getattr(cfg, "cascade", None) is not None and cfg.parallel != "serial":
+        raise ConfigError(
+            f"{owner}: cascade={cfg.cascade} solves the layers one after another (each layer's "
+            "problem is built on the model the earlier layers left), so they cannot be solved in "
+            f"parallel (parallel={cfg.parallel!r}). Pass cascade=None to solve every layer in "
+            "parallel, or parallel='serial'."
+        )
     if cfg.asymmetric and cfg.parallel != "serial":
         raise ConfigError(
             f"{owner}: asymmetric=True solves the layers one after another (each layer's input "
@@ -187,6 +194,15 @@ class LayerwiseConfig(MethodConfig):
         asymmetric: solve layers in forward order, capturing :math:`X_\ell` from the model whose
             earlier target layers are already compressed (targets :math:`Y_\ell` from the
             original).
+        cascade: the inflation rate :math:`\gamma \ge 1` of cascade Net-Trim (Aghasi et al.,
+            sec. 2.2), or ``None`` (default: the parallel scheme). Layers are solved in forward
+            order on :math:`\hat X_\ell` from the partly compressed model (as ``asymmetric``);
+            the first target layer uses ``eps_frac``, every later one
+            :math:`\epsilon_\ell = \gamma\,\|(\hat X_\ell W_0^T + \mathbf{1}b^T - Y_\ell)\circ M\|_F`
+            and the inactive bound :math:`(\hat X_\ell U + \mathbf{1}b^T)\circ M' \le
+            (\hat X_\ell W_0^T + \mathbf{1}b^T)\circ M'`, so the original weights stay
+            feasible (``eps_frac`` is used where that residual is 0). Under a budget target the
+            search moves the first layer's ``eps_frac``; the later tolerances follow.
         seed: seed of the row subsampling.
     """
 
@@ -203,6 +219,7 @@ class LayerwiseConfig(MethodConfig):
     calib_batches: int | None = 8
     linear: bool = False
     asymmetric: bool = False
+    cascade: float | None = None
     seed: int = 0
 
     owner: ClassVar[str] = "layer-wise method"
@@ -221,6 +238,7 @@ class LayerwiseConfig(MethodConfig):
             "calib_batches": rule(check_int, optional=True, min_value=1),
             "linear": rule(check_bool),
             "asymmetric": rule(check_bool),
+            "cascade": rule(check_float, optional=True, min_value=1.0),
             "seed": rule(check_int, min_value=0),
         }
     )
@@ -336,6 +354,7 @@ def _solve_one(
     per_layer: Mapping[str, Mapping[str, Any]],
     backend: str,
     options: Any,
+    ceiling: Tensor | None = None,
 ) -> Any:
     """Picklable per-layer solve for :func:`~compactnn.solvers.layerwise.solve_layers`: the
     method's :class:`~compactnn.solvers.layerwise.LayerSolver` with this layer's
@@ -343,7 +362,7 @@ def _solve_one(
     from compactnn.solvers.layerwise import LayerProblem
 
     return solver.with_params(**per_layer.get(layer, {})).solve(
-        LayerProblem(X, Y, bias, linear), backend=backend, options=options, layer=layer
+        LayerProblem(X, Y, bias, linear, ceiling), backend=backend, options=options, layer=layer
     )
 
 
@@ -497,6 +516,31 @@ class _Layerwise(Method):
         b = module.bias
         return LayerProblem(X=io.X, Y=io.Y, bias=None if b is None else b.detach(), linear=linear)
 
+    def _inflation(self) -> float | None:
+        """Cascade Net-Trim's inflation rate (``None``: parallel scheme; SLR has no epsilon)."""
+        return getattr(self.config, "cascade", None)
+
+    def _cascade(self, module: nn.Module, prob: Any, eps_frac: float) -> tuple[Any, float, float]:
+        r"""Cascade Net-Trim's problem for a layer after the first (Aghasi et al., sec. 2.2).
+
+        Returns ``(problem with the inactive bound V = X W0^T + b, eps_frac giving epsilon =
+        gamma * ||(V - Y) o M||_F, that residual)``; ``eps_frac`` itself when the residual is 0.
+        """
+        from dataclasses import replace
+
+        cfg: LayerwiseConfig = self.config  # type: ignore[assignment]
+        X = prob.X.detach().to(torch.float64)
+        Y = prob.Y.detach().to(torch.float64)
+        W0 = module.weight.detach().to(X.device, torch.float64).reshape(Y.shape[1], -1)
+        V = X @ W0.T
+        if prob.bias is not None:
+            V = V + prob.bias.detach().to(X.device, torch.float64).reshape(-1)
+        mask = torch.ones_like(Y, dtype=torch.bool) if prob.linear else Y > 0
+        res = float(torch.linalg.vector_norm(torch.where(mask, V - Y, torch.zeros_like(V))))
+        xn = float(torch.linalg.vector_norm(X))
+        frac = eps_frac if res == 0.0 or xn == 0.0 else float(cfg.cascade) * res / xn
+        return replace(prob, ceiling=None if prob.linear else V), frac, res
+
     def _problems(
         self, model: nn.Module, layers: list[str], linear: dict[str, bool], batches: list[Tensor]
     ) -> dict[str, Any]:
@@ -549,7 +593,8 @@ class _Layerwise(Method):
 
         cfg: LayerwiseConfig = self.config  # type: ignore[assignment]
         mods = dict(model.named_modules())
-        solver = self._solver(self._eps(layers))
+        eps = self._eps(layers)
+        solver = self._solver(eps)
         actions: list[Any] = []
         stats: dict[str, Any] = {}
         results: dict[str, Any] = {}
@@ -560,9 +605,16 @@ class _Layerwise(Method):
                 asymmetric_from=None if current is model else model,
             )[n]  # fmt: skip
             prob = self._problem(mods[n], io, linear[n])
-            results[n] = solve_layers({n: prob}, solver, backend="serial", progress=False)[n]
+            solve, cascade = solver, None
+            if self._inflation() is not None and current is not model:
+                prob, frac, res = self._cascade(mods[n], prob, eps[n])
+                solve = self._solver({**eps, n: frac})
+                cascade = {"eps_frac": frac, "original_residual": res, "inflation": cfg.cascade}
+            results[n] = solve_layers({n: prob}, solve, backend="serial", progress=False)[n]
             act, stats[n] = self._action(n, mods[n], results[n], prob)
             stats[n]["rows"] = int(io.X.shape[0])
+            if cascade is not None:
+                stats[n]["cascade"] = cascade
             actions.append(act)
             current = surgery.apply(CompressionPlan(actions=list(actions), meta=meta), model)
         return actions, stats, results, current
@@ -579,7 +631,7 @@ class _Layerwise(Method):
         meta: dict[str, Any] = {"method": self.name}
         if data.input_shape is not None:
             meta["input_shape"] = list(data.input_shape)
-        if not cfg.asymmetric:
+        if not cfg.asymmetric and self._inflation() is None:
             with self._cluster():
                 actions, stats, results, _ = self._symmetric(
                     model, layers, linear, batches, progress
@@ -623,7 +675,9 @@ def _deployed_violation(prob: Any, Ut: Tensor, eps: float, bias: Tensor | None =
         if bias is None
         else bias.detach().to("cpu", torch.float64).reshape(-1)
     )
-    return float(constraint_violation(X @ Ut.to(torch.float64), Y, b, eps, prob.linear)[0])
+    V = None if prob.ceiling is None else prob.ceiling.detach().to("cpu", torch.float64)
+    XU = X @ Ut.to(torch.float64)
+    return float(constraint_violation(XU, Y, b, eps, prob.linear, V)[0])
 
 
 def _stats(res: Any) -> dict[str, Any]:
@@ -693,10 +747,11 @@ class DDLR(_Layerwise):
         from compactnn.solvers.layerwise import choose_rank
 
         cfg: DDLRConfig = self.config  # type: ignore[assignment]
-        if cfg.asymmetric:
+        if cfg.asymmetric or cfg.cascade is not None:
             raise ConfigError(
-                "DDLR: a target is supported with asymmetric=False (the ranks are chosen from "
-                "one solve of every layer); set the ranks with rank= for asymmetric runs."
+                "DDLR: a target is supported with asymmetric=False and cascade=None (the ranks "
+                "are chosen from one solve of every layer); set the ranks with rank= for "
+                "asymmetric or cascade runs."
             )
         shape = data.require_input_shape(self.name)
         solved = self.solve_layers(model, data, progress)

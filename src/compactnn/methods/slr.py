@@ -140,7 +140,7 @@ class SLRConfig(MethodConfig):
     solver_name: ClassVar[str] = "slr"
     rules: ClassVar[Mapping[str, Rule]] = MappingProxyType(
         {
-            **{k: v for k, v in LayerwiseConfig.rules.items() if k != "eps_frac"},
+            **{k: v for k, v in LayerwiseConfig.rules.items() if k not in ("eps_frac", "cascade")},
             "lam1": rule(_check_lam),
             "lam2": rule(_check_lam, optional=True),
             "lam2_ratio": rule(check_float, min_value=0.0),

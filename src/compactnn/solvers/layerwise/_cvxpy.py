@@ -36,12 +36,15 @@ def solve_cvxpy(
     *,
     objective: str,
     linear: bool,
+    ceiling: Tensor | None = None,
     scs_eps: float = 1e-6,
     max_iters: int = 100_000,
     time_limit: float | None = None,
     verbose: bool = False,
 ) -> dict[str, Any]:
     """Solve the layer problem with CVXPY/SCS.
+
+    ``ceiling`` (``(N, n)`` or ``None`` = 0) bounds the inactive entries (cascade Net-Trim).
 
     Returns:
         Dict with ``U`` (numpy ``(d, n)`` or ``None``), ``status`` (CVXPY status string),
@@ -60,7 +63,8 @@ def solve_cvxpy(
         M = (Yn > 0).astype(float)
         cons = [cp.norm(cp.multiply(M, out - Yn), "fro") <= eps]
         if (M == 0).any():
-            cons.append(cp.multiply(1.0 - M, out) <= 0)
+            bound = 0.0 if ceiling is None else np.multiply(1.0 - M, ceiling.numpy())
+            cons.append(cp.multiply(1.0 - M, out) <= bound)
     f = cp.normNuc(U) if objective == "nuclear" else cp.sum(cp.abs(U))
     prob = cp.Problem(cp.Minimize(f), cons)
     kwargs: dict[str, Any] = {"eps_abs": scs_eps, "eps_rel": scs_eps, "max_iters": max_iters}

@@ -24,6 +24,7 @@ from compactnn.solvers.layerwise.base import Backend, LayerSolver
 from compactnn.solvers.layerwise.problem import (
     LayerProblem,
     LayerSolveResult,
+    check_ceiling,
     check_problem,
     constraint_violation,
     epsilon_from_frac,
@@ -89,7 +90,14 @@ def _spectral(X: Tensor) -> tuple[Tensor, Tensor, float]:
 
 
 def _build_admm(
-    X: Tensor, Y: Tensor, b: Tensor, eps: float, objective: str, linear: bool, dtype: torch.dtype
+    X: Tensor,
+    Y: Tensor,
+    b: Tensor,
+    eps: float,
+    objective: str,
+    linear: bool,
+    dtype: torch.dtype,
+    ceiling: Tensor | None = None,
 ) -> tuple[ScaledProblem, Tensor | None, float]:
     N, n = Y.shape
     Q, s, s_max = _spectral(X)
@@ -100,7 +108,7 @@ def _build_admm(
     t = t if t > 0 else 1.0
     y_abs = float(Y[active].abs().max()) if cnt else 0.0
     T = ((Y - b) / t).to(dtype)
-    c = (-b / t).to(dtype)
+    c = ((-b if ceiling is None else ceiling - b) / t).to(dtype)  # (n,) or (N, n)
     mask = None if linear else (Y > 0)
     Qd = Q.to(dtype)
     if objective == "nuclear":
@@ -206,9 +214,10 @@ def _run_admm(
     linear: bool,
     options: ADMMOptions,
     warm_start: Any,
+    ceiling: Tensor | None = None,
 ) -> _Raw:
     dtype = torch.float64 if options.dtype == "float64" else torch.float32
-    prob, basis, scale = _build_admm(X, Y, b, eps, objective, linear, dtype)
+    prob, basis, scale = _build_admm(X, Y, b, eps, objective, linear, dtype, ceiling)
     init = _warm(warm_start, basis, scale, prob, dtype, X.shape[1])
     out = run_admm(prob, objective, options, init, scale)
     Z = out["Z"].to(torch.float64)
@@ -232,6 +241,7 @@ def _run_cvxpy(
     linear: bool,
     options: CvxpyOptions,
     warm_start: Any,
+    ceiling: Tensor | None = None,
 ) -> _Raw:
     from compactnn.solvers.layerwise._cvxpy import solve_cvxpy
 
@@ -242,6 +252,7 @@ def _run_cvxpy(
         eps,
         objective=objective,
         linear=linear,
+        ceiling=ceiling,
         scs_eps=options.eps,
         max_iters=options.max_iters,
         time_limit=options.time_limit,
@@ -313,6 +324,7 @@ def solve_layer(
     linear = problem.linear
     check_bool(linear, "linear", owner)
     X, Y, b = check_problem(problem.X, problem.Y, problem.bias, owner, layer)
+    ceiling = check_ceiling(problem.ceiling, Y, owner, layer)
     eps = epsilon_from_frac(X, eps_frac, owner)
     where = owner + (f" (layer '{layer}')" if layer else "")
     lb = masked_ls_residual(X, Y, b, linear)
@@ -334,6 +346,7 @@ def solve_layer(
         linear=linear,
         options=options,
         warm_start=warm_start if backend.warm_start else None,
+        ceiling=ceiling,
     )
     U, sv, native = raw.U, raw.sv, raw.native
     extras.update(raw.extras)
@@ -342,7 +355,7 @@ def solve_layer(
         U = torch.where(
             U.abs() <= zero_tol * float(U.abs().max()), torch.zeros((), dtype=U.dtype), U
         )
-    viol, eq, ineq = constraint_violation(X @ U, Y, b, eps, linear)
+    viol, eq, ineq = constraint_violation(X @ U, Y, b, eps, linear, ceiling)
     extras["eq_violation"], extras["ineq_violation"] = eq, ineq
     if objective == "nuclear":
         if sv is None or min(d, n) <= 1024:

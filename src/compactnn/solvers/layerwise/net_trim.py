@@ -99,7 +99,7 @@ class NetTrimSolver(EpsConstrainedSolver):
         frac = float(self.eps_frac) * float(torch.linalg.vector_norm(X))
         frac /= float(torch.linalg.vector_norm(Xa))  # epsilon = eps_frac * ||X||_F unchanged
         res = solve_layer(
-            LayerProblem(Xa, problem.Y, None, problem.linear),
+            LayerProblem(Xa, problem.Y, None, problem.linear, problem.ceiling),
             objective=self.capabilities.objective,
             owner=self.owner,
             eps_frac=frac,

@@ -51,9 +51,10 @@ def _with_defaults(
     *,
     linear: bool,
     layer: str | None = None,
+    ceiling: Any = None,
 ) -> LayerSolveResult:
     """A :class:`LayerSolver` on its default backend and options (picklable via partial)."""
-    return solver.solve(LayerProblem(X, Y, bias, linear), layer=layer)
+    return solver.solve(LayerProblem(X, Y, bias, linear, ceiling), layer=layer)
 
 
 def _resolve(solver: Solver | LayerSolver | str) -> Solver:
@@ -84,7 +85,9 @@ def _run_one(solver: Solver, name: str, problem: LayerProblem) -> LayerSolveResu
     old = torch.get_num_threads()  # restored: the serial backend runs in the caller's process
     torch.set_num_threads(1)
     try:
-        return solver(problem.X, problem.Y, problem.bias, linear=problem.linear, layer=name)
+        # ``ceiling`` only when set: plain ``solver(X, Y, bias, *, linear, layer)`` callables work
+        kw = {} if problem.ceiling is None else {"ceiling": problem.ceiling}
+        return solver(problem.X, problem.Y, problem.bias, linear=problem.linear, layer=name, **kw)
     except CompactnnError:
         raise
     except Exception as exc:  # a bug or an OOM in a worker: say which layer

@@ -41,6 +41,7 @@ __all__ = [
     "LayerProblem",
     "LayerSolveResult",
     "check_problem",
+    "check_ceiling",
     "epsilon_from_frac",
     "constraint_violation",
     "masked_ls_residual",
@@ -55,19 +56,24 @@ _MASKED_LS_MAX_ELEMENTS = 4_000_000
 
 @dataclass(frozen=True)
 class LayerProblem:
-    """One layer's data for :func:`compactnn.solvers.layerwise.solve_layers`.
+    r"""One layer's data for :func:`compactnn.solvers.layerwise.solve_layers`.
 
     Attributes:
         X: Layer input, ``(N, d)``.
         Y: Original pre-activation output ``X W0^T + b`` (or the target), ``(N, n)``.
         bias: Original bias ``(n,)`` (kept fixed), or ``None`` for a layer without bias.
         linear: ``True`` for a layer not followed by ReLU (equality-type constraint only).
+        ceiling: ``(N, n)`` upper bound :math:`V` of the inactive entries,
+            :math:`(XU + \mathbf{1}b^T)\circ M' \le V\circ M'` (``None``: 0, eq. (4)). Cascade
+            Net-Trim (Aghasi et al., sec. 2.2) sets :math:`V = \hat X W_0^T + \mathbf{1}b^T`
+            so that the original weights stay feasible on the compressed network's input.
     """
 
     X: Tensor
     Y: Tensor
     bias: Tensor | None = None
     linear: bool = False
+    ceiling: Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -174,6 +180,30 @@ def check_problem(
     return out[0], out[1], out[2]
 
 
+def check_ceiling(ceiling: Any, Y: Tensor, owner: str, layer: str | None = None) -> Tensor | None:
+    """Validate :attr:`LayerProblem.ceiling` against ``Y`` (``(N, n)``, finite) and convert it to
+    a contiguous float64 CPU tensor (``None`` stays ``None``).
+
+    Raises:
+        InputShapeError: not the shape of ``Y``.
+        SolverError: not a tensor, or NaN/Inf values.
+    """
+    if ceiling is None:
+        return None
+    where = f"{owner}" + (f" (layer '{layer}')" if layer else "")
+    if not isinstance(ceiling, Tensor):
+        raise SolverError(f"{where}: 'ceiling' must be a torch.Tensor of Y's shape or None.")
+    if tuple(ceiling.shape) != tuple(Y.shape):
+        raise InputShapeError(
+            f"{where}: 'ceiling' has shape {tuple(ceiling.shape)} but Y has {tuple(Y.shape)}. "
+            "Pass one bound per entry of Y (the original layer's output on the new input)."
+        )
+    V = ceiling.detach().to(device="cpu", dtype=torch.float64).contiguous()
+    if not bool(torch.isfinite(V).all()):
+        raise SolverError(f"{where}: 'ceiling' contains NaN/Inf values.")
+    return V
+
+
 def epsilon_from_frac(X: Tensor, eps_frac: float, owner: str) -> float:
     r"""Return :math:`\epsilon = \text{eps\_frac}\cdot\|X\|_F` (paper sec. 4, :math:`C=\|Y_{\ell-1}\|_F`).
 
@@ -197,13 +227,17 @@ def epsilon_from_frac(X: Tensor, eps_frac: float, owner: str) -> float:
 
 
 def constraint_violation(
-    XU: Tensor, Y: Tensor, b: Tensor, eps: float, linear: bool
+    XU: Tensor, Y: Tensor, b: Tensor, eps: float, linear: bool, ceiling: Tensor | None = None
 ) -> tuple[float, float, float]:
     """Relative violation of the constraints of eq. (4) at ``XU`` (the product ``X @ U``).
 
+    Args:
+        ceiling: the ``(N, n)`` bound of the inactive entries (``None``: 0; see
+            :attr:`LayerProblem.ceiling`).
+
     Returns:
         ``(total, eq, ineq)`` where ``eq = max(||(XU+1b^T-Y)∘M||_F / eps - 1, 0)``,
-        ``ineq = max((XU+1b^T)∘M')_+ / max|Y∘M|`` and ``total = max(eq, ineq)``.
+        ``ineq = max((XU+1b^T-V)∘M')_+ / max|Y∘M|`` and ``total = max(eq, ineq)``.
     """
     out = XU + b
     if linear:
@@ -214,7 +248,8 @@ def constraint_violation(
     eq = max(float(res) / eps - 1.0, 0.0)
     ineq = 0.0
     if not linear and not bool(mask.all()):
-        pos = float(torch.where(mask, torch.zeros((), dtype=out.dtype), out).clamp_min(0).max())
+        above = out if ceiling is None else out - ceiling.to(out.dtype)
+        pos = float(torch.where(mask, torch.zeros((), dtype=out.dtype), above).clamp_min(0).max())
         scale = float(Y[mask].abs().max()) if bool(mask.any()) else 0.0
         ineq = pos / (scale if scale > 0 else 1.0)
     return max(eq, ineq), eq, ineq
