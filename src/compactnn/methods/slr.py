@@ -98,11 +98,13 @@ class SLRConfig(MethodConfig):
         fc_sparse_only: FC layers get ``λ2 = ∞`` (sparse component only, paper sec. V-B).
         form: sparse-branch form: ``"auto"`` (fastest measured), ``"gather"``, ``"channels"``,
             ``"dense"`` or ``"coo"`` (COO non-zeros).
-        backend, options, n_jobs, parallel, scheduler, scheduler_timeout, max_in_flight,
-            max_rows, calib_batches, linear, seed: as for
+        backend, options, n_jobs, parallel, max_rows, calib_batches, linear, seed: as for
             :class:`~compactnn.methods.layerwise.LayerwiseConfig` (backend ``"admm"`` or
             ``"cvxpy"``; options :class:`~compactnn.solvers.layerwise.SLRAdmmOptions` /
             ``SLRCvxpyOptions``).
+        scheduler, scheduler_timeout, max_in_flight: the Dask options of
+            :class:`~compactnn.methods.layerwise.LayerwiseConfig` (with ``parallel="dask"``
+            and ``asymmetric=False``).
         asymmetric: X from the partially approximated network (sec. V-B; default True). The
             layers are then solved one after another, so ``parallel`` must be ``"serial"``;
             ``asymmetric=False`` solves them independently (on Dask, joblib or serially).
