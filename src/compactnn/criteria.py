@@ -115,7 +115,7 @@ def filter_scores(
     w = m.weight
     if criterion == "random":
         g = torch.Generator().manual_seed(seed)
-        return torch.rand(w.shape[0], generator=g)
+        return torch.rand(w.shape[0], generator=g).to(w.device)  # CPU generator: same on any device
     if criterion == "l1-norm":
         return _rows(w).abs().sum(dim=1)
     if criterion == "magnitude":
