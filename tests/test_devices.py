@@ -44,6 +44,8 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("graph.py", "example_input_for"): "moved to the model's device/dtype on the next line",
     ("methods/layerwise.py", "_deployed_violation"): "eq. (4) check on the CPU float64 copies "
     "of X, Y",
+    ("methods/pgt.py", "state_dict"): "the step count of the checkpoint (a Python int as a "
+    "tensor for safetensors, never mixed with the model)",
     ("surgery/_util.py", "example_inputs_for"): "probe from a CPU generator, moved to the "
     "model's device/dtype on the next line",
 }
@@ -56,6 +58,9 @@ NUMPY_ALLOWED: dict[tuple[str, str], str] = {
     ("export.py", "onnx_latency"): "samples from _as_batch (detached, CPU float32)",
     ("solvers/layerwise/_cvxpy.py", "solve_cvxpy"): _SOLVER_CPU,
     ("solvers/layerwise/slr.py", "_run_cvxpy"): _SOLVER_CPU,
+    ("distributed.py", "_tensor_digest"): "t.cpu() on the line itself (checksums of any device)",
+    ("resume.py", "set_rng_state"): "RNG states loaded from safetensors (CPU tensors)",
+    ("resume.py", "tensor_fingerprint"): "v.detach().cpu() two lines above",
 }
 
 
