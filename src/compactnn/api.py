@@ -364,9 +364,11 @@ def describe_data(cd: CompressionData, **extra: Any) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def _global_rng_preserved() -> Iterator[None]:
-    """Restore torch's, numpy's and Python's global RNG states on exit."""
+    """Restore torch's (CPU, and every CUDA device's once CUDA is in use), numpy's and
+    Python's global RNG states on exit."""
     py, npy = random.getstate(), np.random.get_state()  # noqa: NPY002 - restoring it
-    with torch.random.fork_rng(devices=[]):
+    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=cuda):
         try:
             yield
         finally:

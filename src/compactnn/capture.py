@@ -477,11 +477,15 @@ def collect(
     if max_batches is not None:
         max_batches = check_int(max_batches, "max_batches", "collect", min_value=1)
 
+    from compactnn.structure import module_device
+
+    device = module_device(model)
+
     def batches() -> Iterator[Tensor]:
         for i, batch in enumerate(data):
             if max_batches is not None and i >= max_batches:
                 return
-            yield _batch_input(batch)
+            yield _batch_input(batch).to(device)  # a CPU loader feeding a model on a GPU
 
     if asymmetric_from is None:
         with capture(model, layers, max_rows=max_rows, seed=seed) as store:

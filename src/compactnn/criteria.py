@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from compactnn._validation import check_int, raise_unknown
-from compactnn.errors import UnsupportedLayerError
+from compactnn.errors import ConfigError, UnsupportedLayerError
 
 __all__ = ["CRITERIA", "filter_scores", "group_scores", "select_top", "apoz_scores"]
 
@@ -115,7 +115,7 @@ def filter_scores(
     w = m.weight
     if criterion == "random":
         g = torch.Generator().manual_seed(seed)
-        return torch.rand(w.shape[0], generator=g)
+        return torch.rand(w.shape[0], generator=g).to(w.device)  # CPU generator: same on any device
     if criterion == "l1-norm":
         return _rows(w).abs().sum(dim=1)
     if criterion == "magnitude":
@@ -149,23 +149,24 @@ def group_scores(
         contributes zeros); for a single member its raw scores; ``random``: ``n`` seeded draws.
     """
     if not members:
-        raise ValueError("group_scores needs at least one member layer.")
+        raise ConfigError("group_scores needs at least one member layer.")
     names = list(members)
     n = len(members[names[0]])
     if criterion == "random" or len(names) == 1:
         return filter_scores(criterion, model, names[0], batches=batches, seed=seed)
     data = list(batches) if batches is not None else None
-    total = torch.zeros(n, dtype=torch.float64)
+    parts = []
     for name in names:
         phi = torch.as_tensor(list(members[name]), dtype=torch.long)
         if phi.numel() != n:
-            raise ValueError(
+            raise ConfigError(
                 f"group_scores: member '{name}' maps {phi.numel()} channels, the group has {n}."
             )
-        s = filter_scores(criterion, model, name, batches=data, seed=seed).double()
+        # reduced on CPU (select_top reads them there), whatever the model's device
+        s = filter_scores(criterion, model, name, batches=data, seed=seed).detach().double().cpu()
         mean = float(s.mean())
-        total += (s / mean if mean > 0 else torch.zeros_like(s))[phi]
-    return (total / len(names)).float()
+        parts.append((s / mean if mean > 0 else torch.zeros_like(s))[phi])
+    return torch.stack(parts).mean(dim=0).float()
 
 
 def select_top(scores: torch.Tensor, n_keep: int) -> tuple[int, ...]:

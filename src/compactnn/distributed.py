@@ -248,7 +248,8 @@ def check_values(values: Any, where: str) -> None:
     if not active() or not check_enabled():
         return
     blob = json.dumps(values, sort_keys=True, default=repr).encode()
-    check_synced({"decision": torch.tensor([_digest(blob)], dtype=torch.int64)}, where)
+    digest = torch.tensor([_digest(blob)], dtype=torch.int64, device=_device())
+    check_synced({"decision": digest}, where)
 
 
 def require_shardable(loader: Any, owner: str) -> None:

@@ -44,6 +44,7 @@ from compactnn.layers import (
     SparsePlusLowRank,
 )
 from compactnn.metrics import _eval_no_grad
+from compactnn.structure import module_device
 
 __all__ = [
     "CHECKPOINT_FILES",
@@ -289,7 +290,7 @@ def to_onnx(
         raise ConfigError(f"The 'opset' parameter of to_onnx must be an int >= 17. Got {opset!r}.")
     example = _as_batch(example, "to_onnx: 'example'")
     samples = example if samples is None else _as_batch(samples, "to_onnx: 'samples'")
-    form = export_form(model, sparse=sparse).float()
+    form = export_form(model, sparse=sparse).float().cpu()  # the artifact: a CPU copy
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -350,7 +351,7 @@ def to_torchscript(
     if samples is None:
         samples = torch.cat([example, example[:1]])
     samples = _as_batch(samples, "to_torchscript: 'samples'")
-    form = export_form(model, sparse=sparse).float()
+    form = export_form(model, sparse=sparse).float().cpu()  # the artifact: a CPU copy
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -534,7 +535,7 @@ def load(directory: str | Path, model: nn.Module) -> nn.Module:
         )
     plan = _skeleton_plan(doc, plan_path)
     shape = doc["checkpoint"].get("input_shape")
-    example = None if shape is None else torch.zeros(2, *shape)
+    example = None if shape is None else torch.zeros(2, *shape, device=module_device(model))
     try:
         out = apply(plan, model, example_inputs=example, allow_output_change=True)
     except PlanError as exc:

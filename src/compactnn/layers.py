@@ -429,7 +429,7 @@ class SparseConv2d(_SparseBase):
         self.out_channels, self.in_channels = n, cg * groups
         self.kernel_size = (kh, kw)
         self.stride, self.padding, self.dilation = _pair(stride), _pair(padding), _pair(dilation)
-        dense = torch.zeros(n, self.in_channels, kh, kw, dtype=weight.dtype)
+        dense = torch.zeros(n, self.in_channels, kh, kw, dtype=weight.dtype, device=weight.device)
         ng = n // groups
         for g in range(groups):
             dense[g * ng : (g + 1) * ng, g * cg : (g + 1) * cg] = weight[g * ng : (g + 1) * ng]
@@ -606,8 +606,8 @@ class ColumnSparseConv2d(nn.Module):
             )
         self.form = form
         chans = torch.unique(cols // kk) if cols.numel() else cols.new_zeros(0)
-        pos = torch.full((self.in_channels,), -1, dtype=torch.long)
-        pos[chans] = torch.arange(chans.numel())
+        pos = torch.full((self.in_channels,), -1, dtype=torch.long, device=cols.device)
+        pos[chans] = torch.arange(chans.numel(), device=cols.device)
         local = pos[cols // kk] * kk + cols % kk if cols.numel() else cols.clone()
         self.register_buffer("columns", cols.clone())
         self.register_buffer("channels", chans)

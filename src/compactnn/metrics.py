@@ -34,6 +34,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from compactnn._validation import check_int
 from compactnn.errors import ConfigError, InputShapeError
+from compactnn.structure import module_device
 
 __all__ = [
     "LatencyResult",
@@ -142,12 +143,16 @@ def compression_ratio(approximated_size: int, original_size: int) -> float:
 
 
 def _example_input(model: nn.Module, input_shape: Sequence[int], batch_size: int) -> torch.Tensor:
-    try:
-        p = next(model.parameters())
-        device, dtype = p.device, p.dtype
-    except StopIteration:
-        device, dtype = torch.device("cpu"), torch.float32
-    return torch.zeros((batch_size, *input_shape), device=device, dtype=dtype)
+    p = next(model.parameters(), None)
+    dtype = p.dtype if p is not None and p.is_floating_point() else torch.float32
+    return torch.zeros((batch_size, *input_shape), device=module_device(model), dtype=dtype)
+
+
+def _sync(device: torch.device) -> None:
+    """Wait for the device's queued kernels (CUDA runs them asynchronously), so a timer stopped
+    after it measures the forward pass, not its launch."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 @contextlib.contextmanager
@@ -380,10 +385,12 @@ def measure_latency(
     with _threads(threads), _eval_no_grad(model):
         for _ in range(warmup):
             _run_checked(model, x)
+        _sync(x.device)
         spent = 0.0
         while len(times) < repeats or spent < min_time_s:
             t0 = time.perf_counter()
             model(x)
+            _sync(x.device)
             dt = time.perf_counter() - t0
             times.append(dt * 1e3)
             spent += dt

@@ -43,6 +43,7 @@ from compactnn.errors import InputShapeError, UnknownNameError, UnsupportedLayer
 from compactnn.prox import group_norms
 
 __all__ = [
+    "module_device",
     "GROUP_KINDS",
     "LayerView",
     "group_dims",
@@ -302,3 +303,16 @@ def layer_views(model: nn.Module, include: Iterable[str] | None = None) -> dict[
         keep = set(wanted)
         supported = [n for n in supported if n in keep]
     return {n: _view(n, mods[n]) for n in supported}
+
+
+def module_device(model: nn.Module) -> torch.device:
+    """The device of ``model``'s first parameter (or buffer); CPU for a module without either.
+
+    Inputs built for a forward pass of ``model`` (probes, calibration batches, latency inputs)
+    go there, so a model on a GPU is run on the GPU.
+    """
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu")

@@ -53,16 +53,9 @@ def test_dask_matches_serial() -> None:
     distributed = pytest.importorskip("distributed")
     probs = _problems()
     ser = solve_layers(probs, SOLVER, backend="serial", progress=False)
-    with (
-        distributed.LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address=None,
-        ) as cluster,
-        distributed.Client(cluster, timeout=30) as client,
-    ):
+    from compactnn.solvers.layerwise import local_cluster
+
+    with local_cluster(2) as cluster, distributed.Client(cluster, timeout=30) as client:
         par = solve_layers(probs, SOLVER, backend="dask", dask_client=client, progress=False)
     assert list(par) == list(probs)
     for name in probs:

@@ -51,9 +51,14 @@ class CompressionData:
     check_batch: Any = None
 
     def calib_batches(
-        self, max_batches: int | None = None, *, seed: int = 0
+        self,
+        max_batches: int | None = None,
+        *,
+        seed: int = 0,
+        device: torch.device | str | None = None,
     ) -> Iterator[torch.Tensor]:
-        """Input tensors for activation capture (labels dropped).
+        """Input tensors for activation capture (labels dropped), moved to ``device`` (the
+        model's, e.g. :func:`compactnn.structure.module_device`) when given.
 
         A shuffling training loader is reseeded with ``seed`` first, so every call yields the
         same batches (a budget search's trials and the final run calibrate on the same data).
@@ -71,7 +76,8 @@ class CompressionData:
         for i, b in enumerate(src):
             if max_batches is not None and i >= max_batches:
                 break
-            yield b[0] if isinstance(b, (tuple, list)) else b
+            x = b[0] if isinstance(b, (tuple, list)) else b
+            yield x if device is None else x.to(device)
 
     def require_input_shape(self, method: str) -> tuple[int, ...]:
         if self.input_shape is None:

@@ -37,6 +37,7 @@ from compactnn.methods._common import (
     replay_plan,
 )
 from compactnn.methods.base import CompressionData, CompressionResult, Method, MethodConfig
+from compactnn.structure import module_device
 
 __all__ = [
     "CriterionConfig",
@@ -255,7 +256,9 @@ class _CriterionPruning(Method):
                 )
                 continue
             batches = (
-                list(data.calib_batches(cfg.calib_batches)) if self.criterion == "apoz" else None
+                list(data.calib_batches(cfg.calib_batches, device=module_device(current)))
+                if self.criterion == "apoz"
+                else None
             )
             members = surgery.coupling(current, layer, meta=meta)
             if len(members) > 1:

@@ -28,9 +28,10 @@ References:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, ClassVar
@@ -94,6 +95,42 @@ def _check_backend(value: Any, name: str, owner: str) -> str:
     return value
 
 
+def _check_scheduler(value: Any, name: str, owner: str) -> str:
+    """A Dask scheduler address such as ``"tcp://10.0.0.5:8786"`` (checked when connecting)."""
+    if not isinstance(value, str) or not value.strip() or any(c.isspace() for c in value):
+        raise ConfigError(
+            f"The '{name}' parameter of {owner} must be the address of a Dask scheduler "
+            f"(a str such as 'tcp://10.0.0.5:8786'), or None for a local cluster. Got {value!r} "
+            "instead."
+        )
+    return value
+
+
+def check_parallel(cfg: Any) -> None:
+    """Cross-option checks of the parallel options (``parallel``, ``scheduler``,
+    ``asymmetric``), shared by every layer-wise config."""
+    owner = cfg.owner
+    if cfg.scheduler is not None and cfg.parallel != "dask":
+        raise ConfigError(
+            f"{owner}: 'scheduler' is the address of a Dask scheduler; pass parallel='dask' with "
+            f"it (got parallel={cfg.parallel!r})."
+        )
+    if getattr(cfg, "cascade", None) is not None and cfg.parallel != "serial":
+        raise ConfigError(
+            f"{owner}: cascade={cfg.cascade} solves the layers one after another (each layer's "
+            "problem is built on the model the earlier layers left), so they cannot be solved in "
+            f"parallel (parallel={cfg.parallel!r}). Pass cascade=None to solve every layer in "
+            "parallel, or parallel='serial'."
+        )
+    if cfg.asymmetric and cfg.parallel != "serial":
+        raise ConfigError(
+            f"{owner}: asymmetric=True solves the layers one after another (each layer's input "
+            "is captured from the model the earlier layers left), so they cannot be solved in "
+            f"parallel (parallel={cfg.parallel!r}). Pass asymmetric=False to solve every layer "
+            "from the original model in parallel, or parallel='serial'."
+        )
+
+
 def default_layers(model: nn.Module, example_input: Tensor | None = None) -> list[str]:
     """Every executed Conv2d/Linear whose output feeds only a ReLU, except the classifier.
 
@@ -135,9 +172,20 @@ class LayerwiseConfig(MethodConfig):
         options: :class:`~compactnn.solvers.layerwise.ADMMOptions` or
             :class:`~compactnn.solvers.layerwise.CvxpyOptions` matching ``backend`` (``None``:
             the backend's defaults).
-        n_jobs: worker processes for ``parallel="joblib"`` / ``"dask"``.
-        parallel: ``"serial"``, ``"joblib"`` or ``"dask"`` (a local cluster with ``n_jobs``
-            single-threaded workers is started and closed); ignored when ``asymmetric``.
+        n_jobs: worker processes for ``parallel="joblib"``, or of the local Dask cluster
+            (``parallel="dask"`` without ``scheduler``).
+        parallel: ``"serial"``, ``"joblib"`` or ``"dask"``: the layers are solved independently
+            (Algorithm 1), one task per layer, with identical results on every backend. With
+            ``"dask"`` and no ``scheduler`` a :class:`distributed.LocalCluster` of ``n_jobs``
+            single-threaded worker processes on ``127.0.0.1`` (dashboard off) is started and
+            closed. Not with ``asymmetric=True`` (sequential by nature: refused).
+        scheduler: address of a running Dask scheduler (``"tcp://10.0.0.5:8786"``) to solve
+            on, with ``parallel="dask"``; its workers are used (``n_jobs`` ignored) and it is
+            left running. Each layer's captured ``X``, ``Y`` are sent once, client to worker.
+        scheduler_timeout: seconds to wait for the scheduler before a clear error.
+        max_in_flight: Dask only: layers whose data are on the cluster at once (``None``: one
+            per worker thread), which bounds a worker's memory to about that many layers'
+            ``X``, ``Y`` (``max_rows`` rows each) plus their solver workspace.
         max_rows: rows (samples, or sample x output positions for conv) captured per layer, a
             uniform random subset: the paper's :math:`N`. ``None`` keeps all.
         calib_batches: calibration batches run through the model (``None``: the whole loader).
@@ -164,6 +212,9 @@ class LayerwiseConfig(MethodConfig):
     options: Any = None
     n_jobs: int = 1
     parallel: str = "serial"
+    scheduler: str | None = None
+    scheduler_timeout: float = 10.0
+    max_in_flight: int | None = None
     max_rows: int | None = 4096
     calib_batches: int | None = 8
     linear: bool = False
@@ -180,6 +231,9 @@ class LayerwiseConfig(MethodConfig):
             "options": rule(_check_options),
             "n_jobs": rule(check_int, min_value=1),
             "parallel": rule(check_choice, choices=_PARALLEL),
+            "scheduler": rule(_check_scheduler, optional=True),
+            "scheduler_timeout": rule(check_float, min_value=0.0, min_inclusive=False),
+            "max_in_flight": rule(check_int, optional=True, min_value=1),
             "max_rows": rule(check_int, optional=True, min_value=1),
             "calib_batches": rule(check_int, optional=True, min_value=1),
             "linear": rule(check_bool),
@@ -194,6 +248,7 @@ class LayerwiseConfig(MethodConfig):
 
     def __post_init__(self) -> None:
         validate_options(self, self.owner, self.rules)
+        check_parallel(self)
         from compactnn.solvers.layerwise import LAYER_SOLVERS
 
         solver = LAYER_SOLVERS[self.solver_name]
@@ -391,6 +446,32 @@ class _Layerwise(Method):
             options=cfg.options,
         )
 
+    def _dask_client(self) -> Any:
+        """A context yielding a ``distributed.Client`` for this method's options."""
+        from compactnn.solvers.layerwise import dask_client
+
+        cfg: LayerwiseConfig = self.config  # type: ignore[assignment]
+        return dask_client(
+            cfg.scheduler, n_workers=cfg.n_jobs, timeout=cfg.scheduler_timeout, owner=self.name
+        )
+
+    @contextlib.contextmanager
+    def _cluster(self) -> Iterator[None]:
+        """With ``parallel="dask"``: connect to the scheduler (or start the local cluster)
+        *before* any capture, so a bad address fails fast; the solves of this run reuse it.
+        Nothing is started when a budget search already solved the layers (``_presolved``)."""
+        cfg: LayerwiseConfig = self.config  # type: ignore[assignment]
+        busy = getattr(self, "_dask", None) is not None
+        if cfg.parallel != "dask" or busy or getattr(self, "_presolved", None) is not None:
+            yield
+            return
+        with self._dask_client() as client:
+            self._dask = client
+            try:
+                yield
+            finally:
+                self._dask = None
+
     def _solve_all(self, problems: dict[str, Any], solver: Any, progress: bool) -> dict[str, Any]:
         from compactnn.solvers.layerwise import solve_layers
 
@@ -399,22 +480,18 @@ class _Layerwise(Method):
             return solve_layers(
                 problems, solver, n_jobs=cfg.n_jobs, backend=cfg.parallel, progress=progress
             )
-        try:
-            from distributed import Client, LocalCluster
-        except ImportError as exc:  # pragma: no cover - optional dependency
-            raise ConfigError(
-                f"{self.name}: parallel='dask' needs the 'distributed' package "
-                "(pip install distributed), or use parallel='joblib'."
-            ) from exc
-        with (
-            LocalCluster(
-                n_workers=cfg.n_jobs, threads_per_worker=1, processes=True, dashboard_address=None
-            ) as cluster,
-            Client(cluster) as client,
-        ):
+
+        def solve(client: Any) -> dict[str, Any]:
             return solve_layers(
-                problems, solver, backend="dask", dask_client=client, progress=progress
-            )
+                problems, solver, backend="dask", dask_client=client,
+                max_in_flight=cfg.max_in_flight, progress=progress,
+            )  # fmt: skip
+
+        client = getattr(self, "_dask", None)
+        if client is not None:
+            return solve(client)
+        with self._dask_client() as client:
+            return solve(client)
 
     # ------------------------------------------------------------------ plan
     def _action(
@@ -422,9 +499,11 @@ class _Layerwise(Method):
     ) -> tuple[Any, dict[str, Any]]:
         raise NotImplementedError
 
-    def _batches(self, data: CompressionData) -> list[Tensor]:
+    def _batches(self, data: CompressionData, model: nn.Module) -> list[Tensor]:
+        from compactnn.structure import module_device
+
         cfg: LayerwiseConfig = self.config  # type: ignore[assignment]
-        batches: list[Tensor] = list(data.calib_batches(cfg.calib_batches))
+        batches = list(data.calib_batches(cfg.calib_batches, device=module_device(model)))
         if not batches:
             raise ConfigError(
                 f"{self.name} got no calibration batch: the calibration/training loader is empty."
@@ -478,10 +557,11 @@ class _Layerwise(Method):
     ) -> dict[str, Any]:
         """Capture + solve every target layer (symmetric): the expensive half of :meth:`run`,
         reused by budget searches (``_presolved``)."""
-        batches = self._batches(data)
+        batches = self._batches(data, model)
         layers, linear = self._targets(model, batches[0])
-        problems = self._problems(model, layers, linear, batches)
-        return self._solve_all(problems, self._solver(self._eps(layers)), progress)
+        with self._cluster():
+            problems = self._problems(model, layers, linear, batches)
+            return self._solve_all(problems, self._solver(self._eps(layers)), progress)
 
     def _symmetric(
         self, model: nn.Module, layers: list[str], linear: dict[str, bool], batches: list[Tensor],
@@ -546,13 +626,16 @@ class _Layerwise(Method):
         from compactnn.plan import CompressionPlan
 
         cfg: LayerwiseConfig = self.config  # type: ignore[assignment]
-        batches = self._batches(data)
+        batches = self._batches(data, model)
         layers, linear = self._targets(model, batches[0])
         meta: dict[str, Any] = {"method": self.name}
         if data.input_shape is not None:
             meta["input_shape"] = list(data.input_shape)
         if not cfg.asymmetric and self._inflation() is None:
-            actions, stats, results, _ = self._symmetric(model, layers, linear, batches, progress)
+            with self._cluster():
+                actions, stats, results, _ = self._symmetric(
+                    model, layers, linear, batches, progress
+                )
             new_model = surgery.apply(CompressionPlan(actions=actions, meta=meta), model)
         else:
             actions, stats, results, new_model = self._asymmetric(

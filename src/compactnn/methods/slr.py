@@ -102,7 +102,12 @@ class SLRConfig(MethodConfig):
             :class:`~compactnn.methods.layerwise.LayerwiseConfig` (backend ``"admm"`` or
             ``"cvxpy"``; options :class:`~compactnn.solvers.layerwise.SLRAdmmOptions` /
             ``SLRCvxpyOptions``).
-        asymmetric: X from the partially approximated network (sec. V-B; default True).
+        scheduler, scheduler_timeout, max_in_flight: the Dask options of
+            :class:`~compactnn.methods.layerwise.LayerwiseConfig` (with ``parallel="dask"``
+            and ``asymmetric=False``).
+        asymmetric: X from the partially approximated network (sec. V-B; default True). The
+            layers are then solved one after another, so ``parallel`` must be ``"serial"``;
+            ``asymmetric=False`` solves them independently (on Dask, joblib or serially).
         finetune_epochs, finetune_lr, finetune_steps_per_epoch: fine-tuning after the
             approximation with the structure fixed (paper: 5 epochs, lr 1e-5 in Caffe).
     """
@@ -121,6 +126,9 @@ class SLRConfig(MethodConfig):
     options: Any = None
     n_jobs: int = 1
     parallel: str = "serial"
+    scheduler: str | None = None
+    scheduler_timeout: float = 10.0
+    max_in_flight: int | None = None
     max_rows: int | None = 2048
     calib_batches: int | None = 8
     linear: bool = False
@@ -322,7 +330,9 @@ class SLR(_Layerwise):
 
         cfg: SLRConfig = self.config  # type: ignore[assignment]
         t0 = time.perf_counter()
-        batches = list(data.calib_batches(1))
+        from compactnn.structure import module_device
+
+        batches = list(data.calib_batches(1, device=module_device(model)))
         if not batches:
             raise ConfigError("slr got no calibration batch: the loader is empty.")
         mods = dict(model.named_modules())

@@ -26,7 +26,7 @@ from compactnn.solvers.layerwise.ddlr import (
     solve_ddlr,
 )
 from compactnn.solvers.layerwise.net_trim import NetTrimSolver, solve_net_trim
-from compactnn.solvers.layerwise.parallel import solve_layers
+from compactnn.solvers.layerwise.parallel import dask_client, local_cluster, solve_layers
 from compactnn.solvers.layerwise.problem import (
     STATUSES,
     LayerProblem,
@@ -63,10 +63,12 @@ __all__ = [
     "SLRSolver",
     "choose_rank",
     "constraint_violation",
+    "dask_client",
     "eps_path",
     "factorize",
     "get_layer_solver",
     "list_layer_solvers",
+    "local_cluster",
     "soft_threshold",
     "solve_ddlr",
     "solve_layers",
