@@ -771,7 +771,7 @@ def support_groups(support: Tensor, max_groups: int) -> list[list[int]]:
     uniq, inverse = torch.unique(s, dim=0, return_inverse=True)
     members = [torch.nonzero(inverse == g).flatten().tolist() for g in range(uniq.shape[0])]
     sup = uniq.to(torch.float64)
-    sizes = torch.tensor([len(m) for m in members], dtype=torch.float64)
+    sizes = torch.tensor([len(m) for m in members], dtype=torch.float64, device=s.device)
     while len(members) > max_groups:
         u = sup.sum(1)
         union = u[:, None] + u[None, :] - sup @ sup.t()
@@ -860,14 +860,15 @@ class KernelSparseConv2d(nn.Module):
         idx = support.nonzero(as_tuple=False).t().contiguous()  # row-major (i, j)
         self.register_buffer("kernels", idx)
         self.values = nn.Parameter(weight[idx[0], idx[1]].clone())
-        slots = torch.zeros(n, c, dtype=torch.long)
-        slots[idx[0], idx[1]] = torch.arange(1, idx.shape[1] + 1)
+        dev = weight.device
+        slots = torch.zeros(n, c, dtype=torch.long, device=dev)
+        slots[idx[0], idx[1]] = torch.arange(1, idx.shape[1] + 1, device=dev)
         self.register_buffer("slots", slots)
         # the "sparse" form: COO indices of the lowered (n, c kh kw) weight, row-major (i, j, p)
         # order = the order of values.reshape(-1), hence coalesced
         kk = kh * kw
         rows = idx[0].repeat_interleave(kk)
-        cols = (idx[1][:, None] * kk + torch.arange(kk)[None, :]).reshape(-1)
+        cols = (idx[1][:, None] * kk + torch.arange(kk, device=dev)[None, :]).reshape(-1)
         self.register_buffer("lowered", torch.stack([rows, cols]))
         if bias is not None:
             self.bias: nn.Parameter | None = nn.Parameter(bias.detach().clone())
@@ -899,14 +900,15 @@ class KernelSparseConv2d(nn.Module):
             )
         self.filter_groups = tuple(tuple(g) for g in groups)
         order = [i for g in self.filter_groups for i in g]
-        perm = torch.empty(n, dtype=torch.long)
-        perm[torch.tensor(order, dtype=torch.long)] = torch.arange(n)
+        dev = support.device
+        perm = torch.empty(n, dtype=torch.long, device=dev)
+        perm[torch.tensor(order, dtype=torch.long, device=dev)] = torch.arange(n, device=dev)
         self.register_buffer("perm", perm)  # concat position of each original filter
         for k, g in enumerate(self.filter_groups):
-            rows = torch.tensor(g, dtype=torch.long)
+            rows = torch.tensor(g, dtype=torch.long, device=dev)
             chans = torch.nonzero(support[rows].any(dim=0)).flatten()
             if chans.numel() == 0:  # filters reading nothing: one zero input channel
-                chans = torch.zeros(1, dtype=torch.long)
+                chans = torch.zeros(1, dtype=torch.long, device=dev)
             self.register_buffer(f"group{k}_channels", chans)
             self.register_buffer(f"group{k}_slots", self.slots[rows][:, chans].contiguous())
 

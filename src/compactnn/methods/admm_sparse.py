@@ -48,6 +48,7 @@ References:
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -282,7 +283,7 @@ def _samples(data: CompressionData, shape: Any, n: int = 100) -> torch.Tensor:
             x = real_batch(loader, n)
             if x is not None and tuple(x.shape[1:]) == tuple(shape):
                 return x
-    return torch.randn((n, *shape), generator=torch.Generator().manual_seed(0))
+    return torch.randn((n, *shape), generator=torch.Generator().manual_seed(0), device="cpu")
 
 
 def _timed(
@@ -306,7 +307,7 @@ def _timed(
             )
             times[k].append(big.median_ms)
             times[f"{k}1"].append(one.median_ms)
-    med = {k: float(torch.tensor(v).median()) for k, v in times.items()}
+    med = {k: statistics.median(v) for k, v in times.items()}
     out = {"latency_ms": med["m"], "latency_ms_b1": med["m1"]}
     if reference is not None:
         out.update(speedup=med["r"] / med["m"], speedup_b1=med["r1"] / med["m1"])
