@@ -102,6 +102,9 @@ def _run(rank: int, run: dict[str, Any], out: Path) -> dict[str, Any]:
     distributed.set_check(bool(run.get("check")))
     info: dict[str, Any] = {}
     try:
+        if run.get("broadcast"):  # a per-rank value: every rank must get rank 0's
+            info["value"] = distributed.broadcast_object({"rank": rank, "times": [0.1 * rank]})
+            return info
         if "cli" in run:
             from compactnn.cli import main
 

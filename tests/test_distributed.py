@@ -30,6 +30,7 @@ def ranks(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[dict], Path]:
         {"name": m, "method": m, "batch": PER_RANK, "check": m == "ssr"} for m in METHODS
     ] + [
         {"name": "cli", "cli": cli},
+        {"name": "broadcast", "broadcast": True},
         {"name": "desync", "method": "admm-sparse", "batch": PER_RANK, "check": True,
          "desync": True},
     ]  # fmt: skip
@@ -54,6 +55,12 @@ def test_two_ranks_equal_one_process_on_the_global_batch(ranks, method: str) -> 
         assert sum(v.numel() for v in sd.values()) < sum(
             p.numel() for p in _ddp.tiny_model().state_dict().values()
         )
+
+
+def test_a_rank_dependent_decision_is_rank_0s_everywhere(ranks) -> None:
+    """E.g. admm-sparse's kernel-form choice, timed on each rank: all deploy rank 0's."""
+    infos, _ = ranks
+    assert [info["broadcast"]["value"] for info in infos] == [{"rank": 0, "times": [0.0]}] * 2
 
 
 def test_checksums_catch_a_desynchronised_rank(ranks) -> None:

@@ -243,6 +243,18 @@ def check_synced(tensors: Mapping[str, Tensor], where: str) -> None:
             )
 
 
+def broadcast_object(obj: Any) -> Any:
+    """``obj`` as rank 0 has it, on every rank (pickled; ``obj`` itself without a process group).
+
+    For decisions that depend on measurements each rank makes for itself (e.g. timings), so
+    that every rank takes rank 0's."""
+    if not active():
+        return obj
+    box = [obj if rank() == 0 else None]
+    _dist().broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def check_values(values: Any, where: str) -> None:
     """:func:`check_synced` for a JSON-serialisable decision (kept filters, chosen options)."""
     if not active() or not check_enabled():

@@ -725,7 +725,12 @@ class ADMMSparse(Method):
         kernel_record: dict[str, Any] = {}
         cfg: ADMMSparseConfig = self.config  # type: ignore[assignment]
         if cfg.deploy_kernels and samples is not None and _kernel_sparse_convs(deployed, layers):
-            actions, kernel_record = choose_kernel_forms(deployed, layers, samples)
+            from compactnn import distributed
+
+            # timed on each rank: every rank deploys rank 0's choice (same forms, same plan)
+            actions, kernel_record = distributed.broadcast_object(
+                choose_kernel_forms(deployed, layers, samples)
+            )
             deployed = surgery.apply(CompressionPlan(actions=actions, meta=meta), deployed)
             base = plan.actions if plan is not None else []
             plan = CompressionPlan(actions=[*base, *actions], meta=meta)
