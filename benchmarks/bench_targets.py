@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -47,6 +48,7 @@ def _recipe(name: str) -> dict[str, Any]:
 
 ROWS: list[dict[str, Any]] = [
     {"name": "ssr macs=0.04", **_recipe("ssr_lenet_budget.yaml")},
+    {"name": "ssr-l20 macs=0.03", **_recipe("ssr_l20_lenet_budget.yaml")},
     {
         "name": "l1-norm params=0.1",
         "method": "l1-norm",
@@ -123,7 +125,8 @@ def _md(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     lines = [
         "# Budget-driven compression of LeNet-Caffe on MNIST",
         "",
-        f"{meta['date']} · {meta['machine']} · torch {meta['torch']} · `{meta['command']}`",
+        f"Last run {meta['date']} · {meta['machine']} · torch {meta['torch']} · "
+        f"`{meta['command']}` (each row's own date and command are in the table).",
         "",
         "Target = fraction of the original kept. The strength is chosen by a size search on the "
         "training data (no accuracy is looked at); the accuracy guard reads the validation split "
@@ -134,8 +137,8 @@ def _md(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         "run with the chosen options and no search.",
         "",
         "| row | structure | params kept | MACs kept | met | speed-up | test err. increase | "
-        "val drop | trials | wall (target run) | search | wall (replay) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "val drop | trials | wall (target run) | search | wall (replay) | date | command |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
@@ -143,7 +146,8 @@ def _md(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             f"{100 * r['macs_kept']:.2f} % | {'yes' if r['met'] else 'NO'} | "
             f"{r['speedup']:.2f}x | {r['test_err_increase']:+.2f} % | "
             f"{r['val_drop']:+.2f} | {r['trials']} | {r['wall_s'] / 60:.1f} min | "
-            f"{(r['search_s'] or 0) / 60:.1f} min | {r['replay_wall_s'] / 60:.1f} min |"
+            f"{(r['search_s'] or 0) / 60:.1f} min | {r['replay_wall_s'] / 60:.1f} min | "
+            f"{r.get('date', '')} | `{r.get('command', '')}` |"
         )
     lines += ["", "Chosen options (replay with `compress(model, method, data, **chosen)`):", ""]
     for r in rows:
@@ -166,6 +170,11 @@ def main() -> None:
             continue
         print(f"== {spec['name']} ...", flush=True)
         row = _row(spec, model)
+        row["date"] = dt.date.today().isoformat()
+        row["command"] = "python benchmarks/bench_targets.py" + (
+            f" --rows {args.rows}" if args.rows else ""
+        )
+        row["load"] = list(os.getloadavg())
         print(json.dumps({k: v for k, v in row.items() if k != "trace"}, default=str), flush=True)
         rows.append(row)
     names = {r["name"] for r in rows}
