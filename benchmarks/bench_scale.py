@@ -261,6 +261,24 @@ def markdown(r: dict[str, Any]) -> str:
     for p in v["projection"]:
         out.append(f"| {p['workers']} | {p['projected_s']} | {p['speedup']} |")
     out.append("")
+    if "ddp" in r:  # written by bench_scale_ddp.py
+        d = r["ddp"]
+        out += [
+            "",
+            "## Training-based methods vs DDP processes (`bench_scale_ddp.py`)",
+            "",
+            f"SSR on LeNet-Caffe / MNIST, global batch {d['global_batch']}; command "
+            f"`{d['command']}`; load average {d['load_average_before']} before, "
+            f"{d['load_average_after']} after. Details: `scale_ddp.md`.",
+            "",
+            "| processes x threads | compress, median (s) | speed-up vs the first row |",
+            "|---|---|---|",
+        ]
+        for x in d["rows"]:
+            out.append(
+                f"| {x['processes']} x {x['threads_per_process']} | {x['compress_median_s']:.1f} | "
+                f"{x['speedup_vs_first_row']:.2f}x |"
+            )
     return "\n".join(out)
 
 

@@ -156,6 +156,11 @@ def main() -> None:
     }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "scale_ddp.json").write_text(json.dumps({"ddp": doc}, indent=1))
+    # the one scaling file: the same rows under "ddp" of scale.json (other keys kept)
+    both = RESULTS / "scale.json"
+    merged = json.loads(both.read_text()) if both.is_file() else {}
+    merged["ddp"] = doc
+    both.write_text(json.dumps(merged, indent=1) + "\n")
     lines = [
         "# DDP scaling: SSR on LeNet-Caffe / MNIST vs number of processes",
         "",
