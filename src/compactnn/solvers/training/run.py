@@ -120,13 +120,11 @@ def run_admm(
                 on_iteration(engine, stats)
             _check_ranks(engine, f"{desc} iteration {k + 1}")
             bar.update(1)
-            bar.set_postfix(
-                primal=f"{stats['primal_residual']:.3g}",
-                dF=f"{stats['f_change']:.3g}",
-                nnz=f"{stats['nnz_groups']}/{stats['total_groups']}",
-                refresh=False,  # update() redraws at most every mininterval; off a TTY a
-                # forced refresh would write one line per outer iteration
-            )
+            # refresh=False: update() redraws at most every mininterval; off a TTY a forced
+            # refresh would write one line per outer iteration
+            bar.set_postfix(refresh=False, primal=f"{stats['primal_residual']:.3g}",
+                            dF=f"{stats['f_change']:.3g}",
+                            nnz=f"{stats['nnz_groups']}/{stats['total_groups']}")  # fmt: skip
             if engine.converged():
                 done = True
                 break
