@@ -66,6 +66,15 @@ def test_cascade_problem_admm_and_cvxpy_deploy_the_same_support(seed: int) -> No
     assert a.objective == pytest.approx(c.objective, rel=1e-3)
 
 
+def test_a_problem_sent_to_a_dask_worker_keeps_its_ceiling() -> None:
+    from compactnn.solvers.layerwise.parallel import _on_cpu
+
+    Xh, Y, V, _, b = _layer(0)
+    sent = _on_cpu(LayerProblem(Xh, Y, b, False, ceiling=V))
+    assert sent.ceiling is not None and torch.equal(sent.ceiling, V)
+    assert _on_cpu(LayerProblem(Xh, Y, b, False)).ceiling is None
+
+
 def test_ceiling_of_the_wrong_shape_is_refused() -> None:
     Xh, Y, V, _, b = _layer(0)
     with pytest.raises(InputShapeError, match="ceiling"):

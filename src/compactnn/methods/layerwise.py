@@ -115,19 +115,15 @@ def check_parallel(cfg: Any) -> None:
             f"{owner}: 'scheduler' is the address of a Dask scheduler; pass parallel='dask' with "
             f"it (got parallel={cfg.parallel!r})."
         )
-    if getattr(cfg, "cascade", None) is not None and cfg.parallel != "serial":
+    off = {"asymmetric": False, "cascade": None}  # the options that make the solves sequential
+    on = [k for k, v in off.items() if getattr(cfg, k, v) != v]
+    if on and cfg.parallel != "serial":
         raise ConfigError(
-            f"{owner}: cascade={cfg.cascade} solves the layers one after another (each layer's "
-            "problem is built on the model the earlier layers left), so they cannot be solved in "
-            f"parallel (parallel={cfg.parallel!r}). Pass cascade=None to solve every layer in "
-            "parallel, or parallel='serial'."
-        )
-    if cfg.asymmetric and cfg.parallel != "serial":
-        raise ConfigError(
-            f"{owner}: asymmetric=True solves the layers one after another (each layer's input "
-            "is captured from the model the earlier layers left), so they cannot be solved in "
-            f"parallel (parallel={cfg.parallel!r}). Pass asymmetric=False to solve every layer "
-            "from the original model in parallel, or parallel='serial'."
+            f"{owner}: {' and '.join(f'{k}={getattr(cfg, k)}' for k in on)} solves the layers "
+            "one after another (each layer's problem is built on the input of the model the "
+            f"earlier layers left), so they cannot be solved in parallel (parallel="
+            f"{cfg.parallel!r}). Pass {' and '.join(f'{k}={off[k]}' for k in on)} to solve every "
+            "layer from the original model in parallel, or parallel='serial'."
         )
 
 
@@ -516,6 +512,11 @@ class _Layerwise(Method):
         b = module.bias
         return LayerProblem(X=io.X, Y=io.Y, bias=None if b is None else b.detach(), linear=linear)
 
+    def _sequential(self) -> bool:
+        """Layers solved in forward order on the partly compressed model (``asymmetric`` or
+        cascade Net-Trim), not independently."""
+        return bool(self.config.asymmetric) or self._inflation() is not None  # type: ignore[attr-defined]
+
     def _inflation(self) -> float | None:
         """Cascade Net-Trim's inflation rate (``None``: parallel scheme; SLR has no epsilon)."""
         return getattr(self.config, "cascade", None)
@@ -631,7 +632,7 @@ class _Layerwise(Method):
         meta: dict[str, Any] = {"method": self.name}
         if data.input_shape is not None:
             meta["input_shape"] = list(data.input_shape)
-        if not cfg.asymmetric and self._inflation() is None:
+        if not self._sequential():
             with self._cluster():
                 actions, stats, results, _ = self._symmetric(
                     model, layers, linear, batches, progress
@@ -746,8 +747,7 @@ class DDLR(_Layerwise):
         from compactnn.methods._calibrate import target_record
         from compactnn.solvers.layerwise import choose_rank
 
-        cfg: DDLRConfig = self.config  # type: ignore[assignment]
-        if cfg.asymmetric or cfg.cascade is not None:
+        if self._sequential():
             raise ConfigError(
                 "DDLR: a target is supported with asymmetric=False and cascade=None (the ranks "
                 "are chosen from one solve of every layer); set the ranks with rank= for "

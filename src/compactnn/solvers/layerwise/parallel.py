@@ -232,7 +232,8 @@ def _on_cpu(p: LayerProblem) -> LayerProblem:
     """The problem with CPU tensors (the workers' devices are unknown; the solvers work in
     float64 on CPU anyway). No copy when they already are."""
     b = None if p.bias is None else p.bias.detach().cpu()
-    return LayerProblem(p.X.detach().cpu(), p.Y.detach().cpu(), b, p.linear)
+    v = None if p.ceiling is None else p.ceiling.detach().cpu()
+    return LayerProblem(p.X.detach().cpu(), p.Y.detach().cpu(), b, p.linear, v)
 
 
 def _address(client: Any) -> str:
