@@ -33,6 +33,7 @@ import copy
 import datetime as dt
 import json
 import multiprocessing as mp
+import os
 import platform
 import statistics
 import time
@@ -107,11 +108,17 @@ def _data(dataset: str) -> Any:
     from compactnn.train import load_checkpoint
 
     if dataset == "mnist":
-        from compactnn.cli import demo_baseline
-
-        base, test, _ = demo_baseline(progress=False)
-        train, _ = cdata.get_loaders("mnist", batch_size=64, seed=0)
+        train, test = cdata.get_loaders("mnist", batch_size=64, seed=0)
         shape = (1, 28, 28)
+        cd = as_compression_data((train, test), input_shape=shape, seed=0, val_fraction=0.1)
+        # the dense reference: the better on validation of MNIST_BASE_SEEDS (stated rule)
+        cands = [
+            (_acc(m, cd.val), -sd, m) for sd in MNIST_BASE_SEEDS for m in [_mnist_baseline(cd, sd)]
+        ]
+        _, neg_seed, base = max(cands, key=lambda c: c[:2])
+        _W["mnist_base_seed"] = -neg_seed
+        _W[dataset] = (cd, base)
+        return _W[dataset]
     else:
         train, test = cdata.get_loaders("fashion-mnist", batch_size=64, seed=0, pad_to=32)
         shape = (1, 32, 32)
@@ -121,6 +128,50 @@ def _data(dataset: str) -> Any:
     cd = as_compression_data((train, test), input_shape=shape, seed=0, val_fraction=0.1)
     _W[dataset] = (cd, base)
     return _W[dataset]
+
+
+MNIST_BASE_EPOCHS = 8  # as the `compactnn demo` baseline, but on the 90 % training split
+MNIST_BASE_SEEDS = (0, 1)  # two baselines trained, the better on validation is the reference
+
+
+def _mnist_baseline_ckpt(seed: int = 0) -> Path:
+    from compactnn.cli import cache_dir
+
+    tag = "quick" if _W.get("quick") else f"e{MNIST_BASE_EPOCHS}"
+    name = f"lenet-caffe-mnist-train90-split0-{tag}-seed{seed}.safetensors"
+    return cache_dir() / "checkpoints" / name
+
+
+def _mnist_baseline(cd: Any, seed: int = 0) -> nn.Module:
+    """LeNet (Caffe 20-50-500-10) trained on the 90 % training split only (the validation
+    images held out, so validation choices are not optimistic); trained once and cached. Same
+    recipe as the demo baseline: 8 epochs SGD lr 0.01 cosine, momentum 0.9, wd 5e-4, seed 0."""
+    from compactnn import models
+    from compactnn.train import TrainConfig, load_checkpoint, save_checkpoint, train
+
+    ckpt = _mnist_baseline_ckpt(seed)
+    model = models.create("lenet-caffe", seed=seed)
+    if ckpt.is_file():
+        model, _ = load_checkpoint(ckpt, model)
+        return model
+    epochs = 1 if _W.get("quick") else MNIST_BASE_EPOCHS
+    steps = 10 if _W.get("quick") else None
+    cfg = TrainConfig(epochs=epochs, lr=0.01, seed=seed, max_steps_per_epoch=steps)
+    t0 = time.perf_counter()
+    train(model, cd.train, config=cfg, progress=False, desc="train lenet-caffe (90 %)")
+    print(f"trained the train-90 % LeNet baseline in {time.perf_counter() - t0:.0f} s", flush=True)
+    save_checkpoint(
+        model,
+        ckpt,
+        model="lenet-caffe",
+        dataset="mnist",
+        input_shape=[1, 28, 28],
+        train_split="90 % of the training set (split_loader, fraction 0.1, seed 0)",
+        split_seed=0,
+        epochs=epochs,
+        seed=seed,
+    )
+    return model
 
 
 def _cifar_ckpt() -> Path:
@@ -160,7 +211,7 @@ def _task(spec: dict[str, Any]) -> dict[str, Any]:
         return _fig2(spec, cd)
     if kind == "pgt":
         opts = dict(spec["opts"])
-        if "s" in spec:
+        if "s" in spec and opts.get("penalty", "group") != "topk":
             opts["lam"] = _lam(base, cd, spec["s"], **{k: v for k, v in opts.items()})
             row["lam"] = opts["lam"]
         res = PGT(**opts).run(copy.deepcopy(base), cd, progress=False)
@@ -237,23 +288,64 @@ def _fig2(spec: dict[str, Any], cd: Any) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------ main side
-def _pool_map(pool: Any, specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Run ``specs``; every row is appended to ``pgt_rows.jsonl`` as soon as it finishes."""
+def _spec_key(spec: dict[str, Any]) -> str:
+    return json.dumps(spec, sort_keys=True, default=list)
 
-    def log(r: dict[str, Any]) -> None:
-        with ROWS.open("a") as f:
-            f.write(json.dumps({k: v for k, v in r.items() if k != "_model"}) + "\n")
+
+def _model_path(key: str) -> Path:
+    """Where a run's compressed model is kept (so a resumed benchmark can time it)."""
+    import hashlib
+
+    from compactnn.cli import cache_dir
+
+    return cache_dir() / "pgt_bench_models" / (hashlib.sha1(key.encode()).hexdigest() + ".pt")
+
+
+def _with_model(row: dict[str, Any], cd: Any) -> dict[str, Any]:
+    if "_model" not in row:
+        row = dict(row, _model=torch.load(_model_path(row["_key"]), weights_only=False))
+    return row
+
+
+def _pool_map(
+    pool: Any,
+    specs: list[dict[str, Any]],
+    rows_file: Path = ROWS,
+    *,
+    only_cached: bool = False,
+) -> list[dict[str, Any]]:
+    """Run ``specs``; every row is appended to ``rows_file`` as soon as it finishes. A spec whose
+    row is already in ``rows_file`` (same spec, e.g. a resumed run) is not run again; with
+    ``only_cached`` the specs without a row are dropped (report from what was measured)."""
+    cached: dict[str, dict[str, Any]] = {}
+    if rows_file != ROWS and rows_file.is_file():
+        for line in rows_file.read_text().splitlines():
+            r = json.loads(line)
+            if "_key" in r:
+                cached[r["_key"]] = r
+    keys = [_spec_key(s) for s in specs]
+    todo = [(k, s) for k, s in zip(keys, specs, strict=True) if k not in cached]
+    if only_cached:
+        todo = []
+
+    def log(k: str, r: dict[str, Any]) -> None:
+        if rows_file != ROWS:
+            r["_key"] = k
+            if "_model" in r:
+                _model_path(k).parent.mkdir(parents=True, exist_ok=True)
+                torch.save(r["_model"], _model_path(k))
+        with rows_file.open("a") as f:
+            f.write(json.dumps({k2: v for k2, v in r.items() if k2 != "_model"}) + "\n")
+        cached[k] = r
 
     if pool is None:
-        rows = []
-        for s in specs:
-            rows.append(_task(s))
-            log(rows[-1])
-        return rows
-    futs = [pool.submit(_task, s) for s in specs]
-    for f in futures.as_completed(futs):
-        log(f.result())
-    return [f.result() for f in futs]
+        for k, s in todo:
+            log(k, _task(s))
+    else:
+        futs = {pool.submit(_task, s): k for k, s in todo}
+        for f in futures.as_completed(futs):
+            log(futs[f], f.result())
+    return [cached[k] for k in keys if k in cached]
 
 
 def _mean_sd(xs: list[float]) -> tuple[float, float]:
@@ -290,9 +382,21 @@ def main() -> None:  # noqa: C901, PLR0915 - one linear script
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--skip-cifar", action="store_true")
     ap.add_argument("--cifar-only", action="store_true", help="Table 3 alone, in this process")
+    ap.add_argument(
+        "--table2", action="store_true", help="Table 2 with the longer schedule (pgt_lenet_mnist)"
+    )
+    ap.add_argument(
+        "--from-rows",
+        action="store_true",
+        help="--table2: report from the rows already in pgt_t2_rows.jsonl (run nothing new "
+        "after the selection)",
+    )
     args = ap.parse_args()
     t_start = time.perf_counter()
     RESULTS.mkdir(parents=True, exist_ok=True)
+    if args.table2:
+        _table2(args, t_start)
+        return
     if args.cifar_only:
         _cifar_only(args, t_start)
         return
@@ -585,7 +689,7 @@ def main() -> None:  # noqa: C901, PLR0915 - one linear script
             for r in fig1_rows
         ],
     }
-    name = "pgt_lenet_mnist_quick" if args.quick else "pgt_lenet_mnist"
+    name = "pgt_short_protocol_quick" if args.quick else "pgt_short_protocol"
     (RESULTS / f"{name}.json").write_text(json.dumps(out, indent=1))
     _plots(fig1_rows, fig2, RESULTS, suffix="_quick" if args.quick else "")
     (RESULTS / f"{name}.md").write_text(_markdown(out))
@@ -636,7 +740,7 @@ def _markdown(o: dict[str, Any]) -> str:
         f"{o['seconds'] / 60:.1f} min.",
         "",
         "Protocol (CPU-scale departures from the paper): start from our trained LeNet "
-        "(`compactnn demo` baseline, 8 epochs) instead of training from scratch; "
+        "(8 epochs on the 90 % training split) instead of training from scratch; "
         f"{p['steps_per_epoch']} SGD steps (batch 64, ~half an epoch) of proximal-gradient "
         f"training (lr {p['lr']} cosine, momentum 0.9, wd 5e-4) then "
         f"{p['finetune_steps_per_epoch']} fine-tuning steps (lr {p['finetune_lr']}, "
@@ -646,8 +750,7 @@ def _markdown(o: dict[str, Any]) -> str:
         f"training order ({len(p['seeds'])} for group, {len(p['seeds_baselines'])} for low "
         "rank / top-t). The fc strength was chosen on the validation split (10 % of the "
         f"training set): candidates {p['fc_grid']}, rule = best validation accuracy among those "
-        f"reaching ≤ {FC_TARGET} fc1 neurons → **{p['fc_chosen']}**. The baseline was trained "
-        "on the whole training set (validation included), so its validation error is optimistic.",
+        f"reaching ≤ {FC_TARGET} fc1 neurons → **{p['fc_chosen']}**.",
         "",
         "## Table 2: lenet-caffe / MNIST (mean ± sd over seeds; test set)",
         "",
@@ -726,6 +829,336 @@ def _markdown(o: dict[str, Any]) -> str:
         "the neurons) in `tests/test_pgt.py::test_alexnet_accounting_of_the_supplement`.",
         "",
     ]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ Table 2, longer schedule
+# The 2026-11-24 protocol (PGT_COMMON: ~half an epoch of PGT + 300 fine-tuning steps) left the
+# group rows +2.3-3.5 % over dense; ``--table2`` reruns Table 2 with whole epochs and a decaying
+# fine-tuning lr. Paper departures: from our trained LeNet (not from scratch), s units (not
+# Caffe's tau), 2 + 3 epochs (the paper trains to convergence in Caffe).
+T2_COMMON = dict(
+    epochs=2,  # proximal-gradient epochs (lr 0.01 cosine over the 2 epochs)
+    lr=0.01,
+    finetune_epochs=3,  # fine-tuning epochs of the pruned net (lr 0.01 cosine -> 0)
+    finetune_lr=0.01,
+    finetune_distill=0.5,  # from the model before PGT
+)
+# selection candidates (validation, PGT training only): the fc strength at T2_FC_AT_CONV2, then
+# the conv2 strength at the chosen fc strength
+T2_GRID_FC = (4.0, 4.5)
+T2_FC_AT_CONV2 = 1.1
+T2_GRID_CONV2 = (1.0, 1.05, 1.1, 1.15)
+T2_SELECT_SEEDS = (0,)
+T2_TARGET = {"conv2": 18, "fc1": FC_TARGET}  # the paper's smallest row: 18 / 11
+T2_SEEDS = (0, 1, 2, 3)  # the chosen setting (the paper averages four runs)
+T2_SEEDS_SWEEP = (0,)  # the two weaker conv2 strengths of the sweep (CPU time)
+T2_SEEDS_TOPK = (0, 1, 2, 3)
+T2_SWEEP = 3  # Table 2 rows: the chosen conv2 strength and the grid's two below it
+
+
+def _select_t2(rows: list[dict[str, Any]]) -> tuple[float, float]:
+    """The stated rule, on validation-only selection runs (PGT training without fine-tuning,
+    seeds ``T2_SELECT_SEEDS``): the fc strength = the weakest in ``T2_GRID_FC`` whose runs all
+    reach <= 11 fc1 neurons (conv2 at ``T2_FC_AT_CONV2``); the conv2 strength = the weakest in
+    ``T2_GRID_CONV2`` whose runs (at that fc strength) all reach <= 18 conv2 neurons -- the
+    weakest strength meeting the count, as the platform's budget search picks. Falls back to
+    the strongest candidate when none meets the count."""
+    return _select_conv2(rows, _select_fc(rows)), _select_fc(rows)
+
+
+def _meets(rows: list[dict[str, Any]], layer: str) -> bool:
+    return bool(rows) and all(r["units"][layer] <= T2_TARGET[layer] for r in rows)
+
+
+def _select_fc(rows: list[dict[str, Any]]) -> float:
+    at = [r for r in rows if r["conv2_s"] == T2_FC_AT_CONV2]
+    return next(
+        (f for f in T2_GRID_FC if _meets([r for r in at if r["fc_s"] == f], "fc1")), T2_GRID_FC[-1]
+    )
+
+
+def _select_conv2(rows: list[dict[str, Any]], fc: float) -> float:
+    at = [r for r in rows if r["fc_s"] == fc]
+    return next(
+        (c for c in T2_GRID_CONV2 if _meets([r for r in at if r["conv2_s"] == c], "conv2")),
+        T2_GRID_CONV2[-1],
+    )
+
+
+def _table2(args: Any, t_start: float) -> None:  # noqa: PLR0915 - one linear script
+    """Supplement Table 2 with the longer schedule (``T2_COMMON``), strengths chosen on
+    validation, 4 seeds at the chosen setting, top-t / l1-norm at the same neuron counts with
+    the same training budget. Writes ``pgt_lenet_mnist.{json,md}``."""
+    from compactnn import metrics
+
+    quick = args.quick
+    common = dict(T2_COMMON)
+    if quick:
+        common.update(steps_per_epoch=10, finetune_steps_per_epoch=10, epochs=1, finetune_epochs=1)
+    seeds = (0,) if quick else T2_SEEDS
+    seeds_sweep = (0,) if quick else T2_SEEDS_SWEEP
+    seeds_topk = (0,) if quick else T2_SEEDS_TOPK
+    sel_seeds = (0,) if quick else T2_SELECT_SEEDS
+    rows_file = RESULTS / ("pgt_t2_rows_quick.jsonl" if quick else "pgt_t2_rows.jsonl")
+    ctx = mp.get_context("spawn")
+    pool = (
+        futures.ProcessPoolExecutor(
+            args.jobs, mp_context=ctx, initializer=_init_worker, initargs=(args.threads, quick)
+        )
+        if args.jobs > 1
+        else None
+    )
+    _init_worker(args.threads, quick)
+
+    def pgt(c: float, f: float, seed: int, **kw: Any) -> dict[str, Any]:
+        opts = {**common, "layers": LENET_LAYERS, "seed": seed, **kw.pop("opts", {})}
+        return {
+            "kind": "pgt",
+            "s": {"conv2": c, "fc1": f},
+            "opts": opts,
+            "layers": list(LENET_LAYERS),
+            "conv2_s": c,
+            "fc_s": f,
+            "seed": seed,
+            **kw,
+        }
+
+    # phase 1 (validation only): PGT training without fine-tuning; fc strength, then conv2's
+    def sel(c: float, f: float, sd: int) -> dict[str, Any]:
+        return pgt(c, f, sd, tag="select", penalty="group", opts={"finetune_epochs": 0})
+
+    r1 = _pool_map(
+        pool, [sel(T2_FC_AT_CONV2, f, sd) for f in T2_GRID_FC for sd in sel_seeds], rows_file
+    )
+    fc_s = _select_fc(r1)
+    r1 += _pool_map(
+        pool,
+        [sel(c, fc_s, sd) for c in T2_GRID_CONV2 if c != T2_FC_AT_CONV2 for sd in sel_seeds],
+        rows_file,
+    )
+    conv2_s, fc_s = _select_t2(r1)
+    i = T2_GRID_CONV2.index(conv2_s)
+    sweep = T2_GRID_CONV2[max(0, i - T2_SWEEP + 1) : i + 1]
+    # top-t's t: the chosen setting's selection-run counts (PGT's neurons do not depend on the
+    # fine-tuning, and selection seed 0 trains exactly as Table 2's seed 0)
+    at = [r for r in r1 if r["conv2_s"] == conv2_s and r["fc_s"] == fc_s]
+    counts = {n: max(1, round(statistics.fmean(r["units"][n] for r in at))) for n in LENET_LAYERS}
+    print(
+        f"[{time.perf_counter() - t_start:.0f}s] chosen on validation: conv2 s {conv2_s}, "
+        f"fc s {fc_s}; sweep {sweep}",
+        flush=True,
+    )
+
+    # phase 2 (one pool, most important first): group at the chosen setting (4 seeds), top-t
+    # (same training + fine-tuning) and l1-norm (fine-tuned for the same total epochs) at the
+    # same neuron counts, then the two weaker conv2 strengths of the sweep
+    group = [pgt(conv2_s, fc_s, sd, tag="t2", penalty="group") for sd in seeds]
+    topk = [
+        pgt(conv2_s, fc_s, sd, tag="t2", penalty="topk", opts={"penalty": "topk", "keep": counts})
+        for sd in seeds_topk
+    ]
+    l1_epochs = common["epochs"] + common["finetune_epochs"]
+    l1 = {
+        "kind": "l1-norm",
+        "opts": {
+            "layers": LENET_LAYERS,
+            "keep": counts,
+            "finetune_epochs": l1_epochs,
+            "lr": common["finetune_lr"],
+            "finetune_distill": common["finetune_distill"],
+            "seed": 0,
+            **({"finetune_steps_per_epoch": 10} if quick else {}),
+        },
+        "layers": list(LENET_LAYERS),
+        "tag": "t2",
+        "penalty": "l1-norm",
+        "conv2_s": conv2_s,
+        "seed": 0,
+    }
+    p2 = group + topk[:2] + [l1] + topk[2:]
+    p2 += [pgt(c, fc_s, sd, tag="t2", penalty="group") for c in sweep[:-1] for sd in seeds_sweep]
+    r2 = _pool_map(pool, p2, rows_file, only_cached=args.from_rows)
+    r3: list[dict[str, Any]] = []
+    if pool is not None:
+        pool.shutdown()
+    print(f"[{time.perf_counter() - t_start:.0f}s] Table 2 runs done", flush=True)
+
+    torch.set_num_threads(1)
+    cd, base = _data("mnist")
+    base_ms = _latency(base, (1, 28, 28))
+    r2 = [_with_model(r, cd) for r in r2]
+    dense = {
+        "params": metrics.count_params(base),
+        "val_err": 100 - _acc(base, cd.val),
+        "test_err": 100 - _acc(base, cd.test),
+        "cpu_ms_batch100": base_ms,
+        "checkpoint": _mnist_baseline_ckpt(_W["mnist_base_seed"]).name,
+        "candidates": [
+            {"checkpoint": _mnist_baseline_ckpt(sd).name, "val_err": 100 - _acc(m, cd.val)}
+            for sd in MNIST_BASE_SEEDS
+            for m in [_mnist_baseline(cd, sd)]
+        ],
+    }
+    table2 = []
+    for pen in ("group", "topk", "l1-norm"):
+        for c in sweep:
+            rows = [r for r in r2 + r3 if r["penalty"] == pen and r["conv2_s"] == c]
+            if rows:
+                summ = _summary(rows, LENET_LAYERS, base_ms, (1, 28, 28))
+                summ["val_err_before_ft"] = _mean_sd(
+                    [100 - r["val_before_ft"] for r in rows if r.get("val_before_ft") is not None]
+                    or [float("nan")]
+                )
+                summ["per_seed"] = [
+                    {
+                        "seed": r.get("seed"),
+                        "units": r["units"],
+                        "params": r["params"],
+                        "test_err": 100 - r["test_top1"],
+                        "val_err": 100 - r["val_top1"],
+                    }
+                    for r in rows
+                ]
+                table2.append({"method": pen, "conv2_s": c, "fc_s": fc_s, **summ})
+    chosen = next(r for r in table2 if r["method"] == "group" and r["conv2_s"] == conv2_s)
+    topk = next((r for r in table2 if r["method"] == "topk"), None)
+    verdict = {
+        "conv2_mean": chosen["conv2"][0],
+        "fc1_mean": chosen["fc1"][0],
+        "params_mean": chosen["params"][0],
+        "test_err_increase": chosen["test_err"][0] - dense["test_err"],
+        "n": chosen["n"],
+        "topk_test_err_increase": topk["test_err"][0] - dense["test_err"] if topk else None,
+    }
+    verdict["met"] = bool(
+        verdict["conv2_mean"] <= 18
+        and verdict["fc1_mean"] <= 11
+        and verdict["test_err_increase"] <= 0.3
+    )
+    out = {
+        "date": dt.date.today().isoformat(),
+        "machine": f"{platform.processor() or platform.machine()} (shared 2-core CPU), "
+        f"training {args.jobs} job(s) x {args.threads} thread(s), latency 1 thread",
+        "load_average": list(os.getloadavg()),
+        "command": "python benchmarks/bench_pgt.py --table2" + (" --quick" if quick else ""),
+        "seconds": time.perf_counter() - t_start,
+        "protocol": {
+            **common,
+            "grid_conv2": T2_GRID_CONV2,
+            "grid_fc": T2_GRID_FC,
+            "select_seeds": sel_seeds,
+            "chosen": {"conv2_s": conv2_s, "fc_s": fc_s},
+            "sweep": sweep,
+            "seeds": seeds,
+            "seeds_sweep": seeds_sweep,
+            "seeds_topk": seeds_topk,
+            "l1_norm_finetune_epochs": l1_epochs,
+            "topk_keep": counts,
+            "quick": quick,
+        },
+        "selection": [
+            {k: r[k] for k in ("conv2_s", "fc_s", "seed", "units", "val_top1")} for r in r1
+        ],
+        "dense": dense,
+        "table2": table2,
+        "paper_table2": PAPER_T2,
+        "verdict": verdict,
+    }
+    name = "pgt_lenet_mnist_quick" if quick else "pgt_lenet_mnist"
+    (RESULTS / f"{name}.json").write_text(json.dumps(out, indent=1))
+    (RESULTS / f"{name}.md").write_text(_markdown_t2(out))
+    print(f"[{time.perf_counter() - t_start:.0f}s] wrote {RESULTS / name}.json/.md")
+
+
+def _markdown_t2(o: dict[str, Any]) -> str:
+    d = o["dense"]
+    p = o["protocol"]
+    v = o["verdict"]
+    lines = [
+        "# PGT (Zhou et al. 2016 supplement), Table 2 at CPU scale: lenet-caffe / MNIST",
+        "",
+        f"Command: `{o['command']}` · date {o['date']} · {o['machine']} · load average at the "
+        f"end {', '.join(f'{x:.1f}' for x in o['load_average'])} · {o['seconds'] / 60:.1f} min.",
+        "",
+        "Protocol, with every departure from the paper's:",
+        "",
+        f"* Dense reference: `lenet-caffe` trained here on the 90 % training split only "
+        f"(`{d['checkpoint']}`, 8 epochs SGD lr 0.01 cosine), the other 10 % (seeded) is the "
+        "validation split every choice below is made on; the test set is read only for this "
+        "report. *Paper*: Caffe's LeNet, trained on the whole training set.",
+        f"* PGT starts from that trained model (*paper*: from scratch): {p['epochs']} epochs of "
+        f"forward-backward training (batch 64, SGD lr {p['lr']} cosine, momentum 0.9, wd 5e-4, "
+        "group soft threshold of every conv2 / fc1 neuron after each step), zero neurons removed, "
+        f"then {p['finetune_epochs']} epochs of fine-tuning (lr {p['finetune_lr']} cosine to 0, "
+        f"distillation weight {p['finetune_distill']} from the model before PGT). *Paper*: "
+        "trains with the constraint to convergence, no separate fine-tuning stated.",
+        "* Strengths s = the run's total threshold in units of the layer's median neuron norm "
+        "(`PGT.at_strength`), not Caffe's τ.",
+        f"* Choice on validation (stated rule, `_select_t2`): PGT training only (no fine-tuning) "
+        f"over conv2 s ∈ {tuple(p['grid_conv2'])} × fc s ∈ {tuple(p['grid_fc'])}, seeds "
+        f"{tuple(p['select_seeds'])}; fc s = the weakest whose runs all reach ≤ 11 fc1 neurons "
+        "(conv2 at the grid's middle), conv2 s = the weakest whose runs all reach ≤ 18 conv2 "
+        f"neurons (the strongest candidate when none does) → **conv2 s "
+        f"{p['chosen']['conv2_s']}, fc s {p['chosen']['fc_s']}**. The Table 2 sweep (the "
+        f"paper's τ1 = 60 / 80 / 100) is the chosen conv2 s and the grid values below it: "
+        f"{tuple(p['sweep'])}.",
+        f"* Seeds (training order, and the fine-tuning's): {len(p['seeds'])} at the chosen "
+        f"setting (the paper: four runs), {len(p['seeds_sweep'])} at the two weaker conv2 "
+        f"strengths; top-t (`penalty='topk'`, the l0 baseline of supp. sec. 4: the same "
+        f"{p['epochs']} + {p['finetune_epochs']} epochs, t = the group rows' mean neuron "
+        f"counts) {len(p['seeds_topk'])} seeds; l1-norm pruning at the same counts, "
+        f"{p['l1_norm_finetune_epochs']} fine-tuning epochs (the same total training), 1 seed.",
+        "",
+        "## Table 2 (test set; mean ± sd over seeds)",
+        "",
+        f"Dense: conv2 50, fc1 500, {d['params']:,} params, test error {d['test_err']:.2f} % "
+        f"(validation {d['val_err']:.2f} %), {d['cpu_ms_batch100']:.2f} ms / batch of 100.",
+        "",
+        "| method | conv2 s | conv2 | fc1 | params | test err % | Δ err | val err % | "
+        "val err before FT % | speed-up | n |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in o["table2"]:
+        lines.append(
+            f"| {r['method']} | {r['conv2_s']} | {_fmt(r['conv2'])} | {_fmt(r['fc1'])} | "
+            f"{_fmt(r['params'], 0)} | {_fmt(r['test_err'], 2)} | "
+            f"{r['test_err'][0] - d['test_err']:+.2f} | {_fmt(r['val_err'], 2)} | "
+            f"{_fmt(r['val_err_before_ft'], 2) if r['val_err_before_ft'][0] == r['val_err_before_ft'][0] else '–'} | "
+            f"{_fmt(r['speedup'], 2)}x | {r['n']} |"
+        )
+    lines.append("")
+    for r in o["table2"]:
+        if r["n"] > 1:
+            per = ", ".join(f"{x['test_err']:.2f}" for x in r["per_seed"])
+            lines.append(f"* {r['method']} at conv2 s {r['conv2_s']}, test error per seed: {per} %")
+    lines += [
+        "",
+        "Paper (supp. Table 2, 4 runs averaged, from scratch, Caffe): conv2 27 / 22 / 18 at "
+        "τ1 = 60 / 80 / 100, fc3 11; 13,838 params at τ1 = 100 (supp. sec. 5); the paper's "
+        "Fig. 1 has group / low rank ahead of top-t at equal neuron counts.",
+        "",
+        f"**Issue target** (conv2 ≤ 18, fc ≤ 11, ≤ +0.3 % test error, mean of {v['n']} seeds, "
+        f"chosen setting): conv2 {v['conv2_mean']:.1f}, fc1 {v['fc1_mean']:.1f}, "
+        f"{v['params_mean']:.0f} params, {v['test_err_increase']:+.2f} % → "
+        f"**{'met' if v['met'] else 'NOT met'}**."
+        + (
+            f" Top-t at the same counts: {v['topk_test_err_increase']:+.2f} %."
+            if v["topk_test_err_increase"] is not None
+            else ""
+        ),
+        "",
+        "## Selection runs (validation only, PGT training without fine-tuning)",
+        "",
+        "| conv2 s | fc s | seed | conv2 | fc1 | val err % (before fine-tuning) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in sorted(o["selection"], key=lambda r: (r["conv2_s"], r["fc_s"], r["seed"])):
+        lines.append(
+            f"| {r['conv2_s']} | {r['fc_s']} | {r['seed']} | {r['units']['conv2']} | "
+            f"{r['units']['fc1']} | {100 - r['val_top1']:.2f} |"
+        )
+    lines.append("")
     return "\n".join(lines)
 
 
