@@ -6,13 +6,15 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: help venv data test test-all demo bench lint format clean
+.PHONY: help venv data test test-all demo bench peers bench-peers lint format clean
 
 help:
 	@echo "make demo      train (or load cached) LeNet on MNIST, compress it, print the report"
 	@echo "make test      fast test suite (CI)"
 	@echo "make test-all  every test, including slow reproductions"
 	@echo "make bench     benchmarks -> benchmarks/results/"
+	@echo "make peers     install the peer libraries of bench_peers (pinned, --no-deps)"
+	@echo "make bench-peers  compactnn vs Torch-Pruning / OTO / torch-kirigami (hours on 2 cores)"
 	@echo "make lint      ruff"
 
 # torch==2.13.0 goes in FIRST and alone (local CPU wheel); nothing after it may pull another torch.
@@ -56,6 +58,15 @@ bench: data
 	$(PY) benchmarks/bench_pgt.py
 	$(PY) benchmarks/bench_slr.py
 	$(PY) benchmarks/bench_targets.py
+
+# Peers for benchmarks/bench_peers.py only (not runtime dependencies): --no-deps, so none of
+# them can pull another torch (their Requires-Dist are listed in requirements/peers.txt).
+peers: $(STAMP)
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps -r requirements/peers.txt
+	$(PY) -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
+
+bench-peers: peers data
+	$(PY) benchmarks/bench_peers.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -286,10 +286,12 @@ def add_gap_head(
         hook.remove()
     f = torch.cat(feats)[:max_samples].double().cpu()
     z = torch.cat(logits)[:max_samples].double().cpu()
-    a = torch.cat([f, torch.ones(len(f), 1, dtype=f.dtype)], dim=1)
+    a = torch.cat([f, torch.ones(len(f), 1, dtype=f.dtype, device=f.device)], dim=1)
     gram = a.T @ a
     delta = 1e-4 * float(gram.diagonal().mean())
-    w = torch.linalg.solve(gram + delta * torch.eye(len(gram), dtype=f.dtype), a.T @ z)
+    w = torch.linalg.solve(
+        gram + delta * torch.eye(len(gram), dtype=f.dtype, device=f.device), a.T @ z
+    )
     with torch.no_grad():
         lin.weight.copy_(w[:-1].T.to(lin.weight))
         lin.bias.copy_(w[-1].to(lin.bias))
