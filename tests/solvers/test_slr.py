@@ -354,12 +354,12 @@ def test_woodbury_hsolve_equals_the_eigendecomposition() -> None:
     """Fewer rows than columns: H^{-1} through Woodbury is the same operator as through eigh,
     and the M-step it gives is still the argmin of eq. (8)."""
     g = torch.Generator().manual_seed(7)
-    X = torch.randn(20, 30, generator=g, dtype=torch.float64)
-    T = torch.randn(20, 5, generator=g, dtype=torch.float64)
+    X = torch.randn(200, 600, generator=g, dtype=torch.float64)
+    T = torch.randn(200, 5, generator=g, dtype=torch.float64)
     q = _Quadratic(X, T, 0.8, torch.float64)
     assert q.woodbury
-    R = torch.randn(5, 30, generator=g, dtype=torch.float64)
-    H = (2.0 / 20) * X.T @ X + 0.8 * torch.eye(30, dtype=torch.float64)
+    R = torch.randn(5, 600, generator=g, dtype=torch.float64)
+    H = (2.0 / 200) * X.T @ X + 0.8 * torch.eye(600, dtype=torch.float64)
     assert torch.allclose(q.hsolve(R), R @ torch.linalg.inv(H), atol=1e-10)
     tall = _Quadratic(torch.randn(40, 6, generator=g, dtype=torch.float64),
                       torch.randn(40, 3, generator=g, dtype=torch.float64), 0.5, torch.float64)  # fmt: skip
@@ -417,7 +417,9 @@ def test_share_errors() -> None:
         SLR(share=0.5, backend="cvxpy")
     p = _problem(0)
     with pytest.raises(ConfigError, match="same layer"):
-        SLRSolver().solve(_problem(0, d=10), warm_start=SLRSolver().solve(p, options=SLRAdmmOptions(max_iter=2)))
+        SLRSolver().solve(
+            _problem(0, d=10), warm_start=SLRSolver().solve(p, options=SLRAdmmOptions(max_iter=2))
+        )
 
 
 def test_params_target_sets_one_share_and_is_met(loaders: tuple[DataLoader, DataLoader]) -> None:

@@ -166,8 +166,9 @@ class SLRConfig(MethodConfig):
             "finetune_epochs": rule(check_int, min_value=0),
             "finetune_lr": rule(check_float, min_value=0.0, min_inclusive=False),
             "finetune_steps_per_epoch": rule(check_int, optional=True, min_value=1),
-            "share": rule(check_per_layer, optional=True, min_value=0.0, max_value=1.0,
-                          min_inclusive=False),  # fmt: skip
+            "share": rule(
+                check_per_layer, optional=True, min_value=0.0, max_value=1.0, min_inclusive=False
+            ),  # fmt: skip
         }
     )
 
@@ -228,7 +229,9 @@ class SLR(_Layerwise):
         order = list(cfg.layers) if cfg.layers is not None else layers
         lam1 = per_layer_values(cfg.lam1, order, "lam1", self.name)
         lam2 = None if cfg.lam2 is None else per_layer_values(cfg.lam2, order, "lam2", self.name)
-        share = None if cfg.share is None else per_layer_values(cfg.share, order, "share", self.name)
+        share = (
+            None if cfg.share is None else per_layer_values(cfg.share, order, "share", self.name)
+        )
         fc = self._fc
         out: dict[str, Any] = {}
         for n in layers:

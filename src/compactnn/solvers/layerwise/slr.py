@@ -399,7 +399,7 @@ class _Quadratic:
     :math:`H = Q\,\mathrm{diag}(h)\,Q^T` (two ``n x d x d`` products), or, when the rows are
     fewer than the columns (``N < d``), through the Woodbury identity
     :math:`RH^{-1} = \tfrac1t\big(R - (RX^T)K^{-1}X\big)`, :math:`K = \tfrac{Nt}2 I + XX^T`
-    (``n x d x N`` products), whichever costs fewer multiply-adds.
+    (``n x d x N`` products) for ``N < d`` on layers with ``d >= 512``.
     """
 
     def __init__(self, X: Tensor, T: Tensor, t: float, dtype: torch.dtype) -> None:
@@ -407,7 +407,9 @@ class _Quadratic:
         X = X.to(torch.float64)
         self.t = float(t)
         self.XtT = ((2.0 / N) * (T.to(torch.float64).T @ X)).to(dtype)  # n x d
-        self.woodbury = N < d  # 2ndN < 2nd^2 multiply-adds per hsolve
+        # 2ndN < 2nd^2 multiply-adds per hsolve; small layers keep the eigendecomposition
+        # (cheap there). Through Woodbury a column no calibration row activates stays exactly 0.
+        self.woodbury = N < d and d >= 512
         if self.woodbury:
             K = (0.5 * N * t) * torch.eye(N, dtype=torch.float64) + X @ X.T
             self.KinvX = torch.linalg.solve(K, X).to(dtype)  # N x d
