@@ -1,17 +1,22 @@
 """DDLR paper, Figs. 2-4 at CPU scale: relative test accuracy vs size ratio, DDLR vs Net-Trim.
 
-Reference models are trained here (cached), then compressed **without retraining**:
+Reference models are trained here as the paper says (sec. 4; cached), then compressed
+**without retraining**:
 
-* Fig. 2 -- spiral-mlp 2-80-80-2 on the nested spiral (819 train / 205 test points), ``fc2``
-  (W2, 80x80) compressed with N = 256 and 512 calibration points, eps fractions of sec. 4.1.
-* Fig. 3 -- LeNet-5 on MNIST, trained on a 1024-sample subset, ``fc1`` (256x120) and ``fc2``
-  (120x84) compressed with N = 128 and 256, eps fractions of sec. 4.2 (subsampled by default).
+* Fig. 2 -- spiral-mlp 2-80-80-2 on the nested spiral (820 train / 204 test points, the paper's
+  80/20), trained by plain SGD (batch 32, 1000 epochs, lr 1e-3); ``fc2`` (W2, 80x80) compressed
+  with N = 256 and 512 calibration points, eps fractions of sec. 4.1.
+* Fig. 3 -- LeNet-5 on MNIST trained on 1024 samples with the paper's 80 %-20 % train-test split
+  (819 / 205; batch 64, 30 epochs, lr 1e-3; the paper does not name the optimizer: Adam), ``fc1``
+  (256x120) and ``fc2`` (120x84) compressed with N = 128 and 256 of the 819, eps fractions of
+  sec. 4.2 (subsampled by default); accuracy on the 205 held-out samples, as the paper, and on
+  the full 10,000-image test set beside it.
 * Fig. 4 -- the paper uses CIFAR-10; it is not shipped offline here, so LeNet-5 on
   Fashion-MNIST (same protocol as Fig. 3) stands in for it.
 
 Size ratio = stored weights of the compressed layers / their original weights, measured on the
 returned modules (low rank: r(d+n); Net-Trim: COO 3 nnz as in the paper; biases, unchanged,
-are excluded). Relative accuracy = compressed test top-1 / original test top-1 (full test sets).
+are excluded). Relative accuracy = compressed test top-1 / original test top-1.
 
     .venv/bin/python benchmarks/bench_ddlr_repro.py            # ~10-15 min on 2 shared cores
     .venv/bin/python benchmarks/bench_ddlr_repro.py --quick    # smoke run
@@ -50,6 +55,10 @@ SPIRAL_EPS = (0.02, 0.05, 0.08, 0.1, 0.12, 0.15, 0.2, 0.25, 0.3, 0.5, 0.6)  # se
 LENET_EPS = (0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.12, 0.14, 0.16, 0.2, 0.3)  # sec. 4.2-4.3
 LENET_EPS_SMALL = (0.01, 0.02, 0.04, 0.08, 0.12, 0.16, 0.3)
 
+# The paper's protocol (sec. 4): spiral-mlp trained by plain SGD (batch 32, 1000 epochs, lr
+# 1e-3); LeNet-5 trained on 1024 samples with an 80 %-20 % train-test split (batch 64, 30 epochs,
+# lr 1e-3; the optimizer is not stated: Adam here), accuracy on those 205 held-out samples (the
+# full 10,000-image test set is reported beside it).
 EXPERIMENTS: dict[str, dict[str, Any]] = {
     "fig2_spiral": {
         "model": "spiral-mlp",
@@ -58,7 +67,7 @@ EXPERIMENTS: dict[str, dict[str, Any]] = {
         "N": (256, 512),
         "eps": SPIRAL_EPS,
         "train_limit": None,
-        "train": {"epochs": 1000, "batch": 32, "lr": 1e-3},
+        "train": {"epochs": 1000, "batch": 32, "lr": 1e-3, "optimizer": "sgd"},
         "paper": "Fig. 2 (spiral, W2)",
     },
     "fig3_mnist": {
@@ -68,7 +77,8 @@ EXPERIMENTS: dict[str, dict[str, Any]] = {
         "N": (128, 256),
         "eps": LENET_EPS_SMALL,
         "train_limit": 1024,
-        "train": {"epochs": 30, "batch": 64, "lr": 1e-3},
+        "split": 0.8,
+        "train": {"epochs": 30, "batch": 64, "lr": 1e-3, "optimizer": "adam"},
         "paper": "Fig. 3 (MNIST, LeNet-5 W1, W2)",
     },
     "fig4_fashion": {
@@ -78,9 +88,20 @@ EXPERIMENTS: dict[str, dict[str, Any]] = {
         "N": (128, 256),
         "eps": LENET_EPS_SMALL,
         "train_limit": 1024,
-        "train": {"epochs": 30, "batch": 64, "lr": 1e-3},
+        "split": 0.8,
+        "train": {"epochs": 30, "batch": 64, "lr": 1e-3, "optimizer": "adam"},
         "paper": "Fig. 4 (CIFAR-10 in the paper; Fashion-MNIST stand-in here)",
     },
+}
+# The protocol of the first reproduction (2026-11-23), still the reference model of
+# bench_net_trim_cascade.py and bench_scale.py: Adam for the spiral too, LeNet-5 trained on all
+# 1024 samples and tested on the full test set.
+OURS: dict[str, dict[str, Any]] = {
+    k: {
+        **{f: v for f, v in e.items() if f != "split"},
+        "train": {**e["train"], "optimizer": "adam"},
+    }
+    for k, e in EXPERIMENTS.items()
 }
 
 
@@ -91,17 +112,31 @@ def _cache() -> Path:
 
 
 def _datasets(exp: dict[str, Any]) -> tuple[TensorDataset, TensorDataset]:
+    """(train, test) of an experiment: with ``split``, the ``train_limit`` subset cut into
+    train / held-out test by a seeded permutation (the paper's 80 %-20 %)."""
     kw: dict[str, Any] = {"limit": exp["train_limit"]} if exp["train_limit"] else {}
-    return (
-        cdata.get_dataset(exp["dataset"], "train", seed=0, **kw),
-        cdata.get_dataset(exp["dataset"], "test"),
-    )
+    train = cdata.get_dataset(exp["dataset"], "train", seed=0, **kw)
+    if "split" not in exp:
+        return train, cdata.get_dataset(exp["dataset"], "test")
+    x, y = train.tensors
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
+    k = int(exp["split"] * len(x))
+    return TensorDataset(x[perm[:k]], y[perm[:k]]), TensorDataset(x[perm[k:]], y[perm[k:]])
+
+
+def _full_test(exp: dict[str, Any]) -> TensorDataset | None:
+    """The dataset's whole test split, for the experiments whose test set is a held-out 20 %."""
+    return cdata.get_dataset(exp["dataset"], "test") if "split" in exp else None
 
 
 def _reference(name: str, exp: dict[str, Any], train_ds: TensorDataset) -> tuple[nn.Module, str]:
-    """Train (Adam, cross-entropy, paper's epochs/batch/lr) or load the cached baseline."""
+    """Train (cross-entropy, the paper's optimizer / epochs / batch / lr) or load the cached
+    baseline."""
     t = exp["train"]
+    opt = t.get("optimizer", "adam")
     tag = f"ddlr_{name}_{exp['model']}_{exp['dataset']}_n{len(train_ds)}_e{t['epochs']}"
+    if opt != "adam":  # the tag of the first reproduction's (Adam) models is kept as it was
+        tag += f"_{opt}"
     path = _cache() / f"{tag}.safetensors"
     model = models.create(exp["model"], seed=0)
     if path.is_file():
@@ -113,15 +148,16 @@ def _reference(name: str, exp: dict[str, Any], train_ds: TensorDataset) -> tuple
     cfg = TrainConfig(
         epochs=t["epochs"],
         lr=t["lr"],
-        optimizer="adam",
+        optimizer=opt,
+        momentum=0.0,  # the paper's "stochastic batch gradient descent": no momentum
         weight_decay=0.0,
         schedule="constant",
         seed=0,
     )
     t0 = time.perf_counter()
     train(model, loader, config=cfg, progress=False)
-    save_checkpoint(model, path, model=exp["model"], dataset=exp["dataset"])
-    return model, f"trained in {time.perf_counter() - t0:.1f}s -> {path}"
+    save_checkpoint(model, path, model=exp["model"], dataset=exp["dataset"], optimizer=opt)
+    return model, f"trained ({opt}) in {time.perf_counter() - t0:.1f}s -> {path}"
 
 
 def _stored(module: nn.Module) -> int:
@@ -145,6 +181,9 @@ def run_experiment(
     model, how = _reference(name, exp, train_ds)
     test = DataLoader(test_ds, batch_size=1000)
     base = _acc(model, test)
+    full_ds = _full_test(exp)
+    full = None if full_ds is None else DataLoader(full_ds, batch_size=1000)
+    base_full = None if full is None else _acc(model, full)
     orig = sum(model.get_submodule(n).weight.numel() for n in exp["layers"])
     print(f"[{name}] baseline top1 {base:.2f}% ({how})", flush=True)
     rows = []
@@ -183,6 +222,11 @@ def run_experiment(
                     "original_weights": orig,
                     "top1": acc,
                     "rel_acc": acc / base,
+                    **(
+                        {}
+                        if full is None
+                        else {"rel_acc_full_test": _acc(res.model, full) / base_full}
+                    ),
                     "seconds": secs,
                     "per_layer": {
                         n: {
@@ -223,6 +267,9 @@ def run_experiment(
         "train_samples": len(train_ds),
         "test_samples": len(test_ds),
         "baseline_top1": base,
+        "baseline_top1_full_test": base_full,
+        "protocol": {k: exp[k] for k in ("train", "train_limit") if k in exp}
+        | {"split": exp.get("split")},
         "original_weights": orig,
         "rows": rows,
     }
@@ -280,6 +327,19 @@ def _dominance(rows: list[dict[str, Any]], N: int) -> str:
     return f"{wins} better / {ties} equal / {losses} worse"
 
 
+def _protocol(res: dict[str, Any]) -> str:
+    p = res.get("protocol") or {}
+    t = p.get("train") or {}
+    if not t:
+        return "Adam (first reproduction)"
+    txt = (f"{t.get('optimizer', 'adam')} ({'no momentum, ' if t.get('optimizer') == 'sgd' else ''}"
+           f"lr {t['lr']:g}, batch {t['batch']}, {t['epochs']} epochs)")  # fmt: skip
+    if p.get("split"):
+        txt += (f" on {p['train_limit']} samples split {p['split']:.0%} / {1 - p['split']:.0%} "
+                "(the paper's protocol; its optimizer is not stated for LeNet-5)")  # fmt: skip
+    return txt
+
+
 def markdown(out: dict[str, Any]) -> str:
     lines = [
         "# DDLR paper Figs. 2-4 (no retraining), measured with compactnn",
@@ -290,7 +350,8 @@ def markdown(out: dict[str, Any]) -> str:
         "",
         "Size ratio = stored weights of the compressed layers / original weights (low rank "
         "r(d+n); Net-Trim COO 3 nnz; biases unchanged and excluded). Relative accuracy = "
-        "compressed / original top-1 on the full test set. Solver: admm backend.",
+        "compressed / original top-1 on the experiment's test set (LeNet-5: the 20 % held out of the "
+        "1024 samples, as the paper; the full test set beside it). Solver: admm backend.",
         "",
     ]
     for res in out["experiments"]:
@@ -299,8 +360,14 @@ def markdown(out: dict[str, Any]) -> str:
             f"{', '.join(res['layers'])}",
             "",
             f"Baseline top-1 {res['baseline_top1']:.2f}% ({res['train_samples']} train / "
-            f"{res['test_samples']} test samples); original weights of the compressed layers: "
-            f"{res['original_weights']}.",
+            f"{res['test_samples']} test samples"
+            + (
+                f"; {res['baseline_top1_full_test']:.2f} % on the full test set"
+                if res.get("baseline_top1_full_test") is not None
+                else ""
+            )
+            + f"); original weights of the compressed layers: {res['original_weights']}. "
+            f"Training: {_protocol(res)}.",
             "",
         ]
         for N in sorted({r["N"] for r in res["rows"]}):
@@ -309,10 +376,11 @@ def markdown(out: dict[str, Any]) -> str:
                 f"at a size <= its size): {_dominance(res['rows'], N)}"
             )
             lines.append("")
+        full = any("rel_acc_full_test" in r for r in res["rows"])
         lines += [
             "| N | method | eps_frac | rank / nnz per layer | size ratio | top-1 % | "
-            "rel. acc. | s |",
-            "|---|---|---|---|---|---|---|---|",
+            "rel. acc. | " + ("rel. acc. (full test set) | " if full else "") + "s |",
+            "|---|---|---|---|---|---|---|---|" + ("---|" if full else ""),
         ]
         for r in res["rows"]:
             key = "rank" if r["method"] == "ddlr" else "nnz"
@@ -323,9 +391,27 @@ def markdown(out: dict[str, Any]) -> str:
             lines.append(
                 f"| {r['N']} | {r['method']} | {r['eps_frac']} | {per} | "
                 f"{r['size_ratio']:.3f} | {r['top1']:.2f} | {r['rel_acc']:.4f} | "
-                f"{r['seconds']:.1f} |"
+                + (f"{r['rel_acc_full_test']:.4f} | " if full else "")
+                + f"{r['seconds']:.1f} |"
             )
         lines.append("")
+    lines += ["## Verdict", ""]
+    for res in out["experiments"]:
+        for N in sorted({r["N"] for r in res["rows"]}):
+            lines.append(f"- {res['paper']}, N = {N}: DDLR vs Net-Trim at equal or smaller size "
+                         f"{_dominance(res['rows'], N)}.")  # fmt: skip
+    lines += [
+        "",
+        "One seed, no retraining, one draw of the N calibration samples. The paper shows DDLR "
+        "clearly ahead in all three figures; measured here it is clearly ahead only where the "
+        "count says so (LeNet-5 / MNIST at N = 256) and mixed or behind elsewhere. With the "
+        "paper's literal spiral protocol (plain SGD, lr 1e-3, 1000 epochs) the spiral network "
+        "underfits (see its baseline top-1; the paper's Fig. 1 shows a fitted boundary), so "
+        "Fig. 2's curve is that of a weak model; the first reproduction (Adam, "
+        "`ddlr_repro.json` of 2026-11-23 in git history) had DDLR ahead at N = 256. The 205-"
+        "sample held-out test sets of Figs. 3-4 move by 0.49 points per image.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -336,13 +422,14 @@ def main() -> None:
     ap.add_argument("--full-eps", action="store_true", help="all 11 eps values for LeNet too")
     ap.add_argument("--max-iter", type=int, default=5000, help="ADMM iteration cap per solve")
     ap.add_argument(
-        "--replot", action="store_true", help="only redraw the PNGs from ddlr_repro.json"
+        "--replot", action="store_true", help="only redraw the PNGs and .md from ddlr_repro.json"
     )
     args = ap.parse_args()
     if args.replot:
         saved = json.loads((RESULTS / "ddlr_repro.json").read_text())
         for res in saved["experiments"]:
             plot(res, RESULTS / res["png"])
+        (RESULTS / "ddlr_repro.md").write_text(markdown(saved))
         return
     torch.set_num_threads(1)
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -95,7 +95,7 @@ def main() -> None:
         (RESULTS / "net_trim_cascade.md").write_text(markdown(out))
         return
     torch.set_num_threads(1)
-    exp = ddlr_bench.EXPERIMENTS["fig3_mnist"]
+    exp = ddlr_bench.OURS["fig3_mnist"]
     train_ds, test_ds = ddlr_bench._datasets(exp)
     model, how = ddlr_bench._reference("fig3_mnist", exp, train_ds)
     test = DataLoader(test_ds, batch_size=1000)

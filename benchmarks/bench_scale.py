@@ -78,7 +78,8 @@ def lpt(times: list[float], workers: int) -> float:
 
 def end_to_end(quick: bool, address: str) -> list[dict[str, Any]]:
     import compactnn
-    from bench_ddlr_repro import EXPERIMENTS, _datasets, _reference
+    from bench_ddlr_repro import OURS as EXPERIMENTS
+    from bench_ddlr_repro import _datasets, _reference
 
     exp = EXPERIMENTS["fig3_mnist"]
     train_ds, test_ds = _datasets(exp)

@@ -20,7 +20,7 @@ from compactnn.capture import collect
 from compactnn.solvers.layerwise import ADMMOptions, choose_rank, factorize, solve_ddlr
 
 torch.set_num_threads(1)
-name, exp = "fig2_spiral", B.EXPERIMENTS["fig2_spiral"]
+name, exp = "fig2_spiral", B.OURS["fig2_spiral"]
 train_ds, test_ds = B._datasets(exp)
 model, how = B._reference(name, exp, train_ds)
 test = DataLoader(test_ds, batch_size=1000)

@@ -249,3 +249,10 @@ def test_drop_guard_uses_max_drop() -> None:
             model, "magnitude", (train, test), ratio=0.75, finetune_epochs=0,
             measure=False, progress=False, max_drop=drop / 2,
         )  # fmt: skip
+    # on_drop="warn": the warning is attributed to the caller's line, not to compactnn's
+    with pytest.warns(RuntimeWarning, match="max_drop") as rec:
+        compactnn.compress(
+            model, "magnitude", (train, test), ratio=0.75, finetune_epochs=0,
+            measure=False, progress=False, max_drop=drop / 2, on_drop="warn",
+        )  # fmt: skip
+    assert [w.filename for w in rec if "max_drop" in str(w.message)] == [__file__]

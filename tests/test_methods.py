@@ -162,6 +162,16 @@ def test_ssr_lambda_path_prunes_in_stages_and_replays(loaders) -> None:
     res.model.eval()
     replayed.eval()
     torch.testing.assert_close(replayed(x), res.model(x), atol=1e-5, rtol=1e-5)
+    # every point of S but the last (the result) comes back as a plan rebuilding that model
+    # (on a fresh instance) with the stage's widths; with finetune_epochs=0 the last stage's
+    # model is the result, so a third plan would be a copy of res.plan
+    plans = res.history["stage_plans"]
+    assert len(plans) == 2
+    for st, plan in zip(stages[:2], plans, strict=True):
+        point = surgery.apply(plan, tiny_cnn()).eval()
+        pts = [m for m in point.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        assert [m.weight.shape[0] for m in pts[:3]] == [st["filters"][k] for k in ("0", "3", "6")]
+        assert torch.isfinite(point(x)).all()
 
 
 def test_admm_sparse_path_records_every_mu(loaders) -> None:

@@ -127,3 +127,9 @@ def test_memory_counts_sparse_indices_and_latency_uses_real_samples() -> None:
     assert report(model, (10,), repeats=2, warmup=0).latency_inputs == "random"
     with pytest.raises(InputShapeError, match="'inputs' must be a batch"):
         metrics.measure_latency(model, (10,), inputs=torch.zeros(3, 5), repeats=1, warmup=0)
+
+
+def test_latency_percentiles_stay_within_the_measured_times() -> None:
+    for times in ([1.0, 3.0], [2.0, 5.0, 9.0], [4.0, 1.0, 8.0, 2.0, 6.0]):
+        r = metrics.LatencyResult.from_times(times, batch_size=1, threads=1, warmup=0)
+        assert min(times) <= r.p10_ms <= r.median_ms <= r.p90_ms <= max(times)

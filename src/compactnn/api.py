@@ -436,7 +436,7 @@ def _guard(
         "on_drop='warn' returns such a result with a warning."
     )
     if on_drop == "warn":
-        warnings.warn(msg, RuntimeWarning, stacklevel=3)
+        warnings.warn(msg, RuntimeWarning, stacklevel=4)
         return
     raise AccuracyDropError(msg, result=result)
 

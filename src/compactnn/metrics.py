@@ -317,7 +317,12 @@ class LatencyResult:
     ) -> LatencyResult:
         """Median and 10th / 90th percentiles of timed runs (milliseconds)."""
         times = sorted(times_ms)
-        q = statistics.quantiles(times, n=10) if len(times) >= 2 else [times[0]] * 9
+        # inclusive: percentiles stay within the measured range (the default extrapolates)
+        q = (
+            statistics.quantiles(times, n=10, method="inclusive")
+            if len(times) >= 2
+            else [times[0]] * 9
+        )
         return cls(
             median_ms=statistics.median(times),
             p10_ms=q[0],

@@ -326,18 +326,26 @@ class GapHead:
 
     The module at ``flatten`` (an ``nn.Flatten`` following the last conv stage) becomes
     ``AdaptiveAvgPool2d(1)`` + ``Flatten``, and every module named in ``classifier`` (the FC
-    layers and their activations / dropouts) becomes ``nn.Identity``. The last conv before the
-    flatten must therefore have as many output channels as the model has classes: the output
-    is the spatial mean of its feature maps, ``y_k = mean_{h,w} z_{k,h,w}``. Surgery checks that
-    the model's output width is unchanged. The new model needs fine-tuning (the map is not
-    equivalent to the FC head).
+    layers and their activations / dropouts) becomes ``nn.Identity``.
+
+    * ``linear=False`` (NIN style): the last conv before the flatten must have as many output
+      channels as the model has classes; the output is the spatial mean of its feature maps,
+      ``y_k = mean_{h,w} z_{k,h,w}``.
+    * ``linear=True`` (the paper's AlexNet / VGG-16 "-GAP" models, whose 2.5M / 9.2M
+      parameters are the pruned convs plus one c x classes classifier): the pooled c features
+      go through a new ``Linear(c, classes)``, initialised to zero (deterministic; the method
+      that adds the head fits it, e.g. SSR by least squares, and fine-tunes).
+
+    Surgery checks that the model's output width is unchanged. The new model needs fine-tuning
+    (the map is not equivalent to the FC head).
 
     References:
-        Lin et al. 2019 (SSR), Sec. IV (LeNet/AlexNet "-GAP" variants, Table I-III).
+        Lin et al. 2019 (SSR), Sec. IV-B/C ("X-GAP", Tables III-IV).
     """
 
     flatten: str
     classifier: tuple[str, ...]
+    linear: bool = False
 
     def __post_init__(self) -> None:
         _check_layer(self.flatten, "GapHead")
@@ -359,6 +367,11 @@ class GapHead:
                 f"GapHead: the flatten layer {self.flatten!r} must not also be in 'classifier'."
             )
         object.__setattr__(self, "classifier", names)
+        if not isinstance(self.linear, bool):
+            raise PlanError(
+                f"GapHead(flatten={self.flatten!r}): 'linear' must be True or False. "
+                f"Got {self.linear!r}."
+            )
 
     @property
     def layer(self) -> str:

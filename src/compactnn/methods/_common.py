@@ -18,6 +18,7 @@ __all__ = [
     "kept_filters",
     "finetune_model",
     "admm_w_step",
+    "add_gap_head",
 ]
 
 
@@ -243,3 +244,61 @@ def admm_w_step(
         )
 
     return w_step
+
+
+def add_gap_head(
+    model: nn.Module,
+    original: nn.Module,
+    head: Any,
+    loader: Any,
+    input_shape: Sequence[int],
+    *,
+    max_samples: int = 2048,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """``model`` with the :class:`~compactnn.plan.GapHead` ``head`` (``linear=True``) applied
+    and its new classifier fitted by ridge least squares to ``original``'s logits:
+    ``W = argmin ||[f 1] W - z||^2 + delta ||W||^2`` (f the pooled features, z the logits,
+    delta = 1e-4 x the mean diagonal of the Gram matrix) on up to ``max_samples`` samples of
+    ``loader``. Returns the new model (``model`` is not changed) and a record of the fit."""
+    import torch
+
+    from compactnn import surgery
+    from compactnn.metrics import _eval_no_grad
+    from compactnn.plan import CompressionPlan
+
+    new = surgery.apply(CompressionPlan([head], meta={"input_shape": list(input_shape)}), model)
+    pool = new.get_submodule(head.flatten)
+    lin = pool[2]
+    feats: list[Any] = []
+    logits: list[Any] = []
+    hook = pool[1].register_forward_hook(lambda _m, _a, out: feats.append(out.detach()))
+    n = 0
+    try:
+        for batch in loader:
+            x = batch[0] if isinstance(batch, (tuple, list)) else batch
+            with _eval_no_grad(new), _eval_no_grad(original):
+                new(x)
+                logits.append(original(x).detach())
+            n += int(x.shape[0])
+            if n >= max_samples:
+                break
+    finally:
+        hook.remove()
+    f = torch.cat(feats)[:max_samples].double().cpu()
+    z = torch.cat(logits)[:max_samples].double().cpu()
+    a = torch.cat([f, torch.ones(len(f), 1, dtype=f.dtype)], dim=1)
+    gram = a.T @ a
+    delta = 1e-4 * float(gram.diagonal().mean())
+    w = torch.linalg.solve(gram + delta * torch.eye(len(gram), dtype=f.dtype), a.T @ z)
+    with torch.no_grad():
+        lin.weight.copy_(w[:-1].T.to(lin.weight))
+        lin.bias.copy_(w[-1].to(lin.bias))
+    agree = float(((a @ w).argmax(1) == z.argmax(1)).double().mean())
+    record = {
+        "flatten": head.flatten,
+        "classifier_removed": list(head.classifier),
+        "features": int(f.shape[1]),
+        "fit_samples": int(len(f)),
+        "fit_agreement": agree,
+    }
+    return new, record

@@ -43,6 +43,7 @@ from compactnn._validation import (
 from compactnn.budget import Strength
 from compactnn.errors import ConfigError
 from compactnn.methods._common import (
+    add_gap_head,
     admm_w_step,
     finetune_model,
     kept_filters,
@@ -69,6 +70,15 @@ def _check_lam_path(value: Any, name: str, owner: str) -> tuple[Any, ...]:
     return tuple(
         check_per_layer(v, f"{name}[{i}]", owner, min_value=0.0) for i, v in enumerate(value)
     )
+
+
+def _check_name(value: Any, name: str, owner: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(
+            f"The '{name}' parameter of {owner} must be a module name (a non-empty string). "
+            f"Got {value!r} instead."
+        )
+    return value
 
 
 _POSITIVE = {"min_value": 0.0, "min_inclusive": False}
@@ -131,8 +141,22 @@ class SSRConfig(MethodConfig):
         lam_path: Algorithm 1's set S: a sequence of λ settings (each like ``lam``: a float, a
             per-layer list or a dict) run in order; after each setting the layers are pruned
             and the network is fine-tuned (``path_finetune_epochs``), the last setting is
-            followed by the global fine-tuning. ``lam`` is ignored when this is given.
+            followed by the global fine-tuning. ``lam`` is ignored when this is given. Every
+            point is returned: ``history["stages"]`` (λ, filters, validation top-1) and
+            ``history["stage_plans"]`` (a self-contained plan per point but the last, which is
+            the result), for picking the trade-off on validation.
         path_finetune_epochs: fine-tuning epochs between two λ settings of ``lam_path``.
+        gap: the paper's "SSR-...-GAP" models (sec. IV-B/C, Tables III-IV): after the conv
+            layers are pruned, the FC head is replaced by global average pooling and one
+            ``Linear(c, classes)`` (:class:`~compactnn.plan.GapHead` with ``linear=True``),
+            fitted by least squares to the uncompressed model's logits on up to
+            ``gap_fit_samples`` training samples, then fine-tuned with the rest of the
+            network. Only conv layers are pruned (default: the prunable convs).
+        gap_flatten: the ``nn.Flatten`` between the last conv stage and the FC head (default:
+            the model's only ``nn.Flatten``).
+        gap_classifier: the modules of the FC head to remove (default: every leaf module
+            registered after ``gap_flatten``).
+        gap_fit_samples: training samples for the least-squares fit of the new classifier.
         seed: seeds the SGD steps (int >= 0).
     """
 
@@ -158,6 +182,10 @@ class SSRConfig(MethodConfig):
     finetune_step_epochs: int = 10
     lam_path: tuple[Any, ...] | None = None
     path_finetune_epochs: int = 1
+    gap: bool = False
+    gap_flatten: str | None = None
+    gap_classifier: tuple[str, ...] | None = None
+    gap_fit_samples: int = 2048
     seed: int = 0
 
     owner: ClassVar[str] = "SSR"
@@ -187,6 +215,10 @@ class SSRConfig(MethodConfig):
             "finetune_step_epochs": rule(check_int, min_value=1),
             "lam_path": rule(_check_lam_path, optional=True),
             "path_finetune_epochs": rule(check_int, min_value=0),
+            "gap": rule(check_bool),
+            "gap_flatten": rule(_check_name, optional=True),
+            "gap_classifier": rule(check_names, optional=True),
+            "gap_fit_samples": rule(check_int, min_value=1),
             "seed": rule(check_int, min_value=0),
         }
     )
@@ -223,9 +255,7 @@ class SSR(Method):
         from compactnn.methods._calibrate import layer_scales
 
         cfg: SSRConfig = self.config  # type: ignore[assignment]
-        layers = (
-            list(cfg.layers) if cfg.layers is not None else prunable_layers(model, data.input_shape)
-        )
+        layers = self._layers(model, data.input_shape)
         scales = layer_scales(model, layers)
         lam = {n: float(s) * cfg.rho * scales[n] for n in layers}
         return self.with_options(lam=lam, lam_path=None, layers=tuple(layers))
@@ -245,7 +275,9 @@ class SSR(Method):
         generic global-scale search.
         """
         cfg: SSRConfig = self.config  # type: ignore[assignment]
-        if _PENALTIES[cfg.penalty] == "l1" or cfg.lam_path is not None:
+        if _PENALTIES[cfg.penalty] == "l1" or cfg.lam_path is not None or cfg.gap:
+            # gap: the head's removal changes every layer's share of the budget; the generic
+            # search measures the proxy (stages + GAP head) itself
             return super().calibrate(model, data, target, progress=progress)
         import time
 
@@ -255,8 +287,7 @@ class SSR(Method):
         t0 = time.perf_counter()
         shape = data.require_input_shape(self.name)
         loader = data.require_train(self.name)
-        layers = list(cfg.layers) if cfg.layers is not None else prunable_layers(model, shape)
-        self._check_layers(model, layers)
+        layers = self._layers(model, shape)
         counts, _ = uniform_counts(model, layers, target, shape)
         lam: dict[str, float] = {}
         trace: list[dict[str, Any]] = []
@@ -317,6 +348,60 @@ class SSR(Method):
         rows = [{"layer": layer, "lam": s * unit, "kept": t[0]} for s, t in sorted(trials.items())]
         rows.append({"layer": layer, "lam": best * unit, "kept": count, "chosen": True})
         return pruned, best * unit, rows
+
+    def _layers(self, model: nn.Module, shape: Any) -> list[str]:
+        """The layers to prune: ``layers`` or the defaults (with ``gap``: the convs only, since
+        the FC head is replaced), checked to exist."""
+        cfg: SSRConfig = self.config  # type: ignore[assignment]
+        layers = list(cfg.layers) if cfg.layers is not None else prunable_layers(model, shape)
+        self._check_layers(model, layers)
+        if cfg.gap:
+            mods = dict(model.named_modules())
+            if cfg.layers is None:
+                layers = [n for n in layers if isinstance(mods[n], nn.Conv2d)]
+            fc = [n for n in layers if not isinstance(mods[n], nn.Conv2d)]
+            if fc:
+                raise ConfigError(
+                    f"SSR gap=True prunes conv layers only (the FC head is replaced by global "
+                    f"average pooling), but 'layers' names {fc}; drop them from 'layers'."
+                )
+        return layers
+
+    def _gap_head(self, model: nn.Module, shape: Any, layers: list[str]) -> Any:
+        """The :class:`~compactnn.plan.GapHead` of ``gap=True``, found and tried on a copy of
+        the model before any training (a wrong head fails here, not after the AULM stages)."""
+        from compactnn import surgery
+        from compactnn.plan import CompressionPlan, GapHead
+
+        cfg: SSRConfig = self.config  # type: ignore[assignment]
+        mods = dict(model.named_modules())
+        flatten = cfg.gap_flatten
+        if flatten is None:
+            flats = [n for n, m in mods.items() if isinstance(m, nn.Flatten)]
+            if len(flats) != 1:
+                raise ConfigError(
+                    f"SSR gap=True: the model has {len(flats)} nn.Flatten modules {flats}; name "
+                    "the one between the last conv stage and the FC head with gap_flatten= "
+                    "(and the head's modules with gap_classifier=)."
+                )
+            flatten = flats[0]
+        elif not isinstance(mods.get(flatten), nn.Flatten):
+            raise ConfigError(
+                f"SSR gap_flatten={flatten!r} must name an nn.Flatten of the model; got "
+                f"{type(mods[flatten]).__name__ if flatten in mods else 'no such module'}."
+            )
+        classifier = cfg.gap_classifier
+        if classifier is None:
+            leaves = [n for n, m in mods.items() if n and not list(m.children())]
+            classifier = tuple(leaves[leaves.index(flatten) + 1 :])
+        both = sorted(set(classifier) & set(layers))
+        if both:
+            raise ConfigError(
+                f"SSR gap=True: {both} are in the FC head that the GAP replaces and in 'layers'."
+            )
+        head = GapHead(flatten, tuple(classifier), linear=True)
+        surgery.apply(CompressionPlan([head], meta={"input_shape": list(shape)}), model)
+        return head
 
     def proxy(self) -> Method:
         """Same AULM stages (hence the same filters), without the final fine-tuning."""
@@ -562,6 +647,14 @@ class SSR(Method):
                 stage_rec["filters"] = {  # the widths the model really has
                     k: int(current.get_submodule(k).weight.shape[0]) for k in layers
                 }
+            if len(stages) > 1 and si < len(stages) - 1:
+                # Algorithm 1's S is a trade-off path: every point but the last (the result)
+                # is returned as a self-contained plan that rebuilds that point's model
+                from compactnn.plan import CompressionPlan
+
+                history.setdefault("stage_plans", []).append(
+                    replay_plan(CompressionPlan(actions=list(actions)), current, data.input_shape)
+                )
             history["stages"].append(stage_rec)
             saved(current, si + 1, 0, {})
         return current, history, actions
@@ -572,13 +665,21 @@ class SSR(Method):
         cfg: SSRConfig = self.config  # type: ignore[assignment]
         loader = data.require_train(self.name)
         shape = data.require_input_shape(self.name)
-        layers = list(cfg.layers) if cfg.layers is not None else prunable_layers(model, shape)
-        self._check_layers(model, layers)
+        layers = self._layers(model, shape)
         stages = self._lam_stages(cfg, layers)
         structured = _PENALTIES[cfg.penalty] != "l1"
+        head = self._gap_head(model, shape, layers) if cfg.gap else None
         # the uncompressed network, frozen before any training, is the distillation teacher
-        teacher = copy.deepcopy(model).eval() if cfg.finetune_distill > 0 else None
+        # (and the target of the GAP classifier's fit)
+        teacher = copy.deepcopy(model).eval() if cfg.finetune_distill > 0 or cfg.gap else None
         current, history, actions = self._run_stages(model, layers, stages, loader, data, progress)
+        if head is not None:
+            current, history["gap"] = add_gap_head(
+                current, teacher, head, loader, shape, max_samples=cfg.gap_fit_samples
+            )
+            actions.append(head)
+            if cfg.finetune_distill == 0:
+                teacher = None
         plan = None
         if structured:
             from compactnn.plan import CompressionPlan

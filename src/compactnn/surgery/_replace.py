@@ -247,6 +247,34 @@ def _last_out(model: nn.Module, names: tuple[str, ...], a: GapHead) -> int:
     )
 
 
+def _zero_classifier(
+    model: nn.Module, flat: nn.Module, classes: int, inputs: tuple[Tensor, ...], a: GapHead
+) -> nn.Linear:
+    """``Linear(c, classes)`` with zero weight and bias, c = the channels entering ``flat``
+    (measured by one forward pass), on the model's device and dtype."""
+    seen: list[tuple[int, ...]] = []
+    hook = flat.register_forward_hook(lambda _m, args, _o: seen.append(tuple(args[0].shape)))
+    try:
+        run_model(model, inputs)
+    except Exception as exc:  # noqa: BLE001
+        raise PlanError(
+            f"GapHead(flatten={a.flatten!r}): the model does not run on the example inputs ({exc})."
+        ) from exc
+    finally:
+        hook.remove()
+    if not seen or len(seen[0]) != 4:
+        raise PlanError(
+            f"GapHead(flatten={a.flatten!r}, linear=True): the flatten must receive the last conv "
+            f"stage's (N, C, H, W) maps; it received {seen[0] if seen else 'nothing'}."
+        )
+    ref = next(model.parameters())
+    lin = nn.Linear(seen[0][1], classes, device=ref.device, dtype=ref.dtype)
+    with torch.no_grad():
+        lin.weight.zero_()
+        lin.bias.zero_()
+    return lin
+
+
 def apply_gap_head(model: nn.Module, a: GapHead, inputs: tuple[Tensor, ...] | None) -> None:
     """SSR "-GAP": global average pooling replaces the flatten, classifier layers removed."""
     flat = get_module(model, a.flatten, "GapHead")
@@ -261,7 +289,10 @@ def apply_gap_head(model: nn.Module, a: GapHead, inputs: tuple[Tensor, ...] | No
             f"GapHead(flatten={a.flatten!r}) needs example inputs to check the new head; pass "
             "example_inputs or set plan.meta['input_shape']."
         )
-    set_module(model, a.flatten, nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1)))
+    head: list[nn.Module] = [nn.AdaptiveAvgPool2d(1), nn.Flatten(1)]
+    if a.linear:
+        head.append(_zero_classifier(model, flat, num_classes, inputs, a))
+    set_module(model, a.flatten, nn.Sequential(*head))
     for name in a.classifier:
         get_module(model, name, "GapHead")
         set_module(model, name, nn.Identity())
@@ -277,5 +308,6 @@ def apply_gap_head(model: nn.Module, a: GapHead, inputs: tuple[Tensor, ...] | No
         raise PlanError(
             f"GapHead(flatten={a.flatten!r}): the last conv before the flatten has {width} "
             f"channels but the head predicted {num_classes} classes. Cut that conv to "
-            f"{num_classes} channels first (KeepOutputs) or add a {num_classes}-channel conv."
+            f"{num_classes} channels first (KeepOutputs), add a {num_classes}-channel conv, or use "
+            "GapHead(..., linear=True) for a linear classifier on the pooled features."
         )
