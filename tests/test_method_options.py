@@ -156,6 +156,7 @@ BAD: dict[str, tuple[str, dict[str, list]]] = {
             "finetune_epochs": _NONNEG_INT,
             "finetune_lr": _POS_FLOAT,
             "finetune_steps_per_epoch": _OPT_POS_INT,
+            "share": [0.0, 1.5, [0.5, -0.1], "x", NAN],
         },
     ),
     "pgt": (

@@ -347,3 +347,101 @@ def test_method_errors(loaders: tuple[DataLoader, DataLoader]) -> None:
     # classifier has no ReLU: refused for the non-linear response
     with pytest.raises(UnsupportedLayerError, match="not followed by a ReLU"):
         compactnn.compress(_net(), "slr", loaders, layers=("fc2",), progress=False)
+
+
+# ---------------------------------------------------------------------- budgets (share)
+def test_woodbury_hsolve_equals_the_eigendecomposition() -> None:
+    """Fewer rows than columns: H^{-1} through Woodbury is the same operator as through eigh,
+    and the M-step it gives is still the argmin of eq. (8)."""
+    g = torch.Generator().manual_seed(7)
+    X = torch.randn(200, 600, generator=g, dtype=torch.float64)
+    T = torch.randn(200, 5, generator=g, dtype=torch.float64)
+    q = _Quadratic(X, T, 0.8, torch.float64)
+    assert q.woodbury
+    R = torch.randn(5, 600, generator=g, dtype=torch.float64)
+    H = (2.0 / 200) * X.T @ X + 0.8 * torch.eye(600, dtype=torch.float64)
+    assert torch.allclose(q.hsolve(R), R @ torch.linalg.inv(H), atol=1e-10)
+    tall = _Quadratic(torch.randn(40, 6, generator=g, dtype=torch.float64),
+                      torch.randn(40, 3, generator=g, dtype=torch.float64), 0.5, torch.float64)  # fmt: skip
+    assert not tall.woodbury
+
+
+def test_budget_scale_is_the_smallest_fitting_factor() -> None:
+    from compactnn.solvers.layerwise.slr import budget_scale
+
+    n, d = 3, 4
+    cols = torch.tensor([5.0, 1.0, 3.0, 2.0])  # each costs n = 3
+    sv = torch.tensor([4.0, 0.5])  # each costs n + d = 7
+    # greedy from the largest: 5 (3), 4 (+7 = 10), 3 (+3 = 13), 2 (+3 = 16), 1 (19), 0.5 (26)
+    assert budget_scale(cols, sv, n, d, 13.0) == 2.0  # keeps 5, 4, 3 (values > 2)
+    assert budget_scale(cols, sv, n, d, 12.9) == 3.0
+    assert budget_scale(cols, sv, n, d, 100.0) == 0.0
+    assert budget_scale(cols, None, n, d, 6.0) == 2.0  # sparse only: 5 and 3 kept
+    assert budget_scale(None, sv, n, d, 7.0) == 0.5
+
+
+@pytest.mark.parametrize(("share", "lam2"), [(0.3, 0.3), (0.5, math.inf)])
+def test_share_budget_is_met_on_relu_problem(share: float, lam2: float) -> None:
+    """With a share, the deployed pair stores at most share * n * d weights (eq. 15), close to
+    it, and the reported lambdas are the scaled ones; a warm start continues the iterates."""
+    p = _problem(9, N=200, d=24, n=10)
+    p = LayerProblem(p.X, p.Y, p.bias, linear=False)
+    s = SLRSolver(lam1=0.05, lam2=lam2, share=share)
+    r = s.solve(p, options=SLRAdmmOptions(max_iter=80))
+    n, d = 10, 24
+    size = n * r.extras["kept_columns"].numel() + r.extras["rank"] * (n + d)
+    assert size <= share * n * d
+    assert size >= 0.6 * share * n * d  # the budget is used, not overshot by far
+    assert r.extras["lam1"] == pytest.approx(r.extras["lam_scale"] * 0.05 * r.extras["s0"])
+    assert r.extras["budget_iteration"] is not None
+    if math.isinf(lam2):
+        assert r.extras["rank"] == 0
+    # warm start: continuing from the state starts where the last solve ended
+    again = s.solve(p, options=SLRAdmmOptions(max_iter=1), warm_start=r)
+    assert again.extras["warm_started"]
+    assert float((again.extras["state"]["M"] - r.extras["state"]["M"]).norm()) < 0.05 * float(
+        r.extras["state"]["M"].norm()
+    )
+
+
+def test_share_errors() -> None:
+    with pytest.raises(ConfigError, match="share"):
+        SLRSolver(share=1.5)
+    with pytest.raises(ConfigError, match="both must be > 0"):
+        SLRSolver(lam1=0.0, share=0.5)
+    with pytest.raises(ConfigError, match="both are inf"):
+        SLRSolver(lam1=math.inf, lam2=math.inf, share=0.5)
+    with pytest.raises(ConfigError, match="needs backend='admm'"):
+        from compactnn.methods import SLR
+
+        SLR(share=0.5, backend="cvxpy")
+    p = _problem(0)
+    with pytest.raises(ConfigError, match="same layer"):
+        SLRSolver().solve(
+            _problem(0, d=10), warm_start=SLRSolver().solve(p, options=SLRAdmmOptions(max_iter=2))
+        )
+
+
+def test_params_target_sets_one_share_and_is_met(loaders: tuple[DataLoader, DataLoader]) -> None:
+    """target={'params': f}: the share comes from the exact count (no search), every layer
+    fits its own budget, and the returned model meets the target."""
+    from compactnn.metrics import count_params
+
+    model = _net()
+    res = compactnn.compress(
+        model, "slr", loaders, target={"params": 0.5}, options=SLRAdmmOptions(max_iter=60),
+        calib_batches=2, progress=False, on_drop="warn", input_shape=(1, 8, 8),
+    )  # fmt: skip
+    share = res.chosen["share"]
+    mods = dict(model.named_modules())
+    approx = sum(mods[n].weight.numel() for n in ("conv2", "fc1"))
+    total = count_params(model)
+    assert share == pytest.approx((0.5 * total - (total - approx)) / approx)
+    assert res.target["trace"] == [] and res.target["option"] == "share"
+    for name, st in res.history["layers"].items():
+        assert st["stored_weights"] <= share * st["original_weights"] + 1e-9, name
+    assert count_params(res.model) <= 0.5 * total
+    assert res.target["met"]
+    with pytest.raises(ConfigError, match="cannot reach the target"):
+        compactnn.compress(model, "slr", loaders, target={"params": 0.01}, calib_batches=2,
+                           progress=False, input_shape=(1, 8, 8))  # fmt: skip

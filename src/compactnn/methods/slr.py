@@ -21,8 +21,12 @@ sparse branch alone; ``A = 0``: the low-rank layer alone; a layer whose two bran
 store more than the dense weight is deployed dense (``A + B``). Fine-tuning afterwards
 (``finetune_epochs``; paper: 5 epochs, small lr) keeps this structure.
 
-Budget: ``strength`` = ``lam1`` with ``lam2 = lam2_ratio * lam1`` (paper: λ2 = 2.5-3 λ1), in
-the data scale of the solver (λ as a fraction of the smallest λ1 that zeroes every column).
+Without a budget, ``lam1`` is fixed (``lam2 = lam2_ratio * lam1``, paper: λ2 = 2.5-3 λ1) in the
+data scale of the solver (λ as a fraction of the smallest λ1 that zeroes every column); one λ1
+then cuts the layers very unevenly (measured on kiaee-cnn: fc1 to 7 % of its columns while the
+convs kept most). With ``share`` (or a ``target``, which sets it) every layer gets its own budget
+of stored weights and its λ pair is scaled inside the ADMM iterations to fit it; the ratio
+``lam2 / lam1`` still splits the budget between the sparse and the low-rank part.
 
 References:
     Ma et al. (2019), eqs. (2)-(15), Algorithm 1, Fig. 2, sec. V (first conv kept, FC sparse
@@ -110,6 +114,12 @@ class SLRConfig(MethodConfig):
             ``asymmetric=False`` solves them independently (on Dask, joblib or serially).
         finetune_epochs, finetune_lr, finetune_steps_per_epoch: fine-tuning after the
             approximation with the structure fixed (paper: 5 epochs, lr 1e-5 in Caffe).
+        share: a per-layer budget (float, list per layer or dict; admm backend): each layer's
+            deployed pair stores at most ``share * n * d`` weights (eq. 15 counts), ``lam1`` /
+            ``lam2`` then set only the ratio of the two penalties and are scaled inside the ADMM
+            iterations to fit (see :class:`~compactnn.solvers.layerwise.SLRSolver`). ``None``:
+            fixed ``lam1`` (the paper). A ``target=`` of ``compress`` sets it (one share for
+            every approximated layer, from the exact parameter count).
     """
 
     layers: tuple[str, ...] | None = None
@@ -137,6 +147,7 @@ class SLRConfig(MethodConfig):
     finetune_epochs: int = 0
     finetune_lr: float = 1e-3
     finetune_steps_per_epoch: int | None = None
+    share: Any = None
 
     owner: ClassVar[str] = "SLR"
     solver_name: ClassVar[str] = "slr"
@@ -155,11 +166,19 @@ class SLRConfig(MethodConfig):
             "finetune_epochs": rule(check_int, min_value=0),
             "finetune_lr": rule(check_float, min_value=0.0, min_inclusive=False),
             "finetune_steps_per_epoch": rule(check_int, optional=True, min_value=1),
+            "share": rule(
+                check_per_layer, optional=True, min_value=0.0, max_value=1.0, min_inclusive=False
+            ),  # fmt: skip
         }
     )
 
     def __post_init__(self) -> None:
         LayerwiseConfig.__post_init__(self)  # type: ignore[arg-type]  # rules + backend table
+        if self.share is not None and self.backend != "admm":
+            raise ConfigError(
+                f"SLR: share= (a per-layer budget) needs backend='admm' (got {self.backend!r}); "
+                "its lambda scale is set inside the ADMM iterations."
+            )
 
 
 def _lowrank_factors(B: Tensor) -> tuple[Tensor, Tensor, int]:
@@ -210,6 +229,9 @@ class SLR(_Layerwise):
         order = list(cfg.layers) if cfg.layers is not None else layers
         lam1 = per_layer_values(cfg.lam1, order, "lam1", self.name)
         lam2 = None if cfg.lam2 is None else per_layer_values(cfg.lam2, order, "lam2", self.name)
+        share = (
+            None if cfg.share is None else per_layer_values(cfg.share, order, "share", self.name)
+        )
         fc = self._fc
         out: dict[str, Any] = {}
         for n in layers:
@@ -218,6 +240,8 @@ class SLR(_Layerwise):
             if cfg.fc_sparse_only and fc.get(n, False):
                 l2 = math.inf
             out[n] = {"lam1": l1, "lam2": l2}
+            if share is not None:
+                out[n]["share"] = float(share[n])
         return out
 
     def _solver(self, eps: dict[str, Any]) -> Any:
@@ -360,14 +384,57 @@ class SLR(_Layerwise):
         return res
 
     # ------------------------------------------------------------------ budget
+    def calibrate(
+        self, model: nn.Module, data: CompressionData, target: Any, *, progress: bool = False
+    ) -> tuple[Method, dict[str, Any]]:
+        """The per-layer ``share`` that meets ``target``.
+
+        A params-only target needs no search: every approximated layer keeps the same share of
+        its weights, ``share = (target * P - P_fixed) / W`` with ``P`` the model's parameters,
+        ``W`` the weights of the approximated layers and ``P_fixed = P - W`` (the other layers
+        and every bias, unchanged); each layer's solve then fits its own budget
+        (:class:`~compactnn.solvers.layerwise.SLRSolver` ``share``). Other keys (macs,
+        latency): the platform's search over ``1 - share`` with proxy runs.
+        """
+        from compactnn.budget import measure
+        from compactnn.methods._calibrate import target_record
+
+        if set(target.keys) != {"params"}:
+            return super().calibrate(model, data, target, progress=progress)
+        t0 = time.perf_counter()
+        shape = data.require_input_shape(self.name)
+        batches = self._batches(data, model)
+        layers, _ = self._targets(model, batches[0])
+        mods = dict(model.named_modules())
+        total = measure(model, shape, ("params",)).values["params"]
+        approx = float(sum(mods[n].weight.numel() for n in layers))
+        fixed = total - approx
+        share = (float(target.params) * total - fixed) / approx
+        if share <= 0.0:
+            raise ConfigError(
+                f"SLR cannot reach the target {target.as_dict()}: the layers it does not "
+                f"approximate and the biases alone keep {fixed / total:.4f} of the parameters "
+                f"(approximated: {layers}). Approximate more layers (layers=, skip_first=False) "
+                "or relax the target."
+            )
+        share = min(share, 1.0)
+        chosen = self.with_options(share=share)
+        kept = {"params": (fixed + share * approx) / total}
+        rec = target_record(
+            target, kept, option="share", strength=share, trace=[],
+            seconds=time.perf_counter() - t0, layers=list(layers),
+        )  # fmt: skip
+        return chosen, rec
+
     def strength(self) -> Any:
-        """λ1 in the data scale (λ2 follows as ``lam2_ratio * λ1``): larger = smaller model."""
+        """``1 - share`` (the share of every approximated layer's weights removed; larger =
+        smaller model), for targets other than params (:meth:`calibrate`)."""
         from compactnn.budget import Strength
 
-        return Strength("lam1", 0.01, 0.05, bound_lo=1e-5, bound_hi=1.0)
+        return Strength("1 - share", 0.5, 0.8, log=False, bound_lo=0.0, bound_hi=0.995)
 
     def at_strength(self, s: float, model: nn.Module, data: CompressionData) -> Method:
-        return self.with_options(lam1=float(s), lam2=None)
+        return self.with_options(share=max(1.0 - float(s), 1e-4))
 
     def proxy(self) -> Method:
         """Same structure without fine-tuning."""

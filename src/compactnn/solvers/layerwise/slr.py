@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -72,6 +73,7 @@ __all__ = [
     "SLRAdmmOptions",
     "SLRCvxpyOptions",
     "SLRSolver",
+    "budget_scale",
     "column_support",
     "deployed_rank",
     "slr_objective",
@@ -98,6 +100,8 @@ class SLRAdmmOptions:
         alpha: α of eq. (13) (paper 3/4).
         dtype: ``"float32"`` (fast) or ``"float64"``.
         history: record the residuals and objective of every iteration in ``extras``.
+        min_iter: with a solver ``share`` (a per-layer budget), iterations before the residual
+            stopping rule may end the run (the λ scale needs a few iterations to settle).
     """
 
     max_iter: int = 150
@@ -110,6 +114,7 @@ class SLRAdmmOptions:
     alpha: float = 0.75
     dtype: str = "float32"
     history: bool = False
+    min_iter: int = 10
 
     def __post_init__(self) -> None:
         o = "SLRAdmmOptions"
@@ -125,6 +130,7 @@ class SLRAdmmOptions:
         check_float(self.alpha, "alpha", o, min_value=0.0, max_value=1.0, min_inclusive=False)
         check_choice(self.dtype, "dtype", o, ("float32", "float64"))
         check_bool(self.history, "history", o)
+        check_int(self.min_iter, "min_iter", o, min_value=0)
 
 
 @dataclass(frozen=True)
@@ -192,6 +198,34 @@ def slr_objective(
     }
 
 
+def budget_scale(
+    columns: Tensor | None, singular: Tensor | None, n: int, d: int, budget: float
+) -> float:
+    r"""The smallest ``c >= 0`` at which thresholding leaves at most ``budget`` weights.
+
+    ``columns`` are the column norms divided by the unit column threshold (a column survives
+    eq. 10 iff its value ``> c``, costing ``n`` weights), ``singular`` the singular values divided
+    by the unit SVT threshold (one survives eq. 12 iff ``> c``, costing ``n + d``); ``None``:
+    that component is absent. The size is a decreasing step function of ``c``; the answer is
+    the breakpoint that drops the first element not fitting (greedy from the largest), or 0 when
+    everything fits.
+    """
+    vals, cost = [], []
+    for v, w in ((columns, n), (singular, n + d)):
+        if v is not None and v.numel():
+            vals.append(v.reshape(-1).to(torch.float64))
+            cost.append(torch.full((v.numel(),), float(w), dtype=torch.float64))
+    if not vals:
+        return 1.0
+    v = torch.cat(vals)
+    w = torch.cat(cost)
+    order = torch.argsort(v, descending=True)
+    v, w = v[order], w[order]
+    fits = torch.cumsum(w, 0) <= budget + 1e-9
+    k = int(fits.sum())  # the k largest fit (sizes are cumulative from the top)
+    return 0.0 if k >= v.numel() else float(v[k])
+
+
 def _scales(X: Tensor, Yt: Tensor, b: Tensor, relu: bool, Ypre: Tensor) -> tuple[float, float]:
     """``(s0, L)``: max column norm of ∇f1(0) (linear response on the active set) and the
     curvature ``2‖X‖_2^2 / N``."""
@@ -218,6 +252,14 @@ class SLRSolver(LayerSolver):
         scale: ``"data"`` (λ in units of ``s0``, ``t`` in units of ``L``) or ``"absolute"``.
         relu: non-linear response ``r = ReLU`` (eq. 3); ``None``: ReLU unless the problem is
             marked linear. ``True`` on a linear problem is refused.
+        share: a budget for this layer (admm backend): the deployed pair may store at most
+            ``share * n * d`` weights (``n * kept columns + r (n + d)``, eq. 15). ``λ1, λ2``
+            then fix the ratio of the two penalties only: at every iteration both are scaled by
+            the smallest common factor ``c`` whose thresholds (eq. 10 on the column norms of
+            the A-step's argument, eq. 12 on the singular values of the B-step's, the latter
+            taken with the previous ``A``) leave at most that many weights, so ``c λ`` acts as
+            the multiplier of the budget; the final ``λ`` are reported. ``None``: fixed ``λ``
+            (the paper).
     """
 
     lam1: float = 0.1
@@ -225,6 +267,7 @@ class SLRSolver(LayerSolver):
     t: float | None = None
     scale: str = "data"
     relu: bool | None = None
+    share: float | None = None
 
     name: ClassVar[str] = "slr"
     owner: ClassVar[str] = "SLR"
@@ -232,7 +275,7 @@ class SLRSolver(LayerSolver):
         objective="f1+l21+nuclear",
         constraints=(),
         backends=("admm", "cvxpy"),
-        warm_start=False,
+        warm_start=True,
         factor_output=True,
     )
 
@@ -250,6 +293,20 @@ class SLRSolver(LayerSolver):
         check_choice(self.scale, "scale", self.owner, SCALES)
         if self.relu is not None:
             check_bool(self.relu, "relu", self.owner)
+        if self.share is not None:
+            check_float(self.share, "share", self.owner, min_value=0.0, max_value=1.0,
+                        min_inclusive=False)  # fmt: skip
+            if math.isinf(self.lam1) and math.isinf(self.lam2):
+                raise ConfigError(
+                    "SLR: share= scales lam1 and lam2, but both are inf (A = B = 0 whatever the "
+                    "budget). Give one of them a finite value."
+                )
+            if self.lam1 == 0 or self.lam2 == 0:
+                raise ConfigError(
+                    "SLR: share= scales lam1 and lam2 by a common factor, so both must be > 0 "
+                    f"(inf allowed); got lam1={self.lam1}, lam2={self.lam2}. A zero penalty "
+                    "keeps its whole component whatever the factor."
+                )
 
     # ------------------------------------------------------------------ shared setup
     def _setup(self, problem: LayerProblem, layer: str | None) -> dict[str, Any]:
@@ -270,7 +327,8 @@ class SLRSolver(LayerSolver):
         else:
             lam1, lam2 = float(self.lam1), float(self.lam2)
             t = 1e-3 if self.t is None else float(self.t)
-        return dict(X=X, Ypre=Ypre, Yt=Yt, b=b, relu=relu, lam1=lam1, lam2=lam2, t=t, s0=s0, L=L)
+        return dict(X=X, Ypre=Ypre, Yt=Yt, b=b, relu=relu, lam1=lam1, lam2=lam2, t=t, s0=s0, L=L,
+                    share=self.share)  # fmt: skip
 
     def _result(
         self,
@@ -326,6 +384,7 @@ class SLRSolver(LayerSolver):
     ) -> LayerSolveResult:
         start = time.perf_counter()
         s = self._setup(problem, layer)
+        s["warm"] = _warm_state(warm_start, s, layer) if backend.warm_start else None
         return backend.run(self, s, options, start, layer)
 
 
@@ -335,26 +394,66 @@ class _Quadratic:
 
     :math:`\arg\min_M \tfrac1N\|T - XM^T\|_F^2 - \langle\Lambda, M\rangle + \tfrac t2
     \|S - M\|_F^2 = \big(\tfrac2N T^TX + \Lambda + tS\big)H^{-1}` with
-    :math:`H = \tfrac2N X^TX + tI = Q\,\mathrm{diag}(h)\,Q^T` (eigendecomposition once per
-    layer; :meth:`hsolve` also preconditions the ReLU M-step). ``T = Y - 1b^T``.
+    :math:`H = \tfrac2N X^TX + tI` (:meth:`hsolve` also preconditions the ReLU M-step).
+    ``T = Y - 1b^T``. ``H^{-1}`` is applied through the eigendecomposition
+    :math:`H = Q\,\mathrm{diag}(h)\,Q^T` (two ``n x d x d`` products), or, when the rows are
+    fewer than the columns (``N < d``), through the Woodbury identity
+    :math:`RH^{-1} = \tfrac1t\big(R - (RX^T)K^{-1}X\big)`, :math:`K = \tfrac{Nt}2 I + XX^T`
+    (``n x d x N`` products) for ``N < d`` on layers with ``d >= 512``.
     """
 
     def __init__(self, X: Tensor, T: Tensor, t: float, dtype: torch.dtype) -> None:
-        N = X.shape[0]
+        N, d = X.shape
         X = X.to(torch.float64)
-        ev, Q = torch.linalg.eigh((2.0 / N) * (X.T @ X))
-        self.hinv = (1.0 / (ev.clamp_min(0) + t)).to(dtype)
-        self.Q = Q.to(dtype)
         self.t = float(t)
         self.XtT = ((2.0 / N) * (T.to(torch.float64).T @ X)).to(dtype)  # n x d
+        # 2ndN < 2nd^2 multiply-adds per hsolve; small layers keep the eigendecomposition
+        # (cheap there). Through Woodbury a column no calibration row activates stays exactly 0.
+        self.woodbury = N < d and d >= 512
+        if self.woodbury:
+            K = (0.5 * N * t) * torch.eye(N, dtype=torch.float64) + X @ X.T
+            self.KinvX = torch.linalg.solve(K, X).to(dtype)  # N x d
+            self.Xd = X.to(dtype)
+        else:
+            ev, Q = torch.linalg.eigh((2.0 / N) * (X.T @ X))
+            self.hinv = (1.0 / (ev.clamp_min(0) + t)).to(dtype)
+            self.Q = Q.to(dtype)
 
     def hsolve(self, R: Tensor) -> Tensor:
         """``R H^{-1}`` for ``R`` (n x d)."""
+        if self.woodbury:
+            return (R - (R @ self.Xd.T) @ self.KinvX) / self.t
         return ((R @ self.Q) * self.hinv) @ self.Q.T
 
     def solve(self, Lam: Tensor, S: Tensor) -> Tensor:
         """The minimiser ``M`` of eq. (8) given ``Λ`` and ``S = Â + B̂``."""
         return self.hsolve(self.XtT + Lam + self.t * S)
+
+
+def _warm_state(warm: Any, s: dict[str, Any], layer: str | None) -> dict[str, Tensor] | None:
+    """The ADMM iterates ``(A, B, M, Λ)`` to start from: a previous :class:`LayerSolveResult`
+    of SLR's ADMM on the same layer (its ``extras["state"]``) or such a dict; ``None``: cold.
+    ``Λ`` is in the units of the gradient of ``f1`` (independent of ``t`` and ``λ``), so a state
+    from another ``λ`` is a valid start (continuation)."""
+    if warm is None:
+        return None
+    if isinstance(warm, LayerSolveResult):
+        warm = warm.extras.get("state")
+    if not isinstance(warm, Mapping) or not {"A", "B", "M", "Lam"} <= set(warm):
+        raise ConfigError(
+            f"SLR{f' (layer {layer!r})' if layer else ''}: warm_start must be a result of SLR's "
+            "admm backend (or its extras['state'] dict with A, B, M, Lam). Got "
+            f"{type(warm).__name__} instead."
+        )
+    shape = (s["Yt"].shape[1], s["X"].shape[1])
+    for k in ("A", "B", "M", "Lam"):
+        if tuple(warm[k].shape) != shape:
+            raise ConfigError(
+                f"SLR{f' (layer {layer!r})' if layer else ''}: the warm start's {k} has shape "
+                f"{tuple(warm[k].shape)}, the layer's weight is {shape}: a warm start must come "
+                "from the same layer."
+            )
+    return {k: warm[k] for k in ("A", "B", "M", "Lam")}
 
 
 def _run_admm(
@@ -381,11 +480,20 @@ def _run_admm(
         return (2.0 / N) * (R.T @ X)
 
     lam_sizes = (math.isinf(lam1), math.isinf(lam2))
-    # initial point: the least-squares fit of the response, split evenly (Alg. 1 line 1)
-    M = hsolve(XtT) if not relu else hsolve(XtT)
-    A = torch.zeros(n, d, dtype=dt)
-    B = torch.zeros(n, d, dtype=dt)
-    Lam = torch.zeros(n, d, dtype=dt)
+    lam1_0, lam2_0 = lam1, lam2
+    share = s.get("share")
+    budget = None if share is None else share * n * d  # stored weights allowed (eq. 15)
+    best: tuple[Tensor, Tensor, float, float, int] | None = None  # last iterate within budget
+    size = float("nan")
+    warm = s.get("warm")
+    if warm is not None:  # a previous solve of this layer (e.g. at a nearby lambda)
+        A, B, M, Lam = (warm[k].to(dt).clone() for k in ("A", "B", "M", "Lam"))
+    else:
+        # initial point: the least-squares fit of the linear response (Alg. 1 line 1)
+        M = hsolve(XtT)
+        A = torch.zeros(n, d, dtype=dt)
+        B = torch.zeros(n, d, dtype=dt)
+        Lam = torch.zeros(n, d, dtype=dt)
     vel = torch.zeros(n, d, dtype=dt)
     rank_hint: int | None = None
     hist: list[dict[str, float]] = []
@@ -395,6 +503,11 @@ def _run_admm(
     for it in range(1, o.max_iter + 1):
         # 1. A-step (eqs. 9-10), column groups
         C = M - B - Lam / t
+        if budget is not None:  # the λ scale that makes this iteration's prox steps fit
+            cn = None if lam_sizes[0] else C.norm(dim=0) * (t / lam1_0)
+            sig = None if lam_sizes[1] else torch.linalg.svdvals(M - A - Lam / t) * (t / lam2_0)
+            c = budget_scale(cn, sig, n, d, budget)
+            lam1, lam2 = c * lam1_0, c * lam2_0
         if lam_sizes[0]:
             A_hat = torch.zeros_like(C)
         else:
@@ -406,6 +519,7 @@ def _run_admm(
             sv = D.new_zeros(0)
         else:
             B_hat, sv = svt_values(D, lam2 / t, rank_hint=rank_hint)
+            sv = sv[sv > float(sv[0]) * 1e-6] if sv.numel() else sv  # as deployed_rank counts
             rank_hint = max(int(sv.numel()), 1)
         # 3. M-step (eq. 8)
         S = A_hat + B_hat
@@ -440,16 +554,32 @@ def _run_admm(
         else:
             B, M, Lam = B_hat, M_hat, Lam_hat
         A = A_hat
+        if budget is not None:  # the deployed size of this iterate (eq. 15)
+            kept = int((A_hat.abs().amax(0) > 0).sum())
+            size = min(float(n * kept + int(sv.numel()) * (n + d)), float(n * d))
+            if size <= budget:
+                best = (A_hat, B_hat, lam1, lam2, it)
         if not (math.isfinite(rp) and math.isfinite(rd)):
             raise ConfigError(
                 f"SLR{f' (layer {layer!r})' if layer else ''}: the ADMM iterates diverged "
                 f"(residuals {rp}, {rd}) at iteration {it}. Lower m_lr or raise t."
             )
-        if rp < o.tol and rd < o.tol:
+        within = budget is None or (it >= o.min_iter and size <= budget)
+        if rp < o.tol and rd < o.tol and within:
             status = "optimal"
             break
+    if budget is not None:
+        if size > budget and best is not None:  # the last iterate that met the budget
+            A_hat, B_hat, lam1, lam2, _ = best
+        elif size > budget:
+            status = "over_budget"
+        s = {**s, "lam1": lam1, "lam2": lam2}
     extras: dict[str, Any] = {"primal_residual": rp, "dual_residual": rd,
-                              "correction": o.correction}  # fmt: skip
+                              "correction": o.correction, "warm_started": warm is not None,
+                              "state": {"A": A_hat, "B": B, "M": M, "Lam": Lam}}  # fmt: skip
+    if budget is not None:
+        extras.update(share=share, lam_scale=lam1 / lam1_0 if 0 < lam1_0 < math.inf else lam2 / lam2_0,
+                      budget_iteration=None if best is None else best[4])  # fmt: skip
     if o.history:
         extras["history"] = hist
     return solver._result(
@@ -470,6 +600,11 @@ def _run_cvxpy(
 ) -> LayerSolveResult:
     from compactnn.solvers.layerwise._cvxpy import _import_cvxpy
 
+    if s["share"] is not None:
+        raise ConfigError(
+            f"SLR{f' (layer {layer!r})' if layer else ''}: share= (a per-layer budget) needs "
+            "backend='admm' (its lambda controller runs inside the ADMM iterations)."
+        )
     if s["relu"]:
         raise ConfigError(
             f"SLR{f' (layer {layer!r})' if layer else ''}: backend='cvxpy' solves the linear "
@@ -529,6 +664,6 @@ def _run_cvxpy(
 
 
 SLRSolver.backend_table = {  # type: ignore[misc]
-    "admm": Backend("admm", SLRAdmmOptions, _run_admm, exact_zeros=True),
+    "admm": Backend("admm", SLRAdmmOptions, _run_admm, warm_start=True, exact_zeros=True),
     "cvxpy": Backend("cvxpy", SLRCvxpyOptions, _run_cvxpy),
 }
