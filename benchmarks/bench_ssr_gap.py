@@ -259,7 +259,11 @@ def markdown(out: dict[str, Any]) -> str:
             f"({ssr['filters']}) SSR-L2,1-GAP is {ssr['err_increase']:+.2f} vs L1-GAP "
             f"{l1['err_increase']:+.2f} (SSR {'loses' if d > 0 else 'wins'} by {abs(d):.2f})"
             + (f" and Random-GAP {rnd['err_increase']:+.2f}" if rnd else "")
-            + ": unlike the paper's VGG-16 table, SSR's filter choice does not beat L1's here.",
+            + (
+                ": unlike the paper's VGG-16 table, SSR's filter choice does not beat L1's here."
+                if d > 0
+                else ": SSR's filter choice beats L1's, as in the paper's VGG-16 table."
+            ),
         ]
         if weak and weak["err_increase"] > ssr["err_increase"]:
             lines.append(
