@@ -263,8 +263,10 @@ def add_gap_head(
     import torch
 
     from compactnn import surgery
+    from compactnn.capture import _batch_input
     from compactnn.metrics import _eval_no_grad
     from compactnn.plan import CompressionPlan
+    from compactnn.structure import module_device
 
     new = surgery.apply(CompressionPlan([head], meta={"input_shape": list(input_shape)}), model)
     pool = new.get_submodule(head.flatten)
@@ -272,16 +274,17 @@ def add_gap_head(
     feats: list[Any] = []
     logits: list[Any] = []
     hook = pool[1].register_forward_hook(lambda _m, _a, out: feats.append(out.detach()))
+    device = module_device(new)
     n = 0
     try:
-        for batch in loader:
-            x = batch[0] if isinstance(batch, (tuple, list)) else batch
-            with _eval_no_grad(new), _eval_no_grad(original):
+        with _eval_no_grad(new), _eval_no_grad(original):
+            for batch in loader:
+                x = _batch_input(batch).to(device)  # a CPU loader feeding a model on a GPU
                 new(x)
                 logits.append(original(x).detach())
-            n += int(x.shape[0])
-            if n >= max_samples:
-                break
+                n += int(x.shape[0])
+                if n >= max_samples:
+                    break
     finally:
         hook.remove()
     f = torch.cat(feats)[:max_samples].double().cpu()
