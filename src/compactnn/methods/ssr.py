@@ -647,7 +647,7 @@ class SSR(Method):
                 stage_rec["filters"] = {  # the widths the model really has
                     k: int(current.get_submodule(k).weight.shape[0]) for k in layers
                 }
-            if len(stages) > 1 and si < len(stages) - 1:
+            if si < len(stages) - 1:
                 # Algorithm 1's S is a trade-off path: every point but the last (the result)
                 # is returned as a self-contained plan that rebuilds that point's model
                 from compactnn.plan import CompressionPlan
