@@ -55,14 +55,15 @@ CASES = {
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_net_trim_support_is_backend_independent(case: str) -> None:
-    """Same clean-up (3e-4 max|U|) for every backend. Solved accurately, the deployed size
-    (3 nnz) is identical; at the default ADMM tolerance (rel 1e-4) it may differ by entries of
+    """Same clean-up (3e-4 max|U|) for every backend. Solved accurately (ADMM at rel_tol 3e-6:
+    ~7,500 iterations on N>d; rel_tol 1e-6 needs ~21,000 there, past the 20,000 default cap on
+    some CPUs), the deployed size (3 nnz) is identical; at the default ADMM tolerance (rel 1e-4) it may differ by entries of
     ~3e-4 max|U| (digits: 477 vs 479; the old 1e-6 cvxpy-only clean-up: +2-10 %)."""
     X, Y, b = CASES[case]()
     assert (X.shape[0] < X.shape[1]) == case.endswith("N<d")
     rc = solve_net_trim(X, Y, b, eps_frac=0.05, backend="cvxpy")
     ra = solve_net_trim(X, Y, b, eps_frac=0.05)
-    tight = solve_net_trim(X, Y, b, eps_frac=0.05, options=ADMMOptions(rel_tol=1e-6, abs_tol=1e-9))
+    tight = solve_net_trim(X, Y, b, eps_frac=0.05, options=ADMMOptions(rel_tol=3e-6, abs_tol=1e-9))
     assert ra.status == rc.status == tight.status == "optimal"
     assert abs(ra.objective - rc.objective) <= 2e-3 * rc.objective
     assert tight.extras["nnz"] == rc.extras["nnz"] == int((rc.U != 0).sum())
