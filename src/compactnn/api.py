@@ -89,6 +89,11 @@ DATA_SPLITS = ("train", "val", "test", "calib")
 LABEL_KEYS = ("label", "labels", "target", "targets", "y")
 
 
+def _default_label_key(batch: dict[Any, Any]) -> str | None:
+    """The first of :data:`LABEL_KEYS` that ``batch`` has, or ``None``."""
+    return next((k for k in LABEL_KEYS if k in batch), None)
+
+
 def _select(batch: Any, input_key: str, label_key: str | None) -> Any:
     """A dict batch -> ``(batch[input_key], batch[label_key])`` (``batch[input_key]`` alone
     when there is no label key); a tuple / tensor batch is returned unchanged."""
@@ -100,7 +105,7 @@ def _select(batch: Any, input_key: str, label_key: str | None) -> Any:
             f"with keys {sorted(map(str, batch))}; pass the key of the input tensor."
         )
     if label_key is None:
-        label_key = next((k for k in LABEL_KEYS if k in batch), None)
+        label_key = _default_label_key(batch)
         if label_key is None:
             return batch[input_key]
     if label_key not in batch:
@@ -214,7 +219,7 @@ def _dict_keys(cd: CompressionData, input_key: str | None, label_key: str | None
         )
     _select(first, input_key, None)  # a missing input key is named first
     if label_key is None:
-        label_key = next((k for k in LABEL_KEYS if k in first), None)
+        label_key = _default_label_key(first)
         if label_key is None:
             raise ConfigError(
                 f"The batches are dicts with keys {keys} and none of them is a label key "
