@@ -78,13 +78,59 @@ def _run(model: Any, loaders: Any, **opts: Any) -> Any:
 
 
 KIAEE_INPUT = (1, 28, 28)
-KIAEE_LAYERS = ("conv2", "conv3", "conv4", "fc1")
+#: the nets of the acceptance-style run (``--kiaee-only``; ``--net`` picks one): model name,
+#: per-sample input, results tag, what the data is
+NETS: dict[str, dict[str, Any]] = {
+    "kiaee-cnn": {"input": (1, 28, 28), "tag": "kiaee", "kw": {"input_size": 28},
+                  "data": "Fashion-MNIST 28x28"},
+    "cifar-quick": {"input": (1, 32, 32), "tag": "cifar-quick", "kw": {},
+                    "data": "Fashion-MNIST padded to 32x32 (CIFAR-10 stand-in)"},
+}  # fmt: skip
 
 
-def _stage_ms(model: torch.nn.Module, repeats: int = 9) -> dict[str, float]:
+def _net_data(net: str) -> tuple[Any, Any, Any, torch.nn.Module, Path]:
+    """The 90 % training split, the 10 % validation split (seeded, the split ``compress`` itself
+    would carve), the 10k test set and the baseline trained 6 epochs on the 90 % split (SGD lr
+    0.01 momentum 0.9 wd 5e-4 cosine, seed 0; cached)."""
+    import bench_kiaee_fashion as K
+
+    ns = argparse.Namespace(train_limit=0, split_seed=0, base_epochs=6, retrain=False)
+    if net == "kiaee-cnn":
+        train_l, val_l, test_l, _ = K._splits(ns)
+        model, ckpt = K._baseline(ns, train_l)
+        return train_l, val_l, test_l, model, ckpt
+    from torch.utils.data import DataLoader
+
+    from compactnn import data as cdata
+    from compactnn import models
+    from compactnn.api import split_loader
+    from compactnn.train import TrainConfig, load_checkpoint, save_checkpoint, train
+
+    full = cdata.get_dataset("fashion-mnist", "train", seed=0, pad_to=32)
+    split = split_loader(DataLoader(full, batch_size=64, shuffle=True), 0.1, 0)
+    assert split is not None
+    train_l, val_l = split
+    test_l = DataLoader(cdata.get_dataset("fashion-mnist", "test", pad_to=32), batch_size=500)
+    ckpt = K.cache_dir() / "checkpoints" / f"{net}-fashion32-train90-e6-split0.safetensors"
+    model = models.create(net, in_channels=1, seed=0)
+    if ckpt.is_file():
+        model, _ = load_checkpoint(ckpt, model)
+    else:
+        cfg = TrainConfig(epochs=6, lr=0.01, momentum=0.9, weight_decay=5e-4, seed=0)
+        train(model, train_l, config=cfg, progress=False)
+        save_checkpoint(model, ckpt, model=net, model_kwargs={"in_channels": 1},
+                        dataset="fashion-mnist", input_shape=[1, 32, 32], pad_to=32,
+                        train_split="90 % of the training set (split_loader, fraction 0.1)",
+                        split_seed=0, epochs=6, seed=0)  # fmt: skip
+    return train_l, val_l, test_l, model, ckpt
+
+
+def _stage_ms(
+    model: torch.nn.Module, repeats: int = 9, shape: tuple[int, ...] = KIAEE_INPUT
+) -> dict[str, float]:
     """Median wall-clock of every top-level child of ``model`` (batch 100, 1 thread)."""
     model.eval()
-    x = torch.randn(100, *KIAEE_INPUT)
+    x = torch.randn(100, *shape)
     times: dict[str, list[float]] = {}
     hooks = []
     for n, mod in model.named_children():
@@ -107,11 +153,15 @@ def _stage_ms(model: torch.nn.Module, repeats: int = 9) -> dict[str, float]:
 RUNTIMES = ("eager", "eager channels_last", "onnxruntime")
 
 
-def _saved_dir(lr: float) -> Path:
-    """Where the kiaee run's compressed model is kept (compact checkpoint, outside the repo)."""
+def _saved_dir(lr: float, net: str = "kiaee-cnn") -> Path:
+    """Where the acceptance run's compressed model is kept (compact checkpoint, not in git)."""
     from compactnn.cli import cache_dir
 
-    return cache_dir() / "bench" / f"slr_kiaee_lr{lr:g}"
+    return cache_dir() / "bench" / f"slr_{NETS[net]['tag']}_lr{lr:g}"
+
+
+def _run_json(lr: float, net: str) -> Path:
+    return OUT / f"slr_{NETS[net]['tag']}_lr{lr:g}.json"
 
 
 def _runtimes(base: torch.nn.Module, model: torch.nn.Module, x: torch.Tensor) -> dict[str, Any]:
@@ -172,28 +222,117 @@ def _test_batch(test_l: Any, n: int = 100) -> torch.Tensor:
     return torch.cat(xs)[:n]
 
 
-def kiaee_remeasure(lrs: list[float]) -> None:
+COMPARE = ("slr", "ddlr", "ssr", "l1-norm")
+
+
+def compare(args: argparse.Namespace) -> None:
+    """Item 4(e): slr against ddlr (low rank alone), ssr and l1-norm at equal params (LeNet).
+
+    Every method gets the same budget ``target={"params": P}`` (its own search for its strength,
+    on training / validation data), its own fine-tuning off, then the same fine-tuning for every
+    returned model (1 epoch SGD lr 1e-3 momentum 0.9, as table (a)). Test top-1 is read once
+    per row for the report. Writes ``results/slr_compare.{json,md}``.
+    """
+    model, test, _ = demo_baseline(progress=False)
+    train, _ = D.get_loaders("mnist", batch_size=128, seed=0)
+    from compactnn.methods._common import finetune_model
+
+    out: dict[str, Any] = {
+        "command": f"nohup .venv/bin/python benchmarks/bench_slr.py --compare {args.compare:g}",
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": f"{platform.machine()} 2-core CPU shared, no GPU, 1 torch thread",
+        "load_start": os.getloadavg(), "target": {"params": args.compare},
+        "baseline": {"acc": _top1(model, test), "params": _params(model)},
+        "protocol": compare.__doc__, "rows": [],
+    }  # fmt: skip
+    for method in COMPARE:
+        own_ft = {} if method == "ddlr" else {"finetune_epochs": 0}
+        t = time.perf_counter()
+        try:
+            res = compactnn.compress(model, method, (train, test), target={"params": args.compare},
+                                     progress=False, on_drop="warn", measure=False, seed=0,
+                                     **own_ft)  # fmt: skip
+        except Exception as e:  # noqa: BLE001 -- a row that cannot run says why
+            out["rows"].append({"method": method, "status": f"{type(e).__name__}: {e}"[:300]})
+            print(out["rows"][-1], flush=True)
+            continue
+        sec = time.perf_counter() - t
+        acc0 = _top1(res.model, test)
+        lat, blat = _lat_pair(model, res.model)
+        finetune_model(res.model, train, epochs=1, lr=1e-3, momentum=0.9, weight_decay=0.0,
+                       seed=0)  # fmt: skip
+        out["rows"].append({
+            "method": method, "status": "ok", "params": _params(res.model),
+            "acc_no_ft": acc0, "acc_ft1": _top1(res.model, test), "speedup": blat / lat,
+            "latency_ms": lat, "base_latency_ms": blat, "seconds": sec,
+            "chosen": {k: v for k, v in (res.chosen or {}).items()
+                       if isinstance(v, (int, float, str))},
+        })  # fmt: skip
+        print(out["rows"][-1], flush=True)
+        out["load_end"] = os.getloadavg()
+        (OUT / "slr_compare.json").write_text(json.dumps(out, indent=1, default=str))
+    _compare_md(out)
+
+
+def _compare_md(out: dict[str, Any]) -> None:
+    b = out["baseline"]
+    L = [
+        "# SLR item 4(e): slr vs ddlr / ssr / l1-norm at equal params (LeNet-Caffe / MNIST)", "",
+        f"Command: `{out['command']}`; {out['date']}; {out['machine']}; load average "
+        f"{out['load_start'][0]:.1f} -> {out.get('load_end', out['load_start'])[0]:.1f}.",
+        f"Baseline: top-1 {b['acc']:.2f} %, {b['params']:,} params. Budget: "
+        f"`target={out['target']}` for every method, one seed (0).", "",
+        out["protocol"].strip(), "",
+        "| method | params | kept % | speed-up (b=100, 1 thr) | top-1 no FT | top-1 after 1 FT "
+        "epoch | drop (points) | compress s | status |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]  # fmt: skip
+    ok = [r for r in out["rows"] if r["status"] == "ok"]
+    for r in out["rows"]:
+        if r["status"] != "ok":
+            L.append(f"| {r['method']} | – | – | – | – | – | – | – | {r['status']} |")
+            continue
+        L.append(
+            f"| {r['method']} | {r['params']:,} | {100 * r['params'] / b['params']:.2f} | "
+            f"{r['speedup']:.2f}x | {r['acc_no_ft']:.2f} | {r['acc_ft1']:.2f} | "
+            f"{b['acc'] - r['acc_ft1']:+.2f} | {r['seconds']:.0f} | ok |"
+        )
+    slr = next((r for r in ok if r["method"] == "slr"), None)
+    if slr is not None and len(ok) > 1:
+        L += ["", "Verdict (after the shared fine-tuning, one seed):"]
+        for r in ok:
+            if r is slr:
+                continue
+            d = slr["acc_ft1"] - r["acc_ft1"]
+            word = "wins" if d > 0.05 else "loses" if d < -0.05 else "ties"
+            L.append(f"* slr {word} against {r['method']} by {d:+.2f} points "
+                     f"({slr['params']:,} vs {r['params']:,} params).")  # fmt: skip
+    (OUT / "slr_compare.md").write_text("\n".join(L) + "\n")
+    print("\n".join(L))
+
+
+def kiaee_remeasure(lrs: list[float], net: str = "kiaee-cnn") -> None:
     """Re-time the saved compressed models and the baseline (e.g. on a quiet machine)."""
-    import bench_kiaee_fashion as K
     from compactnn import export, models
 
-    ns = argparse.Namespace(train_limit=0, split_seed=0, base_epochs=6, retrain=False)
-    train_l, _, test_l, _ = K._splits(ns)
-    base, _ = K._baseline(ns, train_l)
+    _, _, test_l, base, _ = _net_data(net)
     base.eval()
     x = _test_batch(test_l)
+    shape = NETS[net]["input"]
     for lr in lrs:
-        path = OUT / f"slr_kiaee_lr{lr:g}.json"
+        path = _run_json(lr, net)
         run = json.loads(path.read_text())
-        fresh = models.create("kiaee-cnn", in_channels=1, input_size=28, seed=0)
-        model = export.load(_saved_dir(lr), fresh)
+        fresh = models.create(net, in_channels=1, seed=0, **NETS[net]["kw"])
+        model = export.load(_saved_dir(lr, net), fresh)
         load0 = os.getloadavg()
         rt = _runtimes(base, model, x)
         run["runtimes"] = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                            "load": [load0, os.getloadavg()], "rows": rt,
-                           "command": "python benchmarks/bench_slr.py --kiaee-remeasure "
+                           "command": f"python benchmarks/bench_slr.py --net {net} "
+                           "--kiaee-remeasure --kiaee-ft-lrs "
                            + " ".join(f"{v:g}" for v in lrs)}  # fmt: skip
-        run["stage_ms_remeasured"] = {"baseline": _stage_ms(base), "slr": _stage_ms(model)}
+        run["stage_ms_remeasured"] = {"baseline": _stage_ms(base, shape=shape),
+                                      "slr": _stage_ms(model, shape=shape)}  # fmt: skip
         path.write_text(json.dumps(run, indent=1, default=str))
         print(lr, json.dumps(rt))
 
@@ -210,21 +349,24 @@ def kiaee(args: argparse.Namespace) -> None:
     """
     import copy
 
-    import bench_kiaee_fashion as K
     from compactnn.methods import CompressionData
     from compactnn.solvers.layerwise import SLRAdmmOptions
 
-    ns = argparse.Namespace(train_limit=0, split_seed=0, base_epochs=6, retrain=False)
-    train_l, val_l, test_l, _ = K._splits(ns)
-    model, ckpt = K._baseline(ns, train_l)
+    net = args.net
+    shape = NETS[net]["input"]
+    train_l, val_l, test_l, model, ckpt = _net_data(net)
     model.eval()
-    cd = CompressionData(train=train_l, val=val_l, test=test_l, input_shape=KIAEE_INPUT)
+    cd = CompressionData(train=train_l, val=val_l, test=test_l, input_shape=shape)
     lr = args.kiaee_ft_lr
     opts = dict(target={"params": 0.25}, max_rows=1024, options=SLRAdmmOptions(max_iter=60),
                 finetune_lr=lr, progress=False, on_drop="warn", measure=False)  # fmt: skip
     out: dict[str, Any] = {
-        "command": "nohup .venv/bin/python benchmarks/bench_slr.py --kiaee-only --kiaee-ft-lr "
-        f"{lr:g}" + (" --kiaee-no-ft-row" if args.kiaee_no_ft_row else ""),
+        "command": "nohup .venv/bin/python benchmarks/bench_slr.py "
+        + ("" if net == "kiaee-cnn" else f"--net {net} ")
+        + f"--kiaee-only --kiaee-ft-lr {lr:g}"
+        + (" --kiaee-no-ft-row" if args.kiaee_no_ft_row else ""),
+        "net": net,
+        "data": NETS[net]["data"],
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": "x86_64, 2-core CPU shared with 3 other developers, no GPU, 1 torch thread",
         "load_start": os.getloadavg(),
@@ -233,7 +375,7 @@ def kiaee(args: argparse.Namespace) -> None:
             "val": _top1(model, val_l),
             "test": _top1(model, test_l),
             "params": _params(model),
-            "stage_ms": _stage_ms(model),
+            "stage_ms": _stage_ms(model, shape=shape),
         },  # fmt: skip
         "ft_lr": lr,
     }
@@ -246,10 +388,10 @@ def kiaee(args: argparse.Namespace) -> None:
     t = time.perf_counter()
     res = compactnn.compress(model, "slr", cd, finetune_epochs=5, **opts)
     sec = time.perf_counter() - t
-    lat, blat = _lat_pair(model, res.model, shape=KIAEE_INPUT)
+    lat, blat = _lat_pair(model, res.model, shape=shape)
     from compactnn import export
 
-    export.save_checkpoint(res.model, res.plan, _saved_dir(lr), input_shape=KIAEE_INPUT)
+    export.save_checkpoint(res.model, res.plan, _saved_dir(lr, net), input_shape=shape)
     load0 = os.getloadavg()
     rt = _runtimes(model, res.model, _test_batch(test_l))
     keys = ("cr_A", "cr_B", "cr_AB", "kept_columns", "columns", "rank", "form", "form_ms",
@@ -259,28 +401,30 @@ def kiaee(args: argparse.Namespace) -> None:
         seconds=sec, target=res.target, chosen_share=res.chosen["share"],
         params=_params(res.model), val=_top1(res.model, val_l), test=_top1(res.model, test_l),
         latency_ms=lat, base_latency_ms=blat, speedup=blat / lat,
-        stage_ms=_stage_ms(res.model), load_end=os.getloadavg(),
+        stage_ms=_stage_ms(res.model, shape=shape), load_end=os.getloadavg(),
         runtimes={"date": out["date"], "load": [load0, os.getloadavg()], "rows": rt,
                   "command": out["command"]},
-        saved=str(_saved_dir(lr)),
+        saved=str(_saved_dir(lr, net)),
         layers={n: {k: st.get(k) for k in keys} for n, st in res.history["layers"].items()},
     )  # fmt: skip
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / f"slr_kiaee_lr{lr:g}.json").write_text(json.dumps(out, indent=1, default=str))
+    _run_json(lr, net).write_text(json.dumps(out, indent=1, default=str))
     print(json.dumps({k: out[k] for k in ("params", "val", "test", "speedup", "seconds")}))
 
 
-def kiaee_report(lrs: list[float]) -> None:
+def kiaee_report(lrs: list[float], net: str = "kiaee-cnn") -> None:
     """Merge the per-lr runs: the lr is chosen on validation; test reported for the choice."""
-    runs = [json.loads((OUT / f"slr_kiaee_lr{lr:g}.json").read_text()) for lr in lrs]
+    runs = [json.loads(_run_json(lr, net).read_text()) for lr in lrs]
     best = max(runs, key=lambda r: r["val"])
     base = best["baseline"]
-    approx = sum(base["stage_ms"][n] for n in KIAEE_LAYERS)
+    tag = NETS[net]["tag"]
+    approx_layers = list(best["layers"])
+    approx = sum(base["stage_ms"][n] for n in approx_layers)
     total = sum(base["stage_ms"].values())
     bound = total / (total - approx)
     out = {"runs": runs, "chosen_ft_lr": best["ft_lr"], "speedup_bound": bound,
            "departures": kiaee.__doc__}  # fmt: skip
-    (OUT / "slr_kiaee.json").write_text(json.dumps(out, indent=1, default=str))
+    (OUT / f"slr_{tag}.json").write_text(json.dumps(out, indent=1, default=str))
     drop = base["test"] - best["test"]
     worst = max(v["seconds"] for v in best["layers"].values())
     red = base["params"] / best["params"]
@@ -292,17 +436,19 @@ def kiaee_report(lrs: list[float]) -> None:
     lr_list = ", ".join(f"{r['ft_lr']:g}" for r in runs)
     lr_args = " ".join(f"{r['ft_lr']:g}" for r in runs)
     L = [
-        "# SLR -- kiaee-cnn / Fashion-MNIST: the issue's acceptance call", "",
+        f"# SLR -- {net} / {NETS[net]['data']}: the issue's acceptance call"
+        + ("" if net == "kiaee-cnn" else " on a second net (Table I/II-style)"), "",
         f"Call: `compress(model, \"slr\", data, target={{\"params\": 0.25}}, finetune_epochs=5, "
         "finetune_lr=LR, max_rows=1024, options=SLRAdmmOptions(max_iter=60))`; one run per LR "
         f"({lr_list}), LR chosen on validation: "
         f"**{best['ft_lr']:g}**.",
         f"Commands: {'; '.join('`' + r['command'] + '`' for r in runs)}; then "
-        f"`.venv/bin/python benchmarks/bench_slr.py --kiaee-report --kiaee-ft-lrs "
-        f"{lr_args}`.",
+        f"`.venv/bin/python benchmarks/bench_slr.py "
+        + ("" if net == "kiaee-cnn" else f"--net {net} ")
+        + f"--kiaee-report --kiaee-ft-lrs {lr_args}`.",
         f"Date {best['date']}; {best['machine']}; load average at start / end "
         f"{best['load_start'][0]:.1f} / {best['load_end'][0]:.1f} (timings are noisy).",
-        f"Baseline: `{Path(base['checkpoint']).name}` (kiaee-cnn, 6 epochs on the 90 % training "
+        f"Baseline: `{Path(base['checkpoint']).name}` ({net}, 6 epochs on the 90 % training "
         f"split, 54k images): validation {base['val']:.2f} %, test {base['test']:.2f} %, "
         f"{base['params']:,} params.", "",
         "| FT lr | params | reduction | speed-up (b=100, 1 thr) | val % | test % | test drop "
@@ -339,19 +485,28 @@ def kiaee_report(lrs: list[float]) -> None:
               "| runtime | baseline ms | SLR ms | speed-up |", "|---|---|---|---|"]  # fmt: skip
         for k, v in rt["rows"].items():
             L.append(f"| {k} | {v['base_ms']:.1f} | {v['ms']:.1f} | {v['speedup']:.2f}x |")
-    L += ["", "Where the time goes (median ms per top-level module, batch 100, 1 thread):", "",
-          "| module | " + " | ".join(base["stage_ms"]) + " |",
-          "|---|" + "---|" * len(base["stage_ms"]),
-          "| baseline | " + " | ".join(f"{v:.1f}" for v in base["stage_ms"].values()) + " |",
-          "| SLR | " + " | ".join(f"{v:.1f}" for v in best["stage_ms"].values()) + " |", "",
-          f"The approximated layers ({', '.join(KIAEE_LAYERS)}) are {approx:.0f} of the "
-          f"baseline's {total:.0f} ms; even at zero cost the network would be at most "
-          f"**{bound:.2f}x** faster: conv1 and the ReLU / max-pool over its 96 x 28 x 28 output, "
-          "which SLR keeps (paper: first conv not approximated; no layer's output channels "
-          "change), dominate.", "",
+    st_base, st_slr, when = base["stage_ms"], best["stage_ms"], "during the run"
+    if "stage_ms_remeasured" in best:
+        st_base, st_slr = (
+            best["stage_ms_remeasured"]["baseline"],
+            best["stage_ms_remeasured"]["slr"],
+        )
+        when = f"re-measured {best['runtimes']['date']}"
+    kept = sorted((n for n in st_base if n not in approx_layers), key=lambda n: -st_base[n])
+    L += ["", f"Where the time goes (eager NCHW, median ms per top-level module, batch 100, "
+          f"1 thread, {when}):", "",
+          "| module | " + " | ".join(st_base) + " |",
+          "|---|" + "---|" * len(st_base),
+          "| baseline | " + " | ".join(f"{v:.1f}" for v in st_base.values()) + " |",
+          "| SLR | " + " | ".join(f"{v:.1f}" for v in st_slr.values()) + " |", "",
+          f"The approximated layers ({', '.join(approx_layers)}) are {approx:.0f} of the "
+          f"baseline's {total:.0f} ms (eager NCHW, during the run); even at zero cost the network "
+          f"would be at most **{bound:.2f}x** faster there. The largest modules SLR keeps "
+          "(the first conv is not approximated, as in the paper, and no layer's output channels "
+          "change): " + ", ".join(f"{n} {st_base[n]:.1f} ms" for n in kept[:3]) + ".", "",
           "Done-when: " + ", ".join(f"{k}: {'met' if v else '**not met**'}" for k, v in ok.items())
           + "."]  # fmt: skip
-    (OUT / "slr_kiaee.md").write_text("\n".join(L) + "\n")
+    (OUT / f"slr_{tag}.md").write_text("\n".join(L) + "\n")
     print("\n".join(L))
 
 
@@ -359,7 +514,17 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--kiaee-only", action="store_true", help="only the kiaee-cnn run")
+    ap.add_argument(
+        "--kiaee-only",
+        action="store_true",
+        help="only the acceptance call (on kiaee-cnn unless --net says otherwise)",
+    )
+    ap.add_argument(
+        "--net",
+        default="kiaee-cnn",
+        choices=list(NETS),
+        help="net of --kiaee-only / --kiaee-report / --kiaee-remeasure",
+    )
     ap.add_argument("--kiaee-ft-lr", type=float, default=1e-2, help="fine-tuning lr")
     ap.add_argument("--kiaee-no-ft-row", action="store_true", help="also the call without FT")
     ap.add_argument("--kiaee-report", action="store_true", help="merge the per-lr runs")
@@ -370,6 +535,13 @@ def main() -> None:
     )
     ap.add_argument("--kiaee-ft-lrs", type=float, nargs="+", default=[1e-2, 1e-3])
     ap.add_argument(
+        "--compare",
+        type=float,
+        default=None,
+        metavar="P",
+        help="item 4(e) only: slr / ddlr / ssr / l1-norm at target params P",
+    )
+    ap.add_argument(
         "--plots-only", action="store_true", help="redraw the PNGs from results/slr_lenet.json"
     )
     args = ap.parse_args()
@@ -377,12 +549,15 @@ def main() -> None:
     if args.plots_only:
         _plots(json.loads((OUT / "slr_lenet.json").read_text()))
         return
+    if args.compare is not None:
+        compare(args)
+        return
     if args.kiaee_remeasure:
-        kiaee_remeasure(args.kiaee_ft_lrs)
-        kiaee_report(args.kiaee_ft_lrs)
+        kiaee_remeasure(args.kiaee_ft_lrs, args.net)
+        kiaee_report(args.kiaee_ft_lrs, args.net)
         return
     if args.kiaee_report:
-        kiaee_report(args.kiaee_ft_lrs)
+        kiaee_report(args.kiaee_ft_lrs, args.net)
         return
     if args.kiaee_only:
         kiaee(args)
