@@ -310,3 +310,18 @@ def test_ddlr_and_net_trim_default_to_dense_layers() -> None:
         assert list(res.history["layers"]) == ["3"]
         both = _run(model, method, data, eps_frac=0.3, max_rows=256, conv=True)
         assert list(both.history["layers"]) == ["0", "3"]
+
+
+def test_unconverged_layers_get_one_warning_naming_each() -> None:
+    """A solver stopped by max_iter is reported once per run, naming every such layer."""
+    import warnings
+
+    from compactnn.solvers.layerwise import ADMMOptions
+
+    model, data = _mlp(), _loader((6,))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _run(model, "ddlr", data, options=ADMMOptions(max_iter=1, check_every=1))
+    msgs = [str(w.message) for w in caught if "without converging" in str(w.message)]
+    assert len(msgs) == 1, msgs
+    assert "2 of 2 layers" in msgs[0] and "'0' (max_iter" in msgs[0] and "'2' (max_iter" in msgs[0]

@@ -642,16 +642,20 @@ class _Layerwise(Method):
             actions, stats, results, new_model = self._asymmetric(
                 model, layers, linear, batches, meta
             )
-        for n in layers:
-            if not results[n].ok:
-                warnings.warn(
-                    f"{self.name}: layer '{n}' finished with status '{results[n].status}' "
-                    f"(relative constraint violation {results[n].constraint_violation:.3g}); "
-                    "increase the solver's max_iter"
-                    + (" or eps_frac." if hasattr(cfg, "eps_frac") else " (options=)."),
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
+        bad = [n for n in layers if not results[n].ok]
+        if bad:  # one warning for the run, naming every layer (was one per layer)
+            each = ", ".join(
+                f"'{n}' ({results[n].status}, relative constraint violation "
+                f"{results[n].constraint_violation:.3g})"
+                for n in bad
+            )
+            warnings.warn(
+                f"{self.name}: {len(bad)} of {len(layers)} layers finished without converging: "
+                f"{each}; increase the solver's max_iter"
+                + (" or eps_frac." if hasattr(cfg, "eps_frac") else " (options=)."),
+                RuntimeWarning,
+                stacklevel=2,
+            )
         return CompressionResult(
             model=new_model,
             # self-contained: replays new_model exactly on a fresh instance (SetState)
