@@ -342,7 +342,10 @@ def rebalance_neurons(
                 f"of '{n}'. Pass finetune_rebalance=False."
             )
         pairs.append((n, m, c))
-    total = {n: torch.ones(m.weight.shape[0], dtype=m.weight.dtype) for n, m, _ in pairs}
+    total = {
+        n: torch.ones(m.weight.shape[0], dtype=m.weight.dtype, device=m.weight.device)
+        for n, m, _ in pairs
+    }
     with torch.no_grad():
         # one layer's rescaling changes the norms of its consumer's neurons, so the layers are
         # swept until every factor of a sweep is within tol of 1 (a coordinate descent on the
@@ -364,7 +367,7 @@ def rebalance_neurons(
                 if m.bias is not None:
                     m.bias.mul_(alpha)
                 cw.div_(alpha.reshape(1, n_out, 1))
-                total[n] *= alpha.cpu()
+                total[n] *= alpha
                 worst = max(worst, float((alpha - 1).abs().max()))
             if worst <= tol:
                 break
@@ -601,7 +604,7 @@ class PGT(Method):
         cfg: PGTConfig = self.config  # type: ignore[assignment]
         x = example_input_for(model, data.require_input_shape(self.name))
         gen = torch.Generator().manual_seed(cfg.seed)
-        x = torch.randn((8, *x.shape[1:]), generator=gen).to(x)
+        x = torch.randn((8, *x.shape[1:]), generator=gen, device="cpu").to(x)  # seeded on CPU
         if isinstance(data.check_batch, Tensor) and data.check_batch.shape[1:] == x.shape[1:]:
             x = torch.cat([x, data.check_batch.to(x)])
         return x
