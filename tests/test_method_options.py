@@ -174,6 +174,7 @@ BAD: dict[str, tuple[str, dict[str, list]]] = {
             "hold_zeros": _BOOL,
             "min_keep": _POS_INT,
             "finetune_lr": _POS_FLOAT,
+            "finetune_rebalance": _BOOL,
             **COMMON_FT,
         },
     ),

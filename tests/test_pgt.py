@@ -308,3 +308,82 @@ def test_joint_group_penalty_and_counts() -> None:
     v = _joint(conv)
     assert pg.penalty() == pytest.approx(0.5 * float(v.norm(dim=1).sum()))
     assert pg.group_counts() == {"w": {"nonzero": 2, "total": 3}, "b": {"nonzero": 2, "total": 3}}
+
+
+# ------------------------------------------------------------------ fine-tuning, rebalancing
+def _block_norms(model: nn.Module, layer: int, nxt: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Neuron norms (weights + bias) of ``model[layer]`` and the norms of the input blocks of
+    ``model[nxt]`` they feed."""
+    m, c = model[layer], model[nxt]
+    n = m.weight.shape[0]
+    w = _joint(m).norm(dim=1)
+    cw = c.weight.detach().reshape(c.weight.shape[0], n, -1).transpose(0, 1).reshape(n, -1)
+    return w, cw.norm(dim=1)
+
+
+def test_rebalance_keeps_the_function_and_equalises_the_norms() -> None:
+    from compactnn.methods.pgt import rebalance_neurons
+
+    model = _net()
+    with torch.no_grad():  # short neurons / long next inputs, as the group threshold leaves them
+        model[3].weight[:4] *= 0.01
+        model[3].bias[:4] *= 0.01
+        model[6].weight[:5] *= 0.02
+        model[6].bias[:5] *= 0.02
+        model[6].weight[7] = 0  # a zero neuron: left as it is
+        model[6].bias[7] = 0
+    x = torch.randn(16, 1, 10, 10, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = model(x)
+    before8 = model[8].weight.detach().clone()
+    alphas = rebalance_neurons(model, ["3", "6"], x)
+    with torch.no_grad():
+        assert torch.allclose(model(x), ref, rtol=1e-5, atol=1e-6)
+    for layer, nxt in ((3, 6), (6, 8)):
+        w, c = _block_norms(model, layer, nxt)
+        live = w > 0
+        assert torch.allclose(w[live], c[live], rtol=1e-4)
+    assert alphas["6"][7] == 1.0 and torch.equal(model[8].weight[:, 7], before8[:, 7])
+    assert min(alphas["3"][:4]) > 3 and min(alphas["6"][:5]) > 3  # the short ones grew
+
+
+def test_rebalance_refuses_a_path_that_is_not_positively_homogeneous() -> None:
+    from compactnn.methods.pgt import rebalance_neurons
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5), nn.Sigmoid(), nn.Linear(5, 3))
+    state = copy.deepcopy(model.state_dict())
+    with pytest.raises(ConfigError, match="'finetune_rebalance' option of PGT changed"):
+        rebalance_neurons(model, ["0"], torch.randn(8, 6))
+    for k, v in model.state_dict().items():  # restored
+        assert torch.equal(v, state[k])
+    with pytest.raises(ConfigError, match="'finetune_rebalance' option of PGT needs"):
+        rebalance_neurons(model, ["2"], torch.randn(8, 6))
+    # PGT.run checks it before training (the model is not trained first)
+    x = torch.randn(32, 6)
+    ds = TensorDataset(x, (x[:, 0] > 0).long())
+    data = CompressionData(train=DataLoader(ds, batch_size=8), input_shape=(6,))
+    with pytest.raises(ConfigError, match="finetune_rebalance"):
+        PGT(layers=("0",), lam=0.1, finetune_rebalance=True).run(model, data, progress=False)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, state[k])
+    with pytest.raises(ConfigError, match="'finetune_rebalance' parameter of PGT"):
+        PGT(finetune_rebalance="yes")
+
+
+def test_finetune_after_a_proxy_run_is_the_run() -> None:
+    """``PGT.run`` = the run without fine-tuning, then ``PGT.finetune`` on its pruned net
+    (what the Table 2 bench uses to compare fine-tuning candidates on one PGT training)."""
+    data = _data()
+    opts = dict(layers=("3", "6"), lam=[2.5, 2.5], epochs=2, lr=0.05, finetune_epochs=1)
+    opts.update(finetune_distill=0.5, finetune_rebalance=True, finetune_lr=0.02)
+    full = PGT(**opts).run(_net(), data, progress=False)
+    teacher = _net().eval()
+    part = PGT(**opts).proxy().run(_net(), data, progress=False)
+    rec = PGT(**opts).finetune(part.model, data, ["3", "6"], teacher=teacher)
+    assert set(rec["rebalance"]) == {"3", "6"} and full.history["rebalance"] == rec["rebalance"]
+    assert part.model[3].out_channels < 8  # something was removed
+    for a, b in zip(full.model.parameters(), part.model.parameters(), strict=True):
+        assert torch.equal(a, b)
+    with pytest.raises(ConfigError, match="needs the teacher"):
+        PGT(**opts).finetune(part.model, data, ["3", "6"])

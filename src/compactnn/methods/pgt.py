@@ -71,7 +71,7 @@ from compactnn.methods._common import (
 )
 from compactnn.methods.base import CompressionData, CompressionResult, Method, MethodConfig
 
-__all__ = ["PGT", "PGTConfig", "neuron_shapes", "neuron_prox"]
+__all__ = ["PGT", "PGTConfig", "neuron_shapes", "neuron_prox", "rebalance_neurons"]
 
 PENALTIES: tuple[str, ...] = ("group", "lowrank", "topk")
 
@@ -112,6 +112,12 @@ class PGTConfig(MethodConfig):
             network (structure fixed; cosine schedule).
         finetune_distill: weight α in [0, 1] of distillation from the model before PGT
             during the fine-tuning (0 = cross-entropy only).
+        finetune_rebalance: before the fine-tuning, rescale every kept neuron of a constrained
+            layer and the next layer's inputs it feeds so that both have the same norm
+            (:func:`rebalance_neurons`; the network computes the same function). The group
+            threshold leaves the surviving neurons short and the next layer's weights long,
+            which makes the fine-tuning's first steps large on them. Not in the paper (it does
+            not fine-tune). Default False.
         seed: seeds initialisation, SGD and fine-tuning (int >= 0).
     """
 
@@ -134,6 +140,7 @@ class PGTConfig(MethodConfig):
     finetune_lr: float = 0.01
     finetune_steps_per_epoch: int | None = None
     finetune_distill: float = 0.0
+    finetune_rebalance: bool = False
     seed: int = 0
 
     owner: ClassVar[str] = "PGT"
@@ -158,6 +165,7 @@ class PGTConfig(MethodConfig):
             "finetune_lr": rule(check_float, **_POSITIVE),
             "finetune_steps_per_epoch": rule(check_int, optional=True, min_value=1),
             "finetune_distill": rule(check_float, **_FRACTION),
+            "finetune_rebalance": rule(check_bool),
             "seed": rule(check_int, min_value=0),
         }
     )
@@ -274,6 +282,109 @@ def neuron_prox(
         return torch.cat([new, bias], dim=1)
 
     return lowrank
+
+
+def rebalance_neurons(
+    model: nn.Module,
+    layers: list[str],
+    inputs: Tensor,
+    *,
+    rtol: float = 1e-4,
+    tol: float = 1e-4,
+    max_sweeps: int = 100,
+) -> dict[str, list[float]]:
+    r"""Rescale the neurons of ``layers`` against the next layer, in place, function unchanged.
+
+    For a layer L (Conv2d or Linear) and the Conv2d / Linear C executed next (its consumer),
+    neuron j of L (weights and bias, :math:`w_j`) becomes :math:`\alpha_j w_j` and C's inputs
+    fed by output j (:math:`c_j`: C's weight slice of input channel j, or the block of
+    ``in_features / out_L`` columns that j's channel is flattened into) become
+    :math:`c_j / \alpha_j`, with :math:`\alpha_j = \sqrt{\|c_j\| / \|w_j\|}` so that both
+    norms end equal to :math:`\sqrt{\|w_j\|\|c_j\|}` (the least squared norm of the pair
+    among the rescalings; zero neurons are left as they are). Rescaling one layer changes the
+    norms of its consumer's neurons when that is constrained too, so the layers are swept
+    until every factor of a sweep is within ``tol`` of 1 (at most ``max_sweeps`` sweeps). The
+    function is unchanged when
+    only positively homogeneous operations of degree 1 (ReLU, max / average pooling, flatten,
+    dropout in eval) lie between L and C; this is checked on ``inputs`` (the model's output
+    must agree within ``rtol`` of its largest magnitude), the model restored and a
+    :class:`ConfigError` raised otherwise.
+
+    Returns the overall factor :math:`\alpha_j` of every neuron, per layer.
+    """
+    from compactnn.graph import discover
+    from compactnn.metrics import _eval_no_grad
+
+    mods = dict(model.named_modules())
+    order = list(discover(model, inputs).order)
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    with _eval_no_grad(model):
+        ref = model(inputs)
+    pairs: list[tuple[str, nn.Module, nn.Module]] = []
+    for n in layers:
+        m = mods[n]
+        if n not in order or order.index(n) + 1 >= len(order):
+            raise ConfigError(
+                f"The 'finetune_rebalance' option of PGT needs a Conv2d/Linear layer after "
+                f"'{n}' that consumes its outputs; there is none. Pass finetune_rebalance=False."
+            )
+        nxt = order[order.index(n) + 1]
+        c = mods[nxt]
+        if isinstance(c, nn.Conv2d) and c.groups != 1:
+            raise ConfigError(
+                f"The 'finetune_rebalance' option of PGT does not handle a grouped convolution "
+                f"after '{n}' ('{nxt}'). Pass finetune_rebalance=False."
+            )
+        if c.weight.shape[1] % m.weight.shape[0]:
+            raise ConfigError(
+                f"The 'finetune_rebalance' option of PGT: the layer after '{n}' ('{nxt}') has "
+                f"{c.weight.shape[1]} inputs, not a multiple of the {m.weight.shape[0]} outputs "
+                f"of '{n}'. Pass finetune_rebalance=False."
+            )
+        pairs.append((n, m, c))
+    total = {
+        n: torch.ones(m.weight.shape[0], dtype=m.weight.dtype, device=m.weight.device)
+        for n, m, _ in pairs
+    }
+    with torch.no_grad():
+        # one layer's rescaling changes the norms of its consumer's neurons, so the layers are
+        # swept until every factor of a sweep is within tol of 1 (a coordinate descent on the
+        # summed squared norms; it converges) or max_sweeps
+        for _ in range(max_sweeps):
+            worst = 0.0
+            for n, m, c in pairs:
+                n_out = m.weight.shape[0]
+                cw = c.weight.reshape(c.weight.shape[0], n_out, -1)  # a view of C's weight
+                norm_w = m.weight.reshape(n_out, -1).pow(2).sum(dim=1)
+                if m.bias is not None:
+                    norm_w = norm_w + m.bias.pow(2)
+                norm_w = norm_w.sqrt()
+                norm_c = cw.transpose(0, 1).reshape(n_out, -1).norm(dim=1)
+                live = (norm_w > 0) & (norm_c > 0)
+                alpha = torch.ones_like(norm_w)
+                alpha[live] = (norm_c[live] / norm_w[live]).sqrt()
+                m.weight.mul_(alpha.reshape((n_out,) + (1,) * (m.weight.dim() - 1)))
+                if m.bias is not None:
+                    m.bias.mul_(alpha)
+                cw.div_(alpha.reshape(1, n_out, 1))
+                total[n] *= alpha
+                worst = max(worst, float((alpha - 1).abs().max()))
+            if worst <= tol:
+                break
+    out = {n: [float(a) for a in t] for n, t in total.items()}
+    with _eval_no_grad(model):
+        new = model(inputs)
+    err = float((new - ref).abs().max())
+    scale = float(ref.abs().max())
+    if not err <= rtol * max(scale, 1e-12):
+        model.load_state_dict(state)
+        raise ConfigError(
+            f"The 'finetune_rebalance' option of PGT changed the model's output (max deviation "
+            f"{err:.3g} for outputs up to {scale:.3g}): something between {layers} and the "
+            "next layers is not positively homogeneous (a BatchNorm, a bias-adding or "
+            "saturating operation, ...). Pass finetune_rebalance=False."
+        )
+    return out
 
 
 class _NeuronStep:
@@ -485,11 +596,68 @@ class PGT(Method):
         pruned, plan = prune_filters(model, keep, input_shape, check=check)
         return pruned, plan, keep
 
+    def _probe(self, model: nn.Module, data: CompressionData) -> Tensor:
+        """The batch the rebalancing is checked on: 8 seeded Gaussian inputs and the user's
+        check batch (when it is one tensor)."""
+        from compactnn.graph import example_input_for
+
+        cfg: PGTConfig = self.config  # type: ignore[assignment]
+        x = example_input_for(model, data.require_input_shape(self.name))
+        gen = torch.Generator().manual_seed(cfg.seed)
+        x = torch.randn((8, *x.shape[1:]), generator=gen, device="cpu").to(x)  # seeded on CPU
+        if isinstance(data.check_batch, Tensor) and data.check_batch.shape[1:] == x.shape[1:]:
+            x = torch.cat([x, data.check_batch.to(x)])
+        return x
+
+    def finetune(
+        self,
+        model: nn.Module,
+        data: CompressionData,
+        layers: list[str],
+        *,
+        teacher: nn.Module | None = None,
+        progress: bool = False,
+    ) -> dict[str, Any]:
+        """The fine-tuning of :meth:`run` on the pruned ``model`` (in place): the optional
+        rebalancing of ``layers``' neurons (``finetune_rebalance``), then
+        ``finetune_epochs`` of SGD (cosine from ``finetune_lr``), distilled from ``teacher``
+        (the model before PGT) with weight ``finetune_distill``. Returns the record added to
+        the history (the rebalancing factors' range per layer)."""
+        cfg: PGTConfig = self.config  # type: ignore[assignment]
+        record: dict[str, Any] = {}
+        if cfg.finetune_epochs == 0:
+            return record
+        if cfg.finetune_distill > 0 and teacher is None:
+            raise ConfigError(
+                "PGT.finetune with finetune_distill > 0 needs the teacher (the model before "
+                "PGT). Pass teacher= or finetune_distill=0."
+            )
+        if cfg.finetune_rebalance:
+            alphas = rebalance_neurons(model, layers, self._probe(model, data))
+            record["rebalance"] = {
+                n: {"min": min(a), "max": max(a)} for n, a in alphas.items() if a
+            }
+        finetune_model(
+            model,
+            data.require_train(self.name),
+            epochs=cfg.finetune_epochs,
+            lr=cfg.finetune_lr,
+            momentum=cfg.momentum,
+            weight_decay=cfg.weight_decay,
+            seed=cfg.seed + 7,
+            steps_per_epoch=cfg.finetune_steps_per_epoch,
+            distill=cfg.finetune_distill,
+            teacher=teacher,
+            progress=progress,
+            desc="PGT fine-tune",
+        )
+        return record
+
     def run(
         self, model: nn.Module, data: CompressionData, *, progress: bool = True
     ) -> CompressionResult:
         cfg: PGTConfig = self.config  # type: ignore[assignment]
-        loader = data.require_train(self.name)
+        data.require_train(self.name)
         shape = data.require_input_shape(self.name)
         layers = self._layers(model, shape)
         self._check_layers(model, layers)
@@ -497,6 +665,8 @@ class PGT(Method):
             per_layer_values(cfg.lam, layers, "lam", "PGT")  # lengths checked before training
         else:
             per_layer_values(cfg.keep, layers, "keep", "PGT")
+        if cfg.finetune_rebalance and cfg.finetune_epochs > 0:  # its errors before training
+            rebalance_neurons(copy.deepcopy(model), layers, self._probe(model, data))
         teacher = copy.deepcopy(model).eval() if cfg.finetune_distill > 0 else None
         layers, history = self.train_sparse(model, data, progress=progress)
         current, plan, keep = self.remove(model, layers, shape, data.check_batch)
@@ -509,21 +679,7 @@ class PGT(Method):
             from compactnn.metrics import accuracy
 
             history["val_top1_before_finetune"] = accuracy(current, data.val, topk=(1,))["top1"]
-        if cfg.finetune_epochs > 0:
-            finetune_model(
-                current,
-                loader,
-                epochs=cfg.finetune_epochs,
-                lr=cfg.finetune_lr,
-                momentum=cfg.momentum,
-                weight_decay=cfg.weight_decay,
-                seed=cfg.seed + 7,
-                steps_per_epoch=cfg.finetune_steps_per_epoch,
-                distill=cfg.finetune_distill,
-                teacher=teacher,
-                progress=progress,
-                desc="PGT fine-tune",
-            )
+        history.update(self.finetune(current, data, layers, teacher=teacher, progress=progress))
         return CompressionResult(
             model=current,
             plan=replay_plan(plan, current, shape),
