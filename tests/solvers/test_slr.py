@@ -445,3 +445,37 @@ def test_params_target_sets_one_share_and_is_met(loaders: tuple[DataLoader, Data
     with pytest.raises(ConfigError, match="cannot reach the target"):
         compactnn.compress(model, "slr", loaders, target={"params": 0.01}, calib_batches=2,
                            progress=False, input_shape=(1, 8, 8))  # fmt: skip
+
+
+@pytest.mark.parametrize("form", ["channels", "gather", "dense"])
+def test_column_sparse_conv_with_no_kept_column_runs_at_full_shape(form: str) -> None:
+    """A sparse branch with no kept column is the zero conv (+ bias) in every form; the
+    "channels" form used to return a 0-channel tensor (the skeleton of a compact checkpoint
+    has all-zero A, so loading an slr checkpoint failed)."""
+    conv = nn.Conv2d(6, 5, 3, stride=2, padding=1)
+    m = ColumnSparseConv2d(torch.zeros(5, 0), torch.zeros(0, dtype=torch.long), 6, 3,
+                           conv.bias, stride=2, padding=1, form=form)  # fmt: skip
+    x = torch.randn(2, 6, 9, 9)
+    with torch.no_grad():
+        nn.init.zeros_(conv.weight)
+        assert torch.equal(m(x), conv(x))
+
+
+@pytest.mark.parametrize("form", ["channels", "gather"])
+def test_slr_compact_checkpoint_loads_and_matches(
+    loaders: tuple[DataLoader, DataLoader], form: str, tmp_path: object
+) -> None:
+    """compress -> export.save_checkpoint -> export.load on a fresh instance: same outputs."""
+    from compactnn import export
+
+    res = compactnn.compress(
+        _net(), "slr", loaders, target={"params": 0.5}, form=form,
+        options=SLRAdmmOptions(max_iter=30),
+        calib_batches=2, progress=False, on_drop="warn", input_shape=(1, 8, 8),
+    )  # fmt: skip
+    assert any(isinstance(m, ColumnSparseConv2d) for m in res.model.modules())
+    export.save_checkpoint(res.model, res.plan, tmp_path / "ckpt", input_shape=(1, 8, 8))  # type: ignore[operator]
+    loaded = export.load(tmp_path / "ckpt", _net())  # type: ignore[operator]
+    x = next(iter(loaders[1]))[0]
+    with torch.no_grad():
+        assert float((loaded(x) - res.model.eval()(x)).abs().max()) == 0.0
