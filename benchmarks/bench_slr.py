@@ -20,6 +20,7 @@ Departures from the paper's protocol (also written into the results):
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import platform
@@ -282,7 +283,7 @@ def _compare_md(out: dict[str, Any]) -> None:
         f"{out['load_start'][0]:.1f} -> {out.get('load_end', out['load_start'])[0]:.1f}.",
         f"Baseline: top-1 {b['acc']:.2f} %, {b['params']:,} params. Budget: "
         f"`target={out['target']}` for every method, one seed (0).", "",
-        out["protocol"].strip(), "",
+        inspect.cleandoc(out["protocol"]), "",
         "| method | params | kept % | speed-up (b=100, 1 thr) | top-1 no FT | top-1 after 1 FT "
         "epoch | drop (points) | compress s | status |",
         "|---|---|---|---|---|---|---|---|---|",
