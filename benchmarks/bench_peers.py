@@ -94,6 +94,13 @@ MODELS: dict[str, dict[str, Any]] = {
                  "train_epochs": 10},
 }  # fmt: skip
 BUDGETS = (0.5, 0.25, 0.05)
+#: the models of the issue's grid (every (model, budget, method) cell gets a row: measured, or
+#: "not run" with a reason computed from measured timings, see :func:`not_run_rows`)
+GRID_MODELS = ("lenet-caffe", "kiaee-cnn", "resnet20")
+#: epoch timings of :func:`time_epoch` (one json line per measurement, in the results directory)
+TIMING_FILE = "peers_timing.jsonl"
+#: seeds every cell asks for
+SEEDS = (0, 1, 2)
 #: the shared fine-tuning of every returned model (the issue's protocol: 8 epochs SGD, no KD)
 FT = {"lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "cosine"}
 #: relative slack within which a measured MACs fraction still meets its budget (compactnn's)
@@ -650,6 +657,132 @@ def run_row(method: str, model_name: str, frac: float, seed: int, args: Any,
     return row
 
 
+# ----------------------------------------------------------------- timings and rows not run
+
+
+def time_epoch(model_name: str, steps: int, quick: bool = False) -> dict[str, Any]:
+    """Measure the seconds of one shared fine-tuning epoch of ``model_name`` on this machine:
+    :func:`compactnn.train.finetune` with the protocol's optimiser (:data:`FT`) on the bench's
+    training split, timed for ``steps`` batches after a warm-up, extrapolated to the split's
+    batches per epoch. The weights do not matter for the time: a freshly initialised model."""
+    if steps < 1:
+        raise ValueError(f"--time-epoch: steps must be >= 1, got {steps}")
+    spec = MODELS[model_name]
+    shape = models.default_input_shape(model_name)
+    info = cdata.dataset_info(spec["dataset"])
+    model = models.create(model_name, in_channels=shape[0], num_classes=info.num_classes, seed=0)
+    train, _, _ = loaders(model_name, 0, quick)
+    warm = min(5, steps)
+
+    def timed(n: int) -> float:
+        cfg = TrainConfig(epochs=1, seed=0, max_steps_per_epoch=n, **FT)
+        t0 = time.perf_counter()
+        finetune(model, train, config=cfg, progress=False)
+        return time.perf_counter() - t0
+
+    t_warm = timed(warm)
+    t_all = timed(warm + steps)
+    s_step = max(t_all - t_warm, 1e-9) / steps  # the fixed cost of a call cancels
+    return {
+        "model": model_name, "dataset": spec["dataset"], "steps_timed": steps,
+        "batch_size": train.batch_size, "s_per_step": s_step, "steps_per_epoch": len(train),
+        "epoch_s": s_step * len(train), "train_epochs": spec["train_epochs"],
+        "torch_threads": torch.get_num_threads(),
+    }  # fmt: skip
+
+
+def _latest_timing(path: Path) -> dict[str, dict[str, Any]]:
+    if not path.is_file():
+        return {}
+    out: dict[str, dict[str, Any]] = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            t = json.loads(line)
+            out[t["model"]] = t  # the latest measurement of a model wins
+    return out
+
+
+def _lenet_costs(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per method, from its measured lenet-caffe rows: seconds per seed (compression + shared
+    fine-tuning) and the compression's cost in fine-tuning-epoch equivalents (compress_s over
+    that row's seconds per fine-tuning epoch; a row without fine-tuning uses the median epoch)."""
+    lenet = [r for r in rows if r["model"] == "lenet-caffe" and r.get("compress_s") is not None]
+    epochs = [r["finetune_s"] / r["finetune"]["epochs"] for r in lenet
+              if r.get("finetune_s") and r["finetune"].get("epochs")]  # fmt: skip
+    if not epochs:
+        return {}
+    med_epoch = statistics.median(epochs)
+    by: dict[str, dict[str, list[float]]] = {}
+    for r in lenet:
+        ep = (r["finetune_s"] / r["finetune"]["epochs"]) if r.get("finetune_s") else med_epoch
+        d = by.setdefault(r["method"], {"seed_s": [], "eq": []})
+        d["seed_s"].append(r["compress_s"] + (r.get("finetune_s") or 0.0))
+        d["eq"].append(r["compress_s"] / ep)
+    return {m: {"seed_s": statistics.median(d["seed_s"]), "select_epochs_eq":
+                statistics.median(d["eq"]), "n_rows": len(d["seed_s"])}
+            for m, d in by.items()}  # fmt: skip
+
+
+def _hours(s: float) -> str:
+    if s >= 3600:
+        return f"{s / 3600:.1f} CPU-hours"
+    return f"{s / 60:.0f} CPU-min" if s >= 120 else f"{s:.0f} CPU-s"
+
+
+def not_run_rows(
+    rows: list[dict[str, Any]],
+    timing: dict[str, dict[str, Any]],
+    grid: tuple[tuple[str, ...], tuple[float, ...], list[str]],
+    ft_epochs: int,
+    n_seeds: int = len(SEEDS),
+) -> list[dict[str, Any]]:
+    """A "not run" row for every (model, budget, method) of ``grid`` without any row, its
+    reason computed from measurements: lenet-caffe cells from the method's measured lenet-caffe
+    rows; other models from their measured epoch time (:func:`time_epoch`) times (``ft_epochs``
+    + the method's compression cost in epoch equivalents measured on lenet-caffe), per seed,
+    plus the baseline's training once."""
+    have = {(r["model"], r["budget_macs"], r["method"]) for r in rows}
+    costs = _lenet_costs(rows)
+    models_, budgets, methods = grid
+    out = []
+    for model_name in models_:
+        t = timing.get(model_name)
+        cells = [(b, m) for b in budgets for m in methods if (model_name, b, m) not in have]
+        if not cells:
+            continue
+        if model_name != "lenet-caffe" and t is not None:
+            base_s = t["train_epochs"] * t["epoch_s"] / 0.9  # the baseline trains on all images
+            total = base_s + sum(n_seeds * (ft_epochs + costs[m]["select_epochs_eq"])
+                                 * t["epoch_s"] for b, m in cells if m in costs)  # fmt: skip
+        for b, m in cells:
+            c = costs.get(m)
+            base = {"model": model_name, "dataset": MODELS[model_name]["dataset"],
+                    "budget_macs": b, "method": m, "library": library_of(m),
+                    "version": _version(library_of(m)), "seed": None, "status": "not run",
+                    "estimated": True}  # fmt: skip
+            if c is None:
+                reason = "no measured lenet-caffe row of this method to extrapolate a cost from"
+            elif model_name == "lenet-caffe":
+                reason = (f"estimated {_hours(n_seeds * c['seed_s'])} for {n_seeds} seeds "
+                          f"({_hours(c['seed_s'])} per seed, median of its {c['n_rows']} "
+                          "measured lenet-caffe rows); not reached in the session's time")  # fmt: skip
+            elif t is None:
+                reason = f"no epoch time of {model_name} measured (bench_peers.py --time-epoch)"
+            else:
+                per_seed = (ft_epochs + c["select_epochs_eq"]) * t["epoch_s"]
+                reason = (
+                    f"estimated {_hours(n_seeds * per_seed)} for {n_seeds} seeds x ({ft_epochs} "
+                    f"FT epochs + {c['select_epochs_eq']:.1f} epoch-equivalents of compression, "
+                    f"measured on lenet-caffe) at {t['epoch_s']:.0f} s per epoch measured on this "
+                    f"CPU ({t['steps_timed']} steps timed, {t['torch_threads']} thread), plus "
+                    f"{_hours(base_s)} to train the baseline once; this model's {len(cells)} cells "
+                    f"need ~{_hours(total)} in all"
+                )  # fmt: skip
+                base.update(est_seed_s=per_seed, est_model_s=total, epoch_s=t["epoch_s"])
+            out.append({**base, "reason": reason})
+    return out
+
+
 # ---------------------------------------------------------------------------------- reporting
 
 
@@ -676,7 +809,8 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         ok = [r for r in rs if r.get("test_top1") is not None]
         out.append({
             "model": model, "budget_macs": frac, "method": method,
-            "library": rs[0]["library"], "seeds": sorted(r["seed"] for r in rs),
+            "library": rs[0]["library"],
+            "seeds": sorted(r["seed"] for r in rs if r.get("seed") is not None),
             "n_ok": len(ok), "test_top1": [r["test_top1"] for r in ok],
             "test_mean": statistics.mean(r["test_top1"] for r in ok) if ok else None,
             "err_increase_mean": statistics.mean(r["test_err_increase"] for r in ok) if ok else None,
@@ -687,6 +821,8 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "met": all(r.get("met") for r in ok) if ok else False,
             "reasons": sorted({r["reason"][:300] for r in rs if r.get("reason")}),
             "status": sorted({r["status"] for r in rs}),
+            "seed_s": statistics.mean(r["compress_s"] + r["finetune_s"] for r in ok) if ok else None,
+            "est_seed_s": rs[0].get("est_seed_s"), "est_model_s": rs[0].get("est_model_s"),
         })  # fmt: skip
     out.sort(key=lambda a: (a["model"], -a["budget_macs"], a["library"] != "compactnn",
                             -(a["test_mean"] or -1)))  # fmt: skip
@@ -696,7 +832,21 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def verdicts(agg: list[dict[str, Any]]) -> list[str]:
     """Best compactnn row vs best peer row at each (model, budget), both within budget."""
     lines = []
+    words: dict[str, list[str]] = {}
+    for model_name in sorted({a["model"] for a in agg}):
+        mine = [a for a in agg if a["model"] == model_name]
+        if not any(a["n_ok"] for a in mine):
+            est = [a["est_model_s"] for a in mine if a.get("est_model_s")]
+            tot = (
+                f" (estimated ~{_hours(max(est))} for its baseline and all its cells x "
+                f"{len(SEEDS)} seeds at its measured epoch time; see the table)"
+                if est
+                else ""
+            )
+            lines.append(f"- {model_name}: **not run** at any budget{tot}.")
     for key in sorted({(a["model"], a["budget_macs"]) for a in agg}, key=lambda k: (k[0], -k[1])):
+        if not any(a["n_ok"] for a in agg if a["model"] == key[0]):
+            continue
         cell = [a for a in agg if (a["model"], a["budget_macs"]) == key and a["met"] and a["n_ok"]]
         ours = [a for a in cell if a["library"] == "compactnn"]
         peers = [a for a in cell if a["library"] != "compactnn"]
@@ -716,6 +866,7 @@ def verdicts(agg: list[dict[str, Any]]) -> list[str]:
             word = "tie (< 0.1 point, one seed)"
         else:
             word = "win" if d > 0 else "lose"
+        words.setdefault(word.split()[0], []).append(f"{key[0]} @ {100 * key[1]:g} %")
         lines.append(
             f"- {key[0]} @ {100 * key[1]:g} % MACs: **{word}** by {d:+.2f} points of test top-1 "
             f"({n} seed(s)): best compactnn `{o['method']}` {o['test_mean']:.2f} % "
@@ -723,6 +874,12 @@ def verdicts(agg: list[dict[str, Any]]) -> list[str]:
             f"eager) vs best peer `{p['method']}` ({p['library']}) {p['test_mean']:.2f} % "
             f"({p['structure']}, {100 * p['macs_kept']:.2f} % MACs, {p['speedup_eager']:.2f}x)."
         )
+    n = sum(len(v) for v in words.values())
+    if n:
+        parts = [f"{w} {len(words.get(w, []))}" for w in ("win", "tie", "lose")]
+        lines.insert(0, f"- Over the {n} (model, budget) cell(s) measured, best compactnn vs best "
+                        f"peer: {', '.join(parts)} (ties: difference within one seed sd, or "
+                        "< 0.1 point with one seed).")  # fmt: skip
     return lines
 
 
@@ -778,10 +935,28 @@ def markdown(rows: list[dict[str, Any]], agg: list[dict[str, Any]], meta: dict[s
         "fine-tune s | seeds | status / reason |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    # cells not run with the same reason at several budgets share one line (their estimate
+    # does not depend on the budget)
+    budgets_of: dict[tuple[Any, ...], list[float]] = {}
     for a in agg:
-        reason = "; ".join(a["reasons"])[:200].replace("|", "/")
+        if a["status"] == ["not run"]:
+            budgets_of.setdefault((a["model"], a["method"], *a["reasons"]), []).append(
+                a["budget_macs"]
+            )
+    for a in agg:
+        shown = f"{100 * a['budget_macs']:g} %"
+        if a["status"] == ["not run"]:
+            fr = budgets_of.pop((a["model"], a["method"], *a["reasons"]), None)
+            if fr is None:
+                continue  # already shown with its other budgets
+            shown = ", ".join(f"{100 * b:g}" for b in fr) + " %"
+        reason = "; ".join(a["reasons"])[:420].replace("|", "/")
+        missing = [s for s in SEEDS if s not in a["seeds"]]
+        if a["n_ok"] and missing:
+            reason = (f"seed(s) {','.join(map(str, missing))} not run (~{_hours(a['seed_s'])} "
+                      f"each, measured){'; ' + reason if reason else ''}")  # fmt: skip
         lines.append(
-            f"| {a['model']} | {100 * a['budget_macs']:g} % | {a['method']} | {a['library']} | "
+            f"| {a['model']} | {shown} | {a['method']} | {a['library']} | "
             f"{a['structure'] or '–'} | {_f(a['params'], ',.0f')} | "
             f"{_f(a['macs_kept'] and 100 * a['macs_kept'], '.2f')} % | {_mean_sd(a['test_top1'])} | "
             f"{_f(a['err_increase_mean'], '+.2f')} | {_f(a['latency_eager_ms'], '.2f')} "
@@ -812,16 +987,29 @@ def plot(agg: list[dict[str, Any]], model: str, out: Path) -> Path | None:
                   title=f"{model}: accuracy vs MACs after the same fine-tuning")  # fmt: skip
 
 
-def rebuild(jsonl: Path, out_dir: Path, meta: dict[str, Any]) -> list[dict[str, Any]]:
+def rebuild(
+    jsonl: Path,
+    out_dir: Path,
+    meta: dict[str, Any],
+    grid: tuple[tuple[str, ...], tuple[float, ...], list[str]] | None = None,
+    ft_epochs: int = 8,
+) -> list[dict[str, Any]]:
+    """Rebuild peers.json / .md / PNGs from the measured rows of ``jsonl``; with ``grid``, every
+    cell of it without a row gets a computed "not run" row (:func:`not_run_rows`, timings read
+    from ``out_dir/peers_timing.jsonl``)."""
     rows = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
     # the latest row of each (model, budget, method, seed) wins (reruns replace)
     latest: dict[tuple[Any, ...], dict[str, Any]] = {}
     for r in rows:
         latest[(r["model"], r["budget_macs"], r["method"], r["seed"], r.get("quick", False))] = r
     rows = list(latest.values())
+    timing = _latest_timing(out_dir / TIMING_FILE)
+    if grid is not None:
+        rows += not_run_rows(rows, timing, grid, ft_epochs)
     agg = aggregate(rows)
-    meta = {**meta, "n_rows": len(rows),
-            "baselines": {**{r["model"]: r.get("baseline") for r in rows},
+    meta = {**meta, "n_rows": sum(1 for r in rows if not r.get("estimated")),
+            "n_not_run": sum(1 for r in rows if r.get("estimated")), "epoch_timings": timing,
+            "baselines": {**{r["model"]: r["baseline"] for r in rows if r.get("baseline")},
                           **meta.get("baselines", {})}}  # fmt: skip
     (out_dir / "peers.json").write_text(
         json.dumps({"meta": meta, "aggregate": agg, "rows": rows}, indent=1, default=str)
@@ -847,7 +1035,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="lenet-caffe,kiaee-cnn,resnet20")
     ap.add_argument("--budgets", default=",".join(map(str, BUDGETS)))
-    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--seeds", default=",".join(map(str, SEEDS)))
     ap.add_argument("--methods", default="all", help="comma list, 'all', 'compactnn' or 'peers'")
     ap.add_argument("--ft-epochs", type=int, default=8, help="shared fine-tuning epochs")
     ap.add_argument("--select-epochs", type=int, default=2,
@@ -859,9 +1047,26 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="tiny smoke run: untrained lenet-caffe, 400 images, 1 epoch of 3 steps",
     )
+    ap.add_argument(
+        "--time-epoch",
+        type=int,
+        default=None,
+        metavar="STEPS",
+        help="only time STEPS shared fine-tuning steps of each of --models, "
+        "extrapolate to an epoch and append it to peers_timing.jsonl (no rows run)",
+    )
+    ap.add_argument(
+        "--report-only",
+        action="store_true",
+        help="run nothing: rebuild peers.json / .md / PNGs from the rows there",
+    )
     ap.add_argument("--out", default=str(RESULTS), help="results directory")
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
     args = ap.parse_args(argv)
+    if args.time_epoch is not None and args.time_epoch < 1:
+        ap.error(f"--time-epoch: STEPS must be >= 1, got {args.time_epoch}")
+    if args.ft_epochs < 0:
+        ap.error(f"--ft-epochs must be >= 0, got {args.ft_epochs}")
     if args.quick:
         args.ft_epochs, args.select_epochs = 1, 1
         args.max_steps = args.max_steps or 3
@@ -893,9 +1098,35 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     command = "python benchmarks/bench_peers.py " + " ".join(sys.argv[1:] if argv is None else argv)
     machine = f"{platform.machine()} CPU ({os.cpu_count()} cores, shared), {args.threads} torch thread(s), no GPU"  # noqa: E501
     names = methods_of(args.methods)
+    model_names = [m.strip() for m in args.models.split(",") if m.strip()]
+    unknown = sorted(set(model_names) - set(MODELS))
+    if unknown:
+        raise SystemExit(f"--models: unknown model(s) {unknown}; known: {sorted(MODELS)}")
+    meta = {
+        "date": dt.date.today().isoformat(), "machine": machine, "torch": torch.__version__,
+        "peers": ", ".join(f"{p} {_version(p)}" for p in PEER_IMPORT),
+    }  # fmt: skip
+    grid = (GRID_MODELS, BUDGETS, all_methods())
+    if args.time_epoch is not None:
+        out = []
+        for model_name in model_names:
+            t = time_epoch(model_name, args.time_epoch, args.quick)
+            t.update(date=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                     machine=machine, load=list(os.getloadavg()), command=command)  # fmt: skip
+            print(json.dumps(t), flush=True)
+            if not args.quick:
+                with (out_dir / TIMING_FILE).open("a") as f:
+                    f.write(json.dumps(t) + "\n")
+            out.append(t)
+        return out
+    if args.report_only:
+        if not jsonl.is_file():
+            raise SystemExit(f"--report-only: no rows at {jsonl}")
+        rebuild(jsonl, out_dir, {**meta, "baselines": {}}, grid, args.ft_epochs)
+        return []
     baselines: dict[str, str] = {}
     new_rows = []
-    for model_name in [m.strip() for m in args.models.split(",") if m.strip()]:
+    for model_name in model_names:
         base, src = baseline(model_name, args.quick)
         baselines[model_name] = src
         bm = base_measure(base, model_name, args.quick)
@@ -918,12 +1149,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                           "macs_kept", "test_top1", "compress_s", "reason")}, default=str),
                           flush=True)  # fmt: skip
     if not args.quick:
-        meta = {
-            "date": dt.date.today().isoformat(), "machine": machine, "torch": torch.__version__,
-            "peers": ", ".join(f"{p} {_version(p)}" for p in PEER_IMPORT),
-            "baselines": baselines,
-        }  # fmt: skip
-        rebuild(jsonl, out_dir, meta)
+        rebuild(jsonl, out_dir, {**meta, "baselines": baselines}, grid, args.ft_epochs)
     return new_rows
 
 
