@@ -47,6 +47,12 @@ of the fine-tuning. A row that cannot run carries the exception / reason it fail
     .venv/bin/pip install --no-deps -r requirements/peers.txt      # or: make peers
     .venv/bin/python benchmarks/bench_peers.py --models lenet-caffe --budgets 0.05 --seeds 0
     .venv/bin/python benchmarks/bench_peers.py --quick                 # tiny smoke run
+    .venv/bin/python benchmarks/bench_peers.py --models resnet20 --time-epoch 100  # epoch time
+    .venv/bin/python benchmarks/bench_peers.py --report-only           # rebuild the report
+
+Every (model, budget, method) cell of the issue's grid (:data:`GRID_MODELS` x :data:`BUDGETS`
+x every method) without a measured row gets a "not run" row whose reason is computed from
+measured times (:func:`not_run_rows`).
 
 Rows are appended to benchmarks/results/peers_rows.jsonl as they finish (each with date, machine,
 load and command); peers.json / peers.md / peers_<model>.png are rebuilt from all rows there.
@@ -898,6 +904,15 @@ NOTES = [
     "- OTO's search runs HESSO for 2 steps with pruning at once per evaluation; the full run "
     "prunes progressively during training, so its final MACs can differ from the search's "
     "(the met column says whether it stayed within budget).",
+    "- Rows not run carry an estimate computed from measurements (bench_peers.py "
+    "`not_run_rows`): a lenet-caffe cell from the method's measured lenet-caffe rows (median "
+    "compression + fine-tuning seconds per seed); another model from its measured seconds per "
+    "shared fine-tuning epoch (`--time-epoch STEPS`: STEPS batches timed after a warm-up, "
+    "extrapolated to the epoch, timings in peers_timing.jsonl) x (fine-tuning epochs + the "
+    "method's compression cost in lenet-caffe fine-tuning-epoch equivalents), per seed, plus "
+    "the baseline's training. Scaling a method's compression cost by the epoch time is an "
+    "approximation (search evaluations and graph planning need not scale with training "
+    "FLOPs), and whether the method applies to that model was not tried.",
     "- The cached LeNet baseline was trained on all 60,000 MNIST training images: validation "
     "accuracies (in peers.json) are optimistic; the verdict uses test accuracy, read once per "
     "row and never for a choice.",
