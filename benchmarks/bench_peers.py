@@ -64,6 +64,7 @@ import argparse
 import contextlib
 import copy
 import datetime as dt
+import hashlib
 import io
 import json
 import os
@@ -981,6 +982,14 @@ def markdown(rows: list[dict[str, Any]], agg: list[dict[str, Any]], meta: dict[s
             f"{'/'.join(a['status'])}{': ' + reason if reason else ''} |"
         )
     lines += ["", "## What this protocol does and does not do", "", *NOTES]
+    sup = meta.get("superseded") or []
+    if sup:
+        tops = sorted({f"{r['model']} {r['baseline_measure']['test_top1']:.2f} %" for r in sup})
+        lines.append(
+            f"- {len(sup)} row(s) of peers_rows.jsonl were measured on an earlier trained "
+            f"baseline ({', '.join(tops)} test top-1) than the current one; they are kept there "
+            "and in peers.json (`superseded`) but not pooled with the rows above."
+        )
     lines += ["", "Baselines: " + "; ".join(f"{k}: {v}" for k, v in meta["baselines"].items()),
               ""]  # fmt: skip
     return "\n".join(lines) + "\n"
@@ -1002,6 +1011,30 @@ def plot(agg: list[dict[str, Any]], model: str, out: Path) -> Path | None:
                   title=f"{model}: accuracy vs MACs after the same fine-tuning")  # fmt: skip
 
 
+def _same_base(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
+    """Two rows' ``baseline_measure`` describe the same trained baseline: same weights when both
+    carry a fingerprint, else the same params and test top-1."""
+    a, b = a or {}, b or {}
+    if a.get("state_sha") and b.get("state_sha"):
+        return bool(a["state_sha"] == b["state_sha"])
+    return (a.get("params"), a.get("test_top1")) == (b.get("params"), b.get("test_top1"))
+
+
+def same_baseline(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Split ``rows`` into those measured on each model's current baseline (the one of its
+    latest row) and those measured on an earlier one (kept in the jsonl, never pooled)."""
+    current: dict[str, dict[str, Any]] = {}
+    for r in sorted(rows, key=lambda r: r.get("date") or ""):
+        if r.get("baseline_measure"):
+            current[r["model"]] = r["baseline_measure"]
+    keep, old = [], []
+    for r in rows:
+        cur = current.get(r["model"])
+        ok = cur is None or not r.get("baseline_measure") or _same_base(r["baseline_measure"], cur)
+        (keep if ok else old).append(r)
+    return keep, old
+
+
 def rebuild(
     jsonl: Path,
     out_dir: Path,
@@ -1017,13 +1050,15 @@ def rebuild(
     latest: dict[tuple[Any, ...], dict[str, Any]] = {}
     for r in rows:
         latest[(r["model"], r["budget_macs"], r["method"], r["seed"], r.get("quick", False))] = r
-    rows = list(latest.values())
+    rows, superseded = same_baseline(list(latest.values()))
     timing = _latest_timing(out_dir / TIMING_FILE)
     if grid is not None:
         rows += not_run_rows(rows, timing, grid, ft_epochs)
     agg = aggregate(rows)
     meta = {**meta, "n_rows": sum(1 for r in rows if not r.get("estimated")),
             "n_not_run": sum(1 for r in rows if r.get("estimated")), "epoch_timings": timing,
+            "superseded": [{k: r.get(k) for k in ("model", "budget_macs", "method", "seed",
+                            "test_top1", "date", "baseline_measure")} for r in superseded],
             "baselines": {**{r["model"]: r["baseline"] for r in rows if r.get("baseline")},
                           **meta.get("baselines", {})}}  # fmt: skip
     (out_dir / "peers.json").write_text(
@@ -1035,10 +1070,20 @@ def rebuild(
     return rows
 
 
+def state_sha(model: nn.Module) -> str:
+    """Fingerprint of a model's weights (sha256 of its state_dict, names and bytes; 16 hex)."""
+    h = hashlib.sha256()
+    for k, v in model.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def base_measure(base: nn.Module, model_name: str, quick: bool) -> dict[str, Any]:
     shape = tuple(models.default_input_shape(model_name))
     _, _, test = loaders(model_name, 0, quick)
     return {
+        "state_sha": state_sha(base),
         "params": metrics.count_params(base),
         "macs": macs_of(base, shape),
         "test_top1": metrics.accuracy(base, test, topk=(1,))["top1"],
