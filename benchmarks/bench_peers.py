@@ -807,15 +807,17 @@ def _median(rows: list[dict[str, Any]], key: str) -> float | None:
 
 
 def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One entry per (model, budget, method): mean / sd over seeds, medians of sizes."""
+    """One entry per (model, baseline, budget, method): mean / sd over seeds, medians of sizes
+    (rows measured on different trained baselines are never pooled, see :func:`base_label`)."""
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for r in rows:
-        groups.setdefault((r["model"], r["budget_macs"], r["method"]), []).append(r)
+        key = (r["model"], base_label(r), r["budget_macs"], r["method"])
+        groups.setdefault(key, []).append(r)
     out = []
-    for (model, frac, method), rs in groups.items():
+    for (model, blabel, frac, method), rs in groups.items():
         ok = [r for r in rs if r.get("test_top1") is not None]
         out.append({
-            "model": model, "budget_macs": frac, "method": method,
+            "model": model, "baseline": blabel, "budget_macs": frac, "method": method,
             "library": rs[0]["library"],
             "seeds": sorted(r["seed"] for r in rs if r.get("seed") is not None),
             "n_ok": len(ok), "test_top1": [r["test_top1"] for r in ok],
@@ -831,8 +833,8 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "seed_s": statistics.mean(r["compress_s"] + r["finetune_s"] for r in ok) if ok else None,
             "est_seed_s": rs[0].get("est_seed_s"), "est_model_s": rs[0].get("est_model_s"),
         })  # fmt: skip
-    out.sort(key=lambda a: (a["model"], -a["budget_macs"], a["library"] != "compactnn",
-                            -(a["test_mean"] or -1)))  # fmt: skip
+    out.sort(key=lambda a: (a["model"], -a["budget_macs"], a["baseline"],
+                            a["library"] != "compactnn", -(a["test_mean"] or -1)))  # fmt: skip
     return out
 
 
@@ -851,15 +853,18 @@ def verdicts(agg: list[dict[str, Any]]) -> list[str]:
                 else ""
             )
             lines.append(f"- {model_name}: **not run** at any budget{tot}.")
-    for key in sorted({(a["model"], a["budget_macs"]) for a in agg}, key=lambda k: (k[0], -k[1])):
-        if not any(a["n_ok"] for a in agg if a["model"] == key[0]):
-            continue
-        cell = [a for a in agg if (a["model"], a["budget_macs"]) == key and a["met"] and a["n_ok"]]
+    keys = {(a["model"], a["budget_macs"], a["baseline"]) for a in agg if a["n_ok"]}
+    for key in sorted(keys, key=lambda k: (k[0], -k[1], k[2])):
+        cell = [a for a in agg if (a["model"], a["budget_macs"], a["baseline"]) == key
+                and a["met"] and a["n_ok"]]  # fmt: skip
+        where = f"{key[0]} @ {100 * key[1]:g} % MACs"
+        if len({a["baseline"] for a in agg if a["model"] == key[0] and a["baseline"]}) > 1:
+            where += f" (baseline {key[2]})"
         ours = [a for a in cell if a["library"] == "compactnn"]
         peers = [a for a in cell if a["library"] != "compactnn"]
         if not ours or not peers:
-            lines.append(f"- {key[0]} @ {100 * key[1]:g} % MACs: no comparison (compactnn rows "
-                         f"within budget: {len(ours)}, peer rows: {len(peers)}).")  # fmt: skip
+            lines.append(f"- {where}: no comparison (compactnn rows within budget: "
+                         f"{len(ours)}, peer rows: {len(peers)}).")  # fmt: skip
             continue
         o = max(ours, key=lambda a: a["test_mean"])
         p = max(peers, key=lambda a: a["test_mean"])
@@ -873,9 +878,9 @@ def verdicts(agg: list[dict[str, Any]]) -> list[str]:
             word = "tie (< 0.1 point, one seed)"
         else:
             word = "win" if d > 0 else "lose"
-        words.setdefault(word.split()[0], []).append(f"{key[0]} @ {100 * key[1]:g} %")
+        words.setdefault(word.split()[0], []).append(where)
         lines.append(
-            f"- {key[0]} @ {100 * key[1]:g} % MACs: **{word}** by {d:+.2f} points of test top-1 "
+            f"- {where}: **{word}** by {d:+.2f} points of test top-1 "
             f"({n} seed(s)): best compactnn `{o['method']}` {o['test_mean']:.2f} % "
             f"({o['structure']}, {100 * o['macs_kept']:.2f} % MACs, {o['speedup_eager']:.2f}x "
             f"eager) vs best peer `{p['method']}` ({p['library']}) {p['test_mean']:.2f} % "
@@ -884,7 +889,8 @@ def verdicts(agg: list[dict[str, Any]]) -> list[str]:
     n = sum(len(v) for v in words.values())
     if n:
         parts = [f"{w} {len(words.get(w, []))}" for w in ("win", "tie", "lose")]
-        lines.insert(0, f"- Over the {n} (model, budget) cell(s) measured, best compactnn vs best "
+        lines.insert(0, f"- Over the {n} (model, budget, baseline) cell(s) measured, best "
+                        "compactnn vs best "
                         f"peer: {', '.join(parts)} (ties: difference within one seed sd, or "
                         "< 0.1 point with one seed).")  # fmt: skip
     return lines
@@ -946,10 +952,10 @@ def markdown(rows: list[dict[str, Any]], agg: list[dict[str, Any]], meta: dict[s
         "",
         "## Table (mean ± sd over seeds; sizes and times: median)",
         "",
-        "| model | MACs budget | method | library | structure | params | MACs kept | "
-        "test top-1 | err. increase | eager ms (x) | ORT ms (x vs eager) | compress s | "
-        "fine-tune s | seeds | status / reason |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | MACs budget | baseline top-1 | method | library | structure | params | "
+        "MACs kept | test top-1 | err. increase | eager ms (x) | ORT ms (x vs eager) | "
+        "compress s | fine-tune s | seeds | status / reason |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     # cells not run with the same reason at several budgets share one line (their estimate
     # does not depend on the budget)
@@ -968,11 +974,15 @@ def markdown(rows: list[dict[str, Any]], agg: list[dict[str, Any]], meta: dict[s
             shown = ", ".join(f"{100 * b:g}" for b in fr) + " %"
         reason = "; ".join(a["reasons"])[:420].replace("|", "/")
         missing = [s for s in SEEDS if s not in a["seeds"]]
+        cur = meta.get("current_baseline", {}).get(a["model"])
         if a["n_ok"] and missing:
-            reason = (f"seed(s) {','.join(map(str, missing))} not run (~{_hours(a['seed_s'])} "
-                      f"each, measured){'; ' + reason if reason else ''}")  # fmt: skip
+            why = (f"not run (~{_hours(a['seed_s'])} each, measured)" if a["baseline"] == cur
+                   else f"cannot run: this baseline's checkpoint is gone from the machine's "
+                   f"cache (the current {a['model']} baseline is {cur})")  # fmt: skip
+            reason = (f"seed(s) {','.join(map(str, missing))} {why}"
+                      f"{'; ' + reason if reason else ''}")  # fmt: skip
         lines.append(
-            f"| {a['model']} | {shown} | {a['method']} | {a['library']} | "
+            f"| {a['model']} | {shown} | {a['baseline'] or '–'} | {a['method']} | {a['library']} | "
             f"{a['structure'] or '–'} | {_f(a['params'], ',.0f')} | "
             f"{_f(a['macs_kept'] and 100 * a['macs_kept'], '.2f')} % | {_mean_sd(a['test_top1'])} | "
             f"{_f(a['err_increase_mean'], '+.2f')} | {_f(a['latency_eager_ms'], '.2f')} "
@@ -982,23 +992,27 @@ def markdown(rows: list[dict[str, Any]], agg: list[dict[str, Any]], meta: dict[s
             f"{'/'.join(a['status'])}{': ' + reason if reason else ''} |"
         )
     lines += ["", "## What this protocol does and does not do", "", *NOTES]
-    sup = meta.get("superseded") or []
-    if sup:
-        tops = sorted({f"{r['model']} {r['baseline_measure']['test_top1']:.2f} %" for r in sup})
+    multi = {m: sorted(b) for m, b in meta.get("all_baselines", {}).items() if len(b) > 1}
+    for m, bs in multi.items():
         lines.append(
-            f"- {len(sup)} row(s) of peers_rows.jsonl were measured on an earlier trained "
-            f"baseline ({', '.join(tops)} test top-1) than the current one; they are kept there "
-            "and in peers.json (`superseded`) but not pooled with the rows above."
+            f"- {m}: rows were measured on {len(bs)} trained baselines (test top-1 "
+            f"{', '.join(bs)}; the cached checkpoint was lost and retrained, which does not "
+            f"reproduce it bit for bit); each comparison, mean and sd above uses ONE baseline, "
+            f"never a mix. The current one is {meta['current_baseline'][m]}."
         )
     lines += ["", "Baselines: " + "; ".join(f"{k}: {v}" for k, v in meta["baselines"].items()),
               ""]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
-def plot(agg: list[dict[str, Any]], model: str, out: Path) -> Path | None:
+def plot(
+    agg: list[dict[str, Any]], model: str, out: Path, baseline: str | None = None
+) -> Path | None:
+    """Accuracy vs MACs of ``model``'s measured cells (those of ``baseline`` when given)."""
     from compactnn.plots import curves
 
-    cells = [a for a in agg if a["model"] == model and a["n_ok"]]
+    cells = [a for a in agg if a["model"] == model and a["n_ok"]
+             and (baseline is None or a["baseline"] == baseline)]  # fmt: skip
     if not cells:
         return None
     series = []
@@ -1007,32 +1021,32 @@ def plot(agg: list[dict[str, Any]], model: str, out: Path) -> Path | None:
         lib = cells[[a["method"] for a in cells].index(method)]["library"]
         label = method if lib == "compactnn" else f"{method} ({lib})"
         series.append((label, [p[0] for p in pts], [p[1] for p in pts]))
+    title = f"{model}: accuracy vs MACs after the same fine-tuning"
+    if baseline is not None:
+        title += f" (baseline {baseline})"
     return curves(out, series, xlabel="MACs kept (%)", ylabel="test top-1 (%)", logx=True,
-                  title=f"{model}: accuracy vs MACs after the same fine-tuning")  # fmt: skip
+                  title=title)  # fmt: skip
 
 
-def _same_base(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
-    """Two rows' ``baseline_measure`` describe the same trained baseline: same weights when both
-    carry a fingerprint, else the same params and test top-1."""
-    a, b = a or {}, b or {}
-    if a.get("state_sha") and b.get("state_sha"):
-        return bool(a["state_sha"] == b["state_sha"])
-    return (a.get("params"), a.get("test_top1")) == (b.get("params"), b.get("test_top1"))
+def base_label(row: dict[str, Any]) -> str | None:
+    """The trained baseline a row was measured on: its test top-1 and, when the row has it, the
+    start of its weights' fingerprint ("99.16 % (3f2a1b)"); None for a row not run. Rows of
+    different baselines are never pooled."""
+    bm = row.get("baseline_measure")
+    if not bm:
+        return None
+    sha = bm.get("state_sha")
+    return f"{bm['test_top1']:.2f} %" + (f" ({sha[:6]})" if sha else "")
 
 
-def same_baseline(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Split ``rows`` into those measured on each model's current baseline (the one of its
-    latest row) and those measured on an earlier one (kept in the jsonl, never pooled)."""
-    current: dict[str, dict[str, Any]] = {}
+def current_baselines(rows: list[dict[str, Any]]) -> dict[str, str]:
+    """Per model, the baseline of its latest row (the checkpoint a new run would use)."""
+    cur: dict[str, str] = {}
     for r in sorted(rows, key=lambda r: r.get("date") or ""):
-        if r.get("baseline_measure"):
-            current[r["model"]] = r["baseline_measure"]
-    keep, old = [], []
-    for r in rows:
-        cur = current.get(r["model"])
-        ok = cur is None or not r.get("baseline_measure") or _same_base(r["baseline_measure"], cur)
-        (keep if ok else old).append(r)
-    return keep, old
+        b = base_label(r)
+        if b is not None:
+            cur[r["model"]] = b
+    return cur
 
 
 def rebuild(
@@ -1050,15 +1064,17 @@ def rebuild(
     latest: dict[tuple[Any, ...], dict[str, Any]] = {}
     for r in rows:
         latest[(r["model"], r["budget_macs"], r["method"], r["seed"], r.get("quick", False))] = r
-    rows, superseded = same_baseline(list(latest.values()))
+    rows = list(latest.values())
+    current = current_baselines(rows)
     timing = _latest_timing(out_dir / TIMING_FILE)
     if grid is not None:
         rows += not_run_rows(rows, timing, grid, ft_epochs)
     agg = aggregate(rows)
     meta = {**meta, "n_rows": sum(1 for r in rows if not r.get("estimated")),
             "n_not_run": sum(1 for r in rows if r.get("estimated")), "epoch_timings": timing,
-            "superseded": [{k: r.get(k) for k in ("model", "budget_macs", "method", "seed",
-                            "test_top1", "date", "baseline_measure")} for r in superseded],
+            "current_baseline": current,
+            "all_baselines": {m: sorted({base_label(r) for r in rows if r["model"] == m
+                                         and r.get("baseline_measure")}) for m in current},
             "baselines": {**{r["model"]: r["baseline"] for r in rows if r.get("baseline")},
                           **meta.get("baselines", {})}}  # fmt: skip
     (out_dir / "peers.json").write_text(
@@ -1066,7 +1082,14 @@ def rebuild(
     )
     (out_dir / "peers.md").write_text(markdown(rows, agg, meta))
     for model in sorted({r["model"] for r in rows}):
-        plot(agg, model, out_dir / f"peers_{model}.png")
+        bases = meta["all_baselines"].get(model) or []
+        if len(bases) <= 1:
+            plot(agg, model, out_dir / f"peers_{model}.png")
+            continue
+        # one figure per baseline: the current one under the usual name
+        for b in bases:
+            tag = "" if b == current[model] else "_base" + b.split()[0].replace(".", "")
+            plot(agg, model, out_dir / f"peers_{model}{tag}.png", baseline=b)
     return rows
 
 

@@ -211,28 +211,35 @@ def test_time_epoch_extrapolates_measured_steps() -> None:
         bench.parse(["--time-epoch", "0"])
 
 
-def test_rows_of_an_earlier_baseline_are_not_pooled(tmp_path) -> None:
+def test_rows_of_different_baselines_are_never_pooled(tmp_path) -> None:
     bench = _bench()
     old = {"params": 431080, "test_top1": 99.23}
-    new = {"params": 431080, "test_top1": 99.16, "state_sha": "ab"}
+    new = {"params": 431080, "test_top1": 99.16, "state_sha": "abcdef0123"}
     rows = [
         {**_row("lenet-caffe", 0.05, "l1-norm", 0, 98.0), "baseline_measure": old,
          "date": "2026-12-01T22:00:00+00:00"},
-        {**_row("lenet-caffe", 0.05, "l1-norm", 1, 90.0), "baseline_measure": new,
+        {**_row("lenet-caffe", 0.05, "tp-l1", 0, 98.5, lib="torch-pruning"),
+         "baseline_measure": old, "date": "2026-12-01T22:05:00+00:00"},
+        {**_row("lenet-caffe", 0.05, "l1-norm", 2, 90.0), "baseline_measure": new,
          "date": "2026-12-02T01:00:00+00:00"},
-        {**_row("lenet-caffe", 0.05, "tp-l1", 1, 97.0, lib="torch-pruning"),
-         "baseline_measure": {**new}, "date": "2026-12-02T01:10:00+00:00"},
+        {**_row("lenet-caffe", 0.05, "tp-l1", 2, 89.0, lib="torch-pruning"),
+         "baseline_measure": new, "date": "2026-12-02T01:10:00+00:00"},
     ]  # fmt: skip
-    keep, sup = bench.same_baseline(rows)
-    assert [r["seed"] for r in sup] == [0] and len(keep) == 2
-    # same weights fingerprint -> same baseline; a different fingerprint -> not
-    assert bench._same_base(new, {**new, "test_top1": 99.16})
-    assert not bench._same_base(new, {**new, "state_sha": "cd"})
+    assert bench.base_label(rows[0]) == "99.23 %"
+    assert bench.base_label(rows[2]) == "99.16 % (abcdef)"
+    assert bench.current_baselines(rows) == {"lenet-caffe": "99.16 % (abcdef)"}
     jsonl = tmp_path / "rows.jsonl"
     jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows))
     bench.rebuild(jsonl, tmp_path, {"date": "d", "machine": "m", "torch": "t", "peers": "p"})
-    md = (tmp_path / "peers.md").read_text()
-    assert "1 row(s) of peers_rows.jsonl were measured on an earlier" in md and "99.23 %" in md
     doc = json.loads((tmp_path / "peers.json").read_text())
-    agg = {a["method"]: a for a in doc["aggregate"]}
-    assert agg["l1-norm"]["test_top1"] == [90.0]  # the earlier baseline's 98.0 is not pooled
+    cells = {(a["method"], a["baseline"]): a["test_top1"] for a in doc["aggregate"]}
+    assert cells == {("l1-norm", "99.23 %"): [98.0], ("tp-l1", "99.23 %"): [98.5],
+                     ("l1-norm", "99.16 % (abcdef)"): [90.0],
+                     ("tp-l1", "99.16 % (abcdef)"): [89.0]}  # fmt: skip
+    md = (tmp_path / "peers.md").read_text()
+    # one verdict per baseline, each within it
+    assert "5 % MACs (baseline 99.23 %): **lose** by -0.50" in md
+    assert "5 % MACs (baseline 99.16 % (abcdef)): **win** by +1.00" in md
+    assert "cannot run: this baseline's checkpoint is gone" in md
+    assert (tmp_path / "peers_lenet-caffe.png").is_file()
+    assert (tmp_path / "peers_lenet-caffe_base9923.png").is_file()
