@@ -1029,14 +1029,11 @@ def plot(
 
 
 def base_label(row: dict[str, Any]) -> str | None:
-    """The trained baseline a row was measured on: its test top-1 and, when the row has it, the
-    start of its weights' fingerprint ("99.16 % (3f2a1b)"); None for a row not run. Rows of
+    """The trained baseline a row was measured on, by its test top-1 ("99.16 %"; the weights'
+    fingerprint ``state_sha`` is in the rows that have it); None for a row not run. Rows of
     different baselines are never pooled."""
     bm = row.get("baseline_measure")
-    if not bm:
-        return None
-    sha = bm.get("state_sha")
-    return f"{bm['test_top1']:.2f} %" + (f" ({sha[:6]})" if sha else "")
+    return f"{bm['test_top1']:.2f} %" if bm else None
 
 
 def current_baselines(rows: list[dict[str, Any]]) -> dict[str, str]:
