@@ -713,7 +713,8 @@ def _lenet_costs(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     """Per method, from its measured lenet-caffe rows: seconds per seed (compression + shared
     fine-tuning) and the compression's cost in fine-tuning-epoch equivalents (compress_s over
     that row's seconds per fine-tuning epoch; a row without fine-tuning uses the median epoch)."""
-    lenet = [r for r in rows if r["model"] == "lenet-caffe" and r.get("compress_s") is not None]
+    lenet = [r for r in rows if r["model"] == "lenet-caffe" and r.get("compress_s") is not None
+             and not r.get("timing_note")]  # fmt: skip
     epochs = [r["finetune_s"] / r["finetune"]["epochs"] for r in lenet
               if r.get("finetune_s") and r["finetune"].get("epochs")]  # fmt: skip
     if not epochs:
@@ -816,6 +817,7 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for (model, blabel, frac, method), rs in groups.items():
         ok = [r for r in rs if r.get("test_top1") is not None]
+        timed = [r for r in ok if not r.get("timing_note")]
         out.append({
             "model": model, "baseline": blabel, "budget_macs": frac, "method": method,
             "library": rs[0]["library"],
@@ -825,12 +827,15 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "err_increase_mean": statistics.mean(r["test_err_increase"] for r in ok) if ok else None,
             "structure": ok[0]["structure"] if ok else None,
             **{k: _median(ok, k) for k in ("params", "macs", "macs_kept", "latency_eager_ms",
-                                    "latency_ort_ms", "speedup_eager", "speedup_ort",
-                                    "compress_s", "finetune_s")},
+                                    "latency_ort_ms", "speedup_eager", "speedup_ort")},
+            # wall times only from rows whose clock was not disturbed (see "timing_note")
+            **{k: _median(timed, k) for k in ("compress_s", "finetune_s")},
+            "timing_notes": sorted({r["timing_note"] for r in rs if r.get("timing_note")}),
             "met": all(r.get("met") for r in ok) if ok else False,
             "reasons": sorted({r["reason"][:300] for r in rs if r.get("reason")}),
             "status": sorted({r["status"] for r in rs}),
-            "seed_s": statistics.mean(r["compress_s"] + r["finetune_s"] for r in ok) if ok else None,
+            "seed_s": statistics.mean(r["compress_s"] + r["finetune_s"] for r in timed)
+            if timed else None,
             "est_seed_s": rs[0].get("est_seed_s"), "est_model_s": rs[0].get("est_model_s"),
         })  # fmt: skip
     out.sort(key=lambda a: (a["model"], -a["budget_macs"], a["baseline"],
@@ -972,11 +977,12 @@ def markdown(rows: list[dict[str, Any]], agg: list[dict[str, Any]], meta: dict[s
             if fr is None:
                 continue  # already shown with its other budgets
             shown = ", ".join(f"{100 * b:g}" for b in fr) + " %"
-        reason = "; ".join(a["reasons"])[:420].replace("|", "/")
+        reason = "; ".join(a["reasons"] + a.get("timing_notes", []))[:420].replace("|", "/")
         missing = [s for s in SEEDS if s not in a["seeds"]]
         cur = meta.get("current_baseline", {}).get(a["model"])
         if a["n_ok"] and missing:
-            why = (f"not run (~{_hours(a['seed_s'])} each, measured)" if a["baseline"] == cur
+            each = f"~{_hours(a['seed_s'])} each, measured" if a["seed_s"] else "time unknown"
+            why = (f"not run ({each})" if a["baseline"] == cur
                    else f"cannot run: this baseline's checkpoint is gone from the machine's "
                    f"cache (the current {a['model']} baseline is {cur})")  # fmt: skip
             reason = (f"seed(s) {','.join(map(str, missing))} {why}"

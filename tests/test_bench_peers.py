@@ -243,3 +243,17 @@ def test_rows_of_different_baselines_are_never_pooled(tmp_path) -> None:
     assert "cannot run: this baseline's checkpoint is gone" in md
     assert (tmp_path / "peers_lenet-caffe.png").is_file()
     assert (tmp_path / "peers_lenet-caffe_base9923.png").is_file()
+
+
+def test_a_row_with_a_disturbed_clock_keeps_its_accuracy_but_not_its_times() -> None:
+    bench = _bench()
+    rows = [
+        _row("lenet-caffe", 0.05, "ssr", 0, 98.9, compress_s=600.0),
+        {**_row("lenet-caffe", 0.05, "ssr", 1, 98.8, compress_s=1800.0),
+         "timing_note": "process paused 1,100 s during compression"},
+    ]  # fmt: skip
+    (a,) = bench.aggregate(rows)
+    assert a["test_top1"] == [98.9, 98.8]
+    assert a["compress_s"] == 600.0 and a["seed_s"] == 616.0
+    assert a["timing_notes"] == ["process paused 1,100 s during compression"]
+    assert bench._lenet_costs(rows)["ssr"]["seed_s"] == 616.0
