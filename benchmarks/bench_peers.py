@@ -709,26 +709,18 @@ def _latest_timing(path: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _lenet_costs(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """Per method, from its measured lenet-caffe rows: seconds per seed (compression + shared
-    fine-tuning) and the compression's cost in fine-tuning-epoch equivalents (compress_s over
-    that row's seconds per fine-tuning epoch; a row without fine-tuning uses the median epoch)."""
+def _lenet_costs(rows: list[dict[str, Any]]) -> dict[tuple[str, float | None], dict[str, Any]]:
+    """Seconds per seed (compression + shared fine-tuning) of each method's measured lenet-caffe
+    rows: median per (method, budget) and per (method, None) over all budgets. Rows whose clock
+    was disturbed (``timing_note``) are left out."""
     lenet = [r for r in rows if r["model"] == "lenet-caffe" and r.get("compress_s") is not None
              and not r.get("timing_note")]  # fmt: skip
-    epochs = [r["finetune_s"] / r["finetune"]["epochs"] for r in lenet
-              if r.get("finetune_s") and r["finetune"].get("epochs")]  # fmt: skip
-    if not epochs:
-        return {}
-    med_epoch = statistics.median(epochs)
-    by: dict[str, dict[str, list[float]]] = {}
+    by: dict[tuple[str, float | None], list[float]] = {}
     for r in lenet:
-        ep = (r["finetune_s"] / r["finetune"]["epochs"]) if r.get("finetune_s") else med_epoch
-        d = by.setdefault(r["method"], {"seed_s": [], "eq": []})
-        d["seed_s"].append(r["compress_s"] + (r.get("finetune_s") or 0.0))
-        d["eq"].append(r["compress_s"] / ep)
-    return {m: {"seed_s": statistics.median(d["seed_s"]), "select_epochs_eq":
-                statistics.median(d["eq"]), "n_rows": len(d["seed_s"])}
-            for m, d in by.items()}  # fmt: skip
+        cost = r["compress_s"] + (r.get("finetune_s") or 0.0)
+        by.setdefault((r["method"], r["budget_macs"]), []).append(cost)
+        by.setdefault((r["method"], None), []).append(cost)
+    return {k: {"seed_s": statistics.median(v), "n_rows": len(v)} for k, v in by.items()}
 
 
 def _hours(s: float) -> str:
@@ -741,16 +733,17 @@ def not_run_rows(
     rows: list[dict[str, Any]],
     timing: dict[str, dict[str, Any]],
     grid: tuple[tuple[str, ...], tuple[float, ...], list[str]],
-    ft_epochs: int,
     n_seeds: int = len(SEEDS),
 ) -> list[dict[str, Any]]:
     """A "not run" row for every (model, budget, method) of ``grid`` without any row, its
-    reason computed from measurements: lenet-caffe cells from the method's measured lenet-caffe
-    rows; other models from their measured epoch time (:func:`time_epoch`) times (``ft_epochs``
-    + the method's compression cost in epoch equivalents measured on lenet-caffe), per seed,
-    plus the baseline's training once."""
+    reason computed from measurements: the method's measured lenet-caffe seconds per seed
+    (compression + shared fine-tuning; at that budget when measured there, else the median over
+    its budgets), for another model scaled by the ratio of the two models' measured seconds per
+    dense training epoch (:func:`time_epoch`), times ``n_seeds``, plus the baseline's training
+    once (its epochs at the measured epoch time)."""
     have = {(r["model"], r["budget_macs"], r["method"]) for r in rows}
     costs = _lenet_costs(rows)
+    ref = timing.get("lenet-caffe")
     models_, budgets, methods = grid
     out = []
     for model_name in models_:
@@ -758,36 +751,49 @@ def not_run_rows(
         cells = [(b, m) for b in budgets for m in methods if (model_name, b, m) not in have]
         if not cells:
             continue
-        if model_name != "lenet-caffe" and t is not None:
-            base_s = t["train_epochs"] * t["epoch_s"] / 0.9  # the baseline trains on all images
-            total = base_s + sum(n_seeds * (ft_epochs + costs[m]["select_epochs_eq"])
-                                 * t["epoch_s"] for b, m in cells if m in costs)  # fmt: skip
+        scale = t["epoch_s"] / ref["epoch_s"] if t is not None and ref is not None else None
+        base_s = t["train_epochs"] * t["epoch_s"] / 0.9 if t is not None else 0.0  # all images
+
+        def cost(b: float, m: str) -> dict[str, Any] | None:
+            return costs.get((m, b)) or costs.get((m, None))
+
+        per = {(b, m): cost(b, m) for b, m in cells}
+        total = None
+        if scale is not None:
+            total = base_s + sum(n_seeds * c["seed_s"] * scale for c in per.values() if c)
         for b, m in cells:
-            c = costs.get(m)
-            base = {"model": model_name, "dataset": MODELS[model_name]["dataset"],
-                    "budget_macs": b, "method": m, "library": library_of(m),
-                    "version": _version(library_of(m)), "seed": None, "status": "not run",
-                    "estimated": True}  # fmt: skip
+            c = per[(b, m)]
+            row = {"model": model_name, "dataset": MODELS[model_name]["dataset"],
+                   "budget_macs": b, "method": m, "library": library_of(m),
+                   "version": _version(library_of(m)), "seed": None, "status": "not run",
+                   "estimated": True}  # fmt: skip
             if c is None:
                 reason = "no measured lenet-caffe row of this method to extrapolate a cost from"
-            elif model_name == "lenet-caffe":
+                out.append({**row, "reason": reason})
+                continue
+            src = (f"median of its {c['n_rows']} measured lenet-caffe row(s) at "
+                   + (f"{100 * b:g} %" if (m, b) in costs else "other budgets"))  # fmt: skip
+            if model_name == "lenet-caffe":
                 reason = (f"estimated {_hours(n_seeds * c['seed_s'])} for {n_seeds} seeds "
-                          f"({_hours(c['seed_s'])} per seed, median of its {c['n_rows']} "
-                          "measured lenet-caffe rows); not reached in the session's time")  # fmt: skip
-            elif t is None:
-                reason = f"no epoch time of {model_name} measured (bench_peers.py --time-epoch)"
+                          f"({_hours(c['seed_s'])} per seed, {src}); not reached in the "
+                          "session's time")  # fmt: skip
+            elif scale is None:
+                reason = (f"no epoch time of {model_name} and lenet-caffe measured "
+                          "(bench_peers.py --time-epoch)")  # fmt: skip
             else:
-                per_seed = (ft_epochs + c["select_epochs_eq"]) * t["epoch_s"]
+                assert t is not None and ref is not None and total is not None
+                per_seed = c["seed_s"] * scale
                 reason = (
-                    f"estimated {_hours(n_seeds * per_seed)} for {n_seeds} seeds x ({ft_epochs} "
-                    f"FT epochs + {c['select_epochs_eq']:.1f} epoch-equivalents of compression, "
-                    f"measured on lenet-caffe) at {t['epoch_s']:.0f} s per epoch measured on this "
-                    f"CPU ({t['steps_timed']} steps timed, {t['torch_threads']} thread), plus "
-                    f"{_hours(base_s)} to train the baseline once; this model's {len(cells)} cells "
-                    f"need ~{_hours(total)} in all"
+                    f"estimated {_hours(n_seeds * per_seed)} for {n_seeds} seeds: "
+                    f"{_hours(c['seed_s'])} per seed on lenet-caffe (compression + "
+                    f"fine-tuning, {src}) x {scale:.1f}, the ratio of dense training-epoch "
+                    f"times measured on this CPU ({t['epoch_s']:.0f} s vs {ref['epoch_s']:.0f} s, "
+                    f"{t['steps_timed']} steps timed, {t['torch_threads']} thread), plus "
+                    f"{_hours(base_s)} to train the baseline once; this model's {len(cells)} "
+                    f"cells need ~{_hours(total)} in all"
                 )  # fmt: skip
-                base.update(est_seed_s=per_seed, est_model_s=total, epoch_s=t["epoch_s"])
-            out.append({**base, "reason": reason})
+                row.update(est_seed_s=per_seed, est_model_s=total, epoch_s=t["epoch_s"])
+            out.append({**row, "reason": reason})
     return out
 
 
@@ -917,14 +923,15 @@ NOTES = [
     "prunes progressively during training, so its final MACs can differ from the search's "
     "(the met column says whether it stayed within budget).",
     "- Rows not run carry an estimate computed from measurements (bench_peers.py "
-    "`not_run_rows`): a lenet-caffe cell from the method's measured lenet-caffe rows (median "
-    "compression + fine-tuning seconds per seed); another model from its measured seconds per "
-    "shared fine-tuning epoch (`--time-epoch STEPS`: STEPS batches timed after a warm-up, "
-    "extrapolated to the epoch, timings in peers_timing.jsonl) x (fine-tuning epochs + the "
-    "method's compression cost in lenet-caffe fine-tuning-epoch equivalents), per seed, plus "
-    "the baseline's training. Scaling a method's compression cost by the epoch time is an "
-    "approximation (search evaluations and graph planning need not scale with training "
-    "FLOPs), and whether the method applies to that model was not tried.",
+    "`not_run_rows`): the method's measured lenet-caffe seconds per seed (compression + "
+    "shared fine-tuning, median, at that budget when measured there); for another model "
+    "scaled by the ratio of the two models' measured seconds per dense training epoch "
+    "(`--time-epoch STEPS`: STEPS batches of the shared fine-tuning timed after a warm-up on "
+    "the freshly initialised dense model, extrapolated to the epoch, in peers_timing.jsonl), "
+    "plus the baseline's training (its epochs at that epoch time). Scaling a whole method's "
+    "cost by the dense epoch-time ratio is an approximation (search evaluations and graph "
+    "planning need not scale with training FLOPs), and whether the method applies to that "
+    "model was not tried.",
     "- The cached LeNet baseline was trained on all 60,000 MNIST training images: validation "
     "accuracies (in peers.json) are optimistic; the verdict uses test accuracy, read once per "
     "row and never for a choice.",
@@ -1057,7 +1064,6 @@ def rebuild(
     out_dir: Path,
     meta: dict[str, Any],
     grid: tuple[tuple[str, ...], tuple[float, ...], list[str]] | None = None,
-    ft_epochs: int = 8,
 ) -> list[dict[str, Any]]:
     """Rebuild peers.json / .md / PNGs from the measured rows of ``jsonl``; with ``grid``, every
     cell of it without a row gets a computed "not run" row (:func:`not_run_rows`, timings read
@@ -1071,7 +1077,7 @@ def rebuild(
     current = current_baselines(rows)
     timing = _latest_timing(out_dir / TIMING_FILE)
     if grid is not None:
-        rows += not_run_rows(rows, timing, grid, ft_epochs)
+        rows += not_run_rows(rows, timing, grid)
     agg = aggregate(rows)
     meta = {**meta, "n_rows": sum(1 for r in rows if not r.get("estimated")),
             "n_not_run": sum(1 for r in rows if r.get("estimated")), "epoch_timings": timing,
@@ -1208,7 +1214,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     if args.report_only:
         if not jsonl.is_file():
             raise SystemExit(f"--report-only: no rows at {jsonl}")
-        rebuild(jsonl, out_dir, {**meta, "baselines": {}}, grid, args.ft_epochs)
+        rebuild(jsonl, out_dir, {**meta, "baselines": {}}, grid)
         return []
     baselines: dict[str, str] = {}
     new_rows = []
@@ -1235,7 +1241,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                           "macs_kept", "test_top1", "compress_s", "reason")}, default=str),
                           flush=True)  # fmt: skip
     if not args.quick:
-        rebuild(jsonl, out_dir, {**meta, "baselines": baselines}, grid, args.ft_epochs)
+        rebuild(jsonl, out_dir, {**meta, "baselines": baselines}, grid)
     return new_rows
 
 

@@ -128,40 +128,44 @@ def _row(model, frac, method, seed, top1, compress_s=10.0, finetune_s=16.0, lib=
 
 def test_not_run_rows_are_computed_from_measured_times(tmp_path) -> None:
     bench = _bench()
-    # lenet-caffe measured: l1-norm at two seeds (compress 10 s, 8 FT epochs in 16 s -> 2 s per
-    # epoch, so 5 epoch-equivalents of compression), tp-l1 at one seed; nothing of "apoz"
+    # lenet-caffe measured at 50 %: l1-norm at two seeds (10 + 16 s, 14 + 24 s per seed),
+    # tp-l1 at one seed (2 + 16 s); nothing of "apoz"
     rows = [
         _row("lenet-caffe", 0.5, "l1-norm", 0, 98.0),
         _row("lenet-caffe", 0.5, "l1-norm", 1, 98.2, compress_s=14.0, finetune_s=24.0),
         _row("lenet-caffe", 0.5, "tp-l1", 0, 97.5, compress_s=2.0, lib="torch-pruning"),
     ]
-    timing = {"kiaee-cnn": {"model": "kiaee-cnn", "epoch_s": 100.0, "steps_timed": 50,
-                            "torch_threads": 1, "train_epochs": 10}}  # fmt: skip
+    timing = {
+        "kiaee-cnn": {"model": "kiaee-cnn", "epoch_s": 100.0, "steps_timed": 50,
+                      "torch_threads": 1, "train_epochs": 10},
+        "lenet-caffe": {"model": "lenet-caffe", "epoch_s": 20.0, "steps_timed": 50,
+                        "torch_threads": 1, "train_epochs": 6},
+    }  # fmt: skip
     grid = (("lenet-caffe", "kiaee-cnn"), (0.5, 0.05), ["l1-norm", "tp-l1", "apoz"])
-    out = bench.not_run_rows(rows, timing, grid, ft_epochs=8)
+    out = bench.not_run_rows(rows, timing, grid)
     cells = {(r["model"], r["budget_macs"], r["method"]) for r in out}
     # every cell of the grid without a measured row, and only those
     want = {(m, b, k) for m in grid[0] for b in grid[1] for k in grid[2]}
     assert cells == want - {(r["model"], r["budget_macs"], r["method"]) for r in rows}
     assert all(r["status"] == "not run" and r["reason"] for r in out)
     by = {(r["model"], r["budget_macs"], r["method"]): r for r in out}
-    # kiaee-cnn: 3 seeds x (8 FT epochs + median(10/2, 14/3) epoch-equivalents) x 100 s
-    eq = (5.0 + 14.0 / 3.0) / 2
-    k = by[("kiaee-cnn", 0.05, "l1-norm")]
-    assert k["est_seed_s"] == pytest.approx((8 + eq) * 100.0)
-    assert f"{eq:.1f} epoch-equivalents" in k["reason"] and "100 s per epoch" in k["reason"]
+    # kiaee-cnn: lenet's median seconds per seed (median(26, 38) = 32) x 100 / 20 per seed
+    k = by[("kiaee-cnn", 0.5, "l1-norm")]
+    assert k["est_seed_s"] == pytest.approx(32.0 * 5.0)
+    assert "x 5.0, the ratio" in k["reason"] and "100 s vs 20 s" in k["reason"]
+    assert "at 50 %" in k["reason"]
+    assert "at other budgets" in by[("kiaee-cnn", 0.05, "l1-norm")]["reason"]
     # the model's total: baseline (10 epochs on all images) + every missing cell's 3 seeds
     base_s = 10 * 100.0 / 0.9
-    tp_eq = 2.0 / 2.0
-    total = base_s + 3 * 100.0 * (2 * (8 + eq) + 2 * (8 + tp_eq))
+    total = base_s + 3 * 5.0 * (2 * 32.0 + 2 * 18.0)
     assert k["est_model_s"] == pytest.approx(total)
-    # lenet-caffe: from the method's own measured rows (median seconds per seed)
+    # lenet-caffe cells: from the method's own measured rows (median seconds per seed)
     lc = by[("lenet-caffe", 0.05, "l1-norm")]
     assert "32 CPU-s per seed" in lc["reason"] and "2 measured" in lc["reason"]
     # nothing measured to extrapolate from, or no timing: said so
     assert "no measured lenet-caffe row" in by[("kiaee-cnn", 0.5, "apoz")]["reason"]
-    no_t = bench.not_run_rows(rows, {}, (("kiaee-cnn",), (0.5,), ["l1-norm"]), ft_epochs=8)
-    assert "no epoch time of kiaee-cnn measured" in no_t[0]["reason"]
+    no_t = bench.not_run_rows(rows, {}, (("kiaee-cnn",), (0.5,), ["l1-norm"]))
+    assert "no epoch time of kiaee-cnn and lenet-caffe measured" in no_t[0]["reason"]
 
 
 def test_report_covers_the_grid_and_counts_the_verdicts(tmp_path) -> None:
@@ -174,25 +178,43 @@ def test_report_covers_the_grid_and_counts_the_verdicts(tmp_path) -> None:
     ]
     jsonl = tmp_path / "rows.jsonl"
     jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (tmp_path / bench.TIMING_FILE).write_text(json.dumps(
-        {"model": "kiaee-cnn", "epoch_s": 100.0, "steps_timed": 50, "torch_threads": 1,
-         "train_epochs": 10}) + "\n")  # fmt: skip
-    grid = (("lenet-caffe", "kiaee-cnn"), (0.5, 0.05), ["l1-norm", "tp-l1"])
+    (tmp_path / bench.TIMING_FILE).write_text(
+        "".join(
+            json.dumps(
+                {
+                    "model": m,
+                    "epoch_s": e,
+                    "steps_timed": 50,
+                    "torch_threads": 1,
+                    "train_epochs": 10,
+                }
+            )
+            + "\n"
+            for m, e in (("kiaee-cnn", 100.0), ("lenet-caffe", 20.0))
+        )
+    )
+    # fmt: skip
+    grid = (("lenet-caffe", "kiaee-cnn"), (0.5, 0.05), ["l1-norm", "tp-l1", "apoz"])
     bench.rebuild(jsonl, tmp_path, {"date": "d", "machine": "m", "torch": "t", "peers": "p"},
-                  grid, ft_epochs=8)  # fmt: skip
+                  grid)  # fmt: skip
     md = (tmp_path / "peers.md").read_text()
     assert "win 1, tie 0, lose 1" in md
     assert "lenet-caffe @ 50 % MACs: **win** by +0.50" in md
     assert "lenet-caffe @ 5 % MACs: **lose** by -1.00" in md
     assert "- kiaee-cnn: **not run** at any budget (estimated ~" in md
-    # one table line per (model, method) not run, naming its budgets and its reason
+    # one table line per (model, method, reason) not run: the estimate depends on the budget
+    # here (both measured on lenet-caffe), so one line per budget, each with its reason
     lines = [ln for ln in md.splitlines() if ln.startswith("| kiaee-cnn |")]
-    assert len(lines) == 2 and all("| 50, 5 % |" in ln and "not run: estimated" in ln
-                                   for ln in lines)  # fmt: skip
+    est = [ln for ln in lines if "not run: estimated" in ln]
+    assert len(est) == 4 and sum("| 50 % |" in ln for ln in est) == 2
+    # the same reason at every budget (nothing measured for apoz): one line naming the budgets
+    (apoz,) = [ln for ln in lines if "| apoz |" in ln]
+    assert "| 50, 5 % |" in apoz and "no measured lenet-caffe row" in apoz
+    assert len(lines) == 5
     # measured cells with fewer seeds than asked say which are missing
     assert "seed(s) 1,2 not run" in md
     doc = json.loads((tmp_path / "peers.json").read_text())
-    assert doc["meta"]["n_rows"] == 4 and doc["meta"]["n_not_run"] == 4
+    assert doc["meta"]["n_rows"] == 4 and doc["meta"]["n_not_run"] == 8
 
 
 def test_time_epoch_extrapolates_measured_steps() -> None:
@@ -256,4 +278,4 @@ def test_a_row_with_a_disturbed_clock_keeps_its_accuracy_but_not_its_times() -> 
     assert a["test_top1"] == [98.9, 98.8]
     assert a["compress_s"] == 600.0 and a["seed_s"] == 616.0
     assert a["timing_notes"] == ["process paused 1,100 s during compression"]
-    assert bench._lenet_costs(rows)["ssr"]["seed_s"] == 616.0
+    assert bench._lenet_costs(rows)[("ssr", 0.05)]["seed_s"] == 616.0
