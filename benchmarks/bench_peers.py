@@ -984,7 +984,7 @@ def markdown(rows: list[dict[str, Any]], agg: list[dict[str, Any]], meta: dict[s
             if fr is None:
                 continue  # already shown with its other budgets
             shown = ", ".join(f"{100 * b:g}" for b in fr) + " %"
-        reason = "; ".join(a["reasons"] + a.get("timing_notes", []))[:420].replace("|", "/")
+        reason = "; ".join(a["reasons"] + a.get("timing_notes", []))[:640].replace("|", "/")
         missing = [s for s in SEEDS if s not in a["seeds"]]
         cur = meta.get("current_baseline", {}).get(a["model"])
         if a["n_ok"] and missing:
