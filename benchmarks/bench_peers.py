@@ -844,7 +844,7 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             if timed else None,
             "est_seed_s": rs[0].get("est_seed_s"), "est_model_s": rs[0].get("est_model_s"),
         })  # fmt: skip
-    out.sort(key=lambda a: (a["model"], -a["budget_macs"], a["baseline"],
+    out.sort(key=lambda a: (a["model"], -a["budget_macs"], a["baseline"] or "",
                             a["library"] != "compactnn", -(a["test_mean"] or -1)))  # fmt: skip
     return out
 
