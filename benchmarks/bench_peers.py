@@ -1036,7 +1036,7 @@ def plot(
         series.append((label, [p[0] for p in pts], [p[1] for p in pts]))
     title = f"{model}: accuracy vs MACs after the same fine-tuning"
     if baseline is not None:
-        title += f" (baseline {baseline})"
+        title = f"{model} (baseline {baseline}): top-1 vs MACs, same fine-tuning"
     return curves(out, series, xlabel="MACs kept (%)", ylabel="test top-1 (%)", logx=True,
                   title=title)  # fmt: skip
 
