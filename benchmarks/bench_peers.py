@@ -47,6 +47,12 @@ of the fine-tuning. A row that cannot run carries the exception / reason it fail
     .venv/bin/pip install --no-deps -r requirements/peers.txt      # or: make peers
     .venv/bin/python benchmarks/bench_peers.py --models lenet-caffe --budgets 0.05 --seeds 0
     .venv/bin/python benchmarks/bench_peers.py --quick                 # tiny smoke run
+    .venv/bin/python benchmarks/bench_peers.py --models resnet20 --time-epoch 100  # epoch time
+    .venv/bin/python benchmarks/bench_peers.py --report-only           # rebuild the report
+
+Every (model, budget, method) cell of the issue's grid (:data:`GRID_MODELS` x :data:`BUDGETS`
+x every method) without a measured row gets a "not run" row whose reason is computed from
+measured times (:func:`not_run_rows`).
 
 Rows are appended to benchmarks/results/peers_rows.jsonl as they finish (each with date, machine,
 load and command); peers.json / peers.md / peers_<model>.png are rebuilt from all rows there.
@@ -58,6 +64,7 @@ import argparse
 import contextlib
 import copy
 import datetime as dt
+import hashlib
 import io
 import json
 import os
@@ -94,6 +101,13 @@ MODELS: dict[str, dict[str, Any]] = {
                  "train_epochs": 10},
 }  # fmt: skip
 BUDGETS = (0.5, 0.25, 0.05)
+#: the models of the issue's grid (every (model, budget, method) cell gets a row: measured, or
+#: "not run" with a reason computed from measured timings, see :func:`not_run_rows`)
+GRID_MODELS = ("lenet-caffe", "kiaee-cnn", "resnet20")
+#: epoch timings of :func:`time_epoch` (one json line per measurement, in the results directory)
+TIMING_FILE = "peers_timing.jsonl"
+#: seeds every cell asks for
+SEEDS = (0, 1, 2)
 #: the shared fine-tuning of every returned model (the issue's protocol: 8 epochs SGD, no KD)
 FT = {"lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "cosine"}
 #: relative slack within which a measured MACs fraction still meets its budget (compactnn's)
@@ -650,6 +664,139 @@ def run_row(method: str, model_name: str, frac: float, seed: int, args: Any,
     return row
 
 
+# ----------------------------------------------------------------- timings and rows not run
+
+
+def time_epoch(model_name: str, steps: int, quick: bool = False) -> dict[str, Any]:
+    """Measure the seconds of one shared fine-tuning epoch of ``model_name`` on this machine:
+    :func:`compactnn.train.finetune` with the protocol's optimiser (:data:`FT`) on the bench's
+    training split, timed for ``steps`` batches after a warm-up, extrapolated to the split's
+    batches per epoch. The weights do not matter for the time: a freshly initialised model."""
+    if steps < 1:
+        raise ValueError(f"--time-epoch: steps must be >= 1, got {steps}")
+    spec = MODELS[model_name]
+    shape = models.default_input_shape(model_name)
+    info = cdata.dataset_info(spec["dataset"])
+    model = models.create(model_name, in_channels=shape[0], num_classes=info.num_classes, seed=0)
+    train, _, _ = loaders(model_name, 0, quick)
+    warm = min(5, steps)
+
+    def timed(n: int) -> float:
+        cfg = TrainConfig(epochs=1, seed=0, max_steps_per_epoch=n, **FT)
+        t0 = time.perf_counter()
+        finetune(model, train, config=cfg, progress=False)
+        return time.perf_counter() - t0
+
+    t_warm = timed(warm)
+    t_all = timed(warm + steps)
+    s_step = max(t_all - t_warm, 1e-9) / steps  # the fixed cost of a call cancels
+    return {
+        "model": model_name, "dataset": spec["dataset"], "steps_timed": steps,
+        "batch_size": train.batch_size, "s_per_step": s_step, "steps_per_epoch": len(train),
+        "epoch_s": s_step * len(train), "train_epochs": spec["train_epochs"],
+        "torch_threads": torch.get_num_threads(),
+    }  # fmt: skip
+
+
+def _latest_timing(path: Path) -> dict[str, dict[str, Any]]:
+    if not path.is_file():
+        return {}
+    out: dict[str, dict[str, Any]] = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            t = json.loads(line)
+            out[t["model"]] = t  # the latest measurement of a model wins
+    return out
+
+
+def _lenet_costs(rows: list[dict[str, Any]]) -> dict[tuple[str, float | None], dict[str, Any]]:
+    """Seconds per seed (compression + shared fine-tuning) of each method's measured lenet-caffe
+    rows: median per (method, budget) and per (method, None) over all budgets. Rows whose clock
+    was disturbed (``timing_note``) are left out."""
+    lenet = [r for r in rows if r["model"] == "lenet-caffe" and r.get("compress_s") is not None
+             and not r.get("timing_note")]  # fmt: skip
+    by: dict[tuple[str, float | None], list[float]] = {}
+    for r in lenet:
+        cost = r["compress_s"] + (r.get("finetune_s") or 0.0)
+        by.setdefault((r["method"], r["budget_macs"]), []).append(cost)
+        by.setdefault((r["method"], None), []).append(cost)
+    return {k: {"seed_s": statistics.median(v), "n_rows": len(v)} for k, v in by.items()}
+
+
+def _hours(s: float) -> str:
+    if s >= 3600:
+        return f"{s / 3600:.1f} CPU-hours"
+    return f"{s / 60:.0f} CPU-min" if s >= 120 else f"{s:.0f} CPU-s"
+
+
+def not_run_rows(
+    rows: list[dict[str, Any]],
+    timing: dict[str, dict[str, Any]],
+    grid: tuple[tuple[str, ...], tuple[float, ...], list[str]],
+    n_seeds: int = len(SEEDS),
+) -> list[dict[str, Any]]:
+    """A "not run" row for every (model, budget, method) of ``grid`` without any row, its
+    reason computed from measurements: the method's measured lenet-caffe seconds per seed
+    (compression + shared fine-tuning; at that budget when measured there, else the median over
+    its budgets), for another model scaled by the ratio of the two models' measured seconds per
+    dense training epoch (:func:`time_epoch`), times ``n_seeds``, plus the baseline's training
+    once (its epochs at the measured epoch time)."""
+    have = {(r["model"], r["budget_macs"], r["method"]) for r in rows}
+    costs = _lenet_costs(rows)
+    ref = timing.get("lenet-caffe")
+    models_, budgets, methods = grid
+    out = []
+    for model_name in models_:
+        t = timing.get(model_name)
+        cells = [(b, m) for b in budgets for m in methods if (model_name, b, m) not in have]
+        if not cells:
+            continue
+        scale = t["epoch_s"] / ref["epoch_s"] if t is not None and ref is not None else None
+        base_s = t["train_epochs"] * t["epoch_s"] / 0.9 if t is not None else 0.0  # all images
+
+        def cost(b: float, m: str) -> dict[str, Any] | None:
+            return costs.get((m, b)) or costs.get((m, None))
+
+        per = {(b, m): cost(b, m) for b, m in cells}
+        total = None
+        if scale is not None:
+            total = base_s + sum(n_seeds * c["seed_s"] * scale for c in per.values() if c)
+        for b, m in cells:
+            c = per[(b, m)]
+            row = {"model": model_name, "dataset": MODELS[model_name]["dataset"],
+                   "budget_macs": b, "method": m, "library": library_of(m),
+                   "version": _version(library_of(m)), "seed": None, "status": "not run",
+                   "estimated": True}  # fmt: skip
+            if c is None:
+                reason = "no measured lenet-caffe row of this method to extrapolate a cost from"
+                out.append({**row, "reason": reason})
+                continue
+            src = (f"median of its {c['n_rows']} measured lenet-caffe row(s) at "
+                   + (f"{100 * b:g} %" if (m, b) in costs else "other budgets"))  # fmt: skip
+            if model_name == "lenet-caffe":
+                reason = (f"estimated {_hours(n_seeds * c['seed_s'])} for {n_seeds} seeds "
+                          f"({_hours(c['seed_s'])} per seed, {src}); not reached in the "
+                          "session's time")  # fmt: skip
+            elif scale is None:
+                reason = (f"no epoch time of {model_name} and lenet-caffe measured "
+                          "(bench_peers.py --time-epoch)")  # fmt: skip
+            else:
+                assert t is not None and ref is not None and total is not None
+                per_seed = c["seed_s"] * scale
+                reason = (
+                    f"estimated {_hours(n_seeds * per_seed)} for {n_seeds} seeds: "
+                    f"{_hours(c['seed_s'])} per seed on lenet-caffe (compression + "
+                    f"fine-tuning, {src}) x {scale:.1f}, the ratio of dense training-epoch "
+                    f"times measured on this CPU ({t['epoch_s']:.0f} s vs {ref['epoch_s']:.0f} s, "
+                    f"{t['steps_timed']} steps timed, {t['torch_threads']} thread), plus "
+                    f"{_hours(base_s)} to train the baseline once; this model's {len(cells)} "
+                    f"cells need ~{_hours(total)} in all"
+                )  # fmt: skip
+                row.update(est_seed_s=per_seed, est_model_s=total, epoch_s=t["epoch_s"])
+            out.append({**row, "reason": reason})
+    return out
+
+
 # ---------------------------------------------------------------------------------- reporting
 
 
@@ -667,42 +814,68 @@ def _median(rows: list[dict[str, Any]], key: str) -> float | None:
 
 
 def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One entry per (model, budget, method): mean / sd over seeds, medians of sizes."""
+    """One entry per (model, baseline, budget, method): mean / sd over seeds, medians of sizes
+    (rows measured on different trained baselines are never pooled, see :func:`base_label`)."""
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for r in rows:
-        groups.setdefault((r["model"], r["budget_macs"], r["method"]), []).append(r)
+        key = (r["model"], base_label(r), r["budget_macs"], r["method"])
+        groups.setdefault(key, []).append(r)
     out = []
-    for (model, frac, method), rs in groups.items():
+    for (model, blabel, frac, method), rs in groups.items():
         ok = [r for r in rs if r.get("test_top1") is not None]
+        timed = [r for r in ok if not r.get("timing_note")]
         out.append({
-            "model": model, "budget_macs": frac, "method": method,
-            "library": rs[0]["library"], "seeds": sorted(r["seed"] for r in rs),
+            "model": model, "baseline": blabel, "budget_macs": frac, "method": method,
+            "library": rs[0]["library"],
+            "seeds": sorted(r["seed"] for r in rs if r.get("seed") is not None),
             "n_ok": len(ok), "test_top1": [r["test_top1"] for r in ok],
             "test_mean": statistics.mean(r["test_top1"] for r in ok) if ok else None,
             "err_increase_mean": statistics.mean(r["test_err_increase"] for r in ok) if ok else None,
             "structure": ok[0]["structure"] if ok else None,
             **{k: _median(ok, k) for k in ("params", "macs", "macs_kept", "latency_eager_ms",
-                                    "latency_ort_ms", "speedup_eager", "speedup_ort",
-                                    "compress_s", "finetune_s")},
+                                    "latency_ort_ms", "speedup_eager", "speedup_ort")},
+            # wall times only from rows whose clock was not disturbed (see "timing_note")
+            **{k: _median(timed, k) for k in ("compress_s", "finetune_s")},
+            "timing_notes": sorted({r["timing_note"] for r in rs if r.get("timing_note")}),
             "met": all(r.get("met") for r in ok) if ok else False,
             "reasons": sorted({r["reason"][:300] for r in rs if r.get("reason")}),
             "status": sorted({r["status"] for r in rs}),
+            "seed_s": statistics.mean(r["compress_s"] + r["finetune_s"] for r in timed)
+            if timed else None,
+            "est_seed_s": rs[0].get("est_seed_s"), "est_model_s": rs[0].get("est_model_s"),
         })  # fmt: skip
-    out.sort(key=lambda a: (a["model"], -a["budget_macs"], a["library"] != "compactnn",
-                            -(a["test_mean"] or -1)))  # fmt: skip
+    out.sort(key=lambda a: (a["model"], -a["budget_macs"], a["baseline"] or "",
+                            a["library"] != "compactnn", -(a["test_mean"] or -1)))  # fmt: skip
     return out
 
 
 def verdicts(agg: list[dict[str, Any]]) -> list[str]:
     """Best compactnn row vs best peer row at each (model, budget), both within budget."""
     lines = []
-    for key in sorted({(a["model"], a["budget_macs"]) for a in agg}, key=lambda k: (k[0], -k[1])):
-        cell = [a for a in agg if (a["model"], a["budget_macs"]) == key and a["met"] and a["n_ok"]]
+    words: dict[str, list[str]] = {}
+    for model_name in sorted({a["model"] for a in agg}):
+        mine = [a for a in agg if a["model"] == model_name]
+        if not any(a["n_ok"] for a in mine):
+            est = [a["est_model_s"] for a in mine if a.get("est_model_s")]
+            tot = (
+                f" (estimated ~{_hours(max(est))} for its baseline and all its cells x "
+                f"{len(SEEDS)} seeds at its measured epoch time; see the table)"
+                if est
+                else ""
+            )
+            lines.append(f"- {model_name}: **not run** at any budget{tot}.")
+    keys = {(a["model"], a["budget_macs"], a["baseline"]) for a in agg if a["n_ok"]}
+    for key in sorted(keys, key=lambda k: (k[0], -k[1], k[2])):
+        cell = [a for a in agg if (a["model"], a["budget_macs"], a["baseline"]) == key
+                and a["met"] and a["n_ok"]]  # fmt: skip
+        where = f"{key[0]} @ {100 * key[1]:g} % MACs"
+        if len({a["baseline"] for a in agg if a["model"] == key[0] and a["baseline"]}) > 1:
+            where += f" (baseline {key[2]})"
         ours = [a for a in cell if a["library"] == "compactnn"]
         peers = [a for a in cell if a["library"] != "compactnn"]
         if not ours or not peers:
-            lines.append(f"- {key[0]} @ {100 * key[1]:g} % MACs: no comparison (compactnn rows "
-                         f"within budget: {len(ours)}, peer rows: {len(peers)}).")  # fmt: skip
+            lines.append(f"- {where}: no comparison (compactnn rows within budget: "
+                         f"{len(ours)}, peer rows: {len(peers)}).")  # fmt: skip
             continue
         o = max(ours, key=lambda a: a["test_mean"])
         p = max(peers, key=lambda a: a["test_mean"])
@@ -716,13 +889,21 @@ def verdicts(agg: list[dict[str, Any]]) -> list[str]:
             word = "tie (< 0.1 point, one seed)"
         else:
             word = "win" if d > 0 else "lose"
+        words.setdefault(word.split()[0], []).append(where)
         lines.append(
-            f"- {key[0]} @ {100 * key[1]:g} % MACs: **{word}** by {d:+.2f} points of test top-1 "
+            f"- {where}: **{word}** by {d:+.2f} points of test top-1 "
             f"({n} seed(s)): best compactnn `{o['method']}` {o['test_mean']:.2f} % "
             f"({o['structure']}, {100 * o['macs_kept']:.2f} % MACs, {o['speedup_eager']:.2f}x "
             f"eager) vs best peer `{p['method']}` ({p['library']}) {p['test_mean']:.2f} % "
             f"({p['structure']}, {100 * p['macs_kept']:.2f} % MACs, {p['speedup_eager']:.2f}x)."
         )
+    n = sum(len(v) for v in words.values())
+    if n:
+        parts = [f"{w} {len(words.get(w, []))}" for w in ("win", "tie", "lose")]
+        lines.insert(0, f"- Over the {n} (model, budget, baseline) cell(s) measured, best "
+                        "compactnn vs best "
+                        f"peer: {', '.join(parts)} (ties: difference within one seed sd, or "
+                        "< 0.1 point with one seed).")  # fmt: skip
     return lines
 
 
@@ -741,6 +922,16 @@ NOTES = [
     "- OTO's search runs HESSO for 2 steps with pruning at once per evaluation; the full run "
     "prunes progressively during training, so its final MACs can differ from the search's "
     "(the met column says whether it stayed within budget).",
+    "- Rows not run carry an estimate computed from measurements (bench_peers.py "
+    "`not_run_rows`): the method's measured lenet-caffe seconds per seed (compression + "
+    "shared fine-tuning, median, at that budget when measured there); for another model "
+    "scaled by the ratio of the two models' measured seconds per dense training epoch "
+    "(`--time-epoch STEPS`: STEPS batches of the shared fine-tuning timed after a warm-up on "
+    "the freshly initialised dense model, extrapolated to the epoch, in peers_timing.jsonl), "
+    "plus the baseline's training (its epochs at that epoch time). Scaling a whole method's "
+    "cost by the dense epoch-time ratio is an approximation (search evaluations and graph "
+    "planning need not scale with training FLOPs), and whether the method applies to that "
+    "model was not tried.",
     "- The cached LeNet baseline was trained on all 60,000 MNIST training images: validation "
     "accuracies (in peers.json) are optimistic; the verdict uses test accuracy, read once per "
     "row and never for a choice.",
@@ -773,15 +964,38 @@ def markdown(rows: list[dict[str, Any]], agg: list[dict[str, Any]], meta: dict[s
         "",
         "## Table (mean ± sd over seeds; sizes and times: median)",
         "",
-        "| model | MACs budget | method | library | structure | params | MACs kept | "
-        "test top-1 | err. increase | eager ms (x) | ORT ms (x vs eager) | compress s | "
-        "fine-tune s | seeds | status / reason |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | MACs budget | baseline top-1 | method | library | structure | params | "
+        "MACs kept | test top-1 | err. increase | eager ms (x) | ORT ms (x vs eager) | "
+        "compress s | fine-tune s | seeds | status / reason |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    # cells not run with the same reason at several budgets share one line (their estimate
+    # does not depend on the budget)
+    budgets_of: dict[tuple[Any, ...], list[float]] = {}
     for a in agg:
-        reason = "; ".join(a["reasons"])[:200].replace("|", "/")
+        if a["status"] == ["not run"]:
+            budgets_of.setdefault((a["model"], a["method"], *a["reasons"]), []).append(
+                a["budget_macs"]
+            )
+    for a in agg:
+        shown = f"{100 * a['budget_macs']:g} %"
+        if a["status"] == ["not run"]:
+            fr = budgets_of.pop((a["model"], a["method"], *a["reasons"]), None)
+            if fr is None:
+                continue  # already shown with its other budgets
+            shown = ", ".join(f"{100 * b:g}" for b in fr) + " %"
+        reason = "; ".join(a["reasons"] + a.get("timing_notes", []))[:640].replace("|", "/")
+        missing = [s for s in SEEDS if s not in a["seeds"]]
+        cur = meta.get("current_baseline", {}).get(a["model"])
+        if a["n_ok"] and missing:
+            each = f"~{_hours(a['seed_s'])} each, measured" if a["seed_s"] else "time unknown"
+            why = (f"not run ({each})" if a["baseline"] == cur
+                   else f"cannot run: this baseline's checkpoint is gone from the machine's "
+                   f"cache (the current {a['model']} baseline is {cur})")  # fmt: skip
+            reason = (f"seed(s) {','.join(map(str, missing))} {why}"
+                      f"{'; ' + reason if reason else ''}")  # fmt: skip
         lines.append(
-            f"| {a['model']} | {100 * a['budget_macs']:g} % | {a['method']} | {a['library']} | "
+            f"| {a['model']} | {shown} | {a['baseline'] or '–'} | {a['method']} | {a['library']} | "
             f"{a['structure'] or '–'} | {_f(a['params'], ',.0f')} | "
             f"{_f(a['macs_kept'] and 100 * a['macs_kept'], '.2f')} % | {_mean_sd(a['test_top1'])} | "
             f"{_f(a['err_increase_mean'], '+.2f')} | {_f(a['latency_eager_ms'], '.2f')} "
@@ -791,15 +1005,27 @@ def markdown(rows: list[dict[str, Any]], agg: list[dict[str, Any]], meta: dict[s
             f"{'/'.join(a['status'])}{': ' + reason if reason else ''} |"
         )
     lines += ["", "## What this protocol does and does not do", "", *NOTES]
+    multi = {m: sorted(b) for m, b in meta.get("all_baselines", {}).items() if len(b) > 1}
+    for m, bs in multi.items():
+        lines.append(
+            f"- {m}: rows were measured on {len(bs)} trained baselines (test top-1 "
+            f"{', '.join(bs)}; the cached checkpoint was lost and retrained, which does not "
+            f"reproduce it bit for bit); each comparison, mean and sd above uses ONE baseline, "
+            f"never a mix. The current one is {meta['current_baseline'][m]}."
+        )
     lines += ["", "Baselines: " + "; ".join(f"{k}: {v}" for k, v in meta["baselines"].items()),
               ""]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
-def plot(agg: list[dict[str, Any]], model: str, out: Path) -> Path | None:
+def plot(
+    agg: list[dict[str, Any]], model: str, out: Path, baseline: str | None = None
+) -> Path | None:
+    """Accuracy vs MACs of ``model``'s measured cells (those of ``baseline`` when given)."""
     from compactnn.plots import curves
 
-    cells = [a for a in agg if a["model"] == model and a["n_ok"]]
+    cells = [a for a in agg if a["model"] == model and a["n_ok"]
+             and (baseline is None or a["baseline"] == baseline)]  # fmt: skip
     if not cells:
         return None
     series = []
@@ -808,34 +1034,88 @@ def plot(agg: list[dict[str, Any]], model: str, out: Path) -> Path | None:
         lib = cells[[a["method"] for a in cells].index(method)]["library"]
         label = method if lib == "compactnn" else f"{method} ({lib})"
         series.append((label, [p[0] for p in pts], [p[1] for p in pts]))
+    title = f"{model}: accuracy vs MACs after the same fine-tuning"
+    if baseline is not None:
+        title = f"{model} (baseline {baseline}): top-1 vs MACs, same fine-tuning"
     return curves(out, series, xlabel="MACs kept (%)", ylabel="test top-1 (%)", logx=True,
-                  title=f"{model}: accuracy vs MACs after the same fine-tuning")  # fmt: skip
+                  title=title)  # fmt: skip
 
 
-def rebuild(jsonl: Path, out_dir: Path, meta: dict[str, Any]) -> list[dict[str, Any]]:
+def base_label(row: dict[str, Any]) -> str | None:
+    """The trained baseline a row was measured on, by its test top-1 ("99.16 %"; the weights'
+    fingerprint ``state_sha`` is in the rows that have it); None for a row not run. Rows of
+    different baselines are never pooled."""
+    bm = row.get("baseline_measure")
+    return f"{bm['test_top1']:.2f} %" if bm else None
+
+
+def current_baselines(rows: list[dict[str, Any]]) -> dict[str, str]:
+    """Per model, the baseline of its latest row (the checkpoint a new run would use)."""
+    cur: dict[str, str] = {}
+    for r in sorted(rows, key=lambda r: r.get("date") or ""):
+        b = base_label(r)
+        if b is not None:
+            cur[r["model"]] = b
+    return cur
+
+
+def rebuild(
+    jsonl: Path,
+    out_dir: Path,
+    meta: dict[str, Any],
+    grid: tuple[tuple[str, ...], tuple[float, ...], list[str]] | None = None,
+) -> list[dict[str, Any]]:
+    """Rebuild peers.json / .md / PNGs from the measured rows of ``jsonl``; with ``grid``, every
+    cell of it without a row gets a computed "not run" row (:func:`not_run_rows`, timings read
+    from ``out_dir/peers_timing.jsonl``)."""
     rows = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
     # the latest row of each (model, budget, method, seed) wins (reruns replace)
     latest: dict[tuple[Any, ...], dict[str, Any]] = {}
     for r in rows:
         latest[(r["model"], r["budget_macs"], r["method"], r["seed"], r.get("quick", False))] = r
     rows = list(latest.values())
+    current = current_baselines(rows)
+    timing = _latest_timing(out_dir / TIMING_FILE)
+    if grid is not None:
+        rows += not_run_rows(rows, timing, grid)
     agg = aggregate(rows)
-    meta = {**meta, "n_rows": len(rows),
-            "baselines": {**{r["model"]: r.get("baseline") for r in rows},
+    meta = {**meta, "n_rows": sum(1 for r in rows if not r.get("estimated")),
+            "n_not_run": sum(1 for r in rows if r.get("estimated")), "epoch_timings": timing,
+            "current_baseline": current,
+            "all_baselines": {m: sorted({base_label(r) for r in rows if r["model"] == m
+                                         and r.get("baseline_measure")}) for m in current},
+            "baselines": {**{r["model"]: r["baseline"] for r in rows if r.get("baseline")},
                           **meta.get("baselines", {})}}  # fmt: skip
     (out_dir / "peers.json").write_text(
         json.dumps({"meta": meta, "aggregate": agg, "rows": rows}, indent=1, default=str)
     )
     (out_dir / "peers.md").write_text(markdown(rows, agg, meta))
     for model in sorted({r["model"] for r in rows}):
-        plot(agg, model, out_dir / f"peers_{model}.png")
+        bases = meta["all_baselines"].get(model) or []
+        if len(bases) <= 1:
+            plot(agg, model, out_dir / f"peers_{model}.png")
+            continue
+        # one figure per baseline: the current one under the usual name
+        for b in bases:
+            tag = "" if b == current[model] else "_base" + b.split()[0].replace(".", "")
+            plot(agg, model, out_dir / f"peers_{model}{tag}.png", baseline=b)
     return rows
+
+
+def state_sha(model: nn.Module) -> str:
+    """Fingerprint of a model's weights (sha256 of its state_dict, names and bytes; 16 hex)."""
+    h = hashlib.sha256()
+    for k, v in model.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def base_measure(base: nn.Module, model_name: str, quick: bool) -> dict[str, Any]:
     shape = tuple(models.default_input_shape(model_name))
     _, _, test = loaders(model_name, 0, quick)
     return {
+        "state_sha": state_sha(base),
         "params": metrics.count_params(base),
         "macs": macs_of(base, shape),
         "test_top1": metrics.accuracy(base, test, topk=(1,))["top1"],
@@ -847,7 +1127,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="lenet-caffe,kiaee-cnn,resnet20")
     ap.add_argument("--budgets", default=",".join(map(str, BUDGETS)))
-    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--seeds", default=",".join(map(str, SEEDS)))
     ap.add_argument("--methods", default="all", help="comma list, 'all', 'compactnn' or 'peers'")
     ap.add_argument("--ft-epochs", type=int, default=8, help="shared fine-tuning epochs")
     ap.add_argument("--select-epochs", type=int, default=2,
@@ -859,9 +1139,26 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="tiny smoke run: untrained lenet-caffe, 400 images, 1 epoch of 3 steps",
     )
+    ap.add_argument(
+        "--time-epoch",
+        type=int,
+        default=None,
+        metavar="STEPS",
+        help="only time STEPS shared fine-tuning steps of each of --models, "
+        "extrapolate to an epoch and append it to peers_timing.jsonl (no rows run)",
+    )
+    ap.add_argument(
+        "--report-only",
+        action="store_true",
+        help="run nothing: rebuild peers.json / .md / PNGs from the rows there",
+    )
     ap.add_argument("--out", default=str(RESULTS), help="results directory")
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
     args = ap.parse_args(argv)
+    if args.time_epoch is not None and args.time_epoch < 1:
+        ap.error(f"--time-epoch: STEPS must be >= 1, got {args.time_epoch}")
+    if args.ft_epochs < 0:
+        ap.error(f"--ft-epochs must be >= 0, got {args.ft_epochs}")
     if args.quick:
         args.ft_epochs, args.select_epochs = 1, 1
         args.max_steps = args.max_steps or 3
@@ -893,9 +1190,35 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     command = "python benchmarks/bench_peers.py " + " ".join(sys.argv[1:] if argv is None else argv)
     machine = f"{platform.machine()} CPU ({os.cpu_count()} cores, shared), {args.threads} torch thread(s), no GPU"  # noqa: E501
     names = methods_of(args.methods)
+    model_names = [m.strip() for m in args.models.split(",") if m.strip()]
+    unknown = sorted(set(model_names) - set(MODELS))
+    if unknown:
+        raise SystemExit(f"--models: unknown model(s) {unknown}; known: {sorted(MODELS)}")
+    meta = {
+        "date": dt.date.today().isoformat(), "machine": machine, "torch": torch.__version__,
+        "peers": ", ".join(f"{p} {_version(p)}" for p in PEER_IMPORT),
+    }  # fmt: skip
+    grid = (GRID_MODELS, BUDGETS, all_methods())
+    if args.time_epoch is not None:
+        out = []
+        for model_name in model_names:
+            t = time_epoch(model_name, args.time_epoch, args.quick)
+            t.update(date=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                     machine=machine, load=list(os.getloadavg()), command=command)  # fmt: skip
+            print(json.dumps(t), flush=True)
+            if not args.quick:
+                with (out_dir / TIMING_FILE).open("a") as f:
+                    f.write(json.dumps(t) + "\n")
+            out.append(t)
+        return out
+    if args.report_only:
+        if not jsonl.is_file():
+            raise SystemExit(f"--report-only: no rows at {jsonl}")
+        rebuild(jsonl, out_dir, {**meta, "baselines": {}}, grid)
+        return []
     baselines: dict[str, str] = {}
     new_rows = []
-    for model_name in [m.strip() for m in args.models.split(",") if m.strip()]:
+    for model_name in model_names:
         base, src = baseline(model_name, args.quick)
         baselines[model_name] = src
         bm = base_measure(base, model_name, args.quick)
@@ -918,12 +1241,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                           "macs_kept", "test_top1", "compress_s", "reason")}, default=str),
                           flush=True)  # fmt: skip
     if not args.quick:
-        meta = {
-            "date": dt.date.today().isoformat(), "machine": machine, "torch": torch.__version__,
-            "peers": ", ".join(f"{p} {_version(p)}" for p in PEER_IMPORT),
-            "baselines": baselines,
-        }  # fmt: skip
-        rebuild(jsonl, out_dir, meta)
+        rebuild(jsonl, out_dir, {**meta, "baselines": baselines}, grid)
     return new_rows
 
 

@@ -113,3 +113,170 @@ def test_full_bench_lenet_one_budget(tmp_path) -> None:
                        "--methods", "l1-norm,tp-l1", "--out", str(tmp_path)])  # fmt: skip
     assert all(r["status"] == "ok" and r["met"] for r in rows)
     assert (tmp_path / "peers.md").is_file()
+
+
+def _row(model, frac, method, seed, top1, compress_s=10.0, finetune_s=16.0, lib="compactnn"):
+    return {
+        "model": model, "dataset": "mnist", "budget_macs": frac, "method": method,
+        "library": lib, "seed": seed, "status": "ok", "structure": "3-8-70-10",
+        "params": 1000, "macs": 1e5, "macs_kept": frac, "met": True, "test_top1": top1,
+        "test_err_increase": 99.2 - top1, "latency_eager_ms": 1.0, "latency_ort_ms": 0.5,
+        "speedup_eager": 10.0, "speedup_ort": 20.0, "compress_s": compress_s,
+        "finetune_s": finetune_s, "finetune": {"epochs": 8},
+        "baseline_measure": {"params": 431080, "test_top1": 99.2},
+    }  # fmt: skip
+
+
+def test_not_run_rows_are_computed_from_measured_times(tmp_path) -> None:
+    bench = _bench()
+    # lenet-caffe measured at 50 %: l1-norm at two seeds (10 + 16 s, 14 + 24 s per seed),
+    # tp-l1 at one seed (2 + 16 s); nothing of "apoz"
+    rows = [
+        _row("lenet-caffe", 0.5, "l1-norm", 0, 98.0),
+        _row("lenet-caffe", 0.5, "l1-norm", 1, 98.2, compress_s=14.0, finetune_s=24.0),
+        _row("lenet-caffe", 0.5, "tp-l1", 0, 97.5, compress_s=2.0, lib="torch-pruning"),
+    ]
+    timing = {
+        "kiaee-cnn": {"model": "kiaee-cnn", "epoch_s": 100.0, "steps_timed": 50,
+                      "torch_threads": 1, "train_epochs": 10},
+        "lenet-caffe": {"model": "lenet-caffe", "epoch_s": 20.0, "steps_timed": 50,
+                        "torch_threads": 1, "train_epochs": 6},
+    }  # fmt: skip
+    grid = (("lenet-caffe", "kiaee-cnn"), (0.5, 0.05), ["l1-norm", "tp-l1", "apoz"])
+    out = bench.not_run_rows(rows, timing, grid)
+    cells = {(r["model"], r["budget_macs"], r["method"]) for r in out}
+    # every cell of the grid without a measured row, and only those
+    want = {(m, b, k) for m in grid[0] for b in grid[1] for k in grid[2]}
+    assert cells == want - {(r["model"], r["budget_macs"], r["method"]) for r in rows}
+    assert all(r["status"] == "not run" and r["reason"] for r in out)
+    by = {(r["model"], r["budget_macs"], r["method"]): r for r in out}
+    # kiaee-cnn: lenet's median seconds per seed (median(26, 38) = 32) x 100 / 20 per seed
+    k = by[("kiaee-cnn", 0.5, "l1-norm")]
+    assert k["est_seed_s"] == pytest.approx(32.0 * 5.0)
+    assert "x 5.0, the ratio" in k["reason"] and "100 s vs 20 s" in k["reason"]
+    assert "at 50 %" in k["reason"]
+    assert "at other budgets" in by[("kiaee-cnn", 0.05, "l1-norm")]["reason"]
+    # the model's total: baseline (10 epochs on all images) + every missing cell's 3 seeds
+    base_s = 10 * 100.0 / 0.9
+    total = base_s + 3 * 5.0 * (2 * 32.0 + 2 * 18.0)
+    assert k["est_model_s"] == pytest.approx(total)
+    # lenet-caffe cells: from the method's own measured rows (median seconds per seed)
+    lc = by[("lenet-caffe", 0.05, "l1-norm")]
+    assert "32 CPU-s per seed" in lc["reason"] and "2 measured" in lc["reason"]
+    # nothing measured to extrapolate from, or no timing: said so
+    assert "no measured lenet-caffe row" in by[("kiaee-cnn", 0.5, "apoz")]["reason"]
+    no_t = bench.not_run_rows(rows, {}, (("kiaee-cnn",), (0.5,), ["l1-norm"]))
+    assert "no epoch time of kiaee-cnn and lenet-caffe measured" in no_t[0]["reason"]
+
+
+def test_report_covers_the_grid_and_counts_the_verdicts(tmp_path) -> None:
+    bench = _bench()
+    rows = [
+        _row("lenet-caffe", 0.5, "l1-norm", 0, 98.0),
+        _row("lenet-caffe", 0.5, "tp-l1", 0, 97.5, lib="torch-pruning"),
+        _row("lenet-caffe", 0.05, "l1-norm", 0, 96.0),
+        _row("lenet-caffe", 0.05, "tp-l1", 0, 97.0, lib="torch-pruning"),
+    ]
+    jsonl = tmp_path / "rows.jsonl"
+    jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / bench.TIMING_FILE).write_text(
+        "".join(
+            json.dumps(
+                {
+                    "model": m,
+                    "epoch_s": e,
+                    "steps_timed": 50,
+                    "torch_threads": 1,
+                    "train_epochs": 10,
+                }
+            )
+            + "\n"
+            for m, e in (("kiaee-cnn", 100.0), ("lenet-caffe", 20.0))
+        )
+    )
+    # fmt: skip
+    grid = (("lenet-caffe", "kiaee-cnn"), (0.5, 0.05), ["l1-norm", "tp-l1", "apoz"])
+    bench.rebuild(jsonl, tmp_path, {"date": "d", "machine": "m", "torch": "t", "peers": "p"},
+                  grid)  # fmt: skip
+    md = (tmp_path / "peers.md").read_text()
+    assert "win 1, tie 0, lose 1" in md
+    assert "lenet-caffe @ 50 % MACs: **win** by +0.50" in md
+    assert "lenet-caffe @ 5 % MACs: **lose** by -1.00" in md
+    assert "- kiaee-cnn: **not run** at any budget (estimated ~" in md
+    # one table line per (model, method, reason) not run: the estimate depends on the budget
+    # here (both measured on lenet-caffe), so one line per budget, each with its reason
+    lines = [ln for ln in md.splitlines() if ln.startswith("| kiaee-cnn |")]
+    est = [ln for ln in lines if "not run: estimated" in ln]
+    assert len(est) == 4 and sum("| 50 % |" in ln for ln in est) == 2
+    # the same reason at every budget (nothing measured for apoz): one line naming the budgets
+    (apoz,) = [ln for ln in lines if "| apoz |" in ln]
+    assert "| 50, 5 % |" in apoz and "no measured lenet-caffe row" in apoz
+    assert len(lines) == 5
+    # measured cells with fewer seeds than asked say which are missing
+    assert "seed(s) 1,2 not run" in md
+    doc = json.loads((tmp_path / "peers.json").read_text())
+    assert doc["meta"]["n_rows"] == 4 and doc["meta"]["n_not_run"] == 8
+
+
+def test_time_epoch_extrapolates_measured_steps() -> None:
+    bench = _bench()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        t = bench.time_epoch(MODEL, 3, quick=True)
+    finally:
+        torch.set_num_threads(threads)
+    train, _, _ = bench.loaders(MODEL, 0, True)
+    assert t["steps_per_epoch"] == len(train) and t["steps_timed"] == 3
+    assert t["s_per_step"] > 0
+    assert t["epoch_s"] == pytest.approx(t["s_per_step"] * len(train))
+    with pytest.raises(SystemExit):
+        bench.parse(["--time-epoch", "0"])
+
+
+def test_rows_of_different_baselines_are_never_pooled(tmp_path) -> None:
+    bench = _bench()
+    old = {"params": 431080, "test_top1": 99.23}
+    new = {"params": 431080, "test_top1": 99.16, "state_sha": "abcdef0123"}
+    rows = [
+        {**_row("lenet-caffe", 0.05, "l1-norm", 0, 98.0), "baseline_measure": old,
+         "date": "2026-12-01T22:00:00+00:00"},
+        {**_row("lenet-caffe", 0.05, "tp-l1", 0, 98.5, lib="torch-pruning"),
+         "baseline_measure": old, "date": "2026-12-01T22:05:00+00:00"},
+        {**_row("lenet-caffe", 0.05, "l1-norm", 2, 90.0), "baseline_measure": new,
+         "date": "2026-12-02T01:00:00+00:00"},
+        {**_row("lenet-caffe", 0.05, "tp-l1", 2, 89.0, lib="torch-pruning"),
+         "baseline_measure": new, "date": "2026-12-02T01:10:00+00:00"},
+    ]  # fmt: skip
+    assert bench.base_label(rows[0]) == "99.23 %"
+    assert bench.base_label(rows[2]) == "99.16 %"
+    assert bench.current_baselines(rows) == {"lenet-caffe": "99.16 %"}
+    jsonl = tmp_path / "rows.jsonl"
+    jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    bench.rebuild(jsonl, tmp_path, {"date": "d", "machine": "m", "torch": "t", "peers": "p"})
+    doc = json.loads((tmp_path / "peers.json").read_text())
+    cells = {(a["method"], a["baseline"]): a["test_top1"] for a in doc["aggregate"]}
+    assert cells == {("l1-norm", "99.23 %"): [98.0], ("tp-l1", "99.23 %"): [98.5],
+                     ("l1-norm", "99.16 %"): [90.0],
+                     ("tp-l1", "99.16 %"): [89.0]}  # fmt: skip
+    md = (tmp_path / "peers.md").read_text()
+    # one verdict per baseline, each within it
+    assert "5 % MACs (baseline 99.23 %): **lose** by -0.50" in md
+    assert "5 % MACs (baseline 99.16 %): **win** by +1.00" in md
+    assert "cannot run: this baseline's checkpoint is gone" in md
+    assert (tmp_path / "peers_lenet-caffe.png").is_file()
+    assert (tmp_path / "peers_lenet-caffe_base9923.png").is_file()
+
+
+def test_a_row_with_a_disturbed_clock_keeps_its_accuracy_but_not_its_times() -> None:
+    bench = _bench()
+    rows = [
+        _row("lenet-caffe", 0.05, "ssr", 0, 98.9, compress_s=600.0),
+        {**_row("lenet-caffe", 0.05, "ssr", 1, 98.8, compress_s=1800.0),
+         "timing_note": "process paused 1,100 s during compression"},
+    ]  # fmt: skip
+    (a,) = bench.aggregate(rows)
+    assert a["test_top1"] == [98.9, 98.8]
+    assert a["compress_s"] == 600.0 and a["seed_s"] == 616.0
+    assert a["timing_notes"] == ["process paused 1,100 s during compression"]
+    assert bench._lenet_costs(rows)[("ssr", 0.05)]["seed_s"] == 616.0
