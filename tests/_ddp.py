@@ -132,6 +132,7 @@ def worker(rank: int, world: int, port: int, out: str, runs: list[dict[str, Any]
         "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
     )
     infos: dict[str, Any] = {}
+    done = False
     try:
         for run in runs:
             if run.get("desync") and rank == 1:  # a deliberately diverging F-step on rank 1
@@ -146,9 +147,20 @@ def worker(rank: int, world: int, port: int, out: str, runs: list[dict[str, Any]
 
                 ADMMEngine.f_step = bad  # type: ignore[method-assign]
             infos[run["name"]] = _run(rank, run, Path(out))
+        done = True
     finally:
         (Path(out) / f"info.rank{rank}.json").write_text(json.dumps(infos))
         dist.destroy_process_group()
+    if done:
+        # every result is on disk: leave without the interpreter's C++ teardown, which
+        # intermittently aborted rank 0 after the last (CLI) case on a 2-core machine
+        # ("terminate called without an active exception", a native thread still joinable
+        # at exit; root cause not found) and turned a finished job into errors
+        import sys
+
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def spawn(runs: list[dict[str, Any]], out: Path, world: int = 2) -> list[dict[str, Any]]:
