@@ -647,10 +647,8 @@ class ColumnSparseConv2d(nn.Module):
         if self.form == "dense":
             w = self.dense_matrix().reshape(self.out_channels, self.in_channels, kh, kw)
             return F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation)
-        if self.form == "channels":
-            c = int(self.channels.numel())
-            if c == 0:  # no kept column: the conv over no channel is zero (+ bias), full shape
-                return self._empty_output(x)
+        c = int(self.channels.numel())
+        if self.form == "channels" and c > 0:  # with no kept column: the gather path below
             w = self.weight.new_zeros(self.out_channels, c * kh * kw)
             w = w.index_copy(1, self.local, self.weight).reshape(self.out_channels, c, kh, kw)
             xs = torch.index_select(x, 1, self.channels)
@@ -663,14 +661,6 @@ class ColumnSparseConv2d(nn.Module):
         if self.bias is not None:
             y = y + self.bias.reshape(1, -1, 1)
         return y.reshape(b, self.out_channels, ho, wo)
-
-    def _empty_output(self, x: Tensor) -> Tensor:
-        kh, kw = self.kernel_size
-        h, wd = x.shape[2], x.shape[3]
-        ho = (h + 2 * self.padding[0] - self.dilation[0] * (kh - 1) - 1) // self.stride[0] + 1
-        wo = (wd + 2 * self.padding[1] - self.dilation[1] * (kw - 1) - 1) // self.stride[1] + 1
-        y = x.new_zeros(x.shape[0], self.out_channels, ho, wo)
-        return y if self.bias is None else y + self.bias.reshape(1, -1, 1, 1)
 
     def extra_repr(self) -> str:
         return (
