@@ -98,17 +98,22 @@ PAPER = {
 }
 
 
-def _splits(args: argparse.Namespace) -> tuple[DataLoader, DataLoader, DataLoader, DataLoader]:
-    """Fashion-MNIST: the 90 % training split, the 10 % validation split (seeded by
-    ``--split-seed``, the split ``compress`` itself would carve) and the 10k test set."""
+def _splits(
+    args: argparse.Namespace, pad_to: int | None = None
+) -> tuple[DataLoader, DataLoader, DataLoader, DataLoader]:
+    """Fashion-MNIST (zero-padded to ``pad_to`` when given): the 90 % training split, the 10 %
+    validation split (seeded by ``--split-seed``, the split ``compress`` itself would carve)
+    and the 10k test set."""
     from compactnn.api import split_loader
 
-    full = cdata.get_dataset("fashion-mnist", "train", limit=args.train_limit or None, seed=0)
+    full = cdata.get_dataset(
+        "fashion-mnist", "train", limit=args.train_limit or None, seed=0, pad_to=pad_to
+    )
     loader = DataLoader(full, batch_size=64, shuffle=True)
     split = split_loader(loader, 0.1, args.split_seed)
     assert split is not None
     train_loader, val_loader = split
-    test_set = cdata.get_dataset("fashion-mnist", "test")
+    test_set = cdata.get_dataset("fashion-mnist", "test", pad_to=pad_to)
     test = DataLoader(test_set, batch_size=500, shuffle=False)
     return train_loader, val_loader, test, loader
 

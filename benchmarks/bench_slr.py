@@ -100,18 +100,10 @@ def _net_data(net: str) -> tuple[Any, Any, Any, torch.nn.Module, Path]:
         train_l, val_l, test_l, _ = K._splits(ns)
         model, ckpt = K._baseline(ns, train_l)
         return train_l, val_l, test_l, model, ckpt
-    from torch.utils.data import DataLoader
-
-    from compactnn import data as cdata
     from compactnn import models
-    from compactnn.api import split_loader
     from compactnn.train import TrainConfig, load_checkpoint, save_checkpoint, train
 
-    full = cdata.get_dataset("fashion-mnist", "train", seed=0, pad_to=32)
-    split = split_loader(DataLoader(full, batch_size=64, shuffle=True), 0.1, 0)
-    assert split is not None
-    train_l, val_l = split
-    test_l = DataLoader(cdata.get_dataset("fashion-mnist", "test", pad_to=32), batch_size=500)
+    train_l, val_l, test_l, _ = K._splits(ns, pad_to=32)
     ckpt = K.cache_dir() / "checkpoints" / f"{net}-fashion32-train90-e6-split0.safetensors"
     model = models.create(net, in_channels=1, seed=0)
     if ckpt.is_file():
@@ -214,15 +206,6 @@ def _runtimes(base: torch.nn.Module, model: torch.nn.Module, x: torch.Tensor) ->
     return out
 
 
-def _test_batch(test_l: Any, n: int = 100) -> torch.Tensor:
-    xs = []
-    for x, _ in test_l:
-        xs.append(x)
-        if sum(len(t) for t in xs) >= n:
-            break
-    return torch.cat(xs)[:n]
-
-
 COMPARE = ("slr", "ddlr", "ssr", "l1-norm")
 
 
@@ -318,7 +301,7 @@ def kiaee_remeasure(lrs: list[float], net: str = "kiaee-cnn") -> None:
 
     _, _, test_l, base, _ = _net_data(net)
     base.eval()
-    x = _test_batch(test_l)
+    x = metrics.real_batch(test_l, 100)
     shape = NETS[net]["input"]
     for lr in lrs:
         path = _run_json(lr, net)
@@ -389,12 +372,12 @@ def kiaee(args: argparse.Namespace) -> None:
     t = time.perf_counter()
     res = compactnn.compress(model, "slr", cd, finetune_epochs=5, **opts)
     sec = time.perf_counter() - t
-    lat, blat = _lat_pair(model, res.model, shape=shape)
     from compactnn import export
 
     export.save_checkpoint(res.model, res.plan, _saved_dir(lr, net), input_shape=shape)
     load0 = os.getloadavg()
-    rt = _runtimes(model, res.model, _test_batch(test_l))
+    rt = _runtimes(model, res.model, metrics.real_batch(test_l, 100))
+    lat, blat = rt["eager"]["ms"], rt["eager"]["base_ms"]  # eager NCHW, measured once
     keys = ("cr_A", "cr_B", "cr_AB", "kept_columns", "columns", "rank", "form", "form_ms",
             "seconds", "iterations", "status", "lam1", "lam2", "f1", "stored_weights",
             "original_weights", "nnz_A", "coo_A")  # fmt: skip
