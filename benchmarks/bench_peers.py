@@ -711,10 +711,11 @@ def _latest_timing(path: Path) -> dict[str, dict[str, Any]]:
 
 def _lenet_costs(rows: list[dict[str, Any]]) -> dict[tuple[str, float | None], dict[str, Any]]:
     """Seconds per seed (compression + shared fine-tuning) of each method's measured lenet-caffe
-    rows: median per (method, budget) and per (method, None) over all budgets. Rows whose clock
-    was disturbed (``timing_note``) are left out."""
+    rows: median per (method, budget) and per (method, None) over all budgets. Only rows that
+    ran ("ok": a failed row's time is the cost of failing) and whose clock was not disturbed
+    (``timing_note``) count."""
     lenet = [r for r in rows if r["model"] == "lenet-caffe" and r.get("compress_s") is not None
-             and not r.get("timing_note")]  # fmt: skip
+             and r["status"] == "ok" and not r.get("timing_note")]  # fmt: skip
     by: dict[tuple[str, float | None], list[float]] = {}
     for r in lenet:
         cost = r["compress_s"] + (r.get("finetune_s") or 0.0)
