@@ -175,6 +175,7 @@ BAD: dict[str, tuple[str, dict[str, list]]] = {
             "min_keep": _POS_INT,
             "finetune_lr": _POS_FLOAT,
             "finetune_rebalance": _BOOL,
+            "finetune_warmup": _NONNEG_INT,
             **COMMON_FT,
         },
     ),

@@ -387,3 +387,31 @@ def test_finetune_after_a_proxy_run_is_the_run() -> None:
         assert torch.equal(a, b)
     with pytest.raises(ConfigError, match="needs the teacher"):
         PGT(**opts).finetune(part.model, data, ["3", "6"])
+
+
+def test_finetune_warmup_is_the_shared_trainers_warmup() -> None:
+    """``finetune_warmup=W`` fine-tunes exactly as the shared trainer with ``warmup_steps=W``
+    on the same pruned net (and differs from no warm-up)."""
+    from compactnn.methods._common import finetune_model
+
+    data = _data()
+    opts = dict(layers=("3", "6"), lam=[2.5, 2.5], epochs=2, lr=0.05, finetune_epochs=2)
+    part = PGT(**opts).proxy().run(_net(), data, progress=False)
+    warm, plain, ref = (copy.deepcopy(part.model) for _ in range(3))
+    PGT(**opts, finetune_warmup=3).finetune(warm, data, ["3", "6"])
+    PGT(**opts).finetune(plain, data, ["3", "6"])
+    cfg = PGT(**opts).config
+    finetune_model(
+        ref,
+        data.train,
+        epochs=2,
+        lr=cfg.finetune_lr,
+        momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay,
+        seed=cfg.seed + 7,
+        desc="PGT fine-tune",
+        warmup_steps=3,
+    )
+    for a, b in zip(warm.parameters(), ref.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert any(not torch.equal(a, b) for a, b in zip(warm.parameters(), plain.parameters()))

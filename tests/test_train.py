@@ -113,6 +113,32 @@ def test_bad_config() -> None:
         TrainConfig(distill_weight=1.5)
     with pytest.raises(ConfigError, match="'distill_temperature' parameter of TrainConfig"):
         TrainConfig(distill_temperature=0.0)
+    with pytest.raises(ConfigError, match="'warmup_steps' parameter of TrainConfig"):
+        TrainConfig(warmup_steps=-1)
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "constant", "step"])
+def test_warmup_ramps_the_rate_linearly_then_follows_the_schedule(monkeypatch, schedule) -> None:
+    """The rate of every optimiser step: (k + 1) / W times the schedule's for k < W, the
+    schedule's alone afterwards; warmup_steps=0 is the schedule alone."""
+    seen: list[float] = []
+    step = torch.optim.SGD.step
+
+    def spy(self, *a, **k):  # type: ignore[no-untyped-def]
+        seen.append(self.param_groups[0]["lr"])
+        return step(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.SGD, "step", spy)
+    total = 2 * 8  # 2 epochs of 256 / 32 batches
+    train(_mlp(), _data(), config=TrainConfig(epochs=2, lr=0.1, schedule=schedule), progress=False)
+    plain = list(seen)
+    seen.clear()
+    cfg = TrainConfig(epochs=2, lr=0.1, schedule=schedule, warmup_steps=5)
+    train(_mlp(), _data(), config=cfg, progress=False)
+    assert len(plain) == len(seen) == total
+    for k in range(total):
+        assert seen[k] == pytest.approx(plain[k] * min(1.0, (k + 1) / 5), rel=1e-12)
+    assert seen[0] == pytest.approx(plain[0] / 5) and seen[4] == pytest.approx(plain[4])
 
 
 def _kl(student: nn.Module, teacher: nn.Module, loader: DataLoader, t: float = 4.0) -> float:

@@ -67,6 +67,9 @@ class TrainConfig:
             loss = (1 - alpha) * CE + alpha * T^2 * KL(teacher || student) at temperature T
             (Hinton et al. 2015).
         distill_temperature: T of knowledge distillation.
+        warmup_steps: linear learning-rate warm-up: step k (from 0) of the first
+            ``warmup_steps`` runs at ``(k + 1) / warmup_steps`` times the schedule's rate
+            (0 = off). Guards a fine-tuning whose first full-rate steps would blow up.
     """
 
     epochs: int = 10
@@ -80,6 +83,7 @@ class TrainConfig:
     grad_clip: float | None = None
     distill_weight: float = 0.5
     distill_temperature: float = 4.0
+    warmup_steps: int = 0
 
     def __post_init__(self) -> None:
         check_int(self.epochs, "epochs", "TrainConfig", min_value=0)
@@ -89,6 +93,7 @@ class TrainConfig:
         check_float(self.weight_decay, "weight_decay", "TrainConfig", min_value=0.0)
         check_choice(self.schedule, "schedule", "TrainConfig", ("cosine", "step", "constant"))
         check_int(self.seed, "seed", "TrainConfig", min_value=0)
+        check_int(self.warmup_steps, "warmup_steps", "TrainConfig", min_value=0)
         if self.max_steps_per_epoch is not None:
             check_int(self.max_steps_per_epoch, "max_steps_per_epoch", "TrainConfig", min_value=1)
         if self.grad_clip is not None:
@@ -157,6 +162,11 @@ def _make_optimizer(params: Iterable[nn.Parameter], cfg: TrainConfig) -> torch.o
 
 
 def _lr_at(cfg: TrainConfig, step: int, total: int) -> float:
+    warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps > 0 else 1.0
+    return warm * _schedule_lr(cfg, step, total)
+
+
+def _schedule_lr(cfg: TrainConfig, step: int, total: int) -> float:
     if cfg.schedule == "constant" or total <= 0:
         return cfg.lr
     frac = step / total

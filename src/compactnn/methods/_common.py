@@ -170,11 +170,13 @@ def finetune_model(
     teacher: nn.Module | None = None,
     progress: bool = False,
     desc: str = "fine-tune",
+    warmup_steps: int = 0,
 ) -> None:
     """The methods' fine-tuning: :func:`compactnn.train.train` with their SGD settings.
 
     ``masks`` (parameter name -> bool) hold a zero structure fixed; ``teacher`` distils with
-    weight ``distill`` (see :class:`~compactnn.train.TrainConfig`). In a resumable run every
+    weight ``distill`` (see :class:`~compactnn.train.TrainConfig`); ``warmup_steps`` ramps the
+    learning rate up linearly over the first steps. In a resumable run every
     epoch is checkpointed under the key ``"{desc}#{seed}"`` (distinct per fine-tuning of a run).
     """
     from compactnn import train as training
@@ -191,6 +193,7 @@ def finetune_model(
             seed=seed,
             max_steps_per_epoch=steps_per_epoch,
             distill_weight=distill,
+            warmup_steps=warmup_steps,
         ),
         masks=masks,
         progress=progress,

@@ -118,6 +118,10 @@ class PGTConfig(MethodConfig):
             threshold leaves the surviving neurons short and the next layer's weights long,
             which makes the fine-tuning's first steps large on them. Not in the paper (it does
             not fine-tune). Default False.
+        finetune_warmup: steps of linear learning-rate warm-up at the start of the
+            fine-tuning (0 = off): the first full-rate steps on the few surviving neurons can
+            push every ReLU of a layer dead (seen on lenet-caffe's fc1 at lr 0.01). Not in the
+            paper.
         seed: seeds initialisation, SGD and fine-tuning (int >= 0).
     """
 
@@ -141,6 +145,7 @@ class PGTConfig(MethodConfig):
     finetune_steps_per_epoch: int | None = None
     finetune_distill: float = 0.0
     finetune_rebalance: bool = False
+    finetune_warmup: int = 0
     seed: int = 0
 
     owner: ClassVar[str] = "PGT"
@@ -166,6 +171,7 @@ class PGTConfig(MethodConfig):
             "finetune_steps_per_epoch": rule(check_int, optional=True, min_value=1),
             "finetune_distill": rule(check_float, **_FRACTION),
             "finetune_rebalance": rule(check_bool),
+            "finetune_warmup": rule(check_int, min_value=0),
             "seed": rule(check_int, min_value=0),
         }
     )
@@ -650,6 +656,7 @@ class PGT(Method):
             teacher=teacher,
             progress=progress,
             desc="PGT fine-tune",
+            warmup_steps=cfg.finetune_warmup,
         )
         return record
 
