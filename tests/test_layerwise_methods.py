@@ -325,3 +325,18 @@ def test_unconverged_layers_get_one_warning_naming_each() -> None:
     msgs = [str(w.message) for w in caught if "without converging" in str(w.message)]
     assert len(msgs) == 1, msgs
     assert "2 of 2 layers" in msgs[0] and "'0' (max_iter" in msgs[0] and "'2' (max_iter" in msgs[0]
+
+
+def test_unconverged_warning_names_what_was_missed() -> None:
+    """SLR has no constraint: a layer stopped at max_iter is reported by its ADMM residuals
+    (it was 'relative constraint violation 0', which said nothing); Net-Trim keeps its
+    constraint violation."""
+    from compactnn.solvers.layerwise import SLRAdmmOptions
+
+    data = _loader((6,))
+    opts = SLRAdmmOptions(max_iter=1)
+    with pytest.warns(RuntimeWarning, match=r"'0' \(max_iter after 1 iterations, residuals primal"):
+        _run(_mlp(), "slr", data, layers=["0"], options=opts)
+    with pytest.warns(RuntimeWarning) as rec:
+        _run(_mlp(), "slr", data, layers=["0"], options=opts)
+    assert not any("constraint violation" in str(w.message) for w in rec)

@@ -265,6 +265,19 @@ class LayerwiseConfig(MethodConfig):
             )
 
 
+def _unconverged(r: Any) -> str:
+    """What a layer that did not converge missed: the relative constraint violation of a
+    constrained solve (Net-Trim, DDLR), or the ADMM residuals of a penalised one (SLR: no
+    constraint, so a violation of 0 said nothing)."""
+    ex = r.extras or {}
+    if "primal_residual" in ex and not r.constraint_violation:
+        return (
+            f"{r.status} after {r.iterations} iterations, residuals primal "
+            f"{ex['primal_residual']:.3g} / dual {ex['dual_residual']:.3g}"
+        )
+    return f"{r.status}, relative constraint violation {r.constraint_violation:.3g}"
+
+
 @dataclass(frozen=True)
 class DDLRConfig(LayerwiseConfig):
     r"""DDLR hyper-parameters (see :class:`LayerwiseConfig` for the shared ones).
@@ -644,11 +657,7 @@ class _Layerwise(Method):
             )
         bad = [n for n in layers if not results[n].ok]
         if bad:  # one warning for the run, naming every layer (was one per layer)
-            each = ", ".join(
-                f"'{n}' ({results[n].status}, relative constraint violation "
-                f"{results[n].constraint_violation:.3g})"
-                for n in bad
-            )
+            each = ", ".join(f"'{n}' ({_unconverged(results[n])})" for n in bad)
             warnings.warn(
                 f"{self.name}: {len(bad)} of {len(layers)} layers finished without converging: "
                 f"{each}; increase the solver's max_iter"
