@@ -251,3 +251,25 @@ def test_unguarded_script_is_refused_before_spawning(monkeypatch, tmp_path) -> N
         _run("ddlr", parallel="dask")
     script.write_text("import compactnn\nif __name__ == '__main__':\n    compactnn.compress(...)\n")
     _check_main_guard("ddlr")
+
+
+def test_net_trim_budget_search_connects_once_and_deploys_as_serial(cluster, monkeypatch) -> None:
+    """A Net-Trim budget search with parallel="dask" opens one client for all its trials (it
+    opened one per trial), then one for the final run; the result is the serial search's."""
+    from compactnn.methods.layerwise import NetTrim
+
+    opened = []
+    real = NetTrim._dask_client
+
+    def counting(self):  # type: ignore[no-untyped-def]
+        opened.append(self.config.eps_frac)
+        return real(self)
+
+    monkeypatch.setattr(NetTrim, "_dask_client", counting)
+    kw = dict(target={"params": 0.5})
+    ser = _run("net-trim", **kw)
+    assert opened == []
+    par = _run("net-trim", parallel="dask", scheduler=cluster.scheduler_address, **kw)
+    trials = len(par.target["trace"])
+    assert trials > 1 and len(opened) == 2, (trials, opened)
+    _same_deployment(ser, par, ("nnz",))

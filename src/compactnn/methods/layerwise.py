@@ -820,7 +820,21 @@ class NetTrim(_Layerwise):
         return Strength("eps_frac", 0.05, 0.3, bound_lo=1e-4, bound_hi=2.0)
 
     def at_strength(self, s: float, model: nn.Module, data: CompressionData) -> Method:
-        return self.with_options(eps_frac=float(s))
+        trial = self.with_options(eps_frac=float(s))
+        if getattr(self, "_dask", None) is not None:  # a budget search's cluster (calibrate)
+            trial._dask = self._dask  # type: ignore[attr-defined]
+        return trial
+
+    def calibrate(
+        self, model: nn.Module, data: CompressionData, target: Any, *, progress: bool = False
+    ) -> tuple[Method, dict[str, Any]]:
+        """The generic budget search over eps_frac; with ``parallel="dask"`` every trial solves
+        on one client (a local cluster started, or the scheduler connected, once for the search
+        instead of once per trial)."""
+        with self._cluster():
+            chosen, rec = super().calibrate(model, data, target, progress=progress)
+        chosen._dask = None  # type: ignore[attr-defined]  # closed with the search
+        return chosen, rec
 
     def _action(
         self, name: str, module: nn.Module, res: Any, prob: Any
