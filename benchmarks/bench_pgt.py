@@ -230,6 +230,12 @@ def _task(spec: dict[str, Any]) -> dict[str, Any]:
     elif kind == "ft":
         model, rec = _ft_task(spec, cd, base)
         row.update(rec)
+    elif kind == "ssr":  # SSR's per-layer lambdas searched for the given filter counts
+        from compactnn.methods import SSR
+
+        chosen, _ = SSR(**spec["opts"]).calibrate_counts(base, cd, spec["keep"])
+        row["lam"] = dict(chosen.config.lam)
+        model = chosen.run(copy.deepcopy(base), cd, progress=False).model
     elif kind == "l1-norm":
         res = compactnn.compress(
             base, "l1-norm", cd, progress=False, measure=False, on_drop="warn", **spec["opts"]
@@ -1195,6 +1201,27 @@ def _sweep_table(args: Any, t_start: float, P: dict[str, Any]) -> None:  # noqa:
         "base_sha": base_sha,
         **ds,
     }
+    # SSR (Lin et al.) at the same counts: its own AULM training (defaults), lambdas searched
+    # per layer for top-t's counts (SSR.calibrate_counts), fine-tuned as l1-norm
+    ssr = {
+        "kind": "ssr",
+        "opts": {
+            "layers": layers,
+            "finetune_epochs": common["finetune_epochs"],
+            "finetune_lr": best["topk"]["finetune_lr"],
+            "finetune_distill": common["finetune_distill"],
+            "seed": 0,
+            **({"max_outer": 2, "w_steps": 5, "finetune_steps_per_epoch": 10} if quick else {}),
+        },
+        "keep": counts,
+        "layers": list(layers),
+        "tag": tag,
+        "penalty": "ssr",
+        CS: conv_s,
+        "seed": 0,
+        "base_sha": base_sha,
+        **ds,
+    }
     weaker = []  # sweep rows: a seed without a selection run at that strength is trained
     for c in sweep[:-1]:
         for sd in seeds_sweep:
@@ -1204,7 +1231,7 @@ def _sweep_table(args: Any, t_start: float, P: dict[str, Any]) -> None:  # noqa:
                 if r is not None
                 else pgt(c, fc_s, sd, tag=tag, penalty="group", opts=best["group"])
             )
-    r2 = _pool_map(pool, group + topk + [l1] + weaker, rows_file, only_cached=only)
+    r2 = _pool_map(pool, group + topk + [l1] + weaker + [ssr], rows_file, only_cached=only)
     if pool is not None:
         pool.shutdown()
     say(f"Table {P['table']} runs done")
@@ -1234,7 +1261,7 @@ def _sweep_table(args: Any, t_start: float, P: dict[str, Any]) -> None:  # noqa:
         ],
     }
     table = []
-    for pen in ("group", "topk", "l1-norm"):
+    for pen in ("group", "topk", "l1-norm", "ssr"):
         for c in sweep:
             rows = sorted(
                 (r for r in r2 if r["penalty"] == pen and r[CS] == c),
@@ -1402,7 +1429,11 @@ def _markdown_t2(o: dict[str, Any]) -> str:
         f"{p['finetune_epochs']} epochs, t = the chosen setting's neuron counts "
         f"{p['topk_keep']}) {len(p['seeds_topk'])} seeds; l1-norm pruning at the same counts, "
         f"{p['l1_norm_finetune_epochs']} fine-tuning epochs (the same total training) at top-t's "
-        "chosen lr, 1 seed.",
+        "chosen lr, 1 seed; SSR (Lin et al., `ssr` with its defaults: l2,1 AULM, K-step lr 1e-3, "
+        "10 outer x 100 W-steps per layer) at the same counts, each layer's lambda searched for "
+        f"its count (`SSR.calibrate_counts`), then {p['finetune_epochs']} fine-tuning epochs at "
+        "top-t's lr with the same distillation, 1 seed (where run: the row is absent "
+        "otherwise).",
         "",
         f"## Table {p['table']} (test set; mean ± sd over seeds)",
         "",

@@ -286,9 +286,54 @@ class SSR(Method):
 
         t0 = time.perf_counter()
         shape = data.require_input_shape(self.name)
-        loader = data.require_train(self.name)
         layers = self._layers(model, shape)
         counts, _ = uniform_counts(model, layers, target, shape)
+        chosen, trace, current = self._calibrate_counts(model, data, layers, counts, progress)
+        kept = measure(current, shape, target.keys).fractions(measure(model, shape, target.keys))
+        rec = target_record(
+            target, kept, option="lam per layer (layer by layer)", strength=None,
+            trace=trace, seconds=time.perf_counter() - t0, allotted=counts,
+        )  # fmt: skip
+        return chosen, rec
+
+    def calibrate_counts(
+        self, model: nn.Module, data: CompressionData, counts: Mapping[str, int],
+        *, progress: bool = False,
+    ) -> tuple[Method, list[dict[str, Any]]]:  # fmt: skip
+        """The per-layer lambdas that keep about ``counts[layer]`` filters of each layer (the
+        budget search of :meth:`calibrate` with the counts given instead of split from a
+        target: e.g. another method's neuron counts, for a comparison at equal structure).
+        ``counts`` names exactly the layers SSR prunes (``layers``). Returns the method to run
+        (it replays the same stages) and the search trace."""
+        cfg: SSRConfig = self.config  # type: ignore[assignment]
+        if _PENALTIES[cfg.penalty] == "l1" or cfg.lam_path is not None or cfg.gap:
+            raise ConfigError(
+                "SSR.calibrate_counts needs a structured penalty (l21 / l2,0), lam_path=None "
+                "and gap=False: filter counts are what it searches for."
+            )
+        layers = self._layers(model, data.require_input_shape(self.name))
+        if set(counts) != set(layers):
+            raise ConfigError(
+                f"SSR.calibrate_counts: counts name {sorted(counts)}, but SSR prunes "
+                f"{list(layers)}. Give one count per pruned layer (or set layers=)."
+            )
+        mods = dict(model.named_modules())
+        for n, k in counts.items():
+            check_int(k, f"counts['{n}']", "SSR.calibrate_counts", min_value=1)
+            if k > mods[n].weight.shape[0]:
+                raise ConfigError(
+                    f"SSR.calibrate_counts: counts['{n}'] = {k} is more than the layer's "
+                    f"{mods[n].weight.shape[0]} filters."
+                )
+        chosen, trace, _ = self._calibrate_counts(model, data, layers, dict(counts), progress)
+        return chosen, trace
+
+    def _calibrate_counts(
+        self, model: nn.Module, data: CompressionData, layers: list[str],
+        counts: dict[str, int], progress: bool,
+    ) -> tuple[Method, list[dict[str, Any]], nn.Module]:  # fmt: skip
+        shape = data.require_input_shape(self.name)
+        loader = data.require_train(self.name)
         lam: dict[str, float] = {}
         trace: list[dict[str, Any]] = []
         current = copy.deepcopy(model)
@@ -301,13 +346,8 @@ class SSR(Method):
                 if progress:
                     print(f"  ssr {layer}: lam {lam[layer]:.4g} keeps {rows[-1]['kept']} "
                           f"(allotted {counts[layer]})", flush=True)  # fmt: skip
-        kept = measure(current, shape, target.keys).fractions(measure(model, shape, target.keys))
         chosen = self.with_options(lam=lam, lam_path=None, layers=tuple(layers))
-        rec = target_record(
-            target, kept, option="lam per layer (layer by layer)", strength=None,
-            trace=trace, seconds=time.perf_counter() - t0, allotted=counts,
-        )  # fmt: skip
-        return chosen, rec
+        return chosen, trace, current
 
     def _calibrate_layer(
         self, current: nn.Module, layer: str, li: int, k: int, loader: Any, shape: tuple[int, ...]
