@@ -7,7 +7,8 @@ not part of ``make test``:
 
 Departures from the paper's protocol (also written into the results):
 * LeNet-Caffe on MNIST instead of VGG-16 / NIN / AlexNet / GoogLeNet (CPU scale); kiaee-cnn on
-  Fashion-MNIST runs separately (``--kiaee-only``, fixed lam1); cifar-quick not run (time box).
+  Fashion-MNIST runs separately (``--kiaee-only``, fixed lam1), cifar-quick too (``--net
+  cifar-quick``).
 * f1 normalised by the number of rows; λ in the solver's data scale (fraction of the λ1 that
   zeroes every column), t = 1 x curvature instead of 1e-3; M-step = 2 preconditioned
   full-batch momentum steps per iteration instead of SGD lr 1e-3; 150 ADMM iterations at most.
