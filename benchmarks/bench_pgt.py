@@ -991,24 +991,23 @@ def _protocol(table: int) -> dict[str, Any]:
     }
 
 
-def _select_t2(rows: list[dict[str, Any]], P: dict[str, Any] | None = None) -> tuple[float, float]:
+def _select_t2(rows: list[dict[str, Any]], P: dict[str, Any]) -> tuple[float, float]:
     """The stated rule, on validation-only selection runs (PGT training without fine-tuning,
     the protocol's selection seeds): the fc strength = the weakest in ``grid_fc`` whose runs all
     reach the fc target (conv at ``fc_at_conv``); the conv strength = the weakest in
     ``grid_conv`` whose runs (at that fc strength) all reach the conv target -- the weakest
     strength meeting the count, as the platform's budget search picks. Falls back to the
     strongest candidate when none meets the count."""
-    P = P or _protocol(2)
-    return _select_conv2(rows, _select_fc(rows, P), P), _select_fc(rows, P)
+    fc = _select_fc(rows, P)
+    return _select_conv2(rows, fc, P), fc
 
 
-def _meets(rows: list[dict[str, Any]], layer: str, P: dict[str, Any] | None = None) -> bool:
-    target = (P or _protocol(2))["target"]
+def _meets(rows: list[dict[str, Any]], layer: str, P: dict[str, Any]) -> bool:
+    target = P["target"]
     return bool(rows) and all(r["units"][layer] <= target[layer] for r in rows)
 
 
-def _select_fc(rows: list[dict[str, Any]], P: dict[str, Any] | None = None) -> float:
-    P = P or _protocol(2)
+def _select_fc(rows: list[dict[str, Any]], P: dict[str, Any]) -> float:
     cs, grid = f"{P['conv']}_s", P["grid_fc"]
     at = [r for r in rows if r[cs] == P["fc_at_conv"]]
     return next(
@@ -1016,8 +1015,7 @@ def _select_fc(rows: list[dict[str, Any]], P: dict[str, Any] | None = None) -> f
     )
 
 
-def _select_conv2(rows: list[dict[str, Any]], fc: float, P: dict[str, Any] | None = None) -> float:
-    P = P or _protocol(2)
+def _select_conv2(rows: list[dict[str, Any]], fc: float, P: dict[str, Any]) -> float:
     cs, grid = f"{P['conv']}_s", P["grid_conv"]
     at = [r for r in rows if r["fc_s"] == fc]
     return next((c for c in grid if _meets([r for r in at if r[cs] == c], P["conv"], P)), grid[-1])
@@ -1297,10 +1295,10 @@ def _sweep_table(args: Any, t_start: float, P: dict[str, Any]) -> None:  # noqa:
     }
     if P["table"] == 2:  # the issue's Done-when (Table 2 only)
         verdict["met"] = bool(
-            verdict["conv_mean"] <= 18
-            and verdict["fc_mean"] <= 11
+            verdict["conv_mean"] <= P["target"][C]  # T2_TARGET: conv2 18, fc1 11
+            and verdict["fc_mean"] <= P["target"][F]
             and verdict["test_err_increase"] <= 0.3
-            and verdict["n"] >= len(T2_SEEDS)
+            and verdict["n"] >= len(P["seeds"])
         )
     out = {
         "date": dt.date.today().isoformat(),
