@@ -421,6 +421,23 @@ def _markdown(out: dict[str, Any]) -> str:
             f"{_pm(s['speedup'])} | {_pm(s['speedup_b1'])} | {_pm(s['ort_speedup'])} |"
         )
     md += ["", out.get("verdict", ""), ""]
+    md += [
+        "## Every run (the reported point of each seed)",
+        "",
+        "| row | seed | mu chosen | val top-1 % | test top-1 % | params | removed filters "
+        "conv1-conv4 | eager speed-up b=100 | b=1 | onnxruntime b=100 | run s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in out["rows"]:
+        for run in row["runs"]:
+            c = run["chosen"]
+            rem = "-".join(str(c["removed_filters"].get(k, 0)) for k in LAYER_ORDER[:4])
+            md.append(
+                f"| {row['label']} | {run['seed']} | {run['chosen_mu']:g} | {c['val_top1']:.2f} | "
+                f"{c['test_top1']:.2f} | {c['params']:,} | {rem} | {c['speedup']:.2f} | "
+                f"{c['speedup_b1']:.2f} | {c['ort_speedup']:.2f} | {run['seconds']:.0f} |"
+            )
+    md.append("")
     for row in out["rows"]:
         for run in row["runs"][:1]:
             md += [
@@ -524,6 +541,31 @@ def _write(out: dict[str, Any], stem: str) -> None:
     (RESULTS / f"{stem}.md").write_text(_markdown(out))
 
 
+def _merge(stems: list[str], out_stem: str) -> None:
+    """One report from runs written to separate stems (e.g. the paper row and the extension row
+    run as two processes): same baseline checkpoint and ADMM setup required."""
+    parts = [json.loads((RESULTS / f"{s}.json").read_text()) for s in stems]
+    out = copy.deepcopy(parts[0])
+    for p in parts[1:]:
+        for key in ("baseline_checkpoint", "setup"):
+            if p[key] != out[key]:
+                raise SystemExit(f"--merge: {key} differs between {stems[0]} and the others")
+        out["rows"] += p["rows"]
+        out["significance"] = out.get("significance") or p.get("significance")
+    out["command"] = "; ".join(p["command"] for p in parts) + (
+        f"; python benchmarks/bench_kiaee_fashion.py --merge {' '.join(stems)} --out {out_stem}"
+    )
+    out["load_end"] = parts[-1].get("load_end", "-")
+    out["total_seconds"] = max(p.get("total_seconds", 0) for p in parts)
+    out["notes"] = out["notes"] + [
+        f"Merged from {', '.join(stems)} (run as {len(parts)} processes at once, so latencies "
+        "were measured with the other process running); total time = the longest of them."
+    ]
+    out["verdict"] = _verdict(out)
+    _write(out, out_stem)
+    print(_markdown(out))
+
+
 def _median_norms(model: nn.Module, layers: tuple[str, ...]) -> dict[str, float]:
     """Median l2 norm of each layer's filters (rows of the lowered weight)."""
     out = {}
@@ -556,13 +598,23 @@ def main() -> None:
     ap.add_argument("--test-limit", type=int, default=0, help="test images (0 = all 10k)")
     ap.add_argument("--skip", nargs="*", default=[], choices=["paper", "extension", "sig"])
     ap.add_argument("--out", default=None, help="output stem (default kiaee_fashion[_quick])")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads for training")
+    ap.add_argument(
+        "--merge",
+        nargs="*",
+        default=None,
+        help="only merge the rows of these finished result stems (same baseline) into --out",
+    )
     args = ap.parse_args()
+    if args.merge:
+        _merge(args.merge, args.out or "kiaee_fashion")
+        return
     if args.quick:
         args.train_limit, args.base_epochs = 2000, 1
         args.xi, args.nu, args.steps, args.seeds, args.ext_seeds, args.sig_seeds = 1, 1, 2, 1, 1, 2
         args.mus, args.ext_scales = args.mus[1::2], args.ext_scales[-1:]
         args.test_limit = args.sig_test_limit = 500
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     t_all = time.perf_counter()
     train_l, val_l, test_l, _ = _splits(args)
     if args.test_limit:
@@ -639,7 +691,7 @@ def main() -> None:
         "argv": vars(args),
         "date": dt.date.today().isoformat(),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores shared "
-        "with other jobs; 2 torch threads for training, latency on 1 thread",
+        f"with other jobs; {args.threads} torch thread(s) for training, latency on 1 thread",
         "load_start": os.getloadavg(),
         "baseline_checkpoint": str(ckpt),
         "setup": (

@@ -1,0 +1,134 @@
+"""benchmarks/bench_ssr_budget.py: each (row, seed) is one CLI call whose report is summarised
+from what the returned model measured; finished runs are reused only for the same baseline,
+recipe and seed; rows are mean ± sd over seeds."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _bench():
+    name = "bench_ssr_budget"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _report(top1: float, units: tuple[int, int, int], eager: float) -> dict:
+    layers = [
+        {"name": "conv1", "type": "Conv2d", "units": units[0]},
+        {"name": "pool", "type": "MaxPool2d", "units": 0},
+        {"name": "conv2", "type": "Conv2d", "units": units[1]},
+        {"name": "fc1", "type": "Linear", "units": units[2]},
+        {"name": "fc2", "type": "Linear", "units": 10},
+    ]
+    return {
+        "before": {"macs": 2_293_000, "accuracy": {"top1": 99.2}},
+        "after": {"params": 9000, "macs": 85_000, "accuracy": {"top1": top1}, "layers": layers},
+        "target": {"met": True, "seconds": 300.0},
+        "chosen": {"lam": {"conv1": 0.5, "conv2": 0.1, "fc1": 0.1}},
+        "validation": {"drop": 1.0},
+        "deploy": {
+            "latency": {
+                "batch 100": {
+                    "eager_original": {"median_ms": 20.0},
+                    "eager": {"median_ms": eager},
+                    "onnxruntime": {"median_ms": 1.0},
+                }
+            }
+        },
+        "seconds": {"compress": 600.0},
+        "warnings": [],
+    }
+
+
+def test_summary_reads_the_returned_model(tmp_path, monkeypatch):
+    b = _bench()
+    r = b._summarise(_report(98.9, (3, 7, 68), 2.5), "paper", 1, {"wall_seconds": 610.0})
+    assert r["structure"] == "3-7-68"  # the classifier and non-layers are not part of it
+    assert r["err_increase"] == pytest.approx(0.3)
+    assert r["speedup"] == pytest.approx(8.0)
+    assert r["macs_kept"] == pytest.approx(85_000 / 2_293_000)
+    assert r["wall_seconds"] == 610.0
+
+
+def test_runs_reused_only_for_the_same_baseline_recipe_and_seed(tmp_path, monkeypatch):
+    b = _bench()
+    monkeypatch.setattr(b, "_run_dir", lambda key, seed: tmp_path / f"{key}-{seed}")
+    calls = []
+
+    class Proc:
+        returncode, stdout, stderr = 0, "", ""
+
+    def fake_run(cmd, **_kw):
+        calls.append(cmd)
+        out = Path(cmd[cmd.index("--out") + 1])
+        seed = int(cmd[cmd.index("--seed") + 1])
+        (out / "report.json").write_text(json.dumps(_report(99.0 - 0.1 * seed, (3, 7, 60), 2.0)))
+        return Proc()
+
+    monkeypatch.setattr(b.subprocess, "run", fake_run)
+    ckpt = tmp_path / "base.safetensors"
+    r0 = b._run("paper", 0, ckpt, "sha-a", 1)
+    assert len(calls) == 1 and "--recipe" in calls[0] and "batch_size=256" in calls[0]
+    assert r0["test_top1"] == pytest.approx(99.0)
+    b._run("paper", 0, ckpt, "sha-a", 1)  # same baseline, recipe, seed: reused
+    assert len(calls) == 1
+    b._run("paper", 0, ckpt, "sha-b", 1)  # another baseline: run again
+    assert len(calls) == 2
+    b._run("paper", 1, ckpt, "sha-b", 1)
+    assert len(calls) == 3
+
+    def failing(cmd, **_kw):
+        p = Proc()
+        p.returncode = 2
+        return p
+
+    monkeypatch.setattr(b.subprocess, "run", failing)
+    with pytest.raises(SystemExit, match="extension seed 0 failed"):
+        b._run("extension", 0, ckpt, "sha-b", 1)
+
+
+def test_rows_are_mean_sd_over_seeds():
+    b = _bench()
+    runs = {
+        "paper": [
+            b._summarise(_report(t, (3, 7, 68), 2.5), "paper", i, {})
+            for i, t in enumerate((94.0, 95.0, 96.0))
+        ],  # fmt: skip
+        "extension": [
+            b._summarise(_report(t, (3, 7, 69), 2.5), "extension", i, {})
+            for i, t in enumerate((99.0, 98.9, 98.8))
+        ],  # fmt: skip
+    }
+    out = {
+        "command": "python benchmarks/bench_ssr_budget.py",
+        "dates": ["2026-12-02"],
+        "machine": "x86_64",
+        "baseline": "~/b.safetensors",
+        "base_sha": "abc",
+        "base_test_top1": 99.2,
+        "rows": {
+            k: {**{f: b.ROWS[k][f] for f in ("label", "recipe", "differs")}, "runs": v}
+            for k, v in runs.items()
+        },
+    }
+    out["verdict"] = b._verdict(out)
+    md = b._markdown(out)
+    sd = statistics.stdev([99.2 - t for t in (94.0, 95.0, 96.0)])
+    assert f"**+4.20 ± {sd:.2f}**" in md  # paper row: err increase mean ± sd over 3 seeds
+    assert "**+0.30 ± 0.10**" in md
+    assert "loses 3.90 points more than the extension" in out["verdict"]
+    assert md.count("| paper protocol | ") == 3 and md.count("| extension | ") == 3
