@@ -248,7 +248,7 @@ def _run(
     seconds = time.perf_counter() - t0
     path, plans = res.history["path"], res.history["path_plans"]
     plans_dir = _plans_dir(args, label, seed)
-    for i, pl in enumerate(plans):  # kept for --remeasure (quiet-machine timing of the points)
+    for i, pl in enumerate(plans):  # kept for --remeasure (the points timed again)
         pl.save(plans_dir / f"point{i}")
     k = _choose(path, args.max_drop)
     fresh = models.create("kiaee-cnn", in_channels=1, input_size=28, seed=0)
@@ -324,7 +324,7 @@ def _plans_dir(args: argparse.Namespace, label: str, seed: int) -> Path:
 
 
 def _remeasure(stem: str, rounds: int) -> None:
-    """Time again, on a machine the caller keeps quiet, every path point of every run whose
+    """Time again, after the runs (as quiet a machine as the caller can give), every path point of every run whose
     validation top-1 is within ``max_drop`` of its mu = 0 (the candidates of the choice), each
     rebuilt from its saved plan and timed interleaved with the baseline (eager, batch 100 real
     validation images, one thread, ``rounds`` rounds); the reported point is then chosen again by
@@ -506,8 +506,9 @@ def _markdown(out: dict[str, Any]) -> str:
                 f"within {out['max_drop']} points of mu = 0) timed again interleaved with the "
                 f"baseline, {out['remeasure']['rounds']} rounds; the reported point re-chosen by "
                 "the same rule on these timings. The in-run timings (machine loaded by the other "
-                "jobs) are kept in the path tables ('ms b=100', 'speed-up b=100'); the quiet ones "
-                "are the 'quiet' column.",
+                "jobs) are kept in the path tables ('ms b=100', 'speed-up b=100'); the re-timed ones "
+                "are the 're-timed' column. A mu = 0 point is the baseline itself: its re-timed "
+                "speed-up shows the noise of the re-timing.",
                 "",
             ]
             if out.get("remeasure")
@@ -567,7 +568,7 @@ def _markdown(out: dict[str, Any]) -> str:
                 "the mu = 0 model.",
                 "",
                 "| mu | val top-1 % | Filter (#) | sparsity % | epochs | ms b=100 | speed-up b=100 "
-                "| speed-up b=1 | quiet speed-up b=100 | kernel deployment (chosen form, its ms "
+                "| speed-up b=1 | re-timed speed-up b=100 | kernel deployment (chosen form, its ms "
                 "vs dense conv) |",
                 "|---|---|---|---|---|---|---|---|---|---|",
             ]
@@ -728,11 +729,15 @@ def main() -> None:
         "--remeasure",
         default=None,
         metavar="STEM",
-        help="only time again the candidate points of a finished result (quiet machine) and "
+        help="only time again the candidate points of a finished result (after the runs) and "
         "choose again on those timings",
     )
     ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds of --remeasure")
+    ap.add_argument("--render", default=None, metavar="STEM", help="only rewrite STEM.md")
     args = ap.parse_args()
+    if args.render:
+        _write(json.loads((RESULTS / f"{args.render}.json").read_text()), args.render)
+        return
     if args.remeasure:
         _remeasure(args.remeasure, args.rounds)
         return

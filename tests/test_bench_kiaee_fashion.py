@@ -1,0 +1,94 @@
+"""benchmarks/bench_kiaee_fashion.py: rows run as separate processes merge into one report only
+for the same baseline and setup; the timing helper alternates the order of the models."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _bench():
+    name = "bench_kiaee_fashion"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _run(seed: int, top1: float, speedup: float) -> dict:
+    point = {
+        "mu": 0.0, "val_top1": 91.0, "zero_blocks": {}, "blocks": {}, "sparsity_percent": 0.0,
+        "epochs": 0, "latency_ms": 10.0, "speedup": 1.0, "speedup_b1": 1.0, "kernel_deploy": {},
+    }  # fmt: skip
+    chosen = {
+        "test_top1": top1, "val_top1": 91.0, "speedup": speedup, "speedup_b1": 1.0,
+        "ort_speedup": 1.0, "params": 100, "macs": 1000, "removed_filters": {},
+    }  # fmt: skip
+    return {"seed": seed, "seconds": 1.0, "path": [point], "chosen_index": 0, "chosen_mu": 0.0,
+            "chosen": chosen}  # fmt: skip
+
+
+def _out(b, label: str, runs: list, ckpt: str = "base.safetensors") -> dict:
+    row = {"label": label, "differs": "-", "runs": runs, "summary": b._summary(runs)}
+    return {
+        "benchmark": "t", "command": f"python bench {label}", "argv": {}, "date": "2026-12-02",
+        "machine": "x", "load_start": [1.0], "baseline_checkpoint": ckpt, "setup": "s",
+        "max_drop": 0.5, "blocks": {k: 1 for k in b.LAYER_ORDER}, "notes": [],
+        "baseline": {"test_top1": 90.7, "val_top1": 91.0, "params": 1, "macs": 1,
+                     "test_images": 10, "val_images": 10, "eager_ms": 1.0, "ort_ms": 1.0},
+        "rows": [row], "total_seconds": 5.0,
+    }  # fmt: skip
+
+
+def test_merge_pools_rows_of_one_baseline(tmp_path, monkeypatch):
+    b = _bench()
+    monkeypatch.setattr(b, "RESULTS", tmp_path)
+    p = _out(b, "paper protocol", [_run(s, 90.3 + 0.1 * s, 1.0) for s in range(3)])
+    e = _out(b, "extension", [_run(s, 90.2, 1.4) for s in range(3)])
+    (tmp_path / "p.json").write_text(json.dumps(p))
+    (tmp_path / "e.json").write_text(json.dumps(e))
+    b._merge(["p", "e"], "m")
+    m = json.loads((tmp_path / "m.json").read_text())
+    assert [r["label"] for r in m["rows"]] == ["paper protocol", "extension"]
+    assert m["rows"][0]["summary"]["test_top1"]["n"] == 3
+    assert m["rows"][0]["summary"]["test_top1"]["mean"] == pytest.approx(90.4)
+    # 1.4x at 0.50 points: the acceptance (>= 1.3x at <= 0.5 points) is met for that row only
+    assert "'extension': eager speed-up 1.40x at 0.50 points" in m["verdict"]
+    assert "'paper protocol': eager speed-up 1.00x" in m["verdict"]
+    md = (tmp_path / "m.md").read_text()
+    assert md.count("| extension | ") == 1 + 3  # the summary line and one line per seed
+    e2 = _out(b, "extension", [_run(0, 90.0, 1.0)], ckpt="other.safetensors")
+    (tmp_path / "e2.json").write_text(json.dumps(e2))
+    with pytest.raises(SystemExit, match="baseline_checkpoint differs"):
+        b._merge(["p", "e2"], "m2")
+
+
+def test_timing_alternates_the_order(monkeypatch):
+    b = _bench()
+    order = []
+
+    class R:
+        median_ms = 1.0
+
+    def fake(model, *_a, **_k):
+        order.append(model.tag)
+        return R()
+
+    monkeypatch.setattr(b.metrics, "measure_latency", fake)
+    ms = {}
+    for tag in ("a", "b", "c"):
+        ms[tag] = nn.Identity()
+        ms[tag].tag = tag
+    b._timing(ms, torch.zeros(2, 1, 28, 28), rounds=2)
+    assert order == ["a", "b", "c", "c", "b", "a"]
