@@ -212,6 +212,10 @@ def _markdown(out: dict[str, Any]) -> str:
         "speed-up over the dense model timed in the same run) are measured on the returned model; "
         "test top-1 is read once per run, for this report only.",
         "",
+        f"Seeds asked: {out.get('seeds_asked')}; finished per row: "
+        + ", ".join(f"{r['label']} {len(r['runs'])}" for r in out["rows"].values())
+        + " (a run not finished is not in the tables).",
+        "",
         "## Summary (mean ± sd over seeds)",
         "",
         "| row | what differs from the paper | seeds | structures | params | MACs kept | "
@@ -303,6 +307,7 @@ def main() -> None:
         "baseline": str(ckpt).replace(str(Path.home()), "~"),
         "base_sha": sha,
         "target": TARGET,
+        "seeds_asked": args.seeds,
         "rows": {},
     }
     for key in args.rows:

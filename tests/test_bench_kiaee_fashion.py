@@ -3,27 +3,17 @@ for the same baseline and setup; the timing helper alternates the order of the m
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[1]
+from _bench import load_bench
 
 
 def _bench():
-    name = "bench_kiaee_fashion"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("bench_kiaee_fashion")
 
 
 def _run(seed: int, top1: float, speedup: float) -> dict:

@@ -4,28 +4,17 @@ cannot run carries its reason, and the report / plot are rebuilt from the jsonl 
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
+from _bench import load_bench
 from compactnn import metrics
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _bench():
-    name = "bench_peers"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / "bench_peers.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("bench_peers")
 
 
 BUDGET = 0.5

@@ -4,26 +4,17 @@ recipe and seed; rows are mean ± sd over seeds."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import statistics
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from _bench import load_bench
 
 
 def _bench():
-    name = "bench_ssr_budget"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("bench_ssr_budget")
 
 
 def _report(top1: float, units: tuple[int, int, int], eager: float) -> dict:
