@@ -123,7 +123,7 @@ def _baseline(args: argparse.Namespace, train_loader: DataLoader) -> tuple[nn.Mo
     n = len(train_loader.dataset)  # type: ignore[arg-type]
     name = f"kiaee-cnn-fashion28-train90-n{n}-e{args.base_epochs}-split{args.split_seed}"
     ckpt = cache_dir() / "checkpoints" / f"{name}.safetensors"
-    model = models.create("kiaee-cnn", in_channels=1, input_size=28, seed=0)
+    model = _fresh()
     if ckpt.is_file() and not args.retrain:
         model, _ = load_checkpoint(ckpt, model)
         print(f"loaded cached baseline {ckpt}")
@@ -200,10 +200,39 @@ def _onnx_pair(
     return out
 
 
+def _fresh() -> nn.Module:
+    """A freshly initialised kiaee-cnn of this benchmark (the instance plans are replayed on)."""
+    return models.create("kiaee-cnn", in_channels=1, input_size=28, seed=0)
+
+
+def _first(loader: DataLoader, limit: int) -> DataLoader:
+    """The first ``limit`` samples of ``loader``'s dataset (0 = all of them)."""
+    if not limit:
+        return loader
+    from torch.utils.data import Subset
+
+    n = min(limit, len(loader.dataset))  # type: ignore[arg-type]
+    return DataLoader(Subset(loader.dataset, range(n)), batch_size=500)
+
+
+def _removed_filters(baseline: nn.Module, model: nn.Module) -> dict[str, int]:
+    """Filters each conv of ``LAYER_ORDER`` lost from ``baseline`` to ``model``."""
+    return {
+        n: int(baseline.get_submodule(n).weight.shape[0])
+        - int(getattr(model.get_submodule(n), "out_channels", 0) or 0)
+        for n in LAYER_ORDER[:4]
+    }
+
+
+def _candidates(path: list[dict[str, Any]], max_drop: float) -> list[int]:
+    """The path points whose validation top-1 is within ``max_drop`` points of mu = 0's."""
+    return [i for i, p in enumerate(path) if p["val_top1"] >= path[0]["val_top1"] - max_drop]
+
+
 def _choose(path: list[dict[str, Any]], max_drop: float) -> int:
     """The point with the largest measured speed-up whose validation top-1 is within
     ``max_drop`` points of mu = 0's (validation only)."""
-    ok = [i for i, p in enumerate(path) if p["val_top1"] >= path[0]["val_top1"] - max_drop]
+    ok = _candidates(path, max_drop)
     return max(ok, key=lambda i: (path[i].get("speedup", 1.0), -i))
 
 
@@ -251,8 +280,7 @@ def _run(
     for i, pl in enumerate(plans):  # kept for --remeasure (the points timed again)
         pl.save(plans_dir / f"point{i}")
     k = _choose(path, args.max_drop)
-    fresh = models.create("kiaee-cnn", in_channels=1, input_size=28, seed=0)
-    chosen = surgery.apply(plans[k], fresh).eval()
+    chosen = surgery.apply(plans[k], _fresh()).eval()
     times = _timing({"baseline": baseline, "model": chosen}, x_val)
     times_b1 = _timing({"baseline": baseline, "model": chosen}, x_val[:1])
     ort = _onnx_pair({"baseline": baseline, "model": chosen}, x_val)
@@ -296,11 +324,7 @@ def _run(
             "test_top1": metrics.accuracy(chosen, test_l, topk=(1,))["top1"],
             "params": chosen_params,
             "macs": metrics.count_flops(chosen, INPUT) // 2,
-            "removed_filters": {
-                n: int(baseline.get_submodule(n).weight.shape[0])
-                - int(getattr(chosen.get_submodule(n), "out_channels", 0) or 0)
-                for n in LAYER_ORDER[:4]
-            },
+            "removed_filters": _removed_filters(baseline, chosen),
             "eager_ms": times["model"],
             "eager_ms_baseline": times["baseline"],
             "speedup": times["baseline"] / times["model"],
@@ -324,8 +348,9 @@ def _plans_dir(args: argparse.Namespace, label: str, seed: int) -> Path:
 
 
 def _remeasure(stem: str, rounds: int) -> None:
-    """Time again, after the runs (as quiet a machine as the caller can give), every path point of every run whose
-    validation top-1 is within ``max_drop`` of its mu = 0 (the candidates of the choice), each
+    """Time again, after the runs (as quiet a machine as the caller can give), every path point
+    of every run whose validation top-1 is within ``max_drop`` of its mu = 0 (the candidates of
+    the choice), each
     rebuilt from its saved plan and timed interleaved with the baseline (eager, batch 100 real
     validation images, one thread, ``rounds`` rounds); the reported point is then chosen again by
     the same rule on these timings (validation accuracy and latency only), and only the newly
@@ -336,11 +361,7 @@ def _remeasure(stem: str, rounds: int) -> None:
     a = argparse.Namespace(**out["argv"])
     torch.set_num_threads(1)
     train_l, val_l, test_l, _ = _splits(a)
-    if a.test_limit:
-        from torch.utils.data import Subset
-
-        n_test = min(a.test_limit, len(test_l.dataset))  # type: ignore[arg-type]
-        test_l = DataLoader(Subset(test_l.dataset, range(n_test)), batch_size=500)
+    test_l = _first(test_l, a.test_limit)
     baseline, _ = _baseline(a, train_l)
     baseline.eval()
     x_val = metrics.real_batch(val_l, 100)
@@ -349,15 +370,13 @@ def _remeasure(stem: str, rounds: int) -> None:
     for row in out["rows"]:
         for run in row["runs"]:
             path = run["path"]
-            cands = [
-                i for i, p in enumerate(path)
-                if p["val_top1"] >= path[0]["val_top1"] - out["max_drop"]
-            ]  # fmt: skip
-            built = {}
-            for i in cands:
-                fresh = models.create("kiaee-cnn", in_channels=1, input_size=28, seed=0)
-                plan = CompressionPlan.load(Path(run["plans_dir"]) / f"point{i}")
-                built[i] = surgery.apply(plan, fresh).eval()
+            cands = _candidates(path, out["max_drop"])
+            built = {
+                i: surgery.apply(
+                    CompressionPlan.load(Path(run["plans_dir"]) / f"point{i}"), _fresh()
+                ).eval()
+                for i in cands
+            }
             times = _timing({"baseline": baseline, **{str(i): m for i, m in built.items()}},
                             x_val, rounds=rounds, repeats=15)  # fmt: skip
             quiet = {i: times["baseline"] / times[str(i)] for i in cands}
@@ -377,11 +396,7 @@ def _remeasure(stem: str, rounds: int) -> None:
                 c["val_top1"] = path[k]["val_top1"]
                 c["params"] = metrics.count_params(chosen)
                 c["macs"] = metrics.count_flops(chosen, INPUT) // 2
-                c["removed_filters"] = {
-                    n: int(baseline.get_submodule(n).weight.shape[0])
-                    - int(getattr(chosen.get_submodule(n), "out_channels", 0) or 0)
-                    for n in LAYER_ORDER[:4]
-                }
+                c["removed_filters"] = _removed_filters(baseline, chosen)
                 c["kernel_deploy"] = path[k].get("kernel_deploy")
             run["chosen_index"], run["chosen_mu"] = k, path[k]["mu"]
             c.update(
@@ -420,11 +435,7 @@ def _significance(
     from scipy import stats
 
     train_l, val_l, test_l = loaders
-    if args.sig_test_limit:
-        from torch.utils.data import Subset
-
-        n = min(args.sig_test_limit, len(test_l.dataset))  # type: ignore[arg-type]
-        test_l = DataLoader(Subset(test_l.dataset, range(n)), batch_size=500)
+    test_l = _first(test_l, args.sig_test_limit)
     opts = dict(
         penalty="l0", structure="kernels", mus=tuple(args.sig_mus), rho=1.0, xi=args.xi,
         delta=1, nu=args.nu, steps_per_epoch=args.steps, lr=1e-3, deploy_kernels=False,
@@ -752,11 +763,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     t_all = time.perf_counter()
     train_l, val_l, test_l, _ = _splits(args)
-    if args.test_limit:
-        from torch.utils.data import Subset
-
-        n_test = min(args.test_limit, len(test_l.dataset))  # type: ignore[arg-type]
-        test_l = DataLoader(Subset(test_l.dataset, range(n_test)), batch_size=500)
+    test_l = _first(test_l, args.test_limit)
     baseline, ckpt = _baseline(args, train_l)
     if args.baseline_only:
         for nm, ld in (("val", val_l), ("test", test_l)):

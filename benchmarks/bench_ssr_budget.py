@@ -132,9 +132,9 @@ def _cmd(key: str, seed: int, ckpt: Path, out: Path, threads: int) -> list[str]:
 def _run(key: str, seed: int, ckpt: Path, sha: str, threads: int) -> dict[str, Any]:
     """One CLI run (or its finished report when the same baseline, recipe and seed ran)."""
     out = _run_dir(key, seed)
-    meta = _meta(key, seed, sha)
+    ident = _meta(key, seed, sha)  # what a reusable run must match
     meta_f, report_f = out / "bench_meta.json", out / "report.json"
-    if meta_f.is_file() and report_f.is_file() and json.loads(meta_f.read_text()) == meta:
+    if meta_f.is_file() and report_f.is_file() and json.loads(meta_f.read_text()) == ident:
         print(f"{key} seed {seed}: reusing {out}", flush=True)
     else:
         out.mkdir(parents=True, exist_ok=True)
@@ -146,11 +146,15 @@ def _run(key: str, seed: int, ckpt: Path, sha: str, threads: int) -> dict[str, A
         (out / "cli.log").write_text(proc.stdout + proc.stderr)
         if proc.returncode != 0:
             raise SystemExit(f"{key} seed {seed} failed (rc {proc.returncode}): see {out}/cli.log")
-        meta["wall_seconds"] = time.perf_counter() - t0
-        meta["load_start"], meta["load_end"] = load0, os.getloadavg()
-        meta["date"] = dt.date.today().isoformat()
-        meta_f.write_text(json.dumps({k: meta[k] for k in _meta(key, seed, sha)}))
-        (out / "bench_timing.json").write_text(json.dumps(meta))
+        timing = {
+            **ident,
+            "wall_seconds": time.perf_counter() - t0,
+            "load_start": load0,
+            "load_end": os.getloadavg(),
+            "date": dt.date.today().isoformat(),
+        }
+        meta_f.write_text(json.dumps(ident))
+        (out / "bench_timing.json").write_text(json.dumps(timing))
     timing_f = out / "bench_timing.json"
     timing = json.loads(timing_f.read_text()) if timing_f.is_file() else {}
     return _summarise(json.loads(report_f.read_text()), key, seed, timing)
