@@ -157,7 +157,33 @@ def _run(key: str, seed: int, ckpt: Path, sha: str, threads: int) -> dict[str, A
         (out / "bench_timing.json").write_text(json.dumps(timing))
     timing_f = out / "bench_timing.json"
     timing = json.loads(timing_f.read_text()) if timing_f.is_file() else {}
-    return _summarise(json.loads(report_f.read_text()), key, seed, timing)
+    r = _summarise(json.loads(report_f.read_text()), key, seed, timing)
+    r["recipe_sha"] = ident["recipe_sha"]
+    return r
+
+
+def _previous(path: Path, sha: str) -> dict[tuple[str, int], dict[str, Any]]:
+    """Finished runs of an earlier results JSON that may be pooled with this invocation's: the
+    same baseline weights (``base_sha``) and, per run, the same recipe file (``recipe_sha``). A
+    fresh machine has none of the earlier CLI output directories, so without this the report
+    would only hold the seeds run again here."""
+    if not path.is_file():
+        return {}
+    old = json.loads(path.read_text())
+    if old.get("base_sha") != sha:
+        print(f"--keep: {path.name} is of another baseline ({old.get('base_sha')}); not pooled")
+        return {}
+    keep = {}
+    for key, row in old.get("rows", {}).items():
+        if key not in ROWS:
+            continue
+        cur = _file_sha(RECIPES / ROWS[key]["recipe"])
+        for r in row.get("runs", []):
+            if r.get("recipe_sha") == cur:
+                keep[(key, int(r["seed"]))] = r
+            else:
+                print(f"--keep: {key} seed {r['seed']} ran another recipe; not pooled")
+    return keep
 
 
 def _summarise(rep: dict[str, Any], key: str, seed: int, timing: dict[str, Any]) -> dict[str, Any]:
@@ -301,8 +327,15 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
     ap.add_argument("--threads", type=int, default=1, help="torch threads of each CLI run")
     ap.add_argument("--report-only", action="store_true", help="only finished runs, no new run")
+    ap.add_argument(
+        "--keep",
+        action="store_true",
+        help="pool the runs of the existing ssr_budget_seeds.json (same baseline weights and "
+        "recipe) for the (row, seed) pairs that have no run directory here",
+    )
     args = ap.parse_args()
     ckpt, sha = _baseline()
+    kept = _previous(RESULTS / "ssr_budget_seeds.json", sha) if args.keep else {}
     out: dict[str, Any] = {
         "benchmark": "SSR-L2,1 to macs=0.04, paper protocol vs extension, over seeds",
         "command": " ".join(["python benchmarks/bench_ssr_budget.py", *sys.argv[1:]]),
@@ -321,9 +354,13 @@ def main() -> None:
     for seed in args.seeds:  # seeds outermost: a cut-short run leaves both rows with n seeds
         for key in args.rows:
             d = _run_dir(key, seed)
-            if args.report_only and not (d / "report.json").is_file():
+            if (key, seed) in kept and not (d / "report.json").is_file():
+                r = kept[(key, seed)]
+                print(f"{key} seed {seed}: kept from the earlier results JSON ({r['date']})")
+            elif args.report_only and not (d / "report.json").is_file():
                 continue
-            r = _run(key, seed, ckpt, sha, args.threads)
+            else:
+                r = _run(key, seed, ckpt, sha, args.threads)
             out["rows"][key]["runs"].append(r)
             runs = [x for row in out["rows"].values() for x in row["runs"]]
             out["base_test_top1"] = runs[0]["base_test_top1"]

@@ -123,3 +123,44 @@ def test_rows_are_mean_sd_over_seeds():
     assert "**+0.30 ± 0.10**" in md
     assert "loses 3.90 points more than the extension" in out["verdict"]
     assert md.count("| paper protocol | ") == 3 and md.count("| extension | ") == 3
+
+
+def test_keep_pools_earlier_runs_only_of_the_same_baseline_and_recipe(tmp_path, monkeypatch):
+    b = _bench()
+    cur = {k: b._file_sha(b.RECIPES / b.ROWS[k]["recipe"]) for k in b.ROWS}
+    old = {
+        "base_sha": "sha-a",
+        "rows": {
+            "paper": {"runs": [{"seed": 0, "recipe_sha": cur["paper"], "date": "d"}]},
+            "extension": {
+                "runs": [
+                    {"seed": 0, "recipe_sha": cur["extension"], "date": "d"},
+                    {"seed": 1, "recipe_sha": "another-recipe", "date": "d"},
+                    {"seed": 2, "date": "d"},  # no recipe fingerprint: never pooled
+                ]
+            },
+        },
+    }
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(old))
+    kept = b._previous(path, "sha-a")
+    assert sorted(kept) == [("extension", 0), ("paper", 0)]
+    assert b._previous(path, "sha-b") == {}  # another baseline: nothing pooled
+    assert b._previous(tmp_path / "missing.json", "sha-a") == {}
+
+
+def test_a_run_records_its_recipe_fingerprint(tmp_path, monkeypatch):
+    b = _bench()
+    monkeypatch.setattr(b, "_run_dir", lambda key, seed: tmp_path / f"{key}-{seed}")
+
+    class Proc:
+        returncode, stdout, stderr = 0, "", ""
+
+    def fake_run(cmd, **_kw):
+        out = Path(cmd[cmd.index("--out") + 1])
+        (out / "report.json").write_text(json.dumps(_report(99.0, (3, 7, 60), 2.0)))
+        return Proc()
+
+    monkeypatch.setattr(b.subprocess, "run", fake_run)
+    r = b._run("extension", 0, tmp_path / "base.safetensors", "sha-a", 1)
+    assert r["recipe_sha"] == b._file_sha(b.RECIPES / b.ROWS["extension"]["recipe"])
