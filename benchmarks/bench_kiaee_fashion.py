@@ -152,6 +152,15 @@ PAPER_MUS = (1e-3, 3e-3, 6e-3, 1e-2)  # global mu, kernels W_ij (paper protocol)
 EXT_SCALES = (0.5, 0.75, 1.0)  # extension: threshold = s x the layer's median filter norm
 
 
+def _weights_sha(model: nn.Module) -> str:
+    """Fingerprint of the baseline's weights (bench_peers.state_sha): a retrained baseline that
+    is not bit-identical (another CPU) is never pooled with this one."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_peers import state_sha
+
+    return state_sha(model)
+
+
 def _mean_sd(v: list[float]) -> dict[str, float]:
     return {
         "mean": statistics.fmean(v),
@@ -673,15 +682,38 @@ def _write(out: dict[str, Any], stem: str) -> None:
 
 
 def _merge(stems: list[str], out_stem: str) -> None:
-    """One report from runs written to separate stems (e.g. the paper row and the extension row
-    run as two processes): same baseline checkpoint and ADMM setup required."""
+    """One report from runs written to separate stems (e.g. the paper row and the extension row,
+    or seeds of one row, run as separate processes): same baseline checkpoint (and weights, where
+    recorded) and ADMM setup required. Runs of rows with the same label are pooled into one row
+    when their options (mu path, penalty, structure, ...) are identical; a (row, seed) given twice
+    is refused."""
     parts = [json.loads((RESULTS / f"{s}.json").read_text()) for s in stems]
     out = copy.deepcopy(parts[0])
-    for p in parts[1:]:
+    out["rows"] = []
+    for p in parts:
         for key in ("baseline_checkpoint", "setup"):
-            if p[key] != out[key]:
+            if p[key] != parts[0][key]:
                 raise SystemExit(f"--merge: {key} differs between {stems[0]} and the others")
-        out["rows"] += p["rows"]
+        sha0, sha = parts[0]["baseline"].get("weights_sha"), p["baseline"].get("weights_sha")
+        if sha0 and sha and sha0 != sha:
+            raise SystemExit(f"--merge: the baseline weights differ ({sha0} vs {sha})")
+        for row in p["rows"]:
+            same = [r for r in out["rows"] if r["label"] == row["label"]]
+            if not same:
+                out["rows"].append(copy.deepcopy(row))
+                continue
+            tgt = same[0]
+            if row["differs"] != tgt["differs"] or any(
+                _run_options(a) != _run_options(tgt["runs"][0]) for a in row["runs"]
+            ):
+                raise SystemExit(f"--merge: row '{row['label']}' ran other options in {stems}")
+            seeds = {r["seed"] for r in tgt["runs"]}
+            for run in row["runs"]:
+                if run["seed"] in seeds:
+                    raise SystemExit(f"--merge: '{row['label']}' seed {run['seed']} given twice")
+                tgt["runs"].append(copy.deepcopy(run))
+            tgt["runs"].sort(key=lambda r: r["seed"])
+            tgt["summary"] = _summary(tgt["runs"])
         out["significance"] = out.get("significance") or p.get("significance")
     out["command"] = "; ".join(p["command"] for p in parts) + (
         f"; python benchmarks/bench_kiaee_fashion.py --merge {' '.join(stems)} --out {out_stem}"
@@ -695,6 +727,11 @@ def _merge(stems: list[str], out_stem: str) -> None:
     out["verdict"] = _verdict(out)
     _write(out, out_stem)
     print(_markdown(out))
+
+
+def _run_options(run: dict[str, Any]) -> dict[str, Any]:
+    """What must be equal for two runs to be pooled as seeds of one row."""
+    return {"options": run.get("options"), "mu_scale": run.get("mu_scale")}
 
 
 def _median_norms(model: nn.Module, layers: tuple[str, ...]) -> dict[str, float]:
@@ -716,6 +753,13 @@ def main() -> None:
     ap.add_argument("--baseline-only", action="store_true")
     ap.add_argument("--seeds", type=int, default=3, help="seeds of the paper-protocol row")
     ap.add_argument("--ext-seeds", type=int, default=1, help="seeds of the extension row")
+    ap.add_argument(
+        "--first-seed",
+        type=int,
+        default=0,
+        help="seeds run are first-seed ... first-seed + n - 1 (seeds of a row as separate "
+        "processes, pooled by --merge)",
+    )
     ap.add_argument("--sig-seeds", type=int, default=5, help="seeds of the Appendix A test")
     ap.add_argument("--sig-mus", type=float, nargs="*", default=[3e-3])
     ap.add_argument("--mus", type=float, nargs="*", default=list(PAPER_MUS))
@@ -784,6 +828,7 @@ def main() -> None:
         "val_images": len(val_l.dataset),  # type: ignore[arg-type]
         "eager_ms": t_b,
         "ort_ms": ort_b["ort_ms"],
+        "weights_sha": _weights_sha(baseline),
     }
     print(f"baseline: {json.dumps(base)}", flush=True)
     mods = dict(baseline.named_modules())
@@ -863,7 +908,7 @@ def main() -> None:
     for label, differs, opts, n_seeds in row_defs:
         row = {"label": label, "differs": differs, "runs": []}
         out["rows"].append(row)
-        for seed in range(n_seeds):
+        for seed in range(args.first_seed, args.first_seed + n_seeds):
             run = _run(label, opts, seed, baseline, loaders, x_val, args)
             print(json.dumps({"label": label, "seed": seed, **{
                 k: run["chosen"][k] for k in ("test_top1", "speedup", "ort_speedup", "params")

@@ -82,3 +82,36 @@ def test_timing_alternates_the_order(monkeypatch):
         ms[tag].tag = tag
     b._timing(ms, torch.zeros(2, 1, 28, 28), rounds=2)
     assert order == ["a", "b", "c", "c", "b", "a"]
+
+
+def test_merge_pools_seeds_of_one_row_run_as_separate_processes(tmp_path, monkeypatch):
+    b = _bench()
+    monkeypatch.setattr(b, "RESULTS", tmp_path)
+
+    def run(seed, top1, mus=(0.25, 1.0)):
+        return _run(seed, top1, 1.2) | {"options": {"mus": list(mus)}, "mu_scale": {"c": 1.0}}
+
+    def write(stem, runs, sha="w1"):
+        o = _out(b, "extension", runs)
+        o["baseline"]["weights_sha"] = sha
+        (tmp_path / f"{stem}.json").write_text(json.dumps(o))
+
+    write("s0", [run(0, 90.0)])
+    write("s12", [run(2, 90.4), run(1, 90.2)])
+    b._merge(["s0", "s12"], "m")
+    m = json.loads((tmp_path / "m.json").read_text())
+    assert len(m["rows"]) == 1
+    row = m["rows"][0]
+    assert [r["seed"] for r in row["runs"]] == [0, 1, 2]
+    assert row["summary"]["test_top1"]["n"] == 3
+    assert row["summary"]["test_top1"]["mean"] == pytest.approx(90.2)
+    assert row["summary"]["test_top1"]["sd"] == pytest.approx(0.2)
+    write("dup", [run(0, 91.0)])
+    with pytest.raises(SystemExit, match="seed 0 given twice"):
+        b._merge(["s0", "dup"], "m2")
+    write("grid", [run(3, 91.0, mus=(0.5, 1.0))])
+    with pytest.raises(SystemExit, match="ran other options"):
+        b._merge(["s0", "grid"], "m3")
+    write("other", [run(4, 91.0)], sha="w2")
+    with pytest.raises(SystemExit, match="baseline weights differ"):
+        b._merge(["s0", "other"], "m4")
