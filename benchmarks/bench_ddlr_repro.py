@@ -18,19 +18,46 @@ Size ratio = stored weights of the compressed layers / their original weights, m
 returned modules (low rank: r(d+n); Net-Trim: COO 3 nnz as in the paper; biases, unchanged,
 are excluded). Relative accuracy = compressed test top-1 / original test top-1.
 
-    .venv/bin/python benchmarks/bench_ddlr_repro.py            # ~10-15 min on 2 shared cores
-    .venv/bin/python benchmarks/bench_ddlr_repro.py --quick    # smoke run
+Seeds (``--seeds``, default 0 1 2; every number is reported as mean ± sd over them, with a
+per-seed table beside it). A seed changes everything random in the pipeline except the spiral
+data set, which the paper fixes (one set of 1024 points, its Fig. 1; ``data.SPIRAL_SEED``):
 
-Writes benchmarks/results/ddlr_fig{2,3,4}_*.png, ddlr_repro.json and ddlr_repro.md.
+* the reference model: initialisation (``models.create(seed=)``), the order of the training
+  batches and the training seed; each seed has its own cached model (seed 0 keeps the tag of
+  the single-seed runs, seed s > 0 appends ``_s<s>``);
+* LeNet-5: the 1024 training samples drawn from the dataset and their 80 %-20 % split (so the
+  205-sample held-out test set is a different draw per seed; the full test set is fixed);
+* the draw of the N calibration samples (seed 0: the generator seed N, as before; seed s:
+  N + 1,000,000 s).
+
+Seed 0 reproduces the single-seed runs, and a single-seed results JSON of the old format (the
+committed ``ddlr_repro.json`` of 2026-12-01) is read as seed 0 by ``--merge`` / ``--replot``.
+Nothing is chosen on a test set: every eps point is reported.
+
+    .venv/bin/python benchmarks/bench_ddlr_repro.py --seeds 0 1 2   # ~17 min per seed, 1 thread
+    .venv/bin/python benchmarks/bench_ddlr_repro.py --quick          # smoke run (*_quick files)
+    # seeds as separate processes (1 torch thread each), then pooled:
+    .venv/bin/python benchmarks/bench_ddlr_repro.py --seeds 1 --out ddlr_repro_seed1
+    .venv/bin/python benchmarks/bench_ddlr_repro.py \
+        --merge ddlr_repro_seed0 ddlr_repro_seed1 ddlr_repro_seed2 --out ddlr_repro
+
+``--merge`` refuses to pool runs made with different settings (experiments, protocol, N, eps
+values, ADMM iteration cap, sample counts) or the same seed twice. Writes
+benchmarks/results/ddlr_fig{2,3,4}_*.png, ddlr_repro.json and ddlr_repro.md (other ``--out``
+stems: ``ddlr_fig<k>_<name><suffix>.png``, ``<stem>.json``, ``<stem>.md``; ``--quick`` always
+adds ``_quick``).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime as dt
 import json
 import os
 import platform
+import shlex
+import statistics
 import sys
 import time
 import warnings
@@ -111,15 +138,16 @@ def _cache() -> Path:
     return base / "checkpoints"
 
 
-def _datasets(exp: dict[str, Any]) -> tuple[TensorDataset, TensorDataset]:
-    """(train, test) of an experiment: with ``split``, the ``train_limit`` subset cut into
-    train / held-out test by a seeded permutation (the paper's 80 %-20 %)."""
+def _datasets(exp: dict[str, Any], seed: int = 0) -> tuple[TensorDataset, TensorDataset]:
+    """(train, test) of an experiment: the ``train_limit`` subset drawn with ``seed``; with
+    ``split``, that subset cut into train / held-out test by a permutation seeded with ``seed``
+    (the paper's 80 %-20 %). The spiral (no ``train_limit``) is the same for every seed."""
     kw: dict[str, Any] = {"limit": exp["train_limit"]} if exp["train_limit"] else {}
-    train = cdata.get_dataset(exp["dataset"], "train", seed=0, **kw)
+    train = cdata.get_dataset(exp["dataset"], "train", seed=seed, **kw)
     if "split" not in exp:
         return train, cdata.get_dataset(exp["dataset"], "test")
     x, y = train.tensors
-    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
     k = int(exp["split"] * len(x))
     return TensorDataset(x[perm[:k]], y[perm[:k]]), TensorDataset(x[perm[k:]], y[perm[k:]])
 
@@ -129,21 +157,41 @@ def _full_test(exp: dict[str, Any]) -> TensorDataset | None:
     return cdata.get_dataset(exp["dataset"], "test") if "split" in exp else None
 
 
-def _reference(name: str, exp: dict[str, Any], train_ds: TensorDataset) -> tuple[nn.Module, str]:
-    """Train (cross-entropy, the paper's optimizer / epochs / batch / lr) or load the cached
-    baseline."""
+def _reference_path(name: str, exp: dict[str, Any], n_train: int, seed: int = 0) -> Path:
+    """The cache file of an experiment's reference model for ``seed`` (seed 0: the name of the
+    single-seed runs; seed s > 0: ``_s<s>`` appended, so no two seeds share a model)."""
     t = exp["train"]
     opt = t.get("optimizer", "adam")
-    tag = f"ddlr_{name}_{exp['model']}_{exp['dataset']}_n{len(train_ds)}_e{t['epochs']}"
+    tag = f"ddlr_{name}_{exp['model']}_{exp['dataset']}_n{n_train}_e{t['epochs']}"
     if opt != "adam":  # the tag of the first reproduction's (Adam) models is kept as it was
         tag += f"_{opt}"
-    path = _cache() / f"{tag}.safetensors"
-    model = models.create(exp["model"], seed=0)
+    if seed != 0:
+        tag += f"_s{seed}"
+    return _cache() / f"{tag}.safetensors"
+
+
+def _calib_seed(N: int, seed: int) -> int:
+    """Generator seed of the draw of the N calibration samples (seed 0: N, as before)."""
+    return N + 1_000_000 * seed
+
+
+def _reference(
+    name: str, exp: dict[str, Any], train_ds: TensorDataset, seed: int = 0
+) -> tuple[nn.Module, str]:
+    """Train (cross-entropy, the paper's optimizer / epochs / batch / lr; initialisation, batch
+    order and training seeded with ``seed``) or load the cached baseline of that seed."""
+    t = exp["train"]
+    opt = t.get("optimizer", "adam")
+    path = _reference_path(name, exp, len(train_ds), seed)
+    model = models.create(exp["model"], seed=seed)
     if path.is_file():
         load_checkpoint(path, model)
         return model, f"cached {path}"
     loader = DataLoader(
-        train_ds, batch_size=t["batch"], shuffle=True, generator=torch.Generator().manual_seed(0)
+        train_ds,
+        batch_size=t["batch"],
+        shuffle=True,
+        generator=torch.Generator().manual_seed(seed),
     )
     cfg = TrainConfig(
         epochs=t["epochs"],
@@ -152,11 +200,13 @@ def _reference(name: str, exp: dict[str, Any], train_ds: TensorDataset) -> tuple
         momentum=0.0,  # the paper's "stochastic batch gradient descent": no momentum
         weight_decay=0.0,
         schedule="constant",
-        seed=0,
+        seed=seed,
     )
     t0 = time.perf_counter()
     train(model, loader, config=cfg, progress=False)
-    save_checkpoint(model, path, model=exp["model"], dataset=exp["dataset"], optimizer=opt)
+    save_checkpoint(
+        model, path, model=exp["model"], dataset=exp["dataset"], optimizer=opt, seed=seed
+    )
     return model, f"trained ({opt}) in {time.perf_counter() - t0:.1f}s -> {path}"
 
 
@@ -175,20 +225,20 @@ def _acc(model: nn.Module, test: DataLoader) -> float:
 
 
 def run_experiment(
-    name: str, exp: dict[str, Any], eps: tuple[float, ...], max_iter: int
+    name: str, exp: dict[str, Any], eps: tuple[float, ...], max_iter: int, seed: int = 0
 ) -> dict[str, Any]:
-    train_ds, test_ds = _datasets(exp)
-    model, how = _reference(name, exp, train_ds)
+    train_ds, test_ds = _datasets(exp, seed)
+    model, how = _reference(name, exp, train_ds, seed)
     test = DataLoader(test_ds, batch_size=1000)
     base = _acc(model, test)
     full_ds = _full_test(exp)
     full = None if full_ds is None else DataLoader(full_ds, batch_size=1000)
     base_full = None if full is None else _acc(model, full)
     orig = sum(model.get_submodule(n).weight.numel() for n in exp["layers"])
-    print(f"[{name}] baseline top1 {base:.2f}% ({how})", flush=True)
+    print(f"[{name} seed {seed}] baseline top1 {base:.2f}% ({how})", flush=True)
     rows = []
     for N in exp["N"]:
-        g = torch.Generator().manual_seed(N)
+        g = torch.Generator().manual_seed(_calib_seed(N, seed))
         idx = torch.randperm(len(train_ds), generator=g)[:N]
         xb = train_ds.tensors[0][idx]
         cd = CompressionData(train=None, calib=[xb], input_shape=tuple(xb.shape[1:]))
@@ -214,6 +264,7 @@ def run_experiment(
                 h = res.history["layers"]
                 row = {
                     "experiment": name,
+                    "seed": seed,
                     "N": N,
                     "method": method,
                     "eps_frac": frac,
@@ -260,6 +311,8 @@ def run_experiment(
                 )
     return {
         "experiment": name,
+        "seed": seed,
+        "reference": how,
         "paper": exp["paper"],
         "model": exp["model"],
         "dataset": exp["dataset"],
@@ -275,32 +328,232 @@ def run_experiment(
     }
 
 
-def plot(result: dict[str, Any], path: Path) -> None:
+# ---------------------------------------------------------------------------------------------
+# Seeds: mean ± sd, pooling of runs, report.
+
+
+def _mean_sd(v: list[float]) -> dict[str, float]:
+    """Mean, sample sd (0 for one value) and count of ``v``."""
+    return {
+        "mean": statistics.fmean(v),
+        "sd": statistics.stdev(v) if len(v) > 1 else 0.0,
+        "n": len(v),
+    }
+
+
+def _pm(d: dict[str, float] | None, fmt: str = ".4f", n: bool = True, unit: str = "") -> str:
+    """``mean ± sd<unit> (n=k)``; ``-`` for no value."""
+    if d is None:
+        return "-"
+    s = f"{d['mean']:{fmt}} ± {d['sd']:{fmt.lstrip('+')}}{unit}"
+    return s + (f" (n={d['n']})" if n else "")
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="3 eps values, one N, smoke run")
+    ap.add_argument("--only", choices=sorted(EXPERIMENTS), action="append")
+    ap.add_argument("--full-eps", action="store_true", help="all 11 eps values for LeNet too")
+    ap.add_argument("--max-iter", type=int, default=5000, help="ADMM iteration cap per solve")
+    ap.add_argument(
+        "--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds, run one after the other"
+    )
+    ap.add_argument(
+        "--out", default="ddlr_repro", help="results stem (--quick appends _quick if missing)"
+    )
+    ap.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="STEM",
+        help="only pool the seeds of these finished result stems (same settings) into --out",
+    )
+    ap.add_argument(
+        "--replot", action="store_true", help="only redraw the PNGs and .md from <--out>.json"
+    )
+    return ap
+
+
+def _settings(run: dict[str, Any]) -> dict[str, Any]:
+    """What must be equal for two runs to be pooled: per experiment its model, data, protocol,
+    layers, sample counts, N and eps values, and the ADMM iteration cap."""
+    exps = []
+    for res in run["experiments"]:
+        exps.append(
+            {
+                "experiment": res["experiment"],
+                "model": res["model"],
+                "dataset": res["dataset"],
+                "layers": list(res["layers"]),
+                "train_samples": res["train_samples"],
+                "test_samples": res["test_samples"],
+                "protocol": res.get("protocol"),
+                "original_weights": res["original_weights"],
+                "N": sorted({r["N"] for r in res["rows"]}),
+                "eps": sorted({r["eps_frac"] for r in res["rows"]}),
+                "methods": sorted({r["method"] for r in res["rows"]}),
+            }
+        )
+    return {"max_iter": run["max_iter"], "experiments": exps}
+
+
+def _legacy_run(old: dict[str, Any]) -> dict[str, Any]:
+    """A results JSON of the single-seed format (no ``runs``) as the run of seed 0; its ADMM
+    iteration cap is read back from its command line."""
+    argv = shlex.split(old["command"])
+    script = next(i for i, a in enumerate(argv) if a.endswith("bench_ddlr_repro.py"))
+    args = _parser().parse_args(argv[script + 1 :])
+    run = copy.deepcopy(old)
+    run["seed"] = 0
+    run["max_iter"] = args.max_iter
+    for res in run["experiments"]:
+        res.setdefault("seed", 0)
+        for r in res["rows"]:
+            r.setdefault("seed", 0)
+    return run
+
+
+def _runs_of(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    return doc["runs"] if "runs" in doc else [_legacy_run(doc)]
+
+
+def pool(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One results document from per-seed runs; ValueError when their settings differ or a seed
+    appears twice."""
+    if not runs:
+        raise ValueError("nothing to pool")
+    ref = _settings(runs[0])
+    seeds = [r["seed"] for r in runs]
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seed given more than once: {sorted(seeds)}")
+    for r in runs[1:]:
+        other = _settings(r)
+        for key in ("max_iter", "experiments"):
+            if other[key] != ref[key]:
+                raise ValueError(
+                    f"cannot pool seed {r['seed']} with seed {runs[0]['seed']}: {key} differs "
+                    f"({other[key]!r} vs {ref[key]!r})"
+                )
+    runs = sorted(runs, key=lambda r: r["seed"])
+    return {
+        "benchmark": "ddlr_repro",
+        "settings": ref,
+        "seeds": [r["seed"] for r in runs],
+        "runs": runs,
+    }
+
+
+def _key(r: dict[str, Any]) -> tuple[int, str, float]:
+    return (r["N"], r["method"], r["eps_frac"])
+
+
+def summarize(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per experiment: baseline and every (N, method, eps) point as mean ± sd over the seeds,
+    and the DDLR vs Net-Trim count on the mean curve and per seed."""
+    out = []
+    for i, first in enumerate(doc["runs"][0]["experiments"]):
+        per_seed = [run["experiments"][i] for run in doc["runs"]]
+        seeds = [str(run["seed"]) for run in doc["runs"]]
+        full = first.get("baseline_top1_full_test") is not None
+        points = []
+        for key in sorted({_key(r) for r in first["rows"]}):
+            rows = [next(r for r in res["rows"] if _key(r) == key) for res in per_seed]
+            count = "rank" if key[1] == "ddlr" else "nnz"
+            pt: dict[str, Any] = {"N": key[0], "method": key[1], "eps_frac": key[2]}
+            for f in ("size_ratio", "top1", "rel_acc", "seconds"):
+                pt[f] = _mean_sd([r[f] for r in rows])
+            pt["rel_acc_full_test"] = (
+                _mean_sd([r["rel_acc_full_test"] for r in rows]) if full else None
+            )
+            pt["per_layer"] = {
+                n: _mean_sd([r["per_layer"][n][count] for r in rows]) for n in first["layers"]
+            }
+            pt["dense"] = {
+                n: sum(r["per_layer"][n]["form"] == "dense" for r in rows) for n in first["layers"]
+            }
+            pt["by_seed"] = {
+                s: {"size_ratio": r["size_ratio"], "rel_acc": r["rel_acc"]}
+                for s, r in zip(seeds, rows, strict=True)
+            }
+            points.append(pt)
+        mean_rows = [
+            {**p, "size_ratio": p["size_ratio"]["mean"], "rel_acc": p["rel_acc"]["mean"]}
+            for p in points
+        ]
+        Ns = sorted({p["N"] for p in points})
+        out.append(
+            {
+                **{k: first[k] for k in ("experiment", "paper", "model", "dataset", "layers")},
+                **{k: first[k] for k in ("train_samples", "test_samples", "original_weights")},
+                "protocol": first.get("protocol"),
+                "png": first.get("png"),
+                "seeds": [int(s) for s in seeds],
+                "baseline_top1": _mean_sd([res["baseline_top1"] for res in per_seed]),
+                "baseline_top1_full_test": (
+                    _mean_sd([res["baseline_top1_full_test"] for res in per_seed]) if full else None
+                ),
+                "baseline_by_seed": {
+                    s: res["baseline_top1"] for s, res in zip(seeds, per_seed, strict=True)
+                },
+                "points": points,
+                "dominance_mean": {str(N): _dominance(mean_rows, N) for N in Ns},
+                "dominance_by_seed": {
+                    str(N): {
+                        s: _dominance(res["rows"], N)
+                        for s, res in zip(seeds, per_seed, strict=True)
+                    }
+                    for N in Ns
+                },
+            }
+        )
+    return out
+
+
+def plot(summary: dict[str, Any], path: Path) -> None:
+    """Mean curve per method and N, error bars of one sd on both axes and an sd band."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    Ns = sorted({r["N"] for r in result["rows"]})
+    Ns = sorted({p["N"] for p in summary["points"]})
+    n = len(summary["seeds"])
     fig, axes = plt.subplots(1, len(Ns), figsize=(5.2 * len(Ns), 4.2), squeeze=False)
     for ax, N in zip(axes[0], Ns, strict=True):
-        for method, style in (("ddlr", "o-"), ("net-trim", "s--")):
+        for method, style, color in (("ddlr", "o-", "C0"), ("net-trim", "s--", "C1")):
             pts = sorted(
-                (r["size_ratio"], r["rel_acc"])
-                for r in result["rows"]
-                if r["N"] == N and r["method"] == method
+                (p for p in summary["points"] if p["N"] == N and p["method"] == method),
+                key=lambda p: p["size_ratio"]["mean"],
             )
-            ax.plot(
-                [p[0] for p in pts],
-                [p[1] for p in pts],
-                style,
-                label="DDLR" if method == "ddlr" else "Net-Trim",
+            x = [p["size_ratio"]["mean"] for p in pts]
+            y = [p["rel_acc"]["mean"] for p in pts]
+            sd = [p["rel_acc"]["sd"] for p in pts]
+            ax.errorbar(
+                x,
+                y,
+                xerr=[p["size_ratio"]["sd"] for p in pts],
+                yerr=sd,
+                fmt=style,
+                color=color,
+                capsize=2,
+                ms=4,
+                label=("DDLR" if method == "ddlr" else "Net-Trim") + f" (mean ± sd, n={n})",
+            )
+            ax.fill_between(
+                x,
+                [a - b for a, b in zip(y, sd, strict=True)],
+                [a + b for a, b in zip(y, sd, strict=True)],
+                color=color,
+                alpha=0.15,
+                lw=0,
             )
         ax.axhline(1.0, color="grey", lw=0.8, ls=":", label="original")
         ax.set_xlabel("size ratio (compressed / original layer weights)")
         ax.set_ylabel("relative test accuracy")
         ax.set_title(
-            f"{result['paper']}\nN = {N}, baseline top-1 {result['baseline_top1']:.1f}%", fontsize=9
+            f"{summary['paper']}\nN = {N}, baseline top-1 "
+            f"{_pm(summary['baseline_top1'], '.1f', n=False)} % (seeds "
+            f"{', '.join(map(str, summary['seeds']))})",
+            fontsize=9,
         )
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -309,8 +562,9 @@ def plot(result: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def _dominance(rows: list[dict[str, Any]], N: int) -> str:
-    """For each Net-Trim point: best DDLR rel. acc. at a size <= its size (fair comparison)."""
+def _dominance(rows: list[dict[str, Any]], N: int) -> list[int]:
+    """For each Net-Trim point: is the best DDLR rel. acc. at a size <= its size (fair
+    comparison) better, equal or worse? [better, equal, worse] counts."""
     dd = [r for r in rows if r["N"] == N and r["method"] == "ddlr"]
     wins = ties = losses = 0
     for nt in (r for r in rows if r["N"] == N and r["method"] == "net-trim"):
@@ -324,7 +578,19 @@ def _dominance(rows: list[dict[str, Any]], N: int) -> str:
             ties += 1
         else:
             losses += 1
-    return f"{wins} better / {ties} equal / {losses} worse"
+    return [wins, ties, losses]
+
+
+def _count(c: list[int]) -> str:
+    return f"{c[0]} better / {c[1]} equal / {c[2]} worse"
+
+
+def _ahead(c: list[int]) -> str:
+    if c[0] > c[2]:
+        return "DDLR ahead"
+    if c[2] > c[0]:
+        return "DDLR behind"
+    return "mixed"
 
 
 def _protocol(res: dict[str, Any]) -> str:
@@ -340,29 +606,51 @@ def _protocol(res: dict[str, Any]) -> str:
     return txt
 
 
-def markdown(out: dict[str, Any]) -> str:
+def _per_layer(pt: dict[str, Any]) -> str:
+    return ", ".join(
+        f"{n}:{v['mean']:.1f} ± {v['sd']:.1f}"
+        + (f" (dense {pt['dense'][n]}/{v['n']})" if pt["dense"][n] else "")
+        for n, v in pt["per_layer"].items()
+    )
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    runs = doc["runs"]
+    seeds = doc["seeds"]
+    n = len(seeds)
+    summaries = summarize(doc)
     lines = [
         "# DDLR paper Figs. 2-4 (no retraining), measured with compactnn",
         "",
-        f"Command: `{out['command']}`  ",
-        f"Machine: {out['machine']}  ",
-        f"Date: {out['date']}, total {out['total_seconds']:.0f} s",
+        f"Command: `{doc['command']}`  ",
+        f"Machine: {doc['machine']}  ",
+        f"Date: {doc['date']}; seeds {', '.join(map(str, seeds))} (n = {n}); "
+        f"{sum(r['total_seconds'] for r in runs):.0f} s summed over the seeds ("
+        + ", ".join(f"seed {r['seed']}: {r['total_seconds']:.0f} s, {r['date']}" for r in runs)
+        + ")",
         "",
         "Size ratio = stored weights of the compressed layers / original weights (low rank "
         "r(d+n); Net-Trim COO 3 nnz; biases unchanged and excluded). Relative accuracy = "
         "compressed / original top-1 on the experiment's test set (LeNet-5: the 20 % held out of the "
-        "1024 samples, as the paper; the full test set beside it). Solver: admm backend.",
+        "1024 samples, as the paper; the full test set beside it). Solver: admm backend, "
+        f"iteration cap {doc['settings']['max_iter']}.",
+        "",
+        f"Every value is mean ± sd (sample sd) over the n = {n} seeds. A seed changes the "
+        "reference model (initialisation, batch order, training seed), for LeNet-5 the 1024 "
+        "training samples and their 80/20 split, and the draw of the N calibration samples; the "
+        "spiral data set is fixed, as in the paper. Nothing is chosen on a test set: every eps "
+        "point is reported.",
         "",
     ]
-    for res in out["experiments"]:
+    for res in summaries:
         lines += [
             f"## {res['paper']}: {res['model']} on {res['dataset']}, layers "
             f"{', '.join(res['layers'])}",
             "",
-            f"Baseline top-1 {res['baseline_top1']:.2f}% ({res['train_samples']} train / "
+            f"Baseline top-1 {_pm(res['baseline_top1'], '.2f', unit=' %')} ({res['train_samples']} train / "
             f"{res['test_samples']} test samples"
             + (
-                f"; {res['baseline_top1_full_test']:.2f} % on the full test set"
+                f"; {_pm(res['baseline_top1_full_test'], '.2f', n=False, unit=' %')} on the full test set"
                 if res.get("baseline_top1_full_test") is not None
                 else ""
             )
@@ -370,94 +658,196 @@ def markdown(out: dict[str, Any]) -> str:
             f"Training: {_protocol(res)}.",
             "",
         ]
-        for N in sorted({r["N"] for r in res["rows"]}):
+        for N, c in res["dominance_mean"].items():
+            per = res["dominance_by_seed"][N]
             lines.append(
-                f"DDLR vs Net-Trim, N = {N} (each Net-Trim point vs the best DDLR point "
-                f"at a size <= its size): {_dominance(res['rows'], N)}"
+                f"DDLR vs Net-Trim, N = {N}, on the mean curve (each Net-Trim point vs the best "
+                f"DDLR point at a mean size <= its mean size): {_count(c)}; per seed: "
+                + "; ".join(f"seed {s}: {_count(v)}" for s, v in per.items())
             )
             lines.append("")
-        full = any("rel_acc_full_test" in r for r in res["rows"])
+        full = res["baseline_top1_full_test"] is not None
         lines += [
+            f"Mean ± sd over n = {n} seeds:",
+            "",
             "| N | method | eps_frac | rank / nnz per layer | size ratio | top-1 % | "
             "rel. acc. | " + ("rel. acc. (full test set) | " if full else "") + "s |",
             "|---|---|---|---|---|---|---|---|" + ("---|" if full else ""),
         ]
-        for r in res["rows"]:
-            key = "rank" if r["method"] == "ddlr" else "nnz"
-            per = ", ".join(
-                f"{n}:{v[key]}" + ("(dense)" if v["form"] == "dense" else "")
-                for n, v in r["per_layer"].items()
-            )
+        for pt in res["points"]:
             lines.append(
-                f"| {r['N']} | {r['method']} | {r['eps_frac']} | {per} | "
-                f"{r['size_ratio']:.3f} | {r['top1']:.2f} | {r['rel_acc']:.4f} | "
-                + (f"{r['rel_acc_full_test']:.4f} | " if full else "")
-                + f"{r['seconds']:.1f} |"
+                f"| {pt['N']} | {pt['method']} | {pt['eps_frac']} | {_per_layer(pt)} | "
+                f"{_pm(pt['size_ratio'], '.3f', n=False)} | {_pm(pt['top1'], '.2f', n=False)} | "
+                f"{_pm(pt['rel_acc'])} | "
+                + (f"{_pm(pt['rel_acc_full_test'], n=False)} | " if full else "")
+                + f"{pt['seconds']['mean']:.1f} |"
             )
+        sd_cols = " | ".join(f"seed {s}" for s in res["seeds"])
+        lines += [
+            "",
+            "Per seed (size ratio / rel. acc.); baseline top-1 "
+            + ", ".join(f"seed {s}: {v:.2f} %" for s, v in res["baseline_by_seed"].items())
+            + ":",
+            "",
+            f"| N | method | eps_frac | {sd_cols} |",
+            "|---|---|---|" + "---|" * len(res["seeds"]),
+        ]
+        for pt in res["points"]:
+            cells = " | ".join(
+                f"{v['size_ratio']:.3f} / {v['rel_acc']:.4f}" for v in pt["by_seed"].values()
+            )
+            lines.append(f"| {pt['N']} | {pt['method']} | {pt['eps_frac']} | {cells} |")
         lines.append("")
     lines += ["## Verdict", ""]
-    for res in out["experiments"]:
-        for N in sorted({r["N"] for r in res["rows"]}):
-            lines.append(f"- {res['paper']}, N = {N}: DDLR vs Net-Trim at equal or smaller size "
-                         f"{_dominance(res['rows'], N)}.")  # fmt: skip
-    lines += [
-        "",
-        "One seed, no retraining, one draw of the N calibration samples. The paper shows DDLR "
-        "clearly ahead in all three figures; measured here it is clearly ahead only where the "
-        "count says so (LeNet-5 / MNIST at N = 256) and mixed or behind elsewhere. With the "
-        "paper's literal spiral protocol (plain SGD, lr 1e-3, 1000 epochs) the spiral network "
-        "underfits (see its baseline top-1; the paper's Fig. 1 shows a fitted boundary), so "
-        "Fig. 2's curve is that of a weak model; the first reproduction (Adam, "
-        "`ddlr_repro.json` of 2026-11-23 in git history) had DDLR ahead at N = 256. The 205-"
-        "sample held-out test sets of Figs. 3-4 move by 0.49 points per image.",
-        "",
+    ahead: list[str] = []
+    behind: list[str] = []
+    mixed: list[str] = []
+    seeds_txt = f"{n} seed{'s' if n > 1 else ''}"
+    for res in summaries:
+        for N, c in res["dominance_mean"].items():
+            word = _ahead(c)
+            if word == "DDLR ahead":
+                ahead.append(f"{res['experiment']} N = {N}")
+            elif word == "DDLR behind":
+                behind.append(f"{res['experiment']} N = {N}")
+            else:
+                mixed.append(f"{res['experiment']} N = {N}")
+            n_ahead = sum(_ahead(v) == "DDLR ahead" for v in res["dominance_by_seed"][N].values())
+            lines.append(
+                f"- {res['paper']}, N = {N}: {word} on the mean curve over {seeds_txt} "
+                f"(DDLR vs Net-Trim at equal or smaller mean size: {_count(c)}); DDLR ahead in "
+                f"{n_ahead} of {n} seeds taken one by one."
+            )
+    spiral = next((r for r in summaries if r["experiment"] == "fig2_spiral"), None)
+    heldout = next((r for r in summaries if r["protocol"] and r["protocol"].get("split")), None)
+    notes = [
+        f"Mean over {seeds_txt} ({', '.join(map(str, seeds))}), no retraining, "
+        "one draw of the N calibration samples per seed. The paper shows DDLR clearly ahead in "
+        "all three figures; measured here DDLR is ahead on the mean curve at "
+        + (", ".join(ahead) or "none")
+        + "; behind at "
+        + (", ".join(behind) or "none")
+        + "; mixed at "
+        + (", ".join(mixed) or "none")
+        + " (ahead / behind: more / fewer Net-Trim points beaten than lost on the mean curve).",
     ]
+    if spiral is not None and spiral["baseline_top1"]["mean"] < 90.0:
+        notes.append(
+            f"With the paper's literal spiral protocol ({_protocol(spiral)}) the spiral network "
+            f"underfits (baseline top-1 {_pm(spiral['baseline_top1'], '.2f', n=False)} %; the "
+            "paper's Fig. 1 shows a fitted boundary), so Fig. 2's curve is that of a weak model; "
+            "the first reproduction (Adam, `ddlr_repro.json` of 2026-11-23 in git history) had "
+            "DDLR ahead at N = 256."
+        )
+    if heldout is not None:
+        notes.append(
+            f"The {heldout['test_samples']}-sample held-out test sets of Figs. 3-4 move by "
+            f"{100 / heldout['test_samples']:.2f} points per image."
+        )
+    lines += ["", " ".join(notes), ""]
     return "\n".join(lines)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="3 eps values, one N, smoke run")
-    ap.add_argument("--only", choices=sorted(EXPERIMENTS), action="append")
-    ap.add_argument("--full-eps", action="store_true", help="all 11 eps values for LeNet too")
-    ap.add_argument("--max-iter", type=int, default=5000, help="ADMM iteration cap per solve")
-    ap.add_argument(
-        "--replot", action="store_true", help="only redraw the PNGs and .md from ddlr_repro.json"
+def _png_name(stem: str, name: str) -> str:
+    """``ddlr_<name>.png`` for the stem ``ddlr_repro`` (the committed figures), the stem's
+    suffix after it otherwise (``ddlr_repro_quick`` -> ``ddlr_<name>_quick.png``)."""
+    suffix = stem[len("ddlr_repro") :] if stem.startswith("ddlr_repro") else f"_{stem}"
+    return f"ddlr_{name}{suffix}.png"
+
+
+def _write(doc: dict[str, Any], stem: str) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    for res, first in zip(summarize(doc), doc["runs"][0]["experiments"], strict=True):
+        png = _png_name(stem, res["experiment"])
+        for run in doc["runs"]:
+            for r in run["experiments"]:
+                if r["experiment"] == res["experiment"]:
+                    r["png"] = png
+        first["png"] = res["png"] = png
+        plot(res, RESULTS / png)
+    (RESULTS / f"{stem}.json").write_text(json.dumps(doc, indent=2, default=str))
+    (RESULTS / f"{stem}.md").write_text(markdown(doc))
+
+
+def _document(runs: list[dict[str, Any]], command: str) -> dict[str, Any]:
+    doc = pool(runs)
+    machines = list(dict.fromkeys(r["machine"] for r in runs))
+    return {
+        **doc,
+        "command": command,
+        "machine": "; ".join(machines),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+
+
+def merge(stems: list[str], out_stem: str) -> dict[str, Any]:
+    """Pool the seeds of finished result stems (either format) into ``out_stem``."""
+    runs = [run for s in stems for run in _runs_of(json.loads((RESULTS / f"{s}.json").read_text()))]
+    cmds = list(dict.fromkeys(r["command"] for r in runs))
+    command = "; ".join(cmds) + (
+        f"; .venv/bin/python benchmarks/bench_ddlr_repro.py --merge {' '.join(stems)} "
+        f"--out {out_stem}"
     )
-    args = ap.parse_args()
+    return _document(runs, command)
+
+
+def _stem(args: argparse.Namespace) -> str:
+    stem = args.out
+    if args.quick and not stem.endswith("_quick"):
+        stem += "_quick"
+    return stem
+
+
+def main() -> None:
+    args = _parser().parse_args()
+    stem = _stem(args)
+    if args.merge:
+        if not stem.endswith("_quick") and any(s.endswith("_quick") for s in args.merge):
+            raise SystemExit("--merge: quick runs can only be merged into a *_quick stem")
+        try:
+            doc = merge(args.merge, stem)
+        except ValueError as e:
+            raise SystemExit(f"--merge: {e}") from None
+        _write(doc, stem)
+        print(markdown(doc))
+        return
     if args.replot:
-        saved = json.loads((RESULTS / "ddlr_repro.json").read_text())
-        for res in saved["experiments"]:
-            plot(res, RESULTS / res["png"])
-        (RESULTS / "ddlr_repro.md").write_text(markdown(saved))
+        saved = json.loads((RESULTS / f"{stem}.json").read_text())
+        doc = {**pool(_runs_of(saved)), **{k: saved[k] for k in ("command", "machine", "date")}}
+        _write(doc, stem)
         return
     torch.set_num_threads(1)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    out_exps = []
-    for name in args.only or list(EXPERIMENTS):
-        exp = dict(EXPERIMENTS[name])
-        eps = LENET_EPS if (args.full_eps and exp["model"] == "lenet5") else exp["eps"]
-        if args.quick:
-            eps = (eps[0], eps[len(eps) // 2], eps[-1])
-            exp["N"] = exp["N"][:1]
-        res = run_experiment(name, exp, tuple(eps), args.max_iter)
-        png = RESULTS / f"ddlr_{name}.png"
-        plot(res, png)
-        res["png"] = png.name
-        out_exps.append(res)
-    out = {
-        "command": " ".join([".venv/bin/python", "benchmarks/bench_ddlr_repro.py", *sys.argv[1:]]),
-        "machine": f"{platform.machine()} CPU, 2 shared cores, 1 torch thread, torch "
-        f"{torch.__version__}",
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "total_seconds": time.perf_counter() - t0,
-        "experiments": out_exps,
-    }
-    stem = "ddlr_repro_quick" if args.quick else "ddlr_repro"
-    (RESULTS / f"{stem}.json").write_text(json.dumps(out, indent=2, default=str))
-    (RESULTS / f"{stem}.md").write_text(markdown(out))
-    print(f"wrote {RESULTS / stem}.json/.md in {out['total_seconds']:.0f}s")
+    command = " ".join([".venv/bin/python", "benchmarks/bench_ddlr_repro.py", *sys.argv[1:]])
+    machine = (
+        f"{platform.machine()} CPU, {os.cpu_count()} shared cores, 1 torch thread, torch "
+        f"{torch.__version__}"
+    )
+    runs = []
+    for seed in args.seeds:
+        t0 = time.perf_counter()
+        out_exps = []
+        for name in args.only or list(EXPERIMENTS):
+            exp = dict(EXPERIMENTS[name])
+            eps = LENET_EPS if (args.full_eps and exp["model"] == "lenet5") else exp["eps"]
+            if args.quick:
+                eps = (eps[0], eps[len(eps) // 2], eps[-1])
+                exp["N"] = exp["N"][:1]
+            out_exps.append(run_experiment(name, exp, tuple(eps), args.max_iter, seed))
+        runs.append(
+            {
+                "seed": seed,
+                "command": command,
+                "machine": machine,
+                "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                "total_seconds": time.perf_counter() - t0,
+                "max_iter": args.max_iter,
+                "load_at_end": os.getloadavg(),
+                "experiments": out_exps,
+            }
+        )
+        _write(_document(runs, command), stem)  # after every seed: a partial report
+        print(f"seed {seed} done in {runs[-1]['total_seconds']:.0f}s", flush=True)
+    print(f"wrote {RESULTS / stem}.json/.md")
 
 
 if __name__ == "__main__":
