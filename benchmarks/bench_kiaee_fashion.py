@@ -694,9 +694,19 @@ def _merge(stems: list[str], out_stem: str) -> None:
         for key in ("baseline_checkpoint", "setup"):
             if p[key] != parts[0][key]:
                 raise SystemExit(f"--merge: {key} differs between {stems[0]} and the others")
-        sha0, sha = parts[0]["baseline"].get("weights_sha"), p["baseline"].get("weights_sha")
-        if sha0 and sha and sha0 != sha:
-            raise SystemExit(f"--merge: the baseline weights differ ({sha0} vs {sha})")
+        b0, b1 = parts[0]["baseline"], p["baseline"]
+        if b0.get("weights_sha") and b1.get("weights_sha"):
+            if b0["weights_sha"] != b1["weights_sha"]:
+                raise SystemExit(
+                    f"--merge: the baseline weights differ ({b0['weights_sha']} vs "
+                    f"{b1['weights_sha']})"
+                )
+        elif any(b0[k] != b1[k] for k in ("test_top1", "val_top1", "params")):
+            # a report from before weights_sha: a retrained baseline shows in its accuracies
+            raise SystemExit(
+                "--merge: the baselines differ (test / validation top-1 "
+                f"{b0['test_top1']} / {b0['val_top1']} vs {b1['test_top1']} / {b1['val_top1']})"
+            )
         for row in p["rows"]:
             same = [r for r in out["rows"] if r["label"] == row["label"]]
             if not same:

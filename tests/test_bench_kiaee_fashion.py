@@ -115,3 +115,18 @@ def test_merge_pools_seeds_of_one_row_run_as_separate_processes(tmp_path, monkey
     write("other", [run(4, 91.0)], sha="w2")
     with pytest.raises(SystemExit, match="baseline weights differ"):
         b._merge(["s0", "other"], "m4")
+
+
+def test_merge_refuses_a_retrained_baseline_without_fingerprint(tmp_path, monkeypatch):
+    b = _bench()
+    monkeypatch.setattr(b, "RESULTS", tmp_path)
+    old = _out(b, "paper protocol", [_run(0, 90.3, 1.0)])  # a report from before weights_sha
+    new = _out(b, "extension", [_run(0, 90.2, 1.1)])
+    new["baseline"] |= {"weights_sha": "w1", "test_top1": 90.6}  # retrained: same path, 90.6 %
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    (tmp_path / "new.json").write_text(json.dumps(new))
+    with pytest.raises(SystemExit, match="the baselines differ"):
+        b._merge(["old", "new"], "m")
+    new["baseline"]["test_top1"] = 90.7  # same accuracies and size: taken as the same baseline
+    (tmp_path / "new.json").write_text(json.dumps(new))
+    b._merge(["old", "new"], "m")
