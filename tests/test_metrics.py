@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from compactnn import metrics
-from compactnn.errors import InputShapeError
+from compactnn.errors import ConfigError, InputShapeError
 
 
 def tiny_cnn() -> nn.Module:
@@ -133,3 +133,44 @@ def test_latency_percentiles_stay_within_the_measured_times() -> None:
     for times in ([1.0, 3.0], [2.0, 5.0, 9.0], [4.0, 1.0, 8.0, 2.0, 6.0]):
         r = metrics.LatencyResult.from_times(times, batch_size=1, threads=1, warmup=0)
         assert min(times) <= r.p10_ms <= r.median_ms <= r.p90_ms <= max(times)
+
+
+def test_interleaved_latency_alternates_the_order_and_pools_the_rounds() -> None:
+    seen: list[tuple[str, torch.Tensor]] = []
+
+    class Tagged(nn.Module):
+        def __init__(self, tag: str) -> None:
+            super().__init__()
+            self.tag = tag
+            self.lin = nn.Linear(4, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.append((self.tag, x))
+            return self.lin(x)
+
+    before = torch.get_num_threads()
+    res = metrics.measure_latency_interleaved(
+        {"a": Tagged("a"), "b": Tagged("b")}, (4,), rounds=3, batch_size=5, warmup=1, repeats=2
+    )
+    assert set(res) == {"a", "b"}
+    assert all(r.repeats == 3 * 2 and r.batch_size == 5 for r in res.values())
+    # each round: warm-up + repeats of one model, then of the other; the order flips per round
+    runs = [t for t, _ in seen]
+    per_round = 2 * (1 + 2)
+    firsts = [runs[i * per_round] for i in range(3)]
+    assert firsts == ["a", "b", "a"]
+    assert runs[: per_round // 2] == ["a"] * 3 and runs[per_round // 2 : per_round] == ["b"] * 3
+    # with no inputs every model runs on the same random batch
+    assert all(torch.equal(x, seen[0][1]) for _, x in seen)
+    assert torch.get_num_threads() == before
+
+
+def test_interleaved_latency_rejects_bad_input() -> None:
+    with pytest.raises(ConfigError, match="'models' is empty"):
+        metrics.measure_latency_interleaved({}, (1, 8, 8))
+    with pytest.raises(ConfigError, match="rounds"):
+        metrics.measure_latency_interleaved({"m": tiny_cnn()}, (1, 8, 8), rounds=0)
+    with pytest.raises(InputShapeError, match="measure_latency_interleaved: 'inputs'"):
+        metrics.measure_latency_interleaved(
+            {"m": tiny_cnn()}, (1, 8, 8), batch_size=2, inputs=torch.zeros(2, 3, 8, 8)
+        )

@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import statistics
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -46,6 +46,7 @@ __all__ = [
     "count_params",
     "layer_table",
     "measure_latency",
+    "measure_latency_interleaved",
     "memory_mb",
     "memory_bytes",
     "real_batch",
@@ -375,17 +376,35 @@ def measure_latency(
     check_int(threads, "threads", "measure_latency", min_value=1)
     check_int(warmup, "warmup", "measure_latency", min_value=0)
     check_int(repeats, "repeats", "measure_latency", min_value=1)
+    x = _latency_input(model, input_shape, batch_size, inputs, "measure_latency")
+    times = _timed_runs(model, x, threads, warmup, repeats, min_time_s)
+    return LatencyResult.from_times(times, batch_size=batch_size, threads=threads, warmup=warmup)
+
+
+def _latency_input(
+    model: nn.Module,
+    input_shape: Sequence[int],
+    batch_size: int,
+    inputs: torch.Tensor | None,
+    fn: str,
+) -> torch.Tensor:
+    """The batch a latency is measured on: real samples when given, else N(0, 1)."""
     x = _example_input(model, input_shape, batch_size)
     if inputs is None:
-        x.normal_()
-    else:
-        real = real_batch([inputs], batch_size)
-        if real is None or tuple(real.shape) != tuple(x.shape):
-            raise InputShapeError(
-                f"measure_latency: 'inputs' must be a batch of samples of shape "
-                f"{tuple(input_shape)}. Got {None if real is None else tuple(real.shape[1:])}."
-            )
-        x.copy_(real)
+        return x.normal_()
+    real = real_batch([inputs], batch_size)
+    if real is None or tuple(real.shape) != tuple(x.shape):
+        raise InputShapeError(
+            f"{fn}: 'inputs' must be a batch of samples of shape "
+            f"{tuple(input_shape)}. Got {None if real is None else tuple(real.shape[1:])}."
+        )
+    return x.copy_(real)
+
+
+def _timed_runs(
+    model: nn.Module, x: torch.Tensor, threads: int, warmup: int, repeats: int, min_time_s: float
+) -> list[float]:
+    """Milliseconds of ``repeats`` (at least) timed forward passes after ``warmup`` untimed ones."""
     times: list[float] = []
     with _threads(threads), _eval_no_grad(model):
         for _ in range(warmup):
@@ -399,7 +418,52 @@ def measure_latency(
             dt = time.perf_counter() - t0
             times.append(dt * 1e3)
             spent += dt
-    return LatencyResult.from_times(times, batch_size=batch_size, threads=threads, warmup=warmup)
+    return times
+
+
+def measure_latency_interleaved(
+    models: Mapping[str, nn.Module],
+    input_shape: Sequence[int],
+    *,
+    rounds: int = 3,
+    batch_size: int = 1,
+    threads: int = 1,
+    warmup: int = 2,
+    repeats: int = 10,
+    inputs: torch.Tensor | None = None,
+) -> dict[str, LatencyResult]:
+    """Latencies of several models timed in turn, so that a ratio of two of them (a speed-up)
+    is not the load of the machine changing between two measurements.
+
+    Each of ``rounds`` rounds times every model (``measure_latency`` with ``warmup`` and
+    ``repeats``), the order reversed every other round so that no model always runs first; a
+    model's result pools its timed runs of all rounds. With no ``inputs`` every model is timed on
+    the same N(0, 1) batch.
+
+    Returns:
+        one LatencyResult per key of ``models``.
+    """
+    fn = "measure_latency_interleaved"
+    check_int(rounds, "rounds", fn, min_value=1)
+    check_int(batch_size, "batch_size", fn, min_value=1)
+    check_int(threads, "threads", fn, min_value=1)
+    check_int(warmup, "warmup", fn, min_value=0)
+    check_int(repeats, "repeats", fn, min_value=1)
+    if not models:
+        raise ConfigError(f"{fn}: 'models' is empty; give at least one model to time.")
+    xs = {k: _latency_input(m, input_shape, batch_size, inputs, fn) for k, m in models.items()}
+    if inputs is None:  # one random batch for every model
+        first = next(iter(xs.values()))
+        xs = {k: first for k in xs}
+    times: dict[str, list[float]] = {k: [] for k in models}
+    items = list(models.items())
+    for rnd in range(rounds):
+        for key, model in items if rnd % 2 == 0 else items[::-1]:
+            times[key] += _timed_runs(model, xs[key], threads, warmup, repeats, 0.0)
+    return {
+        k: LatencyResult.from_times(t, batch_size=batch_size, threads=threads, warmup=warmup)
+        for k, t in times.items()
+    }
 
 
 def accuracy(
