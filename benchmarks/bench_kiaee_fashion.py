@@ -178,16 +178,13 @@ def _timing(
     models_: dict[str, nn.Module], x: torch.Tensor, rounds: int = 3, repeats: int = 7
 ) -> dict[str, float]:
     """Eager median ms at batch len(x), one thread, the models interleaved ``rounds`` times (the
-    order reversed every other round, so that no model always runs first)."""
-    out: dict[str, list[float]] = {k: [] for k in models_}
-    for rnd in range(rounds):
-        items = list(models_.items())
-        for k, m in items if rnd % 2 == 0 else items[::-1]:
-            r = metrics.measure_latency(
-                m, INPUT, batch_size=len(x), threads=1, warmup=2, repeats=repeats, inputs=x
-            )
-            out[k].append(r.median_ms)
-    return {k: statistics.median(v) for k, v in out.items()}
+    order reversed every other round, so that no model always runs first:
+    ``metrics.measure_latency_interleaved``)."""
+    res = metrics.measure_latency_interleaved(
+        models_, INPUT, rounds=rounds, batch_size=len(x), threads=1, warmup=2, repeats=repeats,
+        inputs=x,
+    )  # fmt: skip
+    return {k: r.median_ms for k, r in res.items()}
 
 
 def _onnx_pair(

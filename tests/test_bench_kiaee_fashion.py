@@ -64,24 +64,24 @@ def test_merge_pools_rows_of_one_baseline(tmp_path, monkeypatch):
         b._merge(["p", "e2"], "m2")
 
 
-def test_timing_alternates_the_order(monkeypatch):
+def test_timing_alternates_the_order():
     b = _bench()
     order = []
 
-    class R:
-        median_ms = 1.0
+    class Tagged(nn.Module):
+        def __init__(self, tag):
+            super().__init__()
+            self.tag = tag
 
-    def fake(model, *_a, **_k):
-        order.append(model.tag)
-        return R()
+        def forward(self, x):
+            order.append(self.tag)
+            return x
 
-    monkeypatch.setattr(b.metrics, "measure_latency", fake)
-    ms = {}
-    for tag in ("a", "b", "c"):
-        ms[tag] = nn.Identity()
-        ms[tag].tag = tag
-    b._timing(ms, torch.zeros(2, 1, 28, 28), rounds=2)
-    assert order == ["a", "b", "c", "c", "b", "a"]
+    ms = {tag: Tagged(tag) for tag in ("a", "b", "c")}
+    out = b._timing(ms, torch.zeros(2, 1, 28, 28), rounds=2, repeats=1)
+    assert set(out) == {"a", "b", "c"} and all(v > 0 for v in out.values())
+    # per model: 2 warm-up passes + 1 timed; round 2 runs the models in reverse order
+    assert [t for i, t in enumerate(order) if i % 3 == 0] == ["a", "b", "c", "c", "b", "a"]
 
 
 def test_merge_pools_seeds_of_one_row_run_as_separate_processes(tmp_path, monkeypatch):
