@@ -347,17 +347,21 @@ def main() -> None:
         "seeds_asked": args.seeds,
         "rows": {},
     }
-    for key in args.rows:
+    # --keep: the earlier JSON's runs stay in the report even for rows / seeds not asked here
+    rows = [k for k in ROWS if k in args.rows or any(k == kk for kk, _ in kept)]
+    seeds = sorted(set(args.seeds) | {s for _, s in kept})
+    for key in rows:
         row = {k: ROWS[key][k] for k in ("label", "recipe", "differs")}
         row["runs"] = []
         out["rows"][key] = row
-    for seed in args.seeds:  # seeds outermost: a cut-short run leaves both rows with n seeds
-        for key in args.rows:
+    for seed in seeds:  # seeds outermost: a cut-short run leaves both rows with n seeds
+        for key in rows:
             d = _run_dir(key, seed)
+            asked = key in args.rows and seed in args.seeds
             if (key, seed) in kept and not (d / "report.json").is_file():
                 r = kept[(key, seed)]
                 print(f"{key} seed {seed}: kept from the earlier results JSON ({r['date']})")
-            elif args.report_only and not (d / "report.json").is_file():
+            elif not asked or (args.report_only and not (d / "report.json").is_file()):
                 continue
             else:
                 r = _run(key, seed, ckpt, sha, args.threads)

@@ -164,3 +164,36 @@ def test_a_run_records_its_recipe_fingerprint(tmp_path, monkeypatch):
     monkeypatch.setattr(b.subprocess, "run", fake_run)
     r = b._run("extension", 0, tmp_path / "base.safetensors", "sha-a", 1)
     assert r["recipe_sha"] == b._file_sha(b.RECIPES / b.ROWS["extension"]["recipe"])
+
+
+def test_keep_with_one_row_and_seed_writes_every_earlier_run_too(tmp_path, monkeypatch):
+    """`--rows paper --seeds 1 --keep` adds paper seed 1 and keeps the earlier runs of both rows
+    (it used to write a report with that one run only)."""
+    b = _bench()
+    monkeypatch.setattr(b, "RESULTS", tmp_path)
+    monkeypatch.setattr(b, "_baseline", lambda: (tmp_path / "base.safetensors", "sha-a"))
+    monkeypatch.setattr(b, "_run_dir", lambda key, seed: tmp_path / f"{key}-{seed}")
+    cur = {k: b._file_sha(b.RECIPES / b.ROWS[k]["recipe"]) for k in b.ROWS}
+
+    def summary(key, seed):
+        r = b._summarise(_report(99.0 - seed, (3, 7, 60), 2.0), key, seed, {"date": "d"})
+        return r | {"recipe_sha": cur[key]}
+
+    old = {
+        "base_sha": "sha-a",
+        "rows": {
+            "paper": {"runs": [summary("paper", 0)]},
+            "extension": {"runs": [summary("extension", s) for s in (0, 1, 2)]},
+        },
+    }
+    (tmp_path / "ssr_budget_seeds.json").write_text(json.dumps(old))
+    ran = []
+    monkeypatch.setattr(
+        b, "_run", lambda key, seed, *a: ran.append((key, seed)) or summary(key, seed)
+    )
+    monkeypatch.setattr(b.sys, "argv", ["bench", "--rows", "paper", "--seeds", "1", "--keep"])
+    b.main()
+    assert ran == [("paper", 1)]
+    out = json.loads((tmp_path / "ssr_budget_seeds.json").read_text())
+    assert [r["seed"] for r in out["rows"]["paper"]["runs"]] == [0, 1]
+    assert [r["seed"] for r in out["rows"]["extension"]["runs"]] == [0, 1, 2]
