@@ -148,17 +148,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ft", type=int, default=8, help="fine-tuning epochs (every row)")
     ap.add_argument("--paper", action="store_true", help="the paper's protocol (see docstring)")
-    ap.add_argument("--seed", type=int, default=0,
-                    help="validation split, loader shuffling and the methods' seed (never the "
-                    "baseline: the demo's seed-0 LeNet for every seed)")  # fmt: skip
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--out", type=Path, default=RESULTS, help="results directory")
-    ap.add_argument("--out-stem", help="output file stem (default ssr_gap[_paper][_seedN])")
-    ap.add_argument("--merge", nargs="+", metavar="STEM",
-                    help="only pool these finished result stems (of --out) into --out-stem: "
-                    "same baseline fingerprint and settings, distinct seeds")  # fmt: skip
-    ap.add_argument("--render", type=Path, help="re-write the .md of this results JSON")
+    seed_pool.add_seed_args(ap, "ssr_gap", "ssr_gap[_paper][_seedN]")
     args = ap.parse_args(argv)
     if args.render is not None:
         args.render.with_suffix(".md").write_text(markdown(json.loads(args.render.read_text())))
@@ -284,13 +274,7 @@ def _recipe(run: dict[str, Any]) -> dict[str, Any]:
 def merge(stems: list[str], out_dir: Path = RESULTS, argv: list[str] | None = None) -> dict:
     """One report from single-seed (or already pooled) result files ``out_dir/<stem>.json``;
     SystemExit when they have different baselines or settings, or repeat a seed."""
-    runs, names = [], []
-    for stem in stems:
-        for run in seed_pool.runs_of(json.loads((out_dir / f"{stem}.json").read_text())):
-            runs.append(run)
-            names.append(stem)
-    seed_pool.check_poolable(runs, names, _recipe)
-    runs.sort(key=lambda r: r["seed"])
+    runs = seed_pool.load_poolable(stems, out_dir, _recipe)
     return pooled(runs, "python " + " ".join([Path(__file__).name, *(argv or ["--merge", *stems])]))
 
 

@@ -108,17 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--ft", type=int, default=1, help="fine-tuning epochs after each lambda")
     ap.add_argument("--ft-steps", type=int, default=50, help="cap on batches per fine-tuning epoch")
     ap.add_argument("--tol", type=float, default=0.5, help="validation error tolerance (points)")
-    ap.add_argument("--seed", type=int, default=0,
-                    help="validation split, loader shuffling and the method's seed (never the "
-                    "baseline: the demo's seed-0 LeNet for every seed)")  # fmt: skip
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--out", type=Path, default=RESULTS, help="results directory")
-    ap.add_argument("--out-stem", help="output file stem (default ssr_lam_path[_seedN])")
-    ap.add_argument("--merge", nargs="+", metavar="STEM",
-                    help="only pool these finished result stems (of --out) into --out-stem: "
-                    "same baseline fingerprint and settings, distinct seeds")  # fmt: skip
-    ap.add_argument("--render", type=Path, help="re-write the .md of this results JSON")
+    seed_pool.add_seed_args(ap, "ssr_lam_path", "ssr_lam_path[_seedN]")
     args = ap.parse_args(argv)
     if args.render is not None:
         args.render.with_suffix(".md").write_text(markdown(json.loads(args.render.read_text())))
@@ -196,10 +186,6 @@ def choose(rows: list[dict[str, Any]], tol: float) -> float | None:
     return min(ok, key=lambda r: (r["macs"], r["val_err"]))["lam"] if ok else None
 
 
-def _seed(run: dict[str, Any]) -> Any:
-    return run.get("seed", run["settings"].get("seed"))
-
-
 def _recipe(run: dict[str, Any]) -> dict[str, Any]:
     """What must be equal for two runs to be pooled (the baseline is checked separately)."""
     s = {k: v for k, v in run["settings"].items() if k != "seed"}
@@ -209,13 +195,7 @@ def _recipe(run: dict[str, Any]) -> dict[str, Any]:
 def merge(stems: list[str], out_dir: Path = RESULTS, argv: list[str] | None = None) -> dict:
     """One report from single-seed (or already pooled) result files ``out_dir/<stem>.json``;
     SystemExit when they have different baselines or settings, or repeat a seed."""
-    runs, names = [], []
-    for stem in stems:
-        for run in seed_pool.runs_of(json.loads((out_dir / f"{stem}.json").read_text())):
-            runs.append(run)
-            names.append(stem)
-    seed_pool.check_poolable(runs, names, _recipe)
-    runs.sort(key=_seed)
+    runs = seed_pool.load_poolable(stems, out_dir, _recipe)
     first = runs[0]
     return {
         "command": "python " + " ".join([Path(__file__).name, *(argv or ["--merge", *stems])]),
@@ -223,7 +203,7 @@ def merge(stems: list[str], out_dir: Path = RESULTS, argv: list[str] | None = No
         "machine": first["machine"],
         "quick": first.get("quick", False),
         "baseline": first["baseline"],
-        "seeds": [_seed(r) for r in runs],
+        "seeds": [seed_pool.run_seed(r) for r in runs],
         "summary": summary(runs),
         "chosen": chosen_summary(runs),
         "runs": runs,
@@ -260,7 +240,7 @@ def chosen_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
         base = run["rows"][0]
         r = next((r for r in run["rows"] if lam is not None and r["lam"] == lam), None)
         per_seed.append(
-            {"seed": _seed(run), "lam": lam}
+            {"seed": seed_pool.run_seed(run), "lam": lam}
             | ({} if r is None else {**r, "err_increase": r["test_err"] - base["test_err"]})
         )
     got = [p for p in per_seed if p["lam"] is not None]
@@ -280,7 +260,7 @@ def markdown(out: dict[str, Any]) -> str:
     first = runs[0]
     s = first["settings"]
     n = len(runs)
-    seeds = ", ".join(str(_seed(r)) for r in runs)
+    seeds = ", ".join(str(seed_pool.run_seed(r)) for r in runs)
     commands = [r["command"] for r in runs] + ([out["command"]] if "runs" in out else [])
     minutes = seed_pool.mean_sd([r["seconds"] / 60 for r in runs])
     loads = ", ".join(f"{r['load'][0]:.1f}" for r in runs)
@@ -335,7 +315,7 @@ def markdown(out: dict[str, Any]) -> str:
         for r in run["rows"]:
             mark = " **(chosen on validation)**" if r["lam"] == run["chosen_lam"] else ""
             lines.append(
-                f"| {_seed(run)} | {_lam(r['lam'])}{mark} | {r['filters']} | {r['params']:,} | "
+                f"| {seed_pool.run_seed(run)} | {_lam(r['lam'])}{mark} | {r['filters']} | {r['params']:,} | "
                 f"{r['macs']:,} | {r['ms']:.2f} | {r['speedup']:.2f}x | {r['val_err']:.2f} | "
                 f"{r['test_err']:.2f} |"
             )

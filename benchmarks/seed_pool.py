@@ -9,6 +9,8 @@ keeps every run under ``runs`` so that it can be pooled again with further seeds
 
 from __future__ import annotations
 
+import argparse
+import json
 import statistics
 import sys
 from collections.abc import Callable, Sequence
@@ -65,9 +67,7 @@ def check_poolable(
     """SystemExit unless ``runs`` (from the files ``names``, one per run) may be pooled: each has
     a baseline fingerprint, all fingerprints and recipes are equal, no seed twice."""
 
-    def seed(run: dict[str, Any]) -> Any:
-        return run.get("seed", (run.get("settings") or {}).get("seed"))
-
+    seed = run_seed
     for run, name in zip(runs, names, strict=True):
         if not (run.get("baseline") or {}).get("state_sha"):
             raise SystemExit(
@@ -92,3 +92,38 @@ def check_poolable(
     dup = sorted({s for s in seeds if seeds.count(s) > 1})
     if dup:
         raise SystemExit(f"seed(s) {dup} appear more than once among {list(names)}")
+
+
+def run_seed(run: dict[str, Any]) -> Any:
+    """A run's seed (older runs keep it in their settings)."""
+    return run.get("seed", (run.get("settings") or {}).get("seed"))
+
+
+def load_poolable(
+    stems: Sequence[str], out_dir: Path, recipe: Callable[[dict[str, Any]], dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Every run of the result files ``out_dir/<stem>.json`` (single-seed or already pooled),
+    checked by :func:`check_poolable` and sorted by seed."""
+    runs, names = [], []
+    for stem in stems:
+        for run in runs_of(json.loads((out_dir / f"{stem}.json").read_text())):
+            runs.append(run)
+            names.append(stem)
+    check_poolable(runs, names, recipe)
+    return sorted(runs, key=run_seed)
+
+
+def add_seed_args(ap: argparse.ArgumentParser, bench: str, stem_default: str) -> None:
+    """The options every single-seed bench shares: --seed, --threads, --quick, --out, --out-stem,
+    --merge and --render."""
+    ap.add_argument("--seed", type=int, default=0,
+                    help="validation split, loader shuffling and the method's seed (never the "
+                    "baseline: the demo's seed-0 LeNet for every seed)")  # fmt: skip
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--out", type=Path, default=HERE / "results", help="results directory")
+    ap.add_argument("--out-stem", help=f"output file stem (default {stem_default})")
+    ap.add_argument("--merge", nargs="+", metavar="STEM",
+                    help="only pool these finished result stems (of --out) into --out-stem: "
+                    "same baseline fingerprint and settings, distinct seeds")  # fmt: skip
+    ap.add_argument("--render", type=Path, help=f"re-write the .md of this {bench} results JSON")
