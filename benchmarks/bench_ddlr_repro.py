@@ -61,6 +61,7 @@ import statistics
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -349,17 +350,13 @@ def _pm(d: dict[str, float] | None, fmt: str = ".4f", n: bool = True, unit: str 
     return s + (f" (n={d['n']})" if n else "")
 
 
-def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="3 eps values, one N, smoke run")
-    ap.add_argument("--only", choices=sorted(EXPERIMENTS), action="append")
-    ap.add_argument("--full-eps", action="store_true", help="all 11 eps values for LeNet too")
-    ap.add_argument("--max-iter", type=int, default=5000, help="ADMM iteration cap per solve")
+def add_seed_args(ap: argparse.ArgumentParser, default_stem: str) -> None:
+    """--seeds, --out and --merge, shared with bench_net_trim_cascade."""
     ap.add_argument(
         "--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds, run one after the other"
     )
     ap.add_argument(
-        "--out", default="ddlr_repro", help="results stem (--quick appends _quick if missing)"
+        "--out", default=default_stem, help="results stem (--quick appends _quick if missing)"
     )
     ap.add_argument(
         "--merge",
@@ -367,6 +364,34 @@ def _parser() -> argparse.ArgumentParser:
         metavar="STEM",
         help="only pool the seeds of these finished result stems (same settings) into --out",
     )
+
+
+def merge_command(
+    stems: list[str],
+    stem: str,
+    merge_fn: Callable[[list[str], str], dict[str, Any]],
+    write: Callable[[dict[str, Any], str], Any],
+    render: Callable[[dict[str, Any]], str],
+) -> None:
+    """--merge: pool the seeds of ``stems`` into ``stem`` (quick runs only into a *_quick stem);
+    shared with bench_net_trim_cascade."""
+    if not stem.endswith("_quick") and any(s.endswith("_quick") for s in stems):
+        raise SystemExit("--merge: quick runs can only be merged into a *_quick stem")
+    try:
+        doc = merge_fn(stems, stem)
+    except ValueError as e:
+        raise SystemExit(f"--merge: {e}") from None
+    write(doc, stem)
+    print(render(doc))
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="3 eps values, one N, smoke run")
+    ap.add_argument("--only", choices=sorted(EXPERIMENTS), action="append")
+    ap.add_argument("--full-eps", action="store_true", help="all 11 eps values for LeNet too")
+    ap.add_argument("--max-iter", type=int, default=5000, help="ADMM iteration cap per solve")
+    add_seed_args(ap, "ddlr_repro")
     ap.add_argument(
         "--replot", action="store_true", help="only redraw the PNGs and .md from <--out>.json"
     )
@@ -802,14 +827,7 @@ def main() -> None:
     args = _parser().parse_args()
     stem = _stem(args)
     if args.merge:
-        if not stem.endswith("_quick") and any(s.endswith("_quick") for s in args.merge):
-            raise SystemExit("--merge: quick runs can only be merged into a *_quick stem")
-        try:
-            doc = merge(args.merge, stem)
-        except ValueError as e:
-            raise SystemExit(f"--merge: {e}") from None
-        _write(doc, stem)
-        print(markdown(doc))
+        merge_command(args.merge, stem, merge, _write, markdown)
         return
     if args.replot:
         saved = json.loads((RESULTS / f"{stem}.json").read_text())

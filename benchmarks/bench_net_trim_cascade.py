@@ -76,18 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--N", type=int, default=256, help="calibration samples (paper: 128, 256)")
     ap.add_argument("--max-iter", type=int, default=5000, help="ADMM iteration cap per solve")
     ap.add_argument("--quick", action="store_true", help=f"eps {EPS_QUICK} only, smoke run")
-    ap.add_argument(
-        "--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds, run one after the other"
-    )
-    ap.add_argument(
-        "--out", default="net_trim_cascade", help="results stem (--quick appends _quick)"
-    )
-    ap.add_argument(
-        "--merge",
-        nargs="+",
-        metavar="STEM",
-        help="only pool the seeds of these finished result stems (same settings) into --out",
-    )
+    ddlr_bench.add_seed_args(ap, "net_trim_cascade")
     ap.add_argument(
         "--markdown-only", action="store_true", help="re-render <--out>.md from <--out>.json"
     )
@@ -355,14 +344,7 @@ def main() -> None:
     args = _parser().parse_args()
     stem = args.out + ("_quick" if args.quick and not args.out.endswith("_quick") else "")
     if args.merge:
-        if not stem.endswith("_quick") and any(s.endswith("_quick") for s in args.merge):
-            raise SystemExit("--merge: quick runs can only be merged into a *_quick stem")
-        try:
-            doc = merge(args.merge, stem)
-        except ValueError as e:
-            raise SystemExit(f"--merge: {e}") from None
-        _write(doc, stem)
-        print(markdown(doc))
+        ddlr_bench.merge_command(args.merge, stem, merge, _write, markdown)
         return
     if args.markdown_only:
         saved = json.loads((RESULTS / f"{stem}.json").read_text())
