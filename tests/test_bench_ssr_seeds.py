@@ -120,12 +120,10 @@ def test_gap_merge_refuses_other_baseline_settings_or_repeated_seed(tmp_path: Pa
 
 
 def test_gap_merge_refuses_the_unfingerprinted_seed0_run(tmp_path: Path) -> None:
-    """The committed seed-0 run (2026-12-01) has no fingerprint: it cannot be pooled."""
-    old = json.loads((Path(__file__).resolve().parents[1] / "benchmarks/results/ssr_gap.json")
-                     .read_text())  # fmt: skip
-    if "runs" in old:
-        pytest.skip("ssr_gap.json is a pooled report now")
-    assert "baseline" not in old
+    """A run from before fingerprints were recorded (the 2026-12-01 seed 0 had no 'baseline'
+    entry) cannot be pooled: its baseline cannot be checked."""
+    old = _gap_run(0, 9.0, 8.0)
+    del old["baseline"]
     stems = _save(tmp_path, {"old": old, "new": _gap_run(1, 9.0, 8.0)})
     with pytest.raises(SystemExit, match="no baseline fingerprint.*rerun"):
         _gap().merge(stems, tmp_path)
