@@ -129,19 +129,11 @@ def _ssr_opts(proto: dict[str, Any]) -> dict[str, Any]:
 
 
 def _stem(args: argparse.Namespace) -> str:
-    """``--out-stem`` or ``ssr_gap[_paper][_seedN]``; a ``--quick`` run's stem always ends in
-    ``_quick`` (gitignored)."""
-    stem = args.out_stem or (
-        "ssr_gap" + ("_paper" if args.paper else "") + (f"_seed{args.seed}" if args.seed else "")
-    )
-    return stem if not args.quick or stem.endswith("_quick") else stem + "_quick"
+    return seed_pool.stem_of(args, "ssr_gap" + ("_paper" if args.paper else ""))
 
 
 def _write(out: dict[str, Any], out_dir: Path, stem: str) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"{stem}.json").write_text(json.dumps(out, indent=1) + "\n")
-    (out_dir / f"{stem}.md").write_text(markdown(out))
-    print((out_dir / f"{stem}.md").read_text())
+    seed_pool.write(out, out_dir, stem, markdown)
 
 
 def main(argv: list[str] | None = None) -> None:

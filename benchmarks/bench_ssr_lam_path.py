@@ -90,15 +90,11 @@ def _measure(model: nn.Module, base: nn.Module, val: Any, test: Any) -> dict[str
 
 
 def _stem(args: argparse.Namespace) -> str:
-    stem = args.out_stem or "ssr_lam_path" + (f"_seed{args.seed}" if args.seed else "")
-    return stem if not args.quick or stem.endswith("_quick") else stem + "_quick"
+    return seed_pool.stem_of(args, "ssr_lam_path")
 
 
 def _write(out: dict[str, Any], out_dir: Path, stem: str) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"{stem}.json").write_text(json.dumps(out, indent=1) + "\n")
-    (out_dir / f"{stem}.md").write_text(markdown(out))
-    print((out_dir / f"{stem}.md").read_text())
+    seed_pool.write(out, out_dir, stem, markdown)
 
 
 def main(argv: list[str] | None = None) -> None:

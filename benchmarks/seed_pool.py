@@ -127,3 +127,20 @@ def add_seed_args(ap: argparse.ArgumentParser, bench: str, stem_default: str) ->
                     help="only pool these finished result stems (of --out) into --out-stem: "
                     "same baseline fingerprint and settings, distinct seeds")  # fmt: skip
     ap.add_argument("--render", type=Path, help=f"re-write the .md of this {bench} results JSON")
+
+
+def stem_of(args: argparse.Namespace, default: str) -> str:
+    """The output stem: --out-stem, else ``default`` + ``_seedN`` for seed N > 0; ``_quick``
+    appended to a --quick run's stem (quick results are never committed)."""
+    stem = args.out_stem or default + (f"_seed{args.seed}" if args.seed else "")
+    return stem if not args.quick or stem.endswith("_quick") else stem + "_quick"
+
+
+def write(
+    out: dict[str, Any], out_dir: Path, stem: str, markdown: Callable[[dict[str, Any]], str]
+) -> None:
+    """``out_dir/<stem>.json`` and its rendering ``.md`` (printed)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{stem}.json").write_text(json.dumps(out, indent=1) + "\n")
+    (out_dir / f"{stem}.md").write_text(markdown(out))
+    print((out_dir / f"{stem}.md").read_text())
