@@ -441,30 +441,41 @@ def _runs_of(doc: dict[str, Any]) -> list[dict[str, Any]]:
     return doc["runs"] if "runs" in doc else [_legacy_run(doc)]
 
 
-def pool(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """One results document from per-seed runs; ValueError when their settings differ or a seed
-    appears twice."""
+def pool_runs(
+    runs: list[dict[str, Any]],
+    settings: Callable[[dict[str, Any]], dict[str, Any]],
+    benchmark: str,
+) -> dict[str, Any]:
+    """One results document from per-seed runs, sorted by seed; ValueError when a seed appears
+    twice or ``settings`` of a run differ from the first run's. Shared with
+    bench_net_trim_cascade."""
     if not runs:
         raise ValueError("nothing to pool")
-    ref = _settings(runs[0])
+    ref = settings(runs[0])
     seeds = [r["seed"] for r in runs]
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"seed given more than once: {sorted(seeds)}")
     for r in runs[1:]:
-        other = _settings(r)
-        for key in ("max_iter", "experiments"):
-            if other[key] != ref[key]:
-                raise ValueError(
-                    f"cannot pool seed {r['seed']} with seed {runs[0]['seed']}: {key} differs "
-                    f"({other[key]!r} vs {ref[key]!r})"
-                )
+        other = settings(r)
+        diff = [k for k in ref if other[k] != ref[k]]
+        if diff:
+            raise ValueError(
+                f"cannot pool seed {r['seed']} with seed {runs[0]['seed']}: "
+                + ", ".join(f"{k} differs ({other[k]!r} vs {ref[k]!r})" for k in diff)
+            )
     runs = sorted(runs, key=lambda r: r["seed"])
     return {
-        "benchmark": "ddlr_repro",
+        "benchmark": benchmark,
         "settings": ref,
         "seeds": [r["seed"] for r in runs],
         "runs": runs,
     }
+
+
+def pool(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One results document from per-seed runs; ValueError when their settings differ or a seed
+    appears twice."""
+    return pool_runs(runs, _settings, "ddlr_repro")
 
 
 def _key(r: dict[str, Any]) -> tuple[int, str, float]:

@@ -109,26 +109,7 @@ def _runs_of(doc: dict[str, Any]) -> list[dict[str, Any]]:
 def pool(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """One results document from per-seed runs; ValueError when their settings differ or a seed
     appears twice."""
-    if not runs:
-        raise ValueError("nothing to pool")
-    ref = _settings(runs[0])
-    seeds = [r["seed"] for r in runs]
-    if len(set(seeds)) != len(seeds):
-        raise ValueError(f"seed given more than once: {sorted(seeds)}")
-    for r in runs[1:]:
-        other = _settings(r)
-        diff = [k for k in ref if other[k] != ref[k]]
-        if diff:
-            raise ValueError(
-                f"cannot pool seed {r['seed']} with seed {runs[0]['seed']}: "
-                + ", ".join(f"{k} differs ({other[k]!r} vs {ref[k]!r})" for k in diff)
-            )
-    return {
-        "benchmark": "net_trim_cascade",
-        "settings": ref,
-        "seeds": sorted(seeds),
-        "runs": sorted(runs, key=lambda r: r["seed"]),
-    }
+    return ddlr_bench.pool_runs(runs, _settings, "net_trim_cascade")
 
 
 def summarize(doc: dict[str, Any]) -> dict[str, Any]:

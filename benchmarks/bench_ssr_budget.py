@@ -348,7 +348,7 @@ def main() -> None:
         "rows": {},
     }
     # --keep: the earlier JSON's runs stay in the report even for rows / seeds not asked here
-    rows = [k for k in ROWS if k in args.rows or any(k == kk for kk, _ in kept)]
+    rows = [k for k in ROWS if k in args.rows or k in {kk for kk, _ in kept}]
     seeds = sorted(set(args.seeds) | {s for _, s in kept})
     for key in rows:
         row = {k: ROWS[key][k] for k in ("label", "recipe", "differs")}

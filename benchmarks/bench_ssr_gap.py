@@ -394,14 +394,9 @@ def markdown(out: dict[str, Any]) -> str:
         f"of 30); {seed_pool.pm(minutes, '.0f')} min per seed; "
         + (f"one seed ({seeds})." if n == 1 else f"{n} seeds ({seeds}), each a separate process."),
         "",
-        "Baseline: the demo's LeNet (`demo_baseline(seed=0)`, the same for every seed)"
-        + (
-            f", `{base.get('checkpoint')}`, weight fingerprint `{base['state_sha']}`"
-            if base.get("state_sha")
-            else " (no weight fingerprint recorded by this run)"
-        )
-        + ". The seed changes the validation split, the loaders' shuffling and the methods' "
-        "seed.",
+        seed_pool.baseline_line(
+            base, "the validation split, the loaders' shuffling and the methods' seed"
+        ),
         "",
         f"Protocol: **{first['protocol']}** -- K-step lr {s['lr']}, "
         f"{'every parameter' if s['train_all'] else 'K^l only (eq. 11)'}, {s['max_outer']} "

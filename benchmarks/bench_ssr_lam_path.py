@@ -271,14 +271,10 @@ def markdown(out: dict[str, Any]) -> str:
         f"{pm(minutes, '.0f')} min per seed; "
         + (f"one seed ({seeds})." if n == 1 else f"{n} seeds ({seeds}), each a separate process."),
         "",
-        "Baseline: the demo's LeNet (`demo_baseline(seed=0)`, the same for every seed)"
-        + (
-            f", `{base.get('checkpoint')}`, weight fingerprint `{base['state_sha']}`"
-            if base.get("state_sha")
-            else " (no weight fingerprint recorded by this run)"
-        )
-        + ". The seed changes the validation split (so the baseline's validation error too), "
-        "the loaders' shuffling and the method's seed.",
+        seed_pool.baseline_line(
+            base,
+            "the validation split (so the baseline's validation error too), the loaders' shuffling and the method's seed",
+        ),
         "",
         "Protocol: the paper's K-step (K^l only, lr 1e-3, batch 256, rho = 1, r = 3), the same "
         "lambda on conv1 / conv2 / fc1, the values of S in order, pruning after each. "

@@ -144,3 +144,17 @@ def write(
     (out_dir / f"{stem}.json").write_text(json.dumps(out, indent=1) + "\n")
     (out_dir / f"{stem}.md").write_text(markdown(out))
     print((out_dir / f"{stem}.md").read_text())
+
+
+def baseline_line(base: dict[str, Any], seed_changes: str) -> str:
+    """The report's line on the baseline (the demo's seed-0 LeNet for every seed) and on what a
+    seed changes."""
+    fp = (
+        f", `{base.get('checkpoint')}`, weight fingerprint `{base['state_sha']}`"
+        if base.get("state_sha")
+        else " (no weight fingerprint recorded by this run)"
+    )
+    return (
+        "Baseline: the demo's LeNet (`demo_baseline(seed=0)`, the same for every seed)"
+        f"{fp}. The seed changes {seed_changes}."
+    )

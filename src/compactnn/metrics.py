@@ -372,13 +372,17 @@ def measure_latency(
     Returns:
         LatencyResult with median / 10th / 90th percentile in milliseconds.
     """
-    check_int(batch_size, "batch_size", "measure_latency", min_value=1)
-    check_int(threads, "threads", "measure_latency", min_value=1)
-    check_int(warmup, "warmup", "measure_latency", min_value=0)
-    check_int(repeats, "repeats", "measure_latency", min_value=1)
+    _check_latency_args("measure_latency", batch_size, threads, warmup, repeats)
     x = _latency_input(model, input_shape, batch_size, inputs, "measure_latency")
     times = _timed_runs(model, x, threads, warmup, repeats, min_time_s)
     return LatencyResult.from_times(times, batch_size=batch_size, threads=threads, warmup=warmup)
+
+
+def _check_latency_args(fn: str, batch_size: int, threads: int, warmup: int, repeats: int) -> None:
+    check_int(batch_size, "batch_size", fn, min_value=1)
+    check_int(threads, "threads", fn, min_value=1)
+    check_int(warmup, "warmup", fn, min_value=0)
+    check_int(repeats, "repeats", fn, min_value=1)
 
 
 def _latency_input(
@@ -445,16 +449,14 @@ def measure_latency_interleaved(
     """
     fn = "measure_latency_interleaved"
     check_int(rounds, "rounds", fn, min_value=1)
-    check_int(batch_size, "batch_size", fn, min_value=1)
-    check_int(threads, "threads", fn, min_value=1)
-    check_int(warmup, "warmup", fn, min_value=0)
-    check_int(repeats, "repeats", fn, min_value=1)
+    _check_latency_args(fn, batch_size, threads, warmup, repeats)
     if not models:
         raise ConfigError(f"{fn}: 'models' is empty; give at least one model to time.")
-    xs = {k: _latency_input(m, input_shape, batch_size, inputs, fn) for k, m in models.items()}
     if inputs is None:  # one random batch for every model
-        first = next(iter(xs.values()))
-        xs = {k: first for k in xs}
+        x = _latency_input(next(iter(models.values())), input_shape, batch_size, None, fn)
+        xs = dict.fromkeys(models, x)
+    else:
+        xs = {k: _latency_input(m, input_shape, batch_size, inputs, fn) for k, m in models.items()}
     times: dict[str, list[float]] = {k: [] for k in models}
     items = list(models.items())
     for rnd in range(rounds):
