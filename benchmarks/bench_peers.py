@@ -1070,10 +1070,13 @@ def rebuild(
     cell of it without a row gets a computed "not run" row (:func:`not_run_rows`, timings read
     from ``out_dir/peers_timing.jsonl``)."""
     rows = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
-    # the latest row of each (model, budget, method, seed) wins (reruns replace)
+    # the latest row of each (model, baseline, budget, method, seed) wins (reruns replace); a
+    # row of another trained baseline never replaces one (they are reported apart)
     latest: dict[tuple[Any, ...], dict[str, Any]] = {}
     for r in rows:
-        latest[(r["model"], r["budget_macs"], r["method"], r["seed"], r.get("quick", False))] = r
+        key = (r["model"], base_label(r), r["budget_macs"], r["method"], r["seed"],
+               r.get("quick", False))  # fmt: skip
+        latest[key] = r
     rows = list(latest.values())
     current = current_baselines(rows)
     timing = _latest_timing(out_dir / TIMING_FILE)

@@ -257,6 +257,30 @@ def test_rows_of_different_baselines_are_never_pooled(tmp_path) -> None:
     assert (tmp_path / "peers_lenet-caffe_base9923.png").is_file()
 
 
+def test_a_rerun_replaces_only_the_row_of_its_own_baseline(tmp_path) -> None:
+    """The same (model, budget, method, seed) measured on another trained baseline is a new
+    row, not a rerun: both stay (reported apart); a rerun on the same baseline replaces."""
+    bench = _bench()
+    old = {"params": 431080, "test_top1": 99.16, "state_sha": "0b3497d8ca3d822e"}
+    new = {"params": 431080, "test_top1": 99.23, "state_sha": "c4338fdf061772db"}
+    rows = [
+        {**_row("lenet-caffe", 0.5, "l1-norm", 0, 98.0), "baseline_measure": old,
+         "date": "2026-12-02T01:00:00+00:00"},
+        {**_row("lenet-caffe", 0.5, "l1-norm", 0, 97.0), "baseline_measure": new,
+         "date": "2026-12-04T03:00:00+00:00"},
+        {**_row("lenet-caffe", 0.5, "l1-norm", 0, 97.5), "baseline_measure": new,
+         "date": "2026-12-04T04:00:00+00:00"},
+    ]  # fmt: skip
+    jsonl = tmp_path / "rows.jsonl"
+    jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = bench.rebuild(jsonl, tmp_path, {"date": "d", "machine": "m", "torch": "t", "peers": "p"})
+    got = sorted((bench.base_label(r), r["test_top1"]) for r in out)
+    assert got == [("99.16 %", 98.0), ("99.23 %", 97.5)]
+    doc = json.loads((tmp_path / "peers.json").read_text())
+    cells = {a["baseline"]: a["test_top1"] for a in doc["aggregate"]}
+    assert cells == {"99.16 %": [98.0], "99.23 %": [97.5]}
+
+
 def test_a_row_with_a_disturbed_clock_keeps_its_accuracy_but_not_its_times() -> None:
     bench = _bench()
     rows = [
