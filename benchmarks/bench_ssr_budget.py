@@ -129,6 +129,18 @@ def _cmd(key: str, seed: int, ckpt: Path, out: Path, threads: int) -> list[str]:
     return cmd
 
 
+DEFAULT_SEEDS = (0, 1, 2)
+
+
+def _finished(key: str, seed: int, sha: str) -> bool:
+    """Whether this machine holds a finished run of ``key`` / ``seed`` on this baseline and the
+    current recipe (one :func:`_run` reuses without running)."""
+    out = _run_dir(key, seed)
+    meta_f, report_f = out / "bench_meta.json", out / "report.json"
+    return (meta_f.is_file() and report_f.is_file()
+            and json.loads(meta_f.read_text()) == _meta(key, seed, sha))  # fmt: skip
+
+
 def _run(key: str, seed: int, ckpt: Path, sha: str, threads: int) -> dict[str, Any]:
     """One CLI run (or its finished report when the same baseline, recipe and seed ran)."""
     out = _run_dir(key, seed)
@@ -324,7 +336,7 @@ def _verdict(out: dict[str, Any]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", nargs="*", default=list(ROWS), choices=list(ROWS))
-    ap.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
+    ap.add_argument("--seeds", type=int, nargs="*", default=list(DEFAULT_SEEDS))
     ap.add_argument("--threads", type=int, default=1, help="torch threads of each CLI run")
     ap.add_argument("--report-only", action="store_true", help="only finished runs, no new run")
     ap.add_argument(
@@ -348,23 +360,25 @@ def main() -> None:
         "rows": {},
     }
     # --keep: the earlier JSON's runs stay in the report even for rows / seeds not asked here
-    rows = [k for k in ROWS if k in args.rows or k in {kk for kk, _ in kept}]
-    seeds = sorted(set(args.seeds) | {s for _, s in kept})
+    # ... and so do the runs finished on this machine (of the default seeds) that were not asked
+    local = {(k, s) for k in ROWS for s in {*DEFAULT_SEEDS, *args.seeds} if _finished(k, s, sha)}
+    rows = [k for k in ROWS if k in args.rows or k in {kk for kk, _ in (*kept, *local)}]
+    seeds = sorted(set(args.seeds) | {s for _, s in (*kept, *local)})
     for key in rows:
         row = {k: ROWS[key][k] for k in ("label", "recipe", "differs")}
         row["runs"] = []
         out["rows"][key] = row
     for seed in seeds:  # seeds outermost: a cut-short run leaves both rows with n seeds
         for key in rows:
-            d = _run_dir(key, seed)
             asked = key in args.rows and seed in args.seeds
-            if (key, seed) in kept and not (d / "report.json").is_file():
+            done = _finished(key, seed, sha)  # a finished run here is reported, asked or not
+            if (key, seed) in kept and not done:
                 r = kept[(key, seed)]
                 print(f"{key} seed {seed}: kept from the earlier results JSON ({r['date']})")
-            elif not asked or (args.report_only and not (d / "report.json").is_file()):
-                continue
-            else:
+            elif done or (asked and not args.report_only):
                 r = _run(key, seed, ckpt, sha, args.threads)
+            else:
+                continue
             out["rows"][key]["runs"].append(r)
             runs = [x for row in out["rows"].values() for x in row["runs"]]
             out["base_test_top1"] = runs[0]["base_test_top1"]

@@ -197,3 +197,52 @@ def test_keep_with_one_row_and_seed_writes_every_earlier_run_too(tmp_path, monke
     out = json.loads((tmp_path / "ssr_budget_seeds.json").read_text())
     assert [r["seed"] for r in out["rows"]["paper"]["runs"]] == [0, 1]
     assert [r["seed"] for r in out["rows"]["extension"]["runs"]] == [0, 1, 2]
+
+
+def test_keep_reports_a_run_finished_here_that_was_not_asked(tmp_path, monkeypatch):
+    """`--rows paper --seeds 2 --keep` on a machine that finished paper seed 1 and extension
+    seed 2 earlier (runs the earlier JSON does not hold) reports them too, without re-running
+    them (it used to drop them: a run directory here hid the kept run and was not asked)."""
+    b = _bench()
+    monkeypatch.setattr(b, "RESULTS", tmp_path)
+    monkeypatch.setattr(b, "_baseline", lambda: (tmp_path / "base.safetensors", "sha-a"))
+    monkeypatch.setattr(b, "_run_dir", lambda key, seed: tmp_path / f"{key}-{seed}")
+    cur = {k: b._file_sha(b.RECIPES / b.ROWS[k]["recipe"]) for k in b.ROWS}
+    for key, seed in (("paper", 1), ("extension", 2)):  # finished here, in an earlier session
+        d = b._run_dir(key, seed)
+        d.mkdir()
+        (d / "bench_meta.json").write_text(json.dumps(b._meta(key, seed, "sha-a")))
+        (d / "report.json").write_text(json.dumps(_report(95.0 - seed, (3, 7, 60), 2.0)))
+    other = b._run_dir("paper", 0)  # a run of another baseline here: the kept run is used
+    other.mkdir()
+    (other / "bench_meta.json").write_text(json.dumps(b._meta("paper", 0, "sha-b")))
+    (other / "report.json").write_text(json.dumps(_report(50.0, (1, 1, 1), 2.0)))
+    old = {
+        "base_sha": "sha-a",
+        "rows": {
+            "paper": {"runs": [b._summarise(_report(94.0, (3, 7, 68), 2.0), "paper", 0,
+                                            {"date": "d"}) | {"recipe_sha": cur["paper"]}]},
+            "extension": {"runs": [b._summarise(_report(99.0, (3, 7, 69), 2.0), "extension",
+                                                0, {"date": "d"})
+                                   | {"recipe_sha": cur["extension"]}]},
+        },
+    }  # fmt: skip
+    (tmp_path / "ssr_budget_seeds.json").write_text(json.dumps(old))
+    ran = []
+    real_run = b._run
+
+    def run(key, seed, *a):
+        ran.append((key, seed, b._finished(key, seed, "sha-a")))
+        if b._finished(key, seed, "sha-a"):
+            return real_run(key, seed, *a)  # reuses the report, runs nothing
+        return b._summarise(_report(93.0, (3, 7, 70), 2.0), key, seed, {"date": "d"})
+
+    monkeypatch.setattr(b, "_run", run)
+    monkeypatch.setattr(b.sys, "argv", ["bench", "--rows", "paper", "--seeds", "2", "--keep"])
+    b.main()
+    # only paper seed 2 ran; the two finished here were read back
+    assert sorted(ran) == [("extension", 2, True), ("paper", 1, True), ("paper", 2, False)]
+    out = json.loads((tmp_path / "ssr_budget_seeds.json").read_text())
+    assert [r["seed"] for r in out["rows"]["paper"]["runs"]] == [0, 1, 2]
+    assert [r["seed"] for r in out["rows"]["extension"]["runs"]] == [0, 2]
+    assert [r["test_top1"] for r in out["rows"]["paper"]["runs"]] == [94.0, 94.0, 93.0]
