@@ -430,6 +430,98 @@ def _remeasure(stem: str, rounds: int) -> None:
     print(_markdown(out))
 
 
+def _layout_times(
+    baseline: nn.Module, model: nn.Module, x: torch.Tensor, rounds: int
+) -> dict[str, float]:
+    """Eager median ms of ``baseline`` and ``model`` each in NCHW and in channels_last (copies;
+    ``Module.to`` converts in place), the four timed interleaved, batch len(x), one thread; the
+    speed-up in channels_last and against the baseline's faster layout (the fastest form a user
+    of plain PyTorch eager would deploy). kiaee-cnn's input has one channel, so the same batch is
+    contiguous in both formats."""
+    ms = {"baseline": baseline, "model": model}
+    ms |= {f"{k} cl": copy.deepcopy(m).to(memory_format=torch.channels_last) for k, m in ms.items()}
+    t = _timing(ms, x, rounds=rounds, repeats=10)
+    best_b, best_m = min(t["baseline"], t["baseline cl"]), min(t["model"], t["model cl"])
+    return {
+        "baseline_nchw_ms": t["baseline"], "baseline_cl_ms": t["baseline cl"],
+        "model_nchw_ms": t["model"], "model_cl_ms": t["model cl"],
+        "speedup_nchw": t["baseline"] / t["model"], "speedup_cl": t["baseline cl"] / t["model cl"],
+        "speedup_best_layout": best_b / best_m,
+    }  # fmt: skip
+
+
+def _layouts(stem: str, rounds: int) -> None:
+    """Re-time the reported point of every run of a finished result against the baseline in
+    both memory layouts (:func:`_layout_times`), without choosing again, and add the numbers to
+    the report (``chosen.layouts``, the "Memory layouts" section)."""
+    from compactnn.plan import CompressionPlan
+
+    out = json.loads((RESULTS / f"{stem}.json").read_text())
+    a = argparse.Namespace(**out["argv"])
+    torch.set_num_threads(1)
+    train_l, val_l, _, _ = _splits(a)
+    baseline, _ = _baseline(a, train_l)
+    baseline.eval()
+    x_val = metrics.real_batch(val_l, 100)
+    assert x_val is not None
+    t0, load0 = time.perf_counter(), os.getloadavg()
+    for row in out["rows"]:
+        for run in row["runs"]:
+            plan = CompressionPlan.load(Path(run["plans_dir"]) / f"point{run['chosen_index']}")
+            model = surgery.apply(plan, _fresh()).eval()
+            run["chosen"]["layouts"] = _layout_times(baseline, model, x_val, rounds)
+            print(json.dumps({"label": row["label"], "seed": run["seed"],
+                              **run["chosen"]["layouts"]}), flush=True)  # fmt: skip
+    out["layouts"] = {
+        "command": f"python benchmarks/bench_kiaee_fashion.py --layouts {stem}",
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="minutes"), "rounds": rounds,
+        "load_start": load0, "load_end": os.getloadavg(), "seconds": time.perf_counter() - t0,
+    }  # fmt: skip
+    _write(out, stem)
+    print(_markdown(out))
+
+
+def _layouts_md(out: dict[str, Any]) -> list[str]:
+    """The "Memory layouts" section: empty unless ``--layouts`` ran on this result."""
+    lay = out.get("layouts")
+    if not lay:
+        return []
+    md = [
+        "## Memory layouts: the reported points against the baseline's faster layout",
+        "",
+        f"`{lay['command']}` ({lay['date']}, load {lay['load_start'][0]:.1f} -> "
+        f"{lay['load_end'][0]:.1f}, {lay['rounds']} interleaved rounds): the reported point of "
+        "each run and the baseline, each in NCHW and channels_last, eager, batch 100 real "
+        "validation images, 1 thread. On this CPU the dense kiaee-cnn's conv1 (1 -> 96) hits a "
+        "slow oneDNN output reorder in NCHW that 95 channels or channels_last avoid "
+        "(`kiaee_channel_effect.md`), so the NCHW speed-up of any cut of conv1 includes it; "
+        "'vs faster layout' compares each model's faster layout with the baseline's.",
+        "",
+        "| row | seed | baseline NCHW / CL ms | model NCHW / CL ms | speed-up NCHW | speed-up CL "
+        "| vs faster layout |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in out["rows"]:
+        for run in row["runs"]:
+            t = run["chosen"].get("layouts")
+            if t:
+                md.append(
+                    f"| {row['label']} | {run['seed']} | {t['baseline_nchw_ms']:.1f} / "
+                    f"{t['baseline_cl_ms']:.1f} | {t['model_nchw_ms']:.1f} / {t['model_cl_ms']:.1f} "
+                    f"| {t['speedup_nchw']:.2f} | {t['speedup_cl']:.2f} | "
+                    f"{t['speedup_best_layout']:.2f} |"
+                )  # fmt: skip
+        ts = [r["chosen"]["layouts"] for r in row["runs"] if r["chosen"].get("layouts")]
+        if ts:
+            md.append(
+                f"| {row['label']} | mean ± sd | | | "
+                f"{_pm(_mean_sd([t['speedup_nchw'] for t in ts]))} | "
+                f"{_pm(_mean_sd([t['speedup_cl'] for t in ts]))} | "
+                f"**{_pm(_mean_sd([t['speedup_best_layout'] for t in ts]))}** |"
+            )
+    return [*md, ""]
+
+
 def _significance(
     baseline: nn.Module,
     loaders: tuple[DataLoader, DataLoader, DataLoader],
@@ -556,6 +648,7 @@ def _markdown(out: dict[str, Any]) -> str:
             f"{_pm(s['speedup'])} | {_pm(s['speedup_b1'])} | {_pm(s['ort_speedup'])} |"
         )
     md += ["", out.get("verdict", ""), ""]
+    md += _layouts_md(out)
     md += [
         "## Every run (the reported point of each seed)",
         "",
@@ -794,7 +887,16 @@ def main() -> None:
         help="only time again the candidate points of a finished result (after the runs) and "
         "choose again on those timings",
     )
-    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds of --remeasure")
+    ap.add_argument(
+        "--layouts",
+        default=None,
+        metavar="STEM",
+        help="only re-time the reported point of each run of a finished result against the "
+        "baseline in NCHW and channels_last (no new choice)",
+    )
+    ap.add_argument(
+        "--rounds", type=int, default=5, help="interleaved rounds of --remeasure / --layouts"
+    )
     ap.add_argument("--render", default=None, metavar="STEM", help="only rewrite STEM.md")
     args = ap.parse_args()
     if args.render:
@@ -802,6 +904,9 @@ def main() -> None:
         return
     if args.remeasure:
         _remeasure(args.remeasure, args.rounds)
+        return
+    if args.layouts:
+        _layouts(args.layouts, args.rounds)
         return
     if args.merge:
         _merge(args.merge, args.out or "kiaee_fashion")

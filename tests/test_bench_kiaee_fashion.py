@@ -130,3 +130,36 @@ def test_merge_refuses_a_retrained_baseline_without_fingerprint(tmp_path, monkey
     new["baseline"]["test_top1"] = 90.7  # same accuracies and size: taken as the same baseline
     (tmp_path / "new.json").write_text(json.dumps(new))
     b._merge(["old", "new"], "m")
+
+
+def test_layout_times_leave_the_models_nchw_and_the_report_shows_them():
+    b = _bench()
+    base = b._fresh().eval()
+    small = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.Flatten(), nn.Linear(4 * 784, 10))
+    x = torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    threads = torch.get_num_threads()
+    try:
+        t = b._layout_times(base, small.eval(), x, rounds=1)
+    finally:
+        torch.set_num_threads(threads)
+    for m in (base.conv2, base.conv3):  # Module.to() would have converted them in place
+        assert not m.weight.is_contiguous(memory_format=torch.channels_last)
+    assert t["speedup_nchw"] == pytest.approx(t["baseline_nchw_ms"] / t["model_nchw_ms"])
+    assert t["speedup_cl"] == pytest.approx(t["baseline_cl_ms"] / t["model_cl_ms"])
+    best = min(t["baseline_nchw_ms"], t["baseline_cl_ms"]) / min(
+        t["model_nchw_ms"], t["model_cl_ms"]
+    )
+    assert t["speedup_best_layout"] == pytest.approx(best)
+    lay = {"baseline_nchw_ms": 200.0, "baseline_cl_ms": 100.0, "model_nchw_ms": 100.0,
+           "model_cl_ms": 80.0, "speedup_nchw": 2.0, "speedup_cl": 1.25,
+           "speedup_best_layout": 1.25}  # fmt: skip
+    runs = [_run(0, 90.2, 2.0), _run(1, 90.2, 2.0)]
+    out = _out(b, "extension", runs)
+    assert "Memory layouts" not in b._markdown(out)  # only once --layouts ran
+    for r in runs:
+        r["chosen"]["layouts"] = lay
+    out["layouts"] = {"command": "c", "date": "d", "rounds": 1, "load_start": [1.0],
+                      "load_end": [1.0]}  # fmt: skip
+    md = b._markdown(out)
+    assert "| extension | 0 | 200.0 / 100.0 | 100.0 / 80.0 | 2.00 | 1.25 | 1.25 |" in md
+    assert "**1.25 ± 0.00 (n=2)**" in md
