@@ -353,6 +353,20 @@ def _plans_dir(args: argparse.Namespace, label: str, seed: int) -> Path:
     return cache_dir() / "bench" / "kiaee_fashion" / f"{stem}-{tag}-seed{seed}"
 
 
+def _finished_result(stem: str) -> tuple[dict[str, Any], DataLoader, nn.Module, torch.Tensor]:
+    """A finished result ``stem`` to re-time (one torch thread from here on): its JSON, its test
+    loader, its baseline (eval) and the batch of 100 validation images it is timed on."""
+    out = json.loads((RESULTS / f"{stem}.json").read_text())
+    a = argparse.Namespace(**out["argv"])
+    torch.set_num_threads(1)
+    train_l, val_l, test_l, _ = _splits(a)
+    baseline, _ = _baseline(a, train_l)
+    baseline.eval()
+    x_val = metrics.real_batch(val_l, 100)
+    assert x_val is not None
+    return out, _first(test_l, a.test_limit), baseline, x_val
+
+
 def _remeasure(stem: str, rounds: int) -> None:
     """Time again, after the runs (as quiet a machine as the caller can give), every path point
     of every run whose validation top-1 is within ``max_drop`` of its mu = 0 (the candidates of
@@ -363,15 +377,7 @@ def _remeasure(stem: str, rounds: int) -> None:
     chosen model is evaluated on the test set and timed on onnxruntime."""
     from compactnn.plan import CompressionPlan
 
-    out = json.loads((RESULTS / f"{stem}.json").read_text())
-    a = argparse.Namespace(**out["argv"])
-    torch.set_num_threads(1)
-    train_l, val_l, test_l, _ = _splits(a)
-    test_l = _first(test_l, a.test_limit)
-    baseline, _ = _baseline(a, train_l)
-    baseline.eval()
-    x_val = metrics.real_batch(val_l, 100)
-    assert x_val is not None
+    out, test_l, baseline, x_val = _finished_result(stem)
     t_start, load0 = time.perf_counter(), os.getloadavg()
     for row in out["rows"]:
         for run in row["runs"]:
@@ -456,14 +462,7 @@ def _layouts(stem: str, rounds: int) -> None:
     the report (``chosen.layouts``, the "Memory layouts" section)."""
     from compactnn.plan import CompressionPlan
 
-    out = json.loads((RESULTS / f"{stem}.json").read_text())
-    a = argparse.Namespace(**out["argv"])
-    torch.set_num_threads(1)
-    train_l, val_l, _, _ = _splits(a)
-    baseline, _ = _baseline(a, train_l)
-    baseline.eval()
-    x_val = metrics.real_batch(val_l, 100)
-    assert x_val is not None
+    out, _, baseline, x_val = _finished_result(stem)
     t0, load0 = time.perf_counter(), os.getloadavg()
     for row in out["rows"]:
         for run in row["runs"]:

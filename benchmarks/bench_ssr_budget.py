@@ -146,7 +146,7 @@ def _run(key: str, seed: int, ckpt: Path, sha: str, threads: int) -> dict[str, A
     out = _run_dir(key, seed)
     ident = _meta(key, seed, sha)  # what a reusable run must match
     meta_f, report_f = out / "bench_meta.json", out / "report.json"
-    if meta_f.is_file() and report_f.is_file() and json.loads(meta_f.read_text()) == ident:
+    if _finished(key, seed, sha):
         print(f"{key} seed {seed}: reusing {out}", flush=True)
     else:
         out.mkdir(parents=True, exist_ok=True)
