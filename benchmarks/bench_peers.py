@@ -181,6 +181,12 @@ def macs_of(model: nn.Module, shape: tuple[int, ...]) -> float:
     return metrics.count_flops(model, shape) / 2.0
 
 
+def device_of(model: nn.Module) -> torch.device:
+    """Where ``model``'s parameters live (the peers' example inputs and batches go there)."""
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
 def _train_batches(loader: Any, n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     out = []
     for x, y in loader:
@@ -194,7 +200,9 @@ def _loss_grads(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor
     """Accumulate the mean cross-entropy gradient of ``batches`` into ``.grad``."""
     model.zero_grad(set_to_none=True)
     model.train()
+    dev = device_of(model)
     for x, y in batches:
+        x, y = x.to(dev), y.to(dev)
         (nn.functional.cross_entropy(model(x), y) / len(batches)).backward()
     model.eval()
 
@@ -330,7 +338,7 @@ def run_tp(name: str) -> Callable[[Case], tuple[nn.Module, dict[str, Any]]]:
             m = copy.deepcopy(c.model).eval()
             imp = getattr(tp.importance, imp_name)(**imp_kw)
             pruner = tp.pruner.MetaPruner(
-                m, torch.randn(1, *c.shape), importance=imp, pruning_ratio=ratio,
+                m, torch.randn(1, *c.shape, device=device_of(m)), importance=imp, pruning_ratio=ratio,
                 iterative_steps=TP_STEPS, ignored_layers=[classifier_of(m)],
             )  # fmt: skip
             for _ in range(TP_STEPS):
@@ -355,7 +363,7 @@ def _kirigami_prune(model: nn.Module, shape: tuple[int, ...], ratio: float, metr
     from torch_kirigami import DependencyGraph
     from torch_kirigami.pruning import ChannelRatio, Greedy, Pruner
 
-    graph = DependencyGraph.build(model, args=(torch.randn(2, *shape),))
+    graph = DependencyGraph.build(model, args=(torch.randn(2, *shape, device=device_of(model)),))
     pruner = Pruner(model, graph=graph)
     space = pruner.discover_candidates()
     model, _ = pruner.prune(
@@ -373,7 +381,7 @@ def _kirigami_widths(model: nn.Module, shape: tuple[int, ...]) -> Callable[[floa
 
     from compactnn.methods._common import prune_filters
 
-    graph = DependencyGraph.build(model, args=(torch.randn(2, *shape),))
+    graph = DependencyGraph.build(model, args=(torch.randn(2, *shape, device=device_of(model)),))
     axes = Pruner(model, graph=graph).discover_candidates().channel_axes
     widths = tuple(a.tensor.shape[a.dim] for a in axes)
     names = [a.tensor.paths[0].rsplit(".", 1)[0] for a in axes]
@@ -396,6 +404,7 @@ def _sgd_epochs(
     """Plain training loop for the peers' sparse-training phases (seeded batch order)."""
     gen = torch.Generator().manual_seed(c.seed)
     ds = c.train.dataset
+    dev = device_of(model)
     model.train()
     for _ in range(epochs):
         order = torch.randperm(len(ds), generator=gen)
@@ -405,6 +414,7 @@ def _sgd_epochs(
                 break
             xs, ys = zip(*(ds[int(j)] for j in order[k : k + bs]), strict=True)
             x, y = torch.stack(xs), torch.stack([torch.as_tensor(v) for v in ys])
+            x, y = x.to(dev), y.to(dev)
             opt.zero_grad(set_to_none=True)
             step(x, y).backward()
             opt.step()
@@ -421,7 +431,9 @@ def run_kirigami(name: str) -> Callable[[Case], tuple[nn.Module, dict[str, Any]]
         opts: dict[str, Any] = {"budget": "ChannelRatio(local)", "strategy": "Greedy"}
         if name == "kirigami-grouplasso":
             base.train()  # the graph records the mode; the regulariser is read in training
-            graph = DependencyGraph.build(base, args=(torch.randn(2, *c.shape),))
+            graph = DependencyGraph.build(
+                base, args=(torch.randn(2, *c.shape, device=device_of(base)),)
+            )
             pruner = Pruner(base, graph=graph)
             groups = unique_groups(pruner.parameter_groups(pruner.discover_candidates().candidates))
             reg = GroupLasso(groups)
@@ -461,7 +473,7 @@ def _oto_subnet(model: nn.Module, c: Case, sparsity: float, steps: int, full: bo
 
     m = copy.deepcopy(model)
     with _quiet():
-        oto = OTO(model=m, dummy_input=torch.randn(1, *c.shape))
+        oto = OTO(model=m, dummy_input=torch.randn(1, *c.shape, device=device_of(m)))
         n_batches = len(c.train) if c.max_steps is None else min(c.max_steps, len(c.train))
         total = steps if not full else max(1, c.select_epochs * n_batches)
         prune_steps = 1 if not full else max(1, total // 2)
@@ -481,6 +493,7 @@ def _oto_subnet(model: nn.Module, c: Case, sparsity: float, steps: int, full: bo
         else:
             m.train()
             for x, y in _train_batches(c.train, steps):
+                x, y = x.to(device_of(m)), y.to(device_of(m))
                 opt.zero_grad()
                 nn.functional.cross_entropy(m(x), y).backward()
                 opt.step()
@@ -542,7 +555,10 @@ def peer_missing(method: str) -> str | None:
 # ------------------------------------------------------------------------------------ one row
 
 
-def baseline(model_name: str, quick: bool) -> tuple[nn.Module, str]:
+def baseline(model_name: str, quick: bool, device: str = "cpu") -> tuple[nn.Module, str]:
+    """The trained baseline (on the CPU) and where it came from: the cached checkpoint, else
+    trained here (on ``device``) and cached. The cache name names the device a baseline was
+    trained on when it is not the CPU: a GPU-trained one is another baseline."""
     spec = MODELS[model_name]
     shape = models.default_input_shape(model_name)
     info = cdata.dataset_info(spec["dataset"])
@@ -557,6 +573,8 @@ def baseline(model_name: str, quick: bool) -> tuple[nn.Module, str]:
     from compactnn.cli import _train_model, cache_dir
 
     tag = "32x3" if spec["data"] else ""
+    if torch.device(device).type != "cpu":
+        tag += f"-{torch.device(device).type}"
     ckpt = (
         cache_dir() / "checkpoints" / f"peers-{model_name}-{spec['dataset']}{tag}-seed0.safetensors"
     )
@@ -565,8 +583,9 @@ def baseline(model_name: str, quick: bool) -> tuple[nn.Module, str]:
         return model, str(ckpt)
     model, _, _, _ = _train_model(
         model_name, spec["dataset"], epochs=spec["train_epochs"], lr=0.01, batch_size=128,
-        seed=0, progress=False, **spec["data"],
+        seed=0, progress=False, device=device, **spec["data"],
     )  # fmt: skip
+    model = model.cpu()
     save_checkpoint(model, ckpt, model=model_name, dataset=spec["dataset"], seed=0)
     return model, str(ckpt)
 
@@ -615,7 +634,8 @@ def run_row(method: str, model_name: str, frac: float, seed: int, args: Any,
     missing = peer_missing(method)
     if missing:
         return {**row, "status": "not installed", "reason": missing}
-    c = Case(model=copy.deepcopy(base), train=train, val=val, test=test, shape=shape,
+    device = getattr(args, "device", "cpu")
+    c = Case(model=copy.deepcopy(base).to(device), train=train, val=val, test=test, shape=shape,
              base_macs=base_meas["macs"], frac=frac, seed=seed,
              select_epochs=args.select_epochs, max_steps=args.max_steps)  # fmt: skip
     torch.manual_seed(seed)
@@ -650,10 +670,11 @@ def run_row(method: str, model_name: str, frac: float, seed: int, args: Any,
         finetune(small, train, config=cfg, progress=False)
     row["finetune_s"] = time.perf_counter() - t1
     small.eval()
-    if keep is not None:
-        keep["finetuned"] = small
     row["val_top1"] = metrics.accuracy(small, val, topk=(1,))["top1"]
     row["test_top1"] = metrics.accuracy(small, test, topk=(1,))["top1"]
+    small = small.cpu()  # latency is measured on the CPU, whatever the device of the run
+    if keep is not None:
+        keep["finetuned"] = small
     row["baseline_test_top1"] = base_meas["test_top1"]
     row["test_err_increase"] = base_meas["test_top1"] - row["test_top1"]
     row.update(measure_row(small, shape, test))
@@ -1158,7 +1179,20 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     )
     ap.add_argument("--out", default=str(RESULTS), help="results directory")
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
+    ap.add_argument(
+        "--device", default="cpu",
+        help="where baselines are trained and methods compress and fine-tune (e.g. cuda); "
+        "latency is always measured on the CPU. A baseline trained on another device is "
+        "cached and reported as another baseline",
+    )  # fmt: skip
+    ap.add_argument(
+        "--save-models", default=None, metavar="DIR",
+        help="save each row's fine-tuned model (torch.save of the module, CPU) and each "
+        "baseline to DIR; the row records the file (to re-time it elsewhere: --retime)",
+    )  # fmt: skip
     args = ap.parse_args(argv)
+    if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda: CUDA is not available on this machine")
     if args.time_epoch is not None and args.time_epoch < 1:
         ap.error(f"--time-epoch: STEPS must be >= 1, got {args.time_epoch}")
     if args.ft_epochs < 0:
@@ -1169,6 +1203,25 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         if args.models == ap.get_default("models"):
             args.models = "lenet-caffe"
     return args
+
+
+def machine_label(device: str, threads: int) -> str:
+    """Where a row ran: the CPU (and the GPU when ``device`` is one) and the torch threads."""
+    cpu = f"{platform.machine()} CPU ({os.cpu_count()} cores, shared), {threads} torch thread(s)"
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return (f"{torch.cuda.get_device_name(dev)} (baseline training, compression and "
+                f"fine-tuning on cuda); latency on its host's {cpu}")  # fmt: skip
+    return f"{cpu}, no GPU"
+
+
+def save_model(model: nn.Module, directory: str, name: str) -> str:
+    """``torch.save`` the whole module (on the CPU) to ``directory/name.pt``; returns the name."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / f"{name}.pt"
+    torch.save(copy.deepcopy(model).cpu(), path)
+    return path.name
 
 
 def methods_of(spec: str) -> list[str]:
@@ -1192,7 +1245,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     out_dir.mkdir(parents=True, exist_ok=True)
     jsonl = out_dir / ("peers_rows_quick.jsonl" if args.quick else "peers_rows.jsonl")
     command = "python benchmarks/bench_peers.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    machine = f"{platform.machine()} CPU ({os.cpu_count()} cores, shared), {args.threads} torch thread(s), no GPU"  # noqa: E501
+    machine = machine_label(args.device, args.threads)
     names = methods_of(args.methods)
     model_names = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = sorted(set(model_names) - set(MODELS))
@@ -1223,20 +1276,26 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     baselines: dict[str, str] = {}
     new_rows = []
     for model_name in model_names:
-        base, src = baseline(model_name, args.quick)
+        base, src = baseline(model_name, args.quick, args.device)
         baselines[model_name] = src
         bm = base_measure(base, model_name, args.quick)
+        if args.save_models:
+            bm["model_file"] = save_model(base, args.save_models, f"{model_name}_baseline")
         print(f"== {model_name}: baseline {src}, {bm['test_top1']:.2f} %, {bm['macs']:,.0f} MACs",
               flush=True)  # fmt: skip
         for frac in [float(b) for b in args.budgets.split(",")]:
             for seed in [int(s) for s in args.seeds.split(",")]:
                 for method in names:
                     print(f"-- {model_name} {frac:g} {method} seed {seed} ...", flush=True)
-                    row = run_row(method, model_name, frac, seed, args, base, bm)
+                    keep: dict[str, nn.Module] | None = {} if args.save_models else None
+                    row = run_row(method, model_name, frac, seed, args, base, bm, keep)
+                    if keep and "finetuned" in keep:
+                        row["model_file"] = save_model(keep["finetuned"], args.save_models,
+                                                       f"{model_name}_{frac:g}_{method}_s{seed}")  # fmt: skip
                     row.update(
                         date=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                         machine=machine, load=list(os.getloadavg()), command=command,
-                        quick=args.quick, baseline=src, baseline_measure=bm,
+                        quick=args.quick, baseline=src, baseline_measure=bm, device=args.device,
                     )  # fmt: skip
                     with jsonl.open("a") as f:
                         f.write(json.dumps(row, default=str) + "\n")

@@ -134,6 +134,7 @@ def _train_model(
     optimizer: str = "sgd",
     progress: bool = True,
     max_steps_per_epoch: int | None = None,
+    device: str | None = None,
     **data_kwargs: Any,
 ) -> tuple[Any, Any, Any, Any]:
     from compactnn import data, models
@@ -147,6 +148,8 @@ def _train_model(
         num_classes=info.num_classes,
         seed=seed,
     )
+    if device is not None:  # train there (the loaders stay on the CPU; train() moves batches)
+        model.to(device)
     train_loader, test_loader = data.get_loaders(
         dataset, batch_size=batch_size, seed=seed, **data_kwargs
     )
