@@ -604,7 +604,12 @@ def loaders(model_name: str, seed: int, quick: bool) -> tuple[Any, Any, Any]:
 def measure_row(model: nn.Module, shape: tuple[int, ...], test: Any) -> dict[str, Any]:
     x = metrics.real_batch(test, 100)
     eager = metrics.measure_latency(model, shape, batch_size=100, threads=1, inputs=x, repeats=30)
-    out: dict[str, Any] = {"latency_eager_ms": eager.median_ms}
+    return {"latency_eager_ms": eager.median_ms, **ort_latency(model, x)}
+
+
+def ort_latency(model: nn.Module, x: torch.Tensor) -> dict[str, Any]:
+    """onnxruntime latency of ``model`` on the batch ``x`` (1 thread), or the export's error."""
+    out: dict[str, Any] = {}
     try:
         with tempfile.TemporaryDirectory() as d:
             path = Path(d) / "model.onnx"
@@ -683,6 +688,57 @@ def run_row(method: str, model_name: str, frac: float, seed: int, args: Any,
         row["speedup_ort"] = base_meas["latency_eager_ms"] / row["latency_ort_ms"]
     row["status"] = "ok" if row["met"] else "budget missed"
     return row
+
+
+RETIME = {"rounds": 3, "repeats": 10, "batch_size": 100, "threads": 1}
+
+
+def retime(
+    rows: list[dict[str, Any]],
+    models_dir: Path,
+    inputs: Callable[[str], torch.Tensor],
+    where: str,
+) -> list[dict[str, Any]]:
+    """Re-time rows measured elsewhere (``--device cuda`` on a lent GPU machine, whose host CPU
+    was shared by parallel lanes) on this machine's CPU, from the models ``--save-models`` kept:
+    eager latency interleaved with the row's baseline (:data:`RETIME`), onnxruntime alone, on
+    ``inputs(model_name)`` (a batch of real test images). Accuracies, sizes and wall times are
+    kept; the latencies measured there move to ``latency_elsewhere``. A row whose model file is
+    missing (a failed row has none) is returned unchanged."""
+    bases: dict[tuple[str, str], tuple[nn.Module, dict[str, Any]]] = {}
+    out = []
+    for r in rows:
+        bm = r.get("baseline_measure") or {}
+        f, bf = r.get("model_file"), bm.get("model_file")
+        if not f or not bf or not (models_dir / f).is_file() or not (models_dir / bf).is_file():
+            out.append(r)
+            continue
+        x = inputs(r["model"])
+        shape = tuple(x.shape[1:])
+        if (r["model"], bf) not in bases:
+            base = torch.load(models_dir / bf, weights_only=False).eval()
+            bases[(r["model"], bf)] = (base, ort_latency(base, x))
+        base, base_ort = bases[(r["model"], bf)]
+        small = torch.load(models_dir / f, weights_only=False).eval()
+        lat = metrics.measure_latency_interleaved({"base": base, "row": small}, shape,
+                                                  inputs=x, **RETIME)  # fmt: skip
+        keys = ("latency_eager_ms", "latency_ort_ms", "speedup_eager", "speedup_ort", "ort_error")
+        new = {k: v for k, v in r.items() if k not in keys}
+        new["latency_elsewhere"] = {k: r.get(k) for k in keys if k in r}
+        new["latency_eager_ms"] = lat["row"].median_ms
+        new.update(ort_latency(small, x))
+        new["speedup_eager"] = lat["base"].median_ms / new["latency_eager_ms"]
+        if new.get("latency_ort_ms"):
+            new["speedup_ort"] = lat["base"].median_ms / new["latency_ort_ms"]
+        new["baseline_measure"] = {
+            **bm, "latency_eager_ms": lat["base"].median_ms, **base_ort,
+            "latency_elsewhere": {k: bm.get(k) for k in ("latency_eager_ms", "latency_ort_ms")},
+        }  # fmt: skip
+        new["latency_measured"] = f"{where}; re-timed from the saved model ({RETIME}, eager " \
+            "interleaved with the baseline)"  # fmt: skip
+        new["retimed"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        out.append(new)
+    return out
 
 
 # ----------------------------------------------------------------- timings and rows not run
@@ -1186,6 +1242,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "cached and reported as another baseline",
     )  # fmt: skip
     ap.add_argument(
+        "--retime", nargs=2, default=None, metavar=("ROWS", "DIR"),
+        help="run nothing new: re-time the rows of the jsonl ROWS (e.g. from a --device cuda "
+        "run elsewhere) on this CPU from the models in DIR (--save-models), append them to the "
+        "results' rows and rebuild the report",
+    )  # fmt: skip
+    ap.add_argument(
         "--save-models", default=None, metavar="DIR",
         help="save each row's fine-tuned model (torch.save of the module, CPU) and each "
         "baseline to DIR; the row records the file (to re-time it elsewhere: --retime)",
@@ -1268,6 +1330,25 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                     f.write(json.dumps(t) + "\n")
             out.append(t)
         return out
+    if args.retime:
+        src_rows = [json.loads(line) for line in Path(args.retime[0]).read_text().splitlines()
+                    if line.strip()]  # fmt: skip
+        batches: dict[str, torch.Tensor] = {}
+
+        def inputs(model_name: str) -> torch.Tensor:
+            if model_name not in batches:
+                batches[model_name] = metrics.real_batch(loaders(model_name, 0, False)[2], 100)
+            return batches[model_name]
+
+        done = retime(src_rows, Path(args.retime[1]), inputs, machine_label("cpu", args.threads))
+        with jsonl.open("a") as f:
+            for r in done:
+                f.write(json.dumps(r, default=str) + "\n")
+        print(
+            f"re-timed {sum(1 for r in done if r.get('retimed'))} of {len(done)} rows", flush=True
+        )
+        rebuild(jsonl, out_dir, {**meta, "baselines": {}}, grid)
+        return done
     if args.report_only:
         if not jsonl.is_file():
             raise SystemExit(f"--report-only: no rows at {jsonl}")

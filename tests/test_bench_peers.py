@@ -293,3 +293,51 @@ def test_a_row_with_a_disturbed_clock_keeps_its_accuracy_but_not_its_times() -> 
     assert a["compress_s"] == 600.0 and a["seed_s"] == 616.0
     assert a["timing_notes"] == ["process paused 1,100 s during compression"]
     assert bench._lenet_costs(rows)[("ssr", 0.05)]["seed_s"] == 616.0
+
+
+def test_retime_replaces_only_the_latencies_and_keeps_those_measured_elsewhere(tmp_path) -> None:
+    """Rows of a --device cuda run are re-timed here from their saved models: eager interleaved
+    with the baseline, onnxruntime alone; accuracy, size and wall times stay; the latencies
+    measured there move to latency_elsewhere; a row without a model file is left unchanged."""
+    bench = _bench()
+    base = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 256), torch.nn.ReLU(),
+                               torch.nn.Linear(256, 10))  # fmt: skip
+    small = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 8), torch.nn.ReLU(),
+                                torch.nn.Linear(8, 10))  # fmt: skip
+    assert bench.save_model(base, str(tmp_path), "m_baseline") == "m_baseline.pt"
+    assert bench.save_model(small, str(tmp_path), "m_0.05_x_s0") == "m_0.05_x_s0.pt"
+    bm = {"test_top1": 90.0, "latency_eager_ms": 999.0, "latency_ort_ms": 998.0,
+          "model_file": "m_baseline.pt"}  # fmt: skip
+    row = {"model": "m", "method": "x", "budget_macs": 0.05, "seed": 0, "status": "ok",
+           "test_top1": 88.5, "params": 100, "compress_s": 3.0, "model_file": "m_0.05_x_s0.pt",
+           "latency_eager_ms": 500.0, "latency_ort_ms": 400.0, "speedup_eager": 2.0,
+           "speedup_ort": 2.5, "baseline_measure": bm}  # fmt: skip
+    failed = {"model": "m", "method": "y", "budget_macs": 0.05, "seed": 0, "status": "failed",
+              "reason": "ConfigError: ...", "baseline_measure": bm}  # fmt: skip
+    x = torch.randn(100, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    calls = []
+
+    def inputs(model_name: str) -> torch.Tensor:
+        calls.append(model_name)
+        return x
+
+    out = bench.retime([row, failed], tmp_path, inputs, "here")
+    assert out[1] == failed
+    new = out[0]
+    assert {k: new[k] for k in ("test_top1", "params", "compress_s", "status")} == {
+        "test_top1": 88.5,
+        "params": 100,
+        "compress_s": 3.0,
+        "status": "ok",
+    }
+    assert new["latency_elsewhere"] == {"latency_eager_ms": 500.0, "latency_ort_ms": 400.0,
+                                        "speedup_eager": 2.0, "speedup_ort": 2.5}  # fmt: skip
+    assert new["latency_eager_ms"] not in (500.0, None) and new["latency_ort_ms"] not in (400.0,)
+    nb = new["baseline_measure"]
+    assert nb["latency_elsewhere"] == {"latency_eager_ms": 999.0, "latency_ort_ms": 998.0}
+    assert nb["test_top1"] == 90.0 and nb["latency_eager_ms"] != 999.0
+    assert new["speedup_eager"] == pytest.approx(nb["latency_eager_ms"] / new["latency_eager_ms"])
+    assert new["speedup_ort"] == pytest.approx(nb["latency_eager_ms"] / new["latency_ort_ms"])
+    assert "here" in new["latency_measured"] and new["retimed"]
+    assert row["latency_eager_ms"] == 500.0  # the input row is not modified
+    assert calls == ["m"]

@@ -175,3 +175,44 @@ def test_methods_run_with_the_model_on_cuda(method: str) -> None:
     assert all(p.is_cuda for p in gpu.model.parameters())
     assert gpu.report_after.params == cpu.report_after.params
     torch.testing.assert_close(gpu.model(x[:8].cuda()).cpu(), cpu.model(x[:8]), atol=1e-3, rtol=0)
+
+
+def test_full_precision_turns_tf32_off_and_restores_it() -> None:
+    """The surgery self-check compares to 1e-4 relative: on a GPU its passes run without TF32
+    (cuDNN convs default to TF32; measured 2.5e-4 on an H200), the flags restored after, on an
+    error too."""
+    from compactnn.surgery._check import full_precision
+
+    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cudnn.allow_tf32 = True
+    try:
+        with pytest.raises(RuntimeError, match="boom"), full_precision():
+            assert not torch.backends.cudnn.allow_tf32
+            assert not torch.backends.cuda.matmul.allow_tf32
+            raise RuntimeError("boom")
+        assert torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("method", ["l1-norm", "ssr", "slr"])
+def test_a_wide_conv_on_cuda_with_tf32_is_cut_exactly(method: str) -> None:
+    """On an H200, kiaee-cnn's 96-channel conv1 failed the surgery self-check (2.5e-4 > 1e-4)
+    under cuDNN's default TF32, and slr timed its sparse forms with the solver's CPU weight
+    next to the layer's GPU bias. Both are fixed; a wide conv net on cuda compresses."""
+    import compactnn
+
+    torch.backends.cudnn.allow_tf32 = True
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(128, 3, 16, 16, generator=g), torch.randint(0, 3, (128,), generator=g)
+    data = DataLoader(TensorDataset(x, y), batch_size=32)
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 96, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(96, 64, 3),
+        nn.ReLU(), nn.Flatten(), nn.Linear(64 * 6 * 6, 32), nn.ReLU(), nn.Linear(32, 3),
+    ).cuda()  # fmt: skip
+    res = compactnn.compress(model, method, (data, data), target={"macs": 0.5},
+                             on_drop="warn", progress=False)  # fmt: skip
+    assert all(p.is_cuda for p in res.model.parameters())
+    assert res.model(x[:8].cuda()).shape == (8, 3)

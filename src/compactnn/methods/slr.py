@@ -336,12 +336,17 @@ class SLR(_Layerwise):
         if shape is None:
             return forms[0], {}
         out: dict[str, float] = {}
+        # timed on the CPU (the deployment the forms are chosen for), whatever device the
+        # model is on: the solver's A may be on the CPU while the layer's bias is on a GPU
+        A = A.detach().cpu()
+        bias = None if bias is None else bias.detach().cpu()
+        cpu_module = copy.deepcopy(module).cpu()
         for f in forms:
             if isinstance(module, nn.Linear):
                 m = ColumnSparseLinear.from_dense(A, bias, form=f)
             else:
-                m = ColumnSparseConv2d.from_dense(module, A.reshape(module.weight.shape), bias,
-                                                  form=f)  # fmt: skip
+                m = ColumnSparseConv2d.from_dense(cpu_module, A.reshape(module.weight.shape),
+                                                  bias, form=f)  # fmt: skip
             lat = measure_latency(m, shape, batch_size=100, threads=1, warmup=2, repeats=7)
             out[f] = float(lat.median_ms)
         return min(out, key=out.__getitem__), out

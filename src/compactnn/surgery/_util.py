@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from compactnn.errors import PlanError
+from compactnn.surgery._check import full_precision
 
 __all__ = [
     "get_module",
@@ -111,7 +112,7 @@ def run_model(model: nn.Module, inputs: tuple[Tensor, ...]) -> Any:
     modes = [(m, m.training) for m in model.modules()]
     try:
         model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), full_precision():  # the self-check compares to 1e-4: no TF32
             return model(*inputs)
     finally:
         for m, t in modes:
