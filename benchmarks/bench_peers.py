@@ -1020,6 +1020,23 @@ def _f(v: Any, fmt: str) -> str:
     return "–" if v is None else format(v, fmt)
 
 
+def machines(rows: list[dict[str, Any]]) -> list[str]:
+    """Markdown lines: where each model's measured rows ran, and where their latency was timed
+    (a row re-timed by ``--retime`` names this machine's CPU)."""
+    seen: dict[str, dict[tuple[str, str], int]] = {}
+    for r in rows:
+        if r.get("estimated") or not r.get("machine"):
+            continue
+        timed = r.get("latency_measured") or "same machine"
+        per = seen.setdefault(r["model"], {})
+        per[(r["machine"], timed)] = per.get((r["machine"], timed), 0) + 1
+    out = ["Where the rows ran:", ""]
+    for model in sorted(seen):
+        for (machine, timed), n in sorted(seen[model].items()):
+            out.append(f"- {model}: {n} row(s) on {machine}; latency: {timed}")
+    return [*out, ""] if seen else []
+
+
 def markdown(rows: list[dict[str, Any]], agg: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     lines = [
         "# compactnn against the peers at equal MACs budgets",
@@ -1036,6 +1053,7 @@ def markdown(rows: list[dict[str, Any]], agg: list[dict[str, Any]], meta: dict[s
         "100 real test images, one thread; speed-up = baseline eager / row (eager or "
         "onnxruntime). See benchmarks/bench_peers.py for each adapter.",
         "",
+        *machines(rows),
         "## Verdict",
         "",
         *verdicts(agg),
