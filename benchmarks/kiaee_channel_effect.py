@@ -72,15 +72,18 @@ def stages(m: nn.Sequential) -> dict[str, tuple[nn.Module, tuple[int, ...]]]:
     }
 
 
-def time_set(ms: dict[str, nn.Module], shape: tuple[int, ...], rounds: int, repeats: int,
-             cl: bool = False) -> dict[str, float]:  # fmt: skip
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(BATCH, *shape, generator=g)
+def time_set(ms: dict[str, nn.Module], shape: tuple[int, ...] | dict[str, tuple[int, ...]],
+             rounds: int, repeats: int, cl: bool = False) -> dict[str, float]:  # fmt: skip
+    """Median ms of each model, timed interleaved; ``shape`` is one input shape or one per
+    model (the same seeded N(0, 1) batch for every model of one shape)."""
+    shapes = shape if isinstance(shape, dict) else dict.fromkeys(ms, shape)
+    xs = {k: torch.randn(BATCH, *shapes[k], generator=torch.Generator().manual_seed(0))
+          for k in ms}  # fmt: skip
     if cl:  # on copies: Module.to() converts in place, and later timings must stay NCHW
-        x = x.contiguous(memory_format=torch.channels_last)
+        xs = {k: x.contiguous(memory_format=torch.channels_last) for k, x in xs.items()}
         ms = {k: copy.deepcopy(v).to(memory_format=torch.channels_last) for k, v in ms.items()}
-    res = metrics.measure_latency_interleaved(ms, shape, rounds=rounds, batch_size=BATCH,
-                                              threads=1, warmup=3, repeats=repeats, inputs=x)  # fmt: skip
+    res = metrics.measure_latency_interleaved(ms, shapes, rounds=rounds, batch_size=BATCH,
+                                              threads=1, warmup=3, repeats=repeats, inputs=xs)  # fmt: skip
     return {k: r.median_ms for k, r in res.items()}
 
 
@@ -141,19 +144,10 @@ def main(argv: list[str] | None = None) -> dict:
         out["ms"]["whole model, eager, channels_last"] = time_set(
             whole, (1, H, H), args.rounds, args.repeats, cl=True)  # fmt: skip
         for st in ("conv1", "relu1+pool1", "conv2", "rest (control)"):
+            # the input width of a stage differs between variants: one input shape per model
             ms = {f"C={c}": stages(m)[st][0] for c, m in vs.items()}
-            shapes = {stages(m)[st][1] for m in vs.values()}
-            if len(shapes) == 1:
-                out["ms"][st] = time_set(ms, shapes.pop(), args.rounds, args.repeats)
-            else:  # input width differs: time each with its own input, still interleaved
-                per: dict[str, float] = {}
-                for rnd in range(args.rounds):
-                    order = list(vs.items()) if rnd % 2 == 0 else list(vs.items())[::-1]
-                    for c, m in order:
-                        mod, shp = stages(m)[st]
-                        t = time_set({f"C={c}": mod}, shp, 1, args.repeats)[f"C={c}"]
-                        per.setdefault(f"C={c}", []).append(t)  # type: ignore[arg-type]
-                out["ms"][st] = {k: sorted(v)[len(v) // 2] for k, v in per.items()}  # type: ignore[arg-type]
+            shp = {f"C={c}": stages(m)[st][1] for c, m in vs.items()}
+            out["ms"][st] = time_set(ms, shp, args.rounds, args.repeats)
         ort: dict[str, float] = {}
         with tempfile.TemporaryDirectory() as d:
             x = torch.randn(BATCH, 1, H, H, generator=torch.Generator().manual_seed(0))

@@ -174,3 +174,39 @@ def test_interleaved_latency_rejects_bad_input() -> None:
         metrics.measure_latency_interleaved(
             {"m": tiny_cnn()}, (1, 8, 8), batch_size=2, inputs=torch.zeros(2, 3, 8, 8)
         )
+
+
+def test_interleaved_latency_takes_one_input_per_model() -> None:
+    """Models whose inputs differ (stages of two widths) are still timed in turn: each on its
+    own batch (given, or one random batch per distinct shape), the order flipped per round."""
+    seen: list[tuple[str, tuple[int, ...]]] = []
+
+    class Tagged(nn.Module):
+        def __init__(self, tag: str, d: int) -> None:
+            super().__init__()
+            self.tag = tag
+            self.lin = nn.Linear(d, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.append((self.tag, tuple(x.shape)))
+            return self.lin(x)
+
+    ms = {"a": Tagged("a", 4), "b": Tagged("b", 6), "c": Tagged("c", 4)}
+    shapes = {"a": (4,), "b": (6,), "c": (4,)}
+    res = metrics.measure_latency_interleaved(ms, shapes, rounds=2, batch_size=3, warmup=0,
+                                              repeats=1)  # fmt: skip
+    assert set(res) == {"a", "b", "c"}
+    assert seen == [("a", (3, 4)), ("b", (3, 6)), ("c", (3, 4)),
+                    ("c", (3, 4)), ("b", (3, 6)), ("a", (3, 4))]  # fmt: skip
+    xb = torch.full((3, 6), 2.0)
+    got: dict[str, torch.Tensor] = {}
+    ms2 = {"a": nn.Linear(4, 2), "b": nn.Linear(6, 2)}
+    for k, m in ms2.items():
+        m.register_forward_hook(lambda mod, i, o, k=k: got.__setitem__(k, i[0]))
+    metrics.measure_latency_interleaved(ms2, {"a": (4,), "b": (6,)}, batch_size=3, rounds=1,
+                                        repeats=1, inputs={"a": torch.ones(3, 4), "b": xb})  # fmt: skip
+    assert torch.equal(got["a"], torch.ones(3, 4)) and torch.equal(got["b"], xb)
+    with pytest.raises(ConfigError, match="'input_shape' given per model must have the keys"):
+        metrics.measure_latency_interleaved(ms2, {"a": (4,)}, rounds=1)
+    with pytest.raises(ConfigError, match="'inputs' given per model"):
+        metrics.measure_latency_interleaved(ms2, {"a": (4,), "b": (6,)}, inputs={"b": xb})

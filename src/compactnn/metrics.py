@@ -427,14 +427,14 @@ def _timed_runs(
 
 def measure_latency_interleaved(
     models: Mapping[str, nn.Module],
-    input_shape: Sequence[int],
+    input_shape: Sequence[int] | Mapping[str, Sequence[int]],
     *,
     rounds: int = 3,
     batch_size: int = 1,
     threads: int = 1,
     warmup: int = 2,
     repeats: int = 10,
-    inputs: torch.Tensor | None = None,
+    inputs: torch.Tensor | Mapping[str, torch.Tensor] | None = None,
 ) -> dict[str, LatencyResult]:
     """Latencies of several models timed in turn, so that a ratio of two of them (a speed-up)
     is not the load of the machine changing between two measurements.
@@ -442,7 +442,12 @@ def measure_latency_interleaved(
     Each of ``rounds`` rounds times every model (``measure_latency`` with ``warmup`` and
     ``repeats``), the order reversed every other round so that no model always runs first; a
     model's result pools its timed runs of all rounds. With no ``inputs`` every model is timed on
-    the same N(0, 1) batch.
+    the same N(0, 1) batch (one per distinct input shape).
+
+    Args:
+        input_shape: the per-sample shape, or one per key of ``models`` (models whose inputs
+            differ, e.g. the stages of two networks of different widths).
+        inputs: a batch for every model, or one per key of ``models``; ``None``: N(0, 1).
 
     Returns:
         one LatencyResult per key of ``models``.
@@ -452,11 +457,18 @@ def measure_latency_interleaved(
     _check_latency_args(fn, batch_size, threads, warmup, repeats)
     if not models:
         raise ConfigError(f"{fn}: 'models' is empty; give at least one model to time.")
-    if inputs is None:  # one random batch for every model
-        x = _latency_input(next(iter(models.values())), input_shape, batch_size, None, fn)
-        xs = dict.fromkeys(models, x)
-    else:
-        xs = {k: _latency_input(m, input_shape, batch_size, inputs, fn) for k, m in models.items()}
+    shapes = _per_model(input_shape, models, "input_shape", fn, Mapping)
+    given = _per_model(inputs, models, "inputs", fn, Mapping)
+    xs: dict[str, torch.Tensor] = {}
+    random: dict[tuple[int, ...], torch.Tensor] = {}  # one random batch per input shape
+    for k, m in models.items():
+        shape = tuple(int(d) for d in shapes[k])
+        if given[k] is None:
+            if shape not in random:
+                random[shape] = _latency_input(m, shape, batch_size, None, fn)
+            xs[k] = random[shape]
+        else:
+            xs[k] = _latency_input(m, shape, batch_size, given[k], fn)
     times: dict[str, list[float]] = {k: [] for k in models}
     items = list(models.items())
     for rnd in range(rounds):
@@ -466,6 +478,20 @@ def measure_latency_interleaved(
         k: LatencyResult.from_times(t, batch_size=batch_size, threads=threads, warmup=warmup)
         for k, t in times.items()
     }
+
+
+def _per_model(value: Any, models: Mapping[str, nn.Module], name: str, fn: str,
+               kind: type) -> dict[str, Any]:  # fmt: skip
+    """``value`` for every key of ``models``: itself, or its entry when it is a mapping (whose
+    keys must be those of ``models``)."""
+    if not isinstance(value, kind):
+        return dict.fromkeys(models, value)
+    if set(value) != set(models):
+        raise ConfigError(
+            f"{fn}: '{name}' given per model must have the keys of 'models' "
+            f"{sorted(models)}; got {sorted(value)}."
+        )
+    return {k: value[k] for k in models}
 
 
 def accuracy(
