@@ -62,3 +62,19 @@ def test_report_and_options() -> None:
     assert "`reorder jit:blk: x`" in md
     with pytest.raises(SystemExit):
         b.main(["--channels", "95", "96"])
+
+
+def test_stages_of_differing_input_widths_are_timed_together() -> None:
+    """conv2's input has 96 channels in one variant and 95 in the other: one interleaved call,
+    each stage on a batch of its own shape."""
+    b = _b()
+    st96, st95 = b.stages(b.variant(96)), b.stages(b.variant(95))
+    ms = {"C=96": st96["conv2"][0], "C=95": st95["conv2"][0]}
+    shapes = {"C=96": st96["conv2"][1], "C=95": st95["conv2"][1]}
+    assert shapes["C=96"][0] == 96 and shapes["C=95"][0] == 95
+    threads = torch.get_num_threads()
+    try:
+        got = b.time_set(ms, shapes, rounds=2, repeats=1)
+    finally:
+        torch.set_num_threads(threads)
+    assert set(got) == {"C=96", "C=95"} and all(v > 0 for v in got.values())
