@@ -13,34 +13,38 @@
 # written to CARRY/site/imp.py. Its torch is 2.11 (ours is pinned 2.13 here; rows record it).
 #
 # Usage there:  CARRY=.devcarry BUDGET_S=520 bash benchmarks/device_peers.sh MODEL "B:METHOD ..."
+# (DEVICE=cpu EXTRA=--quick runs the same steps anywhere, as a smoke test of this script)
 # Back here:    python benchmarks/bench_peers.py --retime ROWS.jsonl MODELS_DIR
 # (un-tar models.tar into MODELS_DIR; rows of the run are appended, re-timed on this CPU).
 set -u
 MODEL=${1:?model}; LANES=${2:?"lanes, e.g. '0.05:ssr 0.25:tp-taylor'"}
 CARRY=${CARRY:-.devcarry}; OUT=${OUT:-/tmp/out}
 T0=$(date +%s); END=$((T0 + ${BUDGET_S:-520}))
-export PYTHONPATH=$PWD/src:$PWD/$CARRY/site PYTHONUNBUFFERED=1 COMPACTNN_CACHE=/tmp/cc OMP_NUM_THREADS=1
+export PYTHONPATH=$PWD/src:$PWD/$CARRY/site PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
+export COMPACTNN_CACHE=${COMPACTNN_CACHE:-/tmp/cc}
+mkdir -p "$COMPACTNN_CACHE" "$OUT" $CARRY/site
 echo 'from importlib import reload  # noqa: F401  (py3.12 has no imp; OTO 3.0.1 imports it)' > $CARRY/site/imp.py
-mkdir -p /usr/share/datasets /tmp/cc "$OUT" && cp -r $CARRY/fashion-mnist /usr/share/datasets/
-[ -d $CARRY/cc ] && cp -r $CARRY/cc/* /tmp/cc/
-R=/tmp/r; M=/tmp/models; L=/tmp/logs; mkdir -p $R $M $L
-{ nvidia-smi -L; python3 -c "import torch; print('torch', torch.__version__, torch.cuda.is_available())"; } | tee $L/00_env.txt
-python3 - "$MODEL" > $L/01_baseline.txt 2>&1 <<'PY'
+[ -d /usr/share/datasets/fashion-mnist ] || { mkdir -p /usr/share/datasets && cp -r $CARRY/fashion-mnist /usr/share/datasets/; }
+[ -d $CARRY/cc ] && cp -r $CARRY/cc/* "$COMPACTNN_CACHE"/
+R=${WORK:-/tmp}/r; M=${WORK:-/tmp}/models; L=${WORK:-/tmp}/logs; mkdir -p $R $M $L
+DEVICE=${DEVICE:-cuda}; EXTRA=${EXTRA:-}; PY=${PY:-python3}
+{ nvidia-smi -L 2>/dev/null; $PY -c "import torch; print('torch', torch.__version__, torch.cuda.is_available())"; } | tee $L/00_env.txt
+$PY - "$MODEL" "$DEVICE" "$EXTRA" > $L/01_baseline.txt 2>&1 <<'PY'
 import sys; sys.path.insert(0, 'benchmarks')
 import bench_peers as bp
-base, src = bp.baseline(sys.argv[1], False, 'cuda')
+base, src = bp.baseline(sys.argv[1], '--quick' in sys.argv[3], sys.argv[2])
 print('baseline', src, bp.state_sha(base), flush=True)
 PY
 rc=$?; tail -3 $L/01_baseline.txt
 [ $rc != 0 ] && { cp $L/* "$OUT"/; exit 1; }
 for lane in $LANES; do
   b=${lane%%:*}; m=${lane#*:}
-  timeout $((END - $(date +%s))) python3 benchmarks/bench_peers.py --models "$MODEL" --budgets $b \
-    --seeds 0,1,2 --methods $m --device cuda --threads 1 --out $R --save-models $M \
+  timeout $((END - $(date +%s))) $PY benchmarks/bench_peers.py --models "$MODEL" --budgets $b \
+    --seeds 0,1,2 --methods $m --device $DEVICE --threads 1 --out $R --save-models $M $EXTRA \
     > $L/lane_${b}_${m}.txt 2>&1 &
 done
 wait
-cp $R/peers_rows.jsonl "$OUT"/ 2>/dev/null
+cp $R/peers_rows*.jsonl "$OUT"/ 2>/dev/null
 tar -C $M -cf "$OUT"/models.tar .
 for f in $L/*; do echo "=== $f"; tail -c 6000 $f; done > "$OUT"/logs.txt
 grep -h '"status"' $L/lane_* | cut -c1-200
