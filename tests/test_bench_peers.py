@@ -341,3 +341,24 @@ def test_retime_replaces_only_the_latencies_and_keeps_those_measured_elsewhere(t
     assert "here" in new["latency_measured"] and new["retimed"]
     assert row["latency_eager_ms"] == 500.0  # the input row is not modified
     assert calls == ["m"]
+
+
+def test_device_option_and_where_rows_ran() -> None:
+    """--device cuda is refused up front without CUDA; a CPU run's label says so; the report
+    names each model's machines and where its latency was timed (re-timed rows apart)."""
+    bench = _bench()
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit):
+            bench.parse(["--device", "cuda"])
+    assert bench.parse([]).device == "cpu"
+    assert bench.machine_label("cpu", 1).endswith("1 torch thread(s), no GPU")
+    rows = [
+        {"model": "a", "machine": "M1"}, {"model": "a", "machine": "M1"},
+        {"model": "a", "machine": "GPU", "latency_measured": "here; re-timed"},
+        {"model": "b", "estimated": True, "machine": "X"},
+    ]  # fmt: skip
+    lines = bench.machines(rows)
+    assert "- a: 2 row(s) on M1; latency: same machine" in lines
+    assert "- a: 1 row(s) on GPU; latency: here; re-timed" in lines
+    assert not any("- b:" in line for line in lines)
+    assert bench.machines([]) == []
