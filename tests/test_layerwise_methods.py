@@ -340,3 +340,41 @@ def test_unconverged_warning_names_what_was_missed() -> None:
     with pytest.warns(RuntimeWarning) as rec:
         _run(_mlp(), "slr", data, layers=["0"], options=opts)
     assert not any("constraint violation" in str(w.message) for w in rec)
+
+
+def test_slr_under_a_macs_target_never_picks_the_dense_form(monkeypatch) -> None:
+    """form='auto' times each sparse-branch form; the dense one computes the dropped columns'
+    MACs. Under load its timing can win (LeNet's conv2 on 2026-12-04: 83 % of the MACs kept at
+    every strength, budget unreachable), so under a MACs target the search and the final run use
+    'auto-sparse'. Here the dense form is made the fastest: without a target it is picked, under
+    a MACs target it never is, and the target is met."""
+    from compactnn import metrics
+    from compactnn.layers import ColumnSparseConv2d, ColumnSparseLinear
+
+    real = metrics.measure_latency
+
+    def fake(model, *a, **k):  # type: ignore[no-untyped-def]
+        if isinstance(model, (ColumnSparseConv2d, ColumnSparseLinear)):
+            ms = 0.001 if model.form == "dense" else 1.0
+            return metrics.LatencyResult(ms, ms, ms, 100, 1, 1, 0)
+        return real(model, *a, **k)
+
+    monkeypatch.setattr(metrics, "measure_latency", fake)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 8, 3), nn.ReLU(), nn.Conv2d(8, 16, 3), nn.ReLU(),
+                          nn.Flatten(), nn.Linear(16 * 4 * 4, 24), nn.ReLU(), nn.Linear(24, 3))  # fmt: skip
+    data = _loader((2, 8, 8), n=96)
+
+    def forms(m: nn.Module) -> list[str]:
+        return [
+            x.form for x in m.modules() if isinstance(x, (ColumnSparseConv2d, ColumnSparseLinear))
+        ]
+
+    free = _run(copy.deepcopy(model), "slr", data, share=0.2)
+    assert forms(free.model) and set(forms(free.model)) == {"dense"}
+    res = _run(copy.deepcopy(model), "slr", data, target={"macs": 0.5})
+    assert res.chosen["form"] == "auto-sparse"
+    assert forms(res.model) and "dense" not in forms(res.model)
+    assert res.target["met"]
+    fixed = _run(copy.deepcopy(model), "slr", data, target={"macs": 0.5}, form="gather")
+    assert fixed.chosen["form"] == "gather"  # an explicit form is kept
