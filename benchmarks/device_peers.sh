@@ -8,7 +8,9 @@
 #   CARRY/site/              the peers' pure-Python packages + dist-info (torch_pruning,
 #                            torch_kirigami, only_train_once, pydot, graphviz) from .venv
 #   CARRY/cc/checkpoints/    optional: the cached baseline, so that every run uses ONE
-#                            baseline (a GPU retrain is not bit-identical)
+#                            baseline (a GPU retrain is not bit-identical); the kiaee-cnn one
+#                            of 2026-12-04 (91.91 %, sha 1caa76cbeb14bf8a) is committed in
+#                            benchmarks/results/checkpoints/: copy it there to pool new rows
 # The machine's python 3.12 has no `imp` module, which OTO 3.0.1 imports: a one-line shim is
 # written to CARRY/site/imp.py. Its torch is 2.11 (ours is pinned 2.13 here; rows record it).
 #
