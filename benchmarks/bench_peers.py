@@ -86,6 +86,7 @@ import compactnn
 from compactnn import budget, export, metrics, models
 from compactnn import data as cdata
 from compactnn.api import split_loader
+from compactnn.structure import module_device
 from compactnn.train import TrainConfig, finetune, load_checkpoint, save_checkpoint
 
 HERE = Path(__file__).resolve().parent
@@ -181,12 +182,6 @@ def macs_of(model: nn.Module, shape: tuple[int, ...]) -> float:
     return metrics.count_flops(model, shape) / 2.0
 
 
-def device_of(model: nn.Module) -> torch.device:
-    """Where ``model``'s parameters live (the peers' example inputs and batches go there)."""
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
-
-
 def _train_batches(loader: Any, n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     out = []
     for x, y in loader:
@@ -200,7 +195,7 @@ def _loss_grads(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor
     """Accumulate the mean cross-entropy gradient of ``batches`` into ``.grad``."""
     model.zero_grad(set_to_none=True)
     model.train()
-    dev = device_of(model)
+    dev = module_device(model)
     for x, y in batches:
         x, y = x.to(dev), y.to(dev)
         (nn.functional.cross_entropy(model(x), y) / len(batches)).backward()
@@ -338,7 +333,7 @@ def run_tp(name: str) -> Callable[[Case], tuple[nn.Module, dict[str, Any]]]:
             m = copy.deepcopy(c.model).eval()
             imp = getattr(tp.importance, imp_name)(**imp_kw)
             pruner = tp.pruner.MetaPruner(
-                m, torch.randn(1, *c.shape, device=device_of(m)), importance=imp, pruning_ratio=ratio,
+                m, torch.randn(1, *c.shape, device=module_device(m)), importance=imp, pruning_ratio=ratio,
                 iterative_steps=TP_STEPS, ignored_layers=[classifier_of(m)],
             )  # fmt: skip
             for _ in range(TP_STEPS):
@@ -363,7 +358,9 @@ def _kirigami_prune(model: nn.Module, shape: tuple[int, ...], ratio: float, metr
     from torch_kirigami import DependencyGraph
     from torch_kirigami.pruning import ChannelRatio, Greedy, Pruner
 
-    graph = DependencyGraph.build(model, args=(torch.randn(2, *shape, device=device_of(model)),))
+    graph = DependencyGraph.build(
+        model, args=(torch.randn(2, *shape, device=module_device(model)),)
+    )
     pruner = Pruner(model, graph=graph)
     space = pruner.discover_candidates()
     model, _ = pruner.prune(
@@ -381,7 +378,9 @@ def _kirigami_widths(model: nn.Module, shape: tuple[int, ...]) -> Callable[[floa
 
     from compactnn.methods._common import prune_filters
 
-    graph = DependencyGraph.build(model, args=(torch.randn(2, *shape, device=device_of(model)),))
+    graph = DependencyGraph.build(
+        model, args=(torch.randn(2, *shape, device=module_device(model)),)
+    )
     axes = Pruner(model, graph=graph).discover_candidates().channel_axes
     widths = tuple(a.tensor.shape[a.dim] for a in axes)
     names = [a.tensor.paths[0].rsplit(".", 1)[0] for a in axes]
@@ -404,7 +403,7 @@ def _sgd_epochs(
     """Plain training loop for the peers' sparse-training phases (seeded batch order)."""
     gen = torch.Generator().manual_seed(c.seed)
     ds = c.train.dataset
-    dev = device_of(model)
+    dev = module_device(model)
     model.train()
     for _ in range(epochs):
         order = torch.randperm(len(ds), generator=gen)
@@ -432,7 +431,7 @@ def run_kirigami(name: str) -> Callable[[Case], tuple[nn.Module, dict[str, Any]]
         if name == "kirigami-grouplasso":
             base.train()  # the graph records the mode; the regulariser is read in training
             graph = DependencyGraph.build(
-                base, args=(torch.randn(2, *c.shape, device=device_of(base)),)
+                base, args=(torch.randn(2, *c.shape, device=module_device(base)),)
             )
             pruner = Pruner(base, graph=graph)
             groups = unique_groups(pruner.parameter_groups(pruner.discover_candidates().candidates))
@@ -473,7 +472,7 @@ def _oto_subnet(model: nn.Module, c: Case, sparsity: float, steps: int, full: bo
 
     m = copy.deepcopy(model)
     with _quiet():
-        oto = OTO(model=m, dummy_input=torch.randn(1, *c.shape, device=device_of(m)))
+        oto = OTO(model=m, dummy_input=torch.randn(1, *c.shape, device=module_device(m)))
         n_batches = len(c.train) if c.max_steps is None else min(c.max_steps, len(c.train))
         total = steps if not full else max(1, c.select_epochs * n_batches)
         prune_steps = 1 if not full else max(1, total // 2)
@@ -492,8 +491,9 @@ def _oto_subnet(model: nn.Module, c: Case, sparsity: float, steps: int, full: bo
             _sgd_epochs(m, c, step, opt, c.select_epochs)
         else:
             m.train()
+            dev = module_device(m)
             for x, y in _train_batches(c.train, steps):
-                x, y = x.to(device_of(m)), y.to(device_of(m))
+                x, y = x.to(dev), y.to(dev)
                 opt.zero_grad()
                 nn.functional.cross_entropy(m(x), y).backward()
                 opt.step()

@@ -457,8 +457,8 @@ def measure_latency_interleaved(
     _check_latency_args(fn, batch_size, threads, warmup, repeats)
     if not models:
         raise ConfigError(f"{fn}: 'models' is empty; give at least one model to time.")
-    shapes = _per_model(input_shape, models, "input_shape", fn, Mapping)
-    given = _per_model(inputs, models, "inputs", fn, Mapping)
+    shapes = _per_model(input_shape, models, "input_shape", fn)
+    given = _per_model(inputs, models, "inputs", fn)
     xs: dict[str, torch.Tensor] = {}
     random: dict[tuple[int, ...], torch.Tensor] = {}  # one random batch per input shape
     for k, m in models.items():
@@ -480,11 +480,10 @@ def measure_latency_interleaved(
     }
 
 
-def _per_model(value: Any, models: Mapping[str, nn.Module], name: str, fn: str,
-               kind: type) -> dict[str, Any]:  # fmt: skip
+def _per_model(value: Any, models: Mapping[str, nn.Module], name: str, fn: str) -> dict[str, Any]:
     """``value`` for every key of ``models``: itself, or its entry when it is a mapping (whose
     keys must be those of ``models``)."""
-    if not isinstance(value, kind):
+    if not isinstance(value, Mapping):
         return dict.fromkeys(models, value)
     if set(value) != set(models):
         raise ConfigError(

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from compactnn.errors import PlanError
-from compactnn.surgery._check import full_precision
+from compactnn.surgery._check import _eval_restored
 
 __all__ = [
     "get_module",
@@ -108,15 +108,10 @@ def with_user_batch(
 
 
 def run_model(model: nn.Module, inputs: tuple[Tensor, ...]) -> Any:
-    """Forward in eval mode without grad, restoring every module's training flag."""
-    modes = [(m, m.training) for m in model.modules()]
-    try:
-        model.eval()
-        with torch.no_grad(), full_precision():  # the self-check compares to 1e-4: no TF32
-            return model(*inputs)
-    finally:
-        for m, t in modes:
-            m.train(t)
+    """Forward in eval mode without grad (and without TF32: the self-check compares to 1e-4),
+    restoring every module's training flag."""
+    with _eval_restored(model), torch.no_grad():
+        return model(*inputs)
 
 
 def verify_model(model: nn.Module, inputs: tuple[Tensor, ...] | None, context: str) -> Any:
