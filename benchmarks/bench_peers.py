@@ -307,6 +307,10 @@ def run_compactnn(method: str) -> Callable[[Case], tuple[nn.Module, dict[str, An
             "chosen": chosen,
             "strength": tgt.get("strength"),
             "trials": len(tgt.get("trace") or []),
+            # how the budget was split over the layers (e.g. "uniform share, filled") and the
+            # per-layer counts allotted, where the method searches counts
+            "budget_split": tgt.get("option"),
+            "allotted": tgt.get("allotted"),
         }
 
     return adapter

@@ -313,6 +313,50 @@ class _CriterionPruning(Method):
     def proxy(self) -> Method:
         return self.with_options(finetune_epochs=0)
 
+    def calibrate(
+        self, model: nn.Module, data: CompressionData, target: Any, *, progress: bool = False
+    ) -> tuple[Method, dict[str, Any]]:
+        """Per-layer counts for ``target``: the uniform share, then grown into the budget it
+        leaves unused (:func:`~compactnn.methods._calibrate.uniform_counts`, the split SSR
+        uses), checked by a proxy run measured physically. Where that run does not meet the
+        target exactly (coupled layers cut to another member's count, skipped layers), the
+        generic search over one pruned fraction (:meth:`strength`) decides instead."""
+        import time
+
+        import torch
+
+        from compactnn.budget import measure
+        from compactnn.methods._calibrate import target_record, uniform_counts
+
+        if self.config.keep is not None:  # type: ignore[attr-defined]
+            raise ConfigError(
+                f"{self.name}: pass either keep= (a fixed per-layer budget) or target=, not both."
+            )
+        t0 = time.perf_counter()
+        cfg: CriterionConfig = self.config  # type: ignore[assignment]
+        shape = data.require_input_shape(self.name)
+        layers = list(cfg.layers) if cfg.layers is not None else prunable_layers(model, shape)
+        self._check_layers(model, layers)
+        try:
+            counts, _ = uniform_counts(model, layers, target, shape)
+        except ConfigError:
+            return super().calibrate(model, data, target, progress=progress)
+        chosen = self.with_options(keep=counts)
+        with torch.random.fork_rng(devices=[]):
+            res = chosen.proxy().run(copy.deepcopy(model), data, progress=False)
+        kept = measure(res.model, shape, target.keys).fractions(measure(model, shape, target.keys))
+        if target.slack(kept) > 1.0 + 1e-12:
+            return super().calibrate(model, data, target, progress=progress)
+        if progress:
+            print(f"  {self.name}: keep {counts}, kept "
+                  + ", ".join(f"{k} {100 * v:.2f} %" for k, v in kept.items()), flush=True)
+        rec = target_record(
+            target, kept, option="filters per layer (uniform share, filled)", strength=None,
+            trace=[{"keep": dict(counts), "kept": dict(kept)}],
+            seconds=time.perf_counter() - t0, allotted=dict(counts),
+        )  # fmt: skip
+        return chosen, rec
+
 
 def _grouped_top(scores: Any, n_keep: int, groups: int) -> tuple[int, ...]:
     """The best ``n_keep // groups`` (at least 1) scores of each of ``groups`` equal blocks."""
