@@ -559,10 +559,14 @@ def peer_missing(method: str) -> str | None:
 # ------------------------------------------------------------------------------------ one row
 
 
-def baseline(model_name: str, quick: bool, device: str = "cpu") -> tuple[nn.Module, str]:
+def baseline(
+    model_name: str, quick: bool, device: str = "cpu", trained_on: str | None = None
+) -> tuple[nn.Module, str]:
     """The trained baseline (on the CPU) and where it came from: the cached checkpoint, else
     trained here (on ``device``) and cached. The cache name names the device a baseline was
-    trained on when it is not the CPU: a GPU-trained one is another baseline."""
+    trained on when it is not the CPU: a GPU-trained one is another baseline. ``trained_on``
+    (e.g. ``"cuda"``): use the cached baseline trained on that device (never train one), so
+    that rows run here pool with the rows run there."""
     spec = MODELS[model_name]
     shape = models.default_input_shape(model_name)
     info = cdata.dataset_info(spec["dataset"])
@@ -577,14 +581,22 @@ def baseline(model_name: str, quick: bool, device: str = "cpu") -> tuple[nn.Modu
     from compactnn.cli import _train_model, cache_dir
 
     tag = "32x3" if spec["data"] else ""
-    if torch.device(device).type != "cpu":
-        tag += f"-{torch.device(device).type}"
-    ckpt = (
-        cache_dir() / "checkpoints" / f"peers-{model_name}-{spec['dataset']}{tag}-seed0.safetensors"
-    )
+    where = torch.device(trained_on or device).type
+    if where != "cpu":
+        tag += f"-{where}"
+    name = f"peers-{model_name}-{spec['dataset']}{tag}-seed0.safetensors"
+    ckpt = cache_dir() / "checkpoints" / name
+    if not ckpt.is_file() and (RESULTS / "checkpoints" / name).is_file():
+        ckpt = RESULTS / "checkpoints" / name  # committed with the rows it was used for
     if ckpt.is_file():
         model, _ = load_checkpoint(ckpt, fresh)
         return model, str(ckpt)
+    if trained_on is not None:
+        raise SystemExit(
+            f"--baseline-trained-on {trained_on}: no cached baseline {name} in "
+            f"{cache_dir() / 'checkpoints'} or {RESULTS / 'checkpoints'}; copy the one the "
+            "other machine trained there (or drop the option to train one here)."
+        )
     model, _, _, _ = _train_model(
         model_name, spec["dataset"], epochs=spec["train_epochs"], lr=0.01, batch_size=128,
         seed=0, progress=False, device=device, **spec["data"],
@@ -1274,6 +1286,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         help="save each row's fine-tuned model (torch.save of the module, CPU) and each "
         "baseline to DIR; the row records the file (to re-time it elsewhere: --retime)",
     )  # fmt: skip
+    ap.add_argument(
+        "--baseline-trained-on", default=None, metavar="DEVICE",
+        help="use the cached baseline trained on DEVICE (e.g. cuda: the committed H200 "
+        "kiaee-cnn baseline in benchmarks/results/checkpoints), so that rows run here pool "
+        "with the rows run there; never trains one",
+    )  # fmt: skip
     args = ap.parse_args(argv)
     if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda: CUDA is not available on this machine")
@@ -1379,7 +1397,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     baselines: dict[str, str] = {}
     new_rows = []
     for model_name in model_names:
-        base, src = baseline(model_name, args.quick, args.device)
+        base, src = baseline(model_name, args.quick, args.device, args.baseline_trained_on)
         baselines[model_name] = src
         bm = base_measure(base, model_name, args.quick)
         if args.save_models:

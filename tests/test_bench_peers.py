@@ -362,3 +362,24 @@ def test_device_option_and_where_rows_ran() -> None:
     assert "- a: 1 row(s) on GPU; latency: here; re-timed" in lines
     assert not any("- b:" in line for line in lines)
     assert bench.machines([]) == []
+
+
+def test_baseline_trained_on_another_device_is_loaded_never_trained(tmp_path, monkeypatch) -> None:
+    """--baseline-trained-on cuda on a CPU machine: the GPU-trained baseline (committed with the
+    rows it served) is loaded so the rows pool with those run on the GPU; where there is none
+    the run stops before training one."""
+    bench = _bench()
+    import compactnn.cli as cli
+
+    monkeypatch.setattr(cli, "cache_dir", lambda: tmp_path)  # an empty cache
+    committed = (
+        bench.RESULTS / "checkpoints" / "peers-kiaee-cnn-fashion-mnist32x3-cuda-seed0.safetensors"
+    )
+    if not committed.is_file():
+        pytest.skip("the committed kiaee-cnn H200 baseline is not in this checkout")
+    model, src = bench.baseline("kiaee-cnn", False, "cpu", "cuda")
+    assert src == str(committed)
+    assert bench.state_sha(model) == "1caa76cbeb14bf8a"
+    with pytest.raises(SystemExit, match="no cached baseline peers-resnet20"):
+        bench.baseline("resnet20", False, "cpu", "cuda")
+    assert bench.parse(["--baseline-trained-on", "cuda"]).baseline_trained_on == "cuda"

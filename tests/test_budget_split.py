@@ -104,7 +104,9 @@ def test_criteria_budget_on_a_coupled_graph_is_met_by_the_model_returned() -> No
     model = build_graph("se")
     g = torch.Generator().manual_seed(0)
     data = DataLoader(
-        TensorDataset(torch.randn(32, 3, 8, 8, generator=g), torch.randint(0, 3, (32,), generator=g)),
+        TensorDataset(
+            torch.randn(32, 3, 8, 8, generator=g), torch.randint(0, 3, (32,), generator=g)
+        ),
         batch_size=16,
     )
     res = compress(

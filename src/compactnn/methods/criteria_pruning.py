@@ -348,8 +348,11 @@ class _CriterionPruning(Method):
         if target.slack(kept) > 1.0 + 1e-12:
             return super().calibrate(model, data, target, progress=progress)
         if progress:
-            print(f"  {self.name}: keep {counts}, kept "
-                  + ", ".join(f"{k} {100 * v:.2f} %" for k, v in kept.items()), flush=True)
+            print(
+                f"  {self.name}: keep {counts}, kept "
+                + ", ".join(f"{k} {100 * v:.2f} %" for k, v in kept.items()),
+                flush=True,
+            )
         rec = target_record(
             target, kept, option="filters per layer (uniform share, filled)", strength=None,
             trace=[{"keep": dict(counts), "kept": dict(kept)}],
