@@ -383,3 +383,30 @@ def test_baseline_trained_on_another_device_is_loaded_never_trained(tmp_path, mo
     with pytest.raises(SystemExit, match="no cached baseline peers-resnet20"):
         bench.baseline("resnet20", False, "cpu", "cuda")
     assert bench.parse(["--baseline-trained-on", "cuda"]).baseline_trained_on == "cuda"
+
+
+def test_before_fine_tuning_section_compares_the_returned_models() -> None:
+    """The secondary comparison: best validation top-1 before the shared fine-tuning per
+    library and cell (mean ± sd over seeds); rows without it or over budget are left out."""
+    bench = _bench()
+
+    def row(method, seed, before, lib="compactnn", met=True):
+        return {**_row("lenet-caffe", 0.05, method, seed, 98.0, lib=lib),
+                "val_top1_before_ft": before, "met": met}  # fmt: skip
+
+    rows = [
+        row("pgt", 0, 96.0), row("pgt", 1, 96.2), row("l1-norm", 0, 15.0),
+        row("tp-taylor", 0, 30.0, lib="torch-pruning"),
+        row("tp-taylor", 1, 32.0, lib="torch-pruning"),
+        row("oto-hesso", 0, 99.0, lib="only-train-once", met=False),  # over budget: out
+    ]  # fmt: skip
+    lines = bench.before_ft_verdicts(bench.aggregate(rows))
+    assert lines == [
+        "- lenet-caffe @ 5 % MACs: best compactnn `pgt` 96.10 ± 0.14 vs best peer "
+        "`tp-taylor` 31.00 ± 1.41 (+65.10 points)."
+    ]
+    meta = {"date": "d", "machine": "m", "torch": "t", "peers": "p", "n_rows": 6, "baselines": {}}
+    md = bench.markdown(rows, bench.aggregate(rows), meta)
+    assert "### Before the shared fine-tuning" in md
+    (pgt,) = [ln for ln in md.splitlines() if ln.startswith("| lenet-caffe |") and "| pgt |" in ln]
+    assert "| 96.10 ± 0.14 | 98.00 ± 0.00 |" in pgt
