@@ -97,11 +97,20 @@ def test_criteria_budget_goes_through_the_filled_split(method: str) -> None:
     assert res.chosen["keep"] == {"conv1": 3, "conv2": 11, "fc1": 100}
 
 
-def test_criteria_budget_on_a_coupled_graph_is_met_by_the_model_returned() -> None:
-    """SE-ResNet: the split cuts coupled layers together; whichever way the budget is found
-    (filled split, or the generic search where the proxy run disagrees), the model returned
-    keeps at most the budget."""
-    model = build_graph("se")
+@pytest.mark.parametrize(
+    ("name", "layers"),
+    [
+        ("se", ["a", "b", "se_a.fc1", "se_b.fc1"]),  # SE-ResNet: a and b share the stream
+        ("resnext", ["reduce", "stem"]),  # grouped conv: group-consistent selection
+    ],
+)
+def test_criteria_budget_on_a_coupled_graph_is_met_by_the_model_returned(
+    name: str, layers: list[str]
+) -> None:
+    """The split cuts coupled layers together, and a grouped conv keeps whole groups;
+    whichever way the budget is found (filled split, or the generic search where the split
+    cannot cut or the proxy run disagrees), the model returned keeps at most the budget."""
+    model = build_graph(name)
     g = torch.Generator().manual_seed(0)
     data = DataLoader(
         TensorDataset(
@@ -111,9 +120,18 @@ def test_criteria_budget_on_a_coupled_graph_is_met_by_the_model_returned() -> No
     )
     res = compress(
         model, "l1-norm", (data, data), input_shape=(3, 8, 8), target={"params": 0.5},
-        layers=["a", "b", "se_a.fc1", "se_b.fc1"], finetune_epochs=0, measure=False,
+        layers=layers, finetune_epochs=0, measure=False,
         progress=False, max_drop=None,
     )  # fmt: skip
+    # se: the filled split; resnext: the split's cut of the grouped conv is refused by
+    # surgery, so the generic search over one pruned fraction decides
+    assert (
+        res.target["option"]
+        == {
+            "se": "filters per layer (uniform share, filled)",
+            "resnext": "pruned fraction per layer",
+        }[name]
+    )
     full = sum(p.numel() for p in model.parameters())
     kept = sum(p.numel() for p in res.model.parameters()) / full
     assert res.target["kept"]["params"] == pytest.approx(kept)

@@ -30,7 +30,7 @@ from compactnn._validation import (
 )
 from compactnn.budget import Strength
 from compactnn.criteria import group_scores, select_top
-from compactnn.errors import ConfigError
+from compactnn.errors import ConfigError, PlanError
 from compactnn.methods._common import (
     finetune_model,
     prunable_layers,
@@ -337,9 +337,9 @@ class _CriterionPruning(Method):
         shape = data.require_input_shape(self.name)
         layers = list(cfg.layers) if cfg.layers is not None else prunable_layers(model, shape)
         self._check_layers(model, layers)
-        try:
+        try:  # unreachable by one share, or a cut the split cannot make (grouped convs)
             counts, _ = uniform_counts(model, layers, target, shape)
-        except ConfigError:
+        except (ConfigError, PlanError):
             return super().calibrate(model, data, target, progress=progress)
         chosen = self.with_options(keep=counts)
         with torch.random.fork_rng(devices=[]):
