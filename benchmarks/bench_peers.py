@@ -946,6 +946,15 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def _cell_label(agg: list[dict[str, Any]], key: tuple[str, float, str | None]) -> str:
+    """ "model @ B % MACs" of the cell ``(model, budget, baseline)``, naming the baseline when
+    the model's rows were measured on more than one."""
+    where = f"{key[0]} @ {100 * key[1]:g} % MACs"
+    if len({a["baseline"] for a in agg if a["model"] == key[0] and a["baseline"]}) > 1:
+        where += f" (baseline {key[2]})"
+    return where
+
+
 def verdicts(agg: list[dict[str, Any]]) -> list[str]:
     """Best compactnn row vs best peer row at each (model, budget), both within budget."""
     lines = []
@@ -965,9 +974,7 @@ def verdicts(agg: list[dict[str, Any]]) -> list[str]:
     for key in sorted(keys, key=lambda k: (k[0], -k[1], k[2])):
         cell = [a for a in agg if (a["model"], a["budget_macs"], a["baseline"]) == key
                 and a["met"] and a["n_ok"]]  # fmt: skip
-        where = f"{key[0]} @ {100 * key[1]:g} % MACs"
-        if len({a["baseline"] for a in agg if a["model"] == key[0] and a["baseline"]}) > 1:
-            where += f" (baseline {key[2]})"
+        where = _cell_label(agg, key)
         ours = [a for a in cell if a["library"] == "compactnn"]
         peers = [a for a in cell if a["library"] != "compactnn"]
         if not ours or not peers:
@@ -1023,11 +1030,8 @@ def before_ft_verdicts(agg: list[dict[str, Any]]) -> list[str]:
             return statistics.mean(a["val_before_ft"])
 
         o, p = max(ours, key=mean), max(peers, key=mean)
-        where = f"{key[0]} @ {100 * key[1]:g} % MACs"
-        if len({a["baseline"] for a in agg if a["model"] == key[0] and a["baseline"]}) > 1:
-            where += f" (baseline {key[2]})"
         lines.append(
-            f"- {where}: best compactnn `{o['method']}` {_mean_sd(o['val_before_ft'])} vs best "
+            f"- {_cell_label(agg, key)}: best compactnn `{o['method']}` {_mean_sd(o['val_before_ft'])} vs best "
             f"peer `{p['method']}` {_mean_sd(p['val_before_ft'])} "
             f"({mean(o) - mean(p):+.2f} points)."
         )

@@ -67,24 +67,18 @@ def uniform_counts(
     kept does not change params / MACs), so couplings (next layers' inputs, BN) are counted.
     Returns the counts and the fractions kept at them.
     """
-    import math
-
     from compactnn.budget import Strength
-    from compactnn.methods._common import prune_filters
 
-    mods = dict(model.named_modules())
-    units = {n: int(mods[n].weight.shape[0]) for n in layers}
-    base = measure(model, input_shape, target.keys)
+    sizer = _CountSizer(model, layers, target, input_shape)
 
     def counts(s: float) -> dict[str, int]:
-        return {n: max(1, math.ceil((1.0 - s) * u)) for n, u in units.items()}
+        return {n: max(1, math.ceil((1.0 - s) * u)) for n, u in sizer.units.items()}
 
-    def evaluate(s: float) -> dict[str, float]:
-        keep = {n: list(range(k)) for n, k in counts(s).items() if k < units[n]}
-        cand = prune_filters(model, keep, input_shape)[0] if keep else model
-        return measure(cand, input_shape, target.keys).fractions(base)
-
-    found = search(evaluate, target, Strength("pruned share", 0.5, 0.9, log=False, bound_hi=0.999))
+    found = search(
+        lambda s: sizer.kept(counts(s)),
+        target,
+        Strength("pruned share", 0.5, 0.9, log=False, bound_hi=0.999),
+    )
     if not found.met:
         raise ConfigError(
             f"The target {target.as_dict()} cannot be reached by pruning {list(layers)}: one "
@@ -92,7 +86,36 @@ def uniform_counts(
         )
     if not fill:
         return counts(found.strength), found.kept
-    return fill_counts(model, layers, counts(found.strength), target, input_shape)
+    return _fill(sizer, counts(found.strength))
+
+
+class _CountSizer:
+    """Fractions of ``model`` kept (under ``target``'s keys) when each of ``layers`` keeps its
+    first ``counts[layer]`` units, measured on the candidate cut by surgery; memoised per
+    counts (which units are kept does not change the sizes)."""
+
+    def __init__(
+        self, model: nn.Module, layers: Sequence[str], target: Target, input_shape: Sequence[int]
+    ) -> None:
+        mods = dict(model.named_modules())
+        self.model, self.layers, self.target, self.shape = model, list(layers), target, input_shape
+        self.units = {n: int(mods[n].weight.shape[0]) for n in self.layers}
+        self.base = measure(model, input_shape, target.keys)
+        self._memo: dict[tuple[int, ...], dict[str, float]] = {}
+
+    def kept(self, counts: dict[str, int]) -> dict[str, float]:
+        from compactnn.methods._common import prune_filters
+
+        key = tuple(counts[n] for n in self.layers)
+        if key not in self._memo:
+            keep = {n: list(range(k)) for n, k in counts.items() if k < self.units[n]}
+            cand = prune_filters(self.model, keep, self.shape)[0] if keep else self.model
+            self._memo[key] = measure(cand, self.shape, self.target.keys).fractions(self.base)
+        return self._memo[key]
+
+    def fits(self, counts: dict[str, int]) -> bool:
+        """Within the target exactly (no tolerance)."""
+        return self.target.slack(self.kept(counts)) <= 1.0 + 1e-12
 
 
 def fill_counts(
@@ -114,54 +137,40 @@ def fill_counts(
 
     Returns the grown counts and the fractions kept at them.
     """
-    from compactnn.methods._common import prune_filters
+    return _fill(_CountSizer(model, layers, target, input_shape), counts)
 
-    mods = dict(model.named_modules())
-    units = {n: int(mods[n].weight.shape[0]) for n in layers}
-    base = measure(model, input_shape, target.keys)
+
+def _fill(sizer: _CountSizer, counts: dict[str, int]) -> tuple[dict[str, int], dict[str, float]]:
+    """:func:`fill_counts` on ``sizer``'s model, layers and target."""
+    layers, units = sizer.layers, sizer.units
     cur = {n: int(counts[n]) for n in layers}
-    order = {n: i for i, n in enumerate(layers)}
-    memo: dict[tuple[int, ...], dict[str, float]] = {}
-
-    def kept_at(c: dict[str, int]) -> dict[str, float]:
-        key = tuple(c[n] for n in layers)
-        if key not in memo:
-            keep = {n: list(range(k)) for n, k in c.items() if k < units[n]}
-            cand = prune_filters(model, keep, input_shape)[0] if keep else model
-            memo[key] = measure(cand, input_shape, target.keys).fractions(base)
-        return memo[key]
-
-    def fits(c: dict[str, int]) -> bool:
-        return target.slack(kept_at(c)) <= 1.0 + 1e-12
-
-    if not fits(cur):  # the uniform search met the target only within its tolerance
-        return cur, kept_at(cur)
+    if not sizer.fits(cur):  # the uniform search met the target only within its tolerance
+        return cur, sizer.kept(cur)
     frozen = {n for n in layers if cur[n] >= units[n]}
     while len(frozen) < len(layers):
         open_ = [n for n in layers if n not in frozen]
-        low = min(open_, key=lambda n: (cur[n] / units[n], order[n]))
+        # the smallest kept share grows (ties: the earlier layer; min keeps the first)
+        low = min(open_, key=lambda n: cur[n] / units[n])
         others = [cur[n] / units[n] for n in open_ if n != low]
         level = min(others) if others else 1.0
         hi = min(units[low], max(cur[low] + 1, math.ceil(level * units[low] - 1e-9)))
-        ok = cur[low]
-        if fits({**cur, low: hi}):
+        if sizer.fits({**cur, low: hi}):
             ok = hi
         else:  # bisect the largest count in (cur, hi) that fits
-            lo_, hi_ = cur[low], hi
-            while hi_ - lo_ > 1:
-                mid = (lo_ + hi_) // 2
-                if fits({**cur, low: mid}):
-                    lo_ = mid
+            ok, bad = cur[low], hi
+            while bad - ok > 1:
+                mid = (ok + bad) // 2
+                if sizer.fits({**cur, low: mid}):
+                    ok = mid
                 else:
-                    hi_ = mid
-            ok = lo_
+                    bad = mid
         if ok == cur[low]:
             frozen.add(low)
             continue
         cur[low] = ok
         if ok >= units[low] or ok < hi:
             frozen.add(low)
-    return cur, kept_at(cur)
+    return cur, sizer.kept(cur)
 
 
 def layer_units(model: nn.Module) -> dict[str, int]:

@@ -140,6 +140,19 @@ class _CriterionPruning(Method):
     Config = CriterionConfig
     criterion: ClassVar[str] = ""
 
+    def _layers(self, model: nn.Module, shape: Any) -> list[str]:
+        """The layers to prune: ``layers`` or the defaults (as SSR), checked to exist."""
+        cfg: CriterionConfig = self.config  # type: ignore[assignment]
+        layers = list(cfg.layers) if cfg.layers is not None else prunable_layers(model, shape)
+        self._check_layers(model, layers)
+        return layers
+
+    def _refuse_keep_with_target(self) -> None:
+        if self.config.keep is not None:  # type: ignore[attr-defined]
+            raise ConfigError(
+                f"{self.name}: pass either keep= (a fixed per-layer budget) or target=, not both."
+            )
+
     def _budget(self, model: nn.Module, layers: list[str]) -> dict[str, int]:
         """Filters kept per layer; ``keep`` (validated on construction) is matched with the
         layers here, before any work."""
@@ -171,9 +184,7 @@ class _CriterionPruning(Method):
         self, model: nn.Module, data: CompressionData, *, progress: bool = True
     ) -> CompressionResult:
         cfg: CriterionConfig = self.config  # type: ignore[assignment]
-        shape = data.require_input_shape(self.name)
-        layers = list(cfg.layers) if cfg.layers is not None else prunable_layers(model, shape)
-        self._check_layers(model, layers)
+        layers = self._layers(model, data.require_input_shape(self.name))
         budget = self._budget(model, layers)
         teacher = copy.deepcopy(model).eval() if cfg.finetune_distill > 0 else None
         pruned, plan, groups, skipped = self._select_and_cut(model, layers, budget, data)
@@ -304,10 +315,7 @@ class _CriterionPruning(Method):
         return Strength("pruned fraction per layer", 0.5, 0.9, log=False, bound_hi=0.999)
 
     def at_strength(self, s: float, model: nn.Module, data: CompressionData) -> Method:
-        if self.config.keep is not None:  # type: ignore[attr-defined]
-            raise ConfigError(
-                f"{self.name}: pass either keep= (a fixed per-layer budget) or target=, not both."
-            )
+        self._refuse_keep_with_target()
         return self.with_options(ratio=max(1.0 - float(s), 1e-3))
 
     def proxy(self) -> Method:
@@ -328,15 +336,10 @@ class _CriterionPruning(Method):
         from compactnn.budget import measure
         from compactnn.methods._calibrate import target_record, uniform_counts
 
-        if self.config.keep is not None:  # type: ignore[attr-defined]
-            raise ConfigError(
-                f"{self.name}: pass either keep= (a fixed per-layer budget) or target=, not both."
-            )
+        self._refuse_keep_with_target()
         t0 = time.perf_counter()
-        cfg: CriterionConfig = self.config  # type: ignore[assignment]
         shape = data.require_input_shape(self.name)
-        layers = list(cfg.layers) if cfg.layers is not None else prunable_layers(model, shape)
-        self._check_layers(model, layers)
+        layers = self._layers(model, shape)
         try:  # unreachable by one share, or a cut the split cannot make (grouped convs)
             counts, _ = uniform_counts(model, layers, target, shape)
         except (ConfigError, PlanError):
