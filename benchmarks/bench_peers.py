@@ -86,6 +86,7 @@ import compactnn
 from compactnn import budget, export, metrics, models
 from compactnn import data as cdata
 from compactnn.api import split_loader
+from compactnn.errors import SolverError
 from compactnn.structure import module_device
 from compactnn.train import TrainConfig, finetune, load_checkpoint, save_checkpoint
 
@@ -121,6 +122,8 @@ SEARCH_EVALS = 12
 KIRIGAMI_ALPHA = 1e-4
 #: steps of OTO's cheap proxy run of the size search
 OTO_PROXY_STEPS = 2
+#: a compactnn selection training that diverges is rerun once at lr / LR_BACKOFF
+LR_BACKOFF = 10.0
 
 #: each compactnn method's own fine-tuning switched off (the harness fine-tunes every row alike)
 NO_FT: dict[str, dict[str, Any]] = {
@@ -296,14 +299,26 @@ def run_compactnn(method: str) -> Callable[[Case], tuple[nn.Module, dict[str, An
         opts = {**CNN_OPTS.get(method, {}), **NO_FT.get(method, {})}
         if c.max_steps is not None and method == "ssr":
             opts.update(max_outer=2, w_steps=c.max_steps)
-        res = compactnn.compress(
-            c.model, method, (c.train, c.val, c.test), target={"macs": c.frac}, seed=c.seed,
-            measure=False, on_drop="warn", progress=False, **opts,
-        )  # fmt: skip
+        diverged: list[float] = []
+        while True:
+            try:
+                res = compactnn.compress(
+                    c.model, method, (c.train, c.val, c.test), target={"macs": c.frac},
+                    seed=c.seed, measure=False, on_drop="warn", progress=False, **opts,
+                )  # fmt: skip
+                break
+            except SolverError as e:
+                # a selection training that diverges (loss NaN / inf) is rerun once at a tenth of
+                # the learning rate (for admm-sparse: the paper's 1e-3); the row records it
+                if "lr" not in opts or diverged or "Training loss became" not in str(e):
+                    raise
+                diverged.append(opts["lr"])
+                opts = {**opts, "lr": opts["lr"] / LR_BACKOFF}
         chosen = {k: v for k, v in (res.chosen or {}).items() if v is not None}
         tgt = res.target or {}
         return res.model, {
             "options": opts,
+            **({"diverged_at_lr": diverged} if diverged else {}),
             "chosen": chosen,
             "strength": tgt.get("strength"),
             "trials": len(tgt.get("trace") or []),
@@ -907,6 +922,16 @@ def _median(rows: list[dict[str, Any]], key: str) -> float | None:
     return statistics.median(vals) if vals and None not in vals else None
 
 
+def _divergence_notes(rows: list[dict[str, Any]]) -> list[str]:
+    """One note per learning rate at which some seeds' selection training diverged."""
+    seeds: dict[float, list[int]] = {}
+    for r in rows:
+        for lr in r.get("diverged_at_lr") or []:
+            seeds.setdefault(lr, []).append(r["seed"])
+    return [f"seed(s) {','.join(map(str, sorted(ss)))}: selection training diverged at lr {lr:g}, "
+            f"rerun at lr {lr / LR_BACKOFF:g}" for lr, ss in sorted(seeds.items())]
+
+
 def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One entry per (model, baseline, budget, method): mean / sd over seeds, medians of sizes
     (rows measured on different trained baselines are never pooled, see :func:`base_label`)."""
@@ -933,7 +958,8 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                                     "latency_ort_ms", "speedup_eager", "speedup_ort")},
             # wall times only from rows whose clock was not disturbed (see "timing_note")
             **{k: _median(timed, k) for k in ("compress_s", "finetune_s")},
-            "timing_notes": sorted({r["timing_note"] for r in rs if r.get("timing_note")}),
+            "timing_notes": sorted({r["timing_note"] for r in rs if r.get("timing_note")})
+            + _divergence_notes(ok),
             "met": all(r.get("met") for r in ok) if ok else False,
             "reasons": sorted({r["reason"][:300] for r in rs if r.get("reason")}),
             "status": sorted({r["status"] for r in rs}),

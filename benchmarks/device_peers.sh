@@ -14,7 +14,8 @@
 # The machine's python 3.12 has no `imp` module, which OTO 3.0.1 imports: a one-line shim is
 # written to CARRY/site/imp.py. Its torch is 2.11 (ours is pinned 2.13 here; rows record it).
 #
-# Usage there:  CARRY=.devcarry BUDGET_S=520 bash benchmarks/device_peers.sh MODEL "B:METHOD ..."
+# Usage there:  CARRY=.devcarry BUDGET_S=520 bash benchmarks/device_peers.sh MODEL "B:METHOD[:SEEDS] ..."
+# (one process per lane; SEEDS defaults to 0,1,2, e.g. 0.5:tp-taylor:2 runs seed 2 only)
 # (DEVICE=cpu EXTRA=--quick runs the same steps anywhere, as a smoke test of this script)
 # Back here:    python benchmarks/bench_peers.py --retime ROWS.jsonl MODELS_DIR
 # (un-tar models.tar into MODELS_DIR; rows of the run are appended, re-timed on this CPU).
@@ -40,9 +41,10 @@ PY
 rc=$?; tail -3 $L/01_baseline.txt
 [ $rc != 0 ] && { cp $L/* "$OUT"/; exit 1; }
 for lane in $LANES; do
-  b=${lane%%:*}; m=${lane#*:}
+  b=${lane%%:*}; m=${lane#*:}; s=0,1,2
+  [ "${m#*:}" != "$m" ] && { s=${m#*:}; m=${m%%:*}; }
   timeout $((END - $(date +%s))) $PY benchmarks/bench_peers.py --models "$MODEL" --budgets $b \
-    --seeds 0,1,2 --methods $m --device $DEVICE --threads 1 --out $R --save-models $M $EXTRA \
+    --seeds $s --methods $m --device $DEVICE --threads 1 --out $R --save-models $M $EXTRA \
     > $L/lane_${b}_${m}.txt 2>&1 &
 done
 wait

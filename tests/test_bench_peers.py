@@ -410,3 +410,47 @@ def test_before_fine_tuning_section_compares_the_returned_models() -> None:
     assert "### Before the shared fine-tuning" in md
     (pgt,) = [ln for ln in md.splitlines() if ln.startswith("| lenet-caffe |") and "| pgt |" in ln]
     assert "| 96.10 ± 0.14 | 98.00 ± 0.00 |" in pgt
+
+
+def test_a_diverged_selection_training_is_rerun_once_at_a_tenth_of_the_lr(setup, monkeypatch) -> None:
+    """admm-sparse diverged at lr 0.01 on kiaee-cnn (loss NaN): the adapter reruns it once at
+    lr / 10, the row records the lr it diverged at and the report says so; any other solver
+    error, or a second divergence, fails the row with its reason."""
+    bench, args, base, meas = setup
+    from compactnn.errors import SolverError
+
+    real = bench.compactnn.compress
+    lrs: list[float] = []
+
+    def diverge_first(*a, **kw):
+        lrs.append(kw["lr"])
+        if len(lrs) == 1:
+            raise SolverError("Training loss became nan at step 5; lower the learning rate")
+        return real(*a, **kw)
+
+    monkeypatch.setattr(bench.compactnn, "compress", diverge_first)
+    monkeypatch.setitem(bench.CNN_OPTS, "admm-sparse", {"steps_per_epoch": 4, "xi": 1, "lr": 0.01})
+    row = bench.run_row("admm-sparse", MODEL, BUDGET, 0, args, base, meas)
+    assert row["status"] == "ok", row.get("reason")
+    assert lrs == [0.01, pytest.approx(0.001)]
+    assert row["diverged_at_lr"] == [0.01] and row["options"]["lr"] == pytest.approx(0.001)
+    (a,) = bench.aggregate([row])
+    assert a["timing_notes"] == ["seed(s) 0: selection training diverged at lr 0.01, rerun at lr 0.001"]
+
+    def always(*a, **kw):
+        lrs.append(kw["lr"])
+        raise SolverError("Training loss became inf at step 1")
+
+    lrs.clear()
+    monkeypatch.setattr(bench.compactnn, "compress", always)
+    row = bench.run_row("admm-sparse", MODEL, BUDGET, 0, args, base, meas)
+    assert row["status"] == "failed" and "became inf" in row["reason"] and len(lrs) == 2
+
+    def other(*a, **kw):
+        lrs.append(kw["lr"])
+        raise SolverError("ADMM F-step produced non-finite values")
+
+    lrs.clear()
+    monkeypatch.setattr(bench.compactnn, "compress", other)
+    row = bench.run_row("admm-sparse", MODEL, BUDGET, 0, args, base, meas)
+    assert row["status"] == "failed" and len(lrs) == 1
