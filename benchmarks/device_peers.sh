@@ -45,7 +45,7 @@ for lane in $LANES; do
   [ "${m#*:}" != "$m" ] && { s=${m#*:}; m=${m%%:*}; }
   timeout $((END - $(date +%s))) $PY benchmarks/bench_peers.py --models "$MODEL" --budgets $b \
     --seeds $s --methods $m --device $DEVICE --threads 1 --out $R --save-models $M $EXTRA \
-    > $L/lane_${b}_${m}.txt 2>&1 &
+    > $L/lane_${b}_${m}_${s//,/-}.txt 2>&1 &
 done
 wait
 cp $R/peers_rows*.jsonl "$OUT"/ 2>/dev/null
