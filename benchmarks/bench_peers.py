@@ -131,7 +131,7 @@ NO_FT: dict[str, dict[str, Any]] = {
     "pgt": {"finetune_epochs": 0},
     "slr": {"finetune_epochs": 0},
     "admm-sparse": {"finetune_epochs": 0},
-    **{m: {"finetune_epochs": 0} for m in ("random", "l1-norm", "apoz", "magnitude")},
+    **{m: {"finetune_epochs": 0} for m in ("random", "l1-norm", "apoz", "magnitude", "taylor")},
 }
 #: non-default options of compactnn methods (the project's own budget recipes, fine-tune removed)
 CNN_OPTS: dict[str, dict[str, Any]] = {
@@ -928,8 +928,11 @@ def _divergence_notes(rows: list[dict[str, Any]]) -> list[str]:
     for r in rows:
         for lr in r.get("diverged_at_lr") or []:
             seeds.setdefault(lr, []).append(r["seed"])
-    return [f"seed(s) {','.join(map(str, sorted(ss)))}: selection training diverged at lr {lr:g}, "
-            f"rerun at lr {lr / LR_BACKOFF:g}" for lr, ss in sorted(seeds.items())]
+    return [
+        f"seed(s) {','.join(map(str, sorted(ss)))}: selection training diverged at lr {lr:g}, "
+        f"rerun at lr {lr / LR_BACKOFF:g}"
+        for lr, ss in sorted(seeds.items())
+    ]
 
 
 def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -412,7 +412,9 @@ def test_before_fine_tuning_section_compares_the_returned_models() -> None:
     assert "| 96.10 ± 0.14 | 98.00 ± 0.00 |" in pgt
 
 
-def test_a_diverged_selection_training_is_rerun_once_at_a_tenth_of_the_lr(setup, monkeypatch) -> None:
+def test_a_diverged_selection_training_is_rerun_once_at_a_tenth_of_the_lr(
+    setup, monkeypatch
+) -> None:
     """admm-sparse diverged at lr 0.01 on kiaee-cnn (loss NaN): the adapter reruns it once at
     lr / 10, the row records the lr it diverged at and the report says so; any other solver
     error, or a second divergence, fails the row with its reason."""
@@ -435,7 +437,9 @@ def test_a_diverged_selection_training_is_rerun_once_at_a_tenth_of_the_lr(setup,
     assert lrs == [0.01, pytest.approx(0.001)]
     assert row["diverged_at_lr"] == [0.01] and row["options"]["lr"] == pytest.approx(0.001)
     (a,) = bench.aggregate([row])
-    assert a["timing_notes"] == ["seed(s) 0: selection training diverged at lr 0.01, rerun at lr 0.001"]
+    assert a["timing_notes"] == [
+        "seed(s) 0: selection training diverged at lr 0.01, rerun at lr 0.001"
+    ]
 
     def always(*a, **kw):
         lrs.append(kw["lr"])

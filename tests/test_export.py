@@ -46,6 +46,7 @@ FAST: dict[str, dict[str, Any]] = {
     "l1-norm": dict(finetune_epochs=1, finetune_steps_per_epoch=3),
     "apoz": dict(finetune_epochs=1, finetune_steps_per_epoch=3, calib_batches=2),
     "magnitude": dict(finetune_epochs=1, finetune_steps_per_epoch=3),
+    "taylor": dict(finetune_epochs=1, finetune_steps_per_epoch=3, calib_batches=2),
     "ddlr": dict(calib_batches=2, max_rows=512),
     "net-trim": dict(calib_batches=2, max_rows=512),
 }

@@ -125,6 +125,7 @@ BAD: dict[str, tuple[str, dict[str, list]]] = {
     "l1-norm": ("criterion pruning (l1-norm)", CRITERION),
     "apoz": ("criterion pruning (apoz)", CRITERION),
     "magnitude": ("criterion pruning (magnitude)", CRITERION),
+    "taylor": ("criterion pruning (taylor)", CRITERION),
     "ddlr": (
         "DDLR",
         {

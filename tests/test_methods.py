@@ -16,7 +16,7 @@ from compactnn import metrics, surgery
 from compactnn.errors import ConfigError, UnknownNameError
 from compactnn.methods import get_method, list_methods
 
-TRAINING_METHODS = ["ssr", "admm-sparse", "random", "l1-norm", "apoz", "magnitude"]
+TRAINING_METHODS = ["ssr", "admm-sparse", "random", "l1-norm", "apoz", "magnitude", "taylor"]
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +37,7 @@ FAST = {
     "l1-norm": dict(ratio=0.5, finetune_epochs=1, finetune_steps_per_epoch=3),
     "apoz": dict(ratio=0.5, finetune_epochs=1, finetune_steps_per_epoch=3, calib_batches=2),
     "magnitude": dict(ratio=0.5, finetune_epochs=1, finetune_steps_per_epoch=3),
+    "taylor": dict(ratio=0.5, finetune_epochs=1, finetune_steps_per_epoch=3, calib_batches=2),
 }
 
 

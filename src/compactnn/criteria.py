@@ -8,6 +8,11 @@ Every criterion maps a layer to one score per output filter/neuron; *higher = mo
   (Hu et al.; SSR sec. IV-A item 3). Needs data.
 * ``magnitude``  -- ``s_i = ||K(i,:)||_2``: plain filter magnitude (prune + fine-tune, no
   regulariser) -- the unregularised counterpart of SSR-L2,1.
+* ``taylor``     -- first-order Taylor estimate of the loss change when filter i is removed
+  (Molchanov et al., "Importance Estimation for Neural Network Pruning", CVPR 2019, eq. (8)):
+  ``s_i = mean_b (sum_{k in filter i} g_k w_k)^2`` over labelled training batches ``b``
+  (weights and bias of the filter; cross-entropy loss; the model in eval mode, so no running
+  statistics move). Needs labelled data.
 
 Coupled layers (a residual add, an SE gate, a following depthwise conv) lose the same channels,
 so they are scored as one **coupling group** (:func:`group_scores`, as Torch-Pruning's DepGraph
@@ -31,9 +36,18 @@ from torch import nn
 from compactnn._validation import check_int, raise_unknown
 from compactnn.errors import ConfigError, UnsupportedLayerError
 
-__all__ = ["CRITERIA", "filter_scores", "group_scores", "select_top", "apoz_scores"]
+__all__ = [
+    "CRITERIA",
+    "filter_scores",
+    "group_scores",
+    "select_top",
+    "apoz_scores",
+    "taylor_scores",
+]
 
-CRITERIA = ("random", "l1-norm", "apoz", "magnitude")
+CRITERIA = ("random", "l1-norm", "apoz", "magnitude", "taylor")
+#: criteria that read data: ``apoz`` inputs, ``taylor`` labelled ``(x, y)`` batches
+DATA_CRITERIA = ("apoz", "taylor")
 
 
 def _modules_with(model: nn.Module, layer: str) -> dict[str, nn.Module]:
@@ -95,6 +109,79 @@ def apoz_scores(
     return pos / count
 
 
+def taylor_scores(
+    model: nn.Module,
+    layers: Sequence[str],
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    max_batches: int | None = None,
+) -> dict[str, torch.Tensor]:
+    """First-order Taylor importance of every output filter/neuron of each of ``layers``
+    (Molchanov et al. 2019, eq. (8)): ``mean_b (sum_{k in filter i} g_k w_k)^2``, with ``g`` the
+    gradient of the cross-entropy of batch ``b`` (weights and bias of the filter).
+
+    Every batch given is used (up to ``max_batches``). One forward / backward per batch serves
+    every layer. Gradients are taken with
+    :func:`torch.autograd.grad` (no ``.grad`` of the model is written) in eval mode (no
+    running statistics move); the model's train / eval mode is restored.
+    """
+    mods = dict(model.named_modules())
+    for layer in layers:
+        if not isinstance(mods.get(layer), (nn.Conv2d, nn.Linear)):
+            _modules_with(model, layer)  # an unknown name: one clear error listing the layers
+            raise UnsupportedLayerError(
+                f"Layer '{layer}' is a {type(mods[layer]).__name__}; filter criteria apply to "
+                "Conv2d/Linear."
+            )
+    params: list[torch.Tensor] = []
+    index: dict[str, tuple[int, int | None]] = {}
+    for layer in layers:
+        m = mods[layer]
+        index[layer] = (
+            len(params),
+            len(params) + 1 if getattr(m, "bias", None) is not None else None,
+        )
+        params.append(m.weight)
+        if index[layer][1] is not None:
+            params.append(m.bias)
+    acc: dict[str, torch.Tensor] = {}
+    count = 0
+    loss_fn = nn.CrossEntropyLoss()
+    was = model.training
+    model.eval()
+    try:
+        for i, b in enumerate(batches):
+            if max_batches is not None and i >= max_batches:
+                break
+            if not isinstance(b, (tuple, list)) or len(b) < 2:
+                raise ValueError(
+                    "Criterion 'taylor' needs labelled (x, y) batches to take the loss gradient."
+                )
+            x, y = b[0], b[1]
+            with torch.enable_grad():
+                grads = torch.autograd.grad(loss_fn(model(x), y), params, allow_unused=True)
+            for layer in layers:
+                wi, bi = index[layer]
+                w, g = params[wi].detach(), grads[wi]
+                contrib = (
+                    (_rows(w) * _rows(g)).sum(dim=1)
+                    if g is not None
+                    else torch.zeros(w.shape[0], device=w.device, dtype=w.dtype)
+                )
+                if bi is not None and grads[bi] is not None:
+                    contrib = contrib + params[bi].detach() * grads[bi]
+                sq = contrib.double().pow(2)
+                acc[layer] = sq if layer not in acc else acc[layer] + sq
+            count += 1
+    finally:
+        model.train(was)
+    if not count:
+        raise ValueError(
+            f"Criterion 'taylor' of layer(s) {list(layers)} needs data: the batches were empty."
+        )
+    return {layer: (acc[layer] / count).float() for layer in layers}
+
+
 def filter_scores(
     criterion: str,
     model: nn.Module,
@@ -121,7 +208,9 @@ def filter_scores(
     if criterion == "magnitude":
         return _rows(w).norm(dim=1)
     if batches is None:
-        raise ValueError(f"Criterion 'apoz' for layer '{layer}' needs data (batches=...).")
+        raise ValueError(f"Criterion '{criterion}' for layer '{layer}' needs data (batches=...).")
+    if criterion == "taylor":
+        return taylor_scores(model, [layer], batches)[layer]
     return apoz_scores(model, layer, batches)
 
 
@@ -155,6 +244,8 @@ def group_scores(
     if criterion == "random" or len(names) == 1:
         return filter_scores(criterion, model, names[0], batches=batches, seed=seed)
     data = list(batches) if batches is not None else None
+    # taylor: one forward / backward per batch serves every member
+    raw = taylor_scores(model, names, data) if criterion == "taylor" and data is not None else {}
     parts = []
     for name in names:
         phi = torch.as_tensor(list(members[name]), dtype=torch.long)
@@ -163,7 +254,12 @@ def group_scores(
                 f"group_scores: member '{name}' maps {phi.numel()} channels, the group has {n}."
             )
         # reduced on CPU (select_top reads them there), whatever the model's device
-        s = filter_scores(criterion, model, name, batches=data, seed=seed).detach().double().cpu()
+        s = (
+            raw[name]
+            if name in raw
+            else filter_scores(criterion, model, name, batches=data, seed=seed)
+        )
+        s = s.detach().double().cpu()
         mean = float(s.mean())
         parts.append((s / mean if mean > 0 else torch.zeros_like(s))[phi])
     return torch.stack(parts).mean(dim=0).float()

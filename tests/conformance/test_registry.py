@@ -37,6 +37,7 @@ FAST: dict[str, dict[str, Any]] = {
     "l1-norm": dict(finetune_epochs=1, finetune_steps_per_epoch=3),
     "apoz": dict(finetune_epochs=1, finetune_steps_per_epoch=3, calib_batches=2),
     "magnitude": dict(finetune_epochs=1, finetune_steps_per_epoch=3),
+    "taylor": dict(finetune_epochs=1, finetune_steps_per_epoch=3, calib_batches=2),
     "ddlr": dict(calib_batches=2, max_rows=512),
     "net-trim": dict(calib_batches=2, max_rows=512),
     "pgt": dict(epochs=1, steps_per_epoch=3, finetune_epochs=1, finetune_steps_per_epoch=3),
@@ -50,6 +51,7 @@ ZERO: dict[str, tuple[dict[str, Any], float]] = {
     "l1-norm": (dict(ratio=1.0, finetune_epochs=0), 1e-6),
     "apoz": (dict(ratio=1.0, finetune_epochs=0, calib_batches=2), 1e-6),
     "magnitude": (dict(ratio=1.0, finetune_epochs=0), 1e-6),
+    "taylor": (dict(ratio=1.0, finetune_epochs=0, calib_batches=2), 1e-6),
     "ddlr": (dict(eps_frac=1e-4, rank=10**6, dense_fallback=True, calib_batches=2), 5e-2),
     # N > d rows (8 x 32 > 192): with N < d the min-l1 interpolant is sparse even at eps -> 0
     "net-trim": (dict(eps_frac=1e-4, calib_batches=8), 5e-2),

@@ -5,7 +5,8 @@ counts another method ended with (``{"conv1": 2, "conv2": 8, "fc1": 77}``), or `
 fraction of filters kept in every pruned layer.
 
 References:
-    Lin et al. 2019 (SSR), sec. IV-A: Random, L1-norm (Li et al. 2017), APoZ (Hu et al. 2016).
+    Lin et al. 2019 (SSR), sec. IV-A: Random, L1-norm (Li et al. 2017), APoZ (Hu et al. 2016);
+    Molchanov et al. 2019 (first-order Taylor importance, eq. (8)).
 """
 
 from __future__ import annotations
@@ -45,10 +46,12 @@ __all__ = [
     "L1NormConfig",
     "APoZConfig",
     "MagnitudeConfig",
+    "TaylorConfig",
     "RandomPruning",
     "L1NormPruning",
     "APoZPruning",
     "MagnitudePruning",
+    "TaylorPruning",
 ]
 
 
@@ -69,7 +72,8 @@ class CriterionConfig(MethodConfig):
             (SGD, cosine schedule; SSR paper sec. IV: lr 1e-3, momentum 0.9, decay 5e-4).
         finetune_distill: weight alpha in [0, 1] of knowledge distillation from the unpruned
             model (0 = off).
-        calib_batches: batches used by data-driven criteria (APoZ).
+        calib_batches: batches of the training data read by data-driven criteria (APoZ: inputs;
+            Taylor: labelled batches for the loss gradient).
         seed: seeds the random criterion and fine-tuning (int >= 0).
     """
 
@@ -134,6 +138,13 @@ class MagnitudeConfig(CriterionConfig):
     """:class:`CriterionConfig` of ``magnitude`` (its errors name the method)."""
 
     owner: ClassVar[str] = "criterion pruning (magnitude)"
+
+
+@dataclass(frozen=True)
+class TaylorConfig(CriterionConfig):
+    """:class:`CriterionConfig` of ``taylor`` (its errors name the method)."""
+
+    owner: ClassVar[str] = "criterion pruning (taylor)"
 
 
 class _CriterionPruning(Method):
@@ -266,11 +277,7 @@ class _CriterionPruning(Method):
                     "the channels of the layer that produces its input"
                 )
                 continue
-            batches = (
-                list(data.calib_batches(cfg.calib_batches, device=module_device(current)))
-                if self.criterion == "apoz"
-                else None
-            )
+            batches = self._criterion_batches(data, current)
             members = surgery.coupling(current, layer, meta=meta)
             if len(members) > 1:
                 groups[layer] = list(members)
@@ -308,6 +315,25 @@ class _CriterionPruning(Method):
                 stacklevel=3,
             )
         return current, CompressionPlan(actions, meta=meta), groups, skipped
+
+    def _criterion_batches(self, data: CompressionData, current: nn.Module) -> Any:
+        """The data a data-driven criterion reads, on the model's device: APoZ the inputs of
+        ``calib_batches`` batches, Taylor the labelled training batches (the same ones every
+        call: the loader is reseeded); None for the weight-only criteria."""
+        cfg: CriterionConfig = self.config  # type: ignore[assignment]
+        device = module_device(current)
+        if self.criterion == "apoz":
+            return list(data.calib_batches(cfg.calib_batches, device=device))
+        if self.criterion == "taylor":
+            from compactnn.train import _seeded
+
+            out = []
+            for i, b in enumerate(_seeded(data.require_train(self.name), cfg.seed)):
+                if i >= cfg.calib_batches:
+                    break
+                out.append((b[0].to(device), b[1].to(device)))
+            return out
+        return None
 
     # ------------------------------------------------------------------ budget
     def strength(self) -> Strength:
@@ -404,3 +430,13 @@ class MagnitudePruning(_CriterionPruning):
     name = "magnitude"
     Config = MagnitudeConfig
     criterion = "magnitude"
+
+
+class TaylorPruning(_CriterionPruning):
+    """Filters with the smallest first-order Taylor estimate of the loss change removed
+    (Molchanov et al. 2019, eq. (8); the gradient of the cross-entropy on ``calib_batches``
+    labelled training batches)."""
+
+    name = "taylor"
+    Config = TaylorConfig
+    criterion = "taylor"
