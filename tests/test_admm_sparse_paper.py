@@ -351,3 +351,39 @@ def test_path_records_kernel_deployment_and_measured_speedup(tmp_path) -> None:
     back = export.load(tmp_path / "ckpt", bn_net())
     xb = x[:16]
     torch.testing.assert_close(back(xb), res.model.eval()(xb), atol=0, rtol=0)
+
+
+def test_a_target_under_the_guards_floor_is_refused_before_any_training(
+    loaders, monkeypatch
+) -> None:
+    """With the 50 % guard no regularised layer loses more than half of its filters: a target
+    under the size of the model cut to ceil(n/2) filters per layer is refused at once (no
+    strength search, no training), naming the guard and overprune_guard=False; a target
+    above that floor goes on to the search."""
+    train, val, test = loaders
+    model = bn_net()
+    layers = am.kiaee_layers(model, (1, 8, 8))
+    floor_model = prune_filters(
+        model, {n: list(range(-(-model.get_submodule(n).weight.shape[0] // 2))) for n in layers},
+        (1, 8, 8),
+    )[0]  # fmt: skip
+    from compactnn.metrics import count_flops
+
+    floor = count_flops(floor_model, (1, 8, 8)) / count_flops(model, (1, 8, 8))
+    searched: list[object] = []
+    monkeypatch.setattr(
+        "compactnn.methods._calibrate.search_strength", lambda *a, **k: searched.append(a) or 1 / 0
+    )
+    below = round(floor / 1.3, 4)  # outside the 10 % tolerance too
+    from compactnn.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="overprune_guard=False") as e:
+        compactnn.compress(model, "admm-sparse", (train, val, test), input_shape=(1, 8, 8),
+                           target={"macs": below}, measure=False, val_fraction=0.0)  # fmt: skip
+    assert f"{round(floor, 4)}" in str(e.value) and not searched
+    # above the floor, and with the guard off, the check lets the search run
+    for opts, tgt in (({}, min(1.0, floor * 1.05)), ({"overprune_guard": False}, below)):
+        with pytest.raises(ZeroDivisionError):
+            compactnn.compress(model, "admm-sparse", (train, val, test), input_shape=(1, 8, 8),
+                               target={"macs": tgt}, measure=False, val_fraction=0.0, **opts)  # fmt: skip
+    assert len(searched) == 2

@@ -458,3 +458,27 @@ def test_a_diverged_selection_training_is_rerun_once_at_a_tenth_of_the_lr(
     monkeypatch.setattr(bench.compactnn, "compress", other)
     row = bench.run_row("admm-sparse", MODEL, BUDGET, 0, args, base, meas)
     assert row["status"] == "failed" and len(lrs) == 1
+
+
+def test_a_budget_under_admm_sparse_guard_floor_is_rerun_without_the_guard(setup, monkeypatch) -> None:
+    """The paper's over-pruning guard keeps half of every layer, so 20 % of the MACs is refused
+    up front; the adapter reruns without it, and the row and the report say so."""
+    bench, args, base, meas = setup
+    calls: list[object] = []
+    real = bench.compactnn.compress
+
+    def spy(*a, **kw):
+        calls.append(kw.get("overprune_guard", True))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(bench.compactnn, "compress", spy)
+    monkeypatch.setitem(bench.CNN_OPTS, "admm-sparse", {"steps_per_epoch": 4, "xi": 1, "lr": 0.01})
+    row = bench.run_row("admm-sparse", MODEL, 0.2, 0, args, base, meas)
+    assert calls == [True, False], row.get("reason")
+    assert row["options"]["overprune_guard"] is False, row.get("reason")
+    assert row["status"] == "ok", row.get("reason")
+    assert row["macs_kept"] <= 0.2 * (1 + bench.TOLERANCE)
+    (a,) = bench.aggregate([row])
+    assert a["timing_notes"] == [
+        "seed(s) 0: run with overprune_guard=False (the paper's 50 % guard cannot reach this budget)"
+    ]

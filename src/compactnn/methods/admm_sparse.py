@@ -72,7 +72,7 @@ from compactnn._validation import (
     validate_options,
 )
 from compactnn.budget import Strength
-from compactnn.errors import ConfigError
+from compactnn.errors import ConfigError, PlanError
 from compactnn.methods._common import (
     admm_w_step,
     finetune_model,
@@ -547,6 +547,35 @@ class ADMMSparse(Method):
 
     def proxy(self) -> Method:
         return self.with_options(finetune_epochs=0, measure_speed=False)
+
+    def calibrate(
+        self, model: nn.Module, data: CompressionData, target: Any, *, progress: bool = False
+    ) -> tuple[Method, dict[str, Any]]:
+        """The generic strength search (:meth:`strength`), after an up-front check: with the
+        over-pruning guard (sec. 4.1) no layer loses more than half of its filters, so a
+        target under the size of the model cut to ``ceil(n / 2)`` filters per regularised
+        layer is refused before any training, with what to do."""
+        cfg: ADMMSparseConfig = self.config  # type: ignore[assignment]
+        if cfg.overprune_guard and cfg.structure in (None, "filters"):
+            from compactnn.methods._calibrate import _CountSizer
+
+            shape = data.require_input_shape(self.name)
+            layers = list(cfg.layers) if cfg.layers is not None else kiaee_layers(model, shape)
+            self._check_layers(model, layers)
+            try:
+                sizer = _CountSizer(model, layers, target, shape)
+                floor = sizer.kept({n: -(-u // 2) for n, u in sizer.units.items()})
+            except (ConfigError, PlanError):  # a cut surgery refuses: the search will say
+                floor = None
+            if floor is not None and not target.met(floor):
+                raise ConfigError(
+                    f"Method '{self.name}' cannot reach the target {target.as_dict()} with its "
+                    "over-pruning guard (Kiaee sec. 4.1: never more than half of a layer's "
+                    f"filters pruned): half of every regularised layer keeps "
+                    f"{ {k: round(v, 4) for k, v in floor.items()} }. Pass "
+                    "overprune_guard=False to prune further, or relax the target."
+                )
+        return super().calibrate(model, data, target, progress=progress)
 
     def _structure(self) -> tuple[str, str]:
         """The sparsity blocks and the engine's penalty (l1 / l0 of the block norms)."""
