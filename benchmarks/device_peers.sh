@@ -16,6 +16,10 @@
 #
 # Usage there:  CARRY=.devcarry BUDGET_S=520 bash benchmarks/device_peers.sh MODEL "B:METHOD[:SEEDS] ..."
 # (one process per lane; SEEDS defaults to 0,1,2, e.g. 0.5:tp-taylor:2 runs seed 2 only)
+# Lanes share the one GPU by time slicing: with 11 lanes (session of 2026-12-04, 535 s) no ssr
+# or pgt row of kiaee-cnn finished (one seed per lane; ssr's budget search alone is ~45 AULM
+# runs of 1,000 steps), and with 13 short peer lanes none finished in 195 s, although one such
+# row took ~175 s beside 18 others before. Give the long methods the GPU with few other lanes.
 # (DEVICE=cpu EXTRA=--quick runs the same steps anywhere, as a smoke test of this script)
 # Back here:    python benchmarks/bench_peers.py --retime ROWS.jsonl MODELS_DIR
 # (un-tar models.tar into MODELS_DIR; rows of the run are appended, re-timed on this CPU).

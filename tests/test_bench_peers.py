@@ -482,3 +482,25 @@ def test_a_budget_under_admm_sparse_guard_floor_is_rerun_without_the_guard(setup
     assert a["timing_notes"] == [
         "seed(s) 0: run with overprune_guard=False (the paper's 50 % guard cannot reach this budget)"
     ]
+
+
+def test_the_verdict_picks_each_librarys_row_on_validation_never_on_test() -> None:
+    """Within a cell, the row compared for each library is its best mean validation top-1
+    after the shared fine-tuning; a row with a better test top-1 but a worse validation one is
+    not picked (picking on test would flatter both sides)."""
+    bench = _bench()
+
+    def row(method, seed, test, val, lib="compactnn"):
+        return {**_row("lenet-caffe", 0.05, method, seed, test, lib=lib), "val_top1": val}
+
+    rows = [
+        *(row("l1-norm", s, 99.0 + 0.01 * s, 98.0) for s in range(3)),  # best on test
+        *(row("ssr", s, 98.8, 98.5 + 0.01 * s) for s in range(3)),  # best on validation
+        *(row("tp-taylor", s, 98.9 + 0.01 * s, 98.2, "torch-pruning") for s in range(3)),
+        *(row("tp-l1", s, 99.5, 97.0, "torch-pruning") for s in range(3)),
+    ]
+    lines = bench.verdicts(bench.aggregate(rows))
+    cell = [ln for ln in lines if "lenet-caffe @ 5 %" in ln]
+    assert len(cell) == 1
+    assert "`ssr` 98.80 %" in cell[0] and "`tp-taylor` (torch-pruning) 98.91 %" in cell[0]
+    assert "**lose** by -0.11" in cell[0]
