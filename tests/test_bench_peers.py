@@ -460,7 +460,9 @@ def test_a_diverged_selection_training_is_rerun_once_at_a_tenth_of_the_lr(
     assert row["status"] == "failed" and len(lrs) == 1
 
 
-def test_a_budget_under_admm_sparse_guard_floor_is_rerun_without_the_guard(setup, monkeypatch) -> None:
+def test_a_budget_under_admm_sparse_guard_floor_is_rerun_without_the_guard(
+    setup, monkeypatch
+) -> None:
     """The paper's over-pruning guard keeps half of every layer, so 20 % of the MACs is refused
     up front; the adapter reruns without it, and the row and the report say so."""
     bench, args, base, meas = setup
