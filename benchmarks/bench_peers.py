@@ -1017,7 +1017,8 @@ def _pick_by_val(cell: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def verdicts(agg: list[dict[str, Any]]) -> list[str]:
-    """Best compactnn row vs best peer row at each (model, budget), both within budget."""
+    """Each library's row picked on validation (:func:`_pick_by_val`) at each (model, budget,
+    baseline), both within budget, compared on test top-1."""
     lines = []
     words: dict[str, list[str]] = {}
     for model_name in sorted({a["model"] for a in agg}):
