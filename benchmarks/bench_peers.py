@@ -929,7 +929,7 @@ def _median(rows: list[dict[str, Any]], key: str) -> float | None:
     return statistics.median(vals) if vals and None not in vals else None
 
 
-def _divergence_notes(rows: list[dict[str, Any]]) -> list[str]:
+def _rerun_notes(rows: list[dict[str, Any]]) -> list[str]:
     """One note per learning rate at which some seeds' selection training diverged, and one
     for the seeds run without admm-sparse's over-pruning guard."""
     seeds: dict[float, list[int]] = {}
@@ -981,7 +981,7 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             # wall times only from rows whose clock was not disturbed (see "timing_note")
             **{k: _median(timed, k) for k in ("compress_s", "finetune_s")},
             "timing_notes": sorted({r["timing_note"] for r in rs if r.get("timing_note")})
-            + _divergence_notes(ok),
+            + _rerun_notes(ok),
             "met": all(r.get("met") for r in ok) if ok else False,
             "reasons": sorted({r["reason"][:300] for r in rs if r.get("reason")}),
             "status": sorted({r["status"] for r in rs}),

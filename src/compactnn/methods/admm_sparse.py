@@ -533,9 +533,7 @@ class ADMMSparse(Method):
                 "densely, so a params/MACs target cannot be met by it: pass "
                 "structure='filters' with target=, or set mus= without a target."
             )
-        layers = (
-            list(cfg.layers) if cfg.layers is not None else kiaee_layers(model, data.input_shape)
-        )
+        layers = self._layers(model, data.input_shape)
         m = layer_scales(model, layers)
         if cfg.penalty == "l0":
             scale = {n: 0.5 * cfg.rho * (float(s) * m[n]) ** 2 for n in layers}
@@ -547,6 +545,14 @@ class ADMMSparse(Method):
 
     def proxy(self) -> Method:
         return self.with_options(finetune_epochs=0, measure_speed=False)
+
+    def _layers(self, model: nn.Module, input_shape: Any) -> list[str]:
+        """The regularised layers: ``layers`` or the paper's defaults (:func:`kiaee_layers`),
+        checked to exist."""
+        cfg: ADMMSparseConfig = self.config  # type: ignore[assignment]
+        layers = list(cfg.layers) if cfg.layers is not None else kiaee_layers(model, input_shape)
+        self._check_layers(model, layers)
+        return layers
 
     def calibrate(
         self, model: nn.Module, data: CompressionData, target: Any, *, progress: bool = False
@@ -560,8 +566,7 @@ class ADMMSparse(Method):
             from compactnn.methods._calibrate import _CountSizer
 
             shape = data.require_input_shape(self.name)
-            layers = list(cfg.layers) if cfg.layers is not None else kiaee_layers(model, shape)
-            self._check_layers(model, layers)
+            layers = self._layers(model, shape)
             try:
                 sizer = _CountSizer(model, layers, target, shape)
                 floor = sizer.kept({n: -(-u // 2) for n, u in sizer.units.items()})
@@ -803,8 +808,7 @@ class ADMMSparse(Method):
         cfg: ADMMSparseConfig = self.config  # type: ignore[assignment]
         loader = data.require_train(self.name)
         shape = data.require_input_shape(self.name)
-        layers = list(cfg.layers) if cfg.layers is not None else kiaee_layers(model, shape)
-        self._check_layers(model, layers)
+        layers = self._layers(model, shape)
         mods = dict(model.named_modules())
         params = {f"{n}.weight": mods[n].weight for n in layers}
         norms = following_norms(model, layers, shape)

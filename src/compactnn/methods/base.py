@@ -79,6 +79,24 @@ class CompressionData:
             x = b[0] if isinstance(b, (tuple, list)) else b
             yield x if device is None else x.to(device)
 
+    def train_batches(
+        self,
+        method: str,
+        max_batches: int | None = None,
+        *,
+        seed: int = 0,
+        device: torch.device | str | None = None,
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Labelled ``(x, y)`` batches of the training loader (for criteria that take a loss
+        gradient), reseeded with ``seed`` as in :meth:`calib_batches`, moved to ``device``
+        when given."""
+        from compactnn.train import _seeded
+
+        for i, b in enumerate(_seeded(self.require_train(method), seed)):
+            if max_batches is not None and i >= max_batches:
+                break
+            yield (b[0], b[1]) if device is None else (b[0].to(device), b[1].to(device))
+
     def require_input_shape(self, method: str) -> tuple[int, ...]:
         if self.input_shape is None:
             raise ConfigError(

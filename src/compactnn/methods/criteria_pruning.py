@@ -262,6 +262,8 @@ class _CriterionPruning(Method):
         groups: dict[str, list[str]] = {}
         skipped: dict[str, str] = {}
         check = data.check_batch
+        # the same batches for every layer (a cut keeps the model on its device)
+        batches = self._criterion_batches(data, current)
         for i, layer in enumerate(layers):
             mod = current.get_submodule(layer)
             width = int(mod.weight.shape[0])
@@ -277,7 +279,6 @@ class _CriterionPruning(Method):
                     "the channels of the layer that produces its input"
                 )
                 continue
-            batches = self._criterion_batches(data, current)
             members = surgery.coupling(current, layer, meta=meta)
             if len(members) > 1:
                 groups[layer] = list(members)
@@ -318,21 +319,16 @@ class _CriterionPruning(Method):
 
     def _criterion_batches(self, data: CompressionData, current: nn.Module) -> Any:
         """The data a data-driven criterion reads, on the model's device: APoZ the inputs of
-        ``calib_batches`` batches, Taylor the labelled training batches (the same ones every
-        call: the loader is reseeded); None for the weight-only criteria."""
+        ``calib_batches`` batches, Taylor as many labelled training batches (the loader
+        reseeded with ``seed``); None for the weight-only criteria."""
         cfg: CriterionConfig = self.config  # type: ignore[assignment]
         device = module_device(current)
         if self.criterion == "apoz":
             return list(data.calib_batches(cfg.calib_batches, device=device))
         if self.criterion == "taylor":
-            from compactnn.train import _seeded
-
-            out = []
-            for i, b in enumerate(_seeded(data.require_train(self.name), cfg.seed)):
-                if i >= cfg.calib_batches:
-                    break
-                out.append((b[0].to(device), b[1].to(device)))
-            return out
+            return list(
+                data.train_batches(self.name, cfg.calib_batches, seed=cfg.seed, device=device)
+            )
         return None
 
     # ------------------------------------------------------------------ budget
