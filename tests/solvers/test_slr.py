@@ -156,6 +156,45 @@ def test_infinite_lambda_switches_a_component_off() -> None:
     assert b_only.extras["kept_columns"].numel() == 0 and b_only.extras["rank"] > 0
 
 
+def _dead_column_problem(linear: bool) -> LayerProblem:
+    """A layer with an input no calibration row activates (a dead ReLU unit upstream): its
+    column of the M-step comes out exactly 0 or as round-off depending on the LAPACK build."""
+    p = _problem(11, N=40, d=18, n=7)
+    X = p.X.clone()
+    X[:, 4] = 0.0
+    Y = X @ torch.randn(7, 18, generator=torch.Generator().manual_seed(1), dtype=X.dtype).T
+    return LayerProblem(X, Y + p.bias, p.bias, linear=linear)
+
+
+@pytest.mark.parametrize("linear", [True, False])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize(("lam2", "share"), [(0.0, None), (math.inf, None), (0.3, 1.0)])
+def test_zero_column_penalty_keeps_every_column_by_construction(
+    linear: bool, dtype: str, lam2: float, share: float | None
+) -> None:
+    """lam1 = 0 (or a share of 1, a budget that does not bind) removes no column, whatever the
+    iterates leave in a dead input's column (issue 34: slr kept 191 of 192 columns at zero
+    strength on a fresh machine, 192 on the developers' -- an exact-zero test on round-off)."""
+    p = _dead_column_problem(linear)
+    lam1 = 0.1 if share is not None else 0.0
+    r = SLRSolver(lam1=lam1, lam2=lam2, share=share).solve(
+        p, options=SLRAdmmOptions(dtype=dtype, max_iter=30)
+    )
+    assert torch.equal(r.extras["kept_columns"], torch.arange(18))
+    if share is not None:  # the non-binding budget is the unpenalised problem
+        assert r.extras["lam1"] == 0.0 and r.extras["lam2"] == 0.0
+    # a positive lam1 still removes the dead column (its norm is <= any threshold)
+    cut = SLRSolver(lam1=0.01, lam2=math.inf).solve(p, options=SLRAdmmOptions(dtype=dtype))
+    assert 4 not in cut.extras["kept_columns"].tolist()
+
+
+def test_zero_column_penalty_keeps_every_column_cvxpy() -> None:
+    pytest.importorskip("cvxpy")
+    p = _dead_column_problem(linear=True)
+    r = SLRSolver(lam1=0.0, lam2=math.inf).solve(p, backend="cvxpy")
+    assert torch.equal(r.extras["kept_columns"], torch.arange(18))
+
+
 def test_solver_errors_are_clear() -> None:
     p = _problem(7)
     with pytest.raises(ConfigError, match="'lam1' parameter of SLR"):
@@ -333,6 +372,39 @@ def test_method_masked_equals_deployed(loaders: tuple[DataLoader, DataLoader], l
     st = res.history["layers"]["conv2"]
     n_params = sum(p.numel() for p in mod.parameters())
     assert n_params == stored_param_count(mod) == st["stored_weights"] + 8
+
+
+class _DeadUnitNet(_Net):
+    """conv2's channel 0 is dead (bias -100 before the ReLU): fc1 has 64 inputs that no
+    sample activates."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        with torch.no_grad():
+            self.conv2.bias[0] = -100.0
+
+
+@pytest.mark.parametrize(
+    "opts",
+    [dict(lam1=0.0, lam2=0.0), dict(lam1=0.0), dict(share=1.0)],
+    ids=["lam0", "lam1=0", "share1"],
+)
+def test_method_at_zero_strength_removes_nothing(
+    loaders: tuple[DataLoader, DataLoader], opts: dict[str, float]
+) -> None:
+    """Zero strength returns every layer dense (no parameter removed), also where an input of
+    a layer is dead, and at_strength(0) is such a point."""
+    torch.manual_seed(0)
+    model = _DeadUnitNet()
+    res = compactnn.compress(
+        model, "slr", loaders, **opts, options=SLRAdmmOptions(max_iter=20), calib_batches=2,
+        progress=False, on_drop="warn",
+    )  # fmt: skip
+    assert compactnn.metrics.count_params(res.model) == compactnn.metrics.count_params(model)
+    for st in res.history["layers"].values():
+        assert st["kept_columns"] == st["columns"] and st["form"] == "dense"
+    method = compactnn.methods.SLR()
+    assert method.at_strength(0.0, model, None).config.share == 1.0  # type: ignore[arg-type]
 
 
 def test_method_errors(loaders: tuple[DataLoader, DataLoader]) -> None:

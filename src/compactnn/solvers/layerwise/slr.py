@@ -259,7 +259,11 @@ class SLRSolver(LayerSolver):
             the A-step's argument, eq. 12 on the singular values of the B-step's, the latter
             taken with the previous ``A``) leave at most that many weights, so ``c λ`` acts as
             the multiplier of the budget; the final ``λ`` are reported. ``None``: fixed ``λ``
-            (the paper).
+            (the paper). ``share = 1`` (the dense weight fits): the budget does not bind, the
+            finite ``λ`` become 0 and no column is removed.
+
+    With ``λ1 = 0`` (no column penalty) every column is kept by construction, whatever values
+    the iterations leave in it (``extras["kept_columns"]`` is then every column).
     """
 
     lam1: float = 0.1
@@ -327,8 +331,16 @@ class SLRSolver(LayerSolver):
         else:
             lam1, lam2 = float(self.lam1), float(self.lam2)
             t = 1e-3 if self.t is None else float(self.t)
+        share = self.share
+        if share is not None and share >= 1.0:
+            # the whole dense weight fits (the deployment falls back to it): the budget does not
+            # bind, its multiplier is 0, so this is the unpenalised problem (nothing removed;
+            # an infinite lambda, a component forced to zero, stays)
+            lam1 = lam1 if math.isinf(lam1) else 0.0
+            lam2 = lam2 if math.isinf(lam2) else 0.0
+            share = None
         return dict(X=X, Ypre=Ypre, Yt=Yt, b=b, relu=relu, lam1=lam1, lam2=lam2, t=t, s0=s0, L=L,
-                    share=self.share)  # fmt: skip
+                    share=share)  # fmt: skip
 
     def _result(
         self,
@@ -346,7 +358,11 @@ class SLRSolver(LayerSolver):
         B = B.to(torch.float64)
         obj = slr_objective(s["X"], s["Yt"], s["b"], A, B, s["lam1"], s["lam2"], s["relu"])
         n, d = A.shape
-        kept = column_support(A)
+        # lam1 == 0: no column penalty, so no column is removed -- by construction, not by
+        # testing which columns came out exactly zero (a column no calibration row activates
+        # comes out of the M-step as exactly 0 or as round-off depending on the LAPACK build:
+        # slr kept 191 of 192 columns at zero strength on one machine, 192 on another)
+        kept = column_support(A) if s["lam1"] > 0 else torch.arange(d)
         rank = deployed_rank(B)
         ex = {
             "A": A,
@@ -643,9 +659,9 @@ def _run_cvxpy(
     # relative to the scale of the whole weight ||A + B||_2 (a component that should vanish
     # is all solver noise, so its own scale would not do)
     ref = float(torch.linalg.matrix_norm(At + Bt, ord=2))
-    cn = At.norm(dim=0)
-    At[:, cn <= o.zero_tol * ref] = 0
-    if bool((Bt != 0).any()):
+    if s["lam1"] > 0:  # lam1 == 0: no column penalty, none removed (by construction)
+        At[:, At.norm(dim=0) <= o.zero_tol * ref] = 0
+    if s["lam2"] > 0 and bool((Bt != 0).any()):
         U, S, Vh = torch.linalg.svd(Bt, full_matrices=False)
         S = torch.where(S > o.zero_tol * ref, S, torch.zeros_like(S))
         Bt = (U * S) @ Vh
