@@ -38,14 +38,7 @@ from compactnn.plan import (
     SetWeights,
     SparseLowRank,
 )
-from compactnn.surgery._channels import (
-    TOLERANCE,
-    Neutralised,
-    SelectInputs,
-    keep_inputs,
-    keep_outputs,
-)
-from compactnn.surgery._check import compare, reference_output
+from compactnn.surgery._channels import SelectInputs, keep_inputs, keep_outputs
 from compactnn.surgery._coupling import coupling
 from compactnn.surgery._fold import fold_batchnorm
 from compactnn.surgery._replace import (
@@ -65,6 +58,8 @@ from compactnn.surgery._util import (
     verify_model,
     with_user_batch,
 )
+from compactnn.surgery._verify import TOLERANCE as VERIFY_TOLERANCE
+from compactnn.surgery._verify import Snapshot, Source, check64, explain
 
 __all__ = ["apply", "validate", "coupling", "fold_batchnorm", "verify_model", "SelectInputs"]
 
@@ -139,41 +134,25 @@ def _apply(
     check_inputs: Tensor | Sequence[Tensor] | None,
     per_action: bool = False,
 ) -> nn.Module:
-    """:func:`apply`; ``per_action``: check every channel action on the user's batch too
-    (instead of once for the plan's leading channel actions)."""
+    """:func:`apply`; ``per_action``: run the float64 self-check after every channel action
+    (instead of once per run of consecutive channel actions), so a failure names the action."""
     user = (
         None if not verify or check_inputs is None else with_user_batch(model, None, check_inputs)
     )
-    lead = next(
-        (i for i, a in enumerate(plan.actions) if not isinstance(a, (KeepOutputs, KeepInputs))),
-        len(plan.actions),
-    )
-    later = any(isinstance(a, (KeepOutputs, KeepInputs)) for a in plan.actions[lead:])
-    base = model if not inplace else None  # the original: the reference of the plan-level check
+    per_action = per_action or inplace  # no untouched original to replay a failed run on
     out = model if inplace else copy.deepcopy(model)
     inputs = example_inputs_for(out, example_inputs, plan.meta)
     trace = inputs  # the dependency graph is traced on the example batch alone
-    record: list[Neutralised] | None = None
-    mine: dict[nn.Module, nn.Module] = {}  # module of ``out`` -> the same module of ``base``
-    if user is not None:
-        same = inputs is not None and _same_samples(inputs, user)
-        # one check of all leading channel actions on the user's samples (joining them to the
-        # probe and the cut model's forward of every action was measured slower, even for one)
-        if per_action or later or base is None or not same or lead == 0:
-            inputs = with_user_batch(out, inputs, user)  # joined, or replaced (other shape)
-            trace = trace if same else inputs
-            user = None
-        else:
-            record = []
-            mine = dict(zip(out.modules(), base.modules(), strict=True))  # before any cut
+    if user is not None and (inputs is None or not _same_samples(inputs, user)):
+        inputs = trace = user  # samples of another per-sample shape replace the example batch
+    check = user if user is not None else inputs  # the batch of the float64 self-check
     ref = None  # output shapes of the original, the reference of the output width guard
     if plan.actions and inputs is not None and not allow_output_change:
         ref = output_shapes(_run_original(out, inputs))
+    run: Snapshot | None = None  # the model before the current run of channel actions
     last = None  # the model's output after the last action, when a channel action ran it
     for i, a in enumerate(plan.actions):
         last = None
-        if i == lead and record:
-            _check_user_batch(plan, model, out, base, user, record, lead, check_inputs, mine)
         context = f"Action #{i} {type(a).__name__}(layer={a.layer!r})"
         if isinstance(a, (KeepOutputs, KeepInputs)):
             if inputs is None:
@@ -181,15 +160,28 @@ def _apply(
                     f"{context} needs example inputs to trace the graph; pass "
                     "example_inputs=... or set plan.meta['input_shape'] (per-sample shape)."
                 )
+            if verify and run is None:
+                run = Snapshot.of(out)
+            record: list[Source] | None = [] if run is not None else None
             fn = keep_outputs if isinstance(a, KeepOutputs) else keep_inputs
             got = fn(out, a.layer, a.keep, inputs, verify=verify, trace=trace, record=record)
+            if run is not None and record is not None:
+                run.add(record)
+                run.layers.append(a.layer)
             if got is None:  # not verified (or nothing removed): run the model here
                 got = verify_model(out, inputs, context)
             else:  # the self-check ran it already; layer consistency only
                 verify_model(out, None, context)
             check_output(ref, got, context)
             last = got
-        elif isinstance(a, LowRank):
+            if per_action and run is not None:
+                _check_run(plan, model, out, run, check, context, record or [], None)
+                run = None
+            continue
+        if run is not None:  # the run of channel actions ends: check it before this action
+            _check_run(plan, model, out, run, check, None, [], (example_inputs, allow_output_change, check_inputs))  # fmt: skip
+            run = None
+        if isinstance(a, LowRank):
             apply_lowrank(out, a)
         elif isinstance(a, SparseLowRank):
             apply_sparse_lowrank(out, a)
@@ -203,8 +195,8 @@ def _apply(
             apply_set_state(out, a)
         else:  # pragma: no cover - CompressionPlan validates action types
             raise PlanError(f"{context}: unknown action type.")
-    if lead == len(plan.actions) and record:
-        _check_user_batch(plan, model, out, base, user, record, lead, check_inputs, mine)
+    if run is not None:
+        _check_run(plan, model, out, run, check, None, [], (example_inputs, allow_output_change, check_inputs))  # fmt: skip
     if plan.actions:  # the last channel action's forward is the plan's (model unchanged since)
         got = verify_model(out, inputs, "The plan") if last is None else last
         check_output(ref, check_finite_output(got, "The plan"), "The plan")
@@ -233,52 +225,54 @@ def _same_samples(a: tuple[Tensor, ...], b: tuple[Tensor, ...]) -> bool:
     )
 
 
-def _check_user_batch(
+def _check_run(
     plan: CompressionPlan,
     model: nn.Module,
     out: nn.Module,
-    base: nn.Module | None,
-    user: tuple[Tensor, ...] | None,
-    record: list[Neutralised],
-    lead: int,
-    check_inputs: Tensor | Sequence[Tensor] | None,
-    mine: dict[nn.Module, nn.Module],
+    run: Snapshot,
+    check: tuple[Tensor, ...] | None,
+    context: str | None,
+    record: list[Source],
+    replay: tuple | None,
 ) -> None:
-    """The self-check on the user's batch, once for the plan's ``lead`` channel actions: ``out``
-    (cut so far) must equal the original ``base`` with every removed channel neutralised, the
-    cuts' neutralisations mapped back to the original's channel numbering. One forward of each
-    model; on a mismatch (or a neutralisation that cannot be mapped back) the plan is replayed
-    with the check after every action, whose error names the layer and the construct."""
-    if base is None or user is None:  # pragma: no cover - _apply checks per action then
+    """The float64 self-check of a run of channel actions: ``out`` (cut) against ``run`` (the
+    model before the run) with every removed unit zeroed at its source (:mod:`._verify`).
+
+    ``context``: the run is one action (per-action mode): a failure is a PlanError naming it,
+    the layers it cuts and, where it can be measured, the layer / op that makes the cut inexact.
+    Otherwise the plan is replayed with a check after every action (``replay``: the example
+    inputs, allow_output_change and check_inputs of the call), whose error names the action."""
+    if check is None:  # pragma: no cover - a channel action without inputs is refused earlier
         return
-    named = dict(base.named_modules())
-    zero: dict[nn.Module, set[int]] = {}
-    cols: dict[nn.Module, list[int]] = {}
-    mapped = True
-    for m, name, size, removed in record:
-        orig = mine.get(m) or named.get(name)
-        if orig is None or len(cols.setdefault(orig, list(range(size)))) != size:
-            mapped = False
-            break
-        cur = cols[orig]
-        zero.setdefault(orig, set()).update(cur[z] for z in removed)
-        cols[orig] = [c for k, c in enumerate(cur) if k not in removed]
-    worst = None
-    if mapped:
-        worst = compare(reference_output(base, user, zero), run_model(out, user))
-    if mapped and (worst is None or worst <= TOLERANCE):
+    bad = check64(run, out, check) if run.mapped else None
+    if run.mapped and bad is None:
         return
-    _apply(plan, model, False, None, True, True, check_inputs, per_action=True)  # names the cause
-    layers = sorted({a.layer for a in plan.actions[:lead]})
-    raise PlanError(
-        f"The plan's channel actions on {layers}: surgery self-check on a batch of the user's data "
-        + (
-            f"failed: the pruned model differs from the original with the removed channels "
-            f"neutralised by {worst:.3g} (relative; tolerance {TOLERANCE:g})."
-            if mapped
-            else "could not map the removed channels back to the original model."
+    if context is None and replay is not None:
+        example_inputs, allow_output_change, check_inputs = replay
+        _apply(plan, model, False, example_inputs, allow_output_change, True, check_inputs, True)
+    layers = sorted(set(run.layers))
+    n = int(check[0].shape[0]) if check and check[0].dim() else 1
+    if not run.mapped:
+        what = "could not map the removed channels back to the model before the cut"
+    elif bad is not None and bad.worst is None:
+        what = f"could not be verified: {bad.why}"
+    else:
+        what = (
+            f"failed: the pruned model differs from the model before the cut with the removed "
+            f"channels zeroed at their source by {bad.worst:.3g} (max |delta| / max(1, max |y|), "
+            f"float64, {n} sample(s); tolerance {VERIFY_TOLERANCE:g})"
         )
-        + " Exclude these layers from pruning, or apply the plan with verify=False to inspect it."
+    if context is None:
+        raise PlanError(
+            f"The plan's channel actions on {layers}: surgery self-check {what}. Exclude these "
+            "layers from pruning, or apply the plan with verify=False to inspect it."
+        )
+    touched = sorted({name for _, name, _, _, _ in record if name})
+    why = explain(run, check, record) if bad is None or bad.worst is not None else ""
+    raise PlanError(
+        f"{context}: surgery self-check {what}. The cut touches {touched}{why}; this cut is "
+        "refused. Exclude this layer from pruning (or cut a layer before/after the construct), "
+        "or apply the plan with verify=False to inspect it."
     )
 
 

@@ -38,8 +38,9 @@ from compactnn.surgery._check import (
 )
 from compactnn.surgery._lrn import cut_lrn
 from compactnn.surgery._util import get_module, run_model, set_module
+from compactnn.surgery._verify import Source
 
-__all__ = ["keep_outputs", "keep_inputs", "SelectInputs", "TOLERANCE", "Neutralised"]
+__all__ = ["keep_outputs", "keep_inputs", "SelectInputs", "TOLERANCE", "sources_of"]
 
 #: relative tolerance of the self-check: max |y_pruned - y_ref| <= TOLERANCE * (1 + max |y_ref|)
 TOLERANCE = 1e-4
@@ -134,10 +135,6 @@ def _build_graph(model: nn.Module, inputs: tuple[Tensor, ...], action: str, laye
         for m, t in modes:
             m.train(t)
 
-
-#: one neutralisation of a cut: (module before the cut, its name, its input channel count
-#: before the cut, the input channels zeroed) -- see surgery.apply's check on the user's data
-Neutralised = tuple[nn.Module, str, int, set[int]]
 
 # per-module cut: {"out": set, "in": set, "chan": set}
 _Cuts = dict[nn.Module, dict[str, set[int]]]
@@ -492,6 +489,33 @@ def _map_checked(
     return fixed, zero_in, res
 
 
+def sources_of(cuts: _Cuts, names: dict[nn.Module, str]) -> list[Source]:
+    """The removed units of ``cuts`` (before they are cut), for the float64 self-check: output
+    channels of producers, norms and depthwise convs ("out": zeroed at their source in the
+    reference) and consumers' input columns ("in": renumbering only, never zeroed)."""
+    out: list[Source] = []
+    for m, c in cuts.items():
+        name = names.get(m, "")
+        if is_lrn(m):  # zero holes: its inputs are zero wherever its removed channels come from
+            continue
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            if c["chan"]:  # depthwise: input channel g is group g, outputs g*k..g*k+k-1
+                k = m.out_channels // m.groups
+                gone = {g * k + j for g in c["chan"] for j in range(k)}
+                out.append((m, name, "out", _size(m, "out"), gone))
+                out.append((m, name, "in", _size(m, "in"), set(c["chan"])))
+            if c["out"]:
+                out.append((m, name, "out", _size(m, "out"), set(c["out"])))
+            if c["in"]:
+                out.append((m, name, "in", _size(m, "in"), set(c["in"])))
+        elif isinstance(m, (_BN, nn.GroupNorm)):
+            n = m.num_channels if isinstance(m, nn.GroupNorm) else m.num_features
+            removed = c["chan"] | c["out"] | c["in"]
+            if removed:
+                out.append((m, name, "out", n, set(removed)))
+    return out
+
+
 def _execute(
     model: nn.Module,
     inputs: tuple[Tensor, ...],
@@ -502,7 +526,7 @@ def _execute(
     action: str,
     layer: str,
     verify: bool,
-    record: list[Neutralised] | None = None,
+    record: list[Source] | None = None,
 ) -> Any:
     """Cut ``cuts`` in place; with ``verify`` check the result against the model before the
     cut with the consumers' removed input channels zeroed (``zero_in``) and return the cut
@@ -528,16 +552,7 @@ def _execute(
         same = res is not None and probe_is_reference(res, zero_in)
         ref = res.output if same else reference_output(model, inputs, zero_in)  # type: ignore[union-attr]
     if record is not None:
-        record += [
-            (
-                m,
-                names.get(m, ""),
-                res.sizes.get(m, 0) if res and is_lrn(m) else _size(m, "in"),
-                set(z),
-            )
-            for m, z in zero_in.items()
-            if z
-        ]
+        record += sources_of(cuts, names)
     for m, c in cuts.items():
         if is_lrn(m):
             set_module(model, names[m], cut_lrn(m, c["chan"], res.sizes[m] if res else 0))
@@ -576,7 +591,7 @@ def keep_outputs(
     *,
     verify: bool = True,
     trace: tuple[Tensor, ...] | None = None,
-    record: list[Neutralised] | None = None,
+    record: list[Source] | None = None,
 ) -> Any:
     """Keep output channels ``keep`` of ``layer`` in place; all coupled layers follow.
 
@@ -612,7 +627,7 @@ def keep_inputs(
     *,
     verify: bool = True,
     trace: tuple[Tensor, ...] | None = None,
-    record: list[Neutralised] | None = None,
+    record: list[Source] | None = None,
 ) -> Any:
     """Keep input channels/features ``keep`` of ``layer`` in place.
 
@@ -653,7 +668,7 @@ def keep_inputs(
     _check_cuts(own, {mod: path}, action, layer)
     ref = reference_output(model, inputs, {mod: set(removed)}) if verify else None
     if record is not None:
-        record.append((mod, path, _size(mod, "in"), set(removed)))
+        record.append((mod, path, "mask_in", _size(mod, "in"), set(removed)))
     _cut_module(mod, own[mod])
     set_module(model, path, SelectInputs(sorted(keep), mod))
     if not verify:
