@@ -38,7 +38,7 @@ from compactnn.surgery._check import (
 )
 from compactnn.surgery._lrn import cut_lrn
 from compactnn.surgery._util import get_module, run_model, set_module
-from compactnn.surgery._verify import Source
+from compactnn.surgery._verify import Source, failing_module
 
 __all__ = ["keep_outputs", "keep_inputs", "SelectInputs", "TOLERANCE", "sources_of"]
 
@@ -565,10 +565,14 @@ def _execute(
     except Exception as exc:  # noqa: BLE001 - any failure means the cut broke the graph
         via = _describe(res, [])
         what = f"the removed channels pass{via}, and" if via else "the"
+        where = failing_module(model, inputs)
+        at = f" in {where}" if where else ""
         raise PlanError(
-            f"{head}: after the cut the model no longer runs ({exc}); {what} forward pass "
-            "hard-codes a channel count or layout (split sizes, chunk boundaries, a view/reshape, "
-            f"a channel shuffle) that the cut changes; {_todo(via)}."
+            f"{head}: after the cut the model no longer runs ({type(exc).__name__}{at}: {exc}); "
+            f"{what} forward pass hard-codes a channel count or layout (split sizes, chunk "
+            "boundaries, a view/reshape, a channel shuffle, a per-channel buffer) or calls a cut "
+            "layer on a tensor the cut does not reach (weight sharing with another input, a "
+            f"functional op with the layer's weight) that the cut changes; {_todo(via)}."
         ) from exc
     worst = compare(ref, out)
     if worst is not None and worst > TOLERANCE:

@@ -386,8 +386,39 @@ def explain(snap: Snapshot, inputs: tuple[Any, ...], record: list[Source]) -> st
     ops = _ops_on_paths(res, list(res.nodes.values())) if res is not None else []
     if ops:
         return (
-            f"; the removed channels pass through {', '.join(ops)}, and one of them does not "
-            "follow the cut exactly (a mean / normalisation / fixed index over channels, a "
-            "functional op with a module's weight)"
+            f"; the removed channels pass through {', '.join(ops)}, and something reads them "
+            "in a way the cut does not follow (a mean / normalisation / fixed index over "
+            "channels, a functional op with a module's weight, a value taken out of the graph "
+            "with .item())"
         )
     return ""
+
+
+def failing_module(model: nn.Module, inputs: tuple[Any, ...]) -> str:
+    """``"Conv2d 'shared'"``: the innermost module whose forward raised on ``inputs`` ('' when
+    the forward runs, or fails outside every module)."""
+    names = {m: n for n, m in model.named_modules()}
+    stack: list[nn.Module] = []
+    failed: list[nn.Module] = []
+
+    def pre(m: nn.Module, args: tuple[Any, ...]) -> None:
+        stack.append(m)
+
+    def post(m: nn.Module, args: tuple[Any, ...], out: Any) -> None:
+        if stack and stack[-1] is m:
+            stack.pop()
+
+    handles = [m.register_forward_pre_hook(pre) for m in model.modules() if m is not model]
+    handles += [m.register_forward_hook(post) for m in model.modules() if m is not model]
+    try:
+        with _eval_restored(model), torch.no_grad():
+            model(*inputs)
+    except Exception:  # noqa: BLE001 - the failure is what is looked for
+        failed = list(stack)
+    finally:
+        for h in handles:
+            h.remove()
+    if not failed:
+        return ""
+    m = failed[-1]
+    return f"{type(m).__name__} {names.get(m, '?')!r}"
