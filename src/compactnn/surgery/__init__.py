@@ -11,8 +11,12 @@ failure is a :class:`~compactnn.errors.PlanError` naming the layer.
 
 Trust: the index mapping of every cut is measured (a NaN probe through the real forward pass,
 :mod:`compactnn.surgery._check`), channel-mixing constructs are refused naming the construct,
-GroupNorm loses whole groups only, LocalResponseNorm keeps zero holes, and every channel action
-checks itself against the model with the removed channels neutralised (``verify=True``).
+GroupNorm loses whole groups only, LocalResponseNorm keeps zero holes, and every cut is
+verified (``verify=True``, :mod:`compactnn.surgery._verify`): a float64 copy of the model
+before the cut, with the removed output channels zeroed at their source (forward hooks on the
+producers, their norms and depthwise convs), must equal a float64 copy of the cut model on the
+check batch (the user's ``check_inputs``, else the example batch) to ``1e-6 max(1, max |y|)``;
+anything that cannot be verified is refused, naming the layer or op.
 
 Equivalence: removing channels that are *dead* in the original (weights, bias and following BN
 affine parameters zero) leaves the output unchanged; the conformance suite checks
@@ -88,23 +92,26 @@ def apply(
         allow_output_change: accept a plan that changes the shape of the model's output (e.g.
             removes classifier outputs). By default such a plan is refused; checked on the
             example inputs (none: not checked).
-        verify: self-check every channel action (on by default): the cut model must equal the
-            model before the cut with the removed channels neutralised (their consumers' input
-            columns zeroed) on the example inputs (a seeded random batch of
-            ``plan.meta["input_shape"]``, or the user's batch given as ``example_inputs``),
-            within ``1e-4 (1 + max |y|)``; otherwise a PlanError names the layer and the
-            construct. The reference is the NaN probe's own pass (it zeroes the consumers'
-            removed inputs), so the check adds a comparison, not a forward. ``False`` skips only
-            this comparison (the index mapping is always measured).
+        verify: self-check every channel action (on by default), twice. Per action, in the
+            model's dtype: the cut model against the NaN probe's pass, which zeroes the
+            consumers' removed input columns, within ``1e-4 (1 + max |y|)`` (names the construct
+            of a wrong index mapping). Per run of consecutive channel actions, in float64: deep
+            copies of the model before the run and after it (the user's model keeps its dtype),
+            the removed units zeroed *at their source* in the first (forward hooks zeroing the
+            output channels the cut removes from producers, their BatchNorm/GroupNorm and
+            depthwise convs, on every call; SelectInputs' removed columns by a pre-hook), run
+            through the model's own forward on the check batch; every output tensor must agree
+            to ``max |delta| <= 1e-6 max(1, max |y_ref|)``. A failing run is replayed with the
+            check after every action, so the PlanError names the action, the layers it cuts and
+            the layer that receives non-zero values in a removed column (weight sharing with
+            another input, a constant, a sigmoid after the cut) with the ops on the way. Refused
+            as unverifiable: a model that does not run in float64, outputs that are not finite,
+            not tensors, or change shape other than by whole removed positions. ``False`` skips
+            both checks (the index mapping is always measured).
         check_inputs: a batch of the user's data (compress passes the first samples of the
-            training data). With ``verify`` the plan's leading channel actions are also checked
-            on it, once: the cut model against the original with every removed channel
-            neutralised (the cuts' neutralisations mapped back to the original's channel
-            numbering; one forward of each model). A mismatch replays the plan with this check
-            after every action, so the PlanError names the layer and the construct. Channel
-            actions after other actions, ``inplace=True``, or samples of another per-sample
-            shape than the example batch: the samples join (or replace) the example batch of
-            every action's check instead. Ignored with ``verify=False``.
+            training data): the float64 check runs on it instead of the example batch. Samples
+            of another per-sample shape than the example batch also replace it for the probe and
+            the dependency graph. Ignored with ``verify=False``.
 
     Returns:
         The compressed model (``model`` itself when ``inplace``).

@@ -42,7 +42,8 @@ from compactnn.surgery._verify import Source, failing_module
 
 __all__ = ["keep_outputs", "keep_inputs", "SelectInputs", "TOLERANCE", "sources_of"]
 
-#: relative tolerance of the self-check: max |y_pruned - y_ref| <= TOLERANCE * (1 + max |y_ref|)
+#: relative tolerance of the per-action check (in the model's dtype; the float64 check of
+#: ._verify has its own): max |y_pruned - y_ref| <= TOLERANCE * (1 + max |y_ref|)
 TOLERANCE = 1e-4
 
 _BN = nn.modules.batchnorm._NormBase  # BatchNorm and InstanceNorm: per channel

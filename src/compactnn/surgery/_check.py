@@ -11,10 +11,12 @@ Torch-Pruning's dependency graph proposes a coupling group; nothing of it is tru
   regroups features) or NaN spreading to other channels (GroupNorm over part of a group,
   LocalResponseNorm, a mean over channels) means the cut would change the function of kept
   channels: the cut is refused, naming the construct.
-* **Self-check** (:func:`reference_output` + :func:`compare`): the pruned model must equal the
-  model before the cut with the removed structure neutralised -- every consumer's removed input
-  channels zeroed, the rest untouched -- on the example batch, within ``1e-4 (1 + max |y|)``.
-  Otherwise :class:`~compactnn.errors.PlanError`; a wrong model is never returned.
+* **Per-action check** (:func:`reference_output` + :func:`compare`): the pruned model must
+  equal the model before the cut with every consumer's removed input channels zeroed on the
+  example batch, within ``1e-4 (1 + max |y|)``: it catches a wrong index mapping and names the
+  construct. It cannot see what else reaches a removed column (zeroing the consumer's column
+  hides it), so the authoritative check is :mod:`compactnn.surgery._verify`'s float64 one,
+  against the model with the removed units zeroed at their source.
 """
 
 from __future__ import annotations

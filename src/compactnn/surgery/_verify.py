@@ -61,8 +61,17 @@ def to64(x: Any) -> Any:
 
 
 def _copy64(model: nn.Module) -> nn.Module:
-    m = copy.deepcopy(model)
-    return m.to(torch.float64)
+    """A deep copy of ``model`` with its floating parameters and buffers in float64 (converted
+    while copying: the float32 tensors are never copied first)."""
+    memo: dict[int, Any] = {}
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.is_floating_point() and id(p) not in memo:
+                memo[id(p)] = nn.Parameter(p.detach().to(torch.float64), p.requires_grad)
+        for b in model.buffers():
+            if b.is_floating_point() and id(b) not in memo:
+                memo[id(b)] = b.detach().to(torch.float64)
+    return copy.deepcopy(model, memo).to(torch.float64)
 
 
 @dataclass
