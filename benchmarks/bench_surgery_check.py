@@ -4,9 +4,10 @@ What ``verify=True`` adds to a channel action: the comparison of the cut model's
 neutralised reference. The reference is the NaN probe's own output (the probe, which measures
 the index mapping, zeroes every consumer's removed input channels, so its pass *is* the model
 with the removed channels neutralised) and the cut model's forward replaces the plain forward
-``verify=False`` runs anyway. With ``check_inputs`` (compress passes the first training inputs)
-the plan's channel actions are checked once more on those samples: one forward of the original
-with every removed channel neutralised and one of the cut model.
+``verify=False`` runs anyway. Every run of channel actions is then checked in float64 (issue 34)
+on ``check_inputs`` (compress passes the first training inputs) or the example batch: a float64
+copy of the model before the run with the removed units zeroed at their source, one of the cut
+model, a forward of each.
 
 Two measurements, 1 torch thread, on the same plans:
 
@@ -67,7 +68,8 @@ class _Timer:
         self._targets = [
             (_channels, "reference_output"),
             (_channels, "compare"),
-            (surgery, "_check_user_batch"),
+            (surgery, "_check_run"),  # the float64 check of a run of channel actions
+            (surgery.Snapshot, "of"),  # its float64 copy of the model before the run
         ]
         self._orig = [getattr(mod, k) for mod, k in self._targets]
 
