@@ -205,6 +205,27 @@ def test_compile_latency_degrades_with_a_clear_warning(tmp_path, capsys, monkeyp
     assert "torch.compile not timed" in (tmp_path / "res" / "report.md").read_text()
 
 
+def test_compiled_form_records_a_checked_compile(monkeypatch) -> None:
+    """compiled_form's bookkeeping (ok, compile time, parity against the model) with
+    torch.compile stubbed; the real inductor compile (30 s here) is the slow test below."""
+    calls: list[dict] = []
+
+    def fake_compile(module, **kw):  # type: ignore[no-untyped-def]
+        calls.append(kw)
+        return module
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    model = mlp().eval()
+    x = torch.randn(6, 1, 8, 8)
+    compiled, rec = export.compiled_form(model, x)
+    assert calls and calls[0]["backend"] == "inductor"
+    assert compiled is not None and rec["ok"] and rec["max_abs_diff"] <= 1e-4
+    assert rec["compile_seconds"] > 0
+    with torch.no_grad():
+        assert np.allclose(compiled(x).numpy(), model(x).numpy(), atol=1e-4)
+
+
+@pytest.mark.slow
 def test_compiled_form_runs_and_matches_where_inductor_works() -> None:
     model = mlp().eval()
     x = torch.randn(6, 1, 8, 8)

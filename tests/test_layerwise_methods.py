@@ -370,11 +370,16 @@ def test_slr_under_a_macs_target_never_picks_the_dense_form(monkeypatch) -> None
             x.form for x in m.modules() if isinstance(x, (ColumnSparseConv2d, ColumnSparseLinear))
         ]
 
-    free = _run(copy.deepcopy(model), "slr", data, share=0.2)
+    from compactnn.solvers.layerwise import SLRAdmmOptions
+
+    # the forms, not the solves, are under test: 30 ADMM iterations (150 by default) are enough
+    # to meet the budget and cut the search's proxy runs 5x
+    kw = dict(options=SLRAdmmOptions(max_iter=30), calib_batches=2)
+    free = _run(copy.deepcopy(model), "slr", data, share=0.2, **kw)
     assert forms(free.model) and set(forms(free.model)) == {"dense"}
-    res = _run(copy.deepcopy(model), "slr", data, target={"macs": 0.5})
+    res = _run(copy.deepcopy(model), "slr", data, target={"macs": 0.5}, **kw)
     assert res.chosen["form"] == "auto-sparse"
     assert forms(res.model) and "dense" not in forms(res.model)
     assert res.target["met"]
-    fixed = _run(copy.deepcopy(model), "slr", data, target={"macs": 0.5}, form="gather")
+    fixed = _run(copy.deepcopy(model), "slr", data, target={"macs": 0.5}, form="gather", **kw)
     assert fixed.chosen["form"] == "gather"  # an explicit form is kept

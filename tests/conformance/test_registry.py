@@ -21,6 +21,7 @@ import compactnn
 from compactnn import metrics, surgery
 from compactnn.errors import ConfigError
 from compactnn.methods import get_method, list_methods
+from compactnn.solvers.layerwise import ADMMOptions
 from compactnn.train import TrainConfig
 from compactnn.train import train as train_model
 
@@ -39,7 +40,8 @@ FAST: dict[str, dict[str, Any]] = {
     "magnitude": dict(finetune_epochs=1, finetune_steps_per_epoch=3),
     "taylor": dict(finetune_epochs=1, finetune_steps_per_epoch=3, calib_batches=2),
     "ddlr": dict(calib_batches=2, max_rows=512),
-    "net-trim": dict(calib_batches=2, max_rows=512),
+    # ADMM to 2000 iterations (default 20000: at eps_frac 1e-4 it runs them all, 20 s a run)
+    "net-trim": dict(calib_batches=2, max_rows=512, options=ADMMOptions(max_iter=2000)),
     "pgt": dict(epochs=1, steps_per_epoch=3, finetune_epochs=1, finetune_steps_per_epoch=3),
     "slr": dict(calib_batches=2, max_rows=512, finetune_epochs=1, finetune_steps_per_epoch=3),
 }
@@ -54,7 +56,7 @@ ZERO: dict[str, tuple[dict[str, Any], float]] = {
     "taylor": (dict(ratio=1.0, finetune_epochs=0, calib_batches=2), 1e-6),
     "ddlr": (dict(eps_frac=1e-4, rank=10**6, dense_fallback=True, calib_batches=2), 5e-2),
     # N > d rows (8 x 32 > 192): with N < d the min-l1 interpolant is sparse even at eps -> 0
-    "net-trim": (dict(eps_frac=1e-4, calib_batches=8), 5e-2),
+    "net-trim": (dict(eps_frac=1e-4, calib_batches=8, options=ADMMOptions(max_iter=2000)), 5e-2),
     "pgt": (dict(lam=0.0, lr=1e-9, epochs=1, steps_per_epoch=1, finetune_epochs=0), 1e-4),
     "slr": (dict(lam1=0.0, lam2=0.0, calib_batches=2), 5e-2),
 }
