@@ -233,6 +233,31 @@ class AfterCut(_Head):
         return y
 
 
+class ChannelScale(nn.Module):
+    """A layer with a per-channel buffer: ``x * scale[c]``."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.register_buffer("scale", torch.linspace(0.5, 1.5, c))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.scale[None, :, None, None]
+
+
+class BufferLayer(_Head):
+    """conv a -> ChannelScale (a module with a buffer indexed by channel) -> conv b."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.scale = ChannelScale(8)
+        self.b = nn.Conv2d(8, 6, 3, padding=1)
+        self.fc = nn.Linear(6, K)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._head(torch.relu(self.b(self.scale(torch.relu(self.a(x))))))
+
+
 def _build(cls: type[nn.Module], **kw: object) -> nn.Module:
     torch.manual_seed(0)
     model = cls(**kw)
@@ -277,6 +302,7 @@ REFUSED = [
     ("sigmoid-after-cut", lambda: _build(AfterCut, op="sigmoid"), "a", [2], r"self-check failed.*Conv2d 'b' input channel\(s\) \[2\].*Sigmoid", True),
     ("softplus-after-cut", lambda: _build(AfterCut, op="softplus"), "a", [2], r"self-check failed.*Conv2d 'b' input channel\(s\) \[2\].*Softplus", True),
     ("mean-over-all-channels", lambda: _build(AfterCut, op="mean"), "a", [2], r"self-check failed: the pruned model differs.*\['a', 'b', 'bn'\]", True),
+    ("layer-with-channel-buffer", lambda: _build(BufferLayer), "a", [2], r"ChannelScale 'scale', which surgery cannot resize", True),
     ("buffer-per-channel", lambda: _build(AfterCut, op="buffer"), "a", [2], r"no longer runs", True),
     ("buffer-channel-index", lambda: _build(AfterCut, op="buffer-index"), "a", [2], r"no longer runs.*indexing", True),
     ("slice-first-channels", lambda: _build(AfterCut, op="slice"), "a", [1], r"no longer runs \(RuntimeError in Conv2d 'b'.*slicing", True),
@@ -424,3 +450,24 @@ def test_output_channels_removed_with_allow_output_change_are_matched() -> None:
     x = _x()
     with torch.no_grad():
         assert torch.allclose(new(x), model(x)[:, [0, 2, 3, 4, 6, 7]], atol=1e-6)
+
+
+def test_a_cut_off_by_a_small_relative_error_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cut that moves the output by 3e-5 (under the per-action float32 check's 1e-4, 30 times
+    the float64 check's 1e-6 of max(1, max |y|), whatever the CPU) is refused."""
+    from compactnn.surgery import _channels
+
+    real = _channels._cut_module
+
+    def off(m: nn.Module, c: dict) -> None:
+        real(m, c)
+        if isinstance(m, nn.Linear):
+            with torch.no_grad():
+                m.bias += 3e-5
+
+    monkeypatch.setattr(_channels, "_cut_module", off)
+    model = _build(ToLinear)
+    with torch.no_grad():
+        assert float(model(_x(2)).abs().max()) < 1.0  # the scale is 1: the error is 3e-5
+    with pytest.raises(PlanError, match=r"self-check failed.*by 3e-05.*float64.*1e-06"):
+        apply(_plan(model, "a", [1]), model)
