@@ -379,15 +379,18 @@ def test_cli_debug_shows_the_traceback() -> None:
 def test_method_help_lists_options_with_defaults_and_meaning(capsys: Any) -> None:
     assert main(["compress", "--method", "l1-norm", "--help"]) == 0
     out = capsys.readouterr().out
-    assert "--factory-kwargs" in out  # the command's own help comes first
+    assert "--factory-kwargs" in out  # the command's own help follows the method's options
+    assert out.index("ratio = 0.5") < out.index("usage:")
     assert "ratio = 0.5" in out and "keep = None" in out
     assert "fraction in (0, 1] of filters kept" in out
     for name in compactnn.methods.list_methods():
-        text = method_help(name)
-        fields = [ln for ln in text.splitlines() if re.match(r"^  \w+ = ", ln)]
-        meanings = [ln for ln in text.splitlines() if ln.startswith("      ")]
-        assert fields and len(meanings) == len(fields), name
-        assert all("(see " not in m for m in meanings), (name, text)  # every field documented
+        lines = method_help(name).splitlines()
+        fields = [i for i, ln in enumerate(lines) if re.match(r"^  \w+ = ", ln)]
+        assert fields, name
+        for i, j in zip(fields, [*fields[1:], len(lines)]):  # every field: a meaning below it
+            meaning = lines[i + 1 : j]
+            assert meaning and all(m.startswith("      ") for m in meaning), (name, lines[i])
+            assert "(not described" not in meaning[0], (name, lines[i])
 
 
 def test_factory_kwargs_split_at_top_level_commas() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -22,7 +24,7 @@ def test_training_log_is_one_line_per_epoch_when_not_a_tty(capsys) -> None:
     err = capsys.readouterr().err  # captured: not a terminal
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert len(lines) == 3, err
-    assert lines[0].startswith("fit: epoch 1/3: loss") and "\r" not in err
+    assert re.match(r"^\[ +0:\d\d\] fit: epoch 1/3: loss", lines[0]) and "\r" not in err
     assert len(err) < 400  # 16 steps per epoch, yet a few short lines
 
 
@@ -35,9 +37,9 @@ def test_quiet_prints_nothing_and_verbose_prints_steps(capsys, monkeypatch) -> N
             p.step(loss=0.5)
         p.epoch(1, 1, loss=0.5)
     err = capsys.readouterr().err.splitlines()
-    assert err[:3] == [
+    assert [ln.split("] ", 1)[1] for ln in err[:3]] == [
         "solve: step 1: loss 0.5",
         "solve: step 2: loss 0.5",
         "solve: step 3: loss 0.5",
     ]
-    assert err[3].startswith("solve: epoch 1/1: loss 0.5")
+    assert err[3].split("] ", 1)[1].startswith("solve: epoch 1/1: loss 0.5")

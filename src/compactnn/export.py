@@ -848,6 +848,16 @@ def ship(
     compiled = None
     if compile:
         compiled, rec["torch_compile"] = compiled_form(model, samples, sparse=sparse)
+    import tempfile
+
+    tmp = tempfile.TemporaryDirectory(prefix="compactnn-original-")
+    original_onnx = None  # the original under onnxruntime too: one speed-up per runtime
+    if original is not None and "onnx" in formats and (out / "model.onnx").is_file():
+        try:
+            to_onnx(original, Path(tmp.name) / "original.onnx", example, samples=samples)
+            original_onnx = Path(tmp.name) / "original.onnx"
+        except ExportError as exc:
+            rec["original_onnx_error"] = str(exc)
     for bs in batch_sizes:
         x = real_batch([samples], bs)
         row: dict[str, Any] = {}
@@ -856,15 +866,18 @@ def ship(
                 measure_latency(original, shape, batch_size=bs, threads=threads, inputs=x)
             )
         row["eager"] = _lat(measure_latency(model, shape, batch_size=bs, threads=threads, inputs=x))
+        if original_onnx is not None:
+            row["onnxruntime_original"] = _lat(onnx_latency(original_onnx, x, threads=threads))
         if (out / "model.onnx").is_file() and "onnx" in formats:
             row["onnxruntime"] = _lat(onnx_latency(out / "model.onnx", x, threads=threads))
         if compiled is not None:
             row["torch.compile"] = _lat(
                 measure_latency(compiled, shape, batch_size=bs, threads=threads, inputs=x)
             )
-        deployed = {k: v for k, v in row.items() if k != "eager_original"}
+        deployed = {k: v for k, v in row.items() if not k.endswith("_original")}
         row["fastest"] = min(deployed, key=lambda k: deployed[k]["median_ms"])
         rec["latency"][f"batch {bs}"] = row
+    tmp.cleanup()
     rec["latency_threads"] = threads
     rec["latency_inputs"] = "real samples"
     rows = layer_speed(model, real_batch([samples], max(batch_sizes)), threads=threads)
@@ -872,6 +885,46 @@ def ship(
     rec["slower_than_dense"] = [r["name"] for r in rows if r["slower"]]
     rec["latency_seconds"] = time.perf_counter() - t0
     return rec
+
+
+#: runtime -> (the original's row, the compressed model's row) of a ``deploy`` latency record
+SPEEDUP_RUNTIMES = {
+    "eager": ("eager_original", "eager"),
+    "onnxruntime": ("onnxruntime_original", "onnxruntime"),
+}
+
+
+def speedups(deploy: dict[str, Any]) -> dict[str, dict[str, dict[str, float]]]:
+    """``{"batch 100": {"eager": {original_ms, compressed_ms, speedup}, ...}}``: one speed-up
+    per runtime and batch size, read off the latencies :func:`ship` measured (the original and
+    the compressed model timed in the same runtime, on the same real batch)."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for bs, row in (deploy.get("latency") or {}).items():
+        per = {}
+        for rt, (orig, comp) in SPEEDUP_RUNTIMES.items():
+            if orig in row and comp in row:
+                o, c = row[orig]["median_ms"], row[comp]["median_ms"]
+                per[rt] = {"original_ms": o, "compressed_ms": c, "speedup": o / c if c else 0.0}
+        if per:
+            out[bs] = per
+    return out
+
+
+def speedup_protocol(deploy: dict[str, Any]) -> str:
+    """How :func:`ship` timed, e.g. ``"1 thread(s), real samples, median of 50 runs (eager),
+    30 (onnxruntime)"``."""
+    runs = []
+    for rt, (orig, comp) in SPEEDUP_RUNTIMES.items():
+        reps = {
+            row[k].get("repeats")
+            for row in (deploy.get("latency") or {}).values()
+            for k in (orig, comp)
+            if k in row
+        }
+        if len(reps) == 1:
+            runs.append(f"{reps.pop()} ({rt})")
+    text = f"{deploy.get('latency_threads')} thread(s), {deploy.get('latency_inputs')}"
+    return text + (f", median of {', '.join(runs)} runs" if runs else ", median")
 
 
 def compiled_form(
@@ -987,8 +1040,9 @@ def render_report(doc: dict[str, Any]) -> str:
             f"Sparse layers exported in **{dep['sparse_form']}** form. Latency on "
             f"{dep['latency_inputs']}, {dep['latency_threads']} thread(s), median ms:",
             "",
-            "| batch | eager original | eager | onnxruntime | torch.compile | fastest |",
-            "|---|---:|---:|---:|---:|---|",
+            "| batch | eager original | eager | onnxruntime original | onnxruntime | "
+            "torch.compile | fastest |",
+            "|---|---:|---:|---:|---:|---:|---|",
         ]
         for bs, row in dep["latency"].items():
 
@@ -997,9 +1051,26 @@ def render_report(doc: dict[str, Any]) -> str:
 
             lines.append(
                 f"| {bs.split()[-1]} | {ms('eager_original')} | {ms('eager')} | "
-                f"{ms('onnxruntime')} | {ms('torch.compile')} | {row['fastest']} |"
+                f"{ms('onnxruntime_original')} | {ms('onnxruntime')} | {ms('torch.compile')} | "
+                f"{row['fastest']} |"
             )
         lines.append("")
+        ups = speedups(dep)
+        if ups:
+            lines += [
+                "Speed-up per runtime (original -> compressed model, both timed in that "
+                f"runtime; {speedup_protocol(dep)}):",
+                "",
+                "| batch | runtime | original ms | compressed ms | speed-up |",
+                "|---|---|---:|---:|---:|",
+            ]
+            for bs, per in ups.items():
+                for rt, v in per.items():
+                    lines.append(
+                        f"| {bs.split()[-1]} | {rt} | {v['original_ms']:.3f} | "
+                        f"{v['compressed_ms']:.3f} | {v['speedup']:.2f}x |"
+                    )
+            lines.append("")
         tc = dep.get("torch_compile")
         if tc and not tc.get("ok"):
             lines += [f"torch.compile not timed: {tc.get('error')}.", ""]

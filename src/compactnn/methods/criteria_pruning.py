@@ -68,8 +68,14 @@ class CriterionConfig(MethodConfig):
             in layer order); overrides ``ratio``.
         ratio: fraction in (0, 1] of filters kept in every pruned layer (ceil, at least 1).
         layers: layers to prune (default: as SSR, see ``prunable_layers``).
-        finetune_epochs, lr, momentum, weight_decay, finetune_steps_per_epoch: fine-tuning
-            (SGD, cosine schedule; SSR paper sec. IV: lr 1e-3, momentum 0.9, decay 5e-4).
+        finetune_epochs: epochs of fine-tuning after the cut (SGD with momentum, cosine
+            learning-rate schedule, the surviving weights only); 0 returns the cut model as is.
+        lr: initial learning rate of the fine-tuning's SGD (SSR paper sec. IV: 1e-3), decayed
+            to 0 by the cosine schedule.
+        momentum: momentum in [0, 1] of the fine-tuning's SGD (SSR paper: 0.9).
+        weight_decay: L2 weight decay >= 0 of the fine-tuning's SGD (SSR paper: 5e-4).
+        finetune_steps_per_epoch: cap on the training batches of each fine-tuning epoch
+            (None = the whole training loader each epoch).
         finetune_distill: weight alpha in [0, 1] of knowledge distillation from the unpruned
             model (0 = off).
         calib_batches: batches of the training data read by data-driven criteria (APoZ: inputs;
@@ -372,9 +378,10 @@ class _CriterionPruning(Method):
         kept = measure(res.model, shape, target.keys).fractions(measure(model, shape, target.keys))
         if target.slack(kept) > 1.0 + 1e-12:
             return super().calibrate(model, data, target, progress=progress)
-        if progress:
+        if progress:  # the widths of the model it made (a coupled layer may follow another)
+            widths = {n: _width(res.model, n) for n in counts}
             print(
-                f"  {self.name}: keep {counts}, kept "
+                f"  {self.name}: widths {widths}, kept "
                 + ", ".join(f"{k} {100 * v:.2f} %" for k, v in kept.items()),
                 flush=True,
             )
@@ -384,6 +391,15 @@ class _CriterionPruning(Method):
             seconds=time.perf_counter() - t0, allotted=dict(counts),
         )  # fmt: skip
         return chosen, rec
+
+
+def _width(model: nn.Module, name: str) -> Any:
+    """Output units of layer ``name`` of ``model`` (``"?"`` when it has none)."""
+    try:
+        mod = model.get_submodule(name)
+    except AttributeError:
+        return "?"
+    return getattr(mod, "out_channels", getattr(mod, "out_features", "?"))
 
 
 def _grouped_top(scores: Any, n_keep: int, groups: int) -> tuple[int, ...]:
