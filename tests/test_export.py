@@ -406,6 +406,7 @@ def test_onnx_latency(tmp_path) -> None:
     assert lat.batch_size == 4 and lat.median_ms > 0 and lat.threads == 1
 
 
+@pytest.mark.slow  # fast suite: tests/test_package.py imports every module, then checks this
 def test_export_module_imports_onnx_lazily() -> None:
     code = "import sys, compactnn.export; print('onnxruntime' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -55,7 +55,9 @@ top = compactnn.list_methods()
 after = [m for m in ("onnx", "onnxruntime", "cvxpy") if m in sys.modules]
 mods = {{n: getattr(compactnn, n).__name__ for n in {sorted(_public_modules())!r}
         if isinstance(getattr(compactnn, n), types.ModuleType)}}
-print(json.dumps(dict(heavy=heavy, subs=subs, names=names, top=top, after=after, mods=mods)))
+lazy = [m for m in ("onnx", "onnxruntime", "cvxpy") if m in sys.modules]
+print(json.dumps(dict(heavy=heavy, subs=subs, names=names, top=top, after=after, mods=mods,
+                      lazy=lazy)))
 """
     got = _fresh(code)
     assert got["heavy"] == [], f"import compactnn imported {got['heavy']}"
@@ -63,6 +65,8 @@ print(json.dumps(dict(heavy=heavy, subs=subs, names=names, top=top, after=after,
     assert got["names"] == got["top"] and "slr" in got["names"] and "ssr" in got["names"]
     assert got["after"] == []  # the method registry does not pull onnx / cvxpy either
     assert got["mods"] == {n: f"compactnn.{n}" for n in _public_modules()}
+    # every module imported (export and cli included): onnx / onnxruntime / cvxpy only on use
+    assert got["lazy"] == []
 
 
 def test_unknown_attribute_is_a_clear_attribute_error() -> None:
