@@ -6,12 +6,13 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: help venv data test test-all demo bench peers bench-peers lint format clean
+.PHONY: help venv data test test-all test-threads demo bench peers bench-peers lint format clean
 
 help:
 	@echo "make demo      train (or load cached) LeNet on MNIST, compress it, print the report"
 	@echo "make test      fast test suite (CI)"
-	@echo "make test-all  every test, including slow reproductions"
+	@echo "make test-all  every test, including slow reproductions (and run make test-threads)"
+	@echo "make test-threads  fast suite with 1 and 2 threads (torch, OMP, MKL varied): no test may depend on them"
 	@echo "make bench     benchmarks -> benchmarks/results/"
 	@echo "make peers     install the peer libraries of bench_peers (pinned, --no-deps)"
 	@echo "make bench-peers  compactnn vs Torch-Pruning / OTO / torch-kirigami (hours on 2 cores)"
@@ -45,6 +46,14 @@ test: data
 
 test-all: data
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# The fast suite under different thread counts (torch's intra-op threads follow OMP_NUM_THREADS
+# in tests/conftest.py; MKL varied apart): a test that passes with one and fails with another
+# hinges on float summation order, not on behaviour.
+test-threads: data
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -m "not slow" -q $(PYTEST_ARGS)
+	OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 $(PY) -m pytest -m "not slow" -q $(PYTEST_ARGS)
+	OMP_NUM_THREADS=2 MKL_NUM_THREADS=1 $(PY) -m pytest -m "not slow" -q $(PYTEST_ARGS)
 
 demo: data
 	$(PY) -m compactnn.cli demo

@@ -3,8 +3,14 @@ import os
 import pytest
 import torch
 
-# Two cores shared with other jobs: keep tests single-threaded and deterministic.
-torch.set_num_threads(1)
+# Two cores shared with other jobs: tests run single-threaded unless told otherwise
+# (COMPACTNN_TEST_THREADS, else OMP_NUM_THREADS, else 1 torch intra-op thread). No test may
+# depend on the thread count: `make test-threads` runs the fast suite with 1 and 2 threads
+# (OMP_NUM_THREADS / MKL_NUM_THREADS varied; they also reach BLAS and the subprocesses: Dask
+# workers, DDP ranks, fresh interpreters).
+torch.set_num_threads(
+    int(os.environ.get("COMPACTNN_TEST_THREADS") or os.environ.get("OMP_NUM_THREADS") or 1)
+)
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 
