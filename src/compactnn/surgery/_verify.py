@@ -60,13 +60,24 @@ def to64(x: Any) -> Any:
     return x
 
 
-def _copy64(model: nn.Module) -> nn.Module:
+def _copy64(
+    model: nn.Module, reuse: dict[int, tuple[Tensor, int, nn.Parameter]] | None = None
+) -> nn.Module:
     """A deep copy of ``model`` with its floating parameters and buffers in float64 (converted
-    while copying: the float32 tensors are never copied first)."""
+    while copying: the float32 tensors are never copied first). ``reuse``: float64 parameters
+    of an earlier copy, by ``id`` of the original parameter (with the parameter itself and its
+    ``_version``); taken over where the parameter is the same object, not modified in place
+    since (a cut replaces the parameters it changes), so unchanged layers are not converted
+    twice."""
     memo: dict[int, Any] = {}
     with torch.no_grad():
         for p in model.parameters():
-            if p.is_floating_point() and id(p) not in memo:
+            if not p.is_floating_point() or id(p) in memo:
+                continue
+            old = (reuse or {}).get(id(p))
+            if old is not None and old[0] is p and old[1] == p._version:
+                memo[id(p)] = old[2]
+            else:
                 memo[id(p)] = nn.Parameter(p.detach().to(torch.float64), p.requires_grad)
         for b in model.buffers():
             if b.is_floating_point() and id(b) not in memo:
@@ -87,6 +98,8 @@ class Snapshot:
         zero_out / zero_in: copy module -> indices zeroed at its output / input.
         layers: names of the layers the run's actions named (for messages).
         mapped: every record could be mapped to the copy.
+        params: ``id`` of each live parameter -> (the parameter, its ``_version``, its float64
+            copy), reused by the copy of the cut model for the layers the cut left alone.
     """
 
     model: nn.Module
@@ -97,13 +110,19 @@ class Snapshot:
     zero_in: dict[nn.Module, set[int]] = field(default_factory=dict)
     layers: list[str] = field(default_factory=list)
     mapped: bool = True
+    params: dict[int, tuple[Tensor, int, nn.Parameter]] = field(default_factory=dict)
 
     @classmethod
     def of(cls, live: nn.Module) -> Snapshot:
         """A float64 snapshot of ``live`` (deep copy; ``live`` is not modified)."""
         snap = _copy64(live)
         mods = dict(zip(live.modules(), snap.modules(), strict=True))
-        return cls(snap, mods, dict(snap.named_modules()))
+        params = {
+            id(p): (p, p._version, q)
+            for p, q in zip(live.parameters(), snap.parameters(), strict=True)
+            if p.is_floating_point()
+        }
+        return cls(snap, mods, dict(snap.named_modules()), params=params)
 
     def add(self, records: Iterable[Source]) -> None:
         """Map the records of one cut to the copy's numbering."""
@@ -262,7 +281,7 @@ def check64(snap: Snapshot, live: nn.Module, inputs: tuple[Any, ...]) -> Mismatc
             "the forward dtype-agnostic (e.g. torch.zeros(..., dtype=x.dtype)), or apply the plan "
             "with verify=False at your own risk."
         ) from exc
-    cut = _copy64(live)
+    cut = _copy64(live, snap.params)  # layers the cut left alone share the float64 weights
     try:
         with _eval_restored(cut), torch.no_grad():
             new = cut(*xs)
