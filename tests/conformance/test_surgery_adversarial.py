@@ -471,3 +471,18 @@ def test_a_cut_off_by_a_small_relative_error_is_refused(monkeypatch: pytest.Monk
         assert float(model(_x(2)).abs().max()) < 1.0  # the scale is 1: the error is 3e-5
     with pytest.raises(PlanError, match=r"self-check failed.*by 3e-05.*float64.*1e-06"):
         apply(_plan(model, "a", [1]), model)
+
+
+@pytest.mark.parametrize("inplace", [False, True], ids=["copy", "inplace"])
+def test_a_wrong_cut_in_a_longer_plan_is_named(inplace: bool) -> None:
+    """The float64 check runs once per run of channel actions; a failure names the action (the
+    plan replayed with a check per action; inplace=True checks every action anyway)."""
+    model = _build(AfterCut, op="sigmoid")
+    plan = CompressionPlan(
+        [KeepOutputs("b", [0, 1, 2, 4, 5]), KeepOutputs("a", [0, 1, 3, 4, 5, 6, 7])],
+        meta={"input_shape": SHAPE},
+    )
+    with pytest.raises(PlanError, match=r"^Action #1 KeepOutputs\(layer='a'\): surgery self-check failed.*Sigmoid"):  # fmt: skip
+        apply(plan, model, inplace=inplace, check_inputs=_x(2))
+    ok = apply(CompressionPlan(plan.actions[:1], meta=plan.meta), _build(AfterCut, op="sigmoid"))
+    assert ok.b.out_channels == 5
