@@ -58,7 +58,7 @@ ZERO: dict[str, tuple[dict[str, Any], float]] = {
     # N > d rows (8 x 32 > 192): with N < d the min-l1 interpolant is sparse even at eps -> 0
     "net-trim": (dict(eps_frac=1e-4, calib_batches=8, options=ADMMOptions(max_iter=2000)), 5e-2),
     "pgt": (dict(lam=0.0, lr=1e-9, epochs=1, steps_per_epoch=1, finetune_epochs=0), 1e-4),
-    "slr": (dict(lam1=0.0, lam2=0.0, calib_batches=2), 5e-2),
+    "slr": (dict(lam1=0.0, lam2=0.0, calib_batches=2), 1e-6),  # the original weights, kept
 }
 
 

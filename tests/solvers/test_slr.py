@@ -403,8 +403,27 @@ def test_method_at_zero_strength_removes_nothing(
     assert compactnn.metrics.count_params(res.model) == compactnn.metrics.count_params(model)
     for st in res.history["layers"].values():
         assert st["kept_columns"] == st["columns"] and st["form"] == "dense"
+        assert st["kept_as_is"]  # no penalty, original input: the original weight is the optimum
+    x = next(iter(loaders[1]))[0]
+    with torch.no_grad():
+        assert torch.equal(res.model(x), model(x))
     method = compactnn.methods.SLR()
     assert method.at_strength(0.0, model, None).config.share == 1.0  # type: ignore[arg-type]
+
+
+def test_unpenalised_layer_after_a_cut_one_is_refit_not_kept(
+    loaders: tuple[DataLoader, DataLoader],
+) -> None:
+    """Asymmetric: once conv2 is cut, fc1 sees another input, so its original weight is no
+    longer the optimum of its unpenalised problem: it is refit (every column kept)."""
+    res = compactnn.compress(
+        _net(), "slr", loaders, lam1={"conv2": 0.3, "fc1": 0.0},
+        options=SLRAdmmOptions(max_iter=20), calib_batches=2, progress=False, on_drop="warn",
+    )  # fmt: skip
+    st = res.history["layers"]
+    assert st["conv2"]["kept_columns"] < st["conv2"]["columns"]
+    assert st["fc1"]["kept_columns"] == st["fc1"]["columns"] and "kept_as_is" not in st["fc1"]
+    assert not torch.equal(res.model.fc1.weight, _net().fc1.weight)
 
 
 def test_method_errors(loaders: tuple[DataLoader, DataLoader]) -> None:

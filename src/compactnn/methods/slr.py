@@ -206,6 +206,7 @@ class SLR(_Layerwise):
     Config = SLRConfig
     solver_name = "slr"
     description = "SLR: column-sparse + low-rank layer approximation by 3-block ADMM (Ma 2019)"
+    _changed: bool = False  # a layer before this one was deployed changed (asymmetric run)
 
     # ------------------------------------------------------------------ targets
     def _targets(
@@ -300,6 +301,17 @@ class SLR(_Layerwise):
         }
         W = (A + B).to(dtype)
         st["input_shape"] = self._in_shapes.get(name)
+        lams = (st["lam1"], st["lam2"])
+        unpenalised = all(v in (0.0, math.inf) for v in lams) and lams != (math.inf, math.inf)
+        if unpenalised and not self._changed:
+            # no penalty (lam1, lam2 each 0 or inf, not both inf): eq. (3) is f1 alone, and the
+            # layer's input is the original network's (symmetric X, or every earlier layer kept),
+            # so the original weight attains f1 = 0, the minimum -- kept as is, by construction
+            # (the ADMM's least-squares iterate fits the calibration rows only)
+            st.update(form="dense", stored_weights=n * d, kept_columns=d, rank=0, cr_A=1.0,
+                      cr_B=0.0, cr_AB=1.0, kept_as_is=True)  # fmt: skip
+            return SetWeights(layer=name, weight=module.weight.detach().clone(), bias=bias), st
+        self._changed = bool(getattr(self.config, "asymmetric", True))
         if sparse_params + low_params >= n * d:
             st.update(form="dense", stored_weights=n * d)
             return SetWeights(layer=name, weight=W.reshape(shape), bias=bias), st
@@ -378,6 +390,8 @@ class SLR(_Layerwise):
         mods = dict(model.named_modules())
         self._fc = {n: isinstance(m, nn.Linear) for n, m in mods.items()}
         self._in_shapes = _input_shapes(model, batches[0][:2])
+        # asymmetric: once a layer is deployed changed, later layers see another input
+        self._changed = False
         res = super().run(model, data, progress=progress)
         res.history["lam"] = res.history.pop("eps_frac")
         res.history["solve_seconds"] = time.perf_counter() - t0
