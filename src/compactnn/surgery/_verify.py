@@ -114,8 +114,21 @@ class Snapshot:
 
     @classmethod
     def of(cls, live: nn.Module) -> Snapshot:
-        """A float64 snapshot of ``live`` (deep copy; ``live`` is not modified)."""
-        snap = _copy64(live)
+        """A float64 snapshot of ``live`` (deep copy; ``live`` is not modified).
+
+        Raises:
+            PlanError: no float64 copy can be made (e.g. a device without float64): the cut
+                could not be verified, so it is refused.
+        """
+        try:
+            snap = _copy64(live)
+        except Exception as exc:  # noqa: BLE001 - any failure: nothing can be verified
+            raise PlanError(
+                f"The surgery self-check cannot make a float64 copy of {type(live).__name__} "
+                f"({type(exc).__name__}: {exc}), so no channel cut of it can be verified. Move "
+                "the model to a device with float64 (e.g. the CPU) for the surgery, or apply the "
+                "plan with verify=False at your own risk."
+            ) from exc
         mods = dict(zip(live.modules(), snap.modules(), strict=True))
         params = {
             id(p): (p, p._version, q)
