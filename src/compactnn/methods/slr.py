@@ -18,7 +18,11 @@ form -- gather + smaller GEMM, dropped input channels, or dense -- chosen per la
 latency at batch 100 on 1 thread) and :class:`~compactnn.layers.LowRankConv2d` /
 ``LowRankLinear`` with ``r`` = the number of non-zero singular values of ``B̂``. ``B = 0``: the
 sparse branch alone; ``A = 0``: the low-rank layer alone; a layer whose two branches would
-store more than the dense weight is deployed dense (``A + B``). Fine-tuning afterwards
+store more than the dense weight is deployed dense (``A + B``). Zero strength is the identity by
+construction: ``lam1 = 0`` removes no column (the solver keeps every column, whatever values
+the iterations leave in it), and a layer without penalty (``lam1``, ``lam2`` each 0 or inf)
+whose input is the original network's keeps its original weight (it attains ``f1 = 0``, the
+minimum of eq. 3 without penalty). Fine-tuning afterwards
 (``finetune_epochs``; paper: 5 epochs, small lr) keeps this structure.
 
 Without a budget, ``lam1`` is fixed (``lam2 = lam2_ratio * lam1``, paper: λ2 = 2.5-3 λ1) in the
