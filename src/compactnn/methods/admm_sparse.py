@@ -71,7 +71,6 @@ from compactnn._validation import (
     rule,
     validate_options,
 )
-from compactnn.budget import Strength
 from compactnn.errors import ConfigError, PlanError
 from compactnn.methods._common import (
     admm_w_step,
@@ -81,6 +80,12 @@ from compactnn.methods._common import (
     prunable_layers,
     prune_filters,
     replay_plan,
+)
+from compactnn.methods._engine import (
+    EngineSettings,
+    budgeted_run,
+    check_budget,
+    engine_calibrate,
 )
 from compactnn.methods.base import CompressionData, CompressionResult, Method, MethodConfig
 from compactnn.metrics import accuracy
@@ -150,6 +155,13 @@ class ADMMSparseConfig(MethodConfig):
             them as zeros inside dense convs.
         measure_speed: time every path point's model (batch 100 and 1, one thread, real
             validation samples) and record its speed-up over the dense start (mu = 0).
+        budget: a target (``{"macs": 0.1}``: fractions kept of params / macs / latency) met
+            by the budgeted engine (:mod:`compactnn.methods._engine`) in one joint run of all
+            layers; set by ``compress(target=...)``. ``None``: the paper's fixed-λ protocol.
+        engine_steps: at most this many optimizer steps of the engine (annealing, then
+            settling until validation top-1 stops improving).
+        anneal_steps: engine steps over which the budget goes from the full model to the
+            target.
     """
 
     penalty: str = "l0"
@@ -175,6 +187,9 @@ class ADMMSparseConfig(MethodConfig):
     mu_scale: Any = None
     deploy_kernels: bool = True
     measure_speed: bool = True
+    budget: Any = None
+    engine_steps: int = 1500
+    anneal_steps: int = 800
 
     owner: ClassVar[str] = "ADMM-sparse"
     rules: ClassVar[Mapping[str, Rule]] = MappingProxyType(
@@ -204,6 +219,9 @@ class ADMMSparseConfig(MethodConfig):
             "mu_scale": rule(check_per_layer, optional=True, forms=("dict",), **_POSITIVE),
             "deploy_kernels": rule(check_bool),
             "measure_speed": rule(check_bool),
+            "budget": rule(check_budget, optional=True),
+            "engine_steps": rule(check_int, min_value=1),
+            "anneal_steps": rule(check_int, min_value=1),
         }
     )
 
@@ -513,19 +531,11 @@ class ADMMSparse(Method):
     description = "ADMM sparse CNN (Kiaee et al. 2016): l0/l1 on filter blocks W_ij, mu path"
 
     # ------------------------------------------------------------------ budget
-    def strength(self) -> Strength:
-        """Global s: the F-step threshold is ``s x`` the layer's median block norm.
-
-        l0 (eq. 10) zeroes blocks below ``b = sqrt(2 mu / rho)``, so ``mu_l = rho/2 (s m_l)^2``;
-        l1 (eq. 9) shrinks by ``a = mu / rho``, so ``mu_l = rho s m_l`` (``m_l``: median norm).
-        Under a params / MACs target the blocks are whole filters (``structure="filters"``):
-        zero kernels W_ij are stored densely, so only removed filters make the model smaller.
-        """
-        return Strength("mu scale (threshold / median block norm)", 0.5, 1.5, bound_lo=1e-3)
-
-    def at_strength(self, s: float, model: nn.Module, data: CompressionData) -> Method:
-        from compactnn.methods._calibrate import layer_scales
-
+    def engine_settings(self) -> EngineSettings:
+        """Kiaee's filter penalty for the budgeted engine (a target is met by one joint run,
+        :mod:`compactnn.methods._engine`): l0 is the group hard threshold, l1 the group soft
+        threshold of whole filters (W_ij blocks stored densely would not make the model
+        smaller); the over-pruning guard (sec. 4.1) keeps at least half of every layer."""
         cfg: ADMMSparseConfig = self.config  # type: ignore[assignment]
         if cfg.structure not in (None, "filters"):
             raise ConfigError(
@@ -533,15 +543,12 @@ class ADMMSparse(Method):
                 "densely, so a params/MACs target cannot be met by it: pass "
                 "structure='filters' with target=, or set mus= without a target."
             )
-        layers = self._layers(model, data.input_shape)
-        m = layer_scales(model, layers)
-        if cfg.penalty == "l0":
-            scale = {n: 0.5 * cfg.rho * (float(s) * m[n]) ** 2 for n in layers}
-        else:
-            scale = {n: cfg.rho * float(s) * m[n] for n in layers}
-        return self.with_options(
-            mus=(1.0,), mu_scale=scale, layers=tuple(layers), structure="filters"
-        )
+        return EngineSettings(
+            penalty="l20" if cfg.penalty == "l0" else "l21", steps=cfg.engine_steps,
+            anneal_steps=cfg.anneal_steps, lr=cfg.lr, momentum=cfg.momentum,
+            weight_decay=cfg.weight_decay, seed=cfg.seed,
+            min_keep_fraction=0.5 if cfg.overprune_guard else 0.0,
+        )  # fmt: skip
 
     def proxy(self) -> Method:
         return self.with_options(finetune_epochs=0, measure_speed=False)
@@ -557,8 +564,8 @@ class ADMMSparse(Method):
     def calibrate(
         self, model: nn.Module, data: CompressionData, target: Any, *, progress: bool = False
     ) -> tuple[Method, dict[str, Any]]:
-        """The generic strength search (:meth:`strength`), after an up-front check: with the
-        over-pruning guard (sec. 4.1) no layer loses more than half of its filters, so a
+        """No search: the target becomes the budget of one engine run (:meth:`run`), after an
+        up-front check: with the over-pruning guard (sec. 4.1) no layer loses more than half of its filters, so a
         target under the size of the model cut to ``ceil(n / 2)`` filters per regularised
         layer is refused before any training, with what to do."""
         cfg: ADMMSparseConfig = self.config  # type: ignore[assignment]
@@ -582,7 +589,7 @@ class ADMMSparse(Method):
                     f"{ {k: round(v, 4) for k, v in floor.items()} }. Pass "
                     "overprune_guard=False to prune further, or relax the target."
                 )
-        return super().calibrate(model, data, target, progress=progress)
+        return engine_calibrate(self, model, data, target)
 
     def _structure(self) -> tuple[str, str]:
         """The sparsity blocks and the engine's penalty (l1 / l0 of the block norms)."""
@@ -809,6 +816,16 @@ class ADMMSparse(Method):
         loader = data.require_train(self.name)
         shape = data.require_input_shape(self.name)
         layers = self._layers(model, shape)
+        if cfg.budget is not None:
+
+            def finetune(m: nn.Module) -> None:
+                ft = cfg.finetune_epochs or 0
+                if ft > 0:
+                    finetune_model(m, loader, epochs=ft, lr=cfg.lr, momentum=cfg.momentum,
+                                   weight_decay=cfg.weight_decay, seed=cfg.seed + 50_000,
+                                   steps_per_epoch=cfg.steps_per_epoch)  # fmt: skip
+
+            return budgeted_run(self, model, data, layers, finetune=finetune, progress=progress)
         mods = dict(model.named_modules())
         params = {f"{n}.weight": mods[n].weight for n in layers}
         norms = following_norms(model, layers, shape)

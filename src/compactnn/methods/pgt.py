@@ -59,7 +59,6 @@ from compactnn._validation import (
     rule,
     validate_options,
 )
-from compactnn.budget import Strength
 from compactnn.errors import ConfigError
 from compactnn.methods._common import (
     finetune_model,
@@ -68,6 +67,12 @@ from compactnn.methods._common import (
     prunable_layers,
     prune_filters,
     replay_plan,
+)
+from compactnn.methods._engine import (
+    EngineSettings,
+    budgeted_run,
+    check_budget,
+    engine_calibrate,
 )
 from compactnn.methods.base import CompressionData, CompressionResult, Method, MethodConfig
 
@@ -123,6 +128,13 @@ class PGTConfig(MethodConfig):
             push every ReLU of a layer dead (seen on lenet-caffe's fc1 at lr 0.01). Not in the
             paper.
         seed: seeds initialisation, SGD and fine-tuning (int >= 0).
+        budget: a target (``{"macs": 0.1}``: fractions kept of params / macs / latency) met
+            by the budgeted engine (:mod:`compactnn.methods._engine`) in one joint run of all
+            layers; set by ``compress(target=...)``. ``None``: the paper's fixed-λ protocol.
+        engine_steps: at most this many optimizer steps of the engine (annealing, then
+            settling until validation top-1 stops improving).
+        anneal_steps: engine steps over which the budget goes from the full model to the
+            target.
     """
 
     penalty: str = "group"
@@ -147,6 +159,9 @@ class PGTConfig(MethodConfig):
     finetune_rebalance: bool = False
     finetune_warmup: int = 0
     seed: int = 0
+    budget: Any = None
+    engine_steps: int = 1500
+    anneal_steps: int = 800
 
     owner: ClassVar[str] = "PGT"
     rules: ClassVar[Mapping[str, Rule]] = MappingProxyType(
@@ -173,6 +188,9 @@ class PGTConfig(MethodConfig):
             "finetune_rebalance": rule(check_bool),
             "finetune_warmup": rule(check_int, min_value=0),
             "seed": rule(check_int, min_value=0),
+            "budget": rule(check_budget, optional=True),
+            "engine_steps": rule(check_int, min_value=1),
+            "anneal_steps": rule(check_int, min_value=1),
         }
     )
 
@@ -453,15 +471,29 @@ class PGT(Method):
     )
 
     # ------------------------------------------------------------------ budget
-    def strength(self) -> Strength:
-        """``group`` / ``lowrank``: s = the total threshold of the run in units of the layer's
-        median neuron norm, ``lam_l = s * m_l / sum_k eta_k`` (the backward steps of a run
-        shrink a neuron by at most ``sum_k eta_k lam_l``); ``topk``: the share of every layer's
-        neurons removed, ``t_l = round((1 - s) n_l)``."""
+    def engine_settings(self) -> EngineSettings:
+        """PGT's neuron penalty and forward step for the budgeted engine (a target is met by
+        one joint run, :mod:`compactnn.methods._engine`): ``group`` is the group soft threshold
+        (l2,1), ``topk`` the l0 top-t (group hard threshold); ``lowrank`` keeps the paper's
+        fixed-λ protocol, as does ``init="scratch"``."""
         cfg: PGTConfig = self.config  # type: ignore[assignment]
-        if cfg.penalty == "topk":
-            return Strength("pruned fraction per layer", 0.5, 0.9, log=False, bound_hi=0.999)
-        return Strength("lam scale (total threshold / median neuron norm)", 0.5, 2.0, bound_lo=1e-3)
+        if cfg.penalty == "lowrank" or cfg.init != "trained":
+            raise ConfigError(
+                "PGT meets a target with its budgeted engine, which removes whole neurons of a "
+                "trained model: penalty='lowrank' and init='scratch' keep the paper's fixed-λ "
+                "protocol. Drop the target and set lam, or use penalty='group' / 'topk'."
+            )
+        return EngineSettings(
+            penalty="l21" if cfg.penalty == "group" else "l20", steps=cfg.engine_steps,
+            anneal_steps=cfg.anneal_steps, lr=cfg.lr, momentum=cfg.momentum,
+            weight_decay=cfg.weight_decay, min_keep=cfg.min_keep, seed=cfg.seed,
+        )  # fmt: skip
+
+    def calibrate(
+        self, model: nn.Module, data: CompressionData, target: Any, *, progress: bool = False
+    ) -> tuple[Method, dict[str, Any]]:
+        """No search: the target becomes the budget of one engine run (:meth:`run`)."""
+        return engine_calibrate(self, model, data, target)
 
     def _layers(self, model: nn.Module, input_shape: Any) -> list[str]:
         cfg: PGTConfig = self.config  # type: ignore[assignment]
@@ -478,27 +510,6 @@ class PGT(Method):
         total = steps * cfg.epochs
         tc = TrainConfig(epochs=cfg.epochs, lr=cfg.lr, schedule=cfg.schedule)
         return float(sum(_lr_at(tc, k, total) for k in range(total)))
-
-    def at_strength(self, s: float, model: nn.Module, data: CompressionData) -> Method:
-        from compactnn.methods._calibrate import layer_scales
-
-        cfg: PGTConfig = self.config  # type: ignore[assignment]
-        layers = self._layers(model, data.input_shape)
-        mods = dict(model.named_modules())
-        if cfg.penalty == "topk":
-            keep = {
-                n: max(cfg.min_keep, round((1.0 - float(s)) * mods[n].weight.shape[0]))
-                for n in layers
-            }
-            return self.with_options(keep=keep, layers=tuple(layers))
-        scales = layer_scales(model, layers)
-        eta = max(self.total_step(data), 1e-12)
-        lam = {n: float(s) * scales[n] / eta for n in layers}
-        return self.with_options(lam=lam, layers=tuple(layers))
-
-    def proxy(self) -> Method:
-        """Same training (hence the same neurons), without the fine-tuning."""
-        return self.with_options(finetune_epochs=0)
 
     # ------------------------------------------------------------------ steps
     def _hook(
@@ -668,6 +679,13 @@ class PGT(Method):
         shape = data.require_input_shape(self.name)
         layers = self._layers(model, shape)
         self._check_layers(model, layers)
+        if cfg.budget is not None:
+            teacher = copy.deepcopy(model).eval() if cfg.finetune_distill > 0 else None
+            return budgeted_run(
+                self, model, data, layers, progress=progress,
+                finetune=lambda m: self.finetune(m, data, layers, teacher=teacher,
+                                                 progress=progress),
+            )  # fmt: skip
         if cfg.penalty != "topk":
             per_layer_values(cfg.lam, layers, "lam", "PGT")  # lengths checked before training
         else:

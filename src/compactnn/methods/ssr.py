@@ -40,7 +40,6 @@ from compactnn._validation import (
     rule,
     validate_options,
 )
-from compactnn.budget import Strength
 from compactnn.errors import ConfigError
 from compactnn.methods._common import (
     add_gap_head,
@@ -51,6 +50,12 @@ from compactnn.methods._common import (
     prunable_layers,
     prune_filters,
     replay_plan,
+)
+from compactnn.methods._engine import (
+    EngineSettings,
+    budgeted_run,
+    check_budget,
+    engine_calibrate,
 )
 from compactnn.methods.base import CompressionData, CompressionResult, Method, MethodConfig
 from compactnn.train import apply_masks, zero_masks
@@ -158,6 +163,13 @@ class SSRConfig(MethodConfig):
             registered after ``gap_flatten``).
         gap_fit_samples: training samples for the least-squares fit of the new classifier.
         seed: seeds the SGD steps (int >= 0).
+        budget: a target (``{"macs": 0.1}``: fractions kept of params / macs / latency) met
+            by the budgeted engine (:mod:`compactnn.methods._engine`) in one joint run of all
+            layers; set by ``compress(target=...)``. ``None``: the paper's fixed-λ protocol.
+        engine_steps: at most this many optimizer steps of the engine (annealing, then
+            settling until validation top-1 stops improving).
+        anneal_steps: engine steps over which the budget goes from the full model to the
+            target.
     """
 
     penalty: str = "l21"
@@ -187,6 +199,9 @@ class SSRConfig(MethodConfig):
     gap_classifier: tuple[str, ...] | None = None
     gap_fit_samples: int = 2048
     seed: int = 0
+    budget: Any = None
+    engine_steps: int = 1500
+    anneal_steps: int = 800
 
     owner: ClassVar[str] = "SSR"
     rules: ClassVar[Mapping[str, Rule]] = MappingProxyType(
@@ -220,6 +235,9 @@ class SSRConfig(MethodConfig):
             "gap_classifier": rule(check_names, optional=True),
             "gap_fit_samples": rule(check_int, min_value=1),
             "seed": rule(check_int, min_value=0),
+            "budget": rule(check_budget, optional=True),
+            "engine_steps": rule(check_int, min_value=1),
+            "anneal_steps": rule(check_int, min_value=1),
         }
     )
 
@@ -241,153 +259,29 @@ class SSR(Method):
     description = "SSR (Lin et al. 2019): l2,1 / l2,0 / l1 on filters via AULM, filters removed"
 
     # ------------------------------------------------------------------ budget
-    def strength(self) -> Strength:
-        """Global scale s of lambda: ``lam_l = s * rho * median filter norm of layer l``.
-
-        The F-step's group threshold is ``lam_l / rho`` (eq. 14), so ``s`` is the threshold in
-        units of the layer's typical filter norm: one scalar acts alike on every layer.
-        """
-        # AULM's dual accumulates, so filters well above the first threshold still go: the
-        # useful range starts far below s = 1 (LeNet/MNIST: 4 % of the MACs at s ~ 0.1)
-        return Strength("lam scale (x rho x median filter norm)", 0.05, 0.2, bound_lo=1e-4)
-
-    def at_strength(self, s: float, model: nn.Module, data: CompressionData) -> Method:
-        from compactnn.methods._calibrate import layer_scales
-
+    def engine_settings(self) -> EngineSettings:
+        """SSR's penalty and K-step SGD for the budgeted engine (a target is met by one joint
+        run, :mod:`compactnn.methods._engine`; l1 and ``lam_path`` / ``gap`` keep the paper's
+        fixed-λ protocol)."""
         cfg: SSRConfig = self.config  # type: ignore[assignment]
-        layers = self._layers(model, data.input_shape)
-        scales = layer_scales(model, layers)
-        lam = {n: float(s) * cfg.rho * scales[n] for n in layers}
-        return self.with_options(lam=lam, lam_path=None, layers=tuple(layers))
+        pen = _PENALTIES[cfg.penalty]
+        if pen == "l1" or cfg.lam_path is not None or cfg.gap:
+            raise ConfigError(
+                "SSR meets a target with its budgeted engine, which removes whole filters: "
+                "penalty='l1' (unstructured), lam_path= and gap=True keep the paper's fixed-λ "
+                "protocol. Drop the target and set lam, or use penalty='l21' / 'l20'."
+            )
+        return EngineSettings(
+            penalty=pen, steps=cfg.engine_steps, anneal_steps=cfg.anneal_steps, lr=cfg.lr,
+            momentum=cfg.momentum, weight_decay=cfg.weight_decay, min_keep=cfg.min_keep,
+            seed=cfg.seed,
+        )  # fmt: skip
 
     def calibrate(
         self, model: nn.Module, data: CompressionData, target: Any, *, progress: bool = False
     ) -> tuple[Method, dict[str, Any]]:
-        """Algorithm 1 layer by layer, each layer's lambda searched for its share of the budget.
-
-        The budget is first split into per-layer filter counts (the same share of every layer,
-        sized on physically cut candidates); then, in the order SSR prunes, lambda_l is
-        bisected (in units of rho x the layer's median filter norm) on AULM runs of that layer
-        alone, from the model the earlier layers left: the weakest lambda keeping at most its
-        count wins (a cliff that would keep under half of it falls back to the nearest count
-        above, at most 25 % over). The run then replays exactly these stages (same seeds, same
-        lambdas), so it selects the same filters. l1 (unstructured) and ``lam_path`` use the
-        generic global-scale search.
-        """
-        cfg: SSRConfig = self.config  # type: ignore[assignment]
-        if _PENALTIES[cfg.penalty] == "l1" or cfg.lam_path is not None or cfg.gap:
-            # gap: the head's removal changes every layer's share of the budget; the generic
-            # search measures the proxy (stages + GAP head) itself
-            return super().calibrate(model, data, target, progress=progress)
-        import time
-
-        from compactnn.budget import measure
-        from compactnn.methods._calibrate import target_record, uniform_counts
-
-        t0 = time.perf_counter()
-        shape = data.require_input_shape(self.name)
-        layers = self._layers(model, shape)
-        counts, _ = uniform_counts(model, layers, target, shape)
-        chosen, trace, current = self._calibrate_counts(model, data, layers, counts, progress)
-        kept = measure(current, shape, target.keys).fractions(measure(model, shape, target.keys))
-        rec = target_record(
-            target, kept, option="lam per layer (layer by layer)", strength=None,
-            trace=trace, seconds=time.perf_counter() - t0, allotted=counts,
-        )  # fmt: skip
-        return chosen, rec
-
-    def calibrate_counts(
-        self, model: nn.Module, data: CompressionData, counts: Mapping[str, int],
-        *, progress: bool = False,
-    ) -> tuple[Method, list[dict[str, Any]]]:  # fmt: skip
-        """The per-layer lambdas that keep about ``counts[layer]`` filters of each layer (the
-        budget search of :meth:`calibrate` with the counts given instead of split from a
-        target: e.g. another method's neuron counts, for a comparison at equal structure).
-        ``counts`` names exactly the layers SSR prunes (``layers``). Returns the method to run
-        (it replays the same stages) and the search trace."""
-        cfg: SSRConfig = self.config  # type: ignore[assignment]
-        if _PENALTIES[cfg.penalty] == "l1" or cfg.lam_path is not None or cfg.gap:
-            raise ConfigError(
-                "SSR.calibrate_counts needs a structured penalty (l21 / l2,0), lam_path=None "
-                "and gap=False: filter counts are what it searches for."
-            )
-        layers = self._layers(model, data.require_input_shape(self.name))
-        if set(counts) != set(layers):
-            raise ConfigError(
-                f"SSR.calibrate_counts: counts name {sorted(counts)}, but SSR prunes "
-                f"{list(layers)}. Give one count per pruned layer (or set layers=)."
-            )
-        mods = dict(model.named_modules())
-        for n, k in counts.items():
-            check_int(k, f"counts['{n}']", "SSR.calibrate_counts", min_value=1)
-            if k > mods[n].weight.shape[0]:
-                raise ConfigError(
-                    f"SSR.calibrate_counts: counts['{n}'] = {k} is more than the layer's "
-                    f"{mods[n].weight.shape[0]} filters."
-                )
-        chosen, trace, _ = self._calibrate_counts(model, data, layers, dict(counts), progress)
-        return chosen, trace
-
-    def _calibrate_counts(
-        self, model: nn.Module, data: CompressionData, layers: list[str],
-        counts: dict[str, int], progress: bool,
-    ) -> tuple[Method, list[dict[str, Any]], nn.Module]:  # fmt: skip
-        shape = data.require_input_shape(self.name)
-        loader = data.require_train(self.name)
-        lam: dict[str, float] = {}
-        trace: list[dict[str, Any]] = []
-        current = copy.deepcopy(model)
-        with torch.random.fork_rng(devices=[]):
-            for li, layer in enumerate(layers):
-                current, lam[layer], rows = self._calibrate_layer(
-                    current, layer, li, counts[layer], loader, shape
-                )
-                trace += rows
-                if progress:
-                    print(f"  ssr {layer}: lam {lam[layer]:.4g} keeps {rows[-1]['kept']} "
-                          f"(allotted {counts[layer]})", flush=True)  # fmt: skip
-        chosen = self.with_options(lam=lam, lam_path=None, layers=tuple(layers))
-        return chosen, trace, current
-
-    def _calibrate_layer(
-        self, current: nn.Module, layer: str, li: int, k: int, loader: Any, shape: tuple[int, ...]
-    ) -> tuple[nn.Module, float, list[dict[str, Any]]]:
-        """lambda of one layer keeping about ``k`` filters; returns the pruned model too."""
-        from compactnn.budget import Strength, Target, search
-        from compactnn.methods._calibrate import layer_scales
-
-        cfg: SSRConfig = self.config  # type: ignore[assignment]
-        n = int(dict(current.named_modules())[layer].weight.shape[0])
-        unit = cfg.rho * layer_scales(current, [layer])[layer]
-        trials: dict[float, tuple[int, nn.Module, Any]] = {}
-
-        def kept(s: float) -> dict[str, float]:
-            if s not in trials:
-                trial = copy.deepcopy(current)
-                res = self._aulm_layer(trial, layer, s * unit, loader, cfg.seed + 1000 * li, None)
-                trials[s] = (len(kept_filters(res.engine.state.F[f"{layer}.weight"],
-                                              cfg.min_keep)), trial, res)  # fmt: skip
-            return {"params": trials[s][0] / n}
-
-        if k < n:
-            search(kept, Target(params=k / n, tolerance=0.0),
-                   Strength("lam / (rho x median filter norm)", 0.03, 0.15, bound_lo=1e-4),
-                   max_evals=8, rel_tol=0.03)  # fmt: skip
-        else:
-            kept(0.0)
-        under = [s for s, t in trials.items() if t[0] <= k]
-        best = max(under, key=lambda s: (trials[s][0], -s)) if under else None
-        if best is None or trials[best][0] < max(1, k // 2):
-            over = [s for s, t in trials.items() if k < t[0] <= 1.25 * k]
-            if over:
-                best = min(over, key=lambda s: (trials[s][0], s))
-        if best is None:
-            best = max(trials, key=lambda s: s)
-        count, trial, res = trials[best]
-        pruned, _ = self._prune_layer(trial, layer, res, shape, [])
-        rows = [{"layer": layer, "lam": s * unit, "kept": t[0]} for s, t in sorted(trials.items())]
-        rows.append({"layer": layer, "lam": best * unit, "kept": count, "chosen": True})
-        return pruned, best * unit, rows
+        """No search: the target becomes the budget of one engine run (:meth:`run`)."""
+        return engine_calibrate(self, model, data, target)
 
     def _layers(self, model: nn.Module, shape: Any) -> list[str]:
         """The layers to prune: ``layers`` or the defaults (with ``gap``: the convs only, since
@@ -706,6 +600,16 @@ class SSR(Method):
         loader = data.require_train(self.name)
         shape = data.require_input_shape(self.name)
         layers = self._layers(model, shape)
+        if cfg.budget is not None:
+            teacher = copy.deepcopy(model).eval() if cfg.finetune_distill > 0 else None
+
+            def finetune(m: nn.Module) -> None:
+                if cfg.finetune_epochs > 0:
+                    self._finetune(m, loader, epochs=cfg.finetune_epochs, seed=cfg.seed + 7,
+                                   masks=None, desc="SSR fine-tune", progress=progress,
+                                   teacher=teacher)  # fmt: skip
+
+            return budgeted_run(self, model, data, layers, finetune=finetune, progress=progress)
         stages = self._lam_stages(cfg, layers)
         structured = _PENALTIES[cfg.penalty] != "l1"
         head = self._gap_head(model, shape, layers) if cfg.gap else None

@@ -1,0 +1,272 @@
+"""The budgeted engine (issue 33): exact cost model, knapsack projection, one joint run to an
+exact budget for ssr / pgt / admm-sparse, errors before any training."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import random
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import compactnn
+from compactnn import metrics
+from compactnn.budget import Target, measure
+from compactnn.errors import ConfigError
+from compactnn.methods._common import prune_filters
+from compactnn.methods._engine import CostModel, EngineSettings, _groups, knapsack, run_engine
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _zoo import SeqCNN, TinyResNet  # noqa: E402
+
+ENGINE = dict(engine_steps=60, anneal_steps=30)
+
+
+def _data(shape: tuple[int, ...], n: int = 256, seed: int = 0) -> tuple[DataLoader, DataLoader]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, *shape, generator=g)
+    y = (x[:, 0].mean(dim=(1, 2)) > 0).long() + (x[:, -1].mean(dim=(1, 2)) > 0.2).long()
+    ds = TensorDataset(x, y)
+    train = DataLoader(ds, batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(0))
+    return train, DataLoader(ds, batch_size=64)
+
+
+def _model(cls: type[nn.Module]) -> nn.Module:
+    torch.manual_seed(0)
+    return cls().eval()
+
+
+@pytest.mark.parametrize("cls", [SeqCNN, TinyResNet])
+def test_the_cost_model_equals_the_measured_size_of_every_cut(cls: type[nn.Module]) -> None:
+    """Params and MACs are multilinear of degree 2 in the kept counts: the fitted model is
+    exact on cut models it never measured (residual groups included)."""
+    model = _model(cls)
+    shape = cls.input_shape  # type: ignore[attr-defined]
+    layers = compactnn.methods._common.prunable_layers(model, shape)
+    groups = _groups(model, layers, {"input_shape": list(shape)})
+    target = Target(params=0.5, macs=0.5)
+    costs = CostModel(model, groups, target, shape)
+    base = measure(model, shape, target.keys)
+    rng = random.Random(0)
+    for _ in range(6):
+        counts = {g.rep: rng.randint(1, g.size) for g in groups}
+        cut = prune_filters(model, {r: list(range(c)) for r, c in counts.items()}, shape)[0]
+        got = measure(cut, shape, target.keys).fractions(base)
+        pred = costs.cost(counts)
+        for k in target.keys:
+            assert pred[k] == pytest.approx(got[k], rel=1e-9, abs=1e-12), (counts, k)
+
+
+def test_knapsack_meets_the_budget_keeps_floors_and_drops_the_cheapest_value_first() -> None:
+    # two groups, linear costs: a unit of "a" costs 1, of "b" costs 3 (of a total of 10)
+    def cost(c: dict[str, int]) -> dict[str, float]:
+        return {"macs": (c["a"] * 1 + c["b"] * 3) / 10}
+
+    def marginal(c: dict[str, int], r: str) -> dict[str, float]:
+        return {"macs": (1 if r == "a" else 3) / 10}
+
+    scores = {"a": torch.tensor([4.0, 1.0, 5.0, 0.5]), "b": torch.tensor([2.0, 3.0])}
+    alive = {r: torch.ones(len(s), dtype=torch.bool) for r, s in scores.items()}
+    keep, ok = knapsack(scores, alive, cost, marginal, {"macs": 0.5})
+    assert ok
+    counts = {r: int(k.sum()) for r, k in keep.items()}
+    assert cost(counts)["macs"] <= 0.5
+    # value per cost: a -> 4, 1, 5, 0.5 ; b -> 0.67, 1: the order of removal is a[3], b[0], ...
+    assert not bool(keep["a"][3]) and not bool(keep["b"][0])
+    # within a group the smallest score goes first
+    for r in keep:
+        dropped = scores[r][~keep[r]]
+        kept = scores[r][keep[r]]
+        if len(dropped) and len(kept):
+            assert float(dropped.max()) <= float(kept.min())
+    # floors hold; an unreachable budget says so
+    keep, ok = knapsack(scores, alive, cost, marginal, {"macs": 0.01}, min_keep={"a": 2, "b": 1})
+    assert not ok and int(keep["a"].sum()) == 2 and int(keep["b"].sum()) == 1
+
+
+def test_knapsack_never_overshoots_when_a_cheap_unit_suffices() -> None:
+    """Near the budget a dear unit is credited only with the excess: the greedy drops the
+    cheap unit that closes the gap instead of a dear one that would leave budget unused."""
+
+    def cost(c: dict[str, int]) -> dict[str, float]:
+        return {"params": (c["big"] * 50 + c["small"]) / 200}
+
+    def marginal(c: dict[str, int], r: str) -> dict[str, float]:
+        return {"params": (50 if r == "big" else 1) / 200}
+
+    scores = {"big": torch.tensor([10.0, 10.0]), "small": torch.full((100,), 1.0)}
+    alive = {r: torch.ones(len(s), dtype=torch.bool) for r, s in scores.items()}
+    keep, ok = knapsack(scores, alive, cost, marginal, {"params": 0.99})
+    assert ok and int(keep["big"].sum()) == 2 and int(keep["small"].sum()) == 98
+
+
+def _trained(cls: type[nn.Module]) -> tuple[nn.Module, Any]:
+    from compactnn.train import TrainConfig, train
+
+    shape = cls.input_shape  # type: ignore[attr-defined]
+    data = _data(shape)
+    model = _model(cls)
+    train(model, data[0], config=TrainConfig(epochs=4, lr=0.05, seed=0), progress=False)
+    return model.eval(), data
+
+
+@pytest.fixture(scope="module")
+def seq() -> tuple[nn.Module, Any]:
+    return _trained(SeqCNN)
+
+
+def test_run_engine_reaches_the_budget_exactly_and_its_keep_replays(seq: Any) -> None:
+    model, (train, val) = seq
+    shape = SeqCNN.input_shape
+    layers = ["conv1", "conv2", "fc1"]
+    target = Target(macs=0.3)
+    before = copy.deepcopy(model.state_dict())
+    run = run_engine(
+        copy.deepcopy(model), layers, train, val, target, shape,
+        EngineSettings(steps=40, anneal_steps=20, project_every=5, cut_every=10, eval_every=10),
+    )  # fmt: skip
+    for k, v in model.state_dict().items():  # the engine worked on a copy
+        assert torch.equal(v, before[k])
+    kept = measure(run.model, shape, ("macs",)).fractions(measure(model, shape, ("macs",)))
+    assert kept["macs"] <= 0.3 + 1e-12
+    # maximal: no single unit of any layer could have been kept within the budget
+    widths = {n: int(run.model.get_submodule(n).weight.shape[0]) for n in layers}
+    full = {n: int(model.get_submodule(n).weight.shape[0]) for n in layers}
+    assert widths == {n: len(run.keep[n]) for n in layers}
+    # the original indices rebuild the same architecture on the input model
+    rebuilt, _ = prune_filters(model, run.keep, shape)
+    assert [p.shape for p in rebuilt.parameters()] == [p.shape for p in run.model.parameters()]
+    assert any(widths[n] < full[n] for n in layers)
+    assert run.history and run.history[-1]["step"] == run.info["steps"]
+    assert {"budget", "kept", "val_top1", "units"} <= set(run.history[0])
+    assert run.info["cuts"][-1]["why"] in ("final projection", "zero rows")
+
+
+def test_run_engine_is_deterministic(seq: Any) -> None:
+    model, (train, val) = seq
+    st = EngineSettings(steps=30, anneal_steps=20, project_every=5, cut_every=10, eval_every=10)
+    a = run_engine(copy.deepcopy(model), ["conv1", "conv2", "fc1"], train, val,
+                   Target(params=0.4), SeqCNN.input_shape, st)  # fmt: skip
+    b = run_engine(copy.deepcopy(model), ["conv1", "conv2", "fc1"], train, val,
+                   Target(params=0.4), SeqCNN.input_shape, st)  # fmt: skip
+    assert a.keep == b.keep
+    for (ka, va), (kb, vb) in zip(a.model.state_dict().items(), b.model.state_dict().items(), strict=True):
+        assert ka == kb and torch.equal(va, vb)
+
+
+def test_an_unreachable_target_is_refused_before_any_training(seq: Any) -> None:
+    model, (train, val) = seq
+
+    class NoData:
+        def __iter__(self) -> Any:  # training never starts
+            raise AssertionError("the engine read training data before refusing")
+
+    with pytest.raises(ConfigError, match="cannot be reached"):
+        run_engine(copy.deepcopy(model), ["fc1"], NoData(), val, Target(macs=0.01),
+                   SeqCNN.input_shape, EngineSettings(steps=10, anneal_steps=5))  # fmt: skip
+
+
+@pytest.mark.parametrize("method", ["ssr", "pgt", "admm-sparse"])
+@pytest.mark.parametrize("key", ["macs", "params"])
+def test_a_target_is_met_exactly_in_one_run_by_every_engine_method(
+    method: str, key: str, seq: Any
+) -> None:
+    model, data = seq
+    extra = {"overprune_guard": False} if method == "admm-sparse" else {}
+    res = compactnn.compress(
+        model, method, data, target={key: 0.35}, progress=False, on_drop="warn",
+        finetune_epochs=0, input_shape=SeqCNN.input_shape, **ENGINE, **extra,
+    )  # fmt: skip
+    kept = res.target["kept"][key]
+    assert kept <= 0.35 + 1e-12 and res.target["met"]
+    assert res.target["option"].startswith("budgeted engine")
+    assert res.history["engine"] and res.history["engine_info"]["steps"] <= ENGINE["engine_steps"]
+    assert res.history["keep"] == {
+        n: int(res.model.get_submodule(n).weight.shape[0]) for n in res.history["keep"]
+    }
+    assert res.chosen["budget"][key] == 0.35  # replayable without any search
+    # the plan replays the returned model on the original
+    replay = compactnn.surgery.apply(res.plan, model)
+    x = next(iter(data[1]))[0]
+    with torch.no_grad():
+        assert torch.allclose(replay.eval()(x), res.model.eval()(x), atol=1e-5)
+    assert metrics.count_params(replay) == metrics.count_params(res.model)
+
+
+def test_residual_groups_are_cut_together(seq: Any) -> None:
+    model, data = _trained(TinyResNet)
+    layers = ["conv", "block1.conv_a", "block3.conv_a"]  # conv couples every stage-1 add
+    res = compactnn.compress(
+        model, "ssr", data, target={"macs": 0.5}, progress=False, on_drop="warn",
+        finetune_epochs=0, layers=tuple(layers), input_shape=TinyResNet.input_shape, **ENGINE,
+    )  # fmt: skip
+    assert res.target["kept"]["macs"] <= 0.5 + 1e-12
+    w = res.model.conv.weight.shape[0]
+    assert res.model.block1.conv_b.weight.shape[0] == w == res.model.block2.conv_b.weight.shape[0]
+
+
+@pytest.mark.parametrize(
+    ("method", "opts", "what"),
+    [
+        ("ssr", {"penalty": "l1"}, "penalty='l1'"),
+        ("pgt", {"penalty": "lowrank"}, "penalty='lowrank'"),
+        ("admm-sparse", {"structure": "kernels"}, "structure='kernels'"),
+    ],
+)
+def test_settings_the_engine_cannot_budget_are_refused_up_front(
+    method: str, opts: dict[str, Any], what: str, seq: Any
+) -> None:
+    model, data = seq
+    with pytest.raises(ConfigError, match=what.replace("(", r"\(")):
+        compactnn.compress(model, method, data, target={"macs": 0.5}, progress=False,
+                           input_shape=SeqCNN.input_shape, **opts)  # fmt: skip
+
+
+def test_a_bad_budget_option_names_it() -> None:
+    with pytest.raises(ConfigError, match="'budget'"):
+        compactnn.methods.SSR(budget={"flops": 0.5})
+    with pytest.raises(ConfigError, match="anneal_steps"):
+        EngineSettings(steps=10, anneal_steps=20)
+
+
+def test_schedules_are_in_steps_not_epochs(seq: Any) -> None:
+    """A loader of 2 batches and one of 8: the same number of optimizer steps."""
+    model, _ = seq
+    shape = SeqCNN.input_shape
+    steps = []
+    for n in (64, 256):
+        train, val = _data(shape, n=n)
+        run = run_engine(copy.deepcopy(model), ["conv1", "conv2", "fc1"], train, val,
+                         Target(macs=0.5), shape,
+                         EngineSettings(steps=24, anneal_steps=12, patience=100, eval_every=4))  # fmt: skip
+        steps.append(run.info["steps"])
+    assert steps == [24, 24]
+
+
+def test_itertools_product_of_counts_brute_force_small() -> None:
+    """Knapsack result fits the budget on every small instance (exhaustive over budgets)."""
+    def cost(c: dict[str, int]) -> dict[str, float]:
+        return {"macs": (2 * c["a"] + 3 * c["b"] + c["a"] * c["b"]) / 35}
+
+    def marginal(c: dict[str, int], r: str) -> dict[str, float]:
+        return {"macs": ((2 + c["b"]) if r == "a" else (3 + c["a"])) / 35}
+
+    g = torch.Generator().manual_seed(1)
+    scores = {"a": torch.rand(5, generator=g), "b": torch.rand(4, generator=g)}
+    alive = {r: torch.ones(len(s), dtype=torch.bool) for r, s in scores.items()}
+    for b in (0.2, 0.4, 0.6, 0.8):
+        keep, ok = knapsack(scores, alive, cost, marginal, {"macs": b})
+        counts = {r: int(k.sum()) for r, k in keep.items()}
+        assert ok and cost(counts)["macs"] <= b + 1e-12
+        # and it is never worse than keeping a single unit everywhere when that fits
+        feasible = [
+            (ca, cb) for ca, cb in itertools.product(range(1, 6), range(1, 5))
+            if cost({"a": ca, "b": cb})["macs"] <= b
+        ]  # fmt: skip
+        assert (counts["a"], counts["b"]) in feasible
