@@ -40,6 +40,7 @@ _lock = threading.RLock()
 _clock = {"start": time.perf_counter(), "last": time.perf_counter()}
 _stage: dict[str, Any] = {"name": "", "since": time.perf_counter()}
 _active: list[Progress] = []  # the open progress runs, innermost last
+_pending: list[dict[str, Any]] = []  # stage lines not printed yet (see stage())
 
 
 def is_tty() -> bool:
@@ -86,10 +87,23 @@ def elapsed() -> float:
 
 
 def log(text: str) -> None:
-    """One line to stderr, stamped with the run's elapsed time."""
+    """One line to stderr, stamped with the run's elapsed time (after any pending stage line)."""
     with _lock:
-        print(f"[{duration(elapsed()):>7}] {text}", file=sys.stderr, flush=True)
-        _clock["last"] = time.perf_counter()
+        _flush_pending()
+        _print(text)
+
+
+def _print(text: str) -> None:
+    print(f"[{duration(elapsed()):>7}] {text}", file=sys.stderr, flush=True)
+    _clock["last"] = time.perf_counter()
+
+
+def _flush_pending() -> None:
+    now = time.perf_counter()
+    for entry in _pending:
+        late = now - entry["t"]
+        _print(entry["text"] + (f", started {late:.1f} s ago" if late >= 1.0 else ""))
+    _pending.clear()
 
 
 def current_stage() -> str:
@@ -98,17 +112,31 @@ def current_stage() -> str:
 
 @contextlib.contextmanager
 def stage(name: str, detail: str = "", *, enabled: bool = True) -> Iterator[None]:
-    """Name the work inside the block: a line when it starts (``enabled``) and in every
-    :class:`Heartbeat` line while it runs; the previous stage is current again after it."""
+    """Name the work inside the block: one line ``stage: NAME (detail)`` and the name in every
+    :class:`Heartbeat` line while it runs; the previous stage is current again after it.
+
+    The stage's line is printed before the next line of any kind (a progress line, a
+    heartbeat) or when the block ends normally; a block that fails before anything else was
+    printed prints nothing of its own, so that a bad input still ends in one error line.
+    """
     with _lock:
         before = dict(_stage)
         _stage.update(name=name, since=time.perf_counter())
-    if enabled:
-        log(f"stage: {name}" + (f" ({detail})" if detail else ""))
+        text = f"stage: {name}" + (f" ({detail})" if detail else "")
+        entry = {"text": text, "t": time.perf_counter()}
+        if enabled:
+            _pending.append(entry)
+    ok = False
     try:
         yield
+        ok = True
     finally:
         with _lock:
+            if entry in _pending:
+                if ok:
+                    _flush_pending()
+                else:
+                    _pending.remove(entry)
             _stage.update(before)
 
 
@@ -238,6 +266,9 @@ class Heartbeat:
                 bar = _active[-1] if _active else None
                 name = current_stage() or "working"
                 since = now - float(_stage["since"])
+                if _pending:  # the stage's own line first
+                    _flush_pending()
+                    continue
             if bar is not None:
                 log(f"{bar.desc}: {bar.status()} (stage: {name})")
             else:
