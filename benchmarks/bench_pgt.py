@@ -197,10 +197,13 @@ def _acc(model: nn.Module, loader: Any) -> float:
 
 def _lam(base: nn.Module, cd: Any, strengths: dict[str, float], **opts: Any) -> dict[str, float]:
     from compactnn.methods import PGT
+    from compactnn.methods._calibrate import layer_scales
 
     m = PGT(**{**opts, "layers": tuple(strengths)})
-    unit = m.at_strength(1.0, base, cd).config.lam  # s = 1 for every layer
-    return {n: strengths[n] * unit[n] for n in strengths}
+    # s = 1 for every layer: the run's total threshold sum_k eta_k lam_l is the median norm
+    scales = layer_scales(base, list(strengths))
+    eta = max(m.total_step(cd), 1e-12)
+    return {n: strengths[n] * scales[n] / eta for n in strengths}
 
 
 def _task(spec: dict[str, Any]) -> dict[str, Any]:
@@ -231,11 +234,11 @@ def _task(spec: dict[str, Any]) -> dict[str, Any]:
         model, rec = _ft_task(spec, cd, base)
         row.update(rec)
     elif kind == "ssr":  # SSR's per-layer lambdas searched for the given filter counts
-        from compactnn.methods import SSR
-
-        chosen, _ = SSR(**spec["opts"]).calibrate_counts(base, cd, spec["keep"])
-        row["lam"] = dict(chosen.config.lam)
-        model = chosen.run(copy.deepcopy(base), cd, progress=False).model
+        raise SystemExit(
+            "The 'ssr at PGT's counts' rows used SSR.calibrate_counts, the layer-by-layer lambda "
+            "search removed by the budgeted engine (issue 33): SSR now meets a budget in one "
+            "run (benchmarks/bench_engine.py). The committed rows stay as measured then."
+        )
     elif kind == "l1-norm":
         res = compactnn.compress(
             base, "l1-norm", cd, progress=False, measure=False, on_drop="warn", **spec["opts"]

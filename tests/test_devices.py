@@ -30,6 +30,11 @@ _SOLVER_CPU = (
     "there; results are moved to the layer's device by surgery)"
 )
 
+_ENGINE_CPU = (
+    "CPU bookkeeping of the engine's unit masks and scores (GPU values are moved to the CPU "
+    "first; thresholds go to the weights' device with .to)"
+)
+
 # (file under src/compactnn, enclosing function) -> why a default-device tensor is right there
 ALLOWED: dict[tuple[str, str], str] = {
     ("api.py", "split_loader"): "index permutation of a CPU dataset (CPU generator, seeded)",
@@ -44,6 +49,11 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("graph.py", "example_input_for"): "moved to the model's device/dtype on the next line",
     ("methods/layerwise.py", "_deployed_violation"): "eq. (4) check on the CPU float64 copies "
     "of X, Y",
+    ("methods/_engine.py", "run_engine"): _ENGINE_CPU,
+    ("methods/_engine.py", "run_engine.backward_step"): _ENGINE_CPU,
+    ("methods/_engine.py", "run_engine.project"): _ENGINE_CPU,
+    ("methods/_engine.py", "run_engine.cut"): _ENGINE_CPU,
+    ("methods/_engine.py", "_final_selection"): _ENGINE_CPU,
     ("methods/pgt.py", "state_dict"): "the step count of the checkpoint (a Python int as a "
     "tensor for safetensors, never mixed with the model)",
     ("surgery/_util.py", "example_inputs_for"): "probe from a CPU generator, moved to the "

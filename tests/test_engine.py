@@ -156,7 +156,9 @@ def test_run_engine_is_deterministic(seq: Any) -> None:
     b = run_engine(copy.deepcopy(model), ["conv1", "conv2", "fc1"], train, val,
                    Target(params=0.4), SeqCNN.input_shape, st)  # fmt: skip
     assert a.keep == b.keep
-    for (ka, va), (kb, vb) in zip(a.model.state_dict().items(), b.model.state_dict().items(), strict=True):
+    for (ka, va), (kb, vb) in zip(
+        a.model.state_dict().items(), b.model.state_dict().items(), strict=True
+    ):
         assert ka == kb and torch.equal(va, vb)
 
 
@@ -251,6 +253,7 @@ def test_schedules_are_in_steps_not_epochs(seq: Any) -> None:
 
 def test_itertools_product_of_counts_brute_force_small() -> None:
     """Knapsack result fits the budget on every small instance (exhaustive over budgets)."""
+
     def cost(c: dict[str, int]) -> dict[str, float]:
         return {"macs": (2 * c["a"] + 3 * c["b"] + c["a"] * c["b"]) / 35}
 

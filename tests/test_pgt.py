@@ -244,21 +244,6 @@ def test_scratch_init_reinitialises_before_training() -> None:
         assert torch.equal(pa, pb)
 
 
-# ------------------------------------------------------------------ budget
-def test_budget_strength_maps_to_lam_and_keep() -> None:
-    data = _data()
-    model = _net()
-    g = PGT(layers=("3", "6"), epochs=2, lr=0.05)
-    a, b = g.at_strength(1.0, model, data), g.at_strength(2.0, model, data)
-    assert b.config.lam["3"] == pytest.approx(2 * a.config.lam["3"])
-    # s = 1: the run's total threshold sum_k eta_k lam_l is the median neuron norm
-    med = float(model[3].weight.detach().reshape(8, -1).norm(dim=1).median())
-    assert a.config.lam["3"] * g.total_step(data) == pytest.approx(med)
-    t = PGT(layers=("3", "6"), penalty="topk", keep=1).at_strength(0.75, model, data)
-    assert t.config.keep == {"3": 2, "6": round(0.25 * 10)}
-    assert g.proxy().config.finetune_epochs == 0
-
-
 # ------------------------------------------------------------------ supplement sec. 1
 def test_alexnet_accounting_of_the_supplement() -> None:
     """fc6 loses 2,996 neurons: 6x6x256x2996 + 2996 weights + biases and fc7's 2996 inputs."""

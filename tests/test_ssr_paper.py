@@ -135,32 +135,3 @@ def test_ssr_gap_bad_options(loader, opts, match) -> None:  # noqa: ANN001
                            val_fraction=0.0, **opts)  # fmt: skip
 
 
-def test_calibrate_counts_keeps_the_given_filters_and_is_calibrates_search(loader) -> None:
-    """``calibrate_counts`` searches each layer's lambda for the given count (at most it; the
-    cliff rule allows up to 25 % over) and the run replays it; with the counts a target splits
-    into, it returns the lambdas ``calibrate`` chooses. Bad counts fail before any training."""
-    from compactnn.budget import Target
-    from compactnn.methods import SSR, CompressionData
-    from compactnn.methods._calibrate import uniform_counts
-
-    data = CompressionData(train=loader, input_shape=(1, 4, 4))
-    opts = dict(layers=("1", "3"), max_outer=3, w_steps=4, lr=0.05, finetune_epochs=0)
-    chosen, trace = SSR(**opts).calibrate_counts(mlp(), data, {"1": 5, "3": 4})
-    assert trace and set(chosen.config.lam) == {"1", "3"}
-    res = chosen.run(mlp(), data, progress=False)
-    kept = {"1": res.model[1].out_features, "3": res.model[3].out_features}
-    assert kept["1"] <= 5 * 1.25 and kept["3"] <= 4 * 1.25 and kept != {"1": 12, "3": 10}
-    target = Target(params=0.5)
-    counts, _ = uniform_counts(mlp(), ["1", "3"], target, (1, 4, 4))
-    via_target, _ = SSR(**opts).calibrate(mlp(), data, target)
-    via_counts, _ = SSR(**opts).calibrate_counts(mlp(), data, counts)
-    assert via_target.config.lam == via_counts.config.lam
-    for counts, match in (
-        ({"1": 5}, "counts name"),
-        ({"1": 5, "3": 0}, r"counts\['3'\]"),
-        ({"1": 13, "3": 4}, "more than the layer's 12 filters"),
-    ):
-        with pytest.raises(compactnn.errors.ConfigError, match=match):
-            SSR(**opts).calibrate_counts(mlp(), data, counts)
-    with pytest.raises(compactnn.errors.ConfigError, match="structured penalty"):
-        SSR(**{**opts, "penalty": "l1"}).calibrate_counts(mlp(), data, {"1": 5, "3": 4})

@@ -463,7 +463,7 @@ def run_engine(
 
     def unit_scores() -> dict[str, Tensor]:
         if st.score == "penalty":
-            return {g.rep: _rows(model, g).norm(dim=1) / g.mass for g in groups}
+            return {g.rep: _rows(model, g).norm(dim=1).cpu() / g.mass for g in groups}
         return {g.rep: imp[g.rep].clone() for g in groups}
 
     def accumulate_taylor() -> None:
@@ -482,7 +482,7 @@ def run_engine(
                 c = c[list(phi)]
                 contrib = c if contrib is None else contrib + c
             if contrib is not None:
-                imp[g.rep].mul_(0.98).add_(0.02 * contrib.detach().float().pow(2))
+                imp[g.rep].mul_(0.98).add_(0.02 * contrib.detach().float().pow(2).cpu())
 
     def prox(rows: Tensor, thr: Tensor) -> Tensor:
         if st.penalty == "l21":
@@ -588,7 +588,7 @@ def run_engine(
                 if rec is not None and step % st.cut_every == 0 and not late:
                     # units the prox zeroed go now; none in the last stretch of the annealing,
                     # so that the final projection can still add units back
-                    dead = {g.rep: (~keep_mask[g.rep]) & _rows(model, g).norm(dim=1).eq(0)
+                    dead = {g.rep: (~keep_mask[g.rep]) & _rows(model, g).norm(dim=1).eq(0).cpu()
                             for g in groups}  # fmt: skip
                     cut({r: [i for i in range(len(d)) if not bool(d[i])] for r, d in dead.items()},
                         "zero rows")  # fmt: skip
