@@ -66,8 +66,25 @@ def test_net_trim_support_is_backend_independent(case: str) -> None:
     tight = solve_net_trim(X, Y, b, eps_frac=0.05, options=ADMMOptions(rel_tol=3e-6, abs_tol=1e-9))
     assert ra.status == rc.status == tight.status == "optimal"
     assert abs(ra.objective - rc.objective) <= 2e-3 * rc.objective
-    assert tight.extras["nnz"] == rc.extras["nnz"] == int((rc.U != 0).sum())
+    assert rc.extras["nnz"] == int((rc.U != 0).sum())
+    # The same support up to entries near the clean-up threshold: an entry one backend keeps
+    # and the other drops lies within a small factor of 3e-4 max|U|. (Was an exact nnz count:
+    # here digits' nearest kept entry sits 1.13x above the threshold, and where the entries of a
+    # trained layer fall depends on the machine's float order.)
+    off, worst = _support_difference(tight.U, rc.U)
+    assert worst <= 2.0 and off <= 0.005 * rc.extras["nnz"], (off, worst)
+    off, worst = _support_difference(ra.U, rc.U)
+    assert worst <= 4.0 and off <= 0.01 * rc.extras["nnz"], (off, worst)
     assert abs(ra.extras["nnz"] - rc.extras["nnz"]) <= 0.01 * rc.extras["nnz"]
+
+
+def _support_difference(U: torch.Tensor, ref: torch.Tensor, zero_tol: float = 3e-4):
+    """(entries in one support only, the largest of them in units of ``zero_tol * max|ref|``)."""
+    off = (U != 0) ^ (ref != 0)
+    if not bool(off.any()):
+        return 0, 0.0
+    big = torch.maximum(U.abs(), ref.abs())[off]
+    return int(off.sum()), float(big.max()) / (zero_tol * float(ref.abs().max()))
 
 
 @pytest.mark.parametrize("case", list(CASES))
