@@ -383,9 +383,13 @@ def test_a_target_under_the_guards_floor_is_refused_before_any_training(
             compactnn.compress(model, "admm-sparse", (train, val, test), input_shape=(1, 8, 8),
                                target={"macs": below}, measure=False, val_fraction=0.0)  # fmt: skip
         assert f"{round(floor, 4)}" in str(e.value) and not searched
-    # above the floor, and with the guard off, the check lets the search run
+    # above the floor, and with the guard off, the check hands the target to the engine (no
+    # search ever): one run with the budget as its option
+    from compactnn.budget import Target
+    from compactnn.methods import ADMMSparse, CompressionData
+
+    cd = CompressionData(train=train, val=val, input_shape=(1, 8, 8))
     for opts, tgt in (({}, min(1.0, floor * 1.05)), ({"overprune_guard": False}, below)):
-        with pytest.raises(ZeroDivisionError):
-            compactnn.compress(model, "admm-sparse", (train, val, test), input_shape=(1, 8, 8),
-                               target={"macs": tgt}, measure=False, val_fraction=0.0, **opts)  # fmt: skip
-    assert len(searched) == 2
+        chosen, rec = ADMMSparse(**opts).calibrate(model, cd, Target(macs=tgt))
+        assert chosen.config.budget["macs"] == tgt and rec["option"].startswith("budgeted engine")
+    assert not searched

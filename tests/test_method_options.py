@@ -69,6 +69,12 @@ LAYERWISE = {
     "seed": _SEED,
 }
 
+ENGINE = {
+    "budget": [{"flops": 0.5}, {"macs": 0.0}, {"macs": 1.5}, "macs", 0.5],
+    "engine_steps": _POS_INT,
+    "anneal_steps": _POS_INT,
+}
+
 ADMM_OPTS = __import__("compactnn.solvers.layerwise", fromlist=["ADMMOptions"]).ADMMOptions()
 
 BAD: dict[str, tuple[str, dict[str, list]]] = {
@@ -95,6 +101,7 @@ BAD: dict[str, tuple[str, dict[str, list]]] = {
             "gap_classifier": _LAYERS,
             "gap_fit_samples": _POS_INT,
             **COMMON_FT,
+            **ENGINE,
         },
     ),
     "admm-sparse": (
@@ -119,6 +126,7 @@ BAD: dict[str, tuple[str, dict[str, list]]] = {
             "deploy_kernels": _BOOL,
             "measure_speed": _BOOL,
             **{k: COMMON_FT[k] for k in ("lr", "momentum", "weight_decay", "layers", "seed")},
+            **ENGINE,
         },
     ),
     "random": ("criterion pruning (random)", CRITERION),
@@ -178,6 +186,7 @@ BAD: dict[str, tuple[str, dict[str, list]]] = {
             "finetune_rebalance": _BOOL,
             "finetune_warmup": _NONNEG_INT,
             **COMMON_FT,
+            **ENGINE,
         },
     ),
 }

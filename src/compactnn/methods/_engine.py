@@ -59,6 +59,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from compactnn import _progress
 from compactnn.budget import Target, measure
 from compactnn.errors import ConfigError
 from compactnn.methods._common import prune_filters
@@ -89,6 +90,8 @@ class EngineSettings:
         min_keep_fraction: nor fewer than this fraction of its units (rounded up; e.g. 0.5 for
             Kiaee's over-pruning guard).
         val_batches: validation batches per evaluation (the first ones, always the same).
+        distill: weight α in [0, 1] of distillation from the input model during the run:
+            loss = (1 - α) CE + α KL(teacher || student) (temperature 1); 0 = cross-entropy.
         seed: seeds the batch order.
     """
 
@@ -108,6 +111,7 @@ class EngineSettings:
     min_keep: int = 1
     min_keep_fraction: float = 0.0
     val_batches: int = 20
+    distill: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -448,6 +452,7 @@ def run_engine(
 
     opt = optimizer()
     loss_fn = nn.CrossEntropyLoss()
+    teacher = copy.deepcopy(model).eval() if st.distill > 0 else None
     stream = _batches(train_loader, st.seed)
     model.train()
     last_print = time.perf_counter()
@@ -554,84 +559,104 @@ def run_engine(
         cuts.append({"step": step, "why": why, "counts": counts()})
 
     n_params_full = sum(p.numel() for p in model.parameters())
-    while step < st.steps:
-        t0 = time.perf_counter()
-        x, y = next(stream)
-        x, y = x.to(device), y.to(device)
-        if phase == "settle":
-            frac = (step - st.anneal_steps) / max(1, st.steps - st.anneal_steps)
-            for pg in opt.param_groups:
-                pg["lr"] = st.lr * 0.5 * (1 + math.cos(math.pi * frac))
-        opt.zero_grad(set_to_none=True)
-        loss = loss_fn(model(x), y)
-        loss.backward()
-        if not torch.isfinite(loss):
-            raise ConfigError(
-                f"{label}: the training loss became {float(loss)} at engine step {step}: lower "
-                f"the learning rate (lr={st.lr:g})."
-            )
-        if phase == "anneal":
-            with torch.no_grad():
-                accumulate_taylor()
-        opt.step()
-        step += 1
-        lv = float(loss.detach())
-        ema = lv if ema is None else 0.98 * ema + 0.02 * lv
-        rec: dict[str, Any] | None = None
-        if phase == "anneal":
-            with torch.no_grad():
-                backward_step()
-                if step % st.project_every == 0 or step == st.anneal_steps:
-                    rec = project(step)
-                late = any(rec is not None and rec["budget"][k] < 1.25 * v
-                           for k, v in target.as_dict().items())  # fmt: skip
-                if rec is not None and step % st.cut_every == 0 and not late:
-                    # units the prox zeroed go now; none in the last stretch of the annealing,
-                    # so that the final projection can still add units back
-                    dead = {g.rep: (~keep_mask[g.rep]) & _rows(model, g).norm(dim=1).eq(0).cpu()
-                            for g in groups}  # fmt: skip
-                    cut({r: [i for i in range(len(d)) if not bool(d[i])] for r, d in dead.items()},
-                        "zero rows")  # fmt: skip
-                if step == st.anneal_steps:
-                    final = _final_selection(groups, model, unit_scores(), costs, target,
-                                             floors, relative=st.score == "penalty")  # fmt: skip
-                    cut(final, "final projection")
-                    phase = "settle"
-                    opt = optimizer()
-        step_time += time.perf_counter() - t0
-        if step % st.eval_every == 0 or step == st.steps or step == st.anneal_steps:
-            top1 = _top1(model, val) if val else float("nan")
-            kept_now = costs.cost(counts())
-            entry = {
-                "step": step,
-                "phase": phase,
-                "budget": _budget_at(target, step, st.anneal_steps),
-                "kept": kept_now,
-                "val_top1": top1,
-                "loss": ema,
-                "strength": s,
-                "params": sum(p.numel() for p in model.parameters()) / n_params_full,
-                "seconds": time.perf_counter() - t_start,
-                "units": counts(),
-            }
-            history.append(entry)
-            if phase == "settle" and val:
-                if best is None or top1 > best[0] + 1e-9:
-                    best = (top1, copy.deepcopy(model.state_dict()))
-                    bad_evals = 0
-                else:
-                    bad_evals += 1
-            if progress and (time.perf_counter() - last_print > 10 or step == st.anneal_steps):
-                last_print = time.perf_counter()
-                eta = step_time / step * (st.steps - step)
-                print(
-                    f"  {label} step {step}/{st.steps} [{phase}] budget "
-                    f"{_fmt(entry['budget'])} kept {_fmt(kept_now)} val top-1 {top1:.2f} % "
-                    f"loss {ema:.3f} elapsed {entry['seconds']:.0f} s ETA <= {eta:.0f} s",
-                    flush=True,
+    if progress:
+        _progress.log(
+            f"{label} engine: {len(groups)} group(s) {counts()}, target {_fmt(target.as_dict())}, "
+            f"at most {st.steps} steps (budget annealed over {st.anneal_steps}); cost model "
+            f"fitted on {costs.measurements} cut models in {time.perf_counter() - t_start:.1f} s"
+        )
+    bar = _progress.Progress(st.steps, f"{label} engine", enabled=progress)
+    try:
+        while step < st.steps:
+            t0 = time.perf_counter()
+            x, y = next(stream)
+            x, y = x.to(device), y.to(device)
+            if phase == "settle":
+                frac = (step - st.anneal_steps) / max(1, st.steps - st.anneal_steps)
+                for pg in opt.param_groups:
+                    pg["lr"] = st.lr * 0.5 * (1 + math.cos(math.pi * frac))
+            opt.zero_grad(set_to_none=True)
+            out = model(x)
+            loss = loss_fn(out, y)
+            total = loss
+            if teacher is not None:
+                with torch.no_grad():
+                    soft = torch.softmax(teacher(x), dim=1)
+                kd = torch.nn.functional.kl_div(
+                    torch.log_softmax(out, dim=1), soft, reduction="batchmean"
                 )
-            if phase == "settle" and bad_evals >= st.patience:
-                break
+                total = (1 - st.distill) * loss + st.distill * kd
+            total.backward()
+            if not torch.isfinite(loss):
+                raise ConfigError(
+                    f"{label}: the training loss became {float(loss)} at engine step {step}: lower "
+                    f"the learning rate (lr={st.lr:g})."
+                )
+            if phase == "anneal":
+                with torch.no_grad():
+                    accumulate_taylor()
+            opt.step()
+            step += 1
+            lv = float(loss.detach())
+            ema = lv if ema is None else 0.98 * ema + 0.02 * lv
+            bar.step(loss=ema, phase=phase)
+            rec: dict[str, Any] | None = None
+            if phase == "anneal":
+                with torch.no_grad():
+                    backward_step()
+                    if step % st.project_every == 0 or step == st.anneal_steps:
+                        rec = project(step)
+                    late = any(rec is not None and rec["budget"][k] < 1.25 * v
+                               for k, v in target.as_dict().items())  # fmt: skip
+                    if rec is not None and step % st.cut_every == 0 and not late:
+                        # units the prox zeroed go now; none in the last stretch of the annealing,
+                        # so that the final projection can still add units back
+                        dead = {g.rep: (~keep_mask[g.rep]) & _rows(model, g).norm(dim=1).eq(0).cpu()
+                                for g in groups}  # fmt: skip
+                        cut({r: [i for i in range(len(d)) if not bool(d[i])] for r, d in dead.items()},
+                            "zero rows")  # fmt: skip
+                    if step == st.anneal_steps:
+                        final = _final_selection(groups, model, unit_scores(), costs, target,
+                                                 floors, relative=st.score == "penalty")  # fmt: skip
+                        cut(final, "final projection")
+                        phase = "settle"
+                        opt = optimizer()
+            step_time += time.perf_counter() - t0
+            if step % st.eval_every == 0 or step == st.steps or step == st.anneal_steps:
+                top1 = _top1(model, val) if val else float("nan")
+                kept_now = costs.cost(counts())
+                entry = {
+                    "step": step,
+                    "phase": phase,
+                    "budget": _budget_at(target, step, st.anneal_steps),
+                    "kept": kept_now,
+                    "val_top1": top1,
+                    "loss": ema,
+                    "strength": s,
+                    "params": sum(p.numel() for p in model.parameters()) / n_params_full,
+                    "seconds": time.perf_counter() - t_start,
+                    "units": counts(),
+                }
+                history.append(entry)
+                if phase == "settle" and val:
+                    if best is None or top1 > best[0] + 1e-9:
+                        best = (top1, copy.deepcopy(model.state_dict()))
+                        bad_evals = 0
+                    else:
+                        bad_evals += 1
+                if progress and (time.perf_counter() - last_print > 10 or step == st.anneal_steps):
+                    last_print = time.perf_counter()
+                    eta = step_time / step * (st.steps - step)
+                    _progress.log(
+                        f"{label} engine step {step}/{st.steps} [{phase}]: budget "
+                        f"{_fmt(entry['budget'])}, kept {_fmt(kept_now)}, val top-1 {top1:.2f} %, "
+                        f"loss {ema:.3f}, elapsed {_progress.duration(entry['seconds'])}, "
+                        f"ETA <= {_progress.duration(eta)}"
+                    )
+                if phase == "settle" and bad_evals >= st.patience:
+                    break
+    finally:
+        bar.close()
     if best is not None:
         model.load_state_dict(best[1])
     model.eval()

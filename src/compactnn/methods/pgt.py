@@ -511,6 +511,10 @@ class PGT(Method):
         tc = TrainConfig(epochs=cfg.epochs, lr=cfg.lr, schedule=cfg.schedule)
         return float(sum(_lr_at(tc, k, total) for k in range(total)))
 
+    def proxy(self) -> Method:
+        """Same training (hence the same neurons), without the fine-tuning."""
+        return self.with_options(finetune_epochs=0)
+
     # ------------------------------------------------------------------ steps
     def _hook(
         self, model: nn.Module, layers: list[str], input_shape: tuple[int, ...]

@@ -306,7 +306,11 @@ class SLR(_Layerwise):
         W = (A + B).to(dtype)
         st["input_shape"] = self._in_shapes.get(name)
         lams = (st["lam1"], st["lam2"])
-        unpenalised = all(v in (0.0, math.inf) for v in lams) and lams != (math.inf, math.inf)
+        unpenalised = (
+            all(v in (0.0, math.inf) for v in lams)
+            and lams != (math.inf, math.inf)
+            and res.extras.get("share") is None  # a binding budget (share < 1) is a penalty
+        )
         if unpenalised and not self._changed:
             # no penalty (lam1, lam2 each 0 or inf, not both inf): eq. (3) is f1 alone, and the
             # layer's input is the original network's (symmetric X, or every earlier layer kept),
