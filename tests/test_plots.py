@@ -86,3 +86,16 @@ def test_curves_is_the_benchmarks_plot(tmp_path) -> None:
     p = curves(tmp_path / "c.png", [("a", [1, 2], [3, 4]), ("b", [1, 2], [4, 3])],
                xlabel="x", ylabel="y", marks=[(1.5, "chosen")])  # fmt: skip
     assert p.is_file() and p.stat().st_size > 1000
+
+
+def test_the_engine_trajectory_is_drawn_from_the_history(tmp_path) -> None:  # noqa: ANN001
+    hist = [
+        {"step": s, "phase": "anneal" if s < 20 else "settle", "budget": {"macs": b},
+         "kept": {"macs": k}, "val_top1": v}
+        for s, b, k, v in ((10, 0.6, 0.7, 90.0), (20, 0.25, 0.25, 85.0), (30, 0.25, 0.25, 88.0))
+    ]  # fmt: skip
+    from compactnn.plots import plot_engine
+
+    assert plot_engine({"method": "ssr", "history": {"engine": hist}}, tmp_path) == ["engine.png"]
+    assert (tmp_path / "engine.png").stat().st_size > 0
+    assert plot_engine({"method": "l1-norm", "history": {}}, tmp_path) == []

@@ -235,6 +235,35 @@ def plot_path(doc: dict[str, Any], out: str | Path) -> list[str]:
     return written
 
 
+def plot_engine(doc: dict[str, Any], out: str | Path) -> list[str]:
+    """PNG: the budgeted engine's trajectory (``history["engine"]``): the annealed budget and
+    the fraction kept per target key, and validation top-1, against optimizer steps; the end
+    of the annealing marked. Nothing without an engine run."""
+    hist = (doc.get("history") or {}).get("engine") or []
+    hist = [h for h in hist if isinstance(h.get("kept"), dict)]
+    if not hist:
+        return []
+    plt = _pyplot()
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9.5, 3.4))
+    steps = [h["step"] for h in hist]
+    for k in sorted(hist[0]["kept"]):
+        ax1.plot(steps, [100 * h["budget"][k] for h in hist], "--", label=f"{k} budget")
+        ax1.plot(steps, [100 * h["kept"][k] for h in hist], "o-", markersize=3, label=f"{k} kept")
+    ax2.plot(steps, [h["val_top1"] for h in hist], "o-", markersize=3, color="C2")
+    settle = [h["step"] for h in hist if h.get("phase") == "settle"]
+    for ax in (ax1, ax2):
+        if settle:
+            ax.axvline(settle[0], color="red", linestyle=":", linewidth=1.2)
+        ax.set_xlabel("optimizer step")
+        ax.grid(alpha=0.3)
+    ax1.set_ylabel("% of the original")
+    ax1.legend(fontsize=7)
+    ax2.set_ylabel("validation top-1 (%)")
+    ax1.set_title(f"{doc.get('method')}: budget annealed, units cut", fontsize=10)
+    ax2.set_title("validation top-1 (red: annealing ends)", fontsize=10)
+    return [_save(fig, out, "engine.png")]
+
+
 def plot_spectra(doc: dict[str, Any], out: str | Path) -> list[str]:
     """PNG: singular spectra of the low-rank layers, the chosen rank marked on each."""
     spectra = (doc.get("figures") or {}).get("spectra") or []
@@ -274,6 +303,7 @@ def plot_all(doc: dict[str, Any], out: str | Path) -> list[str]:
     return [
         *plot_layers(doc, out),
         *plot_path(doc, out),
+        *plot_engine(doc, out),
         *plot_spectra(doc, out),
         *plot_sparsity(doc, out),
     ]

@@ -606,7 +606,7 @@ def run_engine(
                     backward_step()
                     if step % st.project_every == 0 or step == st.anneal_steps:
                         rec = project(step)
-                    late = any(rec is not None and rec["budget"][k] < 1.25 * v
+                    late = any(rec is not None and rec["budget"][k] < 2.0 * v
                                for k, v in target.as_dict().items())  # fmt: skip
                     if rec is not None and step % st.cut_every == 0 and not late:
                         # units the prox zeroed go now; none in the last stretch of the annealing,
