@@ -73,6 +73,7 @@ ENGINE = {
     "budget": [{"flops": 0.5}, {"macs": 0.0}, {"macs": 1.5}, "macs", 0.5],
     "engine_steps": _POS_INT,
     "anneal_steps": _POS_INT,
+    "engine_lr": _POS_FLOAT,
 }
 
 ADMM_OPTS = __import__("compactnn.solvers.layerwise", fromlist=["ADMMOptions"]).ADMMOptions()

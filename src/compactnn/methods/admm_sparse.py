@@ -162,6 +162,9 @@ class ADMMSparseConfig(MethodConfig):
             settling until validation top-1 stops improving).
         anneal_steps: engine steps over which the budget goes from the full model to the
             target.
+        engine_lr: SGD learning rate of the engine (momentum and weight decay as the method's
+            own; not a paper value: the engine trains the whole network while it shrinks, and
+            settles with a cosine decay from it).
     """
 
     penalty: str = "l0"
@@ -190,6 +193,7 @@ class ADMMSparseConfig(MethodConfig):
     budget: Any = None
     engine_steps: int = 1500
     anneal_steps: int = 800
+    engine_lr: float = 0.01
 
     owner: ClassVar[str] = "ADMM-sparse"
     rules: ClassVar[Mapping[str, Rule]] = MappingProxyType(
@@ -222,6 +226,7 @@ class ADMMSparseConfig(MethodConfig):
             "budget": rule(check_budget, optional=True),
             "engine_steps": rule(check_int, min_value=1),
             "anneal_steps": rule(check_int, min_value=1),
+            "engine_lr": rule(check_float, min_value=0.0, min_inclusive=False),
         }
     )
 
@@ -545,7 +550,7 @@ class ADMMSparse(Method):
             )
         return EngineSettings(
             penalty="l20" if cfg.penalty == "l0" else "l21", steps=cfg.engine_steps,
-            anneal_steps=cfg.anneal_steps, lr=cfg.lr, momentum=cfg.momentum,
+            anneal_steps=cfg.anneal_steps, lr=cfg.engine_lr, momentum=cfg.momentum,
             weight_decay=cfg.weight_decay, seed=cfg.seed,
             min_keep_fraction=0.5 if cfg.overprune_guard else 0.0,
         )  # fmt: skip

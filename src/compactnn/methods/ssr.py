@@ -170,6 +170,9 @@ class SSRConfig(MethodConfig):
             settling until validation top-1 stops improving).
         anneal_steps: engine steps over which the budget goes from the full model to the
             target.
+        engine_lr: SGD learning rate of the engine (momentum and weight decay as the method's
+            own; not a paper value: the engine trains the whole network while it shrinks, and
+            settles with a cosine decay from it).
     """
 
     penalty: str = "l21"
@@ -202,6 +205,7 @@ class SSRConfig(MethodConfig):
     budget: Any = None
     engine_steps: int = 1500
     anneal_steps: int = 800
+    engine_lr: float = 0.01
 
     owner: ClassVar[str] = "SSR"
     rules: ClassVar[Mapping[str, Rule]] = MappingProxyType(
@@ -238,6 +242,7 @@ class SSRConfig(MethodConfig):
             "budget": rule(check_budget, optional=True),
             "engine_steps": rule(check_int, min_value=1),
             "anneal_steps": rule(check_int, min_value=1),
+            "engine_lr": rule(check_float, min_value=0.0, min_inclusive=False),
         }
     )
 
@@ -272,7 +277,7 @@ class SSR(Method):
                 "protocol. Drop the target and set lam, or use penalty='l21' / 'l20'."
             )
         return EngineSettings(
-            penalty=pen, steps=cfg.engine_steps, anneal_steps=cfg.anneal_steps, lr=cfg.lr,
+            penalty=pen, steps=cfg.engine_steps, anneal_steps=cfg.anneal_steps, lr=cfg.engine_lr,
             momentum=cfg.momentum, weight_decay=cfg.weight_decay, min_keep=cfg.min_keep,
             seed=cfg.seed,
         )  # fmt: skip
