@@ -281,13 +281,16 @@ def demo_baseline(*, seed: int = 0, progress: bool = True, retrain: bool = False
     Seed 0: the weights shipped with compactnn (:func:`demo_weights`, sha256 checked), unless
     ``retrain``. Other seeds, or ``retrain``: trained here (8 epochs) once and cached.
     """
+    import torch
+
     from compactnn import data, models
     from compactnn.train import load_checkpoint, save_checkpoint
 
     if seed == 0 and not retrain:
         path, meta = demo_weights()
-        model, _ = load_checkpoint(path, models.create("lenet-caffe"))
-        _, test_loader = data.get_loaders("mnist", batch_size=64, seed=seed)
+        with torch.random.fork_rng(devices=[]):  # the fresh model's init draws
+            model, _ = load_checkpoint(path, models.create("lenet-caffe"))
+            _, test_loader = data.get_loaders("mnist", batch_size=64, seed=seed)
         print(
             f"baseline: shipped {path.name} (sha256 {meta['sha256'][:12]}... verified; "
             f"trained by '{meta['command']}'; --retrain trains it here)"
@@ -295,8 +298,9 @@ def demo_baseline(*, seed: int = 0, progress: bool = True, retrain: bool = False
         return model, test_loader, path
     ckpt = cache_dir() / "checkpoints" / f"lenet-caffe-mnist-seed{seed}.safetensors"
     if ckpt.is_file() and not retrain:
-        model, _ = load_checkpoint(ckpt, models.create("lenet-caffe"))
-        _, test_loader = data.get_loaders("mnist", batch_size=64, seed=seed)
+        with torch.random.fork_rng(devices=[]):
+            model, _ = load_checkpoint(ckpt, models.create("lenet-caffe"))
+            _, test_loader = data.get_loaders("mnist", batch_size=64, seed=seed)
         print(f"baseline: cached {ckpt}")
         return model, test_loader, ckpt
     model, _, _, test_loader = _train_model(
@@ -350,7 +354,6 @@ DEMO_CHANGES = (
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-
     from compactnn import _progress
 
     _progress.restart_clock()
@@ -671,7 +674,6 @@ def _load_user_model(
     the command line is found.
     """
     from torch import nn
-
 
     fn = _import_callable(factory, "--factory", "returns the nn.Module", "mymodels:make_net")
     try:
