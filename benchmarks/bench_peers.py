@@ -67,6 +67,7 @@ import datetime as dt
 import hashlib
 import io
 import json
+import math
 import os
 import platform
 import statistics
@@ -135,9 +136,16 @@ NO_FT: dict[str, dict[str, Any]] = {
 }
 #: non-default options of compactnn methods (the project's own budget recipes, fine-tune removed)
 CNN_OPTS: dict[str, dict[str, Any]] = {
-    "ssr": {"penalty": "l21", "lr": 0.01, "max_outer": 10, "w_steps": 100, "train_all": True},
-    "admm-sparse": {"steps_per_epoch": 100, "xi": 5, "lr": 0.01},
+    # since 2026-12-07 (issue 33) ssr / pgt / admm-sparse meet a target with the budgeted
+    # engine (one joint run, its own defaults); the AULM / mu-path options of the older rows
+    # (max_outer 10, w_steps 100, xi 5, lr 0.01) no longer apply to a target
+    "ssr": {"penalty": "l21"},
 }
+#: compactnn methods whose target runs the budgeted engine: under --total-epochs E their shared
+#: fine-tuning is E minus their compression's cost in dense epochs (the peers and the criteria
+#: spend all of E fine-tuning, whatever their selection cost)
+ENGINE_METHODS = ("ssr", "pgt", "admm-sparse")
+_EPOCH_S: dict[str, float] = {}
 
 
 # ------------------------------------------------------------------------------------- helpers
@@ -709,7 +717,24 @@ def run_row(method: str, model_name: str, frac: float, seed: int, args: Any,
     row["val_top1_before_ft"] = metrics.accuracy(small, val, topk=(1,))["top1"]
     t1 = time.perf_counter()
     cfg = TrainConfig(epochs=args.ft_epochs, seed=seed, max_steps_per_epoch=args.max_steps, **FT)
-    if args.ft_epochs > 0:
+    total = getattr(args, "total_epochs", None)
+    if total is not None and method in ENGINE_METHODS:
+        # equal total compute: compression (in dense epochs of this model, timed here) + FT = E
+        if model_name not in _EPOCH_S:
+            _EPOCH_S[model_name] = time_epoch(model_name, 50, args.quick)["epoch_s"]
+        cost = row["compress_s"] / _EPOCH_S[model_name]
+        ft = max(0.0, total - cost)
+        n = len(train) if args.max_steps is None else min(args.max_steps, len(train))
+        epochs = max(1, math.ceil(ft - 1e-9))
+        per = max(0, round(ft * n / epochs))
+        row["finetune"].update(epochs=ft, total_epochs=total, compress_dense_epochs=cost,
+                               epoch_s=_EPOCH_S[model_name], steps=per * epochs)  # fmt: skip
+        cfg = TrainConfig(epochs=epochs, seed=seed, max_steps_per_epoch=max(per, 1), **FT)
+        if per == 0:
+            cfg = None
+    elif total is not None:
+        row["finetune"].update(total_epochs=total)
+    if cfg is not None and cfg.epochs > 0 and (args.ft_epochs > 0 or total is not None):
         finetune(small, train, config=cfg, progress=False)
     row["finetune_s"] = time.perf_counter() - t1
     small.eval()
@@ -1358,6 +1383,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--seeds", default=",".join(map(str, SEEDS)))
     ap.add_argument("--methods", default="all", help="comma list, 'all', 'compactnn' or 'peers'")
     ap.add_argument("--ft-epochs", type=int, default=8, help="shared fine-tuning epochs")
+    ap.add_argument(
+        "--total-epochs", type=float, default=None,
+        help="equal total compute E (dense epochs): the engine methods (ssr, pgt, admm-sparse "
+        "with a target) fine-tune E minus their compression cost; every other row E "
+        "(overrides --ft-epochs)",
+    )  # fmt: skip
     ap.add_argument("--select-epochs", type=int, default=2,
                     help="training epochs of the peers' sparse-training selections (OTO, kirigami "
                     "group lasso)")  # fmt: skip
@@ -1412,6 +1443,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         ap.error(f"--time-epoch: STEPS must be >= 1, got {args.time_epoch}")
     if args.ft_epochs < 0:
         ap.error(f"--ft-epochs must be >= 0, got {args.ft_epochs}")
+    if args.total_epochs is not None:
+        if args.total_epochs < 0 or args.total_epochs != int(args.total_epochs):
+            ap.error(f"--total-epochs must be a whole number >= 0, got {args.total_epochs}")
+        args.ft_epochs = int(args.total_epochs)  # the rows outside the engine fine-tune all of E
     if args.quick:
         args.ft_epochs, args.select_epochs = 1, 1
         args.max_steps = args.max_steps or 3

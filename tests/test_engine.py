@@ -273,3 +273,66 @@ def test_itertools_product_of_counts_brute_force_small() -> None:
             if cost({"a": ca, "b": cb})["macs"] <= b
         ]  # fmt: skip
         assert (counts["a"], counts["b"]) in feasible
+
+
+class _ResidualFirst(nn.Module):
+    """An unseen small CNN: the classifier registered first, BatchNorm, a residual add."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(24, 10)
+        self.stem = nn.Conv2d(1, 24, 3, padding=1, bias=False)
+        self.bn0 = nn.BatchNorm2d(24)
+        self.c1 = nn.Conv2d(24, 32, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(32)
+        self.c2 = nn.Conv2d(32, 24, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(24)
+        self.c3 = nn.Conv2d(24, 24, 3, stride=2, padding=1)
+        self.bn3 = nn.BatchNorm2d(24)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn0(self.stem(x)))
+        x = torch.relu(x + self.bn2(self.c2(torch.relu(self.bn1(self.c1(x))))))
+        x = torch.relu(self.bn3(self.c3(x)))
+        return self.head(x.mean(dim=(2, 3)))
+
+
+def _plain() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(32 * 16, 64), nn.ReLU(), nn.Linear(64, 10),
+    )  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("net", ["residual", "plain"])
+def test_defaults_and_only_a_target_stay_within_max_drop_on_unseen_small_cnns(net: str) -> None:
+    """Issue 33's robustness acceptance: small unseen CNNs trained on scikit-learn digits
+    (1,437 training images), every engine method with its defaults and only a target
+    (macs 0.25, params 0.4), no fine-tuning: within max_drop on validation (compress raises
+    AccuracyDropError otherwise) and within the budget. admm-sparse's over-pruning guard refuses
+    what it cannot reach up front (naming the way out); without the guard it runs."""
+    from compactnn import data as cdata
+    from compactnn.errors import AccuracyDropError  # noqa: F401 - raised by compress
+    from compactnn.train import TrainConfig, train
+
+    tr, te = cdata.get_loaders("digits", batch_size=32, seed=0)
+    torch.manual_seed(0)
+    model = _ResidualFirst() if net == "residual" else _plain()
+    train(model, tr, config=TrainConfig(epochs=15, lr=0.05, momentum=0.9, seed=0), progress=False)
+    model.eval()
+    for target in ({"macs": 0.25}, {"params": 0.4}):
+        for method in ("ssr", "pgt", "admm-sparse"):
+            opts: dict[str, Any] = {"finetune_epochs": 0}
+            try:
+                res = compactnn.compress(model, method, (tr, te), target=target, input_shape=(1, 8, 8),
+                                         progress=False, measure=False, **opts)  # fmt: skip
+            except ConfigError as e:
+                assert method == "admm-sparse" and "overprune_guard=False" in str(e)
+                res = compactnn.compress(model, method, (tr, te), target=target, input_shape=(1, 8, 8),
+                                         progress=False, measure=False, overprune_guard=False,
+                                         **opts)  # fmt: skip
+            ((key, value),) = target.items()
+            assert res.target["kept"][key] <= value + 1e-12
+            assert res.validation["drop"] <= 5.0

@@ -5,33 +5,32 @@ here instead of a strength search that reruns the method. All prunable layers ar
 once; the unit of selection is a coupling group's output channel (a filter / neuron, with the
 channels of every layer cut together with it, :func:`compactnn.surgery.coupling`).
 
-The structure variable of the method (SSR's / Kiaee's :math:`F`, PGT's neurons) is projected,
-every ``project_every`` optimizer steps, onto the budget set
+The structure (which units are kept) is projected, every ``project_every`` optimizer steps, onto
+the budget set
 
 .. math::
 
     \mathcal{C}_t = \{\text{kept units } S : \operatorname{cost}_k(S) \le b_{t,k}\ \forall k\},
 
-by a greedy knapsack over all layers: the kept unit of smallest *score per unit cost* is dropped
-until the cost fits, costs re-evaluated after each drop (the cost of a unit depends on how many
-units its neighbours keep). The score is the method's own penalty on the unit's row (its l2 norm
-for l2,1 / l2,0, normalised by the layer's initial median row norm); the cost is the exact
-multilinear model of the target's keys in the kept counts, fitted on models cut by surgery and
-measured like the final report (:class:`CostModel`). The budget :math:`b_t` anneals from the
-full model to the target over ``anneal_steps`` (cubic, Zhu & Gupta 2017).
+by a greedy knapsack over all layers at once (:func:`knapsack`): the kept unit of least *value
+per unit cost* is dropped until the cost fits, costs re-evaluated after each drop (a unit's cost
+depends on how many units its neighbours keep). The value is the unit's share of its layer's
+penalty (``score="penalty"``, default: the l2 norm of its row over the layer's, so the greedy
+maximises the sum over layers of the log of the penalty kept and no layer is emptied for cheap
+units elsewhere) or a first-order Taylor estimate of the loss it protects, accumulated from the
+run's own gradients (``score="taylor"``). The cost is the exact multilinear model of the target's
+keys in the kept counts, fitted on models cut by surgery and measured like the final report
+(:class:`CostModel`). The budget :math:`b_t` anneals from the full model to the target over
+``anneal_steps`` (cubic, Zhu & Gupta 2017, after a tenth of the steps without drops).
 
-Units outside :math:`S` are shrunk by the method's proximal operator (group soft threshold for
-l2,1, hard for l2,0) with a strength :math:`s_t` (in units of the layer's median row norm) that
-follows the constraint by dual ascent: it grows while the units the prox leaves non-zero cost
-more than :math:`b_t` and shrinks otherwise. Never a rerun of the method.
-
-* ``solver="admm"`` (SSR's AULM / Kiaee's ADMM): W-step = SGD on
-  :math:`\mathcal{L}(W) + \frac{\rho}{2}\sum_l \|W_l - F_l + U_l\|^2`; F-step = the projection
-  above applied to :math:`W + U` (kept rows unchanged, dropped rows prox-shrunk); dual step
-  :math:`U \leftarrow U + W - F`.
-* ``solver="proxgrad"`` (PGT): after every SGD step the dropped rows of :math:`W` take the prox
-  step with threshold :math:`\eta\, s_t` (forward-backward splitting restricted to the
-  complement of :math:`S`).
+The method's own penalty shrinks the dropped units: after every SGD step (the forward step) their
+rows take its proximal step (the backward step; group soft threshold for l2,1, hard for l2,0),
+with a strength :math:`s_t` (in units of the layer's median row norm) that follows the
+constraint by dual ascent: it grows while the units the prox leaves non-zero cost more than
+:math:`b_t`, and shrinks otherwise. Never a rerun of the method. This is forward-backward
+splitting restricted to the complement of :math:`S` for every method (PGT's own solver; for SSR
+and Kiaee a different solver than the papers' AULM / ADMM, which stay in their fixed-strength
+protocol).
 
 **Cut while training:** every ``cut_every`` steps the dropped units whose structure row is
 exactly zero are removed physically (surgery), so later steps run on the smaller network. At
@@ -42,9 +41,10 @@ top-1 stops improving (``patience`` evaluations) or ``steps`` is reached; the be
 state is returned. Every schedule is in optimizer steps, never epochs.
 
 References:
-    Lin et al. 2019 (SSR, eqs. (11)-(15)); Kiaee et al. 2016 (ADMM, eqs. (7)-(10)); Zhou et al.
-    2016 (PGT, forward-backward splitting); Zhang et al. 2018 / ADMM-NN (projection Z-step);
-    Zhu & Gupta 2017 (cubic sparsity schedule); HALP / MorphNet (cost-weighted selection).
+    Lin et al. 2019 (SSR, eqs. (14)-(15): the group proxes); Kiaee et al. 2016 (eqs. (9)-(10));
+    Zhou et al. 2016 (PGT, forward-backward splitting); ADMM-NN / StructADMM (projection onto
+    the constraint set); Zhu & Gupta 2017 (cubic schedule); Molchanov et al. 2019 (Taylor
+    importance); HALP / MorphNet (cost-weighted selection).
 """
 
 from __future__ import annotations
@@ -74,7 +74,6 @@ class EngineSettings:
     """What a method hands the engine (its own options mapped; see the module docstring).
 
     Attributes:
-        solver: ``"admm"`` (W / F / U splitting) or ``"proxgrad"`` (forward-backward).
         penalty: the method's structured penalty on a unit's row: ``"l21"`` (group soft
             threshold) or ``"l20"`` (group hard threshold).
         steps: at most this many optimizer steps in all (annealing + settling).
@@ -84,7 +83,10 @@ class EngineSettings:
         eval_every: steps between two validation evaluations (progress, settling test).
         patience: settling ends after this many evaluations without a better validation top-1.
         lr, momentum, weight_decay: SGD of the W-step.
-        rho: ρ of the augmented Lagrangian (``admm``).
+        share: the kept units take the prox too, at ``share`` times the dropped units'
+            strength (0: only the dropped units are shrunk).
+        score: a unit's value in the knapsack: ``"penalty"`` (its share of its layer's l2
+            penalty) or ``"taylor"`` (first-order Taylor, from the run's own gradients).
         dual_rate: step of the dual ascent of the shrinkage strength (log scale, per projection).
         min_keep: never keep fewer units than this in a group.
         min_keep_fraction: nor fewer than this fraction of its units (rounded up; e.g. 0.5 for
@@ -107,7 +109,7 @@ class EngineSettings:
     weight_decay: float = 5e-4
     dual_rate: float = 0.3
     share: float = 0.0
-    score: str = "taylor"
+    score: str = "penalty"
     min_keep: int = 1
     min_keep_fraction: float = 0.0
     val_batches: int = 20
@@ -115,6 +117,10 @@ class EngineSettings:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if self.score not in ("penalty", "taylor"):
+            raise ConfigError(
+                f"The engine's score must be 'penalty' or 'taylor'. Got {self.score!r} instead."
+            )
         if self.penalty not in _PENALTIES:
             raise ConfigError(
                 f"The budgeted engine takes a structured penalty {_PENALTIES}; got "
