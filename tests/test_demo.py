@@ -84,4 +84,4 @@ def test_make_demo_prints_at_most_40_lines(tmp_path: Path) -> None:
         assert (out / name).is_file(), name
     rep = json.loads((out / "report.json").read_text())
     assert rep["method"] == cli.DEMO_METHOD and rep["demo"]["target"] == cli.DEMO_TARGET
-    assert "fine-tuning epochs" in proc.stdout  # says what changed
+    assert "fine-tuning epochs, not 30" in proc.stdout  # says what changed

@@ -35,6 +35,9 @@ DEFAULT_INTERVAL = 20.0
 #: a training run's time is estimated after this many seconds (or ESTIMATE_STEPS steps)
 ESTIMATE_AFTER_S = 2.0
 ESTIMATE_STEPS = 20
+#: a stage's line waits this long (or until another line) so that a quick failure prints
+#: only its error
+STAGE_GRACE_S = 5.0
 
 _lock = threading.RLock()
 _clock = {"start": time.perf_counter(), "last": time.perf_counter()}
@@ -98,6 +101,12 @@ def _print(text: str) -> None:
     _clock["last"] = time.perf_counter()
 
 
+def flush() -> None:
+    """Print the pending stage lines now (before a plain ``print`` of the stage's results)."""
+    with _lock:
+        _flush_pending()
+
+
 def _flush_pending() -> None:
     now = time.perf_counter()
     for entry in _pending:
@@ -116,8 +125,9 @@ def stage(name: str, detail: str = "", *, enabled: bool = True) -> Iterator[None
     :class:`Heartbeat` line while it runs; the previous stage is current again after it.
 
     The stage's line is printed before the next line of any kind (a progress line, a
-    heartbeat) or when the block ends normally; a block that fails before anything else was
-    printed prints nothing of its own, so that a bad input still ends in one error line.
+    heartbeat), after :data:`STAGE_GRACE_S` seconds (by the :class:`Heartbeat`), at
+    :func:`flush`, or when the block ends normally; a block that fails before any of these
+    prints nothing of its own, so that a bad input still ends in one error line.
     """
     with _lock:
         before = dict(_stage)
@@ -260,15 +270,18 @@ class Heartbeat:
     def _run(self) -> None:
         while not self._stop.wait(min(1.0, interval() / 4)):
             now = time.perf_counter()
-            if now - _clock["last"] < interval():
+            if now - _clock["last"] < interval() and not _pending:
                 continue
             with _lock:
                 bar = _active[-1] if _active else None
                 name = current_stage() or "working"
                 since = now - float(_stage["since"])
-                if _pending:  # the stage's own line first
-                    _flush_pending()
-                    continue
+                if _pending:
+                    if now - _pending[0]["t"] >= min(interval(), STAGE_GRACE_S):
+                        _flush_pending()  # the stage's own line, once not a quick failure
+                        continue
+                    if now - _clock["last"] < interval():
+                        continue
             if bar is not None:
                 log(f"{bar.desc}: {bar.status()} (stage: {name})")
             else:
