@@ -67,8 +67,6 @@ def test_log_file_has_a_line_every_interval_and_the_summary_of_report_json(tmp_p
     assert times == sorted(times), text
     gaps = [b - a for a, b in zip(times, times[1:])]
     assert max(gaps, default=0) <= 3 * interval + 2, text
-    # exporting and timing four models takes seconds: the heartbeat spoke in between
-    assert any("still running" in ln for _, ln in stamped), text
     # the summary's numbers are report.json's (one measurement per runtime, protocol named)
     rep = json.loads((out / "report.json").read_text())
     ups = rep["speedup"]["batch 100"]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
+import time
 
+import pytest
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -43,3 +45,38 @@ def test_quiet_prints_nothing_and_verbose_prints_steps(capsys, monkeypatch) -> N
         "solve: step 3: loss 0.5",
     ]
     assert err[3].split("] ", 1)[1].startswith("solve: epoch 1/1: loss 0.5")
+
+
+def test_heartbeat_names_the_stage_while_nothing_else_prints(capsys, monkeypatch) -> None:
+    from compactnn import _progress
+
+    monkeypatch.setenv("COMPACTNN_PROGRESS_INTERVAL", "0.2")
+    with _progress.Heartbeat(), _progress.stage("solve", "layer 3"):
+        time.sleep(1.5)  # work that prints nothing itself
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].endswith("stage: solve (layer 3)"), err  # after the grace (the interval)
+    assert any("solve: still running" in ln for ln in err[1:]), err
+
+
+def test_a_stage_that_fails_at_once_prints_only_the_error(capsys) -> None:
+    from compactnn import _progress
+
+    with pytest.raises(ValueError), _progress.Heartbeat(), _progress.stage("load model"):
+        raise ValueError("bad input")
+    assert capsys.readouterr().err == ""
+    with _progress.stage("load model", "ok"):
+        pass
+    assert capsys.readouterr().err.rstrip().endswith("stage: load model (ok)")
+
+
+def test_a_long_training_run_gets_an_estimate_and_status_lines(capsys, monkeypatch) -> None:
+    from compactnn import _progress
+
+    monkeypatch.setenv("COMPACTNN_PROGRESS_INTERVAL", "0.05")
+    with _progress.Progress(40, "fit") as bar:
+        for _ in range(40):
+            time.sleep(0.01)
+            bar.step(loss=0.5)
+    err = capsys.readouterr().err
+    assert "fit: 40 steps planned; the first 20 took" in err and "estimate" in err, err
+    assert re.search(r"fit: \d+/40 steps \(\d+ %\), loss 0.5, elapsed [\d:]+, ETA", err), err

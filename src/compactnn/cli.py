@@ -1095,9 +1095,10 @@ def _ship_result(
         model, plan, densified = export.prefer_speed(
             model, plan, original, samples, threads=args.threads
         )
-        if densified:  # measure what is now shipped
+        if densified:  # measure what is now shipped (the summary prints it too)
             test = getattr(data, "test", None)
-            rep["after"] = report(model, shape, data=test, batch_size=args.batch_size).to_dict()
+            result.report_after = report(model, shape, data=test, batch_size=args.batch_size)
+            rep["after"] = result.report_after.to_dict()
     t0 = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
