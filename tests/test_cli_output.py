@@ -183,3 +183,25 @@ def test_a_real_checkpoint_still_loads(tmp_path: Path, capsys: Any) -> None:
     torch.save(model.state_dict(), tmp_path / "plain.pth")
     argv = ["inspect", "--factory", "tests.test_cli_data:mlp", "--checkpoint"]
     assert main([*argv, str(tmp_path / "plain.pth"), "--input-shape", "1,8,8", "--no-latency"]) == 0
+
+
+def grey_loaders(batch_size: int = 16) -> tuple[Any, Any]:
+    """(train, test) loaders of 1x28x28 samples (for a model that takes 3x32x32)."""
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(64, 1, 28, 28, generator=g), torch.randint(0, 10, (64,), generator=g)
+    ds = TensorDataset(x, y)
+    return DataLoader(ds, batch_size=batch_size), DataLoader(ds, batch_size=batch_size)
+
+
+def test_a_user_data_function_that_does_not_fit_is_not_told_to_pass_input_shape(capsys) -> None:
+    argv = [
+        "compress", "--factory", "tests.test_cli_output:rgb32", "--method", "l1-norm",
+        "--quiet", "--data", "tests.test_cli_output:grey_loaders", "--input-shape", "3,32,32",
+    ]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "pass --input-shape" not in err.lower(), err
+    assert "--data tests.test_cli_output:grey_loaders returns samples the model cannot" in err

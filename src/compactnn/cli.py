@@ -1009,12 +1009,18 @@ def _data_hint(model: Any, dataset: str | None, opts: dict[str, Any], shape: Any
     try:
         yield
     except InputShapeError as exc:
-        if not dataset or ":" in dataset:
+        text = str(exc).split(" Pass the per-sample input shape")[0].rstrip(".")
+        if not dataset or text == str(exc):
             raise
+        if ":" in dataset:  # the user's function: --input-shape would not change its samples
+            raise InputShapeError(
+                f"{text}. --data {dataset} returns samples the model cannot take: make it return "
+                "samples of the model's input shape (--input-shape describes the samples, it "
+                "does not reshape them)."
+            ) from exc
         fix = _data_fix(model, dataset, opts, shape)
         if fix is None:
             raise
-        text = str(exc).split(" Pass the per-sample input shape")[0].rstrip(".")
         raise InputShapeError(
             f"{text}. --data {dataset} gives samples of another shape than the model takes: "
             f"pass --data-opt {fix}"
