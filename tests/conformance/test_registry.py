@@ -30,10 +30,12 @@ from _zoo import ShapeCheckedNet  # noqa: E402
 
 METHODS = list_methods()
 
+# a target runs ssr / pgt / admm-sparse through the budgeted engine: 60 steps (default 1500)
+ENGINE = dict(engine_steps=60, anneal_steps=30)
 # quick settings per method (tiny model, a few steps)
 FAST: dict[str, dict[str, Any]] = {
-    "ssr": dict(max_outer=2, w_steps=3, finetune_epochs=1, finetune_steps_per_epoch=3),
-    "admm-sparse": dict(xi=2, steps_per_epoch=3, finetune_epochs=1, n_mu=2),
+    "ssr": dict(max_outer=2, w_steps=3, finetune_epochs=1, finetune_steps_per_epoch=3, **ENGINE),
+    "admm-sparse": dict(xi=2, steps_per_epoch=3, finetune_epochs=1, n_mu=2, **ENGINE),
     "random": dict(finetune_epochs=1, finetune_steps_per_epoch=3),
     "l1-norm": dict(finetune_epochs=1, finetune_steps_per_epoch=3),
     "apoz": dict(finetune_epochs=1, finetune_steps_per_epoch=3, calib_batches=2),
@@ -42,7 +44,9 @@ FAST: dict[str, dict[str, Any]] = {
     "ddlr": dict(calib_batches=2, max_rows=512),
     # ADMM to 2000 iterations (default 20000: at eps_frac 1e-4 it runs them all, 20 s a run)
     "net-trim": dict(calib_batches=2, max_rows=512, options=ADMMOptions(max_iter=2000)),
-    "pgt": dict(epochs=1, steps_per_epoch=3, finetune_epochs=1, finetune_steps_per_epoch=3),
+    "pgt": dict(
+        epochs=1, steps_per_epoch=3, finetune_epochs=1, finetune_steps_per_epoch=3, **ENGINE
+    ),
     "slr": dict(calib_batches=2, max_rows=512, finetune_epochs=1, finetune_steps_per_epoch=3),
 }
 # options at which the method removes nothing: the function must stay (almost) the same
