@@ -129,7 +129,6 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(1)
     path = RESULTS / "engine.json"
-    rows = json.loads(path.read_text()) if path.is_file() else []
     epoch_s: dict[str, float] = {}
     for m in a.models.split(","):
         for b in (float(x) for x in a.budgets.split(",")):
@@ -137,6 +136,8 @@ def main() -> None:
                 for s in (int(x) for x in a.seeds.split(",")):
                     r = row(m, meth, b, s, epoch_s)
                     key = (r["model"], r["method"], r["budget_macs"], r["seed"])
+                    # re-read: other runs of this script may have written rows meanwhile
+                    rows = json.loads(path.read_text()) if path.is_file() else []
                     rows = [
                         x
                         for x in rows

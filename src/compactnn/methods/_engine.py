@@ -85,6 +85,8 @@ class EngineSettings:
         lr, momentum, weight_decay: SGD of the W-step.
         share: the kept units take the prox too, at ``share`` times the dropped units'
             strength (0: only the dropped units are shrunk).
+        with_bias: a unit's row holds its bias too (PGT's neuron: weights and bias, supplement
+            sec. 3); otherwise weights only (SSR's filter, Kiaee's blocks).
         score: a unit's value in the knapsack: ``"penalty"`` (its share of its layer's l2
             penalty) or ``"taylor"`` (first-order Taylor, from the run's own gradients).
         dual_rate: step of the dual ascent of the shrinkage strength (log scale, per projection).
@@ -110,6 +112,7 @@ class EngineSettings:
     dual_rate: float = 0.3
     share: float = 0.0
     score: str = "penalty"
+    with_bias: bool = False
     min_keep: int = 1
     min_keep_fraction: float = 0.0
     val_batches: int = 20
@@ -172,15 +175,17 @@ def _groups(model: nn.Module, layers: Sequence[str], meta: dict[str, Any]) -> li
     return out
 
 
-def _rows(model: nn.Module, g: _Group, extra: Mapping[str, Tensor] | None = None) -> Tensor:
-    """The group's units as rows: every member's lowered weight (plus ``extra[member]`` of the
-    same shape, e.g. the scaled dual U), rows aligned by ``phi``, concatenated along dim 1."""
+def _rows(model: nn.Module, g: _Group, bias: bool = False) -> Tensor:
+    """The group's units as rows: every member's lowered weight (and, with ``bias``, its bias as
+    one more column), rows aligned by ``phi``, concatenated along dim 1."""
     parts = []
     for m, phi in g.members.items():
-        w = model.get_submodule(m).weight.detach()
-        if extra is not None and m in extra:
-            w = w + extra[m]
+        mod = model.get_submodule(m)
+        w = mod.weight.detach()
         parts.append(w.reshape(w.shape[0], -1)[list(phi)])
+        b = getattr(mod, "bias", None)
+        if bias and isinstance(b, torch.Tensor):
+            parts.append(b.detach()[list(phi)].reshape(-1, 1))
     return torch.cat(parts, dim=1)
 
 
@@ -439,7 +444,7 @@ def run_engine(
             "Relax the target or prune more layers (layers=)."
         )
     for g in groups:
-        rows = _rows(model, g).norm(dim=1)
+        rows = _rows(model, g, st.with_bias).norm(dim=1)
         med = float(rows.median())
         g.scale = med if math.isfinite(med) and med > 0 else float(rows.mean().clamp_min(1e-12))
         g.mass = float(rows.sum().clamp_min(1e-12))
@@ -474,7 +479,7 @@ def run_engine(
 
     def unit_scores() -> dict[str, Tensor]:
         if st.score == "penalty":
-            return {g.rep: _rows(model, g).norm(dim=1).cpu() / g.mass for g in groups}
+            return {g.rep: _rows(model, g, st.with_bias).norm(dim=1).cpu() / g.mass for g in groups}
         return {g.rep: imp[g.rep].clone() for g in groups}
 
     def accumulate_taylor() -> None:
@@ -501,14 +506,19 @@ def run_engine(
         return group_hard_threshold(rows, thr * thr / 2, (0,))
 
     def write_rows(g: _Group, rows: Tensor) -> None:
-        """Scatter a group's rows back into its members' weights."""
+        """Scatter a group's rows back into its members' weights (and biases, with_bias)."""
         off = 0
         for m, phi in g.members.items():
-            w = model.get_submodule(m).weight
+            mod = model.get_submodule(m)
+            w = mod.weight
             d = int(w[0].numel())
             flat = w.data.view(w.shape[0], -1)
             flat[list(phi)] = rows[:, off : off + d].to(flat.dtype)
             off += d
+            b = getattr(mod, "bias", None)
+            if st.with_bias and isinstance(b, torch.Tensor):
+                b.data[list(phi)] = rows[:, off].to(b.dtype)
+                off += 1
 
     def backward_step() -> None:
         """The prox of the penalty on every unit: threshold ``s`` on the dropped ones,
@@ -521,7 +531,7 @@ def run_engine(
                 continue
             thr = torch.full((g.size,), st.share * s * g.scale * lr_scale)
             thr[drop] = s * g.scale * lr_scale
-            rows = _rows(model, g)
+            rows = _rows(model, g, st.with_bias)
             write_rows(g, prox(rows, thr.to(rows)))
 
     def project(t: int) -> dict[str, Any]:
@@ -535,7 +545,7 @@ def run_engine(
         support = {}
         for g in groups:
             keep_mask[g.rep] = keep[g.rep]
-            support[g.rep] = int(_rows(model, g).norm(dim=1).gt(0).sum())
+            support[g.rep] = int(_rows(model, g, st.with_bias).norm(dim=1).gt(0).sum())
         cost_support = costs.cost(support)
         viol = max(cost_support[k] / budget[k] - 1.0 for k in budget)
         s = float(min(max(s * math.exp(st.dual_rate * max(-1.0, min(1.0, viol))), 1e-6), 1e3))
@@ -617,7 +627,7 @@ def run_engine(
                     if rec is not None and step % st.cut_every == 0 and not late:
                         # units the prox zeroed go now; none in the last stretch of the annealing,
                         # so that the final projection can still add units back
-                        dead = {g.rep: (~keep_mask[g.rep]) & _rows(model, g).norm(dim=1).eq(0).cpu()
+                        dead = {g.rep: (~keep_mask[g.rep]) & _rows(model, g, st.with_bias).norm(dim=1).eq(0).cpu()
                                 for g in groups}  # fmt: skip
                         cut({r: [i for i in range(len(d)) if not bool(d[i])] for r, d in dead.items()},
                             "zero rows")  # fmt: skip
