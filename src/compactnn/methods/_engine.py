@@ -197,9 +197,11 @@ class CostModel:
     the channel counts (a layer's MACs are its input count times its output count times a
     constant), so ``cost(c) = a0 + sum_g a_g c_g + sum_{g<h} b_gh c_g c_h`` is *fitted exactly*
     from models cut by surgery: the full model, each group at about half, each pair at about
-    half (``1 + G + G (G - 1) / 2`` measurements; with many groups only the pairs that
-    interact in the single-group measurements are measured). Latency is fitted the same way
-    (approximately). The final selection is always checked on a physically cut model.
+    half (``1 + G + G (G - 1) / 2`` measurements). Latency is not multilinear (and noisy on
+    small models): it is modelled as ``alpha + beta x`` the exact MACs fraction, fitted by least
+    squares on the same measurements (``beta >= 0``); a model whose latency does not follow its
+    MACs then says so (the target is refused as unreachable). The final selection is always
+    checked on a physically cut model.
     """
 
     def __init__(
@@ -213,6 +215,11 @@ class CostModel:
         latency_batch_size: int = 100,
     ) -> None:
         self.keys = target.keys
+        self.latency = "latency" in self.keys
+        self.exact = tuple(k for k in self.keys if k != "latency")
+        if self.latency and "macs" not in self.exact:
+            self.exact = (*self.exact, "macs")
+        self.samples: list[dict[str, float]] = []
         self.shape = list(input_shape)
         self.reps = [g.rep for g in groups]
         self.lat = latency_batch_size
@@ -223,7 +230,7 @@ class CostModel:
         full = self._frac(model)
         d = {r: max(1, n[r] // 2) for r in self.reps}
         single = {r: self._at(model, {r: n[r] - d[r]}) for r in self.reps}
-        slope = {r: {k: (full[k] - single[r][k]) / d[r] for k in self.keys} for r in self.reps}
+        slope = {r: {k: (full[k] - single[r][k]) / d[r] for k in self.exact} for r in self.reps}
         self.b: dict[tuple[str, str], dict[str, float]] = {}
         reps = self.reps
         for i, r in enumerate(reps):
@@ -231,7 +238,7 @@ class CostModel:
                 both = self._at(model, {r: n[r] - d[r], h: n[h] - d[h]})
                 bb = {
                     k: (full[k] - single[r][k] - single[h][k] + both[k]) / (d[r] * d[h])
-                    for k in self.keys
+                    for k in self.exact
                 }
                 if any(abs(v) > 1e-15 for v in bb.values()):
                     self.b[(r, h)] = bb
@@ -239,7 +246,7 @@ class CostModel:
         self.a = {
             r: {
                 k: slope[r][k] - sum(self._b(r, h, k) * n[h] for h in reps if h != r)
-                for k in self.keys
+                for k in self.exact
             }
             for r in reps
         }
@@ -247,15 +254,26 @@ class CostModel:
             k: full[k]
             - sum(self.a[r][k] * n[r] for r in reps)
             - sum(v[k] * n[r] * n[h] for (r, h), v in self.b.items())
-            for k in self.keys
+            for k in self.exact
         }
         self.measurements = 1 + len(reps) + len(reps) * (len(reps) - 1) // 2
+        self.alpha, self.beta = 0.0, 1.0
+        if self.latency:  # latency ~ alpha + beta * macs, least squares over the measurements
+            xs = torch.tensor([m["macs"] for m in self.samples], dtype=torch.float64)
+            ys = torch.tensor([m["latency"] for m in self.samples], dtype=torch.float64)
+            a = torch.stack([torch.ones_like(xs), xs], dim=1)
+            sol = torch.linalg.lstsq(a, ys.unsqueeze(1)).solution.flatten()
+            self.beta = max(float(sol[1]), 0.0)
+            self.alpha = float(ys.mean() - self.beta * xs.mean())
 
     def _measure(self, model: nn.Module) -> Any:
-        return measure(model, self.shape, self.keys, latency_batch_size=self.lat)
+        keys = tuple(dict.fromkeys((*self.keys, *self.exact)))
+        return measure(model, self.shape, keys, latency_batch_size=self.lat)
 
     def _frac(self, model: nn.Module) -> dict[str, float]:
-        return self._measure(model).fractions(self.base)
+        out = self._measure(model).fractions(self.base)
+        self.samples.append(out)
+        return out
 
     def _at(self, model: nn.Module, counts: Mapping[str, int]) -> dict[str, float]:
         return self._frac(_cut_first(model, counts, self.shape))
@@ -267,19 +285,24 @@ class CostModel:
     def cost(self, counts: Mapping[str, int]) -> dict[str, float]:
         """Fractions of the original kept at ``counts`` (rep -> units kept)."""
         out = {}
-        for k in self.keys:
+        for k in self.exact:
             v = self.a0[k] + sum(self.a[r][k] * counts[r] for r in self.reps)
             v += sum(b[k] * counts[r] * counts[h] for (r, h), b in self.b.items())
             out[k] = v
-        return out
+        if self.latency:
+            out["latency"] = self.alpha + self.beta * out["macs"]
+        return {k: out[k] for k in self.keys}
 
     def marginal(self, counts: Mapping[str, int], r: str) -> dict[str, float]:
         """What one unit of group ``r`` costs at ``counts`` (exact: the model is linear in
         each count alone)."""
-        return {
+        out = {
             k: self.a[r][k] + sum(self._b(r, h, k) * counts[h] for h in self.reps if h != r)
-            for k in self.keys
+            for k in self.exact
         }
+        if self.latency:
+            out["latency"] = self.beta * out["macs"]
+        return {k: out[k] for k in self.keys}
 
     def measured(self, model: nn.Module, counts: Mapping[str, int]) -> dict[str, float]:
         """The fractions of the original kept when ``model`` (the original or a model cut
