@@ -226,7 +226,7 @@ class Progress:
                         f"{self.total:,} steps planned; the first {self.steps} took {dt:.1f} s "
                         f"({per:.3g} s/step): estimate {duration(per * self.total)} in all"
                     )
-            elif now - _clock["last"] >= interval():
+            elif now - max(_clock["last"], self._t0) >= interval():  # quiet for an interval
                 self._line(self.status())
 
     def epoch(self, index: int, total: int, **stats: Any) -> None:
@@ -266,11 +266,13 @@ class Heartbeat:
         self.enabled = bool(enabled) and not is_tty()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._t0 = time.perf_counter()
 
     def _run(self) -> None:
         while not self._stop.wait(min(1.0, interval() / 4)):
             now = time.perf_counter()
-            if now - _clock["last"] < interval() and not _pending:
+            quiet = now - max(_clock["last"], self._t0)  # since the last line or the start
+            if quiet < interval() and not _pending:
                 continue
             with _lock:
                 bar = _active[-1] if _active else None
@@ -280,7 +282,7 @@ class Heartbeat:
                     if now - _pending[0]["t"] >= min(interval(), STAGE_GRACE_S):
                         _flush_pending()  # the stage's own line, once not a quick failure
                         continue
-                    if now - _clock["last"] < interval():
+                    if quiet < interval():
                         continue
             if bar is not None:
                 log(f"{bar.desc}: {bar.status()} (stage: {name})")
@@ -288,6 +290,7 @@ class Heartbeat:
                 log(f"{name}: still running, {duration(since)} in this stage")
 
     def __enter__(self) -> Heartbeat:
+        self._t0 = time.perf_counter()
         if self.enabled:
             self._thread = threading.Thread(target=self._run, name="compactnn-heartbeat")
             self._thread.daemon = True
