@@ -683,7 +683,10 @@ def run_engine(
                         bad_evals = 0
                     else:
                         bad_evals += 1
-                if progress and (time.perf_counter() - last_print > 10 or step == st.anneal_steps):
+                if progress and (
+                    time.perf_counter() - last_print >= max(10.0, _progress.interval())
+                    or step == st.anneal_steps
+                ):
                     last_print = time.perf_counter()
                     eta = step_time / step * (st.steps - step)
                     _progress.log(
