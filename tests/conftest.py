@@ -17,3 +17,18 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def dask_cluster():  # type: ignore[no-untyped-def]
+    """One loopback LocalCluster of 2 single-threaded worker processes for the whole run
+    (starting one and warming its workers costs seconds): tests/solvers/test_layerwise_parallel.py
+    and tests/test_dask_end_to_end.py share it. A task whose worker dies fails at once (no
+    retries on fresh workers; test_dask_end_to_end's worker-killing test relies on it)."""
+    pytest.importorskip("distributed")
+    import dask
+
+    from compactnn.solvers.layerwise.parallel import local_cluster
+
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}), local_cluster(2) as c:
+        yield c

@@ -24,15 +24,11 @@ from compactnn.solvers.layerwise import LayerProblem, solve_layers
 distributed = pytest.importorskip("distributed")
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    import dask
-
-    from compactnn.solvers.layerwise.parallel import local_cluster
-
-    # a task whose worker dies fails at once (no retries on fresh workers): see the last test
-    with dask.config.set({"distributed.scheduler.allowed-failures": 0}), local_cluster(2) as c:
-        yield c
+@pytest.fixture
+def cluster(dask_cluster):  # type: ignore[no-untyped-def]
+    """The run's shared cluster (tests/conftest.py): a task whose worker dies fails at once (no
+    retries on fresh workers), see test_worker_errors_name_the_layer."""
+    return dask_cluster
 
 
 def _cnn() -> nn.Sequential:

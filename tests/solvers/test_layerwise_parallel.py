@@ -49,13 +49,11 @@ def test_errors_name_the_layer() -> None:
         solve_layers(_problems(), "ddlr", backend="dask", progress=False)
 
 
-def test_dask_matches_serial() -> None:
+def test_dask_matches_serial(dask_cluster) -> None:  # type: ignore[no-untyped-def]
     distributed = pytest.importorskip("distributed")
     probs = _problems()
     ser = solve_layers(probs, SOLVER, backend="serial", progress=False)
-    from compactnn.solvers.layerwise import local_cluster
-
-    with local_cluster(2) as cluster, distributed.Client(cluster, timeout=30) as client:
+    with distributed.Client(dask_cluster, timeout=30) as client:
         par = solve_layers(probs, SOLVER, backend="dask", dask_client=client, progress=False)
     assert list(par) == list(probs)
     for name in probs:
