@@ -336,3 +336,14 @@ def test_defaults_and_only_a_target_stay_within_max_drop_on_unseen_small_cnns(ne
             ((key, value),) = target.items()
             assert res.target["kept"][key] <= value + 1e-12
             assert res.validation["drop"] <= 5.0
+
+
+def test_the_summary_says_how_the_budget_was_met(seq: Any) -> None:
+    model, data = seq
+    res = compactnn.compress(model, "ssr", data, target={"macs": 0.5}, progress=False,
+                             on_drop="warn", finetune_epochs=0, input_shape=SeqCNN.input_shape,
+                             **ENGINE)  # fmt: skip
+    text = res.summary()
+    info = res.history["engine_info"]
+    assert f"budgeted engine: one joint run, {info['steps']} optimizer steps" in text
+    assert f"{info['val_top1_engine']:.2f} % before fine-tuning" in text

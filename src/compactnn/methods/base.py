@@ -169,6 +169,19 @@ class CompressionResult:
             )
             verdict = "met" if self.target["met"] else "NOT met"
             lines.append(f"target {verdict}: kept {kept}")
+            eng = self.history.get("engine_info") if isinstance(self.history, dict) else None
+            if eng:
+                cuts = len(eng.get("cuts") or [])
+                val = eng.get("val_top1_engine")
+                lines.append(
+                    f"  budgeted engine: one joint run, {eng['steps']} optimizer steps, "
+                    f"{eng['seconds']:.1f} s, {cuts} cut(s) while training"
+                    + (
+                        f", validation top-1 {val:.2f} % before fine-tuning"
+                        if val is not None
+                        else ""
+                    )
+                )
             if self.target.get("strength") is not None:
                 lines.append(
                     f"  chosen on validation: {self.target['option']} = "
