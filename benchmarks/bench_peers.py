@@ -691,6 +691,7 @@ def run_row(method: str, model_name: str, frac: float, seed: int, args: Any,
              select_epochs=args.select_epochs, max_steps=args.max_steps)  # fmt: skip
     torch.manual_seed(seed)
     t0 = time.perf_counter()
+    c0 = time.process_time()
     try:
         if method in PEERS:
             small, info = PEERS[method][1](c)
@@ -704,6 +705,7 @@ def run_row(method: str, model_name: str, frac: float, seed: int, args: Any,
             "compress_s": time.perf_counter() - t0,
         }  # fmt: skip
     row["compress_s"] = time.perf_counter() - t0
+    row["compress_cpu_s"] = time.process_time() - c0  # one thread: unaffected by other jobs
     row.update(info)
     small.eval()
     if keep is not None:
@@ -720,9 +722,11 @@ def run_row(method: str, model_name: str, frac: float, seed: int, args: Any,
     total = getattr(args, "total_epochs", None)
     if total is not None and method in ENGINE_METHODS:
         # equal total compute: compression (in dense epochs of this model, timed here) + FT = E
+        # CPU seconds on both sides (one torch thread): a shared machine's load does not move
+        # the ratio as it moves wall times
         if model_name not in _EPOCH_S:
-            _EPOCH_S[model_name] = time_epoch(model_name, 50, args.quick)["epoch_s"]
-        cost = row["compress_s"] / _EPOCH_S[model_name]
+            _EPOCH_S[model_name] = time_epoch(model_name, 50, args.quick)["epoch_cpu_s"]
+        cost = row["compress_cpu_s"] / _EPOCH_S[model_name]
         ft = max(0.0, total - cost)
         n = len(train) if args.max_steps is None else min(args.max_steps, len(train))
         epochs = max(1, math.ceil(ft - 1e-9))
@@ -821,19 +825,21 @@ def time_epoch(model_name: str, steps: int, quick: bool = False) -> dict[str, An
     train, _, _ = loaders(model_name, 0, quick)
     warm = min(5, steps)
 
-    def timed(n: int) -> float:
+    def timed(n: int) -> tuple[float, float]:
         cfg = TrainConfig(epochs=1, seed=0, max_steps_per_epoch=n, **FT)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         finetune(model, train, config=cfg, progress=False)
-        return time.perf_counter() - t0
+        return time.perf_counter() - t0, time.process_time() - c0
 
-    t_warm = timed(warm)
-    t_all = timed(warm + steps)
+    t_warm, c_warm = timed(warm)
+    t_all, c_all = timed(warm + steps)
     s_step = max(t_all - t_warm, 1e-9) / steps  # the fixed cost of a call cancels
+    cpu_step = max(c_all - c_warm, 1e-9) / steps
     return {
         "model": model_name, "dataset": spec["dataset"], "steps_timed": steps,
         "batch_size": train.batch_size, "s_per_step": s_step, "steps_per_epoch": len(train),
-        "epoch_s": s_step * len(train), "train_epochs": spec["train_epochs"],
+        "epoch_s": s_step * len(train), "epoch_cpu_s": cpu_step * len(train),
+        "train_epochs": spec["train_epochs"],
         "torch_threads": torch.get_num_threads(),
     }  # fmt: skip
 
