@@ -815,6 +815,30 @@ def _cut_first(model: nn.Module, counts: Mapping[str, int], shape: Sequence[int]
 
 
 # ---------------------------------------------------------------------------------- methods
+@dataclass(frozen=True)
+class EngineOptions:
+    """The budgeted engine's options, shared by the configs of ``ssr``, ``pgt`` and
+    ``admm-sparse`` (validated by their ``rules``, :data:`ENGINE_RULES`).
+
+    Attributes:
+        budget: a target (``{"macs": 0.1}``: fractions kept of params / macs / latency) met
+            by the budgeted engine (:mod:`compactnn.methods._engine`) in one joint run of all
+            layers; set by ``compress(target=...)``. ``None``: the paper's fixed-λ protocol.
+        engine_steps: at most this many optimizer steps of the engine (annealing, then
+            settling until validation top-1 stops improving).
+        anneal_steps: engine steps over which the budget goes from the full model to the
+            target.
+        engine_lr: SGD learning rate of the engine (momentum and weight decay as the method's
+            own; not a paper value: the engine trains the whole network while it shrinks, and
+            settles with a cosine decay from it).
+    """
+
+    budget: Any = None
+    engine_steps: int = 1500
+    anneal_steps: int = 800
+    engine_lr: float = 0.01
+
+
 def check_budget(value: Any, name: str, owner: str) -> dict[str, float]:
     """A method's ``budget`` option: a target as :meth:`Target.parse` reads it, as a dict."""
     try:
@@ -822,6 +846,25 @@ def check_budget(value: Any, name: str, owner: str) -> dict[str, float]:
     except ConfigError as exc:
         raise ConfigError(f"The '{name}' parameter of {owner}: {exc}") from None
     return {**t.as_dict(), "tolerance": t.tolerance}
+
+
+def _rules() -> Mapping[str, Any]:
+    from types import MappingProxyType
+
+    from compactnn._validation import check_float, check_int, rule
+
+    return MappingProxyType(
+        {
+            "budget": rule(check_budget, optional=True),
+            "engine_steps": rule(check_int, min_value=1),
+            "anneal_steps": rule(check_int, min_value=1),
+            "engine_lr": rule(check_float, min_value=0.0, min_inclusive=False),
+        }
+    )
+
+
+#: the validation rules of :class:`EngineOptions` (merged into each engine method's ``rules``)
+ENGINE_RULES = _rules()
 
 
 def engine_calibrate(

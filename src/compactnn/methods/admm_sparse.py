@@ -82,9 +82,10 @@ from compactnn.methods._common import (
     replay_plan,
 )
 from compactnn.methods._engine import (
+    ENGINE_RULES,
+    EngineOptions,
     EngineSettings,
     budgeted_run,
-    check_budget,
     engine_calibrate,
 )
 from compactnn.methods.base import CompressionData, CompressionResult, Method, MethodConfig
@@ -116,7 +117,7 @@ _POSITIVE = {"min_value": 0.0, "min_inclusive": False}
 
 
 @dataclass(frozen=True)
-class ADMMSparseConfig(MethodConfig):
+class ADMMSparseConfig(MethodConfig, EngineOptions):
     """Hyper-parameters of ADMM-sparse, validated on construction (``rules``).
 
     Attributes:
@@ -155,16 +156,6 @@ class ADMMSparseConfig(MethodConfig):
             them as zeros inside dense convs.
         measure_speed: time every path point's model (batch 100 and 1, one thread, real
             validation samples) and record its speed-up over the dense start (mu = 0).
-        budget: a target (``{"macs": 0.1}``: fractions kept of params / macs / latency) met
-            by the budgeted engine (:mod:`compactnn.methods._engine`) in one joint run of all
-            layers; set by ``compress(target=...)``. ``None``: the paper's fixed-λ protocol.
-        engine_steps: at most this many optimizer steps of the engine (annealing, then
-            settling until validation top-1 stops improving).
-        anneal_steps: engine steps over which the budget goes from the full model to the
-            target.
-        engine_lr: SGD learning rate of the engine (momentum and weight decay as the method's
-            own; not a paper value: the engine trains the whole network while it shrinks, and
-            settles with a cosine decay from it).
     """
 
     penalty: str = "l0"
@@ -190,10 +181,6 @@ class ADMMSparseConfig(MethodConfig):
     mu_scale: Any = None
     deploy_kernels: bool = True
     measure_speed: bool = True
-    budget: Any = None
-    engine_steps: int = 1500
-    anneal_steps: int = 800
-    engine_lr: float = 0.01
 
     owner: ClassVar[str] = "ADMM-sparse"
     rules: ClassVar[Mapping[str, Rule]] = MappingProxyType(
@@ -223,10 +210,7 @@ class ADMMSparseConfig(MethodConfig):
             "mu_scale": rule(check_per_layer, optional=True, forms=("dict",), **_POSITIVE),
             "deploy_kernels": rule(check_bool),
             "measure_speed": rule(check_bool),
-            "budget": rule(check_budget, optional=True),
-            "engine_steps": rule(check_int, min_value=1),
-            "anneal_steps": rule(check_int, min_value=1),
-            "engine_lr": rule(check_float, min_value=0.0, min_inclusive=False),
+            **ENGINE_RULES,
         }
     )
 

@@ -69,9 +69,10 @@ from compactnn.methods._common import (
     replay_plan,
 )
 from compactnn.methods._engine import (
+    ENGINE_RULES,
+    EngineOptions,
     EngineSettings,
     budgeted_run,
-    check_budget,
     engine_calibrate,
 )
 from compactnn.methods.base import CompressionData, CompressionResult, Method, MethodConfig
@@ -85,7 +86,7 @@ _FRACTION = {"min_value": 0.0, "max_value": 1.0}
 
 
 @dataclass(frozen=True)
-class PGTConfig(MethodConfig):
+class PGTConfig(MethodConfig, EngineOptions):
     """Hyper-parameters of PGT, validated on construction (``rules``).
 
     Attributes:
@@ -128,16 +129,6 @@ class PGTConfig(MethodConfig):
             push every ReLU of a layer dead (seen on lenet-caffe's fc1 at lr 0.01). Not in the
             paper.
         seed: seeds initialisation, SGD and fine-tuning (int >= 0).
-        budget: a target (``{"macs": 0.1}``: fractions kept of params / macs / latency) met
-            by the budgeted engine (:mod:`compactnn.methods._engine`) in one joint run of all
-            layers; set by ``compress(target=...)``. ``None``: the paper's fixed-λ protocol.
-        engine_steps: at most this many optimizer steps of the engine (annealing, then
-            settling until validation top-1 stops improving).
-        anneal_steps: engine steps over which the budget goes from the full model to the
-            target.
-        engine_lr: SGD learning rate of the engine (momentum and weight decay as the method's
-            own; not a paper value: the engine trains the whole network while it shrinks, and
-            settles with a cosine decay from it).
     """
 
     penalty: str = "group"
@@ -162,10 +153,6 @@ class PGTConfig(MethodConfig):
     finetune_rebalance: bool = False
     finetune_warmup: int = 0
     seed: int = 0
-    budget: Any = None
-    engine_steps: int = 1500
-    anneal_steps: int = 800
-    engine_lr: float = 0.01
 
     owner: ClassVar[str] = "PGT"
     rules: ClassVar[Mapping[str, Rule]] = MappingProxyType(
@@ -192,10 +179,7 @@ class PGTConfig(MethodConfig):
             "finetune_rebalance": rule(check_bool),
             "finetune_warmup": rule(check_int, min_value=0),
             "seed": rule(check_int, min_value=0),
-            "budget": rule(check_budget, optional=True),
-            "engine_steps": rule(check_int, min_value=1),
-            "anneal_steps": rule(check_int, min_value=1),
-            "engine_lr": rule(check_float, min_value=0.0, min_inclusive=False),
+            **ENGINE_RULES,
         }
     )
 

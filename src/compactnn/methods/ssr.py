@@ -52,9 +52,10 @@ from compactnn.methods._common import (
     replay_plan,
 )
 from compactnn.methods._engine import (
+    ENGINE_RULES,
+    EngineOptions,
     EngineSettings,
     budgeted_run,
-    check_budget,
     engine_calibrate,
 )
 from compactnn.methods.base import CompressionData, CompressionResult, Method, MethodConfig
@@ -105,7 +106,7 @@ def _cuts_from_records(records: list[dict[str, Any]]) -> list[Any]:
 
 
 @dataclass(frozen=True)
-class SSRConfig(MethodConfig):
+class SSRConfig(MethodConfig, EngineOptions):
     """Hyper-parameters of SSR, validated on construction (``rules``).
 
     Paper defaults (Lin et al. sec. IV, "Implementations"): ρ = 1, r = 3, K-step SGD with lr
@@ -163,16 +164,6 @@ class SSRConfig(MethodConfig):
             registered after ``gap_flatten``).
         gap_fit_samples: training samples for the least-squares fit of the new classifier.
         seed: seeds the SGD steps (int >= 0).
-        budget: a target (``{"macs": 0.1}``: fractions kept of params / macs / latency) met
-            by the budgeted engine (:mod:`compactnn.methods._engine`) in one joint run of all
-            layers; set by ``compress(target=...)``. ``None``: the paper's fixed-λ protocol.
-        engine_steps: at most this many optimizer steps of the engine (annealing, then
-            settling until validation top-1 stops improving).
-        anneal_steps: engine steps over which the budget goes from the full model to the
-            target.
-        engine_lr: SGD learning rate of the engine (momentum and weight decay as the method's
-            own; not a paper value: the engine trains the whole network while it shrinks, and
-            settles with a cosine decay from it).
     """
 
     penalty: str = "l21"
@@ -202,10 +193,6 @@ class SSRConfig(MethodConfig):
     gap_classifier: tuple[str, ...] | None = None
     gap_fit_samples: int = 2048
     seed: int = 0
-    budget: Any = None
-    engine_steps: int = 1500
-    anneal_steps: int = 800
-    engine_lr: float = 0.01
 
     owner: ClassVar[str] = "SSR"
     rules: ClassVar[Mapping[str, Rule]] = MappingProxyType(
@@ -239,10 +226,7 @@ class SSRConfig(MethodConfig):
             "gap_classifier": rule(check_names, optional=True),
             "gap_fit_samples": rule(check_int, min_value=1),
             "seed": rule(check_int, min_value=0),
-            "budget": rule(check_budget, optional=True),
-            "engine_steps": rule(check_int, min_value=1),
-            "anneal_steps": rule(check_int, min_value=1),
-            "engine_lr": rule(check_float, min_value=0.0, min_inclusive=False),
+            **ENGINE_RULES,
         }
     )
 
