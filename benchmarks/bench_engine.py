@@ -36,6 +36,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_peers  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
+#: model -> the device its committed baseline was trained on (bench_peers' --baseline-trained-on):
+#: kiaee-cnn's is the H200 one committed with the peers rows, never retrained here
+TRAINED_ON: dict[str, str] = {"kiaee-cnn": "cuda"}
 
 
 def dense_epoch_seconds(model: torch.nn.Module, loader: Any) -> float:
@@ -50,7 +53,9 @@ def dense_epoch_seconds(model: torch.nn.Module, loader: Any) -> float:
 def row(
     model_name: str, method: str, b: float, seed: int, epoch_s: dict[str, tuple[float, float]]
 ) -> dict[str, Any]:
-    base, where = bench_peers.baseline(model_name, quick=False)
+    base, where = bench_peers.baseline(
+        model_name, quick=False, trained_on=TRAINED_ON.get(model_name)
+    )
     tr, va, te = bench_peers.loaders(model_name, seed, quick=False)
     shape = compactnn.models.default_input_shape(model_name)
     if model_name not in epoch_s:
