@@ -49,6 +49,8 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("graph.py", "example_input_for"): "moved to the model's device/dtype on the next line",
     ("methods/layerwise.py", "_deployed_violation"): "eq. (4) check on the CPU float64 copies "
     "of X, Y",
+    ("methods/_engine.py", "__init__"): "CostModel's latency ~ MACs least-squares fit over "
+    "Python floats, on the CPU (never mixed with the model)",
     ("methods/_engine.py", "run_engine"): _ENGINE_CPU,
     ("methods/_engine.py", "run_engine.backward_step"): _ENGINE_CPU,
     ("methods/_engine.py", "run_engine.project"): _ENGINE_CPU,

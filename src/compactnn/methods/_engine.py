@@ -747,11 +747,12 @@ def _final_selection(
                        relative=relative)  # fmt: skip
 
     def n_of(k: Mapping[str, Tensor]) -> dict[str, int]:
-        out = {}
-        for g in groups:
-            # counts on the *original* scale: groups already cut count from their orig size
-            out[g.rep] = int(k[g.rep].sum())
-        return out
+        return {g.rep: int(k[g.rep].sum()) for g in groups}
+
+    def predicted_over(k: Mapping[str, Tensor]) -> bool:
+        """Over the target on a key the cost model gives exactly (params, MACs)."""
+        c = costs.cost(n_of(k))
+        return any(c[key] > budget[key] * (1 + 1e-9) for key in costs.exact if key in budget)
 
     def measured(k: Mapping[str, Tensor]) -> dict[str, float]:
         return costs.measured(model, {g.rep: int(k[g.rep].sum()) for g in groups})
@@ -797,6 +798,9 @@ def _final_selection(
         added = False
         for _, r, i in sorted(cands, reverse=True):
             keep[r][i] = True
+            if predicted_over(keep):  # exact keys: no need to cut and measure to know
+                keep[r][i] = False
+                continue
             got2 = measured(keep)
             if all(got2[k] <= budget[k] * (1 + 1e-12) for k in budget):
                 added = True
