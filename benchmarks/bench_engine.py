@@ -41,13 +41,15 @@ RESULTS = Path(__file__).resolve().parent / "results"
 TRAINED_ON: dict[str, str] = {"kiaee-cnn": "cuda"}
 
 
-def dense_epoch_seconds(model: torch.nn.Module, loader: Any) -> float:
+def dense_epoch_seconds(model: torch.nn.Module, loader: Any) -> tuple[float, float]:
+    """Wall and CPU seconds of one dense training epoch (one torch thread: the CPU time is not
+    moved by other jobs on a shared machine, the wall time is)."""
     m = copy.deepcopy(model).train()
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     with torch.random.fork_rng(devices=[]):
         train(m, loader, config=TrainConfig(epochs=1, lr=1e-3, momentum=0.9, seed=0),
               progress=False)  # fmt: skip
-    return time.perf_counter() - t
+    return time.perf_counter() - t, time.process_time() - c
 
 
 def row(
