@@ -222,10 +222,14 @@ def test_worker_errors_name_the_layer(cluster) -> None:
             with pytest.raises(SolverError, match=r"Solving layer 'net\.b' failed: ValueError"):
                 solve_layers(_problems(), _raises_on_b, backend="dask", dask_client=client,
                              progress=False)  # fmt: skip
-            # last: kills a worker of the shared cluster (its nanny restarts it)
+            # last: kills a worker of the shared cluster (its nanny restarts it). Which future
+            # reports it first is a race: net.c's (KilledWorker) or another layer's that ran on
+            # the same worker or was dropped with it (FutureCancelledError, seen on a loaded
+            # machine); either way the error names a layer, the cluster and the likely cause
             with pytest.raises(
                 SolverError,
-                match=r"layer 'net\.c' on the Dask cluster at 'tcp://127\.0\.0\.1:\d+' failed: KilledWorker",
+                match=r"(?s)layer 'net\.[a-z]+' on the Dask cluster at 'tcp://127\.0\.0\.1:\d+' "
+                r"failed: (KilledWorker|FutureCancelledError).*A worker running it died or was lost",
             ):
                 solve_layers(_problems(), _dies_on_c, backend="dask", dask_client=client,
                              progress=False)  # fmt: skip
