@@ -347,8 +347,8 @@ DEMO_OPTIONS: dict[str, dict[str, Any]] = {
 DEMO_TRAIN_THREADS = 1
 #: what changed against the demo before issue 34 (printed and in report.json)
 DEMO_CHANGES = (
-    f"{DEMO_FINETUNE_EPOCHS} fine-tuning epochs, not 30; the per-layer strength chosen by the "
-    "method for the MACs target, not a lambda read off a sweep; shipped baseline weights"
+    f"{DEMO_FINETUNE_EPOCHS} fine-tuning epochs, not 30; the MACs target met by one joint run "
+    "of the budgeted engine, not a lambda read off a sweep; shipped baseline weights"
 )
 
 
