@@ -733,12 +733,10 @@ def run_row(method: str, model_name: str, frac: float, seed: int, args: Any,
         per = max(0, round(ft * n / epochs))
         row["finetune"].update(epochs=ft, total_epochs=total, compress_dense_epochs=cost,
                                epoch_s=_EPOCH_S[model_name], steps=per * epochs)  # fmt: skip
-        cfg = TrainConfig(epochs=epochs, seed=seed, max_steps_per_epoch=max(per, 1), **FT)
-        if per == 0:
-            cfg = None
-    elif total is not None:
+        cfg = TrainConfig(epochs=epochs, seed=seed, max_steps_per_epoch=per, **FT) if per else None
+    elif total is not None:  # args.ft_epochs is E already
         row["finetune"].update(total_epochs=total)
-    if cfg is not None and cfg.epochs > 0 and (args.ft_epochs > 0 or total is not None):
+    if cfg is not None and cfg.epochs > 0:
         finetune(small, train, config=cfg, progress=False)
     row["finetune_s"] = time.perf_counter() - t1
     small.eval()

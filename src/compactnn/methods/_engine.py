@@ -54,6 +54,7 @@ import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any
 
 import torch
@@ -63,6 +64,7 @@ from compactnn import _progress
 from compactnn.budget import Target, measure
 from compactnn.errors import ConfigError
 from compactnn.methods._common import prune_filters
+from compactnn.metrics import accuracy
 
 __all__ = ["EngineSettings", "CostModel", "EngineRun", "run_engine", "knapsack"]
 
@@ -400,18 +402,6 @@ def _batches(loader: Any, seed: int) -> Iterator[tuple[Tensor, Tensor]]:
         epoch += 1
 
 
-def _top1(model: nn.Module, batches: Sequence[tuple[Tensor, Tensor]]) -> float:
-    was = model.training
-    model.eval()
-    right = total = 0
-    with torch.no_grad():
-        for x, y in batches:
-            right += int((model(x).argmax(1) == y).sum())
-            total += int(y.numel())
-    model.train(was)
-    return 100.0 * right / max(total, 1)
-
-
 def _budget_at(target: Target, t: int, anneal: int) -> dict[str, float]:
     warm = anneal // 10  # the first tenth: scores accumulate, nothing is dropped
     frac = min(1.0, max(0, t - warm) / max(1, anneal - warm))
@@ -454,12 +444,8 @@ def run_engine(
         g.rep: min(g.size, max(st.min_keep, math.ceil(st.min_keep_fraction * g.size - 1e-9)))
         for g in groups
     }
-    full_alive = {g.rep: torch.ones(g.size, dtype=torch.bool) for g in groups}
-    ones = {g.rep: torch.ones(g.size) for g in groups}
-    _, ok = knapsack(ones, full_alive, costs.cost, costs.marginal, target.as_dict(),
-                     min_keep=floors)  # fmt: skip
-    if not ok:
-        floor = costs.cost(floors)
+    floor = costs.cost(floors)  # the least any selection keeps (costs grow with the counts)
+    if any(floor[k] > v * (1 + 1e-12) for k, v in target.as_dict().items()):
         raise ConfigError(
             f"{label}: the target {target.as_dict()} cannot be reached by pruning {list(layers)}: "
             f"with the fewest units allowed left in each ({floors}) the model still keeps "
@@ -471,8 +457,9 @@ def run_engine(
         med = float(rows.median())
         g.scale = med if math.isfinite(med) and med > 0 else float(rows.mean().clamp_min(1e-12))
         g.mass = float(rows.sum().clamp_min(1e-12))
-    val = [(x.to(device), y.to(device)) for x, y in _first(val_loader, st.val_batches)]
-    top1_0 = _top1(model, val) if val else float("nan")
+    # the first val_batches validation batches, on the model's device once for the whole run
+    val = [(b[0].to(device), b[1].to(device)) for b in islice(val_loader or (), st.val_batches)]
+    top1_0 = accuracy(model, val, topk=(1,))["top1"] if val else float("nan")
     keep_mask = {g.rep: torch.ones(g.size, dtype=torch.bool) for g in groups}
     imp = {g.rep: torch.zeros(g.size) for g in groups}
     s = 0.05  # shrinkage strength of the dropped units, in units of a layer's median row norm
@@ -662,7 +649,7 @@ def run_engine(
                         opt = optimizer()
             step_time += time.perf_counter() - t0
             if step % st.eval_every == 0 or step == st.steps or step == st.anneal_steps:
-                top1 = _top1(model, val) if val else float("nan")
+                top1 = accuracy(model, val, topk=(1,))["top1"] if val else float("nan")
                 kept_now = costs.cost(counts())
                 entry = {
                     "step": step,
@@ -715,17 +702,6 @@ def run_engine(
     }
     keep = {g.rep: sorted(g.orig) for g in groups}
     return EngineRun(model=model, keep=keep, history=history, info=info)
-
-
-def _first(loader: Any, n: int) -> list[tuple[Tensor, Tensor]]:
-    if loader is None:
-        return []
-    out = []
-    for i, b in enumerate(loader):
-        if i >= n:
-            break
-        out.append((b[0], b[1]))
-    return out
 
 
 def _final_selection(
@@ -928,7 +904,7 @@ def budgeted_run(
 
         plan = CompressionPlan(meta={"input_shape": list(shape)})
     final = run.model
-    before_ft = _top1(final, _first(data.val, settings.val_batches))
+    before_ft = accuracy(final, data.val, topk=(1,), max_batches=settings.val_batches)["top1"]
     if finetune is not None:
         finetune(final)
     final.eval()
