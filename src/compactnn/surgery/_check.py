@@ -297,6 +297,17 @@ _CONSTRUCTS = {
 def constructs(res: Probe, consumers: list[nn.Module]) -> list[str]:
     """Names of the ops (chunk, split, view, transpose, ...) on the paths from the seeded
     producers to ``consumers`` (needs a probe run with ``track_graph=True``)."""
+
+    def word(node: Any) -> str | None:
+        return _CONSTRUCTS.get(type(node).__name__.rstrip("0123456789"))
+
+    return ops_on_paths(res, [res.nodes.get(m) for m in consumers], word)
+
+
+def ops_on_paths(res: Probe, starts: list[Any], name: Any) -> list[str]:
+    """``name(node)`` of every autograd node on the paths from the probe's seeds (the removed
+    channels) back from the ``starts`` nodes, in the order met, each once (falsy names
+    skipped; needs a probe run with ``track_graph=True``)."""
     seeds = set(res.seeds)
     reaches: dict[Any, bool] = {}
 
@@ -316,8 +327,7 @@ def constructs(res: Probe, consumers: list[nn.Module]) -> list[str]:
         return hit
 
     found: list[str] = []
-    for m in consumers:
-        start = res.nodes.get(m)
+    for start in starts:
         if start is None or not reach(start):
             continue
         stack, seen = [start], set()
@@ -326,8 +336,7 @@ def constructs(res: Probe, consumers: list[nn.Module]) -> list[str]:
             if node in seen or node in seeds or not reaches.get(node, False):
                 continue
             seen.add(node)
-            kind = type(node).__name__.rstrip("0123456789")
-            word = _CONSTRUCTS.get(kind)
+            word = name(node)
             if word and word not in found:
                 found.append(word)
             stack.extend(n for n, _ in node.next_functions if n is not None)

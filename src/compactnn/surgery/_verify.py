@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from compactnn.errors import PlanError
-from compactnn.surgery._check import _eval_restored, _tensors, chan_dim, probe
+from compactnn.surgery._check import _eval_restored, _tensors, chan_dim, ops_on_paths, probe
 
 __all__ = ["TOLERANCE", "Source", "Snapshot", "Mismatch", "check64", "explain", "to64"]
 
@@ -358,35 +358,7 @@ def _op_name(node: Any) -> str:
 def _ops_on_paths(res: Any, starts: list[Any]) -> list[str]:
     """Autograd op names (``Add``, ``Sigmoid``, ``Mean``, ...) on the paths from the probe's
     seeds (the removed channels) to the ``starts`` nodes, in the order met."""
-    seeds = set(res.seeds)
-    reaches: dict[Any, bool] = {}
-
-    def reach(node: Any, depth: int = 0) -> bool:
-        if node is None or depth > 400:
-            return False
-        if node not in reaches:
-            reaches[node] = node in seeds  # provisional (cycles are impossible in autograd)
-            hit = node in seeds
-            for nxt, _ in getattr(node, "next_functions", ()):
-                hit = reach(nxt, depth + 1) or hit
-            reaches[node] = hit
-        return reaches[node]
-
-    found: list[str] = []
-    for start in starts:
-        if start is None or not reach(start):
-            continue
-        stack, seen = [start], set()
-        while stack:
-            node = stack.pop()
-            if node in seen or node in seeds or not reaches.get(node, False):
-                continue
-            seen.add(node)
-            word = _op_name(node)
-            if word and word not in found:
-                found.append(word)
-            stack.extend(n for n, _ in node.next_functions if n is not None)
-    return found
+    return ops_on_paths(res, starts, _op_name)
 
 
 def explain(snap: Snapshot, inputs: tuple[Any, ...], record: list[Source]) -> str:
