@@ -383,3 +383,19 @@ def test_slr_under_a_macs_target_never_picks_the_dense_form(monkeypatch) -> None
     assert res.target["met"]
     fixed = _run(copy.deepcopy(model), "slr", data, target={"macs": 0.5}, form="gather", **kw)
     assert fixed.chosen["form"] == "gather"  # an explicit form is kept
+
+
+def test_slr_skip_first_leaves_out_the_models_first_conv_only() -> None:
+    """skip_first drops the model's first executed conv, not the first of the default list:
+    cifar-quick's conv1 (conv -> max-pool -> ReLU) is not a default layer, so conv2 stays."""
+    from compactnn import models
+    from compactnn.methods.slr import SLR, SLRConfig
+
+    for name, first in (("cifar-quick", None), ("kiaee-cnn", "conv1")):
+        model = models.create(name)
+        x = torch.zeros(2, *models.default_input_shape(name))
+        every = default_layers(model, x)
+        kept = SLR(SLRConfig())._targets(model, x)[0]
+        assert kept == [n for n in every if n != first], (name, every, kept)
+    assert "conv2" in SLR(SLRConfig())._targets(models.create("cifar-quick"),
+                                                torch.zeros(2, 3, 32, 32))[0]

@@ -94,7 +94,8 @@ class SLRConfig(MethodConfig):
 
     Attributes:
         layers: dotted names of the layers to approximate (default: every Conv2d/Linear
-            followed by a ReLU except the classifier, without the first conv if ``skip_first``).
+            followed by a ReLU except the classifier, without the model's first conv if
+            ``skip_first``).
         lam1: λ1 of eq. (3) (column sparsity), in the solver's ``scale`` (default data scale: a
             fraction of the λ1 that zeroes every column); float, list per layer or dict.
         lam2: λ2 of eq. (3) (nuclear norm); ``None``: ``lam2_ratio * lam1``.
@@ -102,7 +103,8 @@ class SLRConfig(MethodConfig):
         t: ADMM penalty (``None``: solver default: 1 x curvature, or 1e-3 in absolute scale).
         scale: ``"data"`` or ``"absolute"`` (paper protocol) units of λ and t.
         response: ``"relu"`` (non-linear response, eq. 3) or ``"linear"`` (Fig. 4 baseline).
-        skip_first: leave the first conv unapproximated (paper sec. V-B).
+        skip_first: leave the model's first executed conv unapproximated (paper sec. V-B); a
+            first conv that is not in the default list (no ReLU after it) removes nothing.
         fc_sparse_only: FC layers get ``λ2 = ∞`` (sparse component only, paper sec. V-B).
         form: sparse-branch form: ``"auto"`` (fastest measured), ``"auto-sparse"`` (fastest
             measured among the forms that skip the dropped columns, never ``"dense"``; what
@@ -218,11 +220,16 @@ class SLR(_Layerwise):
     ) -> tuple[list[str], dict[str, bool]]:
         cfg: SLRConfig = self.config  # type: ignore[assignment]
         if cfg.layers is None and cfg.skip_first:
+            from compactnn.graph import discover
+
             layers = default_layers(model, example)
             mods = dict(model.named_modules())
-            convs = [n for n in layers if isinstance(mods[n], nn.Conv2d)]
-            if convs and len(layers) > 1:
-                layers = [n for n in layers if n != convs[0]]
+            # the model's first executed conv (paper sec. V-B), not the first of the default
+            # list: where that conv is not followed by a ReLU it is not in the list at all
+            first = next((n for n in discover(model, example).order
+                          if isinstance(mods[n], nn.Conv2d)), None)
+            if first in layers and len(layers) > 1:
+                layers = [n for n in layers if n != first]
             trial = copy.copy(self)
             trial.config = _replace_layers(cfg, tuple(layers))
             return _Layerwise._targets(trial, model, example)
