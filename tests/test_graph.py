@@ -180,3 +180,49 @@ def test_ddlr_runs_on_untraceable_model() -> None:
     lowrank = [a.layer for a in res.plan.actions if type(a).__name__ == "LowRank"]
     assert lowrank == ["conv1", "conv2", "hidden"]  # the classifier fc is left alone
     assert res.model(x[:2]).shape == (2, 10)
+
+
+def test_methods_default_layers_take_one_layer_per_coupled_group() -> None:
+    """The methods' default layers include the residual-coupled group (its first layer, which
+    cuts every member); the fixed-strength paper protocols keep the inner convs only."""
+    model = _UntraceableResidual().eval()
+    shape = (3, 8, 8)
+    assert _common.prunable_layers(model, shape, coupled=False) == ["inner"]
+    assert _common.prunable_layers(model, shape) == ["stem", "inner"]
+    assert set(surgery.coupling(model, "stem", meta={"input_shape": list(shape)})) == {
+        "stem", "outer"}  # fmt: skip
+
+
+def test_a_coupled_group_surgery_refuses_is_left_out_with_a_warning() -> None:
+    class ToInput(nn.Module):  # c2 is added to the image itself: its channels cannot go
+        def __init__(self) -> None:
+            super().__init__()
+            self.c1 = nn.Conv2d(3, 6, 3, padding=1)
+            self.c2 = nn.Conv2d(6, 3, 3, padding=1)
+            self.fc = nn.Linear(3, 2)
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.fc((torch.relu(self.c2(torch.relu(self.c1(x)))) + x).mean(dim=(2, 3)))
+
+    with pytest.warns(RuntimeWarning, match=r"left out of the default layers.*c2: "):
+        assert _common.prunable_layers(ToInput(), (3, 4, 4)) == ["c1"]
+
+
+def test_criteria_cut_a_residual_group_by_default_consistently() -> None:
+    import compactnn
+    from torch.utils.data import DataLoader, TensorDataset
+
+    g = torch.Generator().manual_seed(0)
+    data = TensorDataset(torch.randn(64, 3, 8, 8, generator=g), torch.randint(0, 5, (64,), generator=g))
+    loader = DataLoader(data, batch_size=32)
+    model = _UntraceableResidual().eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    res = compactnn.compress(model, "l1-norm", (loader, loader), input_shape=(3, 8, 8),
+                             ratio=0.5, finetune_epochs=0, measure=False, progress=False,
+                             on_drop="warn")  # fmt: skip
+    m = res.model
+    assert m.stem.out_channels == m.outer.out_channels == m.inner.in_channels == 4
+    assert m.bn0.num_features == m.bn2.num_features == m.head.in_features == 4
+    assert m.inner.out_channels == 4
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # not mutated
+    assert m(torch.randn(2, 3, 8, 8)).shape == (2, 5)

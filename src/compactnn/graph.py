@@ -347,13 +347,18 @@ def example_input_for(model: nn.Module, input_shape: Sequence[int]) -> Tensor:
 
 
 def prunable_layers(
-    model: nn.Module, example_input: Tensor | Sequence[Tensor] | None = None
+    model: nn.Module,
+    example_input: Tensor | Sequence[Tensor] | None = None,
+    *,
+    coupled: bool = False,
 ) -> list[str]:
     """Default layers whose filters/neurons may be removed, in execution order.
 
-    Every executed Conv2d/Linear except the classifier (its outputs are the classes), layers
-    whose outputs feed a residual add (SSR sec. III-E: only the inner convs of a block) and
-    depthwise convs (their channels follow their input).
+    Every executed Conv2d/Linear except the classifier (its outputs are the classes) and
+    depthwise convs (their channels follow their input); without ``coupled`` also except the
+    layers whose outputs feed a residual add (SSR sec. III-E: only the inner convs of a block).
+    With ``coupled`` those are listed too, every member of each group (the methods keep one
+    layer per group: :func:`compactnn.methods._common.prunable_layers`).
 
     Raises:
         UnsupportedLayerError: no such layer (the message lists the model's layers and how to
@@ -366,7 +371,7 @@ def prunable_layers(
         for n in g.order
         if isinstance(mods[n], _PRUNABLE)
         and n != g.classifier
-        and n not in g.residual_coupled
+        and (coupled or n not in g.residual_coupled)
         and n not in g.depthwise
     ]
     if not layers:
@@ -378,8 +383,9 @@ def prunable_layers(
         listing = "; ".join(found) if found else "none"
         raise UnsupportedLayerError(
             f"{type(model).__name__} has no Conv2d/Linear layer that can be pruned by default "
-            f"(the classifier {g.classifier!r}, residual-coupled layers "
-            f"{sorted(g.residual_coupled)} and depthwise convs are left alone). Its Conv2d/"
+            f"(the classifier {g.classifier!r}, "
+            + ("" if coupled else f"residual-coupled layers {sorted(g.residual_coupled)} ")
+            + "and depthwise convs are left alone). Its Conv2d/"
             f"Linear layers: {listing}. Pass layers=[...] with the dotted names to prune."
         )
     return layers

@@ -22,20 +22,74 @@ __all__ = [
 ]
 
 
-def prunable_layers(model: nn.Module, input_shape: Sequence[int] | None = None) -> list[str]:
+def prunable_layers(
+    model: nn.Module, input_shape: Sequence[int] | None = None, *, coupled: bool = True
+) -> list[str]:
     """Default layers whose filters/neurons may be removed, in execution order.
 
-    Every Conv2d/Linear except the classifier (found from the output), layers whose outputs
-    feed a residual add (SSR sec. III-E) and depthwise convs; see
-    :func:`compactnn.graph.prunable_layers`. With ``input_shape`` (per-sample) the layers are
-    found by one forward pass on a zero batch, so untraceable models work; without it,
-    ``torch.fx`` is used.
+    Every Conv2d/Linear except the classifier (found from the output) and depthwise convs (their
+    channels follow their input); see :func:`compactnn.graph.prunable_layers`. With
+    ``input_shape`` (per-sample) the layers are found by one forward pass on a zero batch, so
+    untraceable models work, and the layers tied by a residual add (or any other coupling:
+    :func:`compactnn.surgery.coupling`) are included as **one layer per group**, the group's
+    first in execution order: cutting it cuts every member the same way, and the methods score
+    and regularise the whole group. A group that surgery cannot cut (e.g. one that includes the
+    classifier) is left out with a warning that names it and says why. Without ``input_shape``
+    (``torch.fx``, no input to measure a coupling on), or with ``coupled=False`` (the
+    fixed-strength paper protocols, whose per-layer penalties see one layer's filters), the
+    residual-coupled layers are left out (SSR sec. III-E: only the inner convs of a block).
     """
-    from compactnn.graph import example_input_for
+    from compactnn.graph import discover, example_input_for
     from compactnn.graph import prunable_layers as _prunable
 
     x = None if input_shape is None else example_input_for(model, input_shape)
-    return _prunable(model, x)
+    if x is None or not coupled:
+        return _prunable(model, x)
+    layers = _prunable(model, x, coupled=True)
+    g = discover(model, x)
+    if not any(n in g.residual_coupled for n in layers):
+        return layers
+    from compactnn import surgery
+    from compactnn.errors import PlanError
+    from compactnn.plan import CompressionPlan, KeepOutputs
+
+    meta = {"input_shape": list(input_shape)}  # type: ignore[arg-type]
+    out: list[str] = []
+    seen: set[str] = set()
+    left: dict[str, str] = {}
+    for n in layers:
+        if n in seen:
+            continue
+        if n not in g.residual_coupled:
+            out.append(n)
+            continue
+        members = surgery.coupling(model, n, meta=meta)
+        seen.update(members)
+        if g.classifier in members:
+            left[n] = f"its channels are tied to the classifier {g.classifier!r}"
+            continue
+        width = int(model.get_submodule(n).weight.shape[0])
+        if width < 2:
+            continue
+        try:  # one trial cut (surgery's own checks): a group it refuses is named, not skipped
+            surgery.apply(CompressionPlan([KeepOutputs(n, tuple(range(width - 1)))], meta=meta),
+                          model)
+        except PlanError as exc:
+            left[n] = str(exc)
+            continue
+        out.append(n)
+    if left:
+        import warnings
+
+        warnings.warn(
+            f"{len(left)} residual-coupled group(s) left out of the default layers (pass "
+            "layers=[...] to choose): " + "; ".join(f"{k}: {v}" for k, v in left.items()),
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    if not out:
+        return _prunable(model, x)  # raises the error that lists the model's layers
+    return out
 
 
 def per_layer_values(value: Any, layers: Sequence[str], name: str, owner: str) -> dict[str, float]:

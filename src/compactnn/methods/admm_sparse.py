@@ -321,13 +321,14 @@ def _timed(
     return out
 
 
-def kiaee_layers(model: nn.Module, input_shape: Any = None) -> list[str]:
+def kiaee_layers(model: nn.Module, input_shape: Any = None, *, coupled: bool = False) -> list[str]:
     """The layers Kiaee et al. regularise: the prunable convs whose kernel is larger than 1x1
-    and the hidden Linear layers (Table 3: NIN's conv1/4/5/8, the CNN's conv1-4 and fc1)."""
+    and the hidden Linear layers (Table 3: NIN's conv1/4/5/8, the CNN's conv1-4 and fc1); with
+    ``coupled`` one layer per residual-coupled group as well (the budgeted engine's default)."""
     mods = dict(model.named_modules())
     return [
         n
-        for n in prunable_layers(model, input_shape)
+        for n in prunable_layers(model, input_shape, coupled=coupled)
         if not (isinstance(mods[n], nn.Conv2d) and tuple(mods[n].kernel_size) == (1, 1))
     ]
 
@@ -546,7 +547,11 @@ class ADMMSparse(Method):
         """The regularised layers: ``layers`` or the paper's defaults (:func:`kiaee_layers`),
         checked to exist."""
         cfg: ADMMSparseConfig = self.config  # type: ignore[assignment]
-        layers = list(cfg.layers) if cfg.layers is not None else kiaee_layers(model, input_shape)
+        layers = (
+            list(cfg.layers)
+            if cfg.layers is not None
+            else kiaee_layers(model, input_shape, coupled=cfg.budget is not None)
+        )
         self._check_layers(model, layers)
         return layers
 

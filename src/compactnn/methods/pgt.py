@@ -486,7 +486,10 @@ class PGT(Method):
 
     def _layers(self, model: nn.Module, input_shape: Any) -> list[str]:
         cfg: PGTConfig = self.config  # type: ignore[assignment]
-        return list(cfg.layers) if cfg.layers is not None else prunable_layers(model, input_shape)
+        if cfg.layers is not None:
+            return list(cfg.layers)
+        # the engine regularises and cuts whole coupling groups; the fixed-λ run one layer each
+        return prunable_layers(model, input_shape, coupled=cfg.budget is not None)
 
     def total_step(self, data: CompressionData) -> float:
         """Σ_k η_k over the training steps of a run (the schedule's learning rates)."""

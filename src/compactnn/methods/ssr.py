@@ -276,7 +276,12 @@ class SSR(Method):
         """The layers to prune: ``layers`` or the defaults (with ``gap``: the convs only, since
         the FC head is replaced), checked to exist."""
         cfg: SSRConfig = self.config  # type: ignore[assignment]
-        layers = list(cfg.layers) if cfg.layers is not None else prunable_layers(model, shape)
+        layers = (
+            list(cfg.layers)
+            if cfg.layers is not None
+            # the engine regularises and cuts whole coupling groups; the paper's stages one layer
+            else prunable_layers(model, shape, coupled=cfg.budget is not None)
+        )
         self._check_layers(model, layers)
         if cfg.gap:
             mods = dict(model.named_modules())
