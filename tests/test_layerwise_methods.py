@@ -399,3 +399,92 @@ def test_slr_skip_first_leaves_out_the_models_first_conv_only() -> None:
         assert kept == [n for n in every if n != first], (name, every, kept)
     assert "conv2" in SLR(SLRConfig())._targets(models.create("cifar-quick"),
                                                 torch.zeros(2, 3, 32, 32))[0]
+
+
+class _ConvBNReLU(nn.Module):
+    """conv -> BN -> ReLU blocks (conv2 without bias) and a residual add after conv3."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(8)
+        self.conv3 = nn.Conv2d(8, 8, 3, padding=1)
+        self.bn3 = nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn1(self.conv1(x)))
+        y = torch.relu(self.bn2(self.conv2(x)))
+        x = torch.relu(self.bn3(self.conv3(y)) + x)
+        return self.fc(x.mean((2, 3)))
+
+
+def _conv_bn_relu(seed: int = 0) -> _ConvBNReLU:
+    torch.manual_seed(seed)
+    m = _ConvBNReLU()
+    with torch.no_grad():
+        for bn in (m.bn1, m.bn2, m.bn3):  # statistics far from the identity
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_var.uniform_(0.5, 2.0)
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.uniform_(-0.2, 0.2)
+    return m.eval()
+
+
+def _image_data() -> DataLoader:
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(256, 3, 8, 8, generator=g), torch.randint(0, 4, (256,), generator=g)
+    return DataLoader(TensorDataset(x, y), batch_size=64)
+
+
+def test_slr_approximates_conv_bn_relu_by_folding_the_bn() -> None:
+    """conv -> BN -> ReLU is one affine map and a ReLU in eval mode: slr folds the BN of each
+    layer it approximates (only those), and the plan replays it exactly on a fresh instance."""
+    model = _conv_bn_relu()
+    before = copy.deepcopy(model.state_dict())
+    assert surgery.foldable_before_relu(model) == {"conv1": "bn1", "conv2": "bn2"}
+    dl = _image_data()
+    res = compactnn.compress(model, "slr", (dl, dl), input_shape=(3, 8, 8), measure=False,
+                             progress=False, on_drop="warn", finetune_epochs=0)  # fmt: skip
+    assert list(res.history["layers"]) == ["conv2"]  # conv1: skip_first; conv3: residual add
+    assert res.history["folded_bn"] == {"conv2": "bn2"}
+    assert isinstance(res.model.bn2, nn.Identity) and isinstance(res.model.bn1, nn.BatchNorm2d)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    assert isinstance(model.bn2, nn.BatchNorm2d)  # the user's model is not touched
+    x = torch.randn(4, 3, 8, 8)
+    again = surgery.apply(res.plan, _ConvBNReLU().eval())  # a fresh, untrained instance
+    assert torch.equal(again(x), res.model(x))
+    kinds = [type(a).__name__ for a in res.plan.actions]
+    assert kinds[0] == "FoldBatchNorm" and kinds[-1] == "SetState"
+
+
+def test_fold_action_is_exact_roundtrips_and_names_bad_layers(tmp_path: object) -> None:
+    from compactnn.errors import PlanError
+    from compactnn.plan import FoldBatchNorm
+
+    model = _conv_bn_relu()
+    plan = CompressionPlan([FoldBatchNorm("conv2", "bn2")], meta={"input_shape": [3, 8, 8]})
+    folded = surgery.apply(plan, model)
+    x = torch.randn(4, 3, 8, 8, dtype=torch.float64)
+    assert isinstance(folded.bn2, nn.Identity) and folded.conv2.bias is not None
+    torch.testing.assert_close(folded.double()(x), copy.deepcopy(model).double()(x))
+    path = tmp_path / "fold"  # type: ignore[operator]
+    plan.save(path)
+    assert CompressionPlan.load(path).actions == plan.actions
+    with pytest.raises(PlanError, match=r"bn='conv3'.*BatchNorm"):
+        surgery.apply(CompressionPlan([FoldBatchNorm("conv2", "conv3")]), model)
+    with pytest.raises(PlanError, match=r"layer='bn1'.*Conv2d or Linear"):
+        surgery.apply(CompressionPlan([FoldBatchNorm("bn1", "bn2")]), model)
+
+
+def test_ddlr_takes_an_explicit_conv_bn_relu_layer() -> None:
+    model = _conv_bn_relu()
+    dl = _image_data()
+    res = compactnn.compress(model, "ddlr", (dl, dl), input_shape=(3, 8, 8), measure=False,
+                             progress=False, on_drop="warn", layers=["conv1", "conv2"],
+                             eps_frac=0.05)  # fmt: skip
+    assert res.history["folded_bn"] == {"conv1": "bn1", "conv2": "bn2"}
+    x = torch.randn(4, 3, 8, 8)
+    assert torch.equal(surgery.apply(res.plan, _ConvBNReLU().eval())(x), res.model(x))

@@ -103,14 +103,28 @@ def _is_relu(node: Any, mods: dict[str, nn.Module]) -> bool:
     return False
 
 
+def _users(node: Any, mods: dict[str, nn.Module]) -> list[Any]:
+    """The nodes that consume ``node``'s output, looking through ``nn.Identity`` modules (a
+    folded BatchNorm: :class:`~compactnn.plan.FoldBatchNorm`)."""
+    out = []
+    for u in node.users:
+        if u.op == "call_module" and isinstance(mods.get(u.target), nn.Identity):
+            out.extend(_users(u, mods) or [u])
+        else:
+            out.append(u)
+    return out
+
+
 def _sequential_next(model: nn.Module, name: str) -> str | None:
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     if not isinstance(parent, nn.Sequential):
         return None
     keys = list(parent._modules)
-    i = keys.index(child)
-    if i + 1 < len(keys) and isinstance(parent._modules[keys[i + 1]], nn.ReLU):
+    i = keys.index(child) + 1
+    while i < len(keys) and isinstance(parent._modules[keys[i]], nn.Identity):
+        i += 1
+    if i < len(keys) and isinstance(parent._modules[keys[i]], nn.ReLU):
         return "relu"
     return None
 
@@ -134,7 +148,8 @@ def _following_activations(
     for n in names:
         nodes = [nd for nd in graph.nodes if nd.op == "call_module" and nd.target == n]
         ok = bool(nodes) and all(
-            len(nd.users) >= 1 and all(_is_relu(u, mods) for u in nd.users) for nd in nodes
+            len(nd.users) >= 1 and all(_is_relu(u, mods) for u in _users(nd, mods))
+            for nd in nodes
         )
         out[n] = "relu" if ok else None
     return out

@@ -18,6 +18,9 @@ Actions:
 - :class:`SetWeights` -- overwrite a layer's weight and bias (optionally as a sparse COO layer).
 - :class:`KernelSparse` -- replace a conv by a kernel-sparse conv (zero kernels W_ij not stored)
   run in a given form (dense / grouped by input support / sparse im2col GEMM).
+- :class:`FoldBatchNorm` -- fold an inference-mode BatchNorm into the Conv2d / Linear before it
+  (the BN becomes ``nn.Identity``), so that a layer-local method sees ``conv -> BN -> ReLU`` as
+  one affine map followed by a ReLU.
 - :class:`GapHead` -- SSR "-GAP" head: the FC classifier is replaced by global average pooling.
 - :class:`SetState` -- load every parameter and buffer of the compressed model (strict keys and
   shapes), so that the plan replays exactly on a fresh, untrained instance of the architecture.
@@ -54,6 +57,7 @@ __all__ = [
     "SetWeights",
     "KernelSparse",
     "GapHead",
+    "FoldBatchNorm",
     "SetState",
     "CompressionPlan",
     "check_plan_doc",
@@ -383,6 +387,27 @@ def _under(key: str, layers: tuple[str, ...]) -> bool:
     return any(key == p or key.startswith(p + ".") for p in layers)
 
 
+@dataclass(frozen=True)
+class FoldBatchNorm:
+    r"""Fold the inference-mode BatchNorm ``bn`` into ``layer`` (a Conv2d / Linear whose output
+    feeds only ``bn``): with :math:`s = \gamma / \sqrt{\sigma^2 + \epsilon}`,
+    :math:`W' = \mathrm{diag}(s) W`, :math:`b' = s (b - \mu) + \beta` (the layer gains a bias if
+    it had none) and ``bn`` becomes ``nn.Identity``. Exact for the model in eval mode; the
+    compressed model then has no BN to update when it is trained again.
+    """
+
+    layer: str
+    bn: str
+
+    def __post_init__(self) -> None:
+        _check_layer(self.layer, "FoldBatchNorm")
+        if not isinstance(self.bn, str) or not self.bn:
+            raise PlanError(
+                f"FoldBatchNorm.bn must be the dotted name of the BatchNorm after {self.layer!r}. "
+                f"Got {self.bn!r}."
+            )
+
+
 @dataclass(frozen=True, eq=False)
 class SetState:
     """Load every parameter and persistent buffer of the model from ``state`` (strictly).
@@ -469,13 +494,13 @@ LAYER_STATE_ACTIONS = (LowRank, SparseLowRank, SetWeights, KernelSparse)
 
 Action = (
     KeepOutputs | KeepInputs | LowRank | SparseLowRank | SetWeights | KernelSparse | GapHead
-    | SetState
+    | FoldBatchNorm | SetState
 )  # fmt: skip
 _ACTIONS: dict[str, type] = {
     c.__name__: c
     for c in (
         KeepOutputs, KeepInputs, LowRank, SparseLowRank, SetWeights, KernelSparse, GapHead,
-        SetState,
+        FoldBatchNorm, SetState,
     )
 }  # fmt: skip
 

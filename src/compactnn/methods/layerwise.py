@@ -382,7 +382,42 @@ class _Layerwise(Method):
     solver_name: ClassVar[str] = ""
 
     # ------------------------------------------------------------------ checks
+    def _folded(
+        self, model: nn.Module, example: Tensor | None = None
+    ) -> tuple[nn.Module, list[Any]]:
+        """``model`` with the BatchNorm of every target ``conv/linear -> BN -> ReLU`` folded into
+        the layer (a copy; the model itself when there is none) and the
+        :class:`~compactnn.plan.FoldBatchNorm` actions that did it: in eval mode the chain is
+        one affine map followed by a ReLU, the response eq. (4) (and Ma et al.'s eq. 3)
+        reconstruct. The compressed model keeps the BN folded (``nn.Identity``)."""
+        from compactnn import surgery
+        from compactnn.plan import CompressionPlan, FoldBatchNorm
+
+        cfg: LayerwiseConfig = self.config  # type: ignore[assignment]
+        pairs = surgery.foldable_before_relu(model)
+        if cfg.layers is not None:
+            pairs = {k: v for k, v in pairs.items() if k in cfg.layers}
+        for _ in range(2):
+            if not pairs:
+                return model, []
+            folds = [FoldBatchNorm(k, v) for k, v in pairs.items()]
+            work = surgery.apply(CompressionPlan(folds), model)
+            if cfg.layers is not None:
+                break
+            chosen = set(self._targets_on(work, example)[0])  # the defaults, BNs folded
+            if chosen >= set(pairs):
+                break
+            pairs = {k: v for k, v in pairs.items() if k in chosen}
+        return work, folds
+
     def _targets(
+        self, model: nn.Module, example: Tensor | None = None
+    ) -> tuple[list[str], dict[str, bool]]:
+        """The layers to approximate and, per layer, whether it is linear (no ReLU after it),
+        with the BNs of ``conv -> BN -> ReLU`` folded (:meth:`_folded`)."""
+        return self._targets_on(self._folded(model, example)[0], example)
+
+    def _targets_on(
         self, model: nn.Module, example: Tensor | None = None
     ) -> tuple[list[str], dict[str, bool]]:
         from compactnn.capture import following_activation
@@ -572,7 +607,8 @@ class _Layerwise(Method):
         """Capture + solve every target layer (symmetric): the expensive half of :meth:`run`,
         reused by budget searches (``_presolved``)."""
         batches = self._batches(data, model)
-        layers, linear = self._targets(model, batches[0])
+        model, _ = self._folded(model, batches[0])
+        layers, linear = self._targets_on(model, batches[0])
         with self._cluster():
             problems = self._problems(model, layers, linear, batches)
             return self._solve_all(problems, self._solver(self._eps(layers)), progress)
@@ -641,7 +677,8 @@ class _Layerwise(Method):
 
         cfg: LayerwiseConfig = self.config  # type: ignore[assignment]
         batches = self._batches(data, model)
-        layers, linear = self._targets(model, batches[0])
+        model, folds = self._folded(model, batches[0])  # conv -> BN -> ReLU: BN folded first
+        layers, linear = self._targets_on(model, batches[0])
         meta: dict[str, Any] = {"method": self.name}
         if data.input_shape is not None:
             meta["input_shape"] = list(data.input_shape)
@@ -668,10 +705,11 @@ class _Layerwise(Method):
         return CompressionResult(
             model=new_model,
             # self-contained: replays new_model exactly on a fresh instance (SetState)
-            plan=CompressionPlan(actions=actions, meta=meta).with_state(new_model),
+            plan=CompressionPlan(actions=[*folds, *actions], meta=meta).with_state(new_model),
             method=self.name,
             config=cfg,
-            history={"layers": stats, "eps_frac": self._eps(layers), "retrained": False},
+            history={"layers": stats, "eps_frac": self._eps(layers), "retrained": False,
+                     **({"folded_bn": {a.layer: a.bn for a in folds}} if folds else {})},
         )
 
 

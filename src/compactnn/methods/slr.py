@@ -215,7 +215,7 @@ class SLR(_Layerwise):
     _changed: bool = False  # a layer before this one was deployed changed (asymmetric run)
 
     # ------------------------------------------------------------------ targets
-    def _targets(
+    def _targets_on(
         self, model: nn.Module, example: Tensor | None = None
     ) -> tuple[list[str], dict[str, bool]]:
         cfg: SLRConfig = self.config  # type: ignore[assignment]
@@ -232,8 +232,8 @@ class SLR(_Layerwise):
                 layers = [n for n in layers if n != first]
             trial = copy.copy(self)
             trial.config = _replace_layers(cfg, tuple(layers))
-            return _Layerwise._targets(trial, model, example)
-        return super()._targets(model, example)
+            return _Layerwise._targets_on(trial, model, example)
+        return super()._targets_on(model, example)
 
     def _eps(self, layers: list[str]) -> dict[str, Any]:
         """Per-layer ``{"lam1", "lam2"}`` (the shared flow calls this for its per-layer values)."""
@@ -455,7 +455,8 @@ class SLR(_Layerwise):
         t0 = time.perf_counter()
         shape = data.require_input_shape(self.name)
         batches = self._batches(data, model)
-        layers, _ = self._targets(model, batches[0])
+        model, _ = self._folded(model, batches[0])  # the BNs the run folds are not counted
+        layers, _ = self._targets_on(model, batches[0])
         mods = dict(model.named_modules())
         total = measure(model, shape, ("params",)).values["params"]
         approx = float(sum(mods[n].weight.numel() for n in layers))

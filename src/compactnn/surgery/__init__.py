@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from compactnn.errors import PlanError
 from compactnn.plan import (
     CompressionPlan,
+    FoldBatchNorm,
     GapHead,
     KeepInputs,
     KeepOutputs,
@@ -44,7 +45,7 @@ from compactnn.plan import (
 )
 from compactnn.surgery._channels import SelectInputs, keep_inputs, keep_outputs
 from compactnn.surgery._coupling import coupling
-from compactnn.surgery._fold import fold_batchnorm
+from compactnn.surgery._fold import apply_fold, fold_batchnorm, foldable_before_relu
 from compactnn.surgery._replace import (
     apply_gap_head,
     apply_kernel_sparse,
@@ -65,7 +66,10 @@ from compactnn.surgery._util import (
 from compactnn.surgery._verify import TOLERANCE as VERIFY_TOLERANCE
 from compactnn.surgery._verify import Snapshot, Source, check64, explain
 
-__all__ = ["apply", "validate", "coupling", "fold_batchnorm", "verify_model", "SelectInputs"]
+__all__ = [
+    "apply", "validate", "coupling", "fold_batchnorm", "foldable_before_relu", "verify_model",
+    "SelectInputs",
+]  # fmt: skip
 
 
 def apply(
@@ -198,6 +202,8 @@ def _apply(
             apply_kernel_sparse(out, a)
         elif isinstance(a, GapHead):
             apply_gap_head(out, a, inputs)
+        elif isinstance(a, FoldBatchNorm):
+            apply_fold(out, a)
         elif isinstance(a, SetState):
             apply_set_state(out, a)
         else:  # pragma: no cover - CompressionPlan validates action types

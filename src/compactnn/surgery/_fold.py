@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import torch
 from torch import fx, nn
 
+from compactnn.errors import PlanError
 from compactnn.surgery._util import set_module
 
-__all__ = ["fold_batchnorm"]
+__all__ = ["fold_batchnorm", "apply_fold", "foldable_before_relu"]
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d)
 
@@ -98,3 +100,62 @@ def fold_batchnorm(model: nn.Module, *, inplace: bool = False) -> nn.Module:
         if _fold(mods[lname], mods[bname]):  # type: ignore[arg-type]
             set_module(out, bname, nn.Identity())
     return out
+
+
+def apply_fold(model: nn.Module, a: Any) -> None:
+    """:class:`~compactnn.plan.FoldBatchNorm` in place: checks, folds, BN -> ``nn.Identity``."""
+    mods = dict(model.named_modules())
+    layer, bn = mods.get(a.layer), mods.get(a.bn)
+    if not isinstance(layer, (nn.Conv2d, nn.Linear)):
+        raise PlanError(
+            f"FoldBatchNorm(layer={a.layer!r}): the layer must be a Conv2d or Linear of the model; "
+            f"got {type(layer).__name__ if layer is not None else 'no such module'}."
+        )
+    if not isinstance(bn, _BN):
+        raise PlanError(
+            f"FoldBatchNorm(bn={a.bn!r}): must name a BatchNorm1d/2d of the model; got "
+            f"{type(bn).__name__ if bn is not None else 'no such module'}."
+        )
+    if not _fold(layer, bn):
+        raise PlanError(
+            f"FoldBatchNorm({a.layer!r}, {a.bn!r}): the BatchNorm has no running statistics or "
+            f"{bn.num_features} features for the layer's {layer.weight.shape[0]} outputs; it "
+            "cannot be folded."
+        )
+    set_module(model, a.bn, nn.Identity())
+
+
+def foldable_before_relu(model: nn.Module) -> dict[str, str]:
+    """``{layer: bn}`` for every ``Conv2d/Linear -> BatchNorm -> ReLU`` chain in which the layer
+    feeds only the BN, the BN only ReLUs, each called once, the BN with running statistics of
+    the layer's width (``torch.fx``; an untraceable model: adjacent modules of an
+    ``nn.Sequential``)."""
+    from compactnn.capture import _is_relu
+
+    out: dict[str, str] = {}
+    mods = dict(model.named_modules())
+    try:
+        gm = fx.symbolic_trace(model)
+    except Exception:  # noqa: BLE001 - untraceable model: container order
+        for name, m in mods.items():
+            if not isinstance(m, nn.Sequential):
+                continue
+            kids = list(m.named_children())
+            prefix = f"{name}." if name else ""
+            for (na, a), (nb, b), (_, c) in zip(kids, kids[1:], kids[2:]):
+                if isinstance(a, (nn.Conv2d, nn.Linear)) and isinstance(b, _BN) and isinstance(
+                        c, nn.ReLU):  # fmt: skip
+                    out[prefix + na] = prefix + nb
+    else:
+        gmods = dict(gm.named_modules())
+        for lname, bname in _pairs_fx(model):
+            nodes = [nd for nd in gm.graph.nodes
+                     if nd.op == "call_module" and str(nd.target) == bname]  # fmt: skip
+            if len(nodes) == 1 and nodes[0].users and all(
+                    _is_relu(u, gmods) for u in nodes[0].users):  # fmt: skip
+                out[lname] = bname
+    return {
+        k: v for k, v in out.items()
+        if isinstance(mods[v], _BN) and mods[v].running_var is not None
+        and mods[v].num_features == mods[k].weight.shape[0]
+    }  # fmt: skip
