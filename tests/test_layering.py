@@ -38,6 +38,7 @@ LEVELS: list[str] = [
     "surgery",
     "data",
     "models",
+    "torchvision_models",  # torchvision's ResNet-18 / MobileNetV2 as --factory targets
     "resume",  # run directories of stage checkpoints (reads plans back)
     "train",
     "_preflight",  # compress's up-front checks of the model and the data (uses train, metrics)
@@ -57,6 +58,7 @@ ALLOWED: set[tuple[str, str]] = set()
 DYNAMIC_ALLOWED = {
     "compactnn",  # the facade's lazy attributes (_LAZY, _SUBMODULES): it is the top level
     "compactnn.cli",  # --factory package.module:function, the user's own model code
+    "compactnn.torchvision_models",  # torchvision.models.<resnet | mobilenetv2>, not compactnn
     "compactnn.methods",  # registry values "compactnn.methods.x:Cls", checked as strings below
 }
 

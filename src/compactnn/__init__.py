@@ -57,6 +57,7 @@ _SUBMODULES: tuple[str, ...] = (
     "solvers",
     "structure",
     "surgery",
+    "torchvision_models",
     "train",
 )
 

@@ -102,6 +102,7 @@ class _CountSizer:
         self.units = {n: int(mods[n].weight.shape[0]) for n in self.layers}
         self.base = measure(model, input_shape, target.keys)
         self._memo: dict[tuple[int, ...], dict[str, float]] = {}
+        self._couplings: dict[str, Any] | None = None  # measured once, on the first cut
 
     def kept(self, counts: dict[str, int]) -> dict[str, float]:
         from compactnn.methods._common import prune_filters
@@ -109,7 +110,14 @@ class _CountSizer:
         key = tuple(counts[n] for n in self.layers)
         if key not in self._memo:
             keep = {n: list(range(k)) for n, k in counts.items() if k < self.units[n]}
-            cand = prune_filters(self.model, keep, self.shape)[0] if keep else self.model
+            if len(keep) > 1 and self._couplings is None:
+                from compactnn import surgery
+
+                meta = {"input_shape": list(self.shape)}
+                self._couplings = {n: surgery.coupling(self.model, n, meta=meta)
+                                   for n in self.layers}  # fmt: skip
+            cand = (prune_filters(self.model, keep, self.shape, couplings=self._couplings)[0]
+                    if keep else self.model)  # fmt: skip
             self._memo[key] = measure(cand, self.shape, self.target.keys).fractions(self.base)
         return self._memo[key]
 

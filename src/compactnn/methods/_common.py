@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from torch import nn
@@ -128,6 +128,7 @@ def prune_filters(
     input_shape: Sequence[int],
     *,
     check: Any = None,
+    couplings: Mapping[str, Mapping[str, Sequence[int]]] | None = None,
 ) -> tuple[nn.Module, Any]:
     """Physically keep only ``keep[layer]`` output filters/neurons (all couplings follow).
 
@@ -137,7 +138,9 @@ def prune_filters(
     listed in ``keep`` drops it (their kept sets are united through the measured channel
     correspondence), in one ``KeepOutputs`` on the group's first listed layer. Never two cuts
     of one group with stale indices. ``check``: a batch of the user's inputs for the surgery
-    self-check (``CompressionData.check_batch``).
+    self-check (``CompressionData.check_batch``). ``couplings``: ``{layer:
+    surgery.coupling(model, layer)}`` already measured on this ``model`` (callers that cut the
+    same model many times; each measurement is a forward probe per member).
 
     Returns ``(new_model, plan)``; the input model is not modified.
     """
@@ -152,7 +155,11 @@ def prune_filters(
             continue
         union = {int(i) for i in kept}
         if len(keep) > 1:
-            members = surgery.coupling(model, layer, meta=meta)
+            members = (
+                couplings[layer]
+                if couplings is not None and layer in couplings
+                else surgery.coupling(model, layer, meta=meta)
+            )
             for other, phi in members.items():
                 if other in keep and other != layer:
                     where = {k: j for j, k in enumerate(phi)}

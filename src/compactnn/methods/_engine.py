@@ -789,9 +789,11 @@ def _final_selection(
 
 def _cut_first(model: nn.Module, counts: Mapping[str, int], shape: Sequence[int]) -> nn.Module:
     """``model`` with each group ``rep`` cut to its first ``counts[rep]`` units (for sizes:
-    which units are kept does not change params / MACs)."""
+    which units are kept does not change params / MACs). The reps are of distinct groups, so
+    no two cuts need uniting: no coupling is measured again."""
     keep = {r: list(range(int(c))) for r, c in counts.items()}
-    return prune_filters(model, keep, shape)[0] if keep else model
+    alone = {r: {r: tuple(range(int(model.get_submodule(r).weight.shape[0])))} for r in keep}
+    return prune_filters(model, keep, shape, couplings=alone)[0] if keep else model
 
 
 # ---------------------------------------------------------------------------------- methods
