@@ -20,7 +20,14 @@ from compactnn import metrics
 from compactnn.budget import Target, measure
 from compactnn.errors import ConfigError
 from compactnn.methods._common import prune_filters
-from compactnn.methods._engine import CostModel, EngineSettings, _groups, knapsack, run_engine
+from compactnn.methods._engine import (
+    CostModel,
+    EngineSettings,
+    _groups,
+    knapsack,
+    run_engine,
+    uniform_allocation,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _zoo import SeqCNN, TinyResNet  # noqa: E402
@@ -104,6 +111,47 @@ def test_knapsack_never_overshoots_when_a_cheap_unit_suffices() -> None:
     alive = {r: torch.ones(len(s), dtype=torch.bool) for r, s in scores.items()}
     keep, ok = knapsack(scores, alive, cost, marginal, {"params": 0.99})
     assert ok and int(keep["big"].sum()) == 2 and int(keep["small"].sum()) == 98
+
+
+def test_uniform_allocation_keeps_one_fraction_then_fills_the_budget() -> None:
+    """Bilinear MACs of a chain a -> b -> c: the largest common fraction that fits, the least
+    kept group grown while a unit still fits, the highest scores kept inside each group."""
+    n = {"a": 10, "b": 20, "c": 40}
+
+    def cost(c: dict[str, int]) -> dict[str, float]:
+        return {"macs": (3 * c["a"] + c["a"] * c["b"] + c["b"] * c["c"]) / (30 + 200 + 800)}
+
+    def marginal(c: dict[str, int], r: str) -> dict[str, float]:
+        return {"macs": 0.0}  # unused by the uniform rule
+
+    g = torch.Generator().manual_seed(0)
+    scores = {r: torch.rand(k, generator=g) for r, k in n.items()}
+    alive = {r: torch.ones(k, dtype=torch.bool) for r, k in n.items()}
+    keep, ok = uniform_allocation(scores, alive, cost, marginal, {"macs": 0.3})
+    counts = {r: int(k.sum()) for r, k in keep.items()}
+    assert ok and cost(counts)["macs"] <= 0.3
+    # maximal: no group can take one more unit within the budget
+    assert all(counts[r] == n[r] or cost({**counts, r: counts[r] + 1})["macs"] > 0.3 for r in n)
+    # the fractions differ by at most the fill (a unit of the coarsest group)
+    fr = [counts[r] / n[r] for r in n]
+    assert max(fr) - min(fr) <= 1 / min(n.values()) + 1e-9
+    for r in n:  # the highest scores are kept
+        if 0 < counts[r] < n[r]:
+            assert float(scores[r][~keep[r]].max()) <= float(scores[r][keep[r]].min())
+    # floors hold; an unreachable budget says so
+    keep, ok = uniform_allocation(scores, alive, cost, marginal, {"macs": 0.001},
+                                  min_keep={"a": 2, "b": 1, "c": 1})  # fmt: skip
+    assert not ok and [int(keep[r].sum()) for r in n] == [2, 1, 1]
+
+
+def test_the_uniform_allocation_meets_a_target_exactly(seq: Any) -> None:
+    model, data = seq
+    res = compactnn.compress(
+        model, "ssr", data, target={"macs": 0.35}, progress=False, on_drop="warn",
+        finetune_epochs=0, input_shape=SeqCNN.input_shape, engine_allocation="uniform", **ENGINE,
+    )  # fmt: skip
+    assert res.target["met"] and res.target["kept"]["macs"] <= 0.35 + 1e-12
+    assert res.chosen["engine_allocation"] == "uniform"
 
 
 def _trained(cls: type[nn.Module]) -> tuple[nn.Module, Any]:

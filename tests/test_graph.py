@@ -209,11 +209,14 @@ def test_a_coupled_group_surgery_refuses_is_left_out_with_a_warning() -> None:
 
 
 def test_criteria_cut_a_residual_group_by_default_consistently() -> None:
-    import compactnn
     from torch.utils.data import DataLoader, TensorDataset
 
+    import compactnn
+
     g = torch.Generator().manual_seed(0)
-    data = TensorDataset(torch.randn(64, 3, 8, 8, generator=g), torch.randint(0, 5, (64,), generator=g))
+    data = TensorDataset(
+        torch.randn(64, 3, 8, 8, generator=g), torch.randint(0, 5, (64,), generator=g)
+    )
     loader = DataLoader(data, batch_size=32)
     model = _UntraceableResidual().eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}

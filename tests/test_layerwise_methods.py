@@ -397,8 +397,10 @@ def test_slr_skip_first_leaves_out_the_models_first_conv_only() -> None:
         every = default_layers(model, x)
         kept = SLR(SLRConfig())._targets(model, x)[0]
         assert kept == [n for n in every if n != first], (name, every, kept)
-    assert "conv2" in SLR(SLRConfig())._targets(models.create("cifar-quick"),
-                                                torch.zeros(2, 3, 32, 32))[0]
+    assert (
+        "conv2"
+        in SLR(SLRConfig())._targets(models.create("cifar-quick"), torch.zeros(2, 3, 32, 32))[0]
+    )
 
 
 class _ConvBNReLU(nn.Module):

@@ -74,6 +74,7 @@ ENGINE = {
     "engine_steps": _POS_INT,
     "anneal_steps": _POS_INT,
     "engine_lr": _POS_FLOAT,
+    "engine_allocation": ["greedy", None, 1],
 }
 
 ADMM_OPTS = __import__("compactnn.solvers.layerwise", fromlist=["ADMMOptions"]).ADMMOptions()

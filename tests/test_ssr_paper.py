@@ -133,5 +133,3 @@ def test_ssr_gap_bad_options(loader, opts, match) -> None:  # noqa: ANN001
     with pytest.raises(compactnn.CompactnnError, match=match):
         compactnn.compress(small_cnn(), "ssr", (loader, loader), progress=False, measure=False,
                            val_fraction=0.0, **opts)  # fmt: skip
-
-

@@ -148,8 +148,7 @@ def _following_activations(
     for n in names:
         nodes = [nd for nd in graph.nodes if nd.op == "call_module" and nd.target == n]
         ok = bool(nodes) and all(
-            len(nd.users) >= 1 and all(_is_relu(u, mods) for u in _users(nd, mods))
-            for nd in nodes
+            len(nd.users) >= 1 and all(_is_relu(u, mods) for u in _users(nd, mods)) for nd in nodes
         )
         out[n] = "relu" if ok else None
     return out

@@ -72,8 +72,9 @@ def prunable_layers(
         if width < 2:
             continue
         try:  # one trial cut (surgery's own checks): a group it refuses is named, not skipped
-            surgery.apply(CompressionPlan([KeepOutputs(n, tuple(range(width - 1)))], meta=meta),
-                          model)
+            surgery.apply(
+                CompressionPlan([KeepOutputs(n, tuple(range(width - 1)))], meta=meta), model
+            )
         except PlanError as exc:
             left[n] = str(exc)
             continue

@@ -91,6 +91,11 @@ class EngineSettings:
             sec. 3); otherwise weights only (SSR's filter, Kiaee's blocks).
         score: a unit's value in the knapsack: ``"penalty"`` (its share of its layer's l2
             penalty) or ``"taylor"`` (first-order Taylor, from the run's own gradients).
+        allocation: how many units each group keeps at a budget: ``"knapsack"`` (greedy over
+            all units by value per unit cost, :func:`knapsack`) or ``"uniform"`` (the same kept
+            fraction in every group, grown into what it leaves of the budget,
+            :func:`uniform_allocation`); either way the units kept inside a group are the ones
+            of highest score.
         dual_rate: step of the dual ascent of the shrinkage strength (log scale, per projection).
         min_keep: never keep fewer units than this in a group.
         min_keep_fraction: nor fewer than this fraction of its units (rounded up; e.g. 0.5 for
@@ -114,6 +119,7 @@ class EngineSettings:
     dual_rate: float = 0.3
     share: float = 0.0
     score: str = "penalty"
+    allocation: str = "knapsack"
     with_bias: bool = False
     min_keep: int = 1
     min_keep_fraction: float = 0.0
@@ -122,6 +128,11 @@ class EngineSettings:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if self.allocation not in ALLOCATIONS:
+            raise ConfigError(
+                f"The engine's allocation must be one of {ALLOCATIONS}. Got "
+                f"{self.allocation!r} instead."
+            )
         if self.score not in ("penalty", "taylor"):
             raise ConfigError(
                 f"The engine's score must be 'penalty' or 'taylor'. Got {self.score!r} instead."
@@ -377,6 +388,65 @@ def knapsack(
 
 
 # ---------------------------------------------------------------------------------- the run
+def uniform_allocation(
+    scores: Mapping[str, Tensor],
+    alive: Mapping[str, Tensor],
+    cost: Callable[[Mapping[str, int]], dict[str, float]],
+    marginal: Callable[[Mapping[str, int], str], dict[str, float]],
+    budget: Mapping[str, float],
+    *,
+    min_keep: int | Mapping[str, int] = 1,
+    relative: bool = False,
+) -> tuple[dict[str, Tensor], bool]:
+    """:func:`knapsack`'s interface with the counts of a *uniform* kept fraction: the largest
+    fraction ``x`` such that every group keeping ``ceil(x n_g)`` of its ``n_g`` alive units
+    (at least its floor) fits the budget (bisection: costs grow with the counts), then the
+    group with the smallest kept fraction grows by one unit while that still fits (ties: the
+    earlier group). Inside a group the units of highest score are kept. ``marginal`` and
+    ``relative`` are unused (the same signature as :func:`knapsack`). Returns the kept masks and
+    whether the budget was reached (``False``: the floors alone are over it)."""
+    del marginal, relative
+    n = {r: int(a.sum()) for r, a in alive.items()}
+    floor = min_keep if isinstance(min_keep, Mapping) else dict.fromkeys(alive, int(min_keep))
+
+    def counts(x: float) -> dict[str, int]:
+        return {r: max(min(floor[r], n[r]), min(n[r], math.ceil(x * n[r] - 1e-12))) for r in n}
+
+    def fits(c: Mapping[str, int]) -> bool:
+        v = cost(c)
+        return all(v[k] <= budget[k] * (1 + 1e-12) for k in budget)
+
+    if fits(counts(1.0)):
+        c = counts(1.0)
+    else:
+        lo, hi = 0.0, 1.0
+        for _ in range(50):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if fits(counts(mid)) else (lo, mid)
+        c = counts(lo)
+        grown = True
+        while grown:
+            grown = False
+            for r in sorted(n, key=lambda r: c[r] / max(n[r], 1)):  # stable: earlier first
+                if c[r] < n[r] and fits({**c, r: c[r] + 1}):
+                    c[r] += 1
+                    grown = True
+                    break
+    keep: dict[str, Tensor] = {}
+    for r, a in alive.items():
+        idx = torch.nonzero(a).flatten()
+        top = idx[torch.argsort(scores[r][idx], descending=True, stable=True)[: c[r]]]
+        m = torch.zeros_like(a)
+        m[top] = True
+        keep[r] = m
+    return keep, fits(c)
+
+
+#: the engine's allocation rules (:class:`EngineSettings` ``allocation``)
+ALLOCATIONS = ("knapsack", "uniform")
+_ALLOCATE = {"knapsack": knapsack, "uniform": uniform_allocation}
+
+
 @dataclass
 class EngineRun:
     """What :func:`run_engine` returns: the trained, physically cut model, the original indices
@@ -550,8 +620,9 @@ def run_engine(
         nonlocal s
         budget = _budget_at(target, t, st.anneal_steps)
         alive = {g.rep: torch.ones(g.size, dtype=torch.bool) for g in groups}
-        keep, _ = knapsack(unit_scores(), alive, costs.cost, costs.marginal, budget,
-                           min_keep=floors, relative=st.score == "penalty")  # fmt: skip
+        keep, _ = _ALLOCATE[st.allocation](unit_scores(), alive, costs.cost, costs.marginal,
+                                           budget, min_keep=floors,
+                                           relative=st.score == "penalty")  # fmt: skip
         support = {}
         for g in groups:
             keep_mask[g.rep] = keep[g.rep]
@@ -643,7 +714,8 @@ def run_engine(
                             "zero rows")  # fmt: skip
                     if step == st.anneal_steps:
                         final = _final_selection(groups, model, unit_scores(), costs, target,
-                                                 floors, relative=st.score == "penalty")  # fmt: skip
+                                                 floors, relative=st.score == "penalty",
+                                                 allocation=st.allocation)  # fmt: skip
                         cut(final, "final projection")
                         phase = "settle"
                         opt = optimizer()
@@ -713,14 +785,15 @@ def _final_selection(
     min_keep: Mapping[str, int],
     *,
     relative: bool = False,
+    allocation: str = "knapsack",
 ) -> dict[str, list[int]]:
     """The kept units at the target, exact on physically measured models: the knapsack on the
     cost model, then units dropped while the measured model is over the target and added back
     (best score per cost first) while one still fits."""
     budget = target.as_dict()
     alive = {g.rep: torch.ones(g.size, dtype=torch.bool) for g in groups}
-    keep, _ = knapsack(scores, alive, costs.cost, costs.marginal, budget, min_keep=min_keep,
-                       relative=relative)  # fmt: skip
+    keep, _ = _ALLOCATE[allocation](scores, alive, costs.cost, costs.marginal, budget,
+                                    min_keep=min_keep, relative=relative)  # fmt: skip
 
     def n_of(k: Mapping[str, Tensor]) -> dict[str, int]:
         return {g.rep: int(k[g.rep].sum()) for g in groups}
@@ -813,12 +886,17 @@ class EngineOptions:
         engine_lr: SGD learning rate of the engine (momentum and weight decay as the method's
             own; not a paper value: the engine trains the whole network while it shrinks, and
             settles with a cosine decay from it).
+        engine_allocation: how many units each coupling group keeps at each budget:
+            ``"knapsack"`` (greedy value per unit cost over all units) or ``"uniform"`` (one
+            kept fraction for every group, grown into the budget it leaves); the method's
+            penalty picks the units inside each group either way.
     """
 
     budget: Any = None
     engine_steps: int = 1500
     anneal_steps: int = 800
     engine_lr: float = 0.01
+    engine_allocation: str = "knapsack"
 
 
 def check_budget(value: Any, name: str, owner: str) -> dict[str, float]:
@@ -833,7 +911,7 @@ def check_budget(value: Any, name: str, owner: str) -> dict[str, float]:
 def _rules() -> Mapping[str, Any]:
     from types import MappingProxyType
 
-    from compactnn._validation import check_float, check_int, rule
+    from compactnn._validation import check_choice, check_float, check_int, rule
 
     return MappingProxyType(
         {
@@ -841,6 +919,7 @@ def _rules() -> Mapping[str, Any]:
             "engine_steps": rule(check_int, min_value=1),
             "anneal_steps": rule(check_int, min_value=1),
             "engine_lr": rule(check_float, min_value=0.0, min_inclusive=False),
+            "engine_allocation": rule(check_choice, choices=ALLOCATIONS),
         }
     )
 

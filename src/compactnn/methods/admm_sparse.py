@@ -536,6 +536,7 @@ class ADMMSparse(Method):
         return EngineSettings(
             penalty="l20" if cfg.penalty == "l0" else "l21", steps=cfg.engine_steps,
             anneal_steps=cfg.anneal_steps, lr=cfg.engine_lr, momentum=cfg.momentum,
+            allocation=cfg.engine_allocation,
             weight_decay=cfg.weight_decay, seed=cfg.seed,
             min_keep_fraction=0.5 if cfg.overprune_guard else 0.0,
         )  # fmt: skip

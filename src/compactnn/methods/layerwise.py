@@ -708,8 +708,12 @@ class _Layerwise(Method):
             plan=CompressionPlan(actions=[*folds, *actions], meta=meta).with_state(new_model),
             method=self.name,
             config=cfg,
-            history={"layers": stats, "eps_frac": self._eps(layers), "retrained": False,
-                     **({"folded_bn": {a.layer: a.bn for a in folds}} if folds else {})},
+            history={
+                "layers": stats,
+                "eps_frac": self._eps(layers),
+                "retrained": False,
+                **({"folded_bn": {a.layer: a.bn for a in folds}} if folds else {}),
+            },
         )
 
 

@@ -475,6 +475,7 @@ class PGT(Method):
         return EngineSettings(
             penalty="l21" if cfg.penalty == "group" else "l20", steps=cfg.engine_steps,
             anneal_steps=cfg.anneal_steps, lr=cfg.engine_lr, momentum=cfg.momentum,
+            allocation=cfg.engine_allocation,
             weight_decay=cfg.weight_decay, min_keep=cfg.min_keep, seed=cfg.seed, with_bias=True,
         )  # fmt: skip
 

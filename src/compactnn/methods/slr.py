@@ -226,8 +226,9 @@ class SLR(_Layerwise):
             mods = dict(model.named_modules())
             # the model's first executed conv (paper sec. V-B), not the first of the default
             # list: where that conv is not followed by a ReLU it is not in the list at all
-            first = next((n for n in discover(model, example).order
-                          if isinstance(mods[n], nn.Conv2d)), None)
+            first = next(
+                (n for n in discover(model, example).order if isinstance(mods[n], nn.Conv2d)), None
+            )
             if first in layers and len(layers) > 1:
                 layers = [n for n in layers if n != first]
             trial = copy.copy(self)

@@ -262,6 +262,7 @@ class SSR(Method):
             )
         return EngineSettings(
             penalty=pen, steps=cfg.engine_steps, anneal_steps=cfg.anneal_steps, lr=cfg.engine_lr,
+            allocation=cfg.engine_allocation,
             momentum=cfg.momentum, weight_decay=cfg.weight_decay, min_keep=cfg.min_keep,
             seed=cfg.seed,
         )  # fmt: skip
