@@ -141,10 +141,16 @@ CNN_OPTS: dict[str, dict[str, Any]] = {
     # (max_outer 10, w_steps 100, xi 5, lr 0.01) no longer apply to a target
     "ssr": {"penalty": "l21"},
 }
+#: compactnn rows that run a method with other engine options (a row of its own, picked on
+#: validation like any other): name -> (method, options)
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    # one kept fraction for every coupling group instead of the knapsack's value per unit cost
+    "ssr-uniform": ("ssr", {"penalty": "l21", "engine_allocation": "uniform"}),
+}
 #: compactnn methods whose target runs the budgeted engine: under --total-epochs E their shared
 #: fine-tuning is E minus their compression's cost in dense epochs (the peers and the criteria
 #: spend all of E fine-tuning, whatever their selection cost)
-ENGINE_METHODS = ("ssr", "pgt", "admm-sparse")
+ENGINE_METHODS = ("ssr", "pgt", "admm-sparse", *VARIANTS)
 _EPOCH_S: dict[str, float] = {}
 
 
@@ -303,8 +309,11 @@ class Case:
 
 
 def run_compactnn(method: str) -> Callable[[Case], tuple[nn.Module, dict[str, Any]]]:
+    name = method
+    method, extra = VARIANTS.get(name, (name, {}))
+
     def adapter(c: Case) -> tuple[nn.Module, dict[str, Any]]:
-        opts = {**CNN_OPTS.get(method, {}), **NO_FT.get(method, {})}
+        opts = {**CNN_OPTS.get(method, {}), **extra, **NO_FT.get(method, {})}
         if c.max_steps is not None and method == "ssr":
             opts.update(max_outer=2, w_steps=c.max_steps)
         diverged: list[float] = []
@@ -565,7 +574,7 @@ PEER_IMPORT = {"torch-pruning": "torch_pruning", "torch-kirigami": "torch_kiriga
 
 
 def all_methods() -> list[str]:
-    return [*compactnn.methods.list_methods(), *PEERS]
+    return [*compactnn.methods.list_methods(), *VARIANTS, *PEERS]
 
 
 def library_of(method: str) -> str:

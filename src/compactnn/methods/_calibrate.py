@@ -59,17 +59,19 @@ def uniform_counts(
     input_shape: Sequence[int],
     *,
     fill: bool = True,
+    progress: str | None = None,
 ) -> tuple[dict[str, int], dict[str, float]]:
     """Per-layer unit counts that meet ``target`` when every layer keeps the same share, then
     (``fill``) grown into the budget that share leaves unused (:func:`fill_counts`).
 
     The share is bisected on the exact size of candidates cut by surgery (which filters are
     kept does not change params / MACs), so couplings (next layers' inputs, BN) are counted.
-    Returns the counts and the fractions kept at them.
+    Returns the counts and the fractions kept at them. ``progress``: a label; the log then
+    gets a line at most every max(10 s, the progress interval) while candidates are measured.
     """
     from compactnn.budget import Strength
 
-    sizer = _CountSizer(model, layers, target, input_shape)
+    sizer = _CountSizer(model, layers, target, input_shape, progress=progress)
 
     def counts(s: float) -> dict[str, int]:
         return {n: max(1, math.ceil((1.0 - s) * u)) for n, u in sizer.units.items()}
@@ -95,8 +97,18 @@ class _CountSizer:
     counts (which units are kept does not change the sizes)."""
 
     def __init__(
-        self, model: nn.Module, layers: Sequence[str], target: Target, input_shape: Sequence[int]
+        self,
+        model: nn.Module,
+        layers: Sequence[str],
+        target: Target,
+        input_shape: Sequence[int],
+        *,
+        progress: str | None = None,
     ) -> None:
+        import time
+
+        self.progress, self._t0 = progress, time.perf_counter()
+        self._last = self._t0
         mods = dict(model.named_modules())
         self.model, self.layers, self.target, self.shape = model, list(layers), target, input_shape
         self.units = {n: int(mods[n].weight.shape[0]) for n in self.layers}
@@ -119,7 +131,24 @@ class _CountSizer:
             cand = (prune_filters(self.model, keep, self.shape, couplings=self._couplings)[0]
                     if keep else self.model)  # fmt: skip
             self._memo[key] = measure(cand, self.shape, self.target.keys).fractions(self.base)
+            self._log(self._memo[key])
         return self._memo[key]
+
+    def _log(self, kept: dict[str, float]) -> None:
+        import time
+
+        from compactnn import _progress
+
+        now = time.perf_counter()
+        if self.progress is None or now - self._last < max(10.0, _progress.interval()):
+            return
+        self._last = now
+        _progress.log(
+            f"{self.progress}: budget split over {len(self.layers)} layers, "
+            f"{len(self._memo)} candidate models cut and measured (last kept "
+            + ", ".join(f"{k} {100 * v:.2f} %" for k, v in kept.items())
+            + f"), elapsed {_progress.duration(now - self._t0)}"
+        )
 
     def fits(self, counts: dict[str, int]) -> bool:
         """Within the target exactly (no tolerance)."""

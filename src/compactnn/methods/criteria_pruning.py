@@ -369,7 +369,8 @@ class _CriterionPruning(Method):
         shape = data.require_input_shape(self.name)
         layers = self._layers(model, shape)
         try:  # unreachable by one share, or a cut the split cannot make (grouped convs)
-            counts, _ = uniform_counts(model, layers, target, shape)
+            counts, _ = uniform_counts(model, layers, target, shape,
+                                       progress=self.name if progress else None)  # fmt: skip
         except (ConfigError, PlanError):
             return super().calibrate(model, data, target, progress=progress)
         chosen = self.with_options(keep=counts)
