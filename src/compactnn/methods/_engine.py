@@ -209,8 +209,10 @@ class CostModel:
     Params and MACs of a network of Conv2d / Linear / BatchNorm are multilinear of degree two in
     the channel counts (a layer's MACs are its input count times its output count times a
     constant), so ``cost(c) = a0 + sum_g a_g c_g + sum_{g<h} b_gh c_g c_h`` is *fitted exactly*
-    from models cut by surgery: the full model, each group at about half, each pair at about
-    half (``1 + G + G (G - 1) / 2`` measurements). Latency is not multilinear (and noisy on
+    from models cut by surgery: the full model, each group at about half, and each pair at
+    about half where a layer reads one group and writes the other (read off the single cuts:
+    the layers whose input width changed). Other pairs have no cross term, so ``1 + G + P``
+    measurements for P adjacent pairs (at most ``G (G - 1) / 2``; a chain: ``G - 1``). Latency is not multilinear (and noisy on
     small models): it is modelled as ``alpha + beta x`` the exact MACs fraction, fitted by least
     squares on the same measurements (``beta >= 0``); a model whose latency does not follow its
     MACs then says so (the target is refused as unreachable). The final selection is always
@@ -242,12 +244,23 @@ class CostModel:
         self.n0 = dict(n)
         full = self._frac(model)
         d = {r: max(1, n[r] // 2) for r in self.reps}
-        single = {r: self._at(model, {r: n[r] - d[r]}) for r in self.reps}
+        single, reads = {}, {}
+        for r in self.reps:
+            cut = _cut_first(model, {r: n[r] - d[r]}, self.shape)
+            single[r] = self._frac(cut)
+            reads[r] = _inputs_changed(model, cut)  # the layers that read group r's channels
+        members = {g.rep: set(g.members) for g in groups}
         slope = {r: {k: (full[k] - single[r][k]) / d[r] for k in self.exact} for r in self.reps}
         self.b: dict[tuple[str, str], dict[str, float]] = {}
         reps = self.reps
+        pairs = 0
         for i, r in enumerate(reps):
             for h in reps[i + 1 :]:
+                # a cross term c_r c_h needs a layer that reads one group and writes the other
+                # (its params / MACs are its input count times its output count): none, no term
+                if not (reads[r] & members[h]) and not (reads[h] & members[r]):
+                    continue
+                pairs += 1
                 both = self._at(model, {r: n[r] - d[r], h: n[h] - d[h]})
                 bb = {
                     k: (full[k] - single[r][k] - single[h][k] + both[k]) / (d[r] * d[h])
@@ -269,7 +282,7 @@ class CostModel:
             - sum(v[k] * n[r] * n[h] for (r, h), v in self.b.items())
             for k in self.exact
         }
-        self.measurements = 1 + len(reps) + len(reps) * (len(reps) - 1) // 2
+        self.measurements = 1 + len(reps) + pairs
         self.alpha, self.beta = 0.0, 1.0
         if self.latency:  # latency ~ alpha + beta * macs, least squares over the measurements
             xs = torch.tensor([m["macs"] for m in self.samples], dtype=torch.float64)
@@ -858,6 +871,24 @@ def _final_selection(
         if not added:
             break
     return {g.rep: [int(i) for i in torch.nonzero(keep[g.rep]).flatten()] for g in groups}
+
+
+def _inputs_changed(model: nn.Module, cut: nn.Module) -> set[str]:
+    """The Conv2d / Linear layers of ``model`` whose input width differs in ``cut`` (the same
+    architecture with some output channels removed): the consumers of what was cut."""
+    mods = dict(cut.named_modules())
+    out = set()
+    for name, m in model.named_modules():
+        c = mods.get(name)
+        if isinstance(m, nn.Conv2d) and isinstance(c, nn.Conv2d):
+            if c.in_channels != m.in_channels:
+                out.add(name)
+        elif isinstance(m, nn.Linear) and isinstance(c, nn.Linear):
+            if c.in_features != m.in_features:
+                out.add(name)
+        elif type(m) is not type(c) and not isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
+            out.add(name)  # replaced by surgery (e.g. an input selection): assume it reads it
+    return out
 
 
 def _cut_first(model: nn.Module, counts: Mapping[str, int], shape: Sequence[int]) -> nn.Module:
