@@ -64,8 +64,10 @@ def uniform_counts(
     """Per-layer unit counts that meet ``target`` when every layer keeps the same share, then
     (``fill``) grown into the budget that share leaves unused (:func:`fill_counts`).
 
-    The share is bisected on the exact size of candidates cut by surgery (which filters are
-    kept does not change params / MACs), so couplings (next layers' inputs, BN) are counted.
+    The share is bisected on the exact size of the candidates (which filters are kept does not
+    change params / MACs): from the engine's cost model, fitted on small cuts, for params / MACs
+    with one layer per coupling group, else measured on candidates cut by surgery; couplings
+    (next layers' inputs, BN) are counted either way.
     Returns the counts and the fractions kept at them. ``progress``: a label; the log then
     gets a line at most every max(10 s, the progress interval) while candidates are measured.
     """
