@@ -395,11 +395,11 @@ def test_slr_skip_first_leaves_out_the_models_first_conv_only() -> None:
         model = models.create(name)
         x = torch.zeros(2, *models.default_input_shape(name))
         every = default_layers(model, x)
-        kept = SLR(SLRConfig())._targets(model, x)[0]
+        kept = SLR(SLRConfig())._targets_on(model, x)[0]
         assert kept == [n for n in every if n != first], (name, every, kept)
     assert (
         "conv2"
-        in SLR(SLRConfig())._targets(models.create("cifar-quick"), torch.zeros(2, 3, 32, 32))[0]
+        in SLR(SLRConfig())._targets_on(models.create("cifar-quick"), torch.zeros(2, 3, 32, 32))[0]
     )
 
 

@@ -351,6 +351,7 @@ def prunable_layers(
     example_input: Tensor | Sequence[Tensor] | None = None,
     *,
     coupled: bool = False,
+    graph: ModelGraph | None = None,
 ) -> list[str]:
     """Default layers whose filters/neurons may be removed, in execution order.
 
@@ -358,13 +359,14 @@ def prunable_layers(
     depthwise convs (their channels follow their input); without ``coupled`` also except the
     layers whose outputs feed a residual add (SSR sec. III-E: only the inner convs of a block).
     With ``coupled`` those are listed too, every member of each group (the methods keep one
-    layer per group: :func:`compactnn.methods._common.prunable_layers`).
+    layer per group: :func:`compactnn.methods._common.prunable_layers`). ``graph``: the
+    model's :func:`discover` on ``example_input`` when the caller has it already.
 
     Raises:
         UnsupportedLayerError: no such layer (the message lists the model's layers and how to
             pass ``layers=``), or see :func:`discover`.
     """
-    g = discover(model, example_input)
+    g = graph if graph is not None else discover(model, example_input)
     mods = dict(model.named_modules())
     layers = [
         n

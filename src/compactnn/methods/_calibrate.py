@@ -131,7 +131,8 @@ class _CountSizer:
 
                 groups = _groups(self.model, self.layers, {"input_shape": list(self.shape)})
                 if [g.rep for g in groups] == self.layers:
-                    self._cm = CostModel(self.model, groups, self.target, self.shape)
+                    self._cm = CostModel(self.model, groups, self.target, self.shape,
+                                         base=self.base)  # fmt: skip
         return self._cm
 
     def kept(self, counts: dict[str, int]) -> dict[str, float]:

@@ -45,8 +45,8 @@ def prunable_layers(
     x = None if input_shape is None else example_input_for(model, input_shape)
     if x is None or not coupled:
         return _prunable(model, x)
-    layers = _prunable(model, x, coupled=True)
     g = discover(model, x)
+    layers = _prunable(model, x, coupled=True, graph=g)
     if not any(n in g.residual_coupled for n in layers):
         return layers
     from compactnn import surgery
@@ -89,7 +89,7 @@ def prunable_layers(
             stacklevel=2,
         )
     if not out:
-        return _prunable(model, x)  # raises the error that lists the model's layers
+        return _prunable(model, x, graph=g)  # raises the error that lists the model's layers
     return out
 
 

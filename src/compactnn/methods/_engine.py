@@ -212,11 +212,12 @@ class CostModel:
     from models cut by surgery: the full model, each group at about half, and each pair at
     about half where a layer reads one group and writes the other (read off the single cuts:
     the layers whose input width changed). Other pairs have no cross term, so ``1 + G + P``
-    measurements for P adjacent pairs (at most ``G (G - 1) / 2``; a chain: ``G - 1``). Latency is not multilinear (and noisy on
-    small models): it is modelled as ``alpha + beta x`` the exact MACs fraction, fitted by least
-    squares on the same measurements (``beta >= 0``); a model whose latency does not follow its
-    MACs then says so (the target is refused as unreachable). The final selection is always
-    checked on a physically cut model.
+    measurements for P adjacent pairs (at most ``G (G - 1) / 2``; a chain: ``G - 1``).
+    Latency is not multilinear (and noisy on small models): it is modelled as
+    ``alpha + beta x`` the exact MACs fraction, fitted by least squares on the same
+    measurements (``beta >= 0``); a model whose latency does not follow its MACs then says so
+    (the target is refused as unreachable). The final selection is always checked on a
+    physically cut model.
     """
 
     def __init__(

@@ -394,32 +394,31 @@ class _Layerwise(Method):
         from compactnn.plan import CompressionPlan, FoldBatchNorm
 
         cfg: LayerwiseConfig = self.config  # type: ignore[assignment]
+
+        def fold(pairs: dict[str, str]) -> tuple[nn.Module, list[Any]]:
+            folds = [FoldBatchNorm(k, v) for k, v in pairs.items()]
+            return surgery.apply(CompressionPlan(folds), model), folds
+
         pairs = surgery.foldable_before_relu(model)
         if cfg.layers is not None:
             pairs = {k: v for k, v in pairs.items() if k in cfg.layers}
-        for _ in range(2):
-            if not pairs:
-                return model, []
-            folds = [FoldBatchNorm(k, v) for k, v in pairs.items()]
-            work = surgery.apply(CompressionPlan(folds), model)
-            if cfg.layers is not None:
-                break
-            chosen = set(self._targets_on(work, example)[0])  # the defaults, BNs folded
-            if chosen >= set(pairs):
-                break
-            pairs = {k: v for k, v in pairs.items() if k in chosen}
+        if not pairs:
+            return model, []
+        work, folds = fold(pairs)
+        if cfg.layers is None:  # the defaults, found with every BN folded; keep their folds
+            chosen = set(self._targets_on(work, example)[0])
+            if not chosen >= set(pairs):
+                pairs = {k: v for k, v in pairs.items() if k in chosen}
+                if not pairs:
+                    return model, []
+                work, folds = fold(pairs)
         return work, folds
-
-    def _targets(
-        self, model: nn.Module, example: Tensor | None = None
-    ) -> tuple[list[str], dict[str, bool]]:
-        """The layers to approximate and, per layer, whether it is linear (no ReLU after it),
-        with the BNs of ``conv -> BN -> ReLU`` folded (:meth:`_folded`)."""
-        return self._targets_on(self._folded(model, example)[0], example)
 
     def _targets_on(
         self, model: nn.Module, example: Tensor | None = None
     ) -> tuple[list[str], dict[str, bool]]:
+        """The layers to approximate in ``model`` as given (its BNs folded by :meth:`_folded`)
+        and, per layer, whether it is linear (no ReLU after it)."""
         from compactnn.capture import following_activation
 
         cfg: LayerwiseConfig = self.config  # type: ignore[assignment]

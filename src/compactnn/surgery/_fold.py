@@ -52,6 +52,15 @@ def _pairs_sequential(model: nn.Module) -> list[tuple[str, str]]:
     return pairs
 
 
+def _pairs(model: nn.Module) -> list[tuple[str, str]]:
+    """``(layer, bn)`` pairs: ``torch.fx``, else (untraceable) adjacent modules of a
+    ``nn.Sequential``."""
+    try:
+        return _pairs_fx(model)
+    except Exception:  # noqa: BLE001 - untraceable model: fall back to container order
+        return _pairs_sequential(model)
+
+
 def _fold(layer: nn.Module, bn: nn.modules.batchnorm._BatchNorm) -> bool:
     if bn.running_mean is None or bn.running_var is None:
         return False
@@ -91,10 +100,7 @@ def fold_batchnorm(model: nn.Module, *, inplace: bool = False) -> nn.Module:
         The model with BNs folded.
     """
     out = model if inplace else copy.deepcopy(model)
-    try:
-        pairs = _pairs_fx(out)
-    except Exception:  # noqa: BLE001 - untraceable model: fall back to container order
-        pairs = _pairs_sequential(out)
+    pairs = _pairs(out)
     mods = dict(out.named_modules())
     for lname, bname in pairs:
         if _fold(mods[lname], mods[bname]):  # type: ignore[arg-type]
@@ -127,35 +133,18 @@ def apply_fold(model: nn.Module, a: Any) -> None:
 
 def foldable_before_relu(model: nn.Module) -> dict[str, str]:
     """``{layer: bn}`` for every ``Conv2d/Linear -> BatchNorm -> ReLU`` chain in which the layer
-    feeds only the BN, the BN only ReLUs, each called once, the BN with running statistics of
-    the layer's width (``torch.fx``; an untraceable model: adjacent modules of an
-    ``nn.Sequential``)."""
-    from compactnn.capture import _is_relu
+    feeds only the BN (each called once: :func:`fold_batchnorm`'s pairs), the BN only ReLUs
+    (:func:`compactnn.capture.following_activation`'s rule), and the BN has running statistics
+    of the layer's width."""
+    from compactnn.capture import _following_activations
 
-    out: dict[str, str] = {}
     mods = dict(model.named_modules())
-    try:
-        gm = fx.symbolic_trace(model)
-    except Exception:  # noqa: BLE001 - untraceable model: container order
-        for name, m in mods.items():
-            if not isinstance(m, nn.Sequential):
-                continue
-            kids = list(m.named_children())
-            prefix = f"{name}." if name else ""
-            for (na, a), (nb, b), (_, c) in zip(kids, kids[1:], kids[2:]):
-                if isinstance(a, (nn.Conv2d, nn.Linear)) and isinstance(b, _BN) and isinstance(
-                        c, nn.ReLU):  # fmt: skip
-                    out[prefix + na] = prefix + nb
-    else:
-        gmods = dict(gm.named_modules())
-        for lname, bname in _pairs_fx(model):
-            nodes = [nd for nd in gm.graph.nodes
-                     if nd.op == "call_module" and str(nd.target) == bname]  # fmt: skip
-            if len(nodes) == 1 and nodes[0].users and all(
-                    _is_relu(u, gmods) for u in nodes[0].users):  # fmt: skip
-                out[lname] = bname
+    pairs = _pairs(model)
+    if not pairs:
+        return {}
+    acts = _following_activations(model, [b for _, b in pairs])
     return {
-        k: v for k, v in out.items()
-        if isinstance(mods[v], _BN) and mods[v].running_var is not None
+        k: v for k, v in pairs
+        if acts[v] == "relu" and mods[v].running_var is not None
         and mods[v].num_features == mods[k].weight.shape[0]
     }  # fmt: skip
