@@ -14,15 +14,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from compactnn import cli, models
+from compactnn import cli, demo, models
 from compactnn.errors import CheckpointError
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_shipped_baseline_is_verified_and_described() -> None:
-    path, meta = cli.demo_weights()
-    assert path.name == cli.DEMO_WEIGHTS and path.stat().st_size < 4_000_000
+    path, meta = demo.demo_weights()
+    assert path.name == demo.DEMO_WEIGHTS and path.stat().st_size < 4_000_000
     assert hashlib.sha256(path.read_bytes()).hexdigest() == meta["sha256"]
     for key in ("command", "training_data", "model", "dataset", "seed", "epochs", "test_top1"):
         assert meta.get(key) not in (None, ""), key
@@ -34,12 +34,12 @@ def test_shipped_baseline_is_verified_and_described() -> None:
 
 
 def test_training_data_hash_is_the_mnist_shipped_here() -> None:
-    _, meta = cli.demo_weights()
-    assert cli.training_data_sha256("mnist") == meta["training_data"]["sha256"]
+    _, meta = demo.demo_weights()
+    assert demo.training_data_sha256("mnist") == meta["training_data"]["sha256"]
 
 
 def test_a_damaged_baseline_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    path, _ = cli.demo_weights()
+    path, _ = demo.demo_weights()
     pkg = tmp_path / "compactnn"
     shutil.copytree(path.parent, pkg / "_weights")
     damaged = pkg / "_weights" / path.name
@@ -48,17 +48,17 @@ def test_a_damaged_baseline_is_refused(tmp_path: Path, monkeypatch: pytest.Monke
     damaged.write_bytes(bytes(raw))
     monkeypatch.setattr("importlib.resources.files", lambda _name: pkg)
     with pytest.raises(CheckpointError, match="damaged.*--retrain"):
-        cli.demo_weights()
+        demo.demo_weights()
     (pkg / "_weights" / path.name).unlink()
     with pytest.raises(CheckpointError, match="missing.*--retrain"):
-        cli.demo_weights()
+        demo.demo_weights()
 
 
 def test_demo_baseline_loads_the_shipped_weights_without_training(capsys) -> None:
     rng = torch.get_rng_state()
-    model, test_loader, path = cli.demo_baseline(seed=0)
+    model, test_loader, path = demo.demo_baseline(seed=0)
     assert torch.equal(torch.get_rng_state(), rng)
-    assert path == cli.demo_weights()[0]
+    assert path == demo.demo_weights()[0]
     assert "sha256" in capsys.readouterr().out and test_loader is not None
     shipped = json.loads(path.with_suffix(".json").read_text())
     assert shipped["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
@@ -83,5 +83,5 @@ def test_make_demo_prints_at_most_40_lines(tmp_path: Path) -> None:
     for name in ("report.md", "report.json", "model.onnx", "model.safetensors", "plan.json"):
         assert (out / name).is_file(), name
     rep = json.loads((out / "report.json").read_text())
-    assert rep["method"] == cli.DEMO_METHOD and rep["demo"]["target"] == cli.DEMO_TARGET
+    assert rep["method"] == demo.DEMO_METHOD and rep["demo"]["target"] == demo.DEMO_TARGET
     assert "fine-tuning epochs, not 30" in proc.stdout  # says what changed

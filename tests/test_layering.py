@@ -41,6 +41,7 @@ LEVELS: list[str] = [
     "torchvision_models",  # torchvision's ResNet-18 / MobileNetV2 as --factory targets
     "resume",  # run directories of stage checkpoints (reads plans back)
     "train",
+    "demo",  # the demo's baseline and settings, the reference models' training recipe
     "_preflight",  # compress's up-front checks of the model and the data (uses train, metrics)
     "methods",
     "api",
