@@ -13,7 +13,7 @@ seeded) is reported; the test set is read once per row, for the report.
 How each method meets a MACs budget:
 
 * compactnn methods: ``compactnn.compress(model, method, (train, val, test), target={"macs": b})``
-  (its own budget search, documented in the README), called generically through the public API,
+  (its own budget search, documented in docs/budgets.md), called generically through the public API,
   so improvements to the methods on main are picked up;
 * Torch-Pruning 1.6.1 (``tp-l1``, ``tp-taylor``, ``tp-bn-scale``, ``tp-group-norm``): its
   ``MetaPruner`` with the importance named, ``iterative_steps=5`` (its iterative pruner; Taylor
