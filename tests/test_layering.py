@@ -36,9 +36,10 @@ LEVELS: list[str] = [
     "plan",
     "layers",  # the deployable layer classes (LowRank*, Sparse*); built by surgery
     "surgery",
-    "data",
-    "models",
-    "torchvision_models",  # torchvision's ResNet-18 / MobileNetV2 as --factory targets
+    "zoo",  # the paper-reproduction assets: datasets, reference models, torchvision factories
+    "data",  # the public path of zoo.data (re-exports)
+    "models",  # the public path of zoo.models (re-exports)
+    "torchvision_models",  # the public path of zoo.torchvision_models (--factory targets)
     "resume",  # run directories of stage checkpoints (reads plans back)
     "train",
     "demo",  # the demo's baseline and settings, the reference models' training recipe
