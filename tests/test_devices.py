@@ -43,7 +43,6 @@ ALLOWED: dict[tuple[str, str], str] = {
     "for the CLI's ONNX / TorchScript artifacts",
     ("criteria.py", "filter_scores"): "random scores from a CPU generator (the same on any "
     "device), moved to the weight's device",
-    ("data.py", "get_dataset"): "normalisation constants of a CPU dataset",
     ("export.py", "_skeleton_plan.zeros"): "placeholders filled from safetensors; surgery puts "
     "every tensor on the target layer's device",
     ("graph.py", "example_input_for"): "moved to the model's device/dtype on the next line",
@@ -60,6 +59,7 @@ ALLOWED: dict[tuple[str, str], str] = {
     "tensor for safetensors, never mixed with the model)",
     ("surgery/_util.py", "example_inputs_for"): "probe from a CPU generator, moved to the "
     "model's device/dtype on the next line",
+    ("zoo/data/loaders.py", "get_dataset"): "normalisation constants of a CPU dataset",
 }
 ALLOWED_DIRS: dict[str, str] = {"solvers/layerwise/": _SOLVER_CPU}
 

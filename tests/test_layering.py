@@ -36,9 +36,10 @@ LEVELS: list[str] = [
     "plan",
     "layers",  # the deployable layer classes (LowRank*, Sparse*); built by surgery
     "surgery",
-    "data",
-    "models",
-    "torchvision_models",  # torchvision's ResNet-18 / MobileNetV2 as --factory targets
+    "zoo",  # the paper-reproduction assets: datasets, reference models, torchvision factories
+    "data",  # the public path of zoo.data (re-exports)
+    "models",  # the public path of zoo.models (re-exports)
+    "torchvision_models",  # the public path of zoo.torchvision_models (--factory targets)
     "resume",  # run directories of stage checkpoints (reads plans back)
     "train",
     "demo",  # the demo's baseline and settings, the reference models' training recipe
@@ -59,7 +60,7 @@ ALLOWED: set[tuple[str, str]] = set()
 DYNAMIC_ALLOWED = {
     "compactnn",  # the facade's lazy attributes (_LAZY, _SUBMODULES): it is the top level
     "compactnn.cli",  # --factory package.module:function, the user's own model code
-    "compactnn.torchvision_models",  # torchvision.models.<resnet | mobilenetv2>, not compactnn
+    "compactnn.zoo.torchvision_models",  # torchvision.models.<resnet | mobilenetv2>, not compactnn
     "compactnn.methods",  # registry values "compactnn.methods.x:Cls", checked as strings below
 }
 

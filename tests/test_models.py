@@ -13,6 +13,7 @@ from torch import nn
 
 from compactnn import models
 from compactnn.errors import ConfigError, InputShapeError, UnknownNameError
+from compactnn.zoo.models.base import _spatial_out  # the geometry helper, tested below
 
 ALL = [
     "alexnet-caffe",
@@ -343,7 +344,7 @@ def test_analytic_geometry_matches_torch(name: str) -> None:
     feats = m[:stop]
     c = m.input_shape[0]
     for size in range(1, 41):
-        out, bad = models._spatial_out(size, children)
+        out, bad = _spatial_out(size, children)
         try:
             with torch.no_grad():
                 real = feats(torch.zeros(1, c, size, size))
