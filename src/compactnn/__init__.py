@@ -42,6 +42,7 @@ _SUBMODULES: tuple[str, ...] = (
     "cli",
     "criteria",
     "data",
+    "demo",
     "distributed",
     "errors",
     "export",
@@ -59,6 +60,7 @@ _SUBMODULES: tuple[str, ...] = (
     "surgery",
     "torchvision_models",
     "train",
+    "zoo",
 )
 
 # (the submodules are not in __all__: ``from compactnn import *`` would import every one)
