@@ -100,6 +100,12 @@ class GatherConv2d(nn.Module):
         return y.transpose(1, 2).reshape(b, self.out_channels, ho, wo)
 
 
+# Their public home: TorchScript names the traced code of a "gather" export form by the class's
+# module (``__torch__.compactnn.export.GatherLinear``), so model.pt stays as it was before
+# export/ became a package; pickles name the same importable path.
+GatherLinear.__module__ = GatherConv2d.__module__ = "compactnn.export"
+
+
 def _dense_conv(layer: SparseConv2d) -> nn.Conv2d:
     conv = nn.Conv2d(
         layer.in_channels,

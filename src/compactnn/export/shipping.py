@@ -8,6 +8,7 @@ against the PyTorch model, and times the deployed model (eager, onnxruntime, opt
 
 from __future__ import annotations
 
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,6 +24,7 @@ from compactnn.export.forms import compiled_form
 from compactnn.export.onnx import onnx_latency, to_onnx
 from compactnn.export.speed import layer_speed
 from compactnn.export.torchscript import to_torchscript
+from compactnn.metrics import measure_latency, real_batch
 
 EXPORT_FORMATS = ("onnx", "torchscript")
 
@@ -35,6 +37,73 @@ def _lat(res: Any) -> dict[str, Any]:
         "per_sample_ms": res.per_sample_ms,
         "repeats": res.repeats,
     }
+
+
+def _write_artifacts(
+    model: nn.Module,
+    plan: Any,
+    out: Path,
+    samples: Tensor,
+    input_shape: Sequence[int],
+    *,
+    fresh: nn.Module | None,
+    sparse: str,
+    formats: Sequence[str],
+) -> dict[str, Any]:
+    """``model.onnx`` and ``model.pt`` (those of ``formats``) and the compact checkpoint in
+    ``out``, each checked against the PyTorch model on ``samples``: the records by file."""
+    example = samples[:2]
+    artifacts: dict[str, Any] = {}
+    if "onnx" in formats:
+        artifacts["model.onnx"] = to_onnx(
+            model, out / "model.onnx", example, samples=samples, sparse=sparse
+        )
+    if "torchscript" in formats:
+        artifacts["model.pt"] = to_torchscript(
+            model, out / "model.pt", example, samples=samples, sparse=sparse
+        )
+    ck = save_checkpoint(model, plan, out, input_shape=input_shape)
+    ck["format"] = "compact checkpoint (compactnn.load(DIR, model=...))"
+    if fresh is not None:
+        back = load(out, model=fresh)
+        with torch.no_grad():
+            ck["max_abs_diff"] = float((back(samples) - _reference(model, samples)).abs().max())
+        _parity(ck["max_abs_diff"], PARITY_TOL, "restored checkpoint", out)
+    artifacts["checkpoint"] = ck
+    return artifacts
+
+
+def _latency_row(
+    model: nn.Module,
+    x: Tensor,
+    bs: int,
+    shape: tuple[int, ...],
+    *,
+    threads: int,
+    original: nn.Module | None,
+    original_onnx: Path | None,
+    onnx_file: Path | None,
+    compiled: nn.Module | None,
+) -> dict[str, Any]:
+    """One batch's row of the latency table: every runtime timed on the real batch ``x``
+    (``onnx_file`` where it was written) at batch size ``bs``, and the fastest deployed one."""
+    row: dict[str, Any] = {}
+    if original is not None:
+        row["eager_original"] = _lat(
+            measure_latency(original, shape, batch_size=bs, threads=threads, inputs=x)
+        )
+    row["eager"] = _lat(measure_latency(model, shape, batch_size=bs, threads=threads, inputs=x))
+    if original_onnx is not None:
+        row["onnxruntime_original"] = _lat(onnx_latency(original_onnx, x, threads=threads))
+    if onnx_file is not None and onnx_file.is_file():
+        row["onnxruntime"] = _lat(onnx_latency(onnx_file, x, threads=threads))
+    if compiled is not None:
+        row["torch.compile"] = _lat(
+            measure_latency(compiled, shape, batch_size=bs, threads=threads, inputs=x)
+        )
+    deployed = {k: v for k, v in row.items() if not k.endswith("_original")}
+    row["fastest"] = min(deployed, key=lambda k: deployed[k]["median_ms"])
+    return row
 
 
 def ship(
@@ -73,38 +142,21 @@ def ship(
         The ``deploy`` record of ``report.json``: artifacts (bytes, parity), latency per
         backend and batch size, the fastest backend, per-layer speed checks.
     """
-    from compactnn.metrics import measure_latency, real_batch
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     samples = _as_batch(samples, "ship: 'samples'")
     example = samples[:2]
     rec: dict[str, Any] = {"artifacts": {}, "latency": {}, "sparse_form": sparse}
     t0 = time.perf_counter()
-    if "onnx" in formats:
-        rec["artifacts"]["model.onnx"] = to_onnx(
-            model, out / "model.onnx", example, samples=samples, sparse=sparse
-        )
-    if "torchscript" in formats:
-        rec["artifacts"]["model.pt"] = to_torchscript(
-            model, out / "model.pt", example, samples=samples, sparse=sparse
-        )
-    ck = save_checkpoint(model, plan, out, input_shape=input_shape)
-    ck["format"] = "compact checkpoint (compactnn.load(DIR, model=...))"
-    if fresh is not None:
-        back = load(out, model=fresh)
-        with torch.no_grad():
-            ck["max_abs_diff"] = float((back(samples) - _reference(model, samples)).abs().max())
-        _parity(ck["max_abs_diff"], PARITY_TOL, "restored checkpoint", out)
-    rec["artifacts"]["checkpoint"] = ck
+    rec["artifacts"] = _write_artifacts(
+        model, plan, out, samples, input_shape, fresh=fresh, sparse=sparse, formats=formats
+    )
     rec["export_seconds"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     shape = tuple(int(s) for s in input_shape)
     compiled = None
     if compile:
         compiled, rec["torch_compile"] = compiled_form(model, samples, sparse=sparse)
-    import tempfile
-
     tmp = tempfile.TemporaryDirectory(prefix="compactnn-original-")
     original_onnx = None  # the original under onnxruntime too: one speed-up per runtime
     if original is not None and "onnx" in formats and (out / "model.onnx").is_file():
@@ -114,24 +166,17 @@ def ship(
         except ExportError as exc:
             rec["original_onnx_error"] = str(exc)
     for bs in batch_sizes:
-        x = real_batch([samples], bs)
-        row: dict[str, Any] = {}
-        if original is not None:
-            row["eager_original"] = _lat(
-                measure_latency(original, shape, batch_size=bs, threads=threads, inputs=x)
-            )
-        row["eager"] = _lat(measure_latency(model, shape, batch_size=bs, threads=threads, inputs=x))
-        if original_onnx is not None:
-            row["onnxruntime_original"] = _lat(onnx_latency(original_onnx, x, threads=threads))
-        if (out / "model.onnx").is_file() and "onnx" in formats:
-            row["onnxruntime"] = _lat(onnx_latency(out / "model.onnx", x, threads=threads))
-        if compiled is not None:
-            row["torch.compile"] = _lat(
-                measure_latency(compiled, shape, batch_size=bs, threads=threads, inputs=x)
-            )
-        deployed = {k: v for k, v in row.items() if not k.endswith("_original")}
-        row["fastest"] = min(deployed, key=lambda k: deployed[k]["median_ms"])
-        rec["latency"][f"batch {bs}"] = row
+        rec["latency"][f"batch {bs}"] = _latency_row(
+            model,
+            real_batch([samples], bs),
+            bs,
+            shape,
+            threads=threads,
+            original=original,
+            original_onnx=original_onnx,
+            onnx_file=out / "model.onnx" if "onnx" in formats else None,
+            compiled=compiled,
+        )
     tmp.cleanup()
     rec["latency_threads"] = threads
     rec["latency_inputs"] = "real samples"
