@@ -15,11 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from compactnn.errors import CheckpointError, ConfigError
+from compactnn.errors import CheckpointError, ConfigError, PlanError
 from compactnn.export._common import file_bytes
+from compactnn.plan import CompressionPlan, SetState, check_plan_doc, decode_action
 from compactnn.structure import module_device
+from compactnn.surgery import apply
 
 CHECKPOINT_FORMAT = "compactnn-checkpoint"
 #: the files of a compact checkpoint (``plan.safetensors``, if present, is not needed)
@@ -58,10 +62,6 @@ def save_checkpoint(
     Returns:
         A record with the files and their sizes in bytes.
     """
-    from safetensors.torch import save_file
-
-    from compactnn.plan import CompressionPlan
-
     if not isinstance(plan, CompressionPlan):
         raise ConfigError(
             f"save_checkpoint needs the CompressionPlan of the model. Got {type(plan).__name__}."
@@ -99,10 +99,8 @@ def save_checkpoint(
     }
 
 
-def _skeleton_plan(doc: dict[str, Any], path: Path) -> Any:
+def _skeleton_plan(doc: dict[str, Any], path: Path) -> CompressionPlan:
     """The plan of ``plan.json`` with zero tensors of the recorded shapes, without SetState."""
-    from compactnn.plan import CompressionPlan, SetState, decode_action
-
     shapes = doc["checkpoint"].get("shapes", {})
 
     def zeros(name: str) -> Tensor:
@@ -144,12 +142,6 @@ def load(directory: str | Path, model: nn.Module) -> nn.Module:
         CheckpointError: a missing or corrupt file, or a model that is not the architecture the
             checkpoint was made from.
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    from compactnn.errors import PlanError
-    from compactnn.surgery import apply
-
     if not isinstance(model, nn.Module):
         raise CheckpointError(
             "compactnn.load needs model=<a fresh instance of the original architecture>. Got "
@@ -173,8 +165,6 @@ def load(directory: str | Path, model: nn.Module) -> nn.Module:
             f"{plan_path} is not a compact checkpoint's plan (no 'checkpoint' entry); write it "
             "with compactnn compress --out DIR or compactnn.export.save_checkpoint."
         )
-    from compactnn.plan import check_plan_doc
-
     check_plan_doc(doc, plan_path, extra_keys=("checkpoint",))
     if doc["checkpoint"].get("version") != 1:
         raise CheckpointError(

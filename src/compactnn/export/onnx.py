@@ -20,11 +20,14 @@ from torch import Tensor, nn
 from compactnn.errors import ConfigError, ExportError
 from compactnn.export._common import PARITY_TOL, _as_batch, _parity, _reference, file_bytes
 from compactnn.export.forms import export_form
+from compactnn.metrics import LatencyResult
 
 DEFAULT_OPSET = 17
 
 
 def _require_onnx() -> tuple[Any, Any]:
+    # onnx and onnxruntime are imported here, on first use, never at module level:
+    # ``import compactnn.export`` must not load them (tests/test_package.py checks it).
     try:
         import onnx
         import onnxruntime
@@ -119,7 +122,7 @@ def to_onnx(
 
 def onnx_latency(
     path: str | Path, inputs: Tensor, *, threads: int = 1, repeats: int = 30, warmup: int = 5
-) -> Any:
+) -> LatencyResult:
     """Median onnxruntime latency of one forward pass of ``inputs`` (a real batch).
 
     Returns:
@@ -134,8 +137,6 @@ def onnx_latency(
         t0 = time.perf_counter()
         sess.run(None, feed)
         times.append((time.perf_counter() - t0) * 1e3)
-    from compactnn.metrics import LatencyResult
-
     return LatencyResult.from_times(
         times, batch_size=int(inputs.shape[0]), threads=threads, warmup=warmup
     )

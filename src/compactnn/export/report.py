@@ -8,6 +8,9 @@
 from __future__ import annotations
 
 import json
+import os
+import platform
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import torch
@@ -233,9 +236,6 @@ def render_report(doc: dict[str, Any]) -> str:
 
 def environment(seed: int | None = None) -> dict[str, Any]:
     """Versions (compactnn, torch, onnx, onnxruntime), machine and seed for report.json."""
-    import platform
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         own = version("compactnn")
     except PackageNotFoundError:  # pragma: no cover - running from a source tree
@@ -245,10 +245,10 @@ def environment(seed: int | None = None) -> dict[str, Any]:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "machine": f"{platform.machine()} {platform.system()} ({platform.processor() or '?'})",
-        "cpus": __import__("os").cpu_count(),
+        "cpus": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
     }
-    try:
+    try:  # imported only here: ``import compactnn.export`` must not load onnx / onnxruntime
         import onnx
         import onnxruntime
 

@@ -24,12 +24,12 @@ from compactnn.export.forms import compiled_form
 from compactnn.export.onnx import onnx_latency, to_onnx
 from compactnn.export.speed import layer_speed
 from compactnn.export.torchscript import to_torchscript
-from compactnn.metrics import measure_latency, real_batch
+from compactnn.metrics import LatencyResult, measure_latency, real_batch
 
 EXPORT_FORMATS = ("onnx", "torchscript")
 
 
-def _lat(res: Any) -> dict[str, Any]:
+def _lat(res: LatencyResult) -> dict[str, Any]:
     return {
         "median_ms": res.median_ms,
         "p10_ms": res.p10_ms,

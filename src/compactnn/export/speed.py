@@ -22,7 +22,9 @@ from compactnn.layers import (
     SparseLinear,
     SparsePlusLowRank,
 )
-from compactnn.metrics import _eval_no_grad
+from compactnn.metrics import _eval_no_grad, _threads
+from compactnn.plan import LAYER_STATE_ACTIONS, CompressionPlan, SetState, SetWeights
+from compactnn.surgery import apply
 
 
 def _time(fn: Any, x: Tensor, repeats: int, warmup: int) -> float:
@@ -48,8 +50,6 @@ def layer_speed(
     Returns:
         One row per compressed layer: name, type, ``ms``, ``dense_ms``, ``slower`` (bool).
     """
-    from compactnn.metrics import _threads
-
     targets = {
         n: m
         for n, m in model.named_modules()
@@ -102,9 +102,6 @@ def prefer_speed(
     Returns:
         ``(model, plan, densified layer names)``.
     """
-    from compactnn.plan import LAYER_STATE_ACTIONS, CompressionPlan, SetState, SetWeights
-    from compactnn.surgery import apply
-
     slow = [r["name"] for r in layer_speed(model, samples, threads=threads) if r["slower"]]
     if not slow:
         return model, plan, []
