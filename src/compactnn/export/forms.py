@@ -100,10 +100,10 @@ class GatherConv2d(nn.Module):
         return y.transpose(1, 2).reshape(b, self.out_channels, ho, wo)
 
 
-# Their public home: TorchScript names the traced code of a "gather" export form by the class's
-# module (``__torch__.compactnn.export.GatherLinear``), so model.pt stays as it was before
-# export/ became a package; pickles name the same importable path.
-GatherLinear.__module__ = GatherConv2d.__module__ = "compactnn.export"
+# Their public home, the package compactnn.export: TorchScript names the traced code of a
+# "gather" export form by the class's module (``__torch__.compactnn.export.GatherLinear``), so
+# model.pt stays as it was before export/ became a package; pickles name the same path.
+GatherLinear.__module__ = GatherConv2d.__module__ = __name__.rpartition(".")[0]
 
 
 def _dense_conv(layer: SparseConv2d) -> nn.Conv2d:
