@@ -43,8 +43,8 @@ ALLOWED: dict[tuple[str, str], str] = {
     "for the CLI's ONNX / TorchScript artifacts",
     ("criteria.py", "filter_scores"): "random scores from a CPU generator (the same on any "
     "device), moved to the weight's device",
-    ("export.py", "_skeleton_plan.zeros"): "placeholders filled from safetensors; surgery puts "
-    "every tensor on the target layer's device",
+    ("export/checkpoint.py", "_skeleton_plan.zeros"): "placeholders filled from safetensors; "
+    "surgery puts every tensor on the target layer's device",
     ("graph.py", "example_input_for"): "moved to the model's device/dtype on the next line",
     ("methods/layerwise.py", "_deployed_violation"): "eq. (4) check on the CPU float64 copies "
     "of X, Y",
@@ -65,9 +65,9 @@ ALLOWED_DIRS: dict[str, str] = {"solvers/layerwise/": _SOLVER_CPU}
 
 # .numpy() needs a CPU tensor: (file, function) -> why it is one there
 NUMPY_ALLOWED: dict[tuple[str, str], str] = {
-    ("export.py", "to_onnx"): "samples from _as_batch (detached, CPU float32); the exported "
-    "copy of the model is moved to CPU",
-    ("export.py", "onnx_latency"): "samples from _as_batch (detached, CPU float32)",
+    ("export/onnx.py", "to_onnx"): "samples from _as_batch (detached, CPU float32); the "
+    "exported copy of the model is moved to CPU",
+    ("export/onnx.py", "onnx_latency"): "samples from _as_batch (detached, CPU float32)",
     ("solvers/layerwise/_cvxpy.py", "solve_cvxpy"): _SOLVER_CPU,
     ("solvers/layerwise/slr.py", "_run_cvxpy"): _SOLVER_CPU,
     ("distributed.py", "_tensor_digest"): "t.cpu() on the line itself (checksums of any device)",
