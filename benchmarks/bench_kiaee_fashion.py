@@ -62,9 +62,9 @@ from torch.utils.data import DataLoader
 
 from compactnn import data as cdata
 from compactnn import export, metrics, models, surgery
-from compactnn.cli import cache_dir
+from compactnn.demo import cache_dir
 from compactnn.methods import CompressionData, get_method
-from compactnn.methods._common import finetune_model
+from compactnn.methods.blocks import finetune_model
 from compactnn.train import TrainConfig, load_checkpoint, save_checkpoint, train
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -346,7 +346,7 @@ def _run(
 
 
 def _plans_dir(args: argparse.Namespace, label: str, seed: int) -> Path:
-    from compactnn.cli import cache_dir
+    from compactnn.demo import cache_dir
 
     tag = "paper" if label.startswith("paper") else "extension"
     stem = args.out or "kiaee_fashion"

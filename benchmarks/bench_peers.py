@@ -419,7 +419,7 @@ def _kirigami_widths(model: nn.Module, shape: tuple[int, ...]) -> Callable[[floa
     from torch_kirigami.pruning import ChannelRatio, Pruner
     from torch_kirigami.pruning.budget import channel_targets
 
-    from compactnn.methods._common import prune_filters
+    from compactnn.methods.blocks import prune_filters
 
     graph = DependencyGraph.build(
         model, args=(torch.randn(2, *shape, device=module_device(model)),)
@@ -613,11 +613,11 @@ def baseline(
     if quick:
         return fresh, "untrained (quick smoke run)"
     if model_name == "lenet-caffe":
-        from compactnn.cli import demo_baseline
+        from compactnn.demo import demo_baseline
 
         model, _, ckpt = demo_baseline(progress=False)
         return model, str(ckpt)
-    from compactnn.cli import _train_model, cache_dir
+    from compactnn.demo import cache_dir, train_model
 
     tag = "32x3" if spec["data"] else ""
     where = torch.device(trained_on or device).type
@@ -636,7 +636,7 @@ def baseline(
             f"{cache_dir() / 'checkpoints'} or {RESULTS / 'checkpoints'}; copy the one the "
             "other machine trained there (or drop the option to train one here)."
         )
-    model, _, _, _ = _train_model(
+    model, _, _, _ = train_model(
         model_name, spec["dataset"], epochs=spec["train_epochs"], lr=0.01, batch_size=128,
         seed=0, progress=False, device=device, **spec["data"],
     )  # fmt: skip

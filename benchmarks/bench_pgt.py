@@ -140,7 +140,7 @@ MNIST_BASE_SEEDS = (0, 1)  # two baselines trained, the better on validation is 
 
 
 def _baseline_ckpt(P: dict[str, Any], seed: int = 0) -> Path:
-    from compactnn.cli import cache_dir
+    from compactnn.demo import cache_dir
 
     tag = "quick" if _W.get("quick") else f"e{P['base_epochs']}"
     ds = "mnist" if P["dataset"] == "mnist" else "fashion32"
@@ -183,7 +183,7 @@ def _baseline(P: dict[str, Any], cd: Any, seed: int = 0) -> nn.Module:
 
 
 def _cifar_ckpt() -> Path:
-    from compactnn.cli import cache_dir
+    from compactnn.demo import cache_dir
 
     tag = "quick" if _W.get("quick") else f"e{CIFAR_BASE_EPOCHS}x{CIFAR_BASE_STEPS}"
     return cache_dir() / "checkpoints" / f"cifar-quick-fashion32-{tag}.safetensors"
@@ -197,7 +197,7 @@ def _acc(model: nn.Module, loader: Any) -> float:
 
 def _lam(base: nn.Module, cd: Any, strengths: dict[str, float], **opts: Any) -> dict[str, float]:
     from compactnn.methods import PGT
-    from compactnn.methods._calibrate import layer_scales
+    from compactnn.methods.blocks import layer_scales
 
     m = PGT(**{**opts, "layers": tuple(strengths)})
     # s = 1 for every layer: the run's total threshold sum_k eta_k lam_l is the median norm
@@ -318,7 +318,7 @@ def _model_path(key: str) -> Path:
     """Where a run's compressed model is kept (so a resumed benchmark can time it)."""
     import hashlib
 
-    from compactnn.cli import cache_dir
+    from compactnn.demo import cache_dir
 
     return cache_dir() / "pgt_bench_models" / (hashlib.sha1(key.encode()).hexdigest() + ".pt")
 

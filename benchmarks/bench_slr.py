@@ -35,7 +35,7 @@ import torch
 import compactnn
 from compactnn import data as D
 from compactnn import metrics
-from compactnn.cli import demo_baseline
+from compactnn.demo import demo_baseline
 
 OUT = Path(__file__).resolve().parent / "results"
 
@@ -149,7 +149,7 @@ RUNTIMES = ("eager", "eager channels_last", "onnxruntime")
 
 def _saved_dir(lr: float, net: str = "kiaee-cnn") -> Path:
     """Where the acceptance run's compressed model is kept (compact checkpoint, not in git)."""
-    from compactnn.cli import cache_dir
+    from compactnn.demo import cache_dir
 
     return cache_dir() / "bench" / f"slr_{NETS[net]['tag']}_lr{lr:g}"
 
@@ -220,7 +220,7 @@ def compare(args: argparse.Namespace) -> None:
     """
     model, test, _ = demo_baseline(progress=False)
     train, _ = D.get_loaders("mnist", batch_size=128, seed=0)
-    from compactnn.methods._common import finetune_model
+    from compactnn.methods.blocks import finetune_model
 
     out: dict[str, Any] = {
         "command": f"nohup .venv/bin/python benchmarks/bench_slr.py --compare {args.compare:g}",
@@ -579,7 +579,7 @@ def main() -> None:
             acc0 = _top1(res.model, test)
             lat, blat = _lat_pair(model, res.model)
             p = _params(res.model)
-            from compactnn.methods._common import finetune_model
+            from compactnn.methods.blocks import finetune_model
 
             fm = res.model
             finetune_model(fm, train, epochs=1, lr=1e-3, momentum=0.9, weight_decay=0.0,

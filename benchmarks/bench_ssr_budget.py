@@ -77,7 +77,7 @@ def _file_sha(path: Path) -> str:
 def _baseline() -> tuple[Path, str]:
     """The demo's cached baseline (trained once when missing): its path and weight fingerprint
     (each run's CLI report measures its accuracy and latency again)."""
-    from compactnn.cli import demo_baseline
+    from compactnn.demo import demo_baseline
 
     sys.path.insert(0, str(HERE))
     from bench_peers import state_sha
@@ -87,7 +87,7 @@ def _baseline() -> tuple[Path, str]:
 
 
 def _run_dir(key: str, seed: int) -> Path:
-    from compactnn.cli import cache_dir
+    from compactnn.demo import cache_dir
 
     return cache_dir() / "bench" / "ssr_budget" / f"{key}-seed{seed}"
 

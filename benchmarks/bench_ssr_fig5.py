@@ -44,8 +44,8 @@ from torch import nn
 
 from compactnn import data as cdata
 from compactnn import metrics
-from compactnn.cli import demo_baseline
-from compactnn.methods._common import admm_w_step
+from compactnn.demo import demo_baseline
+from compactnn.methods.blocks import admm_w_step
 from compactnn.solvers.training import ADMMConfig, ADMMEngine, run_admm
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -65,8 +65,8 @@ import compactnn
 from compactnn import data as cdata
 from compactnn import metrics
 from compactnn.api import as_compression_data
-from compactnn.cli import demo_baseline
-from compactnn.methods._common import add_gap_head
+from compactnn.demo import demo_baseline
+from compactnn.methods.blocks import add_gap_head
 from compactnn.plan import GapHead
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

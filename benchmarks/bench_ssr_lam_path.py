@@ -58,7 +58,7 @@ import compactnn
 from compactnn import data as cdata
 from compactnn import metrics, models, surgery
 from compactnn.api import as_compression_data
-from compactnn.cli import demo_baseline
+from compactnn.demo import demo_baseline
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import seed_pool  # noqa: E402

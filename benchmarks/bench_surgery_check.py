@@ -203,7 +203,7 @@ def main() -> None:
         "## Reading (computed from the rows above)",
         "",
     ]
-    from compactnn._preflight import CHECK_SAMPLES
+    from compactnn.methods.blocks import CHECK_SAMPLES
 
     def worst(user: int, multi: bool) -> float:
         sel = [r for r in rows if r["user_batch"] == user and (r["actions"] > 1) == multi]

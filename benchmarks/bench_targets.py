@@ -35,7 +35,7 @@ from torch import nn
 
 import compactnn
 from compactnn import metrics
-from compactnn.cli import demo_baseline
+from compactnn.demo import demo_baseline
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
