@@ -57,7 +57,6 @@ import json
 import os
 import platform
 import shlex
-import statistics
 import sys
 import time
 import warnings
@@ -69,6 +68,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+import _lib
 import compactnn
 from compactnn import data as cdata
 from compactnn import metrics, models
@@ -333,21 +333,10 @@ def run_experiment(
 # Seeds: mean ± sd, pooling of runs, report.
 
 
-def _mean_sd(v: list[float]) -> dict[str, float]:
-    """Mean, sample sd (0 for one value) and count of ``v``."""
-    return {
-        "mean": statistics.fmean(v),
-        "sd": statistics.stdev(v) if len(v) > 1 else 0.0,
-        "n": len(v),
-    }
-
-
 def _pm(d: dict[str, float] | None, fmt: str = ".4f", n: bool = True, unit: str = "") -> str:
-    """``mean ± sd<unit> (n=k)``; ``-`` for no value."""
-    if d is None:
-        return "-"
-    s = f"{d['mean']:{fmt}} ± {d['sd']:{fmt.lstrip('+')}}{unit}"
-    return s + (f" (n={d['n']})" if n else "")
+    """This bench's cell: ``mean ± sd<unit> (n=k)``, the sd even for one seed; ``-`` for no
+    value."""
+    return "-" if d is None else _lib.pm(d, fmt, n=n, unit=unit, sd=True)
 
 
 def add_seed_args(ap: argparse.ArgumentParser, default_stem: str) -> None:
@@ -496,12 +485,12 @@ def summarize(doc: dict[str, Any]) -> list[dict[str, Any]]:
             count = "rank" if key[1] == "ddlr" else "nnz"
             pt: dict[str, Any] = {"N": key[0], "method": key[1], "eps_frac": key[2]}
             for f in ("size_ratio", "top1", "rel_acc", "seconds"):
-                pt[f] = _mean_sd([r[f] for r in rows])
+                pt[f] = _lib.mean_sd([r[f] for r in rows])
             pt["rel_acc_full_test"] = (
-                _mean_sd([r["rel_acc_full_test"] for r in rows]) if full else None
+                _lib.mean_sd([r["rel_acc_full_test"] for r in rows]) if full else None
             )
             pt["per_layer"] = {
-                n: _mean_sd([r["per_layer"][n][count] for r in rows]) for n in first["layers"]
+                n: _lib.mean_sd([r["per_layer"][n][count] for r in rows]) for n in first["layers"]
             }
             pt["dense"] = {
                 n: sum(r["per_layer"][n]["form"] == "dense" for r in rows) for n in first["layers"]
@@ -523,9 +512,11 @@ def summarize(doc: dict[str, Any]) -> list[dict[str, Any]]:
                 "protocol": first.get("protocol"),
                 "png": first.get("png"),
                 "seeds": [int(s) for s in seeds],
-                "baseline_top1": _mean_sd([res["baseline_top1"] for res in per_seed]),
+                "baseline_top1": _lib.mean_sd([res["baseline_top1"] for res in per_seed]),
                 "baseline_top1_full_test": (
-                    _mean_sd([res["baseline_top1_full_test"] for res in per_seed]) if full else None
+                    _lib.mean_sd([res["baseline_top1_full_test"] for res in per_seed])
+                    if full
+                    else None
                 ),
                 "baseline_by_seed": {
                     s: res["baseline_top1"] for s, res in zip(seeds, per_seed, strict=True)
@@ -801,8 +792,7 @@ def _write(doc: dict[str, Any], stem: str) -> None:
                     r["png"] = png
         first["png"] = res["png"] = png
         plot(res, RESULTS / png)
-    (RESULTS / f"{stem}.json").write_text(json.dumps(doc, indent=2, default=str))
-    (RESULTS / f"{stem}.md").write_text(markdown(doc))
+    _lib.write_result(RESULTS, stem, doc, markdown, indent=2, default=str)
 
 
 def _document(runs: list[dict[str, Any]], command: str) -> dict[str, Any]:

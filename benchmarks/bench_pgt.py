@@ -46,6 +46,8 @@ from typing import Any
 import torch
 from torch import nn
 
+import _lib
+
 RESULTS = Path(__file__).resolve().parent / "results"
 ROWS = RESULTS / "pgt_rows.jsonl"
 
@@ -371,13 +373,13 @@ def _pool_map(
 
 
 def _mean_sd(xs: list[float]) -> tuple[float, float]:
-    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+    """(mean, sd) of ``xs``: the pair this bench's JSON stores."""
+    d = _lib.mean_sd(xs)
+    return d["mean"], d["sd"]
 
 
 def _latency(model: nn.Module, shape: tuple[int, ...]) -> float:
-    from compactnn.metrics import measure_latency
-
-    return measure_latency(model, shape, batch_size=100, threads=1, repeats=30).median_ms
+    return _lib.cpu_ms(model, shape, repeats=30)
 
 
 def _summary(rows: list[dict[str, Any]], layers: tuple[str, ...], base_ms: float, shape: Any):
@@ -722,9 +724,8 @@ def main() -> None:  # noqa: C901, PLR0915 - one linear script
         ],
     }
     name = "pgt_short_protocol_quick" if args.quick else "pgt_short_protocol"
-    (RESULTS / f"{name}.json").write_text(json.dumps(out, indent=1))
+    _lib.write_result(RESULTS, name, out, _markdown)
     _plots(fig1_rows, fig2, RESULTS, suffix="_quick" if args.quick else "")
-    (RESULTS / f"{name}.md").write_text(_markdown(out))
     print(f"[{time.perf_counter() - t_start:.0f}s] wrote {RESULTS / name}.json/.md")
 
 
@@ -1087,9 +1088,7 @@ def _sweep_table(args: Any, t_start: float, P: dict[str, Any]) -> None:  # noqa:
     only = args.from_rows
     # the dense reference, trained (once, cached) here before any worker needs it, and its
     # fingerprint in every spec: a row of another baseline is never taken from the rows file
-    from bench_peers import state_sha
-
-    base_sha = state_sha(_data(P["dataset"])[1])
+    base_sha = _lib.state_sha(_data(P["dataset"])[1])
     ds = {} if P["dataset"] == "mnist" else {"dataset": P["dataset"]}
 
     def say(msg: str) -> None:
@@ -1356,10 +1355,9 @@ def _sweep_table(args: Any, t_start: float, P: dict[str, Any]) -> None:  # noqa:
         "verdict": verdict,
     }
     name = P["name"] + ("_quick" if quick else "")
-    (RESULTS / f"{name}.json").write_text(json.dumps(out, indent=1))
     notes = RESULTS / P["notes"]
-    md = _markdown_t2(out) + ("" if quick or not notes.is_file() else "\n" + notes.read_text())
-    (RESULTS / f"{name}.md").write_text(md)
+    notes_md = "" if quick or not notes.is_file() else "\n" + notes.read_text()
+    _lib.write_result(RESULTS, name, out, lambda o: _markdown_t2(o) + notes_md)
     say(f"wrote {RESULTS / name}.json/.md")
 
 
@@ -1569,7 +1567,6 @@ def _cifar_only(args: Any, t_start: float) -> None:
         "paper_table3": PAPER_T3,
     }
     name = "pgt_cifar_fashion" + ("_quick" if args.quick else "")
-    (RESULTS / f"{name}.json").write_text(json.dumps(out, indent=1))
     lines = [
         "# PGT, supplement Table 3 at CPU scale: cifar-quick on Fashion-MNIST 32x32",
         "",
@@ -1593,7 +1590,7 @@ def _cifar_only(args: Any, t_start: float) -> None:
             f"{r['test_err'][0] - dense['test_err']:+.2f} | {r['speedup'][0]:.2f}x |"
         )
     lines += ["", "Paper (supp. Table 3, CIFAR-10): conv3 44 / 34 / 29, fc4 19 / 18 / 19.", ""]
-    (RESULTS / f"{name}.md").write_text("\n".join(lines))
+    _lib.write_result(RESULTS, name, out, "\n".join(lines))
     print(f"wrote {RESULTS / name}.json/.md")
 
 

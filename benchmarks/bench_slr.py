@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 
+import _lib
 import compactnn
 from compactnn import data as D
 from compactnn import metrics
@@ -51,9 +52,7 @@ def _top1(model: torch.nn.Module, loader: Any) -> float:
 
 
 def _lat(model: torch.nn.Module, shape: tuple[int, ...] = (1, 28, 28)) -> float:
-    return float(
-        metrics.measure_latency(model, shape, batch_size=100, threads=1, repeats=20).median_ms
-    )
+    return _lib.cpu_ms(model, shape, repeats=20)
 
 
 def _lat_pair(
@@ -653,12 +652,6 @@ def main() -> None:
     _plots(out)
 
 
-def _ms(vals: list[float]) -> str:
-    if len(vals) == 1:
-        return f"{vals[0]:.2f}"
-    return f"{statistics.mean(vals):.2f} ± {statistics.stdev(vals):.2f}"
-
-
 def _markdown(out: dict[str, Any]) -> None:
     b = out["baseline"]
     lines = [
@@ -680,9 +673,9 @@ def _markdown(out: dict[str, Any]) -> None:
         by.setdefault(r["lam1"], []).append(r)
     for lam, rs in by.items():
         lines.append(
-            f"| {lam} | {_ms([100 * r['param_cr'] for r in rs])} | {_ms([r['speedup'] for r in rs])}"
-            f" | {_ms([r['acc_no_ft'] for r in rs])} | {_ms([r['acc_ft1'] for r in rs])} | "
-            f"{_ms([r['seconds'] for r in rs])} |"
+            f"| {lam} | {_lib.pm_values([100 * r['param_cr'] for r in rs])} | {_lib.pm_values([r['speedup'] for r in rs])}"
+            f" | {_lib.pm_values([r['acc_no_ft'] for r in rs])} | {_lib.pm_values([r['acc_ft1'] for r in rs])} | "
+            f"{_lib.pm_values([r['seconds'] for r in rs])} |"
         )
     lines += ["", "Per layer (first seed), CR as eq. (15) (A: values over kept columns; "
               "B: r(n+d)); COO column = 3 nnz(A) / original:", "",

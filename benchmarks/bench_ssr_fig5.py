@@ -42,6 +42,7 @@ from typing import Any
 import torch
 from torch import nn
 
+import _lib
 from compactnn import data as cdata
 from compactnn import metrics
 from compactnn.demo import demo_baseline
@@ -293,10 +294,8 @@ def main(argv: list[str] | None = None) -> None:
         "runs": raw,
         "verdict": "; ".join(verdicts) + ".",
     }
-    args.out.mkdir(parents=True, exist_ok=True)
     stem = "ssr_fig5_quick" if args.quick else "ssr_fig5"
-    (args.out / f"{stem}.json").write_text(json.dumps(out, indent=1) + "\n")
-    (args.out / f"{stem}.md").write_text(markdown(out))
+    _lib.write_result(args.out, stem, out, markdown, newline=True)
     plot(out, args.out / f"{stem}.png")
     print(out["verdict"])
 

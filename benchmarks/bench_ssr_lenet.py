@@ -48,6 +48,7 @@ from typing import Any
 import torch
 from torch import nn
 
+import _lib
 import compactnn
 from compactnn import data as cdata
 from compactnn import metrics
@@ -290,6 +291,58 @@ def _point(given: dict[str, Any], threads: int, seed: int) -> None:
         fh.write(json.dumps(rec) + "\n")
 
 
+def _markdown(out: dict[str, Any]) -> str:
+    """The report of a run: the rows measured here, the issue's target, the paper's table."""
+    rows, target = out["rows"], out["target"]
+    md = [
+        f"# {out['benchmark']}",
+        "",
+        f"Command: `{out['command']}`  ",
+        f"Date: {out['date']}  ",
+        f"Machine: {out['machine']}",
+        "",
+        "## Measured here",
+        "",
+        "| method | filters | MACs | params | CPU ms (b=100, 1 thr) | speed-up | top-1 | err. increase |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        params = f"{r['params']:,}" + (
+            f" ({r['nonzero_params']:,} non-zero)" if r.get("nonzero_params") else ""
+        )
+        top1 = f"{r['top1']:.2f} %"
+        if r.get("top1_per_seed"):
+            top1 += " (mean of " + ", ".join(f"{t:.2f}" for t in r["top1_per_seed"]) + ")"
+        md.append(
+            f"| {r['method']} | {r['filters']} | {r['macs']:,} | {params} | "
+            f"{r['cpu_ms_batch100']:.2f} | {r['speedup']:.2f}x | {top1} | {r['err_inc']:+.2f} % |"
+        )
+    if target:
+        md += [
+            "",
+            "## Issue #4 target on the <= 11K row: " + ("met" if target["met"] else "NOT met"),
+            "",
+            f"{target['row']}: {target['filters']}, {target['params']:,} params, "
+            f"{target['speedup']:.2f}x measured, {target['extra_test_errors']:+d} test errors "
+            "over the baseline.",
+            "",
+        ]
+        md += [f"- {k}: {'yes' if v else 'no'}" for k, v in target["checks"].items()]
+    md += [
+        "",
+        "## Paper (Lin et al. 2019, Table I)",
+        "",
+        "| method | filters | FLOPs | params | CPU ms | speed-up | err. increase |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for p in PAPER:
+        md.append(
+            f"| {p['method']} | {p['filters']} | {p['flops']} | {p['params']} | {p['cpu_ms']} | "
+            f"{p['speedup']:.2f}x | +{p['err_inc']:.2f} % |"
+        )
+    return "\n".join(md) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="few steps: checks the pipeline only")
@@ -443,57 +496,10 @@ def main() -> None:
         "target": target,
         "paper": PAPER,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
     stem = "ssr_lenet_mnist" + ("_quick" if q else "")
-    (RESULTS / f"{stem}.json").write_text(json.dumps(out, indent=2, default=str))
-    md = [
-        f"# {out['benchmark']}",
-        "",
-        f"Command: `{out['command']}`  ",
-        f"Date: {out['date']}  ",
-        f"Machine: {out['machine']}",
-        "",
-        "## Measured here",
-        "",
-        "| method | filters | MACs | params | CPU ms (b=100, 1 thr) | speed-up | top-1 | err. increase |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        params = f"{r['params']:,}" + (
-            f" ({r['nonzero_params']:,} non-zero)" if r.get("nonzero_params") else ""
-        )
-        top1 = f"{r['top1']:.2f} %"
-        if r.get("top1_per_seed"):
-            top1 += " (mean of " + ", ".join(f"{t:.2f}" for t in r["top1_per_seed"]) + ")"
-        md.append(
-            f"| {r['method']} | {r['filters']} | {r['macs']:,} | {params} | "
-            f"{r['cpu_ms_batch100']:.2f} | {r['speedup']:.2f}x | {top1} | {r['err_inc']:+.2f} % |"
-        )
-    if target:
-        md += [
-            "",
-            "## Issue #4 target on the <= 11K row: " + ("met" if target["met"] else "NOT met"),
-            "",
-            f"{target['row']}: {target['filters']}, {target['params']:,} params, "
-            f"{target['speedup']:.2f}x measured, {target['extra_test_errors']:+d} test errors "
-            "over the baseline.",
-            "",
-        ]
-        md += [f"- {k}: {'yes' if v else 'no'}" for k, v in target["checks"].items()]
-    md += [
-        "",
-        "## Paper (Lin et al. 2019, Table I)",
-        "",
-        "| method | filters | FLOPs | params | CPU ms | speed-up | err. increase |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for p in PAPER:
-        md.append(
-            f"| {p['method']} | {p['filters']} | {p['flops']} | {p['params']} | {p['cpu_ms']} | "
-            f"{p['speedup']:.2f}x | +{p['err_inc']:.2f} % |"
-        )
-    (RESULTS / f"{stem}.md").write_text("\n".join(md) + "\n")
-    print("\n".join(md))
+    text = _markdown(out)
+    _lib.write_result(RESULTS, stem, out, text, indent=2, default=str)
+    print(text, end="")
 
 
 if __name__ == "__main__":
