@@ -12,7 +12,7 @@ Every script of ``benchmarks/`` imports this module (``import _lib``: a script r
   are equal, the settings that define the experiment are equal (the bench says which:
   ``recipe``) and no seed appears twice. A pooled JSON keeps every run under ``runs`` so that it
   can be pooled again with further seeds (:func:`load_poolable`, :func:`add_seed_args`,
-  :func:`stem_of`).
+  :func:`stem_of`, :func:`render_or_merge`).
 * **Tables**: :func:`mean_sd` and the ``mean ± sd`` cells :func:`pm`, :func:`pm_values` and
   :func:`filters_pm`.
 * **Timing**: :func:`cpu_ms` (median latency of a model, one thread) and :class:`Stopwatch`
@@ -25,6 +25,7 @@ import argparse
 import hashlib
 import json
 import statistics
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -171,6 +172,30 @@ def stem_of(args: argparse.Namespace, default: str) -> str:
     appended to a --quick run's stem (quick results are never committed)."""
     stem = args.out_stem or default + (f"_seed{args.seed}" if args.seed else "")
     return stem if not args.quick or stem.endswith("_quick") else stem + "_quick"
+
+
+def render_or_merge(
+    args: argparse.Namespace,
+    argv: list[str] | None,
+    markdown: Callable[[dict[str, Any]], str],
+    merge: Callable[[list[str], Path, list[str]], dict[str, Any]],
+    stem: Callable[[dict[str, Any]], str],
+) -> bool:
+    """Run --render or --merge of :func:`add_seed_args` when given (then True: nothing else is
+    to run). --render re-writes the ``.md`` of a results JSON; --merge writes
+    ``merge(stems, out_dir, argv)`` to --out-stem, else ``stem(pooled)`` (``_quick`` appended
+    for quick runs), as :func:`write_result` (printed)."""
+    if args.render is not None:
+        args.render.with_suffix(".md").write_text(markdown(json.loads(args.render.read_text())))
+        return True
+    if not args.merge:
+        return False
+    out = merge(args.merge, args.out, sys.argv[1:] if argv is None else argv)
+    name = args.out_stem or stem(out)
+    if out["quick"] and not name.endswith("_quick"):
+        name += "_quick"
+    write_result(args.out, name, out, markdown, newline=True, echo=True)
+    return True
 
 
 # -- tables -------------------------------------------------------------------------------------

@@ -50,7 +50,6 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime as dt
-import json
 import os
 import platform
 import sys
@@ -140,15 +139,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--paper", action="store_true", help="the paper's protocol (see docstring)")
     _lib.add_seed_args(ap, "ssr_gap", "ssr_gap[_paper][_seedN]")
     args = ap.parse_args(argv)
-    if args.render is not None:
-        args.render.with_suffix(".md").write_text(markdown(json.loads(args.render.read_text())))
-        return
-    if args.merge:
-        out = merge(args.merge, args.out, sys.argv[1:] if argv is None else argv)
-        stem = args.out_stem or "ssr_gap" + ("_paper" if out["protocol"] == "paper" else "")
-        if out["quick"] and not stem.endswith("_quick"):
-            stem += "_quick"
-        _write(out, args.out, stem)
+    if _lib.render_or_merge(
+        args,
+        argv,
+        markdown,
+        merge,
+        lambda out: "ssr_gap" + ("_paper" if out["protocol"] == "paper" else ""),
+    ):
         return
     torch.set_num_threads(args.threads)
     t_all = time.perf_counter()

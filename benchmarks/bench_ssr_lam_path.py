@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import platform
 import sys
@@ -104,15 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--tol", type=float, default=0.5, help="validation error tolerance (points)")
     _lib.add_seed_args(ap, "ssr_lam_path", "ssr_lam_path[_seedN]")
     args = ap.parse_args(argv)
-    if args.render is not None:
-        args.render.with_suffix(".md").write_text(markdown(json.loads(args.render.read_text())))
-        return
-    if args.merge:
-        out = merge(args.merge, args.out, sys.argv[1:] if argv is None else argv)
-        stem = args.out_stem or "ssr_lam_path"
-        if out["quick"] and not stem.endswith("_quick"):
-            stem += "_quick"
-        _write(out, args.out, stem)
+    if _lib.render_or_merge(args, argv, markdown, merge, lambda _: "ssr_lam_path"):
         return
     torch.set_num_threads(args.threads)
     t_all = time.perf_counter()
