@@ -41,6 +41,14 @@ Nothing is chosen on a test set: every eps point is reported.
     .venv/bin/python benchmarks/bench_ddlr_repro.py \
         --merge ddlr_repro_seed0 ddlr_repro_seed1 ddlr_repro_seed2 --out ddlr_repro
 
+Which rank rule reproduces the paper's Fig. 2 (size ratio ~0.4-1.0)? (issue 15; formerly
+``benchmarks/ddlr_elbow_ranks.py``): spiral-mlp fc2 (80x80), N = 256 / 512, eps of sec. 4.1; one
+DDLR solve per point, then the deployed weight at r-1, r (our elbow), r+1 and the numerical rank
+(sigma_i > 1e-4 sigma_1). Writes benchmarks/results/ddlr_elbow_ranks.json (one row per N and
+eps):
+
+    .venv/bin/python benchmarks/bench_ddlr_repro.py --elbow-ranks   # ~6 min on 2 shared cores
+
 ``--merge`` refuses to pool runs made with different settings (experiments, protocol, N, eps
 values, ADMM iteration cap, sample counts) or the same seed twice. Writes
 benchmarks/results/ddlr_fig{2,3,4}_*.png, ddlr_repro.json and ddlr_repro.md (other ``--out``
@@ -57,7 +65,6 @@ import json
 import os
 import platform
 import shlex
-import statistics
 import sys
 import time
 import warnings
@@ -69,12 +76,14 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+import _lib
 import compactnn
 from compactnn import data as cdata
 from compactnn import metrics, models
+from compactnn.capture import collect
 from compactnn.layers import LowRankLinear, SparseLinear
 from compactnn.methods import CompressionData
-from compactnn.solvers.layerwise import ADMMOptions
+from compactnn.solvers.layerwise import ADMMOptions, choose_rank, factorize, solve_ddlr
 from compactnn.train import TrainConfig, load_checkpoint, save_checkpoint, train
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -333,21 +342,10 @@ def run_experiment(
 # Seeds: mean ± sd, pooling of runs, report.
 
 
-def _mean_sd(v: list[float]) -> dict[str, float]:
-    """Mean, sample sd (0 for one value) and count of ``v``."""
-    return {
-        "mean": statistics.fmean(v),
-        "sd": statistics.stdev(v) if len(v) > 1 else 0.0,
-        "n": len(v),
-    }
-
-
 def _pm(d: dict[str, float] | None, fmt: str = ".4f", n: bool = True, unit: str = "") -> str:
-    """``mean ± sd<unit> (n=k)``; ``-`` for no value."""
-    if d is None:
-        return "-"
-    s = f"{d['mean']:{fmt}} ± {d['sd']:{fmt.lstrip('+')}}{unit}"
-    return s + (f" (n={d['n']})" if n else "")
+    """This bench's cell: ``mean ± sd<unit> (n=k)``, the sd even for one seed; ``-`` for no
+    value."""
+    return "-" if d is None else _lib.pm(d, fmt, n=n, unit=unit, sd=True)
 
 
 def add_seed_args(ap: argparse.ArgumentParser, default_stem: str) -> None:
@@ -394,6 +392,12 @@ def _parser() -> argparse.ArgumentParser:
     add_seed_args(ap, "ddlr_repro")
     ap.add_argument(
         "--replot", action="store_true", help="only redraw the PNGs and .md from <--out>.json"
+    )
+    ap.add_argument(
+        "--elbow-ranks",
+        action="store_true",
+        help="only the Fig. 2 rank-rule study: fc2 deployed at r-1, r, r+1 and the numerical "
+        "rank (results/ddlr_elbow_ranks.json)",
     )
     return ap
 
@@ -496,12 +500,12 @@ def summarize(doc: dict[str, Any]) -> list[dict[str, Any]]:
             count = "rank" if key[1] == "ddlr" else "nnz"
             pt: dict[str, Any] = {"N": key[0], "method": key[1], "eps_frac": key[2]}
             for f in ("size_ratio", "top1", "rel_acc", "seconds"):
-                pt[f] = _mean_sd([r[f] for r in rows])
+                pt[f] = _lib.mean_sd([r[f] for r in rows])
             pt["rel_acc_full_test"] = (
-                _mean_sd([r["rel_acc_full_test"] for r in rows]) if full else None
+                _lib.mean_sd([r["rel_acc_full_test"] for r in rows]) if full else None
             )
             pt["per_layer"] = {
-                n: _mean_sd([r["per_layer"][n][count] for r in rows]) for n in first["layers"]
+                n: _lib.mean_sd([r["per_layer"][n][count] for r in rows]) for n in first["layers"]
             }
             pt["dense"] = {
                 n: sum(r["per_layer"][n]["form"] == "dense" for r in rows) for n in first["layers"]
@@ -523,9 +527,11 @@ def summarize(doc: dict[str, Any]) -> list[dict[str, Any]]:
                 "protocol": first.get("protocol"),
                 "png": first.get("png"),
                 "seeds": [int(s) for s in seeds],
-                "baseline_top1": _mean_sd([res["baseline_top1"] for res in per_seed]),
+                "baseline_top1": _lib.mean_sd([res["baseline_top1"] for res in per_seed]),
                 "baseline_top1_full_test": (
-                    _mean_sd([res["baseline_top1_full_test"] for res in per_seed]) if full else None
+                    _lib.mean_sd([res["baseline_top1_full_test"] for res in per_seed])
+                    if full
+                    else None
                 ),
                 "baseline_by_seed": {
                     s: res["baseline_top1"] for s, res in zip(seeds, per_seed, strict=True)
@@ -801,8 +807,7 @@ def _write(doc: dict[str, Any], stem: str) -> None:
                     r["png"] = png
         first["png"] = res["png"] = png
         plot(res, RESULTS / png)
-    (RESULTS / f"{stem}.json").write_text(json.dumps(doc, indent=2, default=str))
-    (RESULTS / f"{stem}.md").write_text(markdown(doc))
+    _lib.write_result(RESULTS, stem, doc, markdown, indent=2, default=str)
 
 
 def _document(runs: list[dict[str, Any]], command: str) -> dict[str, Any]:
@@ -834,8 +839,56 @@ def _stem(args: argparse.Namespace) -> str:
     return stem
 
 
+def elbow_ranks() -> None:
+    """Fig. 2's spiral-mlp fc2 at every N and eps: one DDLR solve each, deployed at r-1, r (the
+    elbow), r+1 and the numerical rank; rows printed and written to ddlr_elbow_ranks.json."""
+    torch.set_num_threads(1)
+    name, exp = "fig2_spiral", OURS["fig2_spiral"]
+    train_ds, test_ds = _datasets(exp)
+    model, how = _reference(name, exp, train_ds)
+    test = DataLoader(test_ds, batch_size=1000)
+    base = _acc(model, test)
+    print("baseline", base, how, flush=True)
+    d = n = 80
+    rows = []
+    for N in exp["N"]:
+        g = torch.Generator().manual_seed(N)
+        idx = torch.randperm(len(train_ds), generator=g)[:N]
+        xb = train_ds.tensors[0][idx]
+        io = collect(model, ["fc2"], [xb], max_rows=None)["fc2"]
+        for frac in exp["eps"]:
+            res = solve_ddlr(
+                io.X, io.Y, model.fc2.bias.detach(), eps_frac=frac,
+                options=ADMMOptions(max_iter=20000),
+            )  # fmt: skip
+            s = torch.linalg.svdvals(res.U)
+            r = choose_rank(res.U)
+            num = int((s > 1e-4 * s[0]).sum())
+            out = {"N": N, "eps": frac, "status": res.status, "elbow": r, "numerical_rank": num}
+            for label, k in (("r-1", r - 1), ("r", r), ("r+1", r + 1), ("numerical", num)):
+                if k < 1 or k > min(d, n):
+                    continue
+                first, second = factorize(res.U, k)
+                m = copy.deepcopy(model)
+                with torch.no_grad():
+                    m.fc2.weight.copy_((second @ first).to(m.fc2.weight.dtype))
+                out[label] = {
+                    "rank": k,
+                    "size_ratio": min(k * (d + n), d * n) / (d * n),
+                    "rel_acc": _acc(m, test) / base,
+                }
+            rows.append(out)
+            print(json.dumps(out), flush=True)
+    (RESULTS / "ddlr_elbow_ranks.json").write_text(
+        json.dumps({"baseline": base, "rows": rows}, indent=1)
+    )
+
+
 def main() -> None:
     args = _parser().parse_args()
+    if args.elbow_ranks:
+        elbow_ranks()
+        return
     stem = _stem(args)
     if args.merge:
         merge_command(args.merge, stem, merge, _write, markdown)

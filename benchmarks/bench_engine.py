@@ -20,7 +20,6 @@ import copy
 import datetime as dt
 import json
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -28,12 +27,11 @@ from typing import Any
 
 import torch
 
+import _lib
+import bench_peers
 import compactnn
 from compactnn import budget, metrics
 from compactnn.train import TrainConfig, train
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_peers  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 #: model -> the device its committed baseline was trained on (bench_peers' --baseline-trained-on):
@@ -45,11 +43,10 @@ def dense_epoch_seconds(model: torch.nn.Module, loader: Any) -> tuple[float, flo
     """Wall and CPU seconds of one dense training epoch (one torch thread: the CPU time is not
     moved by other jobs on a shared machine, the wall time is)."""
     m = copy.deepcopy(model).train()
-    t, c = time.perf_counter(), time.process_time()
-    with torch.random.fork_rng(devices=[]):
+    with _lib.Stopwatch() as sw, torch.random.fork_rng(devices=[]):
         train(m, loader, config=TrainConfig(epochs=1, lr=1e-3, momentum=0.9, seed=0),
               progress=False)  # fmt: skip
-    return time.perf_counter() - t, time.process_time() - c
+    return sw.wall, sw.cpu
 
 
 def row(
@@ -111,11 +108,7 @@ def render(rows: list[dict[str, Any]]) -> str:
     ]
     keys = sorted({(r["model"], r["method"], r["budget_macs"]) for r in rows})
 
-    def ms(v: list[float], f: str = ".2f") -> str:
-        if len(v) == 1:
-            return format(v[0], f)
-        return f"{statistics.mean(v):{f}} ± {statistics.stdev(v):{f}}"
-
+    ms = _lib.pm_values
     for m, meth, b in keys:
         rs = [r for r in rows if (r["model"], r["method"], r["budget_macs"]) == (m, meth, b)]
         rs.sort(key=lambda r: r["seed"])
@@ -154,8 +147,7 @@ def main() -> None:
                         if (x["model"], x["method"], x["budget_macs"], x["seed"]) != key
                     ]
                     rows.append(r)
-                    path.write_text(json.dumps(rows, indent=1))
-                    (RESULTS / "engine.md").write_text(render(rows))
+                    _lib.write_result(RESULTS, "engine", rows, render)
                     print(
                         json.dumps(
                             {

@@ -60,11 +60,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+import _lib
 from compactnn import data as cdata
 from compactnn import export, metrics, models, surgery
-from compactnn.cli import cache_dir
+from compactnn.demo import cache_dir
 from compactnn.methods import CompressionData, get_method
-from compactnn.methods._common import finetune_model
+from compactnn.methods.blocks import finetune_model
 from compactnn.train import TrainConfig, load_checkpoint, save_checkpoint, train
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -150,28 +151,6 @@ def _baseline(args: argparse.Namespace, train_loader: DataLoader) -> tuple[nn.Mo
 # mu paths (rho = 1). l0 zeroes blocks of norm below sqrt(2 mu / rho) (eq. 10).
 PAPER_MUS = (1e-3, 3e-3, 6e-3, 1e-2)  # global mu, kernels W_ij (paper protocol)
 EXT_SCALES = (0.5, 0.75, 1.0)  # extension: threshold = s x the layer's median filter norm
-
-
-def _weights_sha(model: nn.Module) -> str:
-    """Fingerprint of the baseline's weights (bench_peers.state_sha): a retrained baseline that
-    is not bit-identical (another CPU) is never pooled with this one."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from bench_peers import state_sha
-
-    return state_sha(model)
-
-
-def _mean_sd(v: list[float]) -> dict[str, float]:
-    return {
-        "mean": statistics.fmean(v),
-        "sd": statistics.stdev(v) if len(v) > 1 else 0.0,
-        "n": len(v),
-    }
-
-
-def _pm(d: dict[str, float], fmt: str = ".2f") -> str:
-    s = f"{d['mean']:{fmt}}"
-    return s + (f" ± {d['sd']:{fmt}}" if d["n"] > 1 else "") + f" (n={d['n']})"
 
 
 def _timing(
@@ -346,7 +325,7 @@ def _run(
 
 
 def _plans_dir(args: argparse.Namespace, label: str, seed: int) -> Path:
-    from compactnn.cli import cache_dir
+    from compactnn.demo import cache_dir
 
     tag = "paper" if label.startswith("paper") else "extension"
     stem = args.out or "kiaee_fashion"
@@ -514,9 +493,9 @@ def _layouts_md(out: dict[str, Any]) -> list[str]:
         if ts:
             md.append(
                 f"| {row['label']} | mean ± sd | | | "
-                f"{_pm(_mean_sd([t['speedup_nchw'] for t in ts]))} | "
-                f"{_pm(_mean_sd([t['speedup_cl'] for t in ts]))} | "
-                f"**{_pm(_mean_sd([t['speedup_best_layout'] for t in ts]))}** |"
+                f"{_lib.pm(_lib.mean_sd([t['speedup_nchw'] for t in ts]), n=True)} | "
+                f"{_lib.pm(_lib.mean_sd([t['speedup_cl'] for t in ts]), n=True)} | "
+                f"**{_lib.pm(_lib.mean_sd([t['speedup_best_layout'] for t in ts]), n=True)}** |"
             )
     return [*md, ""]
 
@@ -573,8 +552,8 @@ def _significance(
         "baseline_test_top1": base_test,
         "test_images": len(test_l.dataset),  # type: ignore[arg-type]
     }
-    out["admm"] = _mean_sd(a)
-    out["finetune"] = _mean_sd(f)
+    out["admm"] = _lib.mean_sd(a)
+    out["finetune"] = _lib.mean_sd(f)
     if len(runs) >= 2:
         out["paired_t"] = dict(zip(("t", "p"), map(float, stats.ttest_rel(a, f))))
         out["welch_t"] = dict(zip(("t", "p"), map(float, stats.ttest_ind(a, f, equal_var=False))))
@@ -589,7 +568,7 @@ def _significance(
 
 def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
     keys = ("test_top1", "val_top1", "speedup", "speedup_b1", "ort_speedup", "params", "macs")
-    return {k: _mean_sd([float(r["chosen"][k]) for r in runs]) for k in keys} | {
+    return {k: _lib.mean_sd([float(r["chosen"][k]) for r in runs]) for k in keys} | {
         "chosen_mu": [r["chosen_mu"] for r in runs]
     }
 
@@ -643,8 +622,8 @@ def _markdown(out: dict[str, Any]) -> str:
         mus = ", ".join(f"{m:g}" for m in s["chosen_mu"])
         md.append(
             f"| {row['label']} | {row['differs']} | {s['test_top1']['n']} | {mus} | "
-            f"{_pm(s['test_top1'])} | {drop['mean']:.2f} | {s['params']['mean']:,.0f} | "
-            f"{_pm(s['speedup'])} | {_pm(s['speedup_b1'])} | {_pm(s['ort_speedup'])} |"
+            f"{_lib.pm(s['test_top1'], n=True)} | {drop['mean']:.2f} | {s['params']['mean']:,.0f} | "
+            f"{_lib.pm(s['speedup'], n=True)} | {_lib.pm(s['speedup_b1'], n=True)} | {_lib.pm(s['ort_speedup'], n=True)} |"
         )
     md += ["", out.get("verdict", ""), ""]
     md += _layouts_md(out)
@@ -705,7 +684,7 @@ def _markdown(out: dict[str, Any]) -> str:
             "",
             "| | ADMM training | standard fine-tuning | baseline |",
             "|---|---|---|---|",
-            f"| mean test top-1 % | {_pm(sig['admm'])} | {_pm(sig['finetune'])} | "
+            f"| mean test top-1 % | {_lib.pm(sig['admm'], n=True)} | {_lib.pm(sig['finetune'], n=True)} | "
             f"{sig['baseline_test_top1']:.2f} |",
             f"| sparsity % | {statistics.fmean(r['admm_sparsity_percent'] for r in sig['runs']):.2f}"
             " | 0 | 0 |",
@@ -765,9 +744,7 @@ def _verdict(out: dict[str, Any]) -> str:
 
 
 def _write(out: dict[str, Any], stem: str) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{stem}.json").write_text(json.dumps(out, indent=2, default=str))
-    (RESULTS / f"{stem}.md").write_text(_markdown(out))
+    _lib.write_result(RESULTS, stem, out, _markdown, indent=2, default=str)
 
 
 def _merge(stems: list[str], out_stem: str) -> None:
@@ -939,7 +916,7 @@ def main() -> None:
         "val_images": len(val_l.dataset),  # type: ignore[arg-type]
         "eager_ms": t_b,
         "ort_ms": ort_b["ort_ms"],
-        "weights_sha": _weights_sha(baseline),
+        "weights_sha": _lib.state_sha(baseline),
     }
     print(f"baseline: {json.dumps(base)}", flush=True)
     mods = dict(baseline.named_modules())

@@ -45,11 +45,11 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_ddlr_repro as ddlr_bench  # noqa: E402
-import compactnn  # noqa: E402
-from compactnn.methods import CompressionData  # noqa: E402
-from compactnn.solvers.layerwise import ADMMOptions  # noqa: E402
+import _lib
+import bench_ddlr_repro as ddlr_bench
+import compactnn
+from compactnn.methods import CompressionData
+from compactnn.solvers.layerwise import ADMMOptions
 
 RESULTS = Path(__file__).resolve().parent / "results"
 EPS = (0.02, 0.04, 0.08, 0.16)
@@ -67,7 +67,6 @@ def _parallel_at(rows: list[dict[str, Any]], size: float) -> float | None:
     return None
 
 
-_mean_sd = ddlr_bench._mean_sd
 _pm = ddlr_bench._pm
 
 
@@ -131,11 +130,13 @@ def summarize(doc: dict[str, Any]) -> dict[str, Any]:
                 "eps_frac": key[0],
                 "scheme": key[1],
                 "gamma": first["gamma"],
-                "nnz": {n: _mean_sd([r["nnz"][n] for r in rows]) for n in layers},
-                "eps_fc2": _mean_sd([r["eps"]["fc2"] for r in rows]),
-                **{f: _mean_sd([r[f] for r in rows]) for f in ("size_ratio", "top1", "rel_acc")},
-                "seconds": _mean_sd([r["seconds"] for r in rows]),
-                "vs_parallel": _mean_sd(got) if got else None,
+                "nnz": {n: _lib.mean_sd([r["nnz"][n] for r in rows]) for n in layers},
+                "eps_fc2": _lib.mean_sd([r["eps"]["fc2"] for r in rows]),
+                **{
+                    f: _lib.mean_sd([r[f] for r in rows]) for f in ("size_ratio", "top1", "rel_acc")
+                },
+                "seconds": _lib.mean_sd([r["seconds"] for r in rows]),
+                "vs_parallel": _lib.mean_sd(got) if got else None,
                 "by_seed": {
                     str(run["seed"]): {
                         "size_ratio": r["size_ratio"],
@@ -147,7 +148,7 @@ def summarize(doc: dict[str, Any]) -> dict[str, Any]:
             }
         )
     return {
-        "baseline_top1": _mean_sd([run["baseline_top1"] for run in runs]),
+        "baseline_top1": _lib.mean_sd([run["baseline_top1"] for run in runs]),
         "baseline_by_seed": {str(run["seed"]): run["baseline_top1"] for run in runs},
         "points": points,
     }
@@ -230,9 +231,7 @@ def markdown(doc: dict[str, Any]) -> str:
 
 
 def _write(doc: dict[str, Any], stem: str) -> None:
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{stem}.json").write_text(json.dumps(doc, indent=2))
-    (RESULTS / f"{stem}.md").write_text(markdown(doc))
+    _lib.write_result(RESULTS, stem, doc, markdown, indent=2)
 
 
 def _document(runs: list[dict[str, Any]], command: str) -> dict[str, Any]:

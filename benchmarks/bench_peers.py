@@ -64,7 +64,6 @@ import argparse
 import contextlib
 import copy
 import datetime as dt
-import hashlib
 import io
 import json
 import math
@@ -83,6 +82,7 @@ from typing import Any
 import torch
 from torch import nn
 
+import _lib
 import compactnn
 from compactnn import budget, export, metrics, models
 from compactnn import data as cdata
@@ -419,7 +419,7 @@ def _kirigami_widths(model: nn.Module, shape: tuple[int, ...]) -> Callable[[floa
     from torch_kirigami.pruning import ChannelRatio, Pruner
     from torch_kirigami.pruning.budget import channel_targets
 
-    from compactnn.methods._common import prune_filters
+    from compactnn.methods.blocks import prune_filters
 
     graph = DependencyGraph.build(
         model, args=(torch.randn(2, *shape, device=module_device(model)),)
@@ -613,11 +613,11 @@ def baseline(
     if quick:
         return fresh, "untrained (quick smoke run)"
     if model_name == "lenet-caffe":
-        from compactnn.cli import demo_baseline
+        from compactnn.demo import demo_baseline
 
         model, _, ckpt = demo_baseline(progress=False)
         return model, str(ckpt)
-    from compactnn.cli import _train_model, cache_dir
+    from compactnn.demo import cache_dir, train_model
 
     tag = "32x3" if spec["data"] else ""
     where = torch.device(trained_on or device).type
@@ -636,7 +636,7 @@ def baseline(
             f"{cache_dir() / 'checkpoints'} or {RESULTS / 'checkpoints'}; copy the one the "
             "other machine trained there (or drop the option to train one here)."
         )
-    model, _, _, _ = _train_model(
+    model, _, _, _ = train_model(
         model_name, spec["dataset"], epochs=spec["train_epochs"], lr=0.01, batch_size=128,
         seed=0, progress=False, device=device, **spec["data"],
     )  # fmt: skip
@@ -834,9 +834,9 @@ def time_epoch(model_name: str, steps: int, quick: bool = False) -> dict[str, An
 
     def timed(n: int) -> tuple[float, float]:
         cfg = TrainConfig(epochs=1, seed=0, max_steps_per_epoch=n, **FT)
-        t0, c0 = time.perf_counter(), time.process_time()
-        finetune(model, train, config=cfg, progress=False)
-        return time.perf_counter() - t0, time.process_time() - c0
+        with _lib.Stopwatch() as sw:
+            finetune(model, train, config=cfg, progress=False)
+        return sw.wall, sw.cpu
 
     t_warm, c_warm = timed(warm)
     t_all, c_all = timed(warm + steps)
@@ -952,14 +952,6 @@ def not_run_rows(
 
 
 # ---------------------------------------------------------------------------------- reporting
-
-
-def _mean_sd(xs: list[float]) -> str:
-    if not xs:
-        return "–"
-    if len(xs) == 1:
-        return f"{xs[0]:.2f}"
-    return f"{statistics.mean(xs):.2f} ± {statistics.stdev(xs):.2f}"
 
 
 def _median(rows: list[dict[str, Any]], key: str) -> float | None:
@@ -1135,8 +1127,8 @@ def before_ft_verdicts(agg: list[dict[str, Any]]) -> list[str]:
 
         o, p = max(ours, key=mean), max(peers, key=mean)
         lines.append(
-            f"- {_cell_label(agg, key)}: best compactnn `{o['method']}` {_mean_sd(o['val_before_ft'])} vs best "
-            f"peer `{p['method']}` {_mean_sd(p['val_before_ft'])} "
+            f"- {_cell_label(agg, key)}: best compactnn `{o['method']}` {_lib.pm_values(o['val_before_ft'])} vs best "
+            f"peer `{p['method']}` {_lib.pm_values(p['val_before_ft'])} "
             f"({mean(o) - mean(p):+.2f} points)."
         )
     return lines
@@ -1259,8 +1251,8 @@ def markdown(rows: list[dict[str, Any]], agg: list[dict[str, Any]], meta: dict[s
             f"| {a['model']} | {shown} | {a['baseline'] or '–'} | {a['method']} | {a['library']} | "
             f"{a['structure'] or '–'} | {_f(a['params'], ',.0f')} | "
             f"{_f(a['macs_kept'] and 100 * a['macs_kept'], '.2f')} % | "
-            f"{_mean_sd(a['val_before_ft']) if a.get('val_before_ft') else '–'} | "
-            f"{_mean_sd(a['test_top1'])} | "
+            f"{_lib.pm_values(a['val_before_ft']) if a.get('val_before_ft') else '–'} | "
+            f"{_lib.pm_values(a['test_top1'])} | "
             f"{_f(a['err_increase_mean'], '+.2f')} | {_f(a['latency_eager_ms'], '.2f')} "
             f"({_f(a['speedup_eager'], '.2f')}x) | {_f(a['latency_ort_ms'], '.2f')} "
             f"({_f(a['speedup_ort'], '.2f')}x) | {_f(a['compress_s'], '.0f')} | "
@@ -1352,10 +1344,8 @@ def rebuild(
                                          and r.get("baseline_measure")}) for m in current},
             "baselines": {**{r["model"]: r["baseline"] for r in rows if r.get("baseline")},
                           **meta.get("baselines", {})}}  # fmt: skip
-    (out_dir / "peers.json").write_text(
-        json.dumps({"meta": meta, "aggregate": agg, "rows": rows}, indent=1, default=str)
-    )
-    (out_dir / "peers.md").write_text(markdown(rows, agg, meta))
+    doc = {"meta": meta, "aggregate": agg, "rows": rows}
+    _lib.write_result(out_dir, "peers", doc, lambda _: markdown(rows, agg, meta), default=str)
     for model in sorted({r["model"] for r in rows}):
         bases = meta["all_baselines"].get(model) or []
         if len(bases) <= 1:
@@ -1368,20 +1358,11 @@ def rebuild(
     return rows
 
 
-def state_sha(model: nn.Module) -> str:
-    """Fingerprint of a model's weights (sha256 of its state_dict, names and bytes; 16 hex)."""
-    h = hashlib.sha256()
-    for k, v in model.state_dict().items():
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
 def base_measure(base: nn.Module, model_name: str, quick: bool) -> dict[str, Any]:
     shape = tuple(models.default_input_shape(model_name))
     _, _, test = loaders(model_name, 0, quick)
     return {
-        "state_sha": state_sha(base),
+        "state_sha": _lib.state_sha(base),
         "params": metrics.count_params(base),
         "macs": macs_of(base, shape),
         "test_top1": metrics.accuracy(base, test, topk=(1,))["top1"],

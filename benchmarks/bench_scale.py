@@ -30,7 +30,6 @@ import json
 import math
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -38,8 +37,9 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
+import _lib
+
 RESULTS = Path(__file__).resolve().parent / "results"
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 # vgg16-cifar: (c_in, c_out) of the 13 conv3x3, then fc 512 -> 512
 VGG16 = [
@@ -321,10 +321,7 @@ def main() -> None:
         "end_to_end": e2e,
         "vgg16": v,
     }
-    RESULTS.mkdir(exist_ok=True)
-    path.write_text(json.dumps(result, indent=1) + "\n")
-    (RESULTS / "scale.md").write_text(markdown(result))
-    print((RESULTS / "scale.md").read_text())
+    _lib.write_result(RESULTS, "scale", result, markdown, newline=True, echo=True)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import _lib
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 GLOBAL_BATCH = 128
@@ -155,7 +157,6 @@ def main() -> None:
         "rows": rows,
     }
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "scale_ddp.json").write_text(json.dumps({"ddp": doc}, indent=1))
     # the one scaling file: the same rows under "ddp" of scale.json (other keys kept)
     both = RESULTS / "scale.json"
     merged = json.loads(both.read_text()) if both.is_file() else {}
@@ -201,7 +202,7 @@ def main() -> None:
         "",
         f"Command: `{doc['command']}`",
     ]
-    (RESULTS / "scale_ddp.md").write_text("\n".join(lines) + "\n")
+    _lib.write_result(RESULTS, "scale_ddp", {"ddp": doc}, "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -32,10 +32,11 @@ from typing import Any
 
 import torch
 
+import _lib
 import compactnn
 from compactnn import data as D
 from compactnn import metrics
-from compactnn.cli import demo_baseline
+from compactnn.demo import demo_baseline
 
 OUT = Path(__file__).resolve().parent / "results"
 
@@ -51,9 +52,7 @@ def _top1(model: torch.nn.Module, loader: Any) -> float:
 
 
 def _lat(model: torch.nn.Module, shape: tuple[int, ...] = (1, 28, 28)) -> float:
-    return float(
-        metrics.measure_latency(model, shape, batch_size=100, threads=1, repeats=20).median_ms
-    )
+    return _lib.cpu_ms(model, shape, repeats=20)
 
 
 def _lat_pair(
@@ -149,7 +148,7 @@ RUNTIMES = ("eager", "eager channels_last", "onnxruntime")
 
 def _saved_dir(lr: float, net: str = "kiaee-cnn") -> Path:
     """Where the acceptance run's compressed model is kept (compact checkpoint, not in git)."""
-    from compactnn.cli import cache_dir
+    from compactnn.demo import cache_dir
 
     return cache_dir() / "bench" / f"slr_{NETS[net]['tag']}_lr{lr:g}"
 
@@ -220,7 +219,7 @@ def compare(args: argparse.Namespace) -> None:
     """
     model, test, _ = demo_baseline(progress=False)
     train, _ = D.get_loaders("mnist", batch_size=128, seed=0)
-    from compactnn.methods._common import finetune_model
+    from compactnn.methods.blocks import finetune_model
 
     out: dict[str, Any] = {
         "command": f"nohup .venv/bin/python benchmarks/bench_slr.py --compare {args.compare:g}",
@@ -579,7 +578,7 @@ def main() -> None:
             acc0 = _top1(res.model, test)
             lat, blat = _lat_pair(model, res.model)
             p = _params(res.model)
-            from compactnn.methods._common import finetune_model
+            from compactnn.methods.blocks import finetune_model
 
             fm = res.model
             finetune_model(fm, train, epochs=1, lr=1e-3, momentum=0.9, weight_decay=0.0,
@@ -653,12 +652,6 @@ def main() -> None:
     _plots(out)
 
 
-def _ms(vals: list[float]) -> str:
-    if len(vals) == 1:
-        return f"{vals[0]:.2f}"
-    return f"{statistics.mean(vals):.2f} ± {statistics.stdev(vals):.2f}"
-
-
 def _markdown(out: dict[str, Any]) -> None:
     b = out["baseline"]
     lines = [
@@ -680,9 +673,9 @@ def _markdown(out: dict[str, Any]) -> None:
         by.setdefault(r["lam1"], []).append(r)
     for lam, rs in by.items():
         lines.append(
-            f"| {lam} | {_ms([100 * r['param_cr'] for r in rs])} | {_ms([r['speedup'] for r in rs])}"
-            f" | {_ms([r['acc_no_ft'] for r in rs])} | {_ms([r['acc_ft1'] for r in rs])} | "
-            f"{_ms([r['seconds'] for r in rs])} |"
+            f"| {lam} | {_lib.pm_values([100 * r['param_cr'] for r in rs])} | {_lib.pm_values([r['speedup'] for r in rs])}"
+            f" | {_lib.pm_values([r['acc_no_ft'] for r in rs])} | {_lib.pm_values([r['acc_ft1'] for r in rs])} | "
+            f"{_lib.pm_values([r['seconds'] for r in rs])} |"
         )
     lines += ["", "Per layer (first seed), CR as eq. (15) (A: values over kept columns; "
               "B: r(n+d)); COO column = 3 nnz(A) / original:", "",

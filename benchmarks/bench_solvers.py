@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+import _lib
 from compactnn.solvers.layerwise import (
     ADMMOptions,
     CvxpyOptions,
@@ -117,8 +118,6 @@ def main() -> None:
     }
     data["date"] = datetime.datetime.now().isoformat(timespec="seconds")
     data["command"] = " ".join([".venv/bin/python", *sys.argv])
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2))
     lines = [
         "# Layer-wise solver benchmark (DDLR / Net-Trim, eps = 0.1 ||X||_F)",
         "",
@@ -147,7 +146,7 @@ def main() -> None:
             f"| {key.split('/')[0]} | {e['method']} | {e['N']} | {a['seconds']:.2f} | {a['objective']:.6g} | "
             f"{a['violation']:.2e} | {a['status']} | {sc} | {struct} | {e['peak_rss_mb']:.0f} |"
         )
-    (RESULTS / "solvers.md").write_text("\n".join(lines) + "\n")
+    _lib.write_result(RESULTS, "solvers", data, "\n".join(lines) + "\n", indent=2)
 
 
 if __name__ == "__main__":

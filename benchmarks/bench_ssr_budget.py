@@ -41,6 +41,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import _lib
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 RECIPES = HERE / "recipes"
@@ -77,17 +79,14 @@ def _file_sha(path: Path) -> str:
 def _baseline() -> tuple[Path, str]:
     """The demo's cached baseline (trained once when missing): its path and weight fingerprint
     (each run's CLI report measures its accuracy and latency again)."""
-    from compactnn.cli import demo_baseline
-
-    sys.path.insert(0, str(HERE))
-    from bench_peers import state_sha
+    from compactnn.demo import demo_baseline
 
     model, _, ckpt = demo_baseline(seed=0, progress=False)
-    return Path(ckpt), state_sha(model)
+    return Path(ckpt), _lib.state_sha(model)
 
 
 def _run_dir(key: str, seed: int) -> Path:
-    from compactnn.cli import cache_dir
+    from compactnn.demo import cache_dir
 
     return cache_dir() / "bench" / "ssr_budget" / f"{key}-seed{seed}"
 
@@ -229,11 +228,8 @@ def _summarise(rep: dict[str, Any], key: str, seed: int, timing: dict[str, Any])
 
 
 def _ms(v: list[float], fmt: str) -> str:
-    if not v:
-        return "-"
-    if len(v) == 1:
-        return f"{v[0]:{fmt}}"
-    return f"{statistics.fmean(v):{fmt}} ± {statistics.stdev(v):{fmt.lstrip('+')}}"
+    """This bench's cell: mean ± sd over the seeds, ``-`` for none."""
+    return _lib.pm(_lib.mean_sd(v), fmt) if v else "-"
 
 
 def _markdown(out: dict[str, Any]) -> str:
@@ -384,8 +380,7 @@ def main() -> None:
             out["base_test_top1"] = runs[0]["base_test_top1"]
             out["dates"] = sorted({x["date"] for x in runs if x["date"]}) or ["-"]
             out["verdict"] = _verdict(out)
-            (RESULTS / "ssr_budget_seeds.json").write_text(json.dumps(out, indent=1))
-            (RESULTS / "ssr_budget_seeds.md").write_text(_markdown(out))
+            _lib.write_result(RESULTS, "ssr_budget_seeds", out, _markdown)
             print(json.dumps({k: r[k] for k in ("row", "seed", "structure", "test_top1",
                                                 "err_increase", "speedup")}), flush=True)  # fmt: skip
     print(out.get("verdict", "no runs"))

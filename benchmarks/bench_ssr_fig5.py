@@ -42,10 +42,11 @@ from typing import Any
 import torch
 from torch import nn
 
+import _lib
 from compactnn import data as cdata
 from compactnn import metrics
-from compactnn.cli import demo_baseline
-from compactnn.methods._common import admm_w_step
+from compactnn.demo import demo_baseline
+from compactnn.methods.blocks import admm_w_step
 from compactnn.solvers.training import ADMMConfig, ADMMEngine, run_admm
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -293,10 +294,8 @@ def main(argv: list[str] | None = None) -> None:
         "runs": raw,
         "verdict": "; ".join(verdicts) + ".",
     }
-    args.out.mkdir(parents=True, exist_ok=True)
     stem = "ssr_fig5_quick" if args.quick else "ssr_fig5"
-    (args.out / f"{stem}.json").write_text(json.dumps(out, indent=1) + "\n")
-    (args.out / f"{stem}.md").write_text(markdown(out))
+    _lib.write_result(args.out, stem, out, markdown, newline=True)
     plot(out, args.out / f"{stem}.png")
     print(out["verdict"])
 

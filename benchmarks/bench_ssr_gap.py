@@ -50,7 +50,6 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime as dt
-import json
 import os
 import platform
 import sys
@@ -61,16 +60,14 @@ from typing import Any
 import torch
 from torch import nn
 
+import _lib
 import compactnn
 from compactnn import data as cdata
 from compactnn import metrics
 from compactnn.api import as_compression_data
-from compactnn.cli import demo_baseline
-from compactnn.methods._common import add_gap_head
+from compactnn.demo import demo_baseline
+from compactnn.methods.blocks import add_gap_head
 from compactnn.plan import GapHead
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import seed_pool  # noqa: E402
 
 # how latencies are measured: part of the settings, so runs timed otherwise never pool
 LATENCY = "interleaved with the baseline, 3 rounds, batch 100 real validation images, 1 thread"
@@ -129,28 +126,26 @@ def _ssr_opts(proto: dict[str, Any]) -> dict[str, Any]:
 
 
 def _stem(args: argparse.Namespace) -> str:
-    return seed_pool.stem_of(args, "ssr_gap" + ("_paper" if args.paper else ""))
+    return _lib.stem_of(args, "ssr_gap" + ("_paper" if args.paper else ""))
 
 
 def _write(out: dict[str, Any], out_dir: Path, stem: str) -> None:
-    seed_pool.write(out, out_dir, stem, markdown)
+    _lib.write_result(out_dir, stem, out, markdown, newline=True, echo=True)
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ft", type=int, default=8, help="fine-tuning epochs (every row)")
     ap.add_argument("--paper", action="store_true", help="the paper's protocol (see docstring)")
-    seed_pool.add_seed_args(ap, "ssr_gap", "ssr_gap[_paper][_seedN]")
+    _lib.add_seed_args(ap, "ssr_gap", "ssr_gap[_paper][_seedN]")
     args = ap.parse_args(argv)
-    if args.render is not None:
-        args.render.with_suffix(".md").write_text(markdown(json.loads(args.render.read_text())))
-        return
-    if args.merge:
-        out = merge(args.merge, args.out, sys.argv[1:] if argv is None else argv)
-        stem = args.out_stem or "ssr_gap" + ("_paper" if out["protocol"] == "paper" else "")
-        if out["quick"] and not stem.endswith("_quick"):
-            stem += "_quick"
-        _write(out, args.out, stem)
+    if _lib.render_or_merge(
+        args,
+        argv,
+        markdown,
+        merge,
+        lambda out: "ssr_gap" + ("_paper" if out["protocol"] == "paper" else ""),
+    ):
         return
     torch.set_num_threads(args.threads)
     t_all = time.perf_counter()
@@ -174,7 +169,7 @@ def main(argv: list[str] | None = None) -> None:
     assert x_val is not None
     base_row = {"row": "LeNet (ours)", **_measure(base, base, x_val, test), "seconds": 0.0}
     base_err = base_row["test_err"]
-    baseline = seed_pool.baseline_record(
+    baseline = _lib.baseline_record(
         base, ckpt, params=base_row["params"], test_err=base_err
     )  # fmt: skip
     rows = [base_row]
@@ -266,7 +261,7 @@ def _recipe(run: dict[str, Any]) -> dict[str, Any]:
 def merge(stems: list[str], out_dir: Path = RESULTS, argv: list[str] | None = None) -> dict:
     """One report from single-seed (or already pooled) result files ``out_dir/<stem>.json``;
     SystemExit when they have different baselines or settings, or repeat a seed."""
-    runs = seed_pool.load_poolable(stems, out_dir, _recipe)
+    runs = _lib.load_poolable(stems, out_dir, _recipe)
     return pooled(runs, "python " + " ".join([Path(__file__).name, *(argv or ["--merge", *stems])]))
 
 
@@ -296,10 +291,10 @@ def summary(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for label in [r["row"] for r in runs[0]["rows"]]:
         per = [r for run in runs for r in run["rows"] if r["row"] == label]
         row: dict[str, Any] = {"row": label, "n": len(per),
-                               "filters": seed_pool.filters_pm([r["filters"] for r in per])}  # fmt: skip
+                               "filters": _lib.filters_pm([r["filters"] for r in per])}  # fmt: skip
         for k in _KEYS:
             if all(k in r for r in per):
-                row[k] = seed_pool.mean_sd([r[k] for r in per])
+                row[k] = _lib.mean_sd([r[k] for r in per])
         out.append(row)
     return out
 
@@ -329,18 +324,18 @@ def verdict(runs: list[dict[str, Any]]) -> list[str]:
     weak = col(WEAK)
     if not (ssr and l1 and gap):
         return []
-    ms = seed_pool.mean_sd
+    ms = _lib.mean_sd
     d = [a - b for a, b in zip(ssr, l1, strict=True)]
     dm = ms(d)
     behind = sum(x > 0 for x in d)
-    filt = seed_pool.filters_pm(col("SSR-L2,1-GAP", "filters"))  # type: ignore[arg-type]
+    filt = _lib.filters_pm(col("SSR-L2,1-GAP", "filters"))  # type: ignore[arg-type]
     text = (
-        f"Verdict ({seeds}): the head swap alone costs {seed_pool.pm(ms(gap), '+.2f')} points "
+        f"Verdict ({seeds}): the head swap alone costs {_lib.pm(ms(gap), '+.2f')} points "
         "on LeNet (its 4x4 conv2 maps lose their layout under GAP). At equal filters "
-        f"({filt}) SSR-L2,1-GAP is {seed_pool.pm(ms(ssr), '+.2f')} vs L1-GAP "
-        f"{seed_pool.pm(ms(l1), '+.2f')}"
-        + (f" and Random-GAP {seed_pool.pm(ms(rnd), '+.2f')}" if rnd else "")
-        + f"; SSR minus L1, paired by seed: {seed_pool.pm(dm, '+.2f')} (SSR behind in {behind} "
+        f"({filt}) SSR-L2,1-GAP is {_lib.pm(ms(ssr), '+.2f')} vs L1-GAP "
+        f"{_lib.pm(ms(l1), '+.2f')}"
+        + (f" and Random-GAP {_lib.pm(ms(rnd), '+.2f')}" if rnd else "")
+        + f"; SSR minus L1, paired by seed: {_lib.pm(dm, '+.2f')} (SSR behind in {behind} "
         f"of {n} seed{'s' if n > 1 else ''})"
     )
     if behind == n:
@@ -359,9 +354,9 @@ def verdict(runs: list[dict[str, Any]]) -> list[str]:
         and ms(weak_params)["mean"] > ms(ssr_params)["mean"]
     ):
         worse = sum(w > s for w, s in zip(weak, ssr, strict=True))
-        wf = seed_pool.filters_pm(col(WEAK, "filters"))  # type: ignore[arg-type]
+        wf = _lib.filters_pm(col(WEAK, "filters"))  # type: ignore[arg-type]
         lines.append(
-            f"The weaker-lambda row ({wf}, {seed_pool.pm(ms(weak), '+.2f')}) is worse on average "
+            f"The weaker-lambda row ({wf}, {_lib.pm(ms(weak), '+.2f')}) is worse on average "
             f"than the stronger one (worse in {worse} of {n} seed{'s' if n > 1 else ''}) although "
             "it keeps more parameters: not explained by these runs (the fine-tuning lr was chosen on "
             "the unpruned GAP model); it is reported as measured."
@@ -370,17 +365,17 @@ def verdict(runs: list[dict[str, Any]]) -> list[str]:
 
 
 def _f(d: dict[str, float] | None, fmt: str) -> str:
-    return "" if d is None else seed_pool.pm(d, fmt)
+    return "" if d is None else _lib.pm(d, fmt)
 
 
 def markdown(out: dict[str, Any]) -> str:
-    runs = seed_pool.runs_of(out)
+    runs = _lib.runs_of(out)
     first = runs[0]
     s = first["settings"]
     n = len(runs)
     seeds = ", ".join(str(r["seed"]) for r in runs)
     commands = [r["command"] for r in runs] + ([out["command"]] if "runs" in out else [])
-    minutes = seed_pool.mean_sd([r["seconds"] / 60 for r in runs])
+    minutes = _lib.mean_sd([r["seconds"] / 60 for r in runs])
     lrs = [r["settings"] for r in runs if "lr_choice_val_top1" in r["settings"]]
     base = first.get("baseline") or {}
     loads = ", ".join(f"{r['load'][0]:.1f}" for r in runs)
@@ -391,10 +386,10 @@ def markdown(out: dict[str, Any]) -> str:
         f"Date: {', '.join(sorted({r['date'] for r in runs}))}; {first['machine']}, load "
         f"{loads} at the end of each seed; "
         f"{first['threads']} torch thread for training, latency batch 100 on 1 thread (median "
-        f"of 30); {seed_pool.pm(minutes, '.0f')} min per seed; "
+        f"of 30); {_lib.pm(minutes, '.0f')} min per seed; "
         + (f"one seed ({seeds})." if n == 1 else f"{n} seeds ({seeds}), each a separate process."),
         "",
-        seed_pool.baseline_line(
+        _lib.baseline_line(
             base, "the validation split, the loaders' shuffling and the methods' seed"
         ),
         "",

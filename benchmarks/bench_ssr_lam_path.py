@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import platform
 import sys
@@ -54,14 +53,12 @@ from typing import Any
 import torch
 from torch import nn
 
+import _lib
 import compactnn
 from compactnn import data as cdata
 from compactnn import metrics, models, surgery
 from compactnn.api import as_compression_data
-from compactnn.cli import demo_baseline
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import seed_pool  # noqa: E402
+from compactnn.demo import demo_baseline
 
 # how latencies are measured: part of the settings, so runs timed otherwise never pool
 LATENCY = "interleaved with the baseline, 3 rounds, batch 100 real validation images, 1 thread"
@@ -90,11 +87,11 @@ def _measure(model: nn.Module, base: nn.Module, val: Any, test: Any) -> dict[str
 
 
 def _stem(args: argparse.Namespace) -> str:
-    return seed_pool.stem_of(args, "ssr_lam_path")
+    return _lib.stem_of(args, "ssr_lam_path")
 
 
 def _write(out: dict[str, Any], out_dir: Path, stem: str) -> None:
-    seed_pool.write(out, out_dir, stem, markdown)
+    _lib.write_result(out_dir, stem, out, markdown, newline=True, echo=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -104,17 +101,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--ft", type=int, default=1, help="fine-tuning epochs after each lambda")
     ap.add_argument("--ft-steps", type=int, default=50, help="cap on batches per fine-tuning epoch")
     ap.add_argument("--tol", type=float, default=0.5, help="validation error tolerance (points)")
-    seed_pool.add_seed_args(ap, "ssr_lam_path", "ssr_lam_path[_seedN]")
+    _lib.add_seed_args(ap, "ssr_lam_path", "ssr_lam_path[_seedN]")
     args = ap.parse_args(argv)
-    if args.render is not None:
-        args.render.with_suffix(".md").write_text(markdown(json.loads(args.render.read_text())))
-        return
-    if args.merge:
-        out = merge(args.merge, args.out, sys.argv[1:] if argv is None else argv)
-        stem = args.out_stem or "ssr_lam_path"
-        if out["quick"] and not stem.endswith("_quick"):
-            stem += "_quick"
-        _write(out, args.out, stem)
+    if _lib.render_or_merge(args, argv, markdown, merge, lambda _: "ssr_lam_path"):
         return
     torch.set_num_threads(args.threads)
     t_all = time.perf_counter()
@@ -128,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
     full, _ = cdata.get_loaders("mnist", batch_size=256, seed=args.seed, limit=limit)
     cd = as_compression_data(full, val_fraction=0.1, seed=args.seed, input_shape=(1, 28, 28))
     base_row = {"lam": 0.0, **_measure(base, base, cd.val, test)}
-    baseline = seed_pool.baseline_record(
+    baseline = _lib.baseline_record(
         base, ckpt, params=base_row["params"], test_err=base_row["test_err"]
     )
     res = compactnn.compress(
@@ -191,7 +180,7 @@ def _recipe(run: dict[str, Any]) -> dict[str, Any]:
 def merge(stems: list[str], out_dir: Path = RESULTS, argv: list[str] | None = None) -> dict:
     """One report from single-seed (or already pooled) result files ``out_dir/<stem>.json``;
     SystemExit when they have different baselines or settings, or repeat a seed."""
-    runs = seed_pool.load_poolable(stems, out_dir, _recipe)
+    runs = _lib.load_poolable(stems, out_dir, _recipe)
     first = runs[0]
     return {
         "command": "python " + " ".join([Path(__file__).name, *(argv or ["--merge", *stems])]),
@@ -199,7 +188,7 @@ def merge(stems: list[str], out_dir: Path = RESULTS, argv: list[str] | None = No
         "machine": first["machine"],
         "quick": first.get("quick", False),
         "baseline": first["baseline"],
-        "seeds": [seed_pool.run_seed(r) for r in runs],
+        "seeds": [_lib.run_seed(r) for r in runs],
         "summary": summary(runs),
         "chosen": chosen_summary(runs),
         "runs": runs,
@@ -212,9 +201,9 @@ _KEYS = ("params", "macs", "ms", "speedup", "val_err", "test_err")
 def _pool_rows(per: list[dict[str, Any]]) -> dict[str, Any]:
     row: dict[str, Any] = {
         "n": len(per),
-        "filters": seed_pool.filters_pm([r["filters"] for r in per]),
+        "filters": _lib.filters_pm([r["filters"] for r in per]),
     }
-    row.update({k: seed_pool.mean_sd([r[k] for r in per]) for k in _KEYS})
+    row.update({k: _lib.mean_sd([r[k] for r in per]) for k in _KEYS})
     return row
 
 
@@ -236,14 +225,14 @@ def chosen_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
         base = run["rows"][0]
         r = next((r for r in run["rows"] if lam is not None and r["lam"] == lam), None)
         per_seed.append(
-            {"seed": seed_pool.run_seed(run), "lam": lam}
+            {"seed": _lib.run_seed(run), "lam": lam}
             | ({} if r is None else {**r, "err_increase": r["test_err"] - base["test_err"]})
         )
     got = [p for p in per_seed if p["lam"] is not None]
     pooled = _pool_rows(got) if got else {"n": 0}
     if got:
-        pooled["lam"] = seed_pool.mean_sd([p["lam"] for p in got])
-        pooled["err_increase"] = seed_pool.mean_sd([p["err_increase"] for p in got])
+        pooled["lam"] = _lib.mean_sd([p["lam"] for p in got])
+        pooled["err_increase"] = _lib.mean_sd([p["err_increase"] for p in got])
     return {"per_seed": per_seed, "pooled": pooled, "seeds_without_point": len(per_seed) - len(got)}
 
 
@@ -252,16 +241,16 @@ def _lam(lam: float) -> str:
 
 
 def markdown(out: dict[str, Any]) -> str:
-    runs = seed_pool.runs_of(out)
+    runs = _lib.runs_of(out)
     first = runs[0]
     s = first["settings"]
     n = len(runs)
-    seeds = ", ".join(str(seed_pool.run_seed(r)) for r in runs)
+    seeds = ", ".join(str(_lib.run_seed(r)) for r in runs)
     commands = [r["command"] for r in runs] + ([out["command"]] if "runs" in out else [])
-    minutes = seed_pool.mean_sd([r["seconds"] / 60 for r in runs])
+    minutes = _lib.mean_sd([r["seconds"] / 60 for r in runs])
     loads = ", ".join(f"{r['load'][0]:.1f}" for r in runs)
     base = first.get("baseline") or {}
-    pm = seed_pool.pm
+    pm = _lib.pm
     lines = [
         "# SSR Algorithm 1, lambda set S = {0.1, ..., 0.8}: LeNet / MNIST (CPU scale)",
         "",
@@ -271,7 +260,7 @@ def markdown(out: dict[str, Any]) -> str:
         f"{pm(minutes, '.0f')} min per seed; "
         + (f"one seed ({seeds})." if n == 1 else f"{n} seeds ({seeds}), each a separate process."),
         "",
-        seed_pool.baseline_line(
+        _lib.baseline_line(
             base,
             "the validation split (so the baseline's validation error too), the loaders' shuffling and the method's seed",
         ),
@@ -307,7 +296,7 @@ def markdown(out: dict[str, Any]) -> str:
         for r in run["rows"]:
             mark = " **(chosen on validation)**" if r["lam"] == run["chosen_lam"] else ""
             lines.append(
-                f"| {seed_pool.run_seed(run)} | {_lam(r['lam'])}{mark} | {r['filters']} | {r['params']:,} | "
+                f"| {_lib.run_seed(run)} | {_lam(r['lam'])}{mark} | {r['filters']} | {r['params']:,} | "
                 f"{r['macs']:,} | {r['ms']:.2f} | {r['speedup']:.2f}x | {r['val_err']:.2f} | "
                 f"{r['test_err']:.2f} |"
             )

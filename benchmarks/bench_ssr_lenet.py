@@ -12,8 +12,18 @@ increase over our own baseline.
     .venv/bin/python benchmarks/bench_ssr_lenet.py --quick    # smoke run (subset of steps)
     .venv/bin/python benchmarks/bench_ssr_lenet.py --jobs 1   # one process (~61 min here)
 
+One SSR point on the cached baseline, for tuning lambda (prints before/after; every point run,
+failures included, is appended to benchmarks/results/ssr_lenet_points.jsonl, the tuning history
+next to the table; formerly ``T=1 python benchmarks/ssr_point.py '{...}'``): the JSON options
+override ``PAPER_SSR``; ``--threads`` = torch threads for training (the pruned filter counts
+depend on it: float summation order changes which filters cross the threshold):
+
+    python benchmarks/bench_ssr_lenet.py --threads 1 --point '{"lam": [0.14, 0.07, 0.045]}'
+    python benchmarks/bench_ssr_lenet.py --threads 1 \
+        --point '{"lam_path": [[0.1, 0.05, 0.035], [0.14, 0.07, 0.045]]}'
+
 Compressions run in ``--jobs`` worker processes (default 2, one per core here), each training on
-``--threads`` torch threads (default 1, as in the lambda tuning of ``ssr_point.py``): which
+``--threads`` torch threads (default 1, as in the lambda tuning of ``--point``): which
 filters cross the threshold depends on float summation order, so the filter counts are
 reproducible for a fixed thread count only (not for the number of jobs, which does not change
 any one run's arithmetic). Latency is measured afterwards, in the main process, one model at a
@@ -38,15 +48,28 @@ from typing import Any
 import torch
 from torch import nn
 
+import _lib
 import compactnn
 from compactnn import data as cdata
 from compactnn import metrics
-from compactnn.cli import DEMO_SSR, demo_baseline
+from compactnn.demo import demo_baseline
 from compactnn.methods import CompressionData
 
-# SSR-L2,1 at the paper's size (<= 11K params) is the demo's setting, ``compactnn.cli.DEMO_SSR``
-# (lambda from results/ssr_lenet_points.jsonl, 30 fine-tuning epochs + distillation); the issue's
-# target is checked on that row.
+# SSR-L2,1 at the paper's size (<= 11K params), the setting of the demo until issue 34 (then
+# ``compactnn.cli.DEMO_SSR``; lambda from results/ssr_lenet_points.jsonl, 30 fine-tuning epochs +
+# distillation); the issue's target is checked on that row.
+PAPER_SSR: dict[str, Any] = {
+    "penalty": "l21",
+    "lam": [0.14, 0.043, 0.05],
+    # K-step: 100 SGD steps at lr 0.01 instead of the paper's epochs at 1e-3 (CPU budget)
+    "lr": 0.01,
+    "max_outer": 10,
+    "w_steps": 100,
+    "train_all": True,
+    "finetune_epochs": 30,
+    "finetune_lr": 0.01,
+    "finetune_distill": 0.5,
+}
 BUDGET_LABEL = "SSR-L2,1 (<= 11K params)"
 # The setting of earlier demos (a weaker conv2 lambda, 8 fine-tuning epochs, no distillation): a
 # second point for the criteria comparison.
@@ -69,6 +92,7 @@ L20_SSR: dict[str, Any] = {
 }
 
 RESULTS = Path(__file__).resolve().parent / "results"
+POINTS = RESULTS / "ssr_lenet_points.jsonl"
 
 # SSR paper, Table I (LeNet on MNIST; CPU ms at batch 100, one thread of a Xeon E5-2620)
 PAPER = [
@@ -228,6 +252,97 @@ def _compress(method: str, opts: dict[str, Any]) -> tuple[nn.Module, float, dict
     return res.model, time.perf_counter() - t0, extra
 
 
+def _point(given: dict[str, Any], threads: int, seed: int) -> None:
+    """One SSR point (``PAPER_SSR`` overridden by ``given``) on the cached baseline: prints
+    before/after and appends the run to :data:`POINTS`."""
+    torch.set_num_threads(threads)
+    model, test, _ = demo_baseline(seed=seed)
+    train, _ = cdata.get_loaders("mnist", batch_size=64, seed=seed)
+    cd = CompressionData(train=train, test=test, input_shape=(1, 28, 28))
+    opts = dict(PAPER_SSR)
+    opts.update(given)
+    t0 = time.time()
+    res = compactnn.compress(model, "ssr", cd, progress=False, latency_batch_size=100, **opts)
+    seconds = round(time.time() - t0, 1)
+    print(opts)
+    for st in res.history["stages"]:
+        print("stage", st.get("filters"), st.get("top1"))
+    print(res.summary())
+    print("seconds", seconds)
+    b, a = res.report_before, res.report_after
+    rec = {
+        "date": dt.date.today().isoformat(),
+        "machine": f"{platform.machine()}, {threads} training thread(s), latency 1 thread",
+        "command": f"python benchmarks/bench_ssr_lenet.py --threads {threads} "
+        + (f"--seed {seed} " if seed else "")
+        + f"--point '{json.dumps(given)}'",
+        "options": opts,
+        "filters": [s.get("filters") for s in res.history["stages"]],
+        "params": a.params,
+        "macs": a.macs,
+        "speedup": b.latency.median_ms / a.latency.median_ms,
+        "top1_before": b.accuracy["top1"],
+        "top1_after": a.accuracy["top1"],
+        "err_inc": b.accuracy["top1"] - a.accuracy["top1"],
+        "seconds": seconds,
+    }
+    POINTS.parent.mkdir(parents=True, exist_ok=True)
+    with POINTS.open("a") as fh:
+        fh.write(json.dumps(rec) + "\n")
+
+
+def _markdown(out: dict[str, Any]) -> str:
+    """The report of a run: the rows measured here, the issue's target, the paper's table."""
+    rows, target = out["rows"], out["target"]
+    md = [
+        f"# {out['benchmark']}",
+        "",
+        f"Command: `{out['command']}`  ",
+        f"Date: {out['date']}  ",
+        f"Machine: {out['machine']}",
+        "",
+        "## Measured here",
+        "",
+        "| method | filters | MACs | params | CPU ms (b=100, 1 thr) | speed-up | top-1 | err. increase |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        params = f"{r['params']:,}" + (
+            f" ({r['nonzero_params']:,} non-zero)" if r.get("nonzero_params") else ""
+        )
+        top1 = f"{r['top1']:.2f} %"
+        if r.get("top1_per_seed"):
+            top1 += " (mean of " + ", ".join(f"{t:.2f}" for t in r["top1_per_seed"]) + ")"
+        md.append(
+            f"| {r['method']} | {r['filters']} | {r['macs']:,} | {params} | "
+            f"{r['cpu_ms_batch100']:.2f} | {r['speedup']:.2f}x | {top1} | {r['err_inc']:+.2f} % |"
+        )
+    if target:
+        md += [
+            "",
+            "## Issue #4 target on the <= 11K row: " + ("met" if target["met"] else "NOT met"),
+            "",
+            f"{target['row']}: {target['filters']}, {target['params']:,} params, "
+            f"{target['speedup']:.2f}x measured, {target['extra_test_errors']:+d} test errors "
+            "over the baseline.",
+            "",
+        ]
+        md += [f"- {k}: {'yes' if v else 'no'}" for k, v in target["checks"].items()]
+    md += [
+        "",
+        "## Paper (Lin et al. 2019, Table I)",
+        "",
+        "| method | filters | FLOPs | params | CPU ms | speed-up | err. increase |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for p in PAPER:
+        md.append(
+            f"| {p['method']} | {p['filters']} | {p['flops']} | {p['params']} | {p['cpu_ms']} | "
+            f"{p['speedup']:.2f}x | +{p['err_inc']:.2f} % |"
+        )
+    return "\n".join(md) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="few steps: checks the pipeline only")
@@ -241,7 +356,13 @@ def main() -> None:
         "time, with nothing else running)",
     )
     ap.add_argument("--only", nargs="*", help="run only these rows (by method label)")
+    ap.add_argument("--point", type=json.loads, metavar="JSON",
+                    help="only run one SSR point: these options over PAPER_SSR (lambda tuning; "
+                    "appended to results/ssr_lenet_points.jsonl)")  # fmt: skip
     args = ap.parse_args()
+    if args.point is not None:
+        _point(args.point, args.threads, args.seed)
+        return
     t_all = time.perf_counter()
     _init_worker(args.seed, args.threads)
     baseline = _WORKER["baseline"]
@@ -260,7 +381,7 @@ def main() -> None:
     SHORT_FT = {k: SHORT_FT_SSR[k] for k in ("finetune_epochs", "finetune_distill")}
 
     def ssr(**over: Any) -> dict[str, Any]:
-        return {**DEMO_SSR, **over, **(quick if q else {})}
+        return {**PAPER_SSR, **over, **(quick if q else {})}
 
     # longest first, so that two processes finish together
     runs: list[tuple[str, str, dict[str, Any]]] = [
@@ -375,57 +496,10 @@ def main() -> None:
         "target": target,
         "paper": PAPER,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
     stem = "ssr_lenet_mnist" + ("_quick" if q else "")
-    (RESULTS / f"{stem}.json").write_text(json.dumps(out, indent=2, default=str))
-    md = [
-        f"# {out['benchmark']}",
-        "",
-        f"Command: `{out['command']}`  ",
-        f"Date: {out['date']}  ",
-        f"Machine: {out['machine']}",
-        "",
-        "## Measured here",
-        "",
-        "| method | filters | MACs | params | CPU ms (b=100, 1 thr) | speed-up | top-1 | err. increase |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        params = f"{r['params']:,}" + (
-            f" ({r['nonzero_params']:,} non-zero)" if r.get("nonzero_params") else ""
-        )
-        top1 = f"{r['top1']:.2f} %"
-        if r.get("top1_per_seed"):
-            top1 += " (mean of " + ", ".join(f"{t:.2f}" for t in r["top1_per_seed"]) + ")"
-        md.append(
-            f"| {r['method']} | {r['filters']} | {r['macs']:,} | {params} | "
-            f"{r['cpu_ms_batch100']:.2f} | {r['speedup']:.2f}x | {top1} | {r['err_inc']:+.2f} % |"
-        )
-    if target:
-        md += [
-            "",
-            "## Issue #4 target on the <= 11K row: " + ("met" if target["met"] else "NOT met"),
-            "",
-            f"{target['row']}: {target['filters']}, {target['params']:,} params, "
-            f"{target['speedup']:.2f}x measured, {target['extra_test_errors']:+d} test errors "
-            "over the baseline.",
-            "",
-        ]
-        md += [f"- {k}: {'yes' if v else 'no'}" for k, v in target["checks"].items()]
-    md += [
-        "",
-        "## Paper (Lin et al. 2019, Table I)",
-        "",
-        "| method | filters | FLOPs | params | CPU ms | speed-up | err. increase |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for p in PAPER:
-        md.append(
-            f"| {p['method']} | {p['filters']} | {p['flops']} | {p['params']} | {p['cpu_ms']} | "
-            f"{p['speedup']:.2f}x | +{p['err_inc']:.2f} % |"
-        )
-    (RESULTS / f"{stem}.md").write_text("\n".join(md) + "\n")
-    print("\n".join(md))
+    text = _markdown(out)
+    _lib.write_result(RESULTS, stem, out, text, indent=2, default=str)
+    print(text, end="")
 
 
 if __name__ == "__main__":

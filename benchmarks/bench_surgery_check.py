@@ -20,12 +20,21 @@ Two measurements, 1 torch thread, on the same plans:
 Writes benchmarks/results/surgery_self_check.json and .md.
 
     python benchmarks/bench_surgery_check.py [--repeats 9] [--user 0 2 8]
+
+``--kiaee [TAG]`` (issue 34; formerly ``benchmarks/bench_surgery_check64.py [TAG] [REPEATS]``)
+only prints the time of the self-check on kiaee-cnn, in one process, 1 torch thread: each plan
+keeps every other filter of conv1 (1 action) or of conv1..conv4 (4 actions); 2 samples are given
+as ``check_inputs`` (what compress passes); the self-check's own calls are timed inside
+``verify=True`` runs (on a tree before issue 34, ``surgery._check_user_batch``, the float32 check
+on the user's samples, instead of ``_check_run`` + ``Snapshot.of``). Run it on both trees to
+compare:
+
+    PYTHONPATH=<old tree>/src python benchmarks/bench_surgery_check.py --kiaee old --repeats 9
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import subprocess
@@ -35,8 +44,11 @@ from pathlib import Path
 
 import torch
 
+import _lib
 from compactnn import models, surgery
 from compactnn.plan import CompressionPlan, KeepOutputs
+
+# the self-check's own calls are timed where they live: this bench measures library internals
 from compactnn.surgery import _channels
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,10 +78,15 @@ class _Timer:
     def __init__(self) -> None:
         self.spent = 0.0
         self._targets = [
-            (_channels, "reference_output"),
-            (_channels, "compare"),
-            (surgery, "_check_run"),  # the float64 check of a run of channel actions
-            (surgery.Snapshot, "of"),  # its float64 copy of the model before the run
+            (mod, k)
+            for mod, k in (
+                (_channels, "reference_output"),
+                (_channels, "compare"),
+                (surgery, "_check_run"),  # the float64 check of a run of channel actions
+                (getattr(surgery, "Snapshot", None), "of"),  # its float64 copy before the run
+                (surgery, "_check_user_batch"),  # a tree before issue 34: float32, user samples
+            )
+            if hasattr(mod, k)
         ]
         self._orig = [getattr(mod, k) for mod, k in self._targets]
 
@@ -129,12 +146,44 @@ def _uptime() -> str:
         return "unavailable"
 
 
+def _kiaee(tag: str, reps: int) -> None:
+    """Print the median ``apply`` time and self-check time of 1- and 4-action plans on
+    kiaee-cnn (``check_inputs`` = 2 samples)."""
+    model = models.create("kiaee-cnn", seed=0).eval()
+    shape = [3, 32, 32]
+    convs = ("conv1", "conv2", "conv3", "conv4")
+    acts = [KeepOutputs(n, list(range(0, model.get_submodule(n).out_channels, 2))) for n in convs]
+    user = torch.rand(2, *shape, generator=torch.Generator().manual_seed(0))
+    for n in (1, 4):
+        plan = CompressionPlan(acts[:n], meta={"input_shape": shape})
+        surgery.apply(plan, model, check_inputs=user)  # warm-up
+        total, check = [], []
+        for _ in range(reps):
+            with _Timer() as tm:
+                t0 = time.perf_counter()
+                surgery.apply(plan, model, check_inputs=user)
+                total.append(time.perf_counter() - t0)
+            check.append(tm.spent)
+        share = statistics.median(c / t * 100 for c, t in zip(check, total, strict=True))
+        print(
+            f"{tag}: kiaee-cnn, {n} action(s), check_inputs=2: apply median "
+            f"{statistics.median(total) * 1e3:.0f} ms, self-check median "
+            f"{statistics.median(check) * 1e3:.1f} ms ({share:.0f} % of apply)",
+            flush=True,
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=9)
     ap.add_argument("--user", type=int, nargs="+", default=[0, 2, 8], help="user batch sizes")
+    ap.add_argument("--kiaee", nargs="?", const="this tree", metavar="TAG",
+                    help="only print the self-check time on kiaee-cnn, labelled TAG")  # fmt: skip
     args = ap.parse_args()
     torch.set_num_threads(1)
+    if args.kiaee is not None:
+        _kiaee(args.kiaee, args.repeats)
+        return
     load_before = _uptime()
     started = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     rows = []
@@ -165,8 +214,6 @@ def main() -> None:
         "uptime_after": load_after,
         "repeats": args.repeats,
     }
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "surgery_self_check.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     lines = [
         "# Surgery self-check cost (issue 13)",
         "",
@@ -203,7 +250,7 @@ def main() -> None:
         "## Reading (computed from the rows above)",
         "",
     ]
-    from compactnn._preflight import CHECK_SAMPLES
+    from compactnn.methods.blocks import CHECK_SAMPLES
 
     def worst(user: int, multi: bool) -> float:
         sel = [r for r in rows if r["user_batch"] == user and (r["actions"] > 1) == multi]
@@ -217,7 +264,8 @@ def main() -> None:
         "for a 1-action plan (two forwards of the samples against a surgery of one dependency graph "
         "and a few forwards): the 10 % aim holds for multi-action plans, not for one action alone.",
     ]
-    (OUT / "surgery_self_check.md").write_text("\n".join(lines) + "\n")
+    doc = {"meta": meta, "rows": rows}
+    _lib.write_result(OUT, "surgery_self_check", doc, "\n".join(lines) + "\n", indent=2)
     print("\n".join(lines))
 
 

@@ -33,9 +33,10 @@ import torch
 import yaml
 from torch import nn
 
+import _lib
 import compactnn
 from compactnn import metrics
-from compactnn.cli import demo_baseline
+from compactnn.demo import demo_baseline
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -188,10 +189,8 @@ def main() -> None:
         + (f" --rows {args.rows}" if args.rows else ""),
         "baseline": str(ckpt),
     }
-    RESULTS.mkdir(exist_ok=True)
-    out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2, default=str))
-    (RESULTS / "targets.md").write_text(_md(rows, meta))
-    print((RESULTS / "targets.md").read_text())
+    doc = {"meta": meta, "rows": rows}
+    _lib.write_result(RESULTS, "targets", doc, _md(rows, meta), indent=2, default=str, echo=True)
 
 
 if __name__ == "__main__":

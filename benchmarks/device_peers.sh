@@ -27,7 +27,7 @@ set -u
 MODEL=${1:?model}; LANES=${2:?"lanes, e.g. '0.05:ssr 0.25:tp-taylor'"}
 CARRY=${CARRY:-.devcarry}; OUT=${OUT:-/tmp/out}
 T0=$(date +%s); END=$((T0 + ${BUDGET_S:-520}))
-export PYTHONPATH=$PWD/src:$PWD/$CARRY/site PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
+export PYTHONPATH=$PWD/src:$PWD/benchmarks:$PWD/$CARRY/site PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
 export COMPACTNN_CACHE=${COMPACTNN_CACHE:-/tmp/cc}
 mkdir -p "$COMPACTNN_CACHE" "$OUT" $CARRY/site
 echo 'from importlib import reload  # noqa: F401  (py3.12 has no imp; OTO 3.0.1 imports it)' > $CARRY/site/imp.py
@@ -37,10 +37,10 @@ R=${WORK:-/tmp}/r; M=${WORK:-/tmp}/models; L=${WORK:-/tmp}/logs; mkdir -p $R $M 
 DEVICE=${DEVICE:-cuda}; EXTRA=${EXTRA:-}; PY=${PY:-python3}
 { nvidia-smi -L 2>/dev/null; $PY -c "import torch; print('torch', torch.__version__, torch.cuda.is_available())"; } | tee $L/00_env.txt
 $PY - "$MODEL" "$DEVICE" "$EXTRA" > $L/01_baseline.txt 2>&1 <<'PY'
-import sys; sys.path.insert(0, 'benchmarks')
-import bench_peers as bp
+import sys
+import _lib, bench_peers as bp
 base, src = bp.baseline(sys.argv[1], '--quick' in sys.argv[3], sys.argv[2])
-print('baseline', src, bp.state_sha(base), flush=True)
+print('baseline', src, _lib.state_sha(base), flush=True)
 PY
 rc=$?; tail -3 $L/01_baseline.txt
 [ $rc != 0 ] && { cp $L/* "$OUT"/; exit 1; }

@@ -1,6 +1,6 @@
-"""benchmarks/kiaee_channel_effect.py: its variants are kiaee-cnn at the widths asked, its stages
-compose back to the whole model, timing in channels_last never converts the NCHW variants, and
-the report reads the measured numbers."""
+"""benchmarks/bench_kiaee_channel_effect.py: its variants are kiaee-cnn at the widths asked, its
+stages compose back to the whole model, timing in channels_last never converts the NCHW
+variants, and the report reads the measured numbers."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from _bench import load_bench
 
 
 def _b():
-    return load_bench("kiaee_channel_effect")
+    return load_bench("bench_kiaee_channel_effect")
 
 
 def test_variants_and_stages_compose_to_the_whole_model() -> None:

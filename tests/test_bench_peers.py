@@ -372,9 +372,9 @@ def test_baseline_trained_on_another_device_is_loaded_never_trained(tmp_path, mo
     rows it served) is loaded so the rows pool with those run on the GPU; where there is none
     the run stops before training one."""
     bench = _bench()
-    import compactnn.cli as cli
+    import compactnn.demo as demo
 
-    monkeypatch.setattr(cli, "cache_dir", lambda: tmp_path)  # an empty cache
+    monkeypatch.setattr(demo, "cache_dir", lambda: tmp_path)  # an empty cache
     committed = (
         bench.RESULTS / "checkpoints" / "peers-kiaee-cnn-fashion-mnist32x3-cuda-seed0.safetensors"
     )
@@ -382,7 +382,7 @@ def test_baseline_trained_on_another_device_is_loaded_never_trained(tmp_path, mo
         pytest.skip("the committed kiaee-cnn H200 baseline is not in this checkout")
     model, src = bench.baseline("kiaee-cnn", False, "cpu", "cuda")
     assert src == str(committed)
-    assert bench.state_sha(model) == "1caa76cbeb14bf8a"
+    assert load_bench("_lib").state_sha(model) == "1caa76cbeb14bf8a"
     with pytest.raises(SystemExit, match="no cached baseline peers-resnet20"):
         bench.baseline("resnet20", False, "cpu", "cuda")
     assert bench.parse(["--baseline-trained-on", "cuda"]).baseline_trained_on == "cuda"

@@ -14,7 +14,9 @@ in turn, the order flipped per round, :func:`compactnn.metrics.measure_latency_i
 Weights are random (a seeded generator; latency does not depend on values for these ops).
 Writes benchmarks/results/kiaee_channel_effect.json and .md.
 
-    python benchmarks/kiaee_channel_effect.py [--channels 96 95 94 92 88 80 64] [--rounds 5]
+    python benchmarks/bench_kiaee_channel_effect.py [--channels 96 95 94 92 88 80 64] [--rounds 5]
+
+(``benchmarks/kiaee_channel_effect.py`` before issue 37: the command of the committed result.)
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ import argparse
 import contextlib
 import copy
 import datetime as dt
-import json
 import os
 import platform
 import subprocess
@@ -35,6 +36,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+import _lib
 from compactnn import export, metrics, models
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -132,7 +134,7 @@ def main(argv: list[str] | None = None) -> dict:
             "machine": f"{platform.machine()} {platform.processor() or ''} CPU, "
             f"{os.cpu_count()} cores, no GPU; 1 torch thread",
             "torch": torch.__version__, "load_start": list(os.getloadavg()),
-            "command": "python benchmarks/kiaee_channel_effect.py " + " ".join(argv or []),
+            "command": "python benchmarks/bench_kiaee_channel_effect.py " + " ".join(argv or []),
             "channels": chans, "batch": BATCH, "rounds": args.rounds, "repeats": args.repeats,
             "ms": {},
         }  # fmt: skip
@@ -160,10 +162,7 @@ def main(argv: list[str] | None = None) -> dict:
         out["load_end"] = list(os.getloadavg())
     finally:
         torch.set_num_threads(threads)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{args.out}.json").write_text(json.dumps(out, indent=1))
-    (RESULTS / f"{args.out}.md").write_text(markdown(out))
-    print(markdown(out))
+    _lib.write_result(RESULTS, args.out, out, markdown, echo=True)
     return out
 
 
