@@ -1,29 +1,79 @@
 r"""SLR's own ADMM backend: Algorithm 1 of Ma et al. (2019) on one layer.
 
-The steps of an iteration (A-step, B-step, M-step, multiplier, correction; see
-:mod:`compactnn.solvers.layerwise.slr`) are the methods of :class:`_SLRAdmm`, which holds the
-iterates; :func:`_run_admm` runs them to the stopping rule. :class:`_Quadratic` is the M-step in
-closed form (identity response) and the preconditioner of the ReLU M-step;
-:func:`budget_scale` is the λ scale of a per-layer budget (``share``); :func:`_warm_state`
-reads a warm start.
+:class:`SLRAdmmOptions` are its options. The steps of an iteration (A-step, B-step, M-step,
+multiplier, correction; see :mod:`compactnn.solvers.layerwise.slr`) are the methods of
+:class:`_SLRAdmm`, which holds the iterates; :func:`_iterate` runs them to the stopping rule.
+:class:`_Quadratic` is the M-step in closed form (identity response) and the preconditioner of
+the ReLU M-step; :func:`budget_scale` is the λ scale of a per-layer budget (``share``);
+:func:`_warm_state` reads a warm start.
 """
 
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from compactnn._validation import check_bool, check_choice, check_float, check_int
 from compactnn.errors import ConfigError
 from compactnn.prox import group_soft_threshold, svt_values
 from compactnn.solvers.layerwise.problem import LayerSolveResult
 
-if TYPE_CHECKING:  # annotations only: slr registers this backend, so it imports this module
-    from compactnn.solvers.layerwise.slr import SLRAdmmOptions, SLRSolver
+CORRECTIONS: tuple[str, ...] = ("paper", "gbs", "none")
+
+
+@dataclass(frozen=True)
+class SLRAdmmOptions:
+    """Options of SLR's own ADMM backend (Algorithm 1).
+
+    Attributes:
+        max_iter: ADMM iterations at most.
+        tol: relative primal and dual residual tolerance of the stopping rule.
+        m_steps: gradient steps of the M-step (eq. 8) per iteration, ReLU response.
+        m_lr: step of those steps; ``None``: preconditioned steps (the gradient multiplied by
+            :math:`(2X^TX/N + tI)^{-1}`, step 1) -- a departure from the paper's plain SGD with
+            lr ``1e-3``, which depends on the data scale; a float: plain steps with that lr.
+        m_momentum: heavy-ball momentum of the M-step (paper 0.9).
+        correction: ``"paper"`` (eq. 13), ``"gbs"`` or ``"none"`` (see the module docstring).
+        tau: τ of eq. (13) (paper 1/2).
+        alpha: α of eq. (13) (paper 3/4).
+        dtype: ``"float32"`` (fast) or ``"float64"``.
+        history: record the residuals and objective of every iteration in ``extras``.
+        min_iter: with a solver ``share`` (a per-layer budget), iterations before the residual
+            stopping rule may end the run (the λ scale needs a few iterations to settle).
+    """
+
+    max_iter: int = 150
+    tol: float = 5e-4
+    m_steps: int = 2
+    m_lr: float | None = None
+    m_momentum: float = 0.5
+    correction: str = "paper"
+    tau: float = 0.5
+    alpha: float = 0.75
+    dtype: str = "float32"
+    history: bool = False
+    min_iter: int = 10
+
+    def __post_init__(self) -> None:
+        o = "SLRAdmmOptions"
+        check_int(self.max_iter, "max_iter", o, min_value=1)
+        check_float(self.tol, "tol", o, min_value=0.0, min_inclusive=False)
+        check_int(self.m_steps, "m_steps", o, min_value=1)
+        if self.m_lr is not None:
+            check_float(self.m_lr, "m_lr", o, min_value=0.0, min_inclusive=False)
+        check_float(self.m_momentum, "m_momentum", o, min_value=0.0, max_value=1.0,
+                    max_inclusive=False)  # fmt: skip
+        check_choice(self.correction, "correction", o, CORRECTIONS)
+        check_float(self.tau, "tau", o, min_value=0.0, max_value=1.0)
+        check_float(self.alpha, "alpha", o, min_value=0.0, max_value=1.0, min_inclusive=False)
+        check_choice(self.dtype, "dtype", o, ("float32", "float64"))
+        check_bool(self.history, "history", o)
+        check_int(self.min_iter, "min_iter", o, min_value=0)
 
 
 def budget_scale(
@@ -234,9 +284,11 @@ class _SLRAdmm:
         return min(float(n * kept + int(sv.numel()) * (n + d)), float(n * d))
 
 
-def _run_admm(
-    solver: SLRSolver, s: dict[str, Any], o: SLRAdmmOptions, start: float, layer: str | None
-) -> LayerSolveResult:
+def _iterate(
+    s: dict[str, Any], o: SLRAdmmOptions, layer: str | None
+) -> tuple[dict[str, Any], Tensor, Tensor, str, int, dict[str, Any]]:
+    """Algorithm 1 to the stopping rule: ``(s, Â, B̂, status, iterations, extras)`` (``s``
+    with the final ``λ`` under a budget) for :meth:`SLRSolver._result`."""
     r = _SLRAdmm(s, o)
     budget = r.budget
     best: tuple[Tensor, Tensor, float, float, int] | None = None  # last iterate within budget
@@ -285,13 +337,4 @@ def _run_admm(
                       budget_iteration=None if best is None else best[4])  # fmt: skip
     if o.history:
         extras["history"] = hist
-    return solver._result(
-        s,
-        A_hat,
-        B_hat,
-        status=status,
-        iterations=it,
-        seconds=time.perf_counter() - start,
-        backend="admm",
-        extras=extras,
-    )
+    return s, A_hat, B_hat, status, it, extras

@@ -43,9 +43,9 @@ The ``"cvxpy"`` backend solves the linear-response problem (convex) with CVXPY (
 SCS); the ReLU response is not convex in ``M`` (contrary to the paper's claim), so it is
 refused there.
 
-The ADMM backend (Algorithm 1, the budget's λ scale :func:`budget_scale`, warm starts) lives in
-:mod:`compactnn.solvers.layerwise._slr_admm`; this module holds the options, the objective and
-its helpers, :class:`SLRSolver` and the CVXPY backend.
+The ADMM backend (its options :class:`SLRAdmmOptions`, Algorithm 1, the budget's λ scale
+:func:`budget_scale`, warm starts) lives in :mod:`compactnn.solvers.layerwise._slr_admm`; this
+module holds the objective and its helpers, :class:`SLRSolver` and the CVXPY backend.
 
 References:
     Ma et al. (2019), "A Unified Approximation Framework for Compressing and Accelerating Deep
@@ -65,11 +65,17 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from compactnn._validation import check_bool, check_choice, check_float, check_int
+from compactnn._validation import check_bool, check_choice, check_float
 from compactnn.errors import ConfigError
 from compactnn.solvers.layerwise._cvxpy import _import_cvxpy
+from compactnn.solvers.layerwise._slr_admm import (
+    CORRECTIONS,
+    SLRAdmmOptions,
+    _iterate,
+    _warm_state,
+    budget_scale,
+)
 from compactnn.solvers.layerwise._slr_admm import _Quadratic as _Quadratic  # re-exported
-from compactnn.solvers.layerwise._slr_admm import _run_admm, _warm_state, budget_scale
 from compactnn.solvers.layerwise.base import Backend, Capabilities, LayerSolver
 from compactnn.solvers.layerwise.problem import LayerProblem, LayerSolveResult, check_problem
 
@@ -84,58 +90,7 @@ __all__ = [
     "slr_objective",
 ]
 
-CORRECTIONS: tuple[str, ...] = ("paper", "gbs", "none")
 SCALES: tuple[str, ...] = ("data", "absolute")
-
-
-@dataclass(frozen=True)
-class SLRAdmmOptions:
-    """Options of SLR's own ADMM backend (Algorithm 1).
-
-    Attributes:
-        max_iter: ADMM iterations at most.
-        tol: relative primal and dual residual tolerance of the stopping rule.
-        m_steps: gradient steps of the M-step (eq. 8) per iteration, ReLU response.
-        m_lr: step of those steps; ``None``: preconditioned steps (the gradient multiplied by
-            :math:`(2X^TX/N + tI)^{-1}`, step 1) -- a departure from the paper's plain SGD with
-            lr ``1e-3``, which depends on the data scale; a float: plain steps with that lr.
-        m_momentum: heavy-ball momentum of the M-step (paper 0.9).
-        correction: ``"paper"`` (eq. 13), ``"gbs"`` or ``"none"`` (see the module docstring).
-        tau: τ of eq. (13) (paper 1/2).
-        alpha: α of eq. (13) (paper 3/4).
-        dtype: ``"float32"`` (fast) or ``"float64"``.
-        history: record the residuals and objective of every iteration in ``extras``.
-        min_iter: with a solver ``share`` (a per-layer budget), iterations before the residual
-            stopping rule may end the run (the λ scale needs a few iterations to settle).
-    """
-
-    max_iter: int = 150
-    tol: float = 5e-4
-    m_steps: int = 2
-    m_lr: float | None = None
-    m_momentum: float = 0.5
-    correction: str = "paper"
-    tau: float = 0.5
-    alpha: float = 0.75
-    dtype: str = "float32"
-    history: bool = False
-    min_iter: int = 10
-
-    def __post_init__(self) -> None:
-        o = "SLRAdmmOptions"
-        check_int(self.max_iter, "max_iter", o, min_value=1)
-        check_float(self.tol, "tol", o, min_value=0.0, min_inclusive=False)
-        check_int(self.m_steps, "m_steps", o, min_value=1)
-        if self.m_lr is not None:
-            check_float(self.m_lr, "m_lr", o, min_value=0.0, min_inclusive=False)
-        check_float(self.m_momentum, "m_momentum", o, min_value=0.0, max_value=1.0,
-                    max_inclusive=False)  # fmt: skip
-        check_choice(self.correction, "correction", o, CORRECTIONS)
-        check_float(self.tau, "tau", o, min_value=0.0, max_value=1.0)
-        check_float(self.alpha, "alpha", o, min_value=0.0, max_value=1.0, min_inclusive=False)
-        check_choice(self.dtype, "dtype", o, ("float32", "float64"))
-        check_bool(self.history, "history", o)
-        check_int(self.min_iter, "min_iter", o, min_value=0)
 
 
 @dataclass(frozen=True)
@@ -379,6 +334,24 @@ class SLRSolver(LayerSolver):
         s = self._setup(problem, layer)
         s["warm"] = _warm_state(warm_start, s, layer) if backend.warm_start else None
         return backend.run(self, s, options, start, layer)
+
+
+# ---------------------------------------------------------------------- ADMM backend
+def _run_admm(
+    solver: SLRSolver, s: dict[str, Any], o: SLRAdmmOptions, start: float, layer: str | None
+) -> LayerSolveResult:
+    """SLR's ADMM (:mod:`compactnn.solvers.layerwise._slr_admm`) as the solver's result."""
+    s, A, B, status, iterations, extras = _iterate(s, o, layer)
+    return solver._result(
+        s,
+        A,
+        B,
+        status=status,
+        iterations=iterations,
+        seconds=time.perf_counter() - start,
+        backend="admm",
+        extras=extras,
+    )
 
 
 # ---------------------------------------------------------------------- CVXPY backend
