@@ -48,13 +48,13 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("graph.py", "example_input_for"): "moved to the model's device/dtype on the next line",
     ("methods/layerwise.py", "_deployed_violation"): "eq. (4) check on the CPU float64 copies "
     "of X, Y",
-    ("methods/_engine.py", "__init__"): "CostModel's latency ~ MACs least-squares fit over "
-    "Python floats, on the CPU (never mixed with the model)",
-    ("methods/_engine.py", "run_engine"): _ENGINE_CPU,
-    ("methods/_engine.py", "run_engine.backward_step"): _ENGINE_CPU,
-    ("methods/_engine.py", "run_engine.project"): _ENGINE_CPU,
-    ("methods/_engine.py", "run_engine.cut"): _ENGINE_CPU,
-    ("methods/_engine.py", "_final_selection"): _ENGINE_CPU,
+    ("methods/_engine_cost.py", "__init__"): "CostModel's latency ~ MACs least-squares fit "
+    "over Python floats, on the CPU (never mixed with the model)",
+    ("methods/_engine_run.py", "__init__"): _ENGINE_CPU,
+    ("methods/_engine_run.py", "backward_step"): _ENGINE_CPU,
+    ("methods/_engine_run.py", "project"): _ENGINE_CPU,
+    ("methods/_engine_run.py", "cut"): _ENGINE_CPU,
+    ("methods/_engine_alloc.py", "_final_selection"): _ENGINE_CPU,
     ("methods/pgt.py", "state_dict"): "the step count of the checkpoint (a Python int as a "
     "tensor for safetensors, never mixed with the model)",
     ("surgery/_util.py", "example_inputs_for"): "probe from a CPU generator, moved to the "

@@ -8,6 +8,10 @@ than by Torch-Pruning's handlers, because its grouped-conv input handler is not 
 reaches a grouped conv must remove the same number of channels from each of its groups;
 otherwise the plan is refused with a :class:`~compactnn.errors.PlanError` before anything is
 modified.
+
+The group comes from :mod:`compactnn.surgery._depgraph`; the checks of a cut and the cut of one
+module are in :mod:`compactnn.surgery._cut`. This module maps the removed channels through the
+real forward pass (the probe), executes the cut and checks the result.
 """
 
 from __future__ import annotations
@@ -15,17 +19,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from compactnn.errors import PlanError
-from compactnn.layers import (
-    LowRankConv2d,
-    LowRankLinear,
-    SelectInputs,
-    SparsePlusLowRank,
-    _SparseBase,
-)
+from compactnn.layers import SelectInputs
 from compactnn.surgery._check import (
     Probe,
     compare,
@@ -36,8 +33,21 @@ from compactnn.surgery._check import (
     probe_is_reference,
     reference_output,
 )
+from compactnn.surgery._cut import (
+    _BN,
+    _check_cuts,
+    _check_indices,
+    _cut_module,
+    _Cuts,
+    _is_depthwise,
+    _passes_channels,
+    _per_channel,
+    _seeds,
+    _size,
+)
+from compactnn.surgery._depgraph import _EXCLUDE, _collect, _group, _resolve
 from compactnn.surgery._lrn import cut_lrn
-from compactnn.surgery._util import get_module, run_model, set_module
+from compactnn.surgery._util import run_model, set_module
 from compactnn.surgery._verify import Source, failing_module
 
 __all__ = ["keep_outputs", "keep_inputs", "SelectInputs", "TOLERANCE", "sources_of"]
@@ -45,326 +55,6 @@ __all__ = ["keep_outputs", "keep_inputs", "SelectInputs", "TOLERANCE", "sources_
 #: relative tolerance of the per-action check (in the model's dtype; the float64 check of
 #: ._verify has its own): max |y_pruned - y_ref| <= TOLERANCE * (1 + max |y_ref|)
 TOLERANCE = 1e-4
-
-_BN = nn.modules.batchnorm._NormBase  # BatchNorm and InstanceNorm: per channel
-_MIXING_NORMS = (nn.LayerNorm, nn.CrossMapLRN2d)
-
-
-def _sel(t: Tensor, dim: int, keep: Sequence[int]) -> nn.Parameter:
-    idx = torch.as_tensor(list(keep), dtype=torch.long, device=t.device)
-    return nn.Parameter(torch.index_select(t.detach(), dim, idx).clone(), t.requires_grad)
-
-
-def _is_depthwise(m: nn.Conv2d) -> bool:
-    return m.groups > 1 and m.groups == m.out_channels
-
-
-def _passes_channels(m: nn.Module) -> bool:
-    """Depthwise conv, with or without a depth multiplier (``groups == in_channels``)."""
-    return isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels
-
-
-def _resolve(model: nn.Module, name: str, action: str, side: str) -> tuple[str, nn.Module]:
-    """The Conv2d/Linear that ``name`` denotes (unwrapping compactnn containers)."""
-    mod = get_module(model, name, action)
-    path = name
-    while True:
-        if isinstance(mod, SelectInputs):
-            path, mod = f"{path}.layer", mod.layer
-        elif isinstance(mod, (LowRankLinear, LowRankConv2d)):
-            child = "second" if side == "out" else "first"
-            path, mod = f"{path}.{child}", getattr(mod, child)
-        else:
-            break
-    if isinstance(mod, (_SparseBase, SparsePlusLowRank)):
-        raise PlanError(
-            f"{action}(layer={name!r}): channel surgery on sparse layers is not supported. Put "
-            "channel actions before SetWeights(sparse=True)/SparseLowRank in the plan."
-        )
-    if not isinstance(mod, (nn.Conv2d, nn.Linear)):
-        raise PlanError(
-            f"{action}(layer={name!r}) names a {type(mod).__name__}; channel actions apply to "
-            "Conv2d and Linear layers (their BN/activations follow automatically)."
-        )
-    if side == "out" and _passes_channels(mod) and not _is_depthwise(mod):
-        raise PlanError(
-            f"{action}(layer={name!r}): a depthwise conv with depth multiplier "
-            f"{mod.out_channels // mod.groups} produces its outputs in groups of "
-            f"{mod.out_channels // mod.groups} per input channel, so its outputs cannot be cut "
-            "one by one; cut the layer that produces its input instead (whole groups go)."
-        )
-    if isinstance(mod, nn.Conv2d) and _is_depthwise(mod) and mod.in_channels != mod.out_channels:
-        raise PlanError(
-            f"{action}(layer={name!r}): conv with groups == out_channels ({mod.groups}) but "
-            f"in_channels={mod.in_channels} is not supported; cut its producer instead."
-        )
-    return path, mod
-
-
-def _build_graph(model: nn.Module, inputs: tuple[Tensor, ...], action: str, layer: str):  # noqa: ANN202
-    import torch_pruning as tp
-
-    for n, m in model.named_modules():
-        if isinstance(m, (_SparseBase, SparsePlusLowRank)):
-            raise PlanError(
-                f"{action}(layer={layer!r}): the model contains sparse layer {n!r}; channel "
-                "surgery must come before SetWeights(sparse=True)/SparseLowRank actions in the plan."
-            )
-    modes = [(m, m.training) for m in model.modules()]
-    try:
-        with torch.enable_grad():
-            return tp.DependencyGraph().build_dependency(
-                model, example_inputs=inputs if len(inputs) > 1 else inputs[0], verbose=False
-            )
-    except PlanError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - any tracing failure is reported the same way
-        try:
-            run_model(model, inputs)
-        except Exception:  # noqa: BLE001 - the model itself does not run on these inputs
-            raise PlanError(
-                f"{action}(layer={layer!r}): cannot build the dependency graph of "
-                f"{type(model).__name__} on the example input ({exc}). Check "
-                "plan.meta['input_shape'] or pass example_inputs."
-            ) from exc
-        raise PlanError(
-            f"{action}(layer={layer!r}): the model runs, but the dependency analysis cannot "
-            f"follow its graph ({type(exc).__name__}: {exc}), so the layers coupled to this cut "
-            f"are unknown; {_EXCLUDE}."
-        ) from exc
-    finally:
-        for m, t in modes:
-            m.train(t)
-
-
-# per-module cut: {"out": set, "in": set, "chan": set}
-_Cuts = dict[nn.Module, dict[str, set[int]]]
-
-
-def _collect(group, names: dict[nn.Module, str], action: str, layer: str) -> _Cuts:  # noqa: ANN001
-    cuts: _Cuts = {}
-    for item in group:
-        dep, idxs = item.dep, item.idxs
-        tgt = dep.target.module
-        if isinstance(tgt, nn.Parameter):
-            raise PlanError(
-                f"{action}(layer={layer!r}): the cut reaches a bare nn.Parameter used in forward; "
-                "wrap it in a module or exclude this layer."
-            )
-        side = "out" if dep.handler.__name__ == "prune_out_channels" else "in"
-        if isinstance(tgt, nn.Conv2d):
-            key = "chan" if _is_depthwise(tgt) else side
-        elif isinstance(tgt, nn.Linear):
-            key = side
-        elif isinstance(tgt, (_BN, nn.GroupNorm)):
-            key = "chan"
-        elif isinstance(tgt, _MIXING_NORMS):
-            raise PlanError(
-                f"{action}(layer={layer!r}): the cut reaches {type(tgt).__name__} "
-                f"{names.get(tgt, '?')!r}, which normalises across channels, so removing a "
-                "channel would change the kept ones; exclude this layer from pruning."
-            )
-        elif any(True for _ in tgt.parameters(recurse=False)) or any(
-            True for _ in tgt.buffers(recurse=False)
-        ):
-            raise PlanError(
-                f"{action}(layer={layer!r}): the cut reaches {type(tgt).__name__} "
-                f"{names.get(tgt, '?')!r}, which surgery cannot resize; exclude this layer."
-            )
-        else:
-            continue  # parameter-free op (add, cat, flatten, pooling, activation)
-        cuts.setdefault(tgt, {"out": set(), "in": set(), "chan": set()})[key].update(
-            int(i) for i in idxs
-        )
-    return cuts
-
-
-def _check_cuts(cuts: _Cuts, names: dict[nn.Module, str], action: str, layer: str) -> None:
-    head = f"{action}(layer={layer!r})"
-    for m, c in cuts.items():
-        name = names.get(m, "?")
-        if is_lrn(m):
-            continue
-        if isinstance(m, nn.Conv2d):
-            sizes = {"out": m.out_channels, "in": m.in_channels, "chan": m.groups}
-        elif isinstance(m, nn.Linear):
-            sizes = {"out": m.out_features, "in": m.in_features, "chan": m.out_features}
-        elif isinstance(m, nn.GroupNorm):
-            sizes = {"out": m.num_channels, "in": m.num_channels, "chan": m.num_channels}
-        else:
-            sizes = {"out": m.num_features, "in": m.num_features, "chan": m.num_features}
-        for key, idx in c.items():
-            if not idx:
-                continue
-            n = sizes[key]
-            bad = sorted(i for i in idx if not 0 <= i < n)
-            if bad:
-                raise PlanError(f"{head}: indices {bad} out of range for {name!r} (size {n}).")
-            if len(idx) >= n:
-                raise PlanError(
-                    f"{head} would remove all {n} channels of coupled layer {name!r}; keep at "
-                    "least one."
-                )
-            if isinstance(m, nn.GroupNorm):
-                per = n // m.num_groups
-                touched = sorted({i // per for i in idx})
-                partial = [g for g in touched if sum(1 for i in idx if i // per == g) != per]
-                if partial:
-                    raise PlanError(
-                        f"{head} removes channels {sorted(idx)} from GroupNorm {name!r} "
-                        f"({m.num_groups} groups of {per} channels), which splits group(s) "
-                        f"{partial}: GroupNorm normalises each group over all its channels, so "
-                        "only whole groups can be removed exactly. Remove whole groups (channels "
-                        f"g*{per}..g*{per}+{per - 1}) or exclude this layer from pruning."
-                    )
-            if isinstance(m, nn.Conv2d) and m.groups > 1 and key != "chan":
-                per = n // m.groups
-                counts = [
-                    sum(1 for i in idx if g * per <= i < (g + 1) * per) for g in range(m.groups)
-                ]
-                if len(set(counts)) != 1 or counts[0] >= per:
-                    what = "input" if key == "in" else "output"
-                    err = PlanError(
-                        f"{head} is group-inconsistent at grouped conv {name!r} (groups="
-                        f"{m.groups}): it would remove {counts} {what} channels from its "
-                        f"{m.groups} groups of {per}, leaving {n - len(idx)} {what} channels. A "
-                        "grouped conv needs the same number removed from every group (and at "
-                        "least one kept); choose indices that cut every group equally or leave "
-                        "this layer's channels alone."
-                    )
-                    err.groups = m.groups  # type: ignore[attr-defined] # for group-aware selection
-                    raise err
-
-
-def _keep(n: int, removed: set[int]) -> list[int]:
-    return [i for i in range(n) if i not in removed]
-
-
-def _cut_module(m: nn.Module, c: dict[str, set[int]]) -> None:
-    if isinstance(m, nn.Conv2d):
-        if c["chan"]:  # depthwise (multiplier k): input channel g is group g, outputs g*k..g*k+k-1
-            k = m.out_channels // m.groups
-            groups = _keep(m.groups, c["chan"])
-            keep = [g * k + j for g in groups for j in range(k)]
-            m.weight = _sel(m.weight, 0, keep)
-            if m.bias is not None:
-                m.bias = _sel(m.bias, 0, keep)
-            m.in_channels = m.groups = len(groups)
-            m.out_channels = len(keep)
-            return
-        g = m.groups
-        if c["out"]:
-            keep = _keep(m.out_channels, c["out"])
-            m.weight = _sel(m.weight, 0, keep)
-            if m.bias is not None:
-                m.bias = _sel(m.bias, 0, keep)
-            m.out_channels = len(keep)
-        if c["in"]:
-            cin, per_in = m.in_channels, m.in_channels // g
-            keep_in = _keep(cin, c["in"])
-            new_per = len(keep_in) // g
-            per_out = m.out_channels // g
-            w = m.weight.detach()
-            blocks = []
-            for gi in range(g):
-                local = [i - gi * per_in for i in keep_in if gi * per_in <= i < (gi + 1) * per_in]
-                idx = torch.as_tensor(local, dtype=torch.long, device=w.device)
-                blocks.append(torch.index_select(w[gi * per_out : (gi + 1) * per_out], 1, idx))
-            new_w = torch.cat(blocks, 0).clone()
-            if new_w.shape[1] != new_per:  # unreachable after _check_cuts; never build a bad conv
-                raise PlanError(f"internal: group-inconsistent input cut of {m!r}")
-            m.weight = nn.Parameter(new_w, m.weight.requires_grad)
-            m.in_channels = len(keep_in)
-    elif isinstance(m, nn.Linear):
-        if c["out"]:
-            keep = _keep(m.out_features, c["out"])
-            m.weight = _sel(m.weight, 0, keep)
-            if m.bias is not None:
-                m.bias = _sel(m.bias, 0, keep)
-            m.out_features = len(keep)
-        if c["in"]:
-            keep = _keep(m.in_features, c["in"])
-            m.weight = _sel(m.weight, 1, keep)
-            m.in_features = len(keep)
-    elif isinstance(m, nn.GroupNorm):
-        removed = c["chan"] | c["out"] | c["in"]
-        keep = _keep(m.num_channels, removed)
-        per = m.num_channels // m.num_groups
-        if m.affine:
-            m.weight = _sel(m.weight, 0, keep)
-            m.bias = _sel(m.bias, 0, keep)
-        m.num_groups = len(keep) // per
-        m.num_channels = len(keep)
-    elif isinstance(m, _BN):
-        removed = c["chan"] | c["out"] | c["in"]
-        keep = _keep(m.num_features, removed)
-        idx = torch.as_tensor(keep, dtype=torch.long)
-        if m.affine:
-            m.weight = _sel(m.weight, 0, keep)
-            m.bias = _sel(m.bias, 0, keep)
-        if m.running_mean is not None:
-            m.running_mean = m.running_mean[idx.to(m.running_mean.device)].clone()
-            m.running_var = m.running_var[idx.to(m.running_var.device)].clone()
-        m.num_features = len(keep)
-
-
-def _group(
-    model: nn.Module,
-    inputs: tuple[Tensor, ...],
-    mod: nn.Module,
-    side: str,
-    removed: list[int],
-    action: str,
-    layer: str,
-):  # noqa: ANN202
-    import torch_pruning as tp
-
-    dg = _build_graph(model, inputs, action, layer)
-    if mod not in dg.module2node:
-        raise PlanError(
-            f"{action}(layer={layer!r}): the layer is not used in the model's forward pass on the "
-            "example input; nothing to cut."
-        )
-    if isinstance(mod, nn.Conv2d):
-        fn = tp.prune_conv_out_channels if side == "out" else tp.prune_conv_in_channels
-        if _is_depthwise(mod):
-            fn = tp.prune_depthwise_conv_out_channels
-    else:
-        fn = tp.prune_linear_out_channels if side == "out" else tp.prune_linear_in_channels
-    return dg.get_pruning_group(mod, fn, removed)
-
-
-def _size(mod: nn.Module, side: str) -> int:
-    if isinstance(mod, nn.Conv2d):
-        return mod.out_channels if side == "out" else mod.in_channels
-    return mod.out_features if side == "out" else mod.in_features  # type: ignore[return-value]
-
-
-def _check_indices(keep: Sequence[int], n: int, action: str, layer: str, what: str) -> list[int]:
-    bad = sorted(i for i in keep if i >= n)
-    if bad:
-        raise PlanError(
-            f"{action}(layer={layer!r}): indices {bad} are out of range; the layer has {n} "
-            f"{what} (valid 0..{n - 1})."
-        )
-    return [i for i in range(n) if i not in set(keep)]
-
-
-def _per_channel(m: nn.Module) -> bool:
-    """Modules cut channel by channel ("chan"): norms and depthwise convs."""
-    return isinstance(m, (_BN, nn.GroupNorm)) or _passes_channels(m)
-
-
-def _seeds(cuts: _Cuts) -> dict[nn.Module, set[int]]:
-    """Producers whose output channels the cut removes (where the probe injects NaN)."""
-    out: dict[nn.Module, set[int]] = {}
-    for m, c in cuts.items():
-        if isinstance(m, (nn.Conv2d, nn.Linear)) and c["out"]:
-            out[m] = set(c["out"])
-        elif _passes_channels(m) and c["chan"]:
-            k = m.out_channels // m.groups  # depth multiplier: group c -> outputs c*k..c*k+k-1
-            out[m] = {g * k + j for g in c["chan"] for j in range(k)}
-    return out
 
 
 def _describe(res: Probe | None, consumers: list[nn.Module]) -> str:
@@ -379,7 +69,6 @@ def _describe(res: Probe | None, consumers: list[nn.Module]) -> str:
     return f" through {', '.join(found)}" if found else ""
 
 
-_EXCLUDE = "exclude this layer from pruning (or cut a layer before/after the construct)"
 _CHUNK = (
     "torch.chunk/torch.split cut the channels at fixed positions, so a cut that removes a "
     "different number of channels from each part moves a boundary (channels would change part); "

@@ -30,6 +30,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from compactnn.surgery._lrn import HoleLocalResponseNorm
+
 __all__ = [
     "Probe",
     "probe",
@@ -60,8 +62,6 @@ def is_consumer(m: nn.Module) -> bool:
 
 def is_lrn(m: nn.Module) -> bool:
     """LocalResponseNorm (plain or already cut): cut exactly by keeping zero holes."""
-    from compactnn.surgery._lrn import HoleLocalResponseNorm
-
     return isinstance(m, (nn.LocalResponseNorm, HoleLocalResponseNorm))
 
 

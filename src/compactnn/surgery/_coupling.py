@@ -24,8 +24,9 @@ from typing import Any
 from torch import Tensor, nn
 
 from compactnn.errors import PlanError
-from compactnn.surgery._channels import _collect, _group, _resolve, _seeds, _size
 from compactnn.surgery._check import probe
+from compactnn.surgery._cut import _seeds, _size
+from compactnn.surgery._depgraph import _collect, _group, _resolve
 from compactnn.surgery._util import example_inputs_for
 
 __all__ = ["coupling"]

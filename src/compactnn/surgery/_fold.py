@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
+from compactnn.capture import _following_activations
 from compactnn.errors import PlanError
 from compactnn.surgery._util import set_module
 
@@ -136,8 +137,6 @@ def foldable_before_relu(model: nn.Module) -> dict[str, str]:
     feeds only the BN (each called once: :func:`fold_batchnorm`'s pairs), the BN only ReLUs
     (:func:`compactnn.capture.following_activation`'s rule), and the BN has running statistics
     of the layer's width."""
-    from compactnn.capture import _following_activations
-
     mods = dict(model.named_modules())
     pairs = _pairs(model)
     if not pairs:

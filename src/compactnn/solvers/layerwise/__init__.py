@@ -21,7 +21,6 @@ from compactnn.solvers.layerwise.ddlr import (
     DDLR_EPS_FRACS,
     DDLRSolver,
     choose_rank,
-    eps_path,
     factorize,
     solve_ddlr,
 )
@@ -35,6 +34,7 @@ from compactnn.solvers.layerwise.problem import (
 )
 from compactnn.solvers.layerwise.registry import (
     LAYER_SOLVERS,
+    eps_path,
     get_layer_solver,
     list_layer_solvers,
 )

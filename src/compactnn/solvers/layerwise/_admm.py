@@ -156,6 +156,61 @@ def _violation(P: ScaledProblem, AZ: Tensor) -> float:
     return max(eq, pos / (P.Yabs if P.Yabs > 0 else 1.0), 0.0)
 
 
+def _initial(
+    P: ScaledProblem, opts: ADMMOptions, init: ADMMState | Tensor | None
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, float]:
+    """The iterates ``(U, Z, V, L1, L2, rho)`` to start from: a previous state, the given ``Z``
+    (``V`` its projected image), or the projection of the target and its least-squares ``U``."""
+    if isinstance(init, ADMMState):
+        return init.U, init.Z, init.V, init.L1, init.L2, init.rho
+    rho = opts.rho
+    if isinstance(init, Tensor):
+        Z = init
+        U = Z
+        V = _project(P, P.fwd(Z))
+    else:
+        V = _project(P, torch.where(P.mask, P.T, P.c) if P.mask is not None else P.T)
+        U = P.solve(P.adj(V))
+        Z = U
+    L1 = torch.zeros_like(V)
+    L2 = torch.zeros_like(Z)
+    return U, Z, V, L1, L2, rho
+
+
+def _residuals(
+    P: ScaledProblem,
+    AU: Tensor,
+    U: Tensor,
+    V: Tensor,
+    Z: Tensor,
+    V_old: Tensor,
+    Z_old: Tensor,
+    L1: Tensor,
+    L2: Tensor,
+    rho: float,
+) -> tuple[float, float, float, float, float]:
+    """``(r_p, r_d, nx, nz, ny)``: the primal and dual residuals and the scales of the
+    stopping rule (``||Ax||``, ``||Bz||``, ``||A^T y||``)."""
+    r_p = math.sqrt(
+        float(torch.linalg.vector_norm(AU - V)) ** 2 + float(torch.linalg.vector_norm(U - Z)) ** 2
+    )
+    r_d = rho * float(torch.linalg.vector_norm(P.adj(V - V_old) + (Z - Z_old)))
+    nx = math.hypot(float(torch.linalg.vector_norm(AU)), float(torch.linalg.vector_norm(U)))
+    nz = math.hypot(float(torch.linalg.vector_norm(V)), float(torch.linalg.vector_norm(Z)))
+    # dual scale: ||B^T y|| = rho ||(L1, L2)|| (A^T y vanishes by the U-step optimality here)
+    ny = rho * math.hypot(float(torch.linalg.vector_norm(L1)), float(torch.linalg.vector_norm(L2)))
+    return r_p, r_d, nx, nz, ny
+
+
+def _stalled(history: list[float], rel_tol: float) -> bool:
+    """Whether the relative primal residual has stopped falling (the second half of the checks
+    flat within 5 % and above ``10 rel_tol``)."""
+    if len(history) < 10:
+        return False
+    tail = history[len(history) // 2 :]
+    return min(tail) > 10 * rel_tol and (max(tail) - min(tail)) <= 0.05 * max(tail)
+
+
 def run_admm(
     P: ScaledProblem,
     prox: str,
@@ -178,20 +233,7 @@ def run_admm(
     """
     t0 = time.perf_counter()
     N, n = P.T.shape
-    if isinstance(init, ADMMState):
-        U, Z, V, L1, L2, rho = init.U, init.Z, init.V, init.L1, init.L2, init.rho
-    else:
-        rho = opts.rho
-        if isinstance(init, Tensor):
-            Z = init
-            U = Z
-            V = _project(P, P.fwd(Z))
-        else:
-            V = _project(P, torch.where(P.mask, P.T, P.c) if P.mask is not None else P.T)
-            U = P.solve(P.adj(V))
-            Z = U
-        L1 = torch.zeros_like(V)
-        L2 = torch.zeros_like(Z)
+    U, Z, V, L1, L2, rho = _initial(P, opts, init)
     alpha = opts.alpha
     sv = torch.zeros(0, dtype=Z.dtype)
     rank_hint: int | None = None
@@ -217,17 +259,7 @@ def run_admm(
         L2 = L2 + Uh - Z
         if k % opts.check_every and k != opts.max_iter:
             continue
-        r_p = math.sqrt(
-            float(torch.linalg.vector_norm(AU - V)) ** 2
-            + float(torch.linalg.vector_norm(U - Z)) ** 2
-        )
-        r_d = rho * float(torch.linalg.vector_norm(P.adj(V - V_old) + (Z - Z_old)))
-        nx = math.hypot(float(torch.linalg.vector_norm(AU)), float(torch.linalg.vector_norm(U)))
-        nz = math.hypot(float(torch.linalg.vector_norm(V)), float(torch.linalg.vector_norm(Z)))
-        # dual scale: ||B^T y|| = rho ||(L1, L2)|| (A^T y vanishes by the U-step optimality here)
-        ny = rho * math.hypot(
-            float(torch.linalg.vector_norm(L1)), float(torch.linalg.vector_norm(L2))
-        )
+        r_p, r_d, nx, nz, ny = _residuals(P, AU, U, V, Z, V_old, Z_old, L1, L2, rho)
         e_p = opts.abs_tol * dim_p + opts.rel_tol * max(nx, nz)
         e_d = opts.abs_tol * dim_d + opts.rel_tol * ny
         history.append(r_p / max(nx, nz, 1e-300))
@@ -247,10 +279,7 @@ def run_admm(
                 rho *= ratio
                 L1 = L1 / ratio
                 L2 = L2 / ratio
-    stalled = False
-    if not converged and len(history) >= 10:
-        tail = history[len(history) // 2 :]
-        stalled = min(tail) > 10 * opts.rel_tol and (max(tail) - min(tail)) <= 0.05 * max(tail)
+    stalled = not converged and _stalled(history, opts.rel_tol)
     state = ADMMState(U, Z, V, L1, L2, rho, scale) if opts.keep_state else None
     return {
         "Z": Z,

@@ -20,6 +20,7 @@ from torch import Tensor
 from compactnn._validation import check_bool, check_float, check_int
 from compactnn.errors import ConfigError, InfeasibleError
 from compactnn.solvers.layerwise._admm import ADMMOptions, ADMMState, ScaledProblem, run_admm
+from compactnn.solvers.layerwise._cvxpy import solve_cvxpy
 from compactnn.solvers.layerwise.base import Backend, LayerSolver
 from compactnn.solvers.layerwise.problem import (
     LayerProblem,
@@ -243,8 +244,6 @@ def _run_cvxpy(
     warm_start: Any,
     ceiling: Tensor | None = None,
 ) -> _Raw:
-    from compactnn.solvers.layerwise._cvxpy import solve_cvxpy
-
     out = solve_cvxpy(
         X,
         Y,

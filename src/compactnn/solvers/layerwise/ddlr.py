@@ -16,7 +16,6 @@ References:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -35,7 +34,6 @@ __all__ = [
     "solve_ddlr",
     "choose_rank",
     "factorize",
-    "eps_path",
     "DDLR_EPS_FRACS",
 ]
 
@@ -176,44 +174,3 @@ def factorize(U: Tensor, r: int) -> tuple[Tensor, Tensor]:
     first = root[:, None] * A[:, :r].T
     second = Bh[:r].T * root[None, :]
     return first.contiguous(), second.contiguous()
-
-
-def eps_path(
-    X: Tensor,
-    Y_pre: Tensor,
-    bias: Tensor | None,
-    eps_fracs: Sequence[float] = DDLR_EPS_FRACS,
-    *,
-    method: str = "ddlr",
-    backend: str = "admm",
-    options: ADMMOptions | CvxpyOptions | None = None,
-    linear: bool = False,
-    layer: str | None = None,
-) -> list[LayerSolveResult]:
-    """Solve along increasing eps fractions (sec. 4), warm-starting each ADMM solve.
-
-    Returns:
-        One result per eps fraction, in increasing order of ``eps_frac``.
-    """
-    from compactnn.solvers.layerwise.registry import LAYER_SOLVERS
-
-    cls = LAYER_SOLVERS.get(method) if isinstance(method, str) else None
-    if cls is None or not issubclass(cls, EpsConstrainedSolver):
-        known = [n for n, c in LAYER_SOLVERS.items() if issubclass(c, EpsConstrainedSolver)]
-        raise ConfigError(
-            f"eps_path: 'method' must be one of {', '.join(map(repr, known))} (a layer solver "
-            f"with an eps_frac). Got {method!r} instead."
-        )
-    solver = cls()
-    row, options = solver.check(backend, options)
-    options = row.path_options(options)
-    problem = LayerProblem(X, Y_pre, bias, linear)
-    results: list[LayerSolveResult] = []
-    prev: LayerSolveResult | None = None
-    for frac in sorted(eps_fracs):
-        res = solver.with_params(eps_frac=frac).solve(
-            problem, backend=backend, options=options, warm_start=prev, layer=layer
-        )
-        results.append(res)
-        prev = res
-    return results

@@ -35,6 +35,7 @@ from compactnn._validation import check_bool, check_choice, check_float, check_i
 from compactnn.errors import CompactnnError, ConfigError, SolverError, UnknownNameError
 from compactnn.solvers.layerwise.base import LayerSolver
 from compactnn.solvers.layerwise.problem import LayerProblem, LayerSolveResult
+from compactnn.solvers.layerwise.registry import LAYER_SOLVERS, get_layer_solver
 
 __all__ = ["solve_layers", "dask_client", "local_cluster", "PARALLEL_BACKENDS"]
 
@@ -59,8 +60,6 @@ def _with_defaults(
 
 def _resolve(solver: Solver | LayerSolver | str) -> Solver:
     if isinstance(solver, str):
-        from compactnn.solvers.layerwise.registry import LAYER_SOLVERS, get_layer_solver
-
         try:
             solver = get_layer_solver(solver)
         except UnknownNameError:

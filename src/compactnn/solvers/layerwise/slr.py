@@ -43,6 +43,10 @@ The ``"cvxpy"`` backend solves the linear-response problem (convex) with CVXPY (
 SCS); the ReLU response is not convex in ``M`` (contrary to the paper's claim), so it is
 refused there.
 
+The ADMM backend (its options :class:`SLRAdmmOptions`, Algorithm 1, the budget's λ scale
+:func:`budget_scale`, warm starts) lives in :mod:`compactnn.solvers.layerwise._slr_admm`; this
+module holds the objective and its helpers, :class:`SLRSolver` and the CVXPY backend.
+
 References:
     Ma et al. (2019), "A Unified Approximation Framework for Compressing and Accelerating Deep
     Neural Networks", eqs. (3)-(13), Algorithm 1, sec. V-A (t, λ ranges);
@@ -54,7 +58,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -62,9 +65,17 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from compactnn._validation import check_bool, check_choice, check_float, check_int
+from compactnn._validation import check_bool, check_choice, check_float
 from compactnn.errors import ConfigError
-from compactnn.prox import group_soft_threshold, svt_values
+from compactnn.solvers.layerwise._cvxpy import _import_cvxpy
+from compactnn.solvers.layerwise._slr_admm import (
+    CORRECTIONS,
+    SLRAdmmOptions,
+    _iterate,
+    _warm_state,
+    budget_scale,
+)
+from compactnn.solvers.layerwise._slr_admm import _Quadratic as _Quadratic  # re-exported
 from compactnn.solvers.layerwise.base import Backend, Capabilities, LayerSolver
 from compactnn.solvers.layerwise.problem import LayerProblem, LayerSolveResult, check_problem
 
@@ -79,58 +90,7 @@ __all__ = [
     "slr_objective",
 ]
 
-CORRECTIONS: tuple[str, ...] = ("paper", "gbs", "none")
 SCALES: tuple[str, ...] = ("data", "absolute")
-
-
-@dataclass(frozen=True)
-class SLRAdmmOptions:
-    """Options of SLR's own ADMM backend (Algorithm 1).
-
-    Attributes:
-        max_iter: ADMM iterations at most.
-        tol: relative primal and dual residual tolerance of the stopping rule.
-        m_steps: gradient steps of the M-step (eq. 8) per iteration, ReLU response.
-        m_lr: step of those steps; ``None``: preconditioned steps (the gradient multiplied by
-            :math:`(2X^TX/N + tI)^{-1}`, step 1) -- a departure from the paper's plain SGD with
-            lr ``1e-3``, which depends on the data scale; a float: plain steps with that lr.
-        m_momentum: heavy-ball momentum of the M-step (paper 0.9).
-        correction: ``"paper"`` (eq. 13), ``"gbs"`` or ``"none"`` (see the module docstring).
-        tau: τ of eq. (13) (paper 1/2).
-        alpha: α of eq. (13) (paper 3/4).
-        dtype: ``"float32"`` (fast) or ``"float64"``.
-        history: record the residuals and objective of every iteration in ``extras``.
-        min_iter: with a solver ``share`` (a per-layer budget), iterations before the residual
-            stopping rule may end the run (the λ scale needs a few iterations to settle).
-    """
-
-    max_iter: int = 150
-    tol: float = 5e-4
-    m_steps: int = 2
-    m_lr: float | None = None
-    m_momentum: float = 0.5
-    correction: str = "paper"
-    tau: float = 0.5
-    alpha: float = 0.75
-    dtype: str = "float32"
-    history: bool = False
-    min_iter: int = 10
-
-    def __post_init__(self) -> None:
-        o = "SLRAdmmOptions"
-        check_int(self.max_iter, "max_iter", o, min_value=1)
-        check_float(self.tol, "tol", o, min_value=0.0, min_inclusive=False)
-        check_int(self.m_steps, "m_steps", o, min_value=1)
-        if self.m_lr is not None:
-            check_float(self.m_lr, "m_lr", o, min_value=0.0, min_inclusive=False)
-        check_float(self.m_momentum, "m_momentum", o, min_value=0.0, max_value=1.0,
-                    max_inclusive=False)  # fmt: skip
-        check_choice(self.correction, "correction", o, CORRECTIONS)
-        check_float(self.tau, "tau", o, min_value=0.0, max_value=1.0)
-        check_float(self.alpha, "alpha", o, min_value=0.0, max_value=1.0, min_inclusive=False)
-        check_choice(self.dtype, "dtype", o, ("float32", "float64"))
-        check_bool(self.history, "history", o)
-        check_int(self.min_iter, "min_iter", o, min_value=0)
 
 
 @dataclass(frozen=True)
@@ -196,34 +156,6 @@ def slr_objective(
         "nuclear": nuc,
         "objective": f1 + (lam1 * l21 if l21 else 0.0) + (lam2 * nuc if nuc else 0.0),
     }
-
-
-def budget_scale(
-    columns: Tensor | None, singular: Tensor | None, n: int, d: int, budget: float
-) -> float:
-    r"""The smallest ``c >= 0`` at which thresholding leaves at most ``budget`` weights.
-
-    ``columns`` are the column norms divided by the unit column threshold (a column survives
-    eq. 10 iff its value ``> c``, costing ``n`` weights), ``singular`` the singular values divided
-    by the unit SVT threshold (one survives eq. 12 iff ``> c``, costing ``n + d``); ``None``:
-    that component is absent. The size is a decreasing step function of ``c``; the answer is
-    the breakpoint that drops the first element not fitting (greedy from the largest), or 0 when
-    everything fits.
-    """
-    vals, cost = [], []
-    for v, w in ((columns, n), (singular, n + d)):
-        if v is not None and v.numel():
-            vals.append(v.reshape(-1).to(torch.float64))
-            cost.append(torch.full((v.numel(),), float(w), dtype=torch.float64))
-    if not vals:
-        return 1.0
-    v = torch.cat(vals)
-    w = torch.cat(cost)
-    order = torch.argsort(v, descending=True)
-    v, w = v[order], w[order]
-    fits = torch.cumsum(w, 0) <= budget + 1e-9
-    k = int(fits.sum())  # the k largest fit (sizes are cumulative from the top)
-    return 0.0 if k >= v.numel() else float(v[k])
 
 
 def _scales(X: Tensor, Yt: Tensor, b: Tensor, relu: bool, Ypre: Tensor) -> tuple[float, float]:
@@ -405,205 +337,17 @@ class SLRSolver(LayerSolver):
 
 
 # ---------------------------------------------------------------------- ADMM backend
-class _Quadratic:
-    r"""The M-step of eq. (8) for the identity response, in closed form.
-
-    :math:`\arg\min_M \tfrac1N\|T - XM^T\|_F^2 - \langle\Lambda, M\rangle + \tfrac t2
-    \|S - M\|_F^2 = \big(\tfrac2N T^TX + \Lambda + tS\big)H^{-1}` with
-    :math:`H = \tfrac2N X^TX + tI` (:meth:`hsolve` also preconditions the ReLU M-step).
-    ``T = Y - 1b^T``. ``H^{-1}`` is applied through the eigendecomposition
-    :math:`H = Q\,\mathrm{diag}(h)\,Q^T` (two ``n x d x d`` products), or, when the rows are
-    fewer than the columns (``N < d``), through the Woodbury identity
-    :math:`RH^{-1} = \tfrac1t\big(R - (RX^T)K^{-1}X\big)`, :math:`K = \tfrac{Nt}2 I + XX^T`
-    (``n x d x N`` products) for ``N < d`` on layers with ``d >= 512``.
-    """
-
-    def __init__(self, X: Tensor, T: Tensor, t: float, dtype: torch.dtype) -> None:
-        N, d = X.shape
-        X = X.to(torch.float64)
-        self.t = float(t)
-        self.XtT = ((2.0 / N) * (T.to(torch.float64).T @ X)).to(dtype)  # n x d
-        # 2ndN < 2nd^2 multiply-adds per hsolve; small layers keep the eigendecomposition
-        # (cheap there). Through Woodbury a column no calibration row activates stays exactly 0.
-        self.woodbury = N < d and d >= 512
-        if self.woodbury:
-            K = (0.5 * N * t) * torch.eye(N, dtype=torch.float64) + X @ X.T
-            self.KinvX = torch.linalg.solve(K, X).to(dtype)  # N x d
-            self.Xd = X.to(dtype)
-        else:
-            ev, Q = torch.linalg.eigh((2.0 / N) * (X.T @ X))
-            self.hinv = (1.0 / (ev.clamp_min(0) + t)).to(dtype)
-            self.Q = Q.to(dtype)
-
-    def hsolve(self, R: Tensor) -> Tensor:
-        """``R H^{-1}`` for ``R`` (n x d)."""
-        if self.woodbury:
-            return (R - (R @ self.Xd.T) @ self.KinvX) / self.t
-        return ((R @ self.Q) * self.hinv) @ self.Q.T
-
-    def solve(self, Lam: Tensor, S: Tensor) -> Tensor:
-        """The minimiser ``M`` of eq. (8) given ``Λ`` and ``S = Â + B̂``."""
-        return self.hsolve(self.XtT + Lam + self.t * S)
-
-
-def _warm_state(warm: Any, s: dict[str, Any], layer: str | None) -> dict[str, Tensor] | None:
-    """The ADMM iterates ``(A, B, M, Λ)`` to start from: a previous :class:`LayerSolveResult`
-    of SLR's ADMM on the same layer (its ``extras["state"]``) or such a dict; ``None``: cold.
-    ``Λ`` is in the units of the gradient of ``f1`` (independent of ``t`` and ``λ``), so a state
-    from another ``λ`` is a valid start (continuation)."""
-    if warm is None:
-        return None
-    if isinstance(warm, LayerSolveResult):
-        warm = warm.extras.get("state")
-    if not isinstance(warm, Mapping) or not {"A", "B", "M", "Lam"} <= set(warm):
-        raise ConfigError(
-            f"SLR{f' (layer {layer!r})' if layer else ''}: warm_start must be a result of SLR's "
-            "admm backend (or its extras['state'] dict with A, B, M, Lam). Got "
-            f"{type(warm).__name__} instead."
-        )
-    shape = (s["Yt"].shape[1], s["X"].shape[1])
-    for k in ("A", "B", "M", "Lam"):
-        if tuple(warm[k].shape) != shape:
-            raise ConfigError(
-                f"SLR{f' (layer {layer!r})' if layer else ''}: the warm start's {k} has shape "
-                f"{tuple(warm[k].shape)}, the layer's weight is {shape}: a warm start must come "
-                "from the same layer."
-            )
-    return {k: warm[k] for k in ("A", "B", "M", "Lam")}
-
-
 def _run_admm(
     solver: SLRSolver, s: dict[str, Any], o: SLRAdmmOptions, start: float, layer: str | None
 ) -> LayerSolveResult:
-    dt = torch.float32 if o.dtype == "float32" else torch.float64
-    X64, Yt64, b64 = s["X"], s["Yt"], s["b"]
-    N, d = X64.shape
-    n = Yt64.shape[1]
-    relu = s["relu"]
-    lam1, lam2, t = s["lam1"], s["lam2"], s["t"]
-    quad = _Quadratic(X64, Yt64 - b64, t, dt)
-    hsolve, XtT = quad.hsolve, quad.XtT
-    X = X64.to(dt)
-    Yt = Yt64.to(dt)
-    b = b64.to(dt)
-
-    def grad_f1(M: Tensor) -> Tensor:
-        Z = X @ M.T + b
-        if relu:
-            R = (Z.clamp_min(0) - Yt) * (Z > 0)
-        else:
-            R = Z - Yt
-        return (2.0 / N) * (R.T @ X)
-
-    lam_sizes = (math.isinf(lam1), math.isinf(lam2))
-    lam1_0, lam2_0 = lam1, lam2
-    share = s.get("share")
-    budget = None if share is None else share * n * d  # stored weights allowed (eq. 15)
-    best: tuple[Tensor, Tensor, float, float, int] | None = None  # last iterate within budget
-    size = float("nan")
-    warm = s.get("warm")
-    if warm is not None:  # a previous solve of this layer (e.g. at a nearby lambda)
-        A, B, M, Lam = (warm[k].to(dt).clone() for k in ("A", "B", "M", "Lam"))
-    else:
-        # initial point: the least-squares fit of the linear response (Alg. 1 line 1)
-        M = hsolve(XtT)
-        A = torch.zeros(n, d, dtype=dt)
-        B = torch.zeros(n, d, dtype=dt)
-        Lam = torch.zeros(n, d, dtype=dt)
-    vel = torch.zeros(n, d, dtype=dt)
-    rank_hint: int | None = None
-    hist: list[dict[str, float]] = []
-    status, it = "max_iter", 0
-    rp = rd = float("nan")
-    A_hat, B_hat = A, B
-    for it in range(1, o.max_iter + 1):
-        # 1. A-step (eqs. 9-10), column groups
-        C = M - B - Lam / t
-        if budget is not None:  # the λ scale that makes this iteration's prox steps fit
-            cn = None if lam_sizes[0] else C.norm(dim=0) * (t / lam1_0)
-            sig = None if lam_sizes[1] else torch.linalg.svdvals(M - A - Lam / t) * (t / lam2_0)
-            c = budget_scale(cn, sig, n, d, budget)
-            lam1, lam2 = c * lam1_0, c * lam2_0
-        if lam_sizes[0]:
-            A_hat = torch.zeros_like(C)
-        else:
-            A_hat = group_soft_threshold(C, lam1 / t, (1,))
-        # 2. B-step (eqs. 11-12)
-        D = M - A_hat - Lam / t
-        if lam_sizes[1]:
-            B_hat = torch.zeros_like(D)
-            sv = D.new_zeros(0)
-        else:
-            B_hat, sv = svt_values(D, lam2 / t, rank_hint=rank_hint)
-            sv = sv[sv > float(sv[0]) * 1e-6] if sv.numel() else sv  # as deployed_rank counts
-            rank_hint = max(int(sv.numel()), 1)
-        # 3. M-step (eq. 8)
-        S = A_hat + B_hat
-        if not relu:
-            M_hat = quad.solve(Lam, S)
-        else:
-            M_hat = M.clone()
-            for _ in range(o.m_steps):
-                g = grad_f1(M_hat) - Lam + t * (M_hat - S)
-                step = hsolve(g) if o.m_lr is None else o.m_lr * g
-                vel = o.m_momentum * vel - step
-                M_hat = M_hat + vel
-        # 4. multiplier (Alg. 1 line 6)
-        Lam_hat = Lam + t * (S - M_hat)
-        # residuals
-        rp = float((S - M_hat).norm()) / max(float(M_hat.norm()), float(S.norm()), 1e-30)
-        rd = t * float((M_hat - M).norm()) / max(float(Lam_hat.norm()), t * float(M_hat.norm()),
-                                                 1e-30)  # fmt: skip
-        if o.history:
-            hist.append({"primal": rp, "dual": rd, "rank": float(sv.numel()),
-                         "kept": float(int((A_hat.abs().amax(0) > 0).sum()))})  # fmt: skip
-        # 5. correction (eq. 13)
-        dB, dM, dL = B - B_hat, M - M_hat, Lam - Lam_hat
-        if o.correction == "paper":
-            B = B - o.alpha * (dB + (o.tau - 1.0) * dM)
-            M = M - o.alpha * (o.tau * dB + dM)
-            Lam = Lam - o.alpha * dL
-        elif o.correction == "gbs":
-            B = B - o.alpha * (dB + dM)
-            M = M - o.alpha * dM
-            Lam = Lam - o.alpha * dL
-        else:
-            B, M, Lam = B_hat, M_hat, Lam_hat
-        A = A_hat
-        if budget is not None:  # the deployed size of this iterate (eq. 15)
-            kept = int((A_hat.abs().amax(0) > 0).sum())
-            size = min(float(n * kept + int(sv.numel()) * (n + d)), float(n * d))
-            if size <= budget:
-                best = (A_hat, B_hat, lam1, lam2, it)
-        if not (math.isfinite(rp) and math.isfinite(rd)):
-            raise ConfigError(
-                f"SLR{f' (layer {layer!r})' if layer else ''}: the ADMM iterates diverged "
-                f"(residuals {rp}, {rd}) at iteration {it}. Lower m_lr or raise t."
-            )
-        within = budget is None or (it >= o.min_iter and size <= budget)
-        if rp < o.tol and rd < o.tol and within:
-            status = "optimal"
-            break
-    if budget is not None:
-        if size > budget and best is not None:  # the last iterate that met the budget
-            A_hat, B_hat, lam1, lam2, _ = best
-        elif size > budget:
-            status = "over_budget"
-        s = {**s, "lam1": lam1, "lam2": lam2}
-    extras: dict[str, Any] = {"primal_residual": rp, "dual_residual": rd,
-                              "correction": o.correction, "warm_started": warm is not None,
-                              "state": {"A": A_hat, "B": B, "M": M, "Lam": Lam}}  # fmt: skip
-    if budget is not None:
-        extras.update(share=share, lam_scale=lam1 / lam1_0 if 0 < lam1_0 < math.inf else lam2 / lam2_0,
-                      budget_iteration=None if best is None else best[4])  # fmt: skip
-    if o.history:
-        extras["history"] = hist
+    """SLR's ADMM (:mod:`compactnn.solvers.layerwise._slr_admm`) as the solver's result."""
+    s, A, B, status, iterations, extras = _iterate(s, o, layer)
     return solver._result(
         s,
-        A_hat,
-        B_hat,
+        A,
+        B,
         status=status,
-        iterations=it,
+        iterations=iterations,
         seconds=time.perf_counter() - start,
         backend="admm",
         extras=extras,
@@ -614,8 +358,6 @@ def _run_admm(
 def _run_cvxpy(
     solver: SLRSolver, s: dict[str, Any], o: SLRCvxpyOptions, start: float, layer: str | None
 ) -> LayerSolveResult:
-    from compactnn.solvers.layerwise._cvxpy import _import_cvxpy
-
     if s["share"] is not None:
         raise ConfigError(
             f"SLR{f' (layer {layer!r})' if layer else ''}: share= (a per-layer budget) needs "

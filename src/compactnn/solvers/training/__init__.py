@@ -8,13 +8,8 @@ References:
 
 from __future__ import annotations
 
-from compactnn.solvers.training.admm import (
-    PENALTIES,
-    STRUCTURES,
-    ADMMConfig,
-    ADMMEngine,
-    ADMMState,
-)
+from compactnn.solvers.training.admm import ADMMEngine, ADMMState
+from compactnn.solvers.training.config import PENALTIES, STRUCTURES, ADMMConfig
 from compactnn.solvers.training.masks import MaskedFinetune, apply_masks, attach_masks
 from compactnn.solvers.training.prox_grad import (
     PROX_PENALTIES,

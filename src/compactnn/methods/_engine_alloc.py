@@ -1,0 +1,222 @@
+"""The budgeted engine's allocation: which units each coupling group keeps at a budget.
+
+:func:`knapsack` (greedy value per unit cost over all units) and :func:`uniform_allocation`
+(one kept fraction for every group) choose the kept units on the cost model
+(:class:`~compactnn.methods._engine_cost.CostModel`); :func:`_final_selection` makes the choice
+at the target exact on physically cut, measured models. See :mod:`compactnn.methods._engine`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from compactnn.budget import Target
+from compactnn.methods._engine_cost import CostModel, _Group
+
+
+def knapsack(
+    scores: Mapping[str, Tensor],
+    alive: Mapping[str, Tensor],
+    cost: Callable[[Mapping[str, int]], dict[str, float]],
+    marginal: Callable[[Mapping[str, int], str], dict[str, float]],
+    budget: Mapping[str, float],
+    *,
+    min_keep: int | Mapping[str, int] = 1,
+    relative: bool = False,
+) -> tuple[dict[str, Tensor], bool]:
+    """Greedy knapsack: drop, one at a time, the kept unit of smallest *value per unit cost*
+    until ``cost(counts) <= budget`` for every key.
+
+    A unit's value is its score (additive: e.g. a first-order estimate of the loss it
+    protects). With ``relative`` it is its score's share of its group's kept scores (``s_i / sum_{j kept}
+    s_j``): the greedy then maximises ``sum_g log(sum_{i kept in g} s_i)``, so a group's last
+    units grow dear as it thins and no layer is emptied for the sake of another (additive
+    scores would trade a conv layer's last filters for hundreds of cheap neurons). A unit's cost
+    is the sum over the keys still over budget of its marginal cost divided by the key's budget.
+    Within a group the unit of smallest score goes first (ties: the lower index). Returns the
+    kept masks (group -> bool over its units) and whether the budget was reached (``False``:
+    every group at ``min_keep``).
+    """
+    counts = {r: int(a.sum()) for r, a in alive.items()}
+    floor = min_keep if isinstance(min_keep, Mapping) else dict.fromkeys(alive, int(min_keep))
+    order = {}
+    total = {}
+    for r, s in scores.items():
+        idx = torch.nonzero(alive[r]).flatten()
+        srt = torch.sort(s[idx], stable=True).indices
+        order[r] = [int(i) for i in idx[srt]]
+        total[r] = float(s[idx].sum())
+    ptr = dict.fromkeys(scores, 0)
+    keep = {r: a.clone() for r, a in alive.items()}
+    while True:
+        c = cost(counts)
+        over = [k for k in budget if c[k] > budget[k] * (1 + 1e-12)]
+        if not over:
+            return keep, True
+        best, best_ratio = None, math.inf
+        for r in scores:
+            if counts[r] <= floor[r]:
+                continue
+            m = marginal(counts, r)
+            # a unit dearer than the excess is credited with the excess only (no overshoot)
+            unit = sum(min(max(m[k], 0.0), c[k] - budget[k]) / budget[k] for k in over)
+            if unit <= 0:
+                continue
+            si = float(scores[r][order[r][ptr[r]]])
+            ratio = (si / max(total[r], 1e-30) if relative else si) / unit
+            if ratio < best_ratio:
+                best, best_ratio = r, ratio
+        if best is None:
+            return keep, False
+        i = order[best][ptr[best]]
+        keep[best][i] = False
+        total[best] -= float(scores[best][i])
+        ptr[best] += 1
+        counts[best] -= 1
+
+
+def uniform_allocation(
+    scores: Mapping[str, Tensor],
+    alive: Mapping[str, Tensor],
+    cost: Callable[[Mapping[str, int]], dict[str, float]],
+    marginal: Callable[[Mapping[str, int], str], dict[str, float]],
+    budget: Mapping[str, float],
+    *,
+    min_keep: int | Mapping[str, int] = 1,
+    relative: bool = False,
+) -> tuple[dict[str, Tensor], bool]:
+    """:func:`knapsack`'s interface with the counts of a *uniform* kept fraction: the largest
+    fraction ``x`` such that every group keeping ``ceil(x n_g)`` of its ``n_g`` alive units
+    (at least its floor) fits the budget (bisection: costs grow with the counts), then the
+    group with the smallest kept fraction grows by one unit while that still fits (ties: the
+    earlier group). Inside a group the units of highest score are kept. ``marginal`` and
+    ``relative`` are unused (the same signature as :func:`knapsack`). Returns the kept masks and
+    whether the budget was reached (``False``: the floors alone are over it)."""
+    del marginal, relative
+    n = {r: int(a.sum()) for r, a in alive.items()}
+    floor = min_keep if isinstance(min_keep, Mapping) else dict.fromkeys(alive, int(min_keep))
+
+    def counts(x: float) -> dict[str, int]:
+        return {r: max(min(floor[r], n[r]), min(n[r], math.ceil(x * n[r] - 1e-12))) for r in n}
+
+    def fits(c: Mapping[str, int]) -> bool:
+        v = cost(c)
+        return all(v[k] <= budget[k] * (1 + 1e-12) for k in budget)
+
+    if fits(counts(1.0)):
+        c = counts(1.0)
+    else:
+        lo, hi = 0.0, 1.0
+        for _ in range(50):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if fits(counts(mid)) else (lo, mid)
+        c = counts(lo)
+        grown = True
+        while grown:
+            grown = False
+            for r in sorted(n, key=lambda r: c[r] / max(n[r], 1)):  # stable: earlier first
+                if c[r] < n[r] and fits({**c, r: c[r] + 1}):
+                    c[r] += 1
+                    grown = True
+                    break
+    keep: dict[str, Tensor] = {}
+    for r, a in alive.items():
+        idx = torch.nonzero(a).flatten()
+        top = idx[torch.argsort(scores[r][idx], descending=True, stable=True)[: c[r]]]
+        m = torch.zeros_like(a)
+        m[top] = True
+        keep[r] = m
+    return keep, fits(c)
+
+
+#: the engine's allocation rules (:class:`EngineSettings` ``allocation``)
+ALLOCATIONS = ("knapsack", "uniform")
+_ALLOCATE = {"knapsack": knapsack, "uniform": uniform_allocation}
+
+
+def _final_selection(
+    groups: Sequence[_Group],
+    model: nn.Module,
+    scores: Mapping[str, Tensor],
+    costs: CostModel,
+    target: Target,
+    min_keep: Mapping[str, int],
+    *,
+    relative: bool = False,
+    allocation: str = "knapsack",
+) -> dict[str, list[int]]:
+    """The kept units at the target, exact on physically measured models: the knapsack on the
+    cost model, then units dropped while the measured model is over the target and added back
+    (best score per cost first) while one still fits."""
+    budget = target.as_dict()
+    alive = {g.rep: torch.ones(g.size, dtype=torch.bool) for g in groups}
+    keep, _ = _ALLOCATE[allocation](scores, alive, costs.cost, costs.marginal, budget,
+                                    min_keep=min_keep, relative=relative)  # fmt: skip
+
+    def n_of(k: Mapping[str, Tensor]) -> dict[str, int]:
+        return {g.rep: int(k[g.rep].sum()) for g in groups}
+
+    def predicted_over(k: Mapping[str, Tensor]) -> bool:
+        """Over the target on a key the cost model gives exactly (params, MACs)."""
+        c = costs.cost(n_of(k))
+        return any(c[key] > budget[key] * (1 + 1e-9) for key in costs.exact if key in budget)
+
+    def measured(k: Mapping[str, Tensor]) -> dict[str, float]:
+        return costs.measured(model, {g.rep: int(k[g.rep].sum()) for g in groups})
+
+    # drop while the measured model is over the target
+    got = measured(keep)
+    while any(got[k] > budget[k] * (1 + 1e-12) for k in budget):
+        cur = n_of(keep)
+        over = [k for k in budget if got[k] > budget[k]]
+        cand = None
+        for g in groups:
+            if cur[g.rep] <= min_keep[g.rep]:
+                continue
+            m = costs.marginal(cur, g.rep)
+            unit = sum(min(max(m[k], 0.0), got[k] - budget[k]) / budget[k] for k in over) or 1e-12
+            idx = torch.nonzero(keep[g.rep]).flatten()
+            i = int(idx[torch.argmin(scores[g.rep][idx])])
+            share = (float(scores[g.rep][idx].sum()) or 1e-30) if relative else 1.0
+            ratio = float(scores[g.rep][i]) / share / unit
+            if cand is None or ratio < cand[0]:
+                cand = (ratio, g.rep, i)
+        if cand is None:
+            break
+        keep[cand[1]][cand[2]] = False
+        got = measured(keep)
+    # add back while a unit still fits
+    while True:
+        cur = n_of(keep)
+        cands = []
+        for g in groups:
+            idx = torch.nonzero(~keep[g.rep]).flatten()
+            if len(idx) == 0:
+                continue
+            m = costs.marginal(cur, g.rep)
+            unit = sum(max(m[k], 0.0) / budget[k] for k in budget) or 1e-12
+            i = int(idx[torch.argmax(scores[g.rep][idx])])
+            share = (
+                (float(scores[g.rep][i] + scores[g.rep][keep[g.rep]].sum()) or 1e-30)
+                if relative
+                else 1.0
+            )
+            cands.append((float(scores[g.rep][i]) / share / unit, g.rep, i))
+        added = False
+        for _, r, i in sorted(cands, reverse=True):
+            keep[r][i] = True
+            if predicted_over(keep):  # exact keys: no need to cut and measure to know
+                keep[r][i] = False
+                continue
+            got2 = measured(keep)
+            if all(got2[k] <= budget[k] * (1 + 1e-12) for k in budget):
+                added = True
+                break
+            keep[r][i] = False
+        if not added:
+            break
+    return {g.rep: [int(i) for i in torch.nonzero(keep[g.rep]).flatten()] for g in groups}
