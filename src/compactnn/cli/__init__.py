@@ -40,7 +40,6 @@ from compactnn.errors import CompactnnError, ConfigError
 __all__ = ["main", "build_parser", "cache_dir"]
 
 
-
 def _input_shape_for(model_name: str, dataset: str | None) -> tuple[int, ...]:
     from compactnn.models import default_input_shape
 
@@ -189,7 +188,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
         print(f"saved {p}")
     return 0
-
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -1480,7 +1478,3 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
