@@ -59,7 +59,7 @@ ALLOWED: set[tuple[str, str]] = set()
 # Calls of importlib.import_module with a non-literal name (cannot be checked statically).
 DYNAMIC_ALLOWED = {
     "compactnn",  # the facade's lazy attributes (_LAZY, _SUBMODULES): it is the top level
-    "compactnn.cli",  # --factory package.module:function, the user's own model code
+    "compactnn.cli.inputs",  # --factory / --data package.module:function, the user's own code
     "compactnn.zoo.torchvision_models",  # torchvision.models.<resnet | mobilenetv2>, not compactnn
     "compactnn.methods",  # registry values "compactnn.methods.x:Cls", checked as strings below
 }
