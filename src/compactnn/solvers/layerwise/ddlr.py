@@ -126,7 +126,7 @@ def choose_rank(U: Tensor, *, rank: int | None = None, energy: float | None = No
     ``r = max(i* - 1, 1)``. For an exactly rank-``r`` matrix with equal non-zero singular values
     it returns ``r``.
 
-    Measured (issue 15, ``benchmarks/ddlr_elbow_ranks.py``, spiral-mlp W2 80x80, N = 256/512,
+    Measured (issue 15, ``benchmarks/bench_ddlr_repro.py --elbow-ranks``, spiral-mlp W2 80x80, N = 256/512,
     the eps of sec. 4.1): the numerical rank of the convex solution (sigma_i > 1e-4 sigma_1)
     is at most 3 above this elbow (equal for eps >= 0.08), and r - 1, r, r + 1 and the
     numerical rank all give size ratios 0.125-0.6 with relative accuracies within ~0.03 of each
