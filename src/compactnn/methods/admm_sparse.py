@@ -513,7 +513,7 @@ def choose_kernel_forms(
     return actions, records
 
 
-class ADMMSparse(Method):
+class ADMMSparse(Method[ADMMSparseConfig]):
     """Kiaee et al.'s ADMM sparse CNN along an increasing mu path."""
 
     name = "admm-sparse"
@@ -526,7 +526,7 @@ class ADMMSparse(Method):
         :mod:`compactnn.methods._engine`): l0 is the group hard threshold, l1 the group soft
         threshold of whole filters (W_ij blocks stored densely would not make the model
         smaller); the over-pruning guard (sec. 4.1) keeps at least half of every layer."""
-        cfg: ADMMSparseConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         if cfg.structure not in (None, "filters"):
             raise ConfigError(
                 f"ADMM-sparse with structure='{cfg.structure}' keeps its zero blocks stored "
@@ -547,7 +547,7 @@ class ADMMSparse(Method):
     def _layers(self, model: nn.Module, input_shape: Any) -> list[str]:
         """The regularised layers: ``layers`` or the paper's defaults (:func:`kiaee_layers`),
         checked to exist."""
-        cfg: ADMMSparseConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         layers = (
             list(cfg.layers)
             if cfg.layers is not None
@@ -563,7 +563,7 @@ class ADMMSparse(Method):
         up-front check: with the over-pruning guard (sec. 4.1) no layer loses more than half of its filters, so a
         target under the size of the model cut to ``ceil(n / 2)`` filters per regularised
         layer is refused before any training, with what to do."""
-        cfg: ADMMSparseConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         if cfg.overprune_guard and cfg.structure in (None, "filters"):
             from compactnn.methods._calibrate import _CountSizer
 
@@ -588,7 +588,7 @@ class ADMMSparse(Method):
 
     def _structure(self) -> tuple[str, str]:
         """The sparsity blocks and the engine's penalty (l1 / l0 of the block norms)."""
-        cfg: ADMMSparseConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         structure = cfg.structure or "kernels"
         penalty = cfg.penalty if structure == "elements" else _GROUP_PENALTY[cfg.penalty]
         return structure, penalty
@@ -606,7 +606,7 @@ class ADMMSparse(Method):
         returns the engine and the guard's last decision per layer."""
         from compactnn.solvers.training import ADMMConfig, ADMMEngine, run_admm
 
-        cfg: ADMMSparseConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         structure, penalty = self._structure()
         lam: Any = mu
         if cfg.mu_scale is not None:
@@ -643,7 +643,7 @@ class ADMMSparse(Method):
         """W-step epochs for the ``i``-th mu: ``min(1 + delta i, delta nu)`` (sec. 4)."""
         from compactnn.solvers.training import kiaee_epochs
 
-        cfg: ADMMSparseConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         return kiaee_epochs(i, delta=cfg.delta, nu=cfg.nu)
 
     @staticmethod
@@ -686,7 +686,7 @@ class ADMMSparse(Method):
         (the dense start, timed alternately with it: ``speedup``, ``speedup_b1``)."""
         from compactnn.structure import group_dims
 
-        cfg: ADMMSparseConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         named = dict(model.named_parameters())
         entry.update(zero_blocks={}, blocks={})
         total_w = zero_w = 0
@@ -761,7 +761,7 @@ class ADMMSparse(Method):
             base = plan.actions if plan is not None else []
             plan = CompressionPlan(actions=[*base, *dead_in], meta=meta)
         kernel_record: dict[str, Any] = {}
-        cfg: ADMMSparseConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         if cfg.deploy_kernels and samples is not None and _kernel_sparse_convs(deployed, layers):
             from compactnn import distributed
 
@@ -794,20 +794,20 @@ class ADMMSparse(Method):
                 "path_plans": plans,
                 "nonzero_params": sum(int((p != 0).sum()) for p in deployed.parameters()),
                 "removed_filters": {k: len(mods[k].weight) - len(v) for k, v in keep.items()},
-                "mu_path": list(self.config.mu_path()),  # type: ignore[attr-defined]
+                "mu_path": list(self.config.mu_path()),
             },
         )
 
     def _finetune_epochs(self, i: int) -> int:
         """Fine-tuning epochs after the ``i``-th mu: ``finetune_epochs``, or the W-step
         schedule ``min(1 + delta i, delta nu)`` when it is ``None`` (sec. 4)."""
-        cfg: ADMMSparseConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         return self._epochs(i) if cfg.finetune_epochs is None else cfg.finetune_epochs
 
     def run(
         self, model: nn.Module, data: CompressionData, *, progress: bool = True
     ) -> CompressionResult:
-        cfg: ADMMSparseConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         loader = data.require_train(self.name)
         shape = data.require_input_shape(self.name)
         layers = self._layers(model, shape)

@@ -153,19 +153,19 @@ class TaylorConfig(CriterionConfig):
     owner: ClassVar[str] = "criterion pruning (taylor)"
 
 
-class _CriterionPruning(Method):
+class _CriterionPruning(Method[CriterionConfig]):
     Config = CriterionConfig
     criterion: ClassVar[str] = ""
 
     def _layers(self, model: nn.Module, shape: Any) -> list[str]:
         """The layers to prune: ``layers`` or the defaults (as SSR), checked to exist."""
-        cfg: CriterionConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         layers = list(cfg.layers) if cfg.layers is not None else prunable_layers(model, shape)
         self._check_layers(model, layers)
         return layers
 
     def _refuse_keep_with_target(self) -> None:
-        if self.config.keep is not None:  # type: ignore[attr-defined]
+        if self.config.keep is not None:
             raise ConfigError(
                 f"{self.name}: pass either keep= (a fixed per-layer budget) or target=, not both."
             )
@@ -173,7 +173,7 @@ class _CriterionPruning(Method):
     def _budget(self, model: nn.Module, layers: list[str]) -> dict[str, int]:
         """Filters kept per layer; ``keep`` (validated on construction) is matched with the
         layers here, before any work."""
-        cfg: CriterionConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         mods = dict(model.named_modules())
         units = {n: mods[n].weight.shape[0] for n in layers}
         if cfg.keep is None:
@@ -200,7 +200,7 @@ class _CriterionPruning(Method):
     def run(
         self, model: nn.Module, data: CompressionData, *, progress: bool = True
     ) -> CompressionResult:
-        cfg: CriterionConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         layers = self._layers(model, data.require_input_shape(self.name))
         budget = self._budget(model, layers)
         teacher = copy.deepcopy(model).eval() if cfg.finetune_distill > 0 else None
@@ -261,7 +261,7 @@ class _CriterionPruning(Method):
         from compactnn.errors import PlanError
         from compactnn.plan import CompressionPlan, KeepOutputs
 
-        cfg: CriterionConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         meta = {"input_shape": list(data.input_shape)}
         current = copy.deepcopy(model)
         actions: list[KeepOutputs] = []
@@ -327,7 +327,7 @@ class _CriterionPruning(Method):
         """The data a data-driven criterion reads, on the model's device: APoZ the inputs of
         ``calib_batches`` batches, Taylor as many labelled training batches (the loader
         reseeded with ``seed``); None for the weight-only criteria."""
-        cfg: CriterionConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         device = module_device(current)
         if self.criterion == "apoz":
             return list(data.calib_batches(cfg.calib_batches, device=device))

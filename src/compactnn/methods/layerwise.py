@@ -34,7 +34,7 @@ import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -52,6 +52,9 @@ from compactnn._validation import (
 )
 from compactnn.errors import ConfigError, UnsupportedLayerError
 from compactnn.methods.base import CompressionData, CompressionResult, Method, MethodConfig
+
+if TYPE_CHECKING:
+    from compactnn.methods.slr import SLRConfig
 
 __all__ = ["LayerwiseConfig", "DDLRConfig", "NetTrimConfig", "DDLR", "NetTrim", "default_layers"]
 
@@ -375,11 +378,19 @@ def _solve_one(
     )
 
 
-class _Layerwise(Method):
+#: the config of a layer-wise method: DDLR's, Net-Trim's or SLR's (not a LayerwiseConfig)
+LC = TypeVar("LC", bound="LayerwiseConfig | SLRConfig")
+
+
+class _Layerwise(Method[LC]):
     """Shared flow: capture -> one LayerProblem per layer -> solve -> plan -> surgery."""
 
     needs_training_data: ClassVar[bool] = True
     solver_name: ClassVar[str] = ""
+    #: the layers a budget search already solved (the same solve), reused by the run
+    _presolved: Any = None
+    #: the Dask client of a budget search, shared by its trials (closed with the search)
+    _dask: Any = None
 
     # ------------------------------------------------------------------ checks
     def _folded(
@@ -393,7 +404,7 @@ class _Layerwise(Method):
         from compactnn import surgery
         from compactnn.plan import CompressionPlan, FoldBatchNorm
 
-        cfg: LayerwiseConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
 
         def fold(pairs: dict[str, str]) -> tuple[nn.Module, list[Any]]:
             folds = [FoldBatchNorm(k, v) for k, v in pairs.items()]
@@ -421,7 +432,7 @@ class _Layerwise(Method):
         and, per layer, whether it is linear (no ReLU after it)."""
         from compactnn.capture import following_activation
 
-        cfg: LayerwiseConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         layers = list(cfg.layers) if cfg.layers is not None else default_layers(model, example)
         mods = dict(model.named_modules())
         if cfg.layers is None and not getattr(cfg, "conv", True):
@@ -461,7 +472,7 @@ class _Layerwise(Method):
     def _eps(self, layers: list[str]) -> dict[str, float]:
         from compactnn.methods._common import per_layer_values
 
-        cfg: LayerwiseConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         # a list of eps values follows the user's order of layers=, not the forward order
         order = list(cfg.layers) if cfg.layers is not None else layers
         return per_layer_values(cfg.eps_frac, order, "eps_frac", self.name)
@@ -475,7 +486,7 @@ class _Layerwise(Method):
         """
         from compactnn.solvers.layerwise import get_layer_solver
 
-        cfg: LayerwiseConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         per_layer = {n: {"eps_frac": e} for n, e in eps.items()}
         solver = get_layer_solver(self.solver_name)
         shared = {
@@ -493,7 +504,7 @@ class _Layerwise(Method):
         """A context yielding a ``distributed.Client`` for this method's options."""
         from compactnn.solvers.layerwise import dask_client
 
-        cfg: LayerwiseConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         return dask_client(
             cfg.scheduler, n_workers=cfg.n_jobs, timeout=cfg.scheduler_timeout, owner=self.name
         )
@@ -503,9 +514,9 @@ class _Layerwise(Method):
         """With ``parallel="dask"``: connect to the scheduler (or start the local cluster)
         *before* any capture, so a bad address fails fast; the solves of this run reuse it.
         Nothing is started when a budget search already solved the layers (``_presolved``)."""
-        cfg: LayerwiseConfig = self.config  # type: ignore[assignment]
-        busy = getattr(self, "_dask", None) is not None
-        if cfg.parallel != "dask" or busy or getattr(self, "_presolved", None) is not None:
+        cfg = self.config
+        busy = self._dask is not None
+        if cfg.parallel != "dask" or busy or self._presolved is not None:
             yield
             return
         with self._dask_client() as client:
@@ -518,7 +529,7 @@ class _Layerwise(Method):
     def _solve_all(self, problems: dict[str, Any], solver: Any, progress: bool) -> dict[str, Any]:
         from compactnn.solvers.layerwise import solve_layers
 
-        cfg: LayerwiseConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         if cfg.parallel != "dask":
             return solve_layers(
                 problems, solver, n_jobs=cfg.n_jobs, backend=cfg.parallel, progress=progress
@@ -530,7 +541,7 @@ class _Layerwise(Method):
                 max_in_flight=cfg.max_in_flight, progress=progress,
             )  # fmt: skip
 
-        client = getattr(self, "_dask", None)
+        client = self._dask
         if client is not None:
             return solve(client)
         with self._dask_client() as client:
@@ -545,7 +556,7 @@ class _Layerwise(Method):
     def _batches(self, data: CompressionData, model: nn.Module) -> list[Tensor]:
         from compactnn.structure import module_device
 
-        cfg: LayerwiseConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         batches = list(data.calib_batches(cfg.calib_batches, device=module_device(model)))
         if not batches:
             raise ConfigError(
@@ -562,7 +573,7 @@ class _Layerwise(Method):
     def _sequential(self) -> bool:
         """Layers solved in forward order on the partly compressed model (``asymmetric`` or
         cascade Net-Trim), not independently."""
-        return bool(self.config.asymmetric) or self._inflation() is not None  # type: ignore[attr-defined]
+        return bool(self.config.asymmetric) or self._inflation() is not None
 
     def _inflation(self) -> float | None:
         """Cascade Net-Trim's inflation rate (``None``: parallel scheme; SLR has no epsilon)."""
@@ -576,7 +587,7 @@ class _Layerwise(Method):
         """
         from dataclasses import replace
 
-        cfg: LayerwiseConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         X = prob.X.detach().to(torch.float64)
         Y = prob.Y.detach().to(torch.float64)
         W0 = module.weight.detach().to(X.device, torch.float64).reshape(Y.shape[1], -1)
@@ -595,7 +606,7 @@ class _Layerwise(Method):
         """One :class:`LayerProblem` per layer, all captured from the original model."""
         from compactnn.capture import collect
 
-        cfg: LayerwiseConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         mods = dict(model.named_modules())
         ios = collect(model, layers, batches, max_rows=cfg.max_rows, seed=cfg.seed)
         return {n: self._problem(mods[n], ios[n], linear[n]) for n in layers}
@@ -617,7 +628,7 @@ class _Layerwise(Method):
         progress: bool,
     ) -> tuple[list[Any], dict[str, Any], dict[str, Any], dict[str, Any]]:  # fmt: skip
         problems = self._problems(model, layers, linear, batches)
-        presolved = getattr(self, "_presolved", None)  # set by a budget search (same solve)
+        presolved = self._presolved  # set by a budget search (same solve)
         if presolved is not None and list(presolved) == layers:
             results = presolved
         else:
@@ -640,7 +651,7 @@ class _Layerwise(Method):
         from compactnn.plan import CompressionPlan
         from compactnn.solvers.layerwise import solve_layers
 
-        cfg: LayerwiseConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         mods = dict(model.named_modules())
         eps = self._eps(layers)
         solver = self._solver(eps)
@@ -674,7 +685,7 @@ class _Layerwise(Method):
         from compactnn import surgery
         from compactnn.plan import CompressionPlan
 
-        cfg: LayerwiseConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         batches = self._batches(data, model)
         model, folds = self._folded(model, batches[0])  # conv -> BN -> ReLU: BN folded first
         layers, linear = self._targets_on(model, batches[0])
@@ -747,7 +758,7 @@ def _stats(res: Any) -> dict[str, Any]:
     }
 
 
-class DDLR(_Layerwise):
+class DDLR(_Layerwise[DDLRConfig]):
     r"""Data-Driven Low-Rank compression (Papadimitriou & Jain 2021), no retraining.
 
     Per layer: :math:`\min \|U\|_*` s.t. eq. (4); rank by the elbow rule; the layer becomes
@@ -768,7 +779,7 @@ class DDLR(_Layerwise):
         from compactnn.plan import LowRank, SetWeights
         from compactnn.solvers.layerwise import choose_rank, factorize
 
-        cfg: DDLRConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         U = res.U
         d, n = U.shape
         want = cfg.rank.get(name) if isinstance(cfg.rank, dict) else cfg.rank
@@ -817,7 +828,7 @@ class DDLR(_Layerwise):
 
         def evaluate(s: float) -> dict[str, float]:
             trial = self.with_options(rank=ranks_at(s), energy=None)
-            trial._presolved = solved  # type: ignore[attr-defined]
+            trial._presolved = solved
             res = trial.run(model, data, progress=False)
             return measure(res.model, shape, target.keys).fractions(base)
 
@@ -830,7 +841,7 @@ class DDLR(_Layerwise):
                 f"compressed layer keeps {found.kept}. Compress more layers (layers=) or relax it."
             )
         chosen = self.with_options(rank=ranks_at(found.strength), energy=None)
-        chosen._presolved = solved  # type: ignore[attr-defined]
+        chosen._presolved = solved
         rec = target_record(
             target, found.kept, option="1 - energy kept", strength=found.strength,
             trace=found.trace, seconds=found.seconds,
@@ -838,7 +849,7 @@ class DDLR(_Layerwise):
         return chosen, rec
 
 
-class NetTrim(_Layerwise):
+class NetTrim(_Layerwise[NetTrimConfig]):
     r"""Net-Trim (Aghasi et al. 2017), the DDLR paper's baseline, no retraining.
 
     Per layer: :math:`\min \|U\|_1` s.t. eq. (4); the layer becomes ``SparseLinear`` /
@@ -862,8 +873,8 @@ class NetTrim(_Layerwise):
 
     def at_strength(self, s: float, model: nn.Module, data: CompressionData) -> Method:
         trial = self.with_options(eps_frac=float(s))
-        if getattr(self, "_dask", None) is not None:  # a budget search's cluster (calibrate)
-            trial._dask = self._dask  # type: ignore[attr-defined]
+        if self._dask is not None:  # a budget search's cluster (calibrate)
+            trial._dask = self._dask
         return trial
 
     def calibrate(
@@ -874,7 +885,7 @@ class NetTrim(_Layerwise):
         instead of once per trial)."""
         with self._cluster():
             chosen, rec = super().calibrate(model, data, target, progress=progress)
-        chosen._dask = None  # type: ignore[attr-defined]  # closed with the search
+        chosen._dask = None  # closed with the search
         return chosen, rec
 
     def _action(

@@ -250,7 +250,8 @@ def neuron_shapes(
         for h in handles:
             h.remove()
     for n in linear:
-        out[n] = tuple(int(s) for s in found.get(n, (mods[n].in_features, 1, 1)))  # type: ignore[assignment]
+        c, kh, kw = found.get(n, (mods[n].in_features, 1, 1))
+        out[n] = (int(c), int(kh), int(kw))
     return out
 
 
@@ -449,7 +450,7 @@ class _NeuronStep:
         self.prox.steps = int(state["steps"])
 
 
-class PGT(Method):
+class PGT(Method[PGTConfig]):
     """Forward-backward splitting with group-sparse / tensor low-rank / top-t neuron steps."""
 
     name = "pgt"
@@ -465,7 +466,7 @@ class PGT(Method):
         one joint run, :mod:`compactnn.methods._engine`): ``group`` is the group soft threshold
         (l2,1), ``topk`` the l0 top-t (group hard threshold); ``lowrank`` keeps the paper's
         fixed-λ protocol, as does ``init="scratch"``."""
-        cfg: PGTConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         if cfg.penalty == "lowrank" or cfg.init != "trained":
             raise ConfigError(
                 "PGT meets a target with its budgeted engine, which removes whole neurons of a "
@@ -486,7 +487,7 @@ class PGT(Method):
         return engine_calibrate(self, model, data, target)
 
     def _layers(self, model: nn.Module, input_shape: Any) -> list[str]:
-        cfg: PGTConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         if cfg.layers is not None:
             return list(cfg.layers)
         # the engine regularises and cuts whole coupling groups; the fixed-λ run one layer each
@@ -496,7 +497,7 @@ class PGT(Method):
         """Σ_k η_k over the training steps of a run (the schedule's learning rates)."""
         from compactnn.train import TrainConfig, _lr_at
 
-        cfg: PGTConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         steps = len(data.require_train(self.name))
         if cfg.steps_per_epoch is not None:
             steps = min(steps, cfg.steps_per_epoch)
@@ -515,7 +516,7 @@ class PGT(Method):
         """The backward step of every constrained layer, as one ``step_hook``."""
         from compactnn.solvers.training import ProxGradient, ProxGroup
 
-        cfg: PGTConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         mods = dict(model.named_modules())
         shapes = neuron_shapes(model, layers, input_shape)
         lam = per_layer_values(cfg.lam, layers, "lam", "PGT") if cfg.penalty != "topk" else {}
@@ -547,7 +548,7 @@ class PGT(Method):
         """
         from compactnn import train as training
 
-        cfg: PGTConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         loader = data.require_train(self.name)
         shape = data.require_input_shape(self.name)
         layers = self._layers(model, shape)
@@ -594,7 +595,7 @@ class PGT(Method):
         """Physically remove the zero neurons of ``layers`` (with the next layer's inputs);
         coupled layers are cut group-consistently (:func:`prune_filters`), ``check`` is a batch
         of the user's inputs for the surgery self-check."""
-        cfg: PGTConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         mods = dict(model.named_modules())
         keep: dict[str, tuple[int, ...]] = {}
         for n in layers:
@@ -615,7 +616,7 @@ class PGT(Method):
         check batch (when it is one tensor)."""
         from compactnn.graph import example_input_for
 
-        cfg: PGTConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         x = example_input_for(model, data.require_input_shape(self.name))
         gen = torch.Generator().manual_seed(cfg.seed)
         x = torch.randn((8, *x.shape[1:]), generator=gen, device="cpu").to(x)  # seeded on CPU
@@ -637,7 +638,7 @@ class PGT(Method):
         ``finetune_epochs`` of SGD (cosine from ``finetune_lr``), distilled from ``teacher``
         (the model before PGT) with weight ``finetune_distill``. Returns the record added to
         the history (the rebalancing factors' range per layer)."""
-        cfg: PGTConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         record: dict[str, Any] = {}
         if cfg.finetune_epochs == 0:
             return record
@@ -671,7 +672,7 @@ class PGT(Method):
     def run(
         self, model: nn.Module, data: CompressionData, *, progress: bool = True
     ) -> CompressionResult:
-        cfg: PGTConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         data.require_train(self.name)
         shape = data.require_input_shape(self.name)
         layers = self._layers(model, shape)

@@ -201,7 +201,7 @@ def _lowrank_factors(B: Tensor) -> tuple[Tensor, Tensor, int]:
     return root[:, None] * Vh[:r], U[:, :r] * root, r
 
 
-class SLR(_Layerwise):
+class SLR(_Layerwise[SLRConfig]):
     r"""Unified sparse + low-rank approximation (Ma et al. 2019), see the module docstring.
 
     References:
@@ -218,7 +218,7 @@ class SLR(_Layerwise):
     def _targets_on(
         self, model: nn.Module, example: Tensor | None = None
     ) -> tuple[list[str], dict[str, bool]]:
-        cfg: SLRConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         if cfg.layers is None and cfg.skip_first:
             from compactnn.graph import discover
 
@@ -240,7 +240,7 @@ class SLR(_Layerwise):
         """Per-layer ``{"lam1", "lam2"}`` (the shared flow calls this for its per-layer values)."""
         from compactnn.methods._common import per_layer_values
 
-        cfg: SLRConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         order = list(cfg.layers) if cfg.layers is not None else layers
         lam1 = per_layer_values(cfg.lam1, order, "lam1", self.name)
         lam2 = None if cfg.lam2 is None else per_layer_values(cfg.lam2, order, "lam2", self.name)
@@ -265,7 +265,7 @@ class SLR(_Layerwise):
         from compactnn.methods.layerwise import _solve_one
         from compactnn.solvers.layerwise import get_layer_solver
 
-        cfg: SLRConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         relu = False if cfg.response == "linear" else None
         solver = get_layer_solver("slr", t=cfg.t, scale=cfg.scale, relu=relu)
         return functools.partial(
@@ -278,7 +278,7 @@ class SLR(_Layerwise):
     ) -> tuple[Any, dict[str, Any]]:
         from compactnn.plan import LowRank, SetWeights, SparseLowRank
 
-        cfg: SLRConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         A = res.extras["A"]
         B = res.extras["B"]
         n, d = A.shape
@@ -396,7 +396,7 @@ class SLR(_Layerwise):
     ) -> CompressionResult:
         from compactnn.methods._common import finetune_model
 
-        cfg: SLRConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         t0 = time.perf_counter()
         from compactnn.structure import module_device
 
@@ -451,7 +451,7 @@ class SLR(_Layerwise):
                 # the dense form computes every dropped column: a timing that picks it (LeNet's
                 # conv2 under load, 2026-12-04) keeps 83 % of the MACs at any strength and the
                 # MACs budget becomes unreachable. Under a MACs target the fastest sparse form.
-                method = self.with_options(form="auto-sparse")  # type: ignore[assignment]
+                method = self.with_options(form="auto-sparse")
             return super(SLR, method).calibrate(model, data, target, progress=progress)
         t0 = time.perf_counter()
         shape = data.require_input_shape(self.name)

@@ -240,7 +240,7 @@ def _zero_masks_of(model: nn.Module, layers: tuple[str, ...]) -> dict[str, torch
     return {k: v for k, v in zero_masks(model).items() if k in wanted}
 
 
-class SSR(Method):
+class SSR(Method[SSRConfig]):
     """Filter pruning by structured sparsity regularisation, solved layer by layer with AULM."""
 
     name = "ssr"
@@ -252,7 +252,7 @@ class SSR(Method):
         """SSR's penalty and K-step SGD for the budgeted engine (a target is met by one joint
         run, :mod:`compactnn.methods._engine`; l1 and ``lam_path`` / ``gap`` keep the paper's
         fixed-λ protocol)."""
-        cfg: SSRConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         pen = _PENALTIES[cfg.penalty]
         if pen == "l1" or cfg.lam_path is not None or cfg.gap:
             raise ConfigError(
@@ -276,7 +276,7 @@ class SSR(Method):
     def _layers(self, model: nn.Module, shape: Any) -> list[str]:
         """The layers to prune: ``layers`` or the defaults (with ``gap``: the convs only, since
         the FC head is replaced), checked to exist."""
-        cfg: SSRConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         layers = (
             list(cfg.layers)
             if cfg.layers is not None
@@ -302,7 +302,7 @@ class SSR(Method):
         from compactnn import surgery
         from compactnn.plan import CompressionPlan, GapHead
 
-        cfg: SSRConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         mods = dict(model.named_modules())
         flatten = cfg.gap_flatten
         if flatten is None:
@@ -360,7 +360,7 @@ class SSR(Method):
         eqs. (14)-(16), dual and over-relaxation eqs. (7)-(9), until the stopping rule."""
         from compactnn.solvers.training import ADMMConfig, ADMMEngine, run_admm
 
-        cfg: SSRConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         penalty = _PENALTIES[cfg.penalty]
         mod = dict(current.named_modules())[layer]
         engine = ADMMEngine(
@@ -407,7 +407,7 @@ class SSR(Method):
         The cut's action (indices into the model as the earlier cuts left it; coupled layers
         follow) is appended to ``actions``: the run's plan is this sequence, so a layer already
         cut as another's coupling partner is replayed exactly."""
-        cfg: SSRConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         F = res.engine.state.F[f"{layer}.weight"].detach()
         record: dict[str, Any] = {"outer_iterations": res.n_iter}
         if _PENALTIES[cfg.penalty] == "l1":
@@ -443,7 +443,7 @@ class SSR(Method):
         ``saved(current, si, next_li, record)`` checkpoints after every layer."""
         from compactnn import distributed
 
-        cfg: SSRConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         l1 = _PENALTIES[cfg.penalty] == "l1"
         desc = "SSR layers" if si == 0 else f"SSR layers (lambda stage {si + 1})"
         record = dict(record or {})
@@ -481,7 +481,7 @@ class SSR(Method):
         """Global fine-tuning of the pruned network from ``finetune_lr`` with
         ``finetune_schedule`` (``"paper"``: constant-lr chunks of ``finetune_step_epochs``,
         lr x0.1 after each)."""
-        cfg: SSRConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         if cfg.finetune_schedule == "paper":
             step = cfg.finetune_step_epochs
             chunks = [(min(step, epochs - e), e // step) for e in range(0, epochs, step)]
@@ -517,7 +517,7 @@ class SSR(Method):
         """Every lambda setting of Algorithm 1's S in turn, fine-tuning between two (line 12)."""
         from compactnn import resume
 
-        cfg: SSRConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         penalty = _PENALTIES[cfg.penalty]
         history: dict[str, Any] = {"layers": {}, "lam": stages[-1], "penalty": penalty}
         history["stages"] = []
@@ -591,7 +591,7 @@ class SSR(Method):
     def run(
         self, model: nn.Module, data: CompressionData, *, progress: bool = True
     ) -> CompressionResult:
-        cfg: SSRConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         loader = data.require_train(self.name)
         shape = data.require_input_shape(self.name)
         layers = self._layers(model, shape)
