@@ -41,7 +41,7 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("capture.py", "select"): "reservoir slots on CPU; record() moves them to the data's device",
     ("cli.py", "_samples"): "latency samples when no data is given; the model is moved to CPU "
     "for the CLI's ONNX / TorchScript artifacts",
-    ("criteria.py", "filter_scores"): "random scores from a CPU generator (the same on any "
+    ("criteria.py", "random_scores"): "random scores from a CPU generator (the same on any "
     "device), moved to the weight's device",
     ("data.py", "get_dataset"): "normalisation constants of a CPU dataset",
     ("export.py", "_skeleton_plan.zeros"): "placeholders filled from safetensors; surgery puts "

@@ -30,7 +30,7 @@ from compactnn._validation import (
     validate_options,
 )
 from compactnn.budget import Strength
-from compactnn.criteria import group_scores, select_top
+from compactnn.criteria import group_scores, importance, select_top
 from compactnn.errors import ConfigError, PlanError
 from compactnn.methods._common import (
     finetune_model,
@@ -118,42 +118,10 @@ class CriterionConfig(MethodConfig):
         validate_options(self, self.owner, self.rules)
 
 
-@dataclass(frozen=True)
-class RandomConfig(CriterionConfig):
-    """:class:`CriterionConfig` of ``random`` (its errors name the method)."""
-
-    owner: ClassVar[str] = "criterion pruning (random)"
-
-
-@dataclass(frozen=True)
-class L1NormConfig(CriterionConfig):
-    """:class:`CriterionConfig` of ``l1-norm`` (its errors name the method)."""
-
-    owner: ClassVar[str] = "criterion pruning (l1-norm)"
-
-
-@dataclass(frozen=True)
-class APoZConfig(CriterionConfig):
-    """:class:`CriterionConfig` of ``apoz`` (its errors name the method)."""
-
-    owner: ClassVar[str] = "criterion pruning (apoz)"
-
-
-@dataclass(frozen=True)
-class MagnitudeConfig(CriterionConfig):
-    """:class:`CriterionConfig` of ``magnitude`` (its errors name the method)."""
-
-    owner: ClassVar[str] = "criterion pruning (magnitude)"
-
-
-@dataclass(frozen=True)
-class TaylorConfig(CriterionConfig):
-    """:class:`CriterionConfig` of ``taylor`` (its errors name the method)."""
-
-    owner: ClassVar[str] = "criterion pruning (taylor)"
-
-
 class _CriterionPruning(Method[CriterionConfig]):
+    """Prune by the :class:`~compactnn.criteria.Importance` named ``criterion``, then fine-tune;
+    each criterion is a method of its own name (:func:`_criterion_method`)."""
+
     Config = CriterionConfig
     criterion: ClassVar[str] = ""
 
@@ -329,9 +297,10 @@ class _CriterionPruning(Method[CriterionConfig]):
         reseeded with ``seed``); None for the weight-only criteria."""
         cfg = self.config
         device = module_device(current)
-        if self.criterion == "apoz":
+        reads = importance(self.criterion).data
+        if reads == "inputs":
             return list(data.calib_batches(cfg.calib_batches, device=device))
-        if self.criterion == "taylor":
+        if reads == "labelled":
             return list(
                 data.train_batches(self.name, cfg.calib_batches, seed=cfg.seed, device=device)
             )
@@ -413,43 +382,56 @@ def _grouped_top(scores: Any, n_keep: int, groups: int) -> tuple[int, ...]:
     return tuple(sorted(out))
 
 
-class RandomPruning(_CriterionPruning):
-    """Random filter selection (seeded)."""
-
-    name = "random"
-    Config = RandomConfig
-    criterion = "random"
-
-
-class L1NormPruning(_CriterionPruning):
-    """Smallest-l1-norm filters removed (Li et al. 2017)."""
-
-    name = "l1-norm"
-    Config = L1NormConfig
-    criterion = "l1-norm"
-
-
-class APoZPruning(_CriterionPruning):
-    """Filters with the highest Average Percentage of Zeros removed (Hu et al. 2016)."""
-
-    name = "apoz"
-    Config = APoZConfig
-    criterion = "apoz"
-
-
-class MagnitudePruning(_CriterionPruning):
-    """Smallest-l2-norm filters removed, then fine-tuned (plain magnitude baseline)."""
-
-    name = "magnitude"
-    Config = MagnitudeConfig
-    criterion = "magnitude"
+def _criterion_method(criterion: str, cls_name: str, doc: str) -> type[_CriterionPruning]:
+    """The pruning method of ``criterion`` (:data:`compactnn.criteria.IMPORTANCES`): the class
+    ``cls_name`` with its config ``<cls_name without "Pruning">Config``, a
+    :class:`CriterionConfig` whose errors name the method."""
+    config_name = cls_name.removesuffix("Pruning") + "Config"
+    config = dataclass(frozen=True)(
+        type(
+            config_name,
+            (CriterionConfig,),
+            {
+                "__doc__": f":class:`CriterionConfig` of ``{criterion}`` (its errors name the "
+                "method).",
+                "__module__": __name__,
+                "__qualname__": config_name,
+                "owner": f"criterion pruning ({criterion})",
+            },
+        )
+    )
+    attrs = {"__doc__": doc, "__module__": __name__, "__qualname__": cls_name}
+    return type(
+        cls_name,
+        (_CriterionPruning,),
+        {**attrs, "name": criterion, "Config": config, "criterion": criterion},
+    )
 
 
-class TaylorPruning(_CriterionPruning):
+# one line per criterion (and its line in the registry, compactnn.methods._REGISTRY)
+RandomPruning = _criterion_method("random", "RandomPruning", "Random filter selection (seeded).")
+L1NormPruning = _criterion_method(
+    "l1-norm", "L1NormPruning", "Smallest-l1-norm filters removed (Li et al. 2017)."
+)
+APoZPruning = _criterion_method(
+    "apoz",
+    "APoZPruning",
+    "Filters with the highest Average Percentage of Zeros removed (Hu et al. 2016).",
+)
+MagnitudePruning = _criterion_method(
+    "magnitude",
+    "MagnitudePruning",
+    "Smallest-l2-norm filters removed, then fine-tuned (plain magnitude baseline).",
+)
+TaylorPruning = _criterion_method(
+    "taylor",
+    "TaylorPruning",
     """Filters with the smallest first-order Taylor estimate of the loss change removed
     (Molchanov et al. 2019, eq. (8); the gradient of the cross-entropy on ``calib_batches``
-    labelled training batches)."""
-
-    name = "taylor"
-    Config = TaylorConfig
-    criterion = "taylor"
+    labelled training batches).""",
+)
+RandomConfig = RandomPruning.Config
+L1NormConfig = L1NormPruning.Config
+APoZConfig = APoZPruning.Config
+MagnitudeConfig = MagnitudePruning.Config
+TaylorConfig = TaylorPruning.Config
