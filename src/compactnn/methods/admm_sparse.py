@@ -66,7 +66,6 @@ from compactnn._validation import (
     check_choice,
     check_float,
     check_int,
-    check_names,
     check_per_layer,
     rule,
     validate_options,
@@ -88,6 +87,7 @@ from compactnn.methods._engine import (
     budgeted_run,
     engine_calibrate,
 )
+from compactnn.methods._options import LAYERS, POSITIVE, SEED, SGD_RULES
 from compactnn.methods.base import CompressionData, CompressionResult, Method, MethodConfig
 from compactnn.metrics import accuracy
 from compactnn.train import apply_masks
@@ -111,9 +111,6 @@ def _check_mus(value: Any, name: str, owner: str) -> tuple[float, ...]:
             f"floats >= 0. Got {list(mus)} instead."
         )
     return mus
-
-
-_POSITIVE = {"min_value": 0.0, "min_inclusive": False}
 
 
 @dataclass(frozen=True)
@@ -190,24 +187,22 @@ class ADMMSparseConfig(MethodConfig, EngineOptions):
                 check_choice, optional=True, choices=("kernels", "filters", "elements")
             ),
             "mus": rule(_check_mus, optional=True),
-            "mu_min": rule(check_float, **_POSITIVE),
-            "mu_max": rule(check_float, **_POSITIVE),
+            "mu_min": rule(check_float, **POSITIVE),
+            "mu_max": rule(check_float, **POSITIVE),
             "n_mu": rule(check_int, min_value=1),
-            "rho": rule(check_float, **_POSITIVE),
-            "eps": rule(check_float, **_POSITIVE),
+            "rho": rule(check_float, **POSITIVE),
+            "eps": rule(check_float, **POSITIVE),
             "xi": rule(check_int, min_value=1),
             "delta": rule(check_int, min_value=1),
             "nu": rule(check_int, min_value=1),
             "steps_per_epoch": rule(check_int, optional=True, min_value=1),
-            "lr": rule(check_float, **_POSITIVE),
-            "momentum": rule(check_float, min_value=0.0, max_value=1.0),
-            "weight_decay": rule(check_float, min_value=0.0),
+            **SGD_RULES,
             "finetune_epochs": rule(check_int, optional=True, min_value=0),
             "overprune_guard": rule(check_bool),
-            "layers": rule(check_names, optional=True),
+            "layers": LAYERS,
             "eval_batches": rule(check_int, optional=True, min_value=1),
-            "seed": rule(check_int, min_value=0),
-            "mu_scale": rule(check_per_layer, optional=True, forms=("dict",), **_POSITIVE),
+            "seed": SEED,
+            "mu_scale": rule(check_per_layer, optional=True, forms=("dict",), **POSITIVE),
             "deploy_kernels": rule(check_bool),
             "measure_speed": rule(check_bool),
             **ENGINE_RULES,

@@ -24,7 +24,6 @@ from compactnn._validation import (
     Rule,
     check_float,
     check_int,
-    check_names,
     check_per_layer,
     rule,
     validate_options,
@@ -37,6 +36,7 @@ from compactnn.methods._common import (
     prunable_layers,
     replay_plan,
 )
+from compactnn.methods._options import FINETUNE_RULES, LAYERS, POSITIVE, SEED, SGD_RULES
 from compactnn.methods.base import CompressionData, CompressionResult, Method, MethodConfig
 from compactnn.structure import module_device
 
@@ -53,10 +53,6 @@ __all__ = [
     "MagnitudePruning",
     "TaylorPruning",
 ]
-
-
-_POSITIVE = {"min_value": 0.0, "min_inclusive": False}
-_FRACTION = {"min_value": 0.0, "max_value": 1.0}
 
 
 @dataclass(frozen=True)
@@ -101,16 +97,14 @@ class CriterionConfig(MethodConfig):
             "keep": rule(
                 check_per_layer, optional=True, check=check_int, forms=("list", "dict"), min_value=1
             ),
-            "ratio": rule(check_float, max_value=1.0, **_POSITIVE),
-            "layers": rule(check_names, optional=True),
-            "finetune_epochs": rule(check_int, min_value=0),
-            "lr": rule(check_float, **_POSITIVE),
-            "momentum": rule(check_float, **_FRACTION),
-            "weight_decay": rule(check_float, min_value=0.0),
-            "finetune_steps_per_epoch": rule(check_int, optional=True, min_value=1),
-            "finetune_distill": rule(check_float, **_FRACTION),
+            "ratio": rule(check_float, max_value=1.0, **POSITIVE),
+            "layers": LAYERS,
+            "finetune_epochs": FINETUNE_RULES["finetune_epochs"],
+            **SGD_RULES,
+            "finetune_steps_per_epoch": FINETUNE_RULES["finetune_steps_per_epoch"],
+            "finetune_distill": FINETUNE_RULES["finetune_distill"],
             "calib_batches": rule(check_int, min_value=1),
-            "seed": rule(check_int, min_value=0),
+            "seed": SEED,
         }
     )
 

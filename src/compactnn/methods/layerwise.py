@@ -45,12 +45,12 @@ from compactnn._validation import (
     check_choice,
     check_float,
     check_int,
-    check_names,
     check_per_layer,
     rule,
     validate_options,
 )
 from compactnn.errors import ConfigError, UnsupportedLayerError
+from compactnn.methods._options import LAYERS, SEED
 from compactnn.methods.base import CompressionData, CompressionResult, Method, MethodConfig
 
 if TYPE_CHECKING:
@@ -224,7 +224,7 @@ class LayerwiseConfig(MethodConfig):
     owner: ClassVar[str] = "layer-wise method"
     rules: ClassVar[Mapping[str, Rule]] = MappingProxyType(
         {
-            "layers": rule(check_names, optional=True),
+            "layers": LAYERS,
             "eps_frac": rule(check_per_layer, min_value=0.0, min_inclusive=False),
             "backend": rule(_check_backend),
             "options": rule(_check_options),
@@ -238,7 +238,7 @@ class LayerwiseConfig(MethodConfig):
             "linear": rule(check_bool),
             "asymmetric": rule(check_bool),
             "cascade": rule(check_float, optional=True, min_value=1.0),
-            "seed": rule(check_int, min_value=0),
+            "seed": SEED,
         }
     )
 
@@ -246,26 +246,33 @@ class LayerwiseConfig(MethodConfig):
     solver_name: ClassVar[str] = "ddlr"
 
     def __post_init__(self) -> None:
-        validate_options(self, self.owner, self.rules)
-        check_parallel(self)
-        from compactnn.solvers.layerwise import LAYER_SOLVERS
+        validate_layerwise(self)
 
-        solver = LAYER_SOLVERS[self.solver_name]
-        backends = solver.capabilities.backends
-        if self.backend not in backends:
-            raise ConfigError(
-                f"The 'backend' parameter of {self.owner} must be one of "
-                f"{', '.join(repr(b) for b in backends)} (the backends the "
-                f"'{self.solver_name}' layer solver declares). Got {self.backend!r} instead."
-            )
-        want = solver.backend_table[self.backend].options_type
-        if self.options is not None and (want is None or not isinstance(self.options, want)):
-            need = "None" if want is None else f"a {want.__name__}"
-            raise ConfigError(
-                f"The 'options' parameter of {self.owner} must be {need} for "
-                f"backend='{self.backend}' (or None). Got {type(self.options).__name__} "
-                "instead."
-            )
+
+def validate_layerwise(cfg: LayerwiseConfig | SLRConfig) -> None:
+    """The checks of a layer-wise config on construction: its ``rules``, ``parallel`` against
+    ``asymmetric`` / ``cascade``, and ``backend`` / ``options`` against the backends its layer
+    solver (``solver_name``) declares."""
+    validate_options(cfg, cfg.owner, cfg.rules)
+    check_parallel(cfg)
+    from compactnn.solvers.layerwise import LAYER_SOLVERS
+
+    solver = LAYER_SOLVERS[cfg.solver_name]
+    backends = solver.capabilities.backends
+    if cfg.backend not in backends:
+        raise ConfigError(
+            f"The 'backend' parameter of {cfg.owner} must be one of "
+            f"{', '.join(repr(b) for b in backends)} (the backends the "
+            f"'{cfg.solver_name}' layer solver declares). Got {cfg.backend!r} instead."
+        )
+    want = solver.backend_table[cfg.backend].options_type
+    if cfg.options is not None and (want is None or not isinstance(cfg.options, want)):
+        need = "None" if want is None else f"a {want.__name__}"
+        raise ConfigError(
+            f"The 'options' parameter of {cfg.owner} must be {need} for "
+            f"backend='{cfg.backend}' (or None). Got {type(cfg.options).__name__} "
+            "instead."
+        )
 
 
 def _unconverged(r: Any) -> str:

@@ -54,7 +54,6 @@ from compactnn._validation import (
     check_choice,
     check_float,
     check_int,
-    check_names,
     check_per_layer,
     rule,
     validate_options,
@@ -75,14 +74,12 @@ from compactnn.methods._engine import (
     budgeted_run,
     engine_calibrate,
 )
+from compactnn.methods._options import FINETUNE_RULES, LAYERS, SEED, SGD_RULES
 from compactnn.methods.base import CompressionData, CompressionResult, Method, MethodConfig
 
 __all__ = ["PGT", "PGTConfig", "neuron_shapes", "neuron_prox", "rebalance_neurons"]
 
 PENALTIES: tuple[str, ...] = ("group", "lowrank", "topk")
-
-_POSITIVE = {"min_value": 0.0, "min_inclusive": False}
-_FRACTION = {"min_value": 0.0, "max_value": 1.0}
 
 
 @dataclass(frozen=True)
@@ -160,25 +157,20 @@ class PGTConfig(MethodConfig, EngineOptions):
             "penalty": rule(check_choice, choices=PENALTIES),
             "lam": rule(check_per_layer, min_value=0.0),
             "keep": rule(check_per_layer, optional=True, check=check_int, min_value=1),
-            "layers": rule(check_names, optional=True),
+            "layers": LAYERS,
             "epochs": rule(check_int, min_value=1),
             "steps_per_epoch": rule(check_int, optional=True, min_value=1),
-            "lr": rule(check_float, **_POSITIVE),
-            "momentum": rule(check_float, **_FRACTION),
-            "weight_decay": rule(check_float, min_value=0.0),
+            **SGD_RULES,
             "schedule": rule(check_choice, choices=("cosine", "step", "constant")),
             "init": rule(check_choice, choices=("trained", "scratch")),
             "lrtc_iter": rule(check_int, min_value=1),
             "lrtc_tol": rule(check_float, min_value=0.0),
             "hold_zeros": rule(check_bool),
             "min_keep": rule(check_int, min_value=1),
-            "finetune_epochs": rule(check_int, min_value=0),
-            "finetune_lr": rule(check_float, **_POSITIVE),
-            "finetune_steps_per_epoch": rule(check_int, optional=True, min_value=1),
-            "finetune_distill": rule(check_float, **_FRACTION),
+            **FINETUNE_RULES,
             "finetune_rebalance": rule(check_bool),
             "finetune_warmup": rule(check_int, min_value=0),
-            "seed": rule(check_int, min_value=0),
+            "seed": SEED,
             **ENGINE_RULES,
         }
     )

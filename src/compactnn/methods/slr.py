@@ -55,13 +55,18 @@ from compactnn._validation import (
     check_bool,
     check_choice,
     check_float,
-    check_int,
     check_per_layer,
     rule,
 )
 from compactnn.errors import ConfigError
+from compactnn.methods._options import FINETUNE_RULES
 from compactnn.methods.base import CompressionData, CompressionResult, Method, MethodConfig
-from compactnn.methods.layerwise import LayerwiseConfig, _Layerwise, default_layers
+from compactnn.methods.layerwise import (
+    LayerwiseConfig,
+    _Layerwise,
+    default_layers,
+    validate_layerwise,
+)
 from compactnn.metrics import _eval_no_grad
 
 __all__ = ["SLR", "SLRConfig", "SLR_FORMS"]
@@ -171,9 +176,7 @@ class SLRConfig(MethodConfig):
             "skip_first": rule(check_bool),
             "fc_sparse_only": rule(check_bool),
             "form": rule(check_choice, choices=SLR_FORMS),
-            "finetune_epochs": rule(check_int, min_value=0),
-            "finetune_lr": rule(check_float, min_value=0.0, min_inclusive=False),
-            "finetune_steps_per_epoch": rule(check_int, optional=True, min_value=1),
+            **{k: v for k, v in FINETUNE_RULES.items() if k != "finetune_distill"},
             "share": rule(
                 check_per_layer, optional=True, min_value=0.0, max_value=1.0, min_inclusive=False
             ),  # fmt: skip
@@ -181,7 +184,7 @@ class SLRConfig(MethodConfig):
     )
 
     def __post_init__(self) -> None:
-        LayerwiseConfig.__post_init__(self)  # type: ignore[arg-type]  # rules + backend table
+        validate_layerwise(self)  # rules + backend table
         if self.share is not None and self.backend != "admm":
             raise ConfigError(
                 f"SLR: share= (a per-layer budget) needs backend='admm' (got {self.backend!r}); "

@@ -58,6 +58,7 @@ from compactnn.methods._engine import (
     budgeted_run,
     engine_calibrate,
 )
+from compactnn.methods._options import FINETUNE_RULES, LAYERS, POSITIVE, SEED, SGD_RULES
 from compactnn.methods.base import CompressionData, CompressionResult, Method, MethodConfig
 from compactnn.train import apply_masks, zero_masks
 
@@ -85,10 +86,6 @@ def _check_name(value: Any, name: str, owner: str) -> str:
             f"Got {value!r} instead."
         )
     return value
-
-
-_POSITIVE = {"min_value": 0.0, "min_inclusive": False}
-_FRACTION = {"min_value": 0.0, "max_value": 1.0}
 
 
 def _cut_records(actions: list[Any]) -> list[dict[str, Any]]:
@@ -199,22 +196,17 @@ class SSRConfig(MethodConfig, EngineOptions):
         {
             "penalty": rule(check_choice, choices=tuple(_PENALTIES)),
             "lam": rule(check_per_layer, min_value=0.0),
-            "rho": rule(check_float, **_POSITIVE),
+            "rho": rule(check_float, **POSITIVE),
             "overrelax": rule(check_bool),
             "r": rule(check_int, min_value=3),
-            "eps": rule(check_float, **_POSITIVE),
+            "eps": rule(check_float, **POSITIVE),
             "max_outer": rule(check_int, min_value=1),
             "w_steps": rule(check_int, min_value=1),
-            "lr": rule(check_float, **_POSITIVE),
-            "momentum": rule(check_float, **_FRACTION),
-            "weight_decay": rule(check_float, min_value=0.0),
-            "layers": rule(check_names, optional=True),
+            **SGD_RULES,
+            "layers": LAYERS,
             "train_all": rule(check_bool),
             "min_keep": rule(check_int, min_value=1),
-            "finetune_epochs": rule(check_int, min_value=0),
-            "finetune_lr": rule(check_float, **_POSITIVE),
-            "finetune_steps_per_epoch": rule(check_int, optional=True, min_value=1),
-            "finetune_distill": rule(check_float, **_FRACTION),
+            **FINETUNE_RULES,
             "finetune_schedule": rule(
                 check_choice, choices=("cosine", "paper", "step", "constant")
             ),
@@ -225,7 +217,7 @@ class SSRConfig(MethodConfig, EngineOptions):
             "gap_flatten": rule(_check_name, optional=True),
             "gap_classifier": rule(check_names, optional=True),
             "gap_fit_samples": rule(check_int, min_value=1),
-            "seed": rule(check_int, min_value=0),
+            "seed": SEED,
             **ENGINE_RULES,
         }
     )
