@@ -56,8 +56,8 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("methods/_engine.py", "run_engine.project"): _ENGINE_CPU,
     ("methods/_engine.py", "run_engine.cut"): _ENGINE_CPU,
     ("methods/_engine.py", "_final_selection"): _ENGINE_CPU,
-    ("methods/pgt.py", "state_dict"): "the step count of the checkpoint (a Python int as a "
-    "tensor for safetensors, never mixed with the model)",
+    ("methods/_pgt_neurons.py", "state_dict"): "the step count of the checkpoint (a Python "
+    "int as a tensor for safetensors, never mixed with the model)",
     ("surgery/_util.py", "example_inputs_for"): "probe from a CPU generator, moved to the "
     "model's device/dtype on the next line",
 }
