@@ -47,8 +47,8 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("export.py", "_skeleton_plan.zeros"): "placeholders filled from safetensors; surgery puts "
     "every tensor on the target layer's device",
     ("graph.py", "example_input_for"): "moved to the model's device/dtype on the next line",
-    ("methods/layerwise.py", "_deployed_violation"): "eq. (4) check on the CPU float64 copies "
-    "of X, Y",
+    ("methods/_layerwise_solve.py", "_deployed_violation"): "eq. (4) check on the CPU float64 "
+    "copies of X, Y",
     ("methods/_engine.py", "__init__"): "CostModel's latency ~ MACs least-squares fit over "
     "Python floats, on the CPU (never mixed with the model)",
     ("methods/_engine.py", "run_engine"): _ENGINE_CPU,

@@ -59,14 +59,10 @@ from compactnn._validation import (
     rule,
 )
 from compactnn.errors import ConfigError
+from compactnn.methods._layerwise_config import LayerwiseConfig, validate_layerwise
 from compactnn.methods._options import FINETUNE_RULES
 from compactnn.methods.base import CompressionData, CompressionResult, Method, MethodConfig
-from compactnn.methods.layerwise import (
-    LayerwiseConfig,
-    _Layerwise,
-    default_layers,
-    validate_layerwise,
-)
+from compactnn.methods.layerwise import _Layerwise, default_layers
 from compactnn.metrics import _eval_no_grad
 
 __all__ = ["SLR", "SLRConfig", "SLR_FORMS"]
@@ -265,7 +261,7 @@ class SLR(_Layerwise[SLRConfig]):
     def _solver(self, eps: dict[str, Any]) -> Any:
         import functools
 
-        from compactnn.methods.layerwise import _solve_one
+        from compactnn.methods._layerwise_solve import _solve_one
         from compactnn.solvers.layerwise import get_layer_solver
 
         cfg = self.config
