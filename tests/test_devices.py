@@ -41,13 +41,13 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("capture.py", "select"): "reservoir slots on CPU; record() moves them to the data's device",
     ("cli.py", "_samples"): "latency samples when no data is given; the model is moved to CPU "
     "for the CLI's ONNX / TorchScript artifacts",
-    ("criteria.py", "filter_scores"): "random scores from a CPU generator (the same on any "
+    ("criteria.py", "random_scores"): "random scores from a CPU generator (the same on any "
     "device), moved to the weight's device",
     ("export/checkpoint.py", "_skeleton_plan.zeros"): "placeholders filled from safetensors; "
     "surgery puts every tensor on the target layer's device",
     ("graph.py", "example_input_for"): "moved to the model's device/dtype on the next line",
-    ("methods/layerwise.py", "_deployed_violation"): "eq. (4) check on the CPU float64 copies "
-    "of X, Y",
+    ("methods/_layerwise_solve.py", "_deployed_violation"): "eq. (4) check on the CPU float64 "
+    "copies of X, Y",
     ("methods/_engine_cost.py", "__init__"): "CostModel's latency ~ MACs least-squares fit "
     "over Python floats, on the CPU (never mixed with the model)",
     ("methods/_engine_run.py", "__init__"): _ENGINE_CPU,
@@ -55,7 +55,7 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("methods/_engine_run.py", "project"): _ENGINE_CPU,
     ("methods/_engine_run.py", "cut"): _ENGINE_CPU,
     ("methods/_engine_alloc.py", "_final_selection"): _ENGINE_CPU,
-    ("methods/pgt.py", "state_dict"): "the step count of the checkpoint (a Python int as a "
+    ("methods/_pgt_neurons.py", "state_dict"): "the step count of the checkpoint (a Python int as a "
     "tensor for safetensors, never mixed with the model)",
     ("surgery/_util.py", "example_inputs_for"): "probe from a CPU generator, moved to the "
     "model's device/dtype on the next line",

@@ -21,6 +21,10 @@ every member's scores are divided by their mean over its channels, and the score
 ``j`` is the mean over the members of the normalised score of the member's channel removed with
 ``j``. ``random`` draws one score per channel of the group.
 
+Each criterion is an :class:`Importance` object in :data:`IMPORTANCES` (its name, the data it
+reads, its scores); a new criterion is one such object, and one line in the method registry
+(:mod:`compactnn.methods`) makes it a pruning method of its own name.
+
 References:
     Lin et al. 2019 (SSR), sec. IV-A "Alternative ... Approaches"; Zhou et al. 2016 appendix
     sec. 4 ("top t").
@@ -29,6 +33,7 @@ References:
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -38,16 +43,16 @@ from compactnn.errors import ConfigError, UnsupportedLayerError
 
 __all__ = [
     "CRITERIA",
+    "IMPORTANCES",
+    "Importance",
+    "importance",
     "filter_scores",
     "group_scores",
     "select_top",
     "apoz_scores",
+    "random_scores",
     "taylor_scores",
 ]
-
-CRITERIA = ("random", "l1-norm", "apoz", "magnitude", "taylor")
-#: criteria that read data: ``apoz`` inputs, ``taylor`` labelled ``(x, y)`` batches
-DATA_CRITERIA = ("apoz", "taylor")
 
 
 def _modules_with(model: nn.Module, layer: str) -> dict[str, nn.Module]:
@@ -182,6 +187,124 @@ def taylor_scores(
     return {layer: (acc[layer] / count).float() for layer in layers}
 
 
+def random_scores(weight: torch.Tensor, seed: int) -> torch.Tensor:
+    """One seeded random score per output filter/neuron of ``weight``, on its device."""
+    g = torch.Generator().manual_seed(seed)
+    # a CPU generator: the same scores on any device
+    return torch.rand(weight.shape[0], generator=g).to(weight.device)
+
+
+class Importance:
+    """A filter-importance criterion: one score per output filter/neuron, higher = more
+    important.
+
+    Attributes:
+        name: the criterion's name (and the name of its pruning method).
+        data: what it reads: ``None`` (the weights only), ``"inputs"`` (input batches) or
+            ``"labelled"`` (``(x, y)`` batches).
+        draws: the scores are seeded draws, one per channel of a coupling group (not
+            aggregated over its members).
+    """
+
+    name: ClassVar[str] = ""
+    data: ClassVar[str | None] = None
+    draws: ClassVar[bool] = False
+
+    def scores(
+        self, model: nn.Module, layer: str, module: nn.Module, batches: Any, seed: int
+    ) -> torch.Tensor:
+        """Scores of the outputs of ``module``, the Conv2d/Linear ``layer`` of ``model``
+        (``batches``: the data it reads; ``seed``: seeds draws)."""
+        raise NotImplementedError
+
+    def joint_scores(
+        self, model: nn.Module, layers: Sequence[str], batches: Any
+    ) -> dict[str, torch.Tensor]:
+        """Scores of several layers at once where one pass over the data serves them all
+        (empty: each layer is scored alone)."""
+        return {}
+
+
+class _Random(Importance):
+    """Seeded random scores (the Random baseline)."""
+
+    name = "random"
+    draws = True
+
+    def scores(
+        self, model: nn.Module, layer: str, module: nn.Module, batches: Any, seed: int
+    ) -> torch.Tensor:
+        return random_scores(module.weight, seed)
+
+
+class _L1Norm(Importance):
+    """``||K(i,:)||_1`` (Li et al. 2017)."""
+
+    name = "l1-norm"
+
+    def scores(
+        self, model: nn.Module, layer: str, module: nn.Module, batches: Any, seed: int
+    ) -> torch.Tensor:
+        return _rows(module.weight).abs().sum(dim=1)
+
+
+class _APoZ(Importance):
+    """``1 - APoZ``: the fraction of positive post-ReLU activations (:func:`apoz_scores`)."""
+
+    name = "apoz"
+    data = "inputs"
+
+    def scores(
+        self, model: nn.Module, layer: str, module: nn.Module, batches: Any, seed: int
+    ) -> torch.Tensor:
+        return apoz_scores(model, layer, batches)
+
+
+class _Magnitude(Importance):
+    """``||K(i,:)||_2``: plain filter magnitude."""
+
+    name = "magnitude"
+
+    def scores(
+        self, model: nn.Module, layer: str, module: nn.Module, batches: Any, seed: int
+    ) -> torch.Tensor:
+        return _rows(module.weight).norm(dim=1)
+
+
+class _Taylor(Importance):
+    """First-order Taylor estimate of the loss change (:func:`taylor_scores`)."""
+
+    name = "taylor"
+    data = "labelled"
+
+    def scores(
+        self, model: nn.Module, layer: str, module: nn.Module, batches: Any, seed: int
+    ) -> torch.Tensor:
+        return taylor_scores(model, [layer], batches)[layer]
+
+    def joint_scores(
+        self, model: nn.Module, layers: Sequence[str], batches: Any
+    ) -> dict[str, torch.Tensor]:
+        # one forward / backward per batch serves every layer
+        return taylor_scores(model, layers, batches)
+
+
+#: the criteria by name
+IMPORTANCES: dict[str, Importance] = {
+    i.name: i for i in (_Random(), _L1Norm(), _APoZ(), _Magnitude(), _Taylor())
+}
+CRITERIA = tuple(IMPORTANCES)
+#: criteria that read data: ``apoz`` inputs, ``taylor`` labelled ``(x, y)`` batches
+DATA_CRITERIA = tuple(n for n, i in IMPORTANCES.items() if i.data is not None)
+
+
+def importance(criterion: str) -> Importance:
+    """The :class:`Importance` named ``criterion`` (an unknown name lists the known ones)."""
+    if criterion not in IMPORTANCES:
+        raise raise_unknown("criterion", criterion, CRITERIA)
+    return IMPORTANCES[criterion]
+
+
 def filter_scores(
     criterion: str,
     model: nn.Module,
@@ -191,27 +314,16 @@ def filter_scores(
     seed: int = 0,
 ) -> torch.Tensor:
     """Importance of every output filter/neuron of ``layer`` under ``criterion``."""
-    if criterion not in CRITERIA:
-        raise raise_unknown("criterion", criterion, CRITERIA)
+    imp = importance(criterion)
     mods = _modules_with(model, layer)
     m = mods[layer]
     if not isinstance(m, (nn.Conv2d, nn.Linear)):
         raise UnsupportedLayerError(
             f"Layer '{layer}' is a {type(m).__name__}; filter criteria apply to Conv2d/Linear."
         )
-    w = m.weight
-    if criterion == "random":
-        g = torch.Generator().manual_seed(seed)
-        return torch.rand(w.shape[0], generator=g).to(w.device)  # CPU generator: same on any device
-    if criterion == "l1-norm":
-        return _rows(w).abs().sum(dim=1)
-    if criterion == "magnitude":
-        return _rows(w).norm(dim=1)
-    if batches is None:
+    if imp.data is not None and batches is None:
         raise ValueError(f"Criterion '{criterion}' for layer '{layer}' needs data (batches=...).")
-    if criterion == "taylor":
-        return taylor_scores(model, [layer], batches)[layer]
-    return apoz_scores(model, layer, batches)
+    return imp.scores(model, layer, m, batches, seed)
 
 
 def group_scores(
@@ -241,11 +353,11 @@ def group_scores(
         raise ConfigError("group_scores needs at least one member layer.")
     names = list(members)
     n = len(members[names[0]])
-    if criterion == "random" or len(names) == 1:
+    imp = importance(criterion)
+    if imp.draws or len(names) == 1:
         return filter_scores(criterion, model, names[0], batches=batches, seed=seed)
     data = list(batches) if batches is not None else None
-    # taylor: one forward / backward per batch serves every member
-    raw = taylor_scores(model, names, data) if criterion == "taylor" and data is not None else {}
+    raw = imp.joint_scores(model, names, data) if data is not None else {}
     parts = []
     for name in names:
         phi = torch.as_tensor(list(members[name]), dtype=torch.long)

@@ -4,70 +4,57 @@
 their configs are also attributes of this package (``compactnn.methods.SSR``,
 ``compactnn.methods.ADMMSparse``, ...). Each method module is imported lazily on first use (a
 module ``__getattr__``), so ``import compactnn.methods`` is cheap.
+
+:data:`_REGISTRY` is the one place a method is named: a new method is one line there (its
+registry name, ``"module:Class"`` and its config class); the lazy attributes and ``__all__``
+are derived from it.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from compactnn._validation import raise_unknown
 from compactnn.methods.base import CompressionData, CompressionResult, Method, MethodConfig
 
-if TYPE_CHECKING:
-    from compactnn.methods.admm_sparse import ADMMSparse, ADMMSparseConfig
-    from compactnn.methods.criteria_pruning import (
-        APoZConfig,
-        APoZPruning,
-        CriterionConfig,
-        L1NormConfig,
-        L1NormPruning,
-        MagnitudeConfig,
-        MagnitudePruning,
-        RandomConfig,
-        RandomPruning,
-        TaylorConfig,
-        TaylorPruning,
-    )
-    from compactnn.methods.layerwise import (
-        DDLR,
-        DDLRConfig,
-        LayerwiseConfig,
-        NetTrim,
-        NetTrimConfig,
-    )
-    from compactnn.methods.pgt import PGT, PGTConfig
-    from compactnn.methods.slr import SLR, SLRConfig
-    from compactnn.methods.ssr import SSR, SSRConfig
+# registry name -> ("module:MethodClass", its config class, defined in the same module)
+_REGISTRY: dict[str, tuple[str, str]] = {
+    "ssr": ("compactnn.methods.ssr:SSR", "SSRConfig"),
+    "admm-sparse": ("compactnn.methods.admm_sparse:ADMMSparse", "ADMMSparseConfig"),
+    "random": ("compactnn.methods.criteria_pruning:RandomPruning", "RandomConfig"),
+    "l1-norm": ("compactnn.methods.criteria_pruning:L1NormPruning", "L1NormConfig"),
+    "apoz": ("compactnn.methods.criteria_pruning:APoZPruning", "APoZConfig"),
+    "magnitude": ("compactnn.methods.criteria_pruning:MagnitudePruning", "MagnitudeConfig"),
+    "taylor": ("compactnn.methods.criteria_pruning:TaylorPruning", "TaylorConfig"),
+    "ddlr": ("compactnn.methods.layerwise:DDLR", "DDLRConfig"),
+    "net-trim": ("compactnn.methods.layerwise:NetTrim", "NetTrimConfig"),
+    "pgt": ("compactnn.methods.pgt:PGT", "PGTConfig"),
+    "slr": ("compactnn.methods.slr:SLR", "SLRConfig"),
+}
+
+# configs shared by several registered methods: "module:Class"
+_SHARED_CONFIGS = (
+    "compactnn.methods.criteria_pruning:CriterionConfig",
+    "compactnn.methods.layerwise:LayerwiseConfig",
+)
+
+
+def _lazy() -> dict[str, str]:
+    """Public class -> defining module, for the classes and configs of :data:`_REGISTRY`."""
+    out: dict[str, str] = {}
+    for target, config in _REGISTRY.values():
+        module, cls = target.split(":")
+        out[cls] = out[config] = module
+    for target in _SHARED_CONFIGS:
+        module, cls = target.split(":")
+        out[cls] = module
+    return out
+
 
 # public class -> defining module (imported on first attribute access)
-_LAZY: dict[str, str] = {
-    "SSR": "compactnn.methods.ssr",
-    "SSRConfig": "compactnn.methods.ssr",
-    "ADMMSparse": "compactnn.methods.admm_sparse",
-    "ADMMSparseConfig": "compactnn.methods.admm_sparse",
-    "RandomPruning": "compactnn.methods.criteria_pruning",
-    "L1NormPruning": "compactnn.methods.criteria_pruning",
-    "APoZPruning": "compactnn.methods.criteria_pruning",
-    "MagnitudePruning": "compactnn.methods.criteria_pruning",
-    "CriterionConfig": "compactnn.methods.criteria_pruning",
-    "RandomConfig": "compactnn.methods.criteria_pruning",
-    "L1NormConfig": "compactnn.methods.criteria_pruning",
-    "APoZConfig": "compactnn.methods.criteria_pruning",
-    "MagnitudeConfig": "compactnn.methods.criteria_pruning",
-    "TaylorPruning": "compactnn.methods.criteria_pruning",
-    "TaylorConfig": "compactnn.methods.criteria_pruning",
-    "DDLR": "compactnn.methods.layerwise",
-    "DDLRConfig": "compactnn.methods.layerwise",
-    "NetTrim": "compactnn.methods.layerwise",
-    "NetTrimConfig": "compactnn.methods.layerwise",
-    "LayerwiseConfig": "compactnn.methods.layerwise",
-    "PGT": "compactnn.methods.pgt",
-    "PGTConfig": "compactnn.methods.pgt",
-    "SLR": "compactnn.methods.slr",
-    "SLRConfig": "compactnn.methods.slr",
-}
+_LAZY: dict[str, str] = _lazy()
 
 __all__ = [
     "CompressionData",
@@ -76,31 +63,7 @@ __all__ = [
     "MethodConfig",
     "get_method",
     "list_methods",
-    # lazily imported (see _LAZY)
-    "SSR",
-    "SSRConfig",
-    "ADMMSparse",
-    "ADMMSparseConfig",
-    "RandomPruning",
-    "L1NormPruning",
-    "APoZPruning",
-    "MagnitudePruning",
-    "TaylorPruning",
-    "CriterionConfig",
-    "RandomConfig",
-    "L1NormConfig",
-    "APoZConfig",
-    "MagnitudeConfig",
-    "TaylorConfig",
-    "DDLR",
-    "DDLRConfig",
-    "NetTrim",
-    "NetTrimConfig",
-    "LayerwiseConfig",
-    "PGT",
-    "PGTConfig",
-    "SLR",
-    "SLRConfig",
+    *_LAZY,  # lazily imported
 ]
 
 
@@ -118,25 +81,9 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
 
 
-# name -> "module:Class" (lazy)
-_REGISTRY: dict[str, str] = {
-    "ssr": "compactnn.methods.ssr:SSR",
-    "admm-sparse": "compactnn.methods.admm_sparse:ADMMSparse",
-    "random": "compactnn.methods.criteria_pruning:RandomPruning",
-    "l1-norm": "compactnn.methods.criteria_pruning:L1NormPruning",
-    "apoz": "compactnn.methods.criteria_pruning:APoZPruning",
-    "magnitude": "compactnn.methods.criteria_pruning:MagnitudePruning",
-    "taylor": "compactnn.methods.criteria_pruning:TaylorPruning",
-    "ddlr": "compactnn.methods.layerwise:DDLR",
-    "net-trim": "compactnn.methods.layerwise:NetTrim",
-    "pgt": "compactnn.methods.pgt:PGT",
-    "slr": "compactnn.methods.slr:SLR",
-}
-
-
 def _available() -> dict[str, str]:
     out = {}
-    for name, target in _REGISTRY.items():
+    for name, (target, _) in _REGISTRY.items():
         mod = target.split(":")[0]
         if importlib.util.find_spec(mod) is not None:
             out[name] = target

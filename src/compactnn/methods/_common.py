@@ -43,7 +43,7 @@ def prunable_layers(
     from compactnn.graph import prunable_layers as _prunable
 
     x = None if input_shape is None else example_input_for(model, input_shape)
-    if x is None or not coupled:
+    if input_shape is None or x is None or not coupled:
         return _prunable(model, x)
     g = discover(model, x)
     layers = _prunable(model, x, coupled=True, graph=g)
@@ -53,7 +53,7 @@ def prunable_layers(
     from compactnn.errors import PlanError
     from compactnn.plan import CompressionPlan, KeepOutputs
 
-    meta = {"input_shape": list(input_shape)}  # type: ignore[arg-type]
+    meta = {"input_shape": list(input_shape)}
     out: list[str] = []
     seen: set[str] = set()
     left: dict[str, str] = {}

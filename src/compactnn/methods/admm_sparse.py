@@ -48,30 +48,17 @@ References:
 
 from __future__ import annotations
 
-import statistics
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from types import MappingProxyType
-from typing import Any, ClassVar
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from compactnn import resume
-from compactnn._validation import (
-    Rule,
-    check_bool,
-    check_choice,
-    check_float,
-    check_int,
-    check_names,
-    check_per_layer,
-    rule,
-    validate_options,
-)
 from compactnn.errors import ConfigError, PlanError
+from compactnn.methods._admm_sparse_config import _GROUP_PENALTY, ADMMSparseConfig
 from compactnn.methods._common import (
     admm_w_step,
     finetune_model,
@@ -82,152 +69,21 @@ from compactnn.methods._common import (
     replay_plan,
 )
 from compactnn.methods._engine import (
-    ENGINE_RULES,
-    EngineOptions,
     EngineSettings,
     budgeted_run,
     engine_calibrate,
 )
-from compactnn.methods.base import CompressionData, CompressionResult, Method, MethodConfig
+from compactnn.methods._kernel_forms import (
+    _kernel_sparse_convs,
+    _samples,
+    _timed,
+    choose_kernel_forms,
+)
+from compactnn.methods.base import CompressionData, CompressionResult, Method
 from compactnn.metrics import accuracy
 from compactnn.train import apply_masks
 
 __all__ = ["ADMMSparse", "ADMMSparseConfig"]
-
-_GROUP_PENALTY = {"l1": "l21", "l0": "l20"}  # l1 / l0 of the block norms = group penalties
-
-
-def _check_mus(value: Any, name: str, owner: str) -> tuple[float, ...]:
-    """The μ path S: a non-empty increasing sequence of floats >= 0."""
-    if not isinstance(value, (list, tuple)) or len(value) == 0:
-        raise ConfigError(
-            f"The '{name}' parameter of {owner} must be a non-empty increasing sequence of "
-            f"floats >= 0. Got {value!r} instead."
-        )
-    mus = tuple(check_float(m, f"{name}[{i}]", owner, min_value=0.0) for i, m in enumerate(value))
-    if any(b < a for a, b in zip(mus, mus[1:])):
-        raise ConfigError(
-            f"The '{name}' parameter of {owner} must be a non-empty increasing sequence of "
-            f"floats >= 0. Got {list(mus)} instead."
-        )
-    return mus
-
-
-_POSITIVE = {"min_value": 0.0, "min_inclusive": False}
-
-
-@dataclass(frozen=True)
-class ADMMSparseConfig(MethodConfig, EngineOptions):
-    """Hyper-parameters of ADMM-sparse, validated on construction (``rules``).
-
-    Attributes:
-        penalty: the sparsity function f: ``"l0"`` (hard threshold b = sqrt(2μ/ρ), eq. 10) or
-            ``"l1"`` (soft threshold a = μ/ρ, eq. 9).
-        structure: sparsity block: ``"kernels"`` (W_ij, the paper's choice), ``"filters"``
-            or ``"elements"``; ``None`` (default) = ``"kernels"``, or ``"filters"`` when a
-            budget target is given (only removed filters shrink the stored model).
-        mus: the μ path S of Algorithm 1 (μ of eq. 1, increasing floats >= 0). Default:
-            ``n_mu`` log-spaced values in ``[mu_min, mu_max]``.
-        mu_min, mu_max, n_mu: the default log-spaced path (0 < mu_min <= mu_max, n_mu >= 1).
-        rho: ρ > 0 of the augmented Lagrangian, eq. (3).
-        eps: ε > 0, the stopping threshold on ||W - F||_F and ||F_k - F_{k-1}||_F (Algorithm 1
-            line 10).
-        xi: ξ, at most this many ADMM iterations per μ (paper: 10).
-        delta, nu: δ and ν of the epoch schedule: epochs per W-step = min(1 + δ i, δ ν) for
-            the i-th μ (sec. 4; paper: 1, 15).
-        steps_per_epoch: cap on SGD steps per "epoch" (CPU-scale runs; None = whole loader).
-        lr, momentum, weight_decay: SGD of the W-step (eq. 7) and of the fine-tuning (paper lr
-            1e-3).
-        finetune_epochs: masked fine-tuning epochs after each μ (Algorithm 1 line 11); ``None``
-            (default, the paper's) = the W-step schedule ``min(1 + δ i, δ ν)`` (sec. 4).
-        overprune_guard: apply the 50 % guard of sec. 4.1.
-        layers: regularised layers (default: the paper's, i.e. every prunable Conv2d with a
-            spatial kernel larger than 1x1 and every hidden Linear; see
-            :func:`kiaee_layers`).
-        eval_batches: validation batches used for the accuracy of each μ (None = all).
-        seed: seeds SGD (int >= 0).
-        mu_scale: per-layer multipliers of μ (dict layer -> float > 0; None = 1 everywhere).
-            A budget search sets them from each layer's median block norm so that one global
-            μ acts alike on every layer.
-        deploy_kernels: deploy the zero kernels W_ij left after filter and input-channel
-            removal: each kernel-sparse conv becomes a
-            :class:`~compactnn.layers.KernelSparseConv2d` (zero kernels not stored) in the
-            form measured fastest on its real input (:func:`choose_kernel_forms`); False keeps
-            them as zeros inside dense convs.
-        measure_speed: time every path point's model (batch 100 and 1, one thread, real
-            validation samples) and record its speed-up over the dense start (mu = 0).
-    """
-
-    penalty: str = "l0"
-    structure: str | None = None
-    mus: tuple[float, ...] | None = None
-    mu_min: float = 1e-3
-    mu_max: float = 1e-1
-    n_mu: int = 5
-    rho: float = 1.0
-    eps: float = 1e-3
-    xi: int = 10
-    delta: int = 1
-    nu: int = 15
-    steps_per_epoch: int | None = None
-    lr: float = 1e-3
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    finetune_epochs: int | None = None
-    overprune_guard: bool = True
-    layers: tuple[str, ...] | None = None
-    eval_batches: int | None = None
-    seed: int = 0
-    mu_scale: Any = None
-    deploy_kernels: bool = True
-    measure_speed: bool = True
-
-    owner: ClassVar[str] = "ADMM-sparse"
-    rules: ClassVar[Mapping[str, Rule]] = MappingProxyType(
-        {
-            "penalty": rule(check_choice, choices=tuple(_GROUP_PENALTY)),
-            "structure": rule(
-                check_choice, optional=True, choices=("kernels", "filters", "elements")
-            ),
-            "mus": rule(_check_mus, optional=True),
-            "mu_min": rule(check_float, **_POSITIVE),
-            "mu_max": rule(check_float, **_POSITIVE),
-            "n_mu": rule(check_int, min_value=1),
-            "rho": rule(check_float, **_POSITIVE),
-            "eps": rule(check_float, **_POSITIVE),
-            "xi": rule(check_int, min_value=1),
-            "delta": rule(check_int, min_value=1),
-            "nu": rule(check_int, min_value=1),
-            "steps_per_epoch": rule(check_int, optional=True, min_value=1),
-            "lr": rule(check_float, **_POSITIVE),
-            "momentum": rule(check_float, min_value=0.0, max_value=1.0),
-            "weight_decay": rule(check_float, min_value=0.0),
-            "finetune_epochs": rule(check_int, optional=True, min_value=0),
-            "overprune_guard": rule(check_bool),
-            "layers": rule(check_names, optional=True),
-            "eval_batches": rule(check_int, optional=True, min_value=1),
-            "seed": rule(check_int, min_value=0),
-            "mu_scale": rule(check_per_layer, optional=True, forms=("dict",), **_POSITIVE),
-            "deploy_kernels": rule(check_bool),
-            "measure_speed": rule(check_bool),
-            **ENGINE_RULES,
-        }
-    )
-
-    def __post_init__(self) -> None:
-        validate_options(self, self.owner, self.rules)
-        if self.mu_max < self.mu_min:
-            raise ConfigError(
-                f"The 'mu_max' parameter of ADMM-sparse must be a finite float >= mu_min "
-                f"({self.mu_min}). Got {self.mu_max!r} instead."
-            )
-
-    def mu_path(self) -> tuple[float, ...]:
-        from compactnn.solvers.training.schedule import log_schedule
-
-        return (
-            self.mus if self.mus is not None else log_schedule(self.mu_min, self.mu_max, self.n_mu)
-        )
 
 
 def guarded_threshold(v: torch.Tensor, gd: tuple[int, ...], soft: bool) -> torch.Tensor:
@@ -280,47 +136,6 @@ def _overprune_guard(fired: dict[str, bool]) -> Callable[[Any], None]:
     return guard
 
 
-def _samples(data: CompressionData, shape: Any, n: int = 100) -> torch.Tensor:
-    """``n`` real samples (validation, else training data) for the timings; N(0, 1) when the
-    loaders yield no tensors. Never the test split."""
-    from compactnn.metrics import real_batch
-
-    for loader in (data.val, data.train):
-        if loader is not None:
-            x = real_batch(loader, n)
-            if x is not None and tuple(x.shape[1:]) == tuple(shape):
-                return x
-    return torch.randn((n, *shape), generator=torch.Generator().manual_seed(0), device="cpu")
-
-
-def _timed(
-    model: nn.Module, samples: torch.Tensor, reference: nn.Module | None = None, rounds: int = 2
-) -> dict[str, float]:
-    """Eager latency of ``model`` at batch ``len(samples)`` and 1, one thread (median ms), and
-    with ``reference`` (the dense start) timed alternately with it in the same window, the
-    speed-up over it (``speedup``, ``speedup_b1``): a shared machine's load then cancels."""
-    from compactnn.metrics import measure_latency
-
-    shape = tuple(samples.shape[1:])
-    pair = {"m": model} if reference is None else {"m": model, "r": reference}
-    times: dict[str, list[float]] = {f"{k}{b}": [] for k in pair for b in ("", "1")}
-    for _ in range(rounds):
-        for k, m in pair.items():
-            big = measure_latency(
-                m, shape, batch_size=len(samples), threads=1, warmup=1, repeats=3, inputs=samples
-            )
-            one = measure_latency(
-                m, shape, batch_size=1, threads=1, warmup=2, repeats=8, inputs=samples
-            )
-            times[k].append(big.median_ms)
-            times[f"{k}1"].append(one.median_ms)
-    med = {k: statistics.median(v) for k, v in times.items()}
-    out = {"latency_ms": med["m"], "latency_ms_b1": med["m1"]}
-    if reference is not None:
-        out.update(speedup=med["r"] / med["m"], speedup_b1=med["r1"] / med["m1"])
-    return out
-
-
 def kiaee_layers(model: nn.Module, input_shape: Any = None, *, coupled: bool = False) -> list[str]:
     """The layers Kiaee et al. regularise: the prunable convs whose kernel is larger than 1x1
     and the hidden Linear layers (Table 3: NIN's conv1/4/5/8, the CNN's conv1-4 and fc1); with
@@ -365,155 +180,7 @@ def following_norms(model: nn.Module, layers: list[str], input_shape: Any) -> di
     return found
 
 
-#: the candidates of :func:`choose_kernel_forms`: (form, max_groups of the grouped form)
-KERNEL_CANDIDATES: tuple[tuple[str, int | None], ...] = (
-    ("dense", None),
-    ("grouped", 2),
-    ("grouped", 4),
-    ("grouped", 8),
-    ("sparse", None),
-)
-
-
-#: a candidate is timed only when its multiply-adds are at most this fraction of the dense
-#: conv's: the grouped convs cost what they compute; the COO GEMM (with its im2col) was slower
-#: than the dense conv even at 80 % zero kernels on this project's CPU (MKL-DNN dense conv)
-_MAX_MACS_FRACTION = {"dense": 1.0, "grouped": 0.9, "sparse": 0.5}
-
-
-def _macs_fraction(layer: Any, support: torch.Tensor) -> float:
-    """Multiply-adds of a :class:`~compactnn.layers.KernelSparseConv2d` form / the dense
-    conv's: grouped ``sum_g |F_g| |U_g|``, sparse the non-zero kernels, dense 1."""
-    n, c = support.shape
-    if layer.form == "dense":
-        return 1.0
-    if layer.form == "sparse":
-        return float(support.sum()) / (n * c)
-    used = sum(len(g) * int(support[list(g)].any(0).sum()) for g in layer.filter_groups)
-    return used / (n * c)
-
-
-def _kernel_sparse_convs(model: nn.Module, layers: list[str]) -> list[str]:
-    """The convs among ``layers`` (groups = 1, numeric zero padding) with a zero kernel W_ij."""
-    mods = dict(model.named_modules())
-    out = []
-    for n in layers:
-        m = mods.get(n)
-        if not isinstance(m, nn.Conv2d) or m.groups != 1 or m.padding_mode != "zeros":
-            continue
-        if isinstance(m.padding, str):
-            continue
-        w = m.weight.detach()
-        if bool(w.reshape(w.shape[0], w.shape[1], -1).ne(0).any(dim=2).all()):
-            continue
-        out.append(n)
-    return out
-
-
-def choose_kernel_forms(
-    model: nn.Module,
-    layers: list[str],
-    samples: torch.Tensor,
-    *,
-    threads: int = 1,
-    repeats: int = 3,
-    warmup: int = 1,
-    candidates: tuple[tuple[str, int | None], ...] = KERNEL_CANDIDATES,
-) -> tuple[list[Any], dict[str, dict[str, Any]]]:
-    """The fastest deployment of every kernel-sparse conv of ``layers`` in ``model``.
-
-    Each conv with zero kernels W_ij is timed (median of ``repeats`` eager forward passes after
-    ``warmup``, ``threads`` torch threads) on its real input, captured in one forward pass of
-    ``samples`` (the batch-100 timing; batch 1 is the first sample), as the original dense
-    ``nn.Conv2d`` (reference) and as every :data:`KERNEL_CANDIDATES` form of
-    :class:`~compactnn.layers.KernelSparseConv2d`: ``dense`` (dense conv of the rebuilt
-    weight), ``grouped`` (filters grouped by shared input support into at most 2 / 4 / 8
-    smaller convs, concat and a permutation back to the original output order) and ``sparse``
-    (im2col + COO GEMM of the non-zero kernels' entries). The fastest at the batch of
-    ``samples`` is chosen; a candidate whose first timed call is over 3x the best so far is not
-    timed further (``stopped``), one whose multiply-adds exceed :data:`_MAX_MACS_FRACTION` of
-    the dense conv's is not timed (``skipped``, with its ``macs_fraction``).
-
-    Returns:
-        The :class:`~compactnn.plan.KernelSparse` actions (one per conv) and per conv the
-        record: zero / total kernels, the candidates' times at both batch sizes, the choice.
-    """
-    from compactnn.layers import KernelSparseConv2d
-    from compactnn.metrics import _eval_no_grad, measure_latency
-    from compactnn.plan import KernelSparse
-
-    targets = _kernel_sparse_convs(model, layers)
-    mods = dict(model.named_modules())
-    seen: dict[str, torch.Tensor] = {}
-    hooks = [
-        mods[n].register_forward_pre_hook(
-            lambda _m, inp, _n=n: seen.__setitem__(_n, inp[0].detach().clone())
-        )
-        for n in targets
-    ]
-    try:
-        with _eval_no_grad(model):
-            model(samples)
-    finally:
-        for h in hooks:
-            h.remove()
-
-    def ms(layer: nn.Module, x: torch.Tensor, reps: int, warm: int) -> float:
-        kw = dict(batch_size=int(x.shape[0]), threads=threads, warmup=warm, repeats=reps)
-        return measure_latency(layer, tuple(x.shape[1:]), inputs=x, **kw).median_ms
-
-    actions, records = [], {}
-    for n in targets:
-        conv, x = mods[n], seen[n]
-        w = conv.weight.detach()
-        support = w.reshape(w.shape[0], w.shape[1], -1).ne(0).any(dim=2)
-        rec: dict[str, Any] = {
-            "kernels": int(support.numel()),
-            "zero_kernels": int((~support).sum()),
-            "batch": int(x.shape[0]),
-            "conv_ms": ms(conv, x, repeats, warmup),
-            "conv_ms_b1": ms(conv, x[:1], repeats, warmup),
-            "candidates": [],
-        }
-        best: tuple[float, Any] | None = None
-        seen_groups: set[Any] = set()
-        for form, g in candidates:
-            layer = KernelSparseConv2d.from_conv(conv, form=form, max_groups=g or 4).eval()
-            if form == "grouped":
-                if len(layer.filter_groups) <= 1 or layer.filter_groups in seen_groups:
-                    continue  # one group = the dense form; the same partition: timed already
-                seen_groups.add(layer.filter_groups)
-            cand: dict[str, Any] = {"form": form}
-            if form == "grouped":
-                cand["groups"] = len(layer.filter_groups)
-            cand["macs_fraction"] = _macs_fraction(layer, support)
-            if cand["macs_fraction"] > _MAX_MACS_FRACTION[form]:
-                cand["skipped"] = True  # cannot beat the dense conv: not timed
-                rec["candidates"].append(cand)
-                continue
-            first = ms(layer, x, 1, warmup)
-            if best is not None and first > 3 * best[0]:
-                cand.update(ms=first, stopped=True)
-            else:
-                cand.update(ms=ms(layer, x, repeats, 0), ms_b1=ms(layer, x[:1], repeats, warmup))
-                if best is None or cand["ms"] < best[0]:
-                    best = (cand["ms"], (layer, cand))
-            rec["candidates"].append(cand)
-        assert best is not None
-        layer, cand = best[1]
-        rec["chosen"] = {k: v for k, v in cand.items() if k not in ("stopped", "skipped")}
-        rec["stored_values"] = layer.stored_param_count()
-        rec["coo_count"] = layer.coo_param_count()
-        groups = layer.filter_groups if layer.form == "grouped" else ()
-        bias = None if conv.bias is None else conv.bias.detach()
-        actions.append(
-            KernelSparse(layer=n, weight=w, bias=bias, form=layer.form, filter_groups=groups)
-        )
-        records[n] = rec
-    return actions, records
-
-
-class ADMMSparse(Method):
+class ADMMSparse(Method[ADMMSparseConfig]):
     """Kiaee et al.'s ADMM sparse CNN along an increasing mu path."""
 
     name = "admm-sparse"
@@ -526,7 +193,7 @@ class ADMMSparse(Method):
         :mod:`compactnn.methods._engine`): l0 is the group hard threshold, l1 the group soft
         threshold of whole filters (W_ij blocks stored densely would not make the model
         smaller); the over-pruning guard (sec. 4.1) keeps at least half of every layer."""
-        cfg: ADMMSparseConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         if cfg.structure not in (None, "filters"):
             raise ConfigError(
                 f"ADMM-sparse with structure='{cfg.structure}' keeps its zero blocks stored "
@@ -547,7 +214,7 @@ class ADMMSparse(Method):
     def _layers(self, model: nn.Module, input_shape: Any) -> list[str]:
         """The regularised layers: ``layers`` or the paper's defaults (:func:`kiaee_layers`),
         checked to exist."""
-        cfg: ADMMSparseConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         layers = (
             list(cfg.layers)
             if cfg.layers is not None
@@ -563,7 +230,7 @@ class ADMMSparse(Method):
         up-front check: with the over-pruning guard (sec. 4.1) no layer loses more than half of its filters, so a
         target under the size of the model cut to ``ceil(n / 2)`` filters per regularised
         layer is refused before any training, with what to do."""
-        cfg: ADMMSparseConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         if cfg.overprune_guard and cfg.structure in (None, "filters"):
             from compactnn.methods._calibrate import _CountSizer
 
@@ -588,7 +255,7 @@ class ADMMSparse(Method):
 
     def _structure(self) -> tuple[str, str]:
         """The sparsity blocks and the engine's penalty (l1 / l0 of the block norms)."""
-        cfg: ADMMSparseConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         structure = cfg.structure or "kernels"
         penalty = cfg.penalty if structure == "elements" else _GROUP_PENALTY[cfg.penalty]
         return structure, penalty
@@ -606,7 +273,7 @@ class ADMMSparse(Method):
         returns the engine and the guard's last decision per layer."""
         from compactnn.solvers.training import ADMMConfig, ADMMEngine, run_admm
 
-        cfg: ADMMSparseConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         structure, penalty = self._structure()
         lam: Any = mu
         if cfg.mu_scale is not None:
@@ -643,7 +310,7 @@ class ADMMSparse(Method):
         """W-step epochs for the ``i``-th mu: ``min(1 + delta i, delta nu)`` (sec. 4)."""
         from compactnn.solvers.training import kiaee_epochs
 
-        cfg: ADMMSparseConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         return kiaee_epochs(i, delta=cfg.delta, nu=cfg.nu)
 
     @staticmethod
@@ -686,7 +353,7 @@ class ADMMSparse(Method):
         (the dense start, timed alternately with it: ``speedup``, ``speedup_b1``)."""
         from compactnn.structure import group_dims
 
-        cfg: ADMMSparseConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         named = dict(model.named_parameters())
         entry.update(zero_blocks={}, blocks={})
         total_w = zero_w = 0
@@ -761,7 +428,7 @@ class ADMMSparse(Method):
             base = plan.actions if plan is not None else []
             plan = CompressionPlan(actions=[*base, *dead_in], meta=meta)
         kernel_record: dict[str, Any] = {}
-        cfg: ADMMSparseConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         if cfg.deploy_kernels and samples is not None and _kernel_sparse_convs(deployed, layers):
             from compactnn import distributed
 
@@ -794,20 +461,20 @@ class ADMMSparse(Method):
                 "path_plans": plans,
                 "nonzero_params": sum(int((p != 0).sum()) for p in deployed.parameters()),
                 "removed_filters": {k: len(mods[k].weight) - len(v) for k, v in keep.items()},
-                "mu_path": list(self.config.mu_path()),  # type: ignore[attr-defined]
+                "mu_path": list(self.config.mu_path()),
             },
         )
 
     def _finetune_epochs(self, i: int) -> int:
         """Fine-tuning epochs after the ``i``-th mu: ``finetune_epochs``, or the W-step
         schedule ``min(1 + delta i, delta nu)`` when it is ``None`` (sec. 4)."""
-        cfg: ADMMSparseConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         return self._epochs(i) if cfg.finetune_epochs is None else cfg.finetune_epochs
 
     def run(
         self, model: nn.Module, data: CompressionData, *, progress: bool = True
     ) -> CompressionResult:
-        cfg: ADMMSparseConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         loader = data.require_train(self.name)
         shape = data.require_input_shape(self.name)
         layers = self._layers(model, shape)

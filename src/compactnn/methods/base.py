@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, Self, TypeVar, cast
 
 import torch
 from torch import nn
@@ -217,19 +217,25 @@ class MethodConfig:
         return cls(**options)
 
 
-class Method:
-    """Base class: subclasses set ``name``, ``Config`` and implement :meth:`run`."""
+#: the config dataclass of a :class:`Method` subclass
+C = TypeVar("C", bound=MethodConfig)
+
+
+class Method(Generic[C]):
+    """Base class: subclasses set ``name``, ``Config`` (the class ``C`` they are generic over,
+    e.g. ``class SSR(Method[SSRConfig])``) and implement :meth:`run`."""
 
     name: ClassVar[str] = ""
     Config: ClassVar[type[MethodConfig]] = MethodConfig
     needs_training_data: ClassVar[bool] = True
     description: ClassVar[str] = ""
+    config: C
 
-    def __init__(self, config: MethodConfig | None = None, **options: Any) -> None:
+    def __init__(self, config: C | None = None, **options: Any) -> None:
         if config is not None and options:
             raise ConfigError(f"Pass either config= or keyword options to '{self.name}', not both.")
-        self.config = (
-            config if config is not None else self.Config.from_options(self.name, **options)
+        self.config = cast(
+            C, config if config is not None else self.Config.from_options(self.name, **options)
         )
         if not isinstance(self.config, self.Config):
             raise ConfigError(
@@ -259,7 +265,7 @@ class Method:
         """A cheaper variant that selects the *same structure* (e.g. without fine-tuning)."""
         return self
 
-    def with_options(self, **changes: Any) -> Method:
+    def with_options(self, **changes: Any) -> Self:
         """A new instance of this method with some options replaced (validated again)."""
         return type(self)(**{**self.options(), **changes})
 

@@ -24,19 +24,19 @@ from compactnn._validation import (
     Rule,
     check_float,
     check_int,
-    check_names,
     check_per_layer,
     rule,
     validate_options,
 )
 from compactnn.budget import Strength
-from compactnn.criteria import group_scores, select_top
+from compactnn.criteria import group_scores, importance, select_top
 from compactnn.errors import ConfigError, PlanError
 from compactnn.methods._common import (
     finetune_model,
     prunable_layers,
     replay_plan,
 )
+from compactnn.methods._options import FINETUNE_RULES, LAYERS, POSITIVE, SEED, SGD_RULES
 from compactnn.methods.base import CompressionData, CompressionResult, Method, MethodConfig
 from compactnn.structure import module_device
 
@@ -53,10 +53,6 @@ __all__ = [
     "MagnitudePruning",
     "TaylorPruning",
 ]
-
-
-_POSITIVE = {"min_value": 0.0, "min_inclusive": False}
-_FRACTION = {"min_value": 0.0, "max_value": 1.0}
 
 
 @dataclass(frozen=True)
@@ -101,16 +97,14 @@ class CriterionConfig(MethodConfig):
             "keep": rule(
                 check_per_layer, optional=True, check=check_int, forms=("list", "dict"), min_value=1
             ),
-            "ratio": rule(check_float, max_value=1.0, **_POSITIVE),
-            "layers": rule(check_names, optional=True),
-            "finetune_epochs": rule(check_int, min_value=0),
-            "lr": rule(check_float, **_POSITIVE),
-            "momentum": rule(check_float, **_FRACTION),
-            "weight_decay": rule(check_float, min_value=0.0),
-            "finetune_steps_per_epoch": rule(check_int, optional=True, min_value=1),
-            "finetune_distill": rule(check_float, **_FRACTION),
+            "ratio": rule(check_float, max_value=1.0, **POSITIVE),
+            "layers": LAYERS,
+            "finetune_epochs": FINETUNE_RULES["finetune_epochs"],
+            **SGD_RULES,
+            "finetune_steps_per_epoch": FINETUNE_RULES["finetune_steps_per_epoch"],
+            "finetune_distill": FINETUNE_RULES["finetune_distill"],
             "calib_batches": rule(check_int, min_value=1),
-            "seed": rule(check_int, min_value=0),
+            "seed": SEED,
         }
     )
 
@@ -118,54 +112,22 @@ class CriterionConfig(MethodConfig):
         validate_options(self, self.owner, self.rules)
 
 
-@dataclass(frozen=True)
-class RandomConfig(CriterionConfig):
-    """:class:`CriterionConfig` of ``random`` (its errors name the method)."""
+class _CriterionPruning(Method[CriterionConfig]):
+    """Prune by the :class:`~compactnn.criteria.Importance` named ``criterion``, then fine-tune;
+    each criterion is a method of its own name (:func:`_criterion_method`)."""
 
-    owner: ClassVar[str] = "criterion pruning (random)"
-
-
-@dataclass(frozen=True)
-class L1NormConfig(CriterionConfig):
-    """:class:`CriterionConfig` of ``l1-norm`` (its errors name the method)."""
-
-    owner: ClassVar[str] = "criterion pruning (l1-norm)"
-
-
-@dataclass(frozen=True)
-class APoZConfig(CriterionConfig):
-    """:class:`CriterionConfig` of ``apoz`` (its errors name the method)."""
-
-    owner: ClassVar[str] = "criterion pruning (apoz)"
-
-
-@dataclass(frozen=True)
-class MagnitudeConfig(CriterionConfig):
-    """:class:`CriterionConfig` of ``magnitude`` (its errors name the method)."""
-
-    owner: ClassVar[str] = "criterion pruning (magnitude)"
-
-
-@dataclass(frozen=True)
-class TaylorConfig(CriterionConfig):
-    """:class:`CriterionConfig` of ``taylor`` (its errors name the method)."""
-
-    owner: ClassVar[str] = "criterion pruning (taylor)"
-
-
-class _CriterionPruning(Method):
     Config = CriterionConfig
     criterion: ClassVar[str] = ""
 
     def _layers(self, model: nn.Module, shape: Any) -> list[str]:
         """The layers to prune: ``layers`` or the defaults (as SSR), checked to exist."""
-        cfg: CriterionConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         layers = list(cfg.layers) if cfg.layers is not None else prunable_layers(model, shape)
         self._check_layers(model, layers)
         return layers
 
     def _refuse_keep_with_target(self) -> None:
-        if self.config.keep is not None:  # type: ignore[attr-defined]
+        if self.config.keep is not None:
             raise ConfigError(
                 f"{self.name}: pass either keep= (a fixed per-layer budget) or target=, not both."
             )
@@ -173,7 +135,7 @@ class _CriterionPruning(Method):
     def _budget(self, model: nn.Module, layers: list[str]) -> dict[str, int]:
         """Filters kept per layer; ``keep`` (validated on construction) is matched with the
         layers here, before any work."""
-        cfg: CriterionConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         mods = dict(model.named_modules())
         units = {n: mods[n].weight.shape[0] for n in layers}
         if cfg.keep is None:
@@ -200,7 +162,7 @@ class _CriterionPruning(Method):
     def run(
         self, model: nn.Module, data: CompressionData, *, progress: bool = True
     ) -> CompressionResult:
-        cfg: CriterionConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         layers = self._layers(model, data.require_input_shape(self.name))
         budget = self._budget(model, layers)
         teacher = copy.deepcopy(model).eval() if cfg.finetune_distill > 0 else None
@@ -261,7 +223,7 @@ class _CriterionPruning(Method):
         from compactnn.errors import PlanError
         from compactnn.plan import CompressionPlan, KeepOutputs
 
-        cfg: CriterionConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         meta = {"input_shape": list(data.input_shape)}
         current = copy.deepcopy(model)
         actions: list[KeepOutputs] = []
@@ -327,11 +289,12 @@ class _CriterionPruning(Method):
         """The data a data-driven criterion reads, on the model's device: APoZ the inputs of
         ``calib_batches`` batches, Taylor as many labelled training batches (the loader
         reseeded with ``seed``); None for the weight-only criteria."""
-        cfg: CriterionConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         device = module_device(current)
-        if self.criterion == "apoz":
+        reads = importance(self.criterion).data
+        if reads == "inputs":
             return list(data.calib_batches(cfg.calib_batches, device=device))
-        if self.criterion == "taylor":
+        if reads == "labelled":
             return list(
                 data.train_batches(self.name, cfg.calib_batches, seed=cfg.seed, device=device)
             )
@@ -413,43 +376,56 @@ def _grouped_top(scores: Any, n_keep: int, groups: int) -> tuple[int, ...]:
     return tuple(sorted(out))
 
 
-class RandomPruning(_CriterionPruning):
-    """Random filter selection (seeded)."""
-
-    name = "random"
-    Config = RandomConfig
-    criterion = "random"
-
-
-class L1NormPruning(_CriterionPruning):
-    """Smallest-l1-norm filters removed (Li et al. 2017)."""
-
-    name = "l1-norm"
-    Config = L1NormConfig
-    criterion = "l1-norm"
-
-
-class APoZPruning(_CriterionPruning):
-    """Filters with the highest Average Percentage of Zeros removed (Hu et al. 2016)."""
-
-    name = "apoz"
-    Config = APoZConfig
-    criterion = "apoz"
-
-
-class MagnitudePruning(_CriterionPruning):
-    """Smallest-l2-norm filters removed, then fine-tuned (plain magnitude baseline)."""
-
-    name = "magnitude"
-    Config = MagnitudeConfig
-    criterion = "magnitude"
+def _criterion_method(criterion: str, cls_name: str, doc: str) -> type[_CriterionPruning]:
+    """The pruning method of ``criterion`` (:data:`compactnn.criteria.IMPORTANCES`): the class
+    ``cls_name`` with its config ``<cls_name without "Pruning">Config``, a
+    :class:`CriterionConfig` whose errors name the method."""
+    config_name = cls_name.removesuffix("Pruning") + "Config"
+    config = dataclass(frozen=True)(
+        type(
+            config_name,
+            (CriterionConfig,),
+            {
+                "__doc__": f":class:`CriterionConfig` of ``{criterion}`` (its errors name the "
+                "method).",
+                "__module__": __name__,
+                "__qualname__": config_name,
+                "owner": f"criterion pruning ({criterion})",
+            },
+        )
+    )
+    attrs = {"__doc__": doc, "__module__": __name__, "__qualname__": cls_name}
+    return type(
+        cls_name,
+        (_CriterionPruning,),
+        {**attrs, "name": criterion, "Config": config, "criterion": criterion},
+    )
 
 
-class TaylorPruning(_CriterionPruning):
+# one line per criterion (and its line in the registry, compactnn.methods._REGISTRY)
+RandomPruning = _criterion_method("random", "RandomPruning", "Random filter selection (seeded).")
+L1NormPruning = _criterion_method(
+    "l1-norm", "L1NormPruning", "Smallest-l1-norm filters removed (Li et al. 2017)."
+)
+APoZPruning = _criterion_method(
+    "apoz",
+    "APoZPruning",
+    "Filters with the highest Average Percentage of Zeros removed (Hu et al. 2016).",
+)
+MagnitudePruning = _criterion_method(
+    "magnitude",
+    "MagnitudePruning",
+    "Smallest-l2-norm filters removed, then fine-tuned (plain magnitude baseline).",
+)
+TaylorPruning = _criterion_method(
+    "taylor",
+    "TaylorPruning",
     """Filters with the smallest first-order Taylor estimate of the loss change removed
     (Molchanov et al. 2019, eq. (8); the gradient of the cross-entropy on ``calib_batches``
-    labelled training batches)."""
-
-    name = "taylor"
-    Config = TaylorConfig
-    criterion = "taylor"
+    labelled training batches).""",
+)
+RandomConfig = RandomPruning.Config
+L1NormConfig = L1NormPruning.Config
+APoZConfig = APoZPruning.Config
+MagnitudeConfig = MagnitudePruning.Config
+TaylorConfig = TaylorPruning.Config

@@ -31,100 +31,21 @@ from __future__ import annotations
 import contextlib
 import functools
 import warnings
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
-from types import MappingProxyType
-from typing import Any, ClassVar
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import torch
 from torch import Tensor, nn
 
-from compactnn._validation import (
-    Rule,
-    check_bool,
-    check_choice,
-    check_float,
-    check_int,
-    check_names,
-    check_per_layer,
-    rule,
-    validate_options,
-)
 from compactnn.errors import ConfigError, UnsupportedLayerError
-from compactnn.methods.base import CompressionData, CompressionResult, Method, MethodConfig
+from compactnn.methods._layerwise_config import DDLRConfig, LayerwiseConfig, NetTrimConfig
+from compactnn.methods._layerwise_solve import _deployed_violation, _solve_one, _stats, _unconverged
+from compactnn.methods.base import CompressionData, CompressionResult, Method
+
+if TYPE_CHECKING:
+    from compactnn.methods.slr import SLRConfig
 
 __all__ = ["LayerwiseConfig", "DDLRConfig", "NetTrimConfig", "DDLR", "NetTrim", "default_layers"]
-
-_PARALLEL = ("serial", "joblib", "dask")
-
-
-def _option_types() -> tuple[type, ...]:
-    """Options types of every backend of every registered layer solver."""
-    from compactnn.solvers.layerwise import LAYER_SOLVERS
-
-    out: dict[type, None] = {}
-    for cls in LAYER_SOLVERS.values():
-        for row in cls.backend_table.values():
-            if row.options_type is not None:
-                out[row.options_type] = None
-    return tuple(out)
-
-
-def _check_options(value: Any, name: str, owner: str) -> Any:
-    """``None`` or a layer-solver options object (matched with ``backend`` in
-    ``__post_init__`` against the solver's declared backend table)."""
-    if value is None:
-        return None
-    types = _option_types()
-    if not isinstance(value, types):
-        raise ConfigError(
-            f"The '{name}' parameter of {owner} must be one of "
-            f"{', '.join(t.__name__ for t in types)} (matching 'backend'), or None. "
-            f"Got {value!r} instead."
-        )
-    return value
-
-
-def _check_backend(value: Any, name: str, owner: str) -> str:
-    """A backend name (checked against the solver's declared backends in ``__post_init__``)."""
-    if not isinstance(value, str) or not value:
-        raise ConfigError(
-            f"The '{name}' parameter of {owner} must be a backend name (str). Got {value!r} "
-            "instead."
-        )
-    return value
-
-
-def _check_scheduler(value: Any, name: str, owner: str) -> str:
-    """A Dask scheduler address such as ``"tcp://10.0.0.5:8786"`` (checked when connecting)."""
-    if not isinstance(value, str) or not value.strip() or any(c.isspace() for c in value):
-        raise ConfigError(
-            f"The '{name}' parameter of {owner} must be the address of a Dask scheduler "
-            f"(a str such as 'tcp://10.0.0.5:8786'), or None for a local cluster. Got {value!r} "
-            "instead."
-        )
-    return value
-
-
-def check_parallel(cfg: Any) -> None:
-    """Cross-option checks of the parallel options (``parallel``, ``scheduler``,
-    ``asymmetric``), shared by every layer-wise config."""
-    owner = cfg.owner
-    if cfg.scheduler is not None and cfg.parallel != "dask":
-        raise ConfigError(
-            f"{owner}: 'scheduler' is the address of a Dask scheduler; pass parallel='dask' with "
-            f"it (got parallel={cfg.parallel!r})."
-        )
-    off = {"asymmetric": False, "cascade": None}  # the options that make the solves sequential
-    on = [k for k, v in off.items() if getattr(cfg, k, v) != v]
-    if on and cfg.parallel != "serial":
-        raise ConfigError(
-            f"{owner}: {' and '.join(f'{k}={getattr(cfg, k)}' for k in on)} solves the layers "
-            "one after another (each layer's problem is built on the input of the model the "
-            f"earlier layers left), so they cannot be solved in parallel (parallel="
-            f"{cfg.parallel!r}). Pass {' and '.join(f'{k}={off[k]}' for k in on)} to solve every "
-            "layer from the original model in parallel, or parallel='serial'."
-        )
 
 
 def default_layers(model: nn.Module, example_input: Tensor | None = None) -> list[str]:
@@ -154,232 +75,19 @@ def default_layers(model: nn.Module, example_input: Tensor | None = None) -> lis
     return out
 
 
-@dataclass(frozen=True)
-class LayerwiseConfig(MethodConfig):
-    r"""Hyper-parameters shared by DDLR and Net-Trim.
-
-    Attributes:
-        layers: dotted names of the layers to compress (default: every Linear/Conv2d followed by
-            a ReLU, except the classifier).
-        eps_frac: :math:`\epsilon_\ell = \text{eps\_frac}\cdot\|X_\ell\|_F`, the tolerance
-            of the constraint of eq. (4) (paper: values in ``[0.01, 0.6]``); a float > 0, a
-            list with one value per layer or a dict layer -> value.
-        backend: ``"admm"`` (own first-order solver, default) or ``"cvxpy"`` (CVXPY + SCS).
-        options: :class:`~compactnn.solvers.layerwise.ADMMOptions` or
-            :class:`~compactnn.solvers.layerwise.CvxpyOptions` matching ``backend`` (``None``:
-            the backend's defaults).
-        n_jobs: worker processes for ``parallel="joblib"``, or of the local Dask cluster
-            (``parallel="dask"`` without ``scheduler``).
-        parallel: ``"serial"``, ``"joblib"`` or ``"dask"``: the layers are solved independently
-            (Algorithm 1), one task per layer, with identical results on every backend. With
-            ``"dask"`` and no ``scheduler`` a :class:`distributed.LocalCluster` of ``n_jobs``
-            single-threaded worker processes on ``127.0.0.1`` (dashboard off) is started and
-            closed. Not with ``asymmetric=True`` (sequential by nature: refused).
-        scheduler: address of a running Dask scheduler (``"tcp://10.0.0.5:8786"``) to solve
-            on, with ``parallel="dask"``; its workers are used (``n_jobs`` ignored) and it is
-            left running. Each layer's captured ``X``, ``Y`` are sent once, client to worker.
-        scheduler_timeout: seconds to wait for the scheduler before a clear error.
-        max_in_flight: Dask only: layers whose data are on the cluster at once (``None``: one
-            per worker thread), which bounds a worker's memory to about that many layers'
-            ``X``, ``Y`` (``max_rows`` rows each) plus their solver workspace.
-        max_rows: rows (samples, or sample x output positions for conv) captured per layer, a
-            uniform random subset: the paper's :math:`N`. ``None`` keeps all.
-        calib_batches: calibration batches run through the model (``None``: the whole loader).
-        linear: accept target layers not followed by a ReLU, with the linear variant
-            :math:`\|XU + \mathbf{1}b^T - Y\|_F \le \epsilon` (no mask, no inequality).
-        asymmetric: solve layers in forward order, capturing :math:`X_\ell` from the model whose
-            earlier target layers are already compressed (targets :math:`Y_\ell` from the
-            original).
-        cascade: the inflation rate :math:`\gamma \ge 1` of cascade Net-Trim (Aghasi et al.,
-            sec. 2.2), or ``None`` (default: the parallel scheme). Layers are solved in forward
-            order on :math:`\hat X_\ell` from the partly compressed model (as ``asymmetric``);
-            the first target layer uses ``eps_frac``, every later one
-            :math:`\epsilon_\ell = \gamma\,\|(\hat X_\ell W_0^T + \mathbf{1}b^T - Y_\ell)\circ M\|_F`
-            and the inactive bound :math:`(\hat X_\ell U + \mathbf{1}b^T)\circ M' \le
-            (\hat X_\ell W_0^T + \mathbf{1}b^T)\circ M'`, so the original weights stay
-            feasible (``eps_frac`` is used where that residual is 0). Under a budget target the
-            search moves the first layer's ``eps_frac``; the later tolerances follow.
-        seed: seed of the row subsampling.
-    """
-
-    layers: tuple[str, ...] | None = None
-    eps_frac: Any = 0.1
-    backend: str = "admm"
-    options: Any = None
-    n_jobs: int = 1
-    parallel: str = "serial"
-    scheduler: str | None = None
-    scheduler_timeout: float = 10.0
-    max_in_flight: int | None = None
-    max_rows: int | None = 4096
-    calib_batches: int | None = 8
-    linear: bool = False
-    asymmetric: bool = False
-    cascade: float | None = None
-    seed: int = 0
-
-    owner: ClassVar[str] = "layer-wise method"
-    rules: ClassVar[Mapping[str, Rule]] = MappingProxyType(
-        {
-            "layers": rule(check_names, optional=True),
-            "eps_frac": rule(check_per_layer, min_value=0.0, min_inclusive=False),
-            "backend": rule(_check_backend),
-            "options": rule(_check_options),
-            "n_jobs": rule(check_int, min_value=1),
-            "parallel": rule(check_choice, choices=_PARALLEL),
-            "scheduler": rule(_check_scheduler, optional=True),
-            "scheduler_timeout": rule(check_float, min_value=0.0, min_inclusive=False),
-            "max_in_flight": rule(check_int, optional=True, min_value=1),
-            "max_rows": rule(check_int, optional=True, min_value=1),
-            "calib_batches": rule(check_int, optional=True, min_value=1),
-            "linear": rule(check_bool),
-            "asymmetric": rule(check_bool),
-            "cascade": rule(check_float, optional=True, min_value=1.0),
-            "seed": rule(check_int, min_value=0),
-        }
-    )
-
-    #: registry name of the layer solver whose declared backends/options are accepted
-    solver_name: ClassVar[str] = "ddlr"
-
-    def __post_init__(self) -> None:
-        validate_options(self, self.owner, self.rules)
-        check_parallel(self)
-        from compactnn.solvers.layerwise import LAYER_SOLVERS
-
-        solver = LAYER_SOLVERS[self.solver_name]
-        backends = solver.capabilities.backends
-        if self.backend not in backends:
-            raise ConfigError(
-                f"The 'backend' parameter of {self.owner} must be one of "
-                f"{', '.join(repr(b) for b in backends)} (the backends the "
-                f"'{self.solver_name}' layer solver declares). Got {self.backend!r} instead."
-            )
-        want = solver.backend_table[self.backend].options_type
-        if self.options is not None and (want is None or not isinstance(self.options, want)):
-            need = "None" if want is None else f"a {want.__name__}"
-            raise ConfigError(
-                f"The 'options' parameter of {self.owner} must be {need} for "
-                f"backend='{self.backend}' (or None). Got {type(self.options).__name__} "
-                "instead."
-            )
+#: the config of a layer-wise method: DDLR's, Net-Trim's or SLR's (not a LayerwiseConfig)
+LC = TypeVar("LC", bound="LayerwiseConfig | SLRConfig")
 
 
-def _unconverged(r: Any) -> str:
-    """What a layer that did not converge missed: the relative constraint violation of a
-    constrained solve (Net-Trim, DDLR), or the ADMM residuals of a penalised one (SLR: no
-    constraint, so a violation of 0 said nothing)."""
-    ex = r.extras or {}
-    if "primal_residual" in ex and not r.constraint_violation:
-        return (
-            f"{r.status} after {r.iterations} iterations, residuals primal "
-            f"{ex['primal_residual']:.3g} / dual {ex['dual_residual']:.3g}"
-        )
-    return f"{r.status}, relative constraint violation {r.constraint_violation:.3g}"
-
-
-@dataclass(frozen=True)
-class DDLRConfig(LayerwiseConfig):
-    r"""DDLR hyper-parameters (see :class:`LayerwiseConfig` for the shared ones).
-
-    Attributes:
-        rank: keep exactly this rank :math:`r` in every layer (clipped to ``min(d, n)``)
-            instead of the elbow rule; or a dict layer -> rank (layers not in it use the elbow
-            rule). A budget target sets this dict.
-        energy: keep the smallest :math:`r` with
-            :math:`\sum_{i\le r}\sigma_i^2 \ge \text{energy}\sum_i\sigma_i^2`.
-        dense_fallback: when :math:`r(d+n) \ge dn` the factorization would be larger than the
-            dense layer; store the rank-:math:`r` weight densely instead (``False``: always
-            factorize).
-        conv: with ``layers=None``, compress the Conv2d layers too (default ``False``: the
-            dense layers only, as the paper does, sec. 4).
-
-    With neither ``rank`` nor ``energy`` the paper's elbow rule is used (sec. 4.1).
-    """
-
-    rank: Any = None
-    energy: float | None = None
-    dense_fallback: bool = True
-    conv: bool = False
-
-    owner: ClassVar[str] = "DDLR"
-    rules: ClassVar[Mapping[str, Rule]] = MappingProxyType(
-        {
-            **LayerwiseConfig.rules,
-            "rank": rule(
-                check_per_layer, optional=True, check=check_int, forms=("one", "dict"), min_value=1
-            ),
-            "energy": rule(
-                check_float, optional=True, min_value=0.0, max_value=1.0, min_inclusive=False
-            ),
-            "dense_fallback": rule(check_bool),
-            "conv": rule(check_bool),
-        }
-    )
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.rank is not None and self.energy is not None:
-            raise ConfigError("DDLR: pass either 'rank' or 'energy' (or neither: elbow), not both.")
-
-
-@dataclass(frozen=True)
-class NetTrimConfig(LayerwiseConfig):
-    """Net-Trim hyper-parameters (see :class:`LayerwiseConfig` for the shared ones).
-
-    Attributes:
-        zero_tol: entries with ``|U_ij| <= zero_tol * max|U|`` are set to 0 after solving
-            (``None``: 3e-4 for every backend, so the deployed size does not depend on it).
-        refit_bias: re-fit the bias with the weights (Aghasi et al.: augmented ones column;
-            default ``True``); ``False`` holds the layer's bias fixed.
-        conv: with ``layers=None``, compress the Conv2d layers too (default ``False``: the
-            dense layers only, like DDLR in the paper it is the baseline of).
-    """
-
-    zero_tol: float | None = None
-    refit_bias: bool = True
-    conv: bool = False
-
-    owner: ClassVar[str] = "Net-Trim"
-    solver_name: ClassVar[str] = "net-trim"
-    rules: ClassVar[Mapping[str, Rule]] = MappingProxyType(
-        {
-            **LayerwiseConfig.rules,
-            "zero_tol": rule(check_float, optional=True, min_value=0.0, max_value=1.0),
-            "refit_bias": rule(check_bool),
-            "conv": rule(check_bool),
-        }
-    )
-
-
-def _solve_one(
-    X: Tensor,
-    Y: Tensor,
-    bias: Tensor | None,
-    *,
-    linear: bool,
-    layer: str,
-    solver: Any,
-    per_layer: Mapping[str, Mapping[str, Any]],
-    backend: str,
-    options: Any,
-    ceiling: Tensor | None = None,
-) -> Any:
-    """Picklable per-layer solve for :func:`~compactnn.solvers.layerwise.solve_layers`: the
-    method's :class:`~compactnn.solvers.layerwise.LayerSolver` with this layer's
-    hyper-parameters (``per_layer[layer]``, e.g. its ``eps_frac``)."""
-    from compactnn.solvers.layerwise import LayerProblem
-
-    return solver.with_params(**per_layer.get(layer, {})).solve(
-        LayerProblem(X, Y, bias, linear, ceiling), backend=backend, options=options, layer=layer
-    )
-
-
-class _Layerwise(Method):
+class _Layerwise(Method[LC]):
     """Shared flow: capture -> one LayerProblem per layer -> solve -> plan -> surgery."""
 
     needs_training_data: ClassVar[bool] = True
     solver_name: ClassVar[str] = ""
+    #: the layers a budget search already solved (the same solve), reused by the run
+    _presolved: Any = None
+    #: the Dask client of a budget search, shared by its trials (closed with the search)
+    _dask: Any = None
 
     # ------------------------------------------------------------------ checks
     def _folded(
@@ -393,7 +101,7 @@ class _Layerwise(Method):
         from compactnn import surgery
         from compactnn.plan import CompressionPlan, FoldBatchNorm
 
-        cfg: LayerwiseConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
 
         def fold(pairs: dict[str, str]) -> tuple[nn.Module, list[Any]]:
             folds = [FoldBatchNorm(k, v) for k, v in pairs.items()]
@@ -421,7 +129,7 @@ class _Layerwise(Method):
         and, per layer, whether it is linear (no ReLU after it)."""
         from compactnn.capture import following_activation
 
-        cfg: LayerwiseConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         layers = list(cfg.layers) if cfg.layers is not None else default_layers(model, example)
         mods = dict(model.named_modules())
         if cfg.layers is None and not getattr(cfg, "conv", True):
@@ -461,7 +169,7 @@ class _Layerwise(Method):
     def _eps(self, layers: list[str]) -> dict[str, float]:
         from compactnn.methods._common import per_layer_values
 
-        cfg: LayerwiseConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         # a list of eps values follows the user's order of layers=, not the forward order
         order = list(cfg.layers) if cfg.layers is not None else layers
         return per_layer_values(cfg.eps_frac, order, "eps_frac", self.name)
@@ -475,7 +183,7 @@ class _Layerwise(Method):
         """
         from compactnn.solvers.layerwise import get_layer_solver
 
-        cfg: LayerwiseConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         per_layer = {n: {"eps_frac": e} for n, e in eps.items()}
         solver = get_layer_solver(self.solver_name)
         shared = {
@@ -493,7 +201,7 @@ class _Layerwise(Method):
         """A context yielding a ``distributed.Client`` for this method's options."""
         from compactnn.solvers.layerwise import dask_client
 
-        cfg: LayerwiseConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         return dask_client(
             cfg.scheduler, n_workers=cfg.n_jobs, timeout=cfg.scheduler_timeout, owner=self.name
         )
@@ -503,9 +211,9 @@ class _Layerwise(Method):
         """With ``parallel="dask"``: connect to the scheduler (or start the local cluster)
         *before* any capture, so a bad address fails fast; the solves of this run reuse it.
         Nothing is started when a budget search already solved the layers (``_presolved``)."""
-        cfg: LayerwiseConfig = self.config  # type: ignore[assignment]
-        busy = getattr(self, "_dask", None) is not None
-        if cfg.parallel != "dask" or busy or getattr(self, "_presolved", None) is not None:
+        cfg = self.config
+        busy = self._dask is not None
+        if cfg.parallel != "dask" or busy or self._presolved is not None:
             yield
             return
         with self._dask_client() as client:
@@ -518,7 +226,7 @@ class _Layerwise(Method):
     def _solve_all(self, problems: dict[str, Any], solver: Any, progress: bool) -> dict[str, Any]:
         from compactnn.solvers.layerwise import solve_layers
 
-        cfg: LayerwiseConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         if cfg.parallel != "dask":
             return solve_layers(
                 problems, solver, n_jobs=cfg.n_jobs, backend=cfg.parallel, progress=progress
@@ -530,7 +238,7 @@ class _Layerwise(Method):
                 max_in_flight=cfg.max_in_flight, progress=progress,
             )  # fmt: skip
 
-        client = getattr(self, "_dask", None)
+        client = self._dask
         if client is not None:
             return solve(client)
         with self._dask_client() as client:
@@ -545,7 +253,7 @@ class _Layerwise(Method):
     def _batches(self, data: CompressionData, model: nn.Module) -> list[Tensor]:
         from compactnn.structure import module_device
 
-        cfg: LayerwiseConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         batches = list(data.calib_batches(cfg.calib_batches, device=module_device(model)))
         if not batches:
             raise ConfigError(
@@ -562,7 +270,7 @@ class _Layerwise(Method):
     def _sequential(self) -> bool:
         """Layers solved in forward order on the partly compressed model (``asymmetric`` or
         cascade Net-Trim), not independently."""
-        return bool(self.config.asymmetric) or self._inflation() is not None  # type: ignore[attr-defined]
+        return bool(self.config.asymmetric) or self._inflation() is not None
 
     def _inflation(self) -> float | None:
         """Cascade Net-Trim's inflation rate (``None``: parallel scheme; SLR has no epsilon)."""
@@ -576,7 +284,7 @@ class _Layerwise(Method):
         """
         from dataclasses import replace
 
-        cfg: LayerwiseConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         X = prob.X.detach().to(torch.float64)
         Y = prob.Y.detach().to(torch.float64)
         W0 = module.weight.detach().to(X.device, torch.float64).reshape(Y.shape[1], -1)
@@ -595,7 +303,7 @@ class _Layerwise(Method):
         """One :class:`LayerProblem` per layer, all captured from the original model."""
         from compactnn.capture import collect
 
-        cfg: LayerwiseConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         mods = dict(model.named_modules())
         ios = collect(model, layers, batches, max_rows=cfg.max_rows, seed=cfg.seed)
         return {n: self._problem(mods[n], ios[n], linear[n]) for n in layers}
@@ -617,7 +325,7 @@ class _Layerwise(Method):
         progress: bool,
     ) -> tuple[list[Any], dict[str, Any], dict[str, Any], dict[str, Any]]:  # fmt: skip
         problems = self._problems(model, layers, linear, batches)
-        presolved = getattr(self, "_presolved", None)  # set by a budget search (same solve)
+        presolved = self._presolved  # set by a budget search (same solve)
         if presolved is not None and list(presolved) == layers:
             results = presolved
         else:
@@ -640,7 +348,7 @@ class _Layerwise(Method):
         from compactnn.plan import CompressionPlan
         from compactnn.solvers.layerwise import solve_layers
 
-        cfg: LayerwiseConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         mods = dict(model.named_modules())
         eps = self._eps(layers)
         solver = self._solver(eps)
@@ -674,7 +382,7 @@ class _Layerwise(Method):
         from compactnn import surgery
         from compactnn.plan import CompressionPlan
 
-        cfg: LayerwiseConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         batches = self._batches(data, model)
         model, folds = self._folded(model, batches[0])  # conv -> BN -> ReLU: BN folded first
         layers, linear = self._targets_on(model, batches[0])
@@ -716,38 +424,7 @@ class _Layerwise(Method):
         )
 
 
-def _deployed_violation(prob: Any, Ut: Tensor, eps: float, bias: Tensor | None = None) -> float:
-    """Relative violation of eq. (4) by the *deployed* weight ``Ut`` (d x n), e.g. after the
-    rank truncation (the solver's ``violation`` is measured before it), with the deployed
-    ``bias`` (``None``: the problem's)."""
-    from compactnn.solvers.layerwise import constraint_violation
-
-    X = prob.X.detach().to("cpu", torch.float64)
-    Y = prob.Y.detach().to("cpu", torch.float64)
-    bias = prob.bias if bias is None else bias
-    b = (
-        torch.zeros(Y.shape[1], dtype=torch.float64)
-        if bias is None
-        else bias.detach().to("cpu", torch.float64).reshape(-1)
-    )
-    V = None if prob.ceiling is None else prob.ceiling.detach().to("cpu", torch.float64)
-    XU = X @ Ut.to(torch.float64)
-    return float(constraint_violation(XU, Y, b, eps, prob.linear, V)[0])
-
-
-def _stats(res: Any) -> dict[str, Any]:
-    return {
-        "status": res.status,
-        "objective": float(res.objective),
-        "violation": float(res.constraint_violation),
-        "iterations": int(res.iterations),
-        "seconds": float(res.seconds),
-        "eps": float(res.extras.get("eps", float("nan"))),
-        "backend": res.backend,
-    }
-
-
-class DDLR(_Layerwise):
+class DDLR(_Layerwise[DDLRConfig]):
     r"""Data-Driven Low-Rank compression (Papadimitriou & Jain 2021), no retraining.
 
     Per layer: :math:`\min \|U\|_*` s.t. eq. (4); rank by the elbow rule; the layer becomes
@@ -768,7 +445,7 @@ class DDLR(_Layerwise):
         from compactnn.plan import LowRank, SetWeights
         from compactnn.solvers.layerwise import choose_rank, factorize
 
-        cfg: DDLRConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         U = res.U
         d, n = U.shape
         want = cfg.rank.get(name) if isinstance(cfg.rank, dict) else cfg.rank
@@ -817,7 +494,7 @@ class DDLR(_Layerwise):
 
         def evaluate(s: float) -> dict[str, float]:
             trial = self.with_options(rank=ranks_at(s), energy=None)
-            trial._presolved = solved  # type: ignore[attr-defined]
+            trial._presolved = solved
             res = trial.run(model, data, progress=False)
             return measure(res.model, shape, target.keys).fractions(base)
 
@@ -830,7 +507,7 @@ class DDLR(_Layerwise):
                 f"compressed layer keeps {found.kept}. Compress more layers (layers=) or relax it."
             )
         chosen = self.with_options(rank=ranks_at(found.strength), energy=None)
-        chosen._presolved = solved  # type: ignore[attr-defined]
+        chosen._presolved = solved
         rec = target_record(
             target, found.kept, option="1 - energy kept", strength=found.strength,
             trace=found.trace, seconds=found.seconds,
@@ -838,7 +515,7 @@ class DDLR(_Layerwise):
         return chosen, rec
 
 
-class NetTrim(_Layerwise):
+class NetTrim(_Layerwise[NetTrimConfig]):
     r"""Net-Trim (Aghasi et al. 2017), the DDLR paper's baseline, no retraining.
 
     Per layer: :math:`\min \|U\|_1` s.t. eq. (4); the layer becomes ``SparseLinear`` /
@@ -862,8 +539,8 @@ class NetTrim(_Layerwise):
 
     def at_strength(self, s: float, model: nn.Module, data: CompressionData) -> Method:
         trial = self.with_options(eps_frac=float(s))
-        if getattr(self, "_dask", None) is not None:  # a budget search's cluster (calibrate)
-            trial._dask = self._dask  # type: ignore[attr-defined]
+        if self._dask is not None:  # a budget search's cluster (calibrate)
+            trial._dask = self._dask
         return trial
 
     def calibrate(
@@ -874,7 +551,7 @@ class NetTrim(_Layerwise):
         instead of once per trial)."""
         with self._cluster():
             chosen, rec = super().calibrate(model, data, target, progress=progress)
-        chosen._dask = None  # type: ignore[attr-defined]  # closed with the search
+        chosen._dask = None  # closed with the search
         return chosen, rec
 
     def _action(

@@ -55,13 +55,14 @@ from compactnn._validation import (
     check_bool,
     check_choice,
     check_float,
-    check_int,
     check_per_layer,
     rule,
 )
 from compactnn.errors import ConfigError
+from compactnn.methods._layerwise_config import LayerwiseConfig, validate_layerwise
+from compactnn.methods._options import FINETUNE_RULES
 from compactnn.methods.base import CompressionData, CompressionResult, Method, MethodConfig
-from compactnn.methods.layerwise import LayerwiseConfig, _Layerwise, default_layers
+from compactnn.methods.layerwise import _Layerwise, default_layers
 from compactnn.metrics import _eval_no_grad
 
 __all__ = ["SLR", "SLRConfig", "SLR_FORMS"]
@@ -171,9 +172,7 @@ class SLRConfig(MethodConfig):
             "skip_first": rule(check_bool),
             "fc_sparse_only": rule(check_bool),
             "form": rule(check_choice, choices=SLR_FORMS),
-            "finetune_epochs": rule(check_int, min_value=0),
-            "finetune_lr": rule(check_float, min_value=0.0, min_inclusive=False),
-            "finetune_steps_per_epoch": rule(check_int, optional=True, min_value=1),
+            **{k: v for k, v in FINETUNE_RULES.items() if k != "finetune_distill"},
             "share": rule(
                 check_per_layer, optional=True, min_value=0.0, max_value=1.0, min_inclusive=False
             ),  # fmt: skip
@@ -181,7 +180,7 @@ class SLRConfig(MethodConfig):
     )
 
     def __post_init__(self) -> None:
-        LayerwiseConfig.__post_init__(self)  # type: ignore[arg-type]  # rules + backend table
+        validate_layerwise(self)  # rules + backend table
         if self.share is not None and self.backend != "admm":
             raise ConfigError(
                 f"SLR: share= (a per-layer budget) needs backend='admm' (got {self.backend!r}); "
@@ -201,7 +200,7 @@ def _lowrank_factors(B: Tensor) -> tuple[Tensor, Tensor, int]:
     return root[:, None] * Vh[:r], U[:, :r] * root, r
 
 
-class SLR(_Layerwise):
+class SLR(_Layerwise[SLRConfig]):
     r"""Unified sparse + low-rank approximation (Ma et al. 2019), see the module docstring.
 
     References:
@@ -218,7 +217,7 @@ class SLR(_Layerwise):
     def _targets_on(
         self, model: nn.Module, example: Tensor | None = None
     ) -> tuple[list[str], dict[str, bool]]:
-        cfg: SLRConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         if cfg.layers is None and cfg.skip_first:
             from compactnn.graph import discover
 
@@ -240,7 +239,7 @@ class SLR(_Layerwise):
         """Per-layer ``{"lam1", "lam2"}`` (the shared flow calls this for its per-layer values)."""
         from compactnn.methods._common import per_layer_values
 
-        cfg: SLRConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         order = list(cfg.layers) if cfg.layers is not None else layers
         lam1 = per_layer_values(cfg.lam1, order, "lam1", self.name)
         lam2 = None if cfg.lam2 is None else per_layer_values(cfg.lam2, order, "lam2", self.name)
@@ -262,10 +261,10 @@ class SLR(_Layerwise):
     def _solver(self, eps: dict[str, Any]) -> Any:
         import functools
 
-        from compactnn.methods.layerwise import _solve_one
+        from compactnn.methods._layerwise_solve import _solve_one
         from compactnn.solvers.layerwise import get_layer_solver
 
-        cfg: SLRConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         relu = False if cfg.response == "linear" else None
         solver = get_layer_solver("slr", t=cfg.t, scale=cfg.scale, relu=relu)
         return functools.partial(
@@ -278,7 +277,7 @@ class SLR(_Layerwise):
     ) -> tuple[Any, dict[str, Any]]:
         from compactnn.plan import LowRank, SetWeights, SparseLowRank
 
-        cfg: SLRConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         A = res.extras["A"]
         B = res.extras["B"]
         n, d = A.shape
@@ -396,7 +395,7 @@ class SLR(_Layerwise):
     ) -> CompressionResult:
         from compactnn.methods._common import finetune_model
 
-        cfg: SLRConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         t0 = time.perf_counter()
         from compactnn.structure import module_device
 
@@ -451,7 +450,7 @@ class SLR(_Layerwise):
                 # the dense form computes every dropped column: a timing that picks it (LeNet's
                 # conv2 under load, 2026-12-04) keeps 83 % of the MACs at any strength and the
                 # MACs budget becomes unreachable. Under a MACs target the fastest sparse form.
-                method = self.with_options(form="auto-sparse")  # type: ignore[assignment]
+                method = self.with_options(form="auto-sparse")
             return super(SLR, method).calibrate(model, data, target, progress=progress)
         t0 = time.perf_counter()
         shape = data.require_input_shape(self.name)

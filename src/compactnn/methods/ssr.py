@@ -20,26 +20,12 @@ References:
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
-from dataclasses import dataclass
-from types import MappingProxyType
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from compactnn._validation import (
-    Rule,
-    check_bool,
-    check_choice,
-    check_float,
-    check_int,
-    check_names,
-    check_per_layer,
-    rule,
-    validate_options,
-)
 from compactnn.errors import ConfigError
 from compactnn.methods._common import (
     add_gap_head,
@@ -51,44 +37,12 @@ from compactnn.methods._common import (
     prune_filters,
     replay_plan,
 )
-from compactnn.methods._engine import (
-    ENGINE_RULES,
-    EngineOptions,
-    EngineSettings,
-    budgeted_run,
-    engine_calibrate,
-)
-from compactnn.methods.base import CompressionData, CompressionResult, Method, MethodConfig
+from compactnn.methods._engine import EngineSettings, budgeted_run, engine_calibrate
+from compactnn.methods._ssr_config import _PENALTIES, SSRConfig
+from compactnn.methods.base import CompressionData, CompressionResult, Method
 from compactnn.train import apply_masks, zero_masks
 
 __all__ = ["SSR", "SSRConfig"]
-
-_PENALTIES = {"l21": "l21", "l2,1": "l21", "l20": "l20", "l2,0": "l20", "l1": "l1"}
-
-
-def _check_lam_path(value: Any, name: str, owner: str) -> tuple[Any, ...]:
-    """Algorithm 1's set S: a non-empty list of lambda settings, each checked like ``lam``."""
-    if not isinstance(value, (list, tuple)) or len(value) == 0:
-        raise ConfigError(
-            f"The '{name}' parameter of {owner} must be a non-empty list of lambda settings "
-            f"(each a float, a per-layer list or a dict). Got {value!r} instead."
-        )
-    return tuple(
-        check_per_layer(v, f"{name}[{i}]", owner, min_value=0.0) for i, v in enumerate(value)
-    )
-
-
-def _check_name(value: Any, name: str, owner: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise ConfigError(
-            f"The '{name}' parameter of {owner} must be a module name (a non-empty string). "
-            f"Got {value!r} instead."
-        )
-    return value
-
-
-_POSITIVE = {"min_value": 0.0, "min_inclusive": False}
-_FRACTION = {"min_value": 0.0, "max_value": 1.0}
 
 
 def _cut_records(actions: list[Any]) -> list[dict[str, Any]]:
@@ -105,142 +59,13 @@ def _cuts_from_records(records: list[dict[str, Any]]) -> list[Any]:
     return [kinds[r["type"]](r["layer"], tuple(r["keep"])) for r in records]
 
 
-@dataclass(frozen=True)
-class SSRConfig(MethodConfig, EngineOptions):
-    """Hyper-parameters of SSR, validated on construction (``rules``).
-
-    Paper defaults (Lin et al. sec. IV, "Implementations"): ρ = 1, r = 3, K-step SGD with lr
-    1e-3, momentum 0.9, weight decay 5e-4, batch 256 (LeNet/AlexNet; the batch is the user's
-    loader), λ in {0.1, ..., 0.8}; fine-tuning 30 epochs from lr 1e-4 scaled by 0.1 every 10
-    epochs. The defaults below follow the paper for the AULM part; the fine-tuning defaults are
-    a CPU-scale choice and **not** the paper's (2 epochs, lr 1e-3, cosine): pass
-    ``finetune_epochs=30, finetune_lr=1e-4, finetune_schedule="paper"`` for the paper's.
-
-    Attributes:
-        penalty: the regulariser g: ``"l21"`` (eq. 14), ``"l20"`` (eq. 15) or ``"l1"``
-            (eq. 16, unstructured).
-        lam: λ of eq. (3), the structured-sparsity weight: one float >= 0, one per pruned
-            layer (list) or a dict layer -> float.
-        rho: ρ > 0 of the augmented Lagrangian, eq. (4) (paper: 1).
-        overrelax: AULM's Nesterov over-relaxation, eqs. (8)-(9) (False = plain ADMM).
-        r: the constant r >= 3 of γ_k = k / (k + r) in eqs. (8)-(9) (paper: 3).
-        eps: ε > 0 of the stopping rules ||K - F||_F <= ε or ||F_k - F_{k-1}||_F <= ε
-            (Algorithm 1 line 9).
-        max_outer: ξ, at most this many AULM iterations per layer.
-        w_steps: SGD steps per K-step (eq. 11).
-        lr, momentum, weight_decay: SGD of the K-step (paper: 1e-3, 0.9, 5e-4).
-        layers: layers to prune (default: every Conv2d/Linear but the classifier and layers
-            feeding a residual add).
-        train_all: the K-step updates every parameter (default False: only layer l's weight
-            and bias, as eq. (11) minimises over K^l alone).
-        min_keep: never keep fewer filters than this in a layer.
-        finetune_epochs, finetune_lr: global fine-tuning after pruning (Algorithm 1 line 12);
-            defaults 2 and 1e-3 (CPU scale; the paper: 30 and 1e-4).
-        finetune_schedule: learning-rate schedule of the fine-tuning: ``"cosine"`` (default,
-            not the paper's), ``"paper"`` (x0.1 every ``finetune_step_epochs`` epochs, Lin
-            sec. IV), ``"step"`` (x0.1 at 50 % and 75 %) or ``"constant"``.
-        finetune_step_epochs: epochs between two x0.1 drops of ``"paper"`` (paper: 10).
-        finetune_steps_per_epoch: cap on batches per fine-tuning epoch (None = all).
-        finetune_distill: weight alpha in [0, 1] of knowledge distillation from the
-            uncompressed model during the final fine-tuning (0 = plain cross-entropy; see
-            ``TrainConfig``).
-        lam_path: Algorithm 1's set S: a sequence of λ settings (each like ``lam``: a float, a
-            per-layer list or a dict) run in order; after each setting the layers are pruned
-            and the network is fine-tuned (``path_finetune_epochs``), the last setting is
-            followed by the global fine-tuning. ``lam`` is ignored when this is given. Every
-            point is returned: ``history["stages"]`` (λ, filters, validation top-1) and
-            ``history["stage_plans"]`` (a self-contained plan per point but the last, which is
-            the result), for picking the trade-off on validation.
-        path_finetune_epochs: fine-tuning epochs between two λ settings of ``lam_path``.
-        gap: the paper's "SSR-...-GAP" models (sec. IV-B/C, Tables III-IV): after the conv
-            layers are pruned, the FC head is replaced by global average pooling and one
-            ``Linear(c, classes)`` (:class:`~compactnn.plan.GapHead` with ``linear=True``),
-            fitted by least squares to the uncompressed model's logits on up to
-            ``gap_fit_samples`` training samples, then fine-tuned with the rest of the
-            network. Only conv layers are pruned (default: the prunable convs).
-        gap_flatten: the ``nn.Flatten`` between the last conv stage and the FC head (default:
-            the model's only ``nn.Flatten``).
-        gap_classifier: the modules of the FC head to remove (default: every leaf module
-            registered after ``gap_flatten``).
-        gap_fit_samples: training samples for the least-squares fit of the new classifier.
-        seed: seeds the SGD steps (int >= 0).
-    """
-
-    penalty: str = "l21"
-    lam: Any = 0.5
-    rho: float = 1.0
-    overrelax: bool = True
-    r: int = 3
-    eps: float = 1e-3
-    max_outer: int = 10
-    w_steps: int = 100
-    lr: float = 1e-3
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    layers: tuple[str, ...] | None = None
-    train_all: bool = False
-    min_keep: int = 1
-    finetune_epochs: int = 2
-    finetune_lr: float = 1e-3
-    finetune_steps_per_epoch: int | None = None
-    finetune_distill: float = 0.0
-    finetune_schedule: str = "cosine"
-    finetune_step_epochs: int = 10
-    lam_path: tuple[Any, ...] | None = None
-    path_finetune_epochs: int = 1
-    gap: bool = False
-    gap_flatten: str | None = None
-    gap_classifier: tuple[str, ...] | None = None
-    gap_fit_samples: int = 2048
-    seed: int = 0
-
-    owner: ClassVar[str] = "SSR"
-    rules: ClassVar[Mapping[str, Rule]] = MappingProxyType(
-        {
-            "penalty": rule(check_choice, choices=tuple(_PENALTIES)),
-            "lam": rule(check_per_layer, min_value=0.0),
-            "rho": rule(check_float, **_POSITIVE),
-            "overrelax": rule(check_bool),
-            "r": rule(check_int, min_value=3),
-            "eps": rule(check_float, **_POSITIVE),
-            "max_outer": rule(check_int, min_value=1),
-            "w_steps": rule(check_int, min_value=1),
-            "lr": rule(check_float, **_POSITIVE),
-            "momentum": rule(check_float, **_FRACTION),
-            "weight_decay": rule(check_float, min_value=0.0),
-            "layers": rule(check_names, optional=True),
-            "train_all": rule(check_bool),
-            "min_keep": rule(check_int, min_value=1),
-            "finetune_epochs": rule(check_int, min_value=0),
-            "finetune_lr": rule(check_float, **_POSITIVE),
-            "finetune_steps_per_epoch": rule(check_int, optional=True, min_value=1),
-            "finetune_distill": rule(check_float, **_FRACTION),
-            "finetune_schedule": rule(
-                check_choice, choices=("cosine", "paper", "step", "constant")
-            ),
-            "finetune_step_epochs": rule(check_int, min_value=1),
-            "lam_path": rule(_check_lam_path, optional=True),
-            "path_finetune_epochs": rule(check_int, min_value=0),
-            "gap": rule(check_bool),
-            "gap_flatten": rule(_check_name, optional=True),
-            "gap_classifier": rule(check_names, optional=True),
-            "gap_fit_samples": rule(check_int, min_value=1),
-            "seed": rule(check_int, min_value=0),
-            **ENGINE_RULES,
-        }
-    )
-
-    def __post_init__(self) -> None:
-        validate_options(self, self.owner, self.rules)
-
-
 def _zero_masks_of(model: nn.Module, layers: tuple[str, ...]) -> dict[str, torch.Tensor]:
     """:func:`~compactnn.train.zero_masks` restricted to the weights of ``layers``."""
     wanted = {f"{n}.weight" for n in layers}
     return {k: v for k, v in zero_masks(model).items() if k in wanted}
 
 
-class SSR(Method):
+class SSR(Method[SSRConfig]):
     """Filter pruning by structured sparsity regularisation, solved layer by layer with AULM."""
 
     name = "ssr"
@@ -252,7 +77,7 @@ class SSR(Method):
         """SSR's penalty and K-step SGD for the budgeted engine (a target is met by one joint
         run, :mod:`compactnn.methods._engine`; l1 and ``lam_path`` / ``gap`` keep the paper's
         fixed-λ protocol)."""
-        cfg: SSRConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         pen = _PENALTIES[cfg.penalty]
         if pen == "l1" or cfg.lam_path is not None or cfg.gap:
             raise ConfigError(
@@ -276,7 +101,7 @@ class SSR(Method):
     def _layers(self, model: nn.Module, shape: Any) -> list[str]:
         """The layers to prune: ``layers`` or the defaults (with ``gap``: the convs only, since
         the FC head is replaced), checked to exist."""
-        cfg: SSRConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         layers = (
             list(cfg.layers)
             if cfg.layers is not None
@@ -302,7 +127,7 @@ class SSR(Method):
         from compactnn import surgery
         from compactnn.plan import CompressionPlan, GapHead
 
-        cfg: SSRConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         mods = dict(model.named_modules())
         flatten = cfg.gap_flatten
         if flatten is None:
@@ -360,7 +185,7 @@ class SSR(Method):
         eqs. (14)-(16), dual and over-relaxation eqs. (7)-(9), until the stopping rule."""
         from compactnn.solvers.training import ADMMConfig, ADMMEngine, run_admm
 
-        cfg: SSRConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         penalty = _PENALTIES[cfg.penalty]
         mod = dict(current.named_modules())[layer]
         engine = ADMMEngine(
@@ -407,7 +232,7 @@ class SSR(Method):
         The cut's action (indices into the model as the earlier cuts left it; coupled layers
         follow) is appended to ``actions``: the run's plan is this sequence, so a layer already
         cut as another's coupling partner is replayed exactly."""
-        cfg: SSRConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         F = res.engine.state.F[f"{layer}.weight"].detach()
         record: dict[str, Any] = {"outer_iterations": res.n_iter}
         if _PENALTIES[cfg.penalty] == "l1":
@@ -443,7 +268,7 @@ class SSR(Method):
         ``saved(current, si, next_li, record)`` checkpoints after every layer."""
         from compactnn import distributed
 
-        cfg: SSRConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         l1 = _PENALTIES[cfg.penalty] == "l1"
         desc = "SSR layers" if si == 0 else f"SSR layers (lambda stage {si + 1})"
         record = dict(record or {})
@@ -481,7 +306,7 @@ class SSR(Method):
         """Global fine-tuning of the pruned network from ``finetune_lr`` with
         ``finetune_schedule`` (``"paper"``: constant-lr chunks of ``finetune_step_epochs``,
         lr x0.1 after each)."""
-        cfg: SSRConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         if cfg.finetune_schedule == "paper":
             step = cfg.finetune_step_epochs
             chunks = [(min(step, epochs - e), e // step) for e in range(0, epochs, step)]
@@ -517,7 +342,7 @@ class SSR(Method):
         """Every lambda setting of Algorithm 1's S in turn, fine-tuning between two (line 12)."""
         from compactnn import resume
 
-        cfg: SSRConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         penalty = _PENALTIES[cfg.penalty]
         history: dict[str, Any] = {"layers": {}, "lam": stages[-1], "penalty": penalty}
         history["stages"] = []
@@ -591,7 +416,7 @@ class SSR(Method):
     def run(
         self, model: nn.Module, data: CompressionData, *, progress: bool = True
     ) -> CompressionResult:
-        cfg: SSRConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         loader = data.require_train(self.name)
         shape = data.require_input_shape(self.name)
         layers = self._layers(model, shape)
