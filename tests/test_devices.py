@@ -37,7 +37,7 @@ _ENGINE_CPU = (
 
 # (file under src/compactnn, enclosing function) -> why a default-device tensor is right there
 ALLOWED: dict[tuple[str, str], str] = {
-    ("api.py", "split_loader"): "index permutation of a CPU dataset (CPU generator, seeded)",
+    ("api/inputs.py", "split_loader"): "index permutation of a CPU dataset (CPU generator, seeded)",
     ("capture.py", "select"): "reservoir slots on CPU; record() moves them to the data's device",
     ("cli.py", "_samples"): "latency samples when no data is given; the model is moved to CPU "
     "for the CLI's ONNX / TorchScript artifacts",
