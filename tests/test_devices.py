@@ -55,7 +55,10 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("methods/_engine_run.py", "project"): _ENGINE_CPU,
     ("methods/_engine_run.py", "cut"): _ENGINE_CPU,
     ("methods/_engine_alloc.py", "_final_selection"): _ENGINE_CPU,
-    ("methods/_pgt_neurons.py", "state_dict"): "the step count of the checkpoint (a Python int as a "
+    (
+        "methods/_pgt_neurons.py",
+        "state_dict",
+    ): "the step count of the checkpoint (a Python int as a "
     "tensor for safetensors, never mixed with the model)",
     ("surgery/_util.py", "example_inputs_for"): "probe from a CPU generator, moved to the "
     "model's device/dtype on the next line",

@@ -73,7 +73,6 @@ def train_model(
     return model, hist, train_loader, test_loader
 
 
-
 #: the demo's baseline, shipped as package data (trained once by the command in its sidecar)
 DEMO_WEIGHTS = "lenet-caffe-mnist-seed0.safetensors"
 
