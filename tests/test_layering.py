@@ -1,10 +1,11 @@
-"""Imports inside compactnn point one way: down the ordered list of DESIGN.md's package layout.
+"""Imports inside compactnn point one way: down the ordered list of docs/design.md's layout.
 
 Every module under ``src/compactnn/`` is parsed with :mod:`ast`; every import of a compactnn
 module -- at module level or inside a function (lazy), ``importlib.import_module("compactnn.x")``
 and registry strings such as ``"compactnn.methods.ssr:SSR"`` included -- must point to a module
 at the same or a lower level of :data:`LEVELS`. A package (``prox/``, ``solvers/``, ``surgery/``,
 ``methods/``) is one level, and a module may import anything within its own package.
+Module by module (inside packages too), the imports a module runs form no cycle.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "compactnn"
 
-# Lowest first (levels may name modules not written yet): DESIGN.md's order, except that graph sits below capture (which finds each
+# Lowest first (levels may name modules not written yet): docs/design.md's order, except that graph sits below capture (which finds each
 # layer's consumers with it) and metrics (which imports only errors and _validation) below budget
 # (which measures params / MACs / latency with it).
 LEVELS: list[str] = [
@@ -159,3 +160,70 @@ def test_imports_point_down(path: Path) -> None:
             f"{me} lines {dynamic}: importlib.import_module with a computed name cannot be "
             "checked; use a literal module name"
         )
+
+
+def _type_only_lines(path: Path) -> set[int]:
+    """The lines of ``if TYPE_CHECKING:`` blocks: imports for annotations, never executed."""
+    lines: set[int] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        test = getattr(node, "test", None)
+        name = getattr(test, "id", None) or getattr(test, "attr", None)
+        if isinstance(node, ast.If) and name == "TYPE_CHECKING":
+            lines |= set(range(node.lineno, (node.end_lineno or node.lineno) + 1))
+    return lines
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """Module -> the compactnn modules it imports when it runs (module level, lazy imports
+    inside functions and registry strings; not the annotation-only ``TYPE_CHECKING`` ones)."""
+    graph: dict[str, set[str]] = {}
+    for path in _modules():
+        me = _module_name(path)
+        found, _ = _imports(path)
+        skip = _type_only_lines(path)
+        graph[me] = {target for line, target in found if target != me and line not in skip}
+    return graph
+
+
+def _find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle of ``graph`` as ``[a, b, ..., a]``, or None (depth-first search)."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return [*path[path.index(nxt) :], nxt]
+            if nxt not in state and (cycle := visit(nxt)) is not None:
+                return cycle
+        path.pop()
+        state[node] = 2
+        return None
+
+    for start in sorted(graph):
+        if start not in state and (cycle := visit(start)) is not None:
+            return cycle
+    return None
+
+
+def test_type_checking_imports_are_told_apart() -> None:
+    skip = _type_only_lines(SRC / "methods" / "_layerwise_config.py")
+    found, _ = _imports(SRC / "methods" / "_layerwise_config.py")
+    assert {m for line, m in found if line in skip} == {"compactnn.methods.slr"}
+
+
+def test_the_cycle_finder_finds_cycles_inside_a_package() -> None:
+    graph = {"p.a": {"p.b"}, "p.b": {"p.c", "q"}, "p.c": {"p.a"}, "q": set()}
+    assert _find_cycle(graph) == ["p.a", "p.b", "p.c", "p.a"]
+    graph["p.c"] = set()
+    assert _find_cycle(graph) is None
+
+
+def test_no_import_cycle_between_modules() -> None:
+    """Modules, not only packages: inside a package the imports form no cycle either (lazy
+    imports inside functions and registry strings included), so every module can be read
+    after the ones it imports."""
+    cycle = _find_cycle(_import_graph())
+    assert cycle is None, "import cycle: " + " -> ".join(cycle or [])

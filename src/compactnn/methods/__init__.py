@@ -1,4 +1,4 @@
-"""Registry of compression methods: one name each (see DESIGN.md).
+"""Registry of compression methods: one name each (see docs/design.md).
 
 ``get_method(name)`` returns the class; ``list_methods()`` the names. The method classes and
 their configs are also attributes of this package (``compactnn.methods.SSR``,

@@ -120,14 +120,14 @@ class _CountSizer:
         self._cm: Any = None  # the engine's exact cost model, where it applies (None: not yet)
 
     def _cost_model(self) -> Any:
-        """The engine's :class:`~compactnn.methods._engine.CostModel` of these layers when it is
-        exact for the target (params / MACs, one layer per coupling group), else ``False``:
+        """The engine's :class:`~compactnn.methods._engine_cost.CostModel` of these layers when it
+        is exact for the target (params / MACs, one layer per coupling group), else ``False``:
         fitted once on 1 + G + (adjacent pairs) small cuts, it then sizes any counts without
         cutting a model (a net of 35 groups took minutes of whole-model cuts per split)."""
         if self._cm is None:
             self._cm = False
             if "latency" not in self.target.keys and len(self.layers) > 1:
-                from compactnn.methods._engine import CostModel, _groups
+                from compactnn.methods._engine_cost import CostModel, _groups
 
                 groups = _groups(self.model, self.layers, {"input_shape": list(self.shape)})
                 if [g.rep for g in groups] == self.layers:
