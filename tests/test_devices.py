@@ -39,8 +39,8 @@ _ENGINE_CPU = (
 ALLOWED: dict[tuple[str, str], str] = {
     ("api/inputs.py", "split_loader"): "index permutation of a CPU dataset (CPU generator, seeded)",
     ("capture.py", "select"): "reservoir slots on CPU; record() moves them to the data's device",
-    ("cli.py", "_samples"): "latency samples when no data is given; the model is moved to CPU "
-    "for the CLI's ONNX / TorchScript artifacts",
+    ("cli/loading.py", "_samples"): "latency samples when no data is given; the model is moved "
+    "to CPU for the CLI's ONNX / TorchScript artifacts",
     ("criteria.py", "random_scores"): "random scores from a CPU generator (the same on any "
     "device), moved to the weight's device",
     ("export/checkpoint.py", "_skeleton_plan.zeros"): "placeholders filled from safetensors; "
