@@ -16,6 +16,8 @@ import torch
 from torch import nn
 
 from compactnn.errors import ConfigError
+from compactnn.metrics import _eval_no_grad, _run_checked
+from compactnn.train import _seeded
 
 __all__ = ["check_model_finite", "check_data", "check_batch_form"]
 
@@ -59,7 +61,6 @@ def _tensor_dataset(loader: Any) -> tuple[torch.Tensor, ...] | None:
 def _first_batch(loader: Any) -> Any:
     """The first batch of ``loader`` without disturbing its shuffling (``None`` when empty);
     ``...`` for a one-shot iterator, which is left unread."""
-    from compactnn.train import _seeded
 
     if iter(loader) is loader:  # a generator / iterator: reading it would consume it
         return ...
@@ -147,7 +148,6 @@ def check_data(model: nn.Module, data: Any) -> torch.Tensor | None:
             ``[0, outputs)`` (the model's output width, measured on the first batch), or a
             model whose outputs are not finite on finite inputs.
     """
-    from compactnn.metrics import _eval_no_grad, _run_checked
 
     width: int | None = None
     real: dict[str, torch.Tensor] = {}

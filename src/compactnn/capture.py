@@ -42,6 +42,8 @@ from compactnn.errors import (
     UnknownNameError,
     UnsupportedLayerError,
 )
+from compactnn.graph import discover
+from compactnn.structure import module_device
 
 __all__ = ["LayerIO", "CaptureStore", "capture", "collect", "following_activation"]
 
@@ -139,8 +141,6 @@ def _following_activations(
             graph = torch.fx.symbolic_trace(model).graph
     except Exception:  # noqa: BLE001 - any tracing failure falls back to hooks / module order
         if example_input is not None:
-            from compactnn.graph import discover  # autograd consumers of each layer's output
-
             acts = discover(model, example_input).activations
             return {n: acts.get(n) for n in names}
         return {n: _sequential_next(model, n) for n in names}
@@ -490,8 +490,6 @@ def collect(
     """
     if max_batches is not None:
         max_batches = check_int(max_batches, "max_batches", "collect", min_value=1)
-
-    from compactnn.structure import module_device
 
     device = module_device(model)
 

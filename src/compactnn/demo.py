@@ -12,6 +12,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+from compactnn import data, models
+from compactnn.errors import CheckpointError
+from compactnn.train import TrainConfig, load_checkpoint, save_checkpoint, train
+
 __all__ = [
     "cache_dir",
     "train_model",
@@ -45,9 +49,6 @@ def train_model(
     device: str | None = None,
     **data_kwargs: Any,
 ) -> tuple[Any, Any, Any, Any]:
-    from compactnn import data, models
-    from compactnn.train import TrainConfig, train
-
     info = data.dataset_info(dataset)
     in_shape = models.default_input_shape(model_name)
     model = models.create(
@@ -86,8 +87,6 @@ def demo_weights() -> tuple[Path, dict[str, Any]]:
     import hashlib
     from importlib.resources import files
 
-    from compactnn.errors import CheckpointError
-
     base = Path(str(files("compactnn") / "_weights"))
     path, side = base / DEMO_WEIGHTS, base / (DEMO_WEIGHTS.removesuffix(".safetensors") + ".json")
     if not path.is_file() or not side.is_file():
@@ -113,8 +112,6 @@ def training_data_sha256(dataset: str = "mnist") -> str:
 
     import numpy as np
 
-    from compactnn import data
-
     x, y = data.load_arrays(dataset, "train")
     h = hashlib.sha256(np.ascontiguousarray(x, dtype=np.float32).tobytes())
     h.update(np.ascontiguousarray(y, dtype=np.int64).tobytes())
@@ -128,9 +125,6 @@ def demo_baseline(*, seed: int = 0, progress: bool = True, retrain: bool = False
     ``retrain``. Other seeds, or ``retrain``: trained here (8 epochs) once and cached.
     """
     import torch
-
-    from compactnn import data, models
-    from compactnn.train import load_checkpoint, save_checkpoint
 
     if seed == 0 and not retrain:
         path, meta = demo_weights()

@@ -25,6 +25,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from compactnn.layers import LowRankConv2d, LowRankLinear
+
 __all__ = [
     "curves",
     "layer_figures",
@@ -93,7 +95,6 @@ def layer_figures(model: nn.Module, original: nn.Module | None = None) -> dict[s
     the rank chosen. Sparse layers (any compactnn layer with ``dense_matrix()``): the pooled
     density of non-zeros of the lowered weight, and the overall density.
     """
-    from compactnn.layers import LowRankConv2d, LowRankLinear
 
     orig = dict(original.named_modules()) if original is not None else {}
     spectra, maps = [], []

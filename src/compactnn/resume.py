@@ -42,6 +42,7 @@ from torch import Tensor, nn
 
 from compactnn import distributed
 from compactnn.errors import CheckpointError, ConfigError
+from compactnn.plan import CompressionPlan
 
 __all__ = [
     "RunStore",
@@ -203,7 +204,6 @@ class RunStore:
 
     def load_plan(self, key: str) -> Any:
         """The plan :meth:`save_plan` wrote under ``key``."""
-        from compactnn.plan import CompressionPlan
 
         base = self._file(key).with_suffix("")
         return CompressionPlan.load(base.with_name(base.name + ".json"))

@@ -24,6 +24,7 @@ from compactnn.errors import ConfigError
 from compactnn.methods._engine import ENGINE_RULES, EngineOptions
 from compactnn.methods._options import LAYERS, POSITIVE, SEED, SGD_RULES
 from compactnn.methods.base import MethodConfig
+from compactnn.solvers.training.schedule import log_schedule
 
 __all__ = ["ADMMSparseConfig"]
 
@@ -151,8 +152,6 @@ class ADMMSparseConfig(MethodConfig, EngineOptions):
             )
 
     def mu_path(self) -> tuple[float, ...]:
-        from compactnn.solvers.training.schedule import log_schedule
-
         return (
             self.mus if self.mus is not None else log_schedule(self.mu_min, self.mu_max, self.n_mu)
         )

@@ -10,8 +10,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from compactnn.budget import Measure, Target, measure, search
+from compactnn import _progress, surgery
+from compactnn.budget import Measure, Strength, Target, measure, search
 from compactnn.errors import ConfigError
+from compactnn.methods._common import prune_filters
+from compactnn.methods._engine_cost import CostModel, _groups
 
 __all__ = [
     "fill_counts",
@@ -71,7 +74,6 @@ def uniform_counts(
     Returns the counts and the fractions kept at them. ``progress``: a label; the log then
     gets a line at most every max(10 s, the progress interval) while candidates are measured.
     """
-    from compactnn.budget import Strength
 
     sizer = _CountSizer(model, layers, target, input_shape, progress=progress)
 
@@ -127,8 +129,6 @@ class _CountSizer:
         if self._cm is None:
             self._cm = False
             if "latency" not in self.target.keys and len(self.layers) > 1:
-                from compactnn.methods._engine_cost import CostModel, _groups
-
                 groups = _groups(self.model, self.layers, {"input_shape": list(self.shape)})
                 if [g.rep for g in groups] == self.layers:
                     self._cm = CostModel(self.model, groups, self.target, self.shape,
@@ -136,8 +136,6 @@ class _CountSizer:
         return self._cm
 
     def kept(self, counts: dict[str, int]) -> dict[str, float]:
-        from compactnn.methods._common import prune_filters
-
         key = tuple(counts[n] for n in self.layers)
         if key not in self._memo and self._cost_model():
             self._memo[key] = self._cm.cost({n: int(counts[n]) for n in self.layers})
@@ -145,8 +143,6 @@ class _CountSizer:
         if key not in self._memo:
             keep = {n: list(range(k)) for n, k in counts.items() if k < self.units[n]}
             if len(keep) > 1 and self._couplings is None:
-                from compactnn import surgery
-
                 meta = {"input_shape": list(self.shape)}
                 self._couplings = {n: surgery.coupling(self.model, n, meta=meta)
                                    for n in self.layers}  # fmt: skip
@@ -158,8 +154,6 @@ class _CountSizer:
 
     def _log(self, kept: dict[str, float]) -> None:
         import time
-
-        from compactnn import _progress
 
         now = time.perf_counter()
         if self.progress is None or now - self._last < max(10.0, _progress.interval()):

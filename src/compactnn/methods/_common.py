@@ -7,7 +7,15 @@ from typing import Any
 
 from torch import nn
 
-from compactnn.errors import ConfigError
+from compactnn import surgery
+from compactnn import train as training
+from compactnn.capture import _batch_input
+from compactnn.errors import ConfigError, PlanError
+from compactnn.graph import discover, example_input_for
+from compactnn.graph import prunable_layers as _prunable
+from compactnn.metrics import _eval_no_grad
+from compactnn.plan import CompressionPlan, KeepOutputs
+from compactnn.structure import module_device
 
 __all__ = [
     "prunable_layers",
@@ -39,8 +47,6 @@ def prunable_layers(
     fixed-strength paper protocols, whose per-layer penalties see one layer's filters), the
     residual-coupled layers are left out (SSR sec. III-E: only the inner convs of a block).
     """
-    from compactnn.graph import discover, example_input_for
-    from compactnn.graph import prunable_layers as _prunable
 
     x = None if input_shape is None else example_input_for(model, input_shape)
     if input_shape is None or x is None or not coupled:
@@ -49,9 +55,6 @@ def prunable_layers(
     layers = _prunable(model, x, coupled=True, graph=g)
     if not any(n in g.residual_coupled for n in layers):
         return layers
-    from compactnn import surgery
-    from compactnn.errors import PlanError
-    from compactnn.plan import CompressionPlan, KeepOutputs
 
     meta = {"input_shape": list(input_shape)}
     out: list[str] = []
@@ -145,8 +148,6 @@ def prune_filters(
 
     Returns ``(new_model, plan)``; the input model is not modified.
     """
-    from compactnn import surgery
-    from compactnn.plan import CompressionPlan, KeepOutputs
 
     meta = {"input_shape": list(input_shape)}
     actions = []
@@ -183,7 +184,6 @@ def replay_plan(
     SetWeights actions are taken from those actions, so ``final`` must not have changed them.
     ``input_shape`` (per sample) is stored in ``meta`` (``None``: keep the plan's).
     """
-    from compactnn.plan import CompressionPlan
 
     if structure_plan is None:
         structure_plan = CompressionPlan()
@@ -241,7 +241,6 @@ def finetune_model(
     learning rate up linearly over the first steps. In a resumable run every
     epoch is checkpointed under the key ``"{desc}#{seed}"`` (distinct per fine-tuning of a run).
     """
-    from compactnn import train as training
 
     training.train(
         model,
@@ -287,7 +286,6 @@ def admm_w_step(
     ``seed(k)``. ``params``: the parameters to update (``None``: all); ``masks``: a callable
     returning the masks to hold in this W-step (or ``None``).
     """
-    from compactnn import train as training
 
     def w_step(k: int) -> None:
         training.train(
@@ -326,12 +324,6 @@ def add_gap_head(
     delta = 1e-4 x the mean diagonal of the Gram matrix) on up to ``max_samples`` samples of
     ``loader``. Returns the new model (``model`` is not changed) and a record of the fit."""
     import torch
-
-    from compactnn import surgery
-    from compactnn.capture import _batch_input
-    from compactnn.metrics import _eval_no_grad
-    from compactnn.plan import CompressionPlan
-    from compactnn.structure import module_device
 
     new = surgery.apply(CompressionPlan([head], meta={"input_shape": list(input_shape)}), model)
     pool = new.get_submodule(head.flatten)

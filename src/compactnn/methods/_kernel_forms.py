@@ -13,7 +13,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from compactnn import metrics  # module attribute: looked up at call time (tests patch it)
+from compactnn.layers import KernelSparseConv2d
 from compactnn.methods.base import CompressionData
+from compactnn.metrics import _eval_no_grad, real_batch
+from compactnn.plan import KernelSparse
 
 __all__ = ["KERNEL_CANDIDATES", "choose_kernel_forms"]
 
@@ -21,7 +25,6 @@ __all__ = ["KERNEL_CANDIDATES", "choose_kernel_forms"]
 def _samples(data: CompressionData, shape: Any, n: int = 100) -> torch.Tensor:
     """``n`` real samples (validation, else training data) for the timings; N(0, 1) when the
     loaders yield no tensors. Never the test split."""
-    from compactnn.metrics import real_batch
 
     for loader in (data.val, data.train):
         if loader is not None:
@@ -37,17 +40,16 @@ def _timed(
     """Eager latency of ``model`` at batch ``len(samples)`` and 1, one thread (median ms), and
     with ``reference`` (the dense start) timed alternately with it in the same window, the
     speed-up over it (``speedup``, ``speedup_b1``): a shared machine's load then cancels."""
-    from compactnn.metrics import measure_latency
 
     shape = tuple(samples.shape[1:])
     pair = {"m": model} if reference is None else {"m": model, "r": reference}
     times: dict[str, list[float]] = {f"{k}{b}": [] for k in pair for b in ("", "1")}
     for _ in range(rounds):
         for k, m in pair.items():
-            big = measure_latency(
+            big = metrics.measure_latency(
                 m, shape, batch_size=len(samples), threads=1, warmup=1, repeats=3, inputs=samples
             )
-            one = measure_latency(
+            one = metrics.measure_latency(
                 m, shape, batch_size=1, threads=1, warmup=2, repeats=8, inputs=samples
             )
             times[k].append(big.median_ms)
@@ -108,7 +110,6 @@ def _layer_inputs(
     model: nn.Module, layers: list[str], samples: torch.Tensor
 ) -> dict[str, torch.Tensor]:
     """The input of each of ``layers`` in one eval-mode forward pass of ``samples`` (copies)."""
-    from compactnn.metrics import _eval_no_grad
 
     mods = dict(model.named_modules())
     seen: dict[str, torch.Tensor] = {}
@@ -155,9 +156,6 @@ def choose_kernel_forms(
         The :class:`~compactnn.plan.KernelSparse` actions (one per conv) and per conv the
         record: zero / total kernels, the candidates' times at both batch sizes, the choice.
     """
-    from compactnn.layers import KernelSparseConv2d
-    from compactnn.metrics import measure_latency
-    from compactnn.plan import KernelSparse
 
     targets = _kernel_sparse_convs(model, layers)
     mods = dict(model.named_modules())
@@ -165,7 +163,7 @@ def choose_kernel_forms(
 
     def ms(layer: nn.Module, x: torch.Tensor, reps: int, warm: int) -> float:
         kw = dict(batch_size=int(x.shape[0]), threads=threads, warmup=warm, repeats=reps)
-        return measure_latency(layer, tuple(x.shape[1:]), inputs=x, **kw).median_ms
+        return metrics.measure_latency(layer, tuple(x.shape[1:]), inputs=x, **kw).median_ms
 
     actions, records = [], {}
     for n in targets:

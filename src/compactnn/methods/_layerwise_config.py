@@ -25,6 +25,7 @@ from compactnn._validation import (
 from compactnn.errors import ConfigError
 from compactnn.methods._options import LAYERS, SEED
 from compactnn.methods.base import MethodConfig
+from compactnn.solvers.layerwise import LAYER_SOLVERS
 
 if TYPE_CHECKING:
     from compactnn.methods.slr import SLRConfig
@@ -36,7 +37,6 @@ _PARALLEL = ("serial", "joblib", "dask")
 
 def _option_types() -> tuple[type, ...]:
     """Options types of every backend of every registered layer solver."""
-    from compactnn.solvers.layerwise import LAYER_SOLVERS
 
     out: dict[type, None] = {}
     for cls in LAYER_SOLVERS.values():
@@ -201,7 +201,6 @@ def validate_layerwise(cfg: LayerwiseConfig | SLRConfig) -> None:
     solver (``solver_name``) declares."""
     validate_options(cfg, cfg.owner, cfg.rules)
     check_parallel(cfg)
-    from compactnn.solvers.layerwise import LAYER_SOLVERS
 
     solver = LAYER_SOLVERS[cfg.solver_name]
     backends = solver.capabilities.backends

@@ -12,6 +12,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from compactnn.solvers.layerwise import LayerProblem, constraint_violation
+
 
 def _unconverged(r: Any) -> str:
     """What a layer that did not converge missed: the relative constraint violation of a
@@ -42,7 +44,6 @@ def _solve_one(
     """Picklable per-layer solve for :func:`~compactnn.solvers.layerwise.solve_layers`: the
     method's :class:`~compactnn.solvers.layerwise.LayerSolver` with this layer's
     hyper-parameters (``per_layer[layer]``, e.g. its ``eps_frac``)."""
-    from compactnn.solvers.layerwise import LayerProblem
 
     return solver.with_params(**per_layer.get(layer, {})).solve(
         LayerProblem(X, Y, bias, linear, ceiling), backend=backend, options=options, layer=layer
@@ -53,7 +54,6 @@ def _deployed_violation(prob: Any, Ut: Tensor, eps: float, bias: Tensor | None =
     """Relative violation of eq. (4) by the *deployed* weight ``Ut`` (d x n), e.g. after the
     rank truncation (the solver's ``violation`` is measured before it), with the deployed
     ``bias`` (``None``: the problem's)."""
-    from compactnn.solvers.layerwise import constraint_violation
 
     X = prob.X.detach().to("cpu", torch.float64)
     Y = prob.Y.detach().to("cpu", torch.float64)

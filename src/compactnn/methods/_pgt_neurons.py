@@ -15,6 +15,9 @@ import torch
 from torch import Tensor, nn
 
 from compactnn.errors import ConfigError
+from compactnn.graph import discover, example_input_for
+from compactnn.metrics import _eval_no_grad
+from compactnn.prox import group_soft_threshold, lrtc_step, topk_groups
 
 __all__ = ["neuron_shapes", "neuron_prox", "rebalance_neurons"]
 
@@ -28,8 +31,6 @@ def neuron_shapes(
     flattened from (found by one forward pass: the last module output before the layer with
     ``c*h*w = in_features`` elements per sample), ``(in_features, 1, 1)`` when there is none.
     """
-    from compactnn.graph import example_input_for
-    from compactnn.metrics import _eval_no_grad
 
     mods = dict(model.named_modules())
     out: dict[str, tuple[int, int, int]] = {}
@@ -102,7 +103,6 @@ def neuron_prox(
       for the neurons whose weights became zero;
     * ``"topk"``: the projection onto at most ``keep`` non-zero rows (t is ignored).
     """
-    from compactnn.prox import group_soft_threshold, lrtc_step, topk_groups
 
     d = shape[0] * shape[1] * shape[2]
 
@@ -183,8 +183,6 @@ def rebalance_neurons(
 
     Returns the overall factor :math:`\alpha_j` of every neuron, per layer.
     """
-    from compactnn.graph import discover
-    from compactnn.metrics import _eval_no_grad
 
     order = list(discover(model, inputs).order)
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}

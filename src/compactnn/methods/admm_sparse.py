@@ -56,9 +56,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from compactnn import resume
+from compactnn import distributed, resume, surgery
 from compactnn.errors import ConfigError, PlanError
+from compactnn.graph import example_input_for
 from compactnn.methods._admm_sparse_config import _GROUP_PENALTY, ADMMSparseConfig
+from compactnn.methods._calibrate import _CountSizer
 from compactnn.methods._common import (
     admm_w_step,
     finetune_model,
@@ -80,7 +82,11 @@ from compactnn.methods._kernel_forms import (
     choose_kernel_forms,
 )
 from compactnn.methods.base import CompressionData, CompressionResult, Method
-from compactnn.metrics import accuracy
+from compactnn.metrics import _eval_no_grad, accuracy
+from compactnn.plan import CompressionPlan, KeepInputs
+from compactnn.prox import group_norms
+from compactnn.solvers.training import ADMMConfig, ADMMEngine, ADMMState, kiaee_epochs, run_admm
+from compactnn.structure import group_dims
 from compactnn.train import apply_masks
 
 __all__ = ["ADMMSparse", "ADMMSparseConfig"]
@@ -95,7 +101,6 @@ def guarded_threshold(v: torch.Tensor, gd: tuple[int, ...], soft: bool) -> torch
     blocks. Hard threshold (l0, eq. 10) keeps the other blocks as they are; soft (l1, eq. 9)
     shrinks them by the threshold (``(1 - t/||V_ij||) V_ij``).
     """
-    from compactnn.prox import group_norms
 
     vn = group_norms(v, gd)
     flat = vn.reshape(-1)
@@ -121,7 +126,6 @@ def _overprune_guard(fired: dict[str, bool]) -> Callable[[Any], None]:
     than 50 % of a layer's blocks, that layer's F is instead :func:`guarded_threshold` of
     V = W + Y/rho (mean-norm threshold, never more than 50 % pruned, soft shrinkage kept for
     l1). ``fired[layer weight]`` records each decision."""
-    from compactnn.prox import group_norms
 
     def guard(engine: Any) -> None:
         soft = engine.config.penalty in ("l1", "l21")
@@ -151,8 +155,6 @@ def kiaee_layers(model: nn.Module, input_shape: Any = None, *, coupled: bool = F
 def following_norms(model: nn.Module, layers: list[str], input_shape: Any) -> dict[str, list[str]]:
     """Per layer, the per-channel norm modules (BatchNorm/InstanceNorm) that read its output
     directly (one forward pass on a zero batch, in eval mode; the model is left as it was)."""
-    from compactnn.graph import example_input_for
-    from compactnn.metrics import _eval_no_grad
 
     mods = dict(model.named_modules())
     norms = {n: m for n, m in mods.items() if isinstance(m, nn.modules.batchnorm._NormBase)}
@@ -232,8 +234,6 @@ class ADMMSparse(Method[ADMMSparseConfig]):
         layer is refused before any training, with what to do."""
         cfg = self.config
         if cfg.overprune_guard and cfg.structure in (None, "filters"):
-            from compactnn.methods._calibrate import _CountSizer
-
             shape = data.require_input_shape(self.name)
             layers = self._layers(model, shape)
             try:
@@ -271,7 +271,6 @@ class ADMMSparse(Method[ADMMSparseConfig]):
     ) -> tuple[Any, dict[str, bool]]:
         """Algorithm 1 lines 5-10 for the ``i``-th mu, warm-started from the previous engine;
         returns the engine and the guard's last decision per layer."""
-        from compactnn.solvers.training import ADMMConfig, ADMMEngine, run_admm
 
         cfg = self.config
         structure, penalty = self._structure()
@@ -308,7 +307,6 @@ class ADMMSparse(Method[ADMMSparseConfig]):
 
     def _epochs(self, i: int) -> int:
         """W-step epochs for the ``i``-th mu: ``min(1 + delta i, delta nu)`` (sec. 4)."""
-        from compactnn.solvers.training import kiaee_epochs
 
         cfg = self.config
         return kiaee_epochs(i, delta=cfg.delta, nu=cfg.nu)
@@ -351,7 +349,6 @@ class ADMMSparse(Method[ADMMSparseConfig]):
         deployed), and with ``measure_speed`` its latency at batch 100 and 1 (one thread, on
         ``samples``: ``latency_ms``, ``latency_ms_b1``) and its speed-up over ``reference``
         (the dense start, timed alternately with it: ``speedup``, ``speedup_b1``)."""
-        from compactnn.structure import group_dims
 
         cfg = self.config
         named = dict(model.named_parameters())
@@ -399,9 +396,6 @@ class ADMMSparse(Method[ADMMSparseConfig]):
         """
         import copy
 
-        from compactnn import surgery
-        from compactnn.plan import CompressionPlan, KeepInputs
-
         keep = {
             layer: kept_filters(masks[f"{layer}.weight"])
             for layer in layers
@@ -430,8 +424,6 @@ class ADMMSparse(Method[ADMMSparseConfig]):
         kernel_record: dict[str, Any] = {}
         cfg = self.config
         if cfg.deploy_kernels and samples is not None and _kernel_sparse_convs(deployed, layers):
-            from compactnn import distributed
-
             # timed on each rank: every rank deploys rank 0's choice (same forms, same plan)
             actions, kernel_record = distributed.broadcast_object(
                 choose_kernel_forms(deployed, layers, samples)
@@ -558,7 +550,6 @@ class ADMMSparse(Method[ADMMSparseConfig]):
     @staticmethod
     def _restore(model: nn.Module, store: Any, ckpt: Any) -> tuple[Any, ...]:
         """What :meth:`_checkpoint` saved: ``(warm start, masks, path, plans, next mu)``."""
-        from compactnn.solvers.training import ADMMState
 
         tensors, meta = ckpt
         resume.load_model_state(model, tensors)

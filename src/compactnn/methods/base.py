@@ -19,6 +19,9 @@ from torch.utils.data import DataLoader
 
 from compactnn.budget import Strength
 from compactnn.errors import ConfigError, UnknownNameError
+from compactnn.methods._calibrate import search_strength
+from compactnn.metrics import format_comparison
+from compactnn.train import _seeded
 
 __all__ = ["CompressionData", "CompressionResult", "Method", "MethodConfig"]
 
@@ -63,7 +66,6 @@ class CompressionData:
         A shuffling training loader is reseeded with ``seed`` first, so every call yields the
         same batches (a budget search's trials and the final run calibrate on the same data).
         """
-        from compactnn.train import _seeded
 
         src = self.calib if self.calib is not None else self.train
         if src is not None and self.calib is None:
@@ -90,7 +92,6 @@ class CompressionData:
         """Labelled ``(x, y)`` batches of the training loader (for criteria that take a loss
         gradient), reseeded with ``seed`` as in :meth:`calib_batches`, moved to ``device``
         when given."""
-        from compactnn.train import _seeded
 
         for i, b in enumerate(_seeded(self.require_train(method), seed)):
             if max_batches is not None and i >= max_batches:
@@ -159,8 +160,6 @@ class CompressionResult:
     validation: dict[str, float] | None = None
 
     def summary(self) -> str:
-        from compactnn.metrics import format_comparison
-
         lines = [f"== {self.method} =="]
         if self.target is not None:
             kept = ", ".join(
@@ -282,7 +281,6 @@ class Method(Generic[C]):
         :meth:`proxy` at that strength on a copy of ``model`` (training data only, the
         candidate measured physically). Returns the method to run and the search record.
         """
-        from compactnn.methods._calibrate import search_strength
 
         return search_strength(self, model, data, target, progress=progress)
 

@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 
 from torch import nn
 
+from compactnn import surgery
 from compactnn._validation import (
     Rule,
     check_float,
@@ -28,9 +29,10 @@ from compactnn._validation import (
     rule,
     validate_options,
 )
-from compactnn.budget import Strength
+from compactnn.budget import Strength, measure
 from compactnn.criteria import group_scores, importance, select_top
 from compactnn.errors import ConfigError, PlanError
+from compactnn.methods._calibrate import target_record, uniform_counts
 from compactnn.methods._common import (
     finetune_model,
     prunable_layers,
@@ -38,6 +40,7 @@ from compactnn.methods._common import (
 )
 from compactnn.methods._options import FINETUNE_RULES, LAYERS, POSITIVE, SEED, SGD_RULES
 from compactnn.methods.base import CompressionData, CompressionResult, Method, MethodConfig
+from compactnn.plan import CompressionPlan, KeepOutputs
 from compactnn.structure import module_device
 
 __all__ = [
@@ -219,9 +222,6 @@ class _CriterionPruning(Method[CriterionConfig]):
         Returns the pruned model, the plan, the groups scored together (layer -> members, only
         groups of more than one layer) and the skipped layers with the reason.
         """
-        from compactnn import surgery
-        from compactnn.errors import PlanError
-        from compactnn.plan import CompressionPlan, KeepOutputs
 
         cfg = self.config
         meta = {"input_shape": list(data.input_shape)}
@@ -323,9 +323,6 @@ class _CriterionPruning(Method[CriterionConfig]):
         import time
 
         import torch
-
-        from compactnn.budget import measure
-        from compactnn.methods._calibrate import target_record, uniform_counts
 
         self._refuse_keep_with_target()
         t0 = time.perf_counter()

@@ -37,10 +37,29 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 import torch
 from torch import Tensor, nn
 
+from compactnn import (
+    capture,  # module attribute: looked up at call time (tests patch it)
+    surgery,
+)
+from compactnn.budget import Strength, measure, search
+from compactnn.capture import _following_activations, following_activation
 from compactnn.errors import ConfigError, UnsupportedLayerError
+from compactnn.graph import discover
+from compactnn.methods._calibrate import target_record
+from compactnn.methods._common import per_layer_values
 from compactnn.methods._layerwise_config import DDLRConfig, LayerwiseConfig, NetTrimConfig
 from compactnn.methods._layerwise_solve import _deployed_violation, _solve_one, _stats, _unconverged
 from compactnn.methods.base import CompressionData, CompressionResult, Method
+from compactnn.plan import CompressionPlan, FoldBatchNorm, LowRank, SetWeights
+from compactnn.solvers.layerwise import (
+    LayerProblem,
+    choose_rank,
+    dask_client,
+    factorize,
+    get_layer_solver,
+    solve_layers,
+)
+from compactnn.structure import module_device
 
 if TYPE_CHECKING:
     from compactnn.methods.slr import SLRConfig
@@ -57,8 +76,6 @@ def default_layers(model: nn.Module, example_input: Tensor | None = None) -> lis
     Raises:
         UnsupportedLayerError: the model has no such layer.
     """
-    from compactnn.capture import _following_activations
-    from compactnn.graph import discover
 
     g = discover(model, example_input)
     mods = dict(model.named_modules())
@@ -98,8 +115,6 @@ class _Layerwise(Method[LC]):
         :class:`~compactnn.plan.FoldBatchNorm` actions that did it: in eval mode the chain is
         one affine map followed by a ReLU, the response eq. (4) (and Ma et al.'s eq. 3)
         reconstruct. The compressed model keeps the BN folded (``nn.Identity``)."""
-        from compactnn import surgery
-        from compactnn.plan import CompressionPlan, FoldBatchNorm
 
         cfg = self.config
 
@@ -127,7 +142,6 @@ class _Layerwise(Method[LC]):
     ) -> tuple[list[str], dict[str, bool]]:
         """The layers to approximate in ``model`` as given (its BNs folded by :meth:`_folded`)
         and, per layer, whether it is linear (no ReLU after it)."""
-        from compactnn.capture import following_activation
 
         cfg = self.config
         layers = list(cfg.layers) if cfg.layers is not None else default_layers(model, example)
@@ -167,8 +181,6 @@ class _Layerwise(Method[LC]):
         return layers, linear
 
     def _eps(self, layers: list[str]) -> dict[str, float]:
-        from compactnn.methods._common import per_layer_values
-
         cfg = self.config
         # a list of eps values follows the user's order of layers=, not the forward order
         order = list(cfg.layers) if cfg.layers is not None else layers
@@ -181,7 +193,6 @@ class _Layerwise(Method[LC]):
         Config fields named like a solver hyper-parameter are passed to it (e.g. Net-Trim's
         ``zero_tol``); ``eps_frac`` is set per layer from ``eps``.
         """
-        from compactnn.solvers.layerwise import get_layer_solver
 
         cfg = self.config
         per_layer = {n: {"eps_frac": e} for n, e in eps.items()}
@@ -199,7 +210,6 @@ class _Layerwise(Method[LC]):
 
     def _dask_client(self) -> Any:
         """A context yielding a ``distributed.Client`` for this method's options."""
-        from compactnn.solvers.layerwise import dask_client
 
         cfg = self.config
         return dask_client(
@@ -224,8 +234,6 @@ class _Layerwise(Method[LC]):
                 self._dask = None
 
     def _solve_all(self, problems: dict[str, Any], solver: Any, progress: bool) -> dict[str, Any]:
-        from compactnn.solvers.layerwise import solve_layers
-
         cfg = self.config
         if cfg.parallel != "dask":
             return solve_layers(
@@ -251,8 +259,6 @@ class _Layerwise(Method[LC]):
         raise NotImplementedError
 
     def _batches(self, data: CompressionData, model: nn.Module) -> list[Tensor]:
-        from compactnn.structure import module_device
-
         cfg = self.config
         batches = list(data.calib_batches(cfg.calib_batches, device=module_device(model)))
         if not batches:
@@ -262,8 +268,6 @@ class _Layerwise(Method[LC]):
         return batches
 
     def _problem(self, module: nn.Module, io: Any, linear: bool) -> Any:
-        from compactnn.solvers.layerwise import LayerProblem
-
         b = module.bias
         return LayerProblem(X=io.X, Y=io.Y, bias=None if b is None else b.detach(), linear=linear)
 
@@ -301,11 +305,10 @@ class _Layerwise(Method[LC]):
         self, model: nn.Module, layers: list[str], linear: dict[str, bool], batches: list[Tensor]
     ) -> dict[str, Any]:
         """One :class:`LayerProblem` per layer, all captured from the original model."""
-        from compactnn.capture import collect
 
         cfg = self.config
         mods = dict(model.named_modules())
-        ios = collect(model, layers, batches, max_rows=cfg.max_rows, seed=cfg.seed)
+        ios = capture.collect(model, layers, batches, max_rows=cfg.max_rows, seed=cfg.seed)
         return {n: self._problem(mods[n], ios[n], linear[n]) for n in layers}
 
     def solve_layers(
@@ -343,10 +346,6 @@ class _Layerwise(Method[LC]):
         meta: dict[str, Any],
     ) -> tuple[list[Any], dict[str, Any], dict[str, Any], nn.Module]:  # fmt: skip
         """Layers in forward order, X captured from the partly compressed model (Ma et al.)."""
-        from compactnn import surgery
-        from compactnn.capture import collect
-        from compactnn.plan import CompressionPlan
-        from compactnn.solvers.layerwise import solve_layers
 
         cfg = self.config
         mods = dict(model.named_modules())
@@ -357,7 +356,7 @@ class _Layerwise(Method[LC]):
         results: dict[str, Any] = {}
         current = model
         for n in layers:
-            io = collect(
+            io = capture.collect(
                 current, [n], batches, max_rows=cfg.max_rows, seed=cfg.seed,
                 asymmetric_from=None if current is model else model,
             )[n]  # fmt: skip
@@ -379,9 +378,6 @@ class _Layerwise(Method[LC]):
     def run(
         self, model: nn.Module, data: CompressionData, *, progress: bool = True
     ) -> CompressionResult:
-        from compactnn import surgery
-        from compactnn.plan import CompressionPlan
-
         cfg = self.config
         batches = self._batches(data, model)
         model, folds = self._folded(model, batches[0])  # conv -> BN -> ReLU: BN folded first
@@ -442,9 +438,6 @@ class DDLR(_Layerwise[DDLRConfig]):
     def _action(
         self, name: str, module: nn.Module, res: Any, prob: Any
     ) -> tuple[Any, dict[str, Any]]:
-        from compactnn.plan import LowRank, SetWeights
-        from compactnn.solvers.layerwise import choose_rank, factorize
-
         cfg = self.config
         U = res.U
         d, n = U.shape
@@ -474,9 +467,6 @@ class DDLR(_Layerwise[DDLRConfig]):
         rank holding that share of its squared singular values), ``s`` bisected on the exact
         size of the factorized candidate. The solve is done once and reused by the run.
         """
-        from compactnn.budget import Strength, measure, search
-        from compactnn.methods._calibrate import target_record
-        from compactnn.solvers.layerwise import choose_rank
 
         if self._sequential():
             raise ConfigError(
@@ -533,7 +523,6 @@ class NetTrim(_Layerwise[NetTrimConfig]):
     # ------------------------------------------------------------------ budget
     def strength(self) -> Any:
         """The constraint slack eps_frac (eq. 4, one value for every layer): looser = sparser."""
-        from compactnn.budget import Strength
 
         return Strength("eps_frac", 0.05, 0.3, bound_lo=1e-4, bound_hi=2.0)
 
@@ -557,8 +546,6 @@ class NetTrim(_Layerwise[NetTrimConfig]):
     def _action(
         self, name: str, module: nn.Module, res: Any, prob: Any
     ) -> tuple[Any, dict[str, Any]]:
-        from compactnn.plan import SetWeights
-
         U = res.U
         d, n = U.shape
         w = U.T.to(module.weight.dtype).reshape(module.weight.shape).contiguous()

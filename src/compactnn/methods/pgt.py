@@ -48,6 +48,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from compactnn import train as training
 from compactnn._validation import (
     Rule,
     check_bool,
@@ -59,6 +60,7 @@ from compactnn._validation import (
     validate_options,
 )
 from compactnn.errors import ConfigError
+from compactnn.graph import example_input_for
 from compactnn.methods._common import (
     finetune_model,
     kept_filters,
@@ -82,6 +84,9 @@ from compactnn.methods._pgt_neurons import (
     rebalance_neurons,
 )
 from compactnn.methods.base import CompressionData, CompressionResult, Method, MethodConfig
+from compactnn.metrics import accuracy
+from compactnn.solvers.training import ProxGradient, ProxGroup
+from compactnn.train import TrainConfig, _lr_at
 
 __all__ = ["PGT", "PGTConfig", "neuron_shapes", "neuron_prox", "rebalance_neurons"]
 
@@ -235,7 +240,6 @@ class PGT(Method[PGTConfig]):
 
     def total_step(self, data: CompressionData) -> float:
         """Σ_k η_k over the training steps of a run (the schedule's learning rates)."""
-        from compactnn.train import TrainConfig, _lr_at
 
         cfg = self.config
         steps = len(data.require_train(self.name))
@@ -254,7 +258,6 @@ class PGT(Method[PGTConfig]):
         self, model: nn.Module, layers: list[str], input_shape: tuple[int, ...]
     ) -> _NeuronStep:
         """The backward step of every constrained layer, as one ``step_hook``."""
-        from compactnn.solvers.training import ProxGradient, ProxGroup
 
         cfg = self.config
         mods = dict(model.named_modules())
@@ -286,7 +289,6 @@ class PGT(Method[PGTConfig]):
 
         Returns the constrained layers and the training record (neurons left per layer).
         """
-        from compactnn import train as training
 
         cfg = self.config
         loader = data.require_train(self.name)
@@ -354,7 +356,6 @@ class PGT(Method[PGTConfig]):
     def _probe(self, model: nn.Module, data: CompressionData) -> Tensor:
         """The batch the rebalancing is checked on: 8 seeded Gaussian inputs and the user's
         check batch (when it is one tensor)."""
-        from compactnn.graph import example_input_for
 
         cfg = self.config
         x = example_input_for(model, data.require_input_shape(self.name))
@@ -439,8 +440,6 @@ class PGT(Method[PGTConfig]):
             neurons={n: int(mods[n].weight.shape[0]) for n in layers},
         )
         if data.val is not None:  # validation only, never test
-            from compactnn.metrics import accuracy
-
             history["val_top1_before_finetune"] = accuracy(current, data.val, topk=(1,))["top1"]
         history.update(self.finetune(current, data, layers, teacher=teacher, progress=progress))
         return CompressionResult(

@@ -50,6 +50,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from compactnn import metrics  # module attribute: looked up at call time (tests patch it)
 from compactnn._validation import (
     Rule,
     check_bool,
@@ -58,12 +59,22 @@ from compactnn._validation import (
     check_per_layer,
     rule,
 )
+from compactnn.budget import Strength, measure
 from compactnn.errors import ConfigError
+from compactnn.graph import discover
+from compactnn.layers import ColumnSparseConv2d, ColumnSparseLinear, SparsePlusLowRank
+from compactnn.methods._calibrate import target_record
+from compactnn.methods._common import finetune_model, per_layer_values
 from compactnn.methods._layerwise_config import LayerwiseConfig, validate_layerwise
+from compactnn.methods._layerwise_solve import _solve_one
 from compactnn.methods._options import FINETUNE_RULES
 from compactnn.methods.base import CompressionData, CompressionResult, Method, MethodConfig
 from compactnn.methods.layerwise import _Layerwise, default_layers
 from compactnn.metrics import _eval_no_grad
+from compactnn.plan import CompressionPlan, LowRank, SetWeights, SparseLowRank
+from compactnn.solvers.layerwise import get_layer_solver
+from compactnn.solvers.layerwise.slr import deployed_rank
+from compactnn.structure import module_device
 
 __all__ = ["SLR", "SLRConfig", "SLR_FORMS"]
 
@@ -190,7 +201,6 @@ class SLRConfig(MethodConfig):
 
 def _lowrank_factors(B: Tensor) -> tuple[Tensor, Tensor, int]:
     """``B = second @ first`` with ``r`` = number of non-zero singular values."""
-    from compactnn.solvers.layerwise.slr import deployed_rank
 
     r = deployed_rank(B)
     if r == 0:
@@ -219,8 +229,6 @@ class SLR(_Layerwise[SLRConfig]):
     ) -> tuple[list[str], dict[str, bool]]:
         cfg = self.config
         if cfg.layers is None and cfg.skip_first:
-            from compactnn.graph import discover
-
             layers = default_layers(model, example)
             mods = dict(model.named_modules())
             # the model's first executed conv (paper sec. V-B), not the first of the default
@@ -237,7 +245,6 @@ class SLR(_Layerwise[SLRConfig]):
 
     def _eps(self, layers: list[str]) -> dict[str, Any]:
         """Per-layer ``{"lam1", "lam2"}`` (the shared flow calls this for its per-layer values)."""
-        from compactnn.methods._common import per_layer_values
 
         cfg = self.config
         order = list(cfg.layers) if cfg.layers is not None else layers
@@ -261,9 +268,6 @@ class SLR(_Layerwise[SLRConfig]):
     def _solver(self, eps: dict[str, Any]) -> Any:
         import functools
 
-        from compactnn.methods._layerwise_solve import _solve_one
-        from compactnn.solvers.layerwise import get_layer_solver
-
         cfg = self.config
         relu = False if cfg.response == "linear" else None
         solver = get_layer_solver("slr", t=cfg.t, scale=cfg.scale, relu=relu)
@@ -275,8 +279,6 @@ class SLR(_Layerwise[SLRConfig]):
     def _action(
         self, name: str, module: nn.Module, res: Any, prob: Any
     ) -> tuple[Any, dict[str, Any]]:
-        from compactnn.plan import LowRank, SetWeights, SparseLowRank
-
         cfg = self.config
         A = res.extras["A"]
         B = res.extras["B"]
@@ -361,8 +363,6 @@ class SLR(_Layerwise[SLRConfig]):
     ) -> tuple[str, dict[str, float]]:
         """Time the sparse branch in each form at batch 100, 1 thread (the median of repeats);
         ``sparse_only``: not the dense form (it computes the dropped columns' MACs too)."""  # fmt: skip
-        from compactnn.layers import ColumnSparseConv2d, ColumnSparseLinear
-        from compactnn.metrics import measure_latency
 
         shape = self._in_shapes.get(name)
         if isinstance(module, nn.Linear):
@@ -385,7 +385,7 @@ class SLR(_Layerwise[SLRConfig]):
             else:
                 m = ColumnSparseConv2d.from_dense(cpu_module, A.reshape(module.weight.shape),
                                                   bias, form=f)  # fmt: skip
-            lat = measure_latency(m, shape, batch_size=100, threads=1, warmup=2, repeats=7)
+            lat = metrics.measure_latency(m, shape, batch_size=100, threads=1, warmup=2, repeats=7)
             out[f] = float(lat.median_ms)
         return min(out, key=out.__getitem__), out
 
@@ -393,11 +393,8 @@ class SLR(_Layerwise[SLRConfig]):
     def run(
         self, model: nn.Module, data: CompressionData, *, progress: bool = True
     ) -> CompressionResult:
-        from compactnn.methods._common import finetune_model
-
         cfg = self.config
         t0 = time.perf_counter()
-        from compactnn.structure import module_device
 
         batches = list(data.calib_batches(1, device=module_device(model)))
         if not batches:
@@ -441,8 +438,6 @@ class SLR(_Layerwise[SLRConfig]):
         (:class:`~compactnn.solvers.layerwise.SLRSolver` ``share``). Other keys (macs,
         latency): the platform's search over ``1 - share`` with proxy runs.
         """
-        from compactnn.budget import measure
-        from compactnn.methods._calibrate import target_record
 
         if set(target.keys) != {"params"}:
             method: SLR = self
@@ -481,7 +476,6 @@ class SLR(_Layerwise[SLRConfig]):
     def strength(self) -> Any:
         """``1 - share`` (the share of every approximated layer's weights removed; larger =
         smaller model), for targets other than params (:meth:`calibrate`)."""
-        from compactnn.budget import Strength
 
         return Strength("1 - share", 0.5, 0.8, log=False, bound_lo=0.0, bound_hi=0.995)
 
@@ -521,8 +515,6 @@ def _input_shapes(model: nn.Module, x: Tensor) -> dict[str, tuple[int, ...]]:
 
 def _refresh_plan(plan: Any, model: nn.Module) -> Any:
     """The plan with its layer actions holding the (fine-tuned) tensors of ``model``."""
-    from compactnn.layers import ColumnSparseConv2d, ColumnSparseLinear, SparsePlusLowRank
-    from compactnn.plan import CompressionPlan, LowRank, SetWeights, SparseLowRank
 
     mods = dict(model.named_modules())
     actions = []

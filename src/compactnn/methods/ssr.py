@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from compactnn import distributed, resume, surgery
 from compactnn.errors import ConfigError
 from compactnn.methods._common import (
     add_gap_head,
@@ -40,6 +41,9 @@ from compactnn.methods._common import (
 from compactnn.methods._engine import EngineSettings, budgeted_run, engine_calibrate
 from compactnn.methods._ssr_config import _PENALTIES, SSRConfig
 from compactnn.methods.base import CompressionData, CompressionResult, Method
+from compactnn.metrics import accuracy
+from compactnn.plan import CompressionPlan, GapHead, KeepInputs, KeepOutputs
+from compactnn.solvers.training import ADMMConfig, ADMMEngine, run_admm
 from compactnn.train import apply_masks, zero_masks
 
 __all__ = ["SSR", "SSRConfig"]
@@ -53,7 +57,6 @@ def _cut_records(actions: list[Any]) -> list[dict[str, Any]]:
 
 def _cuts_from_records(records: list[dict[str, Any]]) -> list[Any]:
     """The cuts :func:`_cut_records` wrote, as plan actions again."""
-    from compactnn.plan import KeepInputs, KeepOutputs
 
     kinds = {"KeepOutputs": KeepOutputs, "KeepInputs": KeepInputs}
     return [kinds[r["type"]](r["layer"], tuple(r["keep"])) for r in records]
@@ -124,8 +127,6 @@ class SSR(Method[SSRConfig]):
     def _gap_head(self, model: nn.Module, shape: Any, layers: list[str]) -> Any:
         """The :class:`~compactnn.plan.GapHead` of ``gap=True``, found and tried on a copy of
         the model before any training (a wrong head fails here, not after the AULM stages)."""
-        from compactnn import surgery
-        from compactnn.plan import CompressionPlan, GapHead
 
         cfg = self.config
         mods = dict(model.named_modules())
@@ -183,7 +184,6 @@ class SSR(Method[SSRConfig]):
     ) -> Any:
         """AULM on layer ``layer`` alone (Algorithm 1 lines 4-9): K-step eq. (11), F-step
         eqs. (14)-(16), dual and over-relaxation eqs. (7)-(9), until the stopping rule."""
-        from compactnn.solvers.training import ADMMConfig, ADMMEngine, run_admm
 
         cfg = self.config
         penalty = _PENALTIES[cfg.penalty]
@@ -266,7 +266,6 @@ class SSR(Method[SSRConfig]):
 
         ``start``, ``record``: resume at layer ``start`` with the records of the layers before;
         ``saved(current, si, next_li, record)`` checkpoints after every layer."""
-        from compactnn import distributed
 
         cfg = self.config
         l1 = _PENALTIES[cfg.penalty] == "l1"
@@ -340,7 +339,6 @@ class SSR(Method[SSRConfig]):
         progress: bool,
     ) -> tuple[nn.Module, dict[str, Any], list[Any]]:
         """Every lambda setting of Algorithm 1's S in turn, fine-tuning between two (line 12)."""
-        from compactnn import resume
 
         cfg = self.config
         penalty = _PENALTIES[cfg.penalty]
@@ -354,9 +352,6 @@ class SSR(Method[SSRConfig]):
             tensors, meta = ckpt
             actions = _cuts_from_records(meta["cuts"])
             if actions:  # the architecture the cuts made so far give, then the saved weights
-                from compactnn import surgery
-                from compactnn.plan import CompressionPlan
-
                 shape = list(data.input_shape)
                 plan = CompressionPlan(actions=list(actions), meta={"input_shape": shape})
                 current = surgery.apply(plan, model)
@@ -394,8 +389,6 @@ class SSR(Method[SSRConfig]):
                     progress=progress,
                 )
             if data.val is not None and len(stages) > 1:  # on validation, never test
-                from compactnn.metrics import accuracy
-
                 stage_rec["val_top1"] = accuracy(current, data.val, topk=(1,))["top1"]
             if penalty != "l1":
                 stage_rec["filters"] = {  # the widths the model really has
@@ -404,7 +397,6 @@ class SSR(Method[SSRConfig]):
             if si < len(stages) - 1:
                 # Algorithm 1's S is a trade-off path: every point but the last (the result)
                 # is returned as a self-contained plan that rebuilds that point's model
-                from compactnn.plan import CompressionPlan
 
                 history.setdefault("stage_plans", []).append(
                     replay_plan(CompressionPlan(actions=list(actions)), current, data.input_shape)
@@ -446,8 +438,6 @@ class SSR(Method[SSRConfig]):
                 teacher = None
         plan = None
         if structured:
-            from compactnn.plan import CompressionPlan
-
             plan = CompressionPlan(actions=actions, meta={"input_shape": list(shape)})
         masks = None if structured else zero_masks(current)
         if cfg.finetune_epochs > 0:
