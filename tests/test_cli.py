@@ -114,3 +114,21 @@ def test_compress_bad_option_is_clear(capsys) -> None:
     )
     assert rc == 2
     assert "option 'rho' (--opt rho=...) of SSR" in capsys.readouterr().err  # CLI terms
+
+
+def test_help_does_not_import_torch() -> None:
+    """``compactnn --help`` answers without loading torch (the commands import it once parsed);
+    the demo's names that moved out of cli still resolve, lazily."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, contextlib, io\n"
+        "import compactnn.cli as cli\n"
+        "with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+        "    cli.main(['--help'])\n"
+        "assert 'torch' not in sys.modules, 'torch imported by --help'\n"
+        "assert callable(cli.cache_dir) and 'torch' in sys.modules\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr

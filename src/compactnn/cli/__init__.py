@@ -24,16 +24,14 @@ import contextlib
 import sys
 from collections.abc import Sequence
 
-# _load_ckpt, _parse_factory_kwargs, method_help and demo_baseline are re-exported too: tests
-# and scripts import them from compactnn.cli
+# _load_ckpt, _parse_factory_kwargs and method_help are re-exported too: tests import them from
+# compactnn.cli
 from compactnn.cli.inputs import _load_ckpt as _load_ckpt
 from compactnn.cli.inputs import _parse_factory_kwargs as _parse_factory_kwargs
 from compactnn.cli.parser import build_parser, cli_terms, method_help
-from compactnn.demo import cache_dir
-from compactnn.demo import demo_baseline as demo_baseline
 from compactnn.errors import CompactnnError
 
-__all__ = ["main", "build_parser", "cache_dir"]
+__all__ = ["main", "build_parser"]
 
 
 def _method_in(argv: Sequence[str]) -> str | None:
@@ -89,3 +87,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+
+
+def __getattr__(name: str) -> object:
+    """``compactnn.cli.cache_dir`` / ``demo_baseline``, where scripts found them before they moved
+    to :mod:`compactnn.demo`: forwarded on first use, so ``--help`` does not import torch."""
+    if name in ("cache_dir", "demo_baseline"):
+        from compactnn import demo  # torch, the reference models and the training loop
+
+        return getattr(demo, name)
+    raise AttributeError(f"module 'compactnn.cli' has no attribute {name!r}")
