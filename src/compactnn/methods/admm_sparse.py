@@ -85,7 +85,8 @@ from compactnn.methods.base import CompressionData, CompressionResult, Method
 from compactnn.metrics import _eval_no_grad, accuracy
 from compactnn.plan import CompressionPlan, KeepInputs
 from compactnn.prox import group_norms
-from compactnn.solvers.training import ADMMConfig, ADMMEngine, ADMMState, kiaee_epochs, run_admm
+from compactnn.solvers import training  # module attribute: looked up at call time (tests patch it)
+from compactnn.solvers.training import ADMMConfig, ADMMEngine, ADMMState, kiaee_epochs
 from compactnn.structure import group_dims
 from compactnn.train import apply_masks
 
@@ -302,7 +303,7 @@ class ADMMSparse(Method[ADMMSparseConfig]):
         )
         fired: dict[str, bool] = {}
         guard = _overprune_guard(fired) if cfg.overprune_guard else None
-        run_admm(engine, w_step, warm_start=previous, after_f_step=guard)
+        training.run_admm(engine, w_step, warm_start=previous, after_f_step=guard)
         return engine, fired
 
     def _epochs(self, i: int) -> int:
