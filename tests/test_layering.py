@@ -18,9 +18,9 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "compactnn"
 
-# Lowest first (levels may name modules not written yet): docs/design.md's order, except that graph sits below capture (which finds each
-# layer's consumers with it) and metrics (which imports only errors and _validation) below budget
-# (which measures params / MACs / latency with it).
+# Lowest first (levels may name modules not written yet); docs/design.md describes the layout in
+# this order (graph sits below capture, which finds each layer's consumers with it; metrics below
+# budget, which measures params / MACs / latency with it).
 LEVELS: list[str] = [
     "errors",
     "_validation",
