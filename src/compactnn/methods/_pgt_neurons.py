@@ -15,7 +15,8 @@ import torch
 from torch import Tensor, nn
 
 from compactnn.errors import ConfigError
-from compactnn.graph import discover, example_input_for
+from compactnn.graph import discover
+from compactnn.methods._common import hooked_forward
 from compactnn.metrics import _eval_no_grad
 from compactnn.prox import group_soft_threshold, lrtc_step, topk_groups
 
@@ -70,12 +71,7 @@ def neuron_shapes(
             handles.append(m.register_forward_pre_hook(before))
         if not list(m.children()):
             handles.append(m.register_forward_hook(record))
-    try:
-        with _eval_no_grad(model):
-            model(example_input_for(model, input_shape))
-    finally:
-        for h in handles:
-            h.remove()
+    hooked_forward(model, input_shape, handles)
     for n in linear:
         c, kh, kw = found.get(n, (mods[n].in_features, 1, 1))
         out[n] = (int(c), int(kh), int(kw))
