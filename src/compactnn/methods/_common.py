@@ -22,7 +22,6 @@ __all__ = [
     "per_layer_values",
     "prune_filters",
     "replay_plan",
-    "hooked_forward",
     "nonzero_filters",
     "kept_filters",
     "finetune_model",
@@ -193,18 +192,6 @@ def replay_plan(
         meta["input_shape"] = list(input_shape)
     plan = CompressionPlan(actions=list(structure_plan.actions), meta=meta)
     return plan.with_state(final)
-
-
-def hooked_forward(model: nn.Module, input_shape: Any, handles: Sequence[Any]) -> None:
-    """One forward pass of ``model`` on its example input (:func:`example_input_for`), in eval
-    mode without gradients (the mode is restored), for the hooks ``handles`` registered on it;
-    the hooks are removed afterwards, even if the forward raises."""
-    try:
-        with _eval_no_grad(model):
-            model(example_input_for(model, input_shape))
-    finally:
-        for h in handles:
-            h.remove()
 
 
 # ------------------------------------------------------------------ shared training pieces

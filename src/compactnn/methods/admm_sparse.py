@@ -58,12 +58,12 @@ from tqdm.auto import tqdm
 
 from compactnn import distributed, resume, surgery
 from compactnn.errors import ConfigError, PlanError
+from compactnn.graph import example_input_for
 from compactnn.methods._admm_sparse_config import _GROUP_PENALTY, ADMMSparseConfig
 from compactnn.methods._calibrate import _CountSizer
 from compactnn.methods._common import (
     admm_w_step,
     finetune_model,
-    hooked_forward,
     kept_filters,
     nonzero_filters,
     prunable_layers,
@@ -82,7 +82,7 @@ from compactnn.methods._kernel_forms import (
     choose_kernel_forms,
 )
 from compactnn.methods.base import CompressionData, CompressionResult, Method
-from compactnn.metrics import accuracy
+from compactnn.metrics import _run_hooked, accuracy
 from compactnn.plan import CompressionPlan, KeepInputs
 from compactnn.prox import group_norms
 from compactnn.solvers.training import ADMMConfig, ADMMEngine, ADMMState, kiaee_epochs, run_admm
@@ -160,6 +160,7 @@ def following_norms(model: nn.Module, layers: list[str], input_shape: Any) -> di
     norms = {n: m for n, m in mods.items() if isinstance(m, nn.modules.batchnorm._NormBase)}
     outs: dict[int, tuple[torch.Tensor, str]] = {}  # the tensor is kept alive: ids stay unique
     found: dict[str, list[str]] = {n: [] for n in layers}
+    x = example_input_for(model, input_shape)
     handles = []
     for n in layers:
         handles.append(
@@ -173,7 +174,7 @@ def following_norms(model: nn.Module, layers: list[str], input_shape: Any) -> di
                 found[hit[1]].append(bn_name)
 
         handles.append(bn.register_forward_pre_hook(pre))
-    hooked_forward(model, input_shape, handles)
+    _run_hooked(model, handles, x)
     return found
 
 
