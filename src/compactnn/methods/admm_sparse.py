@@ -74,6 +74,7 @@ from compactnn.methods._engine import (
     EngineSettings,
     budgeted_run,
     engine_calibrate,
+    engine_settings_of,
 )
 from compactnn.methods._kernel_forms import (
     _kernel_sparse_convs,
@@ -198,13 +199,11 @@ class ADMMSparse(Method[ADMMSparseConfig]):
                 "densely, so a params/MACs target cannot be met by it: pass "
                 "structure='filters' with target=, or set mus= without a target."
             )
-        return EngineSettings(
-            penalty="l20" if cfg.penalty == "l0" else "l21", steps=cfg.engine_steps,
-            anneal_steps=cfg.anneal_steps, lr=cfg.engine_lr, momentum=cfg.momentum,
-            allocation=cfg.engine_allocation,
-            weight_decay=cfg.weight_decay, seed=cfg.seed,
+        return engine_settings_of(
+            cfg,
+            "l20" if cfg.penalty == "l0" else "l21",
             min_keep_fraction=0.5 if cfg.overprune_guard else 0.0,
-        )  # fmt: skip
+        )
 
     def proxy(self) -> Method:
         return self.with_options(finetune_epochs=0, measure_speed=False)
