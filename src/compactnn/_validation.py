@@ -36,16 +36,22 @@ def _fail(name: str, owner: str, expected: str, value: Any) -> ConfigError:
     )
 
 
+def _expected(kind: str, low: Any, high: Any, low_op: str = ">=", high_op: str = "<=") -> str:
+    """What a number check expects: ``kind`` and its bounds (``None``: unbounded), e.g.
+    ``"an int >= 1 and <= 8"``."""
+    bounds = []
+    if low is not None:
+        bounds.append(f"{low_op} {low}")
+    if high is not None:
+        bounds.append(f"{high_op} {high}")
+    return kind + (" " + " and ".join(bounds) if bounds else "")
+
+
 def check_int(
     value: Any, name: str, owner: str, *, min_value: int | None = None, max_value: int | None = None
 ) -> int:
     """Validate an integer parameter (bools are rejected)."""
-    bounds = []
-    if min_value is not None:
-        bounds.append(f">= {min_value}")
-    if max_value is not None:
-        bounds.append(f"<= {max_value}")
-    expected = "an int" + (" " + " and ".join(bounds) if bounds else "")
+    expected = _expected("an int", min_value, max_value)
     if isinstance(value, bool) or not isinstance(value, int):
         raise _fail(name, owner, expected, value)
     if (min_value is not None and value < min_value) or (
@@ -66,12 +72,13 @@ def check_float(
     max_inclusive: bool = True,
 ) -> float:
     """Validate a finite real parameter within optional bounds."""
-    bounds = []
-    if min_value is not None:
-        bounds.append(f"{'>=' if min_inclusive else '>'} {min_value}")
-    if max_value is not None:
-        bounds.append(f"{'<=' if max_inclusive else '<'} {max_value}")
-    expected = "a finite float" + (" " + " and ".join(bounds) if bounds else "")
+    expected = _expected(
+        "a finite float",
+        min_value,
+        max_value,
+        ">=" if min_inclusive else ">",
+        "<=" if max_inclusive else "<",
+    )
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise _fail(name, owner, expected, value)
     v = float(value)

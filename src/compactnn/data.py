@@ -6,21 +6,11 @@ re-exports its public names, the dataset constants included, so that ``from comp
 data``, ``compactnn.data.get_loaders`` and the scripts and the README that use them keep working.
 """
 
+from compactnn.zoo import data as _zoo_data
+from compactnn.zoo.data import *  # noqa: F403  (the names of __all__)
 from compactnn.zoo.data import CIFAR_DIRNAME as CIFAR_DIRNAME
 from compactnn.zoo.data import CIFAR_TEST_BATCHES as CIFAR_TEST_BATCHES
 from compactnn.zoo.data import CIFAR_TRAIN_BATCHES as CIFAR_TRAIN_BATCHES
-from compactnn.zoo.data import (
-    DATASETS,
-    DatasetFormatError,
-    DatasetInfo,
-    dataset_info,
-    get_dataset,
-    get_loaders,
-    list_datasets,
-    load_arrays,
-    make_spiral,
-    normalisation,
-)
 from compactnn.zoo.data import FASHION_MNIST_DIR as FASHION_MNIST_DIR
 from compactnn.zoo.data import IDX_FILES as IDX_FILES
 from compactnn.zoo.data import MNIST_PICKLE as MNIST_PICKLE
@@ -32,15 +22,4 @@ from compactnn.zoo.data import SPLIT_SEED as SPLIT_SEED
 from compactnn.zoo.data import SPLITS as SPLITS
 from compactnn.zoo.data import TEST_FRACTION as TEST_FRACTION
 
-__all__ = [
-    "DATASETS",
-    "DatasetFormatError",
-    "DatasetInfo",
-    "dataset_info",
-    "get_dataset",
-    "get_loaders",
-    "list_datasets",
-    "make_spiral",
-    "load_arrays",
-    "normalisation",
-]
+__all__ = list(_zoo_data.__all__)

@@ -7,24 +7,7 @@ models pickled under this path (``compactnn.models.ReferenceNet`` / ``CifarResNe
 ``BasicBlock``) still load.
 """
 
-from compactnn.zoo.models import (
-    BasicBlock,
-    CifarResNet,
-    ModelSpec,
-    ReferenceNet,
-    create,
-    default_input_shape,
-    list_models,
-    model_spec,
-)
+from compactnn.zoo import models as _zoo_models
+from compactnn.zoo.models import *  # noqa: F403  (the names of __all__)
 
-__all__ = [
-    "ModelSpec",
-    "ReferenceNet",
-    "BasicBlock",
-    "CifarResNet",
-    "list_models",
-    "create",
-    "default_input_shape",
-    "model_spec",
-]
+__all__ = list(_zoo_models.__all__)

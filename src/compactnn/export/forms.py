@@ -166,6 +166,16 @@ def export_form(model: nn.Module, *, sparse: str = "dense") -> nn.Module:
     return out
 
 
+def _load_lowrank(dense: nn.Module, layer: LowRankLinear | LowRankConv2d) -> nn.Module:
+    """``dense`` (the ``nn.Linear`` / ``nn.Conv2d`` of ``layer``'s shape) with the product weight
+    of the low-rank ``layer`` and its bias."""
+    with torch.no_grad():
+        dense.weight.copy_(layer.dense_weight())
+        if dense.bias is not None:
+            dense.bias.copy_(layer.second.bias)
+    return dense
+
+
 def dense_equivalent(layer: nn.Module) -> nn.Module | None:
     """The dense ``nn.Linear`` / ``nn.Conv2d`` computing what a compactnn layer computes.
 
@@ -177,11 +187,7 @@ def dense_equivalent(layer: nn.Module) -> nn.Module | None:
         return _dense_conv(layer)
     if isinstance(layer, LowRankLinear):
         lin = nn.Linear(layer.in_features, layer.out_features, bias=layer.second.bias is not None)
-        with torch.no_grad():
-            lin.weight.copy_(layer.dense_weight())
-            if lin.bias is not None:
-                lin.bias.copy_(layer.second.bias)
-        return lin
+        return _load_lowrank(lin, layer)
     if isinstance(layer, LowRankConv2d):
         f = layer.first
         conv = nn.Conv2d(
@@ -193,11 +199,7 @@ def dense_equivalent(layer: nn.Module) -> nn.Module | None:
             dilation=f.dilation,  # type: ignore[arg-type]
             bias=layer.second.bias is not None,
         )
-        with torch.no_grad():
-            conv.weight.copy_(layer.dense_weight())
-            if conv.bias is not None:
-                conv.bias.copy_(layer.second.bias)
-        return conv
+        return _load_lowrank(conv, layer)
     if isinstance(layer, SparsePlusLowRank):
         s, lr = dense_equivalent(layer.sparse), dense_equivalent(layer.lowrank)
         if s is None or lr is None or type(s) is not type(lr):

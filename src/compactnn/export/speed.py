@@ -22,7 +22,7 @@ from compactnn.layers import (
     SparseLinear,
     SparsePlusLowRank,
 )
-from compactnn.metrics import _eval_no_grad, _threads
+from compactnn.metrics import _run_hooked, _threads
 from compactnn.plan import LAYER_STATE_ACTIONS, CompressionPlan, SetState, SetWeights
 from compactnn.surgery import apply
 
@@ -63,12 +63,7 @@ def layer_speed(
         m.register_forward_pre_hook(lambda mod, inp, _n=n: seen.__setitem__(_n, inp[0].detach()))
         for n, m in targets.items()
     ]
-    try:
-        with _eval_no_grad(model):
-            model(inputs)
-    finally:
-        for h in hooks:
-            h.remove()
+    _run_hooked(model, hooks, inputs)
     rows = []
     with _threads(threads):
         for n, m in targets.items():

@@ -1,6 +1,6 @@
 """What every layer family of :mod:`compactnn.layers` shares: the argument checks, the conv
-geometry (``_pair``, ``_out_hw``) and :func:`stored_param_count`, the uniform parameter count the
-metrics use."""
+geometry (``_pair``, ``_out_hw``), the bias parameter (``_register_bias``) and
+:func:`stored_param_count`, the uniform parameter count the metrics use."""
 
 from __future__ import annotations
 
@@ -36,6 +36,15 @@ def _out_hw(conv: _ConvGeometry, x: Tensor) -> tuple[int, int]:
     (ph, pw), (dh, dw) = conv.padding, conv.dilation
     h, w = x.shape[-2], x.shape[-1]  # no int(): torch.fx traces this with proxies
     return (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+
+
+def _register_bias(module: nn.Module, bias: Tensor | None) -> None:
+    """Register a detached copy of ``bias`` as the parameter ``module.bias`` (``None``: the
+    parameter ``bias`` is registered as absent, as in ``nn.Linear(bias=False)``)."""
+    if bias is not None:
+        module.bias = nn.Parameter(bias.detach().clone())
+    else:
+        module.register_parameter("bias", None)
 
 
 def _check_tensor(t: object, name: str, owner: str, ndim: tuple[int, ...]) -> Tensor:

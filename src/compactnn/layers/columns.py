@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from compactnn._validation import check_int
 from compactnn.errors import ConfigError
-from compactnn.layers.base import _check_tensor, _pair
+from compactnn.layers.base import _check_tensor, _pair, _register_bias
 
 COLUMN_FORMS: tuple[str, ...] = ("gather", "channels", "dense")
 """Execution forms of the column-sparse layers (same parameters, same function)."""
@@ -62,10 +62,7 @@ class ColumnSparseLinear(nn.Module):
         self.form = form
         self.register_buffer("columns", cols.clone())
         self.weight = nn.Parameter(weight.detach().clone())
-        if bias is not None:
-            self.bias: nn.Parameter | None = nn.Parameter(bias.detach().clone())
-        else:
-            self.register_parameter("bias", None)
+        _register_bias(self, bias)
 
     @classmethod
     def from_dense(
@@ -157,10 +154,7 @@ class ColumnSparseConv2d(nn.Module):
         self.register_buffer("channels", chans)
         self.register_buffer("local", local)
         self.weight = nn.Parameter(weight.detach().clone())
-        if bias is not None:
-            self.bias: nn.Parameter | None = nn.Parameter(bias.detach().clone())
-        else:
-            self.register_parameter("bias", None)
+        _register_bias(self, bias)
 
     @classmethod
     def from_dense(

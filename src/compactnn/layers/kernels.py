@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from compactnn._validation import check_int
 from compactnn.errors import ConfigError
-from compactnn.layers.base import _check_tensor, _out_hw, _pair
+from compactnn.layers.base import _check_tensor, _out_hw, _pair, _register_bias
 from compactnn.layers.sparse import _coo_conv
 
 KERNEL_FORMS: tuple[str, ...] = ("dense", "grouped", "sparse")
@@ -133,10 +133,7 @@ class KernelSparseConv2d(nn.Module):
         rows = idx[0].repeat_interleave(kk)
         cols = (idx[1][:, None] * kk + torch.arange(kk, device=dev)[None, :]).reshape(-1)
         self.register_buffer("lowered", torch.stack([rows, cols]))
-        if bias is not None:
-            self.bias: nn.Parameter | None = nn.Parameter(bias.detach().clone())
-        else:
-            self.register_parameter("bias", None)
+        _register_bias(self, bias)
         self.filter_groups: tuple[tuple[int, ...], ...] = (tuple(range(n)),)
         if form == "grouped":  # its index buffers exist in this form only
             self._init_groups(support, filter_groups, max_groups)

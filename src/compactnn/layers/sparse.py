@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from compactnn._validation import check_int
 from compactnn.errors import ConfigError
-from compactnn.layers.base import _check_tensor, _ConvGeometry, _out_hw, _pair
+from compactnn.layers.base import _check_tensor, _ConvGeometry, _out_hw, _pair, _register_bias
 
 
 def _coo_mm(indices: Tensor, values: Tensor, shape: tuple[int, int], dense: Tensor) -> Tensor:
@@ -55,10 +55,7 @@ class _SparseBase(nn.Module):
         self.register_buffer("indices", idx.to(torch.long))
         self.values = nn.Parameter(dense2d[idx[0], idx[1]].detach().clone())
         self.shape2d = (int(dense2d.shape[0]), int(dense2d.shape[1]))
-        if bias is not None:
-            self.bias: nn.Parameter | None = nn.Parameter(bias.detach().clone())
-        else:
-            self.register_parameter("bias", None)
+        _register_bias(self, bias)
 
     @property
     def nnz(self) -> int:

@@ -136,6 +136,17 @@ def _rules() -> Mapping[str, Any]:
 ENGINE_RULES = _rules()
 
 
+def engine_settings_of(cfg: Any, penalty: str, **more: Any) -> EngineSettings:
+    """The :class:`EngineSettings` of an engine method's config ``cfg``: its engine options
+    (:class:`EngineOptions`), its SGD (``momentum``, ``weight_decay``) and ``seed``, with the
+    method's ``penalty`` and its ``more`` settings."""
+    return EngineSettings(
+        penalty=penalty, steps=cfg.engine_steps, anneal_steps=cfg.anneal_steps, lr=cfg.engine_lr,
+        momentum=cfg.momentum, allocation=cfg.engine_allocation,
+        weight_decay=cfg.weight_decay, seed=cfg.seed, **more,
+    )  # fmt: skip
+
+
 def engine_calibrate(
     method: Any, model: nn.Module, data: Any, target: Target
 ) -> tuple[Any, dict[str, Any]]:

@@ -16,7 +16,7 @@ from torch import nn
 from compactnn import metrics  # module attribute: looked up at call time (tests patch it)
 from compactnn.layers import KernelSparseConv2d
 from compactnn.methods.base import CompressionData
-from compactnn.metrics import _eval_no_grad, real_batch
+from compactnn.metrics import _run_hooked, real_batch
 from compactnn.plan import KernelSparse
 
 __all__ = ["KERNEL_CANDIDATES", "choose_kernel_forms"]
@@ -119,12 +119,7 @@ def _layer_inputs(
         )
         for n in layers
     ]
-    try:
-        with _eval_no_grad(model):
-            model(samples)
-    finally:
-        for h in hooks:
-            h.remove()
+    _run_hooked(model, hooks, samples)
     return seen
 
 

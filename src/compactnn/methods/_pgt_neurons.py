@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from compactnn.errors import ConfigError
 from compactnn.graph import discover, example_input_for
-from compactnn.metrics import _eval_no_grad
+from compactnn.metrics import _eval_no_grad, _run_hooked
 from compactnn.prox import group_soft_threshold, lrtc_step, topk_groups
 
 __all__ = ["neuron_shapes", "neuron_prox", "rebalance_neurons"]
@@ -64,18 +64,14 @@ def neuron_shapes(
                 return
         found.setdefault(n, (d, 1, 1))
 
+    x = example_input_for(model, input_shape)
     handles = []
     for m in model.modules():
         if id(m) in targets:
             handles.append(m.register_forward_pre_hook(before))
         if not list(m.children()):
             handles.append(m.register_forward_hook(record))
-    try:
-        with _eval_no_grad(model):
-            model(example_input_for(model, input_shape))
-    finally:
-        for h in handles:
-            h.remove()
+    _run_hooked(model, handles, x)
     for n in linear:
         c, kh, kw = found.get(n, (mods[n].in_features, 1, 1))
         out[n] = (int(c), int(kh), int(kw))

@@ -74,6 +74,7 @@ from compactnn.methods._engine import (
     EngineSettings,
     budgeted_run,
     engine_calibrate,
+    engine_settings_of,
 )
 from compactnn.methods._kernel_forms import (
     _kernel_sparse_convs,
@@ -82,7 +83,7 @@ from compactnn.methods._kernel_forms import (
     choose_kernel_forms,
 )
 from compactnn.methods.base import CompressionData, CompressionResult, Method
-from compactnn.metrics import _eval_no_grad, accuracy
+from compactnn.metrics import _run_hooked, accuracy
 from compactnn.plan import CompressionPlan, KeepInputs
 from compactnn.prox import group_norms
 from compactnn.solvers import training  # module attribute: looked up at call time (tests patch it)
@@ -161,6 +162,7 @@ def following_norms(model: nn.Module, layers: list[str], input_shape: Any) -> di
     norms = {n: m for n, m in mods.items() if isinstance(m, nn.modules.batchnorm._NormBase)}
     outs: dict[int, tuple[torch.Tensor, str]] = {}  # the tensor is kept alive: ids stay unique
     found: dict[str, list[str]] = {n: [] for n in layers}
+    x = example_input_for(model, input_shape)
     handles = []
     for n in layers:
         handles.append(
@@ -174,12 +176,7 @@ def following_norms(model: nn.Module, layers: list[str], input_shape: Any) -> di
                 found[hit[1]].append(bn_name)
 
         handles.append(bn.register_forward_pre_hook(pre))
-    try:
-        with _eval_no_grad(model):
-            model(example_input_for(model, input_shape))
-    finally:
-        for h in handles:
-            h.remove()
+    _run_hooked(model, handles, x)
     return found
 
 
@@ -203,13 +200,11 @@ class ADMMSparse(Method[ADMMSparseConfig]):
                 "densely, so a params/MACs target cannot be met by it: pass "
                 "structure='filters' with target=, or set mus= without a target."
             )
-        return EngineSettings(
-            penalty="l20" if cfg.penalty == "l0" else "l21", steps=cfg.engine_steps,
-            anneal_steps=cfg.anneal_steps, lr=cfg.engine_lr, momentum=cfg.momentum,
-            allocation=cfg.engine_allocation,
-            weight_decay=cfg.weight_decay, seed=cfg.seed,
+        return engine_settings_of(
+            cfg,
+            "l20" if cfg.penalty == "l0" else "l21",
             min_keep_fraction=0.5 if cfg.overprune_guard else 0.0,
-        )  # fmt: skip
+        )
 
     def proxy(self) -> Method:
         return self.with_options(finetune_epochs=0, measure_speed=False)

@@ -75,6 +75,7 @@ from compactnn.methods._engine import (
     EngineSettings,
     budgeted_run,
     engine_calibrate,
+    engine_settings_of,
 )
 from compactnn.methods._options import FINETUNE_RULES, LAYERS, SEED, SGD_RULES
 from compactnn.methods._pgt_neurons import (
@@ -218,12 +219,9 @@ class PGT(Method[PGTConfig]):
                 "trained model: penalty='lowrank' and init='scratch' keep the paper's fixed-λ "
                 "protocol. Drop the target and set lam, or use penalty='group' / 'topk'."
             )
-        return EngineSettings(
-            penalty="l21" if cfg.penalty == "group" else "l20", steps=cfg.engine_steps,
-            anneal_steps=cfg.anneal_steps, lr=cfg.engine_lr, momentum=cfg.momentum,
-            allocation=cfg.engine_allocation,
-            weight_decay=cfg.weight_decay, min_keep=cfg.min_keep, seed=cfg.seed, with_bias=True,
-        )  # fmt: skip
+        return engine_settings_of(
+            cfg, "l21" if cfg.penalty == "group" else "l20", min_keep=cfg.min_keep, with_bias=True
+        )
 
     def calibrate(
         self, model: nn.Module, data: CompressionData, target: Any, *, progress: bool = False

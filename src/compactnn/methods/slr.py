@@ -70,7 +70,7 @@ from compactnn.methods._layerwise_solve import _solve_one
 from compactnn.methods._options import FINETUNE_RULES
 from compactnn.methods.base import CompressionData, CompressionResult, Method, MethodConfig
 from compactnn.methods.layerwise import _Layerwise, default_layers
-from compactnn.metrics import _eval_no_grad
+from compactnn.metrics import _run_hooked
 from compactnn.plan import CompressionPlan, LowRank, SetWeights, SparseLowRank
 from compactnn.solvers.layerwise import get_layer_solver
 from compactnn.solvers.layerwise.slr import deployed_rank
@@ -504,12 +504,7 @@ def _input_shapes(model: nn.Module, x: Tensor) -> dict[str, tuple[int, ...]]:
                 shapes[n] = tuple(int(s) for s in inp[0].shape[1:])
 
             handles.append(m.register_forward_hook(hook))
-    try:
-        with _eval_no_grad(model):  # train mode restored even if the forward raises
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
+    _run_hooked(model, handles, x)
     return shapes
 
 

@@ -38,7 +38,12 @@ from compactnn.methods._common import (
     prune_filters,
     replay_plan,
 )
-from compactnn.methods._engine import EngineSettings, budgeted_run, engine_calibrate
+from compactnn.methods._engine import (
+    EngineSettings,
+    budgeted_run,
+    engine_calibrate,
+    engine_settings_of,
+)
 from compactnn.methods._ssr_config import _PENALTIES, SSRConfig
 from compactnn.methods.base import CompressionData, CompressionResult, Method
 from compactnn.metrics import accuracy
@@ -88,12 +93,7 @@ class SSR(Method[SSRConfig]):
                 "penalty='l1' (unstructured), lam_path= and gap=True keep the paper's fixed-λ "
                 "protocol. Drop the target and set lam, or use penalty='l21' / 'l20'."
             )
-        return EngineSettings(
-            penalty=pen, steps=cfg.engine_steps, anneal_steps=cfg.anneal_steps, lr=cfg.engine_lr,
-            allocation=cfg.engine_allocation,
-            momentum=cfg.momentum, weight_decay=cfg.weight_decay, min_keep=cfg.min_keep,
-            seed=cfg.seed,
-        )  # fmt: skip
+        return engine_settings_of(cfg, pen, min_keep=cfg.min_keep)
 
     def calibrate(
         self, model: nn.Module, data: CompressionData, target: Any, *, progress: bool = False

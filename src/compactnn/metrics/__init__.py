@@ -29,6 +29,7 @@ from __future__ import annotations
 # the model-running helpers that methods, export and the preflight checks share
 from compactnn.metrics._run import _eval_no_grad as _eval_no_grad
 from compactnn.metrics._run import _run_checked as _run_checked
+from compactnn.metrics._run import _run_hooked as _run_hooked
 from compactnn.metrics.flops import LayerRow, count_flops, layer_table
 from compactnn.metrics.latency import (
     LatencyResult,

@@ -1,6 +1,6 @@
 """Running a model for a measurement: an example input of the model's dtype and device, the
-device sync before a timer stops, eval mode without gradients, and shape mismatches reported as
-:class:`~compactnn.errors.InputShapeError`."""
+device sync before a timer stops, eval mode without gradients, one hooked forward pass, and shape
+mismatches reported as :class:`~compactnn.errors.InputShapeError`."""
 
 from __future__ import annotations
 
@@ -37,6 +37,18 @@ def _eval_no_grad(model: nn.Module) -> Iterator[None]:
             yield
     finally:
         model.train(was_training)
+
+
+def _run_hooked(model: nn.Module, handles: Sequence[Any], inputs: Any) -> None:
+    """One forward pass of ``model`` on ``inputs`` in eval mode without gradients (the mode is
+    restored), for the hooks ``handles`` registered on it; the hooks are removed afterwards, even
+    if the forward raises."""
+    try:
+        with _eval_no_grad(model):
+            model(inputs)
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def _run_checked(model: nn.Module, x: torch.Tensor) -> Any:

@@ -70,6 +70,14 @@ def _check_t(layer: str, t: Any, name: str, kind: str, optional: bool = False) -
     return t.detach().cpu().contiguous()
 
 
+def _check_weight_bias(action: Any, kind: str) -> None:
+    """Check the ``layer``, ``weight`` and optional ``bias`` of the frozen action ``action`` of
+    type ``kind``, storing the checked tensors on it."""
+    _check_layer(action.layer, kind)
+    object.__setattr__(action, "weight", _check_t(action.layer, action.weight, "weight", kind))
+    object.__setattr__(action, "bias", _check_t(action.layer, action.bias, "bias", kind, True))
+
+
 class _TensorEq:
     """Equality for frozen dataclasses holding tensors (exact, via ``torch.equal``)."""
 
@@ -211,13 +219,7 @@ class SetWeights(_TensorEq):
     sparse: bool = False
 
     def __post_init__(self) -> None:
-        _check_layer(self.layer, "SetWeights")
-        object.__setattr__(
-            self, "weight", _check_t(self.layer, self.weight, "weight", "SetWeights")
-        )
-        object.__setattr__(
-            self, "bias", _check_t(self.layer, self.bias, "bias", "SetWeights", True)
-        )
+        _check_weight_bias(self, "SetWeights")
         if not isinstance(self.sparse, bool):
             raise PlanError(
                 f"SetWeights(layer={self.layer!r}): 'sparse' must be a bool. Got {self.sparse!r}."
@@ -246,13 +248,7 @@ class KernelSparse(_TensorEq):
     FORMS: ClassVar[tuple[str, ...]] = ("dense", "grouped", "sparse")
 
     def __post_init__(self) -> None:
-        _check_layer(self.layer, "KernelSparse")
-        object.__setattr__(
-            self, "weight", _check_t(self.layer, self.weight, "weight", "KernelSparse")
-        )
-        object.__setattr__(
-            self, "bias", _check_t(self.layer, self.bias, "bias", "KernelSparse", True)
-        )
+        _check_weight_bias(self, "KernelSparse")
         if self.weight.dim() != 4:
             raise PlanError(
                 f"KernelSparse(layer={self.layer!r}): 'weight' must be a conv weight (n, c, kh, "

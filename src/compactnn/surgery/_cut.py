@@ -28,6 +28,13 @@ def _sel(t: Tensor, dim: int, keep: Sequence[int]) -> nn.Parameter:
     return nn.Parameter(torch.index_select(t.detach(), dim, idx).clone(), t.requires_grad)
 
 
+def _keep_rows(m: nn.Module, keep: Sequence[int]) -> None:
+    """Keep the output rows ``keep`` of ``m``'s weight and, if it has one, of its bias."""
+    m.weight = _sel(m.weight, 0, keep)
+    if m.bias is not None:
+        m.bias = _sel(m.bias, 0, keep)
+
+
 def _is_depthwise(m: nn.Conv2d) -> bool:
     return m.groups > 1 and m.groups == m.out_channels
 
@@ -137,18 +144,14 @@ def _cut_module(m: nn.Module, c: dict[str, set[int]]) -> None:
             k = m.out_channels // m.groups
             groups = _keep(m.groups, c["chan"])
             keep = [g * k + j for g in groups for j in range(k)]
-            m.weight = _sel(m.weight, 0, keep)
-            if m.bias is not None:
-                m.bias = _sel(m.bias, 0, keep)
+            _keep_rows(m, keep)
             m.in_channels = m.groups = len(groups)
             m.out_channels = len(keep)
             return
         g = m.groups
         if c["out"]:
             keep = _keep(m.out_channels, c["out"])
-            m.weight = _sel(m.weight, 0, keep)
-            if m.bias is not None:
-                m.bias = _sel(m.bias, 0, keep)
+            _keep_rows(m, keep)
             m.out_channels = len(keep)
         if c["in"]:
             cin, per_in = m.in_channels, m.in_channels // g
@@ -169,9 +172,7 @@ def _cut_module(m: nn.Module, c: dict[str, set[int]]) -> None:
     elif isinstance(m, nn.Linear):
         if c["out"]:
             keep = _keep(m.out_features, c["out"])
-            m.weight = _sel(m.weight, 0, keep)
-            if m.bias is not None:
-                m.bias = _sel(m.bias, 0, keep)
+            _keep_rows(m, keep)
             m.out_features = len(keep)
         if c["in"]:
             keep = _keep(m.in_features, c["in"])

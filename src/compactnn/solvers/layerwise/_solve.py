@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from functools import partial
 from types import MappingProxyType
 from typing import Any, ClassVar
 
@@ -112,35 +113,27 @@ def _build_admm(
     c = ((-b if ceiling is None else ceiling - b) / t).to(dtype)  # (n,) or (N, n)
     mask = None if linear else (Y > 0)
     Qd = Q.to(dtype)
+    # both forms share the scaled targets and ceiling, the active mask and the tolerances
+    scaled = partial(ScaledProblem, T=T, c=c, mask=mask, eps=eps / t, Yabs=y_abs / t)
     if objective == "nuclear":
         # Reduced coordinates U = Q Ut (exact for the nuclear norm: projecting U onto the row
         # space of X keeps XU and never increases ||U||_*), so A^T A = diag(s^2) is diagonal.
         A = ((X @ Q) / s_max).to(dtype)
         inv = 1.0 / (1.0 + sc**2)
-        prob = ScaledProblem(
+        prob = scaled(
             fwd=lambda U: A @ U,
             adj=lambda V: A.T @ V,
             solve=lambda R: R * inv[:, None],
             m=int(Q.shape[1]),
-            T=T,
-            c=c,
-            mask=mask,
-            eps=eps / t,
-            Yabs=y_abs / t,
         )
         return prob, Qd, t / s_max
     Xs = (X / s_max).to(dtype)
     w = (sc**2 / (1.0 + sc**2))[:, None]
-    prob = ScaledProblem(
+    prob = scaled(
         fwd=lambda U: Xs @ U,
         adj=lambda V: Xs.T @ V,
         solve=lambda R: R - Qd @ (w * (Qd.T @ R)),
         m=int(X.shape[1]),
-        T=T,
-        c=c,
-        mask=mask,
-        eps=eps / t,
-        Yabs=y_abs / t,
     )
     return prob, None, t / s_max
 

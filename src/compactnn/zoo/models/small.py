@@ -14,6 +14,19 @@ from torch import nn
 from compactnn.zoo.models.base import _feature_size, _need_size, _net
 
 
+def _lenet_features(c: int, c1: int, c2: int) -> OrderedDict[str, nn.Module]:
+    """The LeNets' feature part: ``conv1`` c1@5x5 - ``relu1`` - ``pool1`` max 2x2 - ``conv2``
+    c2@5x5 - ``relu2`` - ``pool2`` max 2x2, on ``c`` input channels."""
+    return OrderedDict(
+        conv1=nn.Conv2d(c, c1, 5),
+        relu1=nn.ReLU(),
+        pool1=nn.MaxPool2d(2, 2),
+        conv2=nn.Conv2d(c1, c2, 5),
+        relu2=nn.ReLU(),
+        pool2=nn.MaxPool2d(2, 2),
+    )
+
+
 def _lenet_caffe(name: str, c: int, k: int, size: int | None) -> nn.Module:
     """Caffe LeNet 20-50-500-10.
 
@@ -24,14 +37,7 @@ def _lenet_caffe(name: str, c: int, k: int, size: int | None) -> nn.Module:
     pruned layer. They add no parameters.
     """
     size = _need_size(name, size)
-    feats = OrderedDict(
-        conv1=nn.Conv2d(c, 20, 5),
-        relu1=nn.ReLU(),
-        pool1=nn.MaxPool2d(2, 2),
-        conv2=nn.Conv2d(20, 50, 5),
-        relu2=nn.ReLU(),
-        pool2=nn.MaxPool2d(2, 2),
-    )
+    feats = _lenet_features(c, 20, 50)
     flat = _feature_size(name, feats, 50, size)
     head = OrderedDict(
         flatten=nn.Flatten(), fc1=nn.Linear(flat, 500), relu3=nn.ReLU(), fc2=nn.Linear(500, k)
@@ -50,14 +56,7 @@ def _lenet5(name: str, c: int, k: int, size: int | None) -> nn.Module:
     chosen because DDLR's constraint (4) assumes ReLU layers.
     """
     size = _need_size(name, size)
-    feats = OrderedDict(
-        conv1=nn.Conv2d(c, 6, 5),
-        relu1=nn.ReLU(),
-        pool1=nn.MaxPool2d(2, 2),
-        conv2=nn.Conv2d(6, 16, 5),
-        relu2=nn.ReLU(),
-        pool2=nn.MaxPool2d(2, 2),
-    )
+    feats = _lenet_features(c, 6, 16)
     flat = _feature_size(name, feats, 16, size)
     head = OrderedDict(
         flatten=nn.Flatten(),
