@@ -145,7 +145,15 @@ CNN_OPTS: dict[str, dict[str, Any]] = {
 #: validation like any other): name -> (method, options)
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     # one kept fraction for every coupling group instead of the knapsack's value per unit cost
+    # (the engine's default since session 18 (2026-12-07); the rows named ssr / pgt / admm-sparse
+    # of the results before it ran the knapsack, rerun them as X-knapsack)
     "ssr-uniform": ("ssr", {"penalty": "l21", "engine_allocation": "uniform"}),
+    "pgt-uniform": ("pgt", {"engine_allocation": "uniform"}),
+    "admm-sparse-uniform": ("admm-sparse", {"engine_allocation": "uniform"}),
+    # the greedy value-per-unit-cost allocation, the engine's default before then
+    "ssr-knapsack": ("ssr", {"penalty": "l21", "engine_allocation": "knapsack"}),
+    "pgt-knapsack": ("pgt", {"engine_allocation": "knapsack"}),
+    "admm-sparse-knapsack": ("admm-sparse", {"engine_allocation": "knapsack"}),
 }
 #: compactnn methods whose target runs the budgeted engine: under --total-epochs E their shared
 #: fine-tuning is E minus their compression's cost in dense epochs (the peers and the criteria
