@@ -132,3 +132,22 @@ def test_help_does_not_import_torch() -> None:
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
+
+
+def test_a_closed_pipe_ends_quietly() -> None:
+    """``compactnn compress --method X --help | head -1``: the reader is gone before compactnn
+    writes; the command stops with 128 + SIGPIPE and no 'internal error' line."""
+    import os
+    import subprocess
+    import sys
+
+    read, write = os.pipe()
+    os.close(read)  # the reader has already gone when compactnn writes
+    try:
+        run = subprocess.run(
+            [sys.executable, "-m", "compactnn.cli", "compress", "--method", "l1-norm", "--help"],
+            stdout=write, stderr=subprocess.PIPE, text=True, timeout=120,
+        )  # fmt: skip
+    finally:
+        os.close(write)
+    assert run.returncode == 141 and "error" not in run.stderr, run.stderr

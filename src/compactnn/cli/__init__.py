@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -77,6 +78,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("compactnn: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `compactnn ... | head` closed the pipe: stop quietly, as cat does
+        with contextlib.suppress(OSError):  # Python's flush at exit must not raise again
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE
     except Exception as exc:  # noqa: BLE001 - a bug: one line, the traceback with --debug
         if debug:
             raise
