@@ -70,7 +70,7 @@ def test_log_file_has_a_line_every_interval_and_the_summary_of_report_json(tmp_p
     # the summary's numbers are report.json's (one measurement per runtime, protocol named)
     rep = json.loads((out / "report.json").read_text())
     ups = rep["speedup"]["batch 100"]
-    assert set(ups) == {"eager", "onnxruntime"}
+    assert set(ups) == {"eager", "eager channels_last", "onnxruntime"}
     head = next(ln for ln in lines if ln.startswith("speed-up at batch 100"))
     assert rep["speedup_protocol"] in head and "1 thread(s)" in head
     for runtime, v in ups.items():

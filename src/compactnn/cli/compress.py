@@ -467,9 +467,10 @@ def summary_text(result: Any, rep: dict[str, Any] | None, batch_size: int) -> st
         f"speed-up at batch {batch_size} ({rep['speedup_protocol']}; original and compressed "
         "timed in the same runtime):"
     )
+    width = max(12, *(len(rt) for rt in ups))
     for rt, v in ups.items():
         lines.append(
-            f"  {rt:<12} {v['original_ms']:>10.3f} ms -> {v['compressed_ms']:>10.3f} ms   "
+            f"  {rt:<{width}} {v['original_ms']:>10.3f} ms -> {v['compressed_ms']:>10.3f} ms   "
             f"{v['speedup']:.2f}x"
         )
     return "\n".join(lines)

@@ -18,6 +18,7 @@ import torch
 #: runtime -> (the original's row, the compressed model's row) of a ``deploy`` latency record
 SPEEDUP_RUNTIMES = {
     "eager": ("eager_original", "eager"),
+    "eager channels_last": ("channels_last_original", "channels_last"),
     "onnxruntime": ("onnxruntime_original", "onnxruntime"),
 }
 
@@ -115,9 +116,9 @@ def _artifacts_and_latency(dep: dict[str, Any]) -> list[str]:
         f"Sparse layers exported in **{dep['sparse_form']}** form. Latency on "
         f"{dep['latency_inputs']}, {dep['latency_threads']} thread(s), median ms:",
         "",
-        "| batch | eager original | eager | onnxruntime original | onnxruntime | "
-        "torch.compile | fastest |",
-        "|---|---:|---:|---:|---:|---:|---|",
+        "| batch | eager original | eager | channels_last original | channels_last | "
+        "onnxruntime original | onnxruntime | torch.compile | fastest |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for bs, row in dep["latency"].items():
 
@@ -126,6 +127,7 @@ def _artifacts_and_latency(dep: dict[str, Any]) -> list[str]:
 
         lines.append(
             f"| {bs.split()[-1]} | {ms('eager_original')} | {ms('eager')} | "
+            f"{ms('channels_last_original')} | {ms('channels_last')} | "
             f"{ms('onnxruntime_original')} | {ms('onnxruntime')} | {ms('torch.compile')} | "
             f"{row['fastest']} |"
         )

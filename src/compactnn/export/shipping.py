@@ -1,13 +1,14 @@
 """Ship a compressed model: write every artifact into the result directory and measure it.
 
 :func:`ship` writes ``model.onnx``, ``model.pt`` and the compact checkpoint, checks each
-against the PyTorch model, and times the deployed model (eager, onnxruntime, optionally
-``torch.compile``) beside the original on real batches; the record it returns is the
+against the PyTorch model, and times the deployed model (eager NCHW, eager channels_last for
+images, onnxruntime, optionally ``torch.compile``) beside the original on real batches; the record it returns is the
 ``deploy`` entry of ``report.json``.
 """
 
 from __future__ import annotations
 
+import copy
 import tempfile
 import time
 from collections.abc import Sequence
@@ -73,6 +74,18 @@ def _write_artifacts(
     return artifacts
 
 
+class _ChannelsLast(nn.Module):
+    """``model`` run in the channels_last (NHWC) memory format, its NCHW input converted on the
+    way in: eager PyTorch deployed in that layout, the conversion paid in every call."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = copy.deepcopy(model).to(memory_format=torch.channels_last)
+
+    def forward(self, x: Tensor) -> Any:
+        return self.model(x.contiguous(memory_format=torch.channels_last))
+
+
 def _latency_row(
     model: nn.Module,
     x: Tensor,
@@ -97,6 +110,14 @@ def _latency_row(
         row["onnxruntime_original"] = _lat(onnx_latency(original_onnx, x, threads=threads))
     if onnx_file is not None and onnx_file.is_file():
         row["onnxruntime"] = _lat(onnx_latency(onnx_file, x, threads=threads))
+    if x.dim() == 4:  # images: eager PyTorch in channels_last too, often faster on CPUs
+        pairs = [("channels_last", model)]
+        if original is not None:
+            pairs.insert(0, ("channels_last_original", original))
+        for key, m in pairs:
+            row[key] = _lat(
+                measure_latency(_ChannelsLast(m), shape, batch_size=bs, threads=threads, inputs=x)
+            )
     if compiled is not None:
         row["torch.compile"] = _lat(
             measure_latency(compiled, shape, batch_size=bs, threads=threads, inputs=x)
