@@ -97,9 +97,11 @@ def _latency_row(
     original_onnx: Path | None,
     onnx_file: Path | None,
     compiled: nn.Module | None,
+    channels_last: dict[str, nn.Module],
 ) -> dict[str, Any]:
     """One batch's row of the latency table: every runtime timed on the real batch ``x``
-    (``onnx_file`` where it was written) at batch size ``bs``, and the fastest deployed one."""
+    (``onnx_file`` where it was written; ``channels_last``: row key -> the model or the original
+    in that layout) at batch size ``bs``, and the fastest deployed one."""
     row: dict[str, Any] = {}
     if original is not None:
         row["eager_original"] = _lat(
@@ -110,14 +112,8 @@ def _latency_row(
         row["onnxruntime_original"] = _lat(onnx_latency(original_onnx, x, threads=threads))
     if onnx_file is not None and onnx_file.is_file():
         row["onnxruntime"] = _lat(onnx_latency(onnx_file, x, threads=threads))
-    if x.dim() == 4:  # images: eager PyTorch in channels_last too, often faster on CPUs
-        pairs = [("channels_last", model)]
-        if original is not None:
-            pairs.insert(0, ("channels_last_original", original))
-        for key, m in pairs:
-            row[key] = _lat(
-                measure_latency(_ChannelsLast(m), shape, batch_size=bs, threads=threads, inputs=x)
-            )
+    for key, m in channels_last.items():
+        row[key] = _lat(measure_latency(m, shape, batch_size=bs, threads=threads, inputs=x))
     if compiled is not None:
         row["torch.compile"] = _lat(
             measure_latency(compiled, shape, batch_size=bs, threads=threads, inputs=x)
@@ -186,6 +182,11 @@ def ship(
             original_onnx = Path(tmp.name) / "original.onnx"
         except ExportError as exc:
             rec["original_onnx_error"] = str(exc)
+    channels_last: dict[str, nn.Module] = {}  # one copy each for every batch size
+    if samples.dim() == 4:  # images: eager PyTorch in channels_last too, often faster on CPUs
+        if original is not None:
+            channels_last["channels_last_original"] = _ChannelsLast(original)
+        channels_last["channels_last"] = _ChannelsLast(model)
     for bs in batch_sizes:
         rec["latency"][f"batch {bs}"] = _latency_row(
             model,
@@ -197,6 +198,7 @@ def ship(
             original_onnx=original_onnx,
             onnx_file=out / "model.onnx" if "onnx" in formats else None,
             compiled=compiled,
+            channels_last=channels_last,
         )
     tmp.cleanup()
     rec["latency_threads"] = threads
