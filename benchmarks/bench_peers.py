@@ -84,7 +84,7 @@ from torch import nn
 
 import _lib
 import compactnn
-from compactnn import budget, export, metrics, models
+from compactnn import budget, export, metrics, models, resume
 from compactnn import data as cdata
 from compactnn.api import split_loader
 from compactnn.errors import ConfigError, SolverError
@@ -644,12 +644,25 @@ def baseline(
             f"{cache_dir() / 'checkpoints'} or {RESULTS / 'checkpoints'}; copy the one the "
             "other machine trained there (or drop the option to train one here)."
         )
-    model, _, _, _ = train_model(
-        model_name, spec["dataset"], epochs=spec["train_epochs"], lr=0.01, batch_size=128,
-        seed=0, progress=False, device=device, **spec["data"],
-    )  # fmt: skip
+    # a killed training resumes after its last finished epoch (epoch checkpoints in runs/)
+    recipe = {"model": model_name, "dataset": spec["dataset"], "epochs": spec["train_epochs"],
+              "lr": 0.01, "batch_size": 128, "seed": 0, "data": spec["data"], "device": where}
+    store = resume.RunStore(cache_dir() / "runs" / Path(name).stem, recipe)
+    t0 = time.perf_counter()
+    with resume.activate(store):
+        model, hist, _, test = train_model(
+            model_name, spec["dataset"], epochs=spec["train_epochs"], lr=0.01, batch_size=128,
+            seed=0, progress=True, device=device, checkpoint="baseline", **spec["data"],
+        )  # fmt: skip
     model = model.cpu()
     save_checkpoint(model, ckpt, model=model_name, dataset=spec["dataset"], seed=0)
+    record = {**recipe, "file": name, "sha": _lib.state_sha(model),
+              "test_top1": metrics.accuracy(model, test, topk=(1,))["top1"],
+              "train_top1_last_epoch": hist.train_acc[-1] if hist.train_acc else None,
+              "wall_s_this_process": round(time.perf_counter() - t0, 1),
+              "threads": torch.get_num_threads(), "machine": platform.processor() or
+              platform.machine(), "date": dt.date.today().isoformat()}  # fmt: skip
+    ckpt.with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n")
     return model, str(ckpt)
 
 

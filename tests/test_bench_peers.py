@@ -504,3 +504,51 @@ def test_the_verdict_picks_each_librarys_row_on_validation_never_on_test() -> No
     assert len(cell) == 1
     assert "`ssr` 98.80 %" in cell[0] and "`tp-taylor` (torch-pruning) 98.91 %" in cell[0]
     assert "**lose** by -0.11" in cell[0]
+
+
+def test_a_killed_baseline_training_resumes_after_its_last_epoch(tmp_path, monkeypatch) -> None:
+    """A long baseline trains in a resumable run: killed after its first epoch, the rerun
+    continues from that epoch's checkpoint (it trains one epoch, not two) and ends with the
+    weights of an uninterrupted training; the checkpoint gets a record of how it was made."""
+    bench = _bench()
+    import compactnn.demo as demo
+    from compactnn import resume
+
+    spec = {"dataset": "mnist", "data": {"limit": 256}, "train_epochs": 2}
+    monkeypatch.setitem(bench.MODELS, "lenet5", spec)
+    lib = load_bench("_lib")
+
+    monkeypatch.setattr(demo, "cache_dir", lambda: tmp_path / "whole")
+    whole, _ = bench.baseline("lenet5", False)
+
+    monkeypatch.setattr(demo, "cache_dir", lambda: tmp_path / "killed")
+    saves: list[str] = []
+    real_save = resume.RunStore.save
+
+    def save_then_die(self, key, tensors, meta):  # the process dies after the first epoch
+        real_save(self, key, tensors, meta)
+        saves.append(key)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(resume.RunStore, "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        bench.baseline("lenet5", False)
+    monkeypatch.setattr(resume.RunStore, "save", real_save)
+    trained: list[int] = []
+    real_train = demo.train
+
+    def counting_train(*a, **kw):
+        hist = real_train(*a, **kw)
+        trained.append(len(hist.train_loss))
+        return hist
+
+    monkeypatch.setattr(demo, "train", counting_train)
+    resumed, path = bench.baseline("lenet5", False)
+    assert saves == ["train/baseline"]
+    assert trained == [2]  # the history holds both epochs: the first restored, the second run
+    assert lib.state_sha(resumed) == lib.state_sha(whole)
+    (sidecar,) = (tmp_path / "killed" / "checkpoints").glob("peers-lenet5-*.json")
+    record = json.loads(sidecar.read_text())
+    assert record["sha"] == lib.state_sha(resumed) and record["epochs"] == 2
+    assert 0.0 <= record["test_top1"] <= 100.0
+    assert path == str(sidecar.with_suffix(".safetensors"))

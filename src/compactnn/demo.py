@@ -47,8 +47,13 @@ def train_model(
     progress: bool = True,
     max_steps_per_epoch: int | None = None,
     device: str | None = None,
+    checkpoint: str | None = None,
     **data_kwargs: Any,
 ) -> tuple[Any, Any, Any, Any]:
+    """Train ``model_name`` on ``dataset`` from seed ``seed``: the model, its history and the
+    train / test loaders. ``checkpoint``: the key of :func:`compactnn.train.train`'s epoch
+    checkpoints inside a resumable run (:func:`compactnn.resume.activate`), so a killed
+    training continues after its last finished epoch."""
     info = data.dataset_info(dataset)
     in_shape = models.default_input_shape(model_name)
     model = models.create(
@@ -70,7 +75,10 @@ def train_model(
         weight_decay=5e-4 if optimizer == "sgd" else 0.0,
         max_steps_per_epoch=max_steps_per_epoch,
     )
-    hist = train(model, train_loader, config=cfg, progress=progress, desc=f"train {model_name}")
+    hist = train(
+        model, train_loader, config=cfg, progress=progress, desc=f"train {model_name}",
+        checkpoint=checkpoint,
+    )  # fmt: skip
     return model, hist, train_loader, test_loader
 
 
