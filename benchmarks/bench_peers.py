@@ -645,8 +645,16 @@ def baseline(
             "other machine trained there (or drop the option to train one here)."
         )
     # a killed training resumes after its last finished epoch (epoch checkpoints in runs/)
-    recipe = {"model": model_name, "dataset": spec["dataset"], "epochs": spec["train_epochs"],
-              "lr": 0.01, "batch_size": 128, "seed": 0, "data": spec["data"], "device": where}
+    recipe = {
+        "model": model_name,
+        "dataset": spec["dataset"],
+        "epochs": spec["train_epochs"],
+        "lr": 0.01,
+        "batch_size": 128,
+        "seed": 0,
+        "data": spec["data"],
+        "device": where,
+    }
     store = resume.RunStore(cache_dir() / "runs" / Path(name).stem, recipe)
     t0 = time.perf_counter()
     with resume.activate(store):
