@@ -5,13 +5,11 @@ the GAP head, validated on construction.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, ClassVar
 
 from compactnn._validation import (
-    Rule,
     check_bool,
     check_choice,
     check_float,
@@ -19,11 +17,10 @@ from compactnn._validation import (
     check_names,
     check_per_layer,
     rule,
-    validate_options,
 )
 from compactnn.errors import ConfigError
 from compactnn.methods._engine import ENGINE_RULES, EngineOptions
-from compactnn.methods._options import FINETUNE_RULES, LAYERS, POSITIVE, SEED, SGD_RULES
+from compactnn.methods._options import FINETUNE_RULES, LAYERS, POSITIVE, SEED, SGDOptions
 from compactnn.methods.base import MethodConfig
 
 __all__ = ["SSRConfig"]
@@ -54,7 +51,7 @@ def _check_name(value: Any, name: str, owner: str) -> str:
 
 
 @dataclass(frozen=True)
-class SSRConfig(MethodConfig, EngineOptions):
+class SSRConfig(MethodConfig, SGDOptions, EngineOptions):
     """Hyper-parameters of SSR, validated on construction (``rules``).
 
     Paper defaults (Lin et al. sec. IV, "Implementations"): ρ = 1, r = 3, K-step SGD with lr
@@ -122,9 +119,6 @@ class SSRConfig(MethodConfig, EngineOptions):
     eps: float = 1e-3
     max_outer: int = 10
     w_steps: int = 100
-    lr: float = 1e-3
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
     layers: tuple[str, ...] | None = None
     train_all: bool = False
     min_keep: int = 1
@@ -143,8 +137,10 @@ class SSRConfig(MethodConfig, EngineOptions):
     seed: int = 0
 
     owner: ClassVar[str] = "SSR"
-    rules: ClassVar[Mapping[str, Rule]] = MappingProxyType(
+    rules = MappingProxyType(
         {
+            **ENGINE_RULES,
+            **SGDOptions.rules,
             "penalty": rule(check_choice, choices=tuple(_PENALTIES)),
             "lam": rule(check_per_layer, min_value=0.0),
             "rho": rule(check_float, **POSITIVE),
@@ -153,7 +149,6 @@ class SSRConfig(MethodConfig, EngineOptions):
             "eps": rule(check_float, **POSITIVE),
             "max_outer": rule(check_int, min_value=1),
             "w_steps": rule(check_int, min_value=1),
-            **SGD_RULES,
             "layers": LAYERS,
             "train_all": rule(check_bool),
             "min_keep": rule(check_int, min_value=1),
@@ -169,9 +164,5 @@ class SSRConfig(MethodConfig, EngineOptions):
             "gap_classifier": rule(check_names, optional=True),
             "gap_fit_samples": rule(check_int, min_value=1),
             "seed": SEED,
-            **ENGINE_RULES,
         }
     )
-
-    def __post_init__(self) -> None:
-        validate_options(self, self.owner, self.rules)

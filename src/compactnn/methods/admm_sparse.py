@@ -290,9 +290,7 @@ class ADMMSparse(Method[ADMMSparseConfig]):
             loader,
             engine,
             epochs=self._epochs(i),
-            lr=cfg.lr,
-            momentum=cfg.momentum,
-            weight_decay=cfg.weight_decay,
+            **cfg.sgd(),
             seed=lambda k: cfg.seed + 97 * i + k,
             steps_per_epoch=cfg.steps_per_epoch,
         )
@@ -471,9 +469,8 @@ class ADMMSparse(Method[ADMMSparseConfig]):
             def finetune(m: nn.Module) -> None:
                 ft = cfg.finetune_epochs or 0
                 if ft > 0:
-                    finetune_model(m, loader, epochs=ft, lr=cfg.lr, momentum=cfg.momentum,
-                                   weight_decay=cfg.weight_decay, seed=cfg.seed + 50_000,
-                                   steps_per_epoch=cfg.steps_per_epoch)  # fmt: skip
+                    finetune_model(m, loader, epochs=ft, seed=cfg.seed + 50_000,
+                                   steps_per_epoch=cfg.steps_per_epoch, **cfg.sgd())  # fmt: skip
 
             return budgeted_run(self, model, data, layers, finetune=finetune, progress=progress)
         mods = dict(model.named_modules())
@@ -507,9 +504,7 @@ class ADMMSparse(Method[ADMMSparseConfig]):
                     model,
                     loader,
                     epochs=ft,
-                    lr=cfg.lr,
-                    momentum=cfg.momentum,
-                    weight_decay=cfg.weight_decay,
+                    **cfg.sgd(),
                     seed=cfg.seed + 97 * i + 50_000,  # distinct from the W-step seeds
                     steps_per_epoch=cfg.steps_per_epoch,
                     schedule="constant",

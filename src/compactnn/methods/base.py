@@ -9,14 +9,16 @@ measures the before/after reports.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
+from types import MappingProxyType
 from typing import Any, ClassVar, Generic, Self, TypeVar, cast
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from compactnn._validation import Rule, validate_options
 from compactnn.budget import Strength
 from compactnn.errors import ConfigError, UnknownNameError
 from compactnn.methods._calibrate import search_strength
@@ -202,7 +204,19 @@ class CompressionResult:
 
 @dataclass(frozen=True)
 class MethodConfig:
-    """Base of every method's frozen hyper-parameter dataclass."""
+    """Base of every method's frozen hyper-parameter dataclass.
+
+    A config sets ``owner`` (the name its errors use) and ``rules`` (``{option: rule}``, the
+    shared tables of :mod:`compactnn.methods._options` spread in), which every construction
+    applies in order (:func:`~compactnn._validation.validate_options`); a config with checks
+    across options adds them in its own ``__post_init__`` after ``super().__post_init__()``.
+    """
+
+    owner: ClassVar[str] = "method"
+    rules: ClassVar[Mapping[str, Rule]] = MappingProxyType({})
+
+    def __post_init__(self) -> None:
+        validate_options(self, self.owner, self.rules)
 
     @classmethod
     def from_options(cls, owner: str, **options: Any) -> MethodConfig:

@@ -40,7 +40,6 @@ References:
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, ClassVar
@@ -50,14 +49,12 @@ from torch import Tensor, nn
 
 from compactnn import train as training
 from compactnn._validation import (
-    Rule,
     check_bool,
     check_choice,
     check_float,
     check_int,
     check_per_layer,
     rule,
-    validate_options,
 )
 from compactnn.errors import ConfigError
 from compactnn.graph import example_input_for
@@ -77,7 +74,7 @@ from compactnn.methods._engine import (
     engine_calibrate,
     engine_settings_of,
 )
-from compactnn.methods._options import FINETUNE_RULES, LAYERS, SEED, SGD_RULES
+from compactnn.methods._options import FINETUNE_RULES, LAYERS, SEED, SGDOptions
 from compactnn.methods._pgt_neurons import (
     _NeuronStep,
     neuron_prox,
@@ -95,7 +92,7 @@ PENALTIES: tuple[str, ...] = ("group", "lowrank", "topk")
 
 
 @dataclass(frozen=True)
-class PGTConfig(MethodConfig, EngineOptions):
+class PGTConfig(MethodConfig, SGDOptions, EngineOptions):
     """Hyper-parameters of PGT, validated on construction (``rules``).
 
     Attributes:
@@ -140,15 +137,13 @@ class PGTConfig(MethodConfig, EngineOptions):
         seed: seeds initialisation, SGD and fine-tuning (int >= 0).
     """
 
+    lr: float = 0.01  # SGDOptions' field, PGT's default
     penalty: str = "group"
     lam: Any = 0.05
     keep: Any = None
     layers: tuple[str, ...] | None = None
     epochs: int = 2
     steps_per_epoch: int | None = None
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
     schedule: str = "cosine"
     init: str = "trained"
     lrtc_iter: int = 1
@@ -164,15 +159,16 @@ class PGTConfig(MethodConfig, EngineOptions):
     seed: int = 0
 
     owner: ClassVar[str] = "PGT"
-    rules: ClassVar[Mapping[str, Rule]] = MappingProxyType(
+    rules = MappingProxyType(
         {
+            **ENGINE_RULES,
+            **SGDOptions.rules,
             "penalty": rule(check_choice, choices=PENALTIES),
             "lam": rule(check_per_layer, min_value=0.0),
             "keep": rule(check_per_layer, optional=True, check=check_int, min_value=1),
             "layers": LAYERS,
             "epochs": rule(check_int, min_value=1),
             "steps_per_epoch": rule(check_int, optional=True, min_value=1),
-            **SGD_RULES,
             "schedule": rule(check_choice, choices=("cosine", "step", "constant")),
             "init": rule(check_choice, choices=("trained", "scratch")),
             "lrtc_iter": rule(check_int, min_value=1),
@@ -183,12 +179,11 @@ class PGTConfig(MethodConfig, EngineOptions):
             "finetune_rebalance": rule(check_bool),
             "finetune_warmup": rule(check_int, min_value=0),
             "seed": SEED,
-            **ENGINE_RULES,
         }
     )
 
     def __post_init__(self) -> None:
-        validate_options(self, self.owner, self.rules)
+        super().__post_init__()
         if self.penalty == "topk" and self.keep is None:
             raise ConfigError(
                 "The 'keep' parameter of PGT must be given with penalty='topk' (t, the neurons "
@@ -306,9 +301,7 @@ class PGT(Method[PGTConfig]):
             loader,
             config=training.TrainConfig(
                 epochs=cfg.epochs,
-                lr=cfg.lr,
-                momentum=cfg.momentum,
-                weight_decay=cfg.weight_decay,
+                **cfg.sgd(),
                 schedule=cfg.schedule,
                 seed=cfg.seed,
                 max_steps_per_epoch=cfg.steps_per_epoch,
@@ -395,9 +388,7 @@ class PGT(Method[PGTConfig]):
             model,
             data.require_train(self.name),
             epochs=cfg.finetune_epochs,
-            lr=cfg.finetune_lr,
-            momentum=cfg.momentum,
-            weight_decay=cfg.weight_decay,
+            **cfg.sgd(lr=cfg.finetune_lr),
             seed=cfg.seed + 7,
             steps_per_epoch=cfg.finetune_steps_per_epoch,
             distill=cfg.finetune_distill,
