@@ -15,6 +15,7 @@ from compactnn._validation import (
     check_float,
     check_int,
     check_per_layer,
+    parameter_error,
     rule,
 )
 from compactnn.errors import ConfigError
@@ -30,17 +31,12 @@ _GROUP_PENALTY = {"l1": "l21", "l0": "l20"}  # l1 / l0 of the block norms = grou
 
 def _check_mus(value: Any, name: str, owner: str) -> tuple[float, ...]:
     """The μ path S: a non-empty increasing sequence of floats >= 0."""
+    what = "a non-empty increasing sequence of floats >= 0"
     if not isinstance(value, (list, tuple)) or len(value) == 0:
-        raise ConfigError(
-            f"The '{name}' parameter of {owner} must be a non-empty increasing sequence of "
-            f"floats >= 0. Got {value!r} instead."
-        )
+        raise parameter_error(name, owner, what, value)
     mus = tuple(check_float(m, f"{name}[{i}]", owner, min_value=0.0) for i, m in enumerate(value))
     if any(b < a for a, b in zip(mus, mus[1:])):
-        raise ConfigError(
-            f"The '{name}' parameter of {owner} must be a non-empty increasing sequence of "
-            f"floats >= 0. Got {list(mus)} instead."
-        )
+        raise parameter_error(name, owner, what, list(mus))
     return mus
 
 

@@ -19,6 +19,8 @@ from compactnn._validation import (
     check_float,
     check_int,
     check_per_layer,
+    check_text,
+    parameter_error,
     rule,
 )
 from compactnn.errors import ConfigError
@@ -49,32 +51,19 @@ def _check_options(value: Any, name: str, owner: str) -> Any:
         return None
     types = _option_types()
     if not isinstance(value, types):
-        raise ConfigError(
-            f"The '{name}' parameter of {owner} must be one of "
-            f"{', '.join(t.__name__ for t in types)} (matching 'backend'), or None. "
-            f"Got {value!r} instead."
-        )
-    return value
-
-
-def _check_backend(value: Any, name: str, owner: str) -> str:
-    """A backend name (checked against the solver's declared backends in ``__post_init__``)."""
-    if not isinstance(value, str) or not value:
-        raise ConfigError(
-            f"The '{name}' parameter of {owner} must be a backend name (str). Got {value!r} "
-            "instead."
-        )
+        what = f"one of {', '.join(t.__name__ for t in types)} (matching 'backend'), or None"
+        raise parameter_error(name, owner, what, value)
     return value
 
 
 def _check_scheduler(value: Any, name: str, owner: str) -> str:
     """A Dask scheduler address such as ``"tcp://10.0.0.5:8786"`` (checked when connecting)."""
     if not isinstance(value, str) or not value.strip() or any(c.isspace() for c in value):
-        raise ConfigError(
-            f"The '{name}' parameter of {owner} must be the address of a Dask scheduler "
-            f"(a str such as 'tcp://10.0.0.5:8786'), or None for a local cluster. Got {value!r} "
-            "instead."
+        what = (
+            "the address of a Dask scheduler (a str such as 'tcp://10.0.0.5:8786'), or None for "
+            "a local cluster"
         )
+        raise parameter_error(name, owner, what, value)
     return value
 
 
@@ -154,7 +143,8 @@ class LayerSolveOptions(MethodConfig):
     rules = MappingProxyType(
         {
             "layers": LAYERS,
-            "backend": rule(_check_backend),
+            # a backend name, checked against the solver's declared backends in __post_init__
+            "backend": rule(check_text, expected="a backend name (str)"),
             "options": rule(_check_options),
             "n_jobs": rule(check_int, min_value=1),
             "parallel": rule(check_choice, choices=_PARALLEL),

@@ -16,9 +16,10 @@ from compactnn._validation import (
     check_int,
     check_names,
     check_per_layer,
+    check_text,
+    parameter_error,
     rule,
 )
-from compactnn.errors import ConfigError
 from compactnn.methods._engine import ENGINE_RULES, EngineOptions
 from compactnn.methods._options import FINETUNE_RULES, LAYERS, POSITIVE, SEED, SGDOptions
 from compactnn.methods.base import MethodConfig
@@ -32,22 +33,11 @@ _PENALTIES = {"l21": "l21", "l2,1": "l21", "l20": "l20", "l2,0": "l20", "l1": "l
 def _check_lam_path(value: Any, name: str, owner: str) -> tuple[Any, ...]:
     """Algorithm 1's set S: a non-empty list of lambda settings, each checked like ``lam``."""
     if not isinstance(value, (list, tuple)) or len(value) == 0:
-        raise ConfigError(
-            f"The '{name}' parameter of {owner} must be a non-empty list of lambda settings "
-            f"(each a float, a per-layer list or a dict). Got {value!r} instead."
-        )
+        what = "a non-empty list of lambda settings (each a float, a per-layer list or a dict)"
+        raise parameter_error(name, owner, what, value)
     return tuple(
         check_per_layer(v, f"{name}[{i}]", owner, min_value=0.0) for i, v in enumerate(value)
     )
-
-
-def _check_name(value: Any, name: str, owner: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise ConfigError(
-            f"The '{name}' parameter of {owner} must be a module name (a non-empty string). "
-            f"Got {value!r} instead."
-        )
-    return value
 
 
 @dataclass(frozen=True)
@@ -160,7 +150,9 @@ class SSRConfig(MethodConfig, SGDOptions, EngineOptions):
             "lam_path": rule(_check_lam_path, optional=True),
             "path_finetune_epochs": rule(check_int, min_value=0),
             "gap": rule(check_bool),
-            "gap_flatten": rule(_check_name, optional=True),
+            "gap_flatten": rule(
+                check_text, optional=True, expected="a module name (a non-empty string)"
+            ),
             "gap_classifier": rule(check_names, optional=True),
             "gap_fit_samples": rule(check_int, min_value=1),
             "seed": SEED,

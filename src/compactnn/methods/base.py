@@ -22,6 +22,7 @@ from compactnn._validation import Rule, validate_options
 from compactnn.budget import Strength
 from compactnn.errors import ConfigError, UnknownNameError
 from compactnn.methods._calibrate import search_strength
+from compactnn.methods._common import replay_plan
 from compactnn.metrics import format_comparison
 from compactnn.train import _seeded
 
@@ -297,6 +298,15 @@ class Method(Generic[C]):
         """
 
         return search_strength(self, model, data, target, progress=progress)
+
+    def result(
+        self, model: nn.Module, plan: Any, input_shape: Any, history: dict[str, Any]
+    ) -> CompressionResult:
+        """The result of a run that cut ``model`` by the structure ``plan`` and trained it
+        since: the plan made self-contained for ``model`` (:func:`replay_plan`: it replays
+        ``model`` exactly on a fresh instance), this method's name and config, ``history``."""
+        plan = replay_plan(plan, model, input_shape)
+        return CompressionResult(model, plan, self.name, self.config, history=history)
 
     def _check_layers(self, model: nn.Module, layers: Iterable[str]) -> None:
         """Raise a clear error for layer names that do not exist in ``model``."""

@@ -28,7 +28,6 @@ from compactnn.methods._calibrate import target_record, uniform_counts
 from compactnn.methods._common import (
     finetune_model,
     prunable_layers,
-    replay_plan,
 )
 from compactnn.methods._options import FINETUNE_RULES, LAYERS, POSITIVE, SEED, SGDOptions
 from compactnn.methods.base import CompressionData, CompressionResult, Method, MethodConfig
@@ -169,18 +168,9 @@ class _CriterionPruning(Method[CriterionConfig]):
                 desc=f"{self.name} fine-tune",
                 **cfg.sgd(),
             )
-        return CompressionResult(
-            model=pruned,
-            plan=replay_plan(plan, pruned, data.input_shape),
-            method=self.name,
-            config=cfg,
-            history={
-                "keep": {n: int(pruned.get_submodule(n).weight.shape[0]) for n in layers},
-                "criterion": self.criterion,
-                "groups": groups,
-                "skipped": skipped,
-            },
-        )
+        keep = {n: int(pruned.get_submodule(n).weight.shape[0]) for n in layers}
+        history = {"keep": keep, "criterion": self.criterion, "groups": groups, "skipped": skipped}
+        return self.result(pruned, plan, data.input_shape, history)
 
     def _select_and_cut(
         self, model: nn.Module, layers: list[str], budget: dict[str, int], data: CompressionData

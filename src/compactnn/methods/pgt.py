@@ -40,6 +40,7 @@ References:
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, ClassVar
@@ -62,16 +63,13 @@ from compactnn.methods._common import (
     finetune_model,
     kept_filters,
     per_layer_values,
-    prunable_layers,
     prune_filters,
-    replay_plan,
 )
 from compactnn.methods._engine import (
     ENGINE_RULES,
+    EngineMethod,
     EngineOptions,
     EngineSettings,
-    budgeted_run,
-    engine_calibrate,
     engine_settings_of,
 )
 from compactnn.methods._options import FINETUNE_RULES, LAYERS, SEED, SGDOptions
@@ -191,7 +189,7 @@ class PGTConfig(MethodConfig, SGDOptions, EngineOptions):
             )
 
 
-class PGT(Method[PGTConfig]):
+class PGT(EngineMethod[PGTConfig]):
     """Forward-backward splitting with group-sparse / tensor low-rank / top-t neuron steps."""
 
     name = "pgt"
@@ -217,19 +215,6 @@ class PGT(Method[PGTConfig]):
         return engine_settings_of(
             cfg, "l21" if cfg.penalty == "group" else "l20", min_keep=cfg.min_keep, with_bias=True
         )
-
-    def calibrate(
-        self, model: nn.Module, data: CompressionData, target: Any, *, progress: bool = False
-    ) -> tuple[Method, dict[str, Any]]:
-        """No search: the target becomes the budget of one engine run (:meth:`run`)."""
-        return engine_calibrate(self, model, data, target)
-
-    def _layers(self, model: nn.Module, input_shape: Any) -> list[str]:
-        cfg = self.config
-        if cfg.layers is not None:
-            return list(cfg.layers)
-        # the engine regularises and cuts whole coupling groups; the fixed-λ run one layer each
-        return prunable_layers(model, input_shape, coupled=cfg.budget is not None)
 
     def total_step(self, data: CompressionData) -> float:
         """Σ_k η_k over the training steps of a run (the schedule's learning rates)."""
@@ -287,7 +272,6 @@ class PGT(Method[PGTConfig]):
         loader = data.require_train(self.name)
         shape = data.require_input_shape(self.name)
         layers = self._layers(model, shape)
-        self._check_layers(model, layers)
         if cfg.init == "scratch":
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(cfg.seed)
@@ -399,21 +383,19 @@ class PGT(Method[PGTConfig]):
         )
         return record
 
-    def run(
-        self, model: nn.Module, data: CompressionData, *, progress: bool = True
+    def engine_finetune(
+        self, model: nn.Module, data: CompressionData, layers: list[str], *, progress: bool
+    ) -> Callable[[nn.Module], None]:
+        teacher = copy.deepcopy(model).eval() if self.config.finetune_distill > 0 else None
+        return lambda m: self.finetune(m, data, layers, teacher=teacher, progress=progress)
+
+    def run_paper(
+        self, model: nn.Module, data: CompressionData, layers: list[str], *, progress: bool
     ) -> CompressionResult:
+        """Proximal-gradient training at the fixed λ (or top t), the zero neurons removed, the
+        fine-tuning."""
         cfg = self.config
-        data.require_train(self.name)
         shape = data.require_input_shape(self.name)
-        layers = self._layers(model, shape)
-        self._check_layers(model, layers)
-        if cfg.budget is not None:
-            teacher = copy.deepcopy(model).eval() if cfg.finetune_distill > 0 else None
-            return budgeted_run(
-                self, model, data, layers, progress=progress,
-                finetune=lambda m: self.finetune(m, data, layers, teacher=teacher,
-                                                 progress=progress),
-            )  # fmt: skip
         if cfg.penalty != "topk":
             per_layer_values(cfg.lam, layers, "lam", "PGT")  # lengths checked before training
         else:
@@ -431,10 +413,4 @@ class PGT(Method[PGTConfig]):
         if data.val is not None:  # validation only, never test
             history["val_top1_before_finetune"] = accuracy(current, data.val, topk=(1,))["top1"]
         history.update(self.finetune(current, data, layers, teacher=teacher, progress=progress))
-        return CompressionResult(
-            model=current,
-            plan=replay_plan(plan, current, shape),
-            method=self.name,
-            config=cfg,
-            history=history,
-        )
+        return self.result(current, plan, shape, history)
