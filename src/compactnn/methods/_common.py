@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -285,6 +286,8 @@ def admm_w_step(
     ``seed(k)``. ``params``: the parameters to update (``None``: all); ``masks``: a callable
     returning the masks to hold in this W-step (or ``None``).
     """
+    # the keywords checked now (missing or unknown: TypeError), not at the first W-step
+    inspect.signature(finetune_model).bind(model, loader, seed=0, **sgd)
 
     def w_step(k: int) -> None:
         finetune_model(
