@@ -25,9 +25,9 @@ Writes benchmarks/results/surgery_self_check.json and .md.
 only prints the time of the self-check on kiaee-cnn, in one process, 1 torch thread: each plan
 keeps every other filter of conv1 (1 action) or of conv1..conv4 (4 actions); 2 samples are given
 as ``check_inputs`` (what compress passes); the self-check's own calls are timed inside
-``verify=True`` runs (on a tree before issue 34, ``surgery._check_user_batch``, the float32 check
-on the user's samples, instead of ``_check_run`` + ``Snapshot.of``). Run it on both trees to
-compare:
+``verify=True`` runs (the functions ``compactnn.surgery.SELF_CHECK_CALLS`` names). Run it on both
+trees to compare (a tree without ``SELF_CHECK_CALLS``, from before issue 37, is timed by its own
+copy of this script):
 
     PYTHONPATH=<old tree>/src python benchmarks/bench_surgery_check.py --kiaee old --repeats 9
 """
@@ -49,7 +49,6 @@ from compactnn import models, surgery
 from compactnn.plan import CompressionPlan, KeepOutputs
 
 # the self-check's own calls are timed where they live: this bench measures library internals
-from compactnn.surgery import _channels
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results"
@@ -77,17 +76,9 @@ class _Timer:
 
     def __init__(self) -> None:
         self.spent = 0.0
-        self._targets = [
-            (mod, k)
-            for mod, k in (
-                (_channels, "reference_output"),
-                (_channels, "compare"),
-                (surgery, "_check_run"),  # the float64 check of a run of channel actions
-                (getattr(surgery, "Snapshot", None), "of"),  # its float64 copy before the run
-                (surgery, "_check_user_batch"),  # a tree before issue 34: float32, user samples
-            )
-            if hasattr(mod, k)
-        ]
+        # the self-check's functions as compactnn.surgery names them (reference forward and
+        # comparison per action, float64 check of a run and its copy of the model before it)
+        self._targets = [(mod, k) for mod, k in surgery.SELF_CHECK_CALLS if hasattr(mod, k)]
         self._orig = [getattr(mod, k) for mod, k in self._targets]
 
     def __enter__(self) -> _Timer:

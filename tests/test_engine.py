@@ -21,6 +21,7 @@ from compactnn.budget import Target, measure
 from compactnn.errors import ConfigError
 from compactnn.methods._common import prune_filters
 from compactnn.methods._engine import (
+    Allocation,
     CostModel,
     EngineSettings,
     _groups,
@@ -80,7 +81,7 @@ def test_knapsack_meets_the_budget_keeps_floors_and_drops_the_cheapest_value_fir
 
     scores = {"a": torch.tensor([4.0, 1.0, 5.0, 0.5]), "b": torch.tensor([2.0, 3.0])}
     alive = {r: torch.ones(len(s), dtype=torch.bool) for r, s in scores.items()}
-    keep, ok = knapsack(scores, alive, cost, marginal, {"macs": 0.5})
+    keep, ok = knapsack(Allocation(scores, alive, cost, marginal, {"macs": 0.5}))
     assert ok
     counts = {r: int(k.sum()) for r, k in keep.items()}
     assert cost(counts)["macs"] <= 0.5
@@ -93,7 +94,9 @@ def test_knapsack_meets_the_budget_keeps_floors_and_drops_the_cheapest_value_fir
         if len(dropped) and len(kept):
             assert float(dropped.max()) <= float(kept.min())
     # floors hold; an unreachable budget says so
-    keep, ok = knapsack(scores, alive, cost, marginal, {"macs": 0.01}, min_keep={"a": 2, "b": 1})
+    keep, ok = knapsack(
+        Allocation(scores, alive, cost, marginal, {"macs": 0.01}, min_keep={"a": 2, "b": 1})
+    )
     assert not ok and int(keep["a"].sum()) == 2 and int(keep["b"].sum()) == 1
 
 
@@ -109,7 +112,7 @@ def test_knapsack_never_overshoots_when_a_cheap_unit_suffices() -> None:
 
     scores = {"big": torch.tensor([10.0, 10.0]), "small": torch.full((100,), 1.0)}
     alive = {r: torch.ones(len(s), dtype=torch.bool) for r, s in scores.items()}
-    keep, ok = knapsack(scores, alive, cost, marginal, {"params": 0.99})
+    keep, ok = knapsack(Allocation(scores, alive, cost, marginal, {"params": 0.99}))
     assert ok and int(keep["big"].sum()) == 2 and int(keep["small"].sum()) == 98
 
 
@@ -127,7 +130,7 @@ def test_uniform_allocation_keeps_one_fraction_then_fills_the_budget() -> None:
     g = torch.Generator().manual_seed(0)
     scores = {r: torch.rand(k, generator=g) for r, k in n.items()}
     alive = {r: torch.ones(k, dtype=torch.bool) for r, k in n.items()}
-    keep, ok = uniform_allocation(scores, alive, cost, marginal, {"macs": 0.3})
+    keep, ok = uniform_allocation(Allocation(scores, alive, cost, marginal, {"macs": 0.3}))
     counts = {r: int(k.sum()) for r, k in keep.items()}
     assert ok and cost(counts)["macs"] <= 0.3
     # maximal: no group can take one more unit within the budget
@@ -139,8 +142,10 @@ def test_uniform_allocation_keeps_one_fraction_then_fills_the_budget() -> None:
         if 0 < counts[r] < n[r]:
             assert float(scores[r][~keep[r]].max()) <= float(scores[r][keep[r]].min())
     # floors hold; an unreachable budget says so
-    keep, ok = uniform_allocation(scores, alive, cost, marginal, {"macs": 0.001},
-                                  min_keep={"a": 2, "b": 1, "c": 1})  # fmt: skip
+    floors = {"a": 2, "b": 1, "c": 1}
+    keep, ok = uniform_allocation(
+        Allocation(scores, alive, cost, marginal, {"macs": 0.001}, floors)
+    )
     assert not ok and [int(keep[r].sum()) for r in n] == [2, 1, 1]
 
 
@@ -312,7 +317,7 @@ def test_itertools_product_of_counts_brute_force_small() -> None:
     scores = {"a": torch.rand(5, generator=g), "b": torch.rand(4, generator=g)}
     alive = {r: torch.ones(len(s), dtype=torch.bool) for r, s in scores.items()}
     for b in (0.2, 0.4, 0.6, 0.8):
-        keep, ok = knapsack(scores, alive, cost, marginal, {"macs": b})
+        keep, ok = knapsack(Allocation(scores, alive, cost, marginal, {"macs": b}))
         counts = {r: int(k.sum()) for r, k in keep.items()}
         assert ok and cost(counts)["macs"] <= b + 1e-12
         # and it is never worse than keeping a single unit everywhere when that fits

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -208,10 +209,25 @@ def _find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
-def test_type_checking_imports_are_told_apart() -> None:
-    skip = _type_only_lines(SRC / "methods" / "_layerwise_config.py")
-    found, _ = _imports(SRC / "methods" / "_layerwise_config.py")
+def test_type_checking_imports_are_told_apart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a module of its own (src has no annotation-only import left to serve as the example)
+    pkg = tmp_path / "compactnn"
+    (pkg / "methods").mkdir(parents=True)
+    sample = pkg / "methods" / "_sample.py"
+    sample.write_text(
+        "from __future__ import annotations\n"
+        "from typing import TYPE_CHECKING\n"
+        "from compactnn.errors import ConfigError\n"
+        "if TYPE_CHECKING:\n"
+        "    from compactnn.methods.slr import SLRConfig\n"
+    )
+    monkeypatch.setattr(sys.modules[__name__], "SRC", pkg)
+    skip = _type_only_lines(sample)
+    found, _ = _imports(sample)
     assert {m for line, m in found if line in skip} == {"compactnn.methods.slr"}
+    assert {m for line, m in found if line not in skip} == {"compactnn.errors"}
 
 
 def test_the_cycle_finder_finds_cycles_inside_a_package() -> None:

@@ -17,10 +17,12 @@ __all__ = [
     "check_float",
     "check_choice",
     "check_bool",
+    "check_text",
     "check_names",
     "check_per_layer",
     "check_shape",
     "Rule",
+    "parameter_error",
     "raise_unknown",
     "rule",
     "validate_options",
@@ -30,7 +32,9 @@ Rule = Callable[[Any, str, str], Any]
 """A declarative check ``rule(value, name, owner) -> normalised value`` (see :func:`rule`)."""
 
 
-def _fail(name: str, owner: str, expected: str, value: Any) -> ConfigError:
+def parameter_error(name: str, owner: str, expected: str, value: Any) -> ConfigError:
+    """The error of parameter ``name`` of ``owner`` whose ``value`` is not ``expected`` (e.g.
+    ``"an int >= 1"``), in the one message shape (the caller raises it)."""
     return ConfigError(
         f"The '{name}' parameter of {owner} must be {expected}. Got {value!r} instead."
     )
@@ -53,11 +57,11 @@ def check_int(
     """Validate an integer parameter (bools are rejected)."""
     expected = _expected("an int", min_value, max_value)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise _fail(name, owner, expected, value)
+        raise parameter_error(name, owner, expected, value)
     if (min_value is not None and value < min_value) or (
         max_value is not None and value > max_value
     ):
-        raise _fail(name, owner, expected, value)
+        raise parameter_error(name, owner, expected, value)
     return int(value)
 
 
@@ -80,21 +84,29 @@ def check_float(
         "<=" if max_inclusive else "<",
     )
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise _fail(name, owner, expected, value)
+        raise parameter_error(name, owner, expected, value)
     v = float(value)
     if not math.isfinite(v):
-        raise _fail(name, owner, expected, value)
+        raise parameter_error(name, owner, expected, value)
     if min_value is not None and (v < min_value or (not min_inclusive and v == min_value)):
-        raise _fail(name, owner, expected, value)
+        raise parameter_error(name, owner, expected, value)
     if max_value is not None and (v > max_value or (not max_inclusive and v == max_value)):
-        raise _fail(name, owner, expected, value)
+        raise parameter_error(name, owner, expected, value)
     return v
+
+
+def check_text(value: Any, name: str, owner: str, *, expected: str = "a non-empty str") -> str:
+    """Validate a non-empty string parameter (``expected`` says what it names, for the
+    message)."""
+    if not isinstance(value, str) or not value:
+        raise parameter_error(name, owner, expected, value)
+    return value
 
 
 def check_bool(value: Any, name: str, owner: str) -> bool:
     """Validate a boolean parameter."""
     if not isinstance(value, bool):
-        raise _fail(name, owner, "a bool", value)
+        raise parameter_error(name, owner, "a bool", value)
     return value
 
 
@@ -107,7 +119,9 @@ def check_names(value: Any, name: str, owner: str) -> tuple[str, ...]:
         or not all(isinstance(n, str) and n for n in names)
         or len(set(names)) != len(names)
     ):
-        raise _fail(name, owner, "a non-empty sequence of distinct dotted layer names", value)
+        raise parameter_error(
+            name, owner, "a non-empty sequence of distinct dotted layer names", value
+        )
     return tuple(names)
 
 
@@ -115,12 +129,12 @@ def check_shape(value: Any, name: str, owner: str) -> tuple[int, ...]:
     """Validate a per-sample input shape: a non-empty sequence of ints >= 1 (not a string)."""
     expected = "a sequence of ints >= 1 such as (1, 28, 28)"
     if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
-        raise _fail(name, owner, expected, value)
+        raise parameter_error(name, owner, expected, value)
     dims = tuple(value)
     if not dims or not all(
         not isinstance(d, bool) and isinstance(d, numbers.Integral) and d >= 1 for d in dims
     ):
-        raise _fail(name, owner, expected, value)
+        raise parameter_error(name, owner, expected, value)
     return tuple(int(d) for d in dims)
 
 
@@ -157,18 +171,18 @@ def check_per_layer(
         else "one"
     )
     if form not in forms:
-        raise _fail(name, owner, expected, value)
+        raise parameter_error(name, owner, expected, value)
     if isinstance(value, Mapping):
         out = {}
         for key, v in value.items():
             if not isinstance(key, str):
-                raise _fail(name, owner, "a mapping {layer name (str): value}", value)
+                raise parameter_error(name, owner, "a mapping {layer name (str): value}", value)
             out[key] = check(v, f"{name}[{key!r}]", owner, **bounds)
         return out
     if isinstance(value, (list, tuple)):
         return tuple(check(v, f"{name}[{i}]", owner, **bounds) for i, v in enumerate(value))
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise _fail(name, owner, expected, value)
+        raise parameter_error(name, owner, expected, value)
     return check(value, name, owner, **bounds)
 
 
@@ -208,7 +222,9 @@ def validate_options(obj: Any, owner: str, rules: Mapping[str, Rule]) -> None:
 def check_choice(value: Any, name: str, owner: str, choices: Collection[str]) -> str:
     """Validate a string parameter against a fixed set of choices."""
     if not isinstance(value, str) or value not in choices:
-        raise _fail(name, owner, "one of " + ", ".join(repr(c) for c in sorted(choices)), value)
+        raise parameter_error(
+            name, owner, "one of " + ", ".join(repr(c) for c in sorted(choices)), value
+        )
     return value
 
 

@@ -13,7 +13,7 @@ import math
 import pickle
 import time
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import pytest
 import torch
@@ -32,6 +32,7 @@ from compactnn.solvers.layerwise import (
     LayerSolver,
     LayerSolveResult,
     NetTrimSolver,
+    SolveCall,
     choose_rank,
     factorize,
     get_layer_solver,
@@ -267,13 +268,11 @@ class RidgeSolver(LayerSolver):
     )
     backend_table: ClassVar[dict[str, Backend]] = {"lstsq": Backend("lstsq", None, _ridge_lstsq)}
 
-    def _solve(
-        self, problem: LayerProblem, *, backend: Backend, options: Any, warm_start: Any, layer: Any
-    ) -> LayerSolveResult:
+    def _solve(self, problem: LayerProblem, call: SolveCall) -> LayerSolveResult:
         t0 = time.perf_counter()
         X, Y = problem.X.to(D64), problem.Y.to(D64)
         b = torch.zeros(Y.shape[1], dtype=D64) if problem.bias is None else problem.bias.to(D64)
-        U = backend.run(X, Y - b, self.lam)
+        U = call.backend.run(X, Y - b, self.lam)
         obj = float((X @ U + b - Y).square().sum() + self.lam * U.square().sum())
         return LayerSolveResult(
             U=U,
@@ -282,8 +281,8 @@ class RidgeSolver(LayerSolver):
             constraint_violation=0.0,
             iterations=1,
             seconds=time.perf_counter() - t0,
-            backend=backend.name,
-            extras={"layer": layer},
+            backend=call.backend.name,
+            extras={"layer": call.layer},
         )
 
 

@@ -27,6 +27,7 @@ from compactnn._preflight import _first_batch, check_batch_form
 from compactnn._validation import check_float, check_int, check_shape
 from compactnn.errors import ConfigError
 from compactnn.methods import CompressionData
+from compactnn.train.loaders import worker_settings
 
 
 def split_loader(loader: Any, fraction: float, seed: int) -> tuple[DataLoader, DataLoader] | None:
@@ -145,14 +146,7 @@ def _keyed(loader: Any, input_key: str, label_key: str | None) -> Any:
     if not isinstance(loader, DataLoader):
         return _SelectIterable(loader, input_key, label_key)
     collate = _SelectCollate(loader.collate_fn, input_key, label_key)
-    common: dict[str, Any] = {
-        "collate_fn": collate,
-        "num_workers": loader.num_workers,
-        "pin_memory": loader.pin_memory,
-        "worker_init_fn": loader.worker_init_fn,
-        "timeout": loader.timeout,
-        "persistent_workers": loader.persistent_workers,
-    }
+    common = {**worker_settings(loader), "collate_fn": collate}
     ds = loader.dataset
     if isinstance(ds, IterableDataset):
         return DataLoader(ds, batch_size=loader.batch_size, drop_last=loader.drop_last, **common)

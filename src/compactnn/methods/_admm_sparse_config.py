@@ -5,24 +5,22 @@ and SGD settings, the paper's epoch schedule and the deployment, validated on co
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, ClassVar
 
 from compactnn._validation import (
-    Rule,
     check_bool,
     check_choice,
     check_float,
     check_int,
     check_per_layer,
+    parameter_error,
     rule,
-    validate_options,
 )
 from compactnn.errors import ConfigError
 from compactnn.methods._engine import ENGINE_RULES, EngineOptions
-from compactnn.methods._options import LAYERS, POSITIVE, SEED, SGD_RULES
+from compactnn.methods._options import LAYERS, POSITIVE, SEED, SGDOptions
 from compactnn.methods.base import MethodConfig
 from compactnn.solvers.training.schedule import log_schedule
 
@@ -33,22 +31,17 @@ _GROUP_PENALTY = {"l1": "l21", "l0": "l20"}  # l1 / l0 of the block norms = grou
 
 def _check_mus(value: Any, name: str, owner: str) -> tuple[float, ...]:
     """The μ path S: a non-empty increasing sequence of floats >= 0."""
+    what = "a non-empty increasing sequence of floats >= 0"
     if not isinstance(value, (list, tuple)) or len(value) == 0:
-        raise ConfigError(
-            f"The '{name}' parameter of {owner} must be a non-empty increasing sequence of "
-            f"floats >= 0. Got {value!r} instead."
-        )
+        raise parameter_error(name, owner, what, value)
     mus = tuple(check_float(m, f"{name}[{i}]", owner, min_value=0.0) for i, m in enumerate(value))
     if any(b < a for a, b in zip(mus, mus[1:])):
-        raise ConfigError(
-            f"The '{name}' parameter of {owner} must be a non-empty increasing sequence of "
-            f"floats >= 0. Got {list(mus)} instead."
-        )
+        raise parameter_error(name, owner, what, list(mus))
     return mus
 
 
 @dataclass(frozen=True)
-class ADMMSparseConfig(MethodConfig, EngineOptions):
+class ADMMSparseConfig(MethodConfig, SGDOptions, EngineOptions):
     """Hyper-parameters of ADMM-sparse, validated on construction (``rules``).
 
     Attributes:
@@ -89,6 +82,7 @@ class ADMMSparseConfig(MethodConfig, EngineOptions):
             validation samples) and record its speed-up over the dense start (mu = 0).
     """
 
+    weight_decay: float = 0.0  # SGDOptions' field, the W-step's default: no weight decay
     penalty: str = "l0"
     structure: str | None = None
     mus: tuple[float, ...] | None = None
@@ -101,9 +95,6 @@ class ADMMSparseConfig(MethodConfig, EngineOptions):
     delta: int = 1
     nu: int = 15
     steps_per_epoch: int | None = None
-    lr: float = 1e-3
-    momentum: float = 0.9
-    weight_decay: float = 0.0
     finetune_epochs: int | None = None
     overprune_guard: bool = True
     layers: tuple[str, ...] | None = None
@@ -114,8 +105,10 @@ class ADMMSparseConfig(MethodConfig, EngineOptions):
     measure_speed: bool = True
 
     owner: ClassVar[str] = "ADMM-sparse"
-    rules: ClassVar[Mapping[str, Rule]] = MappingProxyType(
+    rules = MappingProxyType(
         {
+            **ENGINE_RULES,
+            **SGDOptions.rules,
             "penalty": rule(check_choice, choices=tuple(_GROUP_PENALTY)),
             "structure": rule(
                 check_choice, optional=True, choices=("kernels", "filters", "elements")
@@ -130,7 +123,6 @@ class ADMMSparseConfig(MethodConfig, EngineOptions):
             "delta": rule(check_int, min_value=1),
             "nu": rule(check_int, min_value=1),
             "steps_per_epoch": rule(check_int, optional=True, min_value=1),
-            **SGD_RULES,
             "finetune_epochs": rule(check_int, optional=True, min_value=0),
             "overprune_guard": rule(check_bool),
             "layers": LAYERS,
@@ -139,12 +131,11 @@ class ADMMSparseConfig(MethodConfig, EngineOptions):
             "mu_scale": rule(check_per_layer, optional=True, forms=("dict",), **POSITIVE),
             "deploy_kernels": rule(check_bool),
             "measure_speed": rule(check_bool),
-            **ENGINE_RULES,
         }
     )
 
     def __post_init__(self) -> None:
-        validate_options(self, self.owner, self.rules)
+        super().__post_init__()
         if self.mu_max < self.mu_min:
             raise ConfigError(
                 f"The 'mu_max' parameter of ADMM-sparse must be a finite float >= mu_min "

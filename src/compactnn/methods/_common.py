@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import inspect
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from torch import nn
@@ -228,18 +229,21 @@ def finetune_model(
     steps_per_epoch: int | None = None,
     schedule: str = "cosine",
     distill: float = 0.0,
-    masks: Any = None,
-    teacher: nn.Module | None = None,
+    warmup_steps: int = 0,
     progress: bool = False,
     desc: str = "fine-tune",
-    warmup_steps: int = 0,
+    checkpoint: bool = True,
+    **train: Any,
 ) -> None:
-    """The methods' fine-tuning: :func:`compactnn.train.train` with their SGD settings.
+    """The methods' training runs: :func:`compactnn.train.train` with their SGD settings (a
+    fine-tuning, or an ADMM W-step through :func:`admm_w_step`).
 
-    ``masks`` (parameter name -> bool) hold a zero structure fixed; ``teacher`` distils with
-    weight ``distill`` (see :class:`~compactnn.train.TrainConfig`); ``warmup_steps`` ramps the
-    learning rate up linearly over the first steps. In a resumable run every
-    epoch is checkpointed under the key ``"{desc}#{seed}"`` (distinct per fine-tuning of a run).
+    ``distill`` weighs the distillation from a ``teacher`` (see
+    :class:`~compactnn.train.TrainConfig`); ``warmup_steps`` ramps the learning rate up
+    linearly over the first steps. With ``checkpoint``, in a resumable run every epoch is
+    checkpointed under the key ``"{desc}#{seed}"`` (distinct per fine-tuning of a run).
+    ``train``: the other keywords of :func:`~compactnn.train.train` (``masks``: parameter name
+    -> bool, holding a zero structure fixed; ``teacher``; ``extra_loss``; ``params``).
     """
 
     training.train(
@@ -256,11 +260,10 @@ def finetune_model(
             distill_weight=distill,
             warmup_steps=warmup_steps,
         ),
-        masks=masks,
         progress=progress,
         desc=desc,
-        teacher=teacher,
-        checkpoint=f"{desc}#{seed}",
+        checkpoint=f"{desc}#{seed}" if checkpoint else None,
+        **train,
     )
 
 
@@ -269,41 +272,35 @@ def admm_w_step(
     loader: Any,
     engine: Any,
     *,
-    epochs: int,
-    lr: float,
-    momentum: float,
-    weight_decay: float,
-    seed: Any,
-    steps_per_epoch: int | None = None,
+    seed: Callable[[int], int],
     params: Any = None,
-    masks: Any = None,
-) -> Any:
+    masks: Callable[[], Any] | None = None,
+    **sgd: Any,
+) -> Callable[[int], None]:
     """The W-step ``w_step(k)`` of :func:`compactnn.solvers.training.run_admm` for a method:
     ``epochs`` of constant-lr SGD on the task loss + ``engine.penalty_loss()``.
 
-    Every call is one :func:`compactnn.train.train` run, so it builds a fresh optimizer
-    (momentum starts at zero in each outer iteration: the driver's rule) seeded with
+    Every call is one :func:`finetune_model` run (``sgd``: its ``epochs``, ``lr``,
+    ``momentum``, ``weight_decay``, ``steps_per_epoch``; not checkpointed), so it builds a fresh
+    optimizer (momentum starts at zero in each outer iteration: the driver's rule) seeded with
     ``seed(k)``. ``params``: the parameters to update (``None``: all); ``masks``: a callable
     returning the masks to hold in this W-step (or ``None``).
     """
+    # the keywords checked now (missing or unknown: TypeError), not at the first W-step
+    inspect.signature(finetune_model).bind(model, loader, seed=0, **sgd)
 
     def w_step(k: int) -> None:
-        training.train(
+        finetune_model(
             model,
             loader,
-            config=training.TrainConfig(
-                epochs=epochs,
-                lr=lr,
-                momentum=momentum,
-                weight_decay=weight_decay,
-                schedule="constant",
-                seed=seed(k),
-                max_steps_per_epoch=steps_per_epoch,
-            ),
+            seed=seed(k),
+            schedule="constant",
+            desc="train",
+            checkpoint=False,
             extra_loss=engine.penalty_loss,
             params=None if params is None else list(params),
             masks=masks() if masks is not None else None,
-            progress=False,
+            **sgd,
         )
 
     return w_step

@@ -66,19 +66,27 @@ from torch import nn
 from compactnn._validation import check_choice, check_float, check_int, rule
 from compactnn.budget import Target
 from compactnn.errors import ConfigError
-from compactnn.methods._common import prune_filters, replay_plan
-from compactnn.methods._engine_alloc import ALLOCATIONS, knapsack
+from compactnn.methods._common import prunable_layers, prune_filters
+from compactnn.methods._engine_alloc import ALLOCATIONS, Allocation, knapsack
 from compactnn.methods._engine_alloc import uniform_allocation as uniform_allocation
 from compactnn.methods._engine_cost import CostModel
 from compactnn.methods._engine_cost import _groups as _groups
 from compactnn.methods._engine_run import EngineRun, EngineSettings, run_engine
-from compactnn.methods.base import CompressionResult
+from compactnn.methods.base import C, CompressionData, CompressionResult, Method
 from compactnn.metrics import accuracy
 from compactnn.plan import CompressionPlan
 
 # uniform_allocation and _groups (aliased above) are re-exported too: tests and _calibrate
 # import the engine's names from here
-__all__ = ["EngineSettings", "CostModel", "EngineRun", "run_engine", "knapsack"]
+__all__ = [
+    "Allocation",
+    "EngineMethod",
+    "EngineSettings",
+    "CostModel",
+    "EngineRun",
+    "run_engine",
+    "knapsack",
+]
 
 
 # ---------------------------------------------------------------------------------- methods
@@ -172,6 +180,68 @@ def engine_calibrate(
     return chosen, rec
 
 
+class EngineMethod(Method[C]):
+    """A method whose targets the budgeted engine meets in one joint run (``ssr``, ``pgt``,
+    ``admm-sparse``): its config has :class:`EngineOptions` and ``layers``; it gives
+    :meth:`engine_settings` and, where they are not every prunable layer, its
+    :meth:`default_layers`."""
+
+    def engine_settings(self) -> EngineSettings:
+        """The engine's settings from this method's options (``ConfigError`` for a penalty or
+        structure the engine cannot budget)."""
+        raise NotImplementedError
+
+    def calibrate(
+        self, model: nn.Module, data: CompressionData, target: Any, *, progress: bool = False
+    ) -> tuple[Method, dict[str, Any]]:
+        """No search: the target becomes the budget of one engine run (:meth:`run`)."""
+        return engine_calibrate(self, model, data, target)
+
+    def default_layers(self, model: nn.Module, shape: Any, *, coupled: bool) -> list[str]:
+        """The layers regularised without a ``layers`` option: every prunable Conv2d / Linear
+        but the classifier, whole coupling groups when ``coupled`` (the engine regularises and
+        cuts whole groups; the fixed-strength runs one layer each)."""
+        return prunable_layers(model, shape, coupled=coupled)
+
+    def run(
+        self, model: nn.Module, data: CompressionData, *, progress: bool = True
+    ) -> CompressionResult:
+        """With ``budget``: one run of the budgeted engine (:func:`budgeted_run`), its cut model
+        fine-tuned as the method does (:meth:`engine_finetune`); without: the method's own
+        paper protocol (:meth:`run_paper`)."""
+        data.require_train(self.name)
+        layers = self._layers(model, data.require_input_shape(self.name))
+        cfg: Any = self.config  # an engine method's config: EngineOptions and layers
+        if cfg.budget is None:
+            return self.run_paper(model, data, layers, progress=progress)
+        finetune = self.engine_finetune(model, data, layers, progress=progress)
+        return budgeted_run(self, model, data, layers, finetune=finetune, progress=progress)
+
+    def engine_finetune(
+        self, model: nn.Module, data: CompressionData, layers: list[str], *, progress: bool
+    ) -> Callable[[nn.Module], None] | None:
+        """The fine-tuning the engine's cut model gets (``model``: the original, e.g. the
+        distillation teacher); ``None``: none."""
+        return None
+
+    def run_paper(
+        self, model: nn.Module, data: CompressionData, layers: list[str], *, progress: bool
+    ) -> CompressionResult:
+        """The run without a budget, on the regularised ``layers``."""
+        raise NotImplementedError
+
+    def _layers(self, model: nn.Module, shape: Any) -> list[str]:
+        """The regularised layers: ``layers`` or :meth:`default_layers` (coupled under a
+        budget), checked to exist."""
+        cfg: Any = self.config  # an engine method's config: EngineOptions and layers
+        if cfg.layers is not None:
+            layers = list(cfg.layers)
+        else:
+            layers = self.default_layers(model, shape, coupled=cfg.budget is not None)
+        self._check_layers(model, layers)
+        return layers
+
+
 def budgeted_run(
     method: Any,
     model: nn.Module,
@@ -207,14 +277,6 @@ def budgeted_run(
         finetune(final)
     final.eval()
     widths = {n: int(final.get_submodule(n).weight.shape[0]) for n in layers}
-    return CompressionResult(
-        model=final,
-        plan=replay_plan(plan, final, shape),
-        method=method.name,
-        config=cfg,
-        history={
-            "engine": run.history,
-            "engine_info": {**run.info, "val_top1_engine": before_ft},
-            "keep": widths,
-        },
-    )
+    info = {**run.info, "val_top1_engine": before_ft}
+    history = {"engine": run.history, "engine_info": info, "keep": widths}
+    return method.result(final, plan, shape, history)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -18,21 +19,48 @@ from compactnn.budget import Target
 from compactnn.methods._engine_cost import CostModel, _Group
 
 
-def knapsack(
-    scores: Mapping[str, Tensor],
-    alive: Mapping[str, Tensor],
-    cost: Callable[[Mapping[str, int]], dict[str, float]],
-    marginal: Callable[[Mapping[str, int], str], dict[str, float]],
-    budget: Mapping[str, float],
-    *,
-    min_keep: int | Mapping[str, int] = 1,
-    relative: bool = False,
-) -> tuple[dict[str, Tensor], bool]:
+@dataclass(frozen=True)
+class Allocation:
+    """One allocation problem of the engine: the units each coupling group keeps at a budget,
+    what :func:`knapsack` and :func:`uniform_allocation` solve.
+
+    Attributes:
+        scores: group -> one score per unit (higher: more worth keeping).
+        alive: group -> bool mask of its units still there (only those can be kept).
+        cost: the cost per key of the kept counts (group -> count), e.g.
+            :meth:`CostModel.cost <compactnn.methods._engine_cost.CostModel.cost>`.
+        marginal: the cost per key of one more unit of a group at the counts (the
+            knapsack's; e.g. :meth:`CostModel.marginal`).
+        budget: key -> its budget (the cost of the original being 1).
+        min_keep: the fewest units a group keeps: one floor for all, or per group.
+        relative: the knapsack values a unit by its share of its group's kept scores.
+    """
+
+    scores: Mapping[str, Tensor]
+    alive: Mapping[str, Tensor]
+    cost: Callable[[Mapping[str, int]], dict[str, float]]
+    marginal: Callable[[Mapping[str, int], str], dict[str, float]]
+    budget: Mapping[str, float]
+    min_keep: int | Mapping[str, int] = 1
+    relative: bool = False
+
+    def floors(self) -> dict[str, int]:
+        """Group -> the fewest units it keeps."""
+        if isinstance(self.min_keep, Mapping):
+            return dict(self.min_keep)
+        return dict.fromkeys(self.alive, int(self.min_keep))
+
+    def over(self, cost: Mapping[str, float]) -> list[str]:
+        """The keys of the budget that ``cost`` (per key) exceeds."""
+        return [k for k in self.budget if cost[k] > self.budget[k] * (1 + 1e-12)]
+
+
+def knapsack(p: Allocation) -> tuple[dict[str, Tensor], bool]:
     """Greedy knapsack: drop, one at a time, the kept unit of smallest *value per unit cost*
-    until ``cost(counts) <= budget`` for every key.
+    until ``p.cost(counts) <= p.budget`` for every key.
 
     A unit's value is its score (additive: e.g. a first-order estimate of the loss it
-    protects). With ``relative`` it is its score's share of its group's kept scores (``s_i / sum_{j kept}
+    protects). With ``p.relative`` it is its score's share of its group's kept scores (``s_i / sum_{j kept}
     s_j``): the greedy then maximises ``sum_g log(sum_{i kept in g} s_i)``, so a group's last
     units grow dear as it thins and no layer is emptied for the sake of another (additive
     scores would trade a conv layer's last filters for hundreds of cheap neurons). A unit's cost
@@ -41,8 +69,9 @@ def knapsack(
     kept masks (group -> bool over its units) and whether the budget was reached (``False``:
     every group at ``min_keep``).
     """
+    scores, alive, budget, relative = p.scores, p.alive, p.budget, p.relative
     counts = {r: int(a.sum()) for r, a in alive.items()}
-    floor = min_keep if isinstance(min_keep, Mapping) else dict.fromkeys(alive, int(min_keep))
+    floor = p.floors()
     order = {}
     total = {}
     for r, s in scores.items():
@@ -53,15 +82,15 @@ def knapsack(
     ptr = dict.fromkeys(scores, 0)
     keep = {r: a.clone() for r, a in alive.items()}
     while True:
-        c = cost(counts)
-        over = [k for k in budget if c[k] > budget[k] * (1 + 1e-12)]
+        c = p.cost(counts)
+        over = p.over(c)
         if not over:
             return keep, True
         best, best_ratio = None, math.inf
         for r in scores:
             if counts[r] <= floor[r]:
                 continue
-            m = marginal(counts, r)
+            m = p.marginal(counts, r)
             # a unit dearer than the excess is credited with the excess only (no overshoot)
             unit = sum(min(max(m[k], 0.0), c[k] - budget[k]) / budget[k] for k in over)
             if unit <= 0:
@@ -79,33 +108,23 @@ def knapsack(
         counts[best] -= 1
 
 
-def uniform_allocation(
-    scores: Mapping[str, Tensor],
-    alive: Mapping[str, Tensor],
-    cost: Callable[[Mapping[str, int]], dict[str, float]],
-    marginal: Callable[[Mapping[str, int], str], dict[str, float]],
-    budget: Mapping[str, float],
-    *,
-    min_keep: int | Mapping[str, int] = 1,
-    relative: bool = False,
-) -> tuple[dict[str, Tensor], bool]:
-    """:func:`knapsack`'s interface with the counts of a *uniform* kept fraction: the largest
+def uniform_allocation(p: Allocation) -> tuple[dict[str, Tensor], bool]:
+    """The counts of a *uniform* kept fraction: the largest
     fraction ``x`` such that every group keeping ``ceil(x n_g)`` of its ``n_g`` alive units
     (at least its floor) fits the budget (bisection: costs grow with the counts), then the
     group with the smallest kept fraction grows by one unit while that still fits (ties: the
-    earlier group). Inside a group the units of highest score are kept. ``marginal`` and
-    ``relative`` are unused (the same signature as :func:`knapsack`). Returns the kept masks and
-    whether the budget was reached (``False``: the floors alone are over it)."""
-    del marginal, relative
+    earlier group). Inside a group the units of highest score are kept (``p.marginal`` and
+    ``p.relative`` are the knapsack's). Returns the kept masks and whether the budget was reached
+    (``False``: the floors alone are over it)."""
+    scores, alive = p.scores, p.alive
     n = {r: int(a.sum()) for r, a in alive.items()}
-    floor = min_keep if isinstance(min_keep, Mapping) else dict.fromkeys(alive, int(min_keep))
+    floor = p.floors()
 
     def counts(x: float) -> dict[str, int]:
         return {r: max(min(floor[r], n[r]), min(n[r], math.ceil(x * n[r] - 1e-12))) for r in n}
 
     def fits(c: Mapping[str, int]) -> bool:
-        v = cost(c)
-        return all(v[k] <= budget[k] * (1 + 1e-12) for k in budget)
+        return not p.over(p.cost(c))
 
     if fits(counts(1.0)):
         c = counts(1.0)
@@ -154,8 +173,8 @@ def _final_selection(
     (best score per cost first) while one still fits."""
     budget = target.as_dict()
     alive = {g.rep: torch.ones(g.size, dtype=torch.bool) for g in groups}
-    keep, _ = _ALLOCATE[allocation](scores, alive, costs.cost, costs.marginal, budget,
-                                    min_keep=min_keep, relative=relative)  # fmt: skip
+    problem = Allocation(scores, alive, costs.cost, costs.marginal, budget, min_keep, relative)
+    keep, _ = _ALLOCATE[allocation](problem)
 
     def n_of(k: Mapping[str, Tensor]) -> dict[str, int]:
         return {g.rep: int(k[g.rep].sum()) for g in groups}

@@ -24,7 +24,7 @@ from compactnn import _progress
 from compactnn.budget import Target
 from compactnn.errors import ConfigError
 from compactnn.methods._common import prune_filters
-from compactnn.methods._engine_alloc import _ALLOCATE, ALLOCATIONS, _final_selection
+from compactnn.methods._engine_alloc import _ALLOCATE, ALLOCATIONS, Allocation, _final_selection
 from compactnn.methods._engine_cost import CostModel, _Group, _groups, _rows
 from compactnn.metrics import accuracy
 from compactnn.prox import group_hard_threshold, group_soft_threshold
@@ -304,9 +304,11 @@ class _Run:
         st, costs = self.st, self.costs
         budget = _budget_at(self.target, t, st.anneal_steps)
         alive = {g.rep: torch.ones(g.size, dtype=torch.bool) for g in self.groups}
-        keep, _ = _ALLOCATE[st.allocation](self.unit_scores(), alive, costs.cost, costs.marginal,
-                                           budget, min_keep=self.floors,
-                                           relative=st.score == "penalty")  # fmt: skip
+        relative = st.score == "penalty"
+        problem = Allocation(
+            self.unit_scores(), alive, costs.cost, costs.marginal, budget, self.floors, relative
+        )
+        keep, _ = _ALLOCATE[st.allocation](problem)
         support = {}
         for g in self.groups:
             self.keep_mask[g.rep] = keep[g.rep]

@@ -1,8 +1,8 @@
-"""The options of the layer-wise methods: :class:`LayerwiseConfig` (shared by DDLR and
-Net-Trim), :class:`DDLRConfig`, :class:`NetTrimConfig` (re-exported by
-:mod:`compactnn.methods.layerwise`) and their checks on construction (:func:`validate_layerwise`,
-which SLR's config runs too): the layers, the tolerance, the solver backend and its options, the
-parallel / Dask settings, the capture and the sequential schemes.
+"""The options of the layer-wise methods: :class:`LayerSolveOptions` (the base of every
+layer-wise config, SLR's too, with their checks on construction), :class:`LayerwiseConfig`
+(shared by DDLR and Net-Trim), :class:`DDLRConfig`, :class:`NetTrimConfig` (re-exported by
+:mod:`compactnn.methods.layerwise`): the layers, the tolerance, the solver backend and its
+options, the parallel / Dask settings, the capture and the sequential schemes.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from compactnn._validation import (
     Rule,
@@ -19,18 +19,16 @@ from compactnn._validation import (
     check_float,
     check_int,
     check_per_layer,
+    check_text,
+    parameter_error,
     rule,
-    validate_options,
 )
 from compactnn.errors import ConfigError
 from compactnn.methods._options import LAYERS, SEED
 from compactnn.methods.base import MethodConfig
 from compactnn.solvers.layerwise import LAYER_SOLVERS
 
-if TYPE_CHECKING:
-    from compactnn.methods.slr import SLRConfig
-
-__all__ = ["LayerwiseConfig", "DDLRConfig", "NetTrimConfig", "validate_layerwise"]
+__all__ = ["LayerSolveOptions", "LayerwiseConfig", "DDLRConfig", "NetTrimConfig"]
 
 _PARALLEL = ("serial", "joblib", "dask")
 
@@ -53,32 +51,19 @@ def _check_options(value: Any, name: str, owner: str) -> Any:
         return None
     types = _option_types()
     if not isinstance(value, types):
-        raise ConfigError(
-            f"The '{name}' parameter of {owner} must be one of "
-            f"{', '.join(t.__name__ for t in types)} (matching 'backend'), or None. "
-            f"Got {value!r} instead."
-        )
-    return value
-
-
-def _check_backend(value: Any, name: str, owner: str) -> str:
-    """A backend name (checked against the solver's declared backends in ``__post_init__``)."""
-    if not isinstance(value, str) or not value:
-        raise ConfigError(
-            f"The '{name}' parameter of {owner} must be a backend name (str). Got {value!r} "
-            "instead."
-        )
+        what = f"one of {', '.join(t.__name__ for t in types)} (matching 'backend'), or None"
+        raise parameter_error(name, owner, what, value)
     return value
 
 
 def _check_scheduler(value: Any, name: str, owner: str) -> str:
     """A Dask scheduler address such as ``"tcp://10.0.0.5:8786"`` (checked when connecting)."""
     if not isinstance(value, str) or not value.strip() or any(c.isspace() for c in value):
-        raise ConfigError(
-            f"The '{name}' parameter of {owner} must be the address of a Dask scheduler "
-            f"(a str such as 'tcp://10.0.0.5:8786'), or None for a local cluster. Got {value!r} "
-            "instead."
+        what = (
+            "the address of a Dask scheduler (a str such as 'tcp://10.0.0.5:8786'), or None for "
+            "a local cluster"
         )
+        raise parameter_error(name, owner, what, value)
     return value
 
 
@@ -104,15 +89,13 @@ def check_parallel(cfg: Any) -> None:
 
 
 @dataclass(frozen=True)
-class LayerwiseConfig(MethodConfig):
-    r"""Hyper-parameters shared by DDLR and Net-Trim.
+class LayerSolveOptions(MethodConfig):
+    r"""The options of every layer-wise method (DDLR, Net-Trim and SLR): the layers, the layer
+    solver's backend, the parallel / Dask settings and the capture.
 
     Attributes:
         layers: dotted names of the layers to compress (default: every Linear/Conv2d followed by
             a ReLU, except the classifier).
-        eps_frac: :math:`\epsilon_\ell = \text{eps\_frac}\cdot\|X_\ell\|_F`, the tolerance
-            of the constraint of eq. (4) (paper: values in ``[0.01, 0.6]``); a float > 0, a
-            list with one value per layer or a dict layer -> value.
         backend: ``"admm"`` (own first-order solver, default) or ``"cvxpy"`` (CVXPY + SCS).
         options: :class:`~compactnn.solvers.layerwise.ADMMOptions` or
             :class:`~compactnn.solvers.layerwise.CvxpyOptions` matching ``backend`` (``None``:
@@ -139,20 +122,10 @@ class LayerwiseConfig(MethodConfig):
         asymmetric: solve layers in forward order, capturing :math:`X_\ell` from the model whose
             earlier target layers are already compressed (targets :math:`Y_\ell` from the
             original).
-        cascade: the inflation rate :math:`\gamma \ge 1` of cascade Net-Trim (Aghasi et al.,
-            sec. 2.2), or ``None`` (default: the parallel scheme). Layers are solved in forward
-            order on :math:`\hat X_\ell` from the partly compressed model (as ``asymmetric``);
-            the first target layer uses ``eps_frac``, every later one
-            :math:`\epsilon_\ell = \gamma\,\|(\hat X_\ell W_0^T + \mathbf{1}b^T - Y_\ell)\circ M\|_F`
-            and the inactive bound :math:`(\hat X_\ell U + \mathbf{1}b^T)\circ M' \le
-            (\hat X_\ell W_0^T + \mathbf{1}b^T)\circ M'`, so the original weights stay
-            feasible (``eps_frac`` is used where that residual is 0). Under a budget target the
-            search moves the first layer's ``eps_frac``; the later tolerances follow.
         seed: seed of the row subsampling.
     """
 
     layers: tuple[str, ...] | None = None
-    eps_frac: Any = 0.1
     backend: str = "admm"
     options: Any = None
     n_jobs: int = 1
@@ -164,15 +137,14 @@ class LayerwiseConfig(MethodConfig):
     calib_batches: int | None = 8
     linear: bool = False
     asymmetric: bool = False
-    cascade: float | None = None
     seed: int = 0
 
     owner: ClassVar[str] = "layer-wise method"
-    rules: ClassVar[Mapping[str, Rule]] = MappingProxyType(
+    rules = MappingProxyType(
         {
             "layers": LAYERS,
-            "eps_frac": rule(check_per_layer, min_value=0.0, min_inclusive=False),
-            "backend": rule(_check_backend),
+            # a backend name, checked against the solver's declared backends in __post_init__
+            "backend": rule(check_text, expected="a backend name (str)"),
             "options": rule(_check_options),
             "n_jobs": rule(check_int, min_value=1),
             "parallel": rule(check_choice, choices=_PARALLEL),
@@ -183,7 +155,6 @@ class LayerwiseConfig(MethodConfig):
             "calib_batches": rule(check_int, optional=True, min_value=1),
             "linear": rule(check_bool),
             "asymmetric": rule(check_bool),
-            "cascade": rule(check_float, optional=True, min_value=1.0),
             "seed": SEED,
         }
     )
@@ -192,32 +163,59 @@ class LayerwiseConfig(MethodConfig):
     solver_name: ClassVar[str] = "ddlr"
 
     def __post_init__(self) -> None:
-        validate_layerwise(self)
+        """The checks on construction: the ``rules``, ``parallel`` against ``asymmetric`` /
+        ``cascade``, and ``backend`` / ``options`` against the backends the layer solver
+        (``solver_name``) declares."""
+        super().__post_init__()
+        check_parallel(self)
+        solver = LAYER_SOLVERS[self.solver_name]
+        backends = solver.capabilities.backends
+        if self.backend not in backends:
+            raise ConfigError(
+                f"The 'backend' parameter of {self.owner} must be one of "
+                f"{', '.join(repr(b) for b in backends)} (the backends the "
+                f"'{self.solver_name}' layer solver declares). Got {self.backend!r} instead."
+            )
+        want = solver.backend_table[self.backend].options_type
+        if self.options is not None and (want is None or not isinstance(self.options, want)):
+            need = "None" if want is None else f"a {want.__name__}"
+            raise ConfigError(
+                f"The 'options' parameter of {self.owner} must be {need} for "
+                f"backend='{self.backend}' (or None). Got {type(self.options).__name__} "
+                "instead."
+            )
 
 
-def validate_layerwise(cfg: LayerwiseConfig | SLRConfig) -> None:
-    """The checks of a layer-wise config on construction: its ``rules``, ``parallel`` against
-    ``asymmetric`` / ``cascade``, and ``backend`` / ``options`` against the backends its layer
-    solver (``solver_name``) declares."""
-    validate_options(cfg, cfg.owner, cfg.rules)
-    check_parallel(cfg)
+@dataclass(frozen=True)
+class LayerwiseConfig(LayerSolveOptions):
+    r"""Hyper-parameters shared by DDLR and Net-Trim (with the options of every layer-wise
+    method, :class:`LayerSolveOptions`).
 
-    solver = LAYER_SOLVERS[cfg.solver_name]
-    backends = solver.capabilities.backends
-    if cfg.backend not in backends:
-        raise ConfigError(
-            f"The 'backend' parameter of {cfg.owner} must be one of "
-            f"{', '.join(repr(b) for b in backends)} (the backends the "
-            f"'{cfg.solver_name}' layer solver declares). Got {cfg.backend!r} instead."
-        )
-    want = solver.backend_table[cfg.backend].options_type
-    if cfg.options is not None and (want is None or not isinstance(cfg.options, want)):
-        need = "None" if want is None else f"a {want.__name__}"
-        raise ConfigError(
-            f"The 'options' parameter of {cfg.owner} must be {need} for "
-            f"backend='{cfg.backend}' (or None). Got {type(cfg.options).__name__} "
-            "instead."
-        )
+    Attributes:
+        eps_frac: :math:`\epsilon_\ell = \text{eps\_frac}\cdot\|X_\ell\|_F`, the tolerance
+            of the constraint of eq. (4) (paper: values in ``[0.01, 0.6]``); a float > 0, a
+            list with one value per layer or a dict layer -> value.
+        cascade: the inflation rate :math:`\gamma \ge 1` of cascade Net-Trim (Aghasi et al.,
+            sec. 2.2), or ``None`` (default: the parallel scheme). Layers are solved in forward
+            order on :math:`\hat X_\ell` from the partly compressed model (as ``asymmetric``);
+            the first target layer uses ``eps_frac``, every later one
+            :math:`\epsilon_\ell = \gamma\,\|(\hat X_\ell W_0^T + \mathbf{1}b^T - Y_\ell)\circ M\|_F`
+            and the inactive bound :math:`(\hat X_\ell U + \mathbf{1}b^T)\circ M' \le
+            (\hat X_\ell W_0^T + \mathbf{1}b^T)\circ M'`, so the original weights stay
+            feasible (``eps_frac`` is used where that residual is 0). Under a budget target the
+            search moves the first layer's ``eps_frac``; the later tolerances follow.
+    """
+
+    eps_frac: Any = 0.1
+    cascade: float | None = None
+
+    rules = MappingProxyType(
+        {
+            **LayerSolveOptions.rules,
+            "eps_frac": rule(check_per_layer, min_value=0.0, min_inclusive=False),
+            "cascade": rule(check_float, optional=True, min_value=1.0),
+        }
+    )
 
 
 @dataclass(frozen=True)

@@ -5,25 +5,23 @@ the GAP head, validated on construction.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, ClassVar
 
 from compactnn._validation import (
-    Rule,
     check_bool,
     check_choice,
     check_float,
     check_int,
     check_names,
     check_per_layer,
+    check_text,
+    parameter_error,
     rule,
-    validate_options,
 )
-from compactnn.errors import ConfigError
 from compactnn.methods._engine import ENGINE_RULES, EngineOptions
-from compactnn.methods._options import FINETUNE_RULES, LAYERS, POSITIVE, SEED, SGD_RULES
+from compactnn.methods._options import FINETUNE_RULES, LAYERS, POSITIVE, SEED, SGDOptions
 from compactnn.methods.base import MethodConfig
 
 __all__ = ["SSRConfig"]
@@ -35,26 +33,15 @@ _PENALTIES = {"l21": "l21", "l2,1": "l21", "l20": "l20", "l2,0": "l20", "l1": "l
 def _check_lam_path(value: Any, name: str, owner: str) -> tuple[Any, ...]:
     """Algorithm 1's set S: a non-empty list of lambda settings, each checked like ``lam``."""
     if not isinstance(value, (list, tuple)) or len(value) == 0:
-        raise ConfigError(
-            f"The '{name}' parameter of {owner} must be a non-empty list of lambda settings "
-            f"(each a float, a per-layer list or a dict). Got {value!r} instead."
-        )
+        what = "a non-empty list of lambda settings (each a float, a per-layer list or a dict)"
+        raise parameter_error(name, owner, what, value)
     return tuple(
         check_per_layer(v, f"{name}[{i}]", owner, min_value=0.0) for i, v in enumerate(value)
     )
 
 
-def _check_name(value: Any, name: str, owner: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise ConfigError(
-            f"The '{name}' parameter of {owner} must be a module name (a non-empty string). "
-            f"Got {value!r} instead."
-        )
-    return value
-
-
 @dataclass(frozen=True)
-class SSRConfig(MethodConfig, EngineOptions):
+class SSRConfig(MethodConfig, SGDOptions, EngineOptions):
     """Hyper-parameters of SSR, validated on construction (``rules``).
 
     Paper defaults (Lin et al. sec. IV, "Implementations"): ρ = 1, r = 3, K-step SGD with lr
@@ -122,9 +109,6 @@ class SSRConfig(MethodConfig, EngineOptions):
     eps: float = 1e-3
     max_outer: int = 10
     w_steps: int = 100
-    lr: float = 1e-3
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
     layers: tuple[str, ...] | None = None
     train_all: bool = False
     min_keep: int = 1
@@ -143,8 +127,10 @@ class SSRConfig(MethodConfig, EngineOptions):
     seed: int = 0
 
     owner: ClassVar[str] = "SSR"
-    rules: ClassVar[Mapping[str, Rule]] = MappingProxyType(
+    rules = MappingProxyType(
         {
+            **ENGINE_RULES,
+            **SGDOptions.rules,
             "penalty": rule(check_choice, choices=tuple(_PENALTIES)),
             "lam": rule(check_per_layer, min_value=0.0),
             "rho": rule(check_float, **POSITIVE),
@@ -153,7 +139,6 @@ class SSRConfig(MethodConfig, EngineOptions):
             "eps": rule(check_float, **POSITIVE),
             "max_outer": rule(check_int, min_value=1),
             "w_steps": rule(check_int, min_value=1),
-            **SGD_RULES,
             "layers": LAYERS,
             "train_all": rule(check_bool),
             "min_keep": rule(check_int, min_value=1),
@@ -165,13 +150,11 @@ class SSRConfig(MethodConfig, EngineOptions):
             "lam_path": rule(_check_lam_path, optional=True),
             "path_finetune_epochs": rule(check_int, min_value=0),
             "gap": rule(check_bool),
-            "gap_flatten": rule(_check_name, optional=True),
+            "gap_flatten": rule(
+                check_text, optional=True, expected="a module name (a non-empty string)"
+            ),
             "gap_classifier": rule(check_names, optional=True),
             "gap_fit_samples": rule(check_int, min_value=1),
             "seed": SEED,
-            **ENGINE_RULES,
         }
     )
-
-    def __post_init__(self) -> None:
-        validate_options(self, self.owner, self.rules)

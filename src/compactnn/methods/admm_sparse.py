@@ -71,9 +71,8 @@ from compactnn.methods._common import (
     replay_plan,
 )
 from compactnn.methods._engine import (
+    EngineMethod,
     EngineSettings,
-    budgeted_run,
-    engine_calibrate,
     engine_settings_of,
 )
 from compactnn.methods._kernel_forms import (
@@ -180,7 +179,7 @@ def following_norms(model: nn.Module, layers: list[str], input_shape: Any) -> di
     return found
 
 
-class ADMMSparse(Method[ADMMSparseConfig]):
+class ADMMSparse(EngineMethod[ADMMSparseConfig]):
     """Kiaee et al.'s ADMM sparse CNN along an increasing mu path."""
 
     name = "admm-sparse"
@@ -209,17 +208,9 @@ class ADMMSparse(Method[ADMMSparseConfig]):
     def proxy(self) -> Method:
         return self.with_options(finetune_epochs=0, measure_speed=False)
 
-    def _layers(self, model: nn.Module, input_shape: Any) -> list[str]:
-        """The regularised layers: ``layers`` or the paper's defaults (:func:`kiaee_layers`),
-        checked to exist."""
-        cfg = self.config
-        layers = (
-            list(cfg.layers)
-            if cfg.layers is not None
-            else kiaee_layers(model, input_shape, coupled=cfg.budget is not None)
-        )
-        self._check_layers(model, layers)
-        return layers
+    def default_layers(self, model: nn.Module, shape: Any, *, coupled: bool) -> list[str]:
+        """The paper's regularised layers (:func:`kiaee_layers`)."""
+        return kiaee_layers(model, shape, coupled=coupled)
 
     def calibrate(
         self, model: nn.Module, data: CompressionData, target: Any, *, progress: bool = False
@@ -247,7 +238,7 @@ class ADMMSparse(Method[ADMMSparseConfig]):
                     f"{ {k: round(v, 4) for k, v in floor.items()} }. Pass "
                     "overprune_guard=False to prune further, or relax the target."
                 )
-        return engine_calibrate(self, model, data, target)
+        return super().calibrate(model, data, target, progress=progress)
 
     def _structure(self) -> tuple[str, str]:
         """The sparsity blocks and the engine's penalty (l1 / l0 of the block norms)."""
@@ -290,9 +281,7 @@ class ADMMSparse(Method[ADMMSparseConfig]):
             loader,
             engine,
             epochs=self._epochs(i),
-            lr=cfg.lr,
-            momentum=cfg.momentum,
-            weight_decay=cfg.weight_decay,
+            **cfg.sgd(),
             seed=lambda k: cfg.seed + 97 * i + k,
             steps_per_epoch=cfg.steps_per_epoch,
         )
@@ -459,23 +448,28 @@ class ADMMSparse(Method[ADMMSparseConfig]):
         cfg = self.config
         return self._epochs(i) if cfg.finetune_epochs is None else cfg.finetune_epochs
 
-    def run(
-        self, model: nn.Module, data: CompressionData, *, progress: bool = True
+    def engine_finetune(
+        self, model: nn.Module, data: CompressionData, layers: list[str], *, progress: bool
+    ) -> Callable[[nn.Module], None]:
+        cfg = self.config
+        loader = data.require_train(self.name)
+
+        def finetune(m: nn.Module) -> None:
+            ft = cfg.finetune_epochs or 0
+            if ft > 0:
+                finetune_model(m, loader, epochs=ft, seed=cfg.seed + 50_000,
+                               steps_per_epoch=cfg.steps_per_epoch, **cfg.sgd())  # fmt: skip
+
+        return finetune
+
+    def run_paper(
+        self, model: nn.Module, data: CompressionData, layers: list[str], *, progress: bool
     ) -> CompressionResult:
+        """Algorithm 1 along the μ path: ADMM at each μ, the masked fine-tuning, every point
+        deployed (and timed); the last point is the result."""
         cfg = self.config
         loader = data.require_train(self.name)
         shape = data.require_input_shape(self.name)
-        layers = self._layers(model, shape)
-        if cfg.budget is not None:
-
-            def finetune(m: nn.Module) -> None:
-                ft = cfg.finetune_epochs or 0
-                if ft > 0:
-                    finetune_model(m, loader, epochs=ft, lr=cfg.lr, momentum=cfg.momentum,
-                                   weight_decay=cfg.weight_decay, seed=cfg.seed + 50_000,
-                                   steps_per_epoch=cfg.steps_per_epoch)  # fmt: skip
-
-            return budgeted_run(self, model, data, layers, finetune=finetune, progress=progress)
         mods = dict(model.named_modules())
         params = {f"{n}.weight": mods[n].weight for n in layers}
         norms = following_norms(model, layers, shape)
@@ -507,9 +501,7 @@ class ADMMSparse(Method[ADMMSparseConfig]):
                     model,
                     loader,
                     epochs=ft,
-                    lr=cfg.lr,
-                    momentum=cfg.momentum,
-                    weight_decay=cfg.weight_decay,
+                    **cfg.sgd(),
                     seed=cfg.seed + 97 * i + 50_000,  # distinct from the W-step seeds
                     steps_per_epoch=cfg.steps_per_epoch,
                     schedule="constant",

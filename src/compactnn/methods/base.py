@@ -9,17 +9,20 @@ measures the before/after reports.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
+from types import MappingProxyType
 from typing import Any, ClassVar, Generic, Self, TypeVar, cast
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from compactnn._validation import Rule, validate_options
 from compactnn.budget import Strength
 from compactnn.errors import ConfigError, UnknownNameError
 from compactnn.methods._calibrate import search_strength
+from compactnn.methods._common import replay_plan
 from compactnn.metrics import format_comparison
 from compactnn.train import _seeded
 
@@ -202,7 +205,19 @@ class CompressionResult:
 
 @dataclass(frozen=True)
 class MethodConfig:
-    """Base of every method's frozen hyper-parameter dataclass."""
+    """Base of every method's frozen hyper-parameter dataclass.
+
+    A config sets ``owner`` (the name its errors use) and ``rules`` (``{option: rule}``, the
+    shared tables of :mod:`compactnn.methods._options` spread in), which every construction
+    applies in order (:func:`~compactnn._validation.validate_options`); a config with checks
+    across options adds them in its own ``__post_init__`` after ``super().__post_init__()``.
+    """
+
+    owner: ClassVar[str] = "method"
+    rules: ClassVar[Mapping[str, Rule]] = MappingProxyType({})
+
+    def __post_init__(self) -> None:
+        validate_options(self, self.owner, self.rules)
 
     @classmethod
     def from_options(cls, owner: str, **options: Any) -> MethodConfig:
@@ -283,6 +298,15 @@ class Method(Generic[C]):
         """
 
         return search_strength(self, model, data, target, progress=progress)
+
+    def result(
+        self, model: nn.Module, plan: Any, input_shape: Any, history: dict[str, Any]
+    ) -> CompressionResult:
+        """The result of a run that cut ``model`` by the structure ``plan`` and trained it
+        since: the plan made self-contained for ``model`` (:func:`replay_plan`: it replays
+        ``model`` exactly on a fresh instance), this method's name and config, ``history``."""
+        plan = replay_plan(plan, model, input_shape)
+        return CompressionResult(model, plan, self.name, self.config, history=history)
 
     def _check_layers(self, model: nn.Module, layers: Iterable[str]) -> None:
         """Raise a clear error for layer names that do not exist in ``model``."""

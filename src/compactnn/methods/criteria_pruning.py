@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, ClassVar
@@ -21,14 +20,7 @@ from typing import Any, ClassVar
 from torch import nn
 
 from compactnn import surgery
-from compactnn._validation import (
-    Rule,
-    check_float,
-    check_int,
-    check_per_layer,
-    rule,
-    validate_options,
-)
+from compactnn._validation import check_float, check_int, check_per_layer, rule
 from compactnn.budget import Strength, measure
 from compactnn.criteria import group_scores, importance, select_top
 from compactnn.errors import ConfigError, PlanError
@@ -36,9 +28,8 @@ from compactnn.methods._calibrate import target_record, uniform_counts
 from compactnn.methods._common import (
     finetune_model,
     prunable_layers,
-    replay_plan,
 )
-from compactnn.methods._options import FINETUNE_RULES, LAYERS, POSITIVE, SEED, SGD_RULES
+from compactnn.methods._options import FINETUNE_RULES, LAYERS, POSITIVE, SEED, SGDOptions
 from compactnn.methods.base import CompressionData, CompressionResult, Method, MethodConfig
 from compactnn.plan import CompressionPlan, KeepOutputs
 from compactnn.structure import module_device
@@ -59,7 +50,7 @@ __all__ = [
 
 
 @dataclass(frozen=True)
-class CriterionConfig(MethodConfig):
+class CriterionConfig(MethodConfig, SGDOptions):
     """Budget and fine-tuning of a criterion baseline, validated on construction (``rules``).
 
     Attributes:
@@ -86,33 +77,27 @@ class CriterionConfig(MethodConfig):
     ratio: float = 0.5
     layers: tuple[str, ...] | None = None
     finetune_epochs: int = 2
-    lr: float = 1e-3
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
     finetune_steps_per_epoch: int | None = None
     finetune_distill: float = 0.0
     calib_batches: int = 10
     seed: int = 0
 
     owner: ClassVar[str] = "criterion pruning"
-    rules: ClassVar[Mapping[str, Rule]] = MappingProxyType(
+    rules = MappingProxyType(
         {
+            **SGDOptions.rules,
             "keep": rule(
                 check_per_layer, optional=True, check=check_int, forms=("list", "dict"), min_value=1
             ),
             "ratio": rule(check_float, max_value=1.0, **POSITIVE),
             "layers": LAYERS,
             "finetune_epochs": FINETUNE_RULES["finetune_epochs"],
-            **SGD_RULES,
             "finetune_steps_per_epoch": FINETUNE_RULES["finetune_steps_per_epoch"],
             "finetune_distill": FINETUNE_RULES["finetune_distill"],
             "calib_batches": rule(check_int, min_value=1),
             "seed": SEED,
         }
     )
-
-    def __post_init__(self) -> None:
-        validate_options(self, self.owner, self.rules)
 
 
 class _CriterionPruning(Method[CriterionConfig]):
@@ -175,28 +160,17 @@ class _CriterionPruning(Method[CriterionConfig]):
                 pruned,
                 data.require_train(self.name),
                 epochs=cfg.finetune_epochs,
-                lr=cfg.lr,
-                momentum=cfg.momentum,
-                weight_decay=cfg.weight_decay,
                 seed=cfg.seed,
                 steps_per_epoch=cfg.finetune_steps_per_epoch,
                 distill=cfg.finetune_distill,
                 teacher=teacher,
                 progress=progress,
                 desc=f"{self.name} fine-tune",
+                **cfg.sgd(),
             )
-        return CompressionResult(
-            model=pruned,
-            plan=replay_plan(plan, pruned, data.input_shape),
-            method=self.name,
-            config=cfg,
-            history={
-                "keep": {n: int(pruned.get_submodule(n).weight.shape[0]) for n in layers},
-                "criterion": self.criterion,
-                "groups": groups,
-                "skipped": skipped,
-            },
-        )
+        keep = {n: int(pruned.get_submodule(n).weight.shape[0]) for n in layers}
+        history = {"keep": keep, "criterion": self.criterion, "groups": groups, "skipped": skipped}
+        return self.result(pruned, plan, data.input_shape, history)
 
     def _select_and_cut(
         self, model: nn.Module, layers: list[str], budget: dict[str, int], data: CompressionData

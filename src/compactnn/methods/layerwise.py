@@ -32,7 +32,7 @@ import contextlib
 import functools
 import warnings
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -47,7 +47,12 @@ from compactnn.errors import ConfigError, UnsupportedLayerError
 from compactnn.graph import discover
 from compactnn.methods._calibrate import target_record
 from compactnn.methods._common import per_layer_values
-from compactnn.methods._layerwise_config import DDLRConfig, LayerwiseConfig, NetTrimConfig
+from compactnn.methods._layerwise_config import (
+    DDLRConfig,
+    LayerSolveOptions,
+    LayerwiseConfig,
+    NetTrimConfig,
+)
 from compactnn.methods._layerwise_solve import _deployed_violation, _solve_one, _stats, _unconverged
 from compactnn.methods.base import CompressionData, CompressionResult, Method
 from compactnn.plan import CompressionPlan, FoldBatchNorm, LowRank, SetWeights
@@ -60,9 +65,6 @@ from compactnn.solvers.layerwise import (
     solve_layers,
 )
 from compactnn.structure import module_device
-
-if TYPE_CHECKING:
-    from compactnn.methods.slr import SLRConfig
 
 __all__ = ["LayerwiseConfig", "DDLRConfig", "NetTrimConfig", "DDLR", "NetTrim", "default_layers"]
 
@@ -92,8 +94,8 @@ def default_layers(model: nn.Module, example_input: Tensor | None = None) -> lis
     return out
 
 
-#: the config of a layer-wise method: DDLR's, Net-Trim's or SLR's (not a LayerwiseConfig)
-LC = TypeVar("LC", bound="LayerwiseConfig | SLRConfig")
+#: the config of a layer-wise method: DDLR's, Net-Trim's or SLR's
+LC = TypeVar("LC", bound=LayerSolveOptions)
 
 
 class _Layerwise(Method[LC]):

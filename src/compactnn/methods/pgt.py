@@ -40,7 +40,7 @@ References:
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, ClassVar
@@ -50,14 +50,12 @@ from torch import Tensor, nn
 
 from compactnn import train as training
 from compactnn._validation import (
-    Rule,
     check_bool,
     check_choice,
     check_float,
     check_int,
     check_per_layer,
     rule,
-    validate_options,
 )
 from compactnn.errors import ConfigError
 from compactnn.graph import example_input_for
@@ -65,19 +63,16 @@ from compactnn.methods._common import (
     finetune_model,
     kept_filters,
     per_layer_values,
-    prunable_layers,
     prune_filters,
-    replay_plan,
 )
 from compactnn.methods._engine import (
     ENGINE_RULES,
+    EngineMethod,
     EngineOptions,
     EngineSettings,
-    budgeted_run,
-    engine_calibrate,
     engine_settings_of,
 )
-from compactnn.methods._options import FINETUNE_RULES, LAYERS, SEED, SGD_RULES
+from compactnn.methods._options import FINETUNE_RULES, LAYERS, SEED, SGDOptions
 from compactnn.methods._pgt_neurons import (
     _NeuronStep,
     neuron_prox,
@@ -95,7 +90,7 @@ PENALTIES: tuple[str, ...] = ("group", "lowrank", "topk")
 
 
 @dataclass(frozen=True)
-class PGTConfig(MethodConfig, EngineOptions):
+class PGTConfig(MethodConfig, SGDOptions, EngineOptions):
     """Hyper-parameters of PGT, validated on construction (``rules``).
 
     Attributes:
@@ -140,15 +135,13 @@ class PGTConfig(MethodConfig, EngineOptions):
         seed: seeds initialisation, SGD and fine-tuning (int >= 0).
     """
 
+    lr: float = 0.01  # SGDOptions' field, PGT's default
     penalty: str = "group"
     lam: Any = 0.05
     keep: Any = None
     layers: tuple[str, ...] | None = None
     epochs: int = 2
     steps_per_epoch: int | None = None
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
     schedule: str = "cosine"
     init: str = "trained"
     lrtc_iter: int = 1
@@ -164,15 +157,16 @@ class PGTConfig(MethodConfig, EngineOptions):
     seed: int = 0
 
     owner: ClassVar[str] = "PGT"
-    rules: ClassVar[Mapping[str, Rule]] = MappingProxyType(
+    rules = MappingProxyType(
         {
+            **ENGINE_RULES,
+            **SGDOptions.rules,
             "penalty": rule(check_choice, choices=PENALTIES),
             "lam": rule(check_per_layer, min_value=0.0),
             "keep": rule(check_per_layer, optional=True, check=check_int, min_value=1),
             "layers": LAYERS,
             "epochs": rule(check_int, min_value=1),
             "steps_per_epoch": rule(check_int, optional=True, min_value=1),
-            **SGD_RULES,
             "schedule": rule(check_choice, choices=("cosine", "step", "constant")),
             "init": rule(check_choice, choices=("trained", "scratch")),
             "lrtc_iter": rule(check_int, min_value=1),
@@ -183,12 +177,11 @@ class PGTConfig(MethodConfig, EngineOptions):
             "finetune_rebalance": rule(check_bool),
             "finetune_warmup": rule(check_int, min_value=0),
             "seed": SEED,
-            **ENGINE_RULES,
         }
     )
 
     def __post_init__(self) -> None:
-        validate_options(self, self.owner, self.rules)
+        super().__post_init__()
         if self.penalty == "topk" and self.keep is None:
             raise ConfigError(
                 "The 'keep' parameter of PGT must be given with penalty='topk' (t, the neurons "
@@ -196,7 +189,7 @@ class PGTConfig(MethodConfig, EngineOptions):
             )
 
 
-class PGT(Method[PGTConfig]):
+class PGT(EngineMethod[PGTConfig]):
     """Forward-backward splitting with group-sparse / tensor low-rank / top-t neuron steps."""
 
     name = "pgt"
@@ -222,19 +215,6 @@ class PGT(Method[PGTConfig]):
         return engine_settings_of(
             cfg, "l21" if cfg.penalty == "group" else "l20", min_keep=cfg.min_keep, with_bias=True
         )
-
-    def calibrate(
-        self, model: nn.Module, data: CompressionData, target: Any, *, progress: bool = False
-    ) -> tuple[Method, dict[str, Any]]:
-        """No search: the target becomes the budget of one engine run (:meth:`run`)."""
-        return engine_calibrate(self, model, data, target)
-
-    def _layers(self, model: nn.Module, input_shape: Any) -> list[str]:
-        cfg = self.config
-        if cfg.layers is not None:
-            return list(cfg.layers)
-        # the engine regularises and cuts whole coupling groups; the fixed-λ run one layer each
-        return prunable_layers(model, input_shape, coupled=cfg.budget is not None)
 
     def total_step(self, data: CompressionData) -> float:
         """Σ_k η_k over the training steps of a run (the schedule's learning rates)."""
@@ -292,7 +272,6 @@ class PGT(Method[PGTConfig]):
         loader = data.require_train(self.name)
         shape = data.require_input_shape(self.name)
         layers = self._layers(model, shape)
-        self._check_layers(model, layers)
         if cfg.init == "scratch":
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(cfg.seed)
@@ -306,9 +285,7 @@ class PGT(Method[PGTConfig]):
             loader,
             config=training.TrainConfig(
                 epochs=cfg.epochs,
-                lr=cfg.lr,
-                momentum=cfg.momentum,
-                weight_decay=cfg.weight_decay,
+                **cfg.sgd(),
                 schedule=cfg.schedule,
                 seed=cfg.seed,
                 max_steps_per_epoch=cfg.steps_per_epoch,
@@ -395,9 +372,7 @@ class PGT(Method[PGTConfig]):
             model,
             data.require_train(self.name),
             epochs=cfg.finetune_epochs,
-            lr=cfg.finetune_lr,
-            momentum=cfg.momentum,
-            weight_decay=cfg.weight_decay,
+            **cfg.sgd(lr=cfg.finetune_lr),
             seed=cfg.seed + 7,
             steps_per_epoch=cfg.finetune_steps_per_epoch,
             distill=cfg.finetune_distill,
@@ -408,21 +383,19 @@ class PGT(Method[PGTConfig]):
         )
         return record
 
-    def run(
-        self, model: nn.Module, data: CompressionData, *, progress: bool = True
+    def engine_finetune(
+        self, model: nn.Module, data: CompressionData, layers: list[str], *, progress: bool
+    ) -> Callable[[nn.Module], None]:
+        teacher = copy.deepcopy(model).eval() if self.config.finetune_distill > 0 else None
+        return lambda m: self.finetune(m, data, layers, teacher=teacher, progress=progress)
+
+    def run_paper(
+        self, model: nn.Module, data: CompressionData, layers: list[str], *, progress: bool
     ) -> CompressionResult:
+        """Proximal-gradient training at the fixed λ (or top t), the zero neurons removed, the
+        fine-tuning."""
         cfg = self.config
-        data.require_train(self.name)
         shape = data.require_input_shape(self.name)
-        layers = self._layers(model, shape)
-        self._check_layers(model, layers)
-        if cfg.budget is not None:
-            teacher = copy.deepcopy(model).eval() if cfg.finetune_distill > 0 else None
-            return budgeted_run(
-                self, model, data, layers, progress=progress,
-                finetune=lambda m: self.finetune(m, data, layers, teacher=teacher,
-                                                 progress=progress),
-            )  # fmt: skip
         if cfg.penalty != "topk":
             per_layer_values(cfg.lam, layers, "lam", "PGT")  # lengths checked before training
         else:
@@ -440,10 +413,4 @@ class PGT(Method[PGTConfig]):
         if data.val is not None:  # validation only, never test
             history["val_top1_before_finetune"] = accuracy(current, data.val, topk=(1,))["top1"]
         history.update(self.finetune(current, data, layers, teacher=teacher, progress=progress))
-        return CompressionResult(
-            model=current,
-            plan=replay_plan(plan, current, shape),
-            method=self.name,
-            config=cfg,
-            history=history,
-        )
+        return self.result(current, plan, shape, history)

@@ -52,7 +52,6 @@ from torch import Tensor, nn
 
 from compactnn import metrics  # module attribute: looked up at call time (tests patch it)
 from compactnn._validation import (
-    Rule,
     check_bool,
     check_choice,
     check_float,
@@ -65,10 +64,10 @@ from compactnn.graph import discover
 from compactnn.layers import ColumnSparseConv2d, ColumnSparseLinear, SparsePlusLowRank
 from compactnn.methods._calibrate import target_record
 from compactnn.methods._common import finetune_model, per_layer_values
-from compactnn.methods._layerwise_config import LayerwiseConfig, validate_layerwise
+from compactnn.methods._layerwise_config import LayerSolveOptions
 from compactnn.methods._layerwise_solve import _solve_one
 from compactnn.methods._options import FINETUNE_RULES
-from compactnn.methods.base import CompressionData, CompressionResult, Method, MethodConfig
+from compactnn.methods.base import CompressionData, CompressionResult, Method
 from compactnn.methods.layerwise import _Layerwise, default_layers
 from compactnn.metrics import _run_hooked
 from compactnn.plan import CompressionPlan, LowRank, SetWeights, SparseLowRank
@@ -101,7 +100,7 @@ def _check_lam(value: Any, name: str, owner: str, **kw: Any) -> Any:
 
 
 @dataclass(frozen=True)
-class SLRConfig(MethodConfig):
+class SLRConfig(LayerSolveOptions):
     r"""SLR hyper-parameters (paper symbols in brackets).
 
     Attributes:
@@ -142,7 +141,8 @@ class SLRConfig(MethodConfig):
             every approximated layer, from the exact parameter count).
     """
 
-    layers: tuple[str, ...] | None = None
+    max_rows: int | None = 2048  # LayerSolveOptions' field, SLR's default
+    asymmetric: bool = True  # LayerSolveOptions' field, SLR's default (sec. V-B)
     lam1: Any = 0.02
     lam2: Any = None
     lam2_ratio: float = 2.75
@@ -152,18 +152,6 @@ class SLRConfig(MethodConfig):
     skip_first: bool = True
     fc_sparse_only: bool = True
     form: str = "auto"
-    backend: str = "admm"
-    options: Any = None
-    n_jobs: int = 1
-    parallel: str = "serial"
-    scheduler: str | None = None
-    scheduler_timeout: float = 10.0
-    max_in_flight: int | None = None
-    max_rows: int | None = 2048
-    calib_batches: int | None = 8
-    linear: bool = False
-    asymmetric: bool = True
-    seed: int = 0
     finetune_epochs: int = 0
     finetune_lr: float = 1e-3
     finetune_steps_per_epoch: int | None = None
@@ -171,9 +159,9 @@ class SLRConfig(MethodConfig):
 
     owner: ClassVar[str] = "SLR"
     solver_name: ClassVar[str] = "slr"
-    rules: ClassVar[Mapping[str, Rule]] = MappingProxyType(
+    rules = MappingProxyType(
         {
-            **{k: v for k, v in LayerwiseConfig.rules.items() if k not in ("eps_frac", "cascade")},
+            **LayerSolveOptions.rules,
             "lam1": rule(_check_lam),
             "lam2": rule(_check_lam, optional=True),
             "lam2_ratio": rule(check_float, min_value=0.0),
@@ -191,7 +179,7 @@ class SLRConfig(MethodConfig):
     )
 
     def __post_init__(self) -> None:
-        validate_layerwise(self)  # rules + backend table
+        super().__post_init__()  # rules + backend table
         if self.share is not None and self.backend != "admm":
             raise ConfigError(
                 f"SLR: share= (a per-layer budget) needs backend='admm' (got {self.backend!r}); "

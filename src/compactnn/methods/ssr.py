@@ -20,6 +20,7 @@ References:
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -34,14 +35,12 @@ from compactnn.methods._common import (
     finetune_model,
     kept_filters,
     per_layer_values,
-    prunable_layers,
     prune_filters,
     replay_plan,
 )
 from compactnn.methods._engine import (
+    EngineMethod,
     EngineSettings,
-    budgeted_run,
-    engine_calibrate,
     engine_settings_of,
 )
 from compactnn.methods._ssr_config import _PENALTIES, SSRConfig
@@ -73,7 +72,7 @@ def _zero_masks_of(model: nn.Module, layers: tuple[str, ...]) -> dict[str, torch
     return {k: v for k, v in zero_masks(model).items() if k in wanted}
 
 
-class SSR(Method[SSRConfig]):
+class SSR(EngineMethod[SSRConfig]):
     """Filter pruning by structured sparsity regularisation, solved layer by layer with AULM."""
 
     name = "ssr"
@@ -95,23 +94,11 @@ class SSR(Method[SSRConfig]):
             )
         return engine_settings_of(cfg, pen, min_keep=cfg.min_keep)
 
-    def calibrate(
-        self, model: nn.Module, data: CompressionData, target: Any, *, progress: bool = False
-    ) -> tuple[Method, dict[str, Any]]:
-        """No search: the target becomes the budget of one engine run (:meth:`run`)."""
-        return engine_calibrate(self, model, data, target)
-
     def _layers(self, model: nn.Module, shape: Any) -> list[str]:
         """The layers to prune: ``layers`` or the defaults (with ``gap``: the convs only, since
         the FC head is replaced), checked to exist."""
         cfg = self.config
-        layers = (
-            list(cfg.layers)
-            if cfg.layers is not None
-            # the engine regularises and cuts whole coupling groups; the paper's stages one layer
-            else prunable_layers(model, shape, coupled=cfg.budget is not None)
-        )
-        self._check_layers(model, layers)
+        layers = super()._layers(model, shape)
         if cfg.gap:
             mods = dict(model.named_modules())
             if cfg.layers is None:
@@ -207,9 +194,7 @@ class SSR(Method[SSRConfig]):
             loader,
             engine,
             epochs=1,
-            lr=cfg.lr,
-            momentum=cfg.momentum,
-            weight_decay=cfg.weight_decay,
+            **cfg.sgd(),
             seed=lambda k: seed + k,
             steps_per_epoch=cfg.w_steps,
             params=None if cfg.train_all else list(mod.parameters()),
@@ -316,9 +301,7 @@ class SSR(Method[SSRConfig]):
                 model,
                 loader,
                 epochs=n_ep,
-                lr=cfg.finetune_lr * 0.1**drops,
-                momentum=cfg.momentum,
-                weight_decay=cfg.weight_decay,
+                **cfg.sgd(lr=cfg.finetune_lr * 0.1**drops),
                 seed=seed + 7919 * j,
                 steps_per_epoch=cfg.finetune_steps_per_epoch,
                 schedule="constant" if cfg.finetune_schedule == "paper" else cfg.finetune_schedule,
@@ -405,23 +388,29 @@ class SSR(Method[SSRConfig]):
             saved(current, si + 1, 0, {})
         return current, history, actions
 
-    def run(
-        self, model: nn.Module, data: CompressionData, *, progress: bool = True
+    def engine_finetune(
+        self, model: nn.Module, data: CompressionData, layers: list[str], *, progress: bool
+    ) -> Callable[[nn.Module], None]:
+        cfg = self.config
+        loader = data.require_train(self.name)
+        teacher = copy.deepcopy(model).eval() if cfg.finetune_distill > 0 else None
+
+        def finetune(m: nn.Module) -> None:
+            if cfg.finetune_epochs > 0:
+                self._finetune(m, loader, epochs=cfg.finetune_epochs, seed=cfg.seed + 7,
+                               masks=None, desc="SSR fine-tune", progress=progress,
+                               teacher=teacher)  # fmt: skip
+
+        return finetune
+
+    def run_paper(
+        self, model: nn.Module, data: CompressionData, layers: list[str], *, progress: bool
     ) -> CompressionResult:
+        """Algorithm 1: AULM layer by layer at the fixed λ (or along ``lam_path``), the
+        filters removed after each stage, the GAP head, the fine-tuning."""
         cfg = self.config
         loader = data.require_train(self.name)
         shape = data.require_input_shape(self.name)
-        layers = self._layers(model, shape)
-        if cfg.budget is not None:
-            teacher = copy.deepcopy(model).eval() if cfg.finetune_distill > 0 else None
-
-            def finetune(m: nn.Module) -> None:
-                if cfg.finetune_epochs > 0:
-                    self._finetune(m, loader, epochs=cfg.finetune_epochs, seed=cfg.seed + 7,
-                                   masks=None, desc="SSR fine-tune", progress=progress,
-                                   teacher=teacher)  # fmt: skip
-
-            return budgeted_run(self, model, data, layers, finetune=finetune, progress=progress)
         stages = self._lam_stages(cfg, layers)
         structured = _PENALTIES[cfg.penalty] != "l1"
         head = self._gap_head(model, shape, layers) if cfg.gap else None
@@ -454,10 +443,4 @@ class SSR(Method[SSRConfig]):
         if masks:
             apply_masks(current, masks)
             history["nonzero_params"] = sum(int((p != 0).sum()) for p in current.parameters())
-        return CompressionResult(
-            model=current,
-            plan=replay_plan(plan, current, shape),
-            method=self.name,
-            config=cfg,
-            history=history,
-        )
+        return self.result(current, plan, shape, history)

@@ -26,7 +26,9 @@ affine parameters zero) leaves the output unchanged; the conformance suite check
 from __future__ import annotations
 
 import copy
+import sys
 from collections.abc import Sequence
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -43,7 +45,8 @@ from compactnn.plan import (
     SetWeights,
     SparseLowRank,
 )
-from compactnn.surgery._channels import SelectInputs, keep_inputs, keep_outputs
+from compactnn.surgery import _channels
+from compactnn.surgery._channels import SelectInputs, keep_channels
 from compactnn.surgery._coupling import coupling
 from compactnn.surgery._fold import apply_fold, fold_batchnorm, foldable_before_relu
 from compactnn.surgery._replace import (
@@ -68,7 +71,7 @@ from compactnn.surgery._verify import Snapshot, Source, check64, explain
 
 __all__ = [
     "apply", "validate", "coupling", "fold_batchnorm", "foldable_before_relu", "verify_model",
-    "SelectInputs",
+    "SelectInputs", "SELF_CHECK_CALLS",
 ]  # fmt: skip
 
 
@@ -174,8 +177,7 @@ def _apply(
             if verify and run is None:
                 run = Snapshot.of(out)
             record: list[Source] | None = [] if run is not None else None
-            fn = keep_outputs if isinstance(a, KeepOutputs) else keep_inputs
-            got = fn(out, a.layer, a.keep, inputs, verify=verify, trace=trace, record=record)
+            got = keep_channels(out, a, inputs, verify=verify, trace=trace, record=record)
             if run is not None and record is not None:
                 run.add(record)
                 run.layers.append(a.layer)
@@ -308,3 +310,17 @@ def validate(
         example_inputs=example_inputs,
         allow_output_change=allow_output_change,
     )
+
+
+#: The functions the surgery self-check spends its time in, as ``(namespace, name)`` pairs, for
+#: profiling it apart from the cut: a profiler replaces ``getattr(namespace, name)`` by a timed
+#: wrapper for a while and restores it (``benchmarks/bench_surgery_check.py``). Per channel
+#: action: the comparison of the cut model's output with the neutralised reference and the
+#: reference forward where the probe's own pass cannot serve as it; per run of channel actions:
+#: the float64 check of the run and its float64 copy of the model before the run.
+SELF_CHECK_CALLS: tuple[tuple[Any, str], ...] = (
+    (_channels, "reference_output"),
+    (_channels, "compare"),
+    (sys.modules[__name__], "_check_run"),
+    (Snapshot, "of"),
+)

@@ -17,12 +17,14 @@ real forward pass (the probe), executes the cut and checks the result.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from torch import Tensor, nn
 
 from compactnn.errors import PlanError
 from compactnn.layers import SelectInputs
+from compactnn.plan import KeepInputs, KeepOutputs
 from compactnn.surgery._check import (
     Probe,
     compare,
@@ -50,7 +52,7 @@ from compactnn.surgery._lrn import cut_lrn
 from compactnn.surgery._util import run_model, set_module
 from compactnn.surgery._verify import Source, failing_module
 
-__all__ = ["keep_outputs", "keep_inputs", "SelectInputs", "TOLERANCE", "sources_of"]
+__all__ = ["keep_channels", "SelectInputs", "TOLERANCE", "sources_of"]
 
 #: relative tolerance of the per-action check (in the model's dtype; the float64 check of
 #: ._verify has its own): max |y_pruned - y_ref| <= TOLERANCE * (1 + max |y_ref|)
@@ -206,23 +208,62 @@ def sources_of(cuts: _Cuts, names: dict[nn.Module, str]) -> list[Source]:
     return out
 
 
+@dataclass(frozen=True)
+class _Request:
+    """One channel action, resolved and checked, with what its cut runs on.
+
+    Attributes:
+        model: the model cut in place.
+        action: ``"KeepOutputs"`` or ``"KeepInputs"`` (for messages).
+        layer: the layer the action names; ``path``, ``mod``: the Conv2d/Linear it denotes.
+        keep, removed: the kept and the removed indices of its outputs / inputs.
+        inputs: the batch of the probe and the self-check; ``trace``: the batch the dependency
+            graph is built on.
+        verify: check the cut (see :func:`keep_channels`).
+        record: receives the neutralisation of the cut (for the plan-level check on the user's
+            data), or ``None``.
+        names: module -> dotted name in ``model``.
+    """
+
+    model: nn.Module
+    action: str
+    layer: str
+    path: str
+    mod: nn.Module
+    keep: Sequence[int]
+    removed: list[int]
+    inputs: tuple[Tensor, ...]
+    trace: tuple[Tensor, ...]
+    verify: bool
+    record: list[Source] | None
+    names: dict[nn.Module, str]
+
+    @property
+    def head(self) -> str:
+        return f"{self.action}(layer={self.layer!r})"
+
+    def collect(self, side: str) -> _Cuts:
+        """The dependency graph's coupling group of removing ``removed`` on ``side`` of the
+        layer, as per-module cuts."""
+        group = _group(
+            self.model, self.trace, self.mod, side, self.removed, self.action, self.layer
+        )
+        return _collect(group, self.names, self.action, self.layer)
+
+    def mapped(self, cuts: _Cuts) -> tuple[_Cuts, dict[nn.Module, set[int]], Probe]:
+        """:func:`_map_checked` of ``cuts`` on this request's model and batch."""
+        return _map_checked(self.model, self.inputs, cuts, self.names, self.head)
+
+
 def _execute(
-    model: nn.Module,
-    inputs: tuple[Tensor, ...],
-    cuts: _Cuts,
-    zero_in: dict[nn.Module, set[int]],
-    res: Probe | None,
-    names: dict[nn.Module, str],
-    action: str,
-    layer: str,
-    verify: bool,
-    record: list[Source] | None = None,
+    req: _Request, cuts: _Cuts, zero_in: dict[nn.Module, set[int]], res: Probe | None
 ) -> Any:
-    """Cut ``cuts`` in place; with ``verify`` check the result against the model before the
+    """Cut ``cuts`` in place; with ``req.verify`` check the result against the model before the
     cut with the consumers' removed input channels zeroed (``zero_in``) and return the cut
-    model's output on ``inputs`` (``None`` without ``verify``). ``record`` receives the
+    model's output on ``req.inputs`` (``None`` without ``verify``). ``req.record`` receives the
     neutralisation of the cut (for the plan-level check on the user's data)."""
-    head = f"{action}(layer={layer!r})"
+    model, inputs, names, action, layer = req.model, req.inputs, req.names, req.action, req.layer
+    verify, record, head = req.verify, req.record, req.head
     seeds = _seeds(cuts)
     try:
         _check_cuts(cuts, names, action, layer)
@@ -277,101 +318,87 @@ def _execute(
     return out
 
 
-def keep_outputs(
+def keep_channels(
     model: nn.Module,
-    layer: str,
-    keep: Sequence[int],
+    action: KeepOutputs | KeepInputs,
     inputs: tuple[Tensor, ...],
     *,
     verify: bool = True,
     trace: tuple[Tensor, ...] | None = None,
     record: list[Source] | None = None,
 ) -> Any:
-    """Keep output channels ``keep`` of ``layer`` in place; all coupled layers follow.
+    """Apply a channel action to ``model`` in place: keep the output channels ``action.keep``
+    of ``action.layer`` (:class:`~compactnn.plan.KeepOutputs`; all coupled layers follow) or its
+    input channels / features (:class:`~compactnn.plan.KeepInputs`, :func:`_keep_inputs`).
 
     With ``verify`` the cut is checked against the model with the removed channels neutralised
     (see :mod:`compactnn.surgery._check`); a mismatch is a :class:`PlanError`. ``trace``: the
     batch the dependency graph is built on (default ``inputs``; the probe and the self-check
-    always run on ``inputs``).
+    always run on ``inputs``). ``record`` receives the neutralisation of the cut.
 
     Returns:
-        The cut model's output on ``inputs`` when ``verify`` (else ``None``).
+        The cut model's output on ``inputs`` when ``verify`` (else ``None``; ``None`` too when
+        the action removes nothing).
     """
-    action = "KeepOutputs"
-    _, mod = _resolve(model, layer, action, "out")
-    removed = _check_indices(keep, _size(mod, "out"), action, layer, "outputs")
+    kind, side = type(action).__name__, "out" if isinstance(action, KeepOutputs) else "in"
+    path, mod = _resolve(model, action.layer, kind, side)
+    what = "outputs" if side == "out" else "inputs"
+    removed = _check_indices(action.keep, _size(mod, side), kind, action.layer, what)
     if not removed:
         return None
     names = {m: n for n, m in model.named_modules()}
-    group = _group(model, trace or inputs, mod, "out", removed, action, layer)
-    cuts = _collect(group, names, action, layer)
+    req = _Request(model, kind, action.layer, path, mod, action.keep, removed, inputs,
+                   trace or inputs, verify, record, names)  # fmt: skip
+    return _keep_outputs(req) if side == "out" else _keep_inputs(req)
+
+
+def _keep_outputs(req: _Request) -> Any:
+    """Keep the output channels of ``req``'s layer; all coupled layers follow."""
+    mod = req.mod
+    cuts = req.collect("out")
     key = "chan" if isinstance(mod, nn.Conv2d) and _is_depthwise(mod) else "out"
     # the dependency graph may tie the root to other channels through a reshape; the root
     # removes exactly what was asked, the probe and the self-check judge the rest
-    cuts.setdefault(mod, {"out": set(), "in": set(), "chan": set()})[key] = set(removed)
-    cuts, zero_in, res = _map_checked(model, inputs, cuts, names, f"KeepOutputs(layer={layer!r})")
-    return _execute(model, inputs, cuts, zero_in, res, names, action, layer, verify, record)
+    cuts.setdefault(mod, {"out": set(), "in": set(), "chan": set()})[key] = set(req.removed)
+    return _execute(req, *req.mapped(cuts))
 
 
-def keep_inputs(
-    model: nn.Module,
-    layer: str,
-    keep: Sequence[int],
-    inputs: tuple[Tensor, ...],
-    *,
-    verify: bool = True,
-    trace: tuple[Tensor, ...] | None = None,
-    record: list[Source] | None = None,
-) -> Any:
-    """Keep input channels/features ``keep`` of ``layer`` in place.
+def _keep_inputs(req: _Request) -> Any:
+    """Keep the input channels/features of ``req``'s layer.
 
-    If the removed inputs are produced by layers that feed only ``layer`` (measured: the probe
-    finds no other consumer of the producers' removed channels, and ``layer`` sees exactly these
+    If the removed inputs are produced by layers that feed only that layer (measured: the probe
+    finds no other consumer of the producers' removed channels, and the layer sees exactly these
     inputs), the producers' outputs (and their BN) are removed too. Otherwise the layer is
     wrapped in :class:`SelectInputs`.
     """
-    action = "KeepInputs"
-    path, mod = _resolve(model, layer, action, "in")
-    removed = _check_indices(keep, _size(mod, "in"), action, layer, "inputs")
-    if not removed:
-        return None
-    names = {m: n for n, m in model.named_modules()}
-    head = f"{action}(layer={layer!r})"
+    model, mod, removed, inputs = req.model, req.mod, req.removed, req.inputs
     if isinstance(mod, nn.Conv2d) and _is_depthwise(mod):
-        group = _group(model, trace or inputs, mod, "out", removed, action, layer)
-        cuts = _collect(group, names, action, layer)
-        cuts, zero_in, res = _map_checked(model, inputs, cuts, names, head)
-        return _execute(model, inputs, cuts, zero_in, res, names, action, layer, verify, record)
-    group = _group(model, trace or inputs, mod, "in", removed, action, layer)
-    cuts = _collect(group, names, action, layer)
+        return _execute(req, *req.mapped(req.collect("out")))
+    cuts = req.collect("in")
     root = cuts.get(mod, {"in": set(), "out": set(), "chan": set()})
-    private = False
     if not root["out"] and root["in"] == set(removed) and _seeds(cuts):
         try:
-            fixed, zero_in, res = _map_checked(model, inputs, cuts, names, head)
+            fixed, zero_in, res = req.mapped(cuts)
         except PlanError:
             fixed, zero_in, res = {}, {}, None
         produced = sum(len(c["out"]) for m, c in fixed.items() if isinstance(m, nn.Linear))
         produced += sum(len(c["out"]) for m, c in fixed.items() if isinstance(m, nn.Conv2d))
-        private = zero_in == {mod: set(removed)} and produced == len(removed)
-        if private:
-            return _execute(
-                model, inputs, fixed, zero_in, res, names, action, layer, verify, record
-            )
+        if zero_in == {mod: set(removed)} and produced == len(removed):  # private producers
+            return _execute(req, fixed, zero_in, res)
     own = {mod: {"out": set(), "in": set(removed), "chan": set()}}
-    _check_cuts(own, {mod: path}, action, layer)
-    ref = reference_output(model, inputs, {mod: set(removed)}) if verify else None
-    if record is not None:
-        record.append((mod, path, "mask_in", _size(mod, "in"), set(removed)))
+    _check_cuts(own, {mod: req.path}, req.action, req.layer)
+    ref = reference_output(model, inputs, {mod: set(removed)}) if req.verify else None
+    if req.record is not None:
+        req.record.append((mod, req.path, "mask_in", _size(mod, "in"), set(removed)))
     _cut_module(mod, own[mod])
-    set_module(model, path, SelectInputs(sorted(keep), mod))
-    if not verify:
+    set_module(model, req.path, SelectInputs(sorted(req.keep), mod))
+    if not req.verify:
         return None
     out = run_model(model, inputs)
     worst = compare(ref, out)
     if worst is not None and worst > TOLERANCE:
         raise PlanError(
-            f"{head}: surgery self-check failed: selecting the kept inputs differs from the "
+            f"{req.head}: surgery self-check failed: selecting the kept inputs differs from the "
             f"model with the removed inputs zeroed by {worst:.3g} (tolerance {TOLERANCE:g})."
         )
     return out

@@ -5,8 +5,9 @@ other producers of a residual ``add``, an SE gate (``x * sigmoid(fc2(...))``), a
 that follows. Criterion methods score such a *group* as one unit (Torch-Pruning's DepGraph
 idea): one score per channel, aggregated over the members, one keep-set for all.
 
-Membership comes from the same dependency group the cut uses (:func:`keep_outputs`: the
-producers whose outputs the cut removes). The correspondence ``root channel j -> member channel
+Membership comes from the same dependency group the cut uses
+(:func:`~compactnn.surgery._channels.keep_channels` of a ``KeepOutputs``: the producers whose
+outputs the cut removes). The correspondence ``root channel j -> member channel
 k`` is **measured**, not read from Torch-Pruning: the NaN probe of :mod:`._check` is run with a
 binary code of the channels (probe ``b`` seeds the channels whose index has bit ``b`` set), once
 from the root and once from each member. Where root and member reach the same input channel of

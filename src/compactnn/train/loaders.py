@@ -82,6 +82,23 @@ def _with_teacher_logits(loader: Iterable[Any], teacher: nn.Module, seed: int) -
     return _rebuilt(loader, _SoftTargets(ds, logits), seed)
 
 
+#: what a rebuilt ``DataLoader`` keeps of the one it replaces, besides its order and batching
+_WORKER_SETTINGS: tuple[str, ...] = (
+    "num_workers",
+    "collate_fn",
+    "pin_memory",
+    "worker_init_fn",
+    "timeout",
+    "persistent_workers",
+)
+
+
+def worker_settings(loader: DataLoader) -> dict[str, Any]:
+    """The loading settings of ``loader`` (workers, collation, pinned memory, timeout) as
+    ``DataLoader`` keywords, for a loader rebuilt over the same or another dataset."""
+    return {k: getattr(loader, k) for k in _WORKER_SETTINGS}
+
+
 def _rebuilt(loader: Any, dataset: Any, seed: int) -> Any:
     """``loader`` over ``dataset`` with its batching, workers and collation, reshuffled by a fresh
     generator seeded with ``seed`` (no generator when the loader does not shuffle)."""
@@ -102,12 +119,7 @@ def _rebuilt(loader: Any, dataset: Any, seed: int) -> Any:
         **order,
         generator=gen,
         drop_last=loader.drop_last,
-        num_workers=loader.num_workers,
-        collate_fn=loader.collate_fn,
-        pin_memory=loader.pin_memory,
-        worker_init_fn=loader.worker_init_fn,
-        timeout=loader.timeout,
-        persistent_workers=loader.persistent_workers,
+        **worker_settings(loader),
     )
 
 

@@ -16,7 +16,13 @@ from compactnn.solvers.layerwise._solve import (
     CvxpyOptions,
     EpsConstrainedSolver,
 )
-from compactnn.solvers.layerwise.base import CONSTRAINTS, Backend, Capabilities, LayerSolver
+from compactnn.solvers.layerwise.base import (
+    CONSTRAINTS,
+    Backend,
+    Capabilities,
+    LayerSolver,
+    SolveCall,
+)
 from compactnn.solvers.layerwise.ddlr import (
     DDLR_EPS_FRACS,
     DDLRSolver,
@@ -61,6 +67,7 @@ __all__ = [
     "SLRAdmmOptions",
     "SLRCvxpyOptions",
     "SLRSolver",
+    "SolveCall",
     "choose_rank",
     "constraint_violation",
     "dask_client",

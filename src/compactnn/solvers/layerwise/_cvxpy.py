@@ -10,9 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from torch import Tensor
 
 from compactnn.errors import SolverError
+from compactnn.solvers.layerwise.problem import ConvexProblem
 
 __all__ = ["solve_cvxpy"]
 
@@ -29,43 +29,37 @@ def _import_cvxpy() -> Any:
 
 
 def solve_cvxpy(
-    X: Tensor,
-    Y: Tensor,
-    b: Tensor,
-    eps: float,
+    p: ConvexProblem,
     *,
-    objective: str,
-    linear: bool,
-    ceiling: Tensor | None = None,
     scs_eps: float = 1e-6,
     max_iters: int = 100_000,
     time_limit: float | None = None,
     verbose: bool = False,
 ) -> dict[str, Any]:
-    """Solve the layer problem with CVXPY/SCS.
+    """Solve the layer problem ``p`` with CVXPY/SCS.
 
-    ``ceiling`` (``(N, n)`` or ``None`` = 0) bounds the inactive entries (cascade Net-Trim).
+    ``p.ceiling`` (``(N, n)`` or ``None`` = 0) bounds the inactive entries (cascade Net-Trim).
 
     Returns:
         Dict with ``U`` (numpy ``(d, n)`` or ``None``), ``status`` (CVXPY status string),
         ``iterations`` and ``solve_time``.
     """
     cp = _import_cvxpy()
-    Xn = X.numpy()
-    Yn = Y.numpy()
-    bn = b.numpy()
-    d, n = X.shape[1], Y.shape[1]
+    Xn = p.X.numpy()
+    Yn = p.Y.numpy()
+    bn = p.b.numpy()
+    d, n = p.X.shape[1], p.Y.shape[1]
     U = cp.Variable((d, n))
     out = Xn @ U + np.ones((Xn.shape[0], 1)) @ bn.reshape(1, n)
-    if linear:
-        cons = [cp.norm(out - Yn, "fro") <= eps]
+    if p.linear:
+        cons = [cp.norm(out - Yn, "fro") <= p.eps]
     else:
         M = (Yn > 0).astype(float)
-        cons = [cp.norm(cp.multiply(M, out - Yn), "fro") <= eps]
+        cons = [cp.norm(cp.multiply(M, out - Yn), "fro") <= p.eps]
         if (M == 0).any():
-            bound = 0.0 if ceiling is None else np.multiply(1.0 - M, ceiling.numpy())
+            bound = 0.0 if p.ceiling is None else np.multiply(1.0 - M, p.ceiling.numpy())
             cons.append(cp.multiply(1.0 - M, out) <= bound)
-    f = cp.normNuc(U) if objective == "nuclear" else cp.sum(cp.abs(U))
+    f = cp.normNuc(U) if p.objective == "nuclear" else cp.sum(cp.abs(U))
     prob = cp.Problem(cp.Minimize(f), cons)
     kwargs: dict[str, Any] = {"eps_abs": scs_eps, "eps_rel": scs_eps, "max_iters": max_iters}
     if time_limit is not None:

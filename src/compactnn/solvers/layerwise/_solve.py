@@ -22,8 +22,9 @@ from compactnn._validation import check_bool, check_float, check_int
 from compactnn.errors import ConfigError, InfeasibleError
 from compactnn.solvers.layerwise._admm import ADMMOptions, ADMMState, ScaledProblem, run_admm
 from compactnn.solvers.layerwise._cvxpy import solve_cvxpy
-from compactnn.solvers.layerwise.base import Backend, LayerSolver
+from compactnn.solvers.layerwise.base import Backend, Capabilities, LayerSolver, SolveCall
 from compactnn.solvers.layerwise.problem import (
+    ConvexProblem,
     LayerProblem,
     LayerSolveResult,
     check_ceiling,
@@ -33,7 +34,14 @@ from compactnn.solvers.layerwise.problem import (
     masked_ls_residual,
 )
 
-__all__ = ["BACKENDS", "CONVEX_BACKENDS", "CvxpyOptions", "EpsConstrainedSolver", "solve_layer"]
+__all__ = [
+    "BACKENDS",
+    "CONVEX_BACKENDS",
+    "CvxpyOptions",
+    "EpsConstrainedSolver",
+    "convex_capabilities",
+    "solve_layer",
+]
 
 
 @dataclass(frozen=True)
@@ -91,17 +99,8 @@ def _spectral(X: Tensor) -> tuple[Tensor, Tensor, float]:
     return Q, s, s_max
 
 
-def _build_admm(
-    X: Tensor,
-    Y: Tensor,
-    b: Tensor,
-    eps: float,
-    objective: str,
-    linear: bool,
-    dtype: torch.dtype,
-    ceiling: Tensor | None = None,
-) -> tuple[ScaledProblem, Tensor | None, float]:
-    N, n = Y.shape
+def _build_admm(p: ConvexProblem, dtype: torch.dtype) -> tuple[ScaledProblem, Tensor | None, float]:
+    X, Y, b, ceiling, linear = p.X, p.Y, p.b, p.ceiling, p.linear
     Q, s, s_max = _spectral(X)
     sc = (s / s_max).to(dtype)
     active = torch.ones_like(Y, dtype=torch.bool) if linear else (Y > 0)
@@ -114,8 +113,8 @@ def _build_admm(
     mask = None if linear else (Y > 0)
     Qd = Q.to(dtype)
     # both forms share the scaled targets and ceiling, the active mask and the tolerances
-    scaled = partial(ScaledProblem, T=T, c=c, mask=mask, eps=eps / t, Yabs=y_abs / t)
-    if objective == "nuclear":
+    scaled = partial(ScaledProblem, T=T, c=c, mask=mask, eps=p.eps / t, Yabs=y_abs / t)
+    if p.objective == "nuclear":
         # Reduced coordinates U = Q Ut (exact for the nuclear norm: projecting U onto the row
         # space of X keeps XU and never increases ||U||_*), so A^T A = diag(s^2) is diagonal.
         A = ((X @ Q) / s_max).to(dtype)
@@ -198,25 +197,14 @@ class _Raw:
     extras: dict[str, Any] = field(default_factory=dict)
 
 
-def _run_admm(
-    X: Tensor,
-    Y: Tensor,
-    b: Tensor,
-    eps: float,
-    *,
-    objective: str,
-    linear: bool,
-    options: ADMMOptions,
-    warm_start: Any,
-    ceiling: Tensor | None = None,
-) -> _Raw:
+def _run_admm(p: ConvexProblem, options: ADMMOptions, warm_start: Any) -> _Raw:
     dtype = torch.float64 if options.dtype == "float64" else torch.float32
-    prob, basis, scale = _build_admm(X, Y, b, eps, objective, linear, dtype, ceiling)
-    init = _warm(warm_start, basis, scale, prob, dtype, X.shape[1])
-    out = run_admm(prob, objective, options, init, scale)
+    prob, basis, scale = _build_admm(p, dtype)
+    init = _warm(warm_start, basis, scale, prob, dtype, p.X.shape[1])
+    out = run_admm(prob, p.objective, options, init, scale)
     Z = out["Z"].to(torch.float64)
     U = scale * (basis.to(torch.float64) @ Z if basis is not None else Z)
-    sv = out["sv"].to(torch.float64) * scale if objective == "nuclear" else None
+    sv = out["sv"].to(torch.float64) * scale if p.objective == "nuclear" else None
     extras = {key: out[key] for key in ("r_prim", "r_dual", "rho")}
     if out["state"] is not None:
         extras["admm_state"] = out["state"]
@@ -225,33 +213,16 @@ def _run_admm(
     return _Raw(U, int(out["iterations"]), native, outcome, sv, extras)
 
 
-def _run_cvxpy(
-    X: Tensor,
-    Y: Tensor,
-    b: Tensor,
-    eps: float,
-    *,
-    objective: str,
-    linear: bool,
-    options: CvxpyOptions,
-    warm_start: Any,
-    ceiling: Tensor | None = None,
-) -> _Raw:
+def _run_cvxpy(p: ConvexProblem, options: CvxpyOptions, warm_start: Any) -> _Raw:
     out = solve_cvxpy(
-        X,
-        Y,
-        b,
-        eps,
-        objective=objective,
-        linear=linear,
-        ceiling=ceiling,
+        p,
         scs_eps=options.eps,
         max_iters=options.max_iters,
         time_limit=options.time_limit,
         verbose=options.verbose,
     )
     native = out["status"]
-    d, n = X.shape[1], Y.shape[1]
+    d, n = p.X.shape[1], p.Y.shape[1]
     if out["U"] is None:
         U = torch.zeros(d, n, dtype=torch.float64)
         outcome = "infeasible" if native.startswith("infeasible") else "max_iter"
@@ -286,6 +257,20 @@ backend name becomes code."""
 
 BACKENDS: tuple[str, ...] = tuple(CONVEX_BACKENDS)
 
+
+def convex_capabilities(objective: str, *, factor_output: bool) -> Capabilities:
+    """What every solver of the eps-constrained problem declares: ``objective`` under the fit
+    ball and the inactive bound of eq. (4), the backends of :data:`CONVEX_BACKENDS`, warm
+    starts."""
+    return Capabilities(
+        objective=objective,
+        constraints=("fit_ball", "relu_inactive"),
+        backends=BACKENDS,
+        warm_start=True,
+        factor_output=factor_output,
+    )
+
+
 #: status of the result from (backend outcome, returned ``U`` feasible within ``feas_tol``)
 _STATUS: Mapping[str, tuple[str, str]] = MappingProxyType(
     {
@@ -300,20 +285,17 @@ _STATUS: Mapping[str, tuple[str, str]] = MappingProxyType(
 
 def solve_layer(
     problem: LayerProblem,
+    call: SolveCall,
     *,
     objective: str,
     owner: str,
     eps_frac: float,
-    backend: Backend,
-    options: Any,
-    warm_start: Any,
-    layer: str | None,
     zero_tol: float = 0.0,
 ) -> LayerSolveResult:
     """Solve one eps-constrained layer problem (see :mod:`compactnn.solvers.layerwise.problem`)
-    with a backend row of :data:`CONVEX_BACKENDS` and its (checked) options."""
+    with a backend row of :data:`CONVEX_BACKENDS` and its (checked) options (``call``)."""
     t0 = time.perf_counter()
-    linear = problem.linear
+    linear, layer, backend, options = problem.linear, call.layer, call.backend, call.options
     check_bool(linear, "linear", owner)
     X, Y, b = check_problem(problem.X, problem.Y, problem.bias, owner, layer)
     ceiling = check_ceiling(problem.ceiling, Y, owner, layer)
@@ -329,17 +311,8 @@ def solve_layer(
             f"{lb / float(torch.linalg.vector_norm(X)):.4g}, or check that Y belongs to X."
         )
     d, n = X.shape[1], Y.shape[1]
-    raw: _Raw = backend.run(
-        X,
-        Y,
-        b,
-        eps,
-        objective=objective,
-        linear=linear,
-        options=options,
-        warm_start=warm_start if backend.warm_start else None,
-        ceiling=ceiling,
-    )
+    p = ConvexProblem(X, Y, b, eps, objective, linear, ceiling)
+    raw: _Raw = backend.run(p, options, call.warm_start if backend.warm_start else None)
     U, sv, native = raw.U, raw.sv, raw.native
     extras.update(raw.extras)
     extras["native_status"] = native
@@ -394,23 +367,19 @@ class EpsConstrainedSolver(LayerSolver):
         """Clean-up threshold of the l1 solution (0: none)."""
         return 0.0
 
-    def _solve(
-        self,
-        problem: LayerProblem,
-        *,
-        backend: Backend,
-        options: Any,
-        warm_start: Any,
-        layer: str | None,
+    def _solve(self, problem: LayerProblem, call: SolveCall) -> LayerSolveResult:
+        return self._solve_at(problem, call, self.eps_frac)
+
+    def _solve_at(
+        self, problem: LayerProblem, call: SolveCall, eps_frac: float
     ) -> LayerSolveResult:
+        """:func:`solve_layer` with this solver's objective, name and clean-up, at
+        ``eps_frac``."""
         return solve_layer(
             problem,
+            call,
             objective=self.capabilities.objective,
             owner=self.owner,
-            eps_frac=self.eps_frac,
-            backend=backend,
-            options=options,
-            warm_start=warm_start,
-            layer=layer,
-            zero_tol=self._zero_tol(backend),
+            eps_frac=eps_frac,
+            zero_tol=self._zero_tol(call.backend),
         )

@@ -13,8 +13,9 @@ the new weight ``U.T``). Each solver is a frozen dataclass whose fields are its 
 
 :meth:`LayerSolver.solve` checks the backend, the options and the warm start against these
 declarations (a :class:`~compactnn.errors.ConfigError` naming the solver, the backend and what
-is supported) and then calls the solver's :meth:`LayerSolver._solve`. A new solver is one such
-class, added to :data:`compactnn.solvers.layerwise.registry.LAYER_SOLVERS`.
+is supported) and then calls the solver's :meth:`LayerSolver._solve` with the checked
+request (:class:`SolveCall`). A new solver is one such class, added to
+:data:`compactnn.solvers.layerwise.registry.LAYER_SOLVERS`.
 
 References:
     Papadimitriou & Jain (2021), Algorithm 1 and sec. 3.2 (layers are independent problems).
@@ -28,10 +29,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from torch import Tensor
+
 from compactnn.errors import ConfigError
 from compactnn.solvers.layerwise.problem import LayerProblem, LayerSolveResult
 
-__all__ = ["CONSTRAINTS", "Backend", "Capabilities", "LayerSolver"]
+__all__ = ["CONSTRAINTS", "Backend", "Capabilities", "LayerSolver", "SolveCall"]
 
 CONSTRAINTS: Mapping[str, str] = {
     "fit_ball": "||(XU + 1b^T - Y) o M||_F <= eps, eps = eps_frac * ||X||_F, M = [Y > 0] "
@@ -107,6 +110,24 @@ class Backend:
         """``options`` (or the defaults) set up for warm-started solves along a path."""
         options = self.default_options() if options is None else options
         return options if self.keep_state is None else self.keep_state(options)
+
+
+@dataclass(frozen=True)
+class SolveCall:
+    """One checked solve request, what :meth:`LayerSolver.solve` hands to a solver's
+    :meth:`LayerSolver._solve`.
+
+    Attributes:
+        backend: The backend's table row (declared by the solver).
+        options: The backend's options, defaulted when none were given.
+        warm_start: A previous result / state / ``U`` (``None``: a cold start).
+        layer: Dotted layer name, for messages (``None``: unnamed).
+    """
+
+    backend: Backend
+    options: Any
+    warm_start: Any = None
+    layer: str | None = None
 
 
 class LayerSolver(abc.ABC):
@@ -232,18 +253,31 @@ class LayerSolver(abc.ABC):
                 f"Got {type(problem).__name__} instead."
             )
         row, options = self.check(backend, options, warm_start)
-        return self._solve(
-            problem, backend=row, options=options, warm_start=warm_start, layer=layer
+        return self._solve(problem, SolveCall(row, options, warm_start, layer))
+
+    def solve_arrays(
+        self,
+        X: Tensor,
+        Y_pre: Tensor,
+        bias: Tensor | None,
+        *,
+        linear: bool = False,
+        backend: str | None = None,
+        options: Any = None,
+        warm_start: Any = None,
+        layer: str | None = None,
+    ) -> LayerSolveResult:
+        """:meth:`solve` on the tensors of one layer: ``LayerProblem(X, Y_pre, bias, linear)``
+        (the functional forms :func:`~compactnn.solvers.layerwise.solve_ddlr` and
+        :func:`~compactnn.solvers.layerwise.solve_net_trim` are this on their solver)."""
+        return self.solve(
+            LayerProblem(X, Y_pre, bias, linear),
+            backend=backend,
+            options=options,
+            warm_start=warm_start,
+            layer=layer,
         )
 
     @abc.abstractmethod
-    def _solve(
-        self,
-        problem: LayerProblem,
-        *,
-        backend: Backend,
-        options: Any,
-        warm_start: Any,
-        layer: str | None,
-    ) -> LayerSolveResult:
+    def _solve(self, problem: LayerProblem, call: SolveCall) -> LayerSolveResult:
         """Solve with an already checked backend row and options (implement this)."""

@@ -24,10 +24,9 @@ from torch import Tensor
 
 from compactnn._validation import check_float, check_int
 from compactnn.errors import ConfigError, InputShapeError
-from compactnn.solvers.layerwise._admm import ADMMOptions
-from compactnn.solvers.layerwise._solve import CONVEX_BACKENDS, CvxpyOptions, EpsConstrainedSolver
+from compactnn.solvers.layerwise._solve import EpsConstrainedSolver, convex_capabilities
 from compactnn.solvers.layerwise.base import Capabilities
-from compactnn.solvers.layerwise.problem import LayerProblem, LayerSolveResult
+from compactnn.solvers.layerwise.problem import LayerSolveResult
 
 __all__ = [
     "DDLRSolver",
@@ -52,13 +51,7 @@ class DDLRSolver(EpsConstrainedSolver):
 
     name: ClassVar[str] = "ddlr"
     owner: ClassVar[str] = "DDLR"
-    capabilities: ClassVar[Capabilities] = Capabilities(
-        objective="nuclear",
-        constraints=("fit_ball", "relu_inactive"),
-        backends=tuple(CONVEX_BACKENDS),
-        warm_start=True,
-        factor_output=True,
-    )
+    capabilities: ClassVar[Capabilities] = convex_capabilities("nuclear", factor_output=True)
 
 
 def solve_ddlr(
@@ -67,11 +60,7 @@ def solve_ddlr(
     bias: Tensor | None,
     *,
     eps_frac: float = 0.1,
-    backend: str = "admm",
-    options: ADMMOptions | CvxpyOptions | None = None,
-    linear: bool = False,
-    warm_start: Any = None,
-    layer: str | None = None,
+    **solve_options: Any,
 ) -> LayerSolveResult:
     r"""Solve the DDLR problem (eq. 4) for one dense layer.
 
@@ -81,11 +70,18 @@ def solve_ddlr(
             target), ``(N, n)``; :math:`M = [Y > 0]`.
         bias: Original bias ``(n,)`` -- kept fixed, as in eq. (4) -- or ``None``.
         eps_frac: :math:`\epsilon = \text{eps\_frac}\cdot\|X\|_F` (paper: ``C = ||Y_{l-1}||_F``).
-        backend: ``"admm"`` (own first-order solver) or ``"cvxpy"`` (CVXPY + SCS, reference).
-        options: :class:`ADMMOptions` or :class:`CvxpyOptions` matching ``backend``.
-        linear: Layer not followed by ReLU: :math:`\|XU + \mathbf{1}b^T - Y\|_F \le \epsilon` only.
-        warm_start: ``U`` ``(d, n)``, a previous :class:`LayerSolveResult` or ``ADMMState`` (admm).
-        layer: Dotted layer name for messages.
+        **solve_options: the keywords of
+            :meth:`~compactnn.solvers.layerwise.LayerSolver.solve_arrays`:
+
+            - ``backend``: ``"admm"`` (own first-order solver, the default) or ``"cvxpy"``
+              (CVXPY + SCS, reference).
+            - ``options``: :class:`~compactnn.solvers.layerwise.ADMMOptions` or
+              :class:`~compactnn.solvers.layerwise.CvxpyOptions` matching ``backend``.
+            - ``linear``: Layer not followed by ReLU:
+              :math:`\|XU + \mathbf{1}b^T - Y\|_F \le \epsilon` only.
+            - ``warm_start``: ``U`` ``(d, n)``, a previous :class:`LayerSolveResult` or
+              ``ADMMState`` (admm).
+            - ``layer``: Dotted layer name for messages.
 
     Returns:
         :class:`LayerSolveResult` with ``objective = ||U||_*`` and
@@ -96,13 +92,7 @@ def solve_ddlr(
         SolverError: Empty data or NaN/Inf (message names the tensor).
         InputShapeError: Shape mismatch.
     """
-    return DDLRSolver(eps_frac=eps_frac).solve(
-        LayerProblem(X, Y_pre, bias, linear),
-        backend=backend,
-        options=options,
-        warm_start=warm_start,
-        layer=layer,
-    )
+    return DDLRSolver(eps_frac=eps_frac).solve_arrays(X, Y_pre, bias, **solve_options)
 
 
 def _elbow(s: Tensor) -> int:

@@ -34,14 +34,8 @@ import torch
 from torch import Tensor
 
 from compactnn._validation import check_bool, check_float
-from compactnn.solvers.layerwise._admm import ADMMOptions
-from compactnn.solvers.layerwise._solve import (
-    CONVEX_BACKENDS,
-    CvxpyOptions,
-    EpsConstrainedSolver,
-    solve_layer,
-)
-from compactnn.solvers.layerwise.base import Backend, Capabilities
+from compactnn.solvers.layerwise._solve import EpsConstrainedSolver, convex_capabilities
+from compactnn.solvers.layerwise.base import Backend, Capabilities, SolveCall
 from compactnn.solvers.layerwise.problem import LayerProblem, LayerSolveResult
 
 __all__ = ["NetTrimSolver", "solve_net_trim"]
@@ -68,46 +62,24 @@ class NetTrimSolver(EpsConstrainedSolver):
 
     name: ClassVar[str] = "net-trim"
     owner: ClassVar[str] = "Net-Trim"
-    capabilities: ClassVar[Capabilities] = Capabilities(
-        objective="l1",
-        constraints=("fit_ball", "relu_inactive"),
-        backends=tuple(CONVEX_BACKENDS),
-        warm_start=True,
-        factor_output=False,
-    )
+    capabilities: ClassVar[Capabilities] = convex_capabilities("l1", factor_output=False)
 
     def _zero_tol(self, backend: Backend) -> float:
         tol = DEFAULT_ZERO_TOL if self.zero_tol is None else self.zero_tol
         return check_float(tol, "zero_tol", self.owner, min_value=0.0, max_value=1.0)
 
-    def _solve(
-        self,
-        problem: LayerProblem,
-        *,
-        backend: Backend,
-        options: Any,
-        warm_start: Any,
-        layer: str | None,
-    ) -> LayerSolveResult:
+    def _solve(self, problem: LayerProblem, call: SolveCall) -> LayerSolveResult:
         check_bool(self.refit_bias, "refit_bias", self.owner)
         if not self.refit_bias or problem.bias is None:
-            return super()._solve(
-                problem, backend=backend, options=options, warm_start=warm_start, layer=layer
-            )
+            return super()._solve(problem, call)
         X = torch.as_tensor(problem.X).to("cpu", torch.float64)
         Xa = torch.cat([X, torch.ones(X.shape[0], 1, dtype=X.dtype)], dim=1)
         frac = float(self.eps_frac) * float(torch.linalg.vector_norm(X))
         frac /= float(torch.linalg.vector_norm(Xa))  # epsilon = eps_frac * ||X||_F unchanged
-        res = solve_layer(
+        res = self._solve_at(
             LayerProblem(Xa, problem.Y, None, problem.linear, problem.ceiling),
-            objective=self.capabilities.objective,
-            owner=self.owner,
-            eps_frac=frac,
-            backend=backend,
-            options=options,
-            warm_start=None,
-            layer=layer,
-            zero_tol=self._zero_tol(backend),
+            replace(call, warm_start=None),
+            frac,
         )
         extras = dict(res.extras, bias=res.U[-1].clone(), eps_frac=float(self.eps_frac))
         extras["refit_bias"] = True
@@ -120,13 +92,9 @@ def solve_net_trim(
     bias: Tensor | None,
     *,
     eps_frac: float = 0.1,
-    backend: str = "admm",
-    options: ADMMOptions | CvxpyOptions | None = None,
-    linear: bool = False,
-    warm_start: Any = None,
-    layer: str | None = None,
     zero_tol: float | None = None,
     refit_bias: bool = False,
+    **solve_options: Any,
 ) -> LayerSolveResult:
     """Solve the Net-Trim problem for one dense layer (same arguments as :func:`solve_ddlr`).
 
@@ -134,14 +102,12 @@ def solve_net_trim(
         zero_tol: Entries with ``|U_ij| <= zero_tol * max|U|`` are set to 0 after solving
             (``None``: 3e-4 for every backend, so the support does not depend on it).
         refit_bias: Re-fit the bias too (augmented ones column); see :class:`NetTrimSolver`.
+        **solve_options: ``backend``, ``options``, ``linear``, ``warm_start``, ``layer`` of
+            :meth:`~compactnn.solvers.layerwise.LayerSolver.solve_arrays`, as for
+            :func:`solve_ddlr`.
 
     Returns:
         :class:`LayerSolveResult` with ``objective = ||U||_1`` and ``extras["nnz"]``.
     """
-    return NetTrimSolver(eps_frac=eps_frac, zero_tol=zero_tol, refit_bias=refit_bias).solve(
-        LayerProblem(X, Y_pre, bias, linear),
-        backend=backend,
-        options=options,
-        warm_start=warm_start,
-        layer=layer,
-    )
+    solver = NetTrimSolver(eps_frac=eps_frac, zero_tol=zero_tol, refit_bias=refit_bias)
+    return solver.solve_arrays(X, Y_pre, bias, **solve_options)

@@ -38,6 +38,7 @@ from compactnn.errors import InfeasibleError, InputShapeError, SolverError
 
 __all__ = [
     "STATUSES",
+    "ConvexProblem",
     "LayerProblem",
     "LayerSolveResult",
     "check_problem",
@@ -106,6 +107,31 @@ class LayerSolveResult:
     def ok(self) -> bool:
         """``True`` when the status is ``"optimal"`` or ``"optimal_inaccurate"``."""
         return self.status in ("optimal", "optimal_inaccurate")
+
+
+@dataclass(frozen=True)
+class ConvexProblem:
+    r"""The checked eps-constrained problem of one layer, what a backend of DDLR / Net-Trim
+    solves: :math:`\min f(U)` s.t. eq. (4) (the module docstring).
+
+    Attributes:
+        X: Layer input ``(N, d)``, float64 on CPU (checked by :func:`check_problem`).
+        Y: Original pre-activation ``(N, n)``, float64 on CPU.
+        b: Bias ``(n,)`` (zeros for a layer without bias), float64 on CPU.
+        eps: The tolerance :math:`\epsilon` of the fit (not the fraction).
+        objective: ``"nuclear"`` (DDLR) or ``"l1"`` (Net-Trim).
+        linear: No ReLU after the layer: :math:`M = 1`, no inequality.
+        ceiling: The ``(N, n)`` bound of the inactive entries (:attr:`LayerProblem.ceiling`),
+            or ``None`` (0).
+    """
+
+    X: Tensor
+    Y: Tensor
+    b: Tensor
+    eps: float
+    objective: str
+    linear: bool
+    ceiling: Tensor | None = None
 
 
 def _as_2d(t: Any, name: str, owner: str) -> Tensor:

@@ -76,7 +76,7 @@ from compactnn.solvers.layerwise._slr_admm import (
     budget_scale,
 )
 from compactnn.solvers.layerwise._slr_admm import _Quadratic as _Quadratic  # re-exported
-from compactnn.solvers.layerwise.base import Backend, Capabilities, LayerSolver
+from compactnn.solvers.layerwise.base import Backend, Capabilities, LayerSolver, SolveCall
 from compactnn.solvers.layerwise.problem import LayerProblem, LayerSolveResult, check_problem
 
 __all__ = [
@@ -321,19 +321,11 @@ class SLRSolver(LayerSolver):
             extras=ex,
         )
 
-    def _solve(
-        self,
-        problem: LayerProblem,
-        *,
-        backend: Backend,
-        options: Any,
-        warm_start: Any,
-        layer: str | None,
-    ) -> LayerSolveResult:
+    def _solve(self, problem: LayerProblem, call: SolveCall) -> LayerSolveResult:
         start = time.perf_counter()
-        s = self._setup(problem, layer)
-        s["warm"] = _warm_state(warm_start, s, layer) if backend.warm_start else None
-        return backend.run(self, s, options, start, layer)
+        s = self._setup(problem, call.layer)
+        s["warm"] = _warm_state(call.warm_start, s, call.layer) if call.backend.warm_start else None
+        return call.backend.run(self, s, call.options, start, call.layer)
 
 
 # ---------------------------------------------------------------------- ADMM backend
