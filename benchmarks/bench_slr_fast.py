@@ -1,0 +1,278 @@
+"""slr's deployed speed on kiaee-cnn / Fashion-MNIST with the fused form (issue 36, item 2).
+
+Takes the slr model of ``bench_slr.py --kiaee-only --kiaee-ft-lr LR`` (its compact checkpoint
+in ``~/.cache/compactnn/bench/slr_kiaee_lrLR``, the baseline it was compressed from) and
+deploys each approximated layer again, with the same values, in the form measured fastest among
+all of slr's forms (``compactnn.methods.slr.fastest_form``: the two branches with the sparse one
+gathered / channel-dropped / dense, or one fused product ``[Q | A_K] [Z; X_K]`` / one conv over
+``[Z; x_C]``), in NCHW as slr chooses today. Then times the baseline, the model as the run
+shipped it and the re-deployed model interleaved (``metrics.measure_latency_interleaved``,
+rounds alternate the order), 1 thread, on a real test batch of 1 and of 100, in three runtimes:
+eager NCHW, eager channels_last (model and input converted; the conversion paid in every call)
+and onnxruntime (each model's ONNX export, wrapped so that its session is timed by the same
+interleaved call). Also per top-level module times (eager NCHW and channels_last, batch 100),
+the per-layer candidate timings, test top-1, stored parameters (Ma et al.'s eq. 15 count) and
+the weights the forms execute.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_slr_fast.py --ft-lr 0.01
+
+Writes ``benchmarks/results/slr_fast_kiaee/result.json`` and ``NOTE.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+import bench_slr as S
+from compactnn import export, metrics, models
+from compactnn.export.onnx import ort_session
+from compactnn.layers import (
+    ColumnSparseConv2d,
+    ColumnSparseLinear,
+    FusedSparseLowRankConv2d,
+    FusedSparseLowRankLinear,
+    SparsePlusLowRank,
+    stored_param_count,
+)
+from compactnn.methods.slr import fastest_form
+from compactnn.plan import SparseLowRank
+from compactnn.surgery import sparse_lowrank_layer
+
+OUT = Path(__file__).resolve().parent / "results" / "slr_fast_kiaee"
+SHAPE = (1, 28, 28)
+COLUMN = (ColumnSparseConv2d, ColumnSparseLinear)
+SLR_LAYERS = (SparsePlusLowRank, FusedSparseLowRankConv2d, FusedSparseLowRankLinear, *COLUMN)
+
+
+class _ChannelsLast(nn.Module):
+    """``model`` in channels_last, its NCHW input converted in every call (as ``ship``)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = copy.deepcopy(model).to(memory_format=torch.channels_last)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x.contiguous(memory_format=torch.channels_last))
+
+
+class _Ort(nn.Module):
+    """An onnxruntime session (1 thread) as a module, so the interleaved timer runs it."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.sess = ort_session(path, threads=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.sess.run(None, {"input": np.ascontiguousarray(x.numpy())})[0])
+
+
+def _action(name: str, m: nn.Module, dense: nn.Module) -> SparseLowRank:
+    """The SparseLowRank action holding the values of the deployed slr layer ``m``."""
+    shape = dense.weight.shape
+    if isinstance(m, (FusedSparseLowRankConv2d, FusedSparseLowRankLinear)):
+        a, p, q = m.sparse_matrix(), m.first_matrix(), m.second_matrix()
+        form, bias = ("fused-channels" if getattr(m, "form", "") == "channels" else "fused"), m.bias
+    else:
+        sp, lr = (m.sparse, m.lowrank) if isinstance(m, SparsePlusLowRank) else (m, None)
+        a, form = sp.dense_matrix(), sp.form
+        p = None if lr is None else lr.first.weight.reshape(lr.rank, -1)
+        q = None if lr is None else lr.second.weight.reshape(shape[0], lr.rank)
+        bias = sp.bias if lr is None else lr.second.bias
+    low = p is not None and p.shape[0] > 0
+    return SparseLowRank(
+        layer=name, sparse=a.detach().reshape(shape), first=p.detach() if low else None,
+        second=q.detach() if low else None, bias=None if bias is None else bias.detach(),
+        form=form,
+    )  # fmt: skip
+
+
+def redeploy(model: nn.Module, x: torch.Tensor) -> tuple[nn.Module, dict[str, Any]]:
+    """Each slr layer of ``model`` in the form measured fastest now (same values)."""
+    shapes = _shapes(model, x)
+    new = copy.deepcopy(model)
+    rec: dict[str, Any] = {}
+    for name, m in list(model.named_modules()):
+        if not isinstance(m, SLR_LAYERS) or "." in name:
+            continue
+        dense = export.dense_equivalent(m)
+        act = _action(name, m, dense)
+        form, ms = fastest_form(dense, act, shapes[name])
+        layer = sparse_lowrank_layer(dense, SparseLowRank(**{**act.__dict__, "form": form}))
+        setattr(new, name, layer)
+        rec[name] = {"was": act.form, "form": form, "form_ms_b100": ms,
+                     "rank": 0 if act.first is None else int(act.first.shape[0]),
+                     "kept_columns": int(layer.columns.numel()) if hasattr(layer, "columns")
+                     else int(layer.sparse.columns.numel()),
+                     "stored": stored_param_count(layer),
+                     "executed": int(getattr(layer, "executed_param_count", layer.stored_param_count)()),
+                     "input_shape": list(shapes[name])}  # fmt: skip
+        print(name, rec[name], flush=True)
+    return new.eval(), rec
+
+
+def _shapes(model: nn.Module, x: torch.Tensor) -> dict[str, tuple[int, ...]]:
+    out: dict[str, tuple[int, ...]] = {}
+    hooks = [m.register_forward_pre_hook(
+        lambda mod, inp, _n=n: out.__setitem__(_n, tuple(inp[0].shape[1:])))
+        for n, m in model.named_children()]  # fmt: skip
+    with torch.no_grad():
+        model(x[:2])
+    for h in hooks:
+        h.remove()
+    return out
+
+
+def _stages(models_: dict[str, nn.Module], x: torch.Tensor, rounds: int = 3) -> dict[str, Any]:
+    """Median ms of every top-level module of each model (batch ``x``), rounds interleaved."""
+    times: dict[str, dict[str, list[float]]] = {k: {} for k in models_}
+    for rnd in range(rounds):
+        for key in list(models_) if rnd % 2 == 0 else list(models_)[::-1]:
+            model, xi = models_[key], x
+            if isinstance(model, _ChannelsLast):
+                model, xi = model.model, x.contiguous(memory_format=torch.channels_last)
+            t = times[key]
+            hooks = []
+            for n, mod in model.named_children():
+                hooks.append(mod.register_forward_pre_hook(
+                    lambda m, i, _n=n: t.setdefault(_n, []).append(-time.perf_counter())))
+                hooks.append(mod.register_forward_hook(
+                    lambda m, i, o, _n=n: t[_n].__setitem__(-1, t[_n][-1] + time.perf_counter())))  # fmt: skip
+            with torch.no_grad():
+                for _ in range(2):
+                    model(xi)
+                for v in t.values():
+                    del v[-2:]  # warm-up runs
+                for _ in range(7):
+                    model(xi)
+            for h in hooks:
+                h.remove()
+    return {k: {n: 1e3 * statistics.median(v) for n, v in t.items()} for k, t in times.items()}
+
+
+def note(out: dict[str, Any]) -> str:
+    """NOTE.md's tables from ``result.json``."""
+    p, acc, lat = out["params"], out["test_top1"], out["latency"]
+    drop = acc["baseline"] - acc["slr_fused"]
+    red = p["baseline"] / p["slr_fused"]
+    L = [
+        "# slr on kiaee-cnn / Fashion-MNIST, deployed with the fused form (issue 36, item 2)", "",
+        f"Command: `{out['command']}` ({out['date']}; {out['machine']}; load average "
+        f"{out['load_start'][0]:.1f} at start, {out['load_end'][0]:.1f} at the end; "
+        f"torch {out['torch']}). The slr model: `{out['slr_checkpoint']}`; the baseline: "
+        f"`{out['baseline_checkpoint']}`.", "",
+        f"Test top-1: baseline {acc['baseline']:.2f} %, slr as shipped {acc['slr_shipped']:.2f} "
+        f"%, slr fused {acc['slr_fused']:.2f} % (drop {drop:+.2f} points; fused vs shipped: "
+        f"max |logit diff| {out['max_abs_logit_diff_fused_vs_shipped']:.2e}, the same function). "
+        f"Stored parameters (Ma et al. eq. 15 count + biases): baseline {p['baseline']:,}, slr "
+        f"{p['slr_fused']:,} (**{red:.2f}x** fewer; as shipped {p['slr_shipped']:,}). MACs: "
+        f"baseline {out['macs']['baseline']:,}, shipped {out['macs']['slr_shipped']:,}, fused "
+        f"{out['macs']['slr_fused']:,}.", "",
+        "Latency, median ms, the three models timed interleaved in one call per row "
+        "(`measure_latency_interleaved`, the order alternating between rounds), 1 thread, a "
+        "real test batch; speed-up = baseline / model in the same runtime:", "",
+        "| runtime | batch | baseline ms | slr shipped ms | slr fused ms | speed-up shipped | "
+        "speed-up fused |", "|---|---|---|---|---|---|---|",
+    ]  # fmt: skip
+    for key, r in lat.items():
+        rt, bs = key.rsplit(" b", 1)
+        L.append(f"| {rt} | {bs} | {r['baseline']:.2f} | {r['slr_shipped']:.2f} | "
+                 f"{r['slr_fused']:.2f} | {r['speedup_shipped']:.2f}x | "
+                 f"**{r['speedup_fused']:.2f}x** |")  # fmt: skip
+    L += ["", "Per layer: the form chosen now (`fastest_form`, batch 100 of the layer's real "
+          "input shape, 1 thread, median of 7) and the candidates' ms:", "",
+          "| layer | input | rank | kept cols | shipped form | chosen form | stored | executed "
+          "| candidates ms (b=100) |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for n, r in out["layers"].items():
+        cands = ", ".join(f"{k} {v:.1f}" for k, v in r["form_ms_b100"].items())
+        L.append(f"| {n} | {'x'.join(map(str, r['input_shape']))} | {r['rank']} | "
+                 f"{r['kept_columns']} | {r['was']} | {r['form']} | {r['stored']:,} | "
+                 f"{r['executed']:,} | {cands} |")  # fmt: skip
+    for rt, st in out["stage_ms_b100"].items():
+        names = list(st["baseline"])
+        L += ["", f"Per top-level module, {rt}, batch 100, median ms (interleaved rounds):", "",
+              "| model | " + " | ".join(names) + " | sum |", "|---" * (len(names) + 2) + "|"]
+        for k, row in st.items():
+            L.append(f"| {k} | " + " | ".join(f"{row.get(n, 0.0):.1f}" for n in names)
+                     + f" | {sum(row.values()):.1f} |")  # fmt: skip
+    return "\n".join(L) + "\n"
+
+
+def _top1(model: nn.Module, loader: Any) -> float:
+    return S._top1(model, loader)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--ft-lr", type=float, default=0.01)
+    ap.add_argument("--rounds", type=int, default=5)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    t0 = time.time()
+    _, _, test_l, base, ckpt = S._net_data("kiaee-cnn")
+    base.eval()
+    saved = S._saved_dir(args.ft_lr)
+    shipped = export.load(saved, models.create("kiaee-cnn", in_channels=1, seed=0, input_size=28))
+    x100 = metrics.real_batch(test_l, 100)
+    out: dict[str, Any] = {
+        "command": f"OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_slr_fast.py --ft-lr "
+                   f"{args.ft_lr:g} --rounds {args.rounds}",
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": f"{platform.machine()} 2-core CPU ({platform.processor() or 'AMD EPYC'}), "
+                   "shared with other jobs during the run (load below), no GPU, 1 thread",
+        "load_start": os.getloadavg(), "baseline_checkpoint": str(ckpt), "slr_checkpoint": str(saved),
+        "torch": torch.__version__,
+    }  # fmt: skip
+    fused, out["layers"] = redeploy(shipped, x100)
+    with torch.no_grad():
+        out["max_abs_logit_diff_fused_vs_shipped"] = float((fused(x100) - shipped(x100)).abs().max())
+    trio = {"baseline": base, "slr_shipped": shipped, "slr_fused": fused}
+    out["params"] = {k: stored_param_count(m) for k, m in trio.items()}
+    out["macs"] = {k: metrics.count_flops(m, SHAPE) // 2 for k, m in trio.items()}
+    out["test_top1"] = {k: _top1(m, test_l) for k, m in trio.items()}
+    out["latency"] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        ort = {}
+        for k, m in trio.items():
+            path = Path(tmp) / f"{k}.onnx"
+            export.to_onnx(m, path, x100[:2], samples=x100[:16])
+            ort[k] = _Ort(path)
+        runtimes = {"eager NCHW": trio,
+                    "eager channels_last": {k: _ChannelsLast(m) for k, m in trio.items()},
+                    "onnxruntime": ort}  # fmt: skip
+        for bs in (1, 100):
+            x = x100[:bs]
+            for rt, ms in runtimes.items():
+                res = metrics.measure_latency_interleaved(
+                    ms, SHAPE, rounds=args.rounds, batch_size=bs, threads=1, warmup=3,
+                    repeats=40 if bs == 1 else 8, inputs=x)  # fmt: skip
+                row = {k: float(r.median_ms) for k, r in res.items()}
+                row["speedup_shipped"] = row["baseline"] / row["slr_shipped"]
+                row["speedup_fused"] = row["baseline"] / row["slr_fused"]
+                out["latency"][f"{rt} b{bs}"] = row
+                print(rt, bs, row, flush=True)
+    trio_cl = {"baseline": _ChannelsLast(base), "slr_fused": _ChannelsLast(fused)}
+    out["stage_ms_b100"] = {"eager NCHW": _stages({"baseline": base, "slr_fused": fused}, x100),
+                            "eager channels_last": _stages(trio_cl, x100)}  # fmt: skip
+    out["load_end"] = os.getloadavg()
+    out["wall_s"] = time.time() - t0
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "result.json").write_text(json.dumps(out, indent=1, default=str))
+    (OUT / "NOTE.md").write_text(note(out))
+    print(json.dumps({k: out[k] for k in ("params", "test_top1")}, default=str))
+
+
+if __name__ == "__main__":
+    main()
