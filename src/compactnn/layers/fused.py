@@ -56,6 +56,24 @@ def _check_branches(sparse: nn.Module, lowrank: nn.Module | None, kinds: tuple[t
             )
 
 
+def _stack(layer: nn.Module, sparse: nn.Module, lowrank: nn.Module | None) -> None:
+    """``layer.weight = [Q | A_K]``, ``layer.first = P`` (``None`` at rank 0) and the bias (the
+    low-rank branch's, or the lone sparse branch's): copies of the branches' values."""
+    n = int(sparse.weight.shape[0])
+    q = (
+        sparse.weight.new_zeros(n, 0)
+        if lowrank is None
+        else lowrank.second.weight.detach().reshape(n, lowrank.rank)
+    )
+    layer.weight = nn.Parameter(torch.cat([q, sparse.weight.detach()], 1))
+    if lowrank is None:
+        layer.register_parameter("first", None)
+    else:
+        layer.first = nn.Parameter(lowrank.first.weight.detach().clone())
+    bias = sparse.bias if lowrank is None else lowrank.second.bias
+    layer.bias = None if bias is None else nn.Parameter(bias.detach().clone())
+
+
 def _branches(module: nn.Module) -> tuple[nn.Module, nn.Module | None]:
     """``(sparse, lowrank)`` of a :class:`SparsePlusLowRank` or a lone column-sparse layer."""
     if isinstance(module, SparsePlusLowRank):
@@ -141,18 +159,7 @@ class FusedSparseLowRankConv2d(nn.Module):
         centre = (kh // 2) * kw + kw // 2
         q_pos = torch.arange(self.rank, device=cols.device) * kk + centre
         self.register_buffer("_wide", torch.cat([q_pos, self.rank * kk + sparse.local]))
-        second = (
-            sparse.weight.new_zeros(self.out_channels, 0)
-            if lowrank is None
-            else lowrank.second.weight.detach().reshape(self.out_channels, self.rank)
-        )
-        self.weight = nn.Parameter(torch.cat([second, sparse.weight.detach()], 1))
-        if lowrank is None:
-            self.register_parameter("first", None)
-        else:
-            self.first = nn.Parameter(lowrank.first.weight.detach().clone())
-        bias = sparse.bias if lowrank is None else lowrank.second.bias
-        self.bias = None if bias is None else nn.Parameter(bias.detach().clone())
+        _stack(self, sparse, lowrank)
         self._index_cache: dict[tuple[int, ...], Tensor] = {}
 
     @classmethod
@@ -254,6 +261,25 @@ class FusedSparseLowRankConv2d(nn.Module):
             return flat.index_select(1, idx).reshape(b, ho, wo, k).permute(0, 3, 1, 2)
         return xp.reshape(b, -1).index_select(1, idx).reshape(b, k, ho, wo)
 
+    def _kept_by_offset(self, x: Tensor, ho: int, wo: int) -> tuple[Tensor, Tensor]:
+        """``X_K`` as the ONNX export runs it: per kernel offset, the kept channels' whole
+        planes (one ``Gather`` of contiguous planes) sliced at that offset, concatenated; the
+        columns in offset order, and their positions in the stored order (onnxruntime's
+        ``Gather`` of single elements is ~10x slower than PyTorch's ``index_select``)."""
+        (ph, pw), (sh, sw) = self.padding, self.stride
+        xp = F.pad(x, (pw, pw, ph, ph)) if ph or pw else x
+        chans = self._chan.tolist()  # constants of the exported graph
+        groups: dict[tuple[int, int], list[int]] = {}
+        for k, key in enumerate(zip(self._row.tolist(), self._col.tolist())):
+            groups.setdefault(key, []).append(k)
+        parts, order = [], []
+        for (i, j), ks in groups.items():
+            ch = torch.tensor([chans[k] for k in ks], dtype=torch.long, device=x.device)
+            planes = torch.index_select(xp, 1, ch)
+            parts.append(planes[:, :, i : i + sh * (ho - 1) + 1 : sh, j : j + sw * (wo - 1) + 1 : sw])
+            order += ks
+        return torch.cat(parts, 1), torch.tensor(order, dtype=torch.long, device=x.device)
+
     def forward(self, x: Tensor) -> Tensor:
         parts = []
         if self.first is not None:
@@ -267,13 +293,18 @@ class FusedSparseLowRankConv2d(nn.Module):
             s = parts[0] if len(parts) == 1 else torch.cat(parts, 1)
             return F.conv2d(s, w, self.bias, 1, self.padding, self.dilation)
         ho, wo = _out_hw(self, x)
-        if self.columns.numel():
+        w = self.weight
+        if self.columns.numel() and torch.onnx.is_in_onnx_export():
+            kept, order = self._kept_by_offset(x, ho, wo)
+            parts.append(kept)
+            w = torch.cat([w[:, : self.rank], torch.index_select(w[:, self.rank :], 1, order)], 1)
+        elif self.columns.numel():
             parts.append(self._kept(x, ho, wo))
         if not parts:  # no kept column, rank 0: the bias alone
             y = x.new_zeros(x.shape[0], self.out_channels, ho, wo)
             return y if self.bias is None else y + self.bias.reshape(1, -1, 1, 1)
         s = parts[0] if len(parts) == 1 else torch.cat(parts, 1)
-        return F.conv2d(s, self.weight[:, :, None, None], self.bias)
+        return F.conv2d(s, w[:, :, None, None], self.bias)
 
     def extra_repr(self) -> str:
         return (
@@ -306,18 +337,7 @@ class FusedSparseLowRankLinear(nn.Module):
         self.in_features, self.out_features = sparse.in_features, sparse.out_features
         self.rank = 0 if lowrank is None else lowrank.rank
         self.register_buffer("columns", sparse.columns.clone())
-        second = (
-            sparse.weight.new_zeros(self.out_features, 0)
-            if lowrank is None
-            else lowrank.second.weight.detach()
-        )
-        self.weight = nn.Parameter(torch.cat([second, sparse.weight.detach()], 1))
-        if lowrank is None:
-            self.register_parameter("first", None)
-        else:
-            self.first = nn.Parameter(lowrank.first.weight.detach().clone())
-        bias = sparse.bias if lowrank is None else lowrank.second.bias
-        self.bias = None if bias is None else nn.Parameter(bias.detach().clone())
+        _stack(self, sparse, lowrank)
 
     @classmethod
     def from_module(cls, module: nn.Module) -> FusedSparseLowRankLinear:
