@@ -154,10 +154,13 @@ def _stages(models_: dict[str, nn.Module], x: torch.Tensor, rounds: int = 3) -> 
             t = times[key]
             hooks = []
             for n, mod in model.named_children():
-                hooks.append(mod.register_forward_pre_hook(
-                    lambda m, i, _n=n: t.setdefault(_n, []).append(-time.perf_counter())))
+                hooks.append(
+                    mod.register_forward_pre_hook(
+                        lambda m, i, _n=n, _t=t: _t.setdefault(_n, []).append(-time.perf_counter())
+                    )
+                )
                 hooks.append(mod.register_forward_hook(
-                    lambda m, i, o, _n=n: t[_n].__setitem__(-1, t[_n][-1] + time.perf_counter())))  # fmt: skip
+                    lambda m, i, o, _n=n, _t=t: _t[_n].__setitem__(-1, _t[_n][-1] + time.perf_counter())))  # fmt: skip
             with torch.no_grad():
                 for _ in range(2):
                     model(xi)
@@ -217,23 +220,42 @@ def note(out: dict[str, Any]) -> str:
         L.append(f"| {n} | {'x'.join(map(str, r['input_shape']))} | {r['rank']} | "
                  f"{r['kept_columns']} | {r['was']} | {r['form']} | {r['stored']:,} | "
                  f"{r['executed']:,} | {cands} |")  # fmt: skip
-    stages = {**out["stage_ms_b100"], "onnxruntime (its own profile, 10 runs)":
-              out["ort_profile_ms_b100"]}
+    stages = {
+        **out["stage_ms_b100"],
+        "onnxruntime (its own profile, 10 runs)": out["ort_profile_ms_b100"],
+    }
     for rt, st in stages.items():
         names = list(dict.fromkeys(n for row in st.values() for n in row))
-        L += ["", f"Per top-level module, {rt}, batch 100, median ms (interleaved rounds):", "",
-              "| model | " + " | ".join(names) + " | sum |", "|---" * (len(names) + 2) + "|"]
+        L += [
+            "",
+            f"Per top-level module, {rt}, batch 100, median ms (interleaved rounds):",
+            "",
+            "| model | " + " | ".join(names) + " | sum |",
+            "|---" * (len(names) + 2) + "|",
+        ]
         for k, row in st.items():
             L.append(f"| {k} | " + " | ".join(f"{row.get(n, 0.0):.1f}" for n in names)
                      + f" | {sum(row.values()):.1f} |")  # fmt: skip
+    ops = out.get("ort_profile_ops_ms_b100", {})
+    if ops:
+        L += ["", "onnxruntime's own profile by op (batch 100, median ms per run) of the slr "
+              "layers, all fused, against the original layers (onnxruntime fuses a conv with its "
+              "ReLU and names it after the ReLU):", "", "| model | module / op | ms |",
+              "|---|---|---|"]  # fmt: skip
+        for k, row in ops.items():
+            for name, ms in row.items():
+                if name.split()[0] in ("conv2", "conv3", "conv4", "relu2", "relu3", "relu4"):
+                    L.append(f"| {k} | {name} | {ms:.2f} |")
     return "\n".join(L) + "\n"
 
 
-def ort_profile(path: Path, x: torch.Tensor, runs: int = 10) -> dict[str, float]:
+def ort_profile(
+    path: Path, x: torch.Tensor, runs: int = 10, by_op: bool = False
+) -> dict[str, float]:
     """onnxruntime's own profile (1 thread): median ms per run of the nodes of each top-level
     module (the first component of the exported node names, e.g. ``/conv2/Gather``; a conv
     onnxruntime fuses with its ReLU is reported under the ReLU's name; the NCHWc layout
-    reorders it inserts are summed apart)."""
+    reorders it inserts are summed apart; ``by_op``: per module and op type)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -252,6 +274,8 @@ def ort_profile(path: Path, x: torch.Tensor, runs: int = 10) -> dict[str, float]
         node = e["name"][: -len("_kernel_time")].lstrip("/")
         mod = node.split("/")[0].strip()
         mod = "layout reorders" if mod.startswith("Reorder") else mod or "other"
+        if by_op:
+            mod = f"{mod} {e['args'].get('op_name', '')}"
         per.setdefault(mod, []).append(e["dur"] / 1e3)
     # every module's nodes ran 2 + runs times: the per-run sum, the warm-up runs dropped
     out = {}
@@ -283,8 +307,11 @@ def compress_no_ft() -> Path:
     out = S._saved_dir(0.0).with_name("slr_kiaee_noft")
     export.save_checkpoint(res.model, res.plan, out, input_shape=SHAPE)
     keys = ("kept_columns", "rank", "form", "form_ms", "stored_weights", "executed_weights")
-    rec = {"seconds": time.perf_counter() - t, "chosen": res.chosen,
-           "layers": {n: {k: v.get(k) for k in keys} for n, v in res.history["layers"].items()}}
+    rec = {
+        "seconds": time.perf_counter() - t,
+        "chosen": res.chosen,
+        "layers": {n: {k: v.get(k) for k in keys} for n, v in res.history["layers"].items()},
+    }
     (out / "run.json").write_text(json.dumps(rec, indent=1, default=str))
     print(json.dumps(rec, default=str), flush=True)
     return out
@@ -326,11 +353,18 @@ def synthetic(path: Path) -> tuple[nn.Module, nn.Module, dict[str, Any]]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--ft-lr", type=float, default=0.01)
-    ap.add_argument("--no-ft", action="store_true",
-                    help="compress again without fine-tuning and measure that model")
-    ap.add_argument("--structure-of", type=Path, default=None,
-                    help="no trained model: time kiaee-cnn (random values) against the slr "
-                    "model with the structure (kept columns, ranks, forms) of this result")
+    ap.add_argument(
+        "--no-ft",
+        action="store_true",
+        help="compress again without fine-tuning and measure that model",
+    )
+    ap.add_argument(
+        "--structure-of",
+        type=Path,
+        default=None,
+        help="no trained model: time kiaee-cnn (random values) against the slr "
+        "model with the structure (kept columns, ranks, forms) of this result",
+    )
     ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -361,7 +395,8 @@ def main() -> None:
     all_fused, out["layers_all_fused"] = redeploy(shipped, x100, "fused")
     with torch.no_grad():
         out["max_abs_logit_diff_fused_vs_shipped"] = max(
-            float((m(x100) - shipped(x100)).abs().max()) for m in (fused, all_fused))
+            float((m(x100) - shipped(x100)).abs().max()) for m in (fused, all_fused)
+        )
     trio = {"baseline": base, "slr_shipped": shipped, "slr_fused": fused,
             "slr_all_fused": all_fused}  # fmt: skip
     out["params"] = {k: stored_param_count(m) for k, m in trio.items()}
@@ -379,6 +414,8 @@ def main() -> None:
             ort[k] = _Ort(path)
         out["ort_profile_ms_b100"] = {k: ort_profile(Path(tmp) / f"{k}.onnx", x100)
                                       for k in ("baseline", "slr_fused", "slr_all_fused")}  # fmt: skip
+        out["ort_profile_ops_ms_b100"] = {k: ort_profile(Path(tmp) / f"{k}.onnx", x100, by_op=True)
+                                          for k in ("baseline", "slr_all_fused")}  # fmt: skip
         runtimes = {"eager NCHW": trio,
                     "eager channels_last": {k: _ChannelsLast(m) for k, m in trio.items()},
                     "onnxruntime": ort}  # fmt: skip
@@ -405,7 +442,7 @@ def main() -> None:
     stem = "result_noft" if args.no_ft else "result"
     (OUT / f"{stem}.json").write_text(json.dumps(out, indent=1, default=str))
     (OUT / f"{stem}.md").write_text(note(out))
-    print(json.dumps({k: out[k] for k in ("params", "test_top1")}, default=str))
+    print(json.dumps({k: out.get(k) for k in ("params", "test_top1")}, default=str))
 
 
 if __name__ == "__main__":

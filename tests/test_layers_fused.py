@@ -149,7 +149,11 @@ def test_fused_linear_equals_the_two_branches() -> None:
     P, Q = torch.randn(2, 20, dtype=torch.float64), torch.randn(6, 2, dtype=torch.float64)
     lowrank = LowRankLinear.from_factors(P, Q, bias).double()
     with torch.no_grad():
-        lowrank.first.weight.copy_(P), lowrank.second.weight.copy_(Q), lowrank.second.bias.copy_(bias)
+        (
+            lowrank.first.weight.copy_(P),
+            lowrank.second.weight.copy_(Q),
+            lowrank.second.bias.copy_(bias),
+        )
     pair = SparsePlusLowRank(ColumnSparseLinear.from_dense(A), lowrank)
     fused = FusedSparseLowRankLinear.from_module(pair)
     x = torch.randn(5, 20, dtype=torch.float64)

@@ -276,7 +276,9 @@ class FusedSparseLowRankConv2d(nn.Module):
         for (i, j), ks in groups.items():
             ch = torch.tensor([chans[k] for k in ks], dtype=torch.long, device=x.device)
             planes = torch.index_select(xp, 1, ch)
-            parts.append(planes[:, :, i : i + sh * (ho - 1) + 1 : sh, j : j + sw * (wo - 1) + 1 : sw])
+            parts.append(
+                planes[:, :, i : i + sh * (ho - 1) + 1 : sh, j : j + sw * (wo - 1) + 1 : sw]
+            )
             order += ks
         return torch.cat(parts, 1), torch.tensor(order, dtype=torch.long, device=x.device)
 

@@ -68,8 +68,6 @@ from compactnn.budget import Strength, measure
 from compactnn.errors import ConfigError
 from compactnn.graph import discover
 from compactnn.layers import (
-    ColumnSparseConv2d,
-    ColumnSparseLinear,
     FusedSparseLowRankConv2d,
     FusedSparseLowRankLinear,
     SparsePlusLowRank,
