@@ -641,3 +641,30 @@ def test_auto_form_times_the_whole_layer_and_picks_the_fused_one(
     assert SparsePlusLowRank in seen  # the unfused candidates are timed with both branches
     assert isinstance(res.model.conv2, FusedSparseLowRankConv2d)
     assert st["conv2"]["form"] == "sparse+lowrank/fused"
+
+
+def test_fused_channels_form_falls_back_to_fused_where_the_conv_is_not_same() -> None:
+    """form='fused-channels' runs one conv over [Z; x_C] on "same" convs only; a strided conv
+    (and a Linear) gets the gather product instead of an error after the solves."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.ReLU(),
+                          nn.Conv2d(6, 8, 3, stride=2, padding=1), nn.ReLU(),
+                          nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(8 * 4 * 4, 16), nn.ReLU(), nn.Linear(16, 3))  # fmt: skip
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(96, 1, 8, 8, generator=g)
+    y = (x.mean(dim=(1, 2, 3)) > 0).long()
+    dl = DataLoader(TensorDataset(x, y), batch_size=32)
+    res = compactnn.compress(
+        model, "slr", (dl, dl), target={"params": 0.5}, form="fused-channels",
+        input_shape=(1, 8, 8), options=SLRAdmmOptions(max_iter=30), calib_batches=2,
+        progress=False, on_drop="warn",
+    )  # fmt: skip
+    forms = {n: v["form"] for n, v in res.history["layers"].items()}
+    assert forms == {"2": "sparse+lowrank/fused", "4": "sparse+lowrank/fused-channels",
+                     "7": "sparse/fused"}  # fmt: skip
+    assert res.model[2].form == "gather" and res.model[4].form == "channels"  # stride 2 / same
+    assert isinstance(res.model[7], FusedSparseLowRankLinear)
+    with torch.no_grad():
+        again = surgery.apply(res.plan, model)
+        assert float((again(x) - res.model(x)).abs().max()) == 0.0

@@ -135,8 +135,8 @@ class SLRConfig(MethodConfig):
             ``"fused-channels"``; what ``"auto"`` becomes under a MACs target), the sparse
             branch's ``"gather"``, ``"channels"``, ``"dense"`` or ``"coo"`` (COO non-zeros)
             beside the low-rank branch, or one fused product: ``"fused"`` (the kept im2col
-            rows gathered) or ``"fused-channels"`` (a conv over the kept channels; "same"
-            convs).
+            rows gathered) or ``"fused-channels"`` (a conv over the kept channels; on "same"
+            convs, ``"fused"`` on the other layers).
         backend, options, n_jobs, parallel, max_rows, calib_batches, linear, seed: as for
             :class:`~compactnn.methods.layerwise.LayerwiseConfig` (backend ``"admm"`` or
             ``"cvxpy"``; options :class:`~compactnn.solvers.layerwise.SLRAdmmOptions` /
@@ -352,6 +352,10 @@ class SLR(_Layerwise[SLRConfig]):
             return LowRank(layer=name, first=first.to(dtype), second=second.to(dtype),
                            bias=bias), st  # fmt: skip
         form = cfg.form
+        if form == "fused-channels" and not (
+            isinstance(module, nn.Conv2d) and FusedSparseLowRankConv2d.channels_form_fits(module)
+        ):
+            form = "fused"  # a Linear, a strided or not "same" conv: the gather product
         act = SparseLowRank(
             layer=name,
             sparse=A.to(dtype).reshape(shape),
