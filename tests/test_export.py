@@ -219,7 +219,36 @@ def _layer_examples(cls: type) -> list[tuple[str, nn.Module, tuple[int, ...]]]:
         branch = ColumnSparseLinear.from_dense(w)
         lr = SparsePlusLowRank(branch, LowRankLinear(16, 6, 2))
         out.append(("column-sparse+lowrank", nn.Sequential(nn.Flatten(), lr), (1, 4, 4)))
+    if cls.__name__ in ("FusedSparseLowRankConv2d", "FusedSparseLowRankLinear"):
+        out += _fused_examples(cls)
     return out + _from_dense_examples(cls)
+
+
+def _fused_examples(cls: type) -> list[tuple[str, nn.Module, tuple[int, ...]]]:
+    """SLR's fused layer (one GEMM over [P x; X_K]) in each of its forms, with and without
+    the low-rank part."""
+    from compactnn.layers import (
+        FUSED_FORMS,
+        ColumnSparseConv2d,
+        ColumnSparseLinear,
+        FusedSparseLowRankConv2d,
+    )
+
+    if cls is FusedSparseLowRankConv2d:
+        conv = _sparse_conv()
+        branch = ColumnSparseConv2d.from_dense(conv, conv.weight.detach())
+        lowrank = LowRankConv2d(4, 6, 2, 3, padding=1)
+        out = []
+        for form in FUSED_FORMS:
+            pair = cls.from_module(SparsePlusLowRank(branch, lowrank), form=form)  # type: ignore[attr-defined]
+            out.append((f"fused-conv-{form}", _wrap(pair, "conv")[0], (1, 4, 4)))
+        alone = ColumnSparseConv2d.from_dense(conv, conv.weight.detach(), conv.bias.detach())
+        out.append(("fused-conv-rank0", _wrap(cls.from_module(alone), "conv")[0], (1, 4, 4)))  # type: ignore[attr-defined]
+        return out
+    lin = _sparse_linear()
+    pair = SparsePlusLowRank(ColumnSparseLinear.from_dense(lin.weight.detach()),
+                             LowRankLinear(16, 6, 2))  # fmt: skip
+    return [("fused-linear", _wrap(cls.from_module(pair), "linear")[0], (1, 4, 4))]  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize("cls", _layer_classes(), ids=lambda c: c.__name__)

@@ -23,6 +23,8 @@ from compactnn.errors import ConfigError, UnsupportedLayerError
 from compactnn.layers import (
     ColumnSparseConv2d,
     ColumnSparseLinear,
+    FusedSparseLowRankConv2d,
+    FusedSparseLowRankLinear,
     LowRankConv2d,
     SparsePlusLowRank,
     stored_param_count,
@@ -349,6 +351,8 @@ def _dense(mod: nn.Module) -> torch.Tensor:
         return _dense(mod.sparse) + _dense(mod.lowrank)
     if isinstance(mod, (ColumnSparseConv2d, ColumnSparseLinear)):
         return mod.dense_matrix()
+    if isinstance(mod, (FusedSparseLowRankConv2d, FusedSparseLowRankLinear)):
+        return mod.dense_weight().reshape(mod.weight.shape[0], -1)
     if isinstance(mod, LowRankConv2d):
         return mod.dense_weight().reshape(mod.out_channels, -1)
     return mod.weight.reshape(mod.weight.shape[0], -1)
@@ -570,3 +574,97 @@ def test_slr_compact_checkpoint_loads_and_matches(
     x = next(iter(loaders[1]))[0]
     with torch.no_grad():
         assert float((loaded(x) - res.model.eval()(x)).abs().max()) == 0.0
+
+
+@pytest.mark.parametrize("form", ["fused", "fused-channels"])
+def test_method_fused_form_is_the_solvers_a_plus_b_and_replays(
+    loaders: tuple[DataLoader, DataLoader], form: str
+) -> None:
+    """form='fused' / 'fused-channels': one product per layer, the same function as the two
+    branches (the dense A + B weights), the same stored count, and after fine-tuning the plan
+    holds the fine-tuned values (it replays to the returned model)."""
+    res = compactnn.compress(
+        _net(), "slr", loaders, target={"params": 0.5}, form=form, input_shape=(1, 8, 8),
+        options=SLRAdmmOptions(max_iter=40), calib_batches=2, finetune_epochs=1, progress=False,
+        on_drop="warn",
+    )  # fmt: skip
+    conv2, fc1 = res.model.conv2, res.model.fc1
+    assert isinstance(conv2, FusedSparseLowRankConv2d) and conv2.rank > 0
+    assert conv2.form == ("channels" if form == "fused-channels" else "gather")
+    assert isinstance(fc1, FusedSparseLowRankLinear) and fc1.rank == 0  # FC: sparse only
+    x = next(iter(loaders[1]))[0]
+    ref = _net()
+    with torch.no_grad():
+        for name in ("conv1", "fc2"):  # fine-tuned too
+            ref.get_submodule(name).load_state_dict(res.model.get_submodule(name).state_dict())
+        ref.conv2.weight.copy_(_dense(conv2).reshape(8, 6, 3, 3))
+        ref.conv2.bias.copy_(conv2.bias)
+        ref.fc1.weight.copy_(_dense(fc1))
+        ref.fc1.bias.copy_(fc1.bias)
+        assert float((ref(x) - res.model(x)).abs().max()) <= 1e-5
+    st = res.history["layers"]
+    for name, mod in (("conv2", conv2), ("fc1", fc1)):
+        assert stored_param_count(mod) == st[name]["stored_weights"] + mod_out(mod)
+    kk, r, kept = 9, st["conv2"]["rank"], st["conv2"]["kept_columns"]
+    assert st["conv2"]["stored_weights"] == 8 * kept + r * (6 * kk + 8)
+    if form == "fused-channels":
+        c = int(conv2.channels.numel())
+        assert st["conv2"]["executed_weights"] == 8 * (r + c) * kk + r * 6 * kk
+    again = surgery.apply(res.plan, _net())
+    with torch.no_grad():
+        assert float((again(x) - res.model(x)).abs().max()) == 0.0
+
+
+def test_auto_form_times_the_whole_layer_and_picks_the_fused_one(
+    loaders: tuple[DataLoader, DataLoader], monkeypatch
+) -> None:
+    """form='auto' times each candidate deployed layer (both branches, or one product); where
+    the fused product is measured fastest it is deployed."""
+    from compactnn import metrics
+
+    seen: list[type] = []
+
+    def fake(model, *a, **k):  # type: ignore[no-untyped-def]
+        seen.append(type(model))
+        ms = 0.5 if isinstance(model, (FusedSparseLowRankConv2d, FusedSparseLowRankLinear)) else 1.0
+        return metrics.LatencyResult(ms, ms, ms, 100, 1, 1, 0)
+
+    monkeypatch.setattr(metrics, "measure_latency", fake)
+    res = compactnn.compress(
+        _net(), "slr", loaders, target={"params": 0.5}, input_shape=(1, 8, 8),
+        options=SLRAdmmOptions(max_iter=40), calib_batches=2, progress=False, on_drop="warn",
+    )  # fmt: skip
+    st = res.history["layers"]
+    assert set(st["conv2"]["form_ms"]) == {"gather", "channels", "dense", "fused",
+                                           "fused-channels"}  # fmt: skip
+    assert set(st["fc1"]["form_ms"]) == {"gather", "dense", "fused"}
+    assert SparsePlusLowRank in seen  # the unfused candidates are timed with both branches
+    assert isinstance(res.model.conv2, FusedSparseLowRankConv2d)
+    assert st["conv2"]["form"] == "sparse+lowrank/fused"
+
+
+def test_fused_channels_form_falls_back_to_fused_where_the_conv_is_not_same() -> None:
+    """form='fused-channels' runs one conv over [Z; x_C] on "same" convs only; a strided conv
+    (and a Linear) gets the gather product instead of an error after the solves."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.ReLU(),
+                          nn.Conv2d(6, 8, 3, stride=2, padding=1), nn.ReLU(),
+                          nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(8 * 4 * 4, 16), nn.ReLU(), nn.Linear(16, 3))  # fmt: skip
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(96, 1, 8, 8, generator=g)
+    y = (x.mean(dim=(1, 2, 3)) > 0).long()
+    dl = DataLoader(TensorDataset(x, y), batch_size=32)
+    res = compactnn.compress(
+        model, "slr", (dl, dl), target={"params": 0.5}, form="fused-channels",
+        input_shape=(1, 8, 8), options=SLRAdmmOptions(max_iter=30), calib_batches=2,
+        progress=False, on_drop="warn",
+    )  # fmt: skip
+    forms = {n: v["form"] for n, v in res.history["layers"].items()}
+    assert forms == {"2": "sparse+lowrank/fused", "4": "sparse+lowrank/fused-channels",
+                     "7": "sparse/fused"}  # fmt: skip
+    assert res.model[2].form == "gather" and res.model[4].form == "channels"  # stride 2 / same
+    assert isinstance(res.model[7], FusedSparseLowRankLinear)
+    with torch.no_grad():
+        again = surgery.apply(res.plan, model)
+        assert float((again(x) - res.model(x)).abs().max()) == 0.0

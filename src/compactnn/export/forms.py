@@ -26,6 +26,10 @@ from torch import Tensor, nn
 from compactnn.errors import ConfigError
 from compactnn.export._common import PARITY_TOL, _as_batch, _reference
 from compactnn.layers import (
+    ColumnSparseConv2d,
+    ColumnSparseLinear,
+    FusedSparseLowRankConv2d,
+    FusedSparseLowRankLinear,
     LowRankConv2d,
     LowRankLinear,
     SparseConv2d,
@@ -106,7 +110,11 @@ class GatherConv2d(nn.Module):
 GatherLinear.__module__ = GatherConv2d.__module__ = __name__.rpartition(".")[0]
 
 
-def _dense_conv(layer: SparseConv2d) -> nn.Conv2d:
+def _dense_conv(
+    layer: SparseConv2d | ColumnSparseConv2d | FusedSparseLowRankConv2d, weight: Tensor
+) -> nn.Conv2d:
+    """An ``nn.Conv2d`` of ``layer``'s geometry holding ``weight`` (any shape of its numel)
+    and ``layer``'s bias."""
     conv = nn.Conv2d(
         layer.in_channels,
         layer.out_channels,
@@ -116,11 +124,7 @@ def _dense_conv(layer: SparseConv2d) -> nn.Conv2d:
         dilation=layer.dilation,
         bias=layer.bias is not None,
     )
-    with torch.no_grad():
-        conv.weight.copy_(layer.dense_matrix().reshape(conv.weight.shape))
-        if layer.bias is not None:
-            conv.bias.copy_(layer.bias)
-    return conv
+    return _load_dense(conv, weight.reshape(conv.weight.shape), layer.bias)
 
 
 def _set(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
@@ -159,20 +163,19 @@ def export_form(model: nn.Module, *, sparse: str = "dense") -> nn.Module:
         if isinstance(m, SparseLinear):
             new: nn.Module = m.to_dense() if sparse == "dense" else GatherLinear.from_sparse(m)
         elif isinstance(m, SparseConv2d):
-            new = _dense_conv(m) if sparse == "dense" else GatherConv2d(m)
+            new = _dense_conv(m, m.dense_matrix()) if sparse == "dense" else GatherConv2d(m)
         else:
             continue
         out = _set(out, name, new)
     return out
 
 
-def _load_lowrank(dense: nn.Module, layer: LowRankLinear | LowRankConv2d) -> nn.Module:
-    """``dense`` (the ``nn.Linear`` / ``nn.Conv2d`` of ``layer``'s shape) with the product weight
-    of the low-rank ``layer`` and its bias."""
+def _load_dense(dense: nn.Module, weight: Tensor, bias: Tensor | None) -> nn.Module:
+    """``dense`` (an ``nn.Linear`` / ``nn.Conv2d``) holding ``weight`` and ``bias``."""
     with torch.no_grad():
-        dense.weight.copy_(layer.dense_weight())
+        dense.weight.copy_(weight)
         if dense.bias is not None:
-            dense.bias.copy_(layer.second.bias)
+            dense.bias.copy_(bias)
     return dense
 
 
@@ -184,10 +187,10 @@ def dense_equivalent(layer: nn.Module) -> nn.Module | None:
     if isinstance(layer, SparseLinear):
         return layer.to_dense()
     if isinstance(layer, SparseConv2d):
-        return _dense_conv(layer)
+        return _dense_conv(layer, layer.dense_matrix())
     if isinstance(layer, LowRankLinear):
         lin = nn.Linear(layer.in_features, layer.out_features, bias=layer.second.bias is not None)
-        return _load_lowrank(lin, layer)
+        return _load_dense(lin, layer.dense_weight(), layer.second.bias)
     if isinstance(layer, LowRankConv2d):
         f = layer.first
         conv = nn.Conv2d(
@@ -199,7 +202,17 @@ def dense_equivalent(layer: nn.Module) -> nn.Module | None:
             dilation=f.dilation,  # type: ignore[arg-type]
             bias=layer.second.bias is not None,
         )
-        return _load_lowrank(conv, layer)
+        return _load_dense(conv, layer.dense_weight(), layer.second.bias)
+    if isinstance(layer, ColumnSparseLinear):
+        lin = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
+        return _load_dense(lin, layer.dense_matrix(), layer.bias)
+    if isinstance(layer, ColumnSparseConv2d):
+        return _dense_conv(layer, layer.dense_matrix())
+    if isinstance(layer, FusedSparseLowRankLinear):
+        lin = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
+        return _load_dense(lin, layer.dense_weight(), layer.bias)
+    if isinstance(layer, FusedSparseLowRankConv2d):
+        return _dense_conv(layer, layer.dense_weight())
     if isinstance(layer, SparsePlusLowRank):
         s, lr = dense_equivalent(layer.sparse), dense_equivalent(layer.lowrank)
         if s is None or lr is None or type(s) is not type(lr):

@@ -16,6 +16,10 @@ from torch import Tensor, nn
 
 from compactnn.export.forms import dense_equivalent, densify
 from compactnn.layers import (
+    ColumnSparseConv2d,
+    ColumnSparseLinear,
+    FusedSparseLowRankConv2d,
+    FusedSparseLowRankLinear,
     LowRankConv2d,
     LowRankLinear,
     SparseConv2d,
@@ -54,7 +58,8 @@ def layer_speed(
         n: m
         for n, m in model.named_modules()
         if isinstance(m, (SparseLinear, SparseConv2d, LowRankLinear, LowRankConv2d))
-        or isinstance(m, SparsePlusLowRank)
+        or isinstance(m, (SparsePlusLowRank, ColumnSparseConv2d, ColumnSparseLinear))
+        or isinstance(m, (FusedSparseLowRankConv2d, FusedSparseLowRankLinear))
     }
     # skip the branches of a SparsePlusLowRank (timed as one layer)
     targets = {n: m for n, m in targets.items() if not any(n.startswith(p + ".") for p in targets)}

@@ -17,6 +17,9 @@ One module per layer family:
 - :mod:`~compactnn.layers.composite`: :class:`SparsePlusLowRank` -- ``y = S x + L x + b``: Ma et
   al.'s two parallel branches; :class:`SelectInputs` -- ``layer(x[:, index])`` in front of a
   layer whose inputs were cut.
+- :mod:`~compactnn.layers.fused`: :class:`FusedSparseLowRankConv2d`,
+  :class:`FusedSparseLowRankLinear` -- SLR's layer ``A + Q P`` as one GEMM of ``[Q | A_K]`` over
+  ``[P x; x_K]`` (the kept im2col rows gathered, never the full im2col).
 - :mod:`~compactnn.layers.base`: :func:`stored_param_count` -- the uniform parameter count the
   metrics use -- and the argument checks the families share.
 
@@ -34,6 +37,7 @@ from __future__ import annotations
 from compactnn.layers.base import stored_param_count
 from compactnn.layers.columns import COLUMN_FORMS, ColumnSparseConv2d, ColumnSparseLinear
 from compactnn.layers.composite import SelectInputs, SparsePlusLowRank
+from compactnn.layers.fused import FUSED_FORMS, FusedSparseLowRankConv2d, FusedSparseLowRankLinear
 from compactnn.layers.kernels import KERNEL_FORMS, KernelSparseConv2d, support_groups
 from compactnn.layers.lowrank import LowRankConv2d, LowRankLinear
 from compactnn.layers.sparse import SparseConv2d, SparseLinear
@@ -48,6 +52,9 @@ __all__ = [
     "ColumnSparseLinear",
     "ColumnSparseConv2d",
     "COLUMN_FORMS",
+    "FusedSparseLowRankConv2d",
+    "FusedSparseLowRankLinear",
+    "FUSED_FORMS",
     "SelectInputs",
     "stored_param_count",
     "KernelSparseConv2d",
@@ -63,6 +70,8 @@ for _public in (
     SparsePlusLowRank,
     ColumnSparseLinear,
     ColumnSparseConv2d,
+    FusedSparseLowRankConv2d,
+    FusedSparseLowRankLinear,
     SelectInputs,
     KernelSparseConv2d,
 ):

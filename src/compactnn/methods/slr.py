@@ -13,10 +13,14 @@ are already approximated and ``Y`` from the original. As in the paper the first 
 approximated (``skip_first``) and FC layers are sparse only (``fc_sparse_only``: ``λ2 = ∞``).
 
 Deployment (Fig. 2): the layer becomes two parallel branches summed,
-:class:`~compactnn.layers.ColumnSparseConv2d` / ``ColumnSparseLinear`` (kept columns only; its
-form -- gather + smaller GEMM, dropped input channels, or dense -- chosen per layer by measured
-latency at batch 100 on 1 thread) and :class:`~compactnn.layers.LowRankConv2d` /
-``LowRankLinear`` with ``r`` = the number of non-zero singular values of ``B̂``. ``B = 0``: the
+:class:`~compactnn.layers.ColumnSparseConv2d` / ``ColumnSparseLinear`` (kept columns only:
+gather + smaller GEMM, dropped input channels, or dense) and
+:class:`~compactnn.layers.LowRankConv2d` / ``LowRankLinear`` with ``r`` = the number of non-zero
+singular values of ``B̂``, or both in one product
+(:class:`~compactnn.layers.FusedSparseLowRankConv2d` / ``FusedSparseLowRankLinear``: one GEMM of
+``[Q | A_K]`` over the rank-``r`` maps and the kept im2col rows, or one conv over the kept
+channels); the form is chosen per layer by the measured latency of the whole deployed layer at
+batch 100 on 1 thread (:func:`fastest_form`). ``B = 0``: the
 sparse branch alone; ``A = 0``: the low-rank layer alone; a layer whose two branches would
 store more than the dense weight is deployed dense (``A + B``). Zero strength is the identity by
 construction: ``lam1 = 0`` removes no column (the solver keeps every column, whatever values
@@ -40,6 +44,7 @@ References:
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 from collections.abc import Mapping
@@ -61,7 +66,11 @@ from compactnn._validation import (
 from compactnn.budget import Strength, measure
 from compactnn.errors import ConfigError
 from compactnn.graph import discover
-from compactnn.layers import ColumnSparseConv2d, ColumnSparseLinear, SparsePlusLowRank
+from compactnn.layers import (
+    FusedSparseLowRankConv2d,
+    FusedSparseLowRankLinear,
+    SparsePlusLowRank,
+)
 from compactnn.methods._calibrate import target_record
 from compactnn.methods._common import finetune_model, per_layer_values
 from compactnn.methods._layerwise_config import LayerSolveOptions
@@ -74,10 +83,13 @@ from compactnn.plan import CompressionPlan, LowRank, SetWeights, SparseLowRank
 from compactnn.solvers.layerwise import get_layer_solver
 from compactnn.solvers.layerwise.slr import deployed_rank
 from compactnn.structure import module_device
+from compactnn.surgery import sparse_lowrank_layer
 
-__all__ = ["SLR", "SLRConfig", "SLR_FORMS"]
+__all__ = ["SLR", "SLRConfig", "SLR_FORMS", "fastest_form"]
 
-SLR_FORMS: tuple[str, ...] = ("auto", "auto-sparse", "gather", "channels", "dense", "coo")
+SLR_FORMS: tuple[str, ...] = (
+    "auto", "auto-sparse", "gather", "channels", "dense", "fused", "fused-channels", "coo",
+)  # fmt: skip
 
 
 def _check_lam(value: Any, name: str, owner: str, **kw: Any) -> Any:
@@ -117,10 +129,13 @@ class SLRConfig(LayerSolveOptions):
         skip_first: leave the model's first executed conv unapproximated (paper sec. V-B); a
             first conv that is not in the default list (no ReLU after it) removes nothing.
         fc_sparse_only: FC layers get ``λ2 = ∞`` (sparse component only, paper sec. V-B).
-        form: sparse-branch form: ``"auto"`` (fastest measured), ``"auto-sparse"`` (fastest
-            measured among the forms that skip the dropped columns, never ``"dense"``; what
-            ``"auto"`` becomes under a MACs target), ``"gather"``, ``"channels"``, ``"dense"``
-            or ``"coo"`` (COO non-zeros).
+        form: deployed form: ``"auto"`` (fastest measured), ``"auto-sparse"`` (fastest
+            measured among the forms that skip the dropped columns, never ``"dense"`` or
+            ``"fused-channels"``; what ``"auto"`` becomes under a MACs target), the sparse
+            branch's ``"gather"``, ``"channels"``, ``"dense"`` or ``"coo"`` (COO non-zeros)
+            beside the low-rank branch, or one fused product: ``"fused"`` (the kept im2col
+            rows gathered) or ``"fused-channels"`` (a conv over the kept channels; on "same"
+            convs, ``"fused"`` on the other layers).
         backend, options, n_jobs, parallel, max_rows, calib_batches, linear, seed: as for
             :class:`~compactnn.methods.layerwise.LayerwiseConfig` (backend ``"admm"`` or
             ``"cvxpy"``; options :class:`~compactnn.solvers.layerwise.SLRAdmmOptions` /
@@ -325,57 +340,35 @@ class SLR(_Layerwise[SLRConfig]):
             return LowRank(layer=name, first=first.to(dtype), second=second.to(dtype),
                            bias=bias), st  # fmt: skip
         form = cfg.form
-        if form in ("auto", "auto-sparse"):
-            form, timings = self._fastest_form(name, module, A.to(dtype), bias if r == 0 else None,
-                                               sparse_only=form == "auto-sparse")  # fmt: skip
-            st["form_ms"] = timings
-        st.update(form=f"sparse+lowrank/{form}" if r else f"sparse/{form}")
-        st["stored_weights"] = (3 * st["nnz_A"] if form == "coo" else sparse_params) + low_params
+        if form == "fused-channels" and not (
+            isinstance(module, nn.Conv2d) and FusedSparseLowRankConv2d.channels_form_fits(module)
+        ):
+            form = "fused"  # a Linear, a strided or not "same" conv: the gather product
         act = SparseLowRank(
             layer=name,
             sparse=A.to(dtype).reshape(shape),
             first=first.to(dtype) if r else None,
             second=second.to(dtype) if r else None,
             bias=bias,
-            form=form,
+            form="gather" if form in ("auto", "auto-sparse") else form,
         )
+        if form in ("auto", "auto-sparse"):
+            form, timings = self._fastest_form(module, act, sparse_only=form == "auto-sparse")
+            st["form_ms"] = timings
+            act = dataclasses.replace(act, form=form)
+        st.update(form=f"sparse+lowrank/{form}" if r else f"sparse/{form}")
+        st["stored_weights"] = (3 * st["nnz_A"] if form == "coo" else sparse_params) + low_params
+        if form == "fused-channels":  # its conv multiplies the zeros of a (n, r+|C|, kh, kw) kernel
+            layer = sparse_lowrank_layer(copy.deepcopy(module).cpu(), _cpu(act))
+            st["executed_weights"] = st["stored_weights"] + (
+                layer.executed_param_count() - layer.stored_param_count()
+            )
         return act, st
 
     def _fastest_form(
-        self,
-        name: str,
-        module: nn.Module,
-        A: Tensor,
-        bias: Tensor | None,
-        sparse_only: bool = False,
+        self, module: nn.Module, act: SparseLowRank, sparse_only: bool = False
     ) -> tuple[str, dict[str, float]]:
-        """Time the sparse branch in each form at batch 100, 1 thread (the median of repeats);
-        ``sparse_only``: not the dense form (it computes the dropped columns' MACs too)."""  # fmt: skip
-
-        shape = self._in_shapes.get(name)
-        if isinstance(module, nn.Linear):
-            forms = ("gather", "dense")
-        else:
-            forms = ("gather", "channels", "dense")
-        if sparse_only:
-            forms = tuple(f for f in forms if f != "dense")
-        if shape is None:
-            return forms[0], {}
-        out: dict[str, float] = {}
-        # timed on the CPU (the deployment the forms are chosen for), whatever device the
-        # model is on: the solver's A may be on the CPU while the layer's bias is on a GPU
-        A = A.detach().cpu()
-        bias = None if bias is None else bias.detach().cpu()
-        cpu_module = copy.deepcopy(module).cpu()
-        for f in forms:
-            if isinstance(module, nn.Linear):
-                m = ColumnSparseLinear.from_dense(A, bias, form=f)
-            else:
-                m = ColumnSparseConv2d.from_dense(cpu_module, A.reshape(module.weight.shape),
-                                                  bias, form=f)  # fmt: skip
-            lat = metrics.measure_latency(m, shape, batch_size=100, threads=1, warmup=2, repeats=7)
-            out[f] = float(lat.median_ms)
-        return min(out, key=out.__getitem__), out
+        return fastest_form(module, act, self._in_shapes.get(act.layer), sparse_only=sparse_only)
 
     # ------------------------------------------------------------------ run
     def run(
@@ -475,9 +468,56 @@ class SLR(_Layerwise[SLRConfig]):
         return self.with_options(finetune_epochs=0)
 
 
-def _replace_layers(cfg: SLRConfig, layers: tuple[str, ...]) -> SLRConfig:
-    import dataclasses
+def fastest_form(
+    module: nn.Module,
+    act: SparseLowRank,
+    input_shape: tuple[int, ...] | None,
+    *,
+    sparse_only: bool = False,
+) -> tuple[str, dict[str, float]]:
+    """The form of ``act`` whose deployed layer runs fastest in place of ``module``.
 
+    Each candidate -- both branches (the sparse one ``"gather"``, ``"channels"`` or
+    ``"dense"``), or one product (``"fused"``, and ``"fused-channels"`` for a "same" conv with
+    a low-rank part) -- is built as surgery builds it and timed at batch 100 of
+    ``input_shape`` (per sample), 1 thread, on the CPU (the median of 7 runs).
+    ``sparse_only``: not the forms that multiply the dropped columns' zeros (``"dense"``,
+    ``"fused-channels"``). With no ``input_shape``: ``"gather"``, untimed.
+
+    Returns:
+        ``(form, {form: median ms})``.
+    """
+    rank = 0 if act.first is None else int(act.first.shape[0])
+    if isinstance(module, nn.Linear):
+        forms: tuple[str, ...] = ("gather", "dense", "fused")
+    else:
+        forms = ("gather", "channels", "dense", "fused")
+        if rank and FusedSparseLowRankConv2d.channels_form_fits(module):
+            forms += ("fused-channels",)
+    if sparse_only:
+        forms = tuple(f for f in forms if f not in ("dense", "fused-channels"))
+    if input_shape is None:
+        return forms[0], {}
+    out: dict[str, float] = {}
+    # timed on the CPU (the deployment the forms are chosen for), whatever device the model
+    # is on: the solver's A may be on the CPU while the layer's bias is on a GPU
+    cpu_module, cpu_act = copy.deepcopy(module).cpu(), _cpu(act)
+    for f in forms:
+        m = sparse_lowrank_layer(cpu_module, dataclasses.replace(cpu_act, form=f))
+        lat = metrics.measure_latency(m, input_shape, batch_size=100, threads=1, warmup=2,
+                                      repeats=7)  # fmt: skip
+        out[f] = float(lat.median_ms)
+    return min(out, key=out.__getitem__), out
+
+
+def _cpu(act: SparseLowRank) -> SparseLowRank:
+    """``act`` with its tensors on the CPU."""
+    return dataclasses.replace(act, **{k: None if getattr(act, k) is None else
+                                       getattr(act, k).detach().cpu()
+                                       for k in ("sparse", "first", "second", "bias")})  # fmt: skip
+
+
+def _replace_layers(cfg: SLRConfig, layers: tuple[str, ...]) -> SLRConfig:
     return dataclasses.replace(cfg, layers=layers)
 
 
@@ -503,13 +543,22 @@ def _refresh_plan(plan: Any, model: nn.Module) -> Any:
     actions = []
     for a in plan.actions:
         m = mods.get(getattr(a, "layer", ""), None)
-        if isinstance(a, SparseLowRank) and m is not None:
+        if isinstance(a, SparseLowRank) and isinstance(
+            m, (FusedSparseLowRankConv2d, FusedSparseLowRankLinear)
+        ):
+            lowrank = a.first is not None and a.second is not None
+            a = SparseLowRank(
+                layer=a.layer,
+                sparse=m.sparse_matrix().detach().reshape(a.sparse.shape),
+                first=m.first_matrix().detach().reshape(a.first.shape) if lowrank else None,  # type: ignore[union-attr]
+                second=m.second_matrix().detach().reshape(a.second.shape) if lowrank else None,  # type: ignore[union-attr]
+                bias=None if m.bias is None else m.bias.detach().clone(),
+                form=a.form,
+            )
+        elif isinstance(a, SparseLowRank) and m is not None:
             sp = m.sparse if isinstance(m, SparsePlusLowRank) else m
             lr = m.lowrank if isinstance(m, SparsePlusLowRank) else None
-            if isinstance(sp, (ColumnSparseConv2d, ColumnSparseLinear)):
-                dense = sp.dense_matrix().detach().reshape(a.sparse.shape)
-            else:
-                dense = sp.dense_matrix().detach().reshape(a.sparse.shape)  # COO branch
+            dense = sp.dense_matrix().detach().reshape(a.sparse.shape)  # column-sparse or COO
             bias_mod = lr.second if lr is not None else sp
             b = None if bias_mod.bias is None else bias_mod.bias.detach().clone()
             first = None if lr is None else lr.first.weight.detach().reshape(a.first.shape)

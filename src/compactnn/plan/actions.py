@@ -168,7 +168,11 @@ class SparseLowRank(_TensorEq):
     ``form`` is how the sparse branch is stored and run: ``"coo"`` (COO non-zeros,
     :class:`~compactnn.layers.SparseConv2d`) or, for a column-sparse ``sparse`` (Ma et al.'s
     structured ``A``), ``"gather"`` / ``"channels"`` / ``"dense"``
-    (:class:`~compactnn.layers.ColumnSparseConv2d` / ``ColumnSparseLinear``: kept columns only).
+    (:class:`~compactnn.layers.ColumnSparseConv2d` / ``ColumnSparseLinear``: kept columns only),
+    or both branches in one product: ``"fused"`` (the kept im2col rows gathered, one GEMM of
+    ``[Q | A_K]``) / ``"fused-channels"`` (one conv over the kept channels and the rank-``r``
+    maps; a Linear runs it as ``"fused"``), :class:`~compactnn.layers.FusedSparseLowRankConv2d`
+    / ``FusedSparseLowRankLinear``.
     ``first = second = None`` (rank 0): the sparse branch alone, carrying ``bias``.
     """
 
@@ -179,7 +183,9 @@ class SparseLowRank(_TensorEq):
     bias: Tensor | None
     form: str = "coo"
 
-    FORMS: ClassVar[tuple[str, ...]] = ("coo", "gather", "channels", "dense")
+    FORMS: ClassVar[tuple[str, ...]] = (
+        "coo", "gather", "channels", "dense", "fused", "fused-channels",
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         _check_layer(self.layer, "SparseLowRank")

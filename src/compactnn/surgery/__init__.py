@@ -55,6 +55,7 @@ from compactnn.surgery._replace import (
     apply_lowrank,
     apply_set_weights,
     apply_sparse_lowrank,
+    sparse_lowrank_layer,
 )
 from compactnn.surgery._state import apply_set_state
 from compactnn.surgery._util import (
@@ -71,7 +72,7 @@ from compactnn.surgery._verify import Snapshot, Source, check64, explain
 
 __all__ = [
     "apply", "validate", "coupling", "fold_batchnorm", "foldable_before_relu", "verify_model",
-    "SelectInputs", "SELF_CHECK_CALLS",
+    "SelectInputs", "SELF_CHECK_CALLS", "sparse_lowrank_layer",
 ]  # fmt: skip
 
 

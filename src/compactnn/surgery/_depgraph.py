@@ -14,6 +14,8 @@ from torch import Tensor, nn
 
 from compactnn.errors import PlanError
 from compactnn.layers import (
+    FusedSparseLowRankConv2d,
+    FusedSparseLowRankLinear,
     LowRankConv2d,
     LowRankLinear,
     SelectInputs,
@@ -24,6 +26,8 @@ from compactnn.surgery._cut import _BN, _Cuts, _is_depthwise, _passes_channels
 from compactnn.surgery._util import get_module, run_model
 
 _MIXING_NORMS = (nn.LayerNorm, nn.CrossMapLRN2d)
+#: the sparse layers channel surgery refuses to resize (their structure indexes the channels)
+_SPARSE = (_SparseBase, SparsePlusLowRank, FusedSparseLowRankConv2d, FusedSparseLowRankLinear)
 _EXCLUDE = "exclude this layer from pruning (or cut a layer before/after the construct)"
 
 
@@ -39,7 +43,7 @@ def _resolve(model: nn.Module, name: str, action: str, side: str) -> tuple[str, 
             path, mod = f"{path}.{child}", getattr(mod, child)
         else:
             break
-    if isinstance(mod, (_SparseBase, SparsePlusLowRank)):
+    if isinstance(mod, _SPARSE):
         raise PlanError(
             f"{action}(layer={name!r}): channel surgery on sparse layers is not supported. Put "
             "channel actions before SetWeights(sparse=True)/SparseLowRank in the plan."
@@ -68,7 +72,7 @@ def _build_graph(model: nn.Module, inputs: tuple[Tensor, ...], action: str, laye
     import torch_pruning as tp
 
     for n, m in model.named_modules():
-        if isinstance(m, (_SparseBase, SparsePlusLowRank)):
+        if isinstance(m, _SPARSE):
             raise PlanError(
                 f"{action}(layer={layer!r}): the model contains sparse layer {n!r}; channel "
                 "surgery must come before SetWeights(sparse=True)/SparseLowRank actions in the plan."

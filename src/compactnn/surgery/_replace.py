@@ -9,6 +9,8 @@ from compactnn.errors import ConfigError, PlanError
 from compactnn.layers import (
     ColumnSparseConv2d,
     ColumnSparseLinear,
+    FusedSparseLowRankConv2d,
+    FusedSparseLowRankLinear,
     KernelSparseConv2d,
     LowRankConv2d,
     LowRankLinear,
@@ -22,6 +24,7 @@ from compactnn.surgery._util import get_module, run_model, set_module
 __all__ = [
     "apply_lowrank",
     "apply_sparse_lowrank",
+    "sparse_lowrank_layer",
     "apply_set_weights",
     "apply_kernel_sparse",
     "apply_gap_head",
@@ -151,9 +154,19 @@ def _check_sparse_conv(mod: nn.Module, action: str, layer: str) -> None:
 
 
 def apply_sparse_lowrank(model: nn.Module, a: SparseLowRank) -> None:
-    """Replace ``a.layer`` by :class:`SparsePlusLowRank` (COO sparse branch + low-rank branch)."""
+    """Replace ``a.layer`` by the sparse + low-rank layer of ``a`` (:func:`sparse_lowrank_layer`)."""
+    mod = _target(model, a.layer, "SparseLowRank")
+    set_module(model, a.layer, sparse_lowrank_layer(mod, a))
+
+
+def sparse_lowrank_layer(mod: nn.Module, a: SparseLowRank) -> nn.Module:
+    """The module that replaces ``mod`` (the layer ``a.layer``) under ``a``.
+
+    :class:`SparsePlusLowRank` (COO or column-sparse branch + low-rank branch), the sparse branch
+    alone (rank 0), or, for ``a.form`` ``"fused"`` / ``"fused-channels"``, one
+    :class:`FusedSparseLowRankConv2d` / ``FusedSparseLowRankLinear`` of the same branches.
+    """
     action = "SparseLowRank"
-    mod = _target(model, a.layer, action)
     _check_sparse_conv(mod, action, a.layer)
     w = mod.weight
     sparse = a.sparse
@@ -167,22 +180,28 @@ def apply_sparse_lowrank(model: nn.Module, a: SparseLowRank) -> None:
     alone = a.first is None or a.second is None  # rank 0: the sparse branch carries the bias
     bias = a.bias.to(dtype=w.dtype) if alone and a.bias is not None else None
     sparse = sparse.to(dtype=w.dtype)
-    if a.form == "coo":
-        branch = _sparse_module(mod, sparse, bias)
-    elif isinstance(mod, nn.Linear):
-        form = "gather" if a.form == "channels" else a.form  # a Linear's columns are its inputs
-        branch = ColumnSparseLinear.from_dense(sparse, bias, form=form)
-    else:
-        try:
-            branch = ColumnSparseConv2d.from_dense(mod, sparse, bias, form=a.form)  # type: ignore[arg-type]
-        except ConfigError as exc:
-            raise PlanError(f"{action}(layer={a.layer!r}): {exc}") from exc
-    branch = branch.to(device=w.device)
-    if alone:
-        set_module(model, a.layer, branch)
-        return
-    lowrank = _lowrank_module(mod, a.first, a.second, a.bias, action, a.layer)  # type: ignore[arg-type]
-    set_module(model, a.layer, SparsePlusLowRank(branch, lowrank))
+    fused = a.form.startswith("fused")
+    # a Linear's columns are its inputs: its "channels" form is "gather"
+    form = "gather" if fused or (a.form == "channels" and isinstance(mod, nn.Linear)) else a.form
+    try:
+        if a.form == "coo":
+            branch = _sparse_module(mod, sparse, bias)
+        elif isinstance(mod, nn.Linear):
+            branch = ColumnSparseLinear.from_dense(sparse, bias, form=form)
+        else:
+            branch = ColumnSparseConv2d.from_dense(mod, sparse, bias, form=form)  # type: ignore[arg-type]
+        branch = branch.to(device=w.device)
+        lowrank = None
+        if not alone:
+            lowrank = _lowrank_module(mod, a.first, a.second, a.bias, action, a.layer)  # type: ignore[arg-type]
+        if not fused:
+            return branch if lowrank is None else SparsePlusLowRank(branch, lowrank)
+        if isinstance(mod, nn.Linear):
+            return FusedSparseLowRankLinear(branch, lowrank)  # type: ignore[arg-type]
+        kind = "channels" if a.form == "fused-channels" else "gather"
+        return FusedSparseLowRankConv2d(branch, lowrank, form=kind)  # type: ignore[arg-type]
+    except ConfigError as exc:
+        raise PlanError(f"{action}(layer={a.layer!r}): {exc}") from exc
 
 
 def apply_set_weights(model: nn.Module, a: SetWeights) -> None:
