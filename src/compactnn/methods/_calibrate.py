@@ -63,6 +63,7 @@ def uniform_counts(
     *,
     fill: bool = True,
     progress: str | None = None,
+    info: dict[str, Any] | None = None,
 ) -> tuple[dict[str, int], dict[str, float]]:
     """Per-layer unit counts that meet ``target`` when every layer keeps the same share, then
     (``fill``) grown into the budget that share leaves unused (:func:`fill_counts`).
@@ -70,9 +71,12 @@ def uniform_counts(
     The share is bisected on the exact size of the candidates (which filters are kept does not
     change params / MACs): from the engine's cost model, fitted on small cuts, for params / MACs
     with one layer per coupling group, else measured on candidates cut by surgery; couplings
-    (next layers' inputs, BN) are counted either way.
+    (next layers' inputs, BN) are counted either way. A latency target is sized on the measured
+    latency model (:class:`~compactnn.methods._engine_latency.LatencyCost`) where the cost model
+    applies, and the filled counts are then snapped off latency cliffs (never more units).
     Returns the counts and the fractions kept at them. ``progress``: a label; the log then
     gets a line at most every max(10 s, the progress interval) while candidates are measured.
+    ``info``: a dict that receives the latency model's description and snaps (``"latency_model"``).
     """
 
     sizer = _CountSizer(model, layers, target, input_shape, progress=progress)
@@ -92,7 +96,14 @@ def uniform_counts(
         )
     if not fill:
         return counts(found.strength), found.kept
-    return _fill(sizer, counts(found.strength))
+    got, kept = _fill(sizer, counts(found.strength))
+    cm = sizer._cost_model()
+    if cm and cm.lat_cost is not None:
+        got = cm.snap(got, dict.fromkeys(got, 1))
+        kept = sizer.kept(got)
+        if info is not None:
+            info["latency_model"] = cm.lat_cost.info()
+    return got, kept
 
 
 class _CountSizer:
@@ -123,12 +134,13 @@ class _CountSizer:
 
     def _cost_model(self) -> Any:
         """The engine's :class:`~compactnn.methods._engine_cost.CostModel` of these layers when it
-        is exact for the target (params / MACs, one layer per coupling group), else ``False``:
-        fitted once on 1 + G + (adjacent pairs) small cuts, it then sizes any counts without
-        cutting a model (a net of 35 groups took minutes of whole-model cuts per split)."""
+        applies (one layer per coupling group; params / MACs exact, latency from the measured
+        latency model), else ``False``: fitted once on 1 + G + (adjacent pairs) small cuts, it
+        then sizes any counts without cutting a model (a net of 35 groups took minutes of
+        whole-model cuts per split)."""
         if self._cm is None:
             self._cm = False
-            if "latency" not in self.target.keys and len(self.layers) > 1:
+            if len(self.layers) > 1:
                 groups = _groups(self.model, self.layers, {"input_shape": list(self.shape)})
                 if [g.rep for g in groups] == self.layers:
                     self._cm = CostModel(self.model, groups, self.target, self.shape,

@@ -151,7 +151,8 @@ def _final_selection(
 ) -> dict[str, list[int]]:
     """The kept units at the target, exact on physically measured models: the knapsack on the
     cost model, then units dropped while the measured model is over the target and added back
-    (best score per cost first) while one still fits."""
+    (best score per cost first) while one still fits; with a latency target, each group's count
+    then snapped off latency cliffs (:meth:`CostModel.snap`: never more units)."""
     budget = target.as_dict()
     alive = {g.rep: torch.ones(g.size, dtype=torch.bool) for g in groups}
     keep, _ = _ALLOCATE[allocation](scores, alive, costs.cost, costs.marginal, budget,
@@ -219,4 +220,10 @@ def _final_selection(
             keep[r][i] = False
         if not added:
             break
+    # off latency cliffs: a group's count snapped down, its units of least score go
+    snapped = costs.snap(n_of(keep), min_keep)
+    for g in groups:
+        idx = torch.nonzero(keep[g.rep]).flatten()
+        drop = idx[torch.argsort(scores[g.rep][idx], stable=True)[: len(idx) - snapped[g.rep]]]
+        keep[g.rep][drop] = False
     return {g.rep: [int(i) for i in torch.nonzero(keep[g.rep]).flatten()] for g in groups}

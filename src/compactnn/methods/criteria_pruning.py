@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Any, ClassVar
 
@@ -29,7 +29,7 @@ from compactnn._validation import (
     rule,
     validate_options,
 )
-from compactnn.budget import Strength, measure
+from compactnn.budget import Strength, measure_kept
 from compactnn.criteria import group_scores, importance, select_top
 from compactnn.errors import ConfigError, PlanError
 from compactnn.methods._calibrate import target_record, uniform_counts
@@ -317,26 +317,31 @@ class _CriterionPruning(Method[CriterionConfig]):
     ) -> tuple[Method, dict[str, Any]]:
         """Per-layer counts for ``target``: the uniform share, then grown into the budget it
         leaves unused (:func:`~compactnn.methods._calibrate.uniform_counts`, the split SSR
-        uses), checked by a proxy run measured physically. Where that run does not meet the
-        target exactly (coupled layers cut to another member's count, skipped layers), the
-        generic search over one pruned fraction (:meth:`strength`) decides instead."""
+        uses), checked by a proxy run measured physically. A latency target is sized on the
+        measured latency model and snapped off latency cliffs; where the proxy's latency, timed
+        interleaved with the original, is over the target, the split is made again (at most twice)
+        for the target scaled by the measured error. Where a run does not meet the target
+        exactly (coupled layers cut to another member's count, skipped layers), the generic
+        search over one pruned fraction (:meth:`strength`) decides instead."""
         import time
-
-        import torch
 
         self._refuse_keep_with_target()
         t0 = time.perf_counter()
         shape = data.require_input_shape(self.name)
         layers = self._layers(model, shape)
-        try:  # unreachable by one share, or a cut the split cannot make (grouped convs)
-            counts, _ = uniform_counts(model, layers, target, shape,
-                                       progress=self.name if progress else None)  # fmt: skip
-        except (ConfigError, PlanError):
-            return super().calibrate(model, data, target, progress=progress)
-        chosen = self.with_options(keep=counts)
-        with torch.random.fork_rng(devices=[]):
-            res = chosen.proxy().run(copy.deepcopy(model), data, progress=False)
-        kept = measure(res.model, shape, target.keys).fractions(measure(model, shape, target.keys))
+        goal, trace, info = target, [], {}
+        for _ in range(3 if "latency" in target.keys else 1):
+            try:  # unreachable by one share, or a cut the split cannot make (grouped convs)
+                counts, pred = uniform_counts(model, layers, goal, shape, info=info,
+                                              progress=self.name if progress else None)  # fmt: skip
+            except (ConfigError, PlanError):
+                return super().calibrate(model, data, target, progress=progress)
+            chosen, res, kept = self._proxy_kept(model, data, counts, shape, target)
+            trace.append({"keep": dict(counts), "kept": dict(kept), "predicted": dict(pred)})
+            over = {k for k in target.keys if kept[k] > getattr(target, k) * (1 + 1e-12)}
+            if not over or over != {"latency"}:
+                break
+            goal = replace(goal, latency=goal.latency * target.latency / kept["latency"])
         if target.slack(kept) > 1.0 + 1e-12:
             return super().calibrate(model, data, target, progress=progress)
         if progress:  # the widths of the model it made (a coupled layer may follow another)
@@ -348,10 +353,22 @@ class _CriterionPruning(Method[CriterionConfig]):
             )
         rec = target_record(
             target, kept, option="filters per layer (uniform share, filled)", strength=None,
-            trace=[{"keep": dict(counts), "kept": dict(kept)}],
-            seconds=time.perf_counter() - t0, allotted=dict(counts),
+            trace=trace, seconds=time.perf_counter() - t0, allotted=dict(counts), **info,
         )  # fmt: skip
         return chosen, rec
+
+    def _proxy_kept(
+        self, model: nn.Module, data: CompressionData, counts: dict[str, int], shape: Any,
+        target: Any,
+    ) -> tuple[Method, CompressionResult, dict[str, float]]:
+        """The method at ``counts``, its proxy run (global RNG restored) and the fractions of
+        ``model`` the result keeps (latency timed interleaved with ``model``)."""
+        import torch
+
+        chosen = self.with_options(keep=counts)
+        with torch.random.fork_rng(devices=[]):
+            res = chosen.proxy().run(copy.deepcopy(model), data, progress=False)
+        return chosen, res, measure_kept(model, res.model, shape, target.keys)
 
 
 def _width(model: nn.Module, name: str) -> Any:
