@@ -131,11 +131,10 @@ class LatencyCost:
             if c <= lo:
                 continue
             pairs = self._window_pairs(cur, r, lo)
-            table.ensure(pairs)
+            table.ensure(pairs)  # the window's counts, timed together
             new = self._snap_one(cur, r, lo)
             if new < c:  # confirm: the skipped counts timed again, the lower median kept
-                for s, a, b in self._window_pairs({**cur, r: c}, r, new + 1):
-                    table.retime(s, a, b)
+                table.retime(self._window_pairs({**cur, r: c}, r, new + 1))
                 new = self._snap_one(cur, r, lo)
             if new < c:
                 self.snaps[r] = {"from": c, "to": new,

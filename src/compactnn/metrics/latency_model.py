@@ -210,7 +210,8 @@ class LatencyTable:
         threads: torch threads while timing.
         cache_dir: the directory of the cache files (default ``$COMPACTNN_CACHE/latency``);
             ``False``: no disk cache.
-        warmup, repeats: untimed and timed passes per width pair (the median is kept).
+        warmup, repeats: untimed and timed passes per width pair (the median is kept); the
+            pairs missing from the cache are timed together, in three rounds.
     """
 
     def __init__(
@@ -269,31 +270,51 @@ class LatencyTable:
 
     def time(self, site: LayerSite, cin: int, cout: int) -> float:
         """Milliseconds of the site at ``cin`` x ``cout`` (measured once, then cached)."""
-        sig, pt = site.signature(), f"{int(cin)},{int(cout)}"
-        got = self.entries.get(sig, {}).get(pt)
+        got = self.entries.get(site.signature(), {}).get(f"{int(cin)},{int(cout)}")
         if got is None:
-            got = self._measure(site, int(cin), int(cout))
-            self.entries.setdefault(sig, {})[pt] = got
+            self.ensure([(site, cin, cout)])
+            got = self.entries[site.signature()][f"{int(cin)},{int(cout)}"]
         return float(got)
 
-    def retime(self, site: LayerSite, cin: int, cout: int) -> float:
-        """Time the pair again and keep the lower of the two medians (load only adds time)."""
-        sig, pt = site.signature(), f"{int(cin)},{int(cout)}"
-        new = self._measure(site, int(cin), int(cout))
-        old = self.entries.setdefault(sig, {}).get(pt, new)
-        self.entries[sig][pt] = min(float(old), new)
-        return self.entries[sig][pt]
-
     def ensure(self, pairs: Iterable[tuple[LayerSite, int, int]]) -> None:
-        """Measure every (site, cin, cout) not cached yet, then save the cache once."""
-        before = self.measured
-        for site, cin, cout in pairs:
-            self.time(site, cin, cout)
-        if self.measured > before:
-            self.save()
+        """Measure every (site, cin, cout) not cached yet (:meth:`_measure_all`), then save."""
+        todo = {(s.signature(), int(a), int(b)): (s, int(a), int(b)) for s, a, b in pairs
+                if not self.has(s, a, b)}  # fmt: skip
+        if todo:
+            self._store(list(todo.values()), self._measure_all(list(todo.values())), keep_min=False)
 
-    def _measure(self, site: LayerSite, cin: int, cout: int) -> float:
+    def retime(self, pairs: Iterable[tuple[LayerSite, int, int]]) -> None:
+        """Time the pairs again and keep, per pair, the lower of the two medians (load only
+        adds time)."""
+        items = list({(s.signature(), int(a), int(b)): (s, int(a), int(b)) for s, a, b in pairs}.values())
+        if items:
+            self._store(items, self._measure_all(items), keep_min=True)
+
+    def _store(self, items: list[tuple[LayerSite, int, int]], ms: list[float], keep_min: bool) -> None:
+        for (site, a, b), t in zip(items, ms, strict=True):
+            row = self.entries.setdefault(site.signature(), {})
+            pt = f"{a},{b}"
+            row[pt] = min(float(row.get(pt, t)), t) if keep_min else t
+        self.save()
+
+    def _measure_all(self, items: list[tuple[LayerSite, int, int]], rounds: int = 3) -> list[float]:
+        """The median milliseconds of every item, timed in ``rounds`` rounds over all of them
+        (the order reversed every other round), so that the load of a shared machine changing
+        while they are timed is spread over every item alike (as
+        :func:`~compactnn.metrics.measure_latency_interleaved` does for whole models)."""
         t0 = time.perf_counter()
+        per_round = max(1, -(-self.repeats // rounds))
+        times: list[list[float]] = [[] for _ in items]
+        order = list(range(len(items)))
+        for r in range(rounds):
+            for i in order if r % 2 == 0 else order[::-1]:
+                times[i] += self._runs(*items[i], per_round, self.warmup if r == 0 else 1)
+        self.measured += len(items)
+        self.seconds += time.perf_counter() - t0
+        return [float(statistics.median(t)) for t in times]
+
+    def _runs(self, site: LayerSite, cin: int, cout: int, repeats: int, warmup: int) -> list[float]:
+        """Milliseconds of ``repeats`` timed passes of the site at ``cin`` x ``cout``."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             mod = site.build(cin, cout)
@@ -301,10 +322,7 @@ class LatencyTable:
         if self.runtime == "channels_last" and x.dim() == 4:
             mod = mod.to(memory_format=torch.channels_last)
             x = x.contiguous(memory_format=torch.channels_last)
-        times = _timed_runs(mod, x, self.threads, self.warmup, self.repeats, 0.0)
-        self.measured += 1
-        self.seconds += time.perf_counter() - t0
-        return float(statistics.median(times))
+        return _timed_runs(mod, x, self.threads, warmup, repeats, 0.0)
 
 
 # ---------------------------------------------------------------------------------- model
@@ -403,20 +421,23 @@ class LatencyModel:
         the full model), or the full model's measured milliseconds alone. Layers timed alone do
         not add up to the model (timed in a chain, a cut LeNet took 8.2 ms where its layers
         alone took 4.3; the full one matched): with two or more models, the least-squares line
-        (``scale >= 0``); with one, the difference to the full model is a constant when the
-        sites sum to less, else a common scale."""
+        with ``residual >= 0`` and ``scale > 0`` (else the line through the origin); with one,
+        the difference to the full model is a constant when the sites sum to less, else a
+        common scale."""
         pts = [(None, float(points))] if isinstance(points, (int, float)) else list(points)
-        raws = [self.raw(w) for w, _ in pts]
+        xs = [self.raw(w) for w, _ in pts]
         ys = [float(ms) for _, ms in pts]
-        if len(pts) >= 2 and max(raws) - min(raws) > 1e-9:
-            mx, my = statistics.fmean(raws), statistics.fmean(ys)
-            cov = sum((x - mx) * (y - my) for x, y in zip(raws, ys, strict=True))
-            var = sum((x - mx) ** 2 for x in raws)
-            self.scale = max(0.0, cov / var)
-            self.residual = my - self.scale * mx
-            if self.scale > 0 and self.predict() > 0:
-                return
-        full, ms = self.raw(), ys[0] if pts[0][0] is None else ys[raws.index(max(raws))]
+        if len(pts) >= 2 and max(xs) - min(xs) > 1e-9 * max(xs):
+            mx, my = statistics.fmean(xs), statistics.fmean(ys)
+            var = sum((x - mx) ** 2 for x in xs)
+            scale = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / var
+            if scale > 0 and my - scale * mx >= 0:
+                self.scale, self.residual = scale, my - scale * mx
+            else:  # through the origin: the sites are the latency, up to a common scale
+                self.scale = sum(x * y for x, y in zip(xs, ys, strict=True)) / sum(x * x for x in xs)
+                self.residual = 0.0
+            return
+        full, ms = xs[0], ys[0]
         self.residual, self.scale = (ms - full, 1.0) if ms >= full else (
             0.0, ms / max(full, 1e-12))  # fmt: skip
 
