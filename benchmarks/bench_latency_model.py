@@ -22,9 +22,13 @@ import torch
 
 import compactnn
 from compactnn import data, demo, metrics, models
+from compactnn.budget import latency_ratio
 from compactnn.train import load_checkpoint
 
-KIAEE_CKPT = Path(__file__).parent / "results/checkpoints/peers-kiaee-cnn-fashion-mnist32x3-cuda-seed0.safetensors"
+KIAEE_CKPT = (
+    Path(__file__).parent
+    / "results/checkpoints/peers-kiaee-cnn-fashion-mnist32x3-cuda-seed0.safetensors"
+)
 
 
 def baseline(name: str) -> tuple[Any, Any, Any]:
@@ -37,7 +41,9 @@ def baseline(name: str) -> tuple[Any, Any, Any]:
         kw = {"pad_to": 32, "channels": 3}
         dataset = "fashion-mnist"
         with torch.random.fork_rng(devices=[]):
-            model, _ = load_checkpoint(KIAEE_CKPT, models.create("kiaee-cnn", in_channels=3, num_classes=10))
+            model, _ = load_checkpoint(
+                KIAEE_CKPT, models.create("kiaee-cnn", in_channels=3, num_classes=10)
+            )
     train, test = data.get_loaders(dataset, batch_size=64, seed=0, **kw)
     return model, train, test
 
@@ -50,15 +56,15 @@ def one(name: str, method: str, seed: int, target: str, opts: dict[str, Any]) ->
                              progress=False, measure=False, on_drop="warn", **opts)  # fmt: skip
     seconds = time.perf_counter() - t0
     rows = {}
-    for bs in (100, 1):
-        got = metrics.measure_latency_interleaved(
-            {"original": model, "model": res.model}, shape, rounds=5, batch_size=bs, threads=1,
-            warmup=3, repeats=20 if bs == 100 else 100,
-        )  # fmt: skip
+    for bs, rounds, repeats in ((100, 30, 2), (1, 20, 20)):
+        got = latency_ratio(model, res.model, shape, batch_size=bs, threads=1, rounds=rounds,
+                            repeats=repeats)  # fmt: skip
         rows[f"batch {bs}"] = {
-            "original_ms": got["original"].median_ms,
-            "model_ms": got["model"].median_ms,
-            "ratio": got["model"].median_ms / got["original"].median_ms,
+            "original_ms": got.original_ms,
+            "model_ms": got.model_ms,
+            "ratio": got.ratio,
+            "ratio_p10": got.quiet,
+            "protocol": f"{rounds} rounds x {repeats} runs each, interleaved, median (and p10)",
         }
     acc0 = metrics.accuracy(model, test, topk=(1,))["top1"]
     acc = metrics.accuracy(res.model, test, topk=(1,))["top1"]
@@ -92,7 +98,7 @@ def main() -> None:
         r = one(args.model, args.method, seed, args.target, opts)
         b = r["interleaved"]["batch 100"]
         print(f"{args.model} {args.method} seed {seed}: widths {r['widths']}, latency ratio "
-              f"{b['ratio']:.3f} (batch 100), predicted {r['prediction'].get('predicted_fraction')}, "
+              f"{b['ratio']:.3f} (p10 {b['ratio_p10']:.3f}; batch 100), predicted {r['prediction'].get('predicted_fraction')}, "
               f"top-1 {r['test_top1']:.2f} ({r['seconds']:.0f} s)", flush=True)  # fmt: skip
         runs.append(r)
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -145,7 +145,9 @@ def test_interpolation_and_calibration() -> None:
 
 def test_depthwise_and_grouped_convs_are_timed_at_tied_widths() -> None:
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(2, 8, 1), nn.Conv2d(8, 8, 3, groups=8), nn.Conv2d(8, 8, 1, groups=2))
+    net = nn.Sequential(
+        nn.Conv2d(2, 8, 1), nn.Conv2d(8, 8, 3, groups=8), nn.Conv2d(8, 8, 1, groups=2)
+    )
     lm = LatencyModel(net, (2, 6, 6), LatencyTable(batch_size=1, cache_dir=False, repeats=1, warmup=0),
                       varies={"1": (True, True), "2": (True, False)})  # fmt: skip
     gin, gout = lm.grids["1"]

@@ -220,9 +220,11 @@ def _latency_check(
     its widths (None where a layer was replaced rather than cut): with the calibration the
     method fitted (``fitted``: its ``latency_model`` record), the predicted milliseconds scaled
     to the original's median of this run; else calibrated on that median alone."""
-    ratio, ms0, ms1 = latency_ratio(original, model, shape, batch_size=batch_size, threads=threads)
+    got = latency_ratio(original, model, shape, batch_size=batch_size, threads=threads)
+    ms0 = got.original_ms
     out: dict[str, Any] = {"runtime": "eager", "batch_size": batch_size, "threads": threads,
-                           "original_ms": ms0, "measured_ms": ms1, "measured_fraction": ratio,
+                           "original_ms": ms0, "measured_ms": got.model_ms,
+                           "measured_fraction": got.ratio, "measured_fraction_p10": got.quiet,
                            "predicted_ms": None, "predicted_fraction": None}  # fmt: skip
     try:
         lm = LatencyModel(original, shape, LatencyTable(batch_size=batch_size, threads=threads))

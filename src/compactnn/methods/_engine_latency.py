@@ -90,8 +90,12 @@ class LatencyCost:
         """Every layer's (input, output) width when group ``r`` keeps ``counts[r]`` units."""
         out = {}
         for n, (i0, o0) in self.full.items():
-            di = sum(a * (self.n0[r] - counts.get(r, self.n0[r])) for r, (a, _) in self.coef[n].items())
-            do = sum(b * (self.n0[r] - counts.get(r, self.n0[r])) for r, (_, b) in self.coef[n].items())
+            di = sum(
+                a * (self.n0[r] - counts.get(r, self.n0[r])) for r, (a, _) in self.coef[n].items()
+            )
+            do = sum(
+                b * (self.n0[r] - counts.get(r, self.n0[r])) for r, (_, b) in self.coef[n].items()
+            )
             out[n] = (max(1.0, round(i0 - di, 6)), max(1.0, round(o0 - do, 6)))
         return out
 

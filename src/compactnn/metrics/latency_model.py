@@ -286,11 +286,15 @@ class LatencyTable:
     def retime(self, pairs: Iterable[tuple[LayerSite, int, int]]) -> None:
         """Time the pairs again and keep, per pair, the lower of the two medians (load only
         adds time)."""
-        items = list({(s.signature(), int(a), int(b)): (s, int(a), int(b)) for s, a, b in pairs}.values())
+        items = list(
+            {(s.signature(), int(a), int(b)): (s, int(a), int(b)) for s, a, b in pairs}.values()
+        )
         if items:
             self._store(items, self._measure_all(items), keep_min=True)
 
-    def _store(self, items: list[tuple[LayerSite, int, int]], ms: list[float], keep_min: bool) -> None:
+    def _store(
+        self, items: list[tuple[LayerSite, int, int]], ms: list[float], keep_min: bool
+    ) -> None:
         for (site, a, b), t in zip(items, ms, strict=True):
             row = self.entries.setdefault(site.signature(), {})
             pt = f"{a},{b}"
@@ -434,7 +438,9 @@ class LatencyModel:
             if scale > 0 and my - scale * mx >= 0:
                 self.scale, self.residual = scale, my - scale * mx
             else:  # through the origin: the sites are the latency, up to a common scale
-                self.scale = sum(x * y for x, y in zip(xs, ys, strict=True)) / sum(x * x for x in xs)
+                self.scale = sum(x * y for x, y in zip(xs, ys, strict=True)) / sum(
+                    x * x for x in xs
+                )
                 self.residual = 0.0
             return
         full, ms = xs[0], ys[0]
