@@ -81,6 +81,32 @@ def one(name: str, method: str, seed: int, target: str, opts: dict[str, Any]) ->
     }  # fmt: skip
 
 
+def collect(folder: Path) -> dict[str, Any]:
+    """result.json: one row per run of every ``<model>_<method>.json`` in ``folder``, and
+    issue 36's bar (returned latency <= 0.33 of the original, interleaved, batch 100) per
+    model and method."""
+    rows, bars = [], {}
+    for f in sorted(folder.glob("*_*.json")):
+        doc = json.loads(f.read_text())
+        for r in doc["runs"]:
+            b = r["interleaved"]["batch 100"]
+            rows.append({
+                "model": r["model"], "method": r["method"], "seed": r["seed"],
+                "target": r["target"], "widths": r["widths"], "ratio_batch100": b["ratio"],
+                "ratio_p10_batch100": b["ratio_p10"], "ratio_batch1": r["interleaved"]["batch 1"]["ratio"],
+                "predicted_fraction": r["prediction"].get("predicted_fraction"),
+                "measured_fraction_in_compress": r["prediction"].get("measured_fraction"),
+                "snaps": (r["latency_model"] or {}).get("snaps"), "test_top1": r["test_top1"],
+                "test_top1_original": r["test_top1_original"], "seconds": r["seconds"],
+                "source": f.name,
+            })  # fmt: skip
+            key = f"{r['model']} {r['method']}"
+            bars.setdefault(key, []).append(b["ratio"] <= 0.33)
+    return {"date": "2026-12-07", "cpu": metrics.cpu_model(), "torch": torch.__version__,
+            "machine": "2 cores, shared with other jobs during the runs", "rows": rows,
+            "bar_latency_le_0.33": {k: f"{sum(v)} of {len(v)}" for k, v in bars.items()}}  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="lenet-caffe", choices=["lenet-caffe", "kiaee-cnn"])
@@ -89,7 +115,15 @@ def main() -> None:
     ap.add_argument("--target", default="latency=0.3")
     ap.add_argument("--opt", action="append", default=[], help="KEY=JSON option of the method")
     ap.add_argument("--out", required=True)
+    ap.add_argument(
+        "--collect",
+        action="store_true",
+        help="only write OUT (result.json) from the runs beside it",
+    )
     args = ap.parse_args()
+    if args.collect:
+        Path(args.out).write_text(json.dumps(collect(Path(args.out).parent), indent=1, default=str))
+        return
     torch.set_num_threads(1)
     opts = {k: json.loads(v) for k, v in (o.split("=", 1) for o in args.opt)}
     out = Path(args.out)
