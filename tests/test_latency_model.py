@@ -250,4 +250,17 @@ def test_a_latency_target_reports_the_models_predicted_and_measured_latency(
     assert fitted["runtime"] == "eager" and fitted["sites"] == 4
     assert set(fitted["calibration_ms"]) == {"1", "0.5", "0.25"}
     assert "the method's" in pred["calibration"]
+    assert "latency model: predicted" in res.summary()
     assert list((tmp_path / "latency").glob("*.json"))
+
+
+def test_a_snapped_group_keeps_its_best_units_and_the_larger_ratio_decides() -> None:
+    from compactnn.budget import LatencyRatio
+    from compactnn.methods._engine_alloc import _snapped
+
+    keep = {"a": torch.tensor([True, True, False, True, True])}
+    scores = {"a": torch.tensor([0.5, 0.1, 9.0, 0.7, 0.3])}
+    assert _snapped(keep, {"a": 2}, scores) == {"a": [0, 3]}  # the dropped unit 2 stays out
+    assert _snapped(keep, {"a": 4}, scores) == {"a": [0, 1, 3, 4]}
+    r = LatencyRatio(ratio=0.3, quiet=0.36, original_ms=10.0, model_ms=3.0)
+    assert r.upper == 0.36 and LatencyRatio(0.3, 0.2, 10.0, 3.0).upper == 0.3
