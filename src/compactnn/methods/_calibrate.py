@@ -127,7 +127,7 @@ class _CountSizer:
         mods = dict(model.named_modules())
         self.model, self.layers, self.target, self.shape = model, list(layers), target, input_shape
         self.units = {n: int(mods[n].weight.shape[0]) for n in self.layers}
-        self.base = measure(model, input_shape, target.keys)
+        self._base: Measure | None = None  # measured when a candidate is (not with the table)
         self._memo: dict[tuple[int, ...], dict[str, float]] = {}
         self._couplings: dict[str, Any] | None = None  # measured once, on the first cut
         self._cm: Any = None  # the engine's exact cost model, where it applies (None: not yet)
@@ -144,7 +144,7 @@ class _CountSizer:
                 groups = _groups(self.model, self.layers, {"input_shape": list(self.shape)})
                 if [g.rep for g in groups] == self.layers:
                     self._cm = CostModel(self.model, groups, self.target, self.shape,
-                                         base=self.base)  # fmt: skip
+                                         base=self._base)  # fmt: skip
         return self._cm
 
     def kept(self, counts: dict[str, int]) -> dict[str, float]:
@@ -160,7 +160,9 @@ class _CountSizer:
                                    for n in self.layers}  # fmt: skip
             cand = (prune_filters(self.model, keep, self.shape, couplings=self._couplings)[0]
                     if keep else self.model)  # fmt: skip
-            self._memo[key] = measure(cand, self.shape, self.target.keys).fractions(self.base)
+            if self._base is None:
+                self._base = measure(self.model, self.shape, self.target.keys)
+            self._memo[key] = measure(cand, self.shape, self.target.keys).fractions(self._base)
             self._log(self._memo[key])
         return self._memo[key]
 

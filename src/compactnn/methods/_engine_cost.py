@@ -107,10 +107,11 @@ class CostModel:
         self.lat = latency_batch_size
         self.lat_cost: LatencyCost | None = None
         self.use_table = self.latency and latency_model
-        needed = set(self.keys) | set(self.exact)
-        if base is not None and not needed <= set(base.values):
+        # the keys measured on cut models: latency only where it is fitted on them (no table)
+        self.sized = [k for k in self.keys if k != "latency" or not self.use_table]
+        if base is not None and not {*self.sized, *self.exact} <= set(base.values):
             base = None  # measured for other keys (a MACs fraction is needed beside latency)
-        self.base = base if base is not None else self._measure(model, self.keys)
+        self.base = base if base is not None else self._measure(model, self.sized)
         self.model = model
         # the original as it is now, for interleaved timings (the engine cuts ``model`` in place)
         self.reference = copy.deepcopy(model).eval() if self.latency else None
@@ -178,8 +179,7 @@ class CostModel:
         """The fractions kept by ``model``; latency only where the fit needs it (no table) or
         for a final check (``final``: timed interleaved with the original)."""
         timed = final and self.use_table
-        keys = [k for k in self.keys if k != "latency" or not self.use_table]
-        out = self._measure(model, keys).fractions(self.base)
+        out = self._measure(model, self.sized).fractions(self.base)
         if timed:
             out["latency"] = self.latency_fraction(model)
         if not self.use_table or not final:
