@@ -23,6 +23,7 @@ from compactnn.errors import AccuracyDropError, ConfigError
 from compactnn.methods import CompressionData, CompressionResult, get_method
 from compactnn.metrics import LatencyModel, LatencyTable, accuracy, report
 from compactnn.resume import RunStore
+from compactnn.structure import module_device
 
 #: accuracy points on validation a run may lose before :func:`compress` refuses its result
 DEFAULT_MAX_DROP = 5.0
@@ -226,6 +227,8 @@ def _latency_check(
                            "original_ms": ms0, "measured_ms": got.model_ms,
                            "measured_fraction": got.ratio, "measured_fraction_p10": got.quiet,
                            "predicted_ms": None, "predicted_fraction": None}  # fmt: skip
+    if module_device(original).type != "cpu":  # the table times layers on the CPU
+        return out
     try:
         lm = LatencyModel(original, shape, LatencyTable(batch_size=batch_size, threads=threads))
     except ConfigError:  # no Conv2d / Linear layer to model

@@ -21,6 +21,7 @@ from compactnn import surgery
 from compactnn.budget import Target, latency_ratio, measure
 from compactnn.methods._common import prune_filters
 from compactnn.methods._engine_latency import LatencyCost
+from compactnn.structure import module_device
 
 
 # ---------------------------------------------------------------------------------- groups
@@ -106,7 +107,8 @@ class CostModel:
         self.reps = [g.rep for g in groups]
         self.lat = latency_batch_size
         self.lat_cost: LatencyCost | None = None
-        self.use_table = self.latency and latency_model
+        # the table times layers on the CPU: a model elsewhere keeps the fit on the MACs
+        self.use_table = self.latency and latency_model and module_device(model).type == "cpu"
         # the keys measured on cut models: latency only where it is fitted on them (no table)
         self.sized = [k for k in self.keys if k != "latency" or not self.use_table]
         if base is not None and not {*self.sized, *self.exact} <= set(base.values):

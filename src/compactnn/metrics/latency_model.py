@@ -322,7 +322,7 @@ class LatencyTable:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             mod = site.build(cin, cout)
-            x = torch.randn(self.batch_size, cin, *site.in_shape[1:])
+            x = torch.randn(self.batch_size, cin, *site.in_shape[1:], device="cpu")  # CPU timings
         if self.runtime == "channels_last" and x.dim() == 4:
             mod = mod.to(memory_format=torch.channels_last)
             x = x.contiguous(memory_format=torch.channels_last)
