@@ -239,7 +239,7 @@ def test_a_latency_target_reports_the_models_predicted_and_measured_latency(
     model = _seqcnn()
     opts = ({"finetune_epochs": 0} if method == "l1-norm" else
             {"finetune_epochs": 0, "engine_steps": 40, "anneal_steps": 20})  # fmt: skip
-    res = compactnn.compress(model, method, _loaders(), target={"latency": 0.6}, progress=False,
+    res = compactnn.compress(model, method, _loaders(), target={"latency": 0.8}, progress=False,
                              on_drop="warn", latency_batch_size=8, measure=False, **opts)  # fmt: skip
     pred = res.target["latency_prediction"]
     assert pred["original_ms"] > 0 and pred["measured_ms"] > 0
@@ -264,3 +264,49 @@ def test_a_snapped_group_keeps_its_best_units_and_the_larger_ratio_decides() -> 
     assert _snapped(keep, {"a": 4}, scores) == {"a": [0, 1, 3, 4]}
     r = LatencyRatio(ratio=0.3, quiet=0.36, original_ms=10.0, model_ms=3.0)
     assert r.upper == 0.36 and LatencyRatio(0.3, 0.2, 10.0, 3.0).upper == 0.3
+
+
+def test_the_criteria_split_is_made_again_under_its_prediction_when_measured_over(
+    monkeypatch, tmp_path: Path
+) -> None:
+    """A measured latency 1.6x the MACs fraction (a stand-in for a machine the latency model
+    underestimates; no clock: a synthetic table): every split made again predicts less than the
+    one before, the cost model is fitted once, and the record holds plain data."""
+    import compactnn
+    from compactnn import metrics
+    from compactnn.methods import criteria_pruning
+
+    monkeypatch.setenv("COMPACTNN_CACHE", str(tmp_path))
+
+    def fake(original, model, shape, keys, **kw):  # type: ignore[no-untyped-def]
+        macs = metrics.count_flops(model, shape) / metrics.count_flops(original, shape)
+        return {"latency": min(1.0, 1.6 * macs)}
+
+    monkeypatch.setattr(criteria_pruning, "measure_kept", fake)
+    # a clock-free latency model: the synthetic table, calibrated as is
+    from compactnn.methods import _engine_latency
+
+    monkeypatch.setattr(_engine_latency, "LatencyTable", _CliffTable)
+    monkeypatch.setattr(LatencyModel, "calibrate", lambda self, points: None)
+    fits = []
+    real_init = criteria_pruning.uniform_counts.__globals__["CostModel"].__init__
+
+    def counting(self, *a, **k):  # type: ignore[no-untyped-def]
+        fits.append(1)
+        real_init(self, *a, **k)
+
+    monkeypatch.setattr(criteria_pruning.uniform_counts.__globals__["CostModel"], "__init__",
+                        counting)  # fmt: skip
+    method = compactnn.methods.get_method("l1-norm")(finetune_epochs=0)
+    from compactnn.api.inputs import as_compression_data
+
+    data = as_compression_data(_loaders(), input_shape=(3, 8, 8))
+    chosen, rec = method.calibrate(_seqcnn(), data, compactnn.Target(latency=0.5))
+    assert rec["option"].startswith("filters per layer"), rec
+    preds = [t["predicted"]["latency"] for t in rec["trace"]]
+    assert 2 <= len(preds) <= 4 and len(fits) == 1, preds
+    for (a, b), t in zip(zip(preds, preds[1:]), rec["trace"]):
+        if t["kept"]["latency"] > 0.5:
+            assert b < a  # made again under the last prediction
+    assert "cost_model" not in rec
+    json.dumps(rec)

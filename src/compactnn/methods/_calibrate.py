@@ -76,10 +76,13 @@ def uniform_counts(
     applies, and the filled counts are then snapped off latency cliffs (never more units).
     Returns the counts and the fractions kept at them. ``progress``: a label; the log then
     gets a line at most every max(10 s, the progress interval) while candidates are measured.
-    ``info``: a dict that receives the latency model's description and snaps (``"latency_model"``).
+    ``info``: a dict that receives the latency model's description and snaps (``"latency_model"``)
+    and the cost model (``"cost_model"``: passed back in the same dict, a later call on the same
+    model, layers and keys reuses it, and the latency model's calibration with it).
     """
 
-    sizer = _CountSizer(model, layers, target, input_shape, progress=progress)
+    sizer = _CountSizer(model, layers, target, input_shape, progress=progress,
+                        cost_model=(info or {}).get("cost_model"))  # fmt: skip
 
     def counts(s: float) -> dict[str, int]:
         return {n: max(1, math.ceil((1.0 - s) * u)) for n, u in sizer.units.items()}
@@ -103,6 +106,7 @@ def uniform_counts(
         kept = sizer.kept(got)
         if info is not None:
             info["latency_model"] = cm.lat_cost.info()
+            info["cost_model"] = cm  # the next call on the same model and keys reuses its fit
     return got, kept
 
 
@@ -119,6 +123,7 @@ class _CountSizer:
         input_shape: Sequence[int],
         *,
         progress: str | None = None,
+        cost_model: Any = None,
     ) -> None:
         import time
 
@@ -130,7 +135,7 @@ class _CountSizer:
         self._base: Measure | None = None  # measured when a candidate is (not with the table)
         self._memo: dict[tuple[int, ...], dict[str, float]] = {}
         self._couplings: dict[str, Any] | None = None  # measured once, on the first cut
-        self._cm: Any = None  # the engine's exact cost model, where it applies (None: not yet)
+        self._cm: Any = cost_model  # the engine's cost model, where it applies (None: not yet)
 
     def _cost_model(self) -> Any:
         """The engine's :class:`~compactnn.methods._engine_cost.CostModel` of these layers when it

@@ -319,8 +319,9 @@ class _CriterionPruning(Method[CriterionConfig]):
         leaves unused (:func:`~compactnn.methods._calibrate.uniform_counts`, the split SSR
         uses), checked by a proxy run measured physically. A latency target is sized on the
         measured latency model and snapped off latency cliffs; where the proxy's latency, timed
-        interleaved with the original, is over the target, the split is made again (at most twice)
-        for the target scaled by the measured error. Where a run does not meet the target
+        interleaved with the original, is over the target, the split is made again (at most three
+        times), aiming under this split's prediction by the measured error; none under it, the split measured
+        closest to it within the target's tolerance is kept. Where a run does not meet the target
         exactly (coupled layers cut to another member's count, skipped layers), the generic
         search over one pruned fraction (:meth:`strength`) decides instead."""
         import time
@@ -329,8 +330,8 @@ class _CriterionPruning(Method[CriterionConfig]):
         t0 = time.perf_counter()
         shape = data.require_input_shape(self.name)
         layers = self._layers(model, shape)
-        goal, trace, info = target, [], {}
-        for _ in range(3 if "latency" in target.keys else 1):
+        goal, trace, info, best = target, [], {}, None
+        for _ in range(4 if "latency" in target.keys else 1):
             try:  # unreachable by one share, or a cut the split cannot make (grouped convs)
                 counts, pred = uniform_counts(model, layers, goal, shape, info=info,
                                               progress=self.name if progress else None)  # fmt: skip
@@ -338,11 +339,17 @@ class _CriterionPruning(Method[CriterionConfig]):
                 return super().calibrate(model, data, target, progress=progress)
             chosen, res, kept = self._proxy_kept(model, data, counts, shape, target)
             trace.append({"keep": dict(counts), "kept": dict(kept), "predicted": dict(pred)})
+            if target.met(kept) and (best is None or target.slack(kept) < target.slack(best[2])):
+                best = (chosen, counts, kept, res)  # within the tolerance: kept if none is within
             over = {k for k in target.keys if kept[k] > getattr(target, k) * (1 + 1e-12)}
             if not over or over != {"latency"}:
                 break
-            goal = replace(goal, latency=goal.latency * target.latency / kept["latency"])
-        if target.slack(kept) > 1.0 + 1e-12:
+            # the next split aims under this one's prediction by the measured error
+            aim = min(goal.latency, pred["latency"]) * target.latency / kept["latency"]
+            goal = replace(goal, latency=aim)
+        if target.slack(kept) > 1.0 + 1e-12 and best is not None and "latency" in target.keys:
+            chosen, counts, kept, res = best  # a measured latency within the target's tolerance
+        elif target.slack(kept) > 1.0 + 1e-12:
             return super().calibrate(model, data, target, progress=progress)
         if progress:  # the widths of the model it made (a coupled layer may follow another)
             widths = {n: _width(res.model, n) for n in counts}
@@ -353,7 +360,8 @@ class _CriterionPruning(Method[CriterionConfig]):
             )
         rec = target_record(
             target, kept, option="filters per layer (uniform share, filled)", strength=None,
-            trace=trace, seconds=time.perf_counter() - t0, allotted=dict(counts), **info,
+            trace=trace, seconds=time.perf_counter() - t0, allotted=dict(counts),
+            **{k: v for k, v in info.items() if k != "cost_model"},
         )  # fmt: skip
         return chosen, rec
 
