@@ -4,6 +4,7 @@ calibration, snapping off latency cliffs, and its use as the latency cost of a t
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -310,3 +311,20 @@ def test_the_criteria_split_is_made_again_under_its_prediction_when_measured_ove
             assert b < a  # made again under the last prediction
     assert "cost_model" not in rec
     json.dumps(rec)
+
+
+def test_the_next_split_aims_between_the_splits_measured_over_and_under() -> None:
+    from compactnn.methods.criteria_pruning import _next_aim
+
+    # one split over: its prediction scaled by the measured error
+    assert _next_aim([(0.1, 0.4)], 0.3) == pytest.approx(0.075)
+    # one over, one under: on the power law through the two (kiaee-cnn on 2026-12-07: predicted
+    # 0.097 measured 0.366, then 0.022 measured 0.093)
+    pts = [(0.097, 0.366), (0.022, 0.093)]
+    aim = _next_aim(pts, 0.3)
+    assert 0.022 < aim < 0.097
+    b = math.log(0.366 / 0.093) / math.log(0.097 / 0.022)
+    assert 0.093 * (aim / 0.022) ** b == pytest.approx(0.3)
+    # one split under (far): more budget next time; never out of (0, 1]
+    assert _next_aim([(0.2, 0.1)], 0.3) == pytest.approx(0.6)
+    assert _next_aim([(0.5, 0.1)], 0.3) == 1.0

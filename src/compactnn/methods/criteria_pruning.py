@@ -319,9 +319,10 @@ class _CriterionPruning(Method[CriterionConfig]):
         leaves unused (:func:`~compactnn.methods._calibrate.uniform_counts`, the split SSR
         uses), checked by a proxy run measured physically. A latency target is sized on the
         measured latency model and snapped off latency cliffs; where the proxy's latency, timed
-        interleaved with the original, is over the target, the split is made again (at most three
-        times), aiming under this split's prediction by the measured error; none under it, the split measured
-        closest to it within the target's tolerance is kept. Where a run does not meet the target
+        interleaved with the original, is over the target (or under 0.9 of it), the split is made
+        again (at most three times) at a prediction between the splits measured over and under
+        (:func:`_next_aim`); the split measured largest under the target is kept, else the one
+        closest within its tolerance. Where a run does not meet the target
         exactly (coupled layers cut to another member's count, skipped layers), the generic
         search over one pruned fraction (:meth:`strength`) decides instead."""
         import time
@@ -330,8 +331,9 @@ class _CriterionPruning(Method[CriterionConfig]):
         t0 = time.perf_counter()
         shape = data.require_input_shape(self.name)
         layers = self._layers(model, shape)
-        goal, trace, info, best = target, [], {}, None
-        for _ in range(4 if "latency" in target.keys else 1):
+        lat = "latency" in target.keys
+        goal, trace, info, best, under, points = target, [], {}, None, None, []
+        for _ in range(4 if lat else 1):
             try:  # unreachable by one share, or a cut the split cannot make (grouped convs)
                 counts, pred = uniform_counts(model, layers, goal, shape, info=info,
                                               progress=self.name if progress else None)  # fmt: skip
@@ -339,18 +341,20 @@ class _CriterionPruning(Method[CriterionConfig]):
                 return super().calibrate(model, data, target, progress=progress)
             chosen, res, kept = self._proxy_kept(model, data, counts, shape, target)
             trace.append({"keep": dict(counts), "kept": dict(kept), "predicted": dict(pred)})
-            if target.met(kept) and (best is None or target.slack(kept) < target.slack(best[2])):
-                best = (chosen, counts, kept, res)  # within the tolerance: kept if none is within
+            ok = target.slack(kept) <= 1.0 + 1e-12
+            if ok and (under is None or target.slack(kept) > target.slack(under[2])):
+                under = (chosen, counts, kept, res)  # the largest measured under the target
+            elif target.met(kept) and (best is None or target.slack(kept) < target.slack(best[2])):
+                best = (chosen, counts, kept, res)  # within the tolerance: kept if none is under
             over = {k for k in target.keys if kept[k] > getattr(target, k) * (1 + 1e-12)}
-            if not over or over != {"latency"}:
+            if not lat or over - {"latency"} or (ok and kept["latency"] >= 0.9 * target.latency):
                 break
-            # the next split aims under this one's prediction by the measured error
-            aim = min(goal.latency, pred["latency"]) * target.latency / kept["latency"]
-            goal = replace(goal, latency=aim)
-        if target.slack(kept) > 1.0 + 1e-12 and best is not None and "latency" in target.keys:
-            chosen, counts, kept, res = best  # a measured latency within the target's tolerance
-        elif target.slack(kept) > 1.0 + 1e-12:
+            points.append((pred["latency"], kept["latency"]))
+            goal = replace(goal, latency=_next_aim(points, target.latency))
+        pick = under or (best if lat else None)
+        if pick is None:
             return super().calibrate(model, data, target, progress=progress)
+        chosen, counts, kept, res = pick
         if progress:  # the widths of the model it made (a coupled layer may follow another)
             widths = {n: _width(res.model, n) for n in counts}
             print(
@@ -382,6 +386,22 @@ class _CriterionPruning(Method[CriterionConfig]):
         with torch.random.fork_rng(devices=[]):
             res = chosen.proxy().run(copy.deepcopy(model), data, progress=False)
         return chosen, res, measure_kept(model, res.model, shape, target.keys, upper=True)
+
+
+def _next_aim(points: list[tuple[float, float]], t: float) -> float:
+    """The predicted latency the next split aims at, from the (predicted, measured) latency of
+    the splits made: between the split measured closest over ``t`` and the one closest under,
+    on the power law through the two (a secant in log-log); splits on one side only: the last
+    prediction scaled by ``t`` over its measurement. Within ``(0, 1]``."""
+    hi = [p for p in points if p[1] > t]
+    lo = [p for p in points if p[1] <= t]
+    aim = points[-1][0] * t / points[-1][1]
+    if hi and lo:
+        (p1, m1), (p0, m0) = min(hi, key=lambda p: p[1]), max(lo, key=lambda p: p[1])
+        aim = math.sqrt(p0 * p1)
+        if p1 > p0 > 0 and m1 > m0 > 0 and math.log(m1 / m0) > 0:
+            aim = p0 * (t / m0) ** (math.log(p1 / p0) / math.log(m1 / m0))
+    return min(1.0, max(aim, 1e-6))
 
 
 def _width(model: nn.Module, name: str) -> Any:
