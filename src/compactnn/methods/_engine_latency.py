@@ -126,9 +126,10 @@ class LatencyCost:
         (:func:`~compactnn.metrics.latency_model.snap_count`). The layers a group changes are
         timed at every count of the window (``max(window, 10 %)`` units); a snap is confirmed by
         timing the counts it skips again (the lower of two medians: load only adds time).
-        Never raises a count; the moves are in ``self.snaps``."""
+        Never raises a count; this call's moves are in ``self.snaps``."""
         cur = {r: int(c) for r, c in counts.items()}
         table = self.model.table
+        self.snaps = {}  # this call's moves only
         for r in list(cur):
             c = cur[r]
             lo = max(int(floors.get(r, 1)), 1, c - max(window, math.ceil(0.1 * c)))

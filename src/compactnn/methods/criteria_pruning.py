@@ -340,7 +340,9 @@ class _CriterionPruning(Method[CriterionConfig]):
             except (ConfigError, PlanError):
                 return super().calibrate(model, data, target, progress=progress)
             chosen, res, kept = self._proxy_kept(model, data, counts, shape, target)
-            trace.append({"keep": dict(counts), "kept": dict(kept), "predicted": dict(pred)})
+            snaps = dict((info.get("latency_model") or {}).get("snaps") or {})
+            trace.append({"keep": dict(counts), "kept": dict(kept), "predicted": dict(pred),
+                          "snaps": snaps})  # fmt: skip
             ok = target.slack(kept) <= 1.0 + 1e-12
             if ok and (under is None or target.slack(kept) > target.slack(under[2])):
                 under = (chosen, counts, kept, res)  # the largest measured under the target
@@ -355,6 +357,9 @@ class _CriterionPruning(Method[CriterionConfig]):
         if pick is None:
             return super().calibrate(model, data, target, progress=progress)
         chosen, counts, kept, res = pick
+        if "latency_model" in info:  # the snaps of the split kept, not of the last one made
+            picked = next(t for t in trace if t["keep"] == dict(counts))
+            info["latency_model"] = {**info["latency_model"], "snaps": picked["snaps"]}
         if progress:  # the widths of the model it made (a coupled layer may follow another)
             widths = {n: _width(res.model, n) for n in counts}
             print(
