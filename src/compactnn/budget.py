@@ -38,6 +38,9 @@ __all__ = [
     "Target",
     "Measure",
     "measure",
+    "measure_kept",
+    "latency_ratio",
+    "LatencyRatio",
     "Strength",
     "SearchResult",
     "search",
@@ -168,6 +171,71 @@ def measure(
         else:  # pragma: no cover - keys come from Target
             raise ConfigError(f"Unknown target key {k!r}.")
     return Measure(out)
+
+
+@dataclass(frozen=True)
+class LatencyRatio:
+    """A model's latency against the original's, the two timed in turns (ms).
+
+    Attributes:
+        ratio: the model's median over the original's (the ``latency`` a target keeps).
+        quiet: the same of the 10th percentiles: the machine at its least loaded. On a shared
+            machine the two can differ by a third (LeNet's original, memory-bound, slowed from
+            25 to 38 ms under other jobs' load while a cut model held 8.4-8.9 ms).
+    """
+
+    ratio: float
+    quiet: float
+    original_ms: float
+    model_ms: float
+
+    @property
+    def upper(self) -> float:
+        """The larger of the two: what a choice that must hold under any load looks at."""
+        return max(self.ratio, self.quiet)
+
+
+def latency_ratio(
+    original: nn.Module,
+    model: nn.Module,
+    input_shape: Sequence[int],
+    *,
+    batch_size: int = 100,
+    threads: int = 1,
+    rounds: int = 15,
+    repeats: int = 3,
+) -> LatencyRatio:
+    """``model``'s latency against ``original``'s, the two timed in turns
+    (:func:`~compactnn.metrics.measure_latency_interleaved`, ``rounds`` short rounds of
+    ``repeats`` runs each, so that the load of the machine changing falls on both alike)."""
+    got = metrics.measure_latency_interleaved(
+        {"original": original, "model": model}, input_shape, rounds=rounds,
+        batch_size=batch_size, threads=threads, warmup=1, repeats=repeats,
+    )  # fmt: skip
+    a, b = got["original"], got["model"]
+    return LatencyRatio(b.median_ms / a.median_ms, b.p10_ms / a.p10_ms, a.median_ms, b.median_ms)
+
+
+def measure_kept(
+    original: nn.Module,
+    model: nn.Module,
+    input_shape: Sequence[int],
+    keys: Sequence[str],
+    *,
+    latency_batch_size: int = 100,
+    latency_threads: int = 1,
+    upper: bool = False,
+) -> dict[str, float]:
+    """The fractions of ``original`` that ``model`` keeps under ``keys``: params / MACs
+    measured on each, latency timed interleaved (:func:`latency_ratio`: the ratio of the
+    medians, or with ``upper`` the larger of it and the ratio of the 10th percentiles)."""
+    exact = [k for k in keys if k != "latency"]
+    out = measure(model, input_shape, exact).fractions(measure(original, input_shape, exact))
+    if "latency" in keys:
+        r = latency_ratio(original, model, input_shape, batch_size=latency_batch_size,
+                          threads=latency_threads)  # fmt: skip
+        out["latency"] = r.upper if upper else r.ratio
+    return {k: out[k] for k in keys}
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,9 @@ count), one output instead of two summed.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -239,11 +242,11 @@ class FusedSparseLowRankConv2d(nn.Module):
             self._index_cache[key] = idx
         return idx
 
-    def _load_from_state_dict(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
         self._index_cache.clear()  # the loaded columns may differ from the cached ones
         super()._load_from_state_dict(*args, **kwargs)
 
-    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> Any:
         self._index_cache.clear()  # a move or a cast makes new buffers
         return super()._apply(fn, recurse)
 

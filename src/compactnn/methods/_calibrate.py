@@ -63,6 +63,7 @@ def uniform_counts(
     *,
     fill: bool = True,
     progress: str | None = None,
+    info: dict[str, Any] | None = None,
 ) -> tuple[dict[str, int], dict[str, float]]:
     """Per-layer unit counts that meet ``target`` when every layer keeps the same share, then
     (``fill``) grown into the budget that share leaves unused (:func:`fill_counts`).
@@ -70,12 +71,18 @@ def uniform_counts(
     The share is bisected on the exact size of the candidates (which filters are kept does not
     change params / MACs): from the engine's cost model, fitted on small cuts, for params / MACs
     with one layer per coupling group, else measured on candidates cut by surgery; couplings
-    (next layers' inputs, BN) are counted either way.
+    (next layers' inputs, BN) are counted either way. A latency target is sized on the measured
+    latency model (:class:`~compactnn.methods._engine_latency.LatencyCost`) where the cost model
+    applies, and the filled counts are then snapped off latency cliffs (never more units).
     Returns the counts and the fractions kept at them. ``progress``: a label; the log then
     gets a line at most every max(10 s, the progress interval) while candidates are measured.
+    ``info``: a dict that receives the latency model's description and snaps (``"latency_model"``)
+    and the cost model (``"cost_model"``: passed back in the same dict, a later call on the same
+    model, layers and keys reuses it, and the latency model's calibration with it).
     """
 
-    sizer = _CountSizer(model, layers, target, input_shape, progress=progress)
+    sizer = _CountSizer(model, layers, target, input_shape, progress=progress,
+                        cost_model=(info or {}).get("cost_model"))  # fmt: skip
 
     def counts(s: float) -> dict[str, int]:
         return {n: max(1, math.ceil((1.0 - s) * u)) for n, u in sizer.units.items()}
@@ -92,7 +99,15 @@ def uniform_counts(
         )
     if not fill:
         return counts(found.strength), found.kept
-    return _fill(sizer, counts(found.strength))
+    got, kept = _fill(sizer, counts(found.strength))
+    cm = sizer._cost_model()
+    if cm and cm.lat_cost is not None:
+        got = cm.snap(got, dict.fromkeys(got, 1))
+        kept = sizer.kept(got)
+        if info is not None:
+            info["latency_model"] = cm.lat_cost.info()
+            info["cost_model"] = cm  # the next call on the same model and keys reuses its fit
+    return got, kept
 
 
 class _CountSizer:
@@ -108,6 +123,7 @@ class _CountSizer:
         input_shape: Sequence[int],
         *,
         progress: str | None = None,
+        cost_model: Any = None,
     ) -> None:
         import time
 
@@ -116,23 +132,24 @@ class _CountSizer:
         mods = dict(model.named_modules())
         self.model, self.layers, self.target, self.shape = model, list(layers), target, input_shape
         self.units = {n: int(mods[n].weight.shape[0]) for n in self.layers}
-        self.base = measure(model, input_shape, target.keys)
+        self._base: Measure | None = None  # measured when a candidate is (not with the table)
         self._memo: dict[tuple[int, ...], dict[str, float]] = {}
         self._couplings: dict[str, Any] | None = None  # measured once, on the first cut
-        self._cm: Any = None  # the engine's exact cost model, where it applies (None: not yet)
+        self._cm: Any = cost_model  # the engine's cost model, where it applies (None: not yet)
 
     def _cost_model(self) -> Any:
         """The engine's :class:`~compactnn.methods._engine_cost.CostModel` of these layers when it
-        is exact for the target (params / MACs, one layer per coupling group), else ``False``:
-        fitted once on 1 + G + (adjacent pairs) small cuts, it then sizes any counts without
-        cutting a model (a net of 35 groups took minutes of whole-model cuts per split)."""
+        applies (one layer per coupling group; params / MACs exact, latency from the measured
+        latency model), else ``False``: fitted once on 1 + G + (adjacent pairs) small cuts, it
+        then sizes any counts without cutting a model (a net of 35 groups took minutes of
+        whole-model cuts per split)."""
         if self._cm is None:
             self._cm = False
-            if "latency" not in self.target.keys and len(self.layers) > 1:
+            if len(self.layers) > 1:
                 groups = _groups(self.model, self.layers, {"input_shape": list(self.shape)})
                 if [g.rep for g in groups] == self.layers:
                     self._cm = CostModel(self.model, groups, self.target, self.shape,
-                                         base=self.base)  # fmt: skip
+                                         base=self._base)  # fmt: skip
         return self._cm
 
     def kept(self, counts: dict[str, int]) -> dict[str, float]:
@@ -148,7 +165,9 @@ class _CountSizer:
                                    for n in self.layers}  # fmt: skip
             cand = (prune_filters(self.model, keep, self.shape, couplings=self._couplings)[0]
                     if keep else self.model)  # fmt: skip
-            self._memo[key] = measure(cand, self.shape, self.target.keys).fractions(self.base)
+            if self._base is None:
+                self._base = measure(self.model, self.shape, self.target.keys)
+            self._memo[key] = measure(cand, self.shape, self.target.keys).fractions(self._base)
             self._log(self._memo[key])
         return self._memo[key]
 

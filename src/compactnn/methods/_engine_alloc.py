@@ -170,25 +170,42 @@ def _final_selection(
 ) -> dict[str, list[int]]:
     """The kept units at the target, exact on physically measured models: the knapsack on the
     cost model, then units dropped while the measured model is over the target and added back
-    (best score per cost first) while one still fits."""
+    (best score per cost first) while one still fits. A latency target of the latency model:
+    over it, the allocation again at the budget scaled by the measured error (:func:`_allot_again`)
+    before units go one by one; a unit added back only where the prediction times the last
+    measured error fits; the counts then snapped off latency cliffs (:meth:`CostModel.snap`)."""
     budget = target.as_dict()
     alive = {g.rep: torch.ones(g.size, dtype=torch.bool) for g in groups}
-    problem = Allocation(scores, alive, costs.cost, costs.marginal, budget, min_keep, relative)
-    keep, _ = _ALLOCATE[allocation](problem)
+
+    def allot(b: Mapping[str, float]) -> dict[str, Tensor]:
+        problem = Allocation(scores, alive, costs.cost, costs.marginal, b, min_keep, relative)
+        return _ALLOCATE[allocation](problem)[0]
+
+    keep = allot(budget)
+    lat = costs.lat_cost is not None and "latency" in budget
+    err = {"latency": 1.0}  # measured / predicted latency at the last measurement
 
     def n_of(k: Mapping[str, Tensor]) -> dict[str, int]:
         return {g.rep: int(k[g.rep].sum()) for g in groups}
 
     def predicted_over(k: Mapping[str, Tensor]) -> bool:
-        """Over the target on a key the cost model gives exactly (params, MACs)."""
+        """Over the target on a key the cost model gives exactly (params, MACs), or on the
+        latency model's prediction corrected by the last measured error."""
         c = costs.cost(n_of(k))
-        return any(c[key] > budget[key] * (1 + 1e-9) for key in costs.exact if key in budget)
+        keys = [*costs.exact, "latency"] if lat else costs.exact
+        c["latency"] = c.get("latency", 0.0) * err["latency"]
+        return any(c[key] > budget[key] * (1 + 1e-9) for key in keys if key in budget)
 
     def measured(k: Mapping[str, Tensor]) -> dict[str, float]:
-        return costs.measured(model, {g.rep: int(k[g.rep].sum()) for g in groups})
+        got = costs.measured(model, n_of(k))
+        if lat:
+            err["latency"] = got["latency"] / max(costs.cost(n_of(k))["latency"], 1e-12)
+        return got
 
-    # drop while the measured model is over the target
     got = measured(keep)
+    if lat:  # one measurement per try, not one per unit dropped
+        keep, got = _allot_again(allot, measured, budget, keep, got)
+    # drop while the measured model is over the target
     while any(got[k] > budget[k] * (1 + 1e-12) for k in budget):
         cur = n_of(keep)
         over = [k for k in budget if got[k] > budget[k]]
@@ -238,4 +255,37 @@ def _final_selection(
             keep[r][i] = False
         if not added:
             break
-    return {g.rep: [int(i) for i in torch.nonzero(keep[g.rep]).flatten()] for g in groups}
+    return _snapped(keep, costs.snap(n_of(keep), min_keep), scores)
+
+
+def _allot_again(
+    allot: Callable[[Mapping[str, float]], dict[str, Tensor]],
+    measured: Callable[[Mapping[str, Tensor]], dict[str, float]],
+    budget: Mapping[str, float],
+    keep: dict[str, Tensor],
+    got: dict[str, float],
+) -> tuple[dict[str, Tensor], dict[str, float]]:
+    """While the measured latency is over the budget (three times at most): the allocation
+    again at the latency budget scaled by the measured error. Returns the last kept masks and
+    their measured fractions."""
+    scaled = dict(budget)
+    for _ in range(3):
+        if got["latency"] <= budget["latency"] * (1 + 1e-12):
+            break
+        scaled["latency"] *= budget["latency"] / got["latency"]
+        keep = allot(scaled)
+        got = measured(keep)
+    return keep, got
+
+
+def _snapped(
+    keep: Mapping[str, Tensor], counts: Mapping[str, int], scores: Mapping[str, Tensor]
+) -> dict[str, list[int]]:
+    """The kept indices of every group once its count is ``counts[rep]`` (never more than
+    kept): the kept units of least score go."""
+    out = {}
+    for r, k in keep.items():
+        idx = torch.nonzero(k).flatten()
+        top = idx[torch.argsort(scores[r][idx], descending=True, stable=True)[: counts[r]]]
+        out[r] = sorted(int(i) for i in top)
+    return out

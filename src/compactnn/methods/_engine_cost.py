@@ -9,6 +9,7 @@ by surgery (:func:`_cut_first`).
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,8 +18,10 @@ import torch
 from torch import Tensor, nn
 
 from compactnn import surgery
-from compactnn.budget import Target, measure
+from compactnn.budget import Target, latency_ratio, measure
 from compactnn.methods._common import prune_filters
+from compactnn.methods._engine_latency import LatencyCost
+from compactnn.structure import module_device
 
 
 # ---------------------------------------------------------------------------------- groups
@@ -92,6 +95,7 @@ class CostModel:
         *,
         base: Any = None,
         latency_batch_size: int = 100,
+        latency_model: bool = True,
     ) -> None:
         self.keys = target.keys
         self.latency = "latency" in self.keys
@@ -102,17 +106,27 @@ class CostModel:
         self.shape = list(input_shape)
         self.reps = [g.rep for g in groups]
         self.lat = latency_batch_size
-        self.base = base if base is not None else self._measure(model)
+        self.lat_cost: LatencyCost | None = None
+        # the table times layers on the CPU: a model elsewhere keeps the fit on the MACs
+        self.use_table = self.latency and latency_model and module_device(model).type == "cpu"
+        # the keys measured on cut models: latency only where it is fitted on them (no table)
+        self.sized = [k for k in self.keys if k != "latency" or not self.use_table]
+        if base is not None and not {*self.sized, *self.exact} <= set(base.values):
+            base = None  # measured for other keys (a MACs fraction is needed beside latency)
+        self.base = base if base is not None else self._measure(model, self.sized)
         self.model = model
+        # the original as it is now, for interleaved timings (the engine cuts ``model`` in place)
+        self.reference = copy.deepcopy(model).eval() if self.latency else None
         n = {g.rep: g.size for g in groups}
         self.n0 = dict(n)
         full = self._frac(model)
         d = {r: max(1, n[r] // 2) for r in self.reps}
-        single, reads = {}, {}
+        single, reads, cuts = {}, {}, {}
         for r in self.reps:
             cut = _cut_first(model, {r: n[r] - d[r]}, self.shape)
             single[r] = self._frac(cut)
             reads[r] = _inputs_changed(model, cut)  # the layers that read group r's channels
+            cuts[r] = (d[r], cut)
         members = {g.rep: set(g.members) for g in groups}
         slope = {r: {k: (full[k] - single[r][k]) / d[r] for k in self.exact} for r in self.reps}
         self.b: dict[tuple[str, str], dict[str, float]] = {}
@@ -148,7 +162,10 @@ class CostModel:
         }
         self.measurements = 1 + len(reps) + pairs
         self.alpha, self.beta = 0.0, 1.0
-        if self.latency:  # latency ~ alpha + beta * macs, least squares over the measurements
+        if self.use_table:
+            self.lat_cost = LatencyCost(model, n, cuts, self.shape, batch_size=self.lat,
+                                        cutter=lambda c: _cut_first(model, c, self.shape))  # fmt: skip
+        elif self.latency:  # latency ~ alpha + beta * macs, least squares over the measurements
             xs = torch.tensor([m["macs"] for m in self.samples], dtype=torch.float64)
             ys = torch.tensor([m["latency"] for m in self.samples], dtype=torch.float64)
             a = torch.stack([torch.ones_like(xs), xs], dim=1)
@@ -156,17 +173,31 @@ class CostModel:
             self.beta = max(float(sol[1]), 0.0)
             self.alpha = float(ys.mean() - self.beta * xs.mean())
 
-    def _measure(self, model: nn.Module) -> Any:
-        keys = tuple(dict.fromkeys((*self.keys, *self.exact)))
+    def _measure(self, model: nn.Module, keys: Sequence[str]) -> Any:
+        keys = tuple(dict.fromkeys((*keys, *self.exact)))
         return measure(model, self.shape, keys, latency_batch_size=self.lat)
 
-    def _frac(self, model: nn.Module) -> dict[str, float]:
-        out = self._measure(model).fractions(self.base)
-        self.samples.append(out)
+    def _frac(self, model: nn.Module, final: bool = False) -> dict[str, float]:
+        """The fractions kept by ``model``; latency only where the fit needs it (no table) or
+        for a final check (``final``: timed interleaved with the original)."""
+        timed = final and self.use_table
+        out = self._measure(model, self.sized).fractions(self.base)
+        if timed:
+            out["latency"] = self.latency_fraction(model)
+        if not self.use_table or not final:
+            self.samples.append(out)
         return out
 
-    def _at(self, model: nn.Module, counts: Mapping[str, int]) -> dict[str, float]:
-        return self._frac(_cut_first(model, counts, self.shape))
+    def latency_fraction(self, model: nn.Module) -> float:
+        """``model``'s latency over the original's, the two timed in turns: the larger of the
+        ratios of the medians and of the 10th percentiles (a selection must hold however loaded
+        the machine is)."""
+        return latency_ratio(self.reference, model, self.shape, batch_size=self.lat).upper
+
+    def _at(
+        self, model: nn.Module, counts: Mapping[str, int], final: bool = False
+    ) -> dict[str, float]:
+        return self._frac(_cut_first(model, counts, self.shape), final)
 
     def _b(self, r: str, h: str, k: str) -> float:
         v = self.b.get((r, h)) or self.b.get((h, r))
@@ -179,7 +210,9 @@ class CostModel:
             v = self.a0[k] + sum(self.a[r][k] * counts[r] for r in self.reps)
             v += sum(b[k] * counts[r] * counts[h] for (r, h), b in self.b.items())
             out[k] = v
-        if self.latency:
+        if self.lat_cost is not None:
+            out["latency"] = self.lat_cost.fraction(counts)
+        elif self.latency:
             out["latency"] = self.alpha + self.beta * out["macs"]
         return {k: out[k] for k in self.keys}
 
@@ -190,7 +223,9 @@ class CostModel:
             k: self.a[r][k] + sum(self._b(r, h, k) * counts[h] for h in self.reps if h != r)
             for k in self.exact
         }
-        if self.latency:
+        if self.lat_cost is not None:
+            out["latency"] = self.lat_cost.marginal(counts, r)
+        elif self.latency:
             out["latency"] = self.beta * out["macs"]
         return {k: out[k] for k in self.keys}
 
@@ -200,7 +235,14 @@ class CostModel:
         measured on the physically cut model."""
         cur = {r: int(model.get_submodule(r).weight.shape[0]) for r in counts}
         cut = {r: c for r, c in counts.items() if c < cur[r]}
-        return self._at(model, cut) if cut else self._frac(model)
+        return self._at(model, cut, final=True) if cut else self._frac(model, final=True)
+
+    def snap(self, counts: Mapping[str, int], floors: Mapping[str, int]) -> dict[str, int]:
+        """``counts`` snapped off latency cliffs (:meth:`LatencyCost.snap`) when latency is a
+        key and the latency model is used; else unchanged."""
+        if self.lat_cost is None:
+            return dict(counts)
+        return self.lat_cost.snap(counts, floors)
 
 
 def _inputs_changed(model: nn.Module, cut: nn.Module) -> set[str]:

@@ -488,6 +488,9 @@ class _Run:
             "strength_final": self.s,
             "stopped_early": self.step < self.st.steps,
         }
+        lat = self.costs.lat_cost
+        if lat is not None:  # the latency model's cost and the counts it snapped off cliffs
+            info["latency_model"] = lat.info()
         keep = {g.rep: sorted(g.orig) for g in self.groups}
         return EngineRun(model=model, keep=keep, history=self.history, info=info)
 

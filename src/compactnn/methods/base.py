@@ -184,6 +184,14 @@ class CompressionResult:
                         else ""
                     )
                 )
+            lat = self.target.get("latency_prediction")
+            if lat and lat.get("predicted_fraction") is not None:
+                lines.append(
+                    f"  latency model: predicted {100 * lat['predicted_fraction']:.2f} % "
+                    f"({lat['predicted_ms']:.3f} ms), measured {100 * lat['measured_fraction']:.2f} % "
+                    f"({lat['measured_ms']:.3f} of {lat['original_ms']:.3f} ms, interleaved, "
+                    f"batch {lat['batch_size']}, {lat['threads']} thread(s), {lat['runtime']})"
+                )
             if self.target.get("strength") is not None:
                 lines.append(
                     f"  chosen on validation: {self.target['option']} = "

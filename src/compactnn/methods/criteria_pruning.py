@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Any, ClassVar
 
@@ -21,7 +21,7 @@ from torch import nn
 
 from compactnn import surgery
 from compactnn._validation import check_float, check_int, check_per_layer, rule
-from compactnn.budget import Strength, measure
+from compactnn.budget import Strength, measure_kept
 from compactnn.criteria import group_scores, importance, select_top
 from compactnn.errors import ConfigError, PlanError
 from compactnn.methods._calibrate import target_record, uniform_counts
@@ -291,28 +291,49 @@ class _CriterionPruning(Method[CriterionConfig]):
     ) -> tuple[Method, dict[str, Any]]:
         """Per-layer counts for ``target``: the uniform share, then grown into the budget it
         leaves unused (:func:`~compactnn.methods._calibrate.uniform_counts`, the split SSR
-        uses), checked by a proxy run measured physically. Where that run does not meet the
-        target exactly (coupled layers cut to another member's count, skipped layers), the
-        generic search over one pruned fraction (:meth:`strength`) decides instead."""
+        uses), checked by a proxy run measured physically. A latency target is sized on the
+        measured latency model and snapped off latency cliffs; where the proxy's latency, timed
+        interleaved with the original, is over the target (or under 0.9 of it), the split is made
+        again (at most three times) at a prediction between the splits measured over and under
+        (:func:`_next_aim`); the split measured largest under the target is kept, else the one
+        closest within its tolerance. Where a run does not meet the target
+        exactly (coupled layers cut to another member's count, skipped layers), the generic
+        search over one pruned fraction (:meth:`strength`) decides instead."""
         import time
-
-        import torch
 
         self._refuse_keep_with_target()
         t0 = time.perf_counter()
         shape = data.require_input_shape(self.name)
         layers = self._layers(model, shape)
-        try:  # unreachable by one share, or a cut the split cannot make (grouped convs)
-            counts, _ = uniform_counts(model, layers, target, shape,
-                                       progress=self.name if progress else None)  # fmt: skip
-        except (ConfigError, PlanError):
+        lat = "latency" in target.keys
+        goal, trace, info, best, under, points = target, [], {}, None, None, []
+        for _ in range(4 if lat else 1):
+            try:  # unreachable by one share, or a cut the split cannot make (grouped convs)
+                counts, pred = uniform_counts(model, layers, goal, shape, info=info,
+                                              progress=self.name if progress else None)  # fmt: skip
+            except (ConfigError, PlanError):
+                return super().calibrate(model, data, target, progress=progress)
+            chosen, res, kept = self._proxy_kept(model, data, counts, shape, target)
+            snaps = dict((info.get("latency_model") or {}).get("snaps") or {})
+            trace.append({"keep": dict(counts), "kept": dict(kept), "predicted": dict(pred),
+                          "snaps": snaps})  # fmt: skip
+            ok = target.slack(kept) <= 1.0 + 1e-12
+            if ok and (under is None or target.slack(kept) > target.slack(under[2])):
+                under = (chosen, counts, kept, res)  # the largest measured under the target
+            elif target.met(kept) and (best is None or target.slack(kept) < target.slack(best[2])):
+                best = (chosen, counts, kept, res)  # within the tolerance: kept if none is under
+            over = {k for k in target.keys if kept[k] > getattr(target, k) * (1 + 1e-12)}
+            if not lat or over - {"latency"} or (ok and kept["latency"] >= 0.9 * target.latency):
+                break
+            points.append((pred["latency"], kept["latency"]))
+            goal = replace(goal, latency=_next_aim(points, target.latency))
+        pick = under or (best if lat else None)
+        if pick is None:
             return super().calibrate(model, data, target, progress=progress)
-        chosen = self.with_options(keep=counts)
-        with torch.random.fork_rng(devices=[]):
-            res = chosen.proxy().run(copy.deepcopy(model), data, progress=False)
-        kept = measure(res.model, shape, target.keys).fractions(measure(model, shape, target.keys))
-        if target.slack(kept) > 1.0 + 1e-12:
-            return super().calibrate(model, data, target, progress=progress)
+        chosen, counts, kept, res = pick
+        if "latency_model" in info:  # the snaps of the split kept, not of the last one made
+            picked = next(t for t in trace if t["keep"] == dict(counts))
+            info["latency_model"] = {**info["latency_model"], "snaps": picked["snaps"]}
         if progress:  # the widths of the model it made (a coupled layer may follow another)
             widths = {n: _width(res.model, n) for n in counts}
             print(
@@ -322,10 +343,44 @@ class _CriterionPruning(Method[CriterionConfig]):
             )
         rec = target_record(
             target, kept, option="filters per layer (uniform share, filled)", strength=None,
-            trace=[{"keep": dict(counts), "kept": dict(kept)}],
-            seconds=time.perf_counter() - t0, allotted=dict(counts),
+            trace=trace, seconds=time.perf_counter() - t0, allotted=dict(counts),
+            **{k: v for k, v in info.items() if k != "cost_model"},
         )  # fmt: skip
         return chosen, rec
+
+    def _proxy_kept(
+        self,
+        model: nn.Module,
+        data: CompressionData,
+        counts: dict[str, int],
+        shape: Any,
+        target: Any,
+    ) -> tuple[Method, CompressionResult, dict[str, float]]:
+        """The method at ``counts``, its proxy run (global RNG restored) and the fractions of
+        ``model`` the result keeps (latency timed interleaved with ``model``: the larger of the
+        ratios of the medians and of the 10th percentiles)."""
+        import torch
+
+        chosen = self.with_options(keep=counts)
+        with torch.random.fork_rng(devices=[]):
+            res = chosen.proxy().run(copy.deepcopy(model), data, progress=False)
+        return chosen, res, measure_kept(model, res.model, shape, target.keys, upper=True)
+
+
+def _next_aim(points: list[tuple[float, float]], t: float) -> float:
+    """The predicted latency the next split aims at, from the (predicted, measured) latency of
+    the splits made: between the split measured closest over ``t`` and the one closest under,
+    on the power law through the two (a secant in log-log); splits on one side only: the last
+    prediction scaled by ``t`` over its measurement. Within ``(0, 1]``."""
+    hi = [p for p in points if p[1] > t]
+    lo = [p for p in points if p[1] <= t]
+    aim = points[-1][0] * t / points[-1][1]
+    if hi and lo:
+        (p1, m1), (p0, m0) = min(hi, key=lambda p: p[1]), max(lo, key=lambda p: p[1])
+        aim = math.sqrt(p0 * p1)
+        if p1 > p0 > 0 and m1 > m0 > 0 and math.log(m1 / m0) > 0:
+            aim = p0 * (t / m0) ** (math.log(p1 / p0) / math.log(m1 / m0))
+    return min(1.0, max(aim, 1e-6))
 
 
 def _width(model: nn.Module, name: str) -> Any:

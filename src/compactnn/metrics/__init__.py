@@ -20,6 +20,7 @@ Conventions:
 
 One module per kind of number: :mod:`~compactnn.metrics.size` (parameters, memory),
 :mod:`~compactnn.metrics.flops` (FLOPs, per-layer table), :mod:`~compactnn.metrics.latency`,
+:mod:`~compactnn.metrics.latency_model` (latency predicted from per-layer timings, cached),
 :mod:`~compactnn.metrics.summary` (accuracy, the whole report); every name is importable from
 :mod:`compactnn.metrics`.
 """
@@ -38,6 +39,14 @@ from compactnn.metrics.latency import (
     real_batch,
 )
 from compactnn.metrics.latency import _threads as _threads
+from compactnn.metrics.latency_model import (
+    LatencyModel,
+    LatencyTable,
+    LayerSite,
+    cpu_model,
+    find_sites,
+    snap_count,
+)
 from compactnn.metrics.size import (
     compression_ratio,
     count_params,
@@ -49,13 +58,18 @@ from compactnn.metrics.size import (
 from compactnn.metrics.summary import Report, accuracy, format_comparison, report
 
 __all__ = [
+    "LatencyModel",
     "LatencyResult",
+    "LatencyTable",
+    "LayerSite",
     "LayerRow",
     "Report",
     "accuracy",
     "compression_ratio",
     "count_flops",
     "count_params",
+    "cpu_model",
+    "find_sites",
     "layer_table",
     "measure_latency",
     "measure_latency_interleaved",
@@ -65,5 +79,6 @@ __all__ = [
     "stored_values",
     "report",
     "format_comparison",
+    "snap_count",
     "stored_params",
 ]
