@@ -37,6 +37,12 @@ from compactnn.layers import (
     SparsePlusLowRank,
 )
 
+#: the compactnn layers :func:`dense_equivalent` turns into a dense ``nn.Linear`` / ``nn.Conv2d``
+DENSIFIABLE = (
+    SparseLinear, SparseConv2d, LowRankLinear, LowRankConv2d, SparsePlusLowRank,
+    ColumnSparseConv2d, ColumnSparseLinear, FusedSparseLowRankConv2d, FusedSparseLowRankLinear,
+)  # fmt: skip
+
 SPARSE_FORMS = ("dense", "gather")
 
 

@@ -14,18 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from compactnn.export.forms import dense_equivalent, densify
-from compactnn.layers import (
-    ColumnSparseConv2d,
-    ColumnSparseLinear,
-    FusedSparseLowRankConv2d,
-    FusedSparseLowRankLinear,
-    LowRankConv2d,
-    LowRankLinear,
-    SparseConv2d,
-    SparseLinear,
-    SparsePlusLowRank,
-)
+from compactnn.export.forms import DENSIFIABLE, dense_equivalent, densify
 from compactnn.metrics import _run_hooked, _threads
 from compactnn.plan import LAYER_STATE_ACTIONS, CompressionPlan, SetState, SetWeights
 from compactnn.surgery import apply
@@ -54,13 +43,7 @@ def layer_speed(
     Returns:
         One row per compressed layer: name, type, ``ms``, ``dense_ms``, ``slower`` (bool).
     """
-    targets = {
-        n: m
-        for n, m in model.named_modules()
-        if isinstance(m, (SparseLinear, SparseConv2d, LowRankLinear, LowRankConv2d))
-        or isinstance(m, (SparsePlusLowRank, ColumnSparseConv2d, ColumnSparseLinear))
-        or isinstance(m, (FusedSparseLowRankConv2d, FusedSparseLowRankLinear))
-    }
+    targets = {n: m for n, m in model.named_modules() if isinstance(m, DENSIFIABLE)}
     # skip the branches of a SparsePlusLowRank (timed as one layer)
     targets = {n: m for n, m in targets.items() if not any(n.startswith(p + ".") for p in targets)}
     seen: dict[str, Tensor] = {}
