@@ -4,7 +4,9 @@ Every method starts from the same trained baseline, is given the same MACs budge
 the baseline's multiply-accumulates, measured on the returned model), and every returned model
 gets the SAME fine-tuning afterwards, run here by the harness (each method's own fine-tuning is
 switched off): ``--ft-epochs`` epochs of SGD (lr 0.01, momentum 0.9, weight decay 5e-4, cosine
-schedule, no distillation) on the training split, seeded by the row's seed. Every automatic
+schedule, no distillation) on the training split, seeded by the row's seed (``--ft-recipes
+plain,kd`` adds a second row per compression, ``METHOD+kd``: the same fine-tuning distilled from
+the baseline, :data:`FT_RECIPES`, open to every method alike). Every automatic
 choice (each method's strength for the budget) uses the training split only; a method whose
 selection needs training (``pgt``, ``ssr``, ``admm-sparse``, OTO's HESSO, kirigami's group-lasso
 regulariser) trains on the training split; the validation split (10 % of the training images,
@@ -74,7 +76,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -586,6 +588,7 @@ def all_methods() -> list[str]:
 
 
 def library_of(method: str) -> str:
+    method = split_recipe(method)[0]
     return PEERS[method][0] if method in PEERS else "compactnn"
 
 
@@ -705,12 +708,29 @@ def ort_latency(model: nn.Module, x: torch.Tensor) -> dict[str, Any]:
     return out
 
 
+def split_recipe(name: str) -> tuple[str, str]:
+    """``"ssr-uniform+kd"`` -> ``("ssr-uniform", "kd")``; a name without ``+`` is ``"plain"``."""
+    method, _, recipe = name.partition("+")
+    return method, recipe or "plain"
+
+
 def run_row(method: str, model_name: str, frac: float, seed: int, args: Any,
             base: nn.Module, base_meas: dict[str, Any],
             keep: dict[str, nn.Module] | None = None) -> dict[str, Any]:  # fmt: skip
     """One row: compress ``base`` with ``method`` to ``frac`` of its MACs, fine-tune it the
     shared way, measure it. ``keep`` (optional) receives the compressed model under "model"
     before fine-tuning and "finetuned" after it."""
+    return run_rows(method, model_name, frac, seed, args, base, base_meas, ("plain",), keep)[0]
+
+
+def run_rows(method: str, model_name: str, frac: float, seed: int, args: Any,
+             base: nn.Module, base_meas: dict[str, Any], recipes: Sequence[str] = ("plain",),
+             keep: dict[str, nn.Module] | None = None) -> list[dict[str, Any]]:  # fmt: skip
+    """One compression of ``base`` with ``method`` to ``frac`` of its MACs, then one row per
+    shared fine-tuning recipe (:data:`FT_RECIPES`; a recipe other than "plain" names its row
+    ``method+recipe``), each fine-tuning its own copy of the compressed model. ``keep`` receives
+    the compressed model under "model" and the first recipe's fine-tuned one under
+    "finetuned"."""
     shape = tuple(models.default_input_shape(model_name))
     train, val, test = loaders(model_name, seed, args.quick)
     row: dict[str, Any] = {
@@ -722,7 +742,7 @@ def run_row(method: str, model_name: str, frac: float, seed: int, args: Any,
     }  # fmt: skip
     missing = peer_missing(method)
     if missing:
-        return {**row, "status": "not installed", "reason": missing}
+        return [{**row, "status": "not installed", "reason": missing}]
     device = getattr(args, "device", "cpu")
     c = Case(model=copy.deepcopy(base).to(device), train=train, val=val, test=test, shape=shape,
              base_macs=base_meas["macs"], frac=frac, seed=seed,
@@ -736,12 +756,12 @@ def run_row(method: str, model_name: str, frac: float, seed: int, args: Any,
         else:
             small, info = run_compactnn(method)(c)
     except Exception as e:  # noqa: BLE001 - a row that cannot run carries the reason
-        return {
+        return [{
             **row, "status": "budget not reachable" if isinstance(e, BudgetUnreachable)
             else "failed", "reason": f"{type(e).__name__}: {e}",
             "traceback": traceback.format_exc(limit=4)[-1500:],
             "compress_s": time.perf_counter() - t0,
-        }  # fmt: skip
+        }]  # fmt: skip
     row["compress_s"] = time.perf_counter() - t0
     row["compress_cpu_s"] = time.process_time() - c0  # one thread: unaffected by other jobs
     row.update(info)
@@ -755,8 +775,42 @@ def run_row(method: str, model_name: str, frac: float, seed: int, args: Any,
     row["macs_kept"] = row["macs"] / base_meas["macs"]
     row["met"] = row["macs_kept"] <= frac * (1 + TOLERANCE) + 1e-12
     row["val_top1_before_ft"] = metrics.accuracy(small, val, topk=(1,))["top1"]
+    rows = []
+    for i, recipe in enumerate(recipes):
+        one = copy.deepcopy(small) if i < len(recipes) - 1 else small
+        r = finish_row({**row, "finetune": dict(row["finetune"])}, one, recipe, args, base,
+                       base_meas, (train, val, test), shape)  # fmt: skip
+        rows.append(r)
+        if keep is not None and i == 0:
+            keep["finetuned"] = one
+    return rows
+
+
+#: the shared fine-tuning's recipes (``--ft-recipes``): "plain" is the issue's protocol (no
+#: distillation); "kd" adds knowledge distillation from the row's baseline (Hinton et al. 2015,
+#: alpha 0.5, T 4, :class:`compactnn.train.TrainConfig`), the same for every method. Each
+#: library's row is picked on validation among its method x recipe rows, as among methods.
+FT_RECIPES: dict[str, dict[str, float]] = {
+    "plain": {},
+    "kd": {"distill_weight": 0.5, "distill_temperature": 4.0},
+}
+
+
+def finish_row(row: dict[str, Any], small: nn.Module, recipe: str, args: Any, base: nn.Module,
+               base_meas: dict[str, Any], data: tuple[Any, Any, Any],
+               shape: tuple[int, ...]) -> dict[str, Any]:  # fmt: skip
+    """The shared fine-tuning of ``small`` with ``recipe`` (E minus the compression's cost for
+    the engine methods under ``--total-epochs``) and the row's measurements after it."""
+    train, val, test = data
+    method, model_name, seed = row["method"], row["model"], row["seed"]
+    kd = FT_RECIPES[recipe]
+    if recipe != "plain":
+        row["method"] = f"{method}+{recipe}"
+        row["finetune"].update(distill=kd["distill_weight"], recipe=recipe, **kd)
     t1 = time.perf_counter()
-    cfg = TrainConfig(epochs=args.ft_epochs, seed=seed, max_steps_per_epoch=args.max_steps, **FT)
+    c1 = time.process_time()
+    cfg = TrainConfig(epochs=args.ft_epochs, seed=seed, max_steps_per_epoch=args.max_steps,
+                      **FT, **kd)  # fmt: skip
     total = getattr(args, "total_epochs", None)
     if total is not None and method in ENGINE_METHODS:
         # equal total compute: compression (in dense epochs of this model, timed here) + FT = E
@@ -771,18 +825,19 @@ def run_row(method: str, model_name: str, frac: float, seed: int, args: Any,
         per = max(0, round(ft * n / epochs))
         row["finetune"].update(epochs=ft, total_epochs=total, compress_dense_epochs=cost,
                                epoch_s=_EPOCH_S[model_name], steps=per * epochs)  # fmt: skip
-        cfg = TrainConfig(epochs=epochs, seed=seed, max_steps_per_epoch=per, **FT) if per else None
+        cfg = (TrainConfig(epochs=epochs, seed=seed, max_steps_per_epoch=per, **FT, **kd)
+               if per else None)  # fmt: skip
     elif total is not None:  # args.ft_epochs is E already
         row["finetune"].update(total_epochs=total)
     if cfg is not None and cfg.epochs > 0:
-        finetune(small, train, config=cfg, progress=False)
+        teacher = copy.deepcopy(base).to(module_device(small)).eval() if kd else None
+        finetune(small, train, config=cfg, progress=False, teacher=teacher)
     row["finetune_s"] = time.perf_counter() - t1
+    row["finetune_cpu_s"] = time.process_time() - c1  # the teacher's forwards included
     small.eval()
     row["val_top1"] = metrics.accuracy(small, val, topk=(1,))["top1"]
     row["test_top1"] = metrics.accuracy(small, test, topk=(1,))["top1"]
     small = small.cpu()  # latency is measured on the CPU, whatever the device of the run
-    if keep is not None:
-        keep["finetuned"] = small
     row["baseline_test_top1"] = base_meas["test_top1"]
     row["test_err_increase"] = base_meas["test_top1"] - row["test_top1"]
     row.update(measure_row(small, shape, test))
@@ -1412,6 +1467,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "with a target) fine-tune E minus their compression cost; every other row E "
         "(overrides --ft-epochs)",
     )  # fmt: skip
+    ap.add_argument(
+        "--ft-recipes", default="plain",
+        help=f"comma list of the shared fine-tuning's recipes, each run on its own copy of every "
+        f"compressed model ({', '.join(FT_RECIPES)}; 'kd': distillation from the baseline); a "
+        "recipe other than plain names its rows METHOD+RECIPE",
+    )  # fmt: skip
     ap.add_argument("--select-epochs", type=int, default=2,
                     help="training epochs of the peers' sparse-training selections (OTO, kirigami "
                     "group lasso)")  # fmt: skip
@@ -1464,6 +1525,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         ap.error("--device cuda: CUDA is not available on this machine")
     if args.time_epoch is not None and args.time_epoch < 1:
         ap.error(f"--time-epoch: STEPS must be >= 1, got {args.time_epoch}")
+    bad = sorted({r.strip() for r in args.ft_recipes.split(",") if r.strip()} - set(FT_RECIPES))
+    if bad or not args.ft_recipes.strip():
+        ap.error(f"--ft-recipes: unknown recipe(s) {bad or [args.ft_recipes]}; known: "
+                 f"{', '.join(FT_RECIPES)}")  # fmt: skip
     if args.ft_epochs < 0:
         ap.error(f"--ft-epochs must be >= 0, got {args.ft_epochs}")
     if args.total_epochs is not None:
@@ -1520,6 +1585,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     command = "python benchmarks/bench_peers.py " + " ".join(sys.argv[1:] if argv is None else argv)
     machine = machine_label(args.device, args.threads)
     names = methods_of(args.methods)
+    recipes = [r.strip() for r in args.ft_recipes.split(",") if r.strip()]
     model_names = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = sorted(set(model_names) - set(MODELS))
     if unknown:
@@ -1580,21 +1646,24 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                 for method in names:
                     print(f"-- {model_name} {frac:g} {method} seed {seed} ...", flush=True)
                     keep: dict[str, nn.Module] | None = {} if args.save_models else None
-                    row = run_row(method, model_name, frac, seed, args, base, bm, keep)
-                    if keep and "finetuned" in keep:
-                        row["model_file"] = save_model(keep["finetuned"], args.save_models,
-                                                       f"{model_name}_{frac:g}_{method}_s{seed}")  # fmt: skip
-                    row.update(
-                        date=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-                        machine=machine, load=list(os.getloadavg()), command=command,
-                        quick=args.quick, baseline=src, baseline_measure=bm, device=args.device,
-                    )  # fmt: skip
-                    with jsonl.open("a") as f:
-                        f.write(json.dumps(row, default=str) + "\n")
-                    new_rows.append(row)
-                    print(json.dumps({k: row.get(k) for k in ("method", "status", "structure",
-                          "macs_kept", "test_top1", "compress_s", "reason")}, default=str),
-                          flush=True)  # fmt: skip
+                    rows = run_rows(method, model_name, frac, seed, args, base, bm, recipes, keep)
+                    for i, row in enumerate(rows):
+                        if i == 0 and keep and "finetuned" in keep:
+                            row["model_file"] = save_model(
+                                keep["finetuned"], args.save_models,
+                                f"{model_name}_{frac:g}_{row['method']}_s{seed}")  # fmt: skip
+                        row.update(
+                            date=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                            machine=machine, load=list(os.getloadavg()), command=command,
+                            quick=args.quick, baseline=src, baseline_measure=bm,
+                            device=args.device,
+                        )  # fmt: skip
+                        with jsonl.open("a") as f:
+                            f.write(json.dumps(row, default=str) + "\n")
+                        new_rows.append(row)
+                        print(json.dumps({k: row.get(k) for k in ("method", "status", "structure",
+                              "macs_kept", "test_top1", "compress_s", "reason")}, default=str),
+                              flush=True)  # fmt: skip
     if not args.quick:
         rebuild(jsonl, out_dir, {**meta, "baselines": baselines}, grid)
     return new_rows

@@ -552,3 +552,41 @@ def test_a_killed_baseline_training_resumes_after_its_last_epoch(tmp_path, monke
     assert record["sha"] == lib.state_sha(resumed) and record["epochs"] == 2
     assert 0.0 <= record["test_top1"] <= 100.0
     assert path == str(sidecar.with_suffix(".safetensors"))
+
+
+def test_fine_tuning_recipes_share_one_compression_and_distil_from_the_baseline(
+    setup, monkeypatch
+) -> None:
+    """``--ft-recipes plain,kd``: one compression, then one row per recipe, each fine-tuning
+    its own copy of the compressed model; the kd row distils from the baseline (the teacher
+    handed to the shared fine-tuning is a copy of it, the baseline itself untouched)."""
+    bench, args, base, meas = setup
+    seen: list = []
+    real = bench.finetune
+
+    def spy(model, loader, *, config, progress, teacher=None):
+        seen.append((id(model), config.distill_weight if teacher is not None else 0.0, teacher))
+        return real(model, loader, config=config, progress=progress, teacher=teacher)
+
+    monkeypatch.setattr(bench, "finetune", spy)
+    before = {k: v.clone() for k, v in base.state_dict().items()}
+    keep: dict = {}
+    rows = bench.run_rows("l1-norm", MODEL, BUDGET, 0, args, base, meas, ("plain", "kd"), keep)
+    assert [r["method"] for r in rows] == ["l1-norm", "l1-norm+kd"]
+    assert [r["library"] for r in rows] == ["compactnn", "compactnn"]
+    assert rows[0]["compress_s"] == rows[1]["compress_s"]  # one compression for both
+    assert rows[0]["structure"] == rows[1]["structure"]
+    assert rows[0]["finetune"]["distill"] == 0.0 and "recipe" not in rows[0]["finetune"]
+    assert rows[1]["finetune"]["recipe"] == "kd" and rows[1]["finetune"]["distill"] == 0.5
+    # two fine-tunings, of two different models; only the second one has a teacher, a copy of
+    # the baseline with its weights
+    assert len(seen) == 2 and seen[0][0] != seen[1][0]
+    assert seen[0][2] is None and seen[1][1] == 0.5
+    teacher = seen[1][2]
+    assert teacher is not base
+    assert all(torch.equal(teacher.state_dict()[k], v) for k, v in before.items())
+    assert all(torch.equal(before[k], v) for k, v in base.state_dict().items())
+    assert bench.library_of("tp-taylor+kd") == "torch-pruning"
+    assert bench.split_recipe("ssr-uniform+kd") == ("ssr-uniform", "kd")
+    with pytest.raises(SystemExit):
+        bench.parse(["--ft-recipes", "plain,nope"])
