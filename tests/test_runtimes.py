@@ -12,7 +12,7 @@ from torch import nn
 
 from _timing import Log, Tagged, _x
 from compactnn import export
-from compactnn.errors import ConfigError
+from compactnn.errors import ConfigError, InputShapeError
 
 
 def test_the_speedup_compares_model_and_baseline_in_the_same_runtime(fake_clock) -> None:
@@ -62,6 +62,8 @@ def test_channels_last_converts_the_models_and_the_batch_once_never_the_users() 
     with pytest.raises(ConfigError, match="needs 4-D image inputs"):
         export.time_runtimes({"a": nn.Linear(4, 2)}, torch.randn(5, 4),
                              runtimes=["eager channels_last"])  # fmt: skip
+    with pytest.raises(InputShapeError, match="cannot run on an input of shape"):
+        export.time_runtimes({"a": a}, torch.randn(4, 1, 8, 8))  # eager NCHW: raised, not kept
     with pytest.raises(ConfigError, match="unknown runtime"):
         export.time_runtimes({"a": a}, _x(), runtimes=["tvm"])
     with pytest.raises(ConfigError, match="macs_reduction"):

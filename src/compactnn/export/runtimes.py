@@ -112,7 +112,9 @@ def time_runtimes(
     alike. Runtimes: ``"eager"`` (NCHW), ``"eager channels_last"`` (models and input converted
     once; 4-D inputs only), ``"onnxruntime"`` (one session per model, ``threads`` intra-op
     threads; ``onnx_files[name]`` is timed where given, else the model is exported to ONNX).
-    Eager runs with ``threads`` torch threads. No model is modified.
+    Eager runs with ``threads`` torch threads. No model is modified. A model that channels_last
+    or onnxruntime cannot run is recorded in ``errors``; one that eager NCHW cannot run raises
+    (:class:`~compactnn.errors.InputShapeError` for inputs of the wrong shape).
 
     Args:
         models: name -> model (eval mode is used and restored).
@@ -160,6 +162,8 @@ def time_runtimes(
                     if per
                 }
             except Exception as exc:  # noqa: BLE001 - a runtime that fails is recorded
+                if rt == EAGER:  # the reference: a model that cannot run at all is bad input
+                    raise
                 errors.update(dict.fromkeys(models, f"{type(exc).__name__}: {exc}"))
                 out.latency.pop(rt, None)
             if errors:
