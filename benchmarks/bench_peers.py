@@ -42,7 +42,9 @@ itself for the duration of that call when CUDA is unavailable. OTO also needs th
 onnx, pydot and graphviz (requirements/peers.txt).
 
 Columns: params, MACs (compactnn.metrics, measured on the returned model), latency eager and
-onnxruntime (batch 100 of real test images, one thread, median), validation and test top-1 after
+onnxruntime (batch 100 of real test images, one thread, median; each row's ``latency`` table has
+eager NCHW, eager channels_last and onnxruntime at batch 1 and 100, the model timed interleaved
+with its baseline, speed-ups in the same runtime: :func:`measure_row`), validation and test top-1 after
 the shared fine-tuning, wall time of the compression (selection + search, without fine-tuning),
 of the fine-tuning. A row that cannot run carries the exception / reason it failed.
 
@@ -193,16 +195,31 @@ def classifier_of(model: nn.Module) -> nn.Module:
 
 
 def units(model: nn.Module) -> str:
-    """Output widths of the top-level layers ("3-7-58-10"), ranks as rN."""
-    parts = []
+    """Output width of every layer in registration order, nested modules included
+    ("6-16-500-10"; resnet20: its 21 convs and fc): each ``nn.Conv2d`` / ``nn.Linear`` (or any
+    layer with ``out_channels`` / ``out_features``, e.g. a sparse one), a low-rank layer as its
+    rank ``rN`` (its factors not listed again); a run of 3 or more equal widths is written
+    ``16x7``."""
+    parts: list[str] = []
+    done: list[str] = []  # layers whose sub-modules are not listed again
     for n, m in model.named_modules():
-        if n.count(".") > 1 or not n:
+        if not n or any(n.startswith(d + ".") for d in done):
             continue
-        if isinstance(m, nn.Conv2d | nn.Linear):
-            parts.append(str(m.weight.shape[0]))
-        elif hasattr(m, "rank") and isinstance(m.rank, int):
+        width = getattr(m, "out_channels", getattr(m, "out_features", None))
+        if isinstance(getattr(m, "rank", None), int):
             parts.append(f"r{m.rank}")
-    return "-".join(parts)
+        elif isinstance(width, int):  # nn.Conv2d / nn.Linear and compactnn's sparse layers
+            parts.append(str(width))
+        else:
+            continue
+        done.append(n)
+    runs: list[list[Any]] = []  # [width, count]
+    for p in parts:
+        if runs and runs[-1][0] == p:
+            runs[-1][1] += 1
+        else:
+            runs.append([p, 1])
+    return "-".join(f"{p}x{c}" if c >= 3 else "-".join([p] * c) for p, c in runs)
 
 
 def macs_of(model: nn.Module, shape: tuple[int, ...]) -> float:
@@ -688,23 +705,30 @@ def loaders(model_name: str, seed: int, quick: bool) -> tuple[Any, Any, Any]:
     return split[0], split[1], test
 
 
-def measure_row(model: nn.Module, shape: tuple[int, ...], test: Any) -> dict[str, Any]:
-    x = metrics.real_batch(test, 100)
-    eager = metrics.measure_latency(model, shape, batch_size=100, threads=1, inputs=x, repeats=30)
-    return {"latency_eager_ms": eager.median_ms, **ort_latency(model, x)}
+#: the latency protocol of every row (issues 35 / 36): the row's model and its baseline timed
+#: in turns (export.speedup_table) in eager NCHW, eager channels_last and onnxruntime
+LATENCY = {"batch_sizes": (1, 100), "rounds": 5, "warmup": 2, "repeats": 10, "threads": 1}
+#: the batch size of the rows' flat latency / speed-up keys (the markdown's main table)
+FLAT_BATCH = "batch 100"
 
 
-def ort_latency(model: nn.Module, x: torch.Tensor) -> dict[str, Any]:
-    """onnxruntime latency of ``model`` on the batch ``x`` (1 thread), or the export's error."""
-    out: dict[str, Any] = {}
-    try:
-        with tempfile.TemporaryDirectory() as d:
-            path = Path(d) / "model.onnx"
-            export.to_onnx(model, path, x[:8])
-            out["latency_ort_ms"] = export.onnx_latency(path, x, threads=1).median_ms
-    except Exception as e:  # noqa: BLE001 - recorded in the row
-        out["latency_ort_ms"] = None
-        out["ort_error"] = f"{type(e).__name__}: {e}"
+def measure_row(
+    model: nn.Module, base: nn.Module, x: torch.Tensor, macs_kept: float | None
+) -> dict[str, Any]:
+    """The row's ``latency`` table: ``model`` and its baseline ``base`` timed interleaved
+    (:data:`LATENCY`) on the real batch ``x`` in every runtime, runtime -> batch ->
+    {base_ms, model_ms, speedup (same runtime), ratio = speed-up / MACs reduction}, a runtime
+    that failed -> {error}; and the flat keys of batch 100 (``latency_eager_ms``,
+    ``speedup_eager``, ``latency_ort_ms``, ``speedup_ort``, ``ort_error``)."""
+    red = 1.0 / macs_kept if macs_kept else None
+    table = export.speedup_table(model, base, x, macs_reduction=red, **LATENCY)
+    out: dict[str, Any] = {"latency": table, "latency_protocol": dict(LATENCY, interleaved=True)}
+    for rt, key in (("eager", "eager"), ("onnxruntime", "ort")):
+        e = table.get(rt, {}).get(FLAT_BATCH)
+        out[f"latency_{key}_ms"] = e["model_ms"] if e else None
+        out[f"speedup_{key}"] = e["speedup"] if e else None
+    if "error" in table.get("onnxruntime", {}):
+        out["ort_error"] = table["onnxruntime"]["error"]
     return out
 
 
@@ -840,15 +864,14 @@ def finish_row(row: dict[str, Any], small: nn.Module, recipe: str, args: Any, ba
     small = small.cpu()  # latency is measured on the CPU, whatever the device of the run
     row["baseline_test_top1"] = base_meas["test_top1"]
     row["test_err_increase"] = base_meas["test_top1"] - row["test_top1"]
-    row.update(measure_row(small, shape, test))
-    row["speedup_eager"] = base_meas["latency_eager_ms"] / row["latency_eager_ms"]
-    if row.get("latency_ort_ms") and base_meas.get("latency_ort_ms"):
-        row["speedup_ort"] = base_meas["latency_eager_ms"] / row["latency_ort_ms"]
+    row.update(measure_row(small, base, metrics.real_batch(test, 100), row["macs_kept"]))
     row["status"] = "ok" if row["met"] else "budget missed"
     return row
 
 
-RETIME = {"rounds": 3, "repeats": 10, "batch_size": 100, "threads": 1}
+#: the keys of a row that hold its latencies (replaced when it is re-timed)
+LATENCY_KEYS = ("latency_eager_ms", "latency_ort_ms", "speedup_eager", "speedup_ort", "ort_error",
+                "latency", "latency_protocol")  # fmt: skip
 
 
 def retime(
@@ -857,13 +880,15 @@ def retime(
     inputs: Callable[[str], torch.Tensor],
     where: str,
 ) -> list[dict[str, Any]]:
-    """Re-time rows measured elsewhere (``--device cuda`` on a lent GPU machine, whose host CPU
-    was shared by parallel lanes) on this machine's CPU, from the models ``--save-models`` kept:
-    eager latency interleaved with the row's baseline (:data:`RETIME`), onnxruntime alone, on
-    ``inputs(model_name)`` (a batch of real test images). Accuracies, sizes and wall times are
-    kept; the latencies measured there move to ``latency_elsewhere``. A row whose model file is
-    missing (a failed row has none) is returned unchanged."""
-    bases: dict[tuple[str, str], tuple[nn.Module, dict[str, Any]]] = {}
+    """Re-time rows from the models ``--save-models`` kept, on this machine's CPU, under the
+    current protocol (:func:`measure_row`: the row's model and its baseline timed in turns in
+    every runtime, one thread) on ``inputs(model_name)`` (a batch of real test images): rows of
+    a ``--device cuda`` run elsewhere (whose host CPU was shared by parallel lanes), or this
+    results' own rows timed under an older protocol. Accuracies, sizes and wall times are kept;
+    the latencies the row had first (where it ran) move to ``latency_elsewhere`` (kept from the
+    first re-timing on). A row whose model file is missing (a failed row has none) is returned
+    unchanged (the same object)."""
+    bases: dict[tuple[str, str], nn.Module] = {}
     out = []
     for r in rows:
         bm = r.get("baseline_measure") or {}
@@ -871,29 +896,25 @@ def retime(
         if not f or not bf or not (models_dir / f).is_file() or not (models_dir / bf).is_file():
             out.append(r)
             continue
-        x = inputs(r["model"])
-        shape = tuple(x.shape[1:])
         if (r["model"], bf) not in bases:
-            base = torch.load(models_dir / bf, weights_only=False).eval()
-            bases[(r["model"], bf)] = (base, ort_latency(base, x))
-        base, base_ort = bases[(r["model"], bf)]
+            bases[(r["model"], bf)] = torch.load(models_dir / bf, weights_only=False).eval()
         small = torch.load(models_dir / f, weights_only=False).eval()
-        lat = metrics.measure_latency_interleaved({"base": base, "row": small}, shape,
-                                                  inputs=x, **RETIME)  # fmt: skip
-        keys = ("latency_eager_ms", "latency_ort_ms", "speedup_eager", "speedup_ort", "ort_error")
-        new = {k: v for k, v in r.items() if k not in keys}
-        new["latency_elsewhere"] = {k: r.get(k) for k in keys if k in r}
-        new["latency_eager_ms"] = lat["row"].median_ms
-        new.update(ort_latency(small, x))
-        new["speedup_eager"] = lat["base"].median_ms / new["latency_eager_ms"]
-        if new.get("latency_ort_ms"):
-            new["speedup_ort"] = lat["base"].median_ms / new["latency_ort_ms"]
+        new = {k: v for k, v in r.items() if k not in LATENCY_KEYS}
+        new["latency_elsewhere"] = r.get("latency_elsewhere") or {
+            k: r[k] for k in LATENCY_KEYS if k in r
+        }
+        new.update(measure_row(small, bases[(r["model"], bf)], inputs(r["model"]),
+                               r.get("macs_kept")))  # fmt: skip
+        flat = {rt: new["latency"].get(rt, {}).get(FLAT_BATCH) or {}
+                for rt in ("eager", "onnxruntime")}  # fmt: skip
         new["baseline_measure"] = {
-            **bm, "latency_eager_ms": lat["base"].median_ms, **base_ort,
-            "latency_elsewhere": {k: bm.get(k) for k in ("latency_eager_ms", "latency_ort_ms")},
+            **bm, "latency_eager_ms": flat["eager"].get("base_ms"),
+            "latency_ort_ms": flat["onnxruntime"].get("base_ms"),
+            "latency_elsewhere": bm.get("latency_elsewhere")
+            or {k: bm.get(k) for k in ("latency_eager_ms", "latency_ort_ms")},
         }  # fmt: skip
-        new["latency_measured"] = f"{where}; re-timed from the saved model ({RETIME}, eager " \
-            "interleaved with the baseline)"  # fmt: skip
+        new["latency_measured"] = f"{where}; re-timed from the saved model (interleaved with " \
+            "the baseline in every runtime)"  # fmt: skip
         new["retimed"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         out.append(new)
     return out
@@ -1066,6 +1087,37 @@ def _rerun_notes(rows: list[dict[str, Any]]) -> list[str]:
     return notes
 
 
+def _ort_speedup(row: dict[str, Any]) -> float | None:
+    """The row's onnxruntime speed-up: the baseline's onnxruntime time over the row's. A row
+    timed before the latency table (no ``latency``) stored the baseline's EAGER time over the
+    row's onnxruntime time; its speed-up is recomputed from the two onnxruntime times it has
+    (timed apart, not interleaved)."""
+    if row.get("latency"):
+        return row.get("speedup_ort")
+    b, m = (row.get("baseline_measure") or {}).get("latency_ort_ms"), row.get("latency_ort_ms")
+    return b / m if b and m else None
+
+
+def latency_medians(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """runtime -> batch -> {speedup, ratio, n}: medians over ``rows`` (seeds) of their latency
+    tables (:func:`measure_row`); rows without one (older protocol) are left out."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    tables = [r["latency"] for r in rows if r.get("latency")]
+    for t in tables:
+        for rt, per in t.items():
+            for b in per:
+                if b.startswith("batch "):  # not a failed runtime's "error"
+                    out.setdefault(rt, {}).setdefault(b, {})
+    for rt, per in out.items():
+        for b in per:
+            got = [t[rt][b] for t in tables if b in t.get(rt, {})]
+            ratios = [g["ratio"] for g in got if g.get("ratio") is not None]
+            per[b] = {"speedup": statistics.median(g["speedup"] for g in got),
+                      "ratio": statistics.median(ratios) if len(ratios) == len(got) else None,
+                      "n": len(got)}  # fmt: skip
+    return out
+
+
 def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One entry per (model, baseline, budget, method): mean / sd over seeds, medians of sizes
     (rows measured on different trained baselines are never pooled, see :func:`base_label`)."""
@@ -1091,7 +1143,11 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "err_increase_mean": statistics.mean(r["test_err_increase"] for r in ok) if ok else None,
             "structure": ok[0]["structure"] if ok else None,
             **{k: _median(ok, k) for k in ("params", "macs", "macs_kept", "latency_eager_ms",
-                                    "latency_ort_ms", "speedup_eager", "speedup_ort")},
+                                    "latency_ort_ms", "speedup_eager")},
+            "speedup_ort": _median([{"s": _ort_speedup(r)} for r in ok], "s"),
+            "latency": latency_medians(ok),
+            "latency_where": sorted({r.get("latency_measured") or r.get("machine") or "?"
+                                     for r in ok if r.get("latency")}),
             # wall times only from rows whose clock was not disturbed (see "timing_note")
             **{k: _median(timed, k) for k in ("compress_s", "finetune_s")},
             "timing_notes": sorted({r["timing_note"] for r in rs if r.get("timing_note")})
@@ -1270,6 +1326,52 @@ def machines(rows: list[dict[str, Any]]) -> list[str]:
     return [*out, ""] if seen else []
 
 
+def latency_tables(agg: list[dict[str, Any]]) -> list[str]:
+    """Markdown: per (model, budget, baseline) cell, each method's speed-up in every runtime
+    and batch size (median over seeds) and, in brackets, speed-up / MACs reduction; the rows'
+    model and baseline were timed in turns in one run (:data:`LATENCY`)."""
+    cols: list[tuple[str, str]] = []
+    for a in agg:
+        for rt, per in (a.get("latency") or {}).items():
+            cols += [(rt, b) for b in per if (rt, b) not in cols]
+    if not cols:
+        return []
+    p = LATENCY
+    lines = [
+        "## Latency: each row's model and its baseline timed interleaved, in the same runtime",
+        "",
+        f"Speed-up = the baseline's median / the model's median in the SAME runtime, the two "
+        f"timed in turns in one run ({p['rounds']} rounds of {p['warmup']} warm-up + "
+        f"{p['repeats']} timed runs each, the order reversed every other round), "
+        f"{p['threads']} thread (torch and onnxruntime), real test images; channels_last: the "
+        "models and the batch converted once. In brackets: speed-up / MACs reduction (1.00: "
+        "the latency fell as much as the MACs). Median over seeds. Rows timed before this "
+        "protocol have no entry here.",
+        "",
+    ]
+    keys = sorted({(a["model"], a["budget_macs"], a["baseline"]) for a in agg
+                   if a.get("latency")}, key=lambda k: (k[0], -k[1], k[2] or ""))  # fmt: skip
+    for key in keys:
+        cell = [a for a in agg if (a["model"], a["budget_macs"], a["baseline"]) == key
+                and a.get("latency")]  # fmt: skip
+        where = sorted({w for a in cell for w in a.get("latency_where") or []})
+        lines += [f"### {_cell_label(agg, key)}", "", f"Timed on: {'; '.join(where)}.", "",
+                  "| method | library | MACs kept | "
+                  + " | ".join(f"{rt} b{b.split()[-1]}" for rt, b in cols) + " |",
+                  "|---|---|---|" + "---|" * len(cols)]  # fmt: skip
+        for a in cell:
+            vals = []
+            for rt, b in cols:
+                e = (a["latency"].get(rt) or {}).get(b)
+                vals.append("–" if e is None else f"{e['speedup']:.2f}x"
+                            + ("" if e["ratio"] is None else f" ({e['ratio']:.2f})"))  # fmt: skip
+            lines.append(f"| {a['method']} | {a['library']} | "
+                         f"{_f(a['macs_kept'] and 100 * a['macs_kept'], '.2f')} % | "
+                         + " | ".join(vals) + " |")  # fmt: skip
+        lines.append("")
+    return lines
+
+
 def markdown(rows: list[dict[str, Any]], agg: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     lines = [
         "# compactnn against the peers at equal MACs budgets",
@@ -1283,8 +1385,11 @@ def markdown(rows: list[dict[str, Any]], agg: list[dict[str, Any]], meta: dict[s
         "fine-tuning off, then the SAME fine-tuning for every returned model (epochs below, SGD "
         "lr 0.01 momentum 0.9 wd 5e-4 cosine, no distillation). Strengths chosen by size "
         "searches on training data only; test set read once per row. Latency: median, batch "
-        "100 real test images, one thread; speed-up = baseline eager / row (eager or "
-        "onnxruntime). See benchmarks/bench_peers.py for each adapter.",
+        "100 real test images, one thread; speed-up = baseline / row in the SAME runtime "
+        "(eager, or onnxruntime), the two timed interleaved (older rows: timed apart; see "
+        "the latency section). Structure: the output width of every conv / linear layer in "
+        "order (16x7: seven layers of 16, rN: a rank). See benchmarks/bench_peers.py for each "
+        "adapter.",
         "",
         *machines(rows),
         "## Verdict",
@@ -1303,7 +1408,7 @@ def markdown(rows: list[dict[str, Any]], agg: list[dict[str, Any]], meta: dict[s
         "",
         "| model | MACs budget | baseline top-1 | method | library | structure | params | "
         "MACs kept | val top-1 before FT | test top-1 | err. increase | eager ms (x) | "
-        "ORT ms (x vs eager) | compress s | fine-tune s | seeds | status / reason |",
+        "ORT ms (x) | compress s | fine-tune s | seeds | status / reason |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     # cells not run with the same reason at several budgets share one line (their estimate
@@ -1343,7 +1448,8 @@ def markdown(rows: list[dict[str, Any]], agg: list[dict[str, Any]], meta: dict[s
             f"{_f(a['finetune_s'], '.0f')} | {','.join(map(str, a['seeds']))} | "
             f"{'/'.join(a['status'])}{': ' + reason if reason else ''} |"
         )
-    lines += ["", "## What this protocol does and does not do", "", *NOTES]
+    lines += ["", *latency_tables(agg)]
+    lines += ["## What this protocol does and does not do", "", *NOTES]
     multi = {m: sorted(b) for m, b in meta.get("all_baselines", {}).items() if len(b) > 1}
     for m, bs in multi.items():
         lines.append(
@@ -1450,8 +1556,7 @@ def base_measure(base: nn.Module, model_name: str, quick: bool) -> dict[str, Any
         "params": metrics.count_params(base),
         "macs": macs_of(base, shape),
         "test_top1": metrics.accuracy(base, test, topk=(1,))["top1"],
-        **measure_row(base, shape, test),
-    }
+    }  # its latency: in every row's table, timed in turns with the row's model
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -1506,8 +1611,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument(
         "--retime", nargs=2, default=None, metavar=("ROWS", "DIR"),
         help="run nothing new: re-time the rows of the jsonl ROWS (e.g. from a --device cuda "
-        "run elsewhere) on this CPU from the models in DIR (--save-models), append them to the "
-        "results' rows and rebuild the report",
+        "run elsewhere, or the results' own peers_rows.jsonl to refresh its rows under the "
+        "current latency protocol) on this CPU from the models in DIR (--save-models), append "
+        "them to the results' rows and rebuild the report",
     )  # fmt: skip
     ap.add_argument(
         "--save-models", default=None, metavar="DIR",
@@ -1618,6 +1724,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             return batches[model_name]
 
         done = retime(src_rows, Path(args.retime[1]), inputs, machine_label("cpu", args.threads))
+        if Path(args.retime[0]).resolve() == jsonl.resolve():
+            # refreshing the results' own rows: append the re-timed ones only (the latest row
+            # of a cell wins when the report is rebuilt), not a second copy of the others
+            done = [n for n, o in zip(done, src_rows, strict=True) if n is not o]
         with jsonl.open("a") as f:
             for r in done:
                 f.write(json.dumps(r, default=str) + "\n")

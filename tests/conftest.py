@@ -32,3 +32,12 @@ def dask_cluster():  # type: ignore[no-untyped-def]
 
     with dask.config.set({"distributed.scheduler.allowed-failures": 0}), local_cluster(2) as c:
         yield c
+
+
+@pytest.fixture
+def fake_clock(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str, int]]:
+    """Fake eager / onnxruntime timers for compactnn.export.runtimes (tests/_timing.py): the
+    log of the rounds they were called for."""
+    from _timing import install_fake_clock
+
+    return install_fake_clock(monkeypatch)

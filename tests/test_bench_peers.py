@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from _bench import load_bench
+from _timing import Tagged, _x
 from compactnn import metrics
 
 
@@ -299,8 +300,8 @@ def test_a_row_with_a_disturbed_clock_keeps_its_accuracy_but_not_its_times() -> 
 
 
 def test_retime_replaces_only_the_latencies_and_keeps_those_measured_elsewhere(tmp_path) -> None:
-    """Rows of a --device cuda run are re-timed here from their saved models: eager interleaved
-    with the baseline, onnxruntime alone; accuracy, size and wall times stay; the latencies
+    """Rows of a --device cuda run are re-timed here from their saved models, interleaved with
+    the baseline in every runtime; accuracy, size and wall times stay; the latencies
     measured there move to latency_elsewhere; a row without a model file is left unchanged."""
     bench = _bench()
     base = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 256), torch.nn.ReLU(),
@@ -340,7 +341,8 @@ def test_retime_replaces_only_the_latencies_and_keeps_those_measured_elsewhere(t
     assert nb["latency_elsewhere"] == {"latency_eager_ms": 999.0, "latency_ort_ms": 998.0}
     assert nb["test_top1"] == 90.0 and nb["latency_eager_ms"] != 999.0
     assert new["speedup_eager"] == pytest.approx(nb["latency_eager_ms"] / new["latency_eager_ms"])
-    assert new["speedup_ort"] == pytest.approx(nb["latency_eager_ms"] / new["latency_ort_ms"])
+    # onnxruntime's speed-up: the baseline's onnxruntime time, never its eager one
+    assert new["speedup_ort"] == pytest.approx(nb["latency_ort_ms"] / new["latency_ort_ms"])
     assert "here" in new["latency_measured"] and new["retimed"]
     assert row["latency_eager_ms"] == 500.0  # the input row is not modified
     assert calls == ["m"]
@@ -590,3 +592,93 @@ def test_fine_tuning_recipes_share_one_compression_and_distil_from_the_baseline(
     assert bench.split_recipe("ssr-uniform+kd") == ("ssr-uniform", "kd")
     with pytest.raises(SystemExit):
         bench.parse(["--ft-recipes", "plain,nope"])
+
+
+def test_units_lists_every_conv_and_linear_width_nested_included() -> None:
+    """resnet20 from the zoo: all 21 convs (19 + 2 shortcuts) and fc, in registration order;
+    a pruned block shows; a low-rank layer is its rank, its factors not listed again."""
+    from compactnn import models
+    from compactnn.layers import LowRankLinear
+
+    bench = _bench()
+    net = models.create("resnet20", in_channels=3, num_classes=10)
+    layers = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d | torch.nn.Linear)]
+    assert len(layers) == 22
+    assert bench.units(net) == "16x7-32x7-64x7-10"
+    net.layer2.get_submodule("1").conv1 = torch.nn.Conv2d(32, 5, 3, padding=1)  # the 11th
+    assert bench.units(net) == "16x7-32x3-5-32x3-64x7-10"
+    low = torch.nn.Sequential(torch.nn.Conv2d(1, 6, 5), torch.nn.Flatten(),
+                              LowRankLinear(6 * 24 * 24, 10, rank=3))  # fmt: skip
+    assert bench.units(low) == "6-r3"
+
+
+def test_measure_row_takes_each_speedup_in_its_own_runtime(fake_clock) -> None:
+    """The baseline is 3x slower in eager and 2x in onnxruntime (fake clock): each speed-up is
+    its own runtime's, at batch 1 and 100, and the ratio is speed-up / MACs reduction."""
+    bench = _bench()
+    out = bench.measure_row(Tagged("small"), Tagged("base"), _x(), 0.25)
+    assert out["speedup_eager"] == pytest.approx(3.0) and out["speedup_ort"] == pytest.approx(2.0)
+    assert (out["latency_eager_ms"], out["latency_ort_ms"]) == (1.0, 2.0)
+    assert "ort_error" not in out and out["latency_protocol"]["interleaved"]
+    for rt, up in (("eager", 3.0), ("eager channels_last", 3.0), ("onnxruntime", 2.0)):
+        for b in ("batch 1", "batch 100"):
+            assert out["latency"][rt][b]["speedup"] == pytest.approx(up)
+            assert out["latency"][rt][b]["ratio"] == pytest.approx(up / 4.0)
+    # batch 1 and batch 100, each of the two models timed in turns
+    assert {b for _, _, b in fake_clock} == {1, 100}
+    json.dumps(out)
+
+
+def test_retime_refreshes_rows_and_keeps_the_first_latencies(tmp_path, fake_clock) -> None:
+    """--retime on rows already re-timed (or timed under the old protocol): the new protocol's
+    table replaces the latencies; latency_elsewhere keeps what the row had first."""
+    bench = _bench()
+    bench.save_model(Tagged("base"), str(tmp_path), "m_baseline")
+    bench.save_model(Tagged("small"), str(tmp_path), "m_0.25_x_s0")
+    row = {"model": "m", "method": "x", "budget_macs": 0.25, "seed": 0, "status": "ok",
+           "macs_kept": 0.25, "model_file": "m_0.25_x_s0.pt", "latency_eager_ms": 5.0,
+           "latency_ort_ms": 4.0, "speedup_eager": 2.0, "speedup_ort": 9.0,
+           "baseline_measure": {"test_top1": 90.0, "latency_eager_ms": 10.0,
+                                "latency_ort_ms": 7.0, "model_file": "m_baseline.pt"}}  # fmt: skip
+    (once,) = bench.retime([row], tmp_path, lambda _: _x(), "here")
+    (twice,) = bench.retime([once], tmp_path, lambda _: _x(), "there")
+    first = {"latency_eager_ms": 5.0, "latency_ort_ms": 4.0, "speedup_eager": 2.0,
+             "speedup_ort": 9.0}  # fmt: skip
+    for new in (once, twice):
+        assert new["latency_elsewhere"] == first
+        assert new["baseline_measure"]["latency_elsewhere"] == {"latency_eager_ms": 10.0,
+                                                                "latency_ort_ms": 7.0}  # fmt: skip
+        assert new["speedup_ort"] == pytest.approx(2.0) and new["speedup_eager"] == pytest.approx(
+            3.0
+        )
+        assert new["latency"]["onnxruntime"]["batch 1"]["ratio"] == pytest.approx(0.5)
+    assert (
+        "there" in twice["latency_measured"] and twice["baseline_measure"]["latency_ort_ms"] == 4.0
+    )
+
+
+def test_the_report_has_a_latency_table_per_cell_and_fixes_old_ort_speedups(tmp_path) -> None:
+    """Rows with a latency table: one table per cell (runtime x batch speed-ups, the ratio in
+    brackets), labelled with where it was timed and that it was interleaved. An older row (no
+    table) stored baseline EAGER / row ORT; the report shows baseline ORT / row ORT instead."""
+    bench = _bench()
+    table = {"eager": {"batch 1": {"base_ms": 3.0, "model_ms": 1.0, "speedup": 3.0, "ratio": 0.75},
+                       "batch 100": {"base_ms": 6.0, "model_ms": 1.5, "speedup": 4.0, "ratio": 1.0}},
+             "onnxruntime": {"error": "model: ExportError: no"}}  # fmt: skip
+    new = {**_row("lenet-caffe", 0.25, "l1-norm", 0, 98.0), "latency": table, "machine": "M1"}
+    old = _row("lenet-caffe", 0.25, "tp-l1", 0, 97.0, lib="torch-pruning")
+    old["baseline_measure"] = {**old["baseline_measure"], "latency_ort_ms": 2.0}
+    assert bench._ort_speedup(old) == pytest.approx(2.0 / 0.5)  # not the stored 20.0
+    assert bench._ort_speedup(new) == 20.0
+    jsonl = tmp_path / "rows.jsonl"
+    jsonl.write_text("".join(json.dumps(r) + "\n" for r in (new, old)))
+    bench.rebuild(jsonl, tmp_path, {"date": "d", "machine": "m", "torch": "t", "peers": "p"})
+    md = (tmp_path / "peers.md").read_text()
+    assert "## Latency: each row's model and its baseline timed interleaved" in md
+    assert "### lenet-caffe @ 25 % MACs" in md and "Timed on: M1." in md
+    (line,) = [ln for ln in md.splitlines() if ln.startswith("| l1-norm | compactnn | 25.00 % |")]
+    assert "3.00x (0.75) | 4.00x (1.00)" in line
+    assert "| eager b1 | eager b100 |" in md
+    assert not any(ln.startswith("| tp-l1 |") for ln in md.splitlines())  # no table: left out
+    (tp,) = [ln for ln in md.splitlines() if "| tp-l1 | torch-pruning |" in ln]
+    assert "(4.00x)" in tp and "(20.00x)" not in tp

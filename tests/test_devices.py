@@ -70,7 +70,7 @@ ALLOWED_DIRS: dict[str, str] = {"solvers/layerwise/": _SOLVER_CPU}
 NUMPY_ALLOWED: dict[tuple[str, str], str] = {
     ("export/onnx.py", "to_onnx"): "samples from _as_batch (detached, CPU float32); the "
     "exported copy of the model is moved to CPU",
-    ("export/onnx.py", "onnx_latency"): "samples from _as_batch (detached, CPU float32)",
+    ("export/onnx.py", "ort_timer"): "samples from _as_batch (detached, CPU float32)",
     ("solvers/layerwise/_cvxpy.py", "solve_cvxpy"): _SOLVER_CPU,
     ("solvers/layerwise/slr.py", "_run_cvxpy"): _SOLVER_CPU,
     ("distributed.py", "_tensor_digest"): "t.cpu() on the line itself (checksums of any device)",

@@ -17,13 +17,17 @@
   replays the plan's structure on the user's own class and loads the state strictly.
 - :func:`onnx_latency`, :func:`layer_speed`, :func:`densify` -- latency of the deployed graph and
   per-layer checks that a compressed layer is not slower than the dense layer it replaces.
+- :func:`time_runtimes`, :func:`speedup_table` -- a model and its original timed in turns in
+  eager NCHW, eager channels_last and onnxruntime at several batch sizes: the speed-up in each
+  runtime (and, given the MACs reduction, speed-up / reduction).
 - :func:`ship` -- all of the above into a result directory, timed beside the original;
   :func:`render_report` writes its ``report.md``.
 
 Where each part lives: :mod:`~compactnn.export.forms` (export forms, dense equivalents,
 ``torch.compile``), :mod:`~compactnn.export.onnx`, :mod:`~compactnn.export.torchscript`,
 :mod:`~compactnn.export.checkpoint`, :mod:`~compactnn.export.speed` (per-layer speed,
-``--prefer speed``), :mod:`~compactnn.export.shipping` (:func:`ship`) and
+``--prefer speed``), :mod:`~compactnn.export.runtimes` (timing in turns, runtime by runtime),
+:mod:`~compactnn.export.shipping` (:func:`ship`) and
 :mod:`~compactnn.export.report` (``report.md``, speed-ups, environment); what the exporters
 share is in :mod:`~compactnn.export._common`. ``onnx`` and ``onnxruntime`` are imported only
 when used.
@@ -47,7 +51,7 @@ from compactnn.export.forms import (
     densify,
     export_form,
 )
-from compactnn.export.onnx import DEFAULT_OPSET, onnx_latency, ort_session, to_onnx
+from compactnn.export.onnx import DEFAULT_OPSET, onnx_latency, ort_session, ort_timer, to_onnx
 from compactnn.export.report import (
     SPEEDUP_RUNTIMES,
     environment,
@@ -55,6 +59,7 @@ from compactnn.export.report import (
     speedup_protocol,
     speedups,
 )
+from compactnn.export.runtimes import RUNTIMES, RuntimeTimes, speedup_table, time_runtimes
 from compactnn.export.shipping import EXPORT_FORMATS, ship
 from compactnn.export.speed import layer_speed, prefer_speed
 from compactnn.export.torchscript import to_torchscript
@@ -76,6 +81,11 @@ __all__ = [
     "load",
     "ort_session",
     "onnx_latency",
+    "ort_timer",
+    "RUNTIMES",
+    "RuntimeTimes",
+    "time_runtimes",
+    "speedup_table",
     "layer_speed",
     "densify",
     "dense_equivalent",

@@ -4,13 +4,15 @@
 batch; needs ``onnx`` and ``onnxruntime``, not ``onnxscript``), checks the file with
 ``onnx.checker``, then runs it with onnxruntime on real samples: ``max |delta|`` against the
 PyTorch model is recorded and must be at most ``tol``. :func:`onnx_latency` times the
-deployed graph; :func:`ort_session` is the onnxruntime session both use.
+deployed graph (:func:`ort_timer`: one round of it, to time in turns with other models);
+:func:`ort_session` is the onnxruntime session they use.
 """
 
 from __future__ import annotations
 
-import time
+import functools
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,7 @@ from torch import Tensor, nn
 from compactnn.errors import ConfigError, ExportError
 from compactnn.export._common import PARITY_TOL, _as_batch, _parity, _reference, file_bytes
 from compactnn.export.forms import export_form
-from compactnn.metrics import LatencyResult
+from compactnn.metrics import LatencyResult, timed_calls
 
 DEFAULT_OPSET = 17
 
@@ -120,6 +122,17 @@ def to_onnx(
     }
 
 
+def ort_timer(
+    path: str | Path, inputs: Tensor, *, threads: int = 1, warmup: int = 5, repeats: int = 30
+) -> Callable[[], list[float]]:
+    """One round of onnxruntime on ``inputs`` as a timer of :func:`compactnn.metrics.interleave`:
+    the session (``threads`` intra-op threads) and its feed are built once, here; each call
+    runs ``warmup`` untimed then ``repeats`` timed ``session.run``s and returns their ms."""
+    sess = ort_session(path, threads=threads)
+    feed = {"input": _as_batch(inputs, "onnx_latency: 'inputs'").numpy()}
+    return functools.partial(timed_calls, functools.partial(sess.run, None, feed), warmup, repeats)
+
+
 def onnx_latency(
     path: str | Path, inputs: Tensor, *, threads: int = 1, repeats: int = 30, warmup: int = 5
 ) -> LatencyResult:
@@ -128,15 +141,7 @@ def onnx_latency(
     Returns:
         :class:`~compactnn.metrics.LatencyResult`.
     """
-    sess = ort_session(path, threads=threads)
-    feed = {"input": _as_batch(inputs, "onnx_latency: 'inputs'").numpy()}
-    for _ in range(warmup):
-        sess.run(None, feed)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        sess.run(None, feed)
-        times.append((time.perf_counter() - t0) * 1e3)
+    times = ort_timer(path, inputs, threads=threads, warmup=warmup, repeats=repeats)()
     return LatencyResult.from_times(
         times, batch_size=int(inputs.shape[0]), threads=threads, warmup=warmup
     )

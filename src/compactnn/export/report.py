@@ -40,8 +40,8 @@ def speedups(deploy: dict[str, Any]) -> dict[str, dict[str, dict[str, float]]]:
 
 
 def speedup_protocol(deploy: dict[str, Any]) -> str:
-    """How :func:`ship` timed, e.g. ``"1 thread(s), real samples, median of 50 runs (eager),
-    30 (onnxruntime)"``."""
+    """How :func:`ship` timed, e.g. ``"1 thread(s), real samples, original and compressed timed
+    in turns (5 rounds), median of 30 runs (eager), 30 (onnxruntime)"``."""
     runs = []
     for rt, (orig, comp) in SPEEDUP_RUNTIMES.items():
         reps = {
@@ -53,6 +53,9 @@ def speedup_protocol(deploy: dict[str, Any]) -> str:
         if len(reps) == 1:
             runs.append(f"{reps.pop()} ({rt})")
     text = f"{deploy.get('latency_threads')} thread(s), {deploy.get('latency_inputs')}"
+    rounds = (deploy.get("latency_protocol") or {}).get("rounds")
+    if rounds:
+        text += f", original and compressed timed in turns ({rounds} rounds)"
     return text + (f", median of {', '.join(runs)} runs" if runs else ", median")
 
 
@@ -113,8 +116,8 @@ def _artifacts_and_latency(dep: dict[str, Any]) -> list[str]:
         lines.append(f"| {name} | {art['bytes']:,} | {d} |")
     lines += [
         "",
-        f"Sparse layers exported in **{dep['sparse_form']}** form. Latency on "
-        f"{dep['latency_inputs']}, {dep['latency_threads']} thread(s), median ms:",
+        f"Sparse layers exported in **{dep['sparse_form']}** form. Latency ("
+        f"{speedup_protocol(dep)}), ms:",
         "",
         "| batch | eager original | eager | channels_last original | channels_last | "
         "onnxruntime original | onnxruntime | torch.compile | fastest |",
@@ -129,7 +132,7 @@ def _artifacts_and_latency(dep: dict[str, Any]) -> list[str]:
             f"| {bs.split()[-1]} | {ms('eager_original')} | {ms('eager')} | "
             f"{ms('channels_last_original')} | {ms('channels_last')} | "
             f"{ms('onnxruntime_original')} | {ms('onnxruntime')} | {ms('torch.compile')} | "
-            f"{row['fastest']} |"
+            f"{row.get('fastest', '-')} |"
         )
     lines.append("")
     return lines

@@ -2,14 +2,13 @@
 
 :func:`ship` writes ``model.onnx``, ``model.pt`` and the compact checkpoint, checks each
 against the PyTorch model, and times the deployed model (eager NCHW, eager channels_last for
-images, onnxruntime, optionally ``torch.compile``) beside the original on real batches; the record it returns is the
-``deploy`` entry of ``report.json``.
+images, onnxruntime, optionally ``torch.compile``) in turns with the original on real batches
+(:func:`~compactnn.export.runtimes.time_runtimes`); the record it returns is the ``deploy``
+entry of ``report.json``.
 """
 
 from __future__ import annotations
 
-import copy
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,11 +17,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from compactnn.errors import ExportError
 from compactnn.export._common import PARITY_TOL, _as_batch, _parity, _reference
 from compactnn.export.checkpoint import load, save_checkpoint
 from compactnn.export.forms import compiled_form
-from compactnn.export.onnx import onnx_latency, to_onnx
+from compactnn.export.onnx import to_onnx
+from compactnn.export.report import SPEEDUP_RUNTIMES
+from compactnn.export.runtimes import CHANNELS_LAST, EAGER, ORT, RuntimeTimes, time_runtimes
 from compactnn.export.speed import layer_speed
 from compactnn.export.torchscript import to_torchscript
 from compactnn.metrics import LatencyResult, measure_latency, real_batch
@@ -74,53 +74,40 @@ def _write_artifacts(
     return artifacts
 
 
-class _ChannelsLast(nn.Module):
-    """``model`` run in the channels_last (NHWC) memory format, its NCHW input converted on the
-    way in: eager PyTorch deployed in that layout, the conversion paid in every call."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = copy.deepcopy(model).to(memory_format=torch.channels_last)
-
-    def forward(self, x: Tensor) -> Any:
-        return self.model(x.contiguous(memory_format=torch.channels_last))
-
-
-def _latency_row(
-    model: nn.Module,
-    x: Tensor,
-    bs: int,
+def _latency_rows(
+    got: RuntimeTimes,
+    samples: Tensor,
     shape: tuple[int, ...],
-    *,
+    batch_sizes: Sequence[int],
     threads: int,
-    original: nn.Module | None,
-    original_onnx: Path | None,
-    onnx_file: Path | None,
     compiled: nn.Module | None,
-    channels_last: dict[str, nn.Module],
 ) -> dict[str, Any]:
-    """One batch's row of the latency table: every runtime timed on the real batch ``x``
-    (``onnx_file`` where it was written; ``channels_last``: row key -> the model or the original
-    in that layout) at batch size ``bs``, and the fastest deployed one."""
-    row: dict[str, Any] = {}
-    if original is not None:
-        row["eager_original"] = _lat(
-            measure_latency(original, shape, batch_size=bs, threads=threads, inputs=x)
-        )
-    row["eager"] = _lat(measure_latency(model, shape, batch_size=bs, threads=threads, inputs=x))
-    if original_onnx is not None:
-        row["onnxruntime_original"] = _lat(onnx_latency(original_onnx, x, threads=threads))
-    if onnx_file is not None and onnx_file.is_file():
-        row["onnxruntime"] = _lat(onnx_latency(onnx_file, x, threads=threads))
-    for key, m in channels_last.items():
-        row[key] = _lat(measure_latency(m, shape, batch_size=bs, threads=threads, inputs=x))
-    if compiled is not None:
-        row["torch.compile"] = _lat(
-            measure_latency(compiled, shape, batch_size=bs, threads=threads, inputs=x)
-        )
-    deployed = {k: v for k, v in row.items() if not k.endswith("_original")}
-    row["fastest"] = min(deployed, key=lambda k: deployed[k]["median_ms"])
-    return row
+    """The latency table of the ``deploy`` record, one row per batch size: every runtime's
+    timings of ``got`` (the model and the original timed in turns) under the keys of
+    :data:`SPEEDUP_RUNTIMES`, the model under ``torch.compile`` (alone) and the fastest."""
+    rows: dict[str, Any] = {}
+    for bs in batch_sizes:
+        row: dict[str, Any] = {}
+        for rt, (orig, comp) in SPEEDUP_RUNTIMES.items():
+            res = got.latency.get(rt, {}).get(int(bs), {})
+            for key, name in ((orig, "original"), (comp, "model")):
+                if name in res:
+                    row[key] = _lat(res[name])
+        if compiled is not None:
+            row["torch.compile"] = _lat(
+                measure_latency(
+                    compiled,
+                    shape,
+                    batch_size=bs,
+                    threads=threads,
+                    inputs=real_batch([samples], bs),
+                )
+            )
+        deployed = {k: v for k, v in row.items() if not k.endswith("_original")}
+        if deployed:
+            row["fastest"] = min(deployed, key=lambda k: deployed[k]["median_ms"])
+        rows[f"batch {bs}"] = row
+    return rows
 
 
 def ship(
@@ -138,6 +125,7 @@ def ship(
     repeats: int = 30,
     formats: Sequence[str] = EXPORT_FORMATS,
     compile: bool = False,
+    rounds: int = 5,
 ) -> dict[str, Any]:
     """Write model.onnx, model.pt and the compact checkpoint into ``out`` and measure them.
 
@@ -146,12 +134,15 @@ def ship(
         out: the result directory.
         samples: real input samples (parity checks and latency).
         input_shape: per-sample input shape.
-        original: the uncompressed model: its eager latency is measured beside.
+        original: the uncompressed model: timed beside it, in turns, in every runtime.
         fresh: a fresh instance of the original architecture to check that the checkpoint
             restores (``compactnn.load``) to the same outputs.
         sparse: export form of sparse layers.
         threads: torch / onnxruntime intra-op threads during timing.
         batch_sizes: batch sizes timed.
+        repeats / rounds: timed runs of each model in each runtime, spread over ``rounds``
+            rounds in which the model and the original take turns
+            (:func:`~compactnn.export.runtimes.time_runtimes`).
         compile: also time the export form under ``torch.compile`` (:func:`compiled_form`);
             where it cannot work a warning says why and the row is left out.
 
@@ -162,7 +153,6 @@ def ship(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     samples = _as_batch(samples, "ship: 'samples'")
-    example = samples[:2]
     rec: dict[str, Any] = {"artifacts": {}, "latency": {}, "sparse_form": sparse}
     t0 = time.perf_counter()
     rec["artifacts"] = _write_artifacts(
@@ -174,33 +164,30 @@ def ship(
     compiled = None
     if compile:
         compiled, rec["torch_compile"] = compiled_form(model, samples, sparse=sparse)
-    tmp = tempfile.TemporaryDirectory(prefix="compactnn-original-")
-    original_onnx = None  # the original under onnxruntime too: one speed-up per runtime
-    if original is not None and "onnx" in formats and (out / "model.onnx").is_file():
-        try:
-            to_onnx(original, Path(tmp.name) / "original.onnx", example, samples=samples)
-            original_onnx = Path(tmp.name) / "original.onnx"
-        except ExportError as exc:
-            rec["original_onnx_error"] = str(exc)
-    channels_last: dict[str, nn.Module] = {}  # one copy each for every batch size
-    if samples.dim() == 4:  # images: eager PyTorch in channels_last too, often faster on CPUs
-        if original is not None:
-            channels_last["channels_last_original"] = _ChannelsLast(original)
-        channels_last["channels_last"] = _ChannelsLast(model)
-    for bs in batch_sizes:
-        rec["latency"][f"batch {bs}"] = _latency_row(
-            model,
-            real_batch([samples], bs),
-            bs,
-            shape,
-            threads=threads,
-            original=original,
-            original_onnx=original_onnx,
-            onnx_file=out / "model.onnx" if "onnx" in formats else None,
-            compiled=compiled,
-            channels_last=channels_last,
-        )
-    tmp.cleanup()
+    runtimes = [EAGER, *([CHANNELS_LAST] if samples.dim() == 4 else [])]
+    onnx_files = {}
+    if "onnx" in formats and (out / "model.onnx").is_file():
+        runtimes.append(ORT)
+        onnx_files["model"] = out / "model.onnx"
+    # the original beside the model in every runtime, timed in turns: one speed-up per runtime
+    got = time_runtimes(
+        {"model": model} if original is None else {"original": original, "model": model},
+        samples,
+        batch_sizes=batch_sizes,
+        runtimes=runtimes,
+        onnx_files=onnx_files,
+        threads=threads,
+        rounds=rounds,
+        warmup=2,
+        repeats=max(1, -(-repeats // rounds)),
+    )
+    for rt, errs in got.errors.items():
+        if rt == ORT and set(errs) == {"original"}:
+            rec["original_onnx_error"] = errs["original"]
+        else:
+            rec.setdefault("latency_errors", {})[rt] = errs
+    rec["latency"] = _latency_rows(got, samples, shape, batch_sizes, threads, compiled)
+    rec["latency_protocol"] = got.protocol
     rec["latency_threads"] = threads
     rec["latency_inputs"] = "real samples"
     rows = layer_speed(model, real_batch([samples], max(batch_sizes)), threads=threads)

@@ -34,9 +34,12 @@ from compactnn.metrics._run import _run_hooked as _run_hooked
 from compactnn.metrics.flops import LayerRow, count_flops, layer_table
 from compactnn.metrics.latency import (
     LatencyResult,
+    eager_timer,
+    interleave,
     measure_latency,
     measure_latency_interleaved,
     real_batch,
+    timed_calls,
 )
 from compactnn.metrics.latency import _threads as _threads
 from compactnn.metrics.latency_model import (
@@ -69,6 +72,8 @@ __all__ = [
     "count_flops",
     "count_params",
     "cpu_model",
+    "eager_timer",
+    "interleave",
     "find_sites",
     "layer_table",
     "measure_latency",
@@ -81,4 +86,5 @@ __all__ = [
     "format_comparison",
     "snap_count",
     "stored_params",
+    "timed_calls",
 ]

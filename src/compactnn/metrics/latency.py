@@ -1,13 +1,16 @@
 """Wall-clock latency: :func:`measure_latency` (fixed thread count, warm-up, median of repeats),
 :func:`measure_latency_interleaved` (several models timed in turns) and :func:`real_batch` (real
-samples to time on); the result is a :class:`LatencyResult`."""
+samples to time on); the result is a :class:`LatencyResult`. :func:`interleave` is the turn
+taking itself, over timers of any runtime (:func:`eager_timer`; onnxruntime's is in
+:mod:`compactnn.export.onnx`), :func:`timed_calls` the one timing loop."""
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import statistics
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -152,19 +155,51 @@ def _timed_runs(
     model: nn.Module, x: torch.Tensor, threads: int, warmup: int, repeats: int, min_time_s: float
 ) -> list[float]:
     """Milliseconds of ``repeats`` (at least) timed forward passes after ``warmup`` untimed ones."""
-    times: list[float] = []
     with _threads(threads), _eval_no_grad(model):
         for _ in range(warmup):
             _run_checked(model, x)
         _sync(x.device)
-        spent = 0.0
-        while len(times) < repeats or spent < min_time_s:
-            t0 = time.perf_counter()
-            model(x)
-            _sync(x.device)
-            dt = time.perf_counter() - t0
-            times.append(dt * 1e3)
-            spent += dt
+        return timed_calls(lambda: (model(x), _sync(x.device)), 0, repeats, min_time_s)
+
+
+def eager_timer(
+    model: nn.Module, x: torch.Tensor, *, threads: int, warmup: int, repeats: int
+) -> Callable[[], list[float]]:
+    """One round of ``model(x)`` in eager PyTorch (``threads`` torch threads, eval mode without
+    autograd, ``warmup`` untimed runs, then ``repeats`` timed ones) as a timer of
+    :func:`interleave`."""
+    return functools.partial(_timed_runs, model, x, threads, warmup, repeats, 0.0)
+
+
+def timed_calls(
+    fn: Callable[[], Any], warmup: int, repeats: int, min_time_s: float = 0.0
+) -> list[float]:
+    """Milliseconds of ``repeats`` (at least, and at least ``min_time_s`` in all) timed calls of
+    ``fn`` after ``warmup`` untimed ones: the one timing loop of eager PyTorch and onnxruntime."""
+    for _ in range(warmup):
+        fn()
+    times: list[float] = []
+    spent = 0.0
+    while len(times) < repeats or spent < min_time_s:
+        t0 = time.perf_counter()
+        fn()
+        dt = time.perf_counter() - t0
+        times.append(dt * 1e3)
+        spent += dt
+    return times
+
+
+def interleave(
+    rounds: int, timers: Mapping[str, Callable[[], list[float]]]
+) -> dict[str, list[float]]:
+    """The times of ``timers`` (each times one round of one model and returns its milliseconds)
+    called in turns for ``rounds`` rounds, the order reversed every other round so that no model
+    always runs first; each key's times pooled over the rounds."""
+    times: dict[str, list[float]] = {k: [] for k in timers}
+    items = list(timers.items())
+    for rnd in range(rounds):
+        for key, timer in items if rnd % 2 == 0 else items[::-1]:
+            times[key] += timer()
     return times
 
 
@@ -212,11 +247,13 @@ def measure_latency_interleaved(
             xs[k] = random[shape]
         else:
             xs[k] = _latency_input(m, shape, batch_size, given[k], fn)
-    times: dict[str, list[float]] = {k: [] for k in models}
-    items = list(models.items())
-    for rnd in range(rounds):
-        for key, model in items if rnd % 2 == 0 else items[::-1]:
-            times[key] += _timed_runs(model, xs[key], threads, warmup, repeats, 0.0)
+    times = interleave(
+        rounds,
+        {
+            k: eager_timer(m, xs[k], threads=threads, warmup=warmup, repeats=repeats)
+            for k, m in models.items()
+        },
+    )
     return {
         k: LatencyResult.from_times(t, batch_size=batch_size, threads=threads, warmup=warmup)
         for k, t in times.items()
