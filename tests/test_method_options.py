@@ -48,6 +48,7 @@ CRITERION = {
     "keep": [[2, NAN], [0, 1], {"a": 1.5}, {"a": 0}, 3, "x"],
     "ratio": [0.0, 1.5, "x", NAN],
     "calib_batches": _POS_INT,
+    "round_to": _POS_INT,
     **COMMON_FT,
 }
 
@@ -75,6 +76,7 @@ ENGINE = {
     "anneal_steps": _POS_INT,
     "engine_lr": _POS_FLOAT,
     "engine_allocation": ["greedy", None, 1],
+    "round_to": _POS_INT,
 }
 
 ADMM_OPTS = __import__("compactnn.solvers.layerwise", fromlist=["ADMMOptions"]).ADMMOptions()

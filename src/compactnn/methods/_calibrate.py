@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from compactnn import _progress, surgery
-from compactnn.budget import Measure, Strength, Target, measure, search
+from compactnn.budget import Measure, Strength, Target, aligned_down, aligned_up, measure, search
 from compactnn.errors import ConfigError
 from compactnn.methods._common import prune_filters
 from compactnn.methods._engine_cost import CostModel, _groups
@@ -64,6 +64,7 @@ def uniform_counts(
     fill: bool = True,
     progress: str | None = None,
     info: dict[str, Any] | None = None,
+    round_to: int = 1,
 ) -> tuple[dict[str, int], dict[str, float]]:
     """Per-layer unit counts that meet ``target`` when every layer keeps the same share, then
     (``fill``) grown into the budget that share leaves unused (:func:`fill_counts`).
@@ -79,13 +80,16 @@ def uniform_counts(
     ``info``: a dict that receives the latency model's description and snaps (``"latency_model"``)
     and the cost model (``"cost_model"``: passed back in the same dict, a later call on the same
     model, layers and keys reuses it, and the latency model's calibration with it).
+    ``round_to``: every count aligned (:func:`~compactnn.budget.aligned_down`: a multiple of
+    it, fewer than it, or the whole layer), the share and the filling in aligned steps.
     """
 
     sizer = _CountSizer(model, layers, target, input_shape, progress=progress,
                         cost_model=(info or {}).get("cost_model"))  # fmt: skip
 
     def counts(s: float) -> dict[str, int]:
-        return {n: max(1, math.ceil((1.0 - s) * u)) for n, u in sizer.units.items()}
+        return {n: max(1, aligned_down(math.ceil((1.0 - s) * u), u, round_to))
+                for n, u in sizer.units.items()}  # fmt: skip
 
     found = search(
         lambda s: sizer.kept(counts(s)),
@@ -99,10 +103,12 @@ def uniform_counts(
         )
     if not fill:
         return counts(found.strength), found.kept
-    got, kept = _fill(sizer, counts(found.strength))
+    got, kept = (_fill(sizer, counts(found.strength)) if round_to <= 1
+                 else _fill_aligned(sizer, counts(found.strength), round_to))  # fmt: skip
     cm = sizer._cost_model()
     if cm and cm.lat_cost is not None:
         got = cm.snap(got, dict.fromkeys(got, 1))
+        got = {n: max(1, aligned_down(c, sizer.units[n], round_to)) for n, c in got.items()}
         kept = sizer.kept(got)
         if info is not None:
             info["latency_model"] = cm.lat_cost.info()
@@ -241,6 +247,29 @@ def _fill(sizer: _CountSizer, counts: dict[str, int]) -> tuple[dict[str, int], d
             continue
         cur[low] = ok
         if ok >= units[low] or ok < hi:
+            frozen.add(low)
+    return cur, sizer.kept(cur)
+
+
+def _fill_aligned(
+    sizer: _CountSizer, counts: dict[str, int], round_to: int
+) -> tuple[dict[str, int], dict[str, float]]:
+    """:func:`_fill` in aligned steps: the layer of smallest kept share grows to its next
+    aligned count (:func:`~compactnn.budget.aligned_up`) while the target still holds exactly
+    (ties: the earlier layer); a layer whose next step does not fit is frozen."""
+    units = sizer.units
+    cur = {n: int(counts[n]) for n in sizer.layers}
+    if not sizer.fits(cur):  # the uniform search met the target only within its tolerance
+        return cur, sizer.kept(cur)
+    frozen = {n for n in sizer.layers if cur[n] >= units[n]}
+    while len(frozen) < len(sizer.layers):
+        low = min((n for n in sizer.layers if n not in frozen), key=lambda n: cur[n] / units[n])
+        step = {**cur, low: aligned_up(cur[low], units[low], round_to)}
+        if sizer.fits(step):
+            cur = step
+            if cur[low] >= units[low]:
+                frozen.add(low)
+        else:
             frozen.add(low)
     return cur, sizer.kept(cur)
 

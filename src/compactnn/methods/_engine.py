@@ -113,6 +113,9 @@ class EngineOptions:
             default since it measured at least level with the knapsack for ssr, pgt and
             admm-sparse at equal compute, higher on validation (benchmarks/results/
             engine_alloc_E4, engine_peers_*).
+        round_to: every coupling group keeps a multiple of this many units (or fewer than it,
+            or all of them): widths runtimes compute in whole blocks (8 on AVX2 CPUs, 16 with
+            AVX-512; :func:`compactnn.budget.aligned_down`). 1: any count.
     """
 
     budget: Any = None
@@ -120,6 +123,7 @@ class EngineOptions:
     anneal_steps: int = 800
     engine_lr: float = 0.01
     engine_allocation: str = "uniform"
+    round_to: int = 1
 
 
 def check_budget(value: Any, name: str, owner: str) -> dict[str, float]:
@@ -139,6 +143,7 @@ def _rules() -> Mapping[str, Any]:
             "anneal_steps": rule(check_int, min_value=1),
             "engine_lr": rule(check_float, min_value=0.0, min_inclusive=False),
             "engine_allocation": rule(check_choice, choices=ALLOCATIONS),
+            "round_to": rule(check_int, min_value=1),
         }
     )
 
@@ -153,7 +158,7 @@ def engine_settings_of(cfg: Any, penalty: str, **more: Any) -> EngineSettings:
     method's ``penalty`` and its ``more`` settings."""
     return EngineSettings(
         penalty=penalty, steps=cfg.engine_steps, anneal_steps=cfg.anneal_steps, lr=cfg.engine_lr,
-        momentum=cfg.momentum, allocation=cfg.engine_allocation,
+        momentum=cfg.momentum, allocation=cfg.engine_allocation, round_to=cfg.round_to,
         weight_decay=cfg.weight_decay, seed=cfg.seed, **more,
     )  # fmt: skip
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from compactnn.budget import Target
+from compactnn.budget import Target, aligned_down, aligned_up
 from compactnn.methods._engine_cost import CostModel, _Group
 
 
@@ -34,6 +34,12 @@ class Allocation:
         budget: key -> its budget (the cost of the original being 1).
         min_keep: the fewest units a group keeps: one floor for all, or per group.
         relative: the knapsack values a unit by its share of its group's kept scores.
+        round_to: the uniform allocation keeps counts :func:`~compactnn.budget.aligned_down`
+            allows (multiples of ``round_to``, fewer than it, or the whole group); the
+            knapsack ignores it (the final selection aligns its counts).
+        full: with ``round_to`` > 1, each group's width in the input model: the allowed counts
+            and the uniform fraction are taken of it, not of the units still alive (a group cut
+            to 35 of 50 during the run keeps 32, not 35).
     """
 
     scores: Mapping[str, Tensor]
@@ -43,6 +49,8 @@ class Allocation:
     budget: Mapping[str, float]
     min_keep: int | Mapping[str, int] = 1
     relative: bool = False
+    round_to: int = 1
+    full: Mapping[str, int] | None = None
 
     def floors(self) -> dict[str, int]:
         """Group -> the fewest units it keeps."""
@@ -120,8 +128,14 @@ def uniform_allocation(p: Allocation) -> tuple[dict[str, Tensor], bool]:
     n = {r: int(a.sum()) for r, a in alive.items()}
     floor = p.floors()
 
+    rt = p.round_to
+    big = dict(p.full) if p.full is not None and rt > 1 else n  # the widths counts align to
+    top = {r: aligned_down(n[r], big[r], rt) for r in n}  # the most a group can keep
+
     def counts(x: float) -> dict[str, int]:
-        return {r: max(min(floor[r], n[r]), min(n[r], math.ceil(x * n[r] - 1e-12))) for r in n}
+        return {r: max(min(floor[r], n[r]),
+                       min(top[r], aligned_down(math.ceil(x * big[r] - 1e-12), big[r], rt)))
+                for r in n}  # fmt: skip
 
     def fits(c: Mapping[str, int]) -> bool:
         return not p.over(p.cost(c))
@@ -137,9 +151,10 @@ def uniform_allocation(p: Allocation) -> tuple[dict[str, Tensor], bool]:
         grown = True
         while grown:
             grown = False
-            for r in sorted(n, key=lambda r: c[r] / max(n[r], 1)):  # stable: earlier first
-                if c[r] < n[r] and fits({**c, r: c[r] + 1}):
-                    c[r] += 1
+            for r in sorted(n, key=lambda r: c[r] / max(big[r], 1)):  # stable: earlier first
+                up = aligned_up(c[r], big[r], rt)
+                if c[r] < top[r] and up <= n[r] and fits({**c, r: up}):
+                    c[r] = up
                     grown = True
                     break
     keep: dict[str, Tensor] = {}
@@ -167,18 +182,23 @@ def _final_selection(
     *,
     relative: bool = False,
     allocation: str = "knapsack",
+    round_to: int = 1,
+    full: Mapping[str, int] | None = None,
 ) -> dict[str, list[int]]:
     """The kept units at the target, exact on physically measured models: the knapsack on the
     cost model, then units dropped while the measured model is over the target and added back
     (best score per cost first) while one still fits. A latency target of the latency model:
     over it, the allocation again at the budget scaled by the measured error (:func:`_allot_again`)
     before units go one by one; a unit added back only where the prediction times the last
-    measured error fits; the counts then snapped off latency cliffs (:meth:`CostModel.snap`)."""
+    measured error fits; the counts then snapped off latency cliffs (:meth:`CostModel.snap`)
+    and, with ``round_to`` > 1, aligned (:func:`_aligned`; ``full``: each group's width in
+    the input model, default its width now)."""
     budget = target.as_dict()
     alive = {g.rep: torch.ones(g.size, dtype=torch.bool) for g in groups}
 
     def allot(b: Mapping[str, float]) -> dict[str, Tensor]:
-        problem = Allocation(scores, alive, costs.cost, costs.marginal, b, min_keep, relative)
+        problem = Allocation(scores, alive, costs.cost, costs.marginal, b, min_keep, relative,
+                             round_to, full)  # fmt: skip
         return _ALLOCATE[allocation](problem)[0]
 
     keep = allot(budget)
@@ -255,7 +275,59 @@ def _final_selection(
             keep[r][i] = False
         if not added:
             break
-    return _snapped(keep, costs.snap(n_of(keep), min_keep), scores)
+    kept = _snapped(keep, costs.snap(n_of(keep), min_keep), scores)
+    if round_to <= 1:
+        return kept
+
+    def fits(k: Mapping[str, Tensor]) -> bool:
+        if predicted_over(k):
+            return False
+        got = measured(k)
+        return all(got[key] <= budget[key] * (1 + 1e-12) for key in budget)
+
+    full = full or {g.rep: g.size for g in groups}
+    return _aligned(kept, groups, scores, min_keep, round_to, fits, full)
+
+
+def _aligned(
+    kept: Mapping[str, list[int]],
+    groups: Sequence[_Group],
+    scores: Mapping[str, Tensor],
+    min_keep: Mapping[str, int],
+    round_to: int,
+    fits: Callable[[Mapping[str, Tensor]], bool],
+    full: Mapping[str, int],
+) -> dict[str, list[int]]:
+    """``kept`` with every group's count aligned (:func:`~compactnn.budget.aligned_down` of its
+    ``full`` width, never under its floor): first each count down (its units of least score go;
+    costs only fall), then the group of least kept share grows to its next aligned count (its
+    best units not kept; no more than it has now) while ``fits`` (ties: the earlier group)."""
+    keep = {}
+    for g in groups:
+        m = torch.zeros(g.size, dtype=torch.bool)
+        idx = torch.tensor(kept[g.rep], dtype=torch.long)
+        c = max(min(min_keep[g.rep], g.size), aligned_down(len(idx), full[g.rep], round_to))
+        m[idx[torch.argsort(scores[g.rep][idx], descending=True, stable=True)[:c]]] = True
+        keep[g.rep] = m
+    frozen: set[str] = set()
+    while True:
+        open_ = [g for g in groups if g.rep not in frozen and int(keep[g.rep].sum()) < g.size]
+        if not open_:
+            break
+        g = min(open_, key=lambda g: int(keep[g.rep].sum()) / full[g.rep])
+        n = int(keep[g.rep].sum())
+        if aligned_up(n, full[g.rep], round_to) > g.size:  # units cut during the run
+            frozen.add(g.rep)
+            continue
+        out = torch.nonzero(~keep[g.rep]).flatten()
+        add = out[torch.argsort(scores[g.rep][out], descending=True, stable=True)]
+        trial = {**keep, g.rep: keep[g.rep].clone()}
+        trial[g.rep][add[: aligned_up(n, full[g.rep], round_to) - n]] = True
+        if fits(trial):
+            keep = trial
+        else:
+            frozen.add(g.rep)
+    return {r: sorted(int(i) for i in torch.nonzero(m).flatten()) for r, m in keep.items()}
 
 
 def _allot_again(

@@ -66,6 +66,8 @@ class EngineSettings:
         val_batches: validation batches per evaluation (the first ones, always the same).
         distill: weight α in [0, 1] of distillation from the input model during the run:
             loss = (1 - α) CE + α KL(teacher || student) (temperature 1); 0 = cross-entropy.
+        round_to: every group keeps a multiple of this many units, fewer than it, or all of
+            its units (:func:`compactnn.budget.aligned_down`); 1: any count.
         seed: seeds the batch order.
     """
 
@@ -88,6 +90,7 @@ class EngineSettings:
     min_keep_fraction: float = 0.0
     val_batches: int = 20
     distill: float = 0.0
+    round_to: int = 1
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -106,7 +109,8 @@ class EngineSettings:
                 f"{self.penalty!r}. Unstructured penalties (l1) keep the λ protocol: pass the "
                 "method's strength options instead of a target."
             )
-        for name in ("steps", "anneal_steps", "project_every", "cut_every", "eval_every"):
+        for name in ("steps", "anneal_steps", "project_every", "cut_every", "eval_every",
+                     "round_to"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ConfigError(
@@ -181,6 +185,7 @@ class _Run:
         self.meta = {"input_shape": list(input_shape)}
         self.device = module_device(model)
         self.groups = _groups(model, layers, self.meta)
+        self.full = {g.rep: g.size for g in self.groups}  # widths in the input model
         self.costs = CostModel(model, self.groups, target, input_shape)
         self.floors = {
             g.rep: min(g.size, max(st.min_keep, math.ceil(st.min_keep_fraction * g.size - 1e-9)))
@@ -305,9 +310,8 @@ class _Run:
         budget = _budget_at(self.target, t, st.anneal_steps)
         alive = {g.rep: torch.ones(g.size, dtype=torch.bool) for g in self.groups}
         relative = st.score == "penalty"
-        problem = Allocation(
-            self.unit_scores(), alive, costs.cost, costs.marginal, budget, self.floors, relative
-        )
+        problem = Allocation(self.unit_scores(), alive, costs.cost, costs.marginal, budget,
+                             self.floors, relative, st.round_to, self.full)  # fmt: skip
         keep, _ = _ALLOCATE[st.allocation](problem)
         support = {}
         for g in self.groups:
@@ -400,7 +404,8 @@ class _Run:
         if step == st.anneal_steps:
             final = _final_selection(self.groups, self.model, self.unit_scores(), self.costs,
                                      self.target, self.floors, relative=st.score == "penalty",
-                                     allocation=st.allocation)  # fmt: skip
+                                     allocation=st.allocation, round_to=st.round_to,
+                                     full=self.full)  # fmt: skip
             self.cut(final, "final projection")
             self.phase = "settle"
             self.opt = self.optimizer()
