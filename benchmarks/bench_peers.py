@@ -158,11 +158,14 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "ssr-knapsack": ("ssr", {"penalty": "l21", "engine_allocation": "knapsack"}),
     "pgt-knapsack": ("pgt", {"engine_allocation": "knapsack"}),
     "admm-sparse-knapsack": ("admm-sparse", {"engine_allocation": "knapsack"}),
+    # channel counts in whole blocks of 8 (round_to: onnxruntime's NCHWc / oneDNN blocks on AVX2)
+    **{f"{m}-r8": (m, {"round_to": 8}) for m in ("ssr", "pgt", "admm-sparse", "l1-norm", "taylor")},
 }
 #: compactnn methods whose target runs the budgeted engine: under --total-epochs E their shared
 #: fine-tuning is E minus their compression's cost in dense epochs (the peers and the criteria
 #: spend all of E fine-tuning, whatever their selection cost)
-ENGINE_METHODS = ("ssr", "pgt", "admm-sparse", *VARIANTS)
+ENGINE_METHODS = ("ssr", "pgt", "admm-sparse",
+                  *(v for v, (m, _) in VARIANTS.items() if m in ("ssr", "pgt", "admm-sparse")))
 _EPOCH_S: dict[str, float] = {}
 
 
