@@ -31,7 +31,7 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,7 +41,7 @@ from torch import nn
 
 from compactnn.errors import ConfigError
 from compactnn.metrics._run import _run_hooked
-from compactnn.metrics.latency import _timed_runs
+from compactnn.metrics.latency import _timed_runs, interleave
 
 __all__ = [
     "RUNTIMES",
@@ -309,14 +309,21 @@ class LatencyTable:
         :func:`~compactnn.metrics.measure_latency_interleaved` does for whole models)."""
         t0 = time.perf_counter()
         per_round = max(1, -(-self.repeats // rounds))
-        times: list[list[float]] = [[] for _ in items]
-        order = list(range(len(items)))
-        for r in range(rounds):
-            for i in order if r % 2 == 0 else order[::-1]:
-                times[i] += self._runs(*items[i], per_round, self.warmup if r == 0 else 1)
+        started: set[int] = set()
+
+        def timer(i: int) -> Callable[[], list[float]]:
+            def one_round() -> list[float]:  # the full warm-up before an item's first round only
+                warmup = 1 if i in started else self.warmup
+                started.add(i)
+                return self._runs(*items[i], per_round, warmup)
+
+            return one_round
+
+        # each round builds the layer and its batch again: one item's tensors live at a time
+        times = interleave(rounds, {str(i): timer(i) for i in range(len(items))})
         self.measured += len(items)
         self.seconds += time.perf_counter() - t0
-        return [float(statistics.median(t)) for t in times]
+        return [float(statistics.median(times[str(i)])) for i in range(len(items))]
 
     def _runs(self, site: LayerSite, cin: int, cout: int, repeats: int, warmup: int) -> list[float]:
         """Milliseconds of ``repeats`` timed passes of the site at ``cin`` x ``cout``."""
