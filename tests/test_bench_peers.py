@@ -682,3 +682,12 @@ def test_the_report_has_a_latency_table_per_cell_and_fixes_old_ort_speedups(tmp_
     assert not any(ln.startswith("| tp-l1 |") for ln in md.splitlines())  # no table: left out
     (tp,) = [ln for ln in md.splitlines() if "| tp-l1 | torch-pruning |" in ln]
     assert "(4.00x)" in tp and "(20.00x)" not in tp
+
+
+def test_only_the_engine_methods_variants_are_costed_as_engine_rows() -> None:
+    """Under --total-epochs E an engine row fine-tunes E minus its compression cost; a criterion
+    variant (l1-norm-r8: round_to=8) is a criterion row and fine-tunes all of E."""
+    bench = _bench()
+    assert {"ssr-r8", "pgt-r8", "admm-sparse-r8", "ssr-uniform"} <= set(bench.ENGINE_METHODS)
+    assert not {"l1-norm-r8", "taylor-r8"} & set(bench.ENGINE_METHODS)
+    assert bench.VARIANTS["l1-norm-r8"] == ("l1-norm", {"round_to": 8})
