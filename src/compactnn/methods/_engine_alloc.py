@@ -304,8 +304,9 @@ def _aligned(
     best units not kept; no more than it has now) while ``fits`` (ties: the earlier group)."""
     keep = {}
     for g in groups:
-        m = torch.zeros(g.size, dtype=torch.bool)
-        idx = torch.tensor(kept[g.rep], dtype=torch.long)
+        dev = scores[g.rep].device  # the masks live with the scores (the CPU in the engine)
+        m = torch.zeros(g.size, dtype=torch.bool, device=dev)
+        idx = torch.tensor(kept[g.rep], dtype=torch.long, device=dev)
         c = max(min(min_keep[g.rep], g.size), aligned_down(len(idx), full[g.rep], round_to))
         m[idx[torch.argsort(scores[g.rep][idx], descending=True, stable=True)[:c]]] = True
         keep[g.rep] = m
