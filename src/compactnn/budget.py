@@ -365,8 +365,8 @@ def aligned_down(count: int, units: int, round_to: int) -> int:
     Runtimes compute channels in blocks (onnxruntime's NCHWc and oneDNN's blocked layouts: 8
     floats with AVX2, 16 with AVX-512): a conv whose input channels are not a multiple of the
     block falls back to a slower path, and its output is padded to the block. LeNet-Caffe at
-    25 % MACs measured 2.7x faster in onnxruntime as 9-24-248 and 5.6x as 8-24-248
-    (``benchmarks/results/round_to``).
+    25 % MACs, onnxruntime at batch 100, timed idle: 2.0-2.6x faster than the original as
+    9-24-248 / 9-23-297, 4.5-5.2x as 8-24-376 (``benchmarks/results/round_to``).
     """
     count = min(int(count), int(units))
     if round_to <= 1 or count >= units or count < round_to:
