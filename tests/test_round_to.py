@@ -14,7 +14,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import compactnn
-from compactnn.budget import aligned_down, aligned_up
+from compactnn.budget import aligned_down, aligned_up, fill_aligned
 from compactnn.errors import ConfigError
 from compactnn.methods._engine import Allocation, uniform_allocation
 from compactnn.train import TrainConfig, train
@@ -37,6 +37,28 @@ def test_aligned_down_and_up_are_the_nearest_allowed_counts(r: int) -> None:
             if c < n:
                 assert aligned_up(c, n, r) == min(a for a in allowed if a > c)
         assert aligned_down(n + 5, n, r) == n  # never more than the layer has
+
+
+def test_fill_aligned_grows_the_least_kept_share_in_aligned_steps_until_nothing_fits() -> None:
+    widths = {"a": 20, "b": 50, "c": 100}
+
+    def cost(c: dict[str, int]) -> float:
+        return (3 * c["a"] + c["a"] * c["b"] + c["b"] * c["c"]) / (60 + 1000 + 5000)
+
+    for budget in (0.05, 0.25, 0.6):
+        def fits(c: dict[str, int], b: float = budget) -> bool:
+            return cost(c) <= b
+
+        got = fill_aligned({"a": 1, "b": 1, "c": 1}, widths, 8, fits)
+        assert cost(got) <= budget and all(_allowed(got[k], widths[k], 8) for k in got), got
+        assert all(  # maximal: no key can take its next aligned step
+            got[k] == widths[k] or cost({**got, k: aligned_up(got[k], widths[k], 8)}) > budget
+            for k in got
+        ), got
+    # a limit below the width stops a key there; the ties go to the earlier key
+    got = fill_aligned({"a": 8, "b": 8}, {"a": 32, "b": 32}, 8, lambda c: sum(c.values()) <= 40,
+                       limit={"a": 16, "b": 32})  # fmt: skip
+    assert got == {"a": 16, "b": 24}
 
 
 def test_uniform_allocation_keeps_aligned_counts_and_fills_in_aligned_steps() -> None:

@@ -46,6 +46,7 @@ __all__ = [
     "search",
     "aligned_down",
     "aligned_up",
+    "fill_aligned",
 ]
 
 TARGET_KEYS = ("params", "macs", "latency")
@@ -380,3 +381,31 @@ def aligned_up(count: int, units: int, round_to: int) -> int:
     if round_to <= 1 or nxt >= units or nxt < round_to:
         return min(nxt, int(units))
     return min(int(units), -(-nxt // round_to) * round_to)
+
+
+def fill_aligned(
+    counts: Mapping[str, int],
+    widths: Mapping[str, int],
+    round_to: int,
+    fits: Callable[[dict[str, int]], bool],
+    limit: Mapping[str, int] | None = None,
+) -> dict[str, int]:
+    """``counts`` grown into a budget in aligned steps (water-filling): the key of smallest
+    kept share ``counts[k] / widths[k]`` (ties: the earlier key) grows to its next allowed
+    count (:func:`aligned_up` of ``widths[k]``, never past ``limit[k]``, default ``widths[k]``)
+    while ``fits`` of the grown counts holds; a key whose next step does not fit is done (costs
+    only grow with the counts), as is one at its limit."""
+    cur = {k: int(c) for k, c in counts.items()}
+    cap = dict(limit) if limit is not None else dict(widths)
+    done: set[str] = set()
+    while True:
+        open_ = [k for k in cur if k not in done and cur[k] < cap[k]]
+        if not open_:
+            return cur
+        k = min(open_, key=lambda k: cur[k] / max(widths[k], 1))
+        up = aligned_up(cur[k], widths[k], round_to)
+        step = {**cur, k: up}
+        if up <= cap[k] and fits(step):
+            cur = step
+        else:
+            done.add(k)

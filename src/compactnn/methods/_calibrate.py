@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from compactnn import _progress, surgery
-from compactnn.budget import Measure, Strength, Target, aligned_down, aligned_up, measure, search
+from compactnn.budget import Measure, Strength, Target, aligned_down, fill_aligned, measure, search
 from compactnn.errors import ConfigError
 from compactnn.methods._common import prune_filters
 from compactnn.methods._engine_cost import CostModel, _groups
@@ -254,23 +254,13 @@ def _fill(sizer: _CountSizer, counts: dict[str, int]) -> tuple[dict[str, int], d
 def _fill_aligned(
     sizer: _CountSizer, counts: dict[str, int], round_to: int
 ) -> tuple[dict[str, int], dict[str, float]]:
-    """:func:`_fill` in aligned steps: the layer of smallest kept share grows to its next
-    aligned count (:func:`~compactnn.budget.aligned_up`) while the target still holds exactly
-    (ties: the earlier layer); a layer whose next step does not fit is frozen."""
-    units = sizer.units
+    """:func:`_fill` in aligned steps (:func:`~compactnn.budget.fill_aligned`): the layer of
+    smallest kept share grows to its next aligned count while the target still holds exactly
+    (ties: the earlier layer); a layer whose next step does not fit is done."""
     cur = {n: int(counts[n]) for n in sizer.layers}
     if not sizer.fits(cur):  # the uniform search met the target only within its tolerance
         return cur, sizer.kept(cur)
-    frozen = {n for n in sizer.layers if cur[n] >= units[n]}
-    while len(frozen) < len(sizer.layers):
-        low = min((n for n in sizer.layers if n not in frozen), key=lambda n: cur[n] / units[n])
-        step = {**cur, low: aligned_up(cur[low], units[low], round_to)}
-        if sizer.fits(step):
-            cur = step
-            if cur[low] >= units[low]:
-                frozen.add(low)
-        else:
-            frozen.add(low)
+    cur = fill_aligned(cur, sizer.units, round_to, sizer.fits)
     return cur, sizer.kept(cur)
 
 

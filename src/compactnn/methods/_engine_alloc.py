@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from compactnn.budget import Target, aligned_down, aligned_up
+from compactnn.budget import Target, aligned_down, aligned_up, fill_aligned
 from compactnn.methods._engine_cost import CostModel, _Group
 
 
@@ -300,35 +300,35 @@ def _aligned(
 ) -> dict[str, list[int]]:
     """``kept`` with every group's count aligned (:func:`~compactnn.budget.aligned_down` of its
     ``full`` width, never under its floor): first each count down (its units of least score go;
-    costs only fall), then the group of least kept share grows to its next aligned count (its
-    best units not kept; no more than it has now) while ``fits`` (ties: the earlier group)."""
-    keep = {}
+    costs only fall), then grown in aligned steps while ``fits``
+    (:func:`~compactnn.budget.fill_aligned`; a group grows by its best units not kept, no
+    further than the units it has now)."""
+    base: dict[str, Tensor] = {}
     for g in groups:
         dev = scores[g.rep].device  # the masks live with the scores (the CPU in the engine)
         m = torch.zeros(g.size, dtype=torch.bool, device=dev)
         idx = torch.tensor(kept[g.rep], dtype=torch.long, device=dev)
         c = max(min(min_keep[g.rep], g.size), aligned_down(len(idx), full[g.rep], round_to))
         m[idx[torch.argsort(scores[g.rep][idx], descending=True, stable=True)[:c]]] = True
-        keep[g.rep] = m
-    frozen: set[str] = set()
-    while True:
-        open_ = [g for g in groups if g.rep not in frozen and int(keep[g.rep].sum()) < g.size]
-        if not open_:
-            break
-        g = min(open_, key=lambda g: int(keep[g.rep].sum()) / full[g.rep])
-        n = int(keep[g.rep].sum())
-        if aligned_up(n, full[g.rep], round_to) > g.size:  # units cut during the run
-            frozen.add(g.rep)
-            continue
-        out = torch.nonzero(~keep[g.rep]).flatten()
-        add = out[torch.argsort(scores[g.rep][out], descending=True, stable=True)]
-        trial = {**keep, g.rep: keep[g.rep].clone()}
-        trial[g.rep][add[: aligned_up(n, full[g.rep], round_to) - n]] = True
-        if fits(trial):
-            keep = trial
-        else:
-            frozen.add(g.rep)
-    return {r: sorted(int(i) for i in torch.nonzero(m).flatten()) for r, m in keep.items()}
+        base[g.rep] = m
+
+    def masks(counts: Mapping[str, int]) -> dict[str, Tensor]:
+        """The base masks, each grown to its count by its best units not in it."""
+        out = {}
+        for r, m in base.items():
+            extra = counts[r] - int(m.sum())
+            out[r] = m
+            if extra > 0:
+                rest = torch.nonzero(~m).flatten()
+                best = rest[torch.argsort(scores[r][rest], descending=True, stable=True)]
+                out[r] = m.clone()
+                out[r][best[:extra]] = True
+        return out
+
+    start = {g.rep: int(base[g.rep].sum()) for g in groups}
+    counts = fill_aligned(start, full, round_to, lambda c: fits(masks(c)),
+                          limit={g.rep: g.size for g in groups})  # fmt: skip
+    return {r: sorted(int(i) for i in torch.nonzero(m).flatten()) for r, m in masks(counts).items()}
 
 
 def _allot_again(
